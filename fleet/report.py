@@ -1,0 +1,141 @@
+"""The health report an agent posts after every cycle.
+
+Every report doubles as a heartbeat. It says which slot and driver the node
+runs, what the last update attempt did and why, and what each GPU looked like.
+Reports come from the network, so ``from_dict`` is strict and bounded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.errors import InvalidDocument
+from fleet.schema import Reader
+
+SCHEMA_VERSION = 1
+MAX_GPUS = 64
+MAX_PROBLEMS = 32
+
+# What the last cycle did with updates.
+UPDATE_OUTCOMES = frozenset(
+    {
+        "up-to-date",  # nothing newer to install
+        "committed",  # a new bundle was installed and passed the health gate
+        "rolled-back",  # a new bundle failed the health gate; the old slot runs again
+        "refused",  # metadata or bundle failed verification; nothing was touched
+        "failed",  # something went wrong locally; see reason
+    }
+)
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SLOT = re.compile(r"[ab]")
+_VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
+
+
+@dataclass(frozen=True)
+class GpuHealth:
+    index: int
+    name: str
+    uuid: str
+    driver_version: str | None
+    healthy: bool
+    problems: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "uuid": self.uuid,
+            "driver_version": self.driver_version,
+            "healthy": self.healthy,
+            "problems": list(self.problems),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str) -> GpuHealth:
+        r = Reader(
+            doc,
+            where,
+            allowed=frozenset({"index", "name", "uuid", "driver_version", "healthy", "problems"}),
+        )
+        problems = r.items("problems", max_items=MAX_PROBLEMS)
+        if not all(isinstance(p, str) and len(p) <= 512 for p in problems):
+            raise InvalidDocument(f"{where}: problems must be short strings")
+        return cls(
+            index=r.integer("index", maximum=MAX_GPUS),
+            name=r.text("name", max_len=128),
+            uuid=r.text("uuid", max_len=128),
+            driver_version=r.optional_text("driver_version", max_len=16, pattern=_VERSION),
+            healthy=r.boolean("healthy"),
+            problems=tuple(problems),
+        )
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    node_id: str
+    sent_at: int  # seconds since the epoch, UTC
+    active_slot: str | None
+    driver_version: str | None
+    bundle: str | None  # TUF target path of the bundle in the active slot
+    update: str  # one of UPDATE_OUTCOMES
+    reason: str
+    gpus: tuple[GpuHealth, ...]
+
+    def __post_init__(self) -> None:
+        if self.update not in UPDATE_OUTCOMES:
+            raise InvalidDocument(f"report: unknown update outcome {self.update!r}")
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.gpus) and all(g.healthy for g in self.gpus)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "node_id": self.node_id,
+            "sent_at": self.sent_at,
+            "active_slot": self.active_slot,
+            "driver_version": self.driver_version,
+            "bundle": self.bundle,
+            "update": self.update,
+            "reason": self.reason,
+            "gpus": [g.to_dict() for g in self.gpus],
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str = "report") -> HealthReport:
+        r = Reader(
+            doc,
+            where,
+            allowed=frozenset(
+                {
+                    "schema",
+                    "node_id",
+                    "sent_at",
+                    "active_slot",
+                    "driver_version",
+                    "bundle",
+                    "update",
+                    "reason",
+                    "gpus",
+                }
+            ),
+        )
+        if r.integer("schema") != SCHEMA_VERSION:
+            raise InvalidDocument(f"{where}: unsupported schema version")
+        gpus = tuple(
+            GpuHealth.from_dict(item, r.item_where("gpus", i))
+            for i, item in enumerate(r.items("gpus", max_items=MAX_GPUS))
+        )
+        return cls(
+            node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
+            sent_at=r.integer("sent_at"),
+            active_slot=r.optional_text("active_slot", max_len=1, pattern=_SLOT),
+            driver_version=r.optional_text("driver_version", max_len=16, pattern=_VERSION),
+            bundle=r.optional_text("bundle", max_len=512),
+            update=r.text("update", choices=UPDATE_OUTCOMES),
+            reason=r.text("reason", max_len=1024),
+            gpus=gpus,
+        )

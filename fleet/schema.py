@@ -1,0 +1,102 @@
+"""Strict readers for untrusted JSON objects.
+
+Manifests arrive inside signed metadata, reports arrive from the network: both
+are parsed by these helpers so that unknown keys, wrong types, oversized strings
+and huge lists are rejected with a message naming the offending field, instead of
+surfacing later as a ``KeyError`` deep inside the code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from fleet.errors import InvalidDocument
+
+MAX_STRING = 4096
+
+
+class Reader:
+    """Reads fields of one JSON object, checking each as it goes."""
+
+    def __init__(self, doc: object, where: str, *, allowed: frozenset[str]) -> None:
+        if not isinstance(doc, Mapping):
+            raise InvalidDocument(f"{where}: expected a JSON object")
+        unknown = sorted(set(doc) - allowed)
+        if unknown:
+            raise InvalidDocument(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
+        self._doc: Mapping[str, Any] = doc
+        self._where = where
+
+    def _get(self, key: str, optional: bool) -> Any:
+        if key not in self._doc:
+            if optional:
+                return None
+            raise InvalidDocument(f"{self._where}: missing field {key!r}")
+        return self._doc[key]
+
+    def text(
+        self,
+        key: str,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        max_len: int = MAX_STRING,
+        choices: frozenset[str] | None = None,
+    ) -> str:
+        value = self._get(key, optional=False)
+        return self._check_str(key, value, pattern, max_len, choices)
+
+    def optional_text(
+        self, key: str, *, max_len: int = MAX_STRING, pattern: re.Pattern[str] | None = None
+    ) -> str | None:
+        value = self._get(key, optional=True)
+        if value is None:
+            return None
+        return self._check_str(key, value, pattern, max_len, None)
+
+    def _check_str(
+        self,
+        key: str,
+        value: object,
+        pattern: re.Pattern[str] | None,
+        max_len: int,
+        choices: frozenset[str] | None,
+    ) -> str:
+        if not isinstance(value, str):
+            raise InvalidDocument(f"{self._where}: {key!r} must be a string")
+        if len(value) > max_len:
+            raise InvalidDocument(f"{self._where}: {key!r} is longer than {max_len} characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise InvalidDocument(f"{self._where}: {key!r} has an invalid value {value[:80]!r}")
+        if choices is not None and value not in choices:
+            raise InvalidDocument(
+                f"{self._where}: {key!r} must be one of {', '.join(sorted(choices))}"
+            )
+        return value
+
+    def integer(self, key: str, *, minimum: int = 0, maximum: int = 2**63 - 1) -> int:
+        value = self._get(key, optional=False)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidDocument(f"{self._where}: {key!r} must be an integer")
+        if not minimum <= value <= maximum:
+            raise InvalidDocument(f"{self._where}: {key!r} must be between {minimum} and {maximum}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self._get(key, optional=False)
+        if not isinstance(value, bool):
+            raise InvalidDocument(f"{self._where}: {key!r} must be true or false")
+        return value
+
+    def items(self, key: str, *, max_items: int) -> builtins.list[Any]:
+        value = self._get(key, optional=False)
+        if not isinstance(value, list):
+            raise InvalidDocument(f"{self._where}: {key!r} must be a list")
+        if len(value) > max_items:
+            raise InvalidDocument(f"{self._where}: {key!r} has more than {max_items} items")
+        return value
+
+    def item_where(self, key: str, index: int) -> str:
+        return f"{self._where}.{key}[{index}]"

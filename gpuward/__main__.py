@@ -1,0 +1,5 @@
+import sys
+
+from gpuward.cli import main
+
+sys.exit(main())

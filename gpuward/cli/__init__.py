@@ -1,0 +1,80 @@
+"""Entry point of the ``gpuward`` console script.
+
+Every command group registers its subcommands from its own module. Errors meant
+for people (``GpuwardError``, and the OS errors of missing or unreadable files)
+become one line on stderr and a non-zero exit; a traceback appears only with
+``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from fleet.errors import GpuwardError
+from gpuward import __version__, logs
+from gpuward.cli import bundle_cmd, keys_cmd, repo_cmd
+
+GROUPS = (keys_cmd, bundle_cmd, repo_cmd)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuward",
+        description="Keep a GPU fleet's NVIDIA driver stack on signed, known-good versions.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpuward {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="log format on stderr (default: console on a terminal, JSON lines otherwise)",
+    )
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    json_lines = {"auto": None, "json": True, "console": False}[args.log_format]
+    logs.configure(json_lines=json_lines, level=logging.DEBUG if args.debug else logging.INFO)
+    try:
+        result: int | None = args.func(args)
+        return result or 0
+    except KeyboardInterrupt:
+        return 130
+    except GpuwardError as exc:
+        return _fail(args, exc, str(exc), EXIT_ERROR)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(args, exc, f"{exc.strerror or exc}{where}", EXIT_ERROR)
+    except Exception as exc:
+        message = (
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(run again with --debug for details, and report it)"
+        )
+        return _fail(args, exc, message, EXIT_INTERNAL)
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, message: str, code: int) -> int:
+    if args.debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    print(f"gpuward: error: {first_line}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

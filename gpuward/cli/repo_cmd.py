@@ -1,0 +1,76 @@
+"""``gpuward repo``: publish bundles into an image repository."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gpuward.cli.output import add_json_flag, emit, table
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = groups.add_parser("repo", help="the image repository")
+    sub = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    add = sub.add_parser("add", help="publish a bundle and re-sign targets, snapshot, timestamp")
+    add.add_argument("bundle", type=Path)
+    add.add_argument("--repo", type=Path, required=True, help="repository directory")
+    add_json_flag(add)
+    add.set_defaults(func=_add)
+
+    listing = sub.add_parser("list", help="list published bundles")
+    listing.add_argument("--repo", type=Path, required=True)
+    add_json_flag(listing)
+    listing.set_defaults(func=_list)
+
+    stamp = sub.add_parser(
+        "timestamp", help="re-sign the timestamp with the online key (run it at least daily)"
+    )
+    stamp.add_argument("--repo", type=Path, required=True)
+    stamp.set_defaults(func=_timestamp)
+
+
+def _add(args: argparse.Namespace) -> None:
+    from fleet.branches import require_branch
+    from keys.bundle import read_manifest
+    from keys.image_repo import ImageRepository
+    from keys.sealed import passphrase_from_env_or_prompt
+
+    repo = ImageRepository(args.repo)
+    repo.targets()  # fail on a missing repository before asking for a passphrase
+    require_branch(read_manifest(args.bundle).branch)
+    published = repo.add_bundle(
+        args.bundle, lambda: passphrase_from_env_or_prompt("the targets key")
+    )
+    emit(
+        args,
+        {"target": published.target_path, "sha256": published.sha256, "length": published.length},
+        f"published {published.target_path} (driver {published.manifest.driver_version})",
+    )
+
+
+def _list(args: argparse.Namespace) -> None:
+    from keys.image_repo import ImageRepository
+
+    bundles = ImageRepository(args.repo).published()
+    emit(
+        args,
+        [
+            {"target": b.target_path, "sha256": b.sha256, "manifest": b.manifest.to_dict()}
+            for b in bundles
+        ],
+        table(
+            ("TARGET", "BRANCH", "DRIVER", "SHA256"),
+            [
+                (b.target_path, b.manifest.branch, b.manifest.driver_version, b.sha256[:16])
+                for b in bundles
+            ],
+        ),
+    )
+
+
+def _timestamp(args: argparse.Namespace) -> None:
+    from keys.image_repo import ImageRepository
+
+    md = ImageRepository(args.repo).sign_timestamp()
+    print(f"timestamp version {md.signed.version}, expires {md.signed.expires.isoformat()}")

@@ -1,0 +1,169 @@
+"""Private keys sealed with a passphrase, usable as securesystemslib signers.
+
+Offline keys (root, targets) never rest in clear text: the PKCS#8 private key is
+encrypted with an XSalsa20-Poly1305 secret box (pynacl) under a key derived from
+the passphrase with argon2id. The file is opened through the ``gpuward-sealed:``
+signer URI scheme, so code that signs only ever sees a ``Signer`` and a
+hardware or KMS signer can replace the file without changing it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib import parse
+
+import nacl.exceptions
+import nacl.pwhash.argon2id as argon2id
+import nacl.secret
+import nacl.utils
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import (
+    SIGNER_FOR_URI_SCHEME,
+    CryptoSigner,
+    Key,
+    SecretsHandler,
+    Signature,
+    Signer,
+    SSlibKey,
+)
+
+from fleet.errors import GpuwardError
+
+FORMAT = "gpuward-sealed-key/1"
+PASSPHRASE_ENV = "GPUWARD_KEY_PASSPHRASE"  # noqa: S105 (a variable name)
+# argon2id "moderate": 3 passes over 256 MiB, about 0.7 s here. Offline keys are
+# opened a handful of times per signing session, so the cost is paid gladly.
+OPSLIMIT = argon2id.OPSLIMIT_MODERATE
+MEMLIMIT = argon2id.MEMLIMIT_MODERATE
+MAX_SEALED_FILE = 64 * 1024
+
+
+class WrongPassphrase(GpuwardError):
+    pass
+
+
+def seal(private_pem: bytes, passphrase: str) -> bytes:
+    """Return the sealed-key file content for ``private_pem``."""
+    salt = nacl.utils.random(argon2id.SALTBYTES)
+    box = nacl.secret.SecretBox(_derive(passphrase, salt, OPSLIMIT, MEMLIMIT))
+    doc = {
+        "format": FORMAT,
+        "kdf": {"name": "argon2id", "opslimit": OPSLIMIT, "memlimit": MEMLIMIT, "salt": salt.hex()},
+        "secretbox": bytes(box.encrypt(private_pem)).hex(),
+    }
+    return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def unseal(sealed: bytes, passphrase: str, *, where: str) -> bytes:
+    """Return the private key PEM inside a sealed-key file."""
+    try:
+        doc: dict[str, Any] = json.loads(sealed)
+        if doc["format"] != FORMAT or doc["kdf"]["name"] != "argon2id":
+            raise ValueError("unknown format")
+        kdf = doc["kdf"]
+        opslimit, memlimit = int(kdf["opslimit"]), int(kdf["memlimit"])
+        salt = bytes.fromhex(kdf["salt"])
+        ciphertext = bytes.fromhex(doc["secretbox"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GpuwardError(f"{where}: not a gpuward sealed key file ({exc})") from None
+    # Bound the KDF cost a tampered file could demand before asking for memory.
+    if not (
+        1 <= opslimit <= argon2id.OPSLIMIT_SENSITIVE and memlimit <= argon2id.MEMLIMIT_SENSITIVE
+    ):
+        raise GpuwardError(f"{where}: refusing unreasonable key derivation parameters")
+    box = nacl.secret.SecretBox(_derive(passphrase, salt, opslimit, memlimit))
+    try:
+        return bytes(box.decrypt(ciphertext))
+    except nacl.exceptions.CryptoError:
+        raise WrongPassphrase(
+            f"{where}: wrong passphrase (or the key file was altered); "
+            f"check {PASSPHRASE_ENV} or the passphrase you typed"
+        ) from None
+
+
+def _derive(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
+    if len(salt) != argon2id.SALTBYTES:
+        raise GpuwardError("sealed key: bad salt length")
+    return bytes(
+        argon2id.kdf(
+            nacl.secret.SecretBox.KEY_SIZE,
+            passphrase.encode(),
+            salt,
+            opslimit=opslimit,
+            memlimit=memlimit,
+        )
+    )
+
+
+def passphrase_from_env_or_prompt(purpose: str, *, confirm: bool = False) -> str:
+    """The passphrase for offline keys: environment for automation, else a prompt."""
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env is not None:
+        if not env:
+            raise GpuwardError(f"{PASSPHRASE_ENV} is set but empty")
+        return env
+    if not sys.stdin.isatty():
+        raise GpuwardError(
+            f"no passphrase for {purpose}: set {PASSPHRASE_ENV} or run in a terminal"
+        )
+    first = getpass.getpass(f"Passphrase for {purpose}: ")
+    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+        raise GpuwardError("passphrases do not match")
+    if not first:
+        raise GpuwardError("an empty passphrase is not allowed")
+    return first
+
+
+class SealedFileSigner(Signer):
+    """A signer whose private key is a sealed file: ``gpuward-sealed:/path``."""
+
+    SCHEME = "gpuward-sealed"
+
+    def __init__(self, inner: CryptoSigner) -> None:
+        self._inner = inner
+
+    @property
+    def public_key(self) -> Key:
+        return self._inner.public_key
+
+    def sign(self, payload: bytes) -> Signature:
+        return self._inner.sign(payload)
+
+    @classmethod
+    def from_priv_key_uri(
+        cls,
+        priv_key_uri: str,
+        public_key: Key,
+        secrets_handler: SecretsHandler | None = None,
+    ) -> SealedFileSigner:
+        uri = parse.urlparse(priv_key_uri)
+        if uri.scheme != cls.SCHEME:
+            raise ValueError(f"SealedFileSigner does not support {priv_key_uri}")
+        if secrets_handler is None:
+            raise ValueError("a sealed key needs a secrets handler for its passphrase")
+        if not isinstance(public_key, SSlibKey):
+            raise ValueError(f"expected an SSlibKey for {priv_key_uri}")
+        path = Path(uri.path)
+        sealed = _read_bounded(path)
+        pem = unseal(sealed, secrets_handler("passphrase"), where=str(path))
+        inner = CryptoSigner(load_pem_private_key(pem, None), public_key)
+        return cls(inner)
+
+
+def _read_bounded(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SEALED_FILE + 1)
+    except FileNotFoundError:
+        raise GpuwardError(f"private key {path} not found") from None
+    if len(data) > MAX_SEALED_FILE:
+        raise GpuwardError(f"{path}: too large to be a sealed key")
+    return data
+
+
+SIGNER_FOR_URI_SCHEME[SealedFileSigner.SCHEME] = SealedFileSigner
