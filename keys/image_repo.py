@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuf.api.exceptions import DeserializationError
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -26,6 +25,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from fleet.errors import GpuwardError
