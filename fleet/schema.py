@@ -30,10 +30,11 @@ class Reader:
         self._doc: Mapping[str, Any] = doc
         self._where = where
 
-    def _get(self, key: str, optional: bool) -> Any:
+    def _get(self, key: str, default: Any) -> Any:
+        """The raw value; ``default`` (when not None) stands in for a missing key."""
         if key not in self._doc:
-            if optional:
-                return None
+            if default is not None:
+                return default
             raise InvalidDocument(f"{self._where}: missing field {key!r}")
         return self._doc[key]
 
@@ -44,14 +45,15 @@ class Reader:
         pattern: re.Pattern[str] | None = None,
         max_len: int = MAX_STRING,
         choices: frozenset[str] | None = None,
+        default: str | None = None,
     ) -> str:
-        value = self._get(key, optional=False)
+        value = self._get(key, default)
         return self._check_str(key, value, pattern, max_len, choices)
 
     def optional_text(
         self, key: str, *, max_len: int = MAX_STRING, pattern: re.Pattern[str] | None = None
     ) -> str | None:
-        value = self._get(key, optional=True)
+        value = self._doc.get(key)
         if value is None:
             return None
         return self._check_str(key, value, pattern, max_len, None)
@@ -76,22 +78,26 @@ class Reader:
             )
         return value
 
-    def integer(self, key: str, *, minimum: int = 0, maximum: int = 2**63 - 1) -> int:
-        value = self._get(key, optional=False)
+    def integer(
+        self, key: str, *, minimum: int = 0, maximum: int = 2**63 - 1, default: int | None = None
+    ) -> int:
+        value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidDocument(f"{self._where}: {key!r} must be an integer")
         if not minimum <= value <= maximum:
             raise InvalidDocument(f"{self._where}: {key!r} must be between {minimum} and {maximum}")
         return value
 
-    def boolean(self, key: str) -> bool:
-        value = self._get(key, optional=False)
+    def boolean(self, key: str, *, default: bool | None = None) -> bool:
+        value = self._get(key, default)
         if not isinstance(value, bool):
             raise InvalidDocument(f"{self._where}: {key!r} must be true or false")
         return value
 
-    def items(self, key: str, *, max_items: int) -> builtins.list[Any]:
-        value = self._get(key, optional=False)
+    def items(
+        self, key: str, *, max_items: int, default: builtins.list[Any] | None = None
+    ) -> builtins.list[Any]:
+        value = self._get(key, default)
         if not isinstance(value, list):
             raise InvalidDocument(f"{self._where}: {key!r} must be a list")
         if len(value) > max_items:

@@ -1,0 +1,152 @@
+"""One agent cycle: refresh, choose, stage, switch, gate, commit or roll back, report.
+
+Each step that changes the node is journaled before it happens, so a crash at
+any point resumes to a consistent slot: a switch without a verdict is gated
+again on the next start; a stage without a switch is simply staged again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from agent.channel import Candidate, ChannelUnavailable, ImageChannel, UpdateRefused
+from agent.config import AgentConfig
+from agent.health import HealthProbe, ProbeResult, gate
+from agent.reporter import post_report
+from agent.slots import SlotContent, Slots
+from agent.state import AgentState, PendingSwitch, load_state, save_state
+from agent.unpack import BadBundle, unpack_bundle
+from fleet.errors import GpuwardError
+from fleet.report import HealthReport
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    update: str  # one of fleet.report.UPDATE_OUTCOMES
+    reason: str
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    outcome: Outcome
+    report: HealthReport
+    report_sent: bool
+
+
+class Cycle:
+    def __init__(self, config: AgentConfig, probe: HealthProbe) -> None:
+        self.config = config
+        self.probe = probe
+        self.slots = Slots(config.slots_dir)
+        self.log = log.bind(node=config.node_id)
+
+    def run(self) -> CycleResult:
+        self.config.slots_dir.mkdir(parents=True, exist_ok=True)
+        state = load_state(self.config.state_file)
+        if state.pending is not None:
+            state, outcome = self._resume(state, state.pending)
+        else:
+            state, outcome = self._update(state)
+        save_state(self.config.state_file, state)
+        report = self._report(outcome, self.probe.probe())
+        sent = True
+        try:
+            post_report(self.config.reports_url, report)
+        except ChannelUnavailable as exc:
+            sent = False
+            self.log.warning("report_not_sent", reason=str(exc))
+        return CycleResult(outcome, report, sent)
+
+    def _update(self, state: AgentState) -> tuple[AgentState, Outcome]:
+        try:
+            channel = ImageChannel(self.config)
+            channel.refresh()
+            candidate, why_not = self._choose(channel.candidates(self.config.branch), state)
+            if candidate is None:
+                return state, Outcome("up-to-date", why_not)
+            bundle = channel.fetch(candidate)
+            self.log.info("bundle_verified", target=candidate.target_path, sha256=candidate.sha256)
+            slot = self.slots.inactive()
+            unpack_bundle(bundle, candidate.manifest, self.slots.scratch(slot))
+        except (UpdateRefused, BadBundle) as exc:
+            self.log.error("update_refused", reason=str(exc), active_slot=self.slots.active())
+            return state, Outcome("refused", str(exc))
+        except ChannelUnavailable as exc:
+            self.log.warning("update_unavailable", reason=str(exc))
+            return state, Outcome("failed", str(exc))
+        content = SlotContent(candidate.target_path, candidate.sha256, candidate.manifest)
+        self.slots.commit_stage(slot, content)
+        self.log.info("bundle_staged", slot=slot, driver=candidate.manifest.driver_version)
+
+        pending = PendingSwitch(slot=slot, previous=self.slots.active(), sha256=candidate.sha256)
+        state = state.with_pending(pending)
+        save_state(self.config.state_file, state)
+        self.slots.switch(slot)
+        self.log.info("slot_switched", slot=slot, previous=pending.previous)
+        return self._verify(state, pending)
+
+    def _choose(
+        self, candidates: list[Candidate], state: AgentState
+    ) -> tuple[Candidate | None, str]:
+        """The newest bundle newer than what runs, skipping ones that failed here."""
+        running = self.slots.content(self.slots.active())
+        usable = [c for c in candidates if c.sha256 not in state.rejected]
+        skipped = len(candidates) - len(usable)
+        why_not = "no newer bundle for this node" + (
+            f" ({skipped} skipped: failed health here before)" if skipped else ""
+        )
+        if not usable:
+            return None, why_not
+        newest = max(usable, key=lambda c: c.manifest.version)
+        if running is not None and newest.manifest.version <= running.manifest.version:
+            return None, why_not
+        return newest, ""
+
+    def _resume(self, state: AgentState, pending: PendingSwitch) -> tuple[AgentState, Outcome]:
+        """Finish a switch interrupted by a crash or a reboot."""
+        self.log.info("resuming_switch", slot=pending.slot, active=self.slots.active())
+        if self.slots.active() != pending.slot:
+            # The crash came before the switch: the old slot still runs, and the
+            # update starts over from verified metadata.
+            state = state.with_pending(None)
+            save_state(self.config.state_file, state)
+            return self._update(state)
+        return self._verify(state, pending)
+
+    def _verify(self, state: AgentState, pending: PendingSwitch) -> tuple[AgentState, Outcome]:
+        content = self.slots.content(pending.slot)
+        if content is None:
+            raise GpuwardError(f"slot {pending.slot} lost its bundle.json during a switch")
+        expected = content.manifest.driver_version
+        reasons = gate(self.probe.probe(), expected)
+        if not reasons:
+            self.log.info("update_committed", slot=pending.slot, driver=expected)
+            return state.with_pending(None), Outcome("committed", f"driver {expected} is healthy")
+        self.slots.switch(pending.previous)
+        self.log.error(
+            "update_rolled_back",
+            driver=expected,
+            slot=pending.previous,
+            reasons=reasons,
+        )
+        state = state.with_pending(None).with_rejected(pending.sha256)
+        return state, Outcome("rolled-back", f"driver {expected} failed health: {reasons[0]}")
+
+    def _report(self, outcome: Outcome, seen: ProbeResult) -> HealthReport:
+        active = self.slots.active()
+        content = self.slots.content(active)
+        return HealthReport(
+            node_id=self.config.node_id,
+            sent_at=int(time.time()),
+            active_slot=active,
+            driver_version=seen.driver_version,
+            bundle=content.target_path if content else None,
+            update=outcome.update,
+            reason=outcome.reason[:1024],
+            gpus=seen.gpus,
+        )

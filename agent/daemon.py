@@ -1,0 +1,62 @@
+"""The long-running agent: a cycle, then a jittered sleep, until SIGTERM.
+
+Jitter spreads a fleet's requests over the interval so that 100,000 agents
+restarted together do not all hit the server in the same second.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from types import FrameType
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.cycle import Cycle, CycleResult
+from agent.health import HealthProbe
+from agent.slots import Slots
+from fleet.errors import GpuwardError
+
+log = structlog.get_logger(__name__)
+JITTER = 0.2
+
+
+def make_probe(config: AgentConfig) -> HealthProbe:
+    if config.health_backend == "simulated":
+        from agent.simulated import SimulatedProbe
+
+        return SimulatedProbe(config.node_id, Slots(config.slots_dir), config.simulated)
+    from agent.nvml import NvmlProbe
+
+    return NvmlProbe()
+
+
+def run_once(config: AgentConfig) -> CycleResult:
+    return Cycle(config, make_probe(config)).run()
+
+
+def run_forever(config: AgentConfig, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cycle = Cycle(config, make_probe(config))
+        log.info("agent_started", node=config.node_id, interval_s=config.interval_s)
+        while not stop.is_set():
+            try:
+                result = cycle.run()
+                log.info("cycle_done", update=result.outcome.update, reason=result.outcome.reason)
+            except GpuwardError as exc:
+                log.error("cycle_failed", reason=str(exc))
+            delay = config.interval_s * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
+            stop.wait(delay)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("agent_stopped", node=config.node_id)

@@ -1,0 +1,41 @@
+"""Simulated GPUs for hosts without any (the demo, CI, a developer laptop).
+
+The simulated driver is whatever bundle the ``active`` slot holds, as if the
+switch had loaded its kernel module; drivers listed as unhealthy in the config
+make every GPU report an XID, so rollback can be shown without hardware.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from agent.config import SimulatedGpus
+from agent.health import ProbeResult
+from agent.slots import Slots
+from fleet.report import GpuHealth
+
+
+class SimulatedProbe:
+    def __init__(self, node_id: str, slots: Slots, gpus: SimulatedGpus) -> None:
+        self._node_id = node_id
+        self._slots = slots
+        self._gpus = gpus
+
+    def probe(self) -> ProbeResult:
+        content = self._slots.content(self._slots.active())
+        driver = content.manifest.driver_version if content else None
+        problems: tuple[str, ...] = ()
+        if driver in self._gpus.unhealthy_drivers:
+            problems = ("XID 79: GPU has fallen off the bus (simulated)",)
+        gpus = tuple(
+            GpuHealth(
+                index=i,
+                name=self._gpus.name,
+                uuid=f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{self._node_id}.{i}')}",
+                driver_version=driver,
+                healthy=not problems,
+                problems=problems,
+            )
+            for i in range(self._gpus.count)
+        )
+        return ProbeResult(driver_version=driver, gpus=gpus)

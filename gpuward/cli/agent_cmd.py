@@ -1,0 +1,52 @@
+"""``gpuward agent``: the on-node agent."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gpuward.cli.output import add_json_flag, emit
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = groups.add_parser("agent", help="the on-node agent")
+    sub = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = sub.add_parser(
+        "run", help="update, check health and report; loop until SIGTERM unless --once"
+    )
+    run.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="run one cycle and exit: 0 done, 3 update refused or rolled back, 1 error",
+    )
+    add_json_flag(run)
+    run.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.daemon import run_forever, run_once
+    from fleet.errors import GpuwardError
+
+    config = load_config(args.config)
+    if not args.once:
+        run_forever(config)
+        return 0
+    result = run_once(config)
+    if result.outcome.update == "failed":
+        raise GpuwardError(result.outcome.reason)
+    report = result.report
+    emit(
+        args,
+        {
+            "update": result.outcome.update,
+            "reason": result.outcome.reason,
+            "report_sent": result.report_sent,
+            "report": report.to_dict(),
+        },
+        f"{config.node_id}: {result.outcome.update} ({result.outcome.reason}); "
+        f"slot {report.active_slot or '-'}, driver {report.driver_version or '-'}",
+    )
+    # A refused or rolled-back update is an alarm worth a distinct exit status.
+    return 3 if result.outcome.update in ("refused", "rolled-back") else 0

@@ -1,0 +1,138 @@
+"""Bad input on the command line: one clear line, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSPHRASE, Site
+
+
+def gpuward(*args: str, passphrase: str | None = PASSPHRASE) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GPUWARD_KEY_PASSPHRASE"}
+    if passphrase is not None:
+        env["GPUWARD_KEY_PASSPHRASE"] = passphrase
+    return subprocess.run(
+        [sys.executable, "-m", "gpuward", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gpuward: error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_missing_payload(tmp_path: Path) -> None:
+    result = gpuward(
+        "bundle", "build", str(tmp_path / "nope"), "--driver-version", "580.95.05",
+        "--branch", "R580", "-o", str(tmp_path / "b.bundle"),
+    )  # fmt: skip
+    assert_one_line_error(result, "not found")
+
+
+def test_missing_bundle(site: Site) -> None:
+    result = gpuward("repo", "add", str(site.base / "nope.bundle"), "--repo", str(site.repo.root))
+    assert_one_line_error(result, "nope.bundle", "not found")
+
+
+def test_missing_repository(tmp_path: Path, site: Site) -> None:
+    bundle = site.bundle("580.95.05")
+    result = gpuward("repo", "add", str(bundle), "--repo", str(tmp_path / "no-repo"))
+    assert_one_line_error(result, "gpuward keys init")
+
+
+def test_missing_agent_config(tmp_path: Path) -> None:
+    result = gpuward("agent", "run", "--once", "--config", str(tmp_path / "agent.toml"))
+    assert_one_line_error(result, "agent.toml", "not found")
+
+
+def test_wrong_passphrase(site: Site) -> None:
+    bundle = site.bundle("580.95.05")
+    result = gpuward("repo", "add", str(bundle), "--repo", str(site.repo.root), passphrase="nope")
+    assert_one_line_error(result, "wrong passphrase", "GPUWARD_KEY_PASSPHRASE")
+    assert site.repo.published() == []
+
+
+def test_no_passphrase_and_no_terminal(site: Site) -> None:
+    bundle = site.bundle("580.95.05")
+    result = gpuward("repo", "add", str(bundle), "--repo", str(site.repo.root), passphrase=None)
+    assert_one_line_error(result, "GPUWARD_KEY_PASSPHRASE")
+
+
+@pytest.mark.parametrize("branch", ["R999", "R58O", "580"])
+def test_unknown_branch(tmp_path: Path, branch: str) -> None:
+    (tmp_path / "p").write_bytes(b"x")
+    result = gpuward(
+        "bundle", "build", str(tmp_path / "p"), "--driver-version", "580.95.05",
+        "--branch", branch, "-o", str(tmp_path / "b.bundle"),
+    )  # fmt: skip
+    assert_one_line_error(result, branch)
+    assert not (tmp_path / "b.bundle").exists()
+
+
+def test_unknown_branch_in_agent_config(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'node_id = "n1"\nserver_url = "http://127.0.0.1:1"\ntrusted_root = "root.json"\n'
+        'branch = "R999"\n'
+    )
+    result = gpuward("agent", "run", "--once", "--config", str(config))
+    assert_one_line_error(result, "unknown driver branch 'R999'")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_server(site: Site, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'node_id = "n1"\nserver_url = "http://127.0.0.1:{_closed_port()}"\n'
+        f'trusted_root = "{site.base / "trusted-root.json"}"\nbranch = "R580"\n'
+        f'root_dir = "{tmp_path / "host"}"\nhealth_backend = "simulated"\n'
+    )
+    result = gpuward("agent", "run", "--once", "--config", str(config))
+    assert_one_line_error(result, "unreachable", "server_url")
+
+
+def test_server_on_a_missing_repository(tmp_path: Path) -> None:
+    result = gpuward("server", "run", "--repo", str(tmp_path / "x"), "--db", str(tmp_path / "d"))
+    assert_one_line_error(result, "gpuward keys init")
+
+
+def test_keys_init_refuses_an_existing_repository(site: Site) -> None:
+    result = gpuward("keys", "init", str(site.repo.root))
+    assert_one_line_error(result, "already")
+
+
+def test_happy_path_through_the_cli(site: Site, tmp_path: Path) -> None:
+    """The same commands a person types, end to end, against the real server."""
+    bundle = site.bundle("580.95.05")
+    added = gpuward("repo", "add", str(bundle), "--repo", str(site.repo.root), "--json")
+    assert added.returncode == 0, added.stderr
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'node_id = "n1"\nserver_url = "{site.url}"\n'
+        f'trusted_root = "{site.base / "trusted-root.json"}"\nbranch = "R580"\n'
+        f'root_dir = "{tmp_path / "host"}"\nhealth_backend = "simulated"\n'
+    )
+    result = gpuward("agent", "run", "--once", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"update": "committed"' in result.stdout

@@ -1,0 +1,90 @@
+"""Fixtures shared by every test area: a signed repository, the real server, agents.
+
+Creating keys costs seconds (argon2id on purpose), so one repository is made per
+session and copied for each test that needs one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, SimulatedGpus
+from keys.bundle import build_bundle
+from keys.image_repo import ImageRepository, PublishedBundle
+from server.runner import BackgroundServer
+
+PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def _template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("template") / "repo"
+    ImageRepository.init(root, PASSPHRASE)
+    return root
+
+
+@dataclass
+class Site:
+    """A repository, its operator's publishing hand, and the server serving it."""
+
+    repo: ImageRepository
+    base: Path
+    server: BackgroundServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def bundle(self, version: str, branch: str = "R580", content: bytes | None = None) -> Path:
+        payload = self.base / "payloads" / version
+        payload.mkdir(parents=True, exist_ok=True)
+        (payload / "libnvidia-ml.so.1").write_bytes(content or f"NVML {version}\n".encode())
+        output = self.base / f"nvidia-{version}.bundle"
+        build_bundle(
+            payload, driver_version=version, branch=branch, payload_kind="files", output=output
+        )
+        return output
+
+    def publish(self, version: str, branch: str = "R580") -> PublishedBundle:
+        return self.repo.add_bundle(self.bundle(version, branch), lambda: PASSPHRASE)
+
+    def served_target(self, published: PublishedBundle) -> Path:
+        folder, name = published.target_path.rsplit("/", 1)
+        return self.repo.targets_dir / folder / f"{published.sha256}.{name}"
+
+    def agent(self, node: str = "node-1", unhealthy: frozenset[str] = frozenset()) -> AgentConfig:
+        return AgentConfig(
+            node_id=node,
+            server_url=self.url,
+            trusted_root=self.base / "trusted-root.json",
+            branch="R580",
+            root_dir=self.base / "hosts" / node,
+            health_backend="simulated",
+            simulated=SimulatedGpus(count=2, unhealthy_drivers=unhealthy),
+        )
+
+
+@pytest.fixture
+def site(_template_repo: Path, tmp_path: Path) -> Iterator[Site]:
+    root = tmp_path / "repo"
+    shutil.copytree(_template_repo, root)
+    repo = ImageRepository(root)
+    # The agent's root of trust is a copy made at install time, not the served file.
+    shutil.copyfile(repo.metadata_dir / "1.root.json", tmp_path / "trusted-root.json")
+    with BackgroundServer(root, tmp_path / "server.db") as server:
+        yield Site(repo, tmp_path, server)
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
