@@ -1,0 +1,78 @@
+"""The long-running commands start, work and stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import urllib3
+
+from tests.conftest import Site
+
+
+def _events(process: subprocess.Popen[str]) -> Iterator[dict[str, object]]:
+    """The JSON log events a service writes to stderr, as they come."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("{"):
+            yield json.loads(line)
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpuward", "--log-format", "json", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _wait_for(process: subprocess.Popen[str], event: str) -> dict[str, object]:
+    for record in _events(process):
+        if record["event"] == event:
+            return record
+    raise AssertionError(f"{event} never logged; exit status {process.wait(5)}")
+
+
+def test_agent_loops_until_sigterm(site: Site, tmp_path: Path) -> None:
+    site.publish("580.65.06")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'node_id = "n1"\nserver_url = "{site.url}"\n'
+        f'trusted_root = "{site.base / "trusted-root.json"}"\nbranch = "R580"\n'
+        f'root_dir = "{tmp_path / "host"}"\nhealth_backend = "simulated"\ninterval_s = 3600\n'
+    )
+    agent = _start("agent", "run", "--config", str(config))
+    try:
+        done = _wait_for(agent, "cycle_done")
+        assert done["update"] == "committed"
+        agent.send_signal(signal.SIGTERM)  # it is now waiting out its interval
+        assert _wait_for(agent, "agent_stopped")["node"] == "n1"
+        assert agent.wait(timeout=10) == 0
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_server_serves_until_sigterm(site: Site, tmp_path: Path) -> None:
+    server = _start(
+        "server", "run", "--repo", str(site.repo.root), "--db", str(tmp_path / "s.db"),
+        "--port", "0",
+    )  # fmt: skip
+    try:
+        port = _wait_for(server, "server_listening")["port"]
+        response = urllib3.request("GET", f"http://127.0.0.1:{port}/healthz")
+        assert json.loads(response.data) == {"status": "ok"}
+        server.send_signal(signal.SIGTERM)
+        _wait_for(server, "server_stopped")
+        assert server.wait(timeout=10) == 0
+    finally:
+        server.kill()
+        server.wait()
