@@ -40,8 +40,9 @@ def run_once(config: AgentConfig) -> CycleResult:
 def run_forever(config: AgentConfig, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        # Only set the flag: a handler that logs can deadlock on the logger's
+        # lock if the signal lands while the main thread is writing a log line.
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -57,6 +57,16 @@ class Site:
         folder, name = published.target_path.rsplit("/", 1)
         return self.repo.targets_dir / folder / f"{published.sha256}.{name}"
 
+    def agent_toml(self, folder: Path, server_url: str | None = None, extra: str = "") -> Path:
+        """An agent config file for a simulated host living under ``folder``."""
+        path = folder / "agent.toml"
+        path.write_text(
+            f'node_id = "n1"\nserver_url = "{server_url or self.url}"\n'
+            f'trusted_root = "{self.base / "trusted-root.json"}"\nbranch = "R580"\n'
+            f'root_dir = "{folder / "host"}"\nhealth_backend = "simulated"\n{extra}'
+        )
+        return path
+
     def agent(self, node: str = "node-1", unhealthy: frozenset[str] = frozenset()) -> AgentConfig:
         return AgentConfig(
             node_id=node,

@@ -23,6 +23,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(run)
     run.set_defaults(func=_run)
 
+    health = sub.add_parser(
+        "health", help="look at the GPUs now and judge them against the active slot's driver"
+    )
+    health.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
+    add_json_flag(health)
+    health.set_defaults(func=_health)
+
 
 def _run(args: argparse.Namespace) -> int:
     from agent.config import load_config
@@ -50,3 +57,36 @@ def _run(args: argparse.Namespace) -> int:
     )
     # A refused or rolled-back update is an alarm worth a distinct exit status.
     return 3 if result.outcome.update in ("refused", "rolled-back") else 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.daemon import make_probe
+    from agent.health import gate
+    from agent.slots import Slots
+    from gpuward.cli.output import table
+
+    config = load_config(args.config)
+    seen = make_probe(config).probe()
+    content = Slots(config.slots_dir).content(Slots(config.slots_dir).active())
+    expected = content.manifest.driver_version if content else None
+    reasons = gate(seen, expected) if expected else ["no driver bundle is active"]
+    rows = [
+        (g.index, g.name, g.uuid, "yes" if g.healthy else "no", "; ".join(g.problems))
+        for g in seen.gpus
+    ]
+    emit(
+        args,
+        {
+            "healthy": not reasons,
+            "reasons": reasons,
+            "expected_driver": expected,
+            "driver_version": seen.driver_version,
+            "error": seen.error,
+            "gpus": [g.to_dict() for g in seen.gpus],
+        },
+        f"driver {seen.driver_version or '-'} (expected {expected or '-'}): "
+        f"{'healthy' if not reasons else 'NOT healthy: ' + '; '.join(reasons)}\n"
+        + table(("GPU", "NAME", "UUID", "HEALTHY", "PROBLEMS"), rows),
+    )
+    return 0 if not reasons else 3

@@ -102,12 +102,7 @@ def _closed_port() -> int:
 
 
 def test_unreachable_server(site: Site, tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'node_id = "n1"\nserver_url = "http://127.0.0.1:{_closed_port()}"\n'
-        f'trusted_root = "{site.base / "trusted-root.json"}"\nbranch = "R580"\n'
-        f'root_dir = "{tmp_path / "host"}"\nhealth_backend = "simulated"\n'
-    )
+    config = site.agent_toml(tmp_path, server_url=f"http://127.0.0.1:{_closed_port()}")
     result = gpuward("agent", "run", "--once", "--config", str(config))
     assert_one_line_error(result, "unreachable", "server_url")
 
@@ -127,12 +122,18 @@ def test_happy_path_through_the_cli(site: Site, tmp_path: Path) -> None:
     bundle = site.bundle("580.95.05")
     added = gpuward("repo", "add", str(bundle), "--repo", str(site.repo.root), "--json")
     assert added.returncode == 0, added.stderr
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'node_id = "n1"\nserver_url = "{site.url}"\n'
-        f'trusted_root = "{site.base / "trusted-root.json"}"\nbranch = "R580"\n'
-        f'root_dir = "{tmp_path / "host"}"\nhealth_backend = "simulated"\n'
-    )
+    config = site.agent_toml(tmp_path)
     result = gpuward("agent", "run", "--once", "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     assert '"update": "committed"' in result.stdout
+
+
+def test_agent_health_reports_the_active_driver(site: Site, tmp_path: Path) -> None:
+    config = site.agent_toml(tmp_path)
+    before = gpuward("agent", "health", "--config", str(config), "--json")
+    assert before.returncode == 3  # nothing installed yet
+    site.publish("580.95.05")
+    assert gpuward("agent", "run", "--once", "--config", str(config)).returncode == 0
+    after = gpuward("agent", "health", "--config", str(config), "--json")
+    assert after.returncode == 0, after.stdout
+    assert '"driver_version": "580.95.05"' in after.stdout

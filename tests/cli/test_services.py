@@ -43,12 +43,7 @@ def _wait_for(process: subprocess.Popen[str], event: str) -> dict[str, object]:
 
 def test_agent_loops_until_sigterm(site: Site, tmp_path: Path) -> None:
     site.publish("580.65.06")
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'node_id = "n1"\nserver_url = "{site.url}"\n'
-        f'trusted_root = "{site.base / "trusted-root.json"}"\nbranch = "R580"\n'
-        f'root_dir = "{tmp_path / "host"}"\nhealth_backend = "simulated"\ninterval_s = 3600\n'
-    )
+    config = site.agent_toml(tmp_path, extra="interval_s = 3600\n")
     agent = _start("agent", "run", "--config", str(config))
     try:
         done = _wait_for(agent, "cycle_done")
