@@ -7,7 +7,10 @@ written by tpm2-tools, an independent implementation: its events and its final
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +105,17 @@ def test_events_equal_tpm2_eventlog(path: Path) -> None:
     assert len(got) == len(expected)
     assert got == expected
     assert [e.index for e in log.events] == list(range(len(log.events)))
+
+
+@pytest.mark.parametrize("path", LOGS, ids=_log_id)
+def test_cli_replay_equals_tpm2_eventlog(path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpuward", "eventlog", "replay", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout) == {"pcrs": yaml_pcrs(_yaml(path))}
 
 
 def _by_name(name: str) -> EventLog:
