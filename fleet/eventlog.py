@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet.errors import GpuwardError
@@ -271,11 +271,14 @@ class ImageLoad:
 
     kind = "image_load"
 
+    @property
+    def file_path(self) -> str | None:
+        """The file the image came from (the device path's File Path nodes), if any."""
+        return _file_path(self.device_path)
+
     def summary(self) -> str:
-        return (
-            f"image at 0x{self.location:x}, {self.length} bytes, "
-            f"device path {len(self.device_path)} bytes"
-        )
+        where = self.file_path or f"device path {len(self.device_path)} bytes"
+        return f"image at 0x{self.location:x}, {self.length} bytes, {where}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -285,6 +288,7 @@ class ImageLoad:
             "link_time_address": self.link_time_address,
             "device_path_length": len(self.device_path),
             "device_path": self.device_path.hex(),
+            "file_path": self.file_path,
         }
 
 
@@ -424,12 +428,11 @@ def parse(data: bytes | bytearray | memoryview) -> EventLog:
             events.append(event)
         return EventLog(FORMAT_SHA1, None, {_SHA1.name: _SHA1.digest_size}, tuple(events))
     spec_id = _spec_id(first, offset - len(first.data))
-    header = Event(0, 0, 0, EV_NO_ACTION, first.digests, first.data, spec_id)
     return EventLog(
         FORMAT_CRYPTO_AGILE,
         spec_id,
         spec_id.digest_sizes,
-        (header, *_events2(buf, offset, spec_id.algorithms)),
+        (replace(first, decoded=spec_id), *_events2(buf, offset, spec_id.algorithms)),
     )
 
 
@@ -676,6 +679,35 @@ def _image_load(data: bytes, offset: int, index: int) -> ImageLoad:
         link_time_address=link_time_address,
         device_path=data[_IMAGE_LOAD.size : _IMAGE_LOAD.size + path_length],
     )
+
+
+_DEVICE_PATH_NODE = struct.Struct("<BBH")  # type, subtype, length including this header
+_MEDIA_FILE_PATH = (0x04, 0x04)
+_END_OF_PATH = 0x7F
+
+
+def _file_path(device_path: bytes) -> str | None:
+    """Join the File Path nodes of a UEFI device path; None if it has none or is malformed.
+
+    Best effort, for people and policy: the digest, not this text, is what was
+    measured, so a malformed device path is not an error.
+    """
+    parts = []
+    offset = 0
+    while offset + _DEVICE_PATH_NODE.size <= len(device_path):
+        node_type, subtype, length = _DEVICE_PATH_NODE.unpack_from(device_path, offset)
+        if length < _DEVICE_PATH_NODE.size or offset + length > len(device_path):
+            return None
+        if node_type == _END_OF_PATH:
+            break
+        if (node_type, subtype) == _MEDIA_FILE_PATH:
+            node = device_path[offset + _DEVICE_PATH_NODE.size : offset + length]
+            try:
+                parts.append(node.decode("utf-16-le").rstrip("\x00"))
+            except UnicodeDecodeError:
+                return None
+        offset += length
+    return "".join(parts) or None
 
 
 def _no_action(data: bytes, offset: int, index: int) -> StartupLocality | NoAction:

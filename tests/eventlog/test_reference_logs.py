@@ -163,6 +163,11 @@ def test_typed_decodings_of_a_secure_boot_log() -> None:
     assert len(images) == 3
     assert all(d and d["kind"] == "image_load" and d["length"] > 0 for d in images)
     assert [d["device_path_length"] for d in images if d] == [122, 56, 0]
+    assert [d["file_path"] for d in images if d] == [
+        "\\EFI\\redhat\\shimx64.efi",
+        "\\EFI\\redhat\\grubx64.efi",
+        None,  # the kernel, loaded from memory by grub
+    ]
 
     grub = [d["text"] for t, d in summaries if t == "EV_IPL" and d and "grub_cmd" in str(d["text"])]
     assert grub, "grub's commands are measured as text into PCR 8"

@@ -193,6 +193,36 @@ def test_sha384_and_pcr_order() -> None:
     assert pcrs["sha384"][2] == extend(bytes(48), hashlib.sha384(b"a").digest(), "sha384")
 
 
+def _file_node(path: str) -> bytes:
+    text = (path + "\x00").encode("utf-16-le")
+    return struct.pack("<BBH", 4, 4, 4 + len(text)) + text
+
+
+END_NODE = struct.pack("<BBH", 0x7F, 0xFF, 4)
+
+
+@pytest.mark.parametrize(
+    ("device_path", "file_path"),
+    [
+        (
+            _file_node("\\EFI\\BOOT") + _file_node("\\BOOTX64.EFI") + END_NODE,
+            "\\EFI\\BOOT\\BOOTX64.EFI",
+        ),
+        (b"", None),
+        (END_NODE + _file_node("\\after-the-end"), None),
+        (struct.pack("<BBH", 4, 4, 2) + bytes(8), None),  # node shorter than its header
+        (struct.pack("<BBH", 4, 4, 400) + bytes(8), None),  # node longer than the path
+        (struct.pack("<BBH", 4, 4, 6) + b"\x00\xd8", None),  # not UTF-16
+    ],
+)
+def test_image_file_path_is_best_effort(device_path: bytes, file_path: str | None) -> None:
+    data = struct.pack("<QQQQ", 0x1000, 4096, 0, len(device_path)) + device_path
+    log = parse(agile_log(event2(4, EV_EFI_BOOT_SERVICES_APPLICATION, measured(data), data)))
+    image = log.events[1].decoded
+    assert isinstance(image, eventlog.ImageLoad)
+    assert image.file_path == file_path
+
+
 # Attacks: every one must end in EventLogError.
 
 
