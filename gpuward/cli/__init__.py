@@ -15,9 +15,17 @@ from collections.abc import Sequence
 
 from fleet.errors import GpuwardError
 from gpuward import __version__, logs
-from gpuward.cli import agent_cmd, bundle_cmd, demo_cmd, keys_cmd, repo_cmd, server_cmd
+from gpuward.cli import (
+    agent_cmd,
+    bundle_cmd,
+    demo_cmd,
+    eventlog_cmd,
+    keys_cmd,
+    repo_cmd,
+    server_cmd,
+)
 
-GROUPS = (keys_cmd, bundle_cmd, repo_cmd, server_cmd, agent_cmd, demo_cmd)
+GROUPS = (keys_cmd, bundle_cmd, repo_cmd, server_cmd, agent_cmd, eventlog_cmd, demo_cmd)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
