@@ -116,7 +116,7 @@ class Enforcer:
                 notes.append(f"re-resolving failed, kept the previous addresses: {exc}")
                 log.warning("firewall.resolve_failed", error=str(exc))
         present, missing = present_cgroups(self.policy, self._cgroup_root)
-        current = dataclasses.replace(current, cgroups=present, missing_cgroups=missing)
+        current = dataclasses.replace(current, cgroups=present)
         self._resolution = current
         notes.extend(f"cgroup {p} does not exist yet; matched once it does" for p in missing)
         return current

@@ -30,8 +30,7 @@ UserLookup = Callable[[str], int]
 class Resolution:
     addresses: Mapping[str, tuple[str, ...]]  # host name -> sorted addresses
     uids: tuple[int, ...]
-    cgroups: tuple[str, ...]  # restricted cgroups that exist now
-    missing_cgroups: tuple[str, ...]  # ... and those that do not (matched once they appear)
+    cgroups: tuple[str, ...]  # the restricted cgroups that exist now
 
 
 def system_resolver(name: str) -> list[str]:
@@ -65,12 +64,10 @@ def resolve(
                 f"firewall.restricted_users: no user {user!r} on this node; "
                 "create it or remove it from the config (the firewall was not changed)"
             ) from None
-    present, missing = present_cgroups(policy, cgroup_root)
     return Resolution(
         addresses=addresses,
         uids=tuple(dict.fromkeys(uids)),
-        cgroups=present,
-        missing_cgroups=missing,
+        cgroups=present_cgroups(policy, cgroup_root)[0],
     )
 
 

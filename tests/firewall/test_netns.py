@@ -232,7 +232,7 @@ def test_a_ruleset_nft_rejects_leaves_the_previous_table_whole(net: Net) -> None
     before = net.nft.list_table()
     # A cgroup that vanished between resolving and applying: nft refuses the rule.
     broken_policy = policy(mode="nvidia-apps", restricted_cgroups=["gw-test-gone.slice"])
-    broken = render(broken_policy, Resolution({}, (), ("gw-test-gone.slice",), ()))
+    broken = render(broken_policy, Resolution({}, (), ("gw-test-gone.slice",)))
     with pytest.raises(GpuwardError, match="cgroupv2 path fails"):
         net.nft.apply(broken)
     assert net.nft.list_table() == before
