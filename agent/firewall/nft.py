@@ -35,10 +35,6 @@ class Nft:
         """Replace the gpuward table with ``ruleset`` in one transaction."""
         self._run(["-f", "-"], stdin=self.script(ruleset))
 
-    def validate(self, ruleset: Ruleset) -> None:
-        """Ask nft whether it would accept ``ruleset``, changing nothing (``nft -c``)."""
-        self._run(["-c", "-f", "-"], stdin=self.script(ruleset))
-
     @staticmethod
     def script(ruleset: Ruleset) -> str:
         return f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{ruleset.to_text()}"

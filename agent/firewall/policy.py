@@ -37,6 +37,7 @@ _HOST_NAME = re.compile(
 # comments, cgroup paths): a closed character set, so no quoting is needed and
 # nothing can break out of the string.
 _SAFE_TEXT = re.compile(r"[A-Za-z0-9 _.:@=+,/-]*")
+_LOG_PREFIX = re.compile(r"[A-Za-z0-9 _.:@=+,/-]+")  # nft lists an empty prefix as none
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?")
 _CGROUP_PATH = re.compile(
     r"(?!.*(?:^|/)\.\.?(?:/|$))[A-Za-z0-9_.@:=+-]+(?:/[A-Za-z0-9_.@:=+-]+){0,15}"
@@ -239,7 +240,7 @@ class FirewallPolicy:
             restricted_cgroups=tuple(
                 _cgroup(item, at) for at, item in strings("restricted_cgroups")
             ),
-            log_prefix=r.text("log_prefix", max_len=64, pattern=_SAFE_TEXT),
+            log_prefix=r.text("log_prefix", max_len=64, pattern=_LOG_PREFIX),
             log_rate_per_minute=r.integer("log_rate_per_minute", minimum=1, maximum=10_000),
             resolve_interval_s=r.integer("resolve_interval_s", minimum=60, maximum=86_400),
         )

@@ -15,9 +15,7 @@ import pytest
 
 from agent.firewall.enforcer import Enforcer
 from agent.firewall.nft import Nft
-from agent.firewall.resolve import Resolution
-from agent.firewall.ruleset import digest, render
-from fleet.errors import GpuwardError
+from agent.firewall.ruleset import digest
 from fleet.report import HealthReport
 from tests.firewall.conftest import (
     BASE_POLICY,
@@ -227,15 +225,18 @@ def test_a_malformed_config_is_refused_and_the_table_stays(
     assert digest(net.nft.list_table() or []) == before
 
 
-def test_a_ruleset_nft_rejects_leaves_the_previous_table_whole(net: Net) -> None:
+def test_a_ruleset_nft_rejects_leaves_the_previous_table_whole(net: Net, tmp_path: Path) -> None:
     Enforcer(policy(), net.nft).cycle()
     before = net.nft.list_table()
-    # A cgroup that vanished between resolving and applying: nft refuses the rule.
-    broken_policy = policy(mode="nvidia-apps", restricted_cgroups=["gw-test-gone.slice"])
-    broken = render(broken_policy, Resolution({}, (), ("gw-test-gone.slice",)))
-    with pytest.raises(GpuwardError, match="cgroupv2 path fails"):
-        net.nft.apply(broken)
+    # The cgroup exists where the agent looked but not where nft looks (as when
+    # it vanishes between the two): nft refuses the rule, so the whole table.
+    (tmp_path / "gw-test-gone.slice").mkdir()
+    broken = policy(mode="nvidia-apps", restricted_cgroups=["gw-test-gone.slice"])
+    report = Enforcer(broken, net.nft, cgroup_root=tmp_path).cycle()
+    assert (report.action, report.in_sync) == ("failed", False)
+    assert report.error is not None and "cgroupv2 path fails" in report.error
     assert net.nft.list_table() == before
+    assert report.digest == digest(before or [])
 
 
 def test_remove_deletes_only_the_gpuward_table(net: Net) -> None:

@@ -71,6 +71,7 @@ def test_defaults_are_host_mode_with_nothing_allowed() -> None:
         (lambda d: d.update(update_endpoints=["updates.example.org:70000"]), "between 1 and"),
         (lambda d: d.update(update_endpoints=["10.0.0.0/8:443"]), "one host, not a network"),
         (lambda d: d.update(log_prefix='drop" counter accept'), "invalid value"),
+        (lambda d: d.update(log_prefix=""), "invalid value"),
         (lambda d: d.update(log_rate_per_minute=0), "between 1 and 10000"),
         (lambda d: d.update(resolve_interval_s=1), "between 60 and 86400"),
         (lambda d: d.update(restricted_users=[0]), "root cannot be restricted"),
