@@ -8,10 +8,12 @@ Reports come from the network, so ``from_dict`` is strict and bounded.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fleet.errors import InvalidDocument
+from fleet.firewall import FirewallReport
 from fleet.schema import Reader
 
 SCHEMA_VERSION = 1
@@ -82,6 +84,7 @@ class HealthReport:
     update: str  # one of UPDATE_OUTCOMES
     reason: str
     gpus: tuple[GpuHealth, ...]
+    firewall: FirewallReport | None = None  # None on a node without the firewall enabled
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -102,6 +105,7 @@ class HealthReport:
             "update": self.update,
             "reason": self.reason,
             "gpus": [g.to_dict() for g in self.gpus],
+            "firewall": None if self.firewall is None else self.firewall.to_dict(),
         }
 
     @classmethod
@@ -120,11 +124,13 @@ class HealthReport:
                     "update",
                     "reason",
                     "gpus",
+                    "firewall",
                 }
             ),
         )
         if r.integer("schema") != SCHEMA_VERSION:
             raise InvalidDocument(f"{where}: unsupported schema version")
+        firewall = cast(Mapping[str, Any], doc).get("firewall")  # Reader checked it is a mapping
         gpus = tuple(
             GpuHealth.from_dict(item, r.item_where("gpus", i))
             for i, item in enumerate(r.items("gpus", max_items=MAX_GPUS))
@@ -138,4 +144,7 @@ class HealthReport:
             update=r.text("update", choices=UPDATE_OUTCOMES),
             reason=r.text("reason", max_len=1024),
             gpus=gpus,
+            firewall=None
+            if firewall is None
+            else FirewallReport.from_dict(firewall, f"{where}.firewall"),
         )

@@ -20,12 +20,22 @@ from gpuward.cli import (
     bundle_cmd,
     demo_cmd,
     eventlog_cmd,
+    firewall_cmd,
     keys_cmd,
     repo_cmd,
     server_cmd,
 )
 
-GROUPS = (keys_cmd, bundle_cmd, repo_cmd, server_cmd, agent_cmd, eventlog_cmd, demo_cmd)
+GROUPS = (
+    keys_cmd,
+    bundle_cmd,
+    repo_cmd,
+    server_cmd,
+    agent_cmd,
+    firewall_cmd,
+    eventlog_cmd,
+    demo_cmd,
+)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
