@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from fleet.errors import GpuwardError
 from gpuward import __version__, logs
-from gpuward.cli import bundle_cmd, keys_cmd, repo_cmd
+from gpuward.cli import bundle_cmd, compat_cmd, keys_cmd, repo_cmd
 
-GROUPS = (keys_cmd, bundle_cmd, repo_cmd)
+GROUPS = (keys_cmd, bundle_cmd, repo_cmd, compat_cmd)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
