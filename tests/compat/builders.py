@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fleet.catalog import default_catalog
@@ -11,6 +15,7 @@ from fleet.manifest import BundleManifest
 from fleet.versions import DriverVersion
 
 KERNEL = "6.8.0-45-generic"
+PASSPHRASE = "correct horse battery staple"
 
 
 def node_doc(
@@ -67,3 +72,23 @@ def make_node(*models: str, **kw: Any) -> NodeInventory:
 
 def make_bundle(version: str, **kw: Any) -> BundleManifest:
     return BundleManifest.from_dict(bundle_doc(version, **kw))
+
+
+def gpuward(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GPUWARD_KEY_PASSPHRASE": PASSPHRASE}
+    return subprocess.run(
+        [sys.executable, "-m", "gpuward", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
