@@ -126,7 +126,10 @@ def resolve(gpu: Gpu, catalog: Catalog) -> ResolvedGpu:
         if by_name is not None:
             found.append(by_name)
     if len({m.name for _, m in found}) > 1:
-        raise UnknownGpu(f"{label}: PCI id {gpu.pci_device_id} is a {found[0][1].name}, not that")
+        raise UnknownGpu(
+            f"{label}: PCI id {gpu.pci_device_id} is a {found[0][1].name}, "
+            f"but the model name says {found[1][1].name}"
+        )
     model = found[0][1] if found else None
 
     arches: dict[str, Architecture] = {}

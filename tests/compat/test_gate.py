@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
+from importlib import resources
 from typing import Any
 
 import pytest
 
-from fleet.catalog import default_catalog
+from fleet.catalog import default_catalog, load_catalog
 from fleet.compat import REASON_CODES, check
-from tests.compat.builders import make_bundle, make_node
+from fleet.inventory import NodeInventory
+from tests.compat.builders import make_bundle, make_node, node_doc
 
 GATHERED = date(2026, 11, 24)  # the day the facts were gathered
 EARLY = date(2025, 12, 1)  # R570 still supported: lets older branches be judged on the rest
@@ -333,3 +336,20 @@ def test_unknown_branch_is_refused() -> None:
     # R555 is a real CUDA 12.5 driver branch the catalog has no lifecycle facts for.
     verdict = check(make_node("H100"), make_bundle("555.42.06"), default_catalog(), EARLY)
     assert "branch-unknown" in verdict.codes
+
+
+def test_a_pci_id_resolves_and_must_agree_with_the_model_name() -> None:
+    """The facts give no PCI ids yet; a catalog update that adds one is used."""
+    doc = json.loads(resources.files("fleet").joinpath("data/catalog.json").read_bytes())
+    volta = next(a for a in doc["architectures"] if a["name"] == "Volta")
+    volta["models"][0]["pci_device_ids"] = ["0x1db1"]
+    catalog = load_catalog(json.dumps(doc).encode())
+    r590 = make_bundle("590.48.01", flavour="proprietary")
+    by_id = NodeInventory.from_dict({**node_doc(), "gpus": [{"pci_device_id": "0x1DB1"}]})
+    assert check(by_id, r590, catalog, GATHERED).codes == {"arch-dropped"}
+    both = NodeInventory.from_dict(
+        {**node_doc(), "gpus": [{"pci_device_id": "0x1db1", "model": "H100"}]}
+    )
+    verdict = check(both, r590, catalog, GATHERED)
+    assert verdict.codes == {"gpu-unknown"}
+    assert "is a V100, but the model name says H100" in verdict.reasons[0].message
