@@ -46,7 +46,12 @@ def main() -> None:
                 f.write(chunk)
         bundle = base / "b.bundle"
         build_bundle(
-            payload, driver_version="580.95.05", branch="R580", payload_kind="deb", output=bundle
+            payload,
+            driver_version="580.95.05",
+            branch="R580",
+            payload_kind="deb",
+            output=bundle,
+            dkms=True,
         )
         manifest = read_manifest(bundle)
 

@@ -106,3 +106,23 @@ class Reader:
 
     def item_where(self, key: str, index: int) -> str:
         return f"{self._where}.{key}[{index}]"
+
+    @property
+    def where(self) -> str:
+        """How messages name this object, for checks made outside the reader."""
+        return self._where
+
+    def raw(self, key: str) -> Any:
+        """A required field's value, unchecked (null allowed): the caller checks it."""
+        if key not in self._doc:
+            raise InvalidDocument(f"{self._where}: missing field {key!r}")
+        return self._doc[key]
+
+    def nullable_text(
+        self, key: str, *, max_len: int = MAX_STRING, pattern: re.Pattern[str] | None = None
+    ) -> str | None:
+        """A field that must be present, as a string or an explicit null."""
+        value = self.raw(key)
+        if value is None:
+            return None
+        return self._check_str(key, value, pattern, max_len, None)

@@ -51,7 +51,12 @@ def _story(base: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
         (payload / f"libnvidia-ml.so.{version}").write_text(f"simulated NVML {version}\n")
         bundle = base / f"nvidia-{version}.bundle"
         build_bundle(
-            payload, driver_version=version, branch="R580", payload_kind="files", output=bundle
+            payload,
+            driver_version=version,
+            branch="R580",
+            payload_kind="files",
+            output=bundle,
+            dkms=True,
         )
         published = repo.add_bundle(bundle, lambda: passphrase)
         say(f"operator  published {published.target_path} (sha256 {published.sha256[:12]}…)")

@@ -4,18 +4,28 @@ A bundle is an uncompressed tar: ``manifest.json`` first, then the payload files
 under ``payload/``. Driver packages are already compressed, and an uncompressed
 tar cannot hide a decompression bomb. Builds are reproducible (fixed owners,
 modes and times, sorted names) so the same inputs give the same digest.
+
+The manifest is checked against the compatibility catalog before anything is
+written: a bundle that claims an architecture its branch dropped, or
+proprietary modules for Blackwell, is a mistake to catch on the operator's
+workstation, not on a thousand nodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
+from fleet.catalog import Catalog, default_catalog
+from fleet.compat import bundle_problems, supported_architectures
 from fleet.errors import GpuwardError, InvalidDocument
-from fleet.manifest import MANIFEST_NAME, PAYLOAD_DIR, BundleManifest, PayloadFile
+from fleet.manifest import MANIFEST_NAME, PAYLOAD_DIR, SCHEMA_VERSION, BundleManifest, PayloadFile
+from fleet.versions import DriverVersion
 
 MAX_MANIFEST = 4 * 1024 * 1024
 _CHUNK = 1024 * 1024
@@ -45,21 +55,60 @@ def _payload_files(payload: Path) -> list[tuple[str, Path]]:
 
 
 def build_bundle(
-    payload: Path, *, driver_version: str, branch: str, payload_kind: str, output: Path
+    payload: Path,
+    *,
+    driver_version: str,
+    branch: str,
+    payload_kind: str,
+    output: Path,
+    kernels: Sequence[str] = (),
+    dkms: bool = False,
+    module_flavour: str = "open",
+    architectures: Sequence[str] | None = None,
+    cuda_version: str | None = None,
+    fabric_manager: str | None = None,
+    catalog: Catalog | None = None,
 ) -> BundleManifest:
-    """Write a bundle of ``payload`` (a file or a directory) to ``output``."""
+    """Write a bundle of ``payload`` (a file or a directory) to ``output``.
+
+    ``kernels`` (precompiled modules) or ``dkms`` must be given. Where left out,
+    the architectures are all those the catalog says this driver and module
+    flavour drive, and the CUDA version is the newest the driver runs.
+    """
+    catalog = catalog or default_catalog()
+    driver = DriverVersion.parse(driver_version)
+    if architectures is None:
+        architectures = supported_architectures(catalog, branch, driver, module_flavour)
+    if cuda_version is None:
+        runs = catalog.cuda_for_driver(driver)
+        if runs is None:
+            raise GpuwardError(f"the catalog knows no CUDA release for driver {driver}; give one")
+        cuda_version = str(runs)
     files = _payload_files(payload)
     manifest = BundleManifest.from_dict(
         {
-            "schema": 1,
+            "schema": SCHEMA_VERSION,
             "driver_version": driver_version,
             "branch": branch,
             "payload_kind": payload_kind,
-            "files": [
-                PayloadFile(name, path.stat().st_size, sha256_file(path)).to_dict()
-                for name, path in files
-            ],
+            "files": [],
+            "module_flavour": module_flavour,
+            "architectures": list(architectures),
+            "kernels": list(kernels),
+            "dkms": dkms,
+            "cuda_version": cuda_version,
+            "fabric_manager": fabric_manager,
         }
+    )
+    problems = bundle_problems(manifest, catalog)
+    if problems:
+        raise GpuwardError(f"bundle contradicts the catalog: {'; '.join(problems)}")
+    # Hash the payload only once the manifest is known to be right: it can be gigabytes.
+    manifest = dataclasses.replace(
+        manifest,
+        files=tuple(
+            PayloadFile(name, path.stat().st_size, sha256_file(path)) for name, path in files
+        ),
     )
     manifest_bytes = json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode()
     tmp = output.with_name(f".{output.name}.partial")

@@ -5,6 +5,10 @@ and ``targets/`` (served as they are, by the server or any static mirror). It
 uses consistent snapshots: every version of root, targets and snapshot has its
 own file and bundles are stored under their digest, so a mirror can update
 while clients read and a client never mixes versions.
+
+Besides driver bundles (``drivers/<branch>/...``) it publishes the compatibility
+catalog at ``catalog/catalog.json``, so agents get catalog corrections through
+the same signed channel, never from an unsigned download.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
+from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest, target_path
 from keys.bundle import read_manifest
@@ -45,6 +50,14 @@ T = TypeVar("T", Root, Targets, Snapshot, Timestamp)
 
 def _expiry(role: str) -> datetime:
     return datetime.now(UTC).replace(microsecond=0) + EXPIRY[role]
+
+
+@dataclass(frozen=True)
+class PublishedCatalog:
+    target_path: str
+    catalog_version: int
+    sha256: str
+    length: int
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,8 @@ class ImageRepository:
     def published(self) -> list[PublishedBundle]:
         out = []
         for path, info in sorted(self.targets().signed.targets.items()):
+            if not path.startswith("drivers/"):
+                continue
             custom: Any = info.custom
             manifest = BundleManifest.from_dict(custom.get("manifest"), where=path)
             out.append(PublishedBundle(path, manifest, info.hashes["sha256"], info.length))
@@ -150,12 +165,50 @@ class ImageRepository:
         self._publish_snapshot(targets_md.signed.version)
         return PublishedBundle(path, manifest, info.hashes["sha256"], info.length)
 
-    def _store_target(self, bundle: Path, path: str, sha256: str) -> None:
+    def add_catalog(self, catalog_file: Path, passphrase: PassphraseSource) -> PublishedCatalog:
+        """Publish a compatibility catalog; its ``catalog_version`` must go up.
+
+        The catalog is validated first: a broken one must never reach agents,
+        who would reject it anyway and keep running on the old one.
+        """
+        with catalog_file.open("rb") as f:
+            data = f.read(MAX_CATALOG_BYTES + 1)
+        catalog = load_catalog(data, where=str(catalog_file))
+        info = TargetFile.from_data(TARGET_PATH, data, ["sha256"])
+        info.unrecognized_fields["custom"] = {"catalog_version": catalog.catalog_version}
+        published = PublishedCatalog(
+            TARGET_PATH, catalog.catalog_version, info.hashes["sha256"], info.length
+        )
+        targets_md = self.targets()
+        existing = targets_md.signed.targets.get(TARGET_PATH)
+        if existing is not None:
+            if existing.hashes == info.hashes:
+                return published  # already published: nothing to sign
+            current: Any = existing.custom
+            if catalog.catalog_version <= int(current.get("catalog_version", 0)):
+                raise GpuwardError(
+                    f"catalog version {catalog.catalog_version} is not newer than the published "
+                    f"version {current.get('catalog_version')}: raise catalog_version"
+                )
+        # Store the bytes that were validated and hashed, not the file again.
+        atomic_write(self._target_file(TARGET_PATH, info.hashes["sha256"]), data)
+        targets_md.signed.targets[TARGET_PATH] = info
+        targets_md.signed.version += 1
+        targets_md.signed.expires = _expiry("targets")
+        self._sign_and_write(targets_md, passphrase)
+        self._publish_snapshot(targets_md.signed.version)
+        return published
+
+    def _target_file(self, path: str, sha256: str) -> Path:
+        """Where target ``path`` is served from: consistent snapshots prefix the digest."""
         folder, name = path.rsplit("/", 1)
-        dest = self.targets_dir / folder / f"{sha256}.{name}"
+        return self.targets_dir / folder / f"{sha256}.{name}"
+
+    def _store_target(self, source: Path, path: str, sha256: str) -> None:
+        dest = self._target_file(path, sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")
-        shutil.copyfile(bundle, tmp)
+        shutil.copyfile(source, tmp)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         tmp.replace(dest)

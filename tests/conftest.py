@@ -46,7 +46,12 @@ class Site:
         (payload / "libnvidia-ml.so.1").write_bytes(content or f"NVML {version}\n".encode())
         output = self.base / f"nvidia-{version}.bundle"
         build_bundle(
-            payload, driver_version=version, branch=branch, payload_kind="files", output=output
+            payload,
+            driver_version=version,
+            branch=branch,
+            payload_kind="files",
+            output=output,
+            dkms=True,
         )
         return output
 

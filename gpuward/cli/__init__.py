@@ -18,6 +18,7 @@ from gpuward import __version__, logs
 from gpuward.cli import (
     agent_cmd,
     bundle_cmd,
+    compat_cmd,
     demo_cmd,
     eventlog_cmd,
     firewall_cmd,
@@ -33,6 +34,7 @@ GROUPS = (
     server_cmd,
     agent_cmd,
     firewall_cmd,
+    compat_cmd,
     eventlog_cmd,
     demo_cmd,
 )

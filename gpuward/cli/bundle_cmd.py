@@ -21,6 +21,37 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         choices=("files", "deb", "rpm", "runfile"),
         help="how the agent installs the payload (default: files)",
     )
+    build.add_argument(
+        "--kernel",
+        action="append",
+        default=[],
+        metavar="RELEASE",
+        help="a kernel (uname -r) the payload has precompiled modules for; repeat for each",
+    )
+    build.add_argument(
+        "--dkms", action="store_true", help="the payload builds its modules on the node (DKMS)"
+    )
+    build.add_argument(
+        "--module-flavour",
+        default="open",
+        choices=("open", "proprietary"),
+        help="kernel-module flavour in the payload (default: open)",
+    )
+    build.add_argument(
+        "--arch",
+        action="append",
+        metavar="ARCH",
+        help="a GPU architecture the bundle supports, e.g. Hopper; repeat for each "
+        "(default: every architecture the catalog says this driver and flavour drive)",
+    )
+    build.add_argument(
+        "--cuda", help="CUDA version the driver provides, e.g. 13.0 (default: from the catalog)"
+    )
+    build.add_argument(
+        "--fabric-manager",
+        metavar="VERSION",
+        help="Fabric Manager version in the payload; must equal the driver version",
+    )
     build.add_argument("-o", "--output", type=Path, required=True, help="bundle file to write")
     add_json_flag(build)
     build.set_defaults(func=_build)
@@ -28,20 +59,33 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _build(args: argparse.Namespace) -> None:
     from fleet.branches import require_branch
+    from fleet.errors import GpuwardError
     from keys.bundle import build_bundle, sha256_file
 
     require_branch(args.branch)
+    if not args.kernel and not args.dkms:
+        raise GpuwardError(
+            "say how the bundle provides kernel modules: --kernel RELEASE (repeat for each "
+            "kernel with precompiled modules) or --dkms"
+        )
     manifest = build_bundle(
         args.payload,
         driver_version=args.driver_version,
         branch=args.branch,
         payload_kind=args.payload_kind,
         output=args.output,
+        kernels=args.kernel,
+        dkms=args.dkms,
+        module_flavour=args.module_flavour,
+        architectures=args.arch,
+        cuda_version=args.cuda,
+        fabric_manager=args.fabric_manager,
     )
     digest = sha256_file(args.output)
     emit(
         args,
         {"bundle": str(args.output), "sha256": digest, "manifest": manifest.to_dict()},
         f"built {args.output}: driver {manifest.driver_version} ({manifest.branch}), "
-        f"{len(manifest.files)} file(s), sha256 {digest}",
+        f"{manifest.module_flavour} modules, {', '.join(manifest.architectures)}, "
+        f"CUDA {manifest.cuda_version}, {len(manifest.files)} file(s), sha256 {digest}",
     )

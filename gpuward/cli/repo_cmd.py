@@ -18,6 +18,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(add)
     add.set_defaults(func=_add)
 
+    add_catalog = sub.add_parser(
+        "add-catalog",
+        help="publish a compatibility catalog (validated first; its catalog_version must go up)",
+    )
+    add_catalog.add_argument("catalog", type=Path, help="catalog JSON file")
+    add_catalog.add_argument("--repo", type=Path, required=True, help="repository directory")
+    add_json_flag(add_catalog)
+    add_catalog.set_defaults(func=_add_catalog)
+
     listing = sub.add_parser("list", help="list published bundles")
     listing.add_argument("--repo", type=Path, required=True)
     add_json_flag(listing)
@@ -32,13 +41,20 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _add(args: argparse.Namespace) -> None:
     from fleet.branches import require_branch
+    from fleet.catalog import default_catalog
+    from fleet.compat import bundle_problems
+    from fleet.errors import GpuwardError
     from keys.bundle import read_manifest
     from keys.image_repo import ImageRepository
     from keys.sealed import passphrase_from_env_or_prompt
 
     repo = ImageRepository(args.repo)
     repo.targets()  # fail on a missing repository before asking for a passphrase
-    require_branch(read_manifest(args.bundle).branch)
+    manifest = read_manifest(args.bundle)
+    require_branch(manifest.branch)
+    problems = bundle_problems(manifest, default_catalog())
+    if problems:
+        raise GpuwardError(f"{args.bundle} contradicts the catalog: {'; '.join(problems)}")
     published = repo.add_bundle(
         args.bundle, lambda: passphrase_from_env_or_prompt("the targets key")
     )
@@ -46,6 +62,30 @@ def _add(args: argparse.Namespace) -> None:
         args,
         {"target": published.target_path, "sha256": published.sha256, "length": published.length},
         f"published {published.target_path} (driver {published.manifest.driver_version})",
+    )
+
+
+def _add_catalog(args: argparse.Namespace) -> None:
+    from fleet.catalog import MAX_CATALOG_BYTES, load_catalog
+    from keys.image_repo import ImageRepository
+    from keys.sealed import passphrase_from_env_or_prompt
+
+    repo = ImageRepository(args.repo)
+    repo.targets()  # fail on a missing repository before asking for a passphrase
+    with args.catalog.open("rb") as f:  # and on a bad catalog, too
+        load_catalog(f.read(MAX_CATALOG_BYTES + 1), where=str(args.catalog))
+    published = repo.add_catalog(
+        args.catalog, lambda: passphrase_from_env_or_prompt("the targets key")
+    )
+    emit(
+        args,
+        {
+            "target": published.target_path,
+            "catalog_version": published.catalog_version,
+            "sha256": published.sha256,
+            "length": published.length,
+        },
+        f"published {published.target_path} (catalog version {published.catalog_version})",
     )
 
 

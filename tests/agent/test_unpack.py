@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -24,6 +25,12 @@ def _manifest(name: str = "libnvidia-ml.so.1", data: bytes = PAYLOAD) -> BundleM
         branch="R580",
         payload_kind="files",
         files=(PayloadFile(name, len(data), hashlib.sha256(data).hexdigest()),),
+        module_flavour="open",
+        architectures=("Hopper",),
+        kernels=(),
+        dkms=True,
+        cuda_version="13.0",
+        fabric_manager=None,
     )
 
 
@@ -62,7 +69,12 @@ def test_built_bundle_unpacks(tmp_path: Path) -> None:
     (payload / "lib" / "libnvidia-ml.so.1").write_bytes(PAYLOAD)
     bundle = tmp_path / "b.bundle"
     build_bundle(
-        payload, driver_version="580.95.05", branch="R580", payload_kind="files", output=bundle
+        payload,
+        driver_version="580.95.05",
+        branch="R580",
+        payload_kind="files",
+        output=bundle,
+        dkms=True,
     )
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -116,9 +128,7 @@ def test_duplicate_member_is_refused(tmp_path: Path) -> None:
 def test_inner_manifest_must_equal_the_signed_one(tmp_path: Path) -> None:
     inner = _manifest()
     bundle = _tar(tmp_path / "b.bundle", inner, _file("payload/libnvidia-ml.so.1"))
-    signed = BundleManifest(
-        driver_version="580.82.07", branch="R580", payload_kind="files", files=inner.files
-    )
+    signed = dataclasses.replace(inner, driver_version="580.82.07")
     (tmp_path / "d").mkdir()
     with pytest.raises(BadBundle, match="differs from the signed one"):
         unpack_bundle(bundle, signed, tmp_path / "d")

@@ -40,7 +40,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 def test_missing_payload(tmp_path: Path) -> None:
     result = gpuward(
         "bundle", "build", str(tmp_path / "nope"), "--driver-version", "580.95.05",
-        "--branch", "R580", "-o", str(tmp_path / "b.bundle"),
+        "--branch", "R580", "--dkms", "-o", str(tmp_path / "b.bundle"),
     )  # fmt: skip
     assert_one_line_error(result, "not found")
 
@@ -79,7 +79,7 @@ def test_unknown_branch(tmp_path: Path, branch: str) -> None:
     (tmp_path / "p").write_bytes(b"x")
     result = gpuward(
         "bundle", "build", str(tmp_path / "p"), "--driver-version", "580.95.05",
-        "--branch", branch, "-o", str(tmp_path / "b.bundle"),
+        "--branch", branch, "--dkms", "-o", str(tmp_path / "b.bundle"),
     )  # fmt: skip
     assert_one_line_error(result, branch)
     assert not (tmp_path / "b.bundle").exists()

@@ -11,11 +11,17 @@ from fleet.errors import InvalidDocument
 from fleet.manifest import BundleManifest
 
 GOOD: dict[str, Any] = {
-    "schema": 1,
+    "schema": 2,
     "driver_version": "580.95.05",
     "branch": "R580",
     "payload_kind": "files",
     "files": [{"name": "lib/libnvidia-ml.so.1", "length": 3, "sha256": "a" * 64}],
+    "module_flavour": "open",
+    "architectures": ["Hopper", "Ampere"],
+    "kernels": ["6.8.0-45-generic"],
+    "dkms": False,
+    "cuda_version": "13.0 U2",
+    "fabric_manager": "580.95.05",
 }
 
 
@@ -29,7 +35,19 @@ def test_round_trip() -> None:
     ("change", "message"),
     [
         (lambda d: d.update(extra=1), "unknown field"),
-        (lambda d: d.update(schema=2), "unsupported schema"),
+        (lambda d: d.update(schema=3), "unsupported schema"),
+        (lambda d: d.update(schema=1), "rebuild the bundle"),
+        (lambda d: d.update(module_flavour="closed"), "must be one of"),
+        (lambda d: d.update(architectures=[]), "each architecture once"),
+        (lambda d: d.update(architectures=["Hopper", "Hopper"]), "each architecture once"),
+        (lambda d: d.update(architectures=[7]), r"architectures\[0\]: invalid value"),
+        (lambda d: d.update(kernels=["6.8.0; reboot"]), r"kernels\[0\]: invalid value"),
+        (lambda d: d.update(kernels=["6.8.0-45-generic"] * 2), "each kernel once"),
+        (lambda d: d.update(kernels=[], dkms=False), "or dkms"),
+        (lambda d: d.update(dkms="yes"), "true or false"),
+        (lambda d: d.update(cuda_version="13"), "invalid value"),
+        (lambda d: d.update(fabric_manager="580.82.07"), "must equal the driver"),
+        (lambda d: d.pop("fabric_manager"), "missing field"),
         (lambda d: d.update(branch="R570"), "belongs to R580"),
         (lambda d: d.update(driver_version="580.95.05;rm"), "invalid value"),
         (lambda d: d.update(driver_version="5" * 17), "longer than"),
@@ -48,6 +66,12 @@ def test_rejects(change: Any, message: str) -> None:
     change(doc)
     with pytest.raises(InvalidDocument, match=message):
         BundleManifest.from_dict(doc)
+
+
+def test_dkms_without_precompiled_kernels_is_a_valid_statement() -> None:
+    doc = copy.deepcopy(GOOD)
+    doc.update(kernels=[], dkms=True, fabric_manager=None)
+    assert BundleManifest.from_dict(doc).to_dict() == doc
 
 
 def test_rejects_non_object() -> None:

@@ -72,6 +72,7 @@ def test_wrong_passphrase_publishes_nothing(_template_repo: Path, tmp_path: Path
         branch="R580",
         payload_kind="files",
         output=bundle,
+        dkms=True,
     )
     with pytest.raises(WrongPassphrase):
         repo.add_bundle(bundle, lambda: "not the passphrase")
