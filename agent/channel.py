@@ -95,16 +95,24 @@ class ImageChannel:
             self._updater.refresh()
 
     def candidates(self, branch: str) -> list[Candidate]:
-        """Every bundle of ``branch`` in the verified targets metadata.
+        """Every bundle of ``branch`` in the verified metadata.
 
-        ngclient offers no listing, so names come from the targets metadata it
-        has just verified and persisted; each name is then looked up through
+        ngclient offers no listing. Looking up the branch folder itself makes it
+        walk the delegations and verify and cache the branch's role; names are
+        then read from the roles it cached and each is looked up again through
         ``get_targetinfo``, which answers only from verified metadata.
         """
-        listed = Metadata[Targets].from_bytes((self._metadata_dir / "targets.json").read_bytes())
         prefix = f"drivers/{branch}/"
+        with _classified(f"loading the metadata of branch {branch}"):
+            self._updater.get_targetinfo(prefix)
+        names: set[str] = set()
+        for role_file in self._metadata_dir.glob("*.json"):
+            if role_file.name in ("root.json", "timestamp.json", "snapshot.json"):
+                continue
+            listed = Metadata[Targets].from_bytes(role_file.read_bytes())
+            names.update(p for p in listed.signed.targets if p.startswith(prefix))
         found = []
-        for path in sorted(p for p in listed.signed.targets if p.startswith(prefix)):
+        for path in sorted(names):
             with _classified(f"looking up {path}"):
                 info = self._updater.get_targetinfo(path)
             if info is None:

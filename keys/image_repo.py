@@ -6,7 +6,10 @@ uses consistent snapshots: every version of root, targets and snapshot has its
 own file and bundles are stored under their digest, so a mirror can update
 while clients read and a client never mixes versions.
 
-Besides driver bundles (``drivers/<branch>/...``) it publishes the compatibility
+Driver bundles live under ``drivers/<branch>/``, each branch delegated by the
+top-level targets role to a role of its own (``R580``), so a team can publish
+one branch with its own key and no power over the others. Besides bundles
+(``drivers/<branch>/...``) it publishes the compatibility
 catalog at ``catalog/catalog.json``, so agents get catalog corrections through
 the same signed channel, never from an unsigned download.
 """
@@ -16,40 +19,18 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tuf.api.metadata import (
-    Metadata,
-    MetaFile,
-    Root,
-    Snapshot,
-    TargetFile,
-    Targets,
-    Timestamp,
-)
-from tuf.api.serialization import DeserializationError
-from tuf.api.serialization.json import JSONSerializer
+from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 
 from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest, target_path
 from keys.bundle import read_manifest
-from keys.keyring import TOP_LEVEL_ROLES, Keyring, PassphraseSource
+from keys.keyring import Keyring, PassphraseSource
 from keys.storage import atomic_write, fsync_dir
-
-EXPIRY = {
-    "root": timedelta(days=365),
-    "targets": timedelta(days=90),
-    "snapshot": timedelta(days=7),
-    "timestamp": timedelta(days=1),
-}
-T = TypeVar("T", Root, Targets, Snapshot, Timestamp)
-
-
-def _expiry(role: str) -> datetime:
-    return datetime.now(UTC).replace(microsecond=0) + EXPIRY[role]
+from keys.tuf_repo import RoleSpec, TufRepository
 
 
 @dataclass(frozen=True)
@@ -68,101 +49,96 @@ class PublishedBundle:
     length: int
 
 
-class ImageRepository:
+DEFAULT_SPECS = {"root": RoleSpec(2, 3)}
+
+
+class ImageRepository(TufRepository):
     def __init__(self, root: Path) -> None:
+        super().__init__(root / "metadata", Keyring(root / "keys"))
         self.root = root
-        self.keyring = Keyring(root / "keys")
-        self.metadata_dir = root / "metadata"
         self.targets_dir = root / "targets"
 
-    # -- creation ---------------------------------------------------------
-
     @classmethod
-    def init(cls, root: Path, passphrase: str) -> ImageRepository:
+    def init(
+        cls, root: Path, passphrase: str, specs: dict[str, RoleSpec] | None = None
+    ) -> ImageRepository:
         """Generate keys and the first signed version of every role."""
         repo = cls(root)
-        if repo.metadata_dir.exists():
-            raise GpuwardError(f"{root} already holds a repository")
-        Keyring.generate(repo.keyring.dir, passphrase)
+        if repo.keyring.dir.exists() and any(repo.keyring.dir.iterdir()):
+            raise GpuwardError(f"{root} already holds keys; choose an empty directory")
+        repo.create({**DEFAULT_SPECS, **(specs or {})}, passphrase)
         repo.targets_dir.mkdir(parents=True, exist_ok=True)
-
-        root_md = Metadata(Root(expires=_expiry("root"), consistent_snapshot=True))
-        for role in TOP_LEVEL_ROLES:
-            root_md.signed.add_key(repo.keyring.role_key(role).public_key, role)
-        targets_md = Metadata(Targets(expires=_expiry("targets")))
-
-        def secret() -> str:
-            return passphrase
-
-        snapshot_md = Metadata(Snapshot(expires=_expiry("snapshot")))
-        timestamp_md = Metadata(Timestamp(expires=_expiry("timestamp")))
-        for md in (root_md, targets_md, snapshot_md, timestamp_md):
-            repo._sign_and_write(md, secret)
         return repo
 
     # -- reading -----------------------------------------------------------
 
-    def _load(self, filename: str, kind: type[T]) -> Metadata[T]:
-        path = self.metadata_dir / filename
-        try:
-            md: Metadata[Any] = Metadata.from_bytes(path.read_bytes())
-        except FileNotFoundError:
-            raise GpuwardError(
-                f"{self.root} is not a gpuward repository ({filename} missing); "
-                "run 'gpuward keys init' first"
-            ) from None
-        except DeserializationError as exc:
-            raise GpuwardError(f"{path}: corrupt metadata ({exc})") from None
-        if not isinstance(md.signed, kind):
-            raise GpuwardError(f"{path}: expected {kind.type} metadata")
-        return md
-
-    def root_metadata(self) -> Metadata[Root]:
-        return self._load("root.json", Root)
-
-    def timestamp(self) -> Metadata[Timestamp]:
-        return self._load("timestamp.json", Timestamp)
-
-    def snapshot(self) -> Metadata[Snapshot]:
-        version = self.timestamp().signed.snapshot_meta.version
-        return self._load(f"{version}.snapshot.json", Snapshot)
-
-    def targets(self) -> Metadata[Targets]:
-        version = self.snapshot().signed.meta["targets.json"].version
-        return self._load(f"{version}.targets.json", Targets)
+    def branch_roles(self) -> list[str]:
+        delegations = self.targets().signed.delegations
+        if delegations is None or delegations.roles is None:
+            return []
+        return sorted(delegations.roles)
 
     def published(self) -> list[PublishedBundle]:
         out = []
-        for path, info in sorted(self.targets().signed.targets.items()):
-            if not path.startswith("drivers/"):
-                continue
-            custom: Any = info.custom
-            manifest = BundleManifest.from_dict(custom.get("manifest"), where=path)
-            out.append(PublishedBundle(path, manifest, info.hashes["sha256"], info.length))
+        for role in self.branch_roles():
+            for path, info in sorted(self.targets(role).signed.targets.items()):
+                custom: Any = info.custom
+                manifest = BundleManifest.from_dict(custom.get("manifest"), where=path)
+                out.append(PublishedBundle(path, manifest, info.hashes["sha256"], info.length))
         return out
 
     # -- publishing --------------------------------------------------------
 
+    def delegate_branch(
+        self, branch: str, passphrase: PassphraseSource, spec: RoleSpec | None = None
+    ) -> None:
+        """Give ``branch`` its own role and keys: it alone may sign ``drivers/<branch>/*``."""
+        targets_md = self.targets()
+        if branch in self.branch_roles():
+            raise GpuwardError(f"branch {branch} is already delegated")
+        spec = spec or RoleSpec()
+        keys = self.new_keys(branch, spec.count, passphrase())
+        delegations = targets_md.signed.delegations or Delegations(keys={}, roles={})
+        assert delegations.roles is not None  # path-based delegations, never succinct
+        for key in keys:
+            delegations.keys[key.keyid] = key.public_key
+        delegations.roles[branch] = DelegatedRole(
+            name=branch,
+            keyids=[k.keyid for k in keys],
+            threshold=spec.threshold,
+            terminating=True,
+            paths=[f"drivers/{branch}/*"],
+        )
+        targets_md.signed.delegations = delegations
+        self.bump(targets_md, "targets")
+        self.sign_and_write(targets_md, passphrase)
+        branch_md = Metadata(Targets(expires=self.expires(branch)))
+        self.sign_and_write(
+            branch_md, passphrase, role=branch, authority=([k.keyid for k in keys], spec.threshold)
+        )
+        self.publish_snapshot({"targets": targets_md.signed.version, branch: 1})
+
     def add_bundle(self, bundle: Path, passphrase: PassphraseSource) -> PublishedBundle:
-        """Publish ``bundle`` as a target and re-sign targets, snapshot, timestamp."""
+        """Publish ``bundle`` in its branch role, delegating the branch on first use."""
         manifest = read_manifest(bundle)
         path = target_path(manifest, bundle.name)
         info = TargetFile.from_file(path, str(bundle), ["sha256"])
         info.unrecognized_fields["custom"] = {"manifest": manifest.to_dict()}
+        if manifest.branch not in self.branch_roles():
+            self.delegate_branch(manifest.branch, passphrase)
 
-        targets_md = self.targets()
-        existing = targets_md.signed.targets.get(path)
+        branch_md = self.targets(manifest.branch)
+        existing = branch_md.signed.targets.get(path)
         if existing is not None and existing.hashes != info.hashes:
             raise GpuwardError(
                 f"{path} is already published with other content; published bundles "
                 "never change: build it under a new file name"
             )
         self._store_target(bundle, path, info.hashes["sha256"])
-        targets_md.signed.targets[path] = info
-        targets_md.signed.version += 1
-        targets_md.signed.expires = _expiry("targets")
-        self._sign_and_write(targets_md, passphrase)
-        self._publish_snapshot(targets_md.signed.version)
+        branch_md.signed.targets[path] = info
+        self.bump(branch_md, manifest.branch)
+        self.sign_and_write(branch_md, passphrase, role=manifest.branch)
+        self.publish_snapshot({manifest.branch: branch_md.signed.version})
         return PublishedBundle(path, manifest, info.hashes["sha256"], info.length)
 
     def add_catalog(self, catalog_file: Path, passphrase: PassphraseSource) -> PublishedCatalog:
@@ -193,10 +169,9 @@ class ImageRepository:
         # Store the bytes that were validated and hashed, not the file again.
         atomic_write(self._target_file(TARGET_PATH, info.hashes["sha256"]), data)
         targets_md.signed.targets[TARGET_PATH] = info
-        targets_md.signed.version += 1
-        targets_md.signed.expires = _expiry("targets")
-        self._sign_and_write(targets_md, passphrase)
-        self._publish_snapshot(targets_md.signed.version)
+        self.bump(targets_md, "targets")
+        self.sign_and_write(targets_md, passphrase)
+        self.publish_snapshot({"targets": targets_md.signed.version})
         return published
 
     def _target_file(self, path: str, sha256: str) -> Path:
@@ -213,41 +188,3 @@ class ImageRepository:
             os.fsync(f.fileno())
         tmp.replace(dest)
         fsync_dir(dest.parent)
-
-    def _publish_snapshot(self, targets_version: int) -> None:
-        """Sign a new snapshot naming ``targets_version``, then a timestamp for it."""
-        snapshot_md = self.snapshot()
-        snapshot_md.signed.version += 1
-        snapshot_md.signed.meta["targets.json"] = MetaFile(targets_version)
-        snapshot_md.signed.expires = _expiry("snapshot")
-        self._sign_and_write(snapshot_md, _no_passphrase)
-        self.sign_timestamp(snapshot_version=snapshot_md.signed.version)
-
-    def sign_timestamp(
-        self, *, snapshot_version: int | None = None, expires: datetime | None = None
-    ) -> Metadata[Timestamp]:
-        """Sign the next timestamp; it expires soonest, so the server re-signs it often."""
-        timestamp_md = self.timestamp()
-        timestamp_md.signed.version += 1
-        if snapshot_version is not None:
-            timestamp_md.signed.snapshot_meta = MetaFile(snapshot_version)
-        timestamp_md.signed.expires = expires or _expiry("timestamp")
-        self._sign_and_write(timestamp_md, _no_passphrase)
-        return timestamp_md
-
-    def _sign_and_write(self, md: Metadata[Any], passphrase: PassphraseSource) -> None:
-        role = md.signed.type
-        md.signatures.clear()
-        md.sign(self.keyring.signer(role, passphrase))
-        data = md.to_bytes(JSONSerializer(compact=False))
-        version = md.signed.version
-        if role == Timestamp.type:
-            atomic_write(self.metadata_dir / "timestamp.json", data)
-        else:
-            atomic_write(self.metadata_dir / f"{version}.{role}.json", data)
-        if role == Root.type:
-            atomic_write(self.metadata_dir / "root.json", data)
-
-
-def _no_passphrase() -> str:
-    raise GpuwardError("online keys need no passphrase; the key description is wrong")

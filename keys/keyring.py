@@ -1,15 +1,19 @@
-"""The keys of one image repository, on disk.
+"""The private keys a repository directory holds, on disk.
 
-Each role has a public description ``<role>.pub.json`` (the key and the signer
+Each key has a public description ``<name>.pub.json`` (the key and the signer
 URI that reaches its private half) and, for file keys, a private key file next
-to it. Offline roles are sealed (``keys.sealed``); online roles, which the
-server must use unattended, are plain PKCS#8 files readable only by their owner.
+to it. Which role a key signs for is not stored here: the root metadata (and,
+for branch roles, the targets delegations) is the one authority on that.
+Offline keys are sealed (``keys.sealed``); online keys, which the server uses
+unattended, are plain PKCS#8 files readable only by their owner. Retired keys
+move to ``retired/`` so a rotation never destroys key material silently.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib import parse
@@ -20,68 +24,111 @@ from fleet.errors import GpuwardError
 from keys import sealed
 from keys.storage import atomic_write
 
-TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
-OFFLINE_ROLES = frozenset({"root", "targets"})
-
 PassphraseSource = Callable[[], str]
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
-class RoleKey:
-    role: str
+class LocalKey:
+    name: str
     public_key: SSlibKey
     uri: str  # as stored: file URIs are relative to the keys directory
+
+    @property
+    def keyid(self) -> str:
+        return str(self.public_key.keyid)
 
 
 class Keyring:
     def __init__(self, keys_dir: Path) -> None:
         self.dir = keys_dir
 
-    @classmethod
-    def generate(cls, keys_dir: Path, passphrase: str) -> Keyring:
-        """Create one ed25519 key per top-level role; refuse to overwrite keys."""
-        if keys_dir.exists() and any(keys_dir.iterdir()):
-            raise GpuwardError(f"{keys_dir} already holds keys; choose an empty directory")
-        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for role in TOP_LEVEL_ROLES:
-            signer = CryptoSigner.generate_ed25519()
-            private = signer.private_bytes
-            if role in OFFLINE_ROLES:
-                atomic_write(keys_dir / f"{role}.key", sealed.seal(private, passphrase), 0o600)
-                uri = f"{sealed.SealedFileSigner.SCHEME}:{role}.key"
-            else:
-                atomic_write(keys_dir / f"{role}.key", private, 0o600)
-                uri = f"{CryptoSigner.SCHEME}:{role}.key"
-            key_doc = {**signer.public_key.to_dict(), "keyid": signer.public_key.keyid}
-            doc = {"role": role, "uri": uri, "key": key_doc}
-            atomic_write(keys_dir / f"{role}.pub.json", json.dumps(doc, indent=2).encode())
-        return cls(keys_dir)
+    def generate(self, name: str, *, passphrase: str | None) -> LocalKey:
+        """A new ed25519 key; sealed with ``passphrase`` unless it is None (online key)."""
+        if not _NAME.fullmatch(name):
+            raise GpuwardError(f"invalid key name {name!r}")
+        if (self.dir / f"{name}.pub.json").exists():
+            raise GpuwardError(f"key {name} already exists in {self.dir}")
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        signer = CryptoSigner.generate_ed25519()
+        private = signer.private_bytes
+        if passphrase is not None:
+            atomic_write(self.dir / f"{name}.key", sealed.seal(private, passphrase), 0o600)
+            uri = f"{sealed.SealedFileSigner.SCHEME}:{name}.key"
+        else:
+            atomic_write(self.dir / f"{name}.key", private, 0o600)
+            uri = f"{CryptoSigner.SCHEME}:{name}.key"
+        key = LocalKey(name, signer.public_key, uri)
+        self._write_description(key)
+        return key
 
-    def role_key(self, role: str) -> RoleKey:
-        path = self.dir / f"{role}.pub.json"
+    def add_external(self, name: str, public_key: SSlibKey, uri: str) -> LocalKey:
+        """Register a key whose private half lives elsewhere (HSM, KMS) by its signer URI."""
+        key = LocalKey(name, public_key, uri)
+        self._write_description(key)
+        return key
+
+    def _write_description(self, key: LocalKey) -> None:
+        doc = {
+            "name": key.name,
+            "uri": key.uri,
+            "key": {**key.public_key.to_dict(), "keyid": key.keyid},
+        }
+        atomic_write(self.dir / f"{key.name}.pub.json", json.dumps(doc, indent=2).encode())
+
+    def keys(self) -> dict[str, LocalKey]:
+        """Every usable key here, by keyid."""
+        found = {}
+        for path in sorted(self.dir.glob("*.pub.json")):
+            key = self._read(path)
+            found[key.keyid] = key
+        return found
+
+    def _read(self, path: Path) -> LocalKey:
         try:
             doc = json.loads(path.read_bytes())
             key_doc = dict(doc["key"])
             keyid = key_doc.pop("keyid")
-            key = SSlibKey.from_dict(keyid, key_doc)
-            return RoleKey(role=doc["role"], public_key=key, uri=str(doc["uri"]))
-        except FileNotFoundError:
-            raise GpuwardError(
-                f"no key for role {role!r} in {self.dir}; run 'gpuward keys init' first"
-            ) from None
+            return LocalKey(str(doc["name"]), SSlibKey.from_dict(keyid, key_doc), str(doc["uri"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise GpuwardError(f"{path}: unreadable key description ({exc})") from None
 
-    def signer(self, role: str, passphrase: PassphraseSource) -> Signer:
-        """Open the private key of ``role`` through its signer URI."""
-        role_key = self.role_key(role)
-        uri = parse.urlparse(role_key.uri)
-        absolute = role_key.uri
+    def signer(self, key: LocalKey, passphrase: PassphraseSource) -> Signer:
+        """Open the private half of ``key`` through its signer URI."""
+        uri = parse.urlparse(key.uri)
+        absolute = key.uri
         if uri.scheme in (CryptoSigner.SCHEME, sealed.SealedFileSigner.SCHEME):
             absolute = f"{uri.scheme}:{self.dir.resolve() / uri.path}"
         try:
             return Signer.from_priv_key_uri(
-                absolute, role_key.public_key, secrets_handler=lambda _secret: passphrase()
+                absolute, key.public_key, secrets_handler=lambda _secret: passphrase()
             )
         except FileNotFoundError:
-            raise GpuwardError(f"private key for {role!r} not found under {self.dir}") from None
+            raise GpuwardError(f"private key of {key.name} not found under {self.dir}") from None
+
+    def signers(
+        self, role: str, keyids: Iterable[str], threshold: int, passphrase: PassphraseSource
+    ) -> list[Signer]:
+        """Signers for ``threshold`` of ``keyids``, or an error saying what is missing."""
+        local = self.keys()
+        usable = [local[k] for k in keyids if k in local]
+        if len(usable) < threshold:
+            raise GpuwardError(
+                f"role {role} needs {threshold} signature(s) but only {len(usable)} of its keys "
+                f"are in {self.dir}; collect the others with 'gpuward repo stage' and "
+                "'gpuward keys sign'"
+            )
+        return [self.signer(k, passphrase) for k in usable[:threshold]]
+
+    def retire(self, keyids: Iterable[str]) -> None:
+        local = self.keys()
+        retired = self.dir / "retired"
+        retired.mkdir(exist_ok=True, mode=0o700)
+        for keyid in keyids:
+            key = local.get(keyid)
+            if key is None:
+                continue
+            for suffix in (".pub.json", ".key"):
+                path = self.dir / f"{key.name}{suffix}"
+                if path.exists():
+                    path.rename(retired / path.name)

@@ -9,10 +9,12 @@ hardware or KMS signer can replace the file without changing it.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib import parse
@@ -117,6 +119,11 @@ def passphrase_from_env_or_prompt(purpose: str, *, confirm: bool = False) -> str
     if not first:
         raise GpuwardError("an empty passphrase is not allowed")
     return first
+
+
+def passphrase_source(purpose: str) -> Callable[[], str]:
+    """A passphrase callable that asks (or reads the environment) at most once."""
+    return functools.cache(lambda: passphrase_from_env_or_prompt(purpose))
 
 
 class SealedFileSigner(Signer):

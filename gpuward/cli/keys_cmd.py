@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from fleet.errors import GpuwardError
 from gpuward.cli.output import add_json_flag, emit
+
+if TYPE_CHECKING:
+    from keys.tuf_repo import RoleSpec
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,16 +26,37 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         ),
     )
     init.add_argument("dir", type=Path, help="new repository directory")
+    init.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="ROLE=T/N",
+        help="N keys for ROLE, T of which must sign (default root=2/3, others 1/1); repeatable",
+    )
     add_json_flag(init)
     init.set_defaults(func=_init)
+
+    rotate = sub.add_parser(
+        "rotate",
+        help="replace every key of a role (root, targets, snapshot, timestamp)",
+        description=(
+            "Generate new keys for ROLE, sign a new root with a threshold of the old and the "
+            "new root keys, re-sign what the role signs, and move the old keys to keys/retired/."
+        ),
+    )
+    rotate.add_argument("role", choices=("root", "targets", "snapshot", "timestamp"))
+    rotate.add_argument("--repo", type=Path, required=True, help="repository directory")
+    add_json_flag(rotate)
+    rotate.set_defaults(func=_rotate)
 
 
 def _init(args: argparse.Namespace) -> None:
     from keys.image_repo import ImageRepository
     from keys.sealed import passphrase_from_env_or_prompt
 
+    specs = _parse_thresholds(args.threshold)
     passphrase = passphrase_from_env_or_prompt("the new offline keys", confirm=True)
-    repo = ImageRepository.init(args.dir, passphrase)
+    repo = ImageRepository.init(args.dir, passphrase, specs)
     root = repo.metadata_dir / "root.json"
     emit(
         args,
@@ -38,4 +64,34 @@ def _init(args: argparse.Namespace) -> None:
         f"created repository {args.dir}\n"
         f"  keys:          {repo.keyring.dir} (never copy these to the server)\n"
         f"  trusted root:  {root} (install it on every agent as trusted_root)",
+    )
+
+
+def _parse_thresholds(items: list[str]) -> dict[str, RoleSpec]:
+    from keys.tuf_repo import TOP_LEVEL_ROLES, RoleSpec
+
+    specs = {}
+    for item in items:
+        role, _, spec = item.partition("=")
+        if role not in TOP_LEVEL_ROLES:
+            raise GpuwardError(
+                f"--threshold {item}: role must be one of {', '.join(TOP_LEVEL_ROLES)}"
+            )
+        specs[role] = RoleSpec.parse(spec)
+    return specs
+
+
+def _rotate(args: argparse.Namespace) -> None:
+    from keys.image_repo import ImageRepository
+    from keys.sealed import passphrase_source
+
+    repo = ImageRepository(args.repo)
+    repo.root_metadata()  # fail on a missing repository before asking for a passphrase
+    new = repo.rotate(args.role, passphrase_source("the offline keys"))
+    root = repo.root_metadata()
+    emit(
+        args,
+        {"role": args.role, "keys": [k.name for k in new], "root_version": root.signed.version},
+        f"rotated {args.role}: new keys {', '.join(k.name for k in new)}; "
+        f"root is now version {root.signed.version} (agents follow it on their next refresh)",
     )

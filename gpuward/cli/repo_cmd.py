@@ -46,7 +46,7 @@ def _add(args: argparse.Namespace) -> None:
     from fleet.errors import GpuwardError
     from keys.bundle import read_manifest
     from keys.image_repo import ImageRepository
-    from keys.sealed import passphrase_from_env_or_prompt
+    from keys.sealed import passphrase_source
 
     repo = ImageRepository(args.repo)
     repo.targets()  # fail on a missing repository before asking for a passphrase
@@ -55,9 +55,7 @@ def _add(args: argparse.Namespace) -> None:
     problems = bundle_problems(manifest, default_catalog())
     if problems:
         raise GpuwardError(f"{args.bundle} contradicts the catalog: {'; '.join(problems)}")
-    published = repo.add_bundle(
-        args.bundle, lambda: passphrase_from_env_or_prompt("the targets key")
-    )
+    published = repo.add_bundle(args.bundle, passphrase_source("the offline keys"))
     emit(
         args,
         {"target": published.target_path, "sha256": published.sha256, "length": published.length},
@@ -68,15 +66,13 @@ def _add(args: argparse.Namespace) -> None:
 def _add_catalog(args: argparse.Namespace) -> None:
     from fleet.catalog import MAX_CATALOG_BYTES, load_catalog
     from keys.image_repo import ImageRepository
-    from keys.sealed import passphrase_from_env_or_prompt
+    from keys.sealed import passphrase_source
 
     repo = ImageRepository(args.repo)
     repo.targets()  # fail on a missing repository before asking for a passphrase
     with args.catalog.open("rb") as f:  # and on a bad catalog, too
         load_catalog(f.read(MAX_CATALOG_BYTES + 1), where=str(args.catalog))
-    published = repo.add_catalog(
-        args.catalog, lambda: passphrase_from_env_or_prompt("the targets key")
-    )
+    published = repo.add_catalog(args.catalog, passphrase_source("the offline keys"))
     emit(
         args,
         {

@@ -48,11 +48,13 @@ def test_garbage_file_is_not_a_key() -> None:
 
 def test_repository_keys_on_disk(_template_repo: Path) -> None:
     keys = _template_repo / "keys"
-    for role in ("root", "targets"):
-        text = (keys / f"{role}.key").read_bytes()
+    for name in ("root-1", "root-2", "root-3", "targets-1"):
+        text = (keys / f"{name}.key").read_bytes()
         assert b"PRIVATE KEY" not in text  # offline keys are sealed
-    for role in ("root", "targets", "snapshot", "timestamp"):
-        assert (keys / f"{role}.key").stat().st_mode & 0o777 == 0o600
+    for name in ("snapshot-1", "timestamp-1"):
+        assert b"PRIVATE KEY" in (keys / f"{name}.key").read_bytes()  # online, unattended
+    for path in keys.glob("*.key"):
+        assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_wrong_passphrase_publishes_nothing(_template_repo: Path, tmp_path: Path) -> None:

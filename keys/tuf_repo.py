@@ -1,0 +1,260 @@
+"""One TUF repository on disk, signed with thresholds of local keys.
+
+The image repository and the director's per-node repositories are both this:
+a ``metadata/`` folder with consistent snapshots (every version of root,
+targets, delegated roles and snapshot in its own file; ``timestamp.json``
+unversioned), signed by the keys of a ``Keyring`` in the quantities the root
+metadata demands. What differs between them (bundles and delegations; per-node
+assignments) lives in their own modules.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
+from tuf.api.serialization import DeserializationError
+from tuf.api.serialization.json import JSONSerializer
+
+from fleet.errors import GpuwardError
+from keys.keyring import Keyring, LocalKey, PassphraseSource
+from keys.storage import atomic_write
+
+TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
+ONLINE_ROLES = frozenset({"snapshot", "timestamp"})
+DEFAULT_EXPIRY = {
+    "root": timedelta(days=365),
+    "targets": timedelta(days=90),
+    "delegated": timedelta(days=90),
+    "snapshot": timedelta(days=7),
+    "timestamp": timedelta(days=1),
+}
+T = TypeVar("T", Root, Targets, Snapshot, Timestamp)
+_SPEC = re.compile(r"([1-9][0-9]?)/([1-9][0-9]?)")
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """How many keys a role has and how many must sign: ``threshold`` of ``count``."""
+
+    threshold: int = 1
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.threshold <= self.count <= 16:
+            raise GpuwardError(f"a role needs 1 <= threshold <= keys <= 16, got {self}")
+
+    @classmethod
+    def parse(cls, text: str) -> RoleSpec:
+        match = _SPEC.fullmatch(text)
+        if match is None:
+            raise GpuwardError(f"invalid threshold {text!r}: write THRESHOLD/KEYS, e.g. 2/3")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+def no_passphrase() -> str:
+    raise GpuwardError("an offline key was needed where only online keys should sign")
+
+
+class TufRepository:
+    def __init__(
+        self, metadata_dir: Path, keyring: Keyring, expiry: dict[str, timedelta] | None = None
+    ) -> None:
+        self.metadata_dir = metadata_dir
+        self.keyring = keyring
+        self.expiry = {**DEFAULT_EXPIRY, **(expiry or {})}
+
+    def expires(self, role: str) -> datetime:
+        kind = role if role in DEFAULT_EXPIRY else "delegated"
+        return datetime.now(UTC).replace(microsecond=0) + self.expiry[kind]
+
+    # -- creation ---------------------------------------------------------
+
+    def create(self, specs: dict[str, RoleSpec], passphrase: str) -> None:
+        """Generate keys for every top-level role and sign their first versions."""
+        if (self.metadata_dir / "root.json").exists():
+            raise GpuwardError(f"{self.metadata_dir} already holds a repository")
+        root = Root(expires=self.expires("root"), consistent_snapshot=True)
+        for role in TOP_LEVEL_ROLES:
+            spec = specs.get(role, RoleSpec())
+            for key in self.new_keys(role, spec.count, passphrase):
+                root.add_key(key.public_key, role)
+            root.roles[role].threshold = spec.threshold
+
+        def secret() -> str:
+            return passphrase
+
+        root_spec = root.roles["root"]
+        self.sign_and_write(
+            Metadata(root), secret, authority=(list(root_spec.keyids), root_spec.threshold)
+        )
+        self.sign_and_write(Metadata(Targets(expires=self.expires("targets"))), secret)
+        self.sign_and_write(Metadata(Snapshot(expires=self.expires("snapshot"))), secret)
+        self.sign_and_write(Metadata(Timestamp(expires=self.expires("timestamp"))), secret)
+
+    def new_keys(self, role: str, count: int, passphrase: str) -> list[LocalKey]:
+        taken = {p.name.split(".")[0] for p in self.keyring.dir.rglob("*.pub.json")}
+        keys: list[LocalKey] = []
+        n = 1
+        while len(keys) < count:
+            name = f"{role}-{n}"
+            n += 1
+            if name in taken:
+                continue
+            online = role in ONLINE_ROLES
+            keys.append(self.keyring.generate(name, passphrase=None if online else passphrase))
+        return keys
+
+    # -- reading ----------------------------------------------------------
+
+    def load(self, filename: str, kind: type[T]) -> Metadata[T]:
+        path = self.metadata_dir / filename
+        try:
+            md: Metadata[Any] = Metadata.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            raise GpuwardError(
+                f"{self.metadata_dir} is not a gpuward repository ({filename} missing); "
+                "run 'gpuward keys init' first"
+            ) from None
+        except DeserializationError as exc:
+            raise GpuwardError(f"{path}: corrupt metadata ({exc})") from None
+        if not isinstance(md.signed, kind):
+            raise GpuwardError(f"{path}: expected {kind.type} metadata")
+        return md
+
+    def root_metadata(self) -> Metadata[Root]:
+        return self.load("root.json", Root)
+
+    def timestamp(self) -> Metadata[Timestamp]:
+        return self.load("timestamp.json", Timestamp)
+
+    def snapshot(self) -> Metadata[Snapshot]:
+        version = self.timestamp().signed.snapshot_meta.version
+        return self.load(f"{version}.snapshot.json", Snapshot)
+
+    def targets(self, role: str = "targets") -> Metadata[Targets]:
+        meta = self.snapshot().signed.meta.get(f"{role}.json")
+        if meta is None:
+            raise GpuwardError(f"role {role} is not in the snapshot")
+        return self.load(f"{meta.version}.{role}.json", Targets)
+
+    def role_keys(self, role: str) -> tuple[list[str], int]:
+        """The keyids allowed to sign ``role`` and how many must."""
+        if role in TOP_LEVEL_ROLES:
+            spec = self.root_metadata().signed.roles[role]
+            return list(spec.keyids), spec.threshold
+        delegations = self.targets().signed.delegations
+        if delegations is None or delegations.roles is None or role not in delegations.roles:
+            raise GpuwardError(f"no role {role!r} is delegated in this repository")
+        delegated = delegations.roles[role]
+        return list(delegated.keyids), delegated.threshold
+
+    # -- signing ----------------------------------------------------------
+
+    def sign_and_write(
+        self,
+        md: Metadata[Any],
+        passphrase: PassphraseSource,
+        *,
+        role: str | None = None,
+        authority: tuple[list[str], int] | None = None,
+    ) -> None:
+        """Sign ``md`` with a threshold of local keys and write it.
+
+        ``authority`` (keyids, threshold) stands in for the published metadata
+        when that does not name the role's keys yet (a first root, a new
+        delegation).
+        """
+        role = role or md.signed.type
+        keyids, threshold = authority or self.role_keys(role)
+        md.signatures.clear()
+        for signer in self.keyring.signers(role, keyids, threshold, passphrase):
+            md.sign(signer, append=True)
+        self.write(md, role)
+
+    def write(self, md: Metadata[Any], role: str) -> None:
+        data = md.to_bytes(JSONSerializer(compact=False))
+        if role == Timestamp.type:
+            atomic_write(self.metadata_dir / "timestamp.json", data)
+            return
+        atomic_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
+        if role == Root.type:
+            atomic_write(self.metadata_dir / "root.json", data)
+
+    def bump(self, md: Metadata[Any], role: str) -> None:
+        md.signed.version += 1
+        md.signed.expires = self.expires(role)
+
+    def publish_snapshot(self, changed: dict[str, int]) -> None:
+        """A new snapshot naming the changed roles' versions, then a timestamp for it."""
+        snapshot_md = self.snapshot()
+        self.bump(snapshot_md, "snapshot")
+        for role, version in changed.items():
+            snapshot_md.signed.meta[f"{role}.json"] = MetaFile(version)
+        self.sign_and_write(snapshot_md, no_passphrase)
+        self.sign_timestamp(snapshot_version=snapshot_md.signed.version)
+
+    def sign_timestamp(
+        self, *, snapshot_version: int | None = None, expires: datetime | None = None
+    ) -> Metadata[Timestamp]:
+        """Sign the next timestamp; it expires soonest, so the server re-signs it often."""
+        timestamp_md = self.timestamp()
+        self.bump(timestamp_md, "timestamp")
+        if snapshot_version is not None:
+            timestamp_md.signed.snapshot_meta = MetaFile(snapshot_version)
+        if expires is not None:
+            timestamp_md.signed.expires = expires
+        self.sign_and_write(timestamp_md, no_passphrase)
+        return timestamp_md
+
+    # -- rotation ---------------------------------------------------------
+
+    def rotate(self, role: str, passphrase: PassphraseSource) -> list[LocalKey]:
+        """Replace every key of a top-level ``role`` with new ones, same threshold.
+
+        A new root is signed by a threshold of the old root keys and of the new
+        ones, so clients holding any earlier root can follow the chain.
+        """
+        if role not in TOP_LEVEL_ROLES:
+            raise GpuwardError(f"{role} is not a top-level role")
+        root_md = self.root_metadata()
+        old_keyids, threshold = (
+            list(root_md.signed.roles[role].keyids),
+            root_md.signed.roles[role].threshold,
+        )
+        old_root_signers = self.keyring.signers(
+            "root",
+            root_md.signed.roles["root"].keyids,
+            root_md.signed.roles["root"].threshold,
+            passphrase,
+        )
+        new = self.new_keys(role, len(old_keyids), passphrase())
+        for keyid in old_keyids:
+            root_md.signed.revoke_key(keyid, role)
+        for key in new:
+            root_md.signed.add_key(key.public_key, role)
+        root_md.signed.roles[role].threshold = threshold
+        self.bump(root_md, "root")
+        root_md.signatures.clear()
+        new_root_signers = (
+            self.keyring.signers("root", [k.keyid for k in new], threshold, passphrase)
+            if role == "root"
+            else []
+        )
+        for signer in [*old_root_signers, *new_root_signers]:
+            if signer.public_key.keyid not in root_md.signatures:
+                root_md.sign(signer, append=True)
+        self.write(root_md, "root")
+        self.keyring.retire(old_keyids)
+        if role == "targets":
+            targets_md = self.targets()
+            self.bump(targets_md, "targets")
+            self.sign_and_write(targets_md, passphrase)
+            self.publish_snapshot({"targets": targets_md.signed.version})
+        elif role in ONLINE_ROLES:
+            self.publish_snapshot({})
+        return new
