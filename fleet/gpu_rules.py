@@ -1,0 +1,244 @@
+"""Rules that turn GPU samples and XIDs into verdicts, as pure functions.
+
+Two kinds of verdict:
+
+* ``gate_problems`` decides whether a GPU may carry a freshly installed driver:
+  any problem it returns rolls the update back. It is deliberately narrow
+  (errors the GPU cannot recover from on its own), so a busy, warm, healthy
+  fleet is not rolled back.
+* ``degradations`` lists everything an operator should know about, with a
+  severity, for reports and the dashboard.
+
+Only evidence counts: a value the GPU cannot report (``None``) is never a
+problem, because a fleet of GPUs that lack a counter must still be updatable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.gpu import HARDWARE_CLOCK_EVENTS, THERMAL_CLOCK_EVENTS, GpuSample
+
+# Listing every failed query of a lost GPU would drown the report (and exceed
+# its limit on problems); the first few say enough.
+MAX_LISTED_ERRORS = 3
+
+# Under full load a GPU legitimately runs below its maximum boost clock (power
+# and software caps); far below it while not idle, something holds it down.
+CLOCK_BELOW_SPEC_FRACTION = 0.7
+
+WARNING = "warning"
+CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str  # WARNING or CRITICAL
+    message: str
+
+
+def _error_summary(errors: tuple[str, ...]) -> list[str]:
+    listed = [f"NVML query failed: {error}" for error in errors[:MAX_LISTED_ERRORS]]
+    if len(errors) > MAX_LISTED_ERRORS:
+        listed.append(f"{len(errors) - MAX_LISTED_ERRORS} more NVML queries failed")
+    return listed
+
+
+def gate_problems(sample: GpuSample) -> tuple[str, ...]:
+    """Why this GPU is not healthy enough to commit an update on; empty when it is."""
+    problems = _error_summary(sample.errors)
+    if sample.ecc_uncorrected_volatile:
+        problems.append(
+            f"{sample.ecc_uncorrected_volatile} uncorrected ECC error(s) since the driver loaded"
+        )
+    rows = sample.remapped_rows
+    if rows is not None and rows.failure:
+        problems.append("row remapping failed (no spare rows left): the GPU needs service")
+    if rows is not None and rows.pending:
+        problems.append("a row remap is pending: reset the GPU to apply it")
+    if sample.clock_events is not None:
+        held = [r for r in sample.clock_events.reasons if r in HARDWARE_CLOCK_EVENTS]
+        if held:
+            problems.append(f"clocks held down by hardware: {', '.join(held)}")
+    return tuple(problems)
+
+
+def _rose(now: int | None, before: int | None) -> int:
+    """How much a counter rose between two samples; 0 if unknown or reset (driver reload)."""
+    if now is None or before is None or now < before:
+        return 0
+    return now - before
+
+
+def degradations(sample: GpuSample, previous: GpuSample | None = None) -> tuple[Finding, ...]:
+    """Everything wrong or degrading on this GPU; ``previous`` is its last sample, if any.
+
+    Trends (rising counters) need ``previous``; a sample of another GPU (the
+    UUID differs) is ignored rather than compared.
+    """
+    if previous is not None and previous.uuid != sample.uuid:
+        previous = None
+    findings = [Finding("nvml_query_failed", CRITICAL, e) for e in _error_summary(sample.errors)]
+    reasons = sample.clock_events.reasons if sample.clock_events is not None else None
+
+    thermal = [r for r in reasons or () if r in THERMAL_CLOCK_EVENTS]
+    if thermal:
+        severity = CRITICAL if "hw_thermal_slowdown" in thermal else WARNING
+        temperature = "" if sample.temperature_c is None else f" at {sample.temperature_c} C"
+        findings.append(
+            Finding(
+                "thermal_throttling",
+                severity,
+                f"thermal throttling{temperature}: " + ", ".join(thermal),
+            )
+        )
+    for reason in ("hw_slowdown", "hw_power_brake_slowdown"):
+        if reasons is not None and reason in reasons:
+            findings.append(Finding(reason, CRITICAL, f"clocks held down by hardware: {reason}"))
+
+    # Low clocks at rest (GpuIdle) are normal; without knowing the reasons we cannot tell.
+    if (
+        reasons is not None
+        and "gpu_idle" not in reasons
+        and sample.sm_clock_mhz is not None
+        and sample.sm_clock_max_mhz
+        and sample.sm_clock_mhz < CLOCK_BELOW_SPEC_FRACTION * sample.sm_clock_max_mhz
+    ):
+        why = ", ".join(reasons) or "no reason reported"
+        findings.append(
+            Finding(
+                "clocks_below_spec",
+                WARNING,
+                f"SM clock {sample.sm_clock_mhz} MHz of {sample.sm_clock_max_mhz} MHz while not "
+                f"idle ({why})",
+            )
+        )
+
+    # Links retrain to a lower generation at rest to save power, so a low
+    # generation counts only while the GPU is not idle; a narrower link never
+    # recovers by itself.
+    if (
+        sample.pcie_width is not None
+        and sample.pcie_width_max
+        and (sample.pcie_width < sample.pcie_width_max)
+    ):
+        findings.append(
+            Finding(
+                "pcie_trained_down",
+                WARNING,
+                f"PCIe link x{sample.pcie_width} of x{sample.pcie_width_max}",
+            )
+        )
+    if (
+        reasons is not None
+        and "gpu_idle" not in reasons
+        and sample.pcie_gen is not None
+        and sample.pcie_gen_max
+        and sample.pcie_gen < sample.pcie_gen_max
+    ):
+        findings.append(
+            Finding(
+                "pcie_trained_down",
+                WARNING,
+                f"PCIe link gen {sample.pcie_gen} of gen {sample.pcie_gen_max} while not idle",
+            )
+        )
+
+    if sample.ecc_uncorrected_volatile:
+        findings.append(
+            Finding(
+                "ecc_uncorrected",
+                CRITICAL,
+                f"{sample.ecc_uncorrected_volatile} uncorrected ECC error(s) since the driver "
+                "loaded",
+            )
+        )
+    rows = sample.remapped_rows
+    if rows is not None and rows.failure:
+        findings.append(
+            Finding("remap_failure", CRITICAL, "row remapping failed: the GPU needs service")
+        )
+    if rows is not None and rows.pending:
+        findings.append(Finding("remap_pending", CRITICAL, "a row remap is pending: reset the GPU"))
+    if sample.retired_pages_pending:
+        findings.append(
+            Finding(
+                "page_retirement_pending",
+                WARNING,
+                "memory pages wait for retirement: reset the GPU or reboot",
+            )
+        )
+
+    if previous is not None:
+        corrected = _rose(sample.ecc_corrected_volatile, previous.ecc_corrected_volatile)
+        if corrected:
+            findings.append(
+                Finding(
+                    "ecc_corrected_rising",
+                    WARNING,
+                    f"{corrected} more corrected ECC error(s) since the last sample",
+                )
+            )
+        replays = _rose(sample.pcie_replays, previous.pcie_replays)
+        if replays:
+            findings.append(
+                Finding(
+                    "pcie_replays_rising",
+                    WARNING,
+                    f"{replays} more PCIe replays since the last sample",
+                )
+            )
+    return tuple(findings)
+
+
+# What to do about an XID, in the terms of NVIDIA's XID catalog.
+RESTART_APP = "restart the application"
+RESET_GPU = "drain the GPU and reset it"
+REBOOT = "drain the node and reboot it"
+SERVICE = "drain the GPU; service it if this recurs after a reset"
+WATCH = "nothing now; watch whether it recurs"
+
+
+@dataclass(frozen=True)
+class XidClass:
+    xid: int
+    category: str  # application, memory, firmware, interconnect, bus, unknown
+    severity: str  # WARNING or CRITICAL
+    description: str
+    action: str
+
+
+_XID_CATALOG: dict[int, tuple[str, str, str, str]] = {
+    13: ("application", WARNING, "graphics engine exception", RESTART_APP),
+    31: ("application", WARNING, "GPU memory page fault", RESTART_APP),
+    43: ("application", WARNING, "GPU stopped processing", RESTART_APP),
+    45: ("application", WARNING, "preemptive cleanup after an earlier error", WATCH),
+    48: ("memory", CRITICAL, "double-bit ECC error", RESET_GPU),
+    61: ("firmware", WARNING, "internal micro-controller breakpoint", WATCH),
+    62: ("firmware", CRITICAL, "internal micro-controller halt", RESET_GPU),
+    63: ("memory", WARNING, "row remapping or page retirement recorded", RESET_GPU),
+    64: ("memory", CRITICAL, "row remapping or page retirement failed", SERVICE),
+    74: ("interconnect", CRITICAL, "NVLink error", RESET_GPU),
+    79: ("bus", CRITICAL, "GPU has fallen off the bus", REBOOT),
+    92: ("memory", WARNING, "high single-bit ECC error rate", WATCH),
+    94: ("memory", WARNING, "contained ECC error", RESTART_APP),
+    95: ("memory", CRITICAL, "uncontained ECC error", RESET_GPU),
+    119: ("firmware", CRITICAL, "GSP RPC timeout", RESET_GPU),
+    120: ("firmware", CRITICAL, "GSP error", RESET_GPU),
+}
+
+
+def classify_xid(xid: int) -> XidClass:
+    """The catalog's verdict on an XID; an XID it does not know is a warning to look up."""
+    known = _XID_CATALOG.get(xid)
+    if known is None:
+        return XidClass(
+            xid,
+            "unknown",
+            WARNING,
+            "not in gpuward's XID catalog",
+            "look it up in NVIDIA's XID catalog",
+        )
+    category, severity, description, action = known
+    return XidClass(xid, category, severity, description, action)

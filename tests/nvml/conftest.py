@@ -1,0 +1,121 @@
+"""Fixtures that run the agent's NVML code against a fake libnvidia-ml.so.1.
+
+The fake (``fake_nvml.c``) is compiled once per session, twice: as a current
+driver, and as an old one that lacks the symbols newer drivers added. Each run
+is a fresh ``python -m agent.nvml`` process, because nvidia-ml-py loads the
+library once per process and the fake reads its config on ``nvmlInit``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+
+H100 = "NVIDIA H100 80GB HBM3"
+DRIVER = "580.95.05"
+
+
+def _build(out_dir: Path, *defines: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            *defines,
+            "-o",
+            str(out_dir / "libnvidia-ml.so.1"),
+            str(HERE / "fake_nvml.c"),
+            "-pthread",
+        ],
+        check=True,
+    )
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def fake_nvml_libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Directories holding a fake libnvidia-ml.so.1: ``current`` and ``old`` drivers."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build the fake libnvidia-ml.so.1 (Debian package gcc)")
+    root = tmp_path_factory.mktemp("fake-nvml")
+    return {
+        "current": _build(root / "current"),
+        "old": _build(root / "old", "-DFAKE_NVML_OLD_DRIVER"),
+    }
+
+
+def h100_host(gpus: int = 8, driver: str = DRIVER, **extra: object) -> dict[str, object]:
+    """Config for a healthy, idle H100 host; ``extra`` adds or overrides keys.
+
+    Keys with dots cannot be keyword arguments, so pass them as ``**{"gpu.3.x": 1}``.
+    """
+    config: dict[str, object] = {"driver_version": driver, "gpu_count": gpus}
+    for i in range(gpus):
+        config[f"gpu.{i}.name"] = H100
+        config[f"gpu.{i}.uuid"] = f"GPU-{i:08x}-1111-2222-3333-444455556666"
+        config[f"gpu.{i}.clock_events"] = 0x1  # GpuIdle
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def h100() -> Callable[..., dict[str, object]]:
+    return h100_host
+
+
+NvmlRun = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_nvml(fake_nvml_libs: dict[str, Path], tmp_path: Path) -> NvmlRun:
+    """Run ``python -m agent.nvml ARGS`` against the fake configured by ``config``."""
+
+    def run(
+        config: Mapping[str, object], *args: str, driver: str = "current"
+    ) -> subprocess.CompletedProcess[str]:
+        config_file = tmp_path / "fake-nvml.conf"
+        config_file.write_text("".join(f"{k}={v}\n" for k, v in config.items()))
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": str(fake_nvml_libs[driver]),
+            "FAKE_NVML_CONFIG": str(config_file),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "agent.nvml", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture
+def probe_json(run_nvml: NvmlRun) -> Callable[..., dict[str, Any]]:
+    """Run the health probe in a fresh process and return its JSON."""
+
+    def probe(config: Mapping[str, object], *, driver: str = "current") -> dict[str, Any]:
+        done = run_nvml(config, driver=driver)
+        assert "Traceback" not in done.stderr, done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        assert done.returncode == (0 if result["error"] is None else 1), done.stderr
+        return result
+
+    return probe
