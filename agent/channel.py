@@ -56,6 +56,11 @@ def _classified(action: str) -> Iterator[None]:
     except tuf_errors.DownloadLengthMismatchError as exc:
         # Endless-data attack or a mirror serving the wrong file.
         raise UpdateRefused(f"{action}: {type(exc).__name__}: {exc}") from exc
+    except tuf_errors.DownloadHTTPError as exc:
+        raise ChannelUnavailable(
+            f"{action}: the server answered HTTP {exc.status_code}; is this node enrolled "
+            "and server_url right?"
+        ) from exc
     except tuf_errors.DownloadError as exc:
         cause = exc.__cause__ or exc
         raise ChannelUnavailable(
@@ -66,55 +71,93 @@ def _classified(action: str) -> Iterator[None]:
         raise UpdateRefused(f"{action}: {type(exc).__name__}: {exc}") from exc
 
 
-class ImageChannel:
-    def __init__(self, config: AgentConfig) -> None:
+class TufChannel:
+    """One TUF repository through ngclient, trusted from a root installed with the agent."""
+
+    def __init__(
+        self,
+        name: str,
+        trusted_root: Path,
+        metadata_dir: Path,
+        metadata_url: str,
+        targets_url: str,
+        download_dir: Path,
+    ) -> None:
+        self.name = name
         try:
-            bootstrap = config.trusted_root.read_bytes()
+            bootstrap = trusted_root.read_bytes()
         except FileNotFoundError:
             raise GpuwardError(
-                f"trusted root {config.trusted_root} not found; install the repository's "
+                f"trusted root {trusted_root} not found; install the {name} repository's "
                 "root.json there"
             ) from None
-        for folder in (config.metadata_dir, config.download_dir):
+        for folder in (metadata_dir, download_dir):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._metadata_dir = config.metadata_dir
+        self._metadata_dir = metadata_dir
         try:
             self._updater = Updater(
-                metadata_dir=str(config.metadata_dir),
-                metadata_base_url=config.metadata_url,
-                target_dir=str(config.download_dir),
-                target_base_url=config.targets_url,
+                metadata_dir=str(metadata_dir),
+                metadata_base_url=metadata_url,
+                target_dir=str(download_dir),
+                target_base_url=targets_url,
                 config=UpdaterConfig(app_user_agent=f"gpuward-agent/{__version__}"),
                 bootstrap=bootstrap,
             )
         except (tuf_errors.RepositoryError, ValueError) as exc:
-            raise GpuwardError(f"trusted root {config.trusted_root} is not valid: {exc}") from None
+            raise GpuwardError(f"trusted root {trusted_root} is not valid: {exc}") from None
 
     def refresh(self) -> None:
-        with _classified("refreshing metadata"):
+        with _classified(f"refreshing {self.name} metadata"):
             self._updater.refresh()
 
-    def candidates(self, branch: str) -> list[Candidate]:
-        """Every bundle of ``branch`` in the verified metadata.
+    def targetinfo(self, path: str) -> TargetFile | None:
+        """``path``'s target as verified metadata describes it (None if it has none)."""
+        with _classified(f"looking up {path} in the {self.name} repository"):
+            return self._updater.get_targetinfo(path)
 
-        ngclient offers no listing. Looking up the branch folder itself makes it
-        walk the delegations and verify and cache the branch's role; names are
-        then read from the roles it cached and each is looked up again through
-        ``get_targetinfo``, which answers only from verified metadata.
+    def listed(self, prefix: str) -> set[str]:
+        """Target names under ``prefix`` in the targets metadata ngclient cached.
+
+        ngclient offers no listing and persists only metadata it verified;
+        callers still look every name up through ``targetinfo``, which answers
+        from verified metadata alone.
         """
-        prefix = f"drivers/{branch}/"
-        with _classified(f"loading the metadata of branch {branch}"):
-            self._updater.get_targetinfo(prefix)
         names: set[str] = set()
         for role_file in self._metadata_dir.glob("*.json"):
             if role_file.name in ("root.json", "timestamp.json", "snapshot.json"):
                 continue
             listed = Metadata[Targets].from_bytes(role_file.read_bytes())
             names.update(p for p in listed.signed.targets if p.startswith(prefix))
+        return names
+
+    def fetch(self, info: TargetFile) -> Path:
+        """The verified target file, downloaded unless a verified copy is cached."""
+        with _classified(f"downloading {info.path}"):
+            cached = self._updater.find_cached_target(info)
+            return Path(cached or self._updater.download_target(info))
+
+
+class ImageChannel(TufChannel):
+    """The image repository: every bundle the operators signed."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__(
+            "image",
+            config.trusted_root,
+            config.metadata_dir,
+            config.metadata_url,
+            config.targets_url,
+            config.download_dir,
+        )
+
+    def candidates(self, branch: str) -> list[Candidate]:
+        """Every bundle of ``branch``; looking up the folder first makes ngclient
+        walk the delegations and cache the branch's role."""
+        prefix = f"drivers/{branch}/"
+        self.targetinfo(prefix)
         found = []
-        for path in sorted(names):
-            with _classified(f"looking up {path}"):
-                info = self._updater.get_targetinfo(path)
+        for path in sorted(self.listed(prefix)):
+            info = self.targetinfo(path)
             if info is None:
                 continue
             try:
@@ -125,11 +168,9 @@ class ImageChannel:
                 log.warning("bundle_skipped", target=path, reason=str(exc))
         return found
 
-    def fetch(self, candidate: Candidate) -> Path:
-        """The verified bundle file, downloaded unless a verified copy is cached."""
-        with _classified(f"downloading {candidate.target_path}"):
-            cached = self._updater.find_cached_target(candidate.info)
-            return Path(cached or self._updater.download_target(candidate.info))
+    def candidate(self, path: str) -> Candidate | None:
+        info = self.targetinfo(path)
+        return None if info is None else Candidate(path, info, _manifest_of(info))
 
 
 def _manifest_of(info: TargetFile) -> BundleManifest:

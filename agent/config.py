@@ -33,6 +33,14 @@ class SimulatedGpus:
 
 
 @dataclass(frozen=True)
+class DirectorSettings:
+    """Where the director repository is, and the root it is trusted from."""
+
+    trusted_root: Path
+    url: str | None = None  # default: <server_url>/v1/director/<node_id>
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_id: str
     server_url: str
@@ -42,6 +50,7 @@ class AgentConfig:
     interval_s: float = 300.0
     health_backend: str = "nvml"
     simulated: SimulatedGpus = SimulatedGpus()
+    director: DirectorSettings | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -72,6 +81,11 @@ class AgentConfig:
         return f"{self.server_url}/v1/repo/targets/"
 
     @property
+    def director_url(self) -> str:
+        explicit = self.director.url if self.director else None
+        return (explicit or f"{self.server_url}/v1/director/{self.node_id}").rstrip("/")
+
+    @property
     def reports_url(self) -> str:
         return f"{self.server_url}/v1/reports"
 
@@ -91,6 +105,7 @@ class AgentConfig:
                     "interval_s",
                     "health_backend",
                     "simulated",
+                    "director",
                 }
             ),
         )
@@ -109,6 +124,7 @@ class AgentConfig:
             interval_s=float(r.integer("interval_s", minimum=1, maximum=86_400, default=300)),
             health_backend=r.text("health_backend", choices=HEALTH_BACKENDS, default="nvml"),
             simulated=_simulated(doc.get("simulated", {})),
+            director=_director(doc["director"], base) if "director" in doc else None,
         )
 
 
@@ -126,6 +142,14 @@ def _simulated(doc: object) -> SimulatedGpus:
         name=r.text("name", max_len=128, default=default.name),
         unhealthy_drivers=frozenset(unhealthy),
     )
+
+
+def _director(doc: object, base: Path) -> DirectorSettings:
+    r = Reader(doc, "agent config [director]", allowed=frozenset({"trusted_root", "url"}))
+    url = r.optional_text("url", max_len=2048)
+    if url is not None and urlparse(url).scheme not in ("http", "https"):
+        raise GpuwardError(f"agent config [director]: url {url!r} must be an http(s) URL")
+    return DirectorSettings(trusted_root=base / r.text("trusted_root"), url=url)
 
 
 def load_config(path: Path) -> AgentConfig:

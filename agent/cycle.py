@@ -8,12 +8,13 @@ again on the next start; a stage without a switch is simply staged again.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
 from agent.channel import Candidate, ChannelUnavailable, ImageChannel, UpdateRefused
 from agent.config import AgentConfig
+from agent.director import DirectorChannel, agree
 from agent.health import HealthProbe, ProbeResult, gate
 from agent.reporter import post_report
 from agent.slots import SlotContent, Slots
@@ -66,10 +67,14 @@ class Cycle:
         try:
             channel = ImageChannel(self.config)
             channel.refresh()
-            candidate, why_not = self._choose(channel.candidates(self.config.branch), state)
+            if self.config.director is None:
+                candidate, why_not = self._choose(channel.candidates(self.config.branch), state)
+                counter = state.release_counter
+            else:
+                candidate, why_not, counter = self._directed(channel, state)
             if candidate is None:
                 return state, Outcome("up-to-date", why_not)
-            bundle = channel.fetch(candidate)
+            bundle = channel.fetch(candidate.info)
             self.log.info("bundle_verified", target=candidate.target_path, sha256=candidate.sha256)
             slot = self.slots.inactive()
             unpack_bundle(bundle, candidate.manifest, self.slots.scratch(slot))
@@ -83,12 +88,41 @@ class Cycle:
         self.slots.commit_stage(slot, content)
         self.log.info("bundle_staged", slot=slot, driver=candidate.manifest.driver_version)
 
-        pending = PendingSwitch(slot=slot, previous=self.slots.active(), sha256=candidate.sha256)
+        pending = PendingSwitch(
+            slot=slot,
+            previous=self.slots.active(),
+            sha256=candidate.sha256,
+            release_counter=counter,
+        )
         state = state.with_pending(pending)
         save_state(self.config.state_file, state)
         self.slots.switch(slot)
         self.log.info("slot_switched", slot=slot, previous=pending.previous)
         return self._verify(state, pending)
+
+    def _directed(
+        self, image: ImageChannel, state: AgentState
+    ) -> tuple[Candidate | None, str, int]:
+        """The bundle the director names, once it agrees with the image repository."""
+        director = DirectorChannel(self.config)
+        director.refresh()
+        directive = director.directive()
+        if directive is None:
+            return None, "the director assigns no bundle to this node", state.release_counter
+        running = self.slots.content(self.slots.active())
+        if running is not None and running.sha256 == directive.info.hashes.get("sha256"):
+            return None, f"running the assigned {directive.target_path}", state.release_counter
+        candidate = agree(
+            directive,
+            image.candidate(directive.target_path),
+            node_id=self.config.node_id,
+            hardware_ids=frozenset(g.name for g in self.probe.probe().gpus),
+            last_release_counter=state.release_counter,
+        )
+        if candidate.sha256 in state.rejected:
+            reason = f"the assigned {directive.target_path} failed health here before"
+            return None, reason, state.release_counter
+        return candidate, "", directive.release_counter
 
     def _choose(
         self, candidates: list[Candidate], state: AgentState
@@ -126,7 +160,11 @@ class Cycle:
         reasons = gate(self.probe.probe(), expected)
         if not reasons:
             self.log.info("update_committed", slot=pending.slot, driver=expected)
-            return state.with_pending(None), Outcome("committed", f"driver {expected} is healthy")
+            committed = replace(
+                state.with_pending(None),
+                release_counter=max(state.release_counter, pending.release_counter),
+            )
+            return committed, Outcome("committed", f"driver {expected} is healthy")
         self.slots.switch(pending.previous)
         self.log.error(
             "update_rolled_back",

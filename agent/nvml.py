@@ -485,8 +485,10 @@ def _stream_xids(count: int | None, wait_ms: int) -> int:
     received: queue.Queue[XidEvent] = queue.Queue()
     listener = XidListener(received.put, wait_ms=wait_ms)
     listener.start()
-    if listener.error is not None:
-        _print_json({"error": listener.error}, indent=None)
+    # The listener may already have failed after registering (a wait that errors
+    # at once): report what it watched first either way, then the error below.
+    if not (listener.watched or listener.unwatched):
+        _print_json({"error": listener.error or "no GPU registered"}, indent=None)
         return 1
     _print_json({"watched": listener.watched, "unwatched": listener.unwatched}, indent=None)
     printed = 0

@@ -26,12 +26,14 @@ class PendingSwitch:
     slot: str
     previous: str | None
     sha256: str
+    release_counter: int = 0
 
 
 @dataclass(frozen=True)
 class AgentState:
     pending: PendingSwitch | None = None
     rejected: frozenset[str] = field(default_factory=frozenset)  # bundle sha256s
+    release_counter: int = 0  # the director's counter of the last bundle committed
 
     def with_pending(self, pending: PendingSwitch | None) -> AgentState:
         return replace(self, pending=pending)
@@ -45,8 +47,14 @@ class AgentState:
             "schema": SCHEMA_VERSION,
             "pending": None
             if pending is None
-            else {"slot": pending.slot, "previous": pending.previous, "sha256": pending.sha256},
+            else {
+                "slot": pending.slot,
+                "previous": pending.previous,
+                "sha256": pending.sha256,
+                "release_counter": pending.release_counter,
+            },
             "rejected": sorted(self.rejected),
+            "release_counter": self.release_counter,
         }
 
 
@@ -66,6 +74,7 @@ def load_state(path: Path) -> AgentState:
     return AgentState(
         pending=None if pending is None else PendingSwitch(**pending),
         rejected=frozenset(doc.get("rejected", [])),
+        release_counter=int(doc.get("release_counter", 0)),
     )
 
 

@@ -134,7 +134,7 @@ class ImageRepository(TufRepository):
                 f"{path} is already published with other content; published bundles "
                 "never change: build it under a new file name"
             )
-        self._store_target(bundle, path, info.hashes["sha256"])
+        self.store_target(bundle, path, info.hashes["sha256"])
         branch_md.signed.targets[path] = info
         self.bump(branch_md, manifest.branch)
         self.sign_and_write(branch_md, passphrase, role=manifest.branch)
@@ -179,7 +179,7 @@ class ImageRepository(TufRepository):
         folder, name = path.rsplit("/", 1)
         return self.targets_dir / folder / f"{sha256}.{name}"
 
-    def _store_target(self, source: Path, path: str, sha256: str) -> None:
+    def store_target(self, source: Path, path: str, sha256: str) -> None:
         dest = self._target_file(path, sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")

@@ -61,6 +61,9 @@ def no_passphrase() -> str:
 
 
 class TufRepository:
+    # Roles whose keys sign unattended on the server; all others are sealed.
+    online_roles: frozenset[str] = ONLINE_ROLES
+
     def __init__(
         self, metadata_dir: Path, keyring: Keyring, expiry: dict[str, timedelta] | None = None
     ) -> None:
@@ -92,9 +95,13 @@ class TufRepository:
         self.sign_and_write(
             Metadata(root), secret, authority=(list(root_spec.keyids), root_spec.threshold)
         )
-        self.sign_and_write(Metadata(Targets(expires=self.expires("targets"))), secret)
-        self.sign_and_write(Metadata(Snapshot(expires=self.expires("snapshot"))), secret)
-        self.sign_and_write(Metadata(Timestamp(expires=self.expires("timestamp"))), secret)
+        self.start_from_root(secret)
+
+    def start_from_root(self, passphrase: PassphraseSource) -> None:
+        """The first targets, snapshot and timestamp under the root already written."""
+        self.sign_and_write(Metadata(Targets(expires=self.expires("targets"))), passphrase)
+        self.sign_and_write(Metadata(Snapshot(expires=self.expires("snapshot"))), passphrase)
+        self.sign_and_write(Metadata(Timestamp(expires=self.expires("timestamp"))), passphrase)
 
     def new_keys(self, role: str, count: int, passphrase: str) -> list[LocalKey]:
         taken = {p.name.split(".")[0] for p in self.keyring.dir.rglob("*.pub.json")}
@@ -105,7 +112,7 @@ class TufRepository:
             n += 1
             if name in taken:
                 continue
-            online = role in ONLINE_ROLES
+            online = role in self.online_roles
             keys.append(self.keyring.generate(name, passphrase=None if online else passphrase))
         return keys
 
@@ -255,6 +262,6 @@ class TufRepository:
             self.bump(targets_md, "targets")
             self.sign_and_write(targets_md, passphrase)
             self.publish_snapshot({"targets": targets_md.signed.version})
-        elif role in ONLINE_ROLES:
+        elif role in self.online_roles:
             self.publish_snapshot({})
         return new

@@ -26,15 +26,18 @@ MAX_REPORT_BYTES = 64 * 1024
 _NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}")
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 REPO: web.AppKey[Path] = web.AppKey("repo", Path)
+DIRECTOR: web.AppKey[Path | None] = web.AppKey("director", Path)
 
 
-def create_app(repo: Path, store: Store) -> web.Application:
+def create_app(repo: Path, store: Store, director: Path | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_REPORT_BYTES)
     app[STORE] = store
     app[REPO] = repo.resolve()
+    app[DIRECTOR] = director.resolve() if director else None
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/v1/repo/metadata/{name}", _metadata)
     app.router.add_get("/v1/repo/targets/{path:.+}", _target)
+    app.router.add_get("/v1/director/{node}/metadata/{name}", _director_metadata)
     app.router.add_post("/v1/reports", _post_report)
     app.router.add_get("/v1/fleet", _fleet)
     return app
@@ -60,6 +63,16 @@ async def _metadata(request: web.Request) -> web.FileResponse:
     if not name.endswith(".json"):
         raise web.HTTPNotFound()
     path = _safe_file(request.app[REPO] / "metadata", name)
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def _director_metadata(request: web.Request) -> web.FileResponse:
+    """A node's director metadata (per-node repositories; the root is shared)."""
+    director = request.app[DIRECTOR]
+    node, name = request.match_info["node"], request.match_info["name"]
+    if director is None or not name.endswith(".json") or not _NAME.fullmatch(node):
+        raise web.HTTPNotFound()
+    path = _safe_file(director / "nodes", f"{node}/metadata/{name}")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 

@@ -31,11 +31,12 @@ async def serve(
     port: int,
     stop: asyncio.Event,
     ready: Callable[[int], None] = lambda _port: None,
+    director: Path | None = None,
 ) -> None:
     if not (repo / "metadata" / "root.json").is_file():
         raise GpuwardError(f"{repo} is not a repository; create one with 'gpuward keys init'")
     store = Store(db)
-    runner = web.AppRunner(create_app(repo, store), access_log=None)
+    runner = web.AppRunner(create_app(repo, store, director), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -53,13 +54,13 @@ async def serve(
         log.info("server_stopped")
 
 
-def run_server(repo: Path, db: Path, host: str, port: int) -> None:
+def run_server(repo: Path, db: Path, host: str, port: int, director: Path | None = None) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(repo, db, host, port, stop)
+        await serve(repo, db, host, port, stop, director=director)
 
     asyncio.run(main())
 
@@ -67,8 +68,11 @@ def run_server(repo: Path, db: Path, host: str, port: int) -> None:
 class BackgroundServer:
     """``with BackgroundServer(repo, db) as server: ... server.url ...``"""
 
-    def __init__(self, repo: Path, db: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, repo: Path, db: Path, host: str = "127.0.0.1", director: Path | None = None
+    ) -> None:
         self._args = (repo, db, host)
+        self._director = director
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -84,7 +88,7 @@ class BackgroundServer:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await serve(*self._args, 0, self._stop, ready=self._on_ready)
+            await serve(*self._args, 0, self._stop, ready=self._on_ready, director=self._director)
 
         try:
             asyncio.run(main())

@@ -13,18 +13,27 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, SimulatedGpus
+from agent.config import AgentConfig, DirectorSettings, SimulatedGpus
 from keys.bundle import build_bundle
+from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository, PublishedBundle
 from server.runner import BackgroundServer
 
 PASSPHRASE = "correct horse battery staple"
+GPU_NAME = "NVIDIA H100 80GB HBM3"
 
 
 @pytest.fixture(scope="session")
 def _template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("template") / "repo"
     ImageRepository.init(root, PASSPHRASE)
+    return root
+
+
+@pytest.fixture(scope="session")
+def _template_director(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("template") / "director"
+    DirectorRepository.init(root, PASSPHRASE)
     return root
 
 
@@ -35,6 +44,7 @@ class Site:
     repo: ImageRepository
     base: Path
     server: BackgroundServer
+    director: DirectorRepository
 
     @property
     def url(self) -> str:
@@ -72,7 +82,18 @@ class Site:
         )
         return path
 
-    def agent(self, node: str = "node-1", unhealthy: frozenset[str] = frozenset()) -> AgentConfig:
+    def assign(
+        self, node: str, published: PublishedBundle, counter: int, hardware: str = GPU_NAME
+    ) -> None:
+        info = self.repo.targets(published.manifest.branch).signed.targets[published.target_path]
+        self.director.assign(node, info, hardware, counter)
+
+    def agent(
+        self,
+        node: str = "node-1",
+        unhealthy: frozenset[str] = frozenset(),
+        directed: bool = False,
+    ) -> AgentConfig:
         return AgentConfig(
             node_id=node,
             server_url=self.url,
@@ -80,19 +101,23 @@ class Site:
             branch="R580",
             root_dir=self.base / "hosts" / node,
             health_backend="simulated",
-            simulated=SimulatedGpus(count=2, unhealthy_drivers=unhealthy),
+            simulated=SimulatedGpus(count=2, name=GPU_NAME, unhealthy_drivers=unhealthy),
+            director=DirectorSettings(self.base / "director-root.json") if directed else None,
         )
 
 
 @pytest.fixture
-def site(_template_repo: Path, tmp_path: Path) -> Iterator[Site]:
+def site(_template_repo: Path, _template_director: Path, tmp_path: Path) -> Iterator[Site]:
     root = tmp_path / "repo"
     shutil.copytree(_template_repo, root)
+    shutil.copytree(_template_director, tmp_path / "director")
     repo = ImageRepository(root)
-    # The agent's root of trust is a copy made at install time, not the served file.
+    director = DirectorRepository(tmp_path / "director")
+    # The agent's roots of trust are copies made at install time, not the served files.
     shutil.copyfile(repo.metadata_dir / "1.root.json", tmp_path / "trusted-root.json")
-    with BackgroundServer(root, tmp_path / "server.db") as server:
-        yield Site(repo, tmp_path, server)
+    shutil.copyfile(director.base.metadata_dir / "1.root.json", tmp_path / "director-root.json")
+    with BackgroundServer(root, tmp_path / "server.db", director=director.root) as server:
+        yield Site(repo, tmp_path, server, director)
 
 
 @pytest.fixture

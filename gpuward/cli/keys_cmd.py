@@ -36,6 +36,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(init)
     init.set_defaults(func=_init)
 
+    sign = sub.add_parser(
+        "sign", help="sign a staged metadata file with the keys in a keys directory (offline)"
+    )
+    sign.add_argument("staged", type=Path, help="file written by 'gpuward repo stage'")
+    sign.add_argument("--keys", type=Path, required=True, help="directory holding your key(s)")
+    sign.set_defaults(func=_sign)
+
     rotate = sub.add_parser(
         "rotate",
         help="replace every key of a role (root, targets, snapshot, timestamp)",
@@ -94,4 +101,18 @@ def _rotate(args: argparse.Namespace) -> None:
         {"role": args.role, "keys": [k.name for k in new], "root_version": root.signed.version},
         f"rotated {args.role}: new keys {', '.join(k.name for k in new)}; "
         f"root is now version {root.signed.version} (agents follow it on their next refresh)",
+    )
+
+
+def _sign(args: argparse.Namespace) -> None:
+    from keys.ceremony import Staged, sign, write_staged
+    from keys.keyring import Keyring
+    from keys.sealed import passphrase_source
+
+    staged = Staged.read(args.staged)
+    names = sign(staged, Keyring(args.keys), passphrase_source("your offline key"))
+    write_staged(staged, args.staged)
+    print(
+        f"signed {staged.role} with {', '.join(names)}: "
+        f"{len(staged.metadata.signatures)} of {staged.threshold} needed"
     )

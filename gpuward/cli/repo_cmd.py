@@ -32,6 +32,25 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(listing)
     listing.set_defaults(func=_list)
 
+    stage = sub.add_parser(
+        "stage",
+        help="write the next version of a role, unsigned, for offline signing",
+        description=(
+            "Offline signing, step 1 of 3: stage here, sign with 'gpuward keys sign' where "
+            "the keys are, then 'gpuward repo publish' once enough have signed."
+        ),
+    )
+    stage.add_argument("role", help="root, targets, or a branch role such as R580")
+    stage.add_argument("--repo", type=Path, required=True)
+    stage.add_argument("--add-bundle", type=Path, help="add this bundle to the branch role")
+    stage.add_argument("-o", "--output", type=Path, required=True, help="staged file to write")
+    stage.set_defaults(func=_stage)
+
+    publish = sub.add_parser("publish", help="publish staged metadata once its threshold is met")
+    publish.add_argument("staged", type=Path)
+    publish.add_argument("--repo", type=Path, required=True)
+    publish.set_defaults(func=_publish)
+
     stamp = sub.add_parser(
         "timestamp", help="re-sign the timestamp with the online key (run it at least daily)"
     )
@@ -110,3 +129,24 @@ def _timestamp(args: argparse.Namespace) -> None:
 
     md = ImageRepository(args.repo).sign_timestamp()
     print(f"timestamp version {md.signed.version}, expires {md.signed.expires.isoformat()}")
+
+
+def _stage(args: argparse.Namespace) -> None:
+    from keys.ceremony import stage, write_staged
+    from keys.image_repo import ImageRepository
+
+    staged = stage(ImageRepository(args.repo), args.role, add_bundle=args.add_bundle)
+    write_staged(staged, args.output)
+    print(
+        f"staged {args.role} version {staged.metadata.signed.version} in {args.output}: "
+        f"needs {staged.threshold} of {len(staged.keyids)} signatures"
+    )
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from keys.ceremony import Staged, publish
+    from keys.image_repo import ImageRepository
+
+    staged = Staged.read(args.staged)
+    publish(ImageRepository(args.repo), staged)
+    print(f"published {staged.role} version {staged.metadata.signed.version}")

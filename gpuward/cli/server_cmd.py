@@ -12,6 +12,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run = sub.add_parser("run", help="serve the repository and collect reports until SIGTERM")
     run.add_argument("--repo", type=Path, required=True, help="repository directory")
     run.add_argument("--db", type=Path, required=True, help="SQLite database file")
+    run.add_argument("--director", type=Path, help="director repository directory (optional)")
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8470, help="port (default 8470)")
     run.set_defaults(func=_run)
@@ -20,4 +21,4 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _run(args: argparse.Namespace) -> None:
     from server.runner import run_server
 
-    run_server(args.repo, args.db, args.host, args.port)
+    run_server(args.repo, args.db, args.host, args.port, args.director)

@@ -1,0 +1,111 @@
+"""The director repository, and the agreement Uptane demands before installing.
+
+The director names the one bundle this node should run; the image repository
+says which bundles exist. Only a bundle both describe identically (path, length,
+hashes, manifest), meant for this node and its hardware, with a release counter
+no lower than the last one installed, is installed. A stolen director key can
+therefore re-point nodes only among bundles the offline-signed image repository
+already approved.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tuf.api.metadata import TargetFile
+
+from agent.channel import Candidate, TufChannel, UpdateRefused
+from agent.config import AgentConfig
+from fleet.errors import InvalidDocument
+from fleet.schema import Reader
+
+DIRECTOR_FIELD = "gpuward_director"  # the same key keys.director_repo writes
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class Directive:
+    target_path: str
+    info: TargetFile
+    node_id: str
+    hardware_id: str
+    release_counter: int
+
+
+class DirectorChannel(TufChannel):
+    def __init__(self, config: AgentConfig) -> None:
+        assert config.director is not None
+        super().__init__(
+            "director",
+            config.director.trusted_root,
+            config.state_dir / "tuf/director",
+            f"{config.director_url}/metadata/",
+            config.targets_url,
+            config.download_dir,
+        )
+
+    def directive(self) -> Directive | None:
+        """The bundle the director names for this node, if any."""
+        names = sorted(self.listed("drivers/"))
+        if not names:
+            return None
+        if len(names) > 1:
+            raise UpdateRefused(f"the director names {len(names)} bundles for this node, not one")
+        info = self.targetinfo(names[0])
+        if info is None:
+            return None
+        custom: Any = info.custom
+        try:
+            r = Reader(
+                custom.get(DIRECTOR_FIELD) if isinstance(custom, dict) else None,
+                f"director target {info.path}",
+                allowed=frozenset({"node_id", "hardware_id", "release_counter"}),
+            )
+            return Directive(
+                target_path=info.path,
+                info=info,
+                node_id=r.text("node_id", pattern=_NODE, max_len=128),
+                hardware_id=r.text("hardware_id", max_len=128),
+                release_counter=r.integer("release_counter"),
+            )
+        except InvalidDocument as exc:
+            raise UpdateRefused(str(exc)) from None
+
+
+def agree(
+    directive: Directive,
+    image: Candidate | None,
+    *,
+    node_id: str,
+    hardware_ids: frozenset[str],
+    last_release_counter: int,
+) -> Candidate:
+    """The image candidate to install, or ``UpdateRefused`` naming the disagreement."""
+    path = directive.target_path
+    if directive.node_id != node_id:
+        raise UpdateRefused(
+            f"the director's {path} is meant for {directive.node_id}, not {node_id}"
+        )
+    if image is None:
+        raise UpdateRefused(f"the director names {path}, which the image repository did not sign")
+    if image.info.length != directive.info.length or image.info.hashes != directive.info.hashes:
+        raise UpdateRefused(f"image and director disagree on the length or hashes of {path}")
+    director_custom: Any = dict(directive.info.custom or {})
+    director_custom.pop(DIRECTOR_FIELD, None)
+    if director_custom != (image.info.custom or {}):
+        raise UpdateRefused(f"image and director disagree on the manifest of {path}")
+    if not hardware_ids:
+        raise UpdateRefused("no GPU is visible, so the bundle's hardware id cannot be confirmed")
+    if hardware_ids != {directive.hardware_id}:
+        raise UpdateRefused(
+            f"{path} is meant for {directive.hardware_id}; this node has "
+            f"{', '.join(sorted(hardware_ids))}"
+        )
+    if directive.release_counter < last_release_counter:
+        raise UpdateRefused(
+            f"release counter {directive.release_counter} of {path} is below the last "
+            f"installed {last_release_counter}: refusing a rollback"
+        )
+    return image
