@@ -121,15 +121,18 @@ class DirectorRepository:
         for path in self.base.metadata_dir.glob("*root.json"):
             shutil.copyfile(path, node.metadata_dir / path.name)
 
+    def node_ids(self) -> list[str]:
+        return sorted(p.parent.name for p in (self.root / "nodes").glob("*/metadata"))
+
     def refresh_timestamps(self) -> None:
         """Re-sign every node's timestamp (run before they expire)."""
-        for folder in sorted((self.root / "nodes").glob("*/metadata")):
-            NodeRepository(folder, self.keyring).sign_timestamp()
+        for node_id in self.node_ids():
+            self.node(node_id).sign_timestamp()
 
     def rotate(self, role: str, passphrase: PassphraseSource) -> None:
         self.base.rotate(role, passphrase)
-        for folder in sorted((self.root / "nodes").glob("*/metadata")):
-            node = NodeRepository(folder, self.keyring)
+        for node_id in self.node_ids():
+            node = self.node(node_id)
             self._sync_roots(node)
             targets_md = node.targets()
             node.bump(targets_md, "targets")

@@ -8,6 +8,7 @@ listens; ``stop`` returns once it is closed), so nothing is left running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 from collections.abc import Callable
@@ -18,7 +19,10 @@ import structlog
 from aiohttp import web
 
 from fleet.errors import GpuwardError
+from keys.director_repo import DirectorRepository
+from keys.image_repo import ImageRepository
 from server.app import create_app
+from server.resigner import OnlineSigner
 from server.store import Store
 
 log = structlog.get_logger(__name__)
@@ -46,12 +50,37 @@ async def serve(
             raise GpuwardError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         bound = int(runner.addresses[0][1])
         log.info("server_listening", host=host, port=bound, repo=str(repo), db=str(db))
+        signer = OnlineSigner(
+            ImageRepository(repo), DirectorRepository(director) if director else None
+        )
+        await _renew(signer)  # before announcing readiness: never serve lapsed metadata
         ready(bound)
+        resigning = asyncio.create_task(_resign_forever(signer, stop))
         await stop.wait()
+        await resigning
     finally:
         await runner.cleanup()
         store.close()
         log.info("server_stopped")
+
+
+RESIGN_INTERVAL_S = 300.0
+
+
+async def _renew(signer: OnlineSigner) -> None:
+    try:
+        await asyncio.to_thread(signer.run_once)
+    except GpuwardError as exc:
+        log.error("metadata_renewal_failed", reason=str(exc))
+
+
+async def _resign_forever(signer: OnlineSigner, stop: asyncio.Event) -> None:
+    """Renew online metadata every few minutes until ``stop``."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RESIGN_INTERVAL_S)
+        if not stop.is_set():
+            await _renew(signer)
 
 
 def run_server(repo: Path, db: Path, host: str, port: int, director: Path | None = None) -> None:

@@ -1,0 +1,50 @@
+"""The server renews online metadata by itself and warns about offline roles."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from structlog.testing import capture_logs
+
+from agent.daemon import run_once
+from server.resigner import OnlineSigner
+from tests.conftest import Site
+
+
+def test_nothing_is_renewed_while_fresh(site: Site) -> None:
+    assert OnlineSigner(site.repo, site.director).run_once() == []
+
+
+def test_timestamp_and_snapshot_renewed_before_expiry(site: Site) -> None:
+    published = site.publish("580.65.06")
+    site.assign("node-1", published, counter=1)
+    later = datetime.now(UTC) + timedelta(hours=13)  # past half a timestamp's day
+    renewed = OnlineSigner(site.repo, site.director, now=lambda: later).run_once()
+    assert renewed == ["image:timestamp", "director/node-1:timestamp"]
+
+    much_later = datetime.now(UTC) + timedelta(days=4)  # past half a snapshot's week
+    renewed = OnlineSigner(site.repo, site.director, now=lambda: much_later).run_once()
+    assert "image:snapshot" in renewed and "director/node-1:snapshot" in renewed
+    assert site.repo.timestamp().signed.expires > datetime.now(UTC) + timedelta(hours=23)
+
+
+def test_offline_roles_near_expiry_are_warned_about(site: Site) -> None:
+    site.publish("580.65.06")
+    near_the_end = datetime.now(UTC) + timedelta(days=80)  # targets live 90 days
+    with capture_logs() as logs:
+        OnlineSigner(site.repo, now=lambda: near_the_end).run_once()
+    warned = {e["role"] for e in logs if e["event"] == "metadata_near_expiry"}
+    assert warned == {"targets", "R580"}
+
+
+def test_the_running_server_renews_an_expiring_timestamp(site: Site) -> None:
+    """A timestamp about to lapse is renewed at start-up, so agents keep updating."""
+    site.publish("580.65.06")
+    site.repo.sign_timestamp(expires=datetime.now(UTC) + timedelta(minutes=1))
+    site.server.stop()
+    from server.runner import BackgroundServer
+
+    with BackgroundServer(site.repo.root, site.base / "server.db") as server:
+        site.server = server
+        assert site.repo.timestamp().signed.expires > datetime.now(UTC) + timedelta(hours=23)
+        assert run_once(site.agent()).outcome.update == "committed"
