@@ -18,9 +18,10 @@ from typing import Any
 import structlog
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, TargetFile, Targets
-from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig, Urllib3Fetcher
 
 from agent.config import AgentConfig
+from agent.fetcher import MirrorFetcher
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.manifest import BundleManifest
 from gpuward import __version__
@@ -71,6 +72,17 @@ def _classified(action: str) -> Iterator[None]:
         raise UpdateRefused(f"{action}: {type(exc).__name__}: {exc}") from exc
 
 
+USER_AGENT = f"gpuward-agent/{__version__}"
+
+
+def mirror_fetcher(config: AgentConfig) -> MirrorFetcher:
+    """The server first, then each mirror; timeouts bound every connection and gap."""
+    return MirrorFetcher(
+        [config.server_url, *config.mirrors],
+        Urllib3Fetcher(socket_timeout=config.fetch_timeout_s, app_user_agent=USER_AGENT),
+    )
+
+
 class TufChannel:
     """One TUF repository through ngclient, trusted from a root installed with the agent."""
 
@@ -82,6 +94,7 @@ class TufChannel:
         metadata_url: str,
         targets_url: str,
         download_dir: Path,
+        fetcher: FetcherInterface | None = None,
     ) -> None:
         self.name = name
         try:
@@ -100,8 +113,9 @@ class TufChannel:
                 metadata_base_url=metadata_url,
                 target_dir=str(download_dir),
                 target_base_url=targets_url,
-                config=UpdaterConfig(app_user_agent=f"gpuward-agent/{__version__}"),
+                config=UpdaterConfig(app_user_agent=USER_AGENT),
                 bootstrap=bootstrap,
+                fetcher=fetcher,
             )
         except (tuf_errors.RepositoryError, ValueError) as exc:
             raise GpuwardError(f"trusted root {trusted_root} is not valid: {exc}") from None
@@ -148,6 +162,7 @@ class ImageChannel(TufChannel):
             config.metadata_url,
             config.targets_url,
             config.download_dir,
+            fetcher=mirror_fetcher(config),
         )
 
     def candidates(self, branch: str) -> list[Candidate]:

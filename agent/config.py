@@ -51,6 +51,8 @@ class AgentConfig:
     health_backend: str = "nvml"
     simulated: SimulatedGpus = SimulatedGpus()
     director: DirectorSettings | None = None
+    mirrors: tuple[str, ...] = ()  # tried in order when server_url fails; untrusted
+    fetch_timeout_s: int = 30
 
     @property
     def state_dir(self) -> Path:
@@ -106,13 +108,12 @@ class AgentConfig:
                     "health_backend",
                     "simulated",
                     "director",
+                    "mirrors",
+                    "fetch_timeout_s",
                 }
             ),
         )
-        server_url = r.text("server_url", max_len=2048).rstrip("/")
-        parsed = urlparse(server_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise GpuwardError(f"agent config: server_url {server_url!r} must be an http(s) URL")
+        server_url = _url(r.text("server_url", max_len=2048), "server_url")
         branch = r.text("branch", max_len=8)
         require_branch(branch)
         return cls(
@@ -125,6 +126,8 @@ class AgentConfig:
             health_backend=r.text("health_backend", choices=HEALTH_BACKENDS, default="nvml"),
             simulated=_simulated(doc.get("simulated", {})),
             director=_director(doc["director"], base) if "director" in doc else None,
+            mirrors=tuple(_url(m, "mirrors") for m in r.items("mirrors", max_items=16, default=[])),
+            fetch_timeout_s=r.integer("fetch_timeout_s", minimum=1, maximum=600, default=30),
         )
 
 
@@ -144,12 +147,19 @@ def _simulated(doc: object) -> SimulatedGpus:
     )
 
 
+def _url(value: object, field: str) -> str:
+    if not isinstance(value, str) or urlparse(value).scheme not in ("http", "https"):
+        raise GpuwardError(f"agent config: {field} must be an http(s) URL, not {value!r}")
+    return value.rstrip("/")
+
+
 def _director(doc: object, base: Path) -> DirectorSettings:
     r = Reader(doc, "agent config [director]", allowed=frozenset({"trusted_root", "url"}))
     url = r.optional_text("url", max_len=2048)
-    if url is not None and urlparse(url).scheme not in ("http", "https"):
-        raise GpuwardError(f"agent config [director]: url {url!r} must be an http(s) URL")
-    return DirectorSettings(trusted_root=base / r.text("trusted_root"), url=url)
+    return DirectorSettings(
+        trusted_root=base / r.text("trusted_root"),
+        url=None if url is None else _url(url, "[director] url"),
+    )
 
 
 def load_config(path: Path) -> AgentConfig:

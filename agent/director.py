@@ -16,7 +16,7 @@ from typing import Any
 
 from tuf.api.metadata import TargetFile
 
-from agent.channel import Candidate, TufChannel, UpdateRefused
+from agent.channel import Candidate, TufChannel, UpdateRefused, mirror_fetcher
 from agent.config import AgentConfig
 from fleet.errors import InvalidDocument
 from fleet.schema import Reader
@@ -44,6 +44,7 @@ class DirectorChannel(TufChannel):
             f"{config.director_url}/metadata/",
             config.targets_url,
             config.download_dir,
+            fetcher=mirror_fetcher(config),
         )
 
     def directive(self) -> Directive | None:

@@ -1,0 +1,79 @@
+"""Mirror failover: order, retries with backoff, and no retry on definite answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tuf.api.exceptions import DownloadError, DownloadHTTPError
+from tuf.ngclient import FetcherInterface
+
+from agent.daemon import run_once
+from agent.fetcher import MirrorFetcher
+from server.runner import BackgroundServer
+from tests.conftest import Site
+
+
+class Scripted(FetcherInterface):
+    """Answers per base URL from a script: bytes, an HTTP status, or a network failure."""
+
+    def __init__(self, answers: dict[str, object]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        self.calls.append(url)
+        answer = self.answers[url.split("/x")[0]]
+        if isinstance(answer, int):
+            raise DownloadHTTPError("scripted", answer)
+        if answer is None:
+            raise DownloadError("connection refused")
+        assert isinstance(answer, bytes)
+        return iter([answer])
+
+
+def _fetcher(answers: dict[str, object]) -> tuple[MirrorFetcher, Scripted, list[float]]:
+    inner, sleeps = Scripted(answers), []
+    fetcher = MirrorFetcher(list(answers), inner, rounds=3, backoff_s=1.0, sleep=sleeps.append)
+    return fetcher, inner, sleeps
+
+
+def test_primary_answers() -> None:
+    fetcher, inner, sleeps = _fetcher({"http://a": b"ok", "http://b": b"mirror"})
+    assert fetcher.download_bytes("http://a/x", 10) == b"ok"
+    assert inner.calls == ["http://a/x"] and sleeps == []
+
+
+def test_failover_to_a_mirror_without_waiting() -> None:
+    fetcher, inner, sleeps = _fetcher({"http://a": None, "http://b": b"mirror"})
+    assert fetcher.download_bytes("http://a/x", 10) == b"mirror"
+    assert inner.calls == ["http://a/x", "http://b/x"] and sleeps == []
+
+
+def test_everyone_down_retries_in_rounds_with_backoff() -> None:
+    fetcher, inner, sleeps = _fetcher({"http://a": None, "http://b": 503})
+    with pytest.raises(DownloadError):
+        fetcher.fetch("http://a/x")
+    assert len(inner.calls) == 6
+    assert len(sleeps) == 2 and 0.5 <= sleeps[0] <= 1.5 and 1.0 <= sleeps[1] <= 3.0
+
+
+def test_not_found_everywhere_is_final_at_once() -> None:
+    """The 404 ending ngclient's root-version probe must not cost retries."""
+    fetcher, inner, sleeps = _fetcher({"http://a": 404, "http://b": 404})
+    with pytest.raises(DownloadHTTPError) as raised:
+        fetcher.fetch("http://a/x")
+    assert raised.value.status_code == 404
+    assert len(inner.calls) == 2 and sleeps == []
+
+
+def test_agent_updates_through_a_mirror_when_its_server_is_down(site: Site, tmp_path: Path) -> None:
+    site.publish("580.65.06")
+    with BackgroundServer(site.repo.root, tmp_path / "mirror.db") as mirror:
+        site.server.stop()  # the primary is gone
+        config = site.agent()
+        config = type(config)(**{**config.__dict__, "mirrors": (mirror.url,), "fetch_timeout_s": 5})
+        result = run_once(config)
+    assert result.outcome.update == "committed"
+    assert not result.report_sent  # reports go to the server only, never to mirrors
