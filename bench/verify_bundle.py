@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.unpack import unpack_bundle
 from keys.bundle import build_bundle, read_manifest, sha256_file
