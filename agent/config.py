@@ -21,6 +21,7 @@ from fleet.schema import Reader
 
 HEALTH_BACKENDS = frozenset({"nvml", "simulated"})
 _VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
+_CUDA = re.compile(r"\d{1,2}\.\d{1,2}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class AgentConfig:
     director: DirectorSettings | None = None
     mirrors: tuple[str, ...] = ()  # tried in order when server_url fails; untrusted
     fetch_timeout_s: int = 30
+    # What the compatibility gate needs to know that the node cannot see itself.
+    required_cuda: str | None = None  # the CUDA version the node's workloads need
+    nvswitch: bool = False
+    kernel: str | None = None  # only to simulate another kernel; default: the running one
 
     @property
     def state_dir(self) -> Path:
@@ -110,6 +115,9 @@ class AgentConfig:
                     "director",
                     "mirrors",
                     "fetch_timeout_s",
+                    "required_cuda",
+                    "nvswitch",
+                    "kernel",
                 }
             ),
         )
@@ -128,6 +136,9 @@ class AgentConfig:
             director=_director(doc["director"], base) if "director" in doc else None,
             mirrors=tuple(_url(m, "mirrors") for m in r.items("mirrors", max_items=16, default=[])),
             fetch_timeout_s=r.integer("fetch_timeout_s", minimum=1, maximum=600, default=30),
+            required_cuda=r.optional_text("required_cuda", max_len=12, pattern=_CUDA),
+            nvswitch=r.boolean("nvswitch", default=False),
+            kernel=r.optional_text("kernel", max_len=128),
         )
 
 

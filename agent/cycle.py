@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 import structlog
 
 from agent.channel import Candidate, ChannelUnavailable, ImageChannel, UpdateRefused
+from agent.compat_gate import current_catalog
+from agent.compat_gate import gate as compat_gate
 from agent.config import AgentConfig
 from agent.director import DirectorChannel, agree
 from agent.health import HealthProbe, ProbeResult, gate
@@ -74,6 +76,19 @@ class Cycle:
                 candidate, why_not, counter = self._directed(channel, state)
             if candidate is None:
                 return state, Outcome("up-to-date", why_not)
+            catalog = current_catalog(self.config, channel)
+            verdict = compat_gate(self.config, self.probe.probe(), candidate.manifest, catalog)
+            if not verdict.allowed:
+                reasons = "; ".join(r.message for r in verdict.reasons)
+                self.log.error(
+                    "update_incompatible",
+                    target=candidate.target_path,
+                    codes=sorted(verdict.codes),
+                    reasons=reasons,
+                )
+                return state, Outcome(
+                    "refused", f"{candidate.target_path} is incompatible: {reasons}"
+                )
             bundle = channel.fetch(candidate.info)
             self.log.info("bundle_verified", target=candidate.target_path, sha256=candidate.sha256)
             slot = self.slots.inactive()

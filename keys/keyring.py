@@ -42,6 +42,9 @@ class LocalKey:
 class Keyring:
     def __init__(self, keys_dir: Path) -> None:
         self.dir = keys_dir
+        # Opening a sealed key costs a deliberate ~0.7 s of argon2id; keep what
+        # this process opened for its lifetime (one CLI command, one test).
+        self._opened: dict[str, Signer] = {}
 
     def generate(self, name: str, *, passphrase: str | None) -> LocalKey:
         """A new ed25519 key; sealed with ``passphrase`` unless it is None (online key)."""
@@ -95,16 +98,20 @@ class Keyring:
 
     def signer(self, key: LocalKey, passphrase: PassphraseSource) -> Signer:
         """Open the private half of ``key`` through its signer URI."""
+        if key.keyid in self._opened:
+            return self._opened[key.keyid]
         uri = parse.urlparse(key.uri)
         absolute = key.uri
         if uri.scheme in (CryptoSigner.SCHEME, sealed.SealedFileSigner.SCHEME):
             absolute = f"{uri.scheme}:{self.dir.resolve() / uri.path}"
         try:
-            return Signer.from_priv_key_uri(
+            signer = Signer.from_priv_key_uri(
                 absolute, key.public_key, secrets_handler=lambda _secret: passphrase()
             )
         except FileNotFoundError:
             raise GpuwardError(f"private key of {key.name} not found under {self.dir}") from None
+        self._opened[key.keyid] = signer
+        return signer
 
     def signers(
         self, role: str, keyids: Iterable[str], threshold: int, passphrase: PassphraseSource

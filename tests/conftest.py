@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,23 +51,27 @@ class Site:
     def url(self) -> str:
         return self.server.url
 
-    def bundle(self, version: str, branch: str = "R580", content: bytes | None = None) -> Path:
+    def bundle(
+        self, version: str, branch: str = "R580", content: bytes | None = None, **build: Any
+    ) -> Path:
+        """A bundle of a one-file payload; ``build`` overrides ``build_bundle`` arguments."""
         payload = self.base / "payloads" / version
         payload.mkdir(parents=True, exist_ok=True)
         (payload / "libnvidia-ml.so.1").write_bytes(content or f"NVML {version}\n".encode())
         output = self.base / f"nvidia-{version}.bundle"
+        options: dict[str, Any] = {"dkms": not build.get("kernels"), **build}
         build_bundle(
             payload,
             driver_version=version,
             branch=branch,
             payload_kind="files",
             output=output,
-            dkms=True,
+            **options,
         )
         return output
 
-    def publish(self, version: str, branch: str = "R580") -> PublishedBundle:
-        return self.repo.add_bundle(self.bundle(version, branch), lambda: PASSPHRASE)
+    def publish(self, version: str, branch: str = "R580", **build: Any) -> PublishedBundle:
+        return self.repo.add_bundle(self.bundle(version, branch, **build), lambda: PASSPHRASE)
 
     def served_target(self, published: PublishedBundle) -> Path:
         folder, name = published.target_path.rsplit("/", 1)
