@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.firewall.policy import Endpoint, FirewallPolicy
 from fleet.branches import require_branch
 from fleet.errors import GpuwardError
 from fleet.report import NODE_ID
@@ -58,6 +59,7 @@ class AgentConfig:
     required_cuda: str | None = None  # the CUDA version the node's workloads need
     nvswitch: bool = False
     kernel: str | None = None  # only to simulate another kernel; default: the running one
+    firewall: FirewallPolicy | None = None  # the outbound allowlist, when enabled
 
     @property
     def state_dir(self) -> Path:
@@ -118,12 +120,20 @@ class AgentConfig:
                     "required_cuda",
                     "nvswitch",
                     "kernel",
+                    "firewall",
                 }
             ),
         )
         server_url = _url(r.text("server_url", max_len=2048), "server_url")
         branch = r.text("branch", max_len=8)
         require_branch(branch)
+        mirrors = tuple(_url(m, "mirrors") for m in r.items("mirrors", max_items=16, default=[]))
+        firewall = None
+        if "firewall" in doc:
+            # The agent's own destinations are always allowed, whatever the table says.
+            firewall = FirewallPolicy.from_dict(doc["firewall"])
+            for url in (*mirrors, server_url):
+                firewall = firewall.with_endpoint(Endpoint.from_url(url))
         return cls(
             node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
             server_url=server_url,
@@ -134,11 +144,12 @@ class AgentConfig:
             health_backend=r.text("health_backend", choices=HEALTH_BACKENDS, default="nvml"),
             simulated=_simulated(doc.get("simulated", {})),
             director=_director(doc["director"], base) if "director" in doc else None,
-            mirrors=tuple(_url(m, "mirrors") for m in r.items("mirrors", max_items=16, default=[])),
+            mirrors=mirrors,
             fetch_timeout_s=r.integer("fetch_timeout_s", minimum=1, maximum=600, default=30),
             required_cuda=r.optional_text("required_cuda", max_len=12, pattern=_CUDA),
             nvswitch=r.boolean("nvswitch", default=False),
             kernel=r.optional_text("kernel", max_len=128),
+            firewall=firewall,
         )
 
 
@@ -173,11 +184,15 @@ def _director(doc: object, base: Path) -> DirectorSettings:
     )
 
 
-def load_config(path: Path) -> AgentConfig:
+def read_toml(path: Path, what: str = "agent config") -> dict[str, Any]:
     try:
-        doc = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise GpuwardError(f"agent config {path} not found") from None
+        raise GpuwardError(f"{what} {path} not found") from None
     except tomllib.TOMLDecodeError as exc:
-        raise GpuwardError(f"agent config {path}: not valid TOML ({exc})") from None
+        raise GpuwardError(f"{what} {path}: not valid TOML ({exc})") from None
+
+
+def load_config(path: Path) -> AgentConfig:
+    doc = read_toml(path)
     return AgentConfig.from_dict(doc, base=path.parent)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,15 +50,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _load(path: Path) -> FirewallPolicy:
+    from agent.config import read_toml
     from agent.firewall.policy import Endpoint, FirewallPolicy
     from fleet.errors import GpuwardError
 
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise GpuwardError(f"config {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise GpuwardError(f"config {path}: not valid TOML ({exc})") from None
+    doc = read_toml(path, "config")
     if "firewall" not in doc:
         raise GpuwardError(f"config {path} has no [firewall] table")
     policy = FirewallPolicy.from_dict(doc["firewall"])

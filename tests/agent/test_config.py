@@ -1,0 +1,52 @@
+"""The agent config: strict, and complete enough to drive every part of the agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from fleet.errors import GpuwardError
+
+BASE = """node_id = "gpu-1"
+server_url = "https://updates.example:8470/"
+trusted_root = "root.json"
+branch = "R580"
+"""
+
+
+def _load(tmp_path: Path, text: str) -> object:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_minimal_config_and_defaults(tmp_path: Path) -> None:
+    config = _load(tmp_path, BASE)
+    assert config.server_url == "https://updates.example:8470"  # type: ignore[attr-defined]
+    assert config.trusted_root == tmp_path / "root.json"  # type: ignore[attr-defined]
+    assert config.director is None and config.firewall is None  # type: ignore[attr-defined]
+
+
+def test_firewall_table_always_allows_the_server_and_mirrors(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        BASE + 'mirrors = ["http://mirror.example:8080"]\n[firewall]\nresolvers = ["10.0.0.53"]\n',
+    )
+    endpoints = {(e.host, e.port) for e in config.firewall.update_endpoints}  # type: ignore[attr-defined]
+    assert {("updates.example", 8470), ("mirror.example", 8080)} <= endpoints
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("surprise = 1\n", "unknown field"),
+        ('mirrors = ["ftp://x"]\n', r"http\(s\) URL"),
+        ("interval_s = 0\n", "between"),
+        ('[director]\nurl = "https://d"\n', "missing field 'trusted_root'"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(GpuwardError, match=message):
+        _load(tmp_path, BASE + extra)
