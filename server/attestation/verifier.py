@@ -213,7 +213,9 @@ class QuoteVerifier:
         not pass: the report is bound and fresh, but the boot is unexplained.
         """
         quote = self.check_quote(node, attested.evidence, report_digest(attested.report))
-        log = attested.evidence.event_log or known_log
+        log = attested.evidence.event_log
+        if log is None:
+            log = known_log
         if log is None:
             return ReportVerdict(quote, None, None)
         verified = self.check_event_log(attested.evidence, log)

@@ -9,6 +9,7 @@ a TPM with zeroed PCRs and no leftover keys, killed at teardown. Template "a" an
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,44 +121,52 @@ def tpm_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return templates
 
 
+@contextmanager
+def start_swtpm(template: Path, folder: Path) -> Iterator[Tpm]:
+    """A swtpm on a copy of ``template``'s state, on free ports, stopped on exit."""
+    state = folder / "state"
+    shutil.copytree(template, state)
+    port = _free_ports()
+    process = subprocess.Popen(
+        [
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--server",
+            f"type=tcp,port={port},bindaddr=127.0.0.1",
+            "--ctrl",
+            f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+            "--tpmstate",
+            f"dir={state}",
+            "--flags",
+            "not-need-init,startup-clear",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_listening(port, process)
+        yield Tpm(port, state, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture
 def start_tpm(tpm_templates: dict[str, Path], tmp_path: Path) -> Iterator[Callable[..., Tpm]]:
-    started: list[Tpm] = []
+    numbers = itertools.count()
+    with ExitStack() as stack:
 
-    def start(template: str = "a") -> Tpm:
-        state = tmp_path / f"tpm-{len(started)}"
-        shutil.copytree(tpm_templates[template], state)
-        port = _free_ports()
-        process = subprocess.Popen(
-            [
-                "swtpm",
-                "socket",
-                "--tpm2",
-                "--server",
-                f"type=tcp,port={port},bindaddr=127.0.0.1",
-                "--ctrl",
-                f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-                "--tpmstate",
-                f"dir={state}",
-                "--flags",
-                "not-need-init,startup-clear",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        tpm = Tpm(port, state, process)
-        started.append(tpm)
-        _wait_listening(port, process)
-        return tpm
+        def start(template: str = "a") -> Tpm:
+            folder = tmp_path / f"tpm-{next(numbers)}"
+            folder.mkdir()
+            return stack.enter_context(start_swtpm(tpm_templates[template], folder))
 
-    yield start
-    for tpm in started:
-        tpm.process.send_signal(signal.SIGTERM)
-        try:
-            tpm.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            tpm.process.kill()
-            tpm.process.wait()
+        yield start
 
 
 @pytest.fixture
