@@ -222,7 +222,11 @@ class Attestor:
             secret, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(challenge.encrypted_secret)
         except (TSS2_Exception, ValueError, TypeError) as exc:
             raise AttestationError(f"the server's credential is malformed: {exc}") from None
-        with self._ek() as (ek, _, _), self._ak() as (ak, _), self._ek_session() as session:
+        with (
+            self._ek() as (ek, ek_public, _),
+            self._ak() as (ak, _),
+            self._ek_session(ek_public.publicArea.nameAlg) as session,
+        ):
             try:
                 recovered = self._esapi.activate_credential(
                     ak, ek, blob, secret, session1=ESYS_TR.PASSWORD, session2=session
@@ -232,14 +236,15 @@ class Attestor:
         return CredentialAnswer(node_id, challenge.challenge, bytes(recovered))
 
     @contextmanager
-    def _ek_session(self) -> Iterator[ESYS_TR]:
-        """A policy session satisfying the EK's policy, PolicySecret(TPM_RH_ENDORSEMENT)."""
+    def _ek_session(self, name_alg: TPM2_ALG) -> Iterator[ESYS_TR]:
+        """A policy session satisfying the EK's policy, PolicySecret(TPM_RH_ENDORSEMENT),
+        in the EK's name algorithm (SHA-384 for the P-384 EK's policy)."""
         session = self._esapi.start_auth_session(
             tpm_key=ESYS_TR.NONE,
             bind=ESYS_TR.NONE,
             session_type=TPM2_SE.POLICY,
             symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
-            auth_hash=TPM2_ALG.SHA256,
+            auth_hash=name_alg,
         )
         try:
             self._esapi.policy_secret(ESYS_TR.ENDORSEMENT, session)

@@ -16,8 +16,10 @@ from fleet.schema import Reader
 
 # EK types as tpm2-pytss's create_ek_template names them, tried in this order: the
 # first whose certificate is in NV wins (RSA 2048 at 0x01c00002, ECC P-256 at
-# 0x01c0000a, ECC P-384 at 0x01c00016).
-DEFAULT_EK_TYPES = ("EK-RSA2048", "EK-ECC256", "EK-HIGH-ECC384")
+# 0x01c0000a). These low-range templates have the plain PolicySecret(endorsement)
+# policy the attestor satisfies; the high-range ones (0x01c00012 and up) need a
+# PolicyOR this attestor does not build yet.
+DEFAULT_EK_TYPES = ("EK-RSA2048", "EK-ECC256")
 KNOWN_EK_TYPES = frozenset(DEFAULT_EK_TYPES)
 # TCG "Provisioning Guidance": 0x81010000-0x8101FFFF are for endorsement keys;
 # tpm2-tools' examples keep the AK at 0x81010002.

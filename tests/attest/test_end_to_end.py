@@ -22,7 +22,7 @@ from fleet.report import GpuHealth, HealthReport
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrollmentVerifier
 from server.attestation.policy import from_eventlog
-from server.attestation.tpm import parse_public
+from server.attestation.tpm import ECC_NIST_P256, parse_public
 from server.attestation.verifier import QuoteVerifier
 from tests.attest.conftest import LOG_DIR, Tpm, enroll, extend_log
 
@@ -175,3 +175,55 @@ def test_no_tpm_handles_leak(
             attested = attestor.attest_report(make_report(), challenges.issue("n1", "report"))
             verifier.check_quote(node, attested.evidence, attested.digest)
         assert _transient_and_sessions(tpm.tcti) == (0, 0)
+
+
+def test_ecc_ek_credential_is_activated_by_a_real_tpm(tpm: Tpm) -> None:
+    """The server's MakeCredential for an ECC P-256 EK (one-pass ECDH, KDFe), opened
+    by swtpm's TPM2_ActivateCredential. swtpm has no certificate for this EK type,
+    so the EK and AK come straight from the templates here."""
+    from tpm2_pytss import ESAPI, TCTILdr
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
+    from tpm2_pytss.types import (
+        TPM2B_ENCRYPTED_SECRET,
+        TPM2B_ID_OBJECT,
+        TPM2B_PUBLIC,
+        TPM2B_SENSITIVE_CREATE,
+        TPMT_SYM_DEF,
+    )
+    from tpm2_pytss.utils import create_ek_template
+
+    from agent.attest.attestor import AK_ATTRIBUTES
+    from server.attestation.tpm import make_credential
+
+    def no_nv(index: int) -> bytes:
+        from tpm2_pytss.utils import NoSuchIndex
+
+        raise NoSuchIndex(index)
+
+    with TCTILdr("swtpm", f"port={tpm.port}") as tcti, ESAPI(tcti) as esapi:
+        _, template = create_ek_template("EK-ECC256", no_nv)
+        ek, ek_public, *_ = esapi.create_primary(
+            TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT
+        )
+        ak_template = TPM2B_PUBLIC.parse("rsa2048:rsassa-sha256:null", AK_ATTRIBUTES)
+        ak, ak_public, *_ = esapi.create_primary(
+            TPM2B_SENSITIVE_CREATE(), ak_template, ESYS_TR.ENDORSEMENT
+        )
+        ek_parsed = parse_public(ek_public.marshal())
+        assert ek_parsed.curve == ECC_NIST_P256
+        blob, secret = make_credential(ek_parsed, b"s" * 32, bytes(ak_public.get_name()))
+        session = esapi.start_auth_session(
+            ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
+            TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256,
+        )  # fmt: skip
+        esapi.policy_secret(ESYS_TR.ENDORSEMENT, session)
+        recovered = esapi.activate_credential(
+            ak,
+            ek,
+            TPM2B_ID_OBJECT.unmarshal(blob)[0],
+            TPM2B_ENCRYPTED_SECRET.unmarshal(secret)[0],
+            session2=session,
+        )
+        for handle in (session, ak, ek):
+            esapi.flush_context(handle)
+    assert bytes(recovered) == b"s" * 32
