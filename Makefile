@@ -9,7 +9,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the code and the tests use (the real components, not mocks).
-DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux
+# swtpm/swtpm-tools: the TPM in tests; tpm2-tools: tpm2_checkquote; libtss2-dev and
+# pkg-config: tpm2-pytss builds against them.
+DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
+	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
 
 .PHONY: setup deb-packages test lint typecheck unit demo clean
 

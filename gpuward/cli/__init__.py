@@ -24,6 +24,7 @@ from gpuward.cli import (
     eventlog_cmd,
     firewall_cmd,
     keys_cmd,
+    policy_cmd,
     repo_cmd,
     server_cmd,
 )
@@ -38,6 +39,7 @@ GROUPS = (
     firewall_cmd,
     compat_cmd,
     eventlog_cmd,
+    policy_cmd,
     demo_cmd,
 )
 

@@ -43,7 +43,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     replay.set_defaults(func=_replay)
 
 
-def _read(path: Path) -> EventLog:
+def read_log(path: Path) -> EventLog:
     from fleet.errors import GpuwardError
     from fleet.eventlog import MAX_LOG_BYTES, EventLogError, parse
 
@@ -57,7 +57,7 @@ def _read(path: Path) -> EventLog:
 
 
 def _show(args: argparse.Namespace) -> None:
-    log = _read(args.file)
+    log = read_log(args.file)
     bank = "sha256" if "sha256" in log.digest_sizes else next(iter(log.digest_sizes))
     rows = [(e.index, e.pcr, e.type_name, _prefix(e, bank), _summary(e)) for e in log.events]
     banks = ", ".join(log.digest_sizes)
@@ -88,7 +88,7 @@ def _summary(event: Event) -> str:
 def _replay(args: argparse.Namespace) -> None:
     from fleet.eventlog import replay
 
-    pcrs = replay(_read(args.file))
+    pcrs = replay(read_log(args.file))
     doc = {
         "pcrs": {
             bank: {str(pcr): value.hex() for pcr, value in values.items()}

@@ -1,0 +1,278 @@
+"""Enrollment: accept a node's attestation key only if a genuine TPM holds it.
+
+1. The EK certificate chains to a CA the operator allows (TPM vendors' CAs; the
+   swtpm local CA in tests), and certifies the very EK public key the node sent.
+2. The AK is a restricted, TPM-resident signing key, and the name the node gave
+   is the name of that key.
+3. TPM2_MakeCredential wraps a random secret to the EK for the AK's name; only
+   the TPM holding the EK's private key can unwrap it, and only while an object
+   with that name is loaded in it (TPM2_ActivateCredential). The node must send
+   the secret back, within the challenge's lifetime, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from fleet.attestation import (
+    MAX_TPM_BLOB_BYTES,
+    AttestationError,
+    CredentialAnswer,
+    CredentialChallenge,
+    EnrollmentRequest,
+    canonical_json,
+    encode_bytes,
+    read_bytes,
+)
+from fleet.report import NODE_ID
+from fleet.schema import Reader
+from server.attestation.challenges import Challenges
+from server.attestation.tpm import (
+    ALG_NULL,
+    ALG_RSA,
+    ALG_RSASSA,
+    ALG_SHA256,
+    DECRYPT,
+    FIXED_PARENT,
+    FIXED_TPM,
+    RESTRICTED,
+    SENSITIVE_DATA_ORIGIN,
+    SIGN,
+    TpmPublic,
+    make_credential,
+    parse_public,
+)
+
+log = structlog.get_logger(__name__)
+
+PURPOSE = "enroll"
+MAX_CHAIN = 5
+SECRET_BYTES = 32
+AK_REQUIRED = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | RESTRICTED | SIGN
+EK_REQUIRED = FIXED_TPM | FIXED_PARENT | RESTRICTED | DECRYPT
+
+
+class EnrollmentError(AttestationError):
+    """An enrollment request or answer was refused; the message says why."""
+
+
+@dataclass(frozen=True)
+class EnrolledNode:
+    """What the server keeps about an enrolled node: the AK its quotes must verify with."""
+
+    node_id: str
+    ak_public: bytes  # TPM2B_PUBLIC
+    ek_certificate_sha256: str
+    enrolled_at: int
+
+    @cached_property
+    def ak(self) -> TpmPublic:
+        return parse_public(self.ak_public, "AK public area")
+
+    @cached_property
+    def ak_key(self) -> rsa.RSAPublicKey:
+        """The AK as a ``cryptography`` key, built once per object: keep the object."""
+        key = self.ak.key
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise EnrollmentError(f"{self.node_id}: the stored AK is not an RSA key")
+        return key
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "ak_public": encode_bytes(self.ak_public),
+            "ek_certificate_sha256": self.ek_certificate_sha256,
+            "enrolled_at": self.enrolled_at,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str = "enrolled node") -> EnrolledNode:
+        r = Reader(
+            doc,
+            where,
+            allowed=frozenset({"node_id", "ak_public", "ek_certificate_sha256", "enrolled_at"}),
+        )
+        return cls(
+            node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
+            ak_public=read_bytes(r, "ak_public", max_bytes=MAX_TPM_BLOB_BYTES),
+            ek_certificate_sha256=r.text("ek_certificate_sha256", max_len=64),
+            enrolled_at=r.integer("enrolled_at"),
+        )
+
+
+class EkTrust:
+    """The CAs allowed to vouch for EKs: self-signed roots, and intermediates that
+    must chain to one of them."""
+
+    def __init__(self, certificates: Iterable[x509.Certificate]) -> None:
+        certificates = list(certificates)
+        self.roots = [c for c in certificates if c.issuer == c.subject]
+        self.intermediates = [c for c in certificates if c.issuer != c.subject]
+        if not self.roots:
+            raise EnrollmentError(
+                "the EK CA allowlist has no root (self-signed) certificate; add the TPM "
+                "vendors' root CAs"
+            )
+
+    @classmethod
+    def load(cls, paths: Iterable[Path]) -> EkTrust:
+        """From PEM files, or folders of them (files without a certificate are skipped,
+        so swtpm's CA folder, which holds its private keys too, can be named as is)."""
+        certificates: list[x509.Certificate] = []
+        for path in paths:
+            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+            for file in files:
+                data = file.read_bytes()
+                if b"-----BEGIN CERTIFICATE-----" in data:
+                    certificates.extend(x509.load_pem_x509_certificates(data))
+        return cls(certificates)
+
+    def verify(self, leaf: x509.Certificate, at: datetime) -> list[x509.Certificate]:
+        """The chain from ``leaf`` to an allowed root, each link checked at ``at``."""
+        chain = [leaf]
+        while len(chain) <= MAX_CHAIN:
+            cert = chain[-1]
+            _check_validity(cert, at)
+            if cert in self.roots:
+                return chain
+            issuer = self._issuer(cert)
+            if issuer is None:
+                raise EnrollmentError(
+                    f"the EK certificate chain ({_names(chain)}) does not lead to an allowed "
+                    "CA; if this TPM vendor is trusted, add its CA certificates to the allowlist"
+                )
+            _check_ca(issuer)
+            chain.append(issuer)
+        raise EnrollmentError(f"the EK certificate chain is longer than {MAX_CHAIN}")
+
+    def _issuer(self, cert: x509.Certificate) -> x509.Certificate | None:
+        for candidate in (*self.roots, *self.intermediates):
+            if candidate.subject != cert.issuer:
+                continue
+            try:
+                cert.verify_directly_issued_by(candidate)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return candidate
+        return None
+
+
+def _names(chain: list[x509.Certificate]) -> str:
+    return " <- ".join(c.subject.rfc4514_string() or "(empty subject)" for c in chain)
+
+
+def _check_validity(cert: x509.Certificate, at: datetime) -> None:
+    if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+        raise EnrollmentError(
+            f"certificate {cert.subject.rfc4514_string() or '(EK)'} is not valid at "
+            f"{at.isoformat()} (valid {cert.not_valid_before_utc.isoformat()} to "
+            f"{cert.not_valid_after_utc.isoformat()}); check the server's clock"
+        )
+
+
+def _check_ca(cert: x509.Certificate) -> None:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise EnrollmentError(
+            f"{cert.subject.rfc4514_string()} issued an EK certificate but is not a CA"
+        )
+
+
+def _check_ak(ak: TpmPublic, name: bytes) -> None:
+    problems = []
+    if ak.type != ALG_RSA or ak.rsa_bits < 2048:
+        problems.append("not an RSA key of at least 2048 bits")
+    if not ak.has(AK_REQUIRED) or ak.attributes & DECRYPT:
+        problems.append("not a restricted, TPM-generated, non-duplicable signing key")
+    if ak.scheme != (ALG_RSASSA, ALG_SHA256):
+        problems.append("its scheme is not RSASSA-SHA256")
+    if ak.name_alg != ALG_SHA256:
+        problems.append("its name algorithm is not SHA-256")
+    if not problems and not hmac.compare_digest(ak.name, name):
+        problems.append("the AK name sent is not the name of the AK public area sent")
+    if problems:
+        raise EnrollmentError(f"AK refused: {'; '.join(problems)}")
+
+
+def _check_ek(ek: TpmPublic, cert: x509.Certificate) -> None:
+    if not ek.has(EK_REQUIRED) or ek.attributes & SIGN or ek.symmetric[0] == ALG_NULL:
+        raise EnrollmentError("EK refused: not a restricted, non-duplicable decryption key")
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if ek.key.public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+        raise EnrollmentError(
+            "EK refused: the EK public key is not the key its certificate certifies"
+        )
+
+
+class EnrollmentVerifier:
+    """Two steps: ``begin`` checks a request and returns a credential challenge;
+    ``finish`` checks the answer and returns the node to store."""
+
+    def __init__(
+        self,
+        trust: EkTrust,
+        challenges: Challenges,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._trust = trust
+        self._challenges = challenges
+        self._clock = clock
+
+    def begin(self, request: EnrollmentRequest) -> CredentialChallenge:
+        try:
+            cert = x509.load_der_x509_certificate(request.ek_certificate)
+        except ValueError:
+            raise EnrollmentError("the EK certificate is not valid DER") from None
+        self._trust.verify(cert, datetime.fromtimestamp(self._clock(), UTC))
+        ek = parse_public(request.ek_public, "EK public area")
+        _check_ek(ek, cert)
+        ak = parse_public(request.ak_public, "AK public area")
+        _check_ak(ak, request.ak_name)
+        secret = os.urandom(SECRET_BYTES)
+        blob, encrypted_secret = make_credential(ek, secret, request.ak_name)
+        node = EnrolledNode(
+            node_id=request.node_id,
+            ak_public=request.ak_public,
+            ek_certificate_sha256=hashlib.sha256(request.ek_certificate).hexdigest(),
+            enrolled_at=int(self._clock()),
+        )
+        # Only the secret's hash is kept, so a leak of the pending challenges
+        # (a database, in a multi-replica server) reveals no live secret.
+        payload = canonical_json(
+            {"node": node.to_dict(), "secret_sha256": hashlib.sha256(secret).hexdigest()}
+        )
+        challenge = self._challenges.issue(request.node_id, PURPOSE, payload)
+        log.info("attest.enroll_begin", node=request.node_id, ek=node.ek_certificate_sha256)
+        return CredentialChallenge(challenge.nonce, blob, encrypted_secret, challenge.expires_at)
+
+    def finish(self, answer: CredentialAnswer) -> EnrolledNode:
+        payload = json.loads(self._challenges.redeem(answer.challenge, answer.node_id, PURPOSE))
+        expected = bytes.fromhex(payload["secret_sha256"])
+        if not hmac.compare_digest(hashlib.sha256(answer.secret).digest(), expected):
+            raise EnrollmentError(
+                "the credential was not activated by the TPM that holds this EK and AK; "
+                "enroll again from the node itself"
+            )
+        node = EnrolledNode.from_dict(payload["node"])
+        log.info("attest.enrolled", node=node.node_id, ek=node.ek_certificate_sha256)
+        return node

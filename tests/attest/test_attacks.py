@@ -1,0 +1,390 @@
+"""Every defence of the verifier, attacked with real quotes from swtpm.
+
+Each test starts from evidence that verifies (the first assertion of the
+``attested`` fixture's users is that the honest path passes where it matters),
+changes one thing an attacker controls, and checks the verifier refuses it with
+the error that names the broken check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.attest.attestor import Attestor
+from fleet.attestation import (
+    AttestationError,
+    AttestationEvidence,
+    AttestedReport,
+    CredentialAnswer,
+    PcrSelection,
+    report_digest,
+)
+from fleet.eventlog import EV_NO_ACTION, EventLogError, parse
+from server.attestation.challenges import DEFAULT_TTL_S, ChallengeError, Challenges
+from server.attestation.enrollment import (
+    EkTrust,
+    EnrolledNode,
+    EnrollmentError,
+    EnrollmentVerifier,
+)
+from server.attestation.verifier import QuoteError, QuoteVerifier
+from tests.attest.conftest import LOG_DIR, Clock, Tpm, enroll, extend_log
+from tests.attest.test_end_to_end import make_report
+
+LOG = LOG_DIR / "rhel95-secureboot.bin"
+
+
+@pytest.fixture
+def agent(tpm: Tpm, state_dir: Path) -> Iterator[Attestor]:
+    extend_log(tpm, LOG)
+    with Attestor(tpm.config(event_log=LOG), state_dir) as attestor:
+        yield attestor
+
+
+@pytest.fixture
+def node(agent: Attestor, enrollment: EnrollmentVerifier) -> EnrolledNode:
+    return enroll(agent, enrollment)
+
+
+@pytest.fixture
+def attest(agent: Attestor, challenges: Challenges) -> Callable[[], AttestedReport]:
+    return lambda: agent.attest_report(make_report(), challenges.issue("n1", "report"))
+
+
+def test_honest_report_passes(
+    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+) -> None:
+    verdict = verifier.verify_report(node, attest())
+    assert verdict.passed
+    assert verdict.log is not None and 7 in verdict.log.verified["sha256"]
+
+
+def test_replayed_quote_is_refused(
+    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+) -> None:
+    attested = attest()
+    verifier.verify_report(node, attested)
+    with pytest.raises(ChallengeError, match="already used"):
+        verifier.verify_report(node, attested)
+
+
+def test_nonce_never_issued_is_refused(
+    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+) -> None:
+    attested = attest()
+    forged = dataclasses.replace(attested.evidence, nonce=bytes(32))
+    with pytest.raises(ChallengeError, match="unknown"):
+        verifier.verify_report(node, dataclasses.replace(attested, evidence=forged))
+
+
+def test_quote_for_another_nonce_is_refused(
+    node: EnrolledNode,
+    attest: Callable[[], AttestedReport],
+    verifier: QuoteVerifier,
+    challenges: Challenges,
+) -> None:
+    """A live challenge of this node, presented with a quote made for another one."""
+    attested = attest()
+    other = challenges.issue("n1", "report")
+    swapped = dataclasses.replace(attested.evidence, nonce=other.nonce)
+    with pytest.raises(QuoteError, match="qualifying data"):
+        verifier.verify_report(node, dataclasses.replace(attested, evidence=swapped))
+
+
+def test_another_nodes_challenge_is_refused(
+    node: EnrolledNode,
+    agent: Attestor,
+    verifier: QuoteVerifier,
+    challenges: Challenges,
+) -> None:
+    attested = agent.attest_report(make_report(), challenges.issue("n2", "report"))
+    with pytest.raises(ChallengeError, match="issued to n2"):
+        verifier.verify_report(node, attested)
+
+
+def test_report_changed_after_quoting_is_refused(
+    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+) -> None:
+    attested = attest()
+    changed = dataclasses.replace(attested.report, reason="all GPUs healthy, honest")
+    assert report_digest(changed) != report_digest(attested.report)
+    with pytest.raises(QuoteError, match="another report"):
+        verifier.verify_report(node, dataclasses.replace(attested, report=changed))
+
+
+def test_expired_challenge_is_refused(
+    node: EnrolledNode,
+    attest: Callable[[], AttestedReport],
+    verifier: QuoteVerifier,
+    clock: Clock,
+) -> None:
+    attested = attest()
+    clock.now += DEFAULT_TTL_S + 1
+    with pytest.raises(ChallengeError, match="expired"):
+        verifier.verify_report(node, attested)
+
+
+def test_forged_pcr_value_is_refused(
+    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+) -> None:
+    attested = attest()
+    pcrs = {bank: dict(values) for bank, values in attested.evidence.pcrs.items()}
+    pcrs["sha256"][7] = hashlib.sha256(b"a Secure Boot state I would like to have").digest()
+    forged = dataclasses.replace(attested.evidence, pcrs=pcrs)
+    with pytest.raises(QuoteError, match="PCR values are not the ones the TPM quoted"):
+        verifier.verify_report(node, dataclasses.replace(attested, evidence=forged))
+
+
+def test_quote_missing_required_pcrs_is_refused(
+    node: EnrolledNode, agent: Attestor, challenges: Challenges
+) -> None:
+    strict = QuoteVerifier(challenges, PcrSelection.parse("sha256:0-9,14,15"))
+    attested = agent.attest_report(make_report(), challenges.issue("n1", "report"))
+    with pytest.raises(QuoteError, match="not all of the required"):
+        strict.verify_report(node, attested)
+
+
+def test_quote_signed_by_another_ak_is_refused(
+    node: EnrolledNode,
+    start_tpm: Callable[..., Tpm],
+    tmp_path: Path,
+    challenges: Challenges,
+    verifier: QuoteVerifier,
+) -> None:
+    other_tpm = start_tpm("b")
+    extend_log(other_tpm, LOG)  # same PCRs, so only the key differs
+    with Attestor(other_tpm.config(event_log=LOG), tmp_path / "other") as other:
+        attested = other.attest_report(make_report(), challenges.issue("n1", "report"))
+    with pytest.raises(QuoteError, match="signature does not verify"):
+        verifier.verify_report(node, attested)
+
+
+def _with_log(attested: AttestedReport, log: bytes) -> AttestedReport:
+    """The attacker's log: its digest is not signed, so they recompute it too."""
+    evidence = dataclasses.replace(attested.evidence, event_log=log, event_log_sha256=None)
+    return dataclasses.replace(attested, evidence=evidence)
+
+
+def test_event_log_with_one_digest_changed_is_refused(
+    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+) -> None:
+    data = bytearray(LOG.read_bytes())
+    shim = next(e for e in parse(data).events if e.event_type == 0x80000003)
+    at = data.index(shim.digests["sha256"], shim.offset)
+    data[at] ^= 0x01
+    with pytest.raises(QuoteError, match=r"does not give the quoted PCRs sha256:4"):
+        verifier.verify_report(node, _with_log(attest(), bytes(data)))
+
+
+def test_event_log_with_one_event_removed_is_refused(
+    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+) -> None:
+    data = LOG.read_bytes()
+    events = parse(data).events
+    victim = next(
+        i for i, e in enumerate(events) if e.pcr == 7 and e.event_type != EV_NO_ACTION and i
+    )
+    cut = data[: events[victim].offset] + data[events[victim + 1].offset :]
+    with pytest.raises(QuoteError, match=r"sha256:7"):
+        verifier.verify_report(node, _with_log(attest(), cut))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated mid-event
+        lambda data: data[:7],  # truncated header
+        lambda data: bytes(range(256)) * 40,  # garbage
+        lambda data: b"",  # empty
+    ],
+    ids=["truncated", "truncated-header", "garbage", "empty"],
+)
+def test_malformed_event_log_is_a_clear_error(
+    damage: Callable[[bytes], bytes],
+    node: EnrolledNode,
+    attest: Callable[[], AttestedReport],
+    verifier: QuoteVerifier,
+) -> None:
+    with pytest.raises(EventLogError, match="event log rejected at byte"):
+        verifier.verify_report(node, _with_log(attest(), damage(LOG.read_bytes())))
+
+
+def test_log_named_by_digest_must_be_that_log(
+    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+) -> None:
+    attested = attest()
+    by_digest = dataclasses.replace(attested, evidence=attested.evidence.without_log())
+    other_log = (LOG_DIR / "swtpm-sanity-secureboot.bin").read_bytes()
+    with pytest.raises(QuoteError, match="not the one the evidence names"):
+        verifier.verify_report(node, by_digest, known_log=other_log)
+
+
+# Enrollment.
+
+
+def test_ak_of_another_tpm_cannot_be_enrolled(
+    agent: Attestor,
+    start_tpm: Callable[..., Tpm],
+    tmp_path: Path,
+    enrollment: EnrollmentVerifier,
+) -> None:
+    """A genuine EK certificate, presented with an AK from another TPM: the
+    credential is for the genuine TPM, which does not hold that AK; the other TPM
+    cannot open it; and a guessed secret is refused."""
+    other_tpm = start_tpm("b")
+    with Attestor(other_tpm.config(), tmp_path / "other") as other:
+        genuine = agent.enrollment_request("n1")
+        foreign = other.enrollment_request("n1")
+        mixed = dataclasses.replace(genuine, ak_public=foreign.ak_public, ak_name=foreign.ak_name)
+        challenge = enrollment.begin(mixed)
+        with pytest.raises(AttestationError, match="credential activation failed"):
+            other.activate("n1", challenge)
+        with pytest.raises(AttestationError, match="credential activation failed"):
+            agent.activate("n1", challenge)
+    with pytest.raises(EnrollmentError, match="not activated by the TPM"):
+        enrollment.finish(CredentialAnswer("n1", challenge.challenge, bytes(32)))
+
+
+def test_wrong_secret_is_refused_and_the_challenge_is_spent(
+    agent: Attestor, enrollment: EnrollmentVerifier
+) -> None:
+    challenge = enrollment.begin(agent.enrollment_request("n1"))
+    answer = agent.activate("n1", challenge)
+    wrong = dataclasses.replace(answer, secret=bytes(len(answer.secret)))
+    with pytest.raises(EnrollmentError, match="not activated"):
+        enrollment.finish(wrong)
+    with pytest.raises(ChallengeError, match="already used"):
+        enrollment.finish(answer)
+
+
+def test_expired_enrollment_challenge_is_refused(
+    agent: Attestor, enrollment: EnrollmentVerifier, clock: Clock
+) -> None:
+    challenge = enrollment.begin(agent.enrollment_request("n1"))
+    answer = agent.activate("n1", challenge)
+    clock.now += DEFAULT_TTL_S + 1
+    with pytest.raises(ChallengeError, match="expired"):
+        enrollment.finish(answer)
+
+
+def _rogue_ca(ek_cert: x509.Certificate) -> tuple[x509.Certificate, x509.Certificate]:
+    """A CA nobody allowed, and a certificate from it for the same EK key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swtpm-localca")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(ek_cert.subject)
+        .issuer_name(name)  # the same issuer name as swtpm's CA: only the key differs
+        .public_key(ek_cert.public_key())
+        .serial_number(2)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return ca, leaf
+
+
+def test_ek_certificate_from_an_unknown_ca_is_refused(
+    agent: Attestor, enrollment: EnrollmentVerifier, trust: EkTrust
+) -> None:
+    request = agent.enrollment_request("n1")
+    ca, leaf = _rogue_ca(x509.load_der_x509_certificate(request.ek_certificate))
+    forged = dataclasses.replace(
+        request, ek_certificate=leaf.public_bytes(serialization.Encoding.DER)
+    )
+    with pytest.raises(EnrollmentError, match="does not lead to an allowed CA"):
+        enrollment.begin(forged)
+    # The same certificate passes once its CA is allowed: the refusal was the CA's.
+    allowing = EkTrust([*trust.roots, *trust.intermediates, ca])
+    assert allowing.verify(leaf, datetime.datetime.now(datetime.UTC))[-1] == ca
+
+
+def test_ek_public_key_must_be_the_certified_one(
+    agent: Attestor,
+    start_tpm: Callable[..., Tpm],
+    tmp_path: Path,
+    enrollment: EnrollmentVerifier,
+) -> None:
+    other_tpm = start_tpm("b")
+    with Attestor(other_tpm.config(), tmp_path / "other") as other:
+        foreign = other.enrollment_request("n1")
+    swapped = dataclasses.replace(agent.enrollment_request("n1"), ek_public=foreign.ek_public)
+    with pytest.raises(EnrollmentError, match="not the key its certificate certifies"):
+        enrollment.begin(swapped)
+
+
+def test_ak_name_must_match_the_ak(agent: Attestor, enrollment: EnrollmentVerifier) -> None:
+    request = agent.enrollment_request("n1")
+    lying = dataclasses.replace(request, ak_name=request.ak_name[:-1] + b"\x00")
+    with pytest.raises(EnrollmentError, match="AK name sent is not the name"):
+        enrollment.begin(lying)
+
+
+def test_expired_ek_certificate_is_refused(
+    agent: Attestor, enrollment: EnrollmentVerifier, clock: Clock
+) -> None:
+    request = agent.enrollment_request("n1")
+    not_before = x509.load_der_x509_certificate(request.ek_certificate).not_valid_before_utc
+    clock.now = not_before.timestamp() - 86_400
+    with pytest.raises(EnrollmentError, match="not valid at"):
+        enrollment.begin(request)
+
+
+# Session keys.
+
+
+def test_session_key_certified_then_used(
+    node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
+) -> None:
+    key, certification = agent.certify_session_key("n1", challenges.issue("n1", "session-key"))
+    certified = verifier.verify_session_key(node, certification)
+    request = b'{"what": "next report"}'
+    certified.verify(request, key.sign(request))
+    with pytest.raises(AttestationError, match="bad session-key signature"):
+        certified.verify(request + b" ", key.sign(request))
+
+
+def test_session_key_swapped_after_quoting_is_refused(
+    node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
+) -> None:
+    _, certification = agent.certify_session_key("n1", challenges.issue("n1", "session-key"))
+    mine = bytes(32)
+    with pytest.raises(QuoteError, match="qualifying data"):
+        verifier.verify_session_key(node, dataclasses.replace(certification, public_key=mine))
+
+
+def test_report_quote_cannot_certify_a_session_key(
+    node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
+) -> None:
+    """A challenge serves one purpose: a report challenge does not certify keys."""
+    _, certification = agent.certify_session_key("n1", challenges.issue("n1", "report"))
+    with pytest.raises(ChallengeError, match="for report, not to n1 for session-key"):
+        verifier.verify_session_key(node, certification)
+
+
+def test_evidence_round_trips_through_json(attest: Callable[[], AttestedReport]) -> None:
+    attested = attest()
+    evidence = AttestationEvidence.from_dict(attested.evidence.to_dict())
+    assert evidence == attested.evidence
