@@ -17,12 +17,15 @@ from agent.compat_gate import current_catalog
 from agent.compat_gate import gate as compat_gate
 from agent.config import AgentConfig
 from agent.director import DirectorChannel, agree
+from agent.firewall.enforcer import Enforcer
+from agent.firewall.nft import Nft
 from agent.health import HealthProbe, ProbeResult, gate
 from agent.reporter import post_report
 from agent.slots import SlotContent, Slots
 from agent.state import AgentState, PendingSwitch, load_state, save_state
 from agent.unpack import BadBundle, unpack_bundle
 from fleet.errors import GpuwardError
+from fleet.firewall import FirewallReport
 from fleet.report import HealthReport
 
 log = structlog.get_logger(__name__)
@@ -42,11 +45,17 @@ class CycleResult:
 
 
 class Cycle:
-    def __init__(self, config: AgentConfig, probe: HealthProbe) -> None:
+    def __init__(
+        self, config: AgentConfig, probe: HealthProbe, firewall: Enforcer | None = None
+    ) -> None:
         self.config = config
         self.probe = probe
         self.slots = Slots(config.slots_dir)
         self.log = log.bind(node=config.node_id)
+        # Kept across cycles: it remembers what it applied and when it resolved names.
+        if firewall is None and config.firewall is not None:
+            firewall = Enforcer(config.firewall, Nft())
+        self.firewall = firewall
 
     def run(self) -> CycleResult:
         self.config.slots_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +65,8 @@ class Cycle:
         else:
             state, outcome = self._update(state)
         save_state(self.config.state_file, state)
-        report = self._report(outcome, self.probe.probe())
+        firewall = self.firewall.cycle() if self.firewall else None
+        report = self._report(outcome, self.probe.probe(), firewall)
         sent = True
         try:
             post_report(self.config.reports_url, report)
@@ -190,7 +200,9 @@ class Cycle:
         state = state.with_pending(None).with_rejected(pending.sha256)
         return state, Outcome("rolled-back", f"driver {expected} failed health: {reasons[0]}")
 
-    def _report(self, outcome: Outcome, seen: ProbeResult) -> HealthReport:
+    def _report(
+        self, outcome: Outcome, seen: ProbeResult, firewall: FirewallReport | None
+    ) -> HealthReport:
         active = self.slots.active()
         content = self.slots.content(active)
         return HealthReport(
@@ -202,4 +214,5 @@ class Cycle:
             update=outcome.update,
             reason=outcome.reason[:1024],
             gpus=seen.gpus,
+            firewall=firewall,
         )

@@ -1,0 +1,32 @@
+"""The agent cycle keeps the firewall enforced and reports its digest to the server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import urllib3
+
+from agent.cycle import Cycle
+from agent.daemon import make_probe
+from agent.firewall.enforcer import Enforcer
+from tests.conftest import Site
+from tests.firewall.conftest import Net, policy
+
+
+def test_each_cycle_enforces_and_reports_the_firewall(site: Site, net: Net) -> None:
+    site.publish("580.65.06")
+    config = dataclasses.replace(site.agent(), firewall=policy())
+    assert config.firewall is not None
+    cycle = Cycle(config, make_probe(config), firewall=Enforcer(config.firewall, net.nft))
+
+    first = cycle.run()
+    assert first.report.firewall is not None and first.report.firewall.action == "applied"
+    net.nft_cli("flush", "chain", "inet", "gpuward", "output")  # someone empties the chain
+    second = cycle.run()
+
+    assert second.report.firewall is not None
+    assert second.report.firewall.action == "repaired"
+    stored = json.loads(urllib3.request("GET", f"{site.url}/v1/fleet").data)["nodes"][0]
+    assert stored["report"]["firewall"]["action"] == "repaired"
+    assert stored["report"]["firewall"]["digest"] == first.report.firewall.digest
