@@ -25,7 +25,7 @@ from tuf.api.metadata import TargetFile
 
 from fleet.errors import GpuwardError
 from keys.keyring import Keyring, PassphraseSource
-from keys.tuf_repo import RoleSpec, TufRepository, no_passphrase
+from keys.tuf_repo import RoleSpec, TufRepository, load_expiry, no_passphrase
 
 DIRECTOR_FIELD = "gpuward_director"
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -47,7 +47,8 @@ class DirectorRepository:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.keyring = Keyring(root / "keys")
-        self.base = NodeRepository(root / "metadata", self.keyring)
+        self.expiry = load_expiry(root)
+        self.base = NodeRepository(root / "metadata", self.keyring, self.expiry)
 
     @classmethod
     def init(
@@ -63,7 +64,7 @@ class DirectorRepository:
     def node(self, node_id: str) -> NodeRepository:
         if not _NODE.fullmatch(node_id):
             raise GpuwardError(f"invalid node id {node_id!r}")
-        return NodeRepository(self.root / "nodes" / node_id / "metadata", self.keyring)
+        return NodeRepository(self.root / "nodes" / node_id / "metadata", self.keyring, self.expiry)
 
     def enroll(self, node_id: str) -> NodeRepository:
         """The node's repository, created empty (no assignment) on first use."""

@@ -28,9 +28,9 @@ from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest, target_path
 from keys.bundle import read_manifest
-from keys.keyring import Keyring, PassphraseSource
+from keys.keyring import Keyring, LocalKey, PassphraseSource
 from keys.storage import atomic_write, fsync_dir
-from keys.tuf_repo import RoleSpec, TufRepository
+from keys.tuf_repo import TOP_LEVEL_ROLES, RoleSpec, TufRepository, load_expiry, save_expiry
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,24 @@ DEFAULT_SPECS = {"root": RoleSpec(2, 3)}
 
 class ImageRepository(TufRepository):
     def __init__(self, root: Path) -> None:
-        super().__init__(root / "metadata", Keyring(root / "keys"))
+        super().__init__(root / "metadata", Keyring(root / "keys"), load_expiry(root))
         self.root = root
         self.targets_dir = root / "targets"
 
     @classmethod
     def init(
-        cls, root: Path, passphrase: str, specs: dict[str, RoleSpec] | None = None
+        cls,
+        root: Path,
+        passphrase: str,
+        specs: dict[str, RoleSpec] | None = None,
+        expiry_days: dict[str, int] | None = None,
     ) -> ImageRepository:
         """Generate keys and the first signed version of every role."""
-        repo = cls(root)
-        if repo.keyring.dir.exists() and any(repo.keyring.dir.iterdir()):
+        if (root / "keys").exists() and any((root / "keys").iterdir()):
             raise GpuwardError(f"{root} already holds keys; choose an empty directory")
+        if expiry_days:
+            save_expiry(root, expiry_days)
+        repo = cls(root)
         repo.create({**DEFAULT_SPECS, **(specs or {})}, passphrase)
         repo.targets_dir.mkdir(parents=True, exist_ok=True)
         return repo
@@ -117,6 +123,37 @@ class ImageRepository(TufRepository):
             branch_md, passphrase, role=branch, authority=([k.keyid for k in keys], spec.threshold)
         )
         self.publish_snapshot({"targets": targets_md.signed.version, branch: 1})
+
+    def rotate(self, role: str, passphrase: PassphraseSource) -> list[LocalKey]:
+        """Rotate a top-level role, or a branch role through the targets delegation."""
+        if role in TOP_LEVEL_ROLES:
+            return super().rotate(role, passphrase)
+        if role not in self.branch_roles():
+            raise GpuwardError(
+                f"no role {role!r}: rotate root, targets, snapshot, timestamp or a branch"
+            )
+        targets_md = self.targets()
+        delegations = targets_md.signed.delegations
+        assert delegations is not None and delegations.roles is not None
+        delegated = delegations.roles[role]
+        old = list(delegated.keyids)
+        new = self.new_keys(role, len(old), passphrase())
+        for keyid in old:
+            delegations.keys.pop(keyid, None)
+        for key in new:
+            delegations.keys[key.keyid] = key.public_key
+        delegated.keyids = [k.keyid for k in new]
+        branch_md = self.targets(role)
+        self.bump(targets_md, "targets")
+        self.sign_and_write(targets_md, passphrase)
+        self.bump(branch_md, role)
+        authority = ([k.keyid for k in new], delegated.threshold)
+        self.sign_and_write(branch_md, passphrase, role=role, authority=authority)
+        self.publish_snapshot(
+            {"targets": targets_md.signed.version, role: branch_md.signed.version}
+        )
+        self.keyring.retire(old)
+        return new
 
     def add_bundle(self, bundle: Path, passphrase: PassphraseSource) -> PublishedBundle:
         """Publish ``bundle`` in its branch role, delegating the branch on first use."""

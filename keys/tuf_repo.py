@@ -10,6 +10,7 @@ assignments) lives in their own modules.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,34 @@ class RoleSpec:
         if match is None:
             raise GpuwardError(f"invalid threshold {text!r}: write THRESHOLD/KEYS, e.g. 2/3")
         return cls(int(match.group(1)), int(match.group(2)))
+
+
+EXPIRY_FILE = "expiry.json"
+
+
+def load_expiry(root: Path) -> dict[str, timedelta]:
+    """The validity periods a repository directory chose at creation (days per role)."""
+    path = root / EXPIRY_FILE
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise GpuwardError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or not all(
+        k in DEFAULT_EXPIRY and isinstance(v, int) and 1 <= v <= 3650 for k, v in doc.items()
+    ):
+        raise GpuwardError(f'{path}: expected days per role, e.g. {{"timestamp": 1}}')
+    return {role: timedelta(days=days) for role, days in doc.items()}
+
+
+def save_expiry(root: Path, days: dict[str, int]) -> None:
+    for role, value in days.items():
+        if role not in DEFAULT_EXPIRY or not 1 <= value <= 3650:
+            raise GpuwardError(
+                f"expiry for {role!r}: give days (1-3650) for one of {', '.join(DEFAULT_EXPIRY)}"
+            )
+    atomic_write(root / EXPIRY_FILE, json.dumps(days, indent=2).encode())
 
 
 def no_passphrase() -> str:

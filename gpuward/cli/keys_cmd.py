@@ -33,6 +33,14 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="ROLE=T/N",
         help="N keys for ROLE, T of which must sign (default root=2/3, others 1/1); repeatable",
     )
+    init.add_argument(
+        "--expiry",
+        action="append",
+        default=[],
+        metavar="ROLE=DAYS",
+        help="validity of ROLE's metadata (defaults: root 365, targets and branches 90, "
+        "snapshot 7, timestamp 1); repeatable",
+    )
     add_json_flag(init)
     init.set_defaults(func=_init)
 
@@ -45,13 +53,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     rotate = sub.add_parser(
         "rotate",
-        help="replace every key of a role (root, targets, snapshot, timestamp)",
+        help="replace every key of a role (top-level or a branch)",
         description=(
             "Generate new keys for ROLE, sign a new root with a threshold of the old and the "
             "new root keys, re-sign what the role signs, and move the old keys to keys/retired/."
         ),
     )
-    rotate.add_argument("role", choices=("root", "targets", "snapshot", "timestamp"))
+    rotate.add_argument("role", help="root, targets, snapshot, timestamp, or a branch such as R580")
     rotate.add_argument("--repo", type=Path, required=True, help="repository directory")
     add_json_flag(rotate)
     rotate.set_defaults(func=_rotate)
@@ -63,7 +71,7 @@ def _init(args: argparse.Namespace) -> None:
 
     specs = _parse_thresholds(args.threshold)
     passphrase = passphrase_from_env_or_prompt("the new offline keys", confirm=True)
-    repo = ImageRepository.init(args.dir, passphrase, specs)
+    repo = ImageRepository.init(args.dir, passphrase, specs, _parse_expiry(args.expiry))
     root = repo.metadata_dir / "root.json"
     emit(
         args,
@@ -86,6 +94,16 @@ def _parse_thresholds(items: list[str]) -> dict[str, RoleSpec]:
             )
         specs[role] = RoleSpec.parse(spec)
     return specs
+
+
+def _parse_expiry(items: list[str]) -> dict[str, int]:
+    days = {}
+    for item in items:
+        role, _, value = item.partition("=")
+        if not value.isdigit():
+            raise GpuwardError(f"--expiry {item}: write ROLE=DAYS, e.g. timestamp=2")
+        days[role] = int(value)
+    return days
 
 
 def _rotate(args: argparse.Namespace) -> None:

@@ -238,3 +238,27 @@ def test_mirror_withholding_metadata_prevents_nothing_but_the_update(site: Site)
     (site.repo.metadata_dir / f"{version}.snapshot.json").unlink()
 
     _refused(site, "unreachable", "404", outcome="failed")
+
+
+# -- rotation of a branch role, and expiry policy --------------------------------
+
+
+def test_branch_role_rotation_keeps_agents_updating_and_locks_out_the_old_key(site: Site) -> None:
+    _installed(site)
+    old_keyring = Keyring(site.repo.root / "keys")
+    old_key = old_keyring.keys()[site.repo.role_keys("R580")[0][0]]
+    stolen = old_keyring.signer(old_key, lambda: PASSPHRASE)
+    site.repo.rotate("R580", lambda: PASSPHRASE)
+    site.publish("580.82.07")
+    assert run_once(site.agent()).outcome.update == "committed"
+
+    # Whoever kept the retired key can no longer sign the branch.
+    branch = site.repo.targets("R580")
+    site.repo.bump(branch, "R580")
+    branch.signatures.clear()
+    branch.sign(stolen)
+    _write(site, f"{branch.signed.version}.R580.json", branch)
+    site.repo.publish_snapshot({"R580": branch.signed.version})
+    result = run_once(site.agent())
+    assert result.outcome.update == "refused"
+    assert "UnsignedMetadataError" in result.outcome.reason
