@@ -457,7 +457,7 @@ def probe_to_dict(result: ProbeResult) -> dict[str, Any]:
     }
 
 
-def _inventory_to_dict(host: HostGpus) -> dict[str, Any]:
+def inventory_to_dict(host: HostGpus) -> dict[str, Any]:
     return {
         "driver_version": host.driver_version,
         "cuda_driver_version": host.cuda_driver_version,
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         except NvmlUnavailable as error:
             _print_json({"error": str(error)})
             return 1
-        _print_json(_inventory_to_dict(host))
+        _print_json(inventory_to_dict(host))
         return 0
     result = NvmlProbe().probe()
     _print_json(probe_to_dict(result))

@@ -23,6 +23,10 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(run)
     run.set_defaults(func=_run)
 
+    gpus = sub.add_parser("gpus", help="NVML inventory, health sample and findings per GPU")
+    add_json_flag(gpus)
+    gpus.set_defaults(func=_gpus)
+
     health = sub.add_parser(
         "health", help="look at the GPUs now and judge them against the active slot's driver"
     )
@@ -90,3 +94,26 @@ def _health(args: argparse.Namespace) -> int:
         + table(("GPU", "NAME", "UUID", "HEALTHY", "PROBLEMS"), rows),
     )
     return 0 if not reasons else 3
+
+
+def _gpus(args: argparse.Namespace) -> None:
+    from agent.nvml import collect, inventory_to_dict
+    from gpuward.cli.output import table
+
+    doc = inventory_to_dict(collect())
+    rows = [
+        (
+            g["inventory"]["index"],
+            g["inventory"]["name"],
+            g["inventory"]["uuid"],
+            g["inventory"]["pci_bus_id"],
+            "; ".join(f["message"] for f in g["findings"]) or "-",
+        )
+        for g in doc["gpus"]
+    ]
+    emit(
+        args,
+        doc,
+        f"driver {doc['driver_version']}, CUDA {doc['cuda_driver_version'] or '-'}\n"
+        + table(("GPU", "NAME", "UUID", "PCI", "FINDINGS"), rows),
+    )

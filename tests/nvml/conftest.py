@@ -83,10 +83,13 @@ NvmlRun = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def run_nvml(fake_nvml_libs: dict[str, Path], tmp_path: Path) -> NvmlRun:
-    """Run ``python -m agent.nvml ARGS`` against the fake configured by ``config``."""
+    """Run ``python -m MODULE ARGS`` (default ``agent.nvml``) against the configured fake."""
 
     def run(
-        config: Mapping[str, object], *args: str, driver: str = "current"
+        config: Mapping[str, object],
+        *args: str,
+        driver: str = "current",
+        module: str = "agent.nvml",
     ) -> subprocess.CompletedProcess[str]:
         config_file = tmp_path / "fake-nvml.conf"
         config_file.write_text("".join(f"{k}={v}\n" for k, v in config.items()))
@@ -96,7 +99,7 @@ def run_nvml(fake_nvml_libs: dict[str, Path], tmp_path: Path) -> NvmlRun:
             "FAKE_NVML_CONFIG": str(config_file),
         }
         return subprocess.run(
-            [sys.executable, "-m", "agent.nvml", *args],
+            [sys.executable, "-m", module, *args],
             env=env,
             capture_output=True,
             text=True,

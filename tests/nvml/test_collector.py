@@ -213,3 +213,16 @@ def test_failing_queries_are_recorded_not_raised(inventory, h100) -> None:
 def test_inventory_without_a_driver_is_one_error(inventory, h100) -> None:
     doc = inventory(h100(init_error="DRIVER_NOT_LOADED"))
     assert doc["error"].startswith("NVML: Driver Not Loaded (nvmlInit): ")
+
+
+def test_agent_gpus_command_through_the_real_binding(run_nvml, h100) -> None:  # type: ignore[no-untyped-def]
+    """``gpuward agent gpus`` reads the same collector, through nvidia-ml-py."""
+    config = h100(gpus=2, **{"gpu.1.clock_events": "0x40"})  # HW thermal slowdown
+    done = run_nvml(config, "agent", "gpus", "--json", module="gpuward")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert [g["inventory"]["index"] for g in doc["gpus"]] == [0, 1]
+    assert doc["gpus"][0]["findings"] == []
+    assert doc["gpus"][1]["findings"]
+    table = run_nvml(config, "agent", "gpus", module="gpuward")
+    assert table.returncode == 0 and "GPU-00000001" in table.stdout
