@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.config import AgentConfig
 from agent.cycle import Cycle
 from agent.daemon import make_probe, run_once
 from agent.health import ProbeResult
@@ -14,6 +15,19 @@ from tests.conftest import Site
 
 class Crash(BaseException):
     """Stands for the process dying (power cut, OOM kill) at this point."""
+
+
+class DiesAfterSwitch:
+    """The real probe, except that the process dies when the health gate looks."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.inner = make_probe(config)
+        self.slots = Slots(config.slots_dir)
+
+    def probe(self) -> ProbeResult:
+        if self.slots.active() == "b":
+            raise Crash
+        return self.inner.probe()
 
 
 def _installed(site: Site) -> None:
@@ -49,12 +63,8 @@ def test_crash_after_the_switch_is_gated_on_restart(site: Site) -> None:
     _installed(site)
     config = site.agent()
 
-    class DiesWhenProbed:
-        def probe(self) -> ProbeResult:
-            raise Crash
-
     with pytest.raises(Crash):
-        Cycle(config, DiesWhenProbed()).run()
+        Cycle(config, DiesAfterSwitch(config)).run()
     state = load_state(config.state_file)
     assert state.pending is not None and state.pending.slot == "b"
     assert Slots(config.slots_dir).active() == "b"  # switched, not yet confirmed
@@ -69,12 +79,8 @@ def test_crash_after_the_switch_rolls_back_if_the_driver_is_bad(site: Site) -> N
     _installed(site)
     config = site.agent(unhealthy=frozenset({"580.82.07"}))
 
-    class DiesWhenProbed:
-        def probe(self) -> ProbeResult:
-            raise Crash
-
     with pytest.raises(Crash):
-        Cycle(config, DiesWhenProbed()).run()
+        Cycle(config, DiesAfterSwitch(config)).run()
 
     result = run_once(config)
 
