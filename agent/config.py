@@ -91,6 +91,8 @@ class AgentConfig:
                     "interval_s",
                     "health_backend",
                     "simulated",
+                    # Read by `gpuward firewall` (agent.firewall.policy) from the same file.
+                    "firewall",
                 }
             ),
         )
