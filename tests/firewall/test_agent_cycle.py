@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import urllib3
 
@@ -30,3 +33,16 @@ def test_each_cycle_enforces_and_reports_the_firewall(site: Site, net: Net) -> N
     stored = json.loads(urllib3.request("GET", f"{site.url}/v1/fleet").data)["nodes"][0]
     assert stored["report"]["firewall"]["action"] == "repaired"
     assert stored["report"]["firewall"]["digest"] == first.report.firewall.digest
+
+
+def test_an_agent_without_cap_net_admin_leaves_the_firewall_to_its_unit(tmp_path: Path) -> None:
+    """As packaged, the agent cannot change nftables: it must not try every cycle."""
+    check = "from agent.cycle import can_admin_network as c; print(c())"
+    as_root = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    unprivileged = subprocess.run(
+        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all",
+         sys.executable, "-c", check],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert as_root.stdout.strip() == "True", as_root.stderr
+    assert unprivileged.stdout.strip() == "False", unprivileged.stderr
