@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from fleet.branches import require_branch
 from fleet.errors import GpuwardError
 from fleet.report import NODE_ID
+from fleet.rollout import POOL
 from fleet.schema import Reader
 
 HEALTH_BACKENDS = frozenset({"nvml", "simulated"})
@@ -42,6 +43,9 @@ class AgentConfig:
     interval_s: float = 300.0
     health_backend: str = "nvml"
     simulated: SimulatedGpus = SimulatedGpus()
+    pool: str = "default"  # the rollout pool the node enrolls into
+    # The no-TPM enrollment mode: a file holding the operator's enrollment token.
+    enrollment_token_file: Path | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -64,6 +68,10 @@ class AgentConfig:
         return self.state_dir / "state.json"
 
     @property
+    def key_file(self) -> Path:
+        return self.state_dir / "node.key"
+
+    @property
     def metadata_url(self) -> str:
         return f"{self.server_url}/v1/repo/metadata/"
 
@@ -74,6 +82,10 @@ class AgentConfig:
     @property
     def reports_url(self) -> str:
         return f"{self.server_url}/v1/reports"
+
+    @property
+    def enroll_url(self) -> str:
+        return f"{self.server_url}/v1/enroll"
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base: Path) -> AgentConfig:
@@ -91,6 +103,8 @@ class AgentConfig:
                     "interval_s",
                     "health_backend",
                     "simulated",
+                    "pool",
+                    "enrollment_token_file",
                 }
             ),
         )
@@ -100,6 +114,7 @@ class AgentConfig:
             raise GpuwardError(f"agent config: server_url {server_url!r} must be an http(s) URL")
         branch = r.text("branch", max_len=8)
         require_branch(branch)
+        token_file = r.optional_text("enrollment_token_file")
         return cls(
             node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
             server_url=server_url,
@@ -109,6 +124,8 @@ class AgentConfig:
             interval_s=float(r.integer("interval_s", minimum=1, maximum=86_400, default=300)),
             health_backend=r.text("health_backend", choices=HEALTH_BACKENDS, default="nvml"),
             simulated=_simulated(doc.get("simulated", {})),
+            pool=r.text("pool", pattern=POOL, default="default"),
+            enrollment_token_file=None if token_file is None else base / token_file,
         )
 
 

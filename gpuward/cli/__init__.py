@@ -24,6 +24,7 @@ from gpuward.cli import (
     firewall_cmd,
     keys_cmd,
     repo_cmd,
+    rollout_cmd,
     server_cmd,
 )
 
@@ -31,6 +32,7 @@ GROUPS = (
     keys_cmd,
     bundle_cmd,
     repo_cmd,
+    rollout_cmd,
     server_cmd,
     agent_cmd,
     firewall_cmd,
