@@ -90,7 +90,7 @@ async def read_json(request: web.Request) -> object:
     return parse_json(request, await read_body(request))
 
 
-def _rate_limit(request: web.Request, key: str) -> None:
+def rate_limit(request: web.Request, key: str) -> None:
     wait = services(request).limiter.acquire(key)
     if wait:
         raise ApiError(429, "too many requests", {"Retry-After": retry_after(wait)})
@@ -105,13 +105,8 @@ async def signed_request(request: web.Request) -> tuple[EnrolledNode, RequestSig
         node = await verifier.verify(sig, request.method, request.raw_path, body)
     except NodeAuthError as exc:
         raise ApiError(exc.status, str(exc), {"WWW-Authenticate": "Gpuward-Signature"}) from None
-    _rate_limit(request, f"node:{node.node_id}")
+    rate_limit(request, f"node:{node.node_id}")
     return node, sig, body
-
-
-def limit_unauthenticated(request: web.Request, what: str) -> None:
-    """Rate-limit a request not yet tied to a node (enrollment) by its address."""
-    _rate_limit(request, f"{what}:{request.remote}")
 
 
 async def operator(request: web.Request, role: str) -> OperatorToken:

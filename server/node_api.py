@@ -17,8 +17,8 @@ from fleet.report import HealthReport
 from server.http import (
     ApiError,
     Route,
-    limit_unauthenticated,
     parse_json,
+    rate_limit,
     read_body,
     services,
     signed_request,
@@ -31,7 +31,6 @@ log = structlog.get_logger(__name__)
 
 async def enroll(request: web.Request) -> web.Response:
     s = services(request)
-    limit_unauthenticated(request, "enroll")
     try:
         sig = s.requests.parse(request.headers)
     except NodeAuthError as exc:
@@ -42,6 +41,8 @@ async def enroll(request: web.Request) -> web.Response:
     except InvalidDocument as exc:
         raise ApiError(400, str(exc)) from None
     _check_possession(enrollment, sig, request, body)
+    # Per node id, not per address: a whole site behind one NAT enrolls at once.
+    rate_limit(request, f"enroll:{enrollment.node_id}")
     try:
         attestation = await s.verifier.verify(enrollment)
         s.requests.claim(sig)

@@ -26,9 +26,9 @@ from keys.bundle import build_bundle
 from keys.image_repo import ImageRepository, PublishedBundle
 from server.config import ServerConfig
 from server.runner import BackgroundServer
+from tests.simnode import ENROLLMENT_TOKEN, FakeClock, SimNode
 
 PASSPHRASE = "correct horse battery staple"
-ENROLLMENT_TOKEN = "test-enrollment-token-0123456789"
 # Where tests create (and drop) their PostgreSQL databases; CI runs one here.
 POSTGRES_ADMIN = os.environ.get(
     "GPUWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -187,3 +187,32 @@ def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+@dataclass
+class Fleet:
+    """A server on one store backend (``db_url``), on a clock the test moves."""
+
+    site: Site
+    clock: FakeClock
+
+    @property
+    def url(self) -> str:
+        return self.site.url
+
+    def node(self, node_id: str, pool: str = "default", *, enroll: bool = True) -> SimNode:
+        node = SimNode(self.url, node_id, pool, self.clock)
+        if enroll:
+            response = node.enroll()
+            assert response.status == 201, response.data
+        return node
+
+    def token(self, role: str) -> str:
+        return self.site.server.issue_token(role)
+
+
+@pytest.fixture
+def fleet(_template_repo: Path, tmp_path: Path, db_url: str) -> Iterator[Fleet]:
+    clock = FakeClock()
+    for site in make_site(_template_repo, tmp_path, db_url, clock):
+        yield Fleet(site, clock)

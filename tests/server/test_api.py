@@ -6,9 +6,8 @@ import json
 
 import urllib3
 
-from tests.conftest import Site
-from tests.server.conftest import Fleet
-from tests.server.simnode import report_doc
+from tests.conftest import Fleet, Site
+from tests.simnode import report_doc
 
 
 def test_report_accepted_and_listed(fleet: Fleet) -> None:

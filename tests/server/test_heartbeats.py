@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.server.conftest import Fleet
-from tests.server.simnode import operator_get
+from tests.conftest import Fleet
+from tests.simnode import operator_get
 
 
 def _states(fleet: Fleet, token: str) -> dict[str, str]:

@@ -7,9 +7,8 @@ import json
 import urllib3
 
 from fleet.nodeauth import HEADER_NODE, HEADER_SIGNATURE
-from tests.conftest import ENROLLMENT_TOKEN
-from tests.server.conftest import Fleet
-from tests.server.simnode import SimNode, operator_get, report_doc
+from tests.conftest import Fleet
+from tests.simnode import ENROLLMENT_TOKEN, SimNode, operator_get, report_doc
 
 
 def _error(response: urllib3.BaseHTTPResponse) -> str:

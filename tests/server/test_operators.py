@@ -12,8 +12,8 @@ import pytest
 import urllib3
 
 from server.operators import token_hash
-from tests.server.conftest import Fleet
-from tests.server.simnode import operator_get, operator_post
+from tests.conftest import Fleet
+from tests.simnode import operator_get, operator_post
 
 READS = ("/v1/fleet", "/v1/nodes/gpu-1", "/v1/pools", "/v1/rollouts", "/v1/rollouts/r1")
 

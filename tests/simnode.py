@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet.nodeauth import RequestSignature, signed_message
-from tests.conftest import ENROLLMENT_TOKEN
+
+# The no-TPM enrollment token every test server accepts.
+ENROLLMENT_TOKEN = "test-enrollment-token-0123456789"
 
 
 def report_doc(
