@@ -154,7 +154,11 @@ class Site:
 
 
 def make_site(
-    template: Path, base: Path, db: str, clock: Callable[[], float] = time.time
+    template: Path,
+    base: Path,
+    db: str,
+    clock: Callable[[], float] = time.time,
+    **settings: Any,
 ) -> Iterator[Site]:
     """A copy of the template repository served on loopback, with store ``db``."""
     root = base / "repo"
@@ -169,6 +173,7 @@ def make_site(
         port=0,
         rollout_tick_s=0,  # tests advance rollouts themselves
         unattested_enrollment_token=ENROLLMENT_TOKEN,
+        **settings,
     )
     with BackgroundServer(config, clock=clock) as server:
         yield Site(repo, base, server)
