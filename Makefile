@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the code and the tests use (the real components, not mocks).
-DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux
+DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux chromium
 
 .PHONY: setup deb-packages test lint typecheck unit demo clean
 
