@@ -18,6 +18,7 @@ from agent.firewall.policy import Endpoint, FirewallPolicy
 from fleet.branches import require_branch
 from fleet.errors import GpuwardError
 from fleet.report import NODE_ID
+from fleet.rollout import POOL
 from fleet.schema import Reader
 
 HEALTH_BACKENDS = frozenset({"nvml", "simulated"})
@@ -60,6 +61,9 @@ class AgentConfig:
     nvswitch: bool = False
     kernel: str | None = None  # only to simulate another kernel; default: the running one
     firewall: FirewallPolicy | None = None  # the outbound allowlist, when enabled
+    pool: str = "default"  # the rollout pool the node enrolls into
+    # The no-TPM enrollment mode: a file holding the operator's enrollment token.
+    enrollment_token_file: Path | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -82,6 +86,10 @@ class AgentConfig:
         return self.state_dir / "state.json"
 
     @property
+    def key_file(self) -> Path:
+        return self.state_dir / "node.key"
+
+    @property
     def metadata_url(self) -> str:
         return f"{self.server_url}/v1/repo/metadata/"
 
@@ -97,6 +105,10 @@ class AgentConfig:
     @property
     def reports_url(self) -> str:
         return f"{self.server_url}/v1/reports"
+
+    @property
+    def enroll_url(self) -> str:
+        return f"{self.server_url}/v1/enroll"
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base: Path) -> AgentConfig:
@@ -121,6 +133,8 @@ class AgentConfig:
                     "nvswitch",
                     "kernel",
                     "firewall",
+                    "pool",
+                    "enrollment_token_file",
                 }
             ),
         )
@@ -134,6 +148,7 @@ class AgentConfig:
             firewall = FirewallPolicy.from_dict(doc["firewall"])
             for url in (*mirrors, server_url):
                 firewall = firewall.with_endpoint(Endpoint.from_url(url))
+        token_file = r.optional_text("enrollment_token_file")
         return cls(
             node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
             server_url=server_url,
@@ -150,6 +165,8 @@ class AgentConfig:
             nvswitch=r.boolean("nvswitch", default=False),
             kernel=r.optional_text("kernel", max_len=128),
             firewall=firewall,
+            pool=r.text("pool", pattern=POOL, default="default"),
+            enrollment_token_file=None if token_file is None else base / token_file,
         )
 
 

@@ -21,6 +21,7 @@ from agent.director import DirectorChannel, agree
 from agent.firewall.enforcer import Enforcer
 from agent.firewall.nft import Nft
 from agent.health import HealthProbe, ProbeResult, gate
+from agent.identity import NotEnrolled
 from agent.reporter import post_report
 from agent.slots import SlotContent, Slots
 from agent.state import AgentState, PendingSwitch, load_state, save_state
@@ -90,8 +91,8 @@ class Cycle:
         report = self._report(outcome, self.probe.probe(), firewall)
         sent = True
         try:
-            post_report(self.config.reports_url, report)
-        except ChannelUnavailable as exc:
+            post_report(self.config, report)
+        except (ChannelUnavailable, NotEnrolled) as exc:
             sent = False
             self.log.warning("report_not_sent", reason=str(exc))
         return CycleResult(outcome, report, sent)

@@ -1,4 +1,4 @@
-"""Posting health reports to the server.
+"""Posting health reports to the server, signed with the node's enrolled key.
 
 The agent's only outbound connections are to its configured server: metadata,
 bundles and this report. A report that cannot be delivered is logged and
@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import json
 
-import urllib3
-
 from agent.channel import ChannelUnavailable
+from agent.config import AgentConfig
+from agent.identity import load_key, signed_request
 from fleet.report import HealthReport
-from gpuward import __version__
-
-_TIMEOUT = urllib3.Timeout(connect=5.0, read=10.0)
 
 
-def post_report(url: str, report: HealthReport) -> None:
+def post_report(config: AgentConfig, report: HealthReport) -> None:
+    """Raises ``ChannelUnavailable`` if not delivered, ``NotEnrolled`` without a key."""
     body = json.dumps(report.to_dict()).encode()
-    try:
-        response = urllib3.request(
-            "POST",
-            url,
-            body=body,
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": f"gpuward-agent/{__version__}",
-            },
-            timeout=_TIMEOUT,
-            retries=urllib3.Retry(total=2, backoff_factor=0.5, allowed_methods=None),
-        )
-    except urllib3.exceptions.HTTPError as exc:
-        raise ChannelUnavailable(f"posting report to {url}: {exc}") from exc
+    response = signed_request(config, load_key(config), "POST", config.reports_url, body)
     if response.status != 202:
         raise ChannelUnavailable(
-            f"posting report to {url}: HTTP {response.status} {response.data[:200]!r}"
+            f"posting report to {config.reports_url}: HTTP {response.status} "
+            f"{response.data[:200]!r}"
         )

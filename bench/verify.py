@@ -21,6 +21,7 @@ from agent.channel import ImageChannel
 from agent.config import AgentConfig
 from keys.bundle import build_bundle
 from keys.image_repo import ImageRepository
+from server.config import ServerConfig
 from server.runner import BackgroundServer
 
 
@@ -52,7 +53,7 @@ def main() -> None:
             subprocess.run(["sha256sum", str(bundle)], check=True, capture_output=True)
             return time.perf_counter() - start
 
-        with BackgroundServer(repo.root, base / "server.db") as server:
+        with BackgroundServer(ServerConfig(repo.root, str(base / "server.db"), port=0)) as server:
 
             def agent_fetch(run: int) -> float:
                 config = AgentConfig(

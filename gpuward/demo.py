@@ -20,9 +20,11 @@ import urllib3
 
 from agent.config import AgentConfig, SimulatedGpus
 from agent.daemon import run_once
+from agent.identity import enroll
 from gpuward.cli.output import table
 from keys.bundle import build_bundle
 from keys.image_repo import ImageRepository
+from server.config import ServerConfig
 from server.runner import BackgroundServer
 
 NODES = ("node-1", "node-2", "node-3")
@@ -61,9 +63,24 @@ def _story(base: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
         published = repo.add_bundle(bundle, lambda: passphrase)
         say(f"operator  published {published.target_path} (sha256 {published.sha256[:12]}…)")
 
-    with BackgroundServer(repo.root, base / "server.db") as server:
+    enrollment_token = secrets.token_urlsafe(24)
+    (base / "enrollment-token").write_text(enrollment_token)
+    config = ServerConfig(
+        repo=repo.root,
+        db=str(base / "server.db"),
+        port=0,
+        unattested_enrollment_token=enrollment_token,
+    )
+    with BackgroundServer(config) as server:
         say(f"server    listening on {server.url}; serves the signed repository, stores reports\n")
         configs = [_agent_config(base, repo, server.url, node) for node in NODES]
+        for agent in configs:
+            enroll(agent)
+        say(
+            f"agents    {', '.join(NODES)} enrolled: each signs its reports with its own "
+            "Ed25519 key\n          (no TPM here: the enrollment token vouches, so the server "
+            "shows them as unattested)\n"
+        )
 
         def cycle(title: str) -> None:
             say(title)
@@ -84,14 +101,16 @@ def _story(base: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
         cycle(f"agents    {VERSIONS[2]} is published; node-2's GPUs fail under it")
         cycle("agents    next cycle: node-2 does not retry the driver that failed there")
 
-        fleet = _fetch_fleet(server.url)
-    say("server    fleet, as reported to GET /v1/fleet:")
+        fleet = _fetch_fleet(server.url, server.issue_token("viewer", "demo"))
+    say("server    fleet, as reported to GET /v1/fleet (with a viewer token):")
     say(
         table(
-            ("NODE", "SLOT", "DRIVER", "GPUS", "HEALTHY", "LAST UPDATE"),
+            ("NODE", "STATE", "ATTESTATION", "SLOT", "DRIVER", "GPUS", "HEALTHY", "LAST UPDATE"),
             [
                 (
                     n["node_id"],
+                    n["state"],
+                    n["attestation"],
                     n["report"]["active_slot"],
                     n["report"]["driver_version"],
                     len(n["report"]["gpus"]),
@@ -116,10 +135,13 @@ def _agent_config(base: Path, repo: ImageRepository, url: str, node: str) -> Age
         root_dir=base / "hosts" / node,
         health_backend="simulated",
         simulated=SimulatedGpus(count=8, unhealthy_drivers=unhealthy),
+        enrollment_token_file=base / "enrollment-token",
     )
 
 
-def _fetch_fleet(url: str) -> list[dict[str, Any]]:
-    response = urllib3.request("GET", f"{url}/v1/fleet", timeout=10.0)
+def _fetch_fleet(url: str, token: str) -> list[dict[str, Any]]:
+    response = urllib3.request(
+        "GET", f"{url}/v1/fleet", headers={"Authorization": f"Bearer {token}"}, timeout=10.0
+    )
     nodes: list[dict[str, Any]] = json.loads(response.data)["nodes"]
     return nodes

@@ -1,49 +1,31 @@
-"""The HTTP API (aiohttp), versioned under ``/v1``.
+"""The HTTP app (aiohttp): the route table, and the middleware every request passes.
 
 The repository is served read-only from its ``metadata`` and ``targets``
 folders, never from its root, so the keys folder beside them cannot be reached.
 Every request body is size-capped and parsed strictly before it touches the
-store.
+store; every request has a deadline; errors are JSON ``{"error": ...}`` and an
+unexpected exception is logged and answered 500 without its details.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
-import time
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from fleet.errors import InvalidDocument
-from fleet.report import HealthReport
-from server.store import Store
+from server import dashboard, node_api, operator_api
+from server.http import MAX_BODY_BYTES, SERVICES, ApiError, Handler, Route, Services, services
+from server.openapi import document
 
 log = structlog.get_logger(__name__)
 
-MAX_REPORT_BYTES = 64 * 1024
 _NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}")
-STORE: web.AppKey[Store] = web.AppKey("store", Store)
-REPO: web.AppKey[Path] = web.AppKey("repo", Path)
-DIRECTOR: web.AppKey[Path | None] = web.AppKey("director", Path)
 
 
-def create_app(repo: Path, store: Store, director: Path | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_REPORT_BYTES)
-    app[STORE] = store
-    app[REPO] = repo.resolve()
-    app[DIRECTOR] = director.resolve() if director else None
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/v1/repo/metadata/{name}", _metadata)
-    app.router.add_get("/v1/repo/targets/{path:.+}", _target)
-    app.router.add_get("/v1/director/{node}/metadata/{name}", _director_metadata)
-    app.router.add_post("/v1/reports", _post_report)
-    app.router.add_get("/v1/fleet", _fleet)
-    return app
-
-
-async def _healthz(_request: web.Request) -> web.Response:
+async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
@@ -51,69 +33,105 @@ def _safe_file(base: Path, relative: str) -> Path:
     """``base/relative`` if every component is a plain name and the file exists."""
     parts = relative.split("/")
     if not all(_NAME.fullmatch(p) for p in parts):
-        raise web.HTTPNotFound()
+        raise ApiError(404, "not found")
     path = base.joinpath(*parts)
     if not path.is_file() or not path.resolve().is_relative_to(base):
-        raise web.HTTPNotFound()
+        raise ApiError(404, "not found")
     return path
 
 
-async def _metadata(request: web.Request) -> web.FileResponse:
+async def metadata(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
     if not name.endswith(".json"):
-        raise web.HTTPNotFound()
-    path = _safe_file(request.app[REPO] / "metadata", name)
+        raise ApiError(404, "not found")
+    path = _safe_file(services(request).config.repo.resolve() / "metadata", name)
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
-async def _director_metadata(request: web.Request) -> web.FileResponse:
-    """A node's director metadata (per-node repositories; the root is shared)."""
-    director = request.app[DIRECTOR]
+async def director_metadata(request: web.Request) -> web.FileResponse:
+    """A node's director metadata (one small repository per node; the root is shared)."""
+    director = services(request).config.director
     node, name = request.match_info["node"], request.match_info["name"]
     if director is None or not name.endswith(".json") or not _NAME.fullmatch(node):
-        raise web.HTTPNotFound()
-    path = _safe_file(director / "nodes", f"{node}/metadata/{name}")
+        raise ApiError(404, "not found")
+    path = _safe_file(director.resolve() / "nodes", f"{node}/metadata/{name}")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
-async def _target(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(_safe_file(request.app[REPO] / "targets", request.match_info["path"]))
+async def target(request: web.Request) -> web.FileResponse:
+    base = services(request).config.repo.resolve() / "targets"
+    return web.FileResponse(_safe_file(base, request.match_info["path"]))
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document(ROUTES))
 
 
-async def _post_report(request: web.Request) -> web.Response:
-    if request.content_type != "application/json":
-        return _error(415, "reports must be application/json")
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", healthz, "Liveness", "public", responses={200: ("ok", None)}),
+    Route(
+        "GET",
+        "/v1/openapi.json",
+        openapi,
+        "This document",
+        "public",
+        responses={200: ("the OpenAPI document", None)},
+    ),
+    Route(
+        "GET",
+        "/v1/repo/metadata/{name}",
+        metadata,
+        "Signed TUF metadata of the image repository",
+        "public",
+        responses={200: ("the metadata file", None), 404: ("no such file", "Error")},
+    ),
+    Route(
+        "GET",
+        "/v1/repo/targets/{path:.+}",
+        target,
+        "A target file (bundle) of the image repository",
+        "public",
+        responses={200: ("the file", None), 404: ("no such file", "Error")},
+        in_openapi=False,  # a multi-segment path; TUF clients know the layout
+    ),
+    Route(
+        "GET",
+        "/v1/director/{node}/metadata/{name}",
+        director_metadata,
+        "Signed TUF metadata of a node's director repository",
+        "public",
+        responses={200: ("the metadata file", None), 404: ("no such file", "Error")},
+    ),
+    *node_api.ROUTES,
+    *operator_api.ROUTES,
+    *dashboard.ROUTES,
+)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    timeout = request.app[SERVICES].config.request_timeout_s
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"report larger than {MAX_REPORT_BYTES} bytes")
-    try:
-        report = HealthReport.from_dict(json.loads(raw))
-    except (ValueError, InvalidDocument) as exc:
-        log.warning("report_rejected", remote=request.remote, reason=str(exc))
-        return _error(400, str(exc))
-    await request.app[STORE].add_report(report, int(time.time()), request.remote or "")
-    log.info(
-        "report_received",
-        node=report.node_id,
-        update=report.update,
-        driver=report.driver_version,
-        healthy=report.healthy,
-    )
-    return web.json_response({"accepted": True}, status=202)
+        async with asyncio.timeout(timeout):
+            return await handler(request)
+    except ApiError as exc:
+        return web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+    except TimeoutError:
+        log.warning("request_timed_out", path=request.path, timeout_s=timeout)
+        return web.json_response({"error": "the request took too long"}, status=503)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
+    except Exception as exc:
+        log.exception("request_failed", path=request.path, error=type(exc).__name__)
+        return web.json_response({"error": "internal error; see the server log"}, status=500)
 
 
-async def _fleet(request: web.Request) -> web.Response:
-    nodes = await request.app[STORE].fleet()
-    return web.json_response(
-        {
-            "nodes": [
-                {"node_id": n.node_id, "last_seen": n.last_seen, "report": n.report.to_dict()}
-                for n in nodes
-            ]
-        }
-    )
+def create_app(svc: Services) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_guard])
+    app[SERVICES] = svc
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app

@@ -3,6 +3,8 @@
 The background form serves tests and the demo: the real app on a free loopback
 port, started and stopped deterministically (``start`` returns once the socket
 listens; ``stop`` returns once it is closed), so nothing is left running.
+Tests reach into it only through ``call``, which runs a coroutine on the
+server's own loop with its services (issuing a token, advancing rollouts now).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Callable
-from pathlib import Path
+import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
@@ -22,45 +25,86 @@ from fleet.errors import GpuwardError
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
 from server.app import create_app
+from server.config import ServerConfig
+from server.http import Services
+from server.limits import RateLimiter
+from server.nodeauth import (
+    EnrollmentVerifier,
+    NoEnrollment,
+    RequestVerifier,
+    UnattestedTokenVerifier,
+)
+from server.operators import issue_token
 from server.resigner import OnlineSigner
-from server.store import Store
+from server.rollout.engine import RolloutEngine
+from server.store import open_store
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+def _verifier(config: ServerConfig, injected: EnrollmentVerifier | None) -> EnrollmentVerifier:
+    if injected is not None:
+        return injected
+    if config.unattested_enrollment_token is not None:
+        log.warning("unattested_enrollment_enabled", mode="no-TPM enrollment token")
+        return UnattestedTokenVerifier(config.unattested_enrollment_token)
+    return NoEnrollment()
 
 
 async def serve(
-    repo: Path,
-    db: Path,
-    host: str,
-    port: int,
+    config: ServerConfig,
     stop: asyncio.Event,
-    ready: Callable[[int], None] = lambda _port: None,
-    director: Path | None = None,
+    ready: Callable[[int, Services], None] = lambda _port, _svc: None,
+    verifier: EnrollmentVerifier | None = None,
+    clock: Clock = time.time,
 ) -> None:
-    if not (repo / "metadata" / "root.json").is_file():
-        raise GpuwardError(f"{repo} is not a repository; create one with 'gpuward keys init'")
-    store = Store(db)
-    runner = web.AppRunner(create_app(repo, store, director), access_log=None)
+    if not (config.repo / "metadata" / "root.json").is_file():
+        raise GpuwardError(
+            f"{config.repo} is not a repository; create one with 'gpuward keys init'"
+        )
+    store = await open_store(config.db)
+    svc = Services(
+        config=config,
+        store=store,
+        verifier=_verifier(config, verifier),
+        clock=clock,
+        requests=RequestVerifier(store, clock),
+        limiter=RateLimiter(config.node_rate_per_s, config.node_burst, clock),
+        engine=RolloutEngine(store, config.repo, clock),
+    )
+    runner = web.AppRunner(create_app(svc), access_log=None)
+    ticker: asyncio.Task[None] | None = None
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, config.host, config.port)
         try:
             await site.start()
         except OSError as exc:
-            raise GpuwardError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise GpuwardError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from None
         bound = int(runner.addresses[0][1])
-        log.info("server_listening", host=host, port=bound, repo=str(repo), db=str(db))
+        if config.rollout_tick_s > 0:
+            ticker = asyncio.create_task(svc.engine.run(stop, config.rollout_tick_s))
+        log.info("server_listening", host=config.host, port=bound, repo=str(config.repo))
         signer = OnlineSigner(
-            ImageRepository(repo), DirectorRepository(director) if director else None
+            ImageRepository(config.repo),
+            DirectorRepository(config.director) if config.director else None,
         )
         await _renew(signer)  # before announcing readiness: never serve lapsed metadata
-        ready(bound)
+        ready(bound, svc)
         resigning = asyncio.create_task(_resign_forever(signer, stop))
         await stop.wait()
         await resigning
     finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
         await runner.cleanup()
-        store.close()
+        await store.close()
         log.info("server_stopped")
 
 
@@ -83,41 +127,48 @@ async def _resign_forever(signer: OnlineSigner, stop: asyncio.Event) -> None:
             await _renew(signer)
 
 
-def run_server(repo: Path, db: Path, host: str, port: int, director: Path | None = None) -> None:
+def run_server(config: ServerConfig) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(repo, db, host, port, stop, director=director)
+        await serve(config, stop)
 
     asyncio.run(main())
 
 
 class BackgroundServer:
-    """``with BackgroundServer(repo, db) as server: ... server.url ...``"""
+    """``with BackgroundServer(config) as server: ... server.url ...``"""
 
     def __init__(
-        self, repo: Path, db: Path, host: str = "127.0.0.1", director: Path | None = None
+        self,
+        config: ServerConfig,
+        verifier: EnrollmentVerifier | None = None,
+        clock: Clock = time.time,
     ) -> None:
-        self._args = (repo, db, host)
-        self._director = director
+        self.config = config
+        self._verifier = verifier
+        self._clock = clock
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._services: Services | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gpuward-server", daemon=True)
         self.port = 0
 
     @property
     def url(self) -> str:
-        return f"http://{self._args[2]}:{self.port}"
+        return f"http://{self.config.host}:{self.port}"
 
     def _run(self) -> None:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await serve(*self._args, 0, self._stop, ready=self._on_ready, director=self._director)
+            await serve(
+                self.config, self._stop, self._on_ready, verifier=self._verifier, clock=self._clock
+            )
 
         try:
             asyncio.run(main())
@@ -126,8 +177,9 @@ class BackgroundServer:
         finally:
             self._ready.set()
 
-    def _on_ready(self, port: int) -> None:
+    def _on_ready(self, port: int, svc: Services) -> None:
         self.port = port
+        self._services = svc
         self._ready.set()
 
     def start(self) -> BackgroundServer:
@@ -141,6 +193,23 @@ class BackgroundServer:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join()
+
+    def call(self, fn: Callable[[Services], Awaitable[T]], timeout: float = 60) -> T:
+        """Run ``fn(services)`` on the server's loop and return its result."""
+        if self._loop is None or self._services is None:
+            raise GpuwardError("the server is not running")
+        svc = self._services
+
+        async def run() -> T:
+            return await fn(svc)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def issue_token(self, role: str, name: str = "test") -> str:
+        return self.call(lambda svc: issue_token(svc.store, role, name, int(svc.clock())))
+
+    def tick_rollouts(self) -> None:
+        self.call(lambda svc: svc.engine.tick())
 
     def __enter__(self) -> BackgroundServer:
         return self.start()

@@ -26,6 +26,7 @@ from gpuward.cli import (
     keys_cmd,
     policy_cmd,
     repo_cmd,
+    rollout_cmd,
     server_cmd,
 )
 
@@ -34,6 +35,7 @@ GROUPS = (
     bundle_cmd,
     repo_cmd,
     director_cmd,
+    rollout_cmd,
     server_cmd,
     agent_cmd,
     firewall_cmd,

@@ -28,6 +28,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(gpus)
     gpus.set_defaults(func=_gpus)
 
+    enroll = sub.add_parser(
+        "enroll", help="create this node's request key (0600) and enroll it with the server"
+    )
+    enroll.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
+    add_json_flag(enroll)
+    enroll.set_defaults(func=_enroll)
+
     health = sub.add_parser(
         "health", help="look at the GPUs now and judge them against the active slot's driver"
     )
@@ -63,6 +70,20 @@ def _run(args: argparse.Namespace) -> int:
     )
     # A refused or rolled-back update is an alarm worth a distinct exit status.
     return 3 if result.outcome.update in ("refused", "rolled-back") else 0
+
+
+def _enroll(args: argparse.Namespace) -> None:
+    from agent.config import load_config
+    from agent.identity import enroll
+
+    config = load_config(args.config)
+    result = enroll(config)
+    emit(
+        args,
+        result,
+        f"{result['node_id']}: enrolled in pool {result['pool']} ({result['attestation']}); "
+        f"key {config.key_file}",
+    )
 
 
 def _health(args: argparse.Namespace) -> int:

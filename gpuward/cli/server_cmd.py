@@ -1,24 +1,103 @@
-"""``gpuward server``: run the pull-only update server."""
+"""``gpuward server``: run the pull-only update server, and issue operator tokens."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from gpuward.cli.output import add_json_flag, emit
+
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = groups.add_parser("server", help="the update server")
     sub = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = sub.add_parser("run", help="serve the repository and collect reports until SIGTERM")
+    run = sub.add_parser("run", help="serve the repository and the fleet API until SIGTERM")
     run.add_argument("--repo", type=Path, required=True, help="repository directory")
-    run.add_argument("--db", type=Path, required=True, help="SQLite database file")
+    run.add_argument(
+        "--db",
+        required=True,
+        help="store: a SQLite file (path or sqlite:///path) or postgresql://user@host/db",
+    )
     run.add_argument("--director", type=Path, help="director repository directory (optional)")
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8470, help="port (default 8470)")
+    run.add_argument(
+        "--report-interval",
+        type=int,
+        default=300,
+        metavar="S",
+        help="how often nodes report, in seconds (default 300)",
+    )
+    run.add_argument(
+        "--missing-after",
+        type=int,
+        default=3,
+        metavar="N",
+        help="a node silent for N report intervals is shown as missing (default 3)",
+    )
+    run.add_argument(
+        "--unattested-enrollment-token-file",
+        type=Path,
+        metavar="FILE",
+        help="no-TPM mode: enroll nodes presenting the token in FILE, shown as unattested",
+    )
+    run.add_argument(
+        "--rollout-tick",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="advance rollouts every S seconds (default 15)",
+    )
     run.set_defaults(func=_run)
+
+    token = sub.add_parser("token", help="operator bearer tokens")
+    tokens = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    create = tokens.add_parser("create", help="issue a token; it is printed once, never stored")
+    create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    create.add_argument("--db", required=True, help="the server's store URL (as for run)")
+    create.add_argument("--name", default="operator", help="who or what holds it, for logs")
+    add_json_flag(create)
+    create.set_defaults(func=_token_create)
 
 
 def _run(args: argparse.Namespace) -> None:
+    from fleet.errors import GpuwardError
+    from server.config import ServerConfig
     from server.runner import run_server
 
-    run_server(args.repo, args.db, args.host, args.port, args.director)
+    if args.report_interval < 1 or args.missing_after < 1:
+        raise GpuwardError("--report-interval and --missing-after must be at least 1")
+    token = None
+    if args.unattested_enrollment_token_file is not None:
+        token = args.unattested_enrollment_token_file.read_text().strip()
+    run_server(
+        ServerConfig(
+            repo=args.repo,
+            director=args.director,
+            db=args.db,
+            host=args.host,
+            port=args.port,
+            report_interval_s=args.report_interval,
+            missing_after=args.missing_after,
+            rollout_tick_s=args.rollout_tick,
+            unattested_enrollment_token=token,
+        )
+    )
+
+
+def _token_create(args: argparse.Namespace) -> None:
+    import asyncio
+    import time
+
+    from server.operators import issue_token
+    from server.store import open_store
+
+    async def create() -> str:
+        store = await open_store(args.db)
+        try:
+            return await issue_token(store, args.role, args.name, int(time.time()))
+        finally:
+            await store.close()
+
+    token = asyncio.run(create())
+    emit(args, {"token": token, "role": args.role, "name": args.name}, token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,9 +71,10 @@ def test_not_found_everywhere_is_final_at_once() -> None:
 
 def test_agent_updates_through_a_mirror_when_its_server_is_down(site: Site, tmp_path: Path) -> None:
     site.publish("580.65.06")
-    with BackgroundServer(site.repo.root, tmp_path / "mirror.db") as mirror:
+    mirror_config = dataclasses.replace(site.server.config, db=str(tmp_path / "m.db"), port=0)
+    config = site.agent()  # enrolled while the server is up
+    with BackgroundServer(mirror_config) as mirror:
         site.server.stop()  # the primary is gone
-        config = site.agent()
         config = type(config)(**{**config.__dict__, "mirrors": (mirror.url,), "fetch_timeout_s": 5})
         result = run_once(config)
     assert result.outcome.update == "committed"

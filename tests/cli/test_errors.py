@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -123,9 +124,25 @@ def test_happy_path_through_the_cli(site: Site, tmp_path: Path) -> None:
     added = gpuward("repo", "add", str(bundle), "--repo", str(site.repo.root), "--json")
     assert added.returncode == 0, added.stderr
     config = site.agent_toml(tmp_path)
+    enrolled = gpuward("agent", "enroll", "--config", str(config), "--json")
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert json.loads(enrolled.stdout)["attestation"] == "unattested"
+    key = tmp_path / "host/var/lib/gpuward/node.key"
+    assert key.stat().st_mode & 0o777 == 0o600
     result = gpuward("agent", "run", "--once", "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
-    assert '"update": "committed"' in result.stdout
+    assert json.loads(result.stdout)["update"] == "committed"
+    assert json.loads(result.stdout)["report_sent"] is True
+    assert site.fleet()["n1"]["report"]["update"] == "committed"
+
+
+def test_agent_enroll_with_a_wrong_token(site: Site, tmp_path: Path) -> None:
+    token = tmp_path / "wrong-token"
+    token.write_text("not the enrollment token")
+    config = site.agent_toml(tmp_path)
+    config.write_text(config.read_text().replace(str(site.enrollment_token_file), str(token)))
+    result = gpuward("agent", "enroll", "--config", str(config))
+    assert_one_line_error(result, "enrollment refused", "wrong enrollment token")
 
 
 def test_agent_health_reports_the_active_driver(site: Site, tmp_path: Path) -> None:

@@ -44,10 +44,16 @@ def _wait_for(process: subprocess.Popen[str], event: str) -> dict[str, object]:
 def test_agent_loops_until_sigterm(site: Site, tmp_path: Path) -> None:
     site.publish("580.65.06")
     config = site.agent_toml(tmp_path, extra="interval_s = 3600\n")
+    enroll = subprocess.run(
+        [sys.executable, "-m", "gpuward", "agent", "enroll", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert enroll.returncode == 0, enroll.stderr
     agent = _start("agent", "run", "--config", str(config))
     try:
         done = _wait_for(agent, "cycle_done")
         assert done["update"] == "committed"
+        assert site.fleet()["n1"]["report"]["update"] == "committed"
         agent.send_signal(signal.SIGTERM)  # it is now waiting out its interval
         assert _wait_for(agent, "agent_stopped")["node"] == "n1"
         assert agent.wait(timeout=10) == 0

@@ -5,21 +5,14 @@ Each attack leaves the running slot untouched and says why in the agent's log.
 
 from __future__ import annotations
 
-import json
 import shutil
 
-import urllib3
 from structlog.testing import capture_logs
 
 from agent.daemon import run_once
 from agent.slots import Slots
 from agent.state import load_state
 from tests.conftest import Site
-
-
-def _fleet(site: Site) -> dict[str, dict[str, object]]:
-    response = urllib3.request("GET", f"{site.url}/v1/fleet")
-    return {n["node_id"]: n for n in json.loads(response.data)["nodes"]}
 
 
 def test_update_installs_verifies_and_reports(site: Site) -> None:
@@ -34,7 +27,7 @@ def test_update_installs_verifies_and_reports(site: Site) -> None:
     installed = slots.path("a") / "payload" / "libnvidia-ml.so.1"
     assert installed.read_bytes() == b"NVML 580.65.06\n"
     assert result.report_sent
-    node = _fleet(site)["node-1"]
+    node = site.fleet()["node-1"]
     assert node["report"]["driver_version"] == "580.65.06"  # type: ignore[index]
     assert node["report"]["update"] == "committed"  # type: ignore[index]
 
@@ -74,7 +67,7 @@ def _assert_refused(site: Site, expected_reason: str) -> None:
     assert slots.active() == "a"
     assert slots.content("a").manifest.driver_version == "580.65.06"  # type: ignore[union-attr]
     assert slots.content("b") is None
-    assert _fleet(site)["node-1"]["report"]["update"] == "refused"  # type: ignore[index]
+    assert site.fleet()["node-1"]["report"]["update"] == "refused"  # type: ignore[index]
 
 
 def test_bundle_with_one_byte_changed_is_refused(site: Site) -> None:

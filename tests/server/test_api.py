@@ -3,75 +3,62 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import urllib3
 
-from tests.conftest import Site
-
-REPORT: dict[str, Any] = {
-    "schema": 1,
-    "node_id": "node-9",
-    "sent_at": 1_700_000_000,
-    "active_slot": "a",
-    "driver_version": "580.95.05",
-    "bundle": "drivers/R580/x.bundle",
-    "update": "committed",
-    "reason": "ok",
-    "gpus": [
-        {
-            "index": 0,
-            "name": "NVIDIA H100",
-            "uuid": "GPU-1",
-            "driver_version": "580.95.05",
-            "healthy": True,
-            "problems": [],
-        }
-    ],
-}
+from tests.conftest import Fleet, Site
+from tests.simnode import report_doc
 
 
-def _post(
-    site: Site, body: bytes, content_type: str = "application/json"
-) -> urllib3.BaseHTTPResponse:
-    return urllib3.request(
-        "POST",
-        f"{site.url}/v1/reports",
-        body=body,
-        headers={"Content-Type": content_type},
-        retries=False,
-    )
+def test_report_accepted_and_listed(fleet: Fleet) -> None:
+    node = fleet.node("node-9")
+    response = node.report()
+    assert response.status == 202, response.data
+    listed = fleet.site.fleet()["node-9"]
+    assert listed["report"] == report_doc("node-9")
+    assert listed["state"] == "healthy"
+    assert (listed["attested"], listed["attestation"]) == (False, "unattested")
 
 
-def test_report_accepted_and_listed(site: Site) -> None:
-    assert _post(site, json.dumps(REPORT).encode()).status == 202
-    fleet = json.loads(urllib3.request("GET", f"{site.url}/v1/fleet").data)
-    assert fleet["nodes"][0]["report"] == {**REPORT, "firewall": None}
-
-
-def test_malformed_reports_are_rejected_and_not_stored(site: Site) -> None:
+def test_malformed_reports_are_rejected_and_not_stored(fleet: Fleet) -> None:
+    node = fleet.node("node-9")
+    good = report_doc("node-9")
     bad = [
         b"{not json",
-        json.dumps({**REPORT, "node_id": "../../etc"}).encode(),
-        json.dumps({**REPORT, "extra": 1}).encode(),
-        json.dumps({**REPORT, "gpus": [REPORT["gpus"][0]] * 65}).encode(),
-        json.dumps({**REPORT, "update": "pwned"}).encode(),
-        json.dumps([REPORT]).encode(),
+        json.dumps({**good, "node_id": "../../etc"}).encode(),
+        json.dumps({**good, "extra": 1}).encode(),
+        json.dumps({**good, "gpus": [good["gpus"][0]] * 65}).encode(),
+        json.dumps({**good, "update": "pwned"}).encode(),
+        json.dumps([good]).encode(),
     ]
     for body in bad:
-        response = _post(site, body)
+        response = node.send("POST", "/v1/reports", body)
         assert response.status == 400, body
         assert "error" in json.loads(response.data)
-    assert json.loads(urllib3.request("GET", f"{site.url}/v1/fleet").data)["nodes"] == []
+    assert fleet.site.fleet()["node-9"]["report"] is None
 
 
-def test_oversized_report_is_refused(site: Site) -> None:
-    body = json.dumps({**REPORT, "reason": "x" * 100_000}).encode()
-    assert _post(site, body).status == 413
+def test_oversized_report_is_refused(fleet: Fleet) -> None:
+    node = fleet.node("node-9")
+    body = json.dumps({**report_doc("node-9"), "reason": "x" * 100_000}).encode()
+    assert node.send("POST", "/v1/reports", body).status == 413
 
 
-def test_wrong_content_type_is_refused(site: Site) -> None:
-    assert _post(site, json.dumps(REPORT).encode(), "text/plain").status == 415
+def test_wrong_content_type_is_refused(fleet: Fleet) -> None:
+    node = fleet.node("node-9")
+    body = json.dumps(report_doc("node-9")).encode()
+    headers = {**node.headers("POST", "/v1/reports", body), "Content-Type": "text/plain"}
+    response = urllib3.request(
+        "POST", f"{fleet.url}/v1/reports", body=body, headers=headers, retries=False
+    )
+    assert response.status == 415
+
+
+def test_unknown_paths_and_methods_answer_json(site: Site) -> None:
+    missing = urllib3.request("GET", f"{site.url}/v1/nope", retries=False)
+    assert missing.status == 404 and "error" in json.loads(missing.data)
+    wrong = urllib3.request("PUT", f"{site.url}/v1/reports", retries=False)
+    assert wrong.status == 405 and "POST" in wrong.headers["Allow"]
 
 
 def test_keys_are_never_served(site: Site) -> None:
@@ -95,7 +82,7 @@ def test_symlink_out_of_the_targets_folder_is_not_followed(site: Site) -> None:
     assert response.status == 404
 
 
-def test_metadata_is_served(site: Site) -> None:
+def test_metadata_is_served_without_credentials(site: Site) -> None:
     response = urllib3.request("GET", f"{site.url}/v1/repo/metadata/1.root.json")
     assert response.status == 200
     assert json.loads(response.data)["signed"]["_type"] == "root"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from structlog.testing import capture_logs
@@ -44,7 +45,7 @@ def test_the_running_server_renews_an_expiring_timestamp(site: Site) -> None:
     site.server.stop()
     from server.runner import BackgroundServer
 
-    with BackgroundServer(site.repo.root, site.base / "server.db") as server:
+    with BackgroundServer(dataclasses.replace(site.server.config, port=0)) as server:
         site.server = server
         assert site.repo.timestamp().signed.expires > datetime.now(UTC) + timedelta(hours=23)
         assert run_once(site.agent()).outcome.update == "committed"

@@ -1,0 +1,141 @@
+"""The node's request key: created at enrollment, used to sign every request.
+
+The Ed25519 private key lives in ``<state dir>/node.key``, created with mode
+0600 by one ``open`` call (never world-readable, not even for an instant).
+Enrollment registers its public half with the server; what vouches for it is
+the evidence: for now the operator's enrollment token (the no-TPM mode, shown
+as "unattested" on the server), later a TPM quote binding it to the AK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import structlog
+import urllib3
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.channel import ChannelUnavailable
+from agent.config import AgentConfig
+from fleet.errors import GpuwardError
+from fleet.nodeauth import EnrollmentRequest, RequestSignature, signed_message
+from gpuward import __version__
+
+log = structlog.get_logger(__name__)
+_TIMEOUT = urllib3.Timeout(connect=5.0, read=10.0)
+
+
+class NotEnrolled(GpuwardError):
+    """The node has no request key yet."""
+
+
+def load_key(config: AgentConfig) -> Ed25519PrivateKey:
+    try:
+        data = config.key_file.read_bytes()
+    except FileNotFoundError:
+        raise NotEnrolled(
+            f"node {config.node_id} is not enrolled (no {config.key_file}); "
+            "run 'gpuward agent enroll --config FILE'"
+        ) from None
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise GpuwardError(f"{config.key_file} is not an Ed25519 key; remove it and enroll again")
+    return key
+
+
+def _create_key(path: Path) -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+def sign(
+    key: Ed25519PrivateKey, node_id: str, method: str, url: str, body: bytes
+) -> dict[str, str]:
+    """The signature headers for a request to ``url`` (its path and query are signed)."""
+    parsed = urlparse(url)
+    path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+    timestamp, nonce = int(time.time()), secrets.token_hex(16)
+    message = signed_message(method, path, node_id, timestamp, nonce, body)
+    return RequestSignature(node_id, timestamp, nonce, key.sign(message)).headers()
+
+
+def signed_request(
+    config: AgentConfig, key: Ed25519PrivateKey, method: str, url: str, body: bytes = b""
+) -> urllib3.BaseHTTPResponse:
+    """Send one signed request; a retry is signed afresh (a new nonce), never replayed."""
+    last: Exception | None = None
+    for attempt in range(3):
+        if attempt:
+            time.sleep(0.5 * attempt)
+        headers = {
+            "User-Agent": f"gpuward-agent/{__version__}",
+            **sign(key, config.node_id, method, url, body),
+        }
+        if body:
+            headers["Content-Type"] = "application/json"
+        try:
+            return urllib3.request(
+                method, url, body=body or None, headers=headers, timeout=_TIMEOUT, retries=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            last = exc
+    raise ChannelUnavailable(f"{method} {url}: {last}")
+
+
+def _evidence(config: AgentConfig) -> dict[str, Any]:
+    if config.enrollment_token_file is None:
+        raise GpuwardError(
+            "agent config: no TPM attestation is available yet; set enrollment_token_file "
+            "to the operator's enrollment token (the no-TPM mode)"
+        )
+    try:
+        token = config.enrollment_token_file.read_text().strip()
+    except FileNotFoundError:
+        raise GpuwardError(
+            f"enrollment token file {config.enrollment_token_file} not found"
+        ) from None
+    return {"type": "enrollment-token", "token": token}
+
+
+def enroll(config: AgentConfig) -> dict[str, Any]:
+    """Enroll this node (creating its key if needed); repeating it is harmless."""
+    try:
+        key = load_key(config)
+    except NotEnrolled:
+        key = _create_key(config.key_file)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    request = EnrollmentRequest(config.node_id, public, config.pool, _evidence(config))
+    body = json.dumps(request.to_dict()).encode()
+    response = signed_request(config, key, "POST", config.enroll_url, body)
+    if response.status not in (200, 201):
+        raise GpuwardError(f"enrollment refused: HTTP {response.status}: {_error(response)}")
+    result: dict[str, Any] = json.loads(response.data)
+    log.info("enrollment_done", node=config.node_id, pool=result.get("pool"))
+    return result
+
+
+def _error(response: urllib3.BaseHTTPResponse) -> str:
+    try:
+        return str(json.loads(response.data)["error"])
+    except (ValueError, KeyError, TypeError):
+        return repr(response.data[:200])

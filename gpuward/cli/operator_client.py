@@ -1,0 +1,57 @@
+"""Calling the server's operator API from the command line.
+
+The token comes from ``GPUWARD_TOKEN`` or ``--token-file``, never from an
+argument, which any user on the host could read in the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from fleet.errors import GpuwardError
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("GPUWARD_SERVER", "http://127.0.0.1:8470"),
+        help="server URL (default $GPUWARD_SERVER or http://127.0.0.1:8470)",
+    )
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding an operator token (default $GPUWARD_TOKEN)"
+    )
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    token = (
+        args.token_file.read_text().strip()
+        if args.token_file is not None
+        else os.environ.get("GPUWARD_TOKEN", "")
+    )
+    if not token:
+        raise GpuwardError("no operator token: set GPUWARD_TOKEN or pass --token-file")
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    url = args.server.rstrip("/") + path
+    try:
+        response = urllib3.request(
+            method, url, body=data, headers=headers, timeout=30.0, retries=False
+        )
+    except urllib3.exceptions.HTTPError as exc:
+        raise GpuwardError(f"cannot reach the server at {args.server}: {exc}") from None
+    try:
+        doc = json.loads(response.data)
+    except ValueError:
+        raise GpuwardError(f"{method} {path}: HTTP {response.status}, not JSON") from None
+    if response.status >= 400:
+        raise GpuwardError(f"{method} {path}: {doc.get('error', response.status)}")
+    return doc

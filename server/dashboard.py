@@ -1,0 +1,329 @@
+"""The operator dashboard: server-rendered HTML pages, no front-end build, no script.
+
+Sign-in takes an operator token (viewer or above) from a form, or once from a
+``?token=`` link, which is answered with a redirect to the same page without it
+so the token leaves the address bar and history at once. The token then lives
+in an HttpOnly, SameSite=Strict cookie that only these pages read: the JSON API
+ignores cookies, and every dashboard page is read-only, so a cross-site request
+can neither act nor read. The sign-in form checks ``Origin`` against the host
+(login CSRF). Every value shown is HTML-escaped, and a strict Content Security
+Policy forbids scripts outright.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from aiohttp import web
+
+from fleet.rollout import Rollout
+from server.fleetview import NODE_STATES, fleet_json, history_json, node_json
+from server.http import Route, services
+from server.operator_api import rollout_json
+from server.operators import check_token
+from server.store import OperatorToken
+
+COOKIE = "gpuward_session"
+SESSION_S = 8 * 3600
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_STYLE = """
+body{font:14px system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
+header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
+header a{color:#fff;text-decoration:none}header form{margin-left:auto}
+main{padding:16px 20px}section{background:#fff;border-radius:6px;padding:12px 16px;margin:0 0 16px}
+table{border-collapse:collapse;width:100%}
+td,th{text-align:left;padding:4px 8px;border-bottom:1px solid #e3e5ea}
+.cards{display:flex;gap:12px;flex-wrap:wrap}
+.card{background:#fff;border-radius:6px;padding:10px 16px;min-width:110px}
+.card b{display:block;font-size:24px}
+.healthy,.done,.completed{color:#137333}.unhealthy,.failed,.halted,.missing{color:#b3261e}
+.new,.assigned,.paused,.running{color:#8a5a00}
+.bar{display:flex;height:10px;width:240px;background:#e3e5ea;border-radius:3px;overflow:hidden}
+.bar span{display:block}.bar .done{background:#34a853}.bar .failed{background:#ea4335}
+.bar .assigned{background:#fbbc04}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape("-" if value is None else str(value), quote=True)
+
+
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], table_id: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _page(title: str, body: str, who: OperatorToken | None = None) -> web.Response:
+    nav = '<a href="/">Fleet</a>' + (
+        f"<span>{_e(who.name)} ({_e(who.role)})</span>"
+        '<form method="post" action="/logout"><button>Sign out</button></form>'
+        if who
+        else ""
+    )
+    doc = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)} · gpuward</title><style>{_STYLE}</style></head>"
+        f"<body><header><strong>gpuward</strong>{nav}</header><main>"
+        f"<h1>{_e(title)}</h1>{body}</main></body></html>"
+    )
+    return web.Response(text=doc, content_type="text/html", headers=_HEADERS)
+
+
+async def _signed_in(request: web.Request) -> OperatorToken:
+    """The operator of this session; a ``?token=`` sign-in link; or off to sign in."""
+    store = services(request).store
+    link_token = request.query.get("token")
+    if link_token is not None:
+        found = await check_token(store, link_token)
+        if found is None:
+            raise web.HTTPSeeOther("/login?failed=1")
+        rest = {k: v for k, v in request.query.items() if k != "token"}
+        target = request.rel_url.with_query(rest)
+        raise _with_session(web.HTTPSeeOther(str(target)), link_token, request)
+    found = await check_token(store, request.cookies.get(COOKIE, ""))
+    if found is None:
+        raise web.HTTPSeeOther("/login")
+    return found
+
+
+def _with_session(response: web.HTTPSeeOther, token: str, request: web.Request) -> web.HTTPSeeOther:
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=SESSION_S,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    return response
+
+
+async def login_form(request: web.Request) -> web.Response:
+    failed = (
+        '<p class="failed">That token was not accepted.</p>' if "failed" in request.query else ""
+    )
+    return _page(
+        "Sign in",
+        f'<section>{failed}<form method="post" action="/login">'
+        '<label>Operator token <input type="password" name="token" autocomplete="off" '
+        'size="60" required></label> <button>Sign in</button></form>'
+        "<p>Create one with <code>gpuward server token create --role viewer</code>.</p>"
+        "</section>",
+    )
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    origin = request.headers.get("Origin")
+    if origin is not None and urlparse(origin).netloc != request.host:
+        raise web.HTTPForbidden(reason="sign-in from another site")
+    form = await request.post()
+    token = str(form.get("token", ""))
+    if await check_token(services(request).store, token) is None:
+        raise web.HTTPSeeOther("/login?failed=1")
+    raise _with_session(web.HTTPSeeOther("/"), token, request)
+
+
+async def logout(_request: web.Request) -> web.StreamResponse:
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+def _bar(wave: dict[str, Any]) -> str:
+    total = max(1, wave["nodes"])
+    parts = "".join(
+        f'<span class="{k}" style="width:{100 * wave[k] / total:.1f}%"></span>'
+        for k in ("done", "failed", "assigned")
+    )
+    return f'<div class="bar">{parts}</div>'
+
+
+def _rollout_rows(rollouts: list[Rollout]) -> list[list[str]]:
+    rows = []
+    for rollout in rollouts:
+        doc = rollout_json(rollout)
+        waves = " ".join(
+            f"wave {w['wave']}: {w['done']}/{w['nodes']} {_bar(w)}" for w in doc["waves"]
+        )
+        rows.append(
+            [
+                f'<a href="/rollouts/{_e(rollout.id)}">{_e(rollout.id)}</a>',
+                _e(rollout.pool),
+                _e(rollout.target),
+                f'<span class="{_e(rollout.phase.value)}">{_e(rollout.phase.value)}</span>',
+                waves,
+            ]
+        )
+    return rows
+
+
+async def overview(request: web.Request) -> web.Response:
+    who = await _signed_in(request)
+    s = services(request)
+    doc = fleet_json(await s.store.fleet(), s.clock(), s.config)
+    summary = doc["summary"]
+    cards = "".join(
+        f'<div class="card {state}" id="count-{state}"><b>{summary["states"][state]}</b>'
+        f"{state}</div>"
+        for state in NODE_STATES
+    ) + (f'<div class="card" id="count-unattested"><b>{summary["unattested"]}</b>unattested</div>')
+    drivers = _table(
+        ("Driver", "Nodes"),
+        ([_e(d), _e(n)] for d, n in summary["drivers"].items()),
+        "drivers",
+    )
+    nodes = _table(
+        ("Node", "Pool", "State", "Driver", "Last update", "Attestation", "Last seen"),
+        (
+            [
+                f'<a href="/nodes/{_e(n["node_id"])}">{_e(n["node_id"])}</a>',
+                _e(n["pool"]),
+                f'<span class="{n["state"]}">{_e(n["state"])}</span>',
+                _e((n["report"] or {}).get("driver_version")),
+                _e((n["report"] or {}).get("update")),
+                _e(n["attestation"]),
+                _e(_when(n["last_seen"])),
+            ]
+            for n in doc["nodes"]
+        ),
+        "nodes",
+    )
+    rollouts = _table(
+        ("Rollout", "Pool", "Target", "Phase", "Waves"),
+        _rollout_rows(await s.store.rollouts()),
+        "rollouts",
+    )
+    body = (
+        f'<section class="cards">{cards}</section>'
+        f"<section><h2>Rollouts</h2>{rollouts}</section>"
+        f"<section><h2>Driver versions</h2>{drivers}</section>"
+        f"<section><h2>Nodes</h2>{nodes}</section>"
+        '<section id="stragglers"><h2>Stragglers</h2><p>Straggler detection (nodes that '
+        "stay behind their assignment) is not implemented yet.</p></section>"
+    )
+    return _page(f"Fleet: {summary['nodes']} nodes", body, who)
+
+
+async def node_page(request: web.Request) -> web.Response:
+    who = await _signed_in(request)
+    s = services(request)
+    node_id = request.match_info["node_id"]
+    status = await s.store.node(node_id)
+    if status is None:
+        return _page("No such node", f"<p>No enrolled node {_e(node_id)}.</p>", who)
+    node = node_json(status, s.clock(), s.config)
+    facts = _table(
+        ("Pool", "State", "Attestation", "Enrolled", "Last seen", "Assigned"),
+        [
+            [
+                _e(node["pool"]),
+                f'<span class="{node["state"]}">{_e(node["state"])}</span>',
+                _e(node["attestation"]),
+                _e(_when(node["enrolled_at"])),
+                _e(_when(node["last_seen"])),
+                _e(node["assigned"]),
+            ]
+        ],
+        "facts",
+    )
+    history = _table(
+        ("Received", "Update", "Driver", "Bundle", "Healthy", "GPUs", "Reason"),
+        (
+            [
+                _e(_when(h["received_at"])),
+                _e(h["report"]["update"]),
+                _e(h["report"]["driver_version"]),
+                _e(h["report"]["bundle"]),
+                "yes"
+                if all(g["healthy"] for g in h["report"]["gpus"]) and h["report"]["gpus"]
+                else '<span class="unhealthy">no</span>',
+                _e(len(h["report"]["gpus"])),
+                _e(h["report"]["reason"]),
+            ]
+            for h in history_json(await s.store.history(node_id, 50))
+        ),
+        "history",
+    )
+    return _page(
+        f"Node {node_id}",
+        f"<section>{facts}</section><section><h2>Health history</h2>{history}</section>",
+        who,
+    )
+
+
+async def rollout_page(request: web.Request) -> web.Response:
+    who = await _signed_in(request)
+    store = services(request).store
+    rollout_id = request.match_info["rollout_id"]
+    rollout = await store.rollout(rollout_id)
+    if rollout is None:
+        return _page("No such rollout", f"<p>No rollout {_e(rollout_id)}.</p>", who)
+    doc = rollout_json(rollout)
+    waves = _table(
+        ("Wave", "Nodes", "Pending", "Assigned", "Done", "Failed", "Progress"),
+        (
+            [
+                _e(w["wave"]),
+                _e(w["nodes"]),
+                _e(w["pending"]),
+                _e(w["assigned"]),
+                _e(w["done"]),
+                _e(w["failed"]),
+                _bar(w),
+            ]
+            for w in doc["waves"]
+        ),
+        "waves",
+    )
+    events = _table(
+        ("At", "Event"),
+        ([_e(_when(e.at)), _e(e.event)] for e in await store.rollout_events(rollout_id)),
+        "events",
+    )
+    head = (
+        f'<p>{_e(rollout.target)} to pool {_e(rollout.pool)}: <span class="'
+        f'{_e(rollout.phase.value)}" id="phase">{_e(rollout.phase.value)}</span> '
+        f"{_e(rollout.reason)}</p>"
+    )
+    return _page(
+        f"Rollout {rollout_id}",
+        f"<section>{head}{waves}</section><section><h2>Events</h2>{events}</section>",
+        who,
+    )
+
+
+ROUTES = (
+    Route("GET", "/", overview, "Dashboard: fleet overview", "viewer", in_openapi=False),
+    Route("GET", "/nodes/{node_id}", node_page, "Dashboard: a node", "viewer", in_openapi=False),
+    Route(
+        "GET",
+        "/rollouts/{rollout_id}",
+        rollout_page,
+        "Dashboard: a rollout",
+        "viewer",
+        in_openapi=False,
+    ),
+    Route("GET", "/login", login_form, "Dashboard: sign in", "public", in_openapi=False),
+    Route("POST", "/login", login, "Dashboard: sign in", "public", in_openapi=False),
+    Route("POST", "/logout", logout, "Dashboard: sign out", "public", in_openapi=False),
+)

@@ -1,0 +1,63 @@
+"""How the fleet looks to operators: node states from heartbeats, as JSON.
+
+Every report is a heartbeat. A node silent for ``missing_after`` report
+intervals is missing, whatever its last report said; an enrolled node that
+never reported counts from its enrollment. The API and the dashboard both show
+nodes through this module, so they always agree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from server.config import ServerConfig
+from server.store import NodeStatus, ReportRecord
+
+NODE_STATES = ("healthy", "unhealthy", "missing", "new")
+
+
+def node_state(status: NodeStatus, now: float, config: ServerConfig) -> str:
+    silent_for = now - (
+        status.last_seen if status.last_seen is not None else status.node.enrolled_at
+    )
+    if silent_for > config.report_interval_s * config.missing_after:
+        return "missing"
+    if status.report is None:
+        return "new"
+    return "healthy" if status.report.healthy else "unhealthy"
+
+
+def node_json(status: NodeStatus, now: float, config: ServerConfig) -> dict[str, Any]:
+    node = status.node
+    return {
+        "node_id": node.node_id,
+        "pool": node.pool,
+        "state": node_state(status, now, config),
+        "attested": node.attested,
+        "attestation": node.attestation,
+        "enrolled_at": node.enrolled_at,
+        "last_seen": status.last_seen,
+        "assigned": status.assigned,
+        "report": None if status.report is None else status.report.to_dict(),
+    }
+
+
+def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dict[str, Any]:
+    shown = [node_json(n, now, config) for n in nodes]
+    states = Counter(n["state"] for n in shown)
+    drivers = Counter((n["report"] or {}).get("driver_version") or "none" for n in shown)
+    return {
+        "nodes": shown,
+        "summary": {
+            "nodes": len(shown),
+            "states": {state: states.get(state, 0) for state in NODE_STATES},
+            "drivers": dict(sorted(drivers.items())),
+            "unattested": sum(1 for n in shown if not n["attested"]),
+            "missing_after_s": config.report_interval_s * config.missing_after,
+        },
+    }
+
+
+def history_json(records: list[ReportRecord]) -> list[dict[str, Any]]:
+    return [{"received_at": r.received_at, "report": r.report.to_dict()} for r in records]

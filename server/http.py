@@ -1,0 +1,129 @@
+"""What every handler shares: the services, the route table, errors, and the two
+ways a caller proves who it is (a node's signature, an operator's bearer token).
+
+Routes are declared once, as ``Route`` values carrying what the OpenAPI document
+says about them, so the router and the document cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from fleet.nodeauth import RequestSignature
+from server.config import ServerConfig
+from server.limits import RateLimiter, retry_after
+from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
+from server.operators import allows, check_token
+from server.rollout.engine import RolloutEngine
+from server.store import EnrolledNode, OperatorToken, Store
+
+MAX_BODY_BYTES = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """Answered as ``{"error": message}`` with ``status`` by the error middleware."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    store: Store
+    verifier: EnrollmentVerifier
+    clock: Callable[[], float]
+    requests: RequestVerifier
+    limiter: RateLimiter
+    engine: RolloutEngine
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    # "public", "node" (signed request), or the operator role needed.
+    auth: str
+    request: str | None = None  # component schema name of the JSON body
+    responses: Mapping[int, tuple[str, str | None]] = field(default_factory=dict)
+    query: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # name -> schema
+    in_openapi: bool = True
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+async def read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes") from None
+
+
+def parse_json(request: web.Request, body: bytes) -> object:
+    if request.content_type != "application/json":
+        raise ApiError(415, "the body must be application/json")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the body is not JSON: {exc}") from None
+
+
+async def read_json(request: web.Request) -> object:
+    return parse_json(request, await read_body(request))
+
+
+def rate_limit(request: web.Request, key: str) -> None:
+    wait = services(request).limiter.acquire(key)
+    if wait:
+        raise ApiError(429, "too many requests", {"Retry-After": retry_after(wait)})
+
+
+async def signed_request(request: web.Request) -> tuple[EnrolledNode, RequestSignature, bytes]:
+    """The enrolled node that signed this request, and the body it signed."""
+    verifier = services(request).requests
+    try:
+        sig = verifier.parse(request.headers)
+        body = await read_body(request)
+        node = await verifier.verify(sig, request.method, request.raw_path, body)
+    except NodeAuthError as exc:
+        raise ApiError(exc.status, str(exc), {"WWW-Authenticate": "Gpuward-Signature"}) from None
+    rate_limit(request, f"node:{node.node_id}")
+    return node, sig, body
+
+
+async def operator(request: web.Request, role: str) -> OperatorToken:
+    """The operator token in ``Authorization: Bearer``, if its role allows ``role``.
+
+    The API never reads the dashboard's cookie, so a page on another site cannot
+    make a browser call it with the operator's credentials.
+    """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    found = await check_token(services(request).store, token.strip())
+    if scheme.lower() != "bearer" or found is None:
+        raise ApiError(
+            401,
+            "an operator token is required: 'Authorization: Bearer TOKEN' "
+            "(create one with 'gpuward server token create')",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not allows(found.role, role):
+        raise ApiError(403, f"this needs the {role} role; the token has {found.role}")
+    return found

@@ -1,0 +1,186 @@
+"""The API nodes call: enrollment, reports, and reading their own assignment.
+
+Every request is signed by the node's enrolled key (``fleet.nodeauth``); the
+enrollment request is signed by the key it enrolls, proving possession of it. A
+node acts only on its own behalf: a report naming another node, or a read of
+another node's assignment, is refused even when the signature is valid.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from fleet.errors import InvalidDocument
+from fleet.nodeauth import EnrollmentRequest, RequestSignature
+from fleet.report import HealthReport
+from server.http import (
+    ApiError,
+    Route,
+    parse_json,
+    rate_limit,
+    read_body,
+    services,
+    signed_request,
+)
+from server.nodeauth import NodeAuthError, verify_signature
+from server.store import EnrolledNode
+
+log = structlog.get_logger(__name__)
+
+
+async def enroll(request: web.Request) -> web.Response:
+    s = services(request)
+    try:
+        sig = s.requests.parse(request.headers)
+    except NodeAuthError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    body = await read_body(request)
+    try:
+        enrollment = EnrollmentRequest.from_dict(parse_json(request, body))
+    except InvalidDocument as exc:
+        raise ApiError(400, str(exc)) from None
+    _check_possession(enrollment, sig, request, body)
+    # Per node id, not per address: a whole site behind one NAT enrolls at once.
+    rate_limit(request, f"enroll:{enrollment.node_id}")
+    try:
+        attestation = await s.verifier.verify(enrollment)
+        s.requests.claim(sig)
+    except NodeAuthError as exc:
+        log.warning("enrollment_refused", node=enrollment.node_id, reason=str(exc))
+        raise ApiError(exc.status, str(exc)) from None
+    wanted = EnrolledNode(
+        enrollment.node_id,
+        enrollment.public_key,
+        enrollment.pool,
+        attestation.attested,
+        attestation.method,
+        int(s.clock()),
+    )
+    stored, created = await s.store.enroll(wanted)
+    if stored.public_key != enrollment.public_key:
+        raise ApiError(
+            409,
+            f"node {enrollment.node_id} is enrolled with another key; an admin must remove it "
+            f"(DELETE /v1/nodes/{enrollment.node_id}) before it can enroll again",
+        )
+    log.info(
+        "node_enrolled" if created else "node_reenrolled",
+        node=stored.node_id,
+        pool=stored.pool,
+        attestation=stored.attestation,
+    )
+    return web.json_response(
+        {
+            "node_id": stored.node_id,
+            "pool": stored.pool,
+            "attested": stored.attested,
+            "attestation": stored.attestation,
+            "enrolled_at": stored.enrolled_at,
+        },
+        status=201 if created else 200,
+    )
+
+
+def _check_possession(
+    enrollment: EnrollmentRequest, sig: RequestSignature, request: web.Request, body: bytes
+) -> None:
+    if sig.node_id != enrollment.node_id:
+        raise ApiError(403, "the signature's node id differs from the enrollment's")
+    try:
+        verify_signature(enrollment.public_key, sig, request.method, request.raw_path, body)
+    except NodeAuthError as exc:
+        raise ApiError(401, f"{exc}: sign the enrollment with the key it enrolls") from None
+
+
+async def post_report(request: web.Request) -> web.Response:
+    node, sig, body = await signed_request(request)
+    try:
+        report = HealthReport.from_dict(parse_json(request, body))
+    except InvalidDocument as exc:
+        log.warning("report_rejected", node=node.node_id, reason=str(exc))
+        raise ApiError(400, str(exc)) from None
+    if report.node_id != node.node_id:
+        log.warning("report_for_another_node", node=node.node_id, claimed=report.node_id)
+        raise ApiError(403, f"node {node.node_id} may only report for itself")
+    s = services(request)
+    if not await s.store.add_report(report, int(s.clock()), request.remote or "", sig.nonce):
+        raise ApiError(401, "replayed request (nonce already used)")
+    log.info(
+        "report_received",
+        node=report.node_id,
+        update=report.update,
+        driver=report.driver_version,
+        healthy=report.healthy,
+    )
+    return web.json_response({"accepted": True}, status=202)
+
+
+async def get_assignment(request: web.Request) -> web.Response:
+    node, _sig, _body = await signed_request(request)
+    wanted = request.match_info["node_id"]
+    if wanted != node.node_id:
+        raise ApiError(403, f"node {node.node_id} may only read its own assignment")
+    found = await services(request).store.assignment(node.node_id)
+    return web.json_response(
+        {
+            "node_id": node.node_id,
+            "target": found.target if found else None,
+            "rollout_id": found.rollout_id if found else None,
+            "assigned_at": found.assigned_at if found else None,
+        }
+    )
+
+
+_SIGNED = {
+    401: ("unsigned, stale, replayed or badly signed request", "Error"),
+    413: ("body too large", "Error"),
+    429: ("rate limited; see Retry-After", "Error"),
+}
+
+ROUTES = (
+    Route(
+        "POST",
+        "/v1/enroll",
+        enroll,
+        "Enroll a node's request key (signed by that key), vouched for by evidence",
+        "node",
+        request="EnrollmentRequest",
+        responses={
+            200: ("already enrolled with this key", "Enrollment"),
+            201: ("enrolled", "Enrollment"),
+            400: ("malformed enrollment", "Error"),
+            403: ("evidence refused", "Error"),
+            409: ("node enrolled with another key", "Error"),
+            415: ("not JSON", "Error"),
+            **_SIGNED,
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/reports",
+        post_report,
+        "Submit the signing node's health report (also its heartbeat)",
+        "node",
+        request="HealthReport",
+        responses={
+            202: ("stored", "Accepted"),
+            400: ("malformed report", "Error"),
+            403: ("report names another node", "Error"),
+            415: ("not JSON", "Error"),
+            **_SIGNED,
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/nodes/{node_id}/assignment",
+        get_assignment,
+        "The bundle a rollout assigned to the signing node (its own only)",
+        "node",
+        responses={
+            200: ("the assignment; target null when none", "Assignment"),
+            403: ("another node's assignment", "Error"),
+            **_SIGNED,
+        },
+    ),
+)

@@ -1,0 +1,280 @@
+"""The OpenAPI 3 document, generated from the route table.
+
+Paths, methods, security and responses come from the ``Route`` values the app
+registers, so the document lists exactly what the server serves. The component
+schemas below describe the JSON bodies; the strict readers in ``fleet`` remain
+the authority on what is accepted, and the schemathesis test checks that what
+this document allows never makes the server fail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from fleet.nodeauth import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from fleet.report import MAX_GPUS, MAX_PROBLEMS, UPDATE_OUTCOMES
+from gpuward import __version__
+from server.http import Route
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_NULL_STR = {"type": ["string", "null"]}
+_NULL_INT = {"type": ["integer", "null"]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": _STR}},
+    "Accepted": {"type": "object", "properties": {"accepted": {"type": "boolean"}}},
+    "Removed": {"type": "object", "properties": {"removed": _STR}},
+    "GpuHealth": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["index", "name", "uuid", "healthy", "problems"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0, "maximum": MAX_GPUS},
+            "name": {"type": "string", "maxLength": 128},
+            "uuid": {"type": "string", "maxLength": 128},
+            "driver_version": {
+                "type": ["string", "null"],
+                "pattern": r"^\d{3,4}\.\d{1,3}(\.\d{1,3})?$",
+            },
+            "healthy": {"type": "boolean"},
+            "problems": {
+                "type": "array",
+                "maxItems": MAX_PROBLEMS,
+                "items": {"type": "string", "maxLength": 512},
+            },
+        },
+    },
+    "HealthReport": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["schema", "node_id", "sent_at", "update", "reason", "gpus"],
+        "properties": {
+            "schema": {"type": "integer", "enum": [1]},
+            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+            "sent_at": {"type": "integer", "minimum": 0},
+            "active_slot": {"type": ["string", "null"], "enum": ["a", "b", None]},
+            "driver_version": {"type": ["string", "null"]},
+            "bundle": {"type": ["string", "null"], "maxLength": 512},
+            "update": {"type": "string", "enum": sorted(UPDATE_OUTCOMES)},
+            "reason": {"type": "string", "maxLength": 1024},
+            "gpus": {
+                "type": "array",
+                "maxItems": MAX_GPUS,
+                "items": {"$ref": "#/components/schemas/GpuHealth"},
+            },
+            "firewall": {"type": ["object", "null"]},
+        },
+    },
+    "EnrollmentRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["node_id", "public_key", "evidence"],
+        "properties": {
+            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+            "public_key": {"type": "string", "description": "raw Ed25519 public key, base64"},
+            "pool": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]{0,63}$"},
+            "evidence": {
+                "type": "object",
+                "description": "for the verifier: a TPM attestation, or in the no-TPM mode "
+                '{"type": "enrollment-token", "token": "..."}',
+            },
+        },
+    },
+    "Enrollment": {
+        "type": "object",
+        "properties": {
+            "node_id": _STR,
+            "pool": _STR,
+            "attested": {"type": "boolean"},
+            "attestation": _STR,
+            "enrolled_at": _INT,
+        },
+    },
+    "Assignment": {
+        "type": "object",
+        "properties": {
+            "node_id": _STR,
+            "target": _NULL_STR,
+            "rollout_id": _NULL_STR,
+            "assigned_at": _NULL_INT,
+        },
+    },
+    "Node": {
+        "type": "object",
+        "properties": {
+            "node_id": _STR,
+            "pool": _STR,
+            "state": {"type": "string", "enum": ["healthy", "unhealthy", "missing", "new"]},
+            "attested": {"type": "boolean"},
+            "attestation": _STR,
+            "enrolled_at": _INT,
+            "last_seen": _NULL_INT,
+            "assigned": _NULL_STR,
+            "report": {"oneOf": [{"$ref": "#/components/schemas/HealthReport"}, {"type": "null"}]},
+            "history": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Fleet": {
+        "type": "object",
+        "properties": {
+            "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
+            "summary": {"type": "object"},
+        },
+    },
+    "Pools": {
+        "type": "object",
+        "properties": {
+            "pools": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"pool": _STR, "nodes": _INT}},
+            }
+        },
+    },
+    "Policy": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "waves": {"type": "string", "description": "cumulative sizes, e.g. 1,5%,25%,100%"},
+            "max_unavailable": {"type": "integer", "minimum": 1},
+            "soak_s": {"type": "integer", "minimum": 0},
+            "max_failures": {"type": "integer", "minimum": 0},
+        },
+    },
+    "RolloutRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["pool", "target"],
+        "properties": {
+            "id": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,63}$"},
+            "pool": _STR,
+            "target": {"type": "string", "description": "target path of a published bundle"},
+            "policy": {"$ref": "#/components/schemas/Policy"},
+        },
+    },
+    "Rollout": {
+        "type": "object",
+        "properties": {
+            "id": _STR,
+            "pool": _STR,
+            "target": _STR,
+            "target_driver": _NULL_STR,
+            "phase": {
+                "type": "string",
+                "enum": ["running", "paused", "halted", "completed", "aborted", "rolled-back"],
+            },
+            "wave": _INT,
+            "policy": {"$ref": "#/components/schemas/Policy"},
+            "waves": {"type": "array", "items": {"type": "object"}},
+            "nodes": {"type": "array", "items": {"type": "object"}},
+            "events": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Rollouts": {
+        "type": "object",
+        "properties": {
+            "rollouts": {"type": "array", "items": {"$ref": "#/components/schemas/Rollout"}}
+        },
+    },
+}
+
+SECURITY_SCHEMES = {
+    "operatorToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an operator token from 'gpuward server token create'; roles viewer < "
+        "operator < admin",
+    },
+    "nodeSignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": HEADER_SIGNATURE,
+        "description": (
+            "Ed25519 signature (base64) by the node's enrolled key over "
+            "'gpuward-request-v1\\nMETHOD\\nPATH?QUERY\\nNODE\\nTIMESTAMP\\nNONCE\\n"
+            "SHA256(body) hex', "
+            f"with {HEADER_NODE}, {HEADER_TIMESTAMP} (unix seconds, within 300 s) and "
+            f"{HEADER_NONCE} (32 hex digits, used once)"
+        ),
+    },
+}
+
+_NODE_HEADERS = [
+    {"name": HEADER_NODE, "in": "header", "required": True, "schema": _STR},
+    {"name": HEADER_TIMESTAMP, "in": "header", "required": True, "schema": _STR},
+    {"name": HEADER_NONCE, "in": "header", "required": True, "schema": _STR},
+]
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", path)
+    ]
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": f"{route.method.lower()}{re.sub(r'[^A-Za-z0-9]+', '_', route.path)}",
+        "responses": {
+            str(status): {
+                "description": text,
+                **(
+                    {
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": f"#/components/schemas/{schema}"}
+                            }
+                        }
+                    }
+                    if schema
+                    else {}
+                ),
+            }
+            for status, (text, schema) in sorted(route.responses.items())
+        },
+    }
+    parameters = _path_parameters(route.path) + [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in route.query.items()
+    ]
+    if route.auth == "node":
+        parameters += _NODE_HEADERS
+        op["security"] = [{"nodeSignature": []}]
+    elif route.auth != "public":
+        op["security"] = [{"operatorToken": []}]
+        op["description"] = f"Needs the {route.auth} role."
+    else:
+        op["security"] = []
+    if parameters:
+        op["parameters"] = parameters
+    if route.request:
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{route.request}"}}
+            },
+        }
+    return op
+
+
+def document(routes: Iterable[Route]) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if route.in_openapi:
+            paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "gpuward update server",
+            "version": __version__,
+            "description": "Pull-only: nodes enroll, report and read their assignment; "
+            "operators read the fleet and steer rollouts. The signed image repository "
+            "is served under /v1/repo/.",
+        },
+        "paths": paths,
+        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
+    }

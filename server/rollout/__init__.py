@@ -1,0 +1,1 @@
+"""The rollout engine: persistence and the advancing loop around ``fleet.rollout``."""

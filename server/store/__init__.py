@@ -1,0 +1,140 @@
+"""The fleet store: one interface, SQLite for one server, PostgreSQL for replicas.
+
+``open_store(url)`` picks the backend from the URL (``sqlite:///path``, a plain
+path, or ``postgresql://...``). Both run the same queries (``server.store.sql``)
+over a small transaction interface; only connections and migrations differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from fleet.errors import GpuwardError
+from fleet.report import HealthReport
+from fleet.rollout import Observation, Rollout, Transition
+
+
+class Conflict(GpuwardError):
+    """The change contradicts what is stored (an active rollout, an existing id)."""
+
+
+@dataclass(frozen=True)
+class EnrolledNode:
+    node_id: str
+    public_key: bytes  # raw Ed25519: verifies the node's request signatures
+    pool: str
+    attested: bool  # False in the no-TPM enrollment-token mode
+    attestation: str  # how enrollment was verified, for people ("unattested", "tpm2")
+    enrolled_at: int
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node: EnrolledNode
+    last_seen: int | None  # None: enrolled, never reported
+    report: HealthReport | None
+    assigned: str | None  # the bundle a rollout assigned it
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    received_at: int
+    report: HealthReport
+
+
+@dataclass(frozen=True)
+class OperatorToken:
+    token_hash: str  # sha256 hex of the token; the token itself is never stored
+    name: str
+    role: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Assignment:
+    node_id: str
+    target: str
+    rollout_id: str
+    assigned_at: int
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    at: int
+    event: str
+
+
+RolloutChange = Callable[[Rollout, Mapping[str, Observation]], Transition]
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    async def enroll(self, node: EnrolledNode) -> tuple[EnrolledNode, bool]:
+        """Store ``node`` unless its id is enrolled; return what is stored, and if it was new."""
+        ...
+
+    async def enrolled(self, node_id: str) -> EnrolledNode | None: ...
+
+    async def remove_node(self, node_id: str) -> bool: ...
+
+    async def add_report(
+        self, report: HealthReport, received_at: int, remote: str, nonce: str
+    ) -> bool:
+        """Store a report and make it the node's latest; False if the nonce was used."""
+        ...
+
+    async def fleet(self) -> list[NodeStatus]: ...
+
+    async def node(self, node_id: str) -> NodeStatus | None: ...
+
+    async def history(self, node_id: str, limit: int) -> list[ReportRecord]: ...
+
+    async def pools(self) -> dict[str, int]: ...
+
+    async def add_token(self, token: OperatorToken) -> None: ...
+
+    async def token(self, token_hash: str) -> OperatorToken | None: ...
+
+    async def pool_running(self, pool: str) -> dict[str, str | None]:
+        """Each node of ``pool`` -> the bundle it should run now (assigned, else reported)."""
+        ...
+
+    async def create_rollout(self, rollout: Rollout, event: str) -> None:
+        """Store a new rollout; ``Conflict`` if its pool has an active one."""
+        ...
+
+    async def rollouts(self) -> list[Rollout]: ...
+
+    async def rollout(self, rollout_id: str) -> Rollout | None: ...
+
+    async def rollout_events(self, rollout_id: str) -> list[RolloutEvent]: ...
+
+    async def active_rollouts(self) -> list[str]: ...
+
+    async def change_rollout(
+        self, rollout_id: str, change: RolloutChange, now: int, *, wait: bool
+    ) -> Rollout | None:
+        """Apply ``change`` under the rollout's row lock, with its assignments and events.
+
+        Without ``wait``, returns None at once when another replica holds the lock.
+        """
+        ...
+
+    async def assignment(self, node_id: str) -> Assignment | None: ...
+
+
+async def open_store(url: str) -> Store:
+    if url.startswith(("postgresql://", "postgres://")):
+        from server.store.postgres import PostgresStore
+
+        return await PostgresStore.connect(url)
+    path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
+    if not path:
+        raise GpuwardError("empty database URL; give a file path or sqlite:///path")
+    from server.store.sqlite import SqliteStore
+
+    return await SqliteStore.open(Path(path))

@@ -1,0 +1,151 @@
+"""The PostgreSQL backend (asyncpg): one database shared by several replicas.
+
+Migrations are recorded in ``schema_migrations`` and applied under a
+transaction-scoped advisory lock, so replicas starting together apply each one
+once. A rollout row is locked with ``SELECT ... FOR UPDATE``; the periodic
+advance uses ``SKIP LOCKED``, so while one replica advances a rollout the others
+pass over it instead of queueing behind it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
+
+import asyncpg
+
+from fleet.errors import GpuwardError
+from server.store.sql import Row, SqlStore
+
+_MIGRATION_LOCK = 0x67707577  # "gpuw": pg_advisory_xact_lock key for migrations
+
+MIGRATIONS = (
+    """
+    CREATE TABLE reports (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        received_at BIGINT NOT NULL,
+        remote TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX reports_node ON reports (node_id, id);
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY,
+        last_report BIGINT NOT NULL REFERENCES reports (id),
+        last_seen BIGINT NOT NULL
+    );
+    """,
+    """
+    ALTER TABLE reports ADD COLUMN nonce TEXT;
+    CREATE UNIQUE INDEX reports_nonce ON reports (node_id, nonce);
+    ALTER TABLE nodes ADD COLUMN bundle TEXT;
+    ALTER TABLE nodes ADD COLUMN driver_version TEXT;
+    ALTER TABLE nodes ADD COLUMN update_outcome TEXT;
+    ALTER TABLE nodes ADD COLUMN healthy BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE TABLE enrollments (
+        node_id TEXT PRIMARY KEY,
+        public_key BYTEA NOT NULL,
+        pool TEXT NOT NULL,
+        attested BOOLEAN NOT NULL,
+        attestation TEXT NOT NULL,
+        enrolled_at BIGINT NOT NULL
+    );
+    CREATE INDEX enrollments_pool ON enrollments (pool, node_id);
+    CREATE TABLE operator_tokens (
+        token_hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        pool TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX rollouts_pool ON rollouts (pool, phase);
+    CREATE TABLE assignments (
+        node_id TEXT PRIMARY KEY,
+        target TEXT NOT NULL,
+        rollout_id TEXT NOT NULL,
+        assigned_at BIGINT NOT NULL
+    );
+    CREATE TABLE rollout_events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        rollout_id TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        event TEXT NOT NULL
+    );
+    CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id);
+    """,
+)
+
+
+@cache
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as asyncpg's ``$1``, ``$2``, ... (the SQL has no ``?`` literals)."""
+    count = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
+
+
+class _Tx:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: object) -> None:
+        await self._conn.execute(_numbered(sql), *args)
+
+    async def fetch(self, sql: str, *args: object) -> list[Row]:
+        return [tuple(r) for r in await self._conn.fetch(_numbered(sql), *args)]
+
+
+class PostgresDatabase:
+    lock_wait = " FOR UPDATE"
+    lock_skip = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str, max_size: int = 10) -> PostgresDatabase:
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise GpuwardError(f"cannot connect to PostgreSQL: {exc}") from None
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await _migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool)
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[_Tx]:
+        async with self._pool.acquire() as conn, conn.transaction(readonly=not write):
+            yield _Tx(conn)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    version = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await conn.execute(script)
+        await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
+
+
+class PostgresStore(SqlStore):
+    @classmethod
+    async def connect(cls, url: str) -> PostgresStore:
+        return cls(await PostgresDatabase.connect(url))

@@ -1,0 +1,333 @@
+"""The store's queries, written once for SQLite and PostgreSQL.
+
+Both backends speak the SQL used here (``?`` placeholders, which the PostgreSQL
+backend numbers; ``ON CONFLICT``; ``RETURNING``). A backend supplies
+transactions and the one clause that differs: how a rollout row is locked.
+Every multi-statement change runs in one transaction, so a replica that dies
+half-way leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from fleet.report import HealthReport
+from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
+from server.store import (
+    Assignment,
+    Conflict,
+    EnrolledNode,
+    NodeStatus,
+    OperatorToken,
+    ReportRecord,
+    RolloutChange,
+    RolloutEvent,
+)
+
+Row = tuple[Any, ...]
+
+
+class Tx(Protocol):
+    async def execute(self, sql: str, *args: object) -> None: ...
+
+    async def fetch(self, sql: str, *args: object) -> list[Row]: ...
+
+
+class Database(Protocol):
+    # Appended to the SELECT of a rollout row: lock it for this transaction,
+    # waiting for another replica's lock or skipping the row at once.
+    lock_wait: str
+    lock_skip: str
+
+    def transaction(self, *, write: bool) -> AbstractAsyncContextManager[Tx]: ...
+
+    async def close(self) -> None: ...
+
+
+_NODE_COLUMNS = (
+    "e.node_id, e.public_key, e.pool, e.attested, e.attestation, e.enrolled_at, "
+    "n.last_seen, r.body, a.target"
+)
+_NODE_JOINS = (
+    "FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id "
+    "LEFT JOIN reports r ON r.id = n.last_report "
+    "LEFT JOIN assignments a ON a.node_id = e.node_id"
+)
+
+
+def _enrolled(row: Row) -> EnrolledNode:
+    node_id, key, pool, attested, attestation, enrolled_at = row[:6]
+    return EnrolledNode(node_id, bytes(key), pool, bool(attested), attestation, enrolled_at)
+
+
+def _status(row: Row) -> NodeStatus:
+    last_seen, body, target = row[6:9]
+    report = None if body is None else HealthReport.from_dict(json.loads(body))
+    return NodeStatus(_enrolled(row), last_seen, report, target)
+
+
+class SqlStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # Nodes and reports.
+
+    async def enroll(self, node: EnrolledNode) -> tuple[EnrolledNode, bool]:
+        async with self.db.transaction(write=True) as tx:
+            created = await tx.fetch(
+                "INSERT INTO enrollments "
+                "(node_id, public_key, pool, attested, attestation, enrolled_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING RETURNING node_id",
+                node.node_id,
+                node.public_key,
+                node.pool,
+                node.attested,
+                node.attestation,
+                node.enrolled_at,
+            )
+            rows = await tx.fetch(
+                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at "
+                "FROM enrollments WHERE node_id = ?",
+                node.node_id,
+            )
+        return _enrolled(rows[0]), bool(created)
+
+    async def enrolled(self, node_id: str) -> EnrolledNode | None:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at "
+                "FROM enrollments WHERE node_id = ?",
+                node_id,
+            )
+        return _enrolled(rows[0]) if rows else None
+
+    async def remove_node(self, node_id: str) -> bool:
+        async with self.db.transaction(write=True) as tx:
+            found = await tx.fetch(
+                "DELETE FROM enrollments WHERE node_id = ? RETURNING node_id", node_id
+            )
+            await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
+        return bool(found)
+
+    async def add_report(
+        self, report: HealthReport, received_at: int, remote: str, nonce: str
+    ) -> bool:
+        async with self.db.transaction(write=True) as tx:
+            inserted = await tx.fetch(
+                "INSERT INTO reports (node_id, received_at, remote, body, nonce) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id, nonce) DO NOTHING RETURNING id",
+                report.node_id,
+                received_at,
+                remote,
+                json.dumps(report.to_dict()),
+                nonce,
+            )
+            if not inserted:
+                return False
+            await tx.execute(
+                "INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version, "
+                "update_outcome, healthy) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET last_report = excluded.last_report, "
+                "last_seen = excluded.last_seen, bundle = excluded.bundle, "
+                "driver_version = excluded.driver_version, "
+                "update_outcome = excluded.update_outcome, healthy = excluded.healthy "
+                "WHERE nodes.last_seen <= excluded.last_seen",
+                report.node_id,
+                inserted[0][0],
+                received_at,
+                report.bundle,
+                report.driver_version,
+                report.update,
+                report.healthy,
+            )
+        return True
+
+    async def fleet(self) -> list[NodeStatus]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(f"SELECT {_NODE_COLUMNS} {_NODE_JOINS} ORDER BY e.node_id")
+        return [_status(row) for row in rows]
+
+    async def node(self, node_id: str) -> NodeStatus | None:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                f"SELECT {_NODE_COLUMNS} {_NODE_JOINS} WHERE e.node_id = ?", node_id
+            )
+        return _status(rows[0]) if rows else None
+
+    async def history(self, node_id: str, limit: int) -> list[ReportRecord]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT received_at, body FROM reports WHERE node_id = ? ORDER BY id DESC LIMIT ?",
+                node_id,
+                limit,
+            )
+        return [ReportRecord(at, HealthReport.from_dict(json.loads(body))) for at, body in rows]
+
+    async def pools(self) -> dict[str, int]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT pool, COUNT(*) FROM enrollments GROUP BY pool ORDER BY pool"
+            )
+        return {pool: int(count) for pool, count in rows}
+
+    # Operator tokens.
+
+    async def add_token(self, token: OperatorToken) -> None:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute(
+                "INSERT INTO operator_tokens (token_hash, name, role, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                token.token_hash,
+                token.name,
+                token.role,
+                token.created_at,
+            )
+
+    async def token(self, token_hash: str) -> OperatorToken | None:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT token_hash, name, role, created_at FROM operator_tokens "
+                "WHERE token_hash = ?",
+                token_hash,
+            )
+        return OperatorToken(*rows[0]) if rows else None
+
+    # Rollouts and assignments.
+
+    async def pool_running(self, pool: str) -> dict[str, str | None]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT e.node_id, COALESCE(a.target, n.bundle) FROM enrollments e "
+                "LEFT JOIN nodes n ON n.node_id = e.node_id "
+                "LEFT JOIN assignments a ON a.node_id = e.node_id WHERE e.pool = ?",
+                pool,
+            )
+        return {node_id: bundle for node_id, bundle in rows}
+
+    async def create_rollout(self, rollout: Rollout, event: str) -> None:
+        active = sorted(p.value for p in ACTIVE_PHASES)
+        async with self.db.transaction(write=True) as tx:
+            clash = await tx.fetch(
+                "SELECT id, phase FROM rollouts WHERE id = ? OR (pool = ? AND phase IN (?, ?, ?))",
+                rollout.id,
+                rollout.pool,
+                *active,
+            )
+            if clash:
+                other, phase = clash[0]
+                raise Conflict(
+                    f"rollout {other} already exists ({phase}) for pool {rollout.pool}; "
+                    "finish, abort or roll it back first, or choose another id"
+                )
+            await tx.execute(
+                "INSERT INTO rollouts (id, pool, phase, doc, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rollout.id,
+                rollout.pool,
+                rollout.phase.value,
+                json.dumps(rollout.to_dict()),
+                rollout.created_at,
+                rollout.created_at,
+            )
+            await _add_events(tx, rollout.id, rollout.created_at, (event,))
+
+    async def rollouts(self) -> list[Rollout]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch("SELECT doc FROM rollouts ORDER BY created_at DESC, id")
+        return [Rollout.from_dict(json.loads(doc)) for (doc,) in rows]
+
+    async def rollout(self, rollout_id: str) -> Rollout | None:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch("SELECT doc FROM rollouts WHERE id = ?", rollout_id)
+        return Rollout.from_dict(json.loads(rows[0][0])) if rows else None
+
+    async def rollout_events(self, rollout_id: str) -> list[RolloutEvent]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT at, event FROM rollout_events WHERE rollout_id = ? ORDER BY id",
+                rollout_id,
+            )
+        return [RolloutEvent(at, event) for at, event in rows]
+
+    async def active_rollouts(self) -> list[str]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch("SELECT id FROM rollouts WHERE phase = 'running' ORDER BY id")
+        return [rollout_id for (rollout_id,) in rows]
+
+    async def change_rollout(
+        self, rollout_id: str, change: RolloutChange, now: int, *, wait: bool
+    ) -> Rollout | None:
+        lock = self.db.lock_wait if wait else self.db.lock_skip
+        async with self.db.transaction(write=True) as tx:
+            # The lock clause is one of the backend's two constants, never input.
+            rows = await tx.fetch(f"SELECT doc FROM rollouts WHERE id = ?{lock}", rollout_id)  # noqa: S608
+            if not rows:
+                return None
+            before = Rollout.from_dict(json.loads(rows[0][0]))
+            seen = await _observations(tx, before.pool)
+            transition = change(before, seen)
+            after = transition.rollout
+            if after == before:
+                return after
+            await tx.execute(
+                "UPDATE rollouts SET phase = ?, doc = ?, updated_at = ? WHERE id = ?",
+                after.phase.value,
+                json.dumps(after.to_dict()),
+                now,
+                rollout_id,
+            )
+            old, new = assignments(before), assignments(after)
+            for node_id, target in new.items():
+                if node_id in old and old[node_id] == target:
+                    continue
+                if target is None:
+                    await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
+                else:
+                    await tx.execute(
+                        "INSERT INTO assignments (node_id, target, rollout_id, assigned_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                        "target = excluded.target, rollout_id = excluded.rollout_id, "
+                        "assigned_at = excluded.assigned_at",
+                        node_id,
+                        target,
+                        rollout_id,
+                        now,
+                    )
+            await _add_events(tx, rollout_id, now, transition.events)
+        return after
+
+    async def assignment(self, node_id: str) -> Assignment | None:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT node_id, target, rollout_id, assigned_at FROM assignments "
+                "WHERE node_id = ?",
+                node_id,
+            )
+        return Assignment(*rows[0]) if rows else None
+
+
+async def _observations(tx: Tx, pool: str) -> dict[str, Observation]:
+    rows = await tx.fetch(
+        "SELECT n.node_id, n.last_seen, n.bundle, n.driver_version, n.update_outcome, n.healthy "
+        "FROM nodes n JOIN enrollments e ON e.node_id = n.node_id WHERE e.pool = ?",
+        pool,
+    )
+    return {
+        node_id: Observation(seen, bundle, driver, update, bool(healthy))
+        for node_id, seen, bundle, driver, update, healthy in rows
+    }
+
+
+async def _add_events(tx: Tx, rollout_id: str, at: int, events: tuple[str, ...]) -> None:
+    for event in events:
+        await tx.execute(
+            "INSERT INTO rollout_events (rollout_id, at, event) VALUES (?, ?, ?)",
+            rollout_id,
+            at,
+            event,
+        )

@@ -1,0 +1,176 @@
+"""The SQLite backend: one file, WAL mode, for a single server.
+
+The schema version lives in ``PRAGMA user_version`` and migrations run in
+order on open. All calls run on one worker thread (SQLite connections are not
+for sharing between threads) so the event loop never blocks on disk; an
+asyncio lock keeps one transaction's statements together. ``BEGIN IMMEDIATE``
+takes the database's write lock up front, which is also what serialises two
+processes sharing the file, so rollouts need no row lock here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from server.store.sql import Row, SqlStore
+
+T = TypeVar("T")
+
+MIGRATIONS = (
+    """
+    CREATE TABLE reports (
+        id INTEGER PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        remote TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX reports_node ON reports (node_id, id);
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY,
+        last_report INTEGER NOT NULL REFERENCES reports (id),
+        last_seen INTEGER NOT NULL
+    );
+    """,
+    """
+    ALTER TABLE reports ADD COLUMN nonce TEXT;
+    CREATE UNIQUE INDEX reports_nonce ON reports (node_id, nonce);
+    ALTER TABLE nodes ADD COLUMN bundle TEXT;
+    ALTER TABLE nodes ADD COLUMN driver_version TEXT;
+    ALTER TABLE nodes ADD COLUMN update_outcome TEXT;
+    ALTER TABLE nodes ADD COLUMN healthy INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE enrollments (
+        node_id TEXT PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        pool TEXT NOT NULL,
+        attested INTEGER NOT NULL,
+        attestation TEXT NOT NULL,
+        enrolled_at INTEGER NOT NULL
+    );
+    CREATE INDEX enrollments_pool ON enrollments (pool, node_id);
+    CREATE TABLE operator_tokens (
+        token_hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        pool TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX rollouts_pool ON rollouts (pool, phase);
+    CREATE TABLE assignments (
+        node_id TEXT PRIMARY KEY,
+        target TEXT NOT NULL,
+        rollout_id TEXT NOT NULL,
+        assigned_at INTEGER NOT NULL
+    );
+    CREATE TABLE rollout_events (
+        id INTEGER PRIMARY KEY,
+        rollout_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        event TEXT NOT NULL
+    );
+    CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id);
+    """,
+)
+
+
+class _Tx:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, *args: object) -> None:
+        await self._db.call(self._db.conn.execute, sql, args)
+
+    async def fetch(self, sql: str, *args: object) -> list[Row]:
+        def run() -> list[Row]:
+            return self._db.conn.execute(sql, args).fetchall()
+
+        return await self._db.call(run)
+
+
+class SqliteDatabase:
+    lock_wait = ""
+    lock_skip = ""
+
+    def __init__(self, conn: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+        self.conn = conn
+        self._worker = worker
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteDatabase:
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuward-sqlite")
+
+        def connect() -> sqlite3.Connection:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            _migrate(conn)
+            return conn
+
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(worker, connect)
+        except BaseException:
+            worker.shutdown()
+            raise
+        return cls(conn, worker)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, partial(fn, *args))
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[_Tx]:
+        async with self._lock:
+            await self.call(self.conn.execute, "BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _Tx(self)
+            except BaseException:
+                await self.call(self.conn.execute, "ROLLBACK")
+                raise
+            await self.call(self.conn.execute, "COMMIT")
+
+    async def close(self) -> None:
+        await self.call(self.conn.close)
+        self._worker.shutdown()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply what is missing, reading the version under the write lock.
+
+    Two processes opening the file at once (a server and ``gpuward server token
+    create``) must not both apply a migration. SQLite's DDL is transactional, so
+    a migration that fails half-way leaves the previous version intact.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class SqliteStore(SqlStore):
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        return cls(await SqliteDatabase.open(path))

@@ -1,0 +1,159 @@
+"""The dashboard in real headless Debian chromium against a live server with data,
+and its sign-in rules without a browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from tests.conftest import Fleet, Site, make_site
+from tests.simnode import FakeClock, SimNode, operator_post
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture
+def populated(_template_repo: Path, tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
+    """A fleet with healthy, unhealthy and silent nodes and a halted rollout."""
+    clock = FakeClock()
+    for site in make_site(_template_repo, tmp_path, str(tmp_path / "s.db"), clock):
+        fleet = Fleet(site, clock)
+        old, new = site.publish("580.65.06"), site.publish("580.82.07")
+        nodes = [fleet.node(f"gpu-{i}", pool="prod") for i in range(6)]
+        for node in nodes:
+            node.report(bundle=old.target_path, driver="580.65.06")
+        nodes[1].report(healthy=False, driver="580.65.06")
+        token = fleet.token("operator")
+        started = operator_post(
+            site.url,
+            "/v1/rollouts",
+            token,
+            {"id": "r-web", "pool": "prod", "target": new.target_path},
+        )
+        assert started.status == 201
+        canary = next(
+            n for n in nodes if json.loads(n.assignment().data)["target"] == new.target_path
+        )
+        clock.advance(10)
+        canary.report(bundle=old.target_path, update="rolled-back", driver="580.65.06")
+        site.server.tick_rollouts()
+        clock.advance(3 * 300 - 5)  # the nodes that reported first are now missing
+        nodes[2].report(bundle=old.target_path, driver="580.65.06")
+        nodes[3].report(bundle=old.target_path, driver="580.65.06")
+        fleet.node("gpu-new")
+        yield fleet, fleet.token("viewer")
+
+
+def _chromium(tmp_path: Path, *args: str) -> str:
+    assert CHROMIUM, "chromium is not installed: run 'make setup' (it is in DEB_PACKAGES)"
+    profile = tmp_path / "chromium-profile"
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_pages_render_with_data_in_headless_chromium(
+    populated: tuple[Fleet, str], tmp_path: Path
+) -> None:
+    fleet, viewer = populated
+    shot = tmp_path / "dashboard.png"
+    _chromium(
+        tmp_path, f"--screenshot={shot}", "--window-size=1280,1000", f"{fleet.url}/?token={viewer}"
+    )
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    dom = _chromium(tmp_path, "--dump-dom", f"{fleet.url}/?token={viewer}")
+    assert "Fleet: 7 nodes" in dom
+    assert 'id="count-healthy"><b>2</b>' in dom
+    assert 'id="count-missing"><b>4</b>' in dom  # silent for more than 3 intervals
+    assert 'id="count-new"><b>1</b>' in dom
+    assert 'id="count-unattested"><b>7</b>' in dom
+    assert "580.65.06" in dom and 'href="/nodes/gpu-0"' in dom
+    assert 'href="/rollouts/r-web"' in dom and '<span class="halted">halted</span>' in dom
+    assert 'id="stragglers"' in dom
+    assert viewer not in dom  # the sign-in link's token does not stay in the page
+
+    node = _chromium(tmp_path, "--dump-dom", f"{fleet.url}/nodes/gpu-1?token={viewer}")
+    assert "Node gpu-1" in node and 'id="history"' in node
+    assert node.count("<tr>") >= 3  # header + two reports
+    assert '<span class="unhealthy">no</span>' in node
+
+    rollout = _chromium(tmp_path, "--dump-dom", f"{fleet.url}/rollouts/r-web?token={viewer}")
+    assert 'id="phase">halted' in rollout and "wave 0" in rollout
+    assert "rolled-back" in rollout  # the canary's verdict in the events
+
+
+def test_sign_in_rules(populated: tuple[Fleet, str]) -> None:
+    fleet, viewer = populated
+    http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
+    anonymous = http.request("GET", f"{fleet.url}/")
+    assert anonymous.status == 303 and anonymous.headers["Location"] == "/login"
+    assert (
+        http.request("GET", f"{fleet.url}/?token=gwt_bad").headers["Location"] == "/login?failed=1"
+    )
+
+    link = http.request("GET", f"{fleet.url}/nodes/gpu-1?token={viewer}")
+    assert link.status == 303 and link.headers["Location"] == "/nodes/gpu-1"
+    cookie = link.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+    form = {"token": viewer}
+    foreign = http.request_encode_body(
+        "POST", f"{fleet.url}/login", fields=form, encode_multipart=False,
+        headers={"Origin": "https://evil.example"},
+    )  # fmt: skip
+    assert foreign.status == 403
+    ok = http.request_encode_body(
+        "POST", f"{fleet.url}/login", fields=form, encode_multipart=False,
+        headers={"Origin": fleet.url},
+    )  # fmt: skip
+    assert ok.status == 303 and ok.headers["Location"] == "/"
+    session = ok.headers["Set-Cookie"].split(";")[0]
+    page = http.request("GET", f"{fleet.url}/", headers={"Cookie": session})
+    assert page.status == 200 and "script-src" not in page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    # The JSON API never accepts the dashboard cookie.
+    assert http.request("GET", f"{fleet.url}/v1/fleet", headers={"Cookie": session}).status == 401
+
+
+def test_report_text_is_escaped(site: Site) -> None:
+    node = SimNode(site.url, "gpu-x")
+    assert node.enroll().status == 201
+    body = json.dumps(
+        {
+            "schema": 1, "node_id": "gpu-x", "sent_at": 1, "active_slot": "a",
+            "driver_version": None, "bundle": "<img src=x onerror=alert(1)>",
+            "update": "failed", "reason": "<script>alert(1)</script>", "gpus": [],
+        }
+    ).encode()  # fmt: skip
+    assert node.send("POST", "/v1/reports", body).status == 202
+    viewer = site.server.issue_token("viewer")
+    http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
+    cookie = http.request("GET", f"{site.url}/nodes/gpu-x?token={viewer}").headers["Set-Cookie"]
+    page = http.request(
+        "GET", f"{site.url}/nodes/gpu-x", headers={"Cookie": cookie.split(";")[0]}
+    ).data.decode()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page

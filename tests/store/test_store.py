@@ -1,0 +1,139 @@
+"""The store's contract, run unchanged against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TypeVar
+
+import pytest
+
+from fleet.report import GpuHealth, HealthReport
+from fleet.rollout import Phase, Policy, Progress, Transition, command, new_rollout, parse_waves
+from server.store import Conflict, EnrolledNode, OperatorToken, Store, open_store
+
+T = TypeVar("T")
+
+
+def run(db_url: str, body: Callable[[Store], Awaitable[T]]) -> T:
+    async def main() -> T:
+        store = await open_store(db_url)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def node(node_id: str, pool: str = "prod", key: bytes = b"k" * 32) -> EnrolledNode:
+    return EnrolledNode(node_id, key, pool, False, "unattested", 1_000)
+
+
+def report(
+    node_id: str, bundle: str | None = "drivers/a.bundle", healthy: bool = True
+) -> HealthReport:
+    gpu = GpuHealth(0, "H100", "GPU-0", "580.95.05", healthy, ())
+    return HealthReport(node_id, 1, "a", "580.95.05", bundle, "committed", "ok", (gpu,))
+
+
+def test_migrations_apply_once_and_reopen(db_url: str) -> None:
+    run(db_url, lambda s: s.enroll(node("n1")))
+    assert run(db_url, lambda s: s.enrolled("n1")) == node("n1")
+
+
+def test_enrollment_keeps_the_first_key(db_url: str) -> None:
+    async def body(store: Store) -> None:
+        assert await store.enroll(node("n1")) == (node("n1"), True)
+        assert await store.enroll(node("n1", key=b"x" * 32)) == (node("n1"), False)
+        assert await store.enrolled("nope") is None
+        assert await store.remove_node("n1")
+        assert not await store.remove_node("n1")
+        assert await store.enrolled("n1") is None
+
+    run(db_url, body)
+
+
+def test_reports_history_latest_and_replayed_nonce(db_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.enroll(node("n1"))
+        await store.enroll(node("n2", pool="dev"))
+        assert await store.add_report(report("n1", "drivers/old.bundle"), 10, "127.0.0.1", "a" * 32)
+        assert await store.add_report(report("n1"), 20, "127.0.0.1", "b" * 32)
+        assert not await store.add_report(report("n1", "x"), 30, "127.0.0.1", "b" * 32)
+
+        statuses = {s.node.node_id: s for s in await store.fleet()}
+        assert statuses["n1"].last_seen == 20
+        assert statuses["n1"].report == report("n1")
+        assert statuses["n2"].last_seen is None and statuses["n2"].report is None
+        history = await store.history("n1", 10)
+        assert [(h.received_at, h.report.bundle) for h in history] == [
+            (20, "drivers/a.bundle"),
+            (10, "drivers/old.bundle"),
+        ]
+        assert await store.pools() == {"dev": 1, "prod": 1}
+        assert await store.pool_running("prod") == {"n1": "drivers/a.bundle"}
+        one = await store.node("n2")
+        assert one is not None and one.node.pool == "dev"
+
+    run(db_url, body)
+
+
+def test_operator_tokens_are_found_by_hash(db_url: str) -> None:
+    token = OperatorToken("ab" * 32, "ci", "operator", 5)
+
+    async def body(store: Store) -> None:
+        await store.add_token(token)
+        assert await store.token("ab" * 32) == token
+        assert await store.token("cd" * 32) is None
+
+    run(db_url, body)
+
+
+def test_rollout_lifecycle_writes_assignments_and_events(db_url: str) -> None:
+    policy = Policy(parse_waves("1,100%"), max_unavailable=5)
+
+    async def body(store: Store) -> None:
+        for n in ("n1", "n2", "n3"):
+            await store.enroll(node(n))
+        await store.add_report(report("n1", "old"), 1, "", "c" * 32)
+        running = await store.pool_running("prod")
+        rollout = new_rollout("r1", "prod", "new", None, policy, running, now=100)
+        await store.create_rollout(rollout, "started")
+        with pytest.raises(Conflict):
+            await store.create_rollout(replace(rollout, id="r2"), "started")
+
+        def start(r: object, seen: object) -> Transition:
+            assert isinstance(r, type(rollout))
+            first = r.nodes[0]
+            nodes = (replace(first, progress=Progress.ASSIGNED, assigned_at=100), *r.nodes[1:])
+            return Transition(replace(r, nodes=nodes), ("assigned",))
+
+        after = await store.change_rollout("r1", start, 100, wait=True)
+        assert after is not None
+        canary = after.nodes[0].node_id
+        assigned = await store.assignment(canary)
+        assert assigned is not None and (assigned.target, assigned.rollout_id) == ("new", "r1")
+        assert await store.active_rollouts() == ["r1"]
+        assert (await store.pool_running("prod"))[canary] == "new"
+
+        def rollback(r: object, seen: object) -> Transition:
+            assert isinstance(r, type(rollout))
+            return command(r, "rollback", "test")
+
+        back = await store.change_rollout("r1", rollback, 200, wait=False)
+        assert back is not None and back.phase is Phase.ROLLED_BACK
+        previous = running[canary]
+        again = await store.assignment(canary)
+        assert (again.target if again else None) == previous
+        assert [e.event for e in await store.rollout_events("r1")] == [
+            "started",
+            "assigned",
+            "rollback by test",
+        ]
+        assert [r.id for r in await store.rollouts()] == ["r1"]
+        assert await store.rollout("r1") == back
+        assert await store.change_rollout("nope", rollback, 1, wait=True) is None
+
+    run(db_url, body)
