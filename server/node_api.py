@@ -8,12 +8,15 @@ another node's assignment, is refused even when the signature is valid.
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from aiohttp import web
 
 from fleet.errors import InvalidDocument
 from fleet.nodeauth import EnrollmentRequest, RequestSignature
 from fleet.report import HealthReport
+from keys.director_repo import DirectorRepository
 from server.http import (
     ApiError,
     Route,
@@ -70,6 +73,10 @@ async def enroll(request: web.Request) -> web.Response:
         pool=stored.pool,
         attestation=stored.attestation,
     )
+    if s.config.director is not None:
+        # An empty director repository: the node can verify "nothing assigned yet".
+        director = DirectorRepository(s.config.director)
+        await asyncio.to_thread(director.enroll, stored.node_id)
     return web.json_response(
         {
             "node_id": stored.node_id,

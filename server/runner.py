@@ -72,7 +72,12 @@ async def serve(
         clock=clock,
         requests=RequestVerifier(store, clock),
         limiter=RateLimiter(config.node_rate_per_s, config.node_burst, clock),
-        engine=RolloutEngine(store, config.repo, clock),
+        engine=RolloutEngine(
+            store,
+            config.repo,
+            clock,
+            DirectorRepository(config.director) if config.director else None,
+        ),
     )
     runner = web.AppRunner(create_app(svc), access_log=None)
     ticker: asyncio.Task[None] | None = None

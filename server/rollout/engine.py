@@ -20,7 +20,9 @@ import structlog
 
 from fleet.errors import GpuwardError
 from fleet.rollout import Observation, Policy, Rollout, Transition, command, new_rollout, step
+from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
+from server.rollout.director_sync import sync_director
 from server.store import Store
 
 log = structlog.get_logger(__name__)
@@ -31,10 +33,22 @@ class NotFound(GpuwardError):
 
 
 class RolloutEngine:
-    def __init__(self, store: Store, repo: Path, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        repo: Path,
+        clock: Callable[[], float],
+        director: DirectorRepository | None = None,
+    ) -> None:
         self._store = store
         self._repo = repo
         self._clock = clock
+        self._director = director
+
+    async def publish_assignments(self) -> None:
+        """Turn the store's assignments into signed director metadata, if a director runs."""
+        if self._director is not None:
+            await sync_director(self._store, ImageRepository(self._repo), self._director)
 
     def _now(self) -> int:
         return int(self._clock())
@@ -62,7 +76,9 @@ class RolloutEngine:
         )
         await self._store.create_rollout(rollout, f"started by {who}: {target} to pool {pool}")
         log.info("rollout_started", rollout=rollout.id, pool=pool, target=target, by=who)
-        return await self._advance(rollout.id) or rollout
+        after = await self._advance(rollout.id) or rollout
+        await self.publish_assignments()
+        return after
 
     async def _advance(self, rollout_id: str) -> Rollout | None:
         now = self._now()
@@ -79,6 +95,7 @@ class RolloutEngine:
         """Advance every running rollout this replica can lock now."""
         for rollout_id in await self._store.active_rollouts():
             await self._advance(rollout_id)
+        await self.publish_assignments()
 
     async def command(self, rollout_id: str, name: str, who: str) -> Rollout:
         def apply(rollout: Rollout, _seen: Mapping[str, Observation]) -> Transition:
@@ -88,6 +105,7 @@ class RolloutEngine:
         if after is None:
             raise NotFound(f"no rollout {rollout_id!r}; list them with 'gpuward rollout status'")
         log.info("rollout_command", rollout=rollout_id, command=name, by=who, phase=after.phase)
+        await self.publish_assignments()
         return after
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
