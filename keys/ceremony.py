@@ -24,7 +24,7 @@ from fleet.errors import GpuwardError
 from keys.bundle import read_manifest
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring, PassphraseSource
-from keys.storage import atomic_write
+from keys.storage import atomic_write, read_bounded
 
 FORMAT = "gpuward-staged/1"
 MAX_STAGED = 5 * 1024 * 1024
@@ -49,13 +49,7 @@ class Staged:
 
     @classmethod
     def read(cls, path: Path) -> Staged:
-        try:
-            with path.open("rb") as f:
-                raw = f.read(MAX_STAGED + 1)
-        except FileNotFoundError:
-            raise GpuwardError(f"staged file {path} not found") from None
-        if len(raw) > MAX_STAGED:
-            raise GpuwardError(f"{path} is too large to be staged metadata")
+        raw = read_bounded(path, MAX_STAGED, "staged metadata file")
         try:
             doc = json.loads(raw)
             if doc["format"] != FORMAT:

@@ -29,7 +29,7 @@ from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest, target_path
 from keys.bundle import read_manifest
 from keys.keyring import Keyring, LocalKey, PassphraseSource
-from keys.storage import atomic_write, fsync_dir
+from keys.storage import atomic_write, fsync_dir, read_bounded
 from keys.tuf_repo import TOP_LEVEL_ROLES, RoleSpec, TufRepository, load_expiry, save_expiry
 
 
@@ -184,8 +184,7 @@ class ImageRepository(TufRepository):
         The catalog is validated first: a broken one must never reach agents,
         who would reject it anyway and keep running on the old one.
         """
-        with catalog_file.open("rb") as f:
-            data = f.read(MAX_CATALOG_BYTES + 1)
+        data = read_bounded(catalog_file, MAX_CATALOG_BYTES, "catalog")
         catalog = load_catalog(data, where=str(catalog_file))
         info = TargetFile.from_data(TARGET_PATH, data, ["sha256"])
         info.unrecognized_fields["custom"] = {"catalog_version": catalog.catalog_version}

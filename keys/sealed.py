@@ -35,6 +35,7 @@ from securesystemslib.signer import (
 )
 
 from fleet.errors import GpuwardError
+from keys.storage import read_bounded
 
 FORMAT = "gpuward-sealed-key/1"
 PASSPHRASE_ENV = "GPUWARD_KEY_PASSPHRASE"  # noqa: S105 (a variable name)
@@ -156,21 +157,10 @@ class SealedFileSigner(Signer):
         if not isinstance(public_key, SSlibKey):
             raise ValueError(f"expected an SSlibKey for {priv_key_uri}")
         path = Path(uri.path)
-        sealed = _read_bounded(path)
+        sealed = read_bounded(path, MAX_SEALED_FILE, "private key")
         pem = unseal(sealed, secrets_handler("passphrase"), where=str(path))
         inner = CryptoSigner(load_pem_private_key(pem, None), public_key)
         return cls(inner)
-
-
-def _read_bounded(path: Path) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_SEALED_FILE + 1)
-    except FileNotFoundError:
-        raise GpuwardError(f"private key {path} not found") from None
-    if len(data) > MAX_SEALED_FILE:
-        raise GpuwardError(f"{path}: too large to be a sealed key")
-    return data
 
 
 SIGNER_FOR_URI_SCHEME[SealedFileSigner.SCHEME] = SealedFileSigner

@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from fleet.errors import GpuwardError
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -37,3 +39,20 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path``, refusing a missing file or one over ``limit`` bytes.
+
+    Files gpuward reads may be hostile or simply wrong (a disk image where a key
+    should be); reading one byte past the limit tells "too large" without ever
+    holding more than that in memory.
+    """
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise GpuwardError(f"{what} {path} not found") from None
+    if len(data) > limit:
+        raise GpuwardError(f"{path}: {what} larger than {limit} bytes")
+    return data

@@ -86,15 +86,10 @@ def _date(text: str) -> date:
 
 
 def _read_json(path: Path, what: str, limit: int) -> Any:
-    from fleet.errors import GpuwardError, InvalidDocument
+    from fleet.errors import InvalidDocument
+    from keys.storage import read_bounded
 
-    try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        raise GpuwardError(f"{what} {path} not found") from None
-    if len(data) > limit:
-        raise InvalidDocument(f"{path}: {what} larger than {limit} bytes")
+    data = read_bounded(path, limit, what)
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -103,15 +98,12 @@ def _read_json(path: Path, what: str, limit: int) -> Any:
 
 def _catalog(args: argparse.Namespace) -> Catalog:
     from fleet.catalog import MAX_CATALOG_BYTES, default_catalog, load_catalog
-    from fleet.errors import GpuwardError
+    from keys.storage import read_bounded
 
     if args.catalog is None:
         return default_catalog()
-    try:
-        with args.catalog.open("rb") as f:
-            return load_catalog(f.read(MAX_CATALOG_BYTES + 1), where=str(args.catalog))
-    except FileNotFoundError:
-        raise GpuwardError(f"catalog {args.catalog} not found") from None
+    data = read_bounded(args.catalog, MAX_CATALOG_BYTES, "catalog")
+    return load_catalog(data, where=str(args.catalog))
 
 
 def _manifest(path: Path) -> BundleManifest:

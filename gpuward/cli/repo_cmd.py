@@ -86,11 +86,12 @@ def _add_catalog(args: argparse.Namespace) -> None:
     from fleet.catalog import MAX_CATALOG_BYTES, load_catalog
     from keys.image_repo import ImageRepository
     from keys.sealed import passphrase_source
+    from keys.storage import read_bounded
 
     repo = ImageRepository(args.repo)
     repo.targets()  # fail on a missing repository before asking for a passphrase
-    with args.catalog.open("rb") as f:  # and on a bad catalog, too
-        load_catalog(f.read(MAX_CATALOG_BYTES + 1), where=str(args.catalog))
+    # ... and on a bad catalog, too.
+    load_catalog(read_bounded(args.catalog, MAX_CATALOG_BYTES, "catalog"), where=str(args.catalog))
     published = repo.add_catalog(args.catalog, passphrase_source("the offline keys"))
     emit(
         args,
