@@ -144,6 +144,21 @@ class TufChannel:
             names.update(p for p in listed.signed.targets if p.startswith(prefix))
         return names
 
+    def verify_all(self) -> list[str]:
+        """Load every delegated role and download (so verify) every target; their names."""
+        top = Metadata[Targets].from_bytes((self._metadata_dir / "targets.json").read_bytes())
+        delegations = top.signed.delegations
+        for role in (delegations.roles or {}).values() if delegations else ():
+            for pattern in role.paths or []:
+                self.targetinfo(pattern.rstrip("*"))
+        names = sorted(self.listed(""))
+        for name in names:
+            info = self.targetinfo(name)
+            if info is None:
+                raise UpdateRefused(f"{name} is listed but not verifiable")
+            self.fetch(info)
+        return names
+
     def fetch(self, info: TargetFile) -> Path:
         """The verified target file, downloaded unless a verified copy is cached."""
         with _classified(f"downloading {info.path}"):

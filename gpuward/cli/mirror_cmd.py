@@ -1,0 +1,79 @@
+"""``gpuward mirror``: export, verify and import static copies of the repositories."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from gpuward.cli.output import add_json_flag, emit
+
+# A name that resolves nowhere: verification reads the copy, never the network.
+OFFLINE_BASE = "http://mirror.invalid"
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = groups.add_parser("mirror", help="static mirrors and air-gapped copies")
+    sub = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    export = sub.add_parser("export", help="copy both repositories into a static mirror")
+    export.add_argument("--repo", type=Path, required=True, help="image repository directory")
+    export.add_argument("--director", type=Path, help="director directory (optional)")
+    export.add_argument("--to", type=Path, required=True, help="new, empty directory")
+    add_json_flag(export)
+    export.set_defaults(func=_export)
+
+    verify = sub.add_parser("verify", help="check a mirror offline against the trusted root")
+    verify.add_argument("mirror", type=Path)
+    verify.add_argument("--trusted-root", type=Path, required=True, help="the image root.json")
+    add_json_flag(verify)
+    verify.set_defaults(func=_verify)
+
+    load = sub.add_parser("import", help="load a mirror into an air-gapped server's directories")
+    load.add_argument("mirror", type=Path)
+    load.add_argument("--repo", type=Path, required=True)
+    load.add_argument("--director", type=Path)
+    load.set_defaults(func=_import)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from keys.mirror import export
+
+    manifest = export(args.repo, args.to, args.director)
+    emit(
+        args,
+        {"mirror": str(args.to), "files": len(manifest.files)},
+        f"exported {len(manifest.files)} files to {args.to}; serve it with any static web server",
+    )
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from agent.channel import TufChannel
+    from agent.fetcher import DirectoryFetcher
+    from keys.mirror import check_manifest
+
+    manifest = check_manifest(args.mirror)
+    with tempfile.TemporaryDirectory() as tmp:
+        channel = TufChannel(
+            "mirror",
+            args.trusted_root,
+            Path(tmp) / "metadata",
+            f"{OFFLINE_BASE}/v1/repo/metadata/",
+            f"{OFFLINE_BASE}/v1/repo/targets/",
+            Path(tmp) / "targets",
+            fetcher=DirectoryFetcher(args.mirror, OFFLINE_BASE),
+        )
+        channel.refresh()
+        names = channel.verify_all()
+    emit(
+        args,
+        {"mirror": str(args.mirror), "files": len(manifest.files), "targets": sorted(names)},
+        f"{args.mirror}: manifest and signatures verify; {len(names)} target(s) checked",
+    )
+
+
+def _import(args: argparse.Namespace) -> None:
+    from keys.mirror import import_into
+
+    import_into(args.mirror, args.repo, args.director)
+    print(f"imported {args.mirror} into {args.repo}")
