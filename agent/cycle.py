@@ -217,7 +217,8 @@ class Cycle:
             "update_rolled_back",
             driver=expected,
             slot=pending.previous,
-            reasons=reasons,
+            reasons=reasons[:3],  # eight GPUs failing alike say it eight times
+            reasons_total=len(reasons),
         )
         state = state.with_pending(None).with_rejected(pending.sha256)
         return state, Outcome("rolled-back", f"driver {expected} failed health: {reasons[0]}")
