@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import urllib3
-
 from agent.cycle import Cycle
 from agent.daemon import make_probe
 from agent.firewall.enforcer import Enforcer
 from tests.conftest import Site
 from tests.firewall.conftest import Net, policy
+from tests.simnode import operator_get
 
 
 def test_each_cycle_enforces_and_reports_the_firewall(site: Site, net: Net) -> None:
@@ -30,7 +29,8 @@ def test_each_cycle_enforces_and_reports_the_firewall(site: Site, net: Net) -> N
 
     assert second.report.firewall is not None
     assert second.report.firewall.action == "repaired"
-    stored = json.loads(urllib3.request("GET", f"{site.url}/v1/fleet").data)["nodes"][0]
+    viewer = site.server.issue_token("viewer")
+    stored = json.loads(operator_get(site.url, "/v1/fleet", viewer).data)["nodes"][0]
     assert stored["report"]["firewall"]["action"] == "repaired"
     assert stored["report"]["firewall"]["digest"] == first.report.firewall.digest
 
