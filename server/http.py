@@ -21,6 +21,7 @@ from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
 from server.operators import allows, check_token
 from server.rollout.engine import RolloutEngine
 from server.store import EnrolledNode, OperatorToken, Store
+from server.tpm_enrollment import TpmEnrollment
 
 MAX_BODY_BYTES = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,6 +46,7 @@ class Services:
     requests: RequestVerifier
     limiter: RateLimiter
     engine: RolloutEngine
+    tpm: TpmEnrollment | None = None  # set when the server enrolls TPMs (--ek-ca)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

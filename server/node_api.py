@@ -11,6 +11,7 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
+from fleet import attestation as tpm
 from fleet.errors import InvalidDocument
 from fleet.nodeauth import EnrollmentRequest, RequestSignature
 from fleet.report import HealthReport
@@ -20,6 +21,7 @@ from server.http import (
     parse_json,
     rate_limit,
     read_body,
+    read_json,
     services,
     signed_request,
 )
@@ -56,6 +58,7 @@ async def enroll(request: web.Request) -> web.Response:
         attestation.attested,
         attestation.method,
         int(s.clock()),
+        attestation.tpm,
     )
     stored, created = await s.store.enroll(wanted)
     if stored.public_key != enrollment.public_key:
@@ -80,6 +83,27 @@ async def enroll(request: web.Request) -> web.Response:
         },
         status=201 if created else 200,
     )
+
+
+async def enroll_tpm_begin(request: web.Request) -> web.Response:
+    """The first half of TPM enrollment (``server.tpm_enrollment``); unsigned, as the
+    node has no enrolled key yet: the TPM's answer in ``POST /v1/enroll`` proves it."""
+    s = services(request)
+    if s.tpm is None:
+        raise ApiError(
+            404, "this server does not enroll TPMs; the operator enables it with --ek-ca"
+        )
+    try:
+        wanted = tpm.EnrollmentRequest.from_dict(await read_json(request))
+    except InvalidDocument as exc:
+        raise ApiError(400, str(exc)) from None
+    rate_limit(request, f"enroll:{wanted.node_id}")
+    try:
+        begun = s.tpm.begin(wanted)
+    except tpm.AttestationError as exc:
+        log.warning("tpm_enrollment_refused", node=wanted.node_id, reason=str(exc))
+        raise ApiError(403, str(exc)) from None
+    return web.json_response(begun.to_dict())
 
 
 def _check_possession(
@@ -154,6 +178,23 @@ ROUTES = (
             409: ("node enrolled with another key", "Error"),
             415: ("not JSON", "Error"),
             **_SIGNED,
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/enroll/tpm/begin",
+        enroll_tpm_begin,
+        "Start TPM enrollment: a credential for the TPM to activate, a challenge to quote",
+        "public",
+        request="TpmEnrollmentRequest",
+        responses={
+            200: ("the credential and the session-key challenge", "TpmEnrollmentBegin"),
+            400: ("malformed request", "Error"),
+            403: ("EK certificate or AK refused", "Error"),
+            404: ("this server does not enroll TPMs", "Error"),
+            413: ("body too large", "Error"),
+            415: ("not JSON", "Error"),
+            429: ("rate limited; see Retry-After", "Error"),
         },
     ),
     Route(

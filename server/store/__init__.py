@@ -29,6 +29,9 @@ class EnrolledNode:
     attested: bool  # False in the no-TPM enrollment-token mode
     attestation: str  # how enrollment was verified, for people ("unattested", "tpm2")
     enrolled_at: int
+    # The TPM attestation key record (``server.attestation.EnrolledNode`` as JSON)
+    # that later quotes must verify with; None when no TPM vouched for the node.
+    tpm: str | None = None
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,11 @@ MIGRATIONS = (
     );
     CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id);
     """,
+    # The enrolled TPM attestation key (server.attestation.EnrolledNode JSON);
+    # NULL for nodes enrolled without a TPM.
+    """
+    ALTER TABLE enrollments ADD COLUMN tpm TEXT;
+    """,
 )
 
 

@@ -47,7 +47,7 @@ class Database(Protocol):
 
 
 _NODE_COLUMNS = (
-    "e.node_id, e.public_key, e.pool, e.attested, e.attestation, e.enrolled_at, "
+    "e.node_id, e.public_key, e.pool, e.attested, e.attestation, e.enrolled_at, e.tpm, "
     "n.last_seen, r.body, a.target"
 )
 _NODE_JOINS = (
@@ -58,12 +58,12 @@ _NODE_JOINS = (
 
 
 def _enrolled(row: Row) -> EnrolledNode:
-    node_id, key, pool, attested, attestation, enrolled_at = row[:6]
-    return EnrolledNode(node_id, bytes(key), pool, bool(attested), attestation, enrolled_at)
+    node_id, key, pool, attested, attestation, enrolled_at, tpm = row[:7]
+    return EnrolledNode(node_id, bytes(key), pool, bool(attested), attestation, enrolled_at, tpm)
 
 
 def _status(row: Row) -> NodeStatus:
-    last_seen, body, target = row[6:9]
+    last_seen, body, target = row[7:10]
     report = None if body is None else HealthReport.from_dict(json.loads(body))
     return NodeStatus(_enrolled(row), last_seen, report, target)
 
@@ -81,17 +81,18 @@ class SqlStore:
         async with self.db.transaction(write=True) as tx:
             created = await tx.fetch(
                 "INSERT INTO enrollments "
-                "(node_id, public_key, pool, attested, attestation, enrolled_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING RETURNING node_id",
+                "(node_id, public_key, pool, attested, attestation, enrolled_at, tpm) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING RETURNING node_id",
                 node.node_id,
                 node.public_key,
                 node.pool,
                 node.attested,
                 node.attestation,
                 node.enrolled_at,
+                node.tpm,
             )
             rows = await tx.fetch(
-                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at "
+                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm "
                 "FROM enrollments WHERE node_id = ?",
                 node.node_id,
             )
@@ -100,7 +101,7 @@ class SqlStore:
     async def enrolled(self, node_id: str) -> EnrolledNode | None:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(
-                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at "
+                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm "
                 "FROM enrollments WHERE node_id = ?",
                 node_id,
             )
