@@ -114,6 +114,10 @@ class AgentConfig:
         return f"{self.server_url}/v1/enroll"
 
     @property
+    def challenge_url(self) -> str:
+        return f"{self.server_url}/v1/challenge"
+
+    @property
     def tpm_enroll_url(self) -> str:
         return f"{self.server_url}/v1/enroll/tpm/begin"
 

@@ -12,12 +12,14 @@ import structlog
 from aiohttp import web
 
 from fleet import attestation as tpm
-from fleet.errors import InvalidDocument
+from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import EnrollmentRequest, RequestSignature
 from fleet.report import HealthReport
 from server.http import (
+    MAX_BODY_BYTES,
     ApiError,
     Route,
+    Services,
     parse_json,
     rate_limit,
     read_body,
@@ -26,6 +28,7 @@ from server.http import (
     signed_request,
 )
 from server.nodeauth import NodeAuthError, verify_signature
+from server.report_attestation import MAX_ATTESTED_BODY_BYTES, Verdict
 from server.store import EnrolledNode
 
 log = structlog.get_logger(__name__)
@@ -118,17 +121,33 @@ def _check_possession(
 
 
 async def post_report(request: web.Request) -> web.Response:
-    node, sig, body = await signed_request(request)
+    """A plain report, or with a TPM-enrolled node an attested one, verified first."""
+    s = services(request)
+    limit = MAX_BODY_BYTES if s.reports is None else MAX_ATTESTED_BODY_BYTES
+    node, sig, body = await signed_request(request, limit)
+    doc = parse_json(request, body)
+    attested: tpm.AttestedReport | None = None
     try:
-        report = HealthReport.from_dict(parse_json(request, body))
+        if isinstance(doc, dict) and "evidence" in doc:
+            attested = tpm.AttestedReport.from_dict(doc)
+            report = attested.report
+        else:
+            report = HealthReport.from_dict(doc)
     except InvalidDocument as exc:
         log.warning("report_rejected", node=node.node_id, reason=str(exc))
         raise ApiError(400, str(exc)) from None
     if report.node_id != node.node_id:
         log.warning("report_for_another_node", node=node.node_id, claimed=report.node_id)
         raise ApiError(403, f"node {node.node_id} may only report for itself")
-    s = services(request)
-    if not await s.store.add_report(report, int(s.clock()), request.remote or "", sig.nonce):
+    verdict = _verify(s, node, attested)
+    stored = await s.store.add_report(
+        report,
+        int(s.clock()),
+        request.remote or "",
+        sig.nonce,
+        None if verdict is None else verdict.to_json(),
+    )
+    if not stored:
         raise ApiError(401, "replayed request (nonce already used)")
     log.info(
         "report_received",
@@ -136,8 +155,44 @@ async def post_report(request: web.Request) -> web.Response:
         update=report.update,
         driver=report.driver_version,
         healthy=report.healthy,
+        attested=None if verdict is None else verdict.passed,
     )
     return web.json_response({"accepted": True}, status=202)
+
+
+def _verify(s: Services, node: EnrolledNode, attested: tpm.AttestedReport | None) -> Verdict | None:
+    """The verdict on a report's evidence; a TPM-enrolled node must attest every report,
+    so that its request key alone (stolen from disk) cannot speak for it."""
+    if s.reports is None or node.tpm is None:
+        if attested is not None:
+            raise ApiError(
+                409,
+                f"node {node.node_id} is not enrolled with a TPM on this server: send the "
+                "report without evidence, or enroll with the TPM",
+            )
+        return None
+    if attested is None:
+        raise ApiError(
+            403,
+            f"node {node.node_id} is enrolled with a TPM: its reports must carry a quote "
+            "over a challenge from GET /v1/challenge",
+        )
+    try:
+        return s.reports.verify(node.tpm, attested)
+    except GpuwardError as exc:  # AttestationError, EventLogError
+        log.warning("attested_report_refused", node=node.node_id, reason=str(exc))
+        raise ApiError(403, f"report refused: its attestation failed: {exc}") from None
+
+
+async def get_challenge(request: web.Request) -> web.Response:
+    node, _sig, _body = await signed_request(request)
+    s = services(request)
+    if s.reports is None or node.tpm is None:
+        raise ApiError(409, f"node {node.node_id} is not enrolled with a TPM on this server")
+    try:
+        return web.json_response(s.reports.challenge(node.node_id))
+    except tpm.AttestationError as exc:  # too many pending challenges
+        raise ApiError(503, str(exc)) from None
 
 
 async def get_assignment(request: web.Request) -> web.Response:
@@ -201,14 +256,29 @@ ROUTES = (
         "POST",
         "/v1/reports",
         post_report,
-        "Submit the signing node's health report (also its heartbeat)",
+        "Submit the signing node's health report (also its heartbeat); a TPM-enrolled "
+        "node sends it as an AttestedReport",
         "node",
         request="HealthReport",
         responses={
             202: ("stored", "Accepted"),
             400: ("malformed report", "Error"),
-            403: ("report names another node", "Error"),
+            403: ("report names another node, or its attestation failed or is missing", "Error"),
+            409: ("evidence from a node not enrolled with a TPM", "Error"),
             415: ("not JSON", "Error"),
+            **_SIGNED,
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/challenge",
+        get_challenge,
+        "A single-use challenge for the signing TPM-enrolled node's next report quote",
+        "node",
+        responses={
+            200: ("the challenge, and the digest of the event log the server keeps", None),
+            409: ("the node is not enrolled with a TPM", "Error"),
+            503: ("too many pending challenges", "Error"),
             **_SIGNED,
         },
     ),

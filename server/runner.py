@@ -40,6 +40,7 @@ from server.nodeauth import (
     UnattestedTokenVerifier,
 )
 from server.operators import issue_token
+from server.report_attestation import ReportAttestation
 from server.resigner import OnlineSigner
 from server.rollout.engine import RolloutEngine
 from server.store import open_store
@@ -51,13 +52,18 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 
 
-def _tpm(config: ServerConfig, clock: Clock) -> TpmEnrollment | None:
+def _tpm(config: ServerConfig, clock: Clock) -> tuple[TpmEnrollment, ReportAttestation] | None:
     if not config.ek_ca:
         return None
     trust = EkTrust.load(config.ek_ca)
     log.info("tpm_enrollment_enabled", ek_roots=len(trust.roots))
+    # In memory: a multi-replica server needs a ChallengeStore in the database.
     challenges = Challenges(MemoryChallengeStore(clock), clock=clock)
-    return TpmEnrollment(trust, challenges, PcrSelection.parse(config.required_pcrs), clock)
+    required = PcrSelection.parse(config.required_pcrs)
+    return (
+        TpmEnrollment(trust, challenges, required, clock),
+        ReportAttestation(challenges, required),
+    )
 
 
 def _verifier(
@@ -88,7 +94,8 @@ async def serve(
         raise GpuwardError(
             f"{config.repo} is not a repository; create one with 'gpuward keys init'"
         )
-    tpm = _tpm(config, clock)
+    attestation = _tpm(config, clock)
+    tpm, reports = (None, None) if attestation is None else attestation
     store = await open_store(config.db)
     svc = Services(
         config=config,
@@ -99,6 +106,7 @@ async def serve(
         limiter=RateLimiter(config.node_rate_per_s, config.node_burst, clock),
         engine=RolloutEngine(store, config.repo, clock),
         tpm=tpm,
+        reports=reports,
     )
     runner = web.AppRunner(create_app(svc), access_log=None)
     ticker: asyncio.Task[None] | None = None

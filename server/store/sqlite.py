@@ -89,6 +89,11 @@ MIGRATIONS = (
     """
     ALTER TABLE enrollments ADD COLUMN tpm TEXT;
     """,
+    # The verdict on an attested report (server.report_attestation.Verdict JSON);
+    # NULL for a report sent without TPM evidence.
+    """
+    ALTER TABLE reports ADD COLUMN attestation TEXT;
+    """,
 )
 
 
