@@ -137,6 +137,11 @@ SCHEMAS: dict[str, Any] = {
             "last_seen": _NULL_INT,
             "assigned": _NULL_STR,
             "report": {"oneOf": [{"$ref": "#/components/schemas/HealthReport"}, {"type": "null"}]},
+            "report_attestation": {
+                "type": ["object", "null"],
+                "description": "the latest report's TPM verdict: passed, reset_count, "
+                "event_log_sha256, reasons; null when it was not attested",
+            },
             "history": {"type": "array", "items": {"type": "object"}},
         },
     },
