@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.attest.config import AttestConfig
 from agent.firewall.policy import Endpoint, FirewallPolicy
 from fleet.branches import require_branch
 from fleet.errors import GpuwardError
@@ -64,6 +65,8 @@ class AgentConfig:
     pool: str = "default"  # the rollout pool the node enrolls into
     # The no-TPM enrollment mode: a file holding the operator's enrollment token.
     enrollment_token_file: Path | None = None
+    # The [attestation] table: enroll with the TPM (no enrollment token needed).
+    attestation: AttestConfig | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -110,6 +113,14 @@ class AgentConfig:
     def enroll_url(self) -> str:
         return f"{self.server_url}/v1/enroll"
 
+    @property
+    def challenge_url(self) -> str:
+        return f"{self.server_url}/v1/challenge"
+
+    @property
+    def tpm_enroll_url(self) -> str:
+        return f"{self.server_url}/v1/enroll/tpm/begin"
+
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base: Path) -> AgentConfig:
         """Build from parsed TOML; relative paths are relative to the file's folder."""
@@ -135,6 +146,7 @@ class AgentConfig:
                     "firewall",
                     "pool",
                     "enrollment_token_file",
+                    "attestation",
                 }
             ),
         )
@@ -167,6 +179,9 @@ class AgentConfig:
             firewall=firewall,
             pool=r.text("pool", pattern=POOL, default="default"),
             enrollment_token_file=None if token_file is None else base / token_file,
+            attestation=(
+                AttestConfig.from_dict(doc["attestation"], base) if "attestation" in doc else None
+            ),
         )
 
 

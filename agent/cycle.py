@@ -26,6 +26,7 @@ from agent.reporter import post_report
 from agent.slots import SlotContent, Slots
 from agent.state import AgentState, PendingSwitch, load_state, save_state
 from agent.unpack import BadBundle, unpack_bundle
+from fleet.attestation import AttestationError
 from fleet.errors import GpuwardError
 from fleet.firewall import FirewallReport
 from fleet.report import HealthReport
@@ -92,7 +93,7 @@ class Cycle:
         sent = True
         try:
             post_report(self.config, report)
-        except (ChannelUnavailable, NotEnrolled) as exc:
+        except (ChannelUnavailable, NotEnrolled, AttestationError) as exc:
             sent = False
             self.log.warning("report_not_sent", reason=str(exc))
         return CycleResult(outcome, report, sent)

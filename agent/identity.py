@@ -3,8 +3,9 @@
 The Ed25519 private key lives in ``<state dir>/node.key``, created with mode
 0600 by one ``open`` call (never world-readable, not even for an instant).
 Enrollment registers its public half with the server; what vouches for it is
-the evidence: for now the operator's enrollment token (the no-TPM mode, shown
-as "unattested" on the server), later a TPM quote binding it to the AK.
+the evidence: with an ``[attestation]`` table, the TPM (its activated credential
+and a quote binding the key to its AK, ``server.tpm_enrollment``); without one,
+the operator's enrollment token (the no-TPM mode, shown as "unattested").
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import urllib3
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.attest.config import AttestConfig
 from agent.channel import ChannelUnavailable
 from agent.config import AgentConfig
-from fleet.errors import GpuwardError
+from fleet.attestation import Challenge, CredentialChallenge
+from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import EnrollmentRequest, RequestSignature, signed_message
 from gpuward import __version__
 
@@ -100,11 +103,13 @@ def signed_request(
     raise ChannelUnavailable(f"{method} {url}: {last}")
 
 
-def _evidence(config: AgentConfig) -> dict[str, Any]:
+def _evidence(config: AgentConfig, public_key: bytes) -> dict[str, Any]:
+    if config.attestation is not None:
+        return _tpm_evidence(config, config.attestation, public_key)
     if config.enrollment_token_file is None:
         raise GpuwardError(
-            "agent config: no TPM attestation is available yet; set enrollment_token_file "
-            "to the operator's enrollment token (the no-TPM mode)"
+            "agent config: set enrollment_token_file to the operator's enrollment token "
+            "(the no-TPM mode), or add an [attestation] table to enroll with the TPM"
         )
     try:
         token = config.enrollment_token_file.read_text().strip()
@@ -113,6 +118,42 @@ def _evidence(config: AgentConfig) -> dict[str, Any]:
             f"enrollment token file {config.enrollment_token_file} not found"
         ) from None
     return {"type": "enrollment-token", "token": token}
+
+
+def _tpm_evidence(config: AgentConfig, attest: AttestConfig, public_key: bytes) -> dict[str, Any]:
+    """Begin TPM enrollment, activate the credential, and certify ``public_key``."""
+    from agent.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
+
+    with Attestor(attest, config.state_dir) as attestor:
+        body = json.dumps(attestor.enrollment_request(config.node_id).to_dict()).encode()
+        try:
+            response = urllib3.request(
+                "POST",
+                config.tpm_enroll_url,
+                body=body,
+                headers={
+                    "User-Agent": f"gpuward-agent/{__version__}",
+                    "Content-Type": "application/json",
+                },
+                timeout=_TIMEOUT,
+                retries=False,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise ChannelUnavailable(f"POST {config.tpm_enroll_url}: {exc}") from None
+        if response.status != 200:
+            raise GpuwardError(
+                f"TPM enrollment refused: HTTP {response.status}: {_error(response)}"
+            )
+        begun = json.loads(response.data)
+        try:
+            credential = CredentialChallenge.from_dict(begun.get("credential"))
+            challenge = Challenge.from_dict(begun.get("session_key_challenge"))
+        except (InvalidDocument, AttributeError) as exc:
+            raise GpuwardError(f"the server's TPM enrollment answer is malformed: {exc}") from None
+        answer = attestor.activate(config.node_id, credential)
+        certification = attestor.certify_key(config.node_id, public_key, challenge)
+    log.info("tpm_credential_activated", node=config.node_id)
+    return {"type": "tpm2", "credential": answer.to_dict(), "session_key": certification.to_dict()}
 
 
 def enroll(config: AgentConfig) -> dict[str, Any]:
@@ -124,7 +165,7 @@ def enroll(config: AgentConfig) -> dict[str, Any]:
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
-    request = EnrollmentRequest(config.node_id, public, config.pool, _evidence(config))
+    request = EnrollmentRequest(config.node_id, public, config.pool, _evidence(config, public))
     body = json.dumps(request.to_dict()).encode()
     response = signed_request(config, key, "POST", config.enroll_url, body)
     if response.status not in (200, 201):

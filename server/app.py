@@ -17,8 +17,9 @@ import structlog
 from aiohttp import web
 
 from server import dashboard, node_api, operator_api
-from server.http import MAX_BODY_BYTES, SERVICES, ApiError, Handler, Route, Services, services
+from server.http import SERVICES, ApiError, Handler, Route, Services, services
 from server.openapi import document
+from server.report_attestation import MAX_ATTESTED_BODY_BYTES
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +131,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def create_app(svc: Services) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_guard])
+    # Each route reads at most its own limit (read_body); attested reports need most.
+    app = web.Application(client_max_size=MAX_ATTESTED_BODY_BYTES, middlewares=[_guard])
     app[SERVICES] = svc
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)

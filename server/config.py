@@ -25,3 +25,8 @@ class ServerConfig:
     # The no-TPM enrollment mode: nodes presenting this shared secret are
     # enrolled and shown as unattested. None: only an injected verifier enrolls.
     unattested_enrollment_token: str | None = None
+    # TPM enrollment: EK certificates must chain to these CA files (or folders of
+    # them); empty: no TPM enrollment.
+    ek_ca: tuple[Path, ...] = ()
+    # The least PCR selection a node's quotes must cover.
+    required_pcrs: str = "sha256:0-9"

@@ -201,7 +201,7 @@ async def overview(request: web.Request) -> web.Response:
                 f'<span class="{n["state"]}">{_e(n["state"])}</span>',
                 _e((n["report"] or {}).get("driver_version")),
                 _e((n["report"] or {}).get("update")),
-                _e(n["attestation"]),
+                _e(_attestation(n)),
                 _e(_when(n["last_seen"])),
             ]
             for n in doc["nodes"]
@@ -224,6 +224,16 @@ async def overview(request: web.Request) -> web.Response:
     return _page(f"Fleet: {summary['nodes']} nodes", body, who)
 
 
+def _attestation(node: dict[str, Any]) -> str:
+    """How the node enrolled and, for an attested node, its last report's verdict."""
+    verdict = node["report_attestation"]
+    if verdict is None:
+        return str(node["attestation"])
+    if verdict["passed"]:
+        return f"{node['attestation']}: last report attested"
+    return f"{node['attestation']}: last report not attested ({'; '.join(verdict['reasons'])})"
+
+
 async def node_page(request: web.Request) -> web.Response:
     who = await _signed_in(request)
     s = services(request)
@@ -238,7 +248,7 @@ async def node_page(request: web.Request) -> web.Response:
             [
                 _e(node["pool"]),
                 f'<span class="{node["state"]}">{_e(node["state"])}</span>',
-                _e(node["attestation"]),
+                _e(_attestation(node)),
                 _e(_when(node["enrolled_at"])),
                 _e(_when(node["last_seen"])),
                 _e(node["assigned"]),

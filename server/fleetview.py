@@ -8,6 +8,7 @@ nodes through this module, so they always agree.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -40,7 +41,13 @@ def node_json(status: NodeStatus, now: float, config: ServerConfig) -> dict[str,
         "last_seen": status.last_seen,
         "assigned": status.assigned,
         "report": None if status.report is None else status.report.to_dict(),
+        "report_attestation": _verdict(status.report_attestation),
     }
+
+
+def _verdict(stored: str | None) -> dict[str, Any] | None:
+    """A report's attestation verdict as shown; None: the report was not attested."""
+    return None if stored is None else dict(json.loads(stored))
 
 
 def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dict[str, Any]:
@@ -60,4 +67,11 @@ def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dic
 
 
 def history_json(records: list[ReportRecord]) -> list[dict[str, Any]]:
-    return [{"received_at": r.received_at, "report": r.report.to_dict()} for r in records]
+    return [
+        {
+            "received_at": r.received_at,
+            "report": r.report.to_dict(),
+            "attestation": _verdict(r.attestation),
+        }
+        for r in records
+    ]

@@ -19,8 +19,10 @@ from server.config import ServerConfig
 from server.limits import RateLimiter, retry_after
 from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
 from server.operators import allows, check_token
+from server.report_attestation import ReportAttestation
 from server.rollout.engine import RolloutEngine
 from server.store import EnrolledNode, OperatorToken, Store
+from server.tpm_enrollment import TpmEnrollment
 
 MAX_BODY_BYTES = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,6 +47,9 @@ class Services:
     requests: RequestVerifier
     limiter: RateLimiter
     engine: RolloutEngine
+    # Both set when the server enrolls TPMs (--ek-ca), sharing one challenge store.
+    tpm: TpmEnrollment | None = None
+    reports: ReportAttestation | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -68,13 +73,18 @@ def services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-async def read_body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, at most ``limit`` bytes (the app's own cap is the largest route's)."""
+    too_large = ApiError(413, f"body larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
     try:
-        return await request.read()
+        body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes") from None
+        raise too_large from None
+    if len(body) > limit:
+        raise too_large
+    return body
 
 
 def parse_json(request: web.Request, body: bytes) -> object:
@@ -96,12 +106,14 @@ def rate_limit(request: web.Request, key: str) -> None:
         raise ApiError(429, "too many requests", {"Retry-After": retry_after(wait)})
 
 
-async def signed_request(request: web.Request) -> tuple[EnrolledNode, RequestSignature, bytes]:
+async def signed_request(
+    request: web.Request, max_body: int = MAX_BODY_BYTES
+) -> tuple[EnrolledNode, RequestSignature, bytes]:
     """The enrolled node that signed this request, and the body it signed."""
     verifier = services(request).requests
     try:
         sig = verifier.parse(request.headers)
-        body = await read_body(request)
+        body = await read_body(request, max_body)
         node = await verifier.verify(sig, request.method, request.raw_path, body)
     except NodeAuthError as exc:
         raise ApiError(exc.status, str(exc), {"WWW-Authenticate": "Gpuward-Signature"}) from None

@@ -13,20 +13,25 @@ import asyncio
 import structlog
 from aiohttp import web
 
-from fleet.errors import InvalidDocument
+from fleet import attestation as tpm
+from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import EnrollmentRequest, RequestSignature
 from fleet.report import HealthReport
 from keys.director_repo import DirectorRepository
 from server.http import (
+    MAX_BODY_BYTES,
     ApiError,
     Route,
+    Services,
     parse_json,
     rate_limit,
     read_body,
+    read_json,
     services,
     signed_request,
 )
 from server.nodeauth import NodeAuthError, verify_signature
+from server.report_attestation import MAX_ATTESTED_BODY_BYTES, Verdict
 from server.store import EnrolledNode
 
 log = structlog.get_logger(__name__)
@@ -59,6 +64,7 @@ async def enroll(request: web.Request) -> web.Response:
         attestation.attested,
         attestation.method,
         int(s.clock()),
+        attestation.tpm,
     )
     stored, created = await s.store.enroll(wanted)
     if stored.public_key != enrollment.public_key:
@@ -89,6 +95,27 @@ async def enroll(request: web.Request) -> web.Response:
     )
 
 
+async def enroll_tpm_begin(request: web.Request) -> web.Response:
+    """The first half of TPM enrollment (``server.tpm_enrollment``); unsigned, as the
+    node has no enrolled key yet: the TPM's answer in ``POST /v1/enroll`` proves it."""
+    s = services(request)
+    if s.tpm is None:
+        raise ApiError(
+            404, "this server does not enroll TPMs; the operator enables it with --ek-ca"
+        )
+    try:
+        wanted = tpm.EnrollmentRequest.from_dict(await read_json(request))
+    except InvalidDocument as exc:
+        raise ApiError(400, str(exc)) from None
+    rate_limit(request, f"enroll:{wanted.node_id}")
+    try:
+        begun = s.tpm.begin(wanted)
+    except tpm.AttestationError as exc:
+        log.warning("tpm_enrollment_refused", node=wanted.node_id, reason=str(exc))
+        raise ApiError(403, str(exc)) from None
+    return web.json_response(begun.to_dict())
+
+
 def _check_possession(
     enrollment: EnrollmentRequest, sig: RequestSignature, request: web.Request, body: bytes
 ) -> None:
@@ -101,17 +128,33 @@ def _check_possession(
 
 
 async def post_report(request: web.Request) -> web.Response:
-    node, sig, body = await signed_request(request)
+    """A plain report, or with a TPM-enrolled node an attested one, verified first."""
+    s = services(request)
+    limit = MAX_BODY_BYTES if s.reports is None else MAX_ATTESTED_BODY_BYTES
+    node, sig, body = await signed_request(request, limit)
+    doc = parse_json(request, body)
+    attested: tpm.AttestedReport | None = None
     try:
-        report = HealthReport.from_dict(parse_json(request, body))
+        if isinstance(doc, dict) and "evidence" in doc:
+            attested = tpm.AttestedReport.from_dict(doc)
+            report = attested.report
+        else:
+            report = HealthReport.from_dict(doc)
     except InvalidDocument as exc:
         log.warning("report_rejected", node=node.node_id, reason=str(exc))
         raise ApiError(400, str(exc)) from None
     if report.node_id != node.node_id:
         log.warning("report_for_another_node", node=node.node_id, claimed=report.node_id)
         raise ApiError(403, f"node {node.node_id} may only report for itself")
-    s = services(request)
-    if not await s.store.add_report(report, int(s.clock()), request.remote or "", sig.nonce):
+    verdict = _verify(s, node, attested)
+    stored = await s.store.add_report(
+        report,
+        int(s.clock()),
+        request.remote or "",
+        sig.nonce,
+        None if verdict is None else verdict.to_json(),
+    )
+    if not stored:
         raise ApiError(401, "replayed request (nonce already used)")
     log.info(
         "report_received",
@@ -119,8 +162,44 @@ async def post_report(request: web.Request) -> web.Response:
         update=report.update,
         driver=report.driver_version,
         healthy=report.healthy,
+        attested=None if verdict is None else verdict.passed,
     )
     return web.json_response({"accepted": True}, status=202)
+
+
+def _verify(s: Services, node: EnrolledNode, attested: tpm.AttestedReport | None) -> Verdict | None:
+    """The verdict on a report's evidence; a TPM-enrolled node must attest every report,
+    so that its request key alone (stolen from disk) cannot speak for it."""
+    if s.reports is None or node.tpm is None:
+        if attested is not None:
+            raise ApiError(
+                409,
+                f"node {node.node_id} is not enrolled with a TPM on this server: send the "
+                "report without evidence, or enroll with the TPM",
+            )
+        return None
+    if attested is None:
+        raise ApiError(
+            403,
+            f"node {node.node_id} is enrolled with a TPM: its reports must carry a quote "
+            "over a challenge from GET /v1/challenge",
+        )
+    try:
+        return s.reports.verify(node.tpm, attested)
+    except GpuwardError as exc:  # AttestationError, EventLogError
+        log.warning("attested_report_refused", node=node.node_id, reason=str(exc))
+        raise ApiError(403, f"report refused: its attestation failed: {exc}") from None
+
+
+async def get_challenge(request: web.Request) -> web.Response:
+    node, _sig, _body = await signed_request(request)
+    s = services(request)
+    if s.reports is None or node.tpm is None:
+        raise ApiError(409, f"node {node.node_id} is not enrolled with a TPM on this server")
+    try:
+        return web.json_response(s.reports.challenge(node.node_id))
+    except tpm.AttestationError as exc:  # too many pending challenges
+        raise ApiError(503, str(exc)) from None
 
 
 async def get_assignment(request: web.Request) -> web.Response:
@@ -165,16 +244,48 @@ ROUTES = (
     ),
     Route(
         "POST",
+        "/v1/enroll/tpm/begin",
+        enroll_tpm_begin,
+        "Start TPM enrollment: a credential for the TPM to activate, a challenge to quote",
+        "public",
+        request="TpmEnrollmentRequest",
+        responses={
+            200: ("the credential and the session-key challenge", "TpmEnrollmentBegin"),
+            400: ("malformed request", "Error"),
+            403: ("EK certificate or AK refused", "Error"),
+            404: ("this server does not enroll TPMs", "Error"),
+            413: ("body too large", "Error"),
+            415: ("not JSON", "Error"),
+            429: ("rate limited; see Retry-After", "Error"),
+        },
+    ),
+    Route(
+        "POST",
         "/v1/reports",
         post_report,
-        "Submit the signing node's health report (also its heartbeat)",
+        "Submit the signing node's health report (also its heartbeat); a TPM-enrolled "
+        "node sends it as an AttestedReport",
         "node",
         request="HealthReport",
         responses={
             202: ("stored", "Accepted"),
             400: ("malformed report", "Error"),
-            403: ("report names another node", "Error"),
+            403: ("report names another node, or its attestation failed or is missing", "Error"),
+            409: ("evidence from a node not enrolled with a TPM", "Error"),
             415: ("not JSON", "Error"),
+            **_SIGNED,
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/challenge",
+        get_challenge,
+        "A single-use challenge for the signing TPM-enrolled node's next report quote",
+        "node",
+        responses={
+            200: ("the challenge, and the digest of the event log the server keeps", None),
+            409: ("the node is not enrolled with a TPM", "Error"),
+            503: ("too many pending challenges", "Error"),
             **_SIGNED,
         },
     ),

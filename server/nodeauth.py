@@ -26,6 +26,7 @@ from fleet.nodeauth import MAX_SKEW_S, EnrollmentRequest, RequestSignature, sign
 from server.store import EnrolledNode, Store
 
 UNATTESTED = "unattested"
+TOKEN_EVIDENCE = "enrollment-token"  # noqa: S105 (an evidence type, not a secret)
 MAX_NONCES = 1_000_000
 
 
@@ -41,6 +42,7 @@ class NodeAuthError(GpuwardError):
 class Attestation:
     attested: bool  # True only when hardware (a TPM) vouched for the key
     method: str  # shown to people: "unattested", "tpm2", ...
+    tpm: str | None = None  # the enrolled AK record (JSON) to store with the node
 
 
 class EnrollmentVerifier(Protocol):
@@ -64,7 +66,7 @@ class UnattestedTokenVerifier:
 
     async def verify(self, request: EnrollmentRequest) -> Attestation:
         given = request.evidence.get("token")
-        if request.evidence.get("type") != "enrollment-token" or not isinstance(given, str):
+        if request.evidence.get("type") != TOKEN_EVIDENCE or not isinstance(given, str):
             raise NodeAuthError(
                 "this server enrolls with an enrollment token: evidence must be "
                 '{"type": "enrollment-token", "token": ...}',
@@ -73,6 +75,23 @@ class UnattestedTokenVerifier:
         if not hmac.compare_digest(given.encode(), self._token):
             raise NodeAuthError("wrong enrollment token", 403)
         return Attestation(attested=False, method=UNATTESTED)
+
+
+class ByEvidence:
+    """Several enrollment modes at once: the evidence's "type" picks the verifier."""
+
+    def __init__(self, verifiers: Mapping[str, EnrollmentVerifier]) -> None:
+        self._verifiers = dict(verifiers)
+
+    async def verify(self, request: EnrollmentRequest) -> Attestation:
+        kind = request.evidence.get("type")
+        verifier = self._verifiers.get(kind) if isinstance(kind, str) else None
+        if verifier is None:
+            raise NodeAuthError(
+                f"this server enrolls with evidence of type {', '.join(sorted(self._verifiers))}",
+                403,
+            )
+        return await verifier.verify(request)
 
 
 class NoEnrollment:

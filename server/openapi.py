@@ -83,6 +83,29 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "TpmEnrollmentRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["schema", "node_id", "ek_certificate", "ek_public", "ak_public", "ak_name"],
+        "description": "fleet.attestation.EnrollmentRequest; the blobs are base64",
+        "properties": {
+            "schema": {"type": "integer", "enum": [1]},
+            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+            "ek_certificate": {"type": "string", "description": "DER, base64"},
+            "ek_public": {"type": "string", "description": "TPM2B_PUBLIC, base64"},
+            "ak_public": {"type": "string", "description": "TPM2B_PUBLIC, base64"},
+            "ak_name": {"type": "string", "description": "TPM2B_NAME contents, base64"},
+        },
+    },
+    "TpmEnrollmentBegin": {
+        "type": "object",
+        "description": "activate the credential with the TPM, quote the challenge over the "
+        "request key, and send both in POST /v1/enroll as evidence of type tpm2",
+        "properties": {
+            "credential": {"type": "object"},
+            "session_key_challenge": {"type": "object"},
+        },
+    },
     "Enrollment": {
         "type": "object",
         "properties": {
@@ -114,6 +137,11 @@ SCHEMAS: dict[str, Any] = {
             "last_seen": _NULL_INT,
             "assigned": _NULL_STR,
             "report": {"oneOf": [{"$ref": "#/components/schemas/HealthReport"}, {"type": "null"}]},
+            "report_attestation": {
+                "type": ["object", "null"],
+                "description": "the latest report's TPM verdict: passed, reset_count, "
+                "event_log_sha256, reasons; null when it was not attested",
+            },
             "history": {"type": "array", "items": {"type": "object"}},
         },
     },

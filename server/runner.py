@@ -21,36 +21,66 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
+from fleet.attestation import PcrSelection
 from fleet.errors import GpuwardError
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
 from server.app import create_app
+from server.attestation.challenges import Challenges, MemoryChallengeStore
+from server.attestation.enrollment import EkTrust
 from server.config import ServerConfig
 from server.http import Services
 from server.limits import RateLimiter
 from server.nodeauth import (
+    TOKEN_EVIDENCE,
+    ByEvidence,
     EnrollmentVerifier,
     NoEnrollment,
     RequestVerifier,
     UnattestedTokenVerifier,
 )
 from server.operators import issue_token
+from server.report_attestation import ReportAttestation
 from server.resigner import OnlineSigner
 from server.rollout.engine import RolloutEngine
 from server.store import open_store
+from server.tpm_enrollment import EVIDENCE_TYPE as TPM_EVIDENCE
+from server.tpm_enrollment import TpmEnrollment
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], float]
 
 
-def _verifier(config: ServerConfig, injected: EnrollmentVerifier | None) -> EnrollmentVerifier:
+def _tpm(config: ServerConfig, clock: Clock) -> tuple[TpmEnrollment, ReportAttestation] | None:
+    if not config.ek_ca:
+        return None
+    trust = EkTrust.load(config.ek_ca)
+    log.info("tpm_enrollment_enabled", ek_roots=len(trust.roots))
+    # In memory: a multi-replica server needs a ChallengeStore in the database.
+    challenges = Challenges(MemoryChallengeStore(clock), clock=clock)
+    required = PcrSelection.parse(config.required_pcrs)
+    return (
+        TpmEnrollment(trust, challenges, required, clock),
+        ReportAttestation(challenges, required),
+    )
+
+
+def _verifier(
+    config: ServerConfig, injected: EnrollmentVerifier | None, tpm: TpmEnrollment | None
+) -> EnrollmentVerifier:
     if injected is not None:
         return injected
+    verifiers: dict[str, EnrollmentVerifier] = {}
+    if tpm is not None:
+        verifiers[TPM_EVIDENCE] = tpm
     if config.unattested_enrollment_token is not None:
         log.warning("unattested_enrollment_enabled", mode="no-TPM enrollment token")
-        return UnattestedTokenVerifier(config.unattested_enrollment_token)
-    return NoEnrollment()
+        verifiers[TOKEN_EVIDENCE] = UnattestedTokenVerifier(config.unattested_enrollment_token)
+    if not verifiers:
+        return NoEnrollment()
+    # One mode alone answers wrong evidence with its own, more specific message.
+    return ByEvidence(verifiers) if len(verifiers) > 1 else next(iter(verifiers.values()))
 
 
 async def serve(
@@ -64,11 +94,13 @@ async def serve(
         raise GpuwardError(
             f"{config.repo} is not a repository; create one with 'gpuward keys init'"
         )
+    attestation = _tpm(config, clock)
+    tpm, reports = (None, None) if attestation is None else attestation
     store = await open_store(config.db)
     svc = Services(
         config=config,
         store=store,
-        verifier=_verifier(config, verifier),
+        verifier=_verifier(config, verifier, tpm),
         clock=clock,
         requests=RequestVerifier(store, clock),
         limiter=RateLimiter(config.node_rate_per_s, config.node_burst, clock),
@@ -78,6 +110,8 @@ async def serve(
             clock,
             DirectorRepository(config.director) if config.director else None,
         ),
+        tpm=tpm,
+        reports=reports,
     )
     runner = web.AppRunner(create_app(svc), access_log=None)
     ticker: asyncio.Task[None] | None = None

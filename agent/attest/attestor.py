@@ -332,5 +332,12 @@ class Attestor:
         public = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        evidence = self.quote(challenge.nonce, session_key_digest(public)).without_log()
-        return key, SessionKeyCertification(node_id, public, evidence)
+        return key, self.certify_key(node_id, public, challenge)
+
+    def certify_key(
+        self, node_id: str, public_key: bytes, challenge: Challenge
+    ) -> SessionKeyCertification:
+        """A quote binding ``public_key`` (raw Ed25519) to this TPM's AK: at TPM
+        enrollment, it vouches for the node's persistent request key."""
+        evidence = self.quote(challenge.nonce, session_key_digest(public_key)).without_log()
+        return SessionKeyCertification(node_id, public_key, evidence)

@@ -42,6 +42,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="no-TPM mode: enroll nodes presenting the token in FILE, shown as unattested",
     )
     run.add_argument(
+        "--ek-ca",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="enable TPM enrollment: EK certificates must chain to the CA certificates in "
+        "FILE (PEM, or a folder of them); repeatable",
+    )
+    run.add_argument(
         "--rollout-tick",
         type=float,
         default=15.0,
@@ -81,6 +90,7 @@ def _run(args: argparse.Namespace) -> None:
             missing_after=args.missing_after,
             rollout_tick_s=args.rollout_tick,
             unattested_enrollment_token=token,
+            ek_ca=tuple(args.ek_ca),
         )
     )
 

@@ -29,6 +29,9 @@ class EnrolledNode:
     attested: bool  # False in the no-TPM enrollment-token mode
     attestation: str  # how enrollment was verified, for people ("unattested", "tpm2")
     enrolled_at: int
+    # The TPM attestation key record (``server.attestation.EnrolledNode`` as JSON)
+    # that later quotes must verify with; None when no TPM vouched for the node.
+    tpm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,14 @@ class NodeStatus:
     last_seen: int | None  # None: enrolled, never reported
     report: HealthReport | None
     assigned: str | None  # the bundle a rollout assigned it
+    report_attestation: str | None = None  # the latest report's verdict (JSON), if attested
 
 
 @dataclass(frozen=True)
 class ReportRecord:
     received_at: int
     report: HealthReport
+    attestation: str | None = None  # the verdict (JSON) when the report was attested
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,15 @@ class Store(Protocol):
     async def remove_node(self, node_id: str) -> bool: ...
 
     async def add_report(
-        self, report: HealthReport, received_at: int, remote: str, nonce: str
+        self,
+        report: HealthReport,
+        received_at: int,
+        remote: str,
+        nonce: str,
+        attestation: str | None = None,
     ) -> bool:
-        """Store a report and make it the node's latest; False if the nonce was used."""
+        """Store a report (with its attestation verdict) and make it the node's latest;
+        False if the nonce was used."""
         ...
 
     async def fleet(self) -> list[NodeStatus]: ...

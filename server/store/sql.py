@@ -47,8 +47,8 @@ class Database(Protocol):
 
 
 _NODE_COLUMNS = (
-    "e.node_id, e.public_key, e.pool, e.attested, e.attestation, e.enrolled_at, "
-    "n.last_seen, r.body, a.target"
+    "e.node_id, e.public_key, e.pool, e.attested, e.attestation, e.enrolled_at, e.tpm, "
+    "n.last_seen, r.body, a.target, r.attestation"
 )
 _NODE_JOINS = (
     "FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id "
@@ -58,14 +58,14 @@ _NODE_JOINS = (
 
 
 def _enrolled(row: Row) -> EnrolledNode:
-    node_id, key, pool, attested, attestation, enrolled_at = row[:6]
-    return EnrolledNode(node_id, bytes(key), pool, bool(attested), attestation, enrolled_at)
+    node_id, key, pool, attested, attestation, enrolled_at, tpm = row[:7]
+    return EnrolledNode(node_id, bytes(key), pool, bool(attested), attestation, enrolled_at, tpm)
 
 
 def _status(row: Row) -> NodeStatus:
-    last_seen, body, target = row[6:9]
+    last_seen, body, target, attestation = row[7:11]
     report = None if body is None else HealthReport.from_dict(json.loads(body))
-    return NodeStatus(_enrolled(row), last_seen, report, target)
+    return NodeStatus(_enrolled(row), last_seen, report, target, attestation)
 
 
 class SqlStore:
@@ -81,17 +81,18 @@ class SqlStore:
         async with self.db.transaction(write=True) as tx:
             created = await tx.fetch(
                 "INSERT INTO enrollments "
-                "(node_id, public_key, pool, attested, attestation, enrolled_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING RETURNING node_id",
+                "(node_id, public_key, pool, attested, attestation, enrolled_at, tpm) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING RETURNING node_id",
                 node.node_id,
                 node.public_key,
                 node.pool,
                 node.attested,
                 node.attestation,
                 node.enrolled_at,
+                node.tpm,
             )
             rows = await tx.fetch(
-                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at "
+                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm "
                 "FROM enrollments WHERE node_id = ?",
                 node.node_id,
             )
@@ -100,7 +101,7 @@ class SqlStore:
     async def enrolled(self, node_id: str) -> EnrolledNode | None:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(
-                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at "
+                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm "
                 "FROM enrollments WHERE node_id = ?",
                 node_id,
             )
@@ -115,17 +116,23 @@ class SqlStore:
         return bool(found)
 
     async def add_report(
-        self, report: HealthReport, received_at: int, remote: str, nonce: str
+        self,
+        report: HealthReport,
+        received_at: int,
+        remote: str,
+        nonce: str,
+        attestation: str | None = None,
     ) -> bool:
         async with self.db.transaction(write=True) as tx:
             inserted = await tx.fetch(
-                "INSERT INTO reports (node_id, received_at, remote, body, nonce) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id, nonce) DO NOTHING RETURNING id",
+                "INSERT INTO reports (node_id, received_at, remote, body, nonce, attestation) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, nonce) DO NOTHING RETURNING id",
                 report.node_id,
                 received_at,
                 remote,
                 json.dumps(report.to_dict()),
                 nonce,
+                attestation,
             )
             if not inserted:
                 return False
@@ -162,11 +169,15 @@ class SqlStore:
     async def history(self, node_id: str, limit: int) -> list[ReportRecord]:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(
-                "SELECT received_at, body FROM reports WHERE node_id = ? ORDER BY id DESC LIMIT ?",
+                "SELECT received_at, body, attestation FROM reports WHERE node_id = ? "
+                "ORDER BY id DESC LIMIT ?",
                 node_id,
                 limit,
             )
-        return [ReportRecord(at, HealthReport.from_dict(json.loads(body))) for at, body in rows]
+        return [
+            ReportRecord(at, HealthReport.from_dict(json.loads(body)), attestation)
+            for at, body, attestation in rows
+        ]
 
     async def pools(self) -> dict[str, int]:
         async with self.db.transaction(write=False) as tx:

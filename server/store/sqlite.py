@@ -84,6 +84,16 @@ MIGRATIONS = (
     );
     CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id);
     """,
+    # The enrolled TPM attestation key (server.attestation.EnrolledNode JSON);
+    # NULL for nodes enrolled without a TPM.
+    """
+    ALTER TABLE enrollments ADD COLUMN tpm TEXT;
+    """,
+    # The verdict on an attested report (server.report_attestation.Verdict JSON);
+    # NULL for a report sent without TPM evidence.
+    """
+    ALTER TABLE reports ADD COLUMN attestation TEXT;
+    """,
 )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from agent.daemon import make_probe
 from agent.firewall.enforcer import Enforcer
 from tests.conftest import Site
 from tests.firewall.conftest import Net, policy
-from tests.simnode import operator_get
 
 
 def test_each_cycle_enforces_and_reports_the_firewall(site: Site, net: Net) -> None:
@@ -29,8 +27,7 @@ def test_each_cycle_enforces_and_reports_the_firewall(site: Site, net: Net) -> N
 
     assert second.report.firewall is not None
     assert second.report.firewall.action == "repaired"
-    viewer = site.server.issue_token("viewer")
-    stored = json.loads(operator_get(site.url, "/v1/fleet", viewer).data)["nodes"][0]
+    stored = site.fleet()["node-1"]  # as a viewer: /v1/fleet needs an operator token
     assert stored["report"]["firewall"]["action"] == "repaired"
     assert stored["report"]["firewall"]["digest"] == first.report.firewall.digest
 
