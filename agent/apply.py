@@ -194,6 +194,14 @@ class Applier:
         previous = self.slots.active()
         try:
             verified = verify_spool(self.config, work)
+            running = self.slots.content(previous)
+            # Signed is not enough: an agent under an attacker's control could spool
+            # an older signed bundle with a known hole. Only newer versions go in.
+            if running is not None and verified.manifest.version <= running.manifest.version:
+                raise UpdateRefused(
+                    f"{verified.target_path} is not newer than the running "
+                    f"{running.target_path}; the applier never downgrades"
+                )
             crash_point("stage:verified")
             slot = self.slots.inactive()
             unpack_bundle(verified.bundle, verified.manifest, self.slots.scratch(slot))

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent.apply import Drain, SimulatedActivity
+from agent.channel import ImageChannel
 from agent.journal import load_journal
-from agent.spool import BUNDLE, TARGET, has_request
+from agent.spool import BUNDLE, TARGET, has_request, write_spool
 from tests.applier.helpers import NEW, Node, node_with
 from tests.conftest import Site
 
@@ -208,3 +209,20 @@ def test_a_spool_tampered_with_after_staging_is_refused(
     node.assert_complete("a", old)
     assert node.slots.content("b") is None  # nothing was installed
     assert not has_request(node.config.spool_dir)  # consumed, so the path unit stops
+
+
+def test_an_older_signed_bundle_is_refused(site: Site, tmp_path: Path) -> None:
+    """A compromised agent may spool any signed bundle, including an old one with a hole."""
+    node, old = node_with(site, tmp_path / "node")
+    node.spool_newest()
+    assert node.outcome() == "committed"
+    channel = ImageChannel(node.config)
+    channel.refresh()
+    (older,) = [c for c in channel.candidates(node.config.branch) if c.sha256 == old]
+    write_spool(node.config.spool_dir, older.info, channel.fetch(older.info))
+
+    done = node.apply()
+
+    assert done.returncode == 3, done.stderr
+    assert "never downgrades" in json.loads(done.stdout)["reason"]
+    assert node.slots.active() == "b"
