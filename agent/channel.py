@@ -159,6 +159,10 @@ class TufChannel:
             self.fetch(info)
         return names
 
+    def matches(self, info: TargetFile, path: Path) -> bool:
+        """Whether the file at ``path`` has the length and hashes ``info`` lists."""
+        return self._updater.find_cached_target(info, str(path)) is not None
+
     def fetch(self, info: TargetFile) -> Path:
         """The verified target file, downloaded unless a verified copy is cached."""
         with _classified(f"downloading {info.path}"):
@@ -191,7 +195,7 @@ class ImageChannel(TufChannel):
             if info is None:
                 continue
             try:
-                found.append(Candidate(path, info, _manifest_of(info)))
+                found.append(Candidate(path, info, manifest_of(info)))
             except UpdateRefused as exc:
                 # One unreadable manifest (say, a newer schema) must not block
                 # the bundles this agent does understand.
@@ -200,10 +204,10 @@ class ImageChannel(TufChannel):
 
     def candidate(self, path: str) -> Candidate | None:
         info = self.targetinfo(path)
-        return None if info is None else Candidate(path, info, _manifest_of(info))
+        return None if info is None else Candidate(path, info, manifest_of(info))
 
 
-def _manifest_of(info: TargetFile) -> BundleManifest:
+def manifest_of(info: TargetFile) -> BundleManifest:
     custom: Any = info.custom
     if not isinstance(custom, dict) or "manifest" not in custom:
         raise UpdateRefused(f"{info.path}: signed target carries no bundle manifest")

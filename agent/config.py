@@ -34,6 +34,19 @@ class SimulatedGpus:
     count: int = 8
     name: str = "NVIDIA H100 80GB HBM3"
     unhealthy_drivers: frozenset[str] = frozenset()
+    compute_processes: int = 0  # what the drain sees running on the GPUs
+
+
+@dataclass(frozen=True)
+class ApplierSettings:
+    """The privileged applier's limits and the operator's hook commands (argv lists)."""
+
+    max_boots: int = 3  # starts in "verifying" without a commit before rolling back
+    drain_max_wait_s: int = 3600  # then the update is deferred
+    drain_poll_s: int = 10
+    hook_timeout_s: int = 300
+    pre_drain: tuple[str, ...] = ()  # e.g. kubectl cordon NODE
+    post_commit: tuple[str, ...] = ()  # e.g. kubectl uncordon NODE
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,7 @@ class AgentConfig:
     enrollment_token_file: Path | None = None
     # The [attestation] table: enroll with the TPM (no enrollment token needed).
     attestation: AttestConfig | None = None
+    applier: ApplierSettings = ApplierSettings()
 
     @property
     def state_dir(self) -> Path:
@@ -87,6 +101,16 @@ class AgentConfig:
     @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the agent leaves a verified bundle for the privileged applier."""
+        return self.state_dir / "spool"
+
+    @property
+    def applier_dir(self) -> Path:
+        """The applier's journal and work files; only root writes here."""
+        return self.state_dir / "applier"
 
     @property
     def key_file(self) -> Path:
@@ -147,6 +171,7 @@ class AgentConfig:
                     "pool",
                     "enrollment_token_file",
                     "attestation",
+                    "applier",
                 }
             ),
         )
@@ -182,12 +207,15 @@ class AgentConfig:
             attestation=(
                 AttestConfig.from_dict(doc["attestation"], base) if "attestation" in doc else None
             ),
+            applier=_applier(doc.get("applier", {})),
         )
 
 
 def _simulated(doc: object) -> SimulatedGpus:
     r = Reader(
-        doc, "agent config [simulated]", allowed=frozenset({"count", "name", "unhealthy_drivers"})
+        doc,
+        "agent config [simulated]",
+        allowed=frozenset({"count", "name", "unhealthy_drivers", "compute_processes"}),
     )
     default = SimulatedGpus()
     unhealthy = r.items("unhealthy_drivers", max_items=64, default=[])
@@ -198,6 +226,45 @@ def _simulated(doc: object) -> SimulatedGpus:
         count=r.integer("count", minimum=1, maximum=64, default=default.count),
         name=r.text("name", max_len=128, default=default.name),
         unhealthy_drivers=frozenset(unhealthy),
+        compute_processes=r.integer("compute_processes", maximum=100_000, default=0),
+    )
+
+
+def _applier(doc: object) -> ApplierSettings:
+    r = Reader(
+        doc,
+        "agent config [applier]",
+        allowed=frozenset(
+            {
+                "max_boots",
+                "drain_max_wait_s",
+                "drain_poll_s",
+                "hook_timeout_s",
+                "pre_drain",
+                "post_commit",
+            }
+        ),
+    )
+    default = ApplierSettings()
+    hooks = {}
+    for name in ("pre_drain", "post_commit"):
+        argv = r.items(name, max_items=64, default=[])
+        if not all(isinstance(arg, str) for arg in argv):
+            raise GpuwardError(f"agent config [applier] {name}: give an argv list of strings")
+        hooks[name] = tuple(argv)
+    return ApplierSettings(
+        max_boots=r.integer("max_boots", minimum=1, maximum=100, default=default.max_boots),
+        drain_max_wait_s=r.integer(
+            "drain_max_wait_s", maximum=7 * 86_400, default=default.drain_max_wait_s
+        ),
+        drain_poll_s=r.integer(
+            "drain_poll_s", minimum=1, maximum=3600, default=default.drain_poll_s
+        ),
+        hook_timeout_s=r.integer(
+            "hook_timeout_s", minimum=1, maximum=3600, default=default.hook_timeout_s
+        ),
+        pre_drain=hooks["pre_drain"],
+        post_commit=hooks["post_commit"],
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.crash import crash_point
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest
 from keys.storage import atomic_write, fsync_dir
@@ -98,7 +99,9 @@ class Slots:
         if self.path(slot).exists():
             self.path(slot).rename(old)
         scratch.rename(self.path(slot))
+        crash_point("slots:stage-before-fsync")
         fsync_dir(self.root)
+        crash_point("slots:stage-after-fsync")
         shutil.rmtree(old, ignore_errors=True)
 
     def switch(self, slot: str | None) -> None:
@@ -112,4 +115,6 @@ class Slots:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(slot)
             tmp.replace(self._link)
+        crash_point("slots:switch-before-fsync")
         fsync_dir(self.root)
+        crash_point("slots:switch-after-fsync")

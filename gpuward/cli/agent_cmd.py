@@ -24,6 +24,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(run)
     run.set_defaults(func=_run)
 
+    apply = sub.add_parser(
+        "apply",
+        help="(root, no network) resume the journaled A/B applier and finish the spooled "
+        "update: 0 committed, deferred or nothing to do; 3 refused or rolled back",
+    )
+    apply.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
+    add_json_flag(apply)
+    apply.set_defaults(func=_apply)
+
     gpus = sub.add_parser("gpus", help="NVML inventory, health sample and findings per GPU")
     add_json_flag(gpus)
     gpus.set_defaults(func=_gpus)
@@ -70,6 +79,26 @@ def _run(args: argparse.Namespace) -> int:
     )
     # A refused or rolled-back update is an alarm worth a distinct exit status.
     return 3 if result.outcome.update in ("refused", "rolled-back") else 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from agent.apply import apply_once
+    from agent.config import load_config
+
+    config = load_config(args.config)
+    result = apply_once(config)
+    emit(
+        args,
+        {
+            "state": result.state,
+            "outcome": result.outcome,
+            "reason": result.reason,
+            "active_slot": result.active_slot,
+        },
+        f"{config.node_id}: {result.outcome} (journal {result.state}"
+        f"{': ' + result.reason if result.reason else ''}); slot {result.active_slot or '-'}",
+    )
+    return 3 if result.outcome in ("refused", "rolled-back") else 0
 
 
 def _enroll(args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ def test_each_cycle_enforces_and_reports_the_firewall(site: Site, net: Net) -> N
 
     assert second.report.firewall is not None
     assert second.report.firewall.action == "repaired"
-    stored = site.fleet()["node-1"]  # as a viewer: /v1/fleet needs an operator token
+    stored = site.fleet()[config.node_id]  # /v1/fleet wants an operator token
     assert stored["report"]["firewall"]["action"] == "repaired"
     assert stored["report"]["firewall"]["digest"] == first.report.firewall.digest
 

@@ -1,0 +1,284 @@
+"""``gpuward agent apply``: the root applier, a journaled A/B state machine.
+
+The unprivileged agent only leaves verified bundles in the spool. This oneshot,
+started by systemd with no network, re-verifies the request offline, unpacks it
+into the inactive slot, waits for the GPUs to drain, flips the ``active`` link,
+runs the health gate, and commits or rolls back. Every transition is journaled
+before the next step acts, so a start after any crash resumes from the journal
+to exactly one complete slot; a boot counter rolls back an update whose health
+gate never gets to say yes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from agent.channel import UpdateRefused
+from agent.config import AgentConfig
+from agent.crash import crash_point
+from agent.health import HealthProbe, gate
+from agent.journal import TERMINAL, Journal, load_journal, save_journal
+from agent.slots import SlotContent, Slots
+from agent.spool import clear_spool, has_request, verify_spool
+from agent.unpack import BadBundle, unpack_bundle
+from fleet.errors import GpuwardError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    state: str  # the journal's state when the applier stopped
+    outcome: str  # nothing, committed, rolled-back, refused, deferred
+    reason: str
+    active_slot: str | None
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int | None  # None: killed at the timeout
+    duration_s: float
+    output: str
+
+
+def run_command(argv: tuple[str, ...], timeout_s: float) -> CommandResult:
+    """The one way the applier runs a command: bounded, and logged whatever happens."""
+    start = time.monotonic()
+    try:
+        # argv comes from the root-owned config, and no shell parses it.
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
+        )
+        code: int | None = done.returncode
+        output = done.stdout.decode(errors="replace")
+    except subprocess.TimeoutExpired as exc:
+        code = None
+        output = (exc.output or b"").decode(errors="replace")
+    except OSError as exc:
+        code, output = 127, str(exc)
+    result = CommandResult(argv, code, time.monotonic() - start, output[-4096:])
+    log.info(
+        "command_ran",
+        argv=list(argv),
+        returncode=code,
+        timed_out=code is None,
+        duration_s=round(result.duration_s, 3),
+        output=result.output,
+    )
+    return result
+
+
+class GpuActivity(Protocol):
+    def compute_processes(self) -> int:
+        """How many compute processes run on the node's GPUs now."""
+        ...
+
+
+class SimulatedActivity:
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    def compute_processes(self) -> int:
+        return self._count
+
+
+class NvmlActivity:
+    def compute_processes(self) -> int:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return sum(
+                len(
+                    pynvml.nvmlDeviceGetComputeRunningProcesses(
+                        pynvml.nvmlDeviceGetHandleByIndex(i)
+                    )
+                )
+                for i in range(pynvml.nvmlDeviceGetCount())
+            )
+        finally:
+            pynvml.nvmlShutdown()
+
+
+def make_activity(config: AgentConfig) -> GpuActivity:
+    if config.health_backend == "simulated":
+        return SimulatedActivity(config.simulated.compute_processes)
+    return NvmlActivity()
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Wait until no compute process runs, for at most ``max_wait_s``."""
+
+    activity: GpuActivity
+    max_wait_s: float
+    poll_s: float
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    def wait(self) -> int:
+        """0 once the GPUs are idle, else the processes still running at the deadline."""
+        deadline = self.clock() + self.max_wait_s
+        while True:
+            busy = self.activity.compute_processes()
+            if busy == 0:
+                return 0
+            left = deadline - self.clock()
+            if left <= 0:
+                return busy
+            log.info("drain_waiting", compute_processes=busy, left_s=round(left, 1))
+            self.sleep(min(self.poll_s, left))
+
+
+class Applier:
+    def __init__(self, config: AgentConfig, probe: HealthProbe, drain: Drain) -> None:
+        self.config = config
+        self.settings = config.applier
+        self.probe = probe
+        self.drain = drain
+        self.slots = Slots(config.slots_dir)
+        self.path = config.applier_dir / "journal.json"
+        self.log = log.bind(node=config.node_id)
+
+    def run(self) -> ApplyResult:
+        """Resume from the journal and drive the update to a state it can stop in."""
+        self.config.slots_dir.mkdir(parents=True, exist_ok=True)
+        journal = load_journal(self.path)
+        if journal.state in TERMINAL | {"staged"} and has_request(self.config.spool_dir):
+            # A new request; a newer one also replaces an update still waiting to drain.
+            journal = self._stage(journal)
+            if journal.state == "failed":
+                return self._result(journal, "refused")
+        elif journal.state in TERMINAL:
+            return self._result(journal, "nothing")
+        self.log.info("applier_resuming", state=journal.state, slot=journal.slot)
+        if journal.state in ("staged", "draining"):
+            journal = self._drain(journal)
+            if journal.state == "staged":
+                return self._result(journal, "deferred")
+        if journal.state == "switching":
+            self.slots.switch(journal.slot)
+            journal = self._save(journal.to("verifying", boots=1))
+        elif journal.state == "verifying":
+            journal = self._save(journal.to("verifying", boots=journal.boots + 1))
+        if journal.state == "verifying":
+            journal = self._verify(journal)
+        if journal.state == "rolling-back":
+            self.slots.switch(journal.previous)
+            journal = self._save(journal.to("rolled-back"))
+            self.log.error("update_rolled_back", slot=journal.previous, reason=journal.reason)
+            return self._result(journal, "rolled-back")
+        return self._result(journal, "committed")
+
+    def _save(self, journal: Journal) -> Journal:
+        save_journal(self.path, journal)
+        self.log.info("applier_state", state=journal.state, slot=journal.slot)
+        return journal
+
+    def _stage(self, journal: Journal) -> Journal:
+        crash_point("stage:start")
+        work = self.config.applier_dir / "work"
+        previous = self.slots.active()
+        try:
+            verified = verify_spool(self.config, work)
+            running = self.slots.content(previous)
+            # Signed is not enough: an agent under an attacker's control could spool
+            # an older signed bundle with a known hole. Only newer versions go in.
+            if running is not None and verified.manifest.version <= running.manifest.version:
+                raise UpdateRefused(
+                    f"{verified.target_path} is not newer than the running "
+                    f"{running.target_path}; the applier never downgrades"
+                )
+            crash_point("stage:verified")
+            slot = self.slots.inactive()
+            unpack_bundle(verified.bundle, verified.manifest, self.slots.scratch(slot))
+        except (UpdateRefused, BadBundle) as exc:
+            self.log.error("spool_refused", reason=str(exc), active_slot=previous)
+            failed = Journal().to("failed", reason=str(exc))
+            journal = self._save(failed)
+        else:
+            crash_point("stage:unpacked")
+            content = SlotContent(verified.target_path, verified.sha256, verified.manifest)
+            self.slots.commit_stage(slot, content)
+            journal = self._save(
+                Journal().to(
+                    "staged",
+                    target_path=verified.target_path,
+                    sha256=verified.sha256,
+                    slot=slot,
+                    previous=previous,
+                )
+            )
+        clear_spool(self.config.spool_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        crash_point("spool:cleared")
+        return journal
+
+    def _drain(self, journal: Journal) -> Journal:
+        journal = self._save(journal.to("draining"))
+        if self.settings.pre_drain:
+            hook = run_command(self.settings.pre_drain, self.settings.hook_timeout_s)
+            if hook.returncode != 0:
+                reason = f"pre-drain hook {hook.argv[0]} failed ({hook.returncode})"
+                return self._save(journal.to("staged", reason=reason))
+        crash_point("drain:hook-done")
+        busy = self.drain.wait()
+        if busy:
+            reason = (
+                f"{busy} compute processes still ran after {self.drain.max_wait_s:g}s; "
+                "the update stays staged until the next start"
+            )
+            self.log.warning("update_deferred", reason=reason, slot=journal.slot)
+            return self._save(journal.to("staged", reason=reason))
+        return self._save(journal.to("switching"))
+
+    def _verify(self, journal: Journal) -> Journal:
+        if journal.boots > self.settings.max_boots:
+            reason = f"not confirmed after {self.settings.max_boots} starts"
+            return self._save(journal.to("rolling-back", reason=reason))
+        content = self.slots.content(journal.slot)
+        if content is None:
+            raise GpuwardError(
+                f"slot {journal.slot} lost its bundle.json mid-update; point "
+                f"{self.slots.root / 'active'} at {journal.previous} and reset the journal"
+            )
+        expected = content.manifest.driver_version
+        crash_point("gate:before")
+        reasons = gate(self.probe.probe(), expected)
+        if reasons:
+            reason = f"driver {expected} failed health: {reasons[0]}"
+            return self._save(journal.to("rolling-back", reason=reason))
+        crash_point("gate:passed")
+        journal = self._save(journal.to("committed", reason=f"driver {expected} is healthy"))
+        self.log.info("update_committed", slot=journal.slot, driver=expected)
+        if self.settings.post_commit:
+            run_command(self.settings.post_commit, self.settings.hook_timeout_s)
+        crash_point("commit:hook-done")
+        return journal
+
+    def _result(self, journal: Journal, outcome: str) -> ApplyResult:
+        return ApplyResult(journal.state, outcome, journal.reason, self.slots.active())
+
+
+def apply_once(config: AgentConfig) -> ApplyResult:
+    from agent.daemon import make_probe
+
+    drain = Drain(
+        make_activity(config),
+        max_wait_s=config.applier.drain_max_wait_s,
+        poll_s=config.applier.drain_poll_s,
+    )
+    return Applier(config, make_probe(config), drain).run()

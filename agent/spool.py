@@ -1,0 +1,123 @@
+"""The hand-over from the unprivileged agent to the root applier.
+
+The agent leaves a bundle it verified and the signed ``TargetFile`` it verified
+it against in ``<state_dir>/spool/``. The agent (or whoever took it over) can
+rewrite both at any moment, so the applier trusts neither: it copies the bundle
+somewhere only root writes and re-verifies that copy against TUF metadata it
+verifies again itself, offline, from the root of trust in /etc.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import FetcherInterface
+
+from agent.channel import TufChannel, UpdateRefused, manifest_of
+from agent.config import AgentConfig
+from fleet.errors import GpuwardError
+from fleet.manifest import BundleManifest
+from keys.storage import atomic_write
+
+BUNDLE = "bundle"
+TARGET = "target.json"
+MAX_TARGET_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A bundle copy only root can write, and what verified metadata says it is."""
+
+    target_path: str
+    sha256: str
+    manifest: BundleManifest
+    bundle: Path
+
+
+def write_spool(spool: Path, info: TargetFile, bundle: Path) -> None:
+    """What the agent does in stage-only mode: the bundle first, the request last."""
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copyfile(bundle, spool / BUNDLE)
+    doc = {"path": info.path, "info": info.to_dict()}
+    atomic_write(spool / TARGET, json.dumps(doc).encode(), mode=0o600)
+
+
+def has_request(spool: Path) -> bool:
+    return (spool / TARGET).exists()
+
+
+def clear_spool(spool: Path) -> None:
+    """Consume the request: the path unit stops triggering once the spool is empty."""
+    for name in (TARGET, BUNDLE):
+        (spool / name).unlink(missing_ok=True)
+
+
+class _OfflineFetcher(FetcherInterface):
+    """Answers ngclient from the cached metadata alone: the applier has no network.
+
+    Serving the cached timestamp back makes ngclient's refresh see "no newer
+    version" and verify what it has; every other download is a 404, so roots
+    come from the cache's root_history and nothing new can arrive.
+    """
+
+    def __init__(self, metadata_url: str, cache: Path) -> None:
+        self._timestamp_url = f"{metadata_url}timestamp.json"
+        self._cache = cache
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if url == self._timestamp_url:
+            try:
+                return iter([(self._cache / "timestamp.json").read_bytes()])
+            except OSError:
+                pass
+        raise tuf_errors.DownloadHTTPError(f"{url}: the applier works offline", 404)
+
+
+def verify_spool(config: AgentConfig, work: Path) -> Verified:
+    """Copy the spooled bundle into ``work`` and verify it; raise ``UpdateRefused``."""
+    spool = config.spool_dir
+    try:
+        with (spool / TARGET).open("rb") as f:
+            doc: Any = json.loads(f.read(MAX_TARGET_BYTES + 1)[:MAX_TARGET_BYTES])
+        spooled = TargetFile.from_dict(dict(doc["info"]), str(doc["path"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UpdateRefused(f"spooled request {spool / TARGET} is unreadable ({exc})") from None
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bundle = work / BUNDLE
+    try:
+        shutil.copyfile(spool / BUNDLE, bundle)
+    except OSError as exc:
+        raise UpdateRefused(f"spooled bundle is unreadable ({exc})") from None
+    with tempfile.TemporaryDirectory(dir=work) as scratch:
+        # A private copy: ngclient writes its cache, and root must not write
+        # into a folder the agent owns.
+        metadata = Path(scratch) / "metadata"
+        shutil.copytree(config.metadata_dir, metadata)
+        channel = TufChannel(
+            "image",
+            config.trusted_root,
+            metadata,
+            config.metadata_url,
+            config.targets_url,
+            Path(scratch) / "targets",
+            fetcher=_OfflineFetcher(config.metadata_url, metadata),
+        )
+        try:
+            verified = channel.targetinfo(spooled.path)
+        except GpuwardError as exc:
+            raise UpdateRefused(f"cached metadata does not verify offline: {exc}") from None
+        if verified is None:
+            raise UpdateRefused(f"{spooled.path} is not in the verified metadata")
+        if verified != spooled:
+            raise UpdateRefused(f"spooled target info for {spooled.path} differs from signed")
+        if not channel.matches(verified, bundle):
+            raise UpdateRefused(f"spooled bundle for {spooled.path} changed after staging")
+    return Verified(spooled.path, str(verified.hashes["sha256"]), manifest_of(verified), bundle)

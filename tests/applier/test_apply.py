@@ -1,0 +1,228 @@
+"""The applier's verdicts: health-gate rollback, the boot counter, drain, hooks, tampering."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from agent.apply import Drain, SimulatedActivity
+from agent.channel import ImageChannel
+from agent.journal import load_journal
+from agent.spool import BUNDLE, TARGET, has_request, write_spool
+from tests.applier.helpers import NEW, Node, node_with
+from tests.conftest import Site
+
+
+def test_a_healthy_update_commits_into_the_inactive_slot(site: Site, tmp_path: Path) -> None:
+    node, old = node_with(site, tmp_path / "node")
+    new = node.spool_newest()
+
+    assert node.outcome() == "committed"
+
+    journal = load_journal(node.journal_file)
+    assert (journal.state, journal.slot, journal.previous, journal.sha256) == (
+        "committed",
+        "b",
+        "a",
+        new,
+    )
+    assert node.slots.active() == "b"
+    node.assert_complete("b", new)
+    node.assert_complete("a", old)  # the previous slot stays, for the next rollback
+    assert not has_request(node.config.spool_dir)
+
+
+def test_health_gate_failure_rolls_back(site: Site, tmp_path: Path) -> None:
+    node, old = node_with(site, tmp_path / "node", f'unhealthy_drivers = ["{NEW}"]\n')
+    node.spool_newest()
+
+    done = node.apply()
+
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    assert report["outcome"] == "rolled-back" and report["active_slot"] == "a"
+    assert "failed health" in report["reason"] and "XID 79" in report["reason"]
+    assert load_journal(node.journal_file).state == "rolled-back"
+    node.assert_complete("a", old)
+
+
+def test_boot_counter_rolls_back_an_update_that_never_confirms(site: Site, tmp_path: Path) -> None:
+    node, old = node_with(site, tmp_path / "node")
+    node.spool_newest()
+
+    # The node dies every time the gate looks (a driver that hangs the host, say).
+    for start in (1, 2, 3):
+        assert node.apply(crash_at="gate:before").returncode == -signal.SIGKILL
+        journal = load_journal(node.journal_file)
+        assert (journal.state, journal.boots, node.slots.active()) == ("verifying", start, "b")
+
+    assert node.outcome(crash_at="gate:before") == "rolled-back"  # never reaches the gate
+
+    journal = load_journal(node.journal_file)
+    assert journal.state == "rolled-back" and "not confirmed after 3 starts" in journal.reason
+    assert node.slots.active() == "a"
+    node.assert_complete("a", old)
+
+
+def test_drain_timeout_defers_cleanly_and_a_later_start_finishes(
+    site: Site, tmp_path: Path
+) -> None:
+    busy = "compute_processes = 3\n[applier]\ndrain_max_wait_s = 0\n"
+    node, _ = node_with(site, tmp_path / "node", busy)
+    new = node.spool_newest()
+    running = node.files("a")
+
+    assert node.outcome() == "deferred"
+
+    journal = load_journal(node.journal_file)
+    assert journal.state == "staged" and "3 compute processes" in journal.reason
+    assert node.slots.active() == "a" and node.files("a") == running
+    node.assert_complete("b", new)  # staged, verified, waiting
+    assert not has_request(node.config.spool_dir)
+
+    node.toml.write_text(node.toml.read_text().replace("compute_processes = 3", ""))
+    assert node.outcome() == "committed"
+    assert node.slots.active() == "b"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class Emptying:
+    """GPUs whose jobs finish one poll at a time."""
+
+    def __init__(self, polls_busy: int) -> None:
+        self.left = polls_busy
+
+    def compute_processes(self) -> int:
+        self.left -= 1
+        return 1 if self.left >= 0 else 0
+
+
+def test_drain_waits_for_the_gpus_to_empty() -> None:
+    clock = FakeClock()
+    drain = Drain(Emptying(3), max_wait_s=600, poll_s=10, clock=clock, sleep=clock.sleep)
+    assert drain.wait() == 0
+    assert clock.slept == [10, 10, 10]
+
+
+def test_drain_gives_up_at_the_max_wait() -> None:
+    clock = FakeClock()
+    drain = Drain(SimulatedActivity(2), max_wait_s=25, poll_s=10, clock=clock, sleep=clock.sleep)
+    assert drain.wait() == 2
+    assert clock.slept == [10, 10, 5]
+
+
+def test_hooks_run_around_the_update(site: Site, tmp_path: Path) -> None:
+    log = tmp_path / "hooks.log"
+    hooks = (
+        f'pre_drain = ["sh", "-c", "echo cordon >> {log}"]\n'
+        f'post_commit = ["sh", "-c", "echo uncordon >> {log}"]\n'
+    )
+    node, _ = node_with(site, tmp_path / "node", "[applier]\n" + hooks)
+    node.spool_newest()
+
+    assert node.outcome() == "committed"
+    assert log.read_text() == "cordon\nuncordon\n"
+
+
+@pytest.mark.parametrize(
+    "hook", ['["false"]', '["sleep", "30"]', '["/nonexistent/cordon"]'], ids=str
+)
+def test_a_failing_pre_drain_hook_defers(site: Site, tmp_path: Path, hook: str) -> None:
+    node, _ = node_with(
+        site, tmp_path / "node", f"[applier]\nhook_timeout_s = 1\npre_drain = {hook}\n"
+    )
+    node.spool_newest()
+
+    assert node.outcome() == "deferred"
+    journal = load_journal(node.journal_file)
+    assert journal.state == "staged" and "pre-drain hook" in journal.reason
+    assert node.slots.active() == "a"
+
+
+def _evil_bundle(node: Node) -> None:
+    (node.config.spool_dir / BUNDLE).write_bytes(b"not the signed bundle\n" * 100)
+
+
+def _edit_target_to_match(node: Node) -> None:
+    """What an attacker holding the agent's uid does: make the request match the swap."""
+    _evil_bundle(node)
+    data = (node.config.spool_dir / BUNDLE).read_bytes()
+    doc = json.loads((node.config.spool_dir / TARGET).read_text())
+    doc["info"]["length"] = len(data)
+    doc["info"]["hashes"] = {"sha256": hashlib.sha256(data).hexdigest()}
+    (node.config.spool_dir / TARGET).write_text(json.dumps(doc))
+
+
+def _flip_a_byte(node: Node) -> None:
+    bundle = node.config.spool_dir / BUNDLE
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 1
+    bundle.write_bytes(bytes(data))
+
+
+def _rename_target(node: Node) -> None:
+    doc = json.loads((node.config.spool_dir / TARGET).read_text())
+    doc["path"] = doc["path"].replace(NEW, "580.99.99")
+    (node.config.spool_dir / TARGET).write_text(json.dumps(doc))
+
+
+def _edit_manifest(node: Node) -> None:
+    doc = json.loads((node.config.spool_dir / TARGET).read_text())
+    doc["info"]["custom"]["manifest"]["driver_version"] = "580.99.99"
+    (node.config.spool_dir / TARGET).write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "tamper", [_flip_a_byte, _evil_bundle, _edit_target_to_match, _rename_target, _edit_manifest]
+)
+def test_a_spool_tampered_with_after_staging_is_refused(
+    site: Site, tmp_path: Path, tamper: object
+) -> None:
+    node, old = node_with(site, tmp_path / "node")
+    node.spool_newest()
+    running = node.files("a")
+    assert callable(tamper)
+    tamper(node)
+
+    done = node.apply()
+
+    assert done.returncode == 3, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "refused"
+    assert load_journal(node.journal_file).state == "failed"
+    assert node.slots.active() == "a" and node.files("a") == running
+    node.assert_complete("a", old)
+    assert node.slots.content("b") is None  # nothing was installed
+    assert not has_request(node.config.spool_dir)  # consumed, so the path unit stops
+
+
+def test_an_older_signed_bundle_is_refused(site: Site, tmp_path: Path) -> None:
+    """A compromised agent may spool any signed bundle, including an old one with a hole."""
+    node, old = node_with(site, tmp_path / "node")
+    node.spool_newest()
+    assert node.outcome() == "committed"
+    channel = ImageChannel(node.config)
+    channel.refresh()
+    (older,) = [c for c in channel.candidates(node.config.branch) if c.sha256 == old]
+    write_spool(node.config.spool_dir, older.info, channel.fetch(older.info))
+
+    done = node.apply()
+
+    assert done.returncode == 3, done.stderr
+    assert "never downgrades" in json.loads(done.stdout)["reason"]
+    assert node.slots.active() == "b"

@@ -1,0 +1,57 @@
+"""SIGKILL at every step boundary and around every fsync, then a restart.
+
+Each time the node must end on exactly one complete slot, old or new, with a
+journal that names it, and the running slot must never have been written.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from agent.crash import CRASH_POINTS, REFUSAL_PATH, ROLLBACK_PATH
+from agent.journal import load_journal
+from agent.spool import BUNDLE, has_request
+from tests.applier.helpers import NEW, node_with
+from tests.conftest import Site
+
+
+def test_the_crash_points_cover_every_step() -> None:
+    assert len(CRASH_POINTS) >= 20
+    assert len(set(CRASH_POINTS)) == len(CRASH_POINTS)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_then_restart_ends_on_one_complete_slot(
+    site: Site, tmp_path: Path, point: str
+) -> None:
+    rollback, refused = point in ROLLBACK_PATH, point in REFUSAL_PATH
+    extra = f'unhealthy_drivers = ["{NEW}"]\n' if rollback else ""
+    node, old = node_with(site, tmp_path / "node", extra)
+    new = node.spool_newest()
+    if refused:
+        bundle = node.config.spool_dir / BUNDLE
+        bundle.write_bytes(bundle.read_bytes()[:-1] + b"X")
+    running = node.files("a")
+
+    died = node.apply(crash_at=point)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    node.outcome()
+
+    journal = load_journal(node.journal_file)
+    if rollback or refused:
+        assert (journal.state, node.slots.active()) == (
+            "rolled-back" if rollback else "failed",
+            "a",
+        )
+    else:
+        assert (journal.state, journal.slot, node.slots.active()) == ("committed", "b", "b")
+        node.assert_complete("b", new)
+    node.assert_complete("a", old)
+    assert node.files("a") == running  # the running slot was never written
+    assert not has_request(node.config.spool_dir)
+    # Nothing is left in flight: a further start changes nothing.
+    assert node.outcome() == "nothing"
+    assert load_journal(node.journal_file) == journal
