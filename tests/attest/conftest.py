@@ -9,6 +9,7 @@ a TPM with zeroed PCRs and no leftover keys, killed at teardown. Template "a" an
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import os
 import shutil
@@ -22,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agent.attest.attestor import Attestor
 from agent.attest.config import AttestConfig
@@ -235,3 +240,22 @@ def extend_log(tpm: Tpm, log_path: Path) -> None:
                 values.append(value)
             digests = TPML_DIGEST_VALUES(values)
             esapi.pcr_extend(ESYS_TR.parse(f"pcr{event.pcr}"), digests)
+
+
+def self_signed_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A CA key and certificate no server was told to trust (for unknown-CA attacks)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert

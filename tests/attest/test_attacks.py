@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.attest.attestor import Attestor
 from fleet.attestation import (
@@ -38,7 +36,7 @@ from server.attestation.enrollment import (
     EnrollmentVerifier,
 )
 from server.attestation.verifier import QuoteError, QuoteVerifier
-from tests.attest.conftest import LOG_DIR, Clock, Tpm, enroll, extend_log
+from tests.attest.conftest import LOG_DIR, Clock, Tpm, enroll, extend_log, self_signed_ca
 from tests.attest.test_end_to_end import make_report
 
 LOG = LOG_DIR / "rhel95-secureboot.bin"
@@ -279,24 +277,12 @@ def test_expired_enrollment_challenge_is_refused(
 
 def _rogue_ca(ek_cert: x509.Certificate) -> tuple[x509.Certificate, x509.Certificate]:
     """A CA nobody allowed, and a certificate from it for the same EK key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swtpm-localca")])
+    key, ca = self_signed_ca("swtpm-localca")
     now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     leaf = (
         x509.CertificateBuilder()
         .subject_name(ek_cert.subject)
-        .issuer_name(name)  # the same issuer name as swtpm's CA: only the key differs
+        .issuer_name(ca.subject)  # the same issuer name as swtpm's CA: only the key differs
         .public_key(ek_cert.public_key())
         .serial_number(2)
         .not_valid_before(now - datetime.timedelta(days=1))

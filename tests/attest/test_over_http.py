@@ -12,7 +12,6 @@ TPM-enrolled node are refused.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -20,10 +19,7 @@ from pathlib import Path
 
 import pytest
 import urllib3
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from agent.attest.attestor import Attestor
 from agent.config import AgentConfig, load_config
@@ -33,7 +29,7 @@ from fleet.attestation import AttestedReport, Challenge, CredentialChallenge
 from fleet.errors import GpuwardError
 from fleet.eventlog import parse
 from server.attestation.enrollment import EnrolledNode
-from tests.attest.conftest import LOCAL_CA, Tpm, extend_log
+from tests.attest.conftest import LOCAL_CA, Tpm, extend_log, self_signed_ca
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
 from tests.conftest import Site, make_site
 from tests.simnode import SimNode
@@ -135,20 +131,7 @@ def test_tpm_evidence_certifying_another_key_is_refused_and_not_reusable(
 
 
 def _foreign_ca(folder: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some other TPM vendor")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    _key, cert = self_signed_ca("Some other TPM vendor")
     path = folder / "other-ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path

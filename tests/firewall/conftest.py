@@ -148,7 +148,7 @@ def run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def net() -> Iterator[Net]:
     if os.geteuid() != 0:
-        pytest.skip("network namespaces and nftables need root")
+        pytest.fail("network namespaces and nftables need root: run the suite as root")
     tag = secrets.token_hex(3)
     names = [f"gw-test-{tag}-{role}" for role in ("node", "srv", "inet")]
     created: list[str] = []
@@ -234,7 +234,7 @@ def _cgroup2_mount() -> Path | None:
 def cgroup_sandbox() -> Iterator[CgroupSandbox]:
     root = _cgroup2_mount()
     if root is None:
-        pytest.skip("this kernel has no cgroup v2 hierarchy mounted")
+        pytest.fail("this kernel has no cgroup v2 hierarchy mounted; the cgroup tests need one")
     name = f"gw-test-{secrets.token_hex(3)}"
     host_path = root / name
     host_path.mkdir()
