@@ -76,9 +76,10 @@ class AgentConfig:
     kernel: str | None = None  # only to simulate another kernel; default: the running one
     firewall: FirewallPolicy | None = None  # the outbound allowlist, when enabled
     pool: str = "default"  # the rollout pool the node enrolls into
-    # The no-TPM enrollment mode: a file holding the operator's enrollment token.
+    # A file holding the operator's enrollment token: in the no-TPM mode it
+    # vouches for the node; with a TPM it only admits the enrollment to begin.
     enrollment_token_file: Path | None = None
-    # The [attestation] table: enroll with the TPM (no enrollment token needed).
+    # The [attestation] table: enroll with the TPM (and the enrollment token).
     attestation: AttestConfig | None = None
     applier: ApplierSettings = ApplierSettings()
 

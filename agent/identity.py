@@ -4,8 +4,9 @@ The Ed25519 private key lives in ``<state dir>/node.key``, created with mode
 0600 by one ``open`` call (never world-readable, not even for an instant).
 Enrollment registers its public half with the server; what vouches for it is
 the evidence: with an ``[attestation]`` table, the TPM (its activated credential
-and a quote binding the key to its AK, ``server.tpm_enrollment``); without one,
-the operator's enrollment token (the no-TPM mode, shown as "unattested").
+and a quote binding the key to its AK, ``server.tpm_enrollment``), the
+enrollment token only admitting the exchange; without one, the operator's
+enrollment token (the no-TPM mode, shown as "unattested").
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from agent.channel import ChannelUnavailable
 from agent.config import AgentConfig
 from fleet.attestation import Challenge, CredentialChallenge
 from fleet.errors import GpuwardError, InvalidDocument
-from fleet.nodeauth import EnrollmentRequest, RequestSignature, signed_message
+from fleet.nodeauth import (
+    ENROLLMENT_TOKEN_HEADER,
+    EnrollmentRequest,
+    RequestSignature,
+    signed_message,
+)
 from gpuward import __version__
 
 log = structlog.get_logger(__name__)
@@ -103,27 +109,31 @@ def signed_request(
     raise ChannelUnavailable(f"{method} {url}: {last}")
 
 
-def _evidence(config: AgentConfig, public_key: bytes) -> dict[str, Any]:
-    if config.attestation is not None:
-        return _tpm_evidence(config, config.attestation, public_key)
+def _token(config: AgentConfig) -> str:
     if config.enrollment_token_file is None:
         raise GpuwardError(
             "agent config: set enrollment_token_file to the operator's enrollment token "
-            "(the no-TPM mode), or add an [attestation] table to enroll with the TPM"
+            "(needed to enroll, with or without a TPM)"
         )
     try:
-        token = config.enrollment_token_file.read_text().strip()
+        return config.enrollment_token_file.read_text().strip()
     except FileNotFoundError:
         raise GpuwardError(
             f"enrollment token file {config.enrollment_token_file} not found"
         ) from None
-    return {"type": "enrollment-token", "token": token}
+
+
+def _evidence(config: AgentConfig, public_key: bytes) -> dict[str, Any]:
+    if config.attestation is not None:
+        return _tpm_evidence(config, config.attestation, public_key)
+    return {"type": "enrollment-token", "token": _token(config)}
 
 
 def _tpm_evidence(config: AgentConfig, attest: AttestConfig, public_key: bytes) -> dict[str, Any]:
     """Begin TPM enrollment, activate the credential, and certify ``public_key``."""
     from agent.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
 
+    token = _token(config)
     with Attestor(attest, config.state_dir) as attestor:
         body = json.dumps(attestor.enrollment_request(config.node_id).to_dict()).encode()
         try:
@@ -134,6 +144,7 @@ def _tpm_evidence(config: AgentConfig, attest: AttestConfig, public_key: bytes) 
                 headers={
                     "User-Agent": f"gpuward-agent/{__version__}",
                     "Content-Type": "application/json",
+                    ENROLLMENT_TOKEN_HEADER: token,
                 },
                 timeout=_TIMEOUT,
                 retries=False,

@@ -35,6 +35,8 @@ HEADER_NODE = "X-Gpuward-Node"
 HEADER_TIMESTAMP = "X-Gpuward-Timestamp"
 HEADER_NONCE = "X-Gpuward-Nonce"
 HEADER_SIGNATURE = "X-Gpuward-Signature"
+# TPM enrollment's first, unsigned request carries the operator's enrollment token here.
+ENROLLMENT_TOKEN_HEADER = "X-Gpuward-Enrollment-Token"  # noqa: S105 (a header name)
 MAX_SKEW_S = 300
 NONCE = re.compile(r"[0-9a-f]{32}")
 _TIMESTAMP = re.compile(r"\d{1,12}")

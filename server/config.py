@@ -28,5 +28,20 @@ class ServerConfig:
     # TPM enrollment: EK certificates must chain to these CA files (or folders of
     # them); empty: no TPM enrollment.
     ek_ca: tuple[Path, ...] = ()
+    # The token a node presents to begin TPM enrollment (required with ek_ca):
+    # it keeps strangers from making the server do TPM work; the TPM, not the
+    # token, vouches for the node.
+    tpm_enrollment_token: str | None = None
     # The least PCR selection a node's quotes must cover.
     required_pcrs: str = "sha256:0-9"
+    # Measured-boot policies (gpuward policy from-eventlog): one for every pool,
+    # and per pool, (pool, file) pairs that take precedence.
+    boot_policy: Path | None = None
+    pool_boot_policies: tuple[tuple[str, Path], ...] = ()
+    # Challenges: how long one lives, and how many of one purpose may be pending.
+    challenge_ttl_s: float = 120.0
+    max_pending_challenges: int = 10_000
+    # Requests before authentication (enrollment), per source address: a token
+    # bucket generous enough for a site behind one NAT address enrolling at once.
+    preauth_rate_per_s: float = 2.0
+    preauth_burst: int = 100

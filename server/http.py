@@ -47,6 +47,7 @@ class Services:
     requests: RequestVerifier
     limiter: RateLimiter
     engine: RolloutEngine
+    preauth_limiter: RateLimiter  # per source address, before authentication
     # Both set when the server enrolls TPMs (--ek-ca), sharing one challenge store.
     tpm: TpmEnrollment | None = None
     reports: ReportAttestation | None = None
@@ -104,6 +105,21 @@ def rate_limit(request: web.Request, key: str) -> None:
     wait = services(request).limiter.acquire(key)
     if wait:
         raise ApiError(429, "too many requests", {"Retry-After": retry_after(wait)})
+
+
+def preauth_rate_limit(request: web.Request) -> None:
+    """The per-address limit of requests answered before their caller is known.
+
+    Keyed by the TCP peer: behind a reverse proxy every node shares its address,
+    so raise ``preauth_burst`` there or limit at the proxy.
+    """
+    wait = services(request).preauth_limiter.acquire(f"addr:{request.remote}")
+    if wait:
+        raise ApiError(
+            429,
+            "too many unauthenticated requests from this address",
+            {"Retry-After": retry_after(wait)},
+        )
 
 
 async def signed_request(

@@ -9,36 +9,45 @@ another node's assignment, is refused even when the signature is valid.
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 import structlog
 from aiohttp import web
 
 from fleet import attestation as tpm
 from fleet.errors import GpuwardError, InvalidDocument
-from fleet.nodeauth import EnrollmentRequest, RequestSignature
+from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER, EnrollmentRequest, RequestSignature
 from fleet.report import HealthReport
 from keys.director_repo import DirectorRepository
+from server.attestation.challenges import ChallengesFull
 from server.http import (
     MAX_BODY_BYTES,
     ApiError,
     Route,
     Services,
     parse_json,
+    preauth_rate_limit,
     rate_limit,
     read_body,
-    read_json,
     services,
     signed_request,
 )
+from server.limits import retry_after
 from server.nodeauth import NodeAuthError, verify_signature
 from server.report_attestation import MAX_ATTESTED_BODY_BYTES, Verdict
 from server.store import EnrolledNode
 
 log = structlog.get_logger(__name__)
 
+# The largest TPM enrollment request the schema admits, base64 and all.
+MAX_TPM_BEGIN_BYTES = 24 * 1024
+# Pending challenges expire within their lifetime; a retry sooner may find room.
+CHALLENGE_RETRY_S = 30.0
+
 
 async def enroll(request: web.Request) -> web.Response:
     s = services(request)
+    preauth_rate_limit(request)
     try:
         sig = s.requests.parse(request.headers)
     except NodeAuthError as exc:
@@ -97,23 +106,49 @@ async def enroll(request: web.Request) -> web.Response:
 
 async def enroll_tpm_begin(request: web.Request) -> web.Response:
     """The first half of TPM enrollment (``server.tpm_enrollment``); unsigned, as the
-    node has no enrolled key yet: the TPM's answer in ``POST /v1/enroll`` proves it."""
+    node has no enrolled key yet: the TPM's answer in ``POST /v1/enroll`` proves it.
+
+    Checks run cheapest first, and no TPM work is done before the caller has
+    shown the enrollment token: the address's rate, the token, the body's size.
+    """
     s = services(request)
     if s.tpm is None:
         raise ApiError(
             404, "this server does not enroll TPMs; the operator enables it with --ek-ca"
         )
+    preauth_rate_limit(request)
+    _check_enrollment_token(request, s)
+    body = await read_body(request, MAX_TPM_BEGIN_BYTES)
     try:
-        wanted = tpm.EnrollmentRequest.from_dict(await read_json(request))
+        wanted = tpm.EnrollmentRequest.from_dict(parse_json(request, body))
     except InvalidDocument as exc:
         raise ApiError(400, str(exc)) from None
     rate_limit(request, f"enroll:{wanted.node_id}")
     try:
-        begun = s.tpm.begin(wanted)
+        begun = await s.tpm.begin(wanted)
+    except ChallengesFull as exc:
+        log.warning("tpm_enrollment_busy", node=wanted.node_id, reason=str(exc))
+        raise _busy(exc) from None
     except tpm.AttestationError as exc:
         log.warning("tpm_enrollment_refused", node=wanted.node_id, reason=str(exc))
         raise ApiError(403, str(exc)) from None
     return web.json_response(begun.to_dict())
+
+
+def _check_enrollment_token(request: web.Request, s: Services) -> None:
+    expected = s.config.tpm_enrollment_token
+    given = request.headers.get(ENROLLMENT_TOKEN_HEADER, "")
+    if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        log.warning("tpm_enrollment_token_refused", remote=request.remote, given=bool(given))
+        raise ApiError(
+            401,
+            f"TPM enrollment needs the enrollment token in the {ENROLLMENT_TOKEN_HEADER} "
+            "header: set enrollment_token_file in the agent config",
+        )
+
+
+def _busy(exc: ChallengesFull) -> ApiError:
+    return ApiError(503, str(exc), {"Retry-After": retry_after(CHALLENGE_RETRY_S)})
 
 
 def _check_possession(
@@ -146,7 +181,7 @@ async def post_report(request: web.Request) -> web.Response:
     if report.node_id != node.node_id:
         log.warning("report_for_another_node", node=node.node_id, claimed=report.node_id)
         raise ApiError(403, f"node {node.node_id} may only report for itself")
-    verdict = _verify(s, node, attested)
+    verdict = await _verify(s, node, attested)
     stored = await s.store.add_report(
         report,
         int(s.clock()),
@@ -167,7 +202,9 @@ async def post_report(request: web.Request) -> web.Response:
     return web.json_response({"accepted": True}, status=202)
 
 
-def _verify(s: Services, node: EnrolledNode, attested: tpm.AttestedReport | None) -> Verdict | None:
+async def _verify(
+    s: Services, node: EnrolledNode, attested: tpm.AttestedReport | None
+) -> Verdict | None:
     """The verdict on a report's evidence; a TPM-enrolled node must attest every report,
     so that its request key alone (stolen from disk) cannot speak for it."""
     if s.reports is None or node.tpm is None:
@@ -185,7 +222,7 @@ def _verify(s: Services, node: EnrolledNode, attested: tpm.AttestedReport | None
             "over a challenge from GET /v1/challenge",
         )
     try:
-        return s.reports.verify(node.tpm, attested)
+        return await s.reports.verify(node, attested)
     except GpuwardError as exc:  # AttestationError, EventLogError
         log.warning("attested_report_refused", node=node.node_id, reason=str(exc))
         raise ApiError(403, f"report refused: its attestation failed: {exc}") from None
@@ -197,9 +234,9 @@ async def get_challenge(request: web.Request) -> web.Response:
     if s.reports is None or node.tpm is None:
         raise ApiError(409, f"node {node.node_id} is not enrolled with a TPM on this server")
     try:
-        return web.json_response(s.reports.challenge(node.node_id))
-    except tpm.AttestationError as exc:  # too many pending challenges
-        raise ApiError(503, str(exc)) from None
+        return web.json_response(await s.reports.challenge(node.node_id))
+    except ChallengesFull as exc:
+        raise _busy(exc) from None
 
 
 async def get_assignment(request: web.Request) -> web.Response:
@@ -252,11 +289,13 @@ ROUTES = (
         responses={
             200: ("the credential and the session-key challenge", "TpmEnrollmentBegin"),
             400: ("malformed request", "Error"),
+            401: ("no or a wrong enrollment token (X-Gpuward-Enrollment-Token)", "Error"),
             403: ("EK certificate or AK refused", "Error"),
             404: ("this server does not enroll TPMs", "Error"),
             413: ("body too large", "Error"),
             415: ("not JSON", "Error"),
-            429: ("rate limited; see Retry-After", "Error"),
+            429: ("rate limited (per address and per node id); see Retry-After", "Error"),
+            503: ("too many enrollments pending; see Retry-After", "Error"),
         },
     ),
     Route(

@@ -5,28 +5,32 @@ challenge, quotes with qualifying data SHA-256(challenge || report digest) and
 posts the report with the evidence to ``POST /v1/reports``. Evidence that fails
 (an old challenge, a report changed after quoting, a signature not by the
 node's AK) refuses the report; evidence that verifies is stored with the
-report as its ``ReportVerdict`` summary.
+report as its ``Verdict``: whether the boot its event log records passes the
+measured-boot policy of the node's pool, and every reason it does not.
 
 The event log is large; the node sends it only when the digest the challenge
-answer names (the log this server last verified for it) differs from its own,
-and otherwise only the digest. The verified logs are kept in this process's
-memory, at most one per node: after a restart the challenge names none, and
-the next report carries its log again.
+answer names (the log the server last verified for it) differs from its own,
+and otherwise only the digest. Challenges and verified logs live in the store,
+so a node may ask one replica for a challenge and report to another.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from fleet.attestation import AttestedReport, PcrSelection
+from fleet.errors import GpuwardError, InvalidDocument
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.attestation.policy import BootPolicy
 from server.attestation.verifier import REPORT, QuoteVerifier
+from server.store import EnrolledNode, Store
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +38,44 @@ log = structlog.get_logger(__name__)
 # hundreds of KiB. The body is read before its signature is checked, so this is
 # what anyone may make the server read; logs beyond it cannot be attested.
 MAX_ATTESTED_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_POLICY = "default"
+
+
+def load_policy(path: Path) -> BootPolicy:
+    """A policy file written by ``gpuward policy from-eventlog`` (and edited)."""
+    try:
+        return BootPolicy.from_dict(json.loads(path.read_text()), str(path))
+    except OSError as exc:
+        raise GpuwardError(f"cannot read boot policy {path}: {exc.strerror}") from None
+    except (ValueError, InvalidDocument) as exc:
+        raise GpuwardError(
+            f"boot policy {path} is not valid: {exc}; write it with "
+            "'gpuward policy from-eventlog' and edit only the lists"
+        ) from None
+
+
+@dataclass(frozen=True)
+class BootPolicies:
+    """The measured-boot policies: one per pool, and a default for the other pools.
+
+    A node with neither has its event log checked against its quote, not judged.
+    """
+
+    default: BootPolicy | None = None
+    pools: Mapping[str, BootPolicy] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, default: Path | None, pools: Iterable[tuple[str, Path]]) -> BootPolicies:
+        return cls(
+            None if default is None else load_policy(default),
+            {pool: load_policy(path) for pool, path in pools},
+        )
+
+    def for_pool(self, pool: str) -> tuple[str, BootPolicy] | None:
+        """The policy judging ``pool``'s nodes, and its name as shown."""
+        if pool in self.pools:
+            return f"pool {pool}", self.pools[pool]
+        return None if self.default is None else (DEFAULT_POLICY, self.default)
 
 
 @dataclass(frozen=True)
@@ -43,6 +85,7 @@ class Verdict:
     passed: bool  # quote and event log verified, and the policy (if any) passed
     reset_count: int  # the TPM's count of reboots: a change means the node rebooted
     event_log_sha256: str | None
+    policy: str | None  # the policy that judged the boot; None: not judged
     reasons: tuple[str, ...]  # why it did not pass
 
     def to_json(self) -> str:
@@ -51,6 +94,7 @@ class Verdict:
                 "passed": self.passed,
                 "reset_count": self.reset_count,
                 "event_log_sha256": self.event_log_sha256,
+                "policy": self.policy,
                 "reasons": list(self.reasons),
             },
             sort_keys=True,
@@ -58,44 +102,59 @@ class Verdict:
 
 
 class ReportAttestation:
-    """Issues report challenges and verifies attested reports (one per process)."""
+    """Issues report challenges and verifies attested reports."""
 
     def __init__(
-        self, challenges: Challenges, required: PcrSelection, policy: BootPolicy | None = None
+        self,
+        challenges: Challenges,
+        required: PcrSelection,
+        store: Store,
+        policies: BootPolicies | None = None,
     ) -> None:
         self._challenges = challenges
-        self._verifier = QuoteVerifier(challenges, required, policy)
-        self._logs: dict[str, tuple[str, bytes]] = {}  # node -> (sha256, last verified log)
+        self._verifier = QuoteVerifier(challenges, required)
+        self._store = store
+        self._policies = policies or BootPolicies()
 
-    def challenge(self, node_id: str) -> dict[str, Any]:
-        known = self._logs.get(node_id)
+    async def challenge(self, node_id: str) -> dict[str, Any]:
+        """Raises ``ChallengesFull`` when too many report challenges are pending."""
+        known = await self._store.event_log(node_id)
         return {
-            "challenge": self._challenges.issue(node_id, REPORT).to_dict(),
+            "challenge": (await self._challenges.issue(node_id, REPORT)).to_dict(),
             "event_log_sha256": None if known is None else known[0],
         }
 
-    def verify(self, tpm: str, attested: AttestedReport) -> Verdict:
-        """Check ``attested`` against the node's stored AK record ``tpm``.
+    async def verify(self, node: EnrolledNode, attested: AttestedReport) -> Verdict:
+        """Check ``attested`` against the node's stored AK record.
 
         Raises ``AttestationError`` or ``EventLogError`` when the evidence fails.
         """
-        node = TpmNode.from_dict(json.loads(tpm))
-        known = self._logs.get(node.node_id)
-        verdict = self._verifier.verify_report(
-            node, attested, known_log=None if known is None else known[1]
+        if node.tpm is None:
+            raise GpuwardError(f"node {node.node_id} has no enrolled TPM")
+        tpm = TpmNode.from_dict(json.loads(node.tpm))
+        sent = attested.evidence.event_log
+        known = None
+        if sent is None:
+            kept = await self._store.event_log(node.node_id)
+            known = None if kept is None else kept[1]
+        chosen = self._policies.for_pool(node.pool)
+        verdict = await self._verifier.verify_report(
+            tpm, attested, known_log=known, policy=None if chosen is None else chosen[1]
         )
         reasons: tuple[str, ...] = ()
         if verdict.log is None:
             reasons = ("no event log: the boot is unexplained; the node must send its log",)
         else:
-            log_bytes = attested.evidence.event_log
-            if log_bytes is not None:
-                self._logs[node.node_id] = (verdict.log.sha256, log_bytes)
+            if sent is not None:
+                await self._store.keep_event_log(node.node_id, verdict.log.sha256, sent)
             if verdict.policy is not None:
                 reasons = verdict.policy.reasons
+        if reasons:
+            log.warning("boot_not_attested", node=node.node_id, reasons=list(reasons))
         return Verdict(
             passed=verdict.passed,
             reset_count=verdict.quote.reset_count,
             event_log_sha256=None if verdict.log is None else verdict.log.sha256,
+            policy=None if chosen is None or verdict.log is None else chosen[0],
             reasons=reasons,
         )

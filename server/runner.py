@@ -26,7 +26,7 @@ from fleet.errors import GpuwardError
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
 from server.app import create_app
-from server.attestation.challenges import Challenges, MemoryChallengeStore
+from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EkTrust
 from server.config import ServerConfig
 from server.http import Services
@@ -40,10 +40,10 @@ from server.nodeauth import (
     UnattestedTokenVerifier,
 )
 from server.operators import issue_token
-from server.report_attestation import ReportAttestation
+from server.report_attestation import BootPolicies, ReportAttestation
 from server.resigner import OnlineSigner
 from server.rollout.engine import RolloutEngine
-from server.store import open_store
+from server.store import Store, open_store
 from server.tpm_enrollment import EVIDENCE_TYPE as TPM_EVIDENCE
 from server.tpm_enrollment import TpmEnrollment
 
@@ -52,17 +52,35 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 
 
-def _tpm(config: ServerConfig, clock: Clock) -> tuple[TpmEnrollment, ReportAttestation] | None:
+def _tpm(
+    config: ServerConfig, store: Store, clock: Clock
+) -> tuple[TpmEnrollment, ReportAttestation] | None:
     if not config.ek_ca:
         return None
+    if config.tpm_enrollment_token is None:
+        raise GpuwardError(
+            "TPM enrollment (--ek-ca) needs an enrollment token: give "
+            "--tpm-enrollment-token-file, and the same token to the nodes"
+        )
     trust = EkTrust.load(config.ek_ca)
-    log.info("tpm_enrollment_enabled", ek_roots=len(trust.roots))
-    # In memory: a multi-replica server needs a ChallengeStore in the database.
-    challenges = Challenges(MemoryChallengeStore(clock), clock=clock)
+    policies = BootPolicies.load(config.boot_policy, config.pool_boot_policies)
+    log.info(
+        "tpm_enrollment_enabled",
+        ek_roots=len(trust.roots),
+        default_policy=policies.default is not None,
+        pool_policies=sorted(policies.pools),
+    )
+    # In the store: a challenge issued by one replica is redeemed at another.
+    challenges = Challenges(
+        store,
+        ttl_s=config.challenge_ttl_s,
+        max_pending=config.max_pending_challenges,
+        clock=clock,
+    )
     required = PcrSelection.parse(config.required_pcrs)
     return (
         TpmEnrollment(trust, challenges, required, clock),
-        ReportAttestation(challenges, required),
+        ReportAttestation(challenges, required, store, policies),
     )
 
 
@@ -94,9 +112,13 @@ async def serve(
         raise GpuwardError(
             f"{config.repo} is not a repository; create one with 'gpuward keys init'"
         )
-    attestation = _tpm(config, clock)
-    tpm, reports = (None, None) if attestation is None else attestation
     store = await open_store(config.db)
+    try:
+        attestation = _tpm(config, store, clock)
+    except BaseException:
+        await store.close()
+        raise
+    tpm, reports = (None, None) if attestation is None else attestation
     svc = Services(
         config=config,
         store=store,
@@ -104,6 +126,7 @@ async def serve(
         clock=clock,
         requests=RequestVerifier(store, clock),
         limiter=RateLimiter(config.node_rate_per_s, config.node_burst, clock),
+        preauth_limiter=RateLimiter(config.preauth_rate_per_s, config.preauth_burst, clock),
         engine=RolloutEngine(
             store,
             config.repo,

@@ -12,10 +12,13 @@ Credential activation needs two round trips, so enrollment is two requests:
    TPM holding the certified EK; the quote over the challenge and the request
    key proves that AK vouches for this very key.
 
-Challenges are single-use and expire (``server.attestation.challenges``). They
-are kept in this process's memory: a multi-replica server must route both
-requests of one enrollment to one replica, or give ``Challenges`` a store shared
-through the database (``take`` as ``DELETE ... RETURNING``).
+Challenges are single-use and expire (``server.attestation.challenges``); they
+are kept in the store, so the two requests may reach two replicas.
+
+``begin`` is answered before the caller has proved anything but the enrollment
+token, and costs a certificate chain check and an RSA encryption: the HTTP
+layer admits it only with the token, within a per-address rate limit, with a
+small body, and the pending enrollment challenges are capped.
 """
 
 from __future__ import annotations
@@ -79,10 +82,11 @@ class TpmEnrollment:
         self._enrollment = EnrollmentVerifier(trust, challenges, clock)
         self._quotes = QuoteVerifier(challenges, required)
 
-    def begin(self, request: EnrollmentRequest) -> TpmBegin:
-        """Raises ``AttestationError`` when the EK or AK is refused."""
-        credential = self._enrollment.begin(request)
-        challenge = self._challenges.issue(request.node_id, SESSION_KEY)
+    async def begin(self, request: EnrollmentRequest) -> TpmBegin:
+        """Raises ``AttestationError`` when the EK or AK is refused, ``ChallengesFull``
+        when too many enrollments are pending."""
+        credential = await self._enrollment.begin(request)
+        challenge = await self._challenges.issue(request.node_id, SESSION_KEY)
         return TpmBegin(credential, challenge)
 
     async def verify(self, request: KeyEnrollment) -> Attestation:
@@ -103,8 +107,8 @@ class TpmEnrollment:
                 403,
             )
         try:
-            node = self._enrollment.finish(answer)
-            self._quotes.verify_session_key(node, certification)
+            node = await self._enrollment.finish(answer)
+            await self._quotes.verify_session_key(node, certification)
         except AttestationError as exc:
             log.warning("tpm_enrollment_refused", node=request.node_id, reason=str(exc))
             raise NodeAuthError(f"TPM enrollment refused: {exc}", 403) from None

@@ -201,9 +201,12 @@ def make_site(
         db=db,
         port=0,
         rollout_tick_s=0,  # tests advance rollouts themselves
-        unattested_enrollment_token=ENROLLMENT_TOKEN,
         director=None if directed is None else directed.root,
-        **settings,
+        **{
+            "unattested_enrollment_token": ENROLLMENT_TOKEN,
+            "tpm_enrollment_token": ENROLLMENT_TOKEN,
+            **settings,
+        },
     )
     with BackgroundServer(config, clock=clock) as server:
         yield Site(repo, base, server, directed)

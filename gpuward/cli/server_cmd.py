@@ -51,6 +51,27 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "FILE (PEM, or a folder of them); repeatable",
     )
     run.add_argument(
+        "--tpm-enrollment-token-file",
+        type=Path,
+        metavar="FILE",
+        help="with --ek-ca: nodes must present the token in FILE to begin TPM enrollment "
+        "(it admits the exchange; the TPM vouches for the node)",
+    )
+    run.add_argument(
+        "--boot-policy",
+        type=Path,
+        metavar="FILE",
+        help="measured-boot policy (from 'gpuward policy from-eventlog') judging every "
+        "TPM node's boot, unless its pool has its own",
+    )
+    run.add_argument(
+        "--pool-boot-policy",
+        action="append",
+        default=[],
+        metavar="POOL=FILE",
+        help="the measured-boot policy of one pool; repeatable",
+    )
+    run.add_argument(
         "--rollout-tick",
         type=float,
         default=15.0,
@@ -76,9 +97,12 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.report_interval < 1 or args.missing_after < 1:
         raise GpuwardError("--report-interval and --missing-after must be at least 1")
-    token = None
-    if args.unattested_enrollment_token_file is not None:
-        token = args.unattested_enrollment_token_file.read_text().strip()
+    pool_policies = []
+    for item in args.pool_boot_policy:
+        pool, sep, path = item.partition("=")
+        if not sep or not pool or not path:
+            raise GpuwardError(f"--pool-boot-policy {item!r}: write POOL=FILE")
+        pool_policies.append((pool, Path(path)))
     run_server(
         ServerConfig(
             repo=args.repo,
@@ -89,10 +113,24 @@ def _run(args: argparse.Namespace) -> None:
             report_interval_s=args.report_interval,
             missing_after=args.missing_after,
             rollout_tick_s=args.rollout_tick,
-            unattested_enrollment_token=token,
+            unattested_enrollment_token=_read_token(args.unattested_enrollment_token_file),
             ek_ca=tuple(args.ek_ca),
+            tpm_enrollment_token=_read_token(args.tpm_enrollment_token_file),
+            boot_policy=args.boot_policy,
+            pool_boot_policies=tuple(pool_policies),
         )
     )
+
+
+def _read_token(path: Path | None) -> str | None:
+    from fleet.errors import GpuwardError
+
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise GpuwardError(f"cannot read token file {path}: {exc.strerror}") from None
 
 
 def _token_create(args: argparse.Namespace) -> None:

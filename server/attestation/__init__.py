@@ -1,36 +1,34 @@
 """Attestation verification on the server: enrollment, quotes, event logs, policy.
 
 No tpm2-pytss here: TPM structures are parsed with ``struct`` (``tpm``), so the
-server needs no TPM software stack. How the HTTP API uses it (one process-wide
-``Challenges``, ``EnrollmentVerifier`` and ``QuoteVerifier``):
+server needs no TPM software stack. Issuing and redeeming challenges touches
+their store (the fleet database, shared by replicas), so those calls are
+coroutines. How the HTTP API uses it (``server.tpm_enrollment``,
+``server.report_attestation``):
 
 Enrollment, two requests::
 
-    challenges = Challenges(MemoryChallengeStore())      # or a database-backed store
+    challenges = Challenges(store)                  # any ChallengeStore; the Store is one
     enrollment = EnrollmentVerifier(EkTrust.load(ca_paths), challenges)
-    # POST /v1/attest/enroll     body: EnrollmentRequest.to_dict()
-    credential = enrollment.begin(EnrollmentRequest.from_dict(body))
-    #   -> 200 credential.to_dict()
-    # POST /v1/attest/activate   body: CredentialAnswer.to_dict()
-    node = enrollment.finish(CredentialAnswer.from_dict(body))
+    credential = await enrollment.begin(EnrollmentRequest.from_dict(body))
+    #   -> credential.to_dict() to the node, which activates it
+    node = await enrollment.finish(CredentialAnswer.from_dict(body))
     #   -> store node.to_dict() under node.node_id (EnrolledNode.from_dict to load)
 
 Reports::
 
-    verifier = QuoteVerifier(challenges, required=PcrSelection.parse("sha256:0-9,14"),
-                             policy=BootPolicy.from_dict(json.loads(policy_file)))
-    # POST /v1/attest/challenge  body: {"node_id": ...}
-    challenge = challenges.issue(node_id, REPORT)          #   -> challenge.to_dict()
-    # POST /v1/reports           body: AttestedReport.to_dict()
+    verifier = QuoteVerifier(challenges, required=PcrSelection.parse("sha256:0-9,14"))
+    challenge = await challenges.issue(node_id, REPORT)    #   -> challenge.to_dict()
     attested = AttestedReport.from_dict(body)
-    verdict = verifier.verify_report(node, attested, known_log=last_verified_log)
+    verdict = await verifier.verify_report(node, attested, known_log=last_verified_log,
+                                           policy=BootPolicy.from_dict(json.loads(text)))
     # verdict.passed; verdict.quote.reset_count (reboots); verdict.policy.reasons.
     # Keep verdict.log.sha256 and the log bytes, so the node may send only the digest.
 
 Session keys (requests signed with Ed25519 instead of one TPM quote each)::
 
-    challenge = challenges.issue(node_id, SESSION_KEY)
-    key = verifier.verify_session_key(node, SessionKeyCertification.from_dict(body))
+    challenge = await challenges.issue(node_id, SESSION_KEY)
+    key = await verifier.verify_session_key(node, SessionKeyCertification.from_dict(body))
     # keep key (CertifiedSessionKey) for the node; on later requests:
     key.verify(request_bytes, signature)   # raises AttestationError
 

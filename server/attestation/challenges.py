@@ -2,10 +2,16 @@
 
 A quote proves freshness only if its nonce came from the server, recently, and was
 never accepted before. ``Challenges`` issues and redeems them; where they are kept
-is a ``ChallengeStore``: in memory for one process, or the fleet store's database
-when several server replicas share the work (its ``take`` must then be one atomic
-delete-and-return, e.g. ``DELETE ... RETURNING``, so two replicas cannot both
-redeem one challenge).
+is a ``ChallengeStore``: the fleet store's database (``server.store``), which
+several server replicas share, so a challenge issued by one replica is redeemed
+at another, once (``take_challenge`` is one atomic ``DELETE ... RETURNING``); or
+``MemoryChallengeStore``, for a verifier without a database (the benchmark, the
+verifier's own tests).
+
+The number of pending challenges is capped per purpose: enrollment challenges
+are issued before the caller proves anything, so a flood of them fills its own
+purpose's quota and is refused (``ChallengesFull``), never the report
+challenges of enrolled nodes.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,11 +27,15 @@ from typing import Protocol
 from fleet.attestation import NONCE_BYTES, AttestationError, Challenge
 
 DEFAULT_TTL_S = 120
-MAX_PENDING = 100_000
+MAX_PENDING = 10_000  # per purpose
 
 
 class ChallengeError(AttestationError):
     """A challenge is unknown, already used, expired, or not this node's."""
+
+
+class ChallengesFull(ChallengeError):
+    """Too many challenges of one purpose are pending; retry when some expire."""
 
 
 @dataclass(frozen=True)
@@ -36,36 +47,46 @@ class PendingChallenge:
 
 
 class ChallengeStore(Protocol):
-    def put(self, nonce: bytes, pending: PendingChallenge) -> None:
-        """Keep ``pending`` under ``nonce``; may raise ``ChallengeError`` when full."""
+    async def add_challenge(
+        self, nonce: bytes, pending: PendingChallenge, now: float, limit: int
+    ) -> bool:
+        """Drop the challenges expired at ``now`` and keep ``pending`` under ``nonce``,
+        unless ``limit`` challenges of its purpose are pending: then False."""
+        ...
 
-    def take(self, nonce: bytes) -> PendingChallenge | None:
+    async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
         """Remove and return the challenge, atomically; None if there is none."""
+        ...
 
 
 class MemoryChallengeStore:
-    """A ``ChallengeStore`` for a single server process."""
+    """A ``ChallengeStore`` for one process without a database."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, limit: int = MAX_PENDING) -> None:
+    def __init__(self) -> None:
         self._pending: dict[bytes, PendingChallenge] = {}
+        self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._clock = clock
-        self._limit = limit
 
-    def put(self, nonce: bytes, pending: PendingChallenge) -> None:
+    async def add_challenge(
+        self, nonce: bytes, pending: PendingChallenge, now: float, limit: int
+    ) -> bool:
         with self._lock:
-            if len(self._pending) >= self._limit:
-                now = self._clock()
+            if self._counts[pending.purpose] >= limit:
+                # Purging costs a pass over all: only when a quota looks full.
                 self._pending = {n: p for n, p in self._pending.items() if p.expires_at > now}
-            if len(self._pending) >= self._limit:
-                raise ChallengeError(
-                    f"{self._limit} challenges are pending; try again when some expire"
-                )
+                self._counts = Counter(p.purpose for p in self._pending.values())
+                if self._counts[pending.purpose] >= limit:
+                    return False
             self._pending[nonce] = pending
+            self._counts[pending.purpose] += 1
+            return True
 
-    def take(self, nonce: bytes) -> PendingChallenge | None:
+    async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
         with self._lock:
-            return self._pending.pop(nonce, None)
+            pending = self._pending.pop(nonce, None)
+            if pending is not None:
+                self._counts[pending.purpose] -= 1
+            return pending
 
 
 class Challenges:
@@ -76,25 +97,38 @@ class Challenges:
         store: ChallengeStore,
         *,
         ttl_s: float = DEFAULT_TTL_S,
+        max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._ttl_s = ttl_s
+        self._max_pending = max_pending
         self._clock = clock
 
-    def issue(self, subject: str, purpose: str, payload: bytes = b"") -> Challenge:
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_s
+
+    async def issue(self, subject: str, purpose: str, payload: bytes = b"") -> Challenge:
+        """Raises ``ChallengesFull`` when ``max_pending`` of ``purpose`` are pending."""
         nonce = os.urandom(NONCE_BYTES)
-        expires_at = self._clock() + self._ttl_s
-        self._store.put(nonce, PendingChallenge(subject, purpose, payload, expires_at))
+        now = self._clock()
+        expires_at = now + self._ttl_s
+        pending = PendingChallenge(subject, purpose, payload, expires_at)
+        if not await self._store.add_challenge(nonce, pending, now, self._max_pending):
+            raise ChallengesFull(
+                f"{self._max_pending} {purpose} challenges are pending; try again when some "
+                f"expire (within {self._ttl_s:.0f}s)"
+            )
         return Challenge(nonce, int(expires_at))
 
-    def redeem(self, nonce: bytes, subject: str, purpose: str) -> bytes:
+    async def redeem(self, nonce: bytes, subject: str, purpose: str) -> bytes:
         """The payload of a live challenge issued to ``subject`` for ``purpose``.
 
         The challenge is gone afterwards, whether or not it was valid: a nonce is
-        accepted at most once, even under a race.
+        accepted at most once, even under a race between replicas.
         """
-        pending = self._store.take(nonce)
+        pending = await self._store.take_challenge(nonce)
         if pending is None:
             raise ChallengeError(
                 "unknown or already used challenge (a replayed quote?); ask for a new one"

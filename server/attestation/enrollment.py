@@ -238,7 +238,7 @@ class EnrollmentVerifier:
         self._challenges = challenges
         self._clock = clock
 
-    def begin(self, request: EnrollmentRequest) -> CredentialChallenge:
+    async def begin(self, request: EnrollmentRequest) -> CredentialChallenge:
         try:
             cert = x509.load_der_x509_certificate(request.ek_certificate)
         except ValueError:
@@ -261,12 +261,13 @@ class EnrollmentVerifier:
         payload = canonical_json(
             {"node": node.to_dict(), "secret_sha256": hashlib.sha256(secret).hexdigest()}
         )
-        challenge = self._challenges.issue(request.node_id, PURPOSE, payload)
+        challenge = await self._challenges.issue(request.node_id, PURPOSE, payload)
         log.info("attest.enroll_begin", node=request.node_id, ek=node.ek_certificate_sha256)
         return CredentialChallenge(challenge.nonce, blob, encrypted_secret, challenge.expires_at)
 
-    def finish(self, answer: CredentialAnswer) -> EnrolledNode:
-        payload = json.loads(self._challenges.redeem(answer.challenge, answer.node_id, PURPOSE))
+    async def finish(self, answer: CredentialAnswer) -> EnrolledNode:
+        redeemed = await self._challenges.redeem(answer.challenge, answer.node_id, PURPOSE)
+        payload = json.loads(redeemed)
         expected = bytes.fromhex(payload["secret_sha256"])
         if not hmac.compare_digest(hashlib.sha256(answer.secret).digest(), expected):
             raise EnrollmentError(

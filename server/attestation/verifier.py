@@ -108,22 +108,15 @@ def _masks(selection: PcrSelection) -> tuple[tuple[int, int], ...]:
 class QuoteVerifier:
     """Checks evidence against a node's enrolled AK.
 
-    ``required`` is the least PCR selection a quote must cover; ``policy`` judges
-    the verified event log (none: the log is checked, not judged).
+    ``required`` is the least PCR selection a quote must cover.
     """
 
-    def __init__(
-        self,
-        challenges: Challenges,
-        required: PcrSelection,
-        policy: BootPolicy | None = None,
-    ) -> None:
+    def __init__(self, challenges: Challenges, required: PcrSelection) -> None:
         self._challenges = challenges
         self._required = required
-        self._policy = policy
         self._mask_cache: dict[PcrSelection, tuple[tuple[int, int], ...]] = {}
 
-    def check_quote(
+    async def check_quote(
         self,
         node: EnrolledNode,
         evidence: AttestationEvidence,
@@ -131,7 +124,7 @@ class QuoteVerifier:
         purpose: str = REPORT,
     ) -> VerifiedQuote:
         """Signature, nonce, qualifying data, PCR selection and PCR digest."""
-        self._challenges.redeem(evidence.nonce, node.node_id, purpose)
+        await self._challenges.redeem(evidence.nonce, node.node_id, purpose)
         quote = parse_quote(evidence.quote)
         expected = quote_qualifying_data(evidence.nonce, bound_digest)
         if not hmac.compare_digest(quote.extra_data, expected):
@@ -203,33 +196,36 @@ class QuoteVerifier:
             raise QuoteError("the event log covers none of the quoted PCRs")
         return VerifiedLog(parsed, digest, verified)
 
-    def verify_report(
-        self, node: EnrolledNode, attested: AttestedReport, known_log: bytes | None = None
+    async def verify_report(
+        self,
+        node: EnrolledNode,
+        attested: AttestedReport,
+        known_log: bytes | None = None,
+        policy: BootPolicy | None = None,
     ) -> ReportVerdict:
         """The full check of a posted report: quote, log, policy.
 
         ``known_log`` is the node's last verified log, used when the evidence names
         its log by digest only. With no log at all, the verdict has no log and does
         not pass: the report is bound and fresh, but the boot is unexplained.
+        ``policy`` judges the verified log (none: the log is checked, not judged).
         """
-        quote = self.check_quote(node, attested.evidence, report_digest(attested.report))
+        quote = await self.check_quote(node, attested.evidence, report_digest(attested.report))
         log = attested.evidence.event_log
         if log is None:
             log = known_log
         if log is None:
             return ReportVerdict(quote, None, None)
         verified = self.check_event_log(attested.evidence, log)
-        policy = None
-        if self._policy is not None:
-            policy = evaluate(self._policy, verified.log, verified.verified)
-        return ReportVerdict(quote, verified, policy)
+        judged = None if policy is None else evaluate(policy, verified.log, verified.verified)
+        return ReportVerdict(quote, verified, judged)
 
-    def verify_session_key(
+    async def verify_session_key(
         self, node: EnrolledNode, certification: SessionKeyCertification
     ) -> CertifiedSessionKey:
         if certification.node_id != node.node_id:
             raise QuoteError(f"a session key for {certification.node_id} sent as {node.node_id}")
-        quote = self.check_quote(
+        quote = await self.check_quote(
             node,
             certification.evidence,
             session_key_digest(certification.public_key),

@@ -15,6 +15,7 @@ from typing import Protocol
 from fleet.errors import GpuwardError
 from fleet.report import HealthReport
 from fleet.rollout import Observation, Rollout, Transition
+from server.attestation.challenges import PendingChallenge
 
 
 class Conflict(GpuwardError):
@@ -136,6 +137,27 @@ class Store(Protocol):
         ...
 
     async def assignment(self, node_id: str) -> Assignment | None: ...
+
+    # Attestation: shared by replicas, so any of them redeems what another issued.
+
+    async def add_challenge(
+        self, nonce: bytes, pending: PendingChallenge, now: float, limit: int
+    ) -> bool:
+        """Drop the challenges expired at ``now`` and keep ``pending`` under ``nonce``,
+        unless ``limit`` challenges of its purpose are pending: then False."""
+        ...
+
+    async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
+        """Delete and return the challenge in one statement; None if there is none."""
+        ...
+
+    async def keep_event_log(self, node_id: str, sha256: str, log: bytes) -> None:
+        """Keep the node's last verified event log (one per node)."""
+        ...
+
+    async def event_log(self, node_id: str) -> tuple[str, bytes] | None:
+        """The node's last verified event log: (sha256 hex, bytes)."""
+        ...
 
 
 async def open_store(url: str) -> Store:

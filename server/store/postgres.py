@@ -92,6 +92,25 @@ MIGRATIONS = (
     """
     ALTER TABLE reports ADD COLUMN attestation TEXT;
     """,
+    # Attestation state every replica must see: pending challenges (single-use,
+    # expiring; server.attestation.challenges) and each node's last verified
+    # event log, so its reports may name it by digest at any replica.
+    """
+    CREATE TABLE challenges (
+        nonce BYTEA PRIMARY KEY,
+        subject TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX challenges_expiry ON challenges (expires_at);
+    CREATE INDEX challenges_purpose ON challenges (purpose);
+    CREATE TABLE event_logs (
+        node_id TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        log BYTEA NOT NULL
+    );
+    """,
 )
 
 

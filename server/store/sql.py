@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
+from server.attestation.challenges import PendingChallenge
 from server.store import (
     Assignment,
     Conflict,
@@ -113,6 +114,7 @@ class SqlStore:
                 "DELETE FROM enrollments WHERE node_id = ? RETURNING node_id", node_id
             )
             await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
+            await tx.execute("DELETE FROM event_logs WHERE node_id = ?", node_id)
         return bool(found)
 
     async def add_report(
@@ -320,6 +322,58 @@ class SqlStore:
                 node_id,
             )
         return Assignment(*rows[0]) if rows else None
+
+    # Attestation.
+
+    async def add_challenge(
+        self, nonce: bytes, pending: PendingChallenge, now: float, limit: int
+    ) -> bool:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute("DELETE FROM challenges WHERE expires_at <= ?", now)
+            # Replicas counting at once may each admit one more: the cap is a
+            # bound on work, exceeded by at most one per replica.
+            (count,) = (
+                await tx.fetch("SELECT COUNT(*) FROM challenges WHERE purpose = ?", pending.purpose)
+            )[0]
+            if count >= limit:
+                return False
+            await tx.execute(
+                "INSERT INTO challenges (nonce, subject, purpose, payload, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                nonce,
+                pending.subject,
+                pending.purpose,
+                pending.payload,
+                pending.expires_at,
+            )
+        return True
+
+    async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
+        async with self.db.transaction(write=True) as tx:
+            rows = await tx.fetch(
+                "DELETE FROM challenges WHERE nonce = ? "
+                "RETURNING subject, purpose, payload, expires_at",
+                nonce,
+            )
+        if not rows:
+            return None
+        subject, purpose, payload, expires_at = rows[0]
+        return PendingChallenge(subject, purpose, bytes(payload), float(expires_at))
+
+    async def keep_event_log(self, node_id: str, sha256: str, log: bytes) -> None:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute(
+                "INSERT INTO event_logs (node_id, sha256, log) VALUES (?, ?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET sha256 = excluded.sha256, log = excluded.log",
+                node_id,
+                sha256,
+                log,
+            )
+
+    async def event_log(self, node_id: str) -> tuple[str, bytes] | None:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch("SELECT sha256, log FROM event_logs WHERE node_id = ?", node_id)
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
 
 
 async def _observations(tx: Tx, pool: str) -> dict[str, Observation]:

@@ -94,6 +94,25 @@ MIGRATIONS = (
     """
     ALTER TABLE reports ADD COLUMN attestation TEXT;
     """,
+    # Attestation state every replica must see: pending challenges (single-use,
+    # expiring; server.attestation.challenges) and each node's last verified
+    # event log, so its reports may name it by digest at any replica.
+    """
+    CREATE TABLE challenges (
+        nonce BLOB PRIMARY KEY,
+        subject TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX challenges_expiry ON challenges (expires_at);
+    CREATE INDEX challenges_purpose ON challenges (purpose);
+    CREATE TABLE event_logs (
+        node_id TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        log BLOB NOT NULL
+    );
+    """,
 )
 
 

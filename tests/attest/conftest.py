@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from asyncio import run
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def challenges(clock: Clock) -> Challenges:
-    return Challenges(MemoryChallengeStore(clock), clock=clock)
+    return Challenges(MemoryChallengeStore(), clock=clock)
 
 
 @pytest.fixture
@@ -201,8 +202,8 @@ def enrollment(trust: EkTrust, challenges: Challenges, clock: Clock) -> Enrollme
 
 def enroll(attestor: Attestor, enrollment: EnrollmentVerifier, node_id: str = "n1") -> EnrolledNode:
     """The whole enrollment exchange, as the HTTP layer would relay it."""
-    challenge = enrollment.begin(attestor.enrollment_request(node_id))
-    return enrollment.finish(attestor.activate(node_id, challenge))
+    challenge = run(enrollment.begin(attestor.enrollment_request(node_id)))
+    return run(enrollment.finish(attestor.activate(node_id, challenge)))
 
 
 @pytest.fixture

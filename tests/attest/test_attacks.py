@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+from asyncio import run
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,13 +57,13 @@ def node(agent: Attestor, enrollment: EnrollmentVerifier) -> EnrolledNode:
 
 @pytest.fixture
 def attest(agent: Attestor, challenges: Challenges) -> Callable[[], AttestedReport]:
-    return lambda: agent.attest_report(make_report(), challenges.issue("n1", "report"))
+    return lambda: agent.attest_report(make_report(), run(challenges.issue("n1", "report")))
 
 
 def test_honest_report_passes(
     node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
-    verdict = verifier.verify_report(node, attest())
+    verdict = run(verifier.verify_report(node, attest()))
     assert verdict.passed
     assert verdict.log is not None and 7 in verdict.log.verified["sha256"]
 
@@ -71,9 +72,9 @@ def test_replayed_quote_is_refused(
     node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     attested = attest()
-    verifier.verify_report(node, attested)
+    run(verifier.verify_report(node, attested))
     with pytest.raises(ChallengeError, match="already used"):
-        verifier.verify_report(node, attested)
+        run(verifier.verify_report(node, attested))
 
 
 def test_nonce_never_issued_is_refused(
@@ -82,7 +83,7 @@ def test_nonce_never_issued_is_refused(
     attested = attest()
     forged = dataclasses.replace(attested.evidence, nonce=bytes(32))
     with pytest.raises(ChallengeError, match="unknown"):
-        verifier.verify_report(node, dataclasses.replace(attested, evidence=forged))
+        run(verifier.verify_report(node, dataclasses.replace(attested, evidence=forged)))
 
 
 def test_quote_for_another_nonce_is_refused(
@@ -93,10 +94,10 @@ def test_quote_for_another_nonce_is_refused(
 ) -> None:
     """A live challenge of this node, presented with a quote made for another one."""
     attested = attest()
-    other = challenges.issue("n1", "report")
+    other = run(challenges.issue("n1", "report"))
     swapped = dataclasses.replace(attested.evidence, nonce=other.nonce)
     with pytest.raises(QuoteError, match="qualifying data"):
-        verifier.verify_report(node, dataclasses.replace(attested, evidence=swapped))
+        run(verifier.verify_report(node, dataclasses.replace(attested, evidence=swapped)))
 
 
 def test_another_nodes_challenge_is_refused(
@@ -105,9 +106,9 @@ def test_another_nodes_challenge_is_refused(
     verifier: QuoteVerifier,
     challenges: Challenges,
 ) -> None:
-    attested = agent.attest_report(make_report(), challenges.issue("n2", "report"))
+    attested = agent.attest_report(make_report(), run(challenges.issue("n2", "report")))
     with pytest.raises(ChallengeError, match="issued to n2"):
-        verifier.verify_report(node, attested)
+        run(verifier.verify_report(node, attested))
 
 
 def test_report_changed_after_quoting_is_refused(
@@ -117,7 +118,7 @@ def test_report_changed_after_quoting_is_refused(
     changed = dataclasses.replace(attested.report, reason="all GPUs healthy, honest")
     assert report_digest(changed) != report_digest(attested.report)
     with pytest.raises(QuoteError, match="another report"):
-        verifier.verify_report(node, dataclasses.replace(attested, report=changed))
+        run(verifier.verify_report(node, dataclasses.replace(attested, report=changed)))
 
 
 def test_expired_challenge_is_refused(
@@ -129,7 +130,7 @@ def test_expired_challenge_is_refused(
     attested = attest()
     clock.now += DEFAULT_TTL_S + 1
     with pytest.raises(ChallengeError, match="expired"):
-        verifier.verify_report(node, attested)
+        run(verifier.verify_report(node, attested))
 
 
 def test_forged_pcr_value_is_refused(
@@ -140,16 +141,16 @@ def test_forged_pcr_value_is_refused(
     pcrs["sha256"][7] = hashlib.sha256(b"a Secure Boot state I would like to have").digest()
     forged = dataclasses.replace(attested.evidence, pcrs=pcrs)
     with pytest.raises(QuoteError, match="PCR values are not the ones the TPM quoted"):
-        verifier.verify_report(node, dataclasses.replace(attested, evidence=forged))
+        run(verifier.verify_report(node, dataclasses.replace(attested, evidence=forged)))
 
 
 def test_quote_missing_required_pcrs_is_refused(
     node: EnrolledNode, agent: Attestor, challenges: Challenges
 ) -> None:
     strict = QuoteVerifier(challenges, PcrSelection.parse("sha256:0-9,14,15"))
-    attested = agent.attest_report(make_report(), challenges.issue("n1", "report"))
+    attested = agent.attest_report(make_report(), run(challenges.issue("n1", "report")))
     with pytest.raises(QuoteError, match="not all of the required"):
-        strict.verify_report(node, attested)
+        run(strict.verify_report(node, attested))
 
 
 def test_quote_signed_by_another_ak_is_refused(
@@ -162,9 +163,9 @@ def test_quote_signed_by_another_ak_is_refused(
     other_tpm = start_tpm("b")
     extend_log(other_tpm, LOG)  # same PCRs, so only the key differs
     with Attestor(other_tpm.config(event_log=LOG), tmp_path / "other") as other:
-        attested = other.attest_report(make_report(), challenges.issue("n1", "report"))
+        attested = other.attest_report(make_report(), run(challenges.issue("n1", "report")))
     with pytest.raises(QuoteError, match="signature does not verify"):
-        verifier.verify_report(node, attested)
+        run(verifier.verify_report(node, attested))
 
 
 def _with_log(attested: AttestedReport, log: bytes) -> AttestedReport:
@@ -181,7 +182,7 @@ def test_event_log_with_one_digest_changed_is_refused(
     at = data.index(shim.digests["sha256"], shim.offset)
     data[at] ^= 0x01
     with pytest.raises(QuoteError, match=r"does not give the quoted PCRs sha256:4"):
-        verifier.verify_report(node, _with_log(attest(), bytes(data)))
+        run(verifier.verify_report(node, _with_log(attest(), bytes(data))))
 
 
 def test_event_log_with_one_event_removed_is_refused(
@@ -194,7 +195,7 @@ def test_event_log_with_one_event_removed_is_refused(
     )
     cut = data[: events[victim].offset] + data[events[victim + 1].offset :]
     with pytest.raises(QuoteError, match=r"sha256:7"):
-        verifier.verify_report(node, _with_log(attest(), cut))
+        run(verifier.verify_report(node, _with_log(attest(), cut)))
 
 
 @pytest.mark.parametrize(
@@ -214,7 +215,7 @@ def test_malformed_event_log_is_a_clear_error(
     verifier: QuoteVerifier,
 ) -> None:
     with pytest.raises(EventLogError, match="event log rejected at byte"):
-        verifier.verify_report(node, _with_log(attest(), damage(LOG.read_bytes())))
+        run(verifier.verify_report(node, _with_log(attest(), damage(LOG.read_bytes()))))
 
 
 def test_log_named_by_digest_must_be_that_log(
@@ -224,7 +225,7 @@ def test_log_named_by_digest_must_be_that_log(
     by_digest = dataclasses.replace(attested, evidence=attested.evidence.without_log())
     other_log = (LOG_DIR / "swtpm-sanity-secureboot.bin").read_bytes()
     with pytest.raises(QuoteError, match="not the one the evidence names"):
-        verifier.verify_report(node, by_digest, known_log=other_log)
+        run(verifier.verify_report(node, by_digest, known_log=other_log))
 
 
 # Enrollment.
@@ -244,35 +245,35 @@ def test_ak_of_another_tpm_cannot_be_enrolled(
         genuine = agent.enrollment_request("n1")
         foreign = other.enrollment_request("n1")
         mixed = dataclasses.replace(genuine, ak_public=foreign.ak_public, ak_name=foreign.ak_name)
-        challenge = enrollment.begin(mixed)
+        challenge = run(enrollment.begin(mixed))
         with pytest.raises(AttestationError, match="credential activation failed"):
             other.activate("n1", challenge)
         with pytest.raises(AttestationError, match="credential activation failed"):
             agent.activate("n1", challenge)
     with pytest.raises(EnrollmentError, match="not activated by the TPM"):
-        enrollment.finish(CredentialAnswer("n1", challenge.challenge, bytes(32)))
+        run(enrollment.finish(CredentialAnswer("n1", challenge.challenge, bytes(32))))
 
 
 def test_wrong_secret_is_refused_and_the_challenge_is_spent(
     agent: Attestor, enrollment: EnrollmentVerifier
 ) -> None:
-    challenge = enrollment.begin(agent.enrollment_request("n1"))
+    challenge = run(enrollment.begin(agent.enrollment_request("n1")))
     answer = agent.activate("n1", challenge)
     wrong = dataclasses.replace(answer, secret=bytes(len(answer.secret)))
     with pytest.raises(EnrollmentError, match="not activated"):
-        enrollment.finish(wrong)
+        run(enrollment.finish(wrong))
     with pytest.raises(ChallengeError, match="already used"):
-        enrollment.finish(answer)
+        run(enrollment.finish(answer))
 
 
 def test_expired_enrollment_challenge_is_refused(
     agent: Attestor, enrollment: EnrollmentVerifier, clock: Clock
 ) -> None:
-    challenge = enrollment.begin(agent.enrollment_request("n1"))
+    challenge = run(enrollment.begin(agent.enrollment_request("n1")))
     answer = agent.activate("n1", challenge)
     clock.now += DEFAULT_TTL_S + 1
     with pytest.raises(ChallengeError, match="expired"):
-        enrollment.finish(answer)
+        run(enrollment.finish(answer))
 
 
 def _rogue_ca(ek_cert: x509.Certificate) -> tuple[x509.Certificate, x509.Certificate]:
@@ -301,7 +302,7 @@ def test_ek_certificate_from_an_unknown_ca_is_refused(
         request, ek_certificate=leaf.public_bytes(serialization.Encoding.DER)
     )
     with pytest.raises(EnrollmentError, match="does not lead to an allowed CA"):
-        enrollment.begin(forged)
+        run(enrollment.begin(forged))
     # The same certificate passes once its CA is allowed: the refusal was the CA's.
     allowing = EkTrust([*trust.roots, *trust.intermediates, ca])
     assert allowing.verify(leaf, datetime.datetime.now(datetime.UTC))[-1] == ca
@@ -318,14 +319,14 @@ def test_ek_public_key_must_be_the_certified_one(
         foreign = other.enrollment_request("n1")
     swapped = dataclasses.replace(agent.enrollment_request("n1"), ek_public=foreign.ek_public)
     with pytest.raises(EnrollmentError, match="not the key its certificate certifies"):
-        enrollment.begin(swapped)
+        run(enrollment.begin(swapped))
 
 
 def test_ak_name_must_match_the_ak(agent: Attestor, enrollment: EnrollmentVerifier) -> None:
     request = agent.enrollment_request("n1")
     lying = dataclasses.replace(request, ak_name=request.ak_name[:-1] + b"\x00")
     with pytest.raises(EnrollmentError, match="AK name sent is not the name"):
-        enrollment.begin(lying)
+        run(enrollment.begin(lying))
 
 
 def test_expired_ek_certificate_is_refused(
@@ -335,7 +336,7 @@ def test_expired_ek_certificate_is_refused(
     not_before = x509.load_der_x509_certificate(request.ek_certificate).not_valid_before_utc
     clock.now = not_before.timestamp() - 86_400
     with pytest.raises(EnrollmentError, match="not valid at"):
-        enrollment.begin(request)
+        run(enrollment.begin(request))
 
 
 # Session keys.
@@ -344,8 +345,8 @@ def test_expired_ek_certificate_is_refused(
 def test_session_key_certified_then_used(
     node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
 ) -> None:
-    key, certification = agent.certify_session_key("n1", challenges.issue("n1", "session-key"))
-    certified = verifier.verify_session_key(node, certification)
+    key, certification = agent.certify_session_key("n1", run(challenges.issue("n1", "session-key")))
+    certified = run(verifier.verify_session_key(node, certification))
     request = b'{"what": "next report"}'
     certified.verify(request, key.sign(request))
     with pytest.raises(AttestationError, match="bad session-key signature"):
@@ -355,19 +356,19 @@ def test_session_key_certified_then_used(
 def test_session_key_swapped_after_quoting_is_refused(
     node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
 ) -> None:
-    _, certification = agent.certify_session_key("n1", challenges.issue("n1", "session-key"))
+    _, certification = agent.certify_session_key("n1", run(challenges.issue("n1", "session-key")))
     mine = bytes(32)
     with pytest.raises(QuoteError, match="qualifying data"):
-        verifier.verify_session_key(node, dataclasses.replace(certification, public_key=mine))
+        run(verifier.verify_session_key(node, dataclasses.replace(certification, public_key=mine)))
 
 
 def test_report_quote_cannot_certify_a_session_key(
     node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
 ) -> None:
     """A challenge serves one purpose: a report challenge does not certify keys."""
-    _, certification = agent.certify_session_key("n1", challenges.issue("n1", "report"))
+    _, certification = agent.certify_session_key("n1", run(challenges.issue("n1", "report")))
     with pytest.raises(ChallengeError, match="for report, not to n1 for session-key"):
-        verifier.verify_session_key(node, certification)
+        run(verifier.verify_session_key(node, certification))
 
 
 def test_evidence_round_trips_through_json(attest: Callable[[], AttestedReport]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from asyncio import run
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,16 +69,15 @@ def test_replayed_log_quoted_and_verified(
     tpm = start_tpm()
     extend_log(tpm, log_path)
     selection = log_selection(log_path)
-    verifier = QuoteVerifier(
-        challenges, selection, policy=from_eventlog(parse(log_path.read_bytes()))
-    )
+    verifier = QuoteVerifier(challenges, selection)
+    policy = from_eventlog(parse(log_path.read_bytes()))
     with Attestor(tpm.config(selection, event_log=log_path), state_dir) as attestor:
         node = enroll(attestor, enrollment)
         report = make_report()
-        attested = attestor.attest_report(report, challenges.issue("n1", "report"))
+        attested = attestor.attest_report(report, run(challenges.issue("n1", "report")))
     # Through JSON, as over the wire.
     received = AttestedReport.from_dict(json.loads(json.dumps(attested.to_dict())))
-    verdict = verifier.verify_report(node, received)
+    verdict = run(verifier.verify_report(node, received, policy=policy))
     assert verdict.passed, verdict.policy
     assert verdict.log is not None
     expected = replay(parse(log_path.read_bytes()))
@@ -103,7 +103,7 @@ def test_tpm2_tools_accept_the_agents_quote(
     with Attestor(tpm.config(), state_dir) as attestor:
         enroll(attestor, enrollment)
         report = make_report()
-        challenge = challenges.issue("n1", "report")
+        challenge = run(challenges.issue("n1", "report"))
         evidence = attestor.quote(challenge.nonce, report_digest(report))
     ak = parse_public((state_dir / "attest/ak.pub").read_bytes())
     pem = ak.key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
@@ -145,8 +145,8 @@ def test_ak_survives_an_agent_restart(
     with Attestor(tpm.config(), state_dir) as attestor:
         node = enroll(attestor, enrollment)
     with Attestor(tpm.config(), state_dir) as restarted:
-        attested = restarted.attest_report(make_report(), challenges.issue("n1", "report"))
-    assert verifier.check_quote(node, attested.evidence, attested.digest).node_id == "n1"
+        attested = restarted.attest_report(make_report(), run(challenges.issue("n1", "report")))
+    assert run(verifier.check_quote(node, attested.evidence, attested.digest)).node_id == "n1"
 
 
 def _transient_and_sessions(tcti: str) -> tuple[int, int]:
@@ -172,8 +172,8 @@ def test_no_tpm_handles_leak(
         for _ in range(10):
             node = enroll(attestor, enrollment)
         for _ in range(30):
-            attested = attestor.attest_report(make_report(), challenges.issue("n1", "report"))
-            verifier.check_quote(node, attested.evidence, attested.digest)
+            attested = attestor.attest_report(make_report(), run(challenges.issue("n1", "report")))
+            run(verifier.check_quote(node, attested.evidence, attested.digest))
         assert _transient_and_sessions(tpm.tcti) == (0, 0)
 
 

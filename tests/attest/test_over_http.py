@@ -28,10 +28,11 @@ from agent.reporter import post_report
 from fleet.attestation import AttestedReport, Challenge, CredentialChallenge
 from fleet.errors import GpuwardError
 from fleet.eventlog import parse
+from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
 from server.attestation.enrollment import EnrolledNode
 from tests.attest.conftest import LOCAL_CA, Tpm, extend_log, self_signed_ca
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
-from tests.conftest import Site, make_site
+from tests.conftest import ENROLLMENT_TOKEN, Site, make_site
 from tests.simnode import SimNode
 
 
@@ -60,7 +61,7 @@ def _begin(site: Site, attestor: Attestor, node_id: str) -> tuple[CredentialChal
         "POST",
         f"{site.url}/v1/enroll/tpm/begin",
         body=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", ENROLLMENT_TOKEN_HEADER: ENROLLMENT_TOKEN},
     )
     assert response.status == 200, response.data
     doc = json.loads(response.data)
