@@ -157,7 +157,9 @@ def _start_server(
     process = subprocess.Popen(
         [sys.executable, "-m", "gpuward", "--log-format", "json", "server", "run",
          "--repo", str(repo), "--db", db, "--host", HOST, "--port", "0",
-         "--unattested-enrollment-token-file", str(token_file)],
+         "--unattested-enrollment-token-file", str(token_file),
+         # Every simulated node enrolls from this one address.
+         "--preauth-burst", "1000000"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
     started = time.monotonic()

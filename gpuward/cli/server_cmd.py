@@ -58,6 +58,22 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "(it admits the exchange; the TPM vouches for the node)",
     )
     run.add_argument(
+        "--preauth-rate",
+        type=float,
+        default=2.0,
+        metavar="R",
+        help="enrollment requests per second admitted from one address, sustained "
+        "(default 2)",
+    )
+    run.add_argument(
+        "--preauth-burst",
+        type=int,
+        default=100,
+        metavar="N",
+        help="enrollment requests admitted from one address at once (default 100; raise "
+        "it for a site enrolling behind one NAT or proxy address)",
+    )
+    run.add_argument(
         "--boot-policy",
         type=Path,
         metavar="FILE",
@@ -116,6 +132,8 @@ def _run(args: argparse.Namespace) -> None:
             unattested_enrollment_token=_read_token(args.unattested_enrollment_token_file),
             ek_ca=tuple(args.ek_ca),
             tpm_enrollment_token=_read_token(args.tpm_enrollment_token_file),
+            preauth_rate_per_s=args.preauth_rate,
+            preauth_burst=args.preauth_burst,
             boot_policy=args.boot_policy,
             pool_boot_policies=tuple(pool_policies),
         )

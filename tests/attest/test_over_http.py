@@ -55,11 +55,12 @@ def _agent_config(site: Site, tpm: Tpm, folder: Path, event_log: Path | None = N
     return site.agent_toml(folder, extra=extra)
 
 
-def _begin(site: Site, attestor: Attestor, node_id: str) -> tuple[CredentialChallenge, Challenge]:
+def begin(url: str, attestor: Attestor, node_id: str) -> tuple[CredentialChallenge, Challenge]:
+    """``POST /v1/enroll/tpm/begin`` at the server ``url``, with the enrollment token."""
     body = json.dumps(attestor.enrollment_request(node_id).to_dict()).encode()
     response = urllib3.request(
         "POST",
-        f"{site.url}/v1/enroll/tpm/begin",
+        f"{url}/v1/enroll/tpm/begin",
         body=body,
         headers={"Content-Type": "application/json", ENROLLMENT_TOKEN_HEADER: ENROLLMENT_TOKEN},
     )
@@ -71,7 +72,7 @@ def _begin(site: Site, attestor: Attestor, node_id: str) -> tuple[CredentialChal
     )
 
 
-def _enroll_body(node: SimNode, evidence: Mapping[str, object]) -> bytes:
+def enroll_body(node: SimNode, evidence: Mapping[str, object]) -> bytes:
     doc = {
         "node_id": node.node_id,
         "public_key": base64.b64encode(node.public_key).decode(),
@@ -113,17 +114,17 @@ def test_tpm_evidence_certifying_another_key_is_refused_and_not_reusable(
 ) -> None:
     node, thief = SimNode(site.url, "n1"), SimNode(site.url, "n1")
     with Attestor(tpm.config(), tmp_path) as attestor:
-        credential, challenge = _begin(site, attestor, "n1")
+        credential, challenge = begin(site.url, attestor, "n1")
         evidence = {
             "type": "tpm2",
             "credential": attestor.activate("n1", credential).to_dict(),
             "session_key": attestor.certify_key("n1", node.public_key, challenge).to_dict(),
         }
     # Evidence for node's key, presented to enroll the thief's key.
-    body = _enroll_body(thief, evidence)
+    body = enroll_body(thief, evidence)
     refused = thief.send("POST", "/v1/enroll", body)
     assert refused.status == 403 and "another key" in json.loads(refused.data)["error"]
-    body = _enroll_body(node, evidence)
+    body = enroll_body(node, evidence)
     assert node.send("POST", "/v1/enroll", body).status == 201
     # The same evidence again (a replay, even by the node itself): its challenges are spent.
     replayed = node.send("POST", "/v1/enroll", body)
@@ -159,12 +160,12 @@ def test_a_server_without_ek_cas_has_no_tpm_enrollment(
             enroll(config)
         # The token mode is as before: a TPM evidence type is not even considered.
         node = SimNode(site.url, "n2")
-        body = _enroll_body(node, {"type": "tpm2"})
+        body = enroll_body(node, {"type": "tpm2"})
         assert node.send("POST", "/v1/enroll", body).status == 403
         assert site.fleet() == {}
 
 
-def _log() -> Path:
+def reference_log() -> Path:
     """A reference log swtpm can reproduce (not started at locality 3), with sha256."""
     for path in LOGS:
         if startup_locality(path) != 3 and "sha256" in parse(path.read_bytes()).digest_sizes:
@@ -172,17 +173,17 @@ def _log() -> Path:
     raise AssertionError(f"no usable event log in {LOGS}")
 
 
-def _enrolled_agent(site: Site, tpm: Tpm, folder: Path) -> tuple[AgentConfig, SimNode]:
+def enroll_agent(site: Site, tpm: Tpm, folder: Path) -> tuple[AgentConfig, SimNode]:
     """An agent enrolled with its TPM, whose PCRs its event log explains; and a
     client signing with its key, for the requests an attacker would forge."""
-    log_path = _log()
+    log_path = reference_log()
     extend_log(tpm, log_path)
     config = load_config(_agent_config(site, tpm, folder, event_log=log_path))
     assert enroll(config)["attestation"] == "tpm2"
     return config, SimNode(site.url, config.node_id, key=load_key(config))
 
 
-def _challenge(node: SimNode) -> tuple[Challenge, str | None]:
+def ask_challenge(node: SimNode) -> tuple[Challenge, str | None]:
     response = node.send("GET", "/v1/challenge")
     assert response.status == 200, response.data
     doc = json.loads(response.data)
@@ -192,15 +193,15 @@ def _challenge(node: SimNode) -> tuple[Challenge, str | None]:
 def test_reports_of_a_tpm_node_are_attested_and_shown_so(
     site: Site, tpm: Tpm, tmp_path: Path
 ) -> None:
-    config, node = _enrolled_agent(site, tpm, tmp_path / "node")
+    config, node = enroll_agent(site, tpm, tmp_path / "node")
     post_report(config, make_report())
     shown = site.fleet()["n1"]["report_attestation"]
-    digest = hashlib.sha256(_log().read_bytes()).hexdigest()
+    digest = hashlib.sha256(reference_log().read_bytes()).hexdigest()
     assert shown["passed"] is True and shown["reasons"] == []
     assert shown["event_log_sha256"] == digest
     # The server keeps the verified log: the next challenge names it, and the
     # agent's next report, sent without it, is verified against the kept one.
-    assert _challenge(node)[1] == digest
+    assert ask_challenge(node)[1] == digest
     post_report(config, make_report(reason="still nothing newer"))
     latest = site.fleet()["n1"]
     assert latest["report"]["reason"] == "still nothing newer"
@@ -216,10 +217,10 @@ def test_reports_of_a_tpm_node_are_attested_and_shown_so(
 def test_forged_or_replayed_attested_reports_are_refused(
     site: Site, tpm: Tpm, tmp_path: Path
 ) -> None:
-    config, node = _enrolled_agent(site, tpm, tmp_path / "node")
+    config, node = enroll_agent(site, tpm, tmp_path / "node")
     assert config.attestation is not None
     with Attestor(config.attestation, config.state_dir) as attestor:
-        challenge, _ = _challenge(node)
+        challenge, _ = ask_challenge(node)
         report = make_report()
         attested = attestor.attest_report(report, challenge)
         body = json.dumps(attested.to_dict()).encode()
@@ -230,7 +231,7 @@ def test_forged_or_replayed_attested_reports_are_refused(
         assert old.status == 403 and "already used" in json.loads(old.data)["error"]
 
         # A report changed after quoting: the quote binds the original's digest.
-        challenge, _ = _challenge(node)
+        challenge, _ = ask_challenge(node)
         quoted = attestor.attest_report(make_report(reason="all good"), challenge)
         changed = AttestedReport(
             make_report(reason="all good, and nothing to see"), quoted.evidence
