@@ -62,8 +62,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=float,
         default=2.0,
         metavar="R",
-        help="enrollment requests per second admitted from one address, sustained "
-        "(default 2)",
+        help="enrollment requests per second admitted from one address, sustained (default 2)",
     )
     run.add_argument(
         "--preauth-burst",
