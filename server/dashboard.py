@@ -276,8 +276,23 @@ async def node_page(request: web.Request) -> web.Response:
     )
     return _page(
         f"Node {node_id}",
-        f"<section>{facts}</section><section><h2>Health history</h2>{history}</section>",
+        f"<section>{facts}</section>{_boot(node)}"
+        f"<section><h2>Health history</h2>{history}</section>",
         who,
+    )
+
+
+def _boot(node: dict[str, Any]) -> str:
+    """The measured-boot verdict on the node's last attested report, and why it failed."""
+    verdict = node["report_attestation"]
+    if verdict is None:
+        return ""
+    judged = verdict.get("policy") or "none: the event log is checked against the quote, not judged"
+    result = "pass" if verdict["passed"] else '<span class="unhealthy">fail</span>'
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict["reasons"])
+    return (
+        f'<section id="boot"><h2>Measured boot</h2><p>Policy: {_e(judged)}. '
+        f"Last attested report: {result}.</p>{f'<ul>{reasons}</ul>' if reasons else ''}</section>"
     )
 
 
