@@ -20,6 +20,7 @@ from agent.config import AgentConfig
 from agent.director import DirectorChannel, agree
 from agent.firewall.enforcer import Enforcer
 from agent.firewall.nft import Nft
+from agent.firewall.state import UnitResult
 from agent.health import HealthProbe, ProbeResult, gate
 from agent.identity import NotEnrolled
 from agent.reporter import post_report
@@ -64,7 +65,10 @@ def can_admin_network() -> bool:
 
 class Cycle:
     def __init__(
-        self, config: AgentConfig, probe: HealthProbe, firewall: Enforcer | None = None
+        self,
+        config: AgentConfig,
+        probe: HealthProbe,
+        firewall: Enforcer | UnitResult | None = None,
     ) -> None:
         self.config = config
         self.probe = probe
@@ -76,8 +80,10 @@ class Cycle:
                 firewall = Enforcer(config.firewall, Nft())
             else:
                 # The packaged agent runs without CAP_NET_ADMIN: gpuward-firewall.service
-                # holds that privilege and keeps the table enforced on its timer.
+                # holds that privilege, keeps the table enforced on its timer, and
+                # leaves its result for the report.
                 self.log.info("firewall_left_to_its_unit", reason="no CAP_NET_ADMIN")
+                firewall = UnitResult(config.firewall)
         self.firewall = firewall
 
     def run(self) -> CycleResult:

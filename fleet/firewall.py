@@ -9,8 +9,9 @@ strict and bounded like the rest of the report.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fleet.errors import InvalidDocument
 from fleet.schema import Reader
@@ -22,6 +23,7 @@ FIREWALL_ACTIONS = frozenset(
         "applied",  # the table was created, or replaced after the policy or addresses changed
         "repaired",  # someone else changed the table (or it predates the agent); drift says how
         "failed",  # the table could not be brought in line; error says why
+        "stale",  # the firewall unit's last result is too old to vouch for the table
     }
 )
 MAX_LINES = 64
@@ -37,6 +39,9 @@ class FirewallReport:
     drift: tuple[str, ...]  # how the live table differed before this cycle's repair
     notes: tuple[str, ...]  # warnings: a failed re-resolution, a cgroup not present yet
     error: str | None
+    # When gpuward-firewall.service checked (Unix time), for an agent that cannot
+    # read the table itself; None: the agent checked in this cycle.
+    checked_at: int | None = None
 
     def __post_init__(self) -> None:
         if self.action not in FIREWALL_ACTIONS:
@@ -51,6 +56,7 @@ class FirewallReport:
             "drift": list(self.drift),
             "notes": list(self.notes),
             "error": self.error,
+            "checked_at": self.checked_at,
         }
 
     @classmethod
@@ -58,7 +64,9 @@ class FirewallReport:
         r = Reader(
             doc,
             where,
-            allowed=frozenset({"mode", "digest", "in_sync", "action", "drift", "notes", "error"}),
+            allowed=frozenset(
+                {"mode", "digest", "in_sync", "action", "drift", "notes", "error", "checked_at"}
+            ),
         )
 
         def lines(key: str) -> tuple[str, ...]:
@@ -75,4 +83,7 @@ class FirewallReport:
             drift=lines("drift"),
             notes=lines("notes"),
             error=r.optional_text("error", max_len=1024),
+            checked_at=None
+            if cast(Mapping[str, Any], doc).get("checked_at") is None  # Reader: a mapping
+            else r.integer("checked_at"),
         )

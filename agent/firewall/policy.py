@@ -16,6 +16,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +55,10 @@ DEFAULTS: dict[str, Any] = {
     "log_prefix": "gpuward-drop: ",
     "log_rate_per_minute": 10,
     "resolve_interval_s": 3600,
+    # Where gpuward-firewall.service leaves its check result for an agent without
+    # CAP_NET_ADMIN, and how often it checks (its timer's OnUnitActiveSec).
+    "state_file": "/run/gpuward-firewall/state.json",
+    "check_interval_s": 300,
 }
 
 
@@ -181,6 +186,8 @@ class FirewallPolicy:
     log_prefix: str
     log_rate_per_minute: int
     resolve_interval_s: int
+    state_file: Path = Path(DEFAULTS["state_file"])
+    check_interval_s: int = DEFAULTS["check_interval_s"]
 
     def allowances(self) -> tuple[Allowance, ...]:
         """Every outbound flow the policy permits, in rule order."""
@@ -243,7 +250,11 @@ class FirewallPolicy:
             log_prefix=r.text("log_prefix", max_len=64, pattern=_LOG_PREFIX),
             log_rate_per_minute=r.integer("log_rate_per_minute", minimum=1, maximum=10_000),
             resolve_interval_s=r.integer("resolve_interval_s", minimum=60, maximum=86_400),
+            state_file=Path(r.text("state_file", max_len=4096)),
+            check_interval_s=r.integer("check_interval_s", minimum=10, maximum=86_400),
         )
+        if not policy.state_file.is_absolute():
+            raise InvalidDocument(f"{where}.state_file: must be an absolute path")
         restricts = policy.restricted_users or policy.restricted_cgroups
         if policy.mode == "host" and restricts:
             raise InvalidDocument(

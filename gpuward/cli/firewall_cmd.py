@@ -35,6 +35,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     render.set_defaults(func=_render)
 
     apply = sub.add_parser("apply", help="replace the table in one transaction, then verify it")
+    apply.add_argument(
+        "--write-state",
+        action="store_true",
+        help="also leave the result in the config's [firewall] state_file, for an agent "
+        "without CAP_NET_ADMIN (gpuward-firewall.service does)",
+    )
     add_json_flag(apply)
     apply.set_defaults(func=_apply)
 
@@ -78,11 +84,18 @@ def _render(args: argparse.Namespace) -> None:
 
 
 def _apply(args: argparse.Namespace) -> None:
+    import time
+
     from agent.firewall.enforcer import Enforcer
     from agent.firewall.nft import Nft
+    from agent.firewall.state import write_result
     from fleet.errors import GpuwardError
 
-    report = Enforcer(_load(args.config), Nft()).cycle()
+    policy = _load(args.config)
+    report = Enforcer(policy, Nft()).cycle()
+    if args.write_state:
+        # A failure is a result too: the agent must report it, not an older success.
+        write_result(policy.state_file, report, int(time.time()))
     if report.error is not None:
         raise GpuwardError(report.error)
     lines = [f"{report.action}: table inet gpuward, digest {report.digest}"]

@@ -38,6 +38,8 @@ def test_example_settings_are_valid_and_match_the_defaults(tmp_path: Path) -> No
     assert config.health_backend == AgentConfig.health_backend
     policy = FirewallPolicy.from_dict(tomllib.loads(uncommented.read_text())["firewall"])
     assert policy.mode == "host"
+    assert policy.state_file == FirewallPolicy.state_file
+    assert policy.check_interval_s == FirewallPolicy.check_interval_s
 
 
 def test_server_settings_name_what_the_unit_uses() -> None:

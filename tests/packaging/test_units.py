@@ -3,17 +3,21 @@
 Issue 10's limits: agent and server at most 2.0. The applier's bound, and the
 firewall unit's, are the ones SECURITY.md documents, read from its table here,
 and every exposure item the applier keeps must be justified there by name.
-(``systemd-analyze verify`` needs /usr/bin/gpuward to exist, so it runs where
-the package installed it: tests/packaging/test_deb.py.)
+``systemd-analyze verify`` needs /usr/bin/gpuward to exist: here it runs on the
+unit files in a root holding the host's units and a stand-in executable;
+tests/packaging/test_deb.py runs it again where the package installed them.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from agent.firewall.policy import DEFAULTS as FIREWALL_DEFAULTS
 from tests.packaging.conftest import REPO
 
 UNITS = REPO / "systemd"
@@ -67,8 +71,51 @@ def test_each_exposure_the_applier_keeps_is_justified() -> None:
 def test_the_applier_has_no_network_and_only_the_path_unit_starts_it() -> None:
     applier = (UNITS / "gpuward-apply.service").read_text()
     assert "\nPrivateNetwork=yes\n" in applier
-    assert "\nUser=" not in applier  # root, on purpose, and the only unit that is
+    assert "\nUser=" not in applier  # root, on purpose (the firewall unit too: its own test)
     assert "[Install]" not in applier
     path = (UNITS / "gpuward-apply.path").read_text()
     assert "\nDirectoryNotEmpty=/var/lib/gpuward/spool\n" in path
     assert "\nUnit=gpuward-apply.service\n" in path
+
+
+def test_units_verify(tmp_path: Path) -> None:
+    """Every unit file passes ``systemd-analyze verify`` without a warning."""
+    root = tmp_path / "root"
+    system = root / "usr/lib/systemd/system"
+    shutil.copytree("/usr/lib/systemd/system", system, symlinks=True)  # the targets
+    units = sorted(p.name for p in UNITS.iterdir() if p.suffix in (".service", ".timer", ".path"))
+    for unit in units:
+        shutil.copyfile(UNITS / unit, system / unit)
+    stand_in = root / "usr/bin/gpuward"
+    stand_in.parent.mkdir(parents=True)
+    stand_in.write_text("#!/bin/sh\n")
+    stand_in.chmod(0o755)
+    done = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            f"--root={root}",
+            *(f"/usr/lib/systemd/system/{u}" for u in units),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_the_firewall_unit_leaves_a_root_owned_result_on_schedule() -> None:
+    """Root (so its result is root's alone) with CAP_NET_ADMIN and nothing else,
+    writing where the agent's config looks, as often as the agent expects."""
+    unit = (UNITS / "gpuward-firewall.service").read_text()
+    assert "\nUser=" not in unit and "DynamicUser" not in unit
+    assert "\nCapabilityBoundingSet=CAP_NET_ADMIN\n" in unit
+    assert " firewall apply --config /etc/gpuward/agent.toml --write-state " in unit
+    state_file = Path(FIREWALL_DEFAULTS["state_file"])
+    assert f"\nRuntimeDirectory={state_file.parent.name}\n" in unit
+    assert state_file.parent.parent == Path("/run")
+    assert "\nRuntimeDirectoryPreserve=yes\n" in unit
+    timer = (UNITS / "gpuward-firewall.timer").read_text()
+    assert "\nOnBootSec=" in timer
+    minutes = int(re.findall(r"^OnUnitActiveSec=(\d+)min$", timer, re.M)[0])
+    assert minutes * 60 == FIREWALL_DEFAULTS["check_interval_s"]
