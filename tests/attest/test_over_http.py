@@ -72,6 +72,17 @@ def begin(url: str, attestor: Attestor, node_id: str) -> tuple[CredentialChallen
     )
 
 
+def tpm_evidence(url: str, tpm: Tpm, folder: Path, node: SimNode) -> dict[str, object]:
+    """The agent's TPM evidence for ``node``'s key, begun at the server ``url``."""
+    with Attestor(tpm.config(), folder) as attestor:
+        credential, challenge = begin(url, attestor, node.node_id)
+        return {
+            "type": "tpm2",
+            "credential": attestor.activate(node.node_id, credential).to_dict(),
+            "session_key": attestor.certify_key(node.node_id, node.public_key, challenge).to_dict(),
+        }
+
+
 def enroll_body(node: SimNode, evidence: Mapping[str, object]) -> bytes:
     doc = {
         "node_id": node.node_id,
@@ -113,13 +124,7 @@ def test_tpm_evidence_certifying_another_key_is_refused_and_not_reusable(
     site: Site, tpm: Tpm, tmp_path: Path
 ) -> None:
     node, thief = SimNode(site.url, "n1"), SimNode(site.url, "n1")
-    with Attestor(tpm.config(), tmp_path) as attestor:
-        credential, challenge = begin(site.url, attestor, "n1")
-        evidence = {
-            "type": "tpm2",
-            "credential": attestor.activate("n1", credential).to_dict(),
-            "session_key": attestor.certify_key("n1", node.public_key, challenge).to_dict(),
-        }
+    evidence = tpm_evidence(site.url, tpm, tmp_path, node)
     # Evidence for node's key, presented to enroll the thief's key.
     body = enroll_body(thief, evidence)
     refused = thief.send("POST", "/v1/enroll", body)

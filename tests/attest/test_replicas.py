@@ -22,10 +22,10 @@ from tests.attest.conftest import LOCAL_CA, Tpm
 from tests.attest.test_end_to_end import make_report
 from tests.attest.test_over_http import (
     ask_challenge,
-    begin,
     enroll_agent,
     enroll_body,
     reference_log,
+    tpm_evidence,
 )
 from tests.conftest import Site, make_site
 from tests.simnode import SimNode
@@ -47,14 +47,7 @@ def test_enrollment_begun_at_one_replica_finishes_at_the_other_once(
 ) -> None:
     site, second = replicas
     node = SimNode(second.url, "n1")
-    with Attestor(tpm.config(), tmp_path) as attestor:
-        credential, challenge = begin(site.url, attestor, "n1")
-        evidence = {
-            "type": "tpm2",
-            "credential": attestor.activate("n1", credential).to_dict(),
-            "session_key": attestor.certify_key("n1", node.public_key, challenge).to_dict(),
-        }
-    body = enroll_body(node, evidence)
+    body = enroll_body(node, tpm_evidence(site.url, tpm, tmp_path, node))
     enrolled = node.send("POST", "/v1/enroll", body)
     assert enrolled.status == 201, enrolled.data
     assert json.loads(enrolled.data)["attestation"] == "tpm2"
