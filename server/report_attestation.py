@@ -118,10 +118,9 @@ class ReportAttestation:
 
     async def challenge(self, node_id: str) -> dict[str, Any]:
         """Raises ``ChallengesFull`` when too many report challenges are pending."""
-        known = await self._store.event_log(node_id)
         return {
             "challenge": (await self._challenges.issue(node_id, REPORT)).to_dict(),
-            "event_log_sha256": None if known is None else known[0],
+            "event_log_sha256": await self._store.event_log_sha256(node_id),
         }
 
     async def verify(self, node: EnrolledNode, attested: AttestedReport) -> Verdict:

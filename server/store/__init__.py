@@ -159,6 +159,10 @@ class Store(Protocol):
         """The node's last verified event log: (sha256 hex, bytes)."""
         ...
 
+    async def event_log_sha256(self, node_id: str) -> str | None:
+        """The digest of the node's last verified event log, without the log."""
+        ...
+
 
 async def open_store(url: str) -> Store:
     if url.startswith(("postgresql://", "postgres://")):

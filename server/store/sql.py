@@ -375,6 +375,11 @@ class SqlStore:
             rows = await tx.fetch("SELECT sha256, log FROM event_logs WHERE node_id = ?", node_id)
         return (rows[0][0], bytes(rows[0][1])) if rows else None
 
+    async def event_log_sha256(self, node_id: str) -> str | None:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch("SELECT sha256 FROM event_logs WHERE node_id = ?", node_id)
+        return str(rows[0][0]) if rows else None
+
 
 async def _observations(tx: Tx, pool: str) -> dict[str, Observation]:
     rows = await tx.fetch(

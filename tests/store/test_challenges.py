@@ -114,8 +114,10 @@ def test_verified_event_logs_are_kept_per_node(db_url: str) -> None:
         await store.keep_event_log("n1", "aa", b"first log")
         await store.keep_event_log("n1", "bb", b"second log")
         assert await store.event_log("n1") == ("bb", b"second log")
+        assert await store.event_log_sha256("n1") == "bb"
         assert await store.remove_node("n1")
         assert await store.event_log("n1") is None
+        assert await store.event_log_sha256("n1") is None
 
     run(db_url, body)
     # Kept in the database: a restarted server (or another replica) has it too.
