@@ -120,6 +120,22 @@ def test_a_node_enrolls_with_its_tpm_and_is_shown_attested(
     assert enroll(config)["attested"] is True
 
 
+def test_a_tpm_node_needs_the_enrollment_token_to_begin(
+    site: Site, tpm: Tpm, tmp_path: Path
+) -> None:
+    path = _agent_config(site, tpm, tmp_path / "node")
+    path.write_text(
+        "\n".join(
+            line
+            for line in path.read_text().splitlines()
+            if not line.startswith("enrollment_token_file")
+        )
+    )
+    with pytest.raises(GpuwardError, match="set enrollment_token_file"):
+        enroll(load_config(path))
+    assert site.fleet() == {}
+
+
 def test_tpm_evidence_certifying_another_key_is_refused_and_not_reusable(
     site: Site, tpm: Tpm, tmp_path: Path
 ) -> None:

@@ -113,6 +113,33 @@ def test_server_on_a_missing_repository(tmp_path: Path) -> None:
     assert_one_line_error(result, "gpuward keys init")
 
 
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--ek-ca", "/var/lib/swtpm-localca"], ("--tpm-enrollment-token-file",)),
+        (["--pool-boot-policy", "prod"], ("--pool-boot-policy 'prod'", "POOL=FILE")),
+        (["--boot-policy", "/nonexistent.json"], ("cannot read boot policy",)),
+    ],
+    ids=["tpm-without-token", "pool-policy-without-file", "missing-policy"],
+)
+def test_server_attestation_settings(
+    site: Site, tmp_path: Path, flags: list[str], needles: tuple[str, ...]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t" * 20)
+    if "--ek-ca" not in flags:
+        flags = [
+            *flags,
+            "--ek-ca",
+            "/var/lib/swtpm-localca",
+            "--tpm-enrollment-token-file",
+            str(token),
+        ]
+    db = str(tmp_path / "d")
+    result = gpuward("server", "run", "--repo", str(site.repo.root), "--db", db, *flags)
+    assert_one_line_error(result, *needles)
+
+
 def test_keys_init_refuses_an_existing_repository(site: Site) -> None:
     result = gpuward("keys", "init", str(site.repo.root))
     assert_one_line_error(result, "already")
