@@ -12,7 +12,6 @@ gate never gets to say yes.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +23,15 @@ from agent.channel import UpdateRefused
 from agent.config import AgentConfig
 from agent.crash import crash_point
 from agent.health import HealthProbe, gate
+from agent.installers import activate, installer_for, rollback
 from agent.journal import TERMINAL, Journal, load_journal, save_journal
+from agent.kernel_hold import hold_after_commit
+from agent.runner import run_command
 from agent.slots import SlotContent, Slots
 from agent.spool import clear_spool, has_request, verify_spool
 from agent.unpack import BadBundle, unpack_bundle
 from fleet.errors import GpuwardError
+from fleet.manifest import PAYLOAD_DIR
 
 log = structlog.get_logger(__name__)
 
@@ -39,46 +42,6 @@ class ApplyResult:
     outcome: str  # nothing, committed, rolled-back, refused, deferred
     reason: str
     active_slot: str | None
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    argv: tuple[str, ...]
-    returncode: int | None  # None: killed at the timeout
-    duration_s: float
-    output: str
-
-
-def run_command(argv: tuple[str, ...], timeout_s: float) -> CommandResult:
-    """The one way the applier runs a command: bounded, and logged whatever happens."""
-    start = time.monotonic()
-    try:
-        # argv comes from the root-owned config, and no shell parses it.
-        done = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout_s,
-            check=False,
-        )
-        code: int | None = done.returncode
-        output = done.stdout.decode(errors="replace")
-    except subprocess.TimeoutExpired as exc:
-        code = None
-        output = (exc.output or b"").decode(errors="replace")
-    except OSError as exc:
-        code, output = 127, str(exc)
-    result = CommandResult(argv, code, time.monotonic() - start, output[-4096:])
-    log.info(
-        "command_ran",
-        argv=list(argv),
-        returncode=code,
-        timed_out=code is None,
-        duration_s=round(result.duration_s, 3),
-        output=result.output,
-    )
-    return result
 
 
 class GpuActivity(Protocol):
@@ -170,14 +133,14 @@ class Applier:
             if journal.state == "staged":
                 return self._result(journal, "deferred")
         if journal.state == "switching":
-            self.slots.switch(journal.slot)
+            activate(self.config, journal.slot)
             journal = self._save(journal.to("verifying", boots=1))
         elif journal.state == "verifying":
             journal = self._save(journal.to("verifying", boots=journal.boots + 1))
         if journal.state == "verifying":
             journal = self._verify(journal)
         if journal.state == "rolling-back":
-            self.slots.switch(journal.previous)
+            rollback(self.config, journal.slot, journal.previous)
             journal = self._save(journal.to("rolled-back"))
             self.log.error("update_rolled_back", slot=journal.previous, reason=journal.reason)
             return self._result(journal, "rolled-back")
@@ -204,7 +167,11 @@ class Applier:
                 )
             crash_point("stage:verified")
             slot = self.slots.inactive()
-            unpack_bundle(verified.bundle, verified.manifest, self.slots.scratch(slot))
+            scratch = self.slots.scratch(slot)
+            unpack_bundle(verified.bundle, verified.manifest, scratch)
+            installer_for(self.config, verified.manifest.payload_kind).install(
+                scratch / PAYLOAD_DIR, verified.manifest
+            )
         except (UpdateRefused, BadBundle) as exc:
             self.log.error("spool_refused", reason=str(exc), active_slot=previous)
             failed = Journal().to("failed", reason=str(exc))
@@ -264,6 +231,7 @@ class Applier:
         crash_point("gate:passed")
         journal = self._save(journal.to("committed", reason=f"driver {expected} is healthy"))
         self.log.info("update_committed", slot=journal.slot, driver=expected)
+        hold_after_commit(self.config)
         if self.settings.post_commit:
             run_command(self.settings.post_commit, self.settings.hook_timeout_s)
         crash_point("commit:hook-done")

@@ -23,6 +23,7 @@ from agent.firewall.nft import Nft
 from agent.firewall.state import UnitResult
 from agent.health import HealthProbe, ProbeResult, gate
 from agent.identity import NotEnrolled
+from agent.kernel_hold import load_hold_record
 from agent.reporter import post_report
 from agent.slots import SlotContent, Slots
 from agent.state import AgentState, PendingSwitch, load_state, save_state
@@ -245,4 +246,5 @@ class Cycle:
             reason=outcome.reason[:1024],
             gpus=seen.gpus,
             firewall=firewall,
+            kernel_hold=load_hold_record(self.config),
         )

@@ -14,25 +14,28 @@ metapackages that would pull in a newer one.
 - RHEL family: ``dnf versionlock add`` of the running kernel's packages; dnf's
   versionlock plugin keeps the list (``/etc/dnf/plugins/versionlock.list``).
 
-Commands go through a ``Runner`` so tests can run them in a chroot, and files
+Commands go through a runner (``agent.runner``) so tests can run them in a chroot, and files
 are written below ``root``. Holding needs root: the applier applies the hold
 after every commit; reading its state does not.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import GpuwardError
-from keys.storage import atomic_write
+import structlog
 
-Runner = Callable[[Sequence[str]], str]  # runs argv, returns stdout, raises GpuwardError
+from agent.config import AgentConfig
+from agent.runner import Run, runner_for_root
+from fleet.errors import GpuwardError
+from fleet.report import KernelHoldReport
+from keys.storage import atomic_write
 
 APT_CONF = Path("etc/apt/apt.conf.d/51gpuward-kernel-hold")
 BLACKLIST = ("linux-image-", "linux-headers-", "linux-modules-")
@@ -42,30 +45,8 @@ APT_METAPACKAGE = re.compile(r"linux-(?:image|headers|generic|virtual|signed)[a-
 _VERSIONED = re.compile(r"-\d+\.\d+\.\d+")  # 6.1.0-27-amd64, not hwe-22.04
 _HELD_LINE = re.compile(r"^// held: (.*)$", re.M)
 DNF_KERNEL_PACKAGES = re.compile(r"kernel(?:-[a-z]+)*")
-COMMAND_TIMEOUT_S = 300.0
 
-
-def system_runner(prefix: Sequence[str] = ()) -> Runner:
-    """Run commands on this host, after ``prefix`` (``chroot DIR``, ``nsenter ...``)."""
-
-    def run(argv: Sequence[str]) -> str:
-        command = [*prefix, *argv]
-        try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
-            )
-        except FileNotFoundError as exc:
-            raise GpuwardError(
-                f"cannot run {exc.filename}: is this the right package manager?"
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise GpuwardError(f"{argv[0]} did not finish within {COMMAND_TIMEOUT_S:g} s") from None
-        if done.returncode != 0:
-            message = done.stderr.strip().splitlines()[-1:] or ["no message"]
-            raise GpuwardError(f"{' '.join(argv)} failed: {message[0][:300]}")
-        return done.stdout
-
-    return run
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,13 +78,11 @@ class HoldState:
 class KernelHold:
     family: str
     kernel: str
-    runner: Runner
+    runner: Run
     root: Path = Path("/")
 
     @classmethod
-    def detect(
-        cls, runner: Runner, root: Path = Path("/"), kernel: str | None = None
-    ) -> KernelHold:
+    def detect(cls, runner: Run, root: Path = Path("/"), kernel: str | None = None) -> KernelHold:
         """The hold for the host at ``root``, its family read from os-release."""
         return cls(package_family(root), kernel or os.uname().release, runner, root)
 
@@ -251,3 +230,42 @@ def _dnf_locked(package: str, listing: str) -> bool:
         if name_evr == package or name_evr == package.rsplit(".", 1)[0]:
             return True
     return False
+
+
+HOLD_RECORD = "kernel-hold.json"
+
+
+def hold_after_commit(config: AgentConfig) -> KernelHoldReport:
+    """Hold the running kernel under the driver just committed, and record how that went.
+
+    Never raises: the driver is committed and healthy whatever happens here, so a
+    hold that cannot be applied is logged and reported rather than undoing it.
+    The record is world-readable: the unprivileged agent puts it in its report.
+    """
+    kernel = config.kernel or os.uname().release
+    try:
+        hold = KernelHold.detect(runner_for_root(config.root_dir), config.root_dir, kernel)
+        state = hold.apply()
+        report = KernelHoldReport(kernel, state.family, state.applied, state.held, "")
+        log.info("kernel_held", kernel=kernel, family=state.family, held=list(state.held))
+    except GpuwardError as exc:
+        report = KernelHoldReport(kernel, None, False, (), str(exc)[:1024])
+        log.error("kernel_hold_failed", kernel=kernel, reason=str(exc))
+    atomic_write(
+        config.applier_dir / HOLD_RECORD,
+        json.dumps(report.to_dict(), indent=2).encode() + b"\n",
+        mode=0o644,
+    )
+    return report
+
+
+def load_hold_record(config: AgentConfig) -> KernelHoldReport | None:
+    """The hold the applier recorded at its last commit; None before the first."""
+    path = config.applier_dir / HOLD_RECORD
+    try:
+        return KernelHoldReport.from_dict(json.loads(path.read_bytes()), str(path))
+    except FileNotFoundError:
+        return None
+    except (ValueError, GpuwardError) as exc:
+        log.warning("kernel_hold_record_unreadable", path=str(path), reason=str(exc))
+        return None

@@ -19,6 +19,7 @@ from fleet.schema import Reader
 SCHEMA_VERSION = 1
 MAX_GPUS = 64
 MAX_PROBLEMS = 32
+MAX_HELD = 64
 
 # What the last cycle did with updates.
 UPDATE_OUTCOMES = frozenset(
@@ -33,6 +34,7 @@ UPDATE_OUTCOMES = frozenset(
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SLOT = re.compile(r"[ab]")
 _VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
+_FAMILY = re.compile(r"apt|dnf")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,40 @@ class GpuHealth:
 
 
 @dataclass(frozen=True)
+class KernelHoldReport:
+    """The kernel hold as the applier left it after its last commit."""
+
+    kernel: str  # the kernel release the hold is for
+    family: str | None  # "apt" or "dnf"; None when the package manager is unknown
+    applied: bool
+    held: tuple[str, ...]  # the packages held or version-locked
+    error: str  # why the hold could not be applied; "" when it was
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "family": self.family,
+            "applied": self.applied,
+            "held": list(self.held),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str) -> KernelHoldReport:
+        r = Reader(doc, where, allowed=frozenset({"kernel", "family", "applied", "held", "error"}))
+        held = r.items("held", max_items=MAX_HELD)
+        if not all(isinstance(p, str) and len(p) <= 256 for p in held):
+            raise InvalidDocument(f"{where}: held must be package names")
+        return cls(
+            kernel=r.text("kernel", max_len=128),
+            family=r.optional_text("family", pattern=_FAMILY, max_len=3),
+            applied=r.boolean("applied"),
+            held=tuple(held),
+            error=r.text("error", max_len=1024),
+        )
+
+
+@dataclass(frozen=True)
 class HealthReport:
     node_id: str
     sent_at: int  # seconds since the epoch, UTC
@@ -85,6 +121,7 @@ class HealthReport:
     reason: str
     gpus: tuple[GpuHealth, ...]
     firewall: FirewallReport | None = None  # None on a node without the firewall enabled
+    kernel_hold: KernelHoldReport | None = None  # None until the applier first commits
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -106,6 +143,7 @@ class HealthReport:
             "reason": self.reason,
             "gpus": [g.to_dict() for g in self.gpus],
             "firewall": None if self.firewall is None else self.firewall.to_dict(),
+            "kernel_hold": None if self.kernel_hold is None else self.kernel_hold.to_dict(),
         }
 
     @classmethod
@@ -125,12 +163,15 @@ class HealthReport:
                     "reason",
                     "gpus",
                     "firewall",
+                    "kernel_hold",
                 }
             ),
         )
         if r.integer("schema") != SCHEMA_VERSION:
             raise InvalidDocument(f"{where}: unsupported schema version")
-        firewall = cast(Mapping[str, Any], doc).get("firewall")  # Reader checked it is a mapping
+        # Reader checked it is a mapping.
+        firewall = cast(Mapping[str, Any], doc).get("firewall")
+        kernel_hold = cast(Mapping[str, Any], doc).get("kernel_hold")
         gpus = tuple(
             GpuHealth.from_dict(item, r.item_where("gpus", i))
             for i, item in enumerate(r.items("gpus", max_items=MAX_GPUS))
@@ -147,4 +188,7 @@ class HealthReport:
             firewall=None
             if firewall is None
             else FirewallReport.from_dict(firewall, f"{where}.firewall"),
+            kernel_hold=None
+            if kernel_hold is None
+            else KernelHoldReport.from_dict(kernel_hold, f"{where}.kernel_hold"),
         )

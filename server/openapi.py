@@ -66,6 +66,11 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"$ref": "#/components/schemas/GpuHealth"},
             },
             "firewall": {"type": ["object", "null"]},
+            "kernel_hold": {
+                "type": ["object", "null"],
+                "description": "fleet.report.KernelHoldReport: the hold applied after the "
+                "last commit",
+            },
         },
     },
     "EnrollmentRequest": {

@@ -34,9 +34,10 @@ def register_under_agent(agent: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.kernel_hold import KernelHold, system_runner
+    from agent.kernel_hold import KernelHold
+    from agent.runner import CommandRunner
 
-    hold = KernelHold.detect(system_runner())
+    hold = KernelHold.detect(CommandRunner())
     state: HoldState = getattr(hold, args.action)()
     held = ", ".join(state.held) or "nothing"
     verdict = "held" if state.applied else "NOT held"

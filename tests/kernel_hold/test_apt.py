@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.kernel_hold import APT_CONF, KernelHold, system_runner
+from agent.kernel_hold import APT_CONF, KernelHold
+from agent.runner import runner_for_root
 from tests.kernel_hold.conftest import publish
 from tests.packaging.conftest import Chroot
 
@@ -51,7 +52,7 @@ def install_first_kernel(chroot: Chroot, repo: Path) -> KernelHold:
     publish(chroot, repo, FIRST)
     chroot.run("apt-get", "install", "-y", META, HEADERS, BYSTANDER, ADMIN_HELD)
     chroot.run("apt-mark", "hold", ADMIN_HELD)
-    return KernelHold.detect(system_runner(("chroot", str(chroot.root))), chroot.root, KERNEL)
+    return KernelHold.detect(runner_for_root(chroot.root), chroot.root, KERNEL)
 
 
 def test_held_kernel_stays_through_apt_get_upgrade(chroot: Chroot, tmp_path: Path) -> None:

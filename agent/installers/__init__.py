@@ -1,0 +1,78 @@
+"""Installer backends: how a staged slot becomes the running driver.
+
+The bundle manifest's payload kind picks the backend: ``files`` (precompiled
+slots), ``deb`` (apt), ``rpm`` (dnf), ``runfile`` (nvidia-installer). Package
+managers run through ``chroot`` when the agent's root is not ``/`` (tests);
+the slots backend passes the root to ldconfig and depmod instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from agent.config import AgentConfig
+from agent.installers.apt import AptInstaller
+from agent.installers.base import (
+    Installer,
+    InstallerState,
+    NodeRoot,
+    UnsupportedPayload,
+    slot_manifest,
+)
+from agent.installers.dnf import DnfInstaller
+from agent.installers.runfile import RunfileInstaller
+from agent.installers.slots import SlotsInstaller
+from agent.runner import CommandRunner, runner_for_root
+from agent.slots import Slots
+from fleet.errors import GpuwardError
+
+__all__ = [
+    "Installer",
+    "InstallerState",
+    "UnsupportedPayload",
+    "activate",
+    "installer_for",
+    "installer_for_slot",
+    "rollback",
+]
+
+# Long enough for a DKMS build or a runfile's own module build.
+INSTALL_TIMEOUT_S = 1800.0
+
+
+def installer_for(config: AgentConfig, payload_kind: str) -> Installer:
+    slots = Slots(config.slots_dir)
+    if payload_kind == "files":
+        node = NodeRoot(config.root_dir, slots, CommandRunner(timeout_s=INSTALL_TIMEOUT_S))
+        return SlotsInstaller(
+            node,
+            kernel=config.kernel or os.uname().release,
+            load_modules=config.health_backend == "nvml",
+        )
+    node = NodeRoot(config.root_dir, slots, runner_for_root(config.root_dir, INSTALL_TIMEOUT_S))
+    if payload_kind == "deb":
+        return AptInstaller(node)
+    if payload_kind == "rpm":
+        return DnfInstaller(node)
+    if payload_kind == "runfile":
+        return RunfileInstaller(node)
+    raise UnsupportedPayload(f"no installer for payload kind {payload_kind!r}; upgrade gpuward")
+
+
+def installer_for_slot(config: AgentConfig, slot: str) -> Installer:
+    """The backend that installs what ``slot`` holds."""
+    return installer_for(config, slot_manifest(Slots(config.slots_dir), slot).payload_kind)
+
+
+def activate(config: AgentConfig, slot: str | None) -> None:
+    """Make the journal's ``slot`` the running driver, through its backend."""
+    if slot is None:
+        raise GpuwardError("the applier journal names no slot to switch to; reset the journal")
+    installer_for_slot(config, slot).activate(slot)
+
+
+def rollback(config: AgentConfig, failed: str | None, previous: str | None) -> None:
+    """Undo ``failed`` through its backend and run ``previous`` again."""
+    if failed is None:
+        raise GpuwardError("the applier journal names no slot to roll back; reset the journal")
+    installer_for_slot(config, failed).rollback(failed, previous)
