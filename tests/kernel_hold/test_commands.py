@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from agent.kernel_hold import APT_CONF, KernelHold, apt_conf, package_family
 from fleet.errors import GpuwardError
+from tests.recorder import Recorder
 
 RHEL_KERNEL = "5.14.0-427.13.1.el9_4.x86_64"
 RPM_QA = f"""\
@@ -38,18 +38,6 @@ RHEL_PACKAGES = [
     f"kernel-modules-core-{RHEL_KERNEL}",
 ]
 RPM_QUERY = ["rpm", "-qa", "--qf", "%{NAME} %{VERSION}-%{RELEASE}.%{ARCH}\n"]
-
-
-class Recorder:
-    """A runner that records argv and answers from a table of canned outputs."""
-
-    def __init__(self, answers: dict[str, str]) -> None:
-        self.answers = answers
-        self.calls: list[list[str]] = []
-
-    def __call__(self, argv: Sequence[str]) -> str:
-        self.calls.append(list(argv))
-        return self.answers.get(" ".join(argv[:4]), "")
 
 
 def os_release(root: Path, text: str) -> Path:
