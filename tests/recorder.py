@@ -2,7 +2,7 @@
 
 dnf has no RHEL machine here, nvidia-installer no GPU, modprobe no kernel of the
 node's: those sides are tested by the exact commands they run and the files
-they write. Canned outputs are keyed by the command's first four words.
+they write. Canned outputs are keyed by the whole command, or by its first four words.
 """
 
 from __future__ import annotations
@@ -19,4 +19,5 @@ class Recorder:
 
     def __call__(self, argv: Sequence[str]) -> str:
         self.calls.append(list(argv))
-        return self.answers.get(" ".join(argv[:4]), "")
+        whole = " ".join(argv)
+        return self.answers.get(whole, self.answers.get(" ".join(argv[:4]), ""))
