@@ -9,6 +9,9 @@ the slots backend passes the root to ldconfig and depmod instead.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
+
+import structlog
 
 from agent.config import AgentConfig
 from agent.installers.apt import AptInstaller
@@ -25,6 +28,8 @@ from agent.installers.slots import SlotsInstaller
 from agent.runner import CommandRunner, runner_for_root
 from agent.slots import Slots
 from fleet.errors import GpuwardError
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "Installer",
@@ -68,11 +73,24 @@ def activate(config: AgentConfig, slot: str | None) -> None:
     """Make the journal's ``slot`` the running driver, through its backend."""
     if slot is None:
         raise GpuwardError("the applier journal names no slot to switch to; reset the journal")
-    installer_for_slot(config, slot).activate(slot)
+    installer = installer_for_slot(config, slot)
+    installer.activate(slot)
+    _log_state("driver_activated", installer, slot=slot)
 
 
 def rollback(config: AgentConfig, failed: str | None, previous: str | None) -> None:
     """Undo ``failed`` through its backend and run ``previous`` again."""
     if failed is None:
         raise GpuwardError("the applier journal names no slot to roll back; reset the journal")
-    installer_for_slot(config, failed).rollback(failed, previous)
+    installer = installer_for_slot(config, failed)
+    installer.rollback(failed, previous)
+    _log_state("driver_rolled_back", installer, failed=failed, slot=previous)
+
+
+def _log_state(event: str, installer: Installer, **fields: str | None) -> None:
+    """Log what the backend says is installed; a failure to look is no reason to stop."""
+    try:
+        state = asdict(installer.describe())
+    except GpuwardError as exc:
+        state = {"describe_failed": str(exc)}
+    log.info(event, **fields, **state)

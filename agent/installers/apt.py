@@ -20,13 +20,14 @@ apt's own archive signature would add a second key to manage, not a check.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import structlog
 
-from agent.installers.base import InstallerState, NodeRoot, UnsupportedPayload
+from agent.installers.base import InstallerState, NodeRoot, PackageInstaller, UnsupportedPayload
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest
 from keys.storage import atomic_write
@@ -106,34 +107,21 @@ def driver_packages(payload: Path, manifest: BundleManifest) -> tuple[DebPackage
 
 
 @dataclass(frozen=True)
-class AptInstaller:
+class AptInstaller(PackageInstaller):
     kind: ClassVar[str] = "apt"
+    payload_kind: ClassVar[str] = "deb"
+    source: ClassVar[Path] = SOURCE
 
     node: NodeRoot
 
     def install(self, payload: Path, manifest: BundleManifest) -> None:
         driver_packages(payload, manifest)
 
-    def activate(self, slot: str) -> None:
-        self._install(slot)
-        self.node.slots.switch(slot)
-
-    def rollback(self, failed: str, previous: str | None) -> None:
-        gone = {p.name for p in self._packages(failed)}
-        if previous is not None and self.node.manifest(previous).payload_kind == "deb":
-            gone -= {p.name for p in self._install(previous)}
-        if gone:
-            # Whatever the previous slot does not carry goes, hold and all.
-            self.node.run([*APT_GET, "remove", "--allow-change-held-packages", *sorted(gone)])
-        if previous is None or self.node.manifest(previous).payload_kind != "deb":
-            (self.node.root / SOURCE).unlink(missing_ok=True)
-        self.node.slots.switch(previous)
-
     def describe(self) -> InstallerState:
         slot = self.node.slots.active()
         if slot is None:
             return InstallerState(self.kind, None)
-        names = [p.name for p in self._packages(slot)]
+        names = self._names(slot)
         listing = self.node.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", *names])
         held = set(self.node.run(["apt-mark", "showhold"]).split())
         return InstallerState(
@@ -146,8 +134,14 @@ class AptInstaller:
     def _packages(self, slot: str) -> tuple[DebPackage, ...]:
         return driver_packages(self.node.payload(slot), self.node.manifest(slot))
 
-    def _install(self, slot: str) -> tuple[DebPackage, ...]:
-        """Install ``slot``'s driver packages at their exact versions, and hold them."""
+    def _names(self, slot: str) -> list[str]:
+        return [p.name for p in self._packages(slot)]
+
+    def _remove(self, names: Sequence[str]) -> None:
+        self.node.run([*APT_GET, "remove", "--allow-change-held-packages", *names])
+
+    def _move(self, slot: str, downgrade: bool) -> list[str]:
+        # --allow-downgrades either way: apt picks the direction from the versions.
         packages = self._packages(slot)
         repo = self.node.inside(self.node.payload(slot))
         atomic_write(
@@ -186,4 +180,4 @@ class AptInstaller:
                 f"apt-mark did not hold {sorted(set(names) - held)}; hold them by hand"
             )
         log.info("driver_packages_installed", slot=slot, packages=[p.pin for p in packages])
-        return packages
+        return names

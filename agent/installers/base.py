@@ -9,9 +9,11 @@ a crash mid-way makes the applier run it again from the journal.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from agent.runner import Run
 from agent.slots import Slots
@@ -83,3 +85,42 @@ def slot_manifest(slots: Slots, slot: str) -> BundleManifest:
             f"{slots.root / 'active'} points at, then reset the applier journal"
         )
     return content.manifest
+
+
+class PackageInstaller(ABC):
+    """apt and dnf alike: a source file naming the slot's repository, exact versions, locks.
+
+    Rollback is an install of the previous slot's exact versions, which are
+    still on disk; whatever the failed slot installed that the previous one
+    does not carry is removed.
+    """
+
+    node: NodeRoot
+    payload_kind: ClassVar[str]  # the manifest payload kind whose repository this reads
+    source: ClassVar[Path]  # the package manager's source file, relative to the root
+
+    def activate(self, slot: str) -> None:
+        self._move(slot, downgrade=False)
+        self.node.slots.switch(slot)
+
+    def rollback(self, failed: str, previous: str | None) -> None:
+        gone = set(self._names(failed))
+        if previous is not None and self.node.manifest(previous).payload_kind == self.payload_kind:
+            gone -= set(self._move(previous, downgrade=True))
+        else:
+            (self.node.root / self.source).unlink(missing_ok=True)
+        if gone:
+            self._remove(sorted(gone))
+        self.node.slots.switch(previous)
+
+    @abstractmethod
+    def _names(self, slot: str) -> Sequence[str]:
+        """The names of ``slot``'s driver packages."""
+
+    @abstractmethod
+    def _move(self, slot: str, downgrade: bool) -> Sequence[str]:
+        """Install ``slot``'s exact versions and lock them; return the names."""
+
+    @abstractmethod
+    def _remove(self, names: Sequence[str]) -> None:
+        """Unlock and remove ``names``."""

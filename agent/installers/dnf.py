@@ -14,11 +14,12 @@ root writes, against offline-signed metadata.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from agent.installers.base import InstallerState, NodeRoot, UnsupportedPayload
+from agent.installers.base import InstallerState, NodeRoot, PackageInstaller, UnsupportedPayload
 from fleet.manifest import BundleManifest
 from keys.storage import atomic_write
 
@@ -29,8 +30,10 @@ RPM_QUERY = "%{NAME} %{EPOCHNUM} %{VERSION} %{RELEASE} %{ARCH}\n"
 
 
 @dataclass(frozen=True)
-class DnfInstaller:
+class DnfInstaller(PackageInstaller):
     kind: ClassVar[str] = "dnf"
+    payload_kind: ClassVar[str] = "rpm"
+    source: ClassVar[Path] = REPO_FILE
 
     node: NodeRoot
 
@@ -40,21 +43,6 @@ class DnfInstaller:
                 "an rpm bundle's payload must be a dnf repository: run 'createrepo_c .' "
                 "in the payload directory and rebuild"
             )
-
-    def activate(self, slot: str) -> None:
-        self._move(slot, "install")
-        self.node.slots.switch(slot)
-
-    def rollback(self, failed: str, previous: str | None) -> None:
-        gone = {name for name, _ in self._packages(failed)}
-        if previous is not None and self.node.manifest(previous).payload_kind == "rpm":
-            gone -= {name for name, _ in self._move(previous, "downgrade")}
-        if gone:
-            self.node.run(["dnf", "-q", "versionlock", "delete", *sorted(gone)])
-            self.node.run(["dnf", "-y", "-q", "remove", *sorted(gone)])
-        if previous is None or self.node.manifest(previous).payload_kind != "rpm":
-            (self.node.root / REPO_FILE).unlink(missing_ok=True)
-        self.node.slots.switch(previous)
 
     def describe(self) -> InstallerState:
         slot = self.node.slots.active()
@@ -84,8 +72,16 @@ class DnfInstaller:
             raise UnsupportedPayload(f"slot {slot} has no rpm at driver version {version}")
         return found
 
-    def _move(self, slot: str, verb: str) -> list[tuple[str, str]]:
-        """Install (or downgrade to) ``slot``'s exact versions, version-locked."""
+    def _names(self, slot: str) -> list[str]:
+        return [name for name, _ in self._packages(slot)]
+
+    def _remove(self, names: Sequence[str]) -> None:
+        self.node.run(["dnf", "-q", "versionlock", "delete", *names])
+        self.node.run(["dnf", "-y", "-q", "remove", *names])
+
+    def _move(self, slot: str, downgrade: bool) -> list[str]:
+        # The applier never moves down but to roll back, and dnf install will not downgrade.
+        verb = "downgrade" if downgrade else "install"
         packages = self._packages(slot)
         repo = self.node.inside(self.node.payload(slot))
         atomic_write(
@@ -101,4 +97,4 @@ class DnfInstaller:
         self.node.run(["dnf", "-q", "versionlock", "delete", *names])
         self.node.run([*DNF, verb, *(nevra for _, nevra in packages)])
         self.node.run(["dnf", "-q", "versionlock", "add", *(nevra for _, nevra in packages)])
-        return packages
+        return names

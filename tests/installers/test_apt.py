@@ -10,6 +10,7 @@ hold follows every commit, and the agent's report carries it.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from agent.installers.apt import SOURCE
 from agent.journal import load_journal
 from agent.kernel_hold import load_hold_record
 from fleet.report import HealthReport
+from keys.bundle import build_bundle
 from tests.applier.helpers import Node
 from tests.conftest import GPU_NAME, PASSPHRASE, Site
 from tests.debian_nonfree import NEW_535, OLD_535
-from tests.installers.debs import DRIVER, DRIVER_VERSION, build_deb_bundle
+from tests.installers.debs import DRIVER, DRIVER_VERSION, build_deb_bundle, deb_payload
 from tests.kernel_hold.conftest import publish
 from tests.packaging.conftest import Chroot
 
@@ -30,14 +32,14 @@ KERNEL = "6.1.0-99-amd64"
 KERNEL_PACKAGES = (f"linux-image-{KERNEL}", "linux-image-amd64")
 
 
-def node_in(chroot: Chroot, site: Site, folder: Path, unhealthy: str = "") -> Node:
-    """A simulated-GPU agent whose root is the chroot, tracking R535."""
+def node_in(site: Site, folder: Path, root: Path, unhealthy: str = "") -> Node:
+    """A simulated-GPU agent whose root is ``root`` (the chroot), tracking R535."""
     folder.mkdir(parents=True, exist_ok=True)
     toml = folder / "agent.toml"
     toml.write_text(
         f'node_id = "n1"\nserver_url = "{site.url}"\n'
         f'trusted_root = "{site.base / "trusted-root.json"}"\nbranch = "R535"\n'
-        f'root_dir = "{chroot.root}"\nhealth_backend = "simulated"\nkernel = "{KERNEL}"\n'
+        f'root_dir = "{root}"\nhealth_backend = "simulated"\nkernel = "{KERNEL}"\n'
         f'enrollment_token_file = "{site.enrollment_token_file}"\n'
         f'[simulated]\ncount = 2\nname = "{GPU_NAME}"\nunhealthy_drivers = [{unhealthy}]\n'
     )
@@ -84,7 +86,7 @@ def installed_old(chroot: Chroot, site: Site, tmp_path: Path, unhealthy: str = "
     """A node that took 535.216.03 through the applier, with 535.261.03 then published."""
     with_kernel(chroot, tmp_path / "kernel-repo")
     publish_bundle(site, OLD_535, tmp_path)
-    node = node_in(chroot, site, tmp_path / "node")
+    node = node_in(site, tmp_path / "node", chroot.root)
     node.spool_newest()
     assert node.outcome() == "committed"
     assert_runs(chroot, f"installed {DRIVER_VERSION[OLD_535]}", OLD_535)
@@ -95,7 +97,7 @@ def installed_old(chroot: Chroot, site: Site, tmp_path: Path, unhealthy: str = "
         .endswith("deb [trusted=yes] file:/var/lib/gpuward/slots/a/payload ./\n")
     )
     publish_bundle(site, NEW_535, tmp_path)
-    return node_in(chroot, site, tmp_path / "node", unhealthy)
+    return node_in(site, tmp_path / "node", chroot.root, unhealthy)
 
 
 def test_install_update_hold_and_roll_back(chroot: Chroot, site: Site, tmp_path: Path) -> None:
@@ -148,3 +150,31 @@ def test_a_healthy_update_commits_and_the_kernel_hold_follows(
     report = run_once(node.config).report
     assert report.kernel_hold == record
     assert HealthReport.from_dict(report.to_dict()).kernel_hold == record
+
+
+def test_the_applier_refuses_a_deb_bundle_that_is_no_apt_repository(
+    site: Site, tmp_path: Path
+) -> None:
+    payload = deb_payload(OLD_535, tmp_path / "payload")
+    (payload / "Packages").unlink()
+    bundle = tmp_path / "no-index.bundle"
+    build_bundle(
+        payload,
+        driver_version=DRIVER_VERSION[OLD_535],
+        branch="R535",
+        payload_kind="deb",
+        output=bundle,
+        dkms=True,
+        module_flavour="proprietary",
+    )
+    site.repo.add_bundle(bundle, lambda: PASSPHRASE)
+    node = node_in(site, tmp_path / "node", tmp_path / "host")
+    node.spool_newest()
+
+    done = node.apply()
+
+    assert done.returncode != 0
+    report = json.loads(done.stdout)
+    assert (report["outcome"], report["active_slot"]) == ("refused", None)
+    assert "apt-ftparchive packages . > Packages" in report["reason"]
+    assert load_journal(node.journal_file).state == "failed"

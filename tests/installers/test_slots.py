@@ -18,6 +18,7 @@ import pytest
 from agent.config import load_config
 from agent.installers.base import UnsupportedPayload
 from agent.installers.slots import LD_CONF, SlotsInstaller
+from agent.kernel_hold import load_hold_record
 from keys.bundle import build_bundle, sha256_file
 from tests.applier.helpers import Node
 from tests.conftest import GPU_NAME, PASSPHRASE, Site
@@ -118,6 +119,13 @@ def test_update_and_rollback_on_a_temporary_root(site: Site, tmp_path: Path) -> 
 
     assert node.outcome() == "rolled-back"
     assert_runs(node, "a", OLD_535, tmp_path)
+
+    # A root with no package manager to hold the kernel with: the commit stood,
+    # and the record says why there is no hold.
+    record = load_hold_record(node.config)
+    assert record is not None and not record.applied
+    assert (record.kernel, record.family) == (KERNEL, None)
+    assert "os-release not found" in record.error
 
 
 def test_modules_are_unloaded_before_the_flip_and_loaded_after(tmp_path: Path) -> None:
