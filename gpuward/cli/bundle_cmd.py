@@ -19,7 +19,10 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--payload-kind",
         default="files",
         choices=("files", "deb", "rpm", "runfile"),
-        help="how the agent installs the payload (default: files)",
+        help="how the agent installs the payload: files (slots: lib/, modules/KERNEL/), "
+        "deb (an apt repository: the .debs and 'apt-ftparchive packages . > Packages'), "
+        "rpm (a dnf repository: 'createrepo_c .'), runfile (one NVIDIA .run) "
+        "(default: files)",
     )
     build.add_argument(
         "--kernel",
