@@ -80,7 +80,7 @@ class DnfInstaller(PackageInstaller):
         self.node.run(["dnf", "-y", "-q", "remove", *names])
 
     def _move(self, slot: str, downgrade: bool) -> list[str]:
-        # The applier never moves down but to roll back, and dnf install will not downgrade.
+        # Rollback is the only move down (the applier never downgrades on the way in).
         verb = "downgrade" if downgrade else "install"
         packages = self._packages(slot)
         repo = self.node.inside(self.node.payload(slot))
