@@ -6,21 +6,44 @@ and agents need no change of trust: they verify everything against the roots
 they already hold. ``MANIFEST.json`` lists every file with its SHA-256 so a
 copy carried across an air gap can be checked before it is served; TUF checks
 the content itself (``verify`` runs python-tuf's client against the copy).
+
+An export is a directory or, for removable media, one ``.tar`` file. A tar from
+outside is hostile until checked: it is unpacked with the standard library's
+``data`` extraction filter (no absolute paths, no ``..``, no links leaving the
+tree, no device files), only plain files and folders are accepted, and its
+declared sizes are bounded before a byte is written, always into a fresh
+temporary folder, so a refused archive leaves the destination as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import os
 import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.errors import GpuwardError
-from keys.storage import atomic_write
+from keys.storage import atomic_write, fsync_dir
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "gpuward-mirror/1"
+# Large enough for years of driver bundles; a bigger archive is not a mirror.
+MAX_ARCHIVE_BYTES = 256 * 1024**3
+MAX_ARCHIVE_MEMBERS = 200_000
+
+# Called after each file with (files done, files in all, the file's mirror path).
+Progress = Callable[[int, int, str], None]
+
+
+def _no_progress(_done: int, _total: int, _name: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -33,6 +56,10 @@ class MirrorManifest:
         ).encode()
 
 
+def is_archive(path: Path) -> bool:
+    return path.suffix == ".tar"
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -41,31 +68,143 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export(repo: Path, out: Path, director: Path | None = None) -> MirrorManifest:
-    """Copy the served parts of the image repository (and director) into ``out``."""
-    if out.exists() and any(out.iterdir()):
-        raise GpuwardError(f"{out} is not empty; export into a new directory")
+def _served_files(repo: Path, director: Path | None) -> list[tuple[Path, str]]:
+    """Every file an export carries: (source, path in the mirror), in a stable order."""
     pairs = [
-        (repo / "metadata", out / "v1/repo/metadata"),
-        (repo / "targets", out / "v1/repo/targets"),
+        (repo / "metadata", "v1/repo/metadata"),
+        (repo / "targets", "v1/repo/targets"),
     ]
     if director is not None:
         for node in sorted((director / "nodes").glob("*/metadata")):
-            pairs.append((node, out / "v1/director" / node.parent.name / "metadata"))
-    files: dict[str, str] = {}
+            pairs.append((node, f"v1/director/{node.parent.name}/metadata"))
+    files = []
     for source, dest in pairs:
         if not source.is_dir():
             raise GpuwardError(f"{source} is missing: is {repo} a gpuward repository?")
         for path in sorted(
             p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")
         ):
-            target = dest / path.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            files[target.relative_to(out).as_posix()] = _sha256(target)
+            files.append((path, f"{dest}/{path.relative_to(source).as_posix()}"))
+    return files
+
+
+def export(
+    repo: Path, out: Path, director: Path | None = None, progress: Progress = _no_progress
+) -> MirrorManifest:
+    """Copy the served parts of the image repository (and director) into ``out``:
+    a new directory, or a new ``.tar`` file."""
+    if is_archive(out):
+        if out.exists():
+            raise GpuwardError(f"{out} exists; export into a new file")
+        return _export_archive(_served_files(repo, director), out, progress)
+    if out.exists() and any(out.iterdir()):
+        raise GpuwardError(f"{out} is not empty; export into a new directory")
+    served = _served_files(repo, director)
+    files: dict[str, str] = {}
+    for done, (source, name) in enumerate(served, 1):
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        files[name] = _sha256(target)
+        progress(done, len(served), name)
     manifest = MirrorManifest(files)
     atomic_write(out / MANIFEST, manifest.to_bytes())
     return manifest
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    # Fixed owner, mode and time: the same repository exports to the same bytes.
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    return info
+
+
+def _export_archive(
+    served: list[tuple[Path, str]], out: Path, progress: Progress
+) -> MirrorManifest:
+    files: dict[str, str] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for done, (source, name) in enumerate(served, 1):
+                with source.open("rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    tar.addfile(_member(name, size), f)
+                files[name] = _sha256(source)
+                progress(done, len(served), name)
+            manifest = MirrorManifest(files)
+            data = manifest.to_bytes()
+            tar.addfile(_member(MANIFEST, len(data)), io.BytesIO(data))
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)
+    return manifest
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symbolic link"
+    if member.islnk():
+        return "hard link"
+    return "device or special file"
+
+
+def _unpack(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None:
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            members = []
+            declared = 0
+            for member in tar:
+                # A mirror holds only files and folders: links are refused before
+                # the ``data`` filter would have to judge where they lead.
+                if not (member.isreg() or member.isdir()):
+                    raise GpuwardError(
+                        f"{archive}: {member.name} is a {_kind(member)}; a mirror holds only files"
+                    )
+                members.append(member)
+                declared += member.size
+                if len(members) > max_members or declared > max_bytes:
+                    raise GpuwardError(
+                        f"{archive}: more than {max_members} files or {max_bytes} bytes; "
+                        "not a gpuward mirror"
+                    )
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError) as exc:
+        raise GpuwardError(
+            f"{archive}: not a readable mirror archive ({exc}); copy it again from the source"
+        ) from None
+
+
+@contextlib.contextmanager
+def opened(
+    mirror: Path,
+    *,
+    scratch: Path | None = None,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_members: int = MAX_ARCHIVE_MEMBERS,
+) -> Iterator[Path]:
+    """The mirror as a directory: itself, or a ``.tar`` unpacked into a temporary
+    folder under ``scratch`` (beside the archive by default), removed afterwards.
+    Callers check the manifest of what they get."""
+    if not is_archive(mirror):
+        yield mirror
+        return
+    if not mirror.is_file():
+        raise GpuwardError(f"mirror archive {mirror} not found")
+    with tempfile.TemporaryDirectory(
+        prefix=".gpuward-mirror-", dir=scratch or mirror.parent
+    ) as tmp:
+        _unpack(mirror, Path(tmp), max_bytes, max_members)
+        yield Path(tmp)
 
 
 def check_manifest(out: Path) -> MirrorManifest:
@@ -94,15 +233,21 @@ def check_manifest(out: Path) -> MirrorManifest:
     return MirrorManifest(files)
 
 
-def import_into(out: Path, repo: Path, director: Path | None = None) -> None:
-    """Load a checked export into an air-gapped server's repository directories."""
-    check_manifest(out)
-    pairs = [
-        (out / "v1/repo/metadata", repo / "metadata"),
-        (out / "v1/repo/targets", repo / "targets"),
-    ]
-    if director is not None:
-        for node in sorted((out / "v1/director").glob("*/metadata")):
-            pairs.append((node, director / "nodes" / node.parent.name / "metadata"))
-    for source, dest in pairs:
-        shutil.copytree(source, dest, dirs_exist_ok=True)
+def import_into(
+    mirror: Path, repo: Path, director: Path | None = None, **bounds: int
+) -> MirrorManifest:
+    """Load a checked export (directory or ``.tar``) into an air-gapped server's
+    repository directories; nothing is written unless the whole export checks."""
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    with opened(mirror, scratch=repo.parent, **bounds) as out:
+        manifest = check_manifest(out)
+        pairs = [
+            (out / "v1/repo/metadata", repo / "metadata"),
+            (out / "v1/repo/targets", repo / "targets"),
+        ]
+        if director is not None:
+            for node in sorted((out / "v1/director").glob("*/metadata")):
+                pairs.append((node, director / "nodes" / node.parent.name / "metadata"))
+        for source, dest in pairs:
+            shutil.copytree(source, dest, dirs_exist_ok=True)
+    return manifest

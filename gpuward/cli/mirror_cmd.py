@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import structlog
 
 from gpuward.cli.output import add_json_flag, emit
 
+log = structlog.get_logger(__name__)
+
 # A name that resolves nowhere: verification reads the copy, never the network.
 OFFLINE_BASE = "http://mirror.invalid"
+BAR_WIDTH = 40
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,18 +26,23 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     export = sub.add_parser("export", help="copy both repositories into a static mirror")
     export.add_argument("--repo", type=Path, required=True, help="image repository directory")
     export.add_argument("--director", type=Path, help="director directory (optional)")
-    export.add_argument("--to", type=Path, required=True, help="new, empty directory")
+    export.add_argument(
+        "--to",
+        type=Path,
+        required=True,
+        help="new, empty directory, or a new FILE.tar for removable media",
+    )
     add_json_flag(export)
     export.set_defaults(func=_export)
 
     verify = sub.add_parser("verify", help="check a mirror offline against the trusted root")
-    verify.add_argument("mirror", type=Path)
+    verify.add_argument("mirror", type=Path, help="mirror directory or .tar")
     verify.add_argument("--trusted-root", type=Path, required=True, help="the image root.json")
     add_json_flag(verify)
     verify.set_defaults(func=_verify)
 
     load = sub.add_parser("import", help="load a mirror into an air-gapped server's directories")
-    load.add_argument("mirror", type=Path)
+    load.add_argument("mirror", type=Path, help="mirror directory or .tar")
     load.add_argument("--repo", type=Path, required=True)
     load.add_argument("--director", type=Path)
     load.set_defaults(func=_import)
@@ -39,7 +51,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _export(args: argparse.Namespace) -> None:
     from keys.mirror import export
 
-    manifest = export(args.repo, args.to, args.director)
+    manifest = export(args.repo, args.to, args.director, _progress())
     emit(
         args,
         {"mirror": str(args.to), "files": len(manifest.files)},
@@ -50,10 +62,10 @@ def _export(args: argparse.Namespace) -> None:
 def _verify(args: argparse.Namespace) -> None:
     from agent.channel import TufChannel
     from agent.fetcher import DirectoryFetcher
-    from keys.mirror import check_manifest
+    from keys.mirror import check_manifest, opened
 
-    manifest = check_manifest(args.mirror)
-    with tempfile.TemporaryDirectory() as tmp:
+    with opened(args.mirror) as mirror, tempfile.TemporaryDirectory() as tmp:
+        manifest = check_manifest(mirror)
         channel = TufChannel(
             "mirror",
             args.trusted_root,
@@ -61,7 +73,7 @@ def _verify(args: argparse.Namespace) -> None:
             f"{OFFLINE_BASE}/v1/repo/metadata/",
             f"{OFFLINE_BASE}/v1/repo/targets/",
             Path(tmp) / "targets",
-            fetcher=DirectoryFetcher(args.mirror, OFFLINE_BASE),
+            fetcher=DirectoryFetcher(mirror, OFFLINE_BASE),
         )
         channel.refresh()
         names = channel.verify_all()
@@ -77,3 +89,25 @@ def _import(args: argparse.Namespace) -> None:
 
     import_into(args.mirror, args.repo, args.director)
     print(f"imported {args.mirror} into {args.repo}")
+
+
+def _progress() -> Callable[[int, int, str], None]:
+    """A bar on a terminal; otherwise a progress event every twentieth of the way."""
+    if sys.stderr.isatty():
+
+        def bar(done: int, total: int, _name: str) -> None:
+            filled = BAR_WIDTH * done // total
+            print(
+                f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} files",
+                end="\n" if done == total else "",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        return bar
+
+    def events(done: int, total: int, name: str) -> None:
+        if done == total or done % max(1, total // 20) == 0:
+            log.info("mirror_progress", files=done, total=total, last=name)
+
+    return events
