@@ -27,9 +27,12 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fleet.errors import GpuwardError
+from keys.image_repo import ImageRepository
+from keys.site import Versions, check_offline_expiry, check_online_expiry, refresh, site_signs
 from keys.storage import atomic_write, fsync_dir
 
 MANIFEST = "MANIFEST.json"
@@ -234,13 +237,30 @@ def check_manifest(out: Path) -> MirrorManifest:
 
 
 def import_into(
-    mirror: Path, repo: Path, director: Path | None = None, **bounds: int
-) -> MirrorManifest:
+    mirror: Path,
+    repo: Path,
+    director: Path | None = None,
+    now: datetime | None = None,
+    **bounds: int,
+) -> Imported:
     """Load a checked export (directory or ``.tar``) into an air-gapped server's
-    repository directories; nothing is written unless the whole export checks."""
-    repo.parent.mkdir(parents=True, exist_ok=True)
+    repository directories; nothing is written unless the whole export checks.
+
+    Where the site holds keys the imported root trusts for timestamp and
+    snapshot (``keys.site``), both are re-signed at once, above any version the
+    site served before; otherwise an export whose timestamp or snapshot has
+    already expired is refused, as agents would refuse it.
+    """
+    now = now or datetime.now(UTC)
+    inside = ImageRepository(repo)
     with opened(mirror, scratch=repo.parent, **bounds) as out:
         manifest = check_manifest(out)
+        exported = ImageRepository(out / "v1/repo")
+        check_offline_expiry(exported, now)
+        signs = site_signs(exported.root_metadata().signed, inside.keyring)
+        if not signs:
+            check_online_expiry(exported, now)
+        before = Versions.of(inside)
         pairs = [
             (out / "v1/repo/metadata", repo / "metadata"),
             (out / "v1/repo/targets", repo / "targets"),
@@ -250,4 +270,10 @@ def import_into(
                 pairs.append((node, director / "nodes" / node.parent.name / "metadata"))
         for source, dest in pairs:
             shutil.copytree(source, dest, dirs_exist_ok=True)
-    return manifest
+    return Imported(manifest, refresh(inside, before) if signs else None)
+
+
+@dataclass(frozen=True)
+class Imported:
+    manifest: MirrorManifest
+    resigned: Versions | None  # the site's own snapshot and timestamp, when it signs them

@@ -47,6 +47,26 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     load.add_argument("--director", type=Path)
     load.set_defaults(func=_import)
 
+    site_keys = sub.add_parser(
+        "site-keys",
+        help="inside an air-gapped site: create the site's own timestamp and snapshot keys",
+    )
+    site_keys.add_argument("--repo", type=Path, required=True, help="the site's repository")
+    site_keys.add_argument("--site", required=True, help="a short name for the site")
+    site_keys.add_argument(
+        "-o", "--output", type=Path, required=True, help="public keys file to carry upstream"
+    )
+    site_keys.set_defaults(func=_site_keys)
+
+    trust = sub.add_parser(
+        "trust-site",
+        help="upstream: stage a root that lets a site's keys sign timestamp and snapshot",
+    )
+    trust.add_argument("site_keys", type=Path, help="file written by 'gpuward mirror site-keys'")
+    trust.add_argument("--repo", type=Path, required=True, help="the upstream repository")
+    trust.add_argument("-o", "--output", type=Path, required=True, help="staged root to write")
+    trust.set_defaults(func=_trust_site)
+
 
 def _export(args: argparse.Namespace) -> None:
     from keys.mirror import export
@@ -87,8 +107,43 @@ def _verify(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     from keys.mirror import import_into
 
-    import_into(args.mirror, args.repo, args.director)
-    print(f"imported {args.mirror} into {args.repo}")
+    imported = import_into(args.mirror, args.repo, args.director)
+    resigned = imported.resigned
+    print(
+        f"imported {args.mirror} into {args.repo}"
+        + (
+            ""
+            if resigned is None
+            else f"; the site signed snapshot {resigned.snapshot} and "
+            f"timestamp {resigned.timestamp}"
+        )
+    )
+
+
+def _site_keys(args: argparse.Namespace) -> None:
+    from keys.site import create_site_keys
+    from keys.storage import atomic_write
+
+    keys = create_site_keys(args.repo, args.site)
+    atomic_write(args.output, keys.to_bytes())
+    print(
+        f"created the site's timestamp and snapshot keys in {args.repo / 'keys'}; carry "
+        f"{args.output} upstream for 'gpuward mirror trust-site'"
+    )
+
+
+def _trust_site(args: argparse.Namespace) -> None:
+    from keys.ceremony import write_staged
+    from keys.image_repo import ImageRepository
+    from keys.site import SiteKeys, stage_site_keys
+
+    staged = stage_site_keys(ImageRepository(args.repo), SiteKeys.read(args.site_keys))
+    write_staged(staged, args.output)
+    print(
+        f"staged root version {staged.metadata.signed.version} in {args.output}: sign it with "
+        f"'gpuward keys sign' ({staged.threshold} of {len(staged.keyids)} root keys), then "
+        "'gpuward repo publish'"
+    )
 
 
 def _progress() -> Callable[[int, int, str], None]:

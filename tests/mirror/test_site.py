@@ -1,0 +1,139 @@
+"""Air-gapped sites keep metadata fresh with their own timestamp and snapshot keys,
+and agents never accept metadata past its expiry.
+
+The flow is the README's "Air-gapped sites", command by command: the site
+creates its keys, upstream trusts them with a root ceremony, exports travel on
+a ``.tar``, and the site's server signs the online roles from then on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tuf.api.metadata import Metadata, Timestamp
+
+from agent.config import AgentConfig
+from agent.daemon import run_once
+from agent.identity import enroll
+from fleet.errors import GpuwardError
+from keys.image_repo import ImageRepository
+from keys.mirror import import_into
+from server.config import ServerConfig
+from server.resigner import OnlineSigner
+from server.runner import BackgroundServer
+from tests.cli.test_errors import assert_one_line_error, gpuward
+from tests.conftest import ENROLLMENT_TOKEN, Site
+
+
+def _ok(*args: str) -> str:
+    done = gpuward(*args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _export_lapsing(site: Site, out: Path, expires: datetime) -> Path:
+    """An export whose timestamp expires at ``expires`` (upstream's last one before it)."""
+    site.repo.sign_timestamp(expires=expires)
+    _ok("mirror", "export", "--repo", str(site.repo.root), "--to", str(out))
+    return out
+
+
+@contextmanager
+def _inside(gapped: Path, tmp_path: Path) -> Iterator[BackgroundServer]:
+    config = ServerConfig(
+        gapped, str(tmp_path / "gapped.db"), port=0, unattested_enrollment_token=ENROLLMENT_TOKEN
+    )
+    with BackgroundServer(config) as server:
+        yield server
+
+
+def _agent(site: Site, server: BackgroundServer) -> AgentConfig:
+    agent = dataclasses.replace(site.agent("inside-1", enrolled=False), server_url=server.url)
+    if not agent.key_file.exists():
+        enroll(agent)
+    return agent
+
+
+def _timestamp(repo: Path) -> Metadata[Timestamp]:
+    return ImageRepository(repo).timestamp()
+
+
+def test_site_keys_keep_an_imported_mirror_fresh(site: Site, tmp_path: Path) -> None:
+    gapped, site_keys, staged = tmp_path / "gapped", tmp_path / "vault.keys", tmp_path / "root.st"
+    upstream = str(site.repo.root)
+    # Inside: the site's own online keys; only their public halves leave.
+    _ok("mirror", "site-keys", "--repo", str(gapped), "--site", "vault", "-o", str(site_keys))
+    # Upstream: a root ceremony adds them to timestamp and snapshot.
+    _ok("mirror", "trust-site", str(site_keys), "--repo", upstream, "-o", str(staged))
+    _ok("keys", "sign", str(staged), "--keys", str(site.repo.root / "keys"))
+    _ok("repo", "publish", str(staged), "--repo", upstream)
+    site.publish("580.65.06")
+    # The carried export's timestamp lapses before anyone could serve it.
+    now = datetime.now(UTC)
+    first = _export_lapsing(site, tmp_path / "first.tar", now - timedelta(minutes=1))
+
+    imported = _ok("mirror", "import", str(first), "--repo", str(gapped))
+    assert "the site signed snapshot" in imported
+    site_keyids = set(ImageRepository(gapped).keyring.keys())
+    fresh = _timestamp(gapped)
+    assert set(fresh.signatures) <= site_keyids
+    assert fresh.signed.expires > now
+
+    with _inside(gapped, tmp_path) as inside:
+        agent = _agent(site, inside)
+        assert run_once(agent).outcome.update == "committed"
+
+        # When the timestamp is due, the site's server renews it with its own key
+        # (the signer decides "due" on the clock it is given; it signs on the real one).
+        later = OnlineSigner(ImageRepository(gapped), now=lambda: now + timedelta(hours=20))
+        assert later.run_once() == ["image:timestamp"]
+        renewed = _timestamp(gapped)
+        assert renewed.signed.version > fresh.signed.version
+        assert renewed.signed.expires >= fresh.signed.expires
+        assert set(renewed.signatures) <= site_keyids
+        assert run_once(agent).outcome.update == "up-to-date"
+
+        # The next export has upstream versions below the site's; the import lifts them.
+        site.publish("580.82.07")
+        second = _export_lapsing(site, tmp_path / "second.tar", now - timedelta(minutes=1))
+        _ok("mirror", "import", str(second), "--repo", str(gapped))
+        assert _timestamp(gapped).signed.version > renewed.signed.version
+        result = run_once(agent)
+        assert result.outcome.update == "committed", result.outcome.reason
+        assert result.report.driver_version == "580.82.07"
+
+
+def test_without_site_keys_expired_metadata_is_refused(site: Site, tmp_path: Path) -> None:
+    site.publish("580.65.06")
+    gapped = tmp_path / "gapped"
+    now = datetime.now(UTC)
+    lapsed = _export_lapsing(site, tmp_path / "lapsed.tar", now - timedelta(minutes=1))
+    assert_one_line_error(
+        gpuward("mirror", "import", str(lapsed), "--repo", str(gapped)),
+        "timestamp expired",
+        "Air-gapped sites",
+    )
+    assert not gapped.exists()
+
+    # Imported while fresh (an hour ago), then left to lapse: agents refuse it.
+    import_into(lapsed, gapped, now=now - timedelta(hours=1))
+    with _inside(gapped, tmp_path) as inside:
+        result = run_once(_agent(site, inside))
+    assert result.outcome.update == "refused"
+    assert "ExpiredMetadataError" in result.outcome.reason
+
+
+def test_export_with_expired_offline_roles_is_refused(site: Site, tmp_path: Path) -> None:
+    gapped = tmp_path / "gapped"
+    _ok("mirror", "site-keys", "--repo", str(gapped), "--site", "vault", "-o", str(tmp_path / "k"))
+    export = tmp_path / "export.tar"
+    _ok("mirror", "export", "--repo", str(site.repo.root), "--to", str(export))
+    # Months on, the offline-signed targets have lapsed: no site key can renew them.
+    with pytest.raises(GpuwardError, match="targets metadata expired"):
+        import_into(export, gapped, now=datetime.now(UTC) + timedelta(days=200))
+    assert not (gapped / "metadata").exists()
