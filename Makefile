@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
 	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config \
 	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck \
-	chromium nginx-light kmod
+	chromium nginx-light kmod poppler-utils
 
 .PHONY: setup deb-packages test lint typecheck unit demo packages clean
 

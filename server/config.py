@@ -45,3 +45,6 @@ class ServerConfig:
     # bucket generous enough for a site behind one NAT address enrolling at once.
     preauth_rate_per_s: float = 2.0
     preauth_burst: int = 100
+    # The Ed25519 key that signs compliance reports; None: <repo>/keys/report.key,
+    # made at first start.
+    report_key: Path | None = None

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from fleet.nodeauth import RequestSignature
+from keys.report_key import ReportSigner
 from server.config import ServerConfig
 from server.limits import RateLimiter, retry_after
 from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
@@ -48,6 +49,7 @@ class Services:
     limiter: RateLimiter
     engine: RolloutEngine
     preauth_limiter: RateLimiter  # per source address, before authentication
+    report_signer: ReportSigner  # signs compliance reports (``server.reports``)
     # Both set when the server enrolls TPMs (--ek-ca), sharing one challenge store.
     tpm: TpmEnrollment | None = None
     reports: ReportAttestation | None = None

@@ -25,6 +25,7 @@ from fleet.attestation import PcrSelection
 from fleet.errors import GpuwardError
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
+from keys.report_key import default_path, load_or_create
 from server.app import create_app
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EkTrust
@@ -133,6 +134,7 @@ async def serve(
             clock,
             DirectorRepository(config.director) if config.director else None,
         ),
+        report_signer=load_or_create(config.report_key or default_path(config.repo)),
         tpm=tpm,
         reports=reports,
     )

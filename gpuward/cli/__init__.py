@@ -27,6 +27,7 @@ from gpuward.cli import (
     mirror_cmd,
     policy_cmd,
     repo_cmd,
+    report_cmd,
     rollout_cmd,
     server_cmd,
 )
@@ -38,6 +39,7 @@ GROUPS = (
     director_cmd,
     mirror_cmd,
     rollout_cmd,
+    report_cmd,
     server_cmd,
     agent_cmd,
     firewall_cmd,

@@ -29,6 +29,25 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """The JSON answer of an operator API call; an error answer raises."""
+    return answer(method, path, send(args, method, path, body))
+
+
+def answer(method: str, path: str, response: urllib3.BaseHTTPResponse) -> Any:
+    """The JSON body of ``response``, or the server's error as a ``GpuwardError``."""
+    try:
+        doc = json.loads(response.data)
+    except ValueError:
+        raise GpuwardError(f"{method} {path}: HTTP {response.status}, not JSON") from None
+    if response.status >= 400:
+        raise GpuwardError(f"{method} {path}: {doc.get('error', response.status)}")
+    return doc
+
+
+def send(
+    args: argparse.Namespace, method: str, path: str, body: Any = None
+) -> urllib3.BaseHTTPResponse:
+    """One operator API request with the token, answered whatever its status."""
     token = (
         args.token_file.read_text().strip()
         if args.token_file is not None
@@ -43,15 +62,6 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> 
         headers["Content-Type"] = "application/json"
     url = args.server.rstrip("/") + path
     try:
-        response = urllib3.request(
-            method, url, body=data, headers=headers, timeout=30.0, retries=False
-        )
+        return urllib3.request(method, url, body=data, headers=headers, timeout=30.0, retries=False)
     except urllib3.exceptions.HTTPError as exc:
         raise GpuwardError(f"cannot reach the server at {args.server}: {exc}") from None
-    try:
-        doc = json.loads(response.data)
-    except ValueError:
-        raise GpuwardError(f"{method} {path}: HTTP {response.status}, not JSON") from None
-    if response.status >= 400:
-        raise GpuwardError(f"{method} {path}: {doc.get('error', response.status)}")
-    return doc

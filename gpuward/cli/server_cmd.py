@@ -93,7 +93,21 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="S",
         help="advance rollouts every S seconds (default 15)",
     )
+    run.add_argument(
+        "--report-key",
+        type=Path,
+        metavar="FILE",
+        help="Ed25519 key signing compliance reports (default REPO/keys/report.key, made if "
+        "missing)",
+    )
     run.set_defaults(func=_run)
+
+    report_key = sub.add_parser(
+        "report-key", help="show (making it if needed) the public key auditors verify reports with"
+    )
+    report_key.add_argument("--repo", type=Path, required=True, help="repository directory")
+    report_key.add_argument("--report-key", type=Path, metavar="FILE", help="as for run")
+    report_key.set_defaults(func=_report_key)
 
     token = sub.add_parser("token", help="operator bearer tokens")
     tokens = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
@@ -135,6 +149,7 @@ def _run(args: argparse.Namespace) -> None:
             preauth_burst=args.preauth_burst,
             boot_policy=args.boot_policy,
             pool_boot_policies=tuple(pool_policies),
+            report_key=args.report_key,
         )
     )
 
@@ -148,6 +163,14 @@ def _read_token(path: Path | None) -> str | None:
         return path.read_text().strip()
     except OSError as exc:
         raise GpuwardError(f"cannot read token file {path}: {exc.strerror}") from None
+
+
+def _report_key(args: argparse.Namespace) -> None:
+    from keys.report_key import default_path, load_or_create, public_path
+
+    path = args.report_key or default_path(args.repo)
+    signer = load_or_create(path)
+    print(f"report key {signer.key_id}\npublic key: {public_path(path)} (give it to auditors)")
 
 
 def _token_create(args: argparse.Namespace) -> None:

@@ -1,0 +1,218 @@
+"""Compliance reports: what an auditor is shown about each node and the fleet.
+
+An auditor asks which node runs what, attested how, and whether that is
+supported. This module turns what the server knows (enrollment, reports with
+their attestation verdicts, the catalog) into one document, without I/O, so
+the JSON, HTML and PDF forms all say the same thing. The document's shape is
+``fleet/data/compliance-report.schema.json``; a field the server cannot know
+yet is ``null`` (shown as "unknown"), never guessed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+from fleet.catalog import Catalog
+from fleet.errors import GpuwardError
+from fleet.report import HealthReport
+from fleet.versions import DriverVersion
+
+FORMAT = "gpuward-compliance-report/1"
+SCHEMA_FILE = "compliance-report.schema.json"
+# A branch whose end of life is this close is flagged before it ends.
+ENDING_SOON = timedelta(days=180)
+MAX_UPDATES_SHOWN = 50
+ATTESTATION_RESULTS = ("passed", "failed", "no-attested-report", "unattested")
+SUPPORT_STATES = ("supported", "ending-soon", "ended", "unknown")
+
+
+def schema_text() -> str:
+    """The JSON Schema of the document, as shipped with the package."""
+    return resources.files("fleet").joinpath("data", SCHEMA_FILE).read_text()
+
+
+@dataclass(frozen=True)
+class SeenReport:
+    """A stored report, with its attestation verdict (a dict) if it was attested."""
+
+    received_at: int
+    report: HealthReport
+    verdict: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    node_id: str
+    pool: str
+    state: str  # as the fleet view shows it (healthy, unhealthy, missing, new)
+    enrollment: str  # how enrollment was verified: "tpm2", "unattested"
+    attested: bool
+    enrolled_at: int
+    last_seen: int | None
+    ek_certificate_sha256: str | None
+    history: tuple[SeenReport, ...]  # newest first
+
+
+def _iso(ts: int | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _support(catalog: Catalog, version: str | None, today: date) -> dict[str, Any]:
+    branch = None if version is None else catalog.branch(DriverVersion.parse(version).branch)
+    if branch is None:
+        return {"branch": None, "type": None, "status": "unknown", "end_of_life": None}
+    if branch.ended(today):
+        status = "ended"
+    elif branch.eol is not None and branch.ended(today + ENDING_SOON):
+        status = "ending-soon"
+    else:
+        status = "supported"
+    return {
+        "branch": branch.name,
+        "type": branch.type,
+        "status": status,
+        "end_of_life": branch.eol_text(),
+    }
+
+
+def _attestation(facts: NodeFacts) -> dict[str, Any]:
+    attested = next((seen for seen in facts.history if seen.verdict is not None), None)
+    if attested is None or attested.verdict is None:
+        result = "no-attested-report" if facts.attested else "unattested"
+        return {"result": result, "last_attested_at": None, "reasons": []}
+    verdict = attested.verdict
+    return {
+        "result": "passed" if verdict.get("passed") is True else "failed",
+        "last_attested_at": _iso(attested.received_at),
+        "reasons": [str(r) for r in verdict.get("reasons", [])],
+    }
+
+
+def _secure_boot(facts: NodeFacts) -> str:
+    verdict = next((seen.verdict for seen in facts.history if seen.verdict is not None), None)
+    state = None if verdict is None else verdict.get("secure_boot")
+    return "unknown" if not isinstance(state, bool) else ("on" if state else "off")
+
+
+def _firewall(report: HealthReport | None) -> dict[str, Any]:
+    firewall = None if report is None else report.firewall
+    if firewall is None:
+        return {
+            "enforced": False,
+            "mode": None,
+            "ruleset_sha256": None,
+            "in_sync": None,
+            "telemetry_off": None,
+        }
+    return {
+        "enforced": firewall.digest is not None,
+        "mode": firewall.mode,
+        "ruleset_sha256": firewall.digest,
+        "in_sync": firewall.in_sync,
+        # Outbound traffic is an allowlist: when it is enforced as published,
+        # nothing else (telemetry included) leaves the node.
+        "telemetry_off": firewall.digest is not None and firewall.in_sync,
+    }
+
+
+def node_document(facts: NodeFacts, catalog: Catalog, today: date) -> dict[str, Any]:
+    latest = facts.history[0].report if facts.history else None
+    version = None if latest is None else latest.driver_version
+    attestation = _attestation(facts)
+    updates = [seen for seen in facts.history if seen.report.update != "up-to-date"]
+    return {
+        "node_id": facts.node_id,
+        "pool": facts.pool,
+        "state": facts.state,
+        "enrolled_at": _iso(facts.enrolled_at),
+        "last_seen": _iso(facts.last_seen),
+        "identity": {
+            "enrollment": facts.enrollment,
+            # The server keeps the EK certificate's digest; subject and serial
+            # are not stored at enrollment yet.
+            "ek_certificate": {
+                "sha256": facts.ek_certificate_sha256,
+                "subject": None,
+                "serial": None,
+            },
+        },
+        "attestation": attestation,
+        "secure_boot": _secure_boot(facts),
+        "measured_boot_policy": {
+            "result": "not-evaluated"
+            if attestation["result"] in ("unattested", "no-attested-report")
+            else attestation["result"],
+            "reasons": attestation["reasons"],
+        },
+        "driver": {"version": version, **_support(catalog, version, today)},
+        # Agents do not report their kernel or its hold yet.
+        "kernel": {"release": None, "hold": None},
+        "firewall": _firewall(latest),
+        "updates": {
+            "rollbacks": sum(1 for seen in updates if seen.report.update == "rolled-back"),
+            "history": [
+                {
+                    "at": _iso(seen.received_at),
+                    "update": seen.report.update,
+                    "driver_version": seen.report.driver_version,
+                    "bundle": seen.report.bundle,
+                    "reason": seen.report.reason,
+                }
+                for seen in updates[:MAX_UPDATES_SHOWN]
+            ],
+        },
+    }
+
+
+def report_document(
+    scope: str,
+    nodes: Sequence[NodeFacts],
+    catalog: Catalog,
+    generated_at: int,
+    key_id: str,
+) -> dict[str, Any]:
+    """The whole report: ``scope`` is "fleet" or "node" (one node in ``nodes``)."""
+    if scope not in ("fleet", "node"):
+        raise GpuwardError(f"unknown report scope {scope!r}")
+    today = datetime.fromtimestamp(generated_at, UTC).date()
+    shown = [node_document(n, catalog, today) for n in nodes]
+    drivers = Counter(n["driver"]["version"] or "none" for n in shown)
+    attestation = Counter(n["attestation"]["result"] for n in shown)
+    support = Counter(n["driver"]["status"] for n in shown)
+    return {
+        "format": FORMAT,
+        "scope": scope,
+        "generated_at": _iso(generated_at),
+        "signed_by": {"algorithm": "ed25519", "key_id": key_id},
+        "catalog_version": catalog.catalog_version,
+        "summary": {
+            "nodes": len(shown),
+            "driver_versions": dict(sorted(drivers.items())),
+            "attestation": {r: attestation.get(r, 0) for r in ATTESTATION_RESULTS},
+            "end_of_life_exposure": {s: support.get(s, 0) for s in SUPPORT_STATES},
+            "rollbacks": sum(n["updates"]["rollbacks"] for n in shown),
+        },
+        "nodes": shown,
+    }
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One bar chart of the summary, drawn the same way in HTML and PDF."""
+
+    title: str
+    bars: tuple[tuple[str, int], ...]
+
+
+def charts(document: Mapping[str, Any]) -> list[Chart]:
+    summary = document["summary"]
+    return [
+        Chart("Driver versions", tuple(summary["driver_versions"].items())),
+        Chart("Attestation results", tuple(summary["attestation"].items())),
+        Chart("End-of-life exposure", tuple(summary["end_of_life_exposure"].items())),
+    ]

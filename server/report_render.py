@@ -1,0 +1,243 @@
+"""Compliance reports as files: canonical JSON, one self-contained HTML page, PDF.
+
+Each form is rendered from the same document (``fleet.compliance``) and is
+signed as the exact bytes produced here, so the rendering must not depend on
+anything but the document: the HTML has no external resources (charts are
+inline SVG), and the PDF is written in ReportLab's invariant mode (no clock,
+no random document id).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Mapping
+from html import escape
+from typing import Any
+
+from fleet.compliance import Chart, charts
+from fleet.errors import GpuwardError
+
+CONTENT_TYPES = {
+    "json": "application/json",
+    "html": "text/html; charset=utf-8",
+    "pdf": "application/pdf",
+}
+BAR_COLOURS = ("#2f6f9f", "#d08a2c", "#5b9a4c", "#b04848", "#7a5ea8", "#888888")
+NODE_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], object]], ...] = (
+    ("Node", lambda n: n["node_id"]),
+    ("Pool", lambda n: n["pool"]),
+    ("State", lambda n: n["state"]),
+    ("Attestation", lambda n: n["attestation"]["result"]),
+    ("Last attested", lambda n: n["attestation"]["last_attested_at"]),
+    ("Secure Boot", lambda n: n["secure_boot"]),
+    ("Boot policy", lambda n: n["measured_boot_policy"]["result"]),
+    ("Driver", lambda n: n["driver"]["version"]),
+    ("Branch", lambda n: n["driver"]["branch"]),
+    ("Support", lambda n: n["driver"]["status"]),
+    ("End of life", lambda n: n["driver"]["end_of_life"]),
+    ("Kernel", lambda n: n["kernel"]["release"]),
+    ("Kernel hold", lambda n: n["kernel"]["hold"]),
+    ("Firewall ruleset", lambda n: _short(n["firewall"]["ruleset_sha256"])),
+    ("Telemetry off", lambda n: n["firewall"]["telemetry_off"]),
+    ("EK certificate", lambda n: _short(n["identity"]["ek_certificate"]["sha256"])),
+    ("Rollbacks", lambda n: n["updates"]["rollbacks"]),
+)
+
+
+def _short(digest: str | None) -> str | None:
+    return None if digest is None else digest[:16]
+
+
+def cell(value: object) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render(document: Mapping[str, Any], fmt: str) -> bytes:
+    if fmt == "json":
+        return json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+    if fmt == "html":
+        return _html(document).encode()
+    if fmt == "pdf":
+        return _pdf(document)
+    raise GpuwardError(f"unknown report format {fmt!r}: choose json, html or pdf")
+
+
+def _title(document: Mapping[str, Any]) -> str:
+    if document["scope"] == "node" and document["nodes"]:
+        return f"gpuward compliance report: node {document['nodes'][0]['node_id']}"
+    return "gpuward compliance report: fleet"
+
+
+def _subtitle(document: Mapping[str, Any]) -> str:
+    return (
+        f"Generated {document['generated_at']} from catalog version "
+        f"{document['catalog_version']}; signed with Ed25519 key "
+        f"{document['signed_by']['key_id']} (signature in FILE.sig)."
+    )
+
+
+# -- HTML ---------------------------------------------------------------------
+
+
+def _svg(chart: Chart) -> str:
+    width, bar_height, label_width = 520, 22, 170
+    height = bar_height * max(1, len(chart.bars)) + 30
+    top = max((value for _, value in chart.bars), default=0) or 1
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(chart.title)}">',
+        f'<text x="0" y="16" font-weight="bold">{escape(chart.title)}</text>',
+    ]
+    for i, (label, value) in enumerate(chart.bars):
+        y = 26 + i * bar_height
+        length = int((width - label_width - 50) * value / top)
+        colour = BAR_COLOURS[i % len(BAR_COLOURS)]
+        parts += [
+            f'<text x="0" y="{y + 15}">{escape(label)}</text>',
+            f'<rect x="{label_width}" y="{y + 3}" width="{length}" height="{bar_height - 6}" '
+            f'fill="{colour}"/>',
+            f'<text x="{label_width + length + 6}" y="{y + 15}">{value}</text>',
+        ]
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _html(document: Mapping[str, Any]) -> str:
+    nodes = document["nodes"]
+    head = "".join(f"<th>{escape(name)}</th>" for name, _ in NODE_COLUMNS)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{escape(cell(get(n)))}</td>" for _, get in NODE_COLUMNS) + "</tr>"
+        for n in nodes
+    )
+    details = "".join(_html_node(n) for n in nodes)
+    summary = document["summary"]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(_title(document))}</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:2px 6px;font-size:13px;text-align:left}"
+        "svg{margin:0 2em 1em 0;font:13px sans-serif}</style></head><body>"
+        f"<h1>{escape(_title(document))}</h1><p>{escape(_subtitle(document))}</p>"
+        f"<h2>Summary</h2><p>{summary['nodes']} node(s), {summary['rollbacks']} rollback(s) "
+        "in the update history.</p>"
+        + "".join(_svg(chart) for chart in charts(document))
+        + f"<h2>Nodes</h2><table><tr>{head}</tr>{rows}</table>{details}</body></html>\n"
+    )
+
+
+def _html_node(node: Mapping[str, Any]) -> str:
+    history = node["updates"]["history"]
+    items = "".join(
+        f"<tr><td>{escape(cell(h['at']))}</td><td>{escape(h['update'])}</td>"
+        f"<td>{escape(cell(h['driver_version']))}</td><td>{escape(h['reason'])}</td></tr>"
+        for h in history
+    )
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in node["attestation"]["reasons"])
+    return (
+        f"<h3>{escape(node['node_id'])}</h3>"
+        f"<p>Firewall ruleset: {escape(cell(node['firewall']['ruleset_sha256']))}; "
+        f"EK certificate SHA-256: {escape(cell(node['identity']['ek_certificate']['sha256']))}"
+        "</p>"
+        + (f"<ul>{reasons}</ul>" if reasons else "")
+        + (
+            "<table><tr><th>When</th><th>Update</th><th>Driver</th><th>Reason</th></tr>"
+            f"{items}</table>"
+            if items
+            else "<p>No updates recorded.</p>"
+        )
+    )
+
+
+# -- PDF ----------------------------------------------------------------------
+
+
+def _pdf(document: Mapping[str, Any]) -> bytes:
+    from reportlab.graphics.charts.barcharts import HorizontalBarChart
+    from reportlab.graphics.shapes import Drawing, String
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table
+
+    styles = getSampleStyleSheet()
+    small = styles["BodyText"].clone("small", fontSize=7, leading=8)
+
+    def chart_drawing(chart: Chart) -> Drawing:
+        drawing = Drawing(250, 30 + 18 * max(1, len(chart.bars)))
+        bars = HorizontalBarChart()
+        bars.x, bars.y = 90, 10
+        bars.width, bars.height = 140, 18 * max(1, len(chart.bars))
+        bars.data = [[value for _, value in chart.bars] or [0]]
+        bars.categoryAxis.categoryNames = [label for label, _ in chart.bars] or ["none"]
+        bars.categoryAxis.labels.fontSize = 7
+        bars.valueAxis.valueMin = 0
+        bars.valueAxis.labels.fontSize = 7
+        bars.bars[0].fillColor = colors.HexColor(BAR_COLOURS[0])
+        drawing.add(bars)
+        drawing.add(String(0, drawing.height - 10, chart.title, fontSize=9))
+        return drawing
+
+    def table(rows: list[list[str]], widths: list[float] | None = None) -> Table:
+        cells = [[Paragraph(escape(c), small) for c in row] for row in rows]
+        result = Table(cells, colWidths=widths, repeatRows=1)
+        result.setStyle(
+            [
+                ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+                ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8e8e8")),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ]
+        )
+        return result
+
+    nodes = document["nodes"]
+    story: list[Any] = [
+        Paragraph(escape(_title(document)), styles["Title"]),
+        Paragraph(escape(_subtitle(document)), styles["BodyText"]),
+        Spacer(1, 4 * mm),
+        Table([[chart_drawing(chart) for chart in charts(document)]]),
+        Spacer(1, 4 * mm),
+        table(
+            [[name for name, _ in NODE_COLUMNS]]
+            + [[cell(get(n)) for _, get in NODE_COLUMNS] for n in nodes]
+        ),
+    ]
+    for node in nodes:
+        story += [PageBreak(), Paragraph(f"Node {escape(node['node_id'])}", styles["Heading2"])]
+        facts = [
+            ["Firewall ruleset SHA-256", cell(node["firewall"]["ruleset_sha256"])],
+            ["EK certificate SHA-256", cell(node["identity"]["ek_certificate"]["sha256"])],
+            ["Attestation reasons", "; ".join(node["attestation"]["reasons"]) or "none"],
+        ]
+        story.append(table(facts, [60 * mm, 200 * mm]))
+        history = node["updates"]["history"]
+        story.append(Spacer(1, 3 * mm))
+        story.append(
+            table(
+                [["When", "Update", "Driver", "Reason"]]
+                + [
+                    [cell(h["at"]), h["update"], cell(h["driver_version"]), h["reason"]]
+                    for h in history
+                ]
+            )
+            if history
+            else Paragraph("No updates recorded.", styles["BodyText"])
+        )
+    out = io.BytesIO()
+    SimpleDocTemplate(
+        out,
+        pagesize=landscape(A4),
+        title=_title(document),
+        author="gpuward",
+        invariant=1,
+        leftMargin=10 * mm,
+        rightMargin=10 * mm,
+        topMargin=10 * mm,
+        bottomMargin=10 * mm,
+    ).build(story)
+    return out.getvalue()

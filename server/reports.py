@@ -1,0 +1,134 @@
+"""``GET /v1/reports/...``: compliance reports, rendered and signed by the server.
+
+The server renders and signs, so an auditor's copy carries the signature of the
+key that holds the fleet's records, whoever fetched it (a viewer token is
+enough). The body is the report file; the ``Gpuward-Report-Signature`` header
+carries the base64 Ed25519 signature over exactly those bytes, which the CLI
+stores as ``FILE.sig``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from aiohttp import web
+
+from fleet.catalog import TARGET_PATH, Catalog, default_catalog, load_catalog
+from fleet.compliance import NodeFacts, SeenReport, report_document
+from keys.image_repo import ImageRepository
+from server.fleetview import node_state
+from server.http import ApiError, Route, Services, operator, services
+from server.report_render import CONTENT_TYPES, render
+from server.store import NodeStatus
+
+HEADER_SIGNATURE = "Gpuward-Report-Signature"
+HEADER_KEY_ID = "Gpuward-Report-Key-Id"
+# Reports per node read from the store; the document shows the updates among them.
+HISTORY_READ = 500
+
+
+def _catalog(svc: Services) -> Catalog:
+    """The catalog this server publishes to its agents, else the one gpuward ships."""
+    repo = ImageRepository(svc.config.repo)
+    info = repo.targets().signed.targets.get(TARGET_PATH)
+    if info is None:
+        return default_catalog()
+    folder, name = TARGET_PATH.rsplit("/", 1)
+    path = repo.targets_dir / folder / f"{info.hashes['sha256']}.{name}"
+    return load_catalog(path.read_bytes(), where=str(path))
+
+
+async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
+    node = status.node
+    records = await svc.store.history(node.node_id, HISTORY_READ)
+    ek = None if node.tpm is None else json.loads(node.tpm).get("ek_certificate_sha256")
+    return NodeFacts(
+        node_id=node.node_id,
+        pool=node.pool,
+        state=node_state(status, now, svc.config),
+        enrollment=node.attestation,
+        attested=node.attested,
+        enrolled_at=node.enrolled_at,
+        last_seen=status.last_seen,
+        ek_certificate_sha256=None if ek is None else str(ek),
+        history=tuple(
+            SeenReport(
+                r.received_at,
+                r.report,
+                None if r.attestation is None else json.loads(r.attestation),
+            )
+            for r in records
+        ),
+    )
+
+
+def _format(request: web.Request) -> str:
+    fmt = request.query.get("format", "json")
+    if fmt not in CONTENT_TYPES:
+        raise ApiError(400, "format must be json, html or pdf")
+    return fmt
+
+
+async def _respond(request: web.Request, scope: str, statuses: list[NodeStatus]) -> web.Response:
+    s = services(request)
+    signer = s.report_signer
+    fmt = _format(request)
+    now = s.clock()
+    facts = [await _facts(s, status, now) for status in statuses]
+    document = report_document(scope, facts, _catalog(s), int(now), signer.key_id)
+    body = render(document, fmt)
+    return web.Response(
+        body=body,
+        content_type=CONTENT_TYPES[fmt].split(";")[0],
+        charset="utf-8" if fmt == "html" else None,
+        headers={
+            HEADER_SIGNATURE: base64.b64encode(signer.sign(body)).decode(),
+            HEADER_KEY_ID: signer.key_id,
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def fleet_report(request: web.Request) -> web.Response:
+    await operator(request, "viewer")
+    return await _respond(request, "fleet", await services(request).store.fleet())
+
+
+async def node_report(request: web.Request) -> web.Response:
+    await operator(request, "viewer")
+    node_id = request.match_info["node_id"]
+    status = await services(request).store.node(node_id)
+    if status is None:
+        raise ApiError(404, f"no enrolled node {node_id!r}")
+    return await _respond(request, "node", [status])
+
+
+_RESPONSES = {
+    200: (f"the report file; {HEADER_SIGNATURE}: base64 Ed25519 signature over it", None),
+    400: ("unknown format", "Error"),
+    401: ("no or unknown operator token", "Error"),
+    403: ("the token's role does not allow this", "Error"),
+}
+_QUERY = {"format": {"type": "string", "enum": sorted(CONTENT_TYPES)}}
+
+ROUTES = (
+    Route(
+        "GET",
+        "/v1/reports/fleet",
+        fleet_report,
+        "A signed compliance report of the whole fleet (JSON, HTML or PDF)",
+        "viewer",
+        responses=_RESPONSES,
+        query=_QUERY,
+    ),
+    Route(
+        "GET",
+        "/v1/reports/nodes/{node_id}",
+        node_report,
+        "A signed compliance report of one node (JSON, HTML or PDF)",
+        "viewer",
+        responses={**_RESPONSES, 404: ("no such node", "Error")},
+        query=_QUERY,
+    ),
+)

@@ -1,0 +1,240 @@
+"""Compliance reports of a fleet in mixed states, in every format, signed and checked.
+
+Unattested nodes enroll and report over HTTP as agents do. The TPM-enrolled
+nodes and their attestation verdicts are written to the store as the TPM
+enrollment and report attestation code writes them (that path is attacked in
+tests/attest), so this test can give them the states an auditor must see:
+a passed and a failed measured boot, a rollback, an end-of-life branch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from fleet.compliance import schema_text
+from fleet.firewall import FirewallReport
+from fleet.report import HealthReport
+from keys.report_key import default_path, public_path
+from server.http import Services
+from server.report_attestation import Verdict
+from server.store import EnrolledNode
+from tests.cli.test_errors import assert_one_line_error
+from tests.conftest import Fleet
+from tests.simnode import report_doc
+
+EK_SHA256 = "ab" * 32
+RULESET = "cd" * 32
+
+
+def gpuward(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GPUWARD_TOKEN"}
+    if token is not None:
+        env["GPUWARD_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "gpuward", *args],
+        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+
+
+def _tpm_node(fleet: Fleet, node_id: str, reports: list[tuple[dict[str, Any], Verdict]]) -> None:
+    now = int(fleet.clock())
+    node = EnrolledNode(
+        node_id=node_id,
+        public_key=bytes(32),
+        pool="secure",
+        attested=True,
+        attestation="tpm2",
+        enrolled_at=now,
+        tpm=json.dumps({"node_id": node_id, "ek_certificate_sha256": EK_SHA256}),
+    )
+
+    async def write(svc: Services) -> None:
+        await svc.store.enroll(node)
+        for i, (doc, verdict) in enumerate(reports):
+            report = HealthReport.from_dict(doc)
+            await svc.store.add_report(
+                report, now + i, "127.0.0.1", f"{node_id}-{i}", verdict.to_json()
+            )
+
+    fleet.site.server.call(write)
+
+
+def _firewall(in_sync: bool = True) -> dict[str, Any]:
+    return FirewallReport("host", RULESET, in_sync, "unchanged", (), (), None).to_dict()
+
+
+def _mixed_fleet(fleet: Fleet) -> list[str]:
+    passed = Verdict(True, 1, "ef" * 32, ())
+    failed = Verdict(False, 2, "ef" * 32, ("Secure Boot is not on",))
+    _tpm_node(
+        fleet,
+        "tpm-good",
+        [({**report_doc("tpm-good", driver="580.65.06"), "firewall": _firewall()}, passed)],
+    )
+    _tpm_node(
+        fleet,
+        "tpm-rolled-back",
+        [
+            (report_doc("tpm-rolled-back", driver="580.65.06"), passed),
+            (report_doc("tpm-rolled-back", driver="580.65.06", update="rolled-back"), failed),
+        ],
+    )
+    eol = fleet.node("legacy-eol")
+    assert eol.report(driver="470.256.02", bundle="drivers/R470/x.bundle").status == 202
+    soon = fleet.node("ending-soon")
+    assert soon.report(driver="595.10.01", update="up-to-date").status == 202
+    fleet.node("never-reported")
+    return ["tpm-good", "tpm-rolled-back", "legacy-eol", "ending-soon", "never-reported"]
+
+
+def _fetch(fleet: Fleet, tmp_path: Path, fmt: str, *scope: str) -> Path:
+    out = tmp_path / f"report-{'-'.join(scope)}.{fmt}"
+    done = gpuward(
+        "report", *scope, "--format", fmt, "-o", str(out), "--server", fleet.url,
+        token=fleet.token("viewer"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _key(fleet: Fleet) -> Path:
+    return public_path(default_path(fleet.site.repo.root))
+
+
+def _assert_verifies_until_a_byte_changes(fleet: Fleet, report: Path) -> None:
+    key = str(_key(fleet))
+    ok = gpuward("report", "verify", str(report), "--key", key)
+    assert ok.returncode == 0, ok.stderr
+    # An auditor without gpuward: OpenSSL checks the same detached signature.
+    openssl = subprocess.run(
+        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", key, "-rawin",
+         "-in", str(report), "-sigfile", f"{report}.sig"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert openssl.returncode == 0, openssl.stdout + openssl.stderr
+    data = bytearray(report.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    report.write_bytes(bytes(data))
+    assert_one_line_error(
+        gpuward("report", "verify", str(report), "--key", key), "does not match its signature"
+    )
+
+
+def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
+    nodes = _mixed_fleet(fleet)
+
+    report = _fetch(fleet, tmp_path, "json", "fleet")
+    doc = json.loads(report.read_text())
+    jsonschema.Draft202012Validator(json.loads(schema_text())).validate(doc)
+    by_id = {n["node_id"]: n for n in doc["nodes"]}
+    assert sorted(by_id) == sorted(nodes)
+    good, rolled, eol = by_id["tpm-good"], by_id["tpm-rolled-back"], by_id["legacy-eol"]
+    assert good["attestation"]["result"] == "passed"
+    assert good["identity"]["ek_certificate"]["sha256"] == EK_SHA256
+    assert good["firewall"] == {
+        "enforced": True, "mode": "host", "ruleset_sha256": RULESET, "in_sync": True,
+        "telemetry_off": True,
+    }  # fmt: skip
+    assert rolled["attestation"] == {
+        "result": "failed",
+        "last_attested_at": rolled["attestation"]["last_attested_at"],
+        "reasons": ["Secure Boot is not on"],
+    }
+    assert rolled["measured_boot_policy"]["result"] == "failed"
+    assert rolled["updates"]["rollbacks"] == 1
+    assert [h["update"] for h in rolled["updates"]["history"]] == ["rolled-back", "committed"]
+    assert eol["driver"] == {
+        "version": "470.256.02", "branch": "R470", "type": "LTSB", "status": "ended",
+        "end_of_life": "2024-07",
+    }  # fmt: skip
+    assert eol["attestation"]["result"] == "unattested"
+    assert eol["firewall"]["ruleset_sha256"] is None  # no firewall report
+    assert by_id["ending-soon"]["driver"]["status"] == "ending-soon"  # R595 ends 2027-03
+    assert by_id["ending-soon"]["updates"]["history"] == []
+    assert by_id["never-reported"]["state"] == "new"
+    assert doc["summary"]["attestation"] == {
+        "passed": 1, "failed": 1, "no-attested-report": 0, "unattested": 3,
+    }  # fmt: skip
+    assert doc["summary"]["end_of_life_exposure"] == {
+        "supported": 2, "ending-soon": 1, "ended": 1, "unknown": 1,
+    }  # fmt: skip
+    assert doc["summary"]["driver_versions"] == {
+        "470.256.02": 1, "580.65.06": 2, "595.10.01": 1, "none": 1,
+    }  # fmt: skip
+    _assert_verifies_until_a_byte_changes(fleet, report)
+
+    html = _fetch(fleet, tmp_path, "html", "fleet")
+    text = html.read_text()
+    assert text.count("<svg") == 3
+    assert all(node in text for node in nodes)
+    assert "src=" not in text and "href=" not in text  # self-contained
+    _assert_verifies_until_a_byte_changes(fleet, html)
+
+    pdf = _fetch(fleet, tmp_path, "pdf", "fleet")
+    pages = _render(pdf, tmp_path / "pages")
+    assert len(pages) == 1 + len(nodes)  # the summary, then a page per node
+    _assert_verifies_until_a_byte_changes(fleet, pdf)
+
+
+def _render(pdf: Path, folder: Path) -> list[Path]:
+    """The PDF's pages as PNG files (poppler's pdftoppm), each checked not blank."""
+    folder.mkdir()
+    subprocess.run(["pdftoppm", "-png", "-r", "40", str(pdf), str(folder / "page")], check=True)
+    pages = sorted(folder.glob("page-*.png"))
+    for page in pages:
+        with Image.open(page) as image:
+            low, high = image.convert("L").getextrema()
+            assert low < 128 < high, f"{page.name} is blank"
+    return pages
+
+
+def test_node_report_and_refusals(fleet: Fleet, tmp_path: Path) -> None:
+    _mixed_fleet(fleet)
+    for fmt in ("json", "pdf"):
+        report = _fetch(fleet, tmp_path, fmt, "node", "tpm-rolled-back")
+        _assert_verifies_until_a_byte_changes(fleet, report)
+    doc = json.loads(_fetch(fleet, tmp_path, "json", "node", "legacy-eol").read_text())
+    jsonschema.Draft202012Validator(json.loads(schema_text())).validate(doc)
+    assert doc["scope"] == "node"
+    assert [n["node_id"] for n in doc["nodes"]] == ["legacy-eol"]
+
+    out = str(tmp_path / "x.json")
+    viewer = fleet.token("viewer")
+    missing = gpuward("report", "node", "nope", "-o", out, "--server", fleet.url, token=viewer)
+    assert_one_line_error(missing, "no enrolled node 'nope'")
+    anonymous = gpuward("report", "fleet", "-o", out, "--server", fleet.url)
+    assert_one_line_error(anonymous, "no operator token")
+    assert not Path(out).exists()
+
+
+def test_a_signature_by_another_key_is_refused(fleet: Fleet, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from keys.report_key import public_pem
+
+    report = _fetch(fleet, tmp_path, "json", "fleet")
+    other = tmp_path / "other.pub"
+    other.write_bytes(public_pem(Ed25519PrivateKey.generate().public_key()))
+    assert_one_line_error(
+        gpuward("report", "verify", str(report), "--key", str(other)), "does not match"
+    )
+    report.with_name(report.name + ".sig").write_bytes(b"short")
+    assert_one_line_error(
+        gpuward("report", "verify", str(report), "--key", str(_key(fleet))), "64 bytes"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["xml"])
+def test_unknown_format_is_a_usage_error(fmt: str, tmp_path: Path) -> None:
+    done = gpuward("report", "fleet", "--format", fmt, "-o", str(tmp_path / "r"))
+    assert done.returncode == 2
+    assert "invalid choice" in done.stderr
