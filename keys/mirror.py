@@ -33,7 +33,7 @@ from pathlib import Path
 from fleet.errors import GpuwardError
 from keys.image_repo import ImageRepository
 from keys.site import Versions, check_offline_expiry, check_online_expiry, refresh, site_signs
-from keys.storage import atomic_write, fsync_dir
+from keys.storage import atomic_write, atomic_writer
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "gpuward-mirror/1"
@@ -126,30 +126,19 @@ def _export_archive(
     served: list[tuple[Path, str]], out: Path, progress: Progress
 ) -> MirrorManifest:
     files: dict[str, str] = {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        with (
-            os.fdopen(fd, "wb") as raw,
-            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            for done, (source, name) in enumerate(served, 1):
-                with source.open("rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    tar.addfile(_member(name, size), f)
-                files[name] = _sha256(source)
-                progress(done, len(served), name)
-            manifest = MirrorManifest(files)
-            data = manifest.to_bytes()
-            tar.addfile(_member(MANIFEST, len(data)), io.BytesIO(data))
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out.parent)
+    with (
+        atomic_writer(out) as raw,
+        tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for done, (source, name) in enumerate(served, 1):
+            with source.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                tar.addfile(_member(name, size), f)
+            files[name] = _sha256(source)
+            progress(done, len(served), name)
+        manifest = MirrorManifest(files)
+        data = manifest.to_bytes()
+        tar.addfile(_member(MANIFEST, len(data)), io.BytesIO(data))
     return manifest
 
 

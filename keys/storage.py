@@ -8,9 +8,12 @@ directory so the rename itself is durable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from fleet.errors import GpuwardError
 
@@ -25,12 +28,20 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably."""
+    with atomic_writer(path, mode) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file to write that replaces ``path`` atomically and durably once the block
+    ends, for content too large to hold in memory; an exception leaves ``path`` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as tmp_file:
-            tmp_file.write(data)
+            yield tmp_file
             tmp_file.flush()
             os.fchmod(tmp_file.fileno(), mode)
             os.fsync(tmp_file.fileno())

@@ -24,24 +24,44 @@ CONTENT_TYPES = {
     "pdf": "application/pdf",
 }
 BAR_COLOURS = ("#2f6f9f", "#d08a2c", "#5b9a4c", "#b04848", "#7a5ea8", "#888888")
-NODE_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], object]], ...] = (
-    ("Node", lambda n: n["node_id"]),
-    ("Pool", lambda n: n["pool"]),
-    ("State", lambda n: n["state"]),
-    ("Attestation", lambda n: n["attestation"]["result"]),
-    ("Last attested", lambda n: n["attestation"]["last_attested_at"]),
-    ("Secure Boot", lambda n: n["secure_boot"]),
-    ("Boot policy", lambda n: n["measured_boot_policy"]["result"]),
-    ("Driver", lambda n: n["driver"]["version"]),
-    ("Branch", lambda n: n["driver"]["branch"]),
-    ("Support", lambda n: n["driver"]["status"]),
-    ("End of life", lambda n: n["driver"]["end_of_life"]),
-    ("Kernel", lambda n: n["kernel"]["release"]),
-    ("Kernel hold", lambda n: n["kernel"]["hold"]),
-    ("Firewall ruleset", lambda n: _short(n["firewall"]["ruleset_sha256"])),
-    ("Telemetry off", lambda n: n["firewall"]["telemetry_off"]),
-    ("EK certificate", lambda n: _short(n["identity"]["ek_certificate"]["sha256"])),
-    ("Rollbacks", lambda n: n["updates"]["rollbacks"]),
+Getter = Callable[[Mapping[str, Any]], object]
+# The fleet table: (heading, value, width in the PDF in mm; landscape A4 gives 277).
+NODE_COLUMNS: tuple[tuple[str, Getter, float], ...] = (
+    ("Node", lambda n: n["node_id"], 26),
+    ("Pool", lambda n: n["pool"], 14),
+    ("State", lambda n: n["state"], 14),
+    ("Attestation", lambda n: n["attestation"]["result"], 18),
+    ("Last attested", lambda n: n["attestation"]["last_attested_at"], 22),
+    ("Secure Boot", lambda n: n["secure_boot"], 13),
+    ("Boot policy", lambda n: n["measured_boot_policy"]["result"], 16),
+    ("Driver", lambda n: n["driver"]["version"], 17),
+    ("Branch", lambda n: n["driver"]["branch"], 11),
+    ("Support", lambda n: n["driver"]["status"], 16),
+    ("End of life", lambda n: n["driver"]["end_of_life"], 14),
+    ("Kernel", lambda n: n["kernel"]["release"], 16),
+    ("Kernel hold", lambda n: n["kernel"]["hold"], 12),
+    ("Firewall ruleset", lambda n: _short(n["firewall"]["ruleset_sha256"]), 20),
+    ("Telemetry off", lambda n: n["firewall"]["telemetry_off"], 13),
+    ("EK certificate", lambda n: _short(n["identity"]["ek_certificate"]["sha256"]), 20),
+    ("Roll-backs", lambda n: n["updates"]["rollbacks"], 12),
+)
+# A node's own page: everything in the table, in full, and what does not fit there.
+NODE_FACTS: tuple[tuple[str, Getter], ...] = (
+    *(
+        (name, get)
+        for name, get, _ in NODE_COLUMNS
+        if name not in ("Firewall ruleset", "EK certificate")
+    ),
+    ("Enrollment", lambda n: n["identity"]["enrollment"]),
+    ("Enrolled at", lambda n: n["enrolled_at"]),
+    ("Last seen", lambda n: n["last_seen"]),
+    ("EK certificate SHA-256", lambda n: n["identity"]["ek_certificate"]["sha256"]),
+    ("EK certificate subject", lambda n: n["identity"]["ek_certificate"]["subject"]),
+    ("EK certificate serial", lambda n: n["identity"]["ek_certificate"]["serial"]),
+    ("Attestation reasons", lambda n: "; ".join(n["attestation"]["reasons"]) or "none"),
+    ("Firewall mode", lambda n: n["firewall"]["mode"]),
+    ("Firewall ruleset SHA-256", lambda n: n["firewall"]["ruleset_sha256"]),
+    ("Firewall in sync", lambda n: n["firewall"]["in_sync"]),
 )
 
 
@@ -109,9 +129,9 @@ def _svg(chart: Chart) -> str:
 
 def _html(document: Mapping[str, Any]) -> str:
     nodes = document["nodes"]
-    head = "".join(f"<th>{escape(name)}</th>" for name, _ in NODE_COLUMNS)
+    head = "".join(f"<th>{escape(name)}</th>" for name, _, _ in NODE_COLUMNS)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{escape(cell(get(n)))}</td>" for _, get in NODE_COLUMNS) + "</tr>"
+        "<tr>" + "".join(f"<td>{escape(cell(get(n)))}</td>" for _, get, _ in NODE_COLUMNS) + "</tr>"
         for n in nodes
     )
     details = "".join(_html_node(n) for n in nodes)
@@ -137,19 +157,14 @@ def _html_node(node: Mapping[str, Any]) -> str:
         f"<td>{escape(cell(h['driver_version']))}</td><td>{escape(h['reason'])}</td></tr>"
         for h in history
     )
-    reasons = "".join(f"<li>{escape(r)}</li>" for r in node["attestation"]["reasons"])
-    return (
-        f"<h3>{escape(node['node_id'])}</h3>"
-        f"<p>Firewall ruleset: {escape(cell(node['firewall']['ruleset_sha256']))}; "
-        f"EK certificate SHA-256: {escape(cell(node['identity']['ek_certificate']['sha256']))}"
-        "</p>"
-        + (f"<ul>{reasons}</ul>" if reasons else "")
-        + (
-            "<table><tr><th>When</th><th>Update</th><th>Driver</th><th>Reason</th></tr>"
-            f"{items}</table>"
-            if items
-            else "<p>No updates recorded.</p>"
-        )
+    facts = "".join(
+        f"<tr><th>{escape(name)}</th><td>{escape(cell(get(node)))}</td></tr>"
+        for name, get in NODE_FACTS
+    )
+    return f"<h3>Node {escape(node['node_id'])}</h3><table>{facts}</table><p></p>" + (
+        f"<table><tr><th>When</th><th>Update</th><th>Driver</th><th>Reason</th></tr>{items}</table>"
+        if items
+        else "<p>No updates recorded.</p>"
     )
 
 
@@ -203,18 +218,15 @@ def _pdf(document: Mapping[str, Any]) -> bytes:
         Table([[chart_drawing(chart) for chart in charts(document)]]),
         Spacer(1, 4 * mm),
         table(
-            [[name for name, _ in NODE_COLUMNS]]
-            + [[cell(get(n)) for _, get in NODE_COLUMNS] for n in nodes]
+            [[name for name, _, _ in NODE_COLUMNS]]
+            + [[cell(get(n)) for _, get, _ in NODE_COLUMNS] for n in nodes],
+            [width * mm for _, _, width in NODE_COLUMNS],
         ),
     ]
     for node in nodes:
         story += [PageBreak(), Paragraph(f"Node {escape(node['node_id'])}", styles["Heading2"])]
-        facts = [
-            ["Firewall ruleset SHA-256", cell(node["firewall"]["ruleset_sha256"])],
-            ["EK certificate SHA-256", cell(node["identity"]["ek_certificate"]["sha256"])],
-            ["Attestation reasons", "; ".join(node["attestation"]["reasons"]) or "none"],
-        ]
-        story.append(table(facts, [60 * mm, 200 * mm]))
+        facts = [[name, cell(get(node))] for name, get in NODE_FACTS]
+        story.append(table([["Fact", "Value"], *facts], [60 * mm, 200 * mm]))
         history = node["updates"]["history"]
         story.append(Spacer(1, 3 * mm))
         story.append(

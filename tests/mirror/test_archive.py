@@ -25,6 +25,7 @@ from server.config import ServerConfig
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import ENROLLMENT_TOKEN, Site
+from tests.mirror.test_mirror import assert_verifies
 
 
 def _export_tar(site: Site, tmp_path: Path) -> Path:
@@ -51,10 +52,7 @@ def _tree(folder: Path) -> dict[str, str]:
 def test_tar_export_verifies_imports_and_serves_an_update(site: Site, tmp_path: Path) -> None:
     site.publish("580.65.06")
     archive = _export_tar(site, tmp_path)
-    root = str(site.base / "trusted-root.json")
-    verified = gpuward("mirror", "verify", str(archive), "--trusted-root", root, "--json")
-    assert verified.returncode == 0, verified.stderr
-    assert json.loads(verified.stdout)["targets"] == ["drivers/R580/nvidia-580.65.06.bundle"]
+    assert_verifies(site, archive)
     assert [p.name for p in archive.parent.iterdir()] == ["mirror.tar"]  # nothing left behind
 
     gapped = tmp_path / "gapped-repo"

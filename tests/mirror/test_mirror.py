@@ -39,13 +39,19 @@ def _bundle_in(mirror: Path) -> Path:
     return bundle
 
 
+def assert_verifies(site: Site, mirror: Path) -> str:
+    """``mirror verify`` passes and checks the one bundle published; the root it used."""
+    root = str(site.base / "trusted-root.json")
+    verified = gpuward("mirror", "verify", str(mirror), "--trusted-root", root, "--json")
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["targets"] == ["drivers/R580/nvidia-580.65.06.bundle"]
+    return root
+
+
 def test_export_verifies_offline_and_tampering_is_caught(site: Site, tmp_path: Path) -> None:
     site.publish("580.65.06")
     out = _export(site, tmp_path)
-    root = str(site.base / "trusted-root.json")
-    verified = gpuward("mirror", "verify", str(out), "--trusted-root", root, "--json")
-    assert verified.returncode == 0, verified.stderr
-    assert json.loads(verified.stdout)["targets"] == ["drivers/R580/nvidia-580.65.06.bundle"]
+    root = assert_verifies(site, out)
 
     bundle = _bundle_in(out)
     bundle.write_bytes(bundle.read_bytes()[:-1] + b"!")

@@ -10,9 +10,7 @@ a passed and a failed measured boot, a rollback, an end-of-life branch.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from keys.report_key import default_path, public_path
 from server.http import Services
 from server.report_attestation import Verdict
 from server.store import EnrolledNode
-from tests.cli.test_errors import assert_one_line_error
+from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Fleet
 from tests.simnode import report_doc
 
@@ -35,14 +33,12 @@ EK_SHA256 = "ab" * 32
 RULESET = "cd" * 32
 
 
-def gpuward(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "GPUWARD_TOKEN"}
-    if token is not None:
-        env["GPUWARD_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "gpuward", *args],
-        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120,
-    )  # fmt: skip
+def _viewer(fleet: Fleet, tmp_path: Path) -> tuple[str, ...]:
+    """Flags that reach the fleet's server with a viewer token."""
+    token = tmp_path / "viewer.token"
+    if not token.exists():
+        token.write_text(fleet.token("viewer"))
+    return ("--server", fleet.url, "--token-file", str(token))
 
 
 def _tpm_node(fleet: Fleet, node_id: str, reports: list[tuple[dict[str, Any], Verdict]]) -> None:
@@ -98,10 +94,7 @@ def _mixed_fleet(fleet: Fleet) -> list[str]:
 
 def _fetch(fleet: Fleet, tmp_path: Path, fmt: str, *scope: str) -> Path:
     out = tmp_path / f"report-{'-'.join(scope)}.{fmt}"
-    done = gpuward(
-        "report", *scope, "--format", fmt, "-o", str(out), "--server", fleet.url,
-        token=fleet.token("viewer"),
-    )  # fmt: skip
+    done = gpuward("report", *scope, "--format", fmt, "-o", str(out), *_viewer(fleet, tmp_path))
     assert done.returncode == 0, done.stderr
     return out
 
@@ -208,8 +201,7 @@ def test_node_report_and_refusals(fleet: Fleet, tmp_path: Path) -> None:
     assert [n["node_id"] for n in doc["nodes"]] == ["legacy-eol"]
 
     out = str(tmp_path / "x.json")
-    viewer = fleet.token("viewer")
-    missing = gpuward("report", "node", "nope", "-o", out, "--server", fleet.url, token=viewer)
+    missing = gpuward("report", "node", "nope", "-o", out, *_viewer(fleet, tmp_path))
     assert_one_line_error(missing, "no enrolled node 'nope'")
     anonymous = gpuward("report", "fleet", "-o", out, "--server", fleet.url)
     assert_one_line_error(anonymous, "no operator token")
