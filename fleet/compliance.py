@@ -46,6 +46,15 @@ class SeenReport:
 
 
 @dataclass(frozen=True)
+class EkCertificate:
+    """The TPM's endorsement certificate, as the server checked it at enrollment."""
+
+    sha256: str
+    subject: str | None  # RFC 4514; None where enrollment predates keeping it
+    serial: str | None  # hexadecimal
+
+
+@dataclass(frozen=True)
 class NodeFacts:
     node_id: str
     pool: str
@@ -54,7 +63,7 @@ class NodeFacts:
     attested: bool
     enrolled_at: int
     last_seen: int | None
-    ek_certificate_sha256: str | None
+    ek_certificate: EkCertificate | None  # None: no TPM vouched for the node
     history: tuple[SeenReport, ...]  # newest first
 
 
@@ -125,6 +134,7 @@ def node_document(facts: NodeFacts, catalog: Catalog, today: date) -> dict[str, 
     version = None if latest is None else latest.driver_version
     attestation = _attestation(facts)
     updates = [seen for seen in facts.history if seen.report.update != "up-to-date"]
+    ek = facts.ek_certificate
     return {
         "node_id": facts.node_id,
         "pool": facts.pool,
@@ -133,12 +143,10 @@ def node_document(facts: NodeFacts, catalog: Catalog, today: date) -> dict[str, 
         "last_seen": _iso(facts.last_seen),
         "identity": {
             "enrollment": facts.enrollment,
-            # The server keeps the EK certificate's digest; subject and serial
-            # are not stored at enrollment yet.
             "ek_certificate": {
-                "sha256": facts.ek_certificate_sha256,
-                "subject": None,
-                "serial": None,
+                "sha256": None if ek is None else ek.sha256,
+                "subject": None if ek is None else ek.subject,
+                "serial": None if ek is None else ek.serial,
             },
         },
         "attestation": attestation,

@@ -145,7 +145,7 @@ SCHEMAS: dict[str, Any] = {
             "report_attestation": {
                 "type": ["object", "null"],
                 "description": "the latest report's TPM verdict: passed, reset_count, "
-                "event_log_sha256, reasons; null when it was not attested",
+                "event_log_sha256, reasons, secure_boot; null when it was not attested",
             },
             "history": {"type": "array", "items": {"type": "object"}},
         },

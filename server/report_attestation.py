@@ -28,7 +28,7 @@ from fleet.attestation import AttestedReport, PcrSelection
 from fleet.errors import GpuwardError, InvalidDocument
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrolledNode as TpmNode
-from server.attestation.policy import BootPolicy
+from server.attestation.policy import BootPolicy, secure_boot
 from server.attestation.verifier import REPORT, QuoteVerifier
 from server.store import EnrolledNode, Store
 
@@ -87,6 +87,7 @@ class Verdict:
     event_log_sha256: str | None
     policy: str | None  # the policy that judged the boot; None: not judged
     reasons: tuple[str, ...]  # why it did not pass
+    secure_boot: bool | None = None  # as the verified log measured it; None: not measured
 
     def to_json(self) -> str:
         return json.dumps(
@@ -96,6 +97,7 @@ class Verdict:
                 "event_log_sha256": self.event_log_sha256,
                 "policy": self.policy,
                 "reasons": list(self.reasons),
+                "secure_boot": self.secure_boot,
             },
             sort_keys=True,
         )
@@ -156,4 +158,7 @@ class ReportAttestation:
             event_log_sha256=None if verdict.log is None else verdict.log.sha256,
             policy=None if chosen is None or verdict.log is None else chosen[0],
             reasons=reasons,
+            secure_boot=None
+            if verdict.log is None
+            else secure_boot(verdict.log.log, verdict.log.verified),
         )

@@ -15,8 +15,9 @@ import json
 from aiohttp import web
 
 from fleet.catalog import TARGET_PATH, Catalog, default_catalog, load_catalog
-from fleet.compliance import NodeFacts, SeenReport, report_document
+from fleet.compliance import EkCertificate, NodeFacts, SeenReport, report_document
 from keys.image_repo import ImageRepository
+from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.fleetview import node_state
 from server.http import ApiError, Route, Services, operator, services
 from server.report_render import CONTENT_TYPES, render
@@ -42,7 +43,7 @@ def _catalog(svc: Services) -> Catalog:
 async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
     node = status.node
     records = await svc.store.history(node.node_id, HISTORY_READ)
-    ek = None if node.tpm is None else json.loads(node.tpm).get("ek_certificate_sha256")
+    tpm = None if node.tpm is None else TpmNode.from_dict(json.loads(node.tpm))
     return NodeFacts(
         node_id=node.node_id,
         pool=node.pool,
@@ -51,7 +52,11 @@ async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
         attested=node.attested,
         enrolled_at=node.enrolled_at,
         last_seen=status.last_seen,
-        ek_certificate_sha256=None if ek is None else str(ek),
+        ek_certificate=None
+        if tpm is None
+        else EkCertificate(
+            tpm.ek_certificate_sha256, tpm.ek_certificate_subject, tpm.ek_certificate_serial
+        ),
         history=tuple(
             SeenReport(
                 r.received_at,

@@ -80,6 +80,9 @@ class EnrolledNode:
     ak_public: bytes  # TPM2B_PUBLIC
     ek_certificate_sha256: str
     enrolled_at: int
+    # Who the EK certificate names, for people and compliance reports.
+    ek_certificate_subject: str | None = None  # RFC 4514
+    ek_certificate_serial: str | None = None  # hexadecimal
 
     @cached_property
     def ak(self) -> TpmPublic:
@@ -99,6 +102,8 @@ class EnrolledNode:
             "ak_public": encode_bytes(self.ak_public),
             "ek_certificate_sha256": self.ek_certificate_sha256,
             "enrolled_at": self.enrolled_at,
+            "ek_certificate_subject": self.ek_certificate_subject,
+            "ek_certificate_serial": self.ek_certificate_serial,
         }
 
     @classmethod
@@ -106,13 +111,24 @@ class EnrolledNode:
         r = Reader(
             doc,
             where,
-            allowed=frozenset({"node_id", "ak_public", "ek_certificate_sha256", "enrolled_at"}),
+            allowed=frozenset(
+                {
+                    "node_id",
+                    "ak_public",
+                    "ek_certificate_sha256",
+                    "enrolled_at",
+                    "ek_certificate_subject",
+                    "ek_certificate_serial",
+                }
+            ),
         )
         return cls(
             node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
             ak_public=read_bytes(r, "ak_public", max_bytes=MAX_TPM_BLOB_BYTES),
             ek_certificate_sha256=r.text("ek_certificate_sha256", max_len=64),
             enrolled_at=r.integer("enrolled_at"),
+            ek_certificate_subject=r.optional_text("ek_certificate_subject", max_len=1024),
+            ek_certificate_serial=r.optional_text("ek_certificate_serial", max_len=64),
         )
 
 
@@ -255,6 +271,8 @@ class EnrollmentVerifier:
             ak_public=request.ak_public,
             ek_certificate_sha256=hashlib.sha256(request.ek_certificate).hexdigest(),
             enrolled_at=int(self._clock()),
+            ek_certificate_subject=cert.subject.rfc4514_string(),
+            ek_certificate_serial=format(cert.serial_number, "x"),
         )
         # Only the secret's hash is kept, so a leak of the pending challenges
         # (a database, in a multi-replica server) reveals no live secret.

@@ -173,6 +173,15 @@ def from_eventlog(log: EventLog) -> BootPolicy:
     )
 
 
+def secure_boot(log: EventLog, verified: Mapping[str, frozenset[int]]) -> bool | None:
+    """Whether the boot ``log`` records ran with Secure Boot on, counting only events
+    in PCRs the quote verified (``verified``: bank -> PCRs); None: not measured there."""
+    bank = "sha256" if "sha256" in log.digest_sizes else next(iter(log.digest_sizes))
+    trusted = verified.get(bank, frozenset())
+    states = [on for event, on in _boot_state(log, bank).secure_boot if event.pcr in trusted]
+    return (states == [True]) if states else None
+
+
 def evaluate(
     policy: BootPolicy, log: EventLog, verified: Mapping[str, frozenset[int]]
 ) -> PolicyResult:

@@ -22,6 +22,7 @@ from fleet.compliance import schema_text
 from fleet.firewall import FirewallReport
 from fleet.report import HealthReport
 from keys.report_key import default_path, public_path
+from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.http import Services
 from server.report_attestation import Verdict
 from server.store import EnrolledNode
@@ -50,7 +51,11 @@ def _tpm_node(fleet: Fleet, node_id: str, reports: list[tuple[dict[str, Any], Ve
         attested=True,
         attestation="tpm2",
         enrolled_at=now,
-        tpm=json.dumps({"node_id": node_id, "ek_certificate_sha256": EK_SHA256}),
+        tpm=json.dumps(
+            TpmNode(
+                node_id, b"AK public area", EK_SHA256, now, "CN=EK of " + node_id, "1f2e"
+            ).to_dict()
+        ),
     )
 
     async def write(svc: Services) -> None:
@@ -132,7 +137,9 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     assert sorted(by_id) == sorted(nodes)
     good, rolled, eol = by_id["tpm-good"], by_id["tpm-rolled-back"], by_id["legacy-eol"]
     assert good["attestation"]["result"] == "passed"
-    assert good["identity"]["ek_certificate"]["sha256"] == EK_SHA256
+    assert good["identity"]["ek_certificate"] == {
+        "sha256": EK_SHA256, "subject": "CN=EK of tpm-good", "serial": "1f2e",
+    }  # fmt: skip
     assert good["firewall"] == {
         "enforced": True, "mode": "host", "ruleset_sha256": RULESET, "in_sync": True,
         "telemetry_off": True,
