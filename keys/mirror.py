@@ -32,7 +32,14 @@ from pathlib import Path
 
 from fleet.errors import GpuwardError
 from keys.image_repo import ImageRepository
-from keys.site import Versions, check_offline_expiry, check_online_expiry, refresh, site_signs
+from keys.site import (
+    Versions,
+    check_not_older,
+    check_offline_expiry,
+    check_online_expiry,
+    refresh,
+    site_signs,
+)
 from keys.storage import atomic_write, atomic_writer
 
 MANIFEST = "MANIFEST.json"
@@ -185,16 +192,15 @@ def opened(
     max_members: int = MAX_ARCHIVE_MEMBERS,
 ) -> Iterator[Path]:
     """The mirror as a directory: itself, or a ``.tar`` unpacked into a temporary
-    folder under ``scratch`` (beside the archive by default), removed afterwards.
+    folder under ``scratch`` (the system's, ``$TMPDIR``, by default: removable
+    media may be read-only), removed afterwards.
     Callers check the manifest of what they get."""
     if not is_archive(mirror):
         yield mirror
         return
     if not mirror.is_file():
         raise GpuwardError(f"mirror archive {mirror} not found")
-    with tempfile.TemporaryDirectory(
-        prefix=".gpuward-mirror-", dir=scratch or mirror.parent
-    ) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".gpuward-mirror-", dir=scratch) as tmp:
         _unpack(mirror, Path(tmp), max_bytes, max_members)
         yield Path(tmp)
 
@@ -246,6 +252,7 @@ def import_into(
         manifest = check_manifest(out)
         exported = ImageRepository(out / "v1/repo")
         check_offline_expiry(exported, now)
+        check_not_older(inside, exported)
         signs = site_signs(exported.root_metadata().signed, inside.keyring)
         if not signs:
             check_online_expiry(exported, now)

@@ -140,6 +140,21 @@ def check_offline_expiry(repo: ImageRepository, now: datetime) -> None:
             )
 
 
+def check_not_older(inside: ImageRepository, exported: ImageRepository) -> None:
+    """Refuse an export that would take a role back to an older version than the site
+    serves: agents that saw the newer one would refuse it, new agents would not."""
+    if Versions.of(inside) is None:
+        return
+    served = inside.snapshot().signed.meta
+    for name, meta in exported.snapshot().signed.meta.items():
+        current = served.get(name)
+        if current is not None and meta.version < current.version:
+            raise GpuwardError(
+                f"the export's {name.removesuffix('.json')} is version {meta.version}, older "
+                f"than the {current.version} this site serves: import the newest export"
+            )
+
+
 def refresh(repo: ImageRepository, before: Versions | None) -> Versions:
     """Re-sign snapshot and timestamp with the site's keys, above every version an
     agent may have seen from this site (``before``) or from the export."""

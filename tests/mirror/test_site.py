@@ -107,6 +107,13 @@ def test_site_keys_keep_an_imported_mirror_fresh(site: Site, tmp_path: Path) -> 
         assert result.outcome.update == "committed", result.outcome.reason
         assert result.report.driver_version == "580.82.07"
 
+        # Carrying the first export in again would take targets back: refused.
+        served = _timestamp(gapped).signed.version
+        assert_one_line_error(
+            gpuward("mirror", "import", str(first), "--repo", str(gapped)), "older than"
+        )
+        assert _timestamp(gapped).signed.version == served
+
 
 def test_without_site_keys_expired_metadata_is_refused(site: Site, tmp_path: Path) -> None:
     site.publish("580.65.06")
