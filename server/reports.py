@@ -9,6 +9,7 @@ stores as ``FILE.sig``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -81,8 +82,10 @@ async def _respond(request: web.Request, scope: str, statuses: list[NodeStatus])
     fmt = _format(request)
     now = s.clock()
     facts = [await _facts(s, status, now) for status in statuses]
-    document = report_document(scope, facts, _catalog(s), int(now), signer.key_id)
-    body = render(document, fmt)
+    # Rendering a large fleet's PDF takes a while: off the loop that serves nodes.
+    catalog = await asyncio.to_thread(_catalog, s)
+    document = report_document(scope, facts, catalog, int(now), signer.key_id)
+    body = await asyncio.to_thread(render, document, fmt)
     return web.Response(
         body=body,
         content_type=CONTENT_TYPES[fmt].split(";")[0],

@@ -166,8 +166,11 @@ def _read_token(path: Path | None) -> str | None:
 
 
 def _report_key(args: argparse.Namespace) -> None:
+    from fleet.errors import GpuwardError
     from keys.report_key import default_path, load_or_create, public_path
 
+    if args.report_key is None and not (args.repo / "metadata" / "root.json").is_file():
+        raise GpuwardError(f"{args.repo} is not a repository; give the server's --repo")
     path = args.report_key or default_path(args.repo)
     signer = load_or_create(path)
     print(f"report key {signer.key_id}\npublic key: {public_path(path)} (give it to auditors)")

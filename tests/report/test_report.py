@@ -21,7 +21,7 @@ from PIL import Image
 from fleet.compliance import schema_text
 from fleet.firewall import FirewallReport
 from fleet.report import HealthReport
-from keys.report_key import default_path, public_path
+from keys.report_key import key_id, load_public
 from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.http import Services
 from server.report_attestation import Verdict
@@ -105,7 +105,11 @@ def _fetch(fleet: Fleet, tmp_path: Path, fmt: str, *scope: str) -> Path:
 
 
 def _key(fleet: Fleet) -> Path:
-    return public_path(default_path(fleet.site.repo.root))
+    """The public key, found as an operator would hand it to an auditor."""
+    shown = gpuward("server", "report-key", "--repo", str(fleet.site.repo.root))
+    assert shown.returncode == 0, shown.stderr
+    [line] = [line for line in shown.stdout.splitlines() if line.startswith("public key: ")]
+    return Path(line.removeprefix("public key: ").split(" ")[0])
 
 
 def _assert_verifies_until_a_byte_changes(fleet: Fleet, report: Path) -> None:
@@ -133,6 +137,7 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     report = _fetch(fleet, tmp_path, "json", "fleet")
     doc = json.loads(report.read_text())
     jsonschema.Draft202012Validator(json.loads(schema_text())).validate(doc)
+    assert doc["signed_by"]["key_id"] == key_id(load_public(_key(fleet)))
     by_id = {n["node_id"]: n for n in doc["nodes"]}
     assert sorted(by_id) == sorted(nodes)
     good, rolled, eol = by_id["tpm-good"], by_id["tpm-rolled-back"], by_id["legacy-eol"]
