@@ -89,8 +89,12 @@ def _support(catalog: Catalog, version: str | None, today: date) -> dict[str, An
     }
 
 
+def _last_attested(facts: NodeFacts) -> SeenReport | None:
+    return next((seen for seen in facts.history if seen.verdict is not None), None)
+
+
 def _attestation(facts: NodeFacts) -> dict[str, Any]:
-    attested = next((seen for seen in facts.history if seen.verdict is not None), None)
+    attested = _last_attested(facts)
     if attested is None or attested.verdict is None:
         result = "no-attested-report" if facts.attested else "unattested"
         return {"result": result, "last_attested_at": None, "reasons": []}
@@ -102,9 +106,28 @@ def _attestation(facts: NodeFacts) -> dict[str, Any]:
     }
 
 
+def _boot_policy(facts: NodeFacts, attestation: Mapping[str, Any]) -> dict[str, Any]:
+    """The measured-boot policy's judgement of the last attested boot, if one judged it."""
+    attested = _last_attested(facts)
+    policy = (
+        None if attested is None or attested.verdict is None else attested.verdict.get("policy")
+    )
+    if policy is None:
+        return {"policy": None, "result": "not-evaluated", "reasons": []}
+    return {
+        "policy": str(policy),
+        "result": attestation["result"],
+        "reasons": attestation["reasons"],
+    }
+
+
 def _secure_boot(facts: NodeFacts) -> str:
-    verdict = next((seen.verdict for seen in facts.history if seen.verdict is not None), None)
-    state = None if verdict is None else verdict.get("secure_boot")
+    attested = _last_attested(facts)
+    state = (
+        None
+        if attested is None or attested.verdict is None
+        else attested.verdict.get("secure_boot")
+    )
     return "unknown" if not isinstance(state, bool) else ("on" if state else "off")
 
 
@@ -151,12 +174,7 @@ def node_document(facts: NodeFacts, catalog: Catalog, today: date) -> dict[str, 
         },
         "attestation": attestation,
         "secure_boot": _secure_boot(facts),
-        "measured_boot_policy": {
-            "result": "not-evaluated"
-            if attestation["result"] in ("unattested", "no-attested-report")
-            else attestation["result"],
-            "reasons": attestation["reasons"],
-        },
+        "measured_boot_policy": _boot_policy(facts, attestation),
         "driver": {"version": version, **_support(catalog, version, today)},
         # Agents do not report their kernel or its hold yet.
         "kernel": {"release": None, "hold": None},

@@ -58,6 +58,7 @@ NODE_FACTS: tuple[tuple[str, Getter], ...] = (
     ("EK certificate SHA-256", lambda n: n["identity"]["ek_certificate"]["sha256"]),
     ("EK certificate subject", lambda n: n["identity"]["ek_certificate"]["subject"]),
     ("EK certificate serial", lambda n: n["identity"]["ek_certificate"]["serial"]),
+    ("Boot policy applied", lambda n: n["measured_boot_policy"]["policy"]),
     ("Attestation reasons", lambda n: "; ".join(n["attestation"]["reasons"]) or "none"),
     ("Firewall mode", lambda n: n["firewall"]["mode"]),
     ("Firewall ruleset SHA-256", lambda n: n["firewall"]["ruleset_sha256"]),

@@ -74,8 +74,8 @@ def _firewall(in_sync: bool = True) -> dict[str, Any]:
 
 
 def _mixed_fleet(fleet: Fleet) -> list[str]:
-    passed = Verdict(True, 1, "ef" * 32, ())
-    failed = Verdict(False, 2, "ef" * 32, ("Secure Boot is not on",))
+    passed = Verdict(True, 1, "ef" * 32, "default", (), secure_boot=True)
+    failed = Verdict(False, 2, "ef" * 32, "pool secure", ("Secure Boot is not on",), False)
     _tpm_node(
         fleet,
         "tpm-good",
@@ -142,6 +142,8 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     assert sorted(by_id) == sorted(nodes)
     good, rolled, eol = by_id["tpm-good"], by_id["tpm-rolled-back"], by_id["legacy-eol"]
     assert good["attestation"]["result"] == "passed"
+    assert good["secure_boot"] == "on"
+    assert good["measured_boot_policy"] == {"policy": "default", "result": "passed", "reasons": []}
     assert good["identity"]["ek_certificate"] == {
         "sha256": EK_SHA256, "subject": "CN=EK of tpm-good", "serial": "1f2e",
     }  # fmt: skip
@@ -155,6 +157,8 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
         "reasons": ["Secure Boot is not on"],
     }
     assert rolled["measured_boot_policy"]["result"] == "failed"
+    assert rolled["measured_boot_policy"]["policy"] == "pool secure"
+    assert rolled["secure_boot"] == "off"
     assert rolled["updates"]["rollbacks"] == 1
     assert [h["update"] for h in rolled["updates"]["history"]] == ["rolled-back", "committed"]
     assert eol["driver"] == {
