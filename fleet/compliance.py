@@ -152,6 +152,19 @@ def _firewall(report: HealthReport | None) -> dict[str, Any]:
     }
 
 
+def _kernel(report: HealthReport | None) -> dict[str, Any]:
+    """The kernel and its hold as the applier left them after its last commit."""
+    hold = None if report is None else report.kernel_hold
+    if hold is None:
+        return {"release": None, "hold": None, "held_packages": [], "hold_error": None}
+    return {
+        "release": hold.kernel,
+        "hold": hold.applied,
+        "held_packages": list(hold.held),
+        "hold_error": hold.error or None,
+    }
+
+
 def node_document(facts: NodeFacts, catalog: Catalog, today: date) -> dict[str, Any]:
     latest = facts.history[0].report if facts.history else None
     version = None if latest is None else latest.driver_version
@@ -176,8 +189,7 @@ def node_document(facts: NodeFacts, catalog: Catalog, today: date) -> dict[str, 
         "secure_boot": _secure_boot(facts),
         "measured_boot_policy": _boot_policy(facts, attestation),
         "driver": {"version": version, **_support(catalog, version, today)},
-        # Agents do not report their kernel or its hold yet.
-        "kernel": {"release": None, "hold": None},
+        "kernel": _kernel(latest),
         "firewall": _firewall(latest),
         "updates": {
             "rollbacks": sum(1 for seen in updates if seen.report.update == "rolled-back"),

@@ -59,6 +59,8 @@ NODE_FACTS: tuple[tuple[str, Getter], ...] = (
     ("EK certificate subject", lambda n: n["identity"]["ek_certificate"]["subject"]),
     ("EK certificate serial", lambda n: n["identity"]["ek_certificate"]["serial"]),
     ("Boot policy applied", lambda n: n["measured_boot_policy"]["policy"]),
+    ("Kernel packages held", lambda n: ", ".join(n["kernel"]["held_packages"]) or None),
+    ("Kernel hold error", lambda n: n["kernel"]["hold_error"]),
     ("Attestation reasons", lambda n: "; ".join(n["attestation"]["reasons"]) or "none"),
     ("Firewall mode", lambda n: n["firewall"]["mode"]),
     ("Firewall ruleset SHA-256", lambda n: n["firewall"]["ruleset_sha256"]),

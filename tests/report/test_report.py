@@ -20,7 +20,7 @@ from PIL import Image
 
 from fleet.compliance import schema_text
 from fleet.firewall import FirewallReport
-from fleet.report import HealthReport
+from fleet.report import HealthReport, KernelHoldReport
 from keys.report_key import key_id, load_public
 from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.http import Services
@@ -76,11 +76,9 @@ def _firewall(in_sync: bool = True) -> dict[str, Any]:
 def _mixed_fleet(fleet: Fleet) -> list[str]:
     passed = Verdict(True, 1, "ef" * 32, "default", (), secure_boot=True)
     failed = Verdict(False, 2, "ef" * 32, "pool secure", ("Secure Boot is not on",), False)
-    _tpm_node(
-        fleet,
-        "tpm-good",
-        [({**report_doc("tpm-good", driver="580.65.06"), "firewall": _firewall()}, passed)],
-    )
+    held = KernelHoldReport("6.1.0-27-amd64", "apt", True, ("linux-image-6.1.0-27-amd64",), "")
+    good = {**report_doc("tpm-good", driver="580.65.06"), "firewall": _firewall()}
+    _tpm_node(fleet, "tpm-good", [({**good, "kernel_hold": held.to_dict()}, passed)])
     _tpm_node(
         fleet,
         "tpm-rolled-back",
@@ -143,6 +141,11 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     good, rolled, eol = by_id["tpm-good"], by_id["tpm-rolled-back"], by_id["legacy-eol"]
     assert good["attestation"]["result"] == "passed"
     assert good["secure_boot"] == "on"
+    assert good["kernel"] == {
+        "release": "6.1.0-27-amd64", "hold": True,
+        "held_packages": ["linux-image-6.1.0-27-amd64"], "hold_error": None,
+    }  # fmt: skip
+    assert eol["kernel"]["hold"] is None  # never committed through the applier
     assert good["measured_boot_policy"] == {"policy": "default", "result": "passed", "reasons": []}
     assert good["identity"]["ek_certificate"] == {
         "sha256": EK_SHA256, "subject": "CN=EK of tpm-good", "serial": "1f2e",
