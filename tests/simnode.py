@@ -52,6 +52,7 @@ def report_doc(
             }
         ],
         "firewall": None,
+        "kernel_hold": None,
     }
 
 
