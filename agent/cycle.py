@@ -21,7 +21,7 @@ from agent.director import DirectorChannel, agree
 from agent.firewall.enforcer import Enforcer
 from agent.firewall.nft import Nft
 from agent.firewall.state import UnitResult
-from agent.health import HealthProbe, ProbeResult, gate
+from agent.health import HealthProbe, ProbeResult, assess, post_switch_check
 from agent.identity import NotEnrolled
 from agent.kernel_hold import load_hold_record
 from agent.reporter import post_report
@@ -31,6 +31,8 @@ from agent.unpack import BadBundle, unpack_bundle
 from fleet.attestation import AttestationError
 from fleet.errors import GpuwardError
 from fleet.firewall import FirewallReport
+from fleet.gpu import GpuSample
+from fleet.gpu_rules import FAILED
 from fleet.report import HealthReport
 
 log = structlog.get_logger(__name__)
@@ -86,6 +88,13 @@ class Cycle:
                 self.log.info("firewall_left_to_its_unit", reason="no CAP_NET_ADMIN")
                 firewall = UnitResult(config.firewall)
         self.firewall = firewall
+        # What the last report covered: its XIDs end here, its samples are the
+        # baseline of the next report's trends (by GPU UUID).
+        self._reported_until: float | None = None
+        self._last_samples: dict[str, GpuSample] = {}
+        # What the GPUs looked like just before this process switched slots.
+        self._before_switch: ProbeResult | None = None
+        self._switched_at: float | None = None
 
     def run(self) -> CycleResult:
         self.config.slots_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +160,7 @@ class Cycle:
         )
         state = state.with_pending(pending)
         save_state(self.config.state_file, state)
+        self._before_switch, self._switched_at = self.probe.probe(), time.time()
         self.slots.switch(slot)
         self.log.info("slot_switched", slot=slot, previous=pending.previous)
         return self._verify(state, pending)
@@ -212,7 +222,10 @@ class Cycle:
         if content is None:
             raise GpuwardError(f"slot {pending.slot} lost its bundle.json during a switch")
         expected = content.manifest.driver_version
-        reasons = gate(self.probe.probe(), expected)
+        verdict = post_switch_check(
+            self._before_switch, self.probe.probe(), expected, since=self._switched_at
+        )
+        reasons = list(verdict.reasons) if verdict.status == FAILED else []
         if not reasons:
             self.log.info("update_committed", slot=pending.slot, driver=expected)
             committed = replace(
@@ -236,6 +249,9 @@ class Cycle:
     ) -> HealthReport:
         active = self.slots.active()
         content = self.slots.content(active)
+        health = assess(seen, xids_since=self._reported_until, previous=self._last_samples)
+        self._reported_until = max((x.at for x in seen.xids), default=self._reported_until)
+        self._last_samples = {s.uuid: s for s in seen.samples if s.uuid}
         return HealthReport(
             node_id=self.config.node_id,
             sent_at=int(time.time()),
@@ -247,4 +263,5 @@ class Cycle:
             gpus=seen.gpus,
             firewall=firewall,
             kernel_hold=load_hold_record(self.config),
+            health=health,
         )

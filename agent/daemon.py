@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 import structlog
@@ -33,8 +35,24 @@ def make_probe(config: AgentConfig) -> HealthProbe:
     return NvmlProbe()
 
 
+@contextmanager
+def watching_probe(config: AgentConfig) -> Iterator[HealthProbe]:
+    """The probe of a running agent: on NVML it also listens for XIDs until the end."""
+    if config.health_backend != "nvml":
+        yield make_probe(config)
+        return
+    from agent.nvml import NvmlProbe
+
+    probe = NvmlProbe(watch_xids=True)
+    try:
+        yield probe
+    finally:
+        probe.close()
+
+
 def run_once(config: AgentConfig) -> CycleResult:
-    return Cycle(config, make_probe(config)).run()
+    with watching_probe(config) as probe:
+        return Cycle(config, probe).run()
 
 
 def run_forever(config: AgentConfig, stop: threading.Event | None = None) -> None:
@@ -47,17 +65,21 @@ def run_forever(config: AgentConfig, stop: threading.Event | None = None) -> Non
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        cycle = Cycle(config, make_probe(config))
-        log.info("agent_started", node=config.node_id, interval_s=config.interval_s)
-        while not stop.is_set():
-            try:
-                result = cycle.run()
-                log.info("cycle_done", update=result.outcome.update, reason=result.outcome.reason)
-            except GpuwardError as exc:
-                log.error("cycle_failed", reason=str(exc))
-            delay = config.interval_s * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
-            stop.wait(delay)
+        with watching_probe(config) as probe:
+            _loop(config, Cycle(config, probe), stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         log.info("agent_stopped", node=config.node_id)
+
+
+def _loop(config: AgentConfig, cycle: Cycle, stop: threading.Event) -> None:
+    log.info("agent_started", node=config.node_id, interval_s=config.interval_s)
+    while not stop.is_set():
+        try:
+            result = cycle.run()
+            log.info("cycle_done", update=result.outcome.update, reason=result.outcome.reason)
+        except GpuwardError as exc:
+            log.error("cycle_failed", reason=str(exc))
+        delay = config.interval_s * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
+        stop.wait(delay)

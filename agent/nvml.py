@@ -285,13 +285,13 @@ def collect() -> HostGpus:
     )
 
 
-def _gpu_health(index: int, driver_version: str) -> GpuHealth:
+def _gpu_health(index: int, driver_version: str) -> tuple[GpuHealth, GpuSample | None]:
     handle, error = _open(index)
     if error is not None:
-        return GpuHealth(index, "unknown", "unknown", driver_version, False, (error,))
+        return GpuHealth(index, "unknown", "unknown", driver_version, False, (error,)), None
     sample = read_sample(index, handle)
     problems = gate_problems(sample)
-    return GpuHealth(
+    health = GpuHealth(
         index=index,
         name=sample.name or "unknown",
         uuid=sample.uuid or "unknown",
@@ -299,32 +299,75 @@ def _gpu_health(index: int, driver_version: str) -> GpuHealth:
         healthy=not problems,
         problems=problems,
     )
+    return health, sample
+
+
+# A listener that died (no driver yet, a GPU lost) is started again, but not on
+# every probe: a cycle probes several times, and each start initialises NVML.
+XID_RESTART_S = 60.0
 
 
 class NvmlProbe:
-    """The health probe of a real host: ``agent.health.HealthProbe`` over NVML."""
+    """The health probe of a real host: ``agent.health.HealthProbe`` over NVML.
+
+    With ``watch_xids`` (the long-running agent) it also keeps an ``XidListener``
+    running and hands out the XIDs it received with every result; ``close``
+    stops it.
+    """
+
+    def __init__(self, *, watch_xids: bool = False) -> None:
+        self._watch = watch_xids
+        self._listener: XidListener | None = None
+        self._earlier: tuple[XidEvent, ...] = ()  # kept by listeners that have ended
+        self._started = -XID_RESTART_S
 
     def probe(self) -> ProbeResult:
+        xids = self._xids()
         try:
             with nvml_session():
                 driver_version = pynvml.nvmlSystemGetDriverVersion()
-                gpus = tuple(
+                seen = [
                     _gpu_health(index, driver_version)
                     for index in range(pynvml.nvmlDeviceGetCount())
-                )
+                ]
         except NvmlUnavailable as error:
             log.warning("nvml_unavailable", error=str(error))
-            return ProbeResult(driver_version=None, gpus=(), error=str(error))
+            return ProbeResult(driver_version=None, gpus=(), error=str(error), xids=xids)
         except pynvml.NVMLError as error:
             message = explain(error, "reading the driver version and GPU list")
             log.warning("nvml_probe_failed", error=message)
-            return ProbeResult(driver_version=None, gpus=(), error=message)
+            return ProbeResult(driver_version=None, gpus=(), error=message, xids=xids)
         except Exception as error:
             # The gate runs in the middle of an update: a bug here must fail the
             # gate (and roll back), not kill the agent between switch and commit.
             log.exception("nvml_probe_crashed")
-            return ProbeResult(driver_version=None, gpus=(), error=f"NVML probe crashed: {error!r}")
-        return ProbeResult(driver_version=driver_version, gpus=gpus)
+            return ProbeResult(
+                driver_version=None, gpus=(), error=f"NVML probe crashed: {error!r}", xids=xids
+            )
+        return ProbeResult(
+            driver_version=driver_version,
+            gpus=tuple(health for health, _ in seen),
+            samples=tuple(sample for _, sample in seen if sample is not None),
+            xids=xids,
+        )
+
+    def _xids(self) -> tuple[XidEvent, ...]:
+        if not self._watch:
+            return ()
+        listener = self._listener
+        if (listener is None or not listener.running) and (
+            time.monotonic() - self._started >= XID_RESTART_S
+        ):
+            if listener is not None:
+                self._earlier = (self._earlier + listener.events())[-MAX_KEPT_XIDS:]
+            self._started = time.monotonic()
+            listener = self._listener = XidListener()
+            listener.start()
+        return self._earlier + (listener.events() if listener is not None else ())
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
 
 
 def _address(pointer: Any) -> int | None:

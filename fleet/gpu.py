@@ -9,8 +9,16 @@ That is not the same as zero and never counts as a problem by itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from fleet.errors import InvalidDocument
+from fleet.schema import Reader
+
+# Bounds on what a report from the network may carry per GPU.
+MAX_PROCESSES = 256
+MAX_ERRORS = 32
+_MAX_TEXT = 512
 
 # nvmlClocksEventReason* bits (nvml.h); the names are what reports and rules use.
 CLOCK_EVENT_BITS: tuple[tuple[int, str], ...] = (
@@ -115,6 +123,79 @@ class GpuSample:
         doc["errors"] = list(self.errors)
         return doc
 
+    @classmethod
+    def from_dict(cls, doc: object, where: str) -> GpuSample:
+        """The inverse of ``to_dict``, strict: samples arrive in reports from the network."""
+        r = Reader(doc, where, allowed=frozenset(f.name for f in fields(cls)))
+        raw: dict[str, Any] = dict(doc)  # type: ignore[call-overload]  # Reader checked
+        measured = {
+            f.name: r.optional_integer(f.name)
+            for f in fields(cls)
+            if f.name not in _NOT_PLAIN_COUNTS
+        }
+        events = raw.get("clock_events")
+        rows = raw.get("remapped_rows")
+        processes = raw.get("processes")
+        return cls(
+            index=r.integer("index", maximum=MAX_GPU_INDEX),
+            uuid=r.optional_text("uuid", max_len=128),
+            name=r.optional_text("name", max_len=128),
+            **measured,
+            clock_events=None if events is None else _clock_events(events, f"{where}.clock_events"),
+            remapped_rows=None if rows is None else _remapped_rows(rows, f"{where}.remapped_rows"),
+            retired_pages_pending=r.optional_boolean("retired_pages_pending"),
+            processes=None
+            if processes is None
+            else tuple(
+                _process(p, r.item_where("processes", i))
+                for i, p in enumerate(r.items("processes", max_items=MAX_PROCESSES))
+            ),
+            errors=_texts(r, "errors"),
+        )
+
+
+MAX_GPU_INDEX = 64
+_NOT_PLAIN_COUNTS = frozenset(
+    {
+        "index",
+        "uuid",
+        "name",
+        "clock_events",
+        "remapped_rows",
+        "retired_pages_pending",
+        "processes",
+        "errors",
+    }
+)
+
+
+def _texts(r: Reader, key: str) -> tuple[str, ...]:
+    items = r.items(key, max_items=MAX_ERRORS, default=[])
+    if not all(isinstance(i, str) and len(i) <= _MAX_TEXT for i in items):
+        raise InvalidDocument(f"{r.where}: {key!r} must be short strings")
+    return tuple(items)
+
+
+def _clock_events(doc: object, where: str) -> ClockEvents:
+    r = Reader(doc, where, allowed=frozenset({"mask", "reasons"}))
+    # The reasons are derived from the mask; what the sender wrote there is not trusted.
+    return ClockEvents(r.integer("mask"))
+
+
+def _remapped_rows(doc: object, where: str) -> RemappedRows:
+    r = Reader(doc, where, allowed=frozenset(f.name for f in fields(RemappedRows)))
+    return RemappedRows(
+        correctable=r.integer("correctable"),
+        uncorrectable=r.integer("uncorrectable"),
+        pending=r.boolean("pending"),
+        failure=r.boolean("failure"),
+    )
+
+
+def _process(doc: object, where: str) -> GpuProcess:
+    r = Reader(doc, where, allowed=frozenset({"pid", "used_memory_bytes"}))
+    return GpuProcess(r.integer("pid"), r.optional_integer("used_memory_bytes"))
+
 
 # nvmlDeviceArchitecture_t values.
 ARCHITECTURES = {
@@ -183,3 +264,16 @@ class XidEvent:
     gpu_index: int | None  # None: NVML named a device the listener did not register
     gpu_uuid: str | None
     xid: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str) -> XidEvent:
+        r = Reader(doc, where, allowed=frozenset({"at", "gpu_index", "gpu_uuid", "xid"}))
+        return cls(
+            at=r.number("at"),
+            gpu_index=r.optional_integer("gpu_index", maximum=MAX_GPU_INDEX),
+            gpu_uuid=r.optional_text("gpu_uuid", max_len=128),
+            xid=r.integer("xid", maximum=2**31 - 1),
+        )

@@ -8,6 +8,10 @@ Two kinds of verdict:
   fleet is not rolled back.
 * ``degradations`` lists everything an operator should know about, with a
   severity, for reports and the dashboard.
+* ``node_verdict`` turns findings and XIDs into the node's status (healthy,
+  degraded or failed) with its reasons, through one table (``STATUS_OF_RULE``
+  and the XID catalog): what is broken fails the node, what slows it degrades
+  it, and an application's own fault (XID 13, 31, 43) is not the node's.
 
 Only evidence counts: a value the GPU cannot report (``None``) is never a
 problem, because a fleet of GPUs that lack a counter must still be updatable.
@@ -15,9 +19,12 @@ problem, because a fleet of GPUs that lack a counter must still be updatable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from fleet.gpu import HARDWARE_CLOCK_EVENTS, THERMAL_CLOCK_EVENTS, GpuSample
+from fleet.gpu import HARDWARE_CLOCK_EVENTS, THERMAL_CLOCK_EVENTS, GpuSample, XidEvent
+from fleet.schema import Reader
 
 # Listing every failed query of a lost GPU would drown the report (and exceed
 # its limit on problems); the first few say enough.
@@ -29,6 +36,13 @@ CLOCK_BELOW_SPEC_FRACTION = 0.7
 
 WARNING = "warning"
 CRITICAL = "critical"
+SEVERITIES = frozenset({WARNING, CRITICAL})
+
+# A node's status, worst last.
+HEALTHY = "healthy"
+DEGRADED = "degraded"
+FAILED = "failed"
+STATUSES = (HEALTHY, DEGRADED, FAILED)
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,18 @@ class Finding:
     rule: str
     severity: str  # WARNING or CRITICAL
     message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str) -> Finding:
+        r = Reader(doc, where, allowed=frozenset({"rule", "severity", "message"}))
+        return cls(
+            rule=r.text("rule", max_len=64),
+            severity=r.text("severity", choices=SEVERITIES),
+            message=r.text("message", max_len=512),
+        )
 
 
 def _error_summary(errors: tuple[str, ...]) -> list[str]:
@@ -160,7 +186,7 @@ def degradations(sample: GpuSample, previous: GpuSample | None = None) -> tuple[
             Finding("remap_failure", CRITICAL, "row remapping failed: the GPU needs service")
         )
     if rows is not None and rows.pending:
-        findings.append(Finding("remap_pending", CRITICAL, "a row remap is pending: reset the GPU"))
+        findings.append(Finding("remap_pending", WARNING, "a row remap is pending: reset the GPU"))
     if sample.retired_pages_pending:
         findings.append(
             Finding(
@@ -242,3 +268,57 @@ def classify_xid(xid: int) -> XidClass:
         )
     category, severity, description, action = known
     return XidClass(xid, category, severity, description, action)
+
+
+# What each finding means for the node. Broken memory or a GPU NVML cannot read
+# fails it; anything that only slows it (throttling, low clocks, a narrow link,
+# pending repairs, rising error rates) degrades it.
+STATUS_OF_RULE: dict[str, str] = {
+    "nvml_query_failed": FAILED,
+    "ecc_uncorrected": FAILED,
+    "remap_failure": FAILED,
+    "remap_pending": DEGRADED,
+    "page_retirement_pending": DEGRADED,
+    "thermal_throttling": DEGRADED,
+    "hw_slowdown": DEGRADED,
+    "hw_power_brake_slowdown": DEGRADED,
+    "clocks_below_spec": DEGRADED,
+    "pcie_trained_down": DEGRADED,
+    "ecc_corrected_rising": DEGRADED,
+    "pcie_replays_rising": DEGRADED,
+}
+
+
+def xid_status(xid: int) -> str:
+    """What an XID means for the node: an application's fault leaves it healthy."""
+    xid_class = classify_xid(xid)
+    if xid_class.category == "application":
+        return HEALTHY
+    return FAILED if xid_class.severity == CRITICAL else DEGRADED
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # one of STATUSES
+    reasons: tuple[str, ...]  # why it is not healthy, worst first
+
+
+def worst(statuses: Iterable[str]) -> str:
+    return max(statuses, key=STATUSES.index, default=HEALTHY)
+
+
+def node_verdict(findings: Iterable[tuple[int, Finding]], xids: Sequence[XidEvent] = ()) -> Verdict:
+    """The node's status from its GPUs' ``(index, finding)`` pairs and recent XIDs."""
+    judged: list[tuple[str, str]] = [
+        (STATUS_OF_RULE.get(f.rule, DEGRADED), f"GPU {index}: {f.message}") for index, f in findings
+    ]
+    for event in xids:
+        status = xid_status(event.xid)
+        if status != HEALTHY:
+            xid_class = classify_xid(event.xid)
+            gpu = "GPU ?" if event.gpu_index is None else f"GPU {event.gpu_index}"
+            judged.append(
+                (status, f"{gpu}: XID {event.xid} ({xid_class.description}): {xid_class.action}")
+            )
+    judged.sort(key=lambda j: -STATUSES.index(j[0]))
+    return Verdict(worst(s for s, _ in judged), tuple(dict.fromkeys(r for _, r in judged)))

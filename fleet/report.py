@@ -3,6 +3,12 @@
 Every report doubles as a heartbeat. It says which slot and driver the node
 runs, what the last update attempt did and why, and what each GPU looked like.
 Reports come from the network, so ``from_dict`` is strict and bounded.
+
+A report from an agent that reads NVML also carries ``health``: the node's
+status with its reasons, each GPU's health sample with the rules' findings,
+and the XIDs seen since the previous report. The server compares the samples
+across the fleet to find stragglers. The section is optional (and omitted when
+absent), so reports without it read, and digest, exactly as before.
 """
 
 from __future__ import annotations
@@ -14,12 +20,16 @@ from typing import Any, cast
 
 from fleet.errors import InvalidDocument
 from fleet.firewall import FirewallReport
+from fleet.gpu import GpuSample, XidEvent
+from fleet.gpu_rules import FAILED, STATUSES, Finding
 from fleet.schema import Reader
 
 SCHEMA_VERSION = 1
 MAX_GPUS = 64
 MAX_PROBLEMS = 32
 MAX_HELD = 64
+MAX_FINDINGS = 32  # per GPU
+MAX_XIDS = 64  # per report: an XID storm is summed up by its first ones
 
 # What the last cycle did with updates.
 UPDATE_OUTCOMES = frozenset(
@@ -76,6 +86,67 @@ class GpuHealth:
         )
 
 
+def _short_texts(r: Reader, key: str, max_items: int) -> tuple[str, ...]:
+    items = r.items(key, max_items=max_items)
+    if not all(isinstance(i, str) and len(i) <= 512 for i in items):
+        raise InvalidDocument(f"{r.where}: {key} must be short strings")
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class GpuReport:
+    """One GPU's health sample and what the rules found in it."""
+
+    sample: GpuSample
+    findings: tuple[Finding, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sample": self.sample.to_dict(), "findings": [f.to_dict() for f in self.findings]}
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str) -> GpuReport:
+        r = Reader(doc, where, allowed=frozenset({"sample", "findings"}))
+        return cls(
+            sample=GpuSample.from_dict(r.raw("sample"), f"{where}.sample"),
+            findings=tuple(
+                Finding.from_dict(item, r.item_where("findings", i))
+                for i, item in enumerate(r.items("findings", max_items=MAX_FINDINGS))
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    status: str  # fleet.gpu_rules.STATUSES: healthy, degraded or failed
+    reasons: tuple[str, ...]
+    gpus: tuple[GpuReport, ...]
+    xids: tuple[XidEvent, ...]  # received since the previous report, oldest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "gpus": [g.to_dict() for g in self.gpus],
+            "xids": [x.to_dict() for x in self.xids],
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str) -> NodeHealth:
+        r = Reader(doc, where, allowed=frozenset({"status", "reasons", "gpus", "xids"}))
+        return cls(
+            status=r.text("status", choices=frozenset(STATUSES)),
+            reasons=_short_texts(r, "reasons", MAX_PROBLEMS),
+            gpus=tuple(
+                GpuReport.from_dict(item, r.item_where("gpus", i))
+                for i, item in enumerate(r.items("gpus", max_items=MAX_GPUS))
+            ),
+            xids=tuple(
+                XidEvent.from_dict(item, r.item_where("xids", i))
+                for i, item in enumerate(r.items("xids", max_items=MAX_XIDS))
+            ),
+        )
+
+
 @dataclass(frozen=True)
 class KernelHoldReport:
     """The kernel hold as the applier left it after its last commit."""
@@ -122,6 +193,7 @@ class HealthReport:
     gpus: tuple[GpuHealth, ...]
     firewall: FirewallReport | None = None  # None on a node without the firewall enabled
     kernel_hold: KernelHoldReport | None = None  # None until the applier first commits
+    health: NodeHealth | None = None  # None from an agent that does not read NVML
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -129,10 +201,11 @@ class HealthReport:
 
     @property
     def healthy(self) -> bool:
-        return bool(self.gpus) and all(g.healthy for g in self.gpus)
+        failed = self.health is not None and self.health.status == FAILED
+        return bool(self.gpus) and all(g.healthy for g in self.gpus) and not failed
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "node_id": self.node_id,
             "sent_at": self.sent_at,
@@ -145,6 +218,9 @@ class HealthReport:
             "firewall": None if self.firewall is None else self.firewall.to_dict(),
             "kernel_hold": None if self.kernel_hold is None else self.kernel_hold.to_dict(),
         }
+        if self.health is not None:
+            doc["health"] = self.health.to_dict()
+        return doc
 
     @classmethod
     def from_dict(cls, doc: object, where: str = "report") -> HealthReport:
@@ -164,6 +240,7 @@ class HealthReport:
                     "gpus",
                     "firewall",
                     "kernel_hold",
+                    "health",
                 }
             ),
         )
@@ -172,6 +249,7 @@ class HealthReport:
         # Reader checked it is a mapping.
         firewall = cast(Mapping[str, Any], doc).get("firewall")
         kernel_hold = cast(Mapping[str, Any], doc).get("kernel_hold")
+        health = cast(Mapping[str, Any], doc).get("health")
         gpus = tuple(
             GpuHealth.from_dict(item, r.item_where("gpus", i))
             for i, item in enumerate(r.items("gpus", max_items=MAX_GPUS))
@@ -191,4 +269,5 @@ class HealthReport:
             kernel_hold=None
             if kernel_hold is None
             else KernelHoldReport.from_dict(kernel_hold, f"{where}.kernel_hold"),
+            health=None if health is None else NodeHealth.from_dict(health, f"{where}.health"),
         )

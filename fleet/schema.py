@@ -88,6 +88,27 @@ class Reader:
             raise InvalidDocument(f"{self._where}: {key!r} must be between {minimum} and {maximum}")
         return value
 
+    def optional_integer(
+        self, key: str, *, minimum: int = 0, maximum: int = 2**63 - 1
+    ) -> int | None:
+        """An integer, or None when the field is missing or null (an unknown measurement)."""
+        if self._doc.get(key) is None:
+            return None
+        return self.integer(key, minimum=minimum, maximum=maximum)
+
+    def number(self, key: str, *, minimum: float = 0.0, maximum: float = 1e18) -> float:
+        value = self._get(key, None)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidDocument(f"{self._where}: {key!r} must be a number")
+        if not minimum <= value <= maximum:  # also refuses NaN
+            raise InvalidDocument(f"{self._where}: {key!r} must be between {minimum} and {maximum}")
+        return float(value)
+
+    def optional_boolean(self, key: str) -> bool | None:
+        if self._doc.get(key) is None:
+            return None
+        return self.boolean(key)
+
     def boolean(self, key: str, *, default: bool | None = None) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):

@@ -118,15 +118,24 @@ def _enroll(args: argparse.Namespace) -> None:
 def _health(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.daemon import make_probe
-    from agent.health import gate
+    from agent.health import assess, gate, post_switch_check
     from agent.slots import Slots
     from gpuward.cli.output import table
 
     config = load_config(args.config)
     seen = make_probe(config).probe()
-    content = Slots(config.slots_dir).content(Slots(config.slots_dir).active())
+    slots = Slots(config.slots_dir)
+    content = slots.content(slots.active())
     expected = content.manifest.driver_version if content else None
-    reasons = gate(seen, expected) if expected else ["no driver bundle is active"]
+    health = assess(seen)
+    if expected:
+        reasons = gate(seen, expected)
+        verdict = post_switch_check(None, seen, expected)
+        status, why = verdict.status, list(verdict.reasons)
+    else:
+        # Nothing to compare the loaded driver with; NVML failing says more than that.
+        reasons = [seen.error or "no driver bundle is active"]
+        status, why = health.status, list(health.reasons)
     rows = [
         (g.index, g.name, g.uuid, "yes" if g.healthy else "no", "; ".join(g.problems))
         for g in seen.gpus
@@ -136,13 +145,18 @@ def _health(args: argparse.Namespace) -> int:
         {
             "healthy": not reasons,
             "reasons": reasons,
+            "status": status,
+            "status_reasons": why,
             "expected_driver": expected,
             "driver_version": seen.driver_version,
             "error": seen.error,
             "gpus": [g.to_dict() for g in seen.gpus],
+            "health": health.to_dict(),
         },
-        f"driver {seen.driver_version or '-'} (expected {expected or '-'}): "
-        f"{'healthy' if not reasons else 'NOT healthy: ' + '; '.join(reasons)}\n"
+        f"driver {seen.driver_version or '-'} (expected {expected or '-'}): {status}"
+        + "".join(f"\n  {r}" for r in why)
+        + ("" if not reasons or reasons == why else "\ngate: " + "; ".join(reasons))
+        + "\n"
         + table(("GPU", "NAME", "UUID", "HEALTHY", "PROBLEMS"), rows),
     )
     return 0 if not reasons else 3

@@ -4,6 +4,10 @@ The fake (``fake_nvml.c``) is compiled once per session, twice: as a current
 driver, and as an old one that lacks the symbols newer drivers added. Each run
 is a fresh ``python -m agent.nvml`` process, because nvidia-ml-py loads the
 library once per process and the fake reads its config on ``nvmlInit``.
+
+``real_nvml_lib`` is NVIDIA's own ``libnvidia-ml.so.1`` (Debian non-free
+``libnvidia-ml1``) on this machine, which has no NVIDIA kernel module: the
+state of a node whose kernel was upgraded under its driver.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.debian_nonfree import NEW_535, fetch_debs
 
 HERE = Path(__file__).parent
 
@@ -57,6 +63,20 @@ def fake_nvml_libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "current": _build(root / "current"),
         "old": _build(root / "old", "-DFAKE_NVML_OLD_DRIVER"),
     }
+
+
+@pytest.fixture(scope="session")
+def real_nvml_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder holding NVIDIA's real libnvidia-ml.so.1, for ``LD_LIBRARY_PATH``."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.fail("dpkg-deb is needed to unpack libnvidia-ml1 (Debian package dpkg)")
+    if Path("/proc/driver/nvidia/version").exists():
+        pytest.fail("this machine has an NVIDIA kernel module; these tests need one without")
+    (deb,) = fetch_debs([("libnvidia-ml1", NEW_535)])
+    root = tmp_path_factory.mktemp("libnvidia-ml1")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    (library,) = root.glob("usr/lib/*/nvidia/current/libnvidia-ml.so.1")
+    return library.parent
 
 
 def h100_host(gpus: int = 8, driver: str = DRIVER, **extra: object) -> dict[str, object]:

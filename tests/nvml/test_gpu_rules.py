@@ -155,7 +155,7 @@ def rules(findings: tuple[Finding, ...]) -> list[tuple[str, str]]:
         ({"ecc_uncorrected_volatile": 1}, [("ecc_uncorrected", CRITICAL)]),
         (
             {"remapped_rows": RemappedRows(0, 1, pending=True, failure=False)},
-            [("remap_pending", CRITICAL)],
+            [("remap_pending", WARNING)],
         ),
         (
             {"remapped_rows": RemappedRows(0, 8, pending=False, failure=True)},
