@@ -6,8 +6,9 @@ each reporting a health sample per GPU every interval, with the noise healthy
 GPUs show (clocks moving under power caps, hosts running warmer or cooler by
 rack position, a few PCIe replays and corrected ECC errors, bursts of them,
 brief software throttling) and idle gaps between jobs: rare, as training jobs
-run for hours, but a degraded host caught idle is one no detector can see. From ``onset`` a chosen share of hosts degrades on
-one or two GPUs, in one of four ways of varying severity: thermal throttling,
+run for hours, but a degraded host caught idle is one no detector can see.
+From ``onset`` a chosen share of hosts degrades on one or two GPUs, in one of
+four ways of varying severity: thermal throttling,
 a clock drop (with or without a reason in the clock-event mask), a PCIe link
 trained down, an ECC storm.
 
@@ -62,7 +63,7 @@ class FleetSim:
         interval_s: float = 300.0,
         seed: int = 0,
     ) -> None:
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311  # reproducible telemetry, not secrets
         self.interval_s = interval_s
         self.onset = onset
         self.step_no = 0

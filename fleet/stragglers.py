@@ -21,6 +21,7 @@ units, yet a clock 1% below its peers slows no job.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -134,7 +135,7 @@ def _per_hour(window: Sequence[tuple[float, GpuSample]], counter: str) -> float 
     down was reset (the driver reloaded) and counts from zero.
     """
     rates = []
-    for (t0, s0), (t1, s1) in zip(window, window[1:], strict=False):
+    for (t0, s0), (t1, s1) in itertools.pairwise(window):
         before, after = getattr(s0, counter), getattr(s1, counter)
         if before is not None and after is not None and t1 > t0:
             risen = after - before if after >= before else after
