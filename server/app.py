@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from server import dashboard, node_api, operator_api, reports
+from server import dashboard, node_api, operator_api, reports, stragglers
 from server.http import SERVICES, ApiError, Handler, Route, Services, services
 from server.openapi import document
 from server.report_attestation import MAX_ATTESTED_BODY_BYTES
@@ -106,6 +106,7 @@ ROUTES: tuple[Route, ...] = (
     *node_api.ROUTES,
     *operator_api.ROUTES,
     *reports.ROUTES,
+    *stragglers.ROUTES,
     *dashboard.ROUTES,
 )
 

@@ -22,10 +22,11 @@ from aiohttp import web
 
 from fleet.rollout import Rollout
 from server.fleetview import NODE_STATES, fleet_json, history_json, node_json
-from server.http import Route, services
+from server.http import Route, Services, services
 from server.operator_api import rollout_json
 from server.operators import check_token
 from server.store import OperatorToken
+from server.stragglers import stragglers_json
 
 COOKIE = "gpuward_session"
 SESSION_S = 8 * 3600
@@ -218,10 +219,33 @@ async def overview(request: web.Request) -> web.Response:
         f"<section><h2>Rollouts</h2>{rollouts}</section>"
         f"<section><h2>Driver versions</h2>{drivers}</section>"
         f"<section><h2>Nodes</h2>{nodes}</section>"
-        '<section id="stragglers"><h2>Stragglers</h2><p>Straggler detection (nodes that '
-        "stay behind their assignment) is not implemented yet.</p></section>"
+        f"{await _stragglers(s)}"
     )
     return _page(f"Fleet: {summary['nodes']} nodes", body, who)
+
+
+async def _stragglers(s: Services) -> str:
+    missing_after_s = s.config.report_interval_s * s.config.missing_after
+    doc = await stragglers_json(s.store, s.clock(), missing_after_s)
+    table = _table(
+        ("Rank", "Node", "Score", "Why"),
+        (
+            [
+                _e(n["rank"]),
+                f'<a href="/nodes/{_e(n["node_id"])}">{_e(n["node_id"])}</a>',
+                _e(n["score"]),
+                "<br>".join(_e(g["message"]) for g in n["stragglers"]),
+            ]
+            for n in doc["nodes"]
+        ),
+        "stragglers-table",
+    )
+    return (
+        '<section id="stragglers"><h2>Stragglers</h2>'
+        f"<p>GPUs persistently slower than their peers of the same model, over each node's "
+        f"last {doc['window_reports']} reports; {doc['nodes_compared']} nodes compared.</p>"
+        f"{table}</section>"
+    )
 
 
 def _attestation(node: dict[str, Any]) -> str:

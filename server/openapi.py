@@ -71,6 +71,12 @@ SCHEMAS: dict[str, Any] = {
                 "description": "fleet.report.KernelHoldReport: the hold applied after the "
                 "last commit",
             },
+            "health": {
+                "type": "object",
+                "description": "from agents that read NVML (fleet.report.NodeHealth): status "
+                "(healthy, degraded, failed), reasons, gpus (each a sample and the rules' "
+                "findings), and the XIDs since the previous report",
+            },
         },
     },
     "EnrollmentRequest": {
@@ -155,6 +161,39 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
             "summary": {"type": "object"},
+        },
+    },
+    "Stragglers": {
+        "type": "object",
+        "properties": {
+            "window_reports": {"type": "integer", "description": "reports per GPU compared"},
+            "nodes_compared": _INT,
+            "nodes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "rank": _INT,
+                        "node_id": _STR,
+                        "score": {"type": "number"},
+                        "stragglers": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "gpu": _NULL_INT,
+                                    "model": _STR,
+                                    "metric": _STR,
+                                    "value": {"type": "number"},
+                                    "pool_median": {"type": "number"},
+                                    "score": {"type": "number"},
+                                    "message": _STR,
+                                },
+                            },
+                        },
+                    },
+                },
+            },
         },
     },
     "Pools": {

@@ -15,6 +15,7 @@ from typing import Protocol
 from fleet.errors import GpuwardError
 from fleet.report import HealthReport
 from fleet.rollout import Observation, Rollout, Transition
+from fleet.stragglers import NodeWindow
 from server.attestation.challenges import PendingChallenge
 
 
@@ -100,6 +101,11 @@ class Store(Protocol):
         ...
 
     async def fleet(self) -> list[NodeStatus]: ...
+
+    async def gpu_windows(self, since: int) -> list[NodeWindow]:
+        """Each enrolled node's latest GPU samples (``fleet.stragglers.WINDOW`` reports
+        at most), if its last one arrived at ``since`` or later."""
+        ...
 
     async def node(self, node_id: str) -> NodeStatus | None: ...
 

@@ -111,6 +111,17 @@ MIGRATIONS = (
         log BYTEA NOT NULL
     );
     """,
+    # Each node's latest GPU health samples (a JSON list per report), the window
+    # straggler detection compares across the fleet.
+    """
+    CREATE TABLE gpu_samples (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        received_at BIGINT NOT NULL,
+        samples TEXT NOT NULL
+    );
+    CREATE INDEX gpu_samples_node ON gpu_samples (node_id, id);
+    """,
 )
 
 

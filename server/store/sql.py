@@ -13,8 +13,10 @@ import json
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from fleet.gpu import GpuSample
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
+from fleet.stragglers import WINDOW, NodeWindow
 from server.attestation.challenges import PendingChallenge
 from server.store import (
     Assignment,
@@ -115,6 +117,7 @@ class SqlStore:
             )
             await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
             await tx.execute("DELETE FROM event_logs WHERE node_id = ?", node_id)
+            await tx.execute("DELETE FROM gpu_samples WHERE node_id = ?", node_id)
         return bool(found)
 
     async def add_report(
@@ -138,6 +141,9 @@ class SqlStore:
             )
             if not inserted:
                 return False
+            if report.health is not None and report.health.gpus:
+                samples = [g.sample for g in report.health.gpus]
+                await _add_samples(tx, report.node_id, received_at, samples)
             await tx.execute(
                 "INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version, "
                 "update_outcome, healthy) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -160,6 +166,24 @@ class SqlStore:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(f"SELECT {_NODE_COLUMNS} {_NODE_JOINS} ORDER BY e.node_id")
         return [_status(row) for row in rows]
+
+    async def gpu_windows(self, since: int) -> list[NodeWindow]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT g.node_id, g.received_at, g.samples FROM gpu_samples g "
+                "JOIN enrollments e ON e.node_id = g.node_id "
+                "JOIN nodes n ON n.node_id = g.node_id WHERE n.last_seen >= ? "
+                "ORDER BY g.node_id, g.id",
+                since,
+            )
+        by_node: dict[str, list[tuple[float, tuple[GpuSample, ...]]]] = {}
+        for node_id, at, samples in rows:
+            parsed = tuple(
+                GpuSample.from_dict(doc, f"{node_id}.samples[{i}]")
+                for i, doc in enumerate(json.loads(samples))
+            )
+            by_node.setdefault(node_id, []).append((float(at), parsed))
+        return [NodeWindow(node_id, tuple(reports)) for node_id, reports in by_node.items()]
 
     async def node(self, node_id: str) -> NodeStatus | None:
         async with self.db.transaction(write=False) as tx:
@@ -391,6 +415,23 @@ async def _observations(tx: Tx, pool: str) -> dict[str, Observation]:
         node_id: Observation(seen, bundle, driver, update, bool(healthy))
         for node_id, seen, bundle, driver, update, healthy in rows
     }
+
+
+async def _add_samples(tx: Tx, node_id: str, received_at: int, samples: list[GpuSample]) -> None:
+    """Keep a report's GPU samples, and only the node's latest ``WINDOW`` sets."""
+    await tx.execute(
+        "INSERT INTO gpu_samples (node_id, received_at, samples) VALUES (?, ?, ?)",
+        node_id,
+        received_at,
+        json.dumps([s.to_dict() for s in samples]),
+    )
+    await tx.execute(
+        "DELETE FROM gpu_samples WHERE node_id = ? AND id NOT IN "
+        "(SELECT id FROM gpu_samples WHERE node_id = ? ORDER BY id DESC LIMIT ?)",
+        node_id,
+        node_id,
+        WINDOW,
+    )
 
 
 async def _add_events(tx: Tx, rollout_id: str, at: int, events: tuple[str, ...]) -> None:

@@ -113,6 +113,17 @@ MIGRATIONS = (
         log BLOB NOT NULL
     );
     """,
+    # Each node's latest GPU health samples (a JSON list per report), the window
+    # straggler detection compares across the fleet.
+    """
+    CREATE TABLE gpu_samples (
+        id INTEGER PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        samples TEXT NOT NULL
+    );
+    CREATE INDEX gpu_samples_node ON gpu_samples (node_id, id);
+    """,
 )
 
 

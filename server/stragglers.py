@@ -1,0 +1,74 @@
+"""The fleet's stragglers, for operators: ``GET /v1/fleet/stragglers`` and the dashboard.
+
+Reports from NVML agents carry every GPU's health sample; the store keeps each
+node's latest window of them. Here the windows of every node heard from
+recently (not missing) go through ``fleet.stragglers.detect``, which compares
+each GPU with the GPUs of the same model fleet-wide, and the nodes come back
+ranked, the most deviant first. The comparison runs in a worker thread: it is
+CPU work proportional to the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from fleet.stragglers import WINDOW, RankedNode, detect
+from server.http import Route, operator, services
+from server.store import Store
+
+
+async def stragglers_json(store: Store, now: float, missing_after_s: int) -> dict[str, Any]:
+    windows = await store.gpu_windows(int(now) - missing_after_s)
+    ranked = await asyncio.to_thread(detect, windows)
+    return {
+        "window_reports": WINDOW,
+        "nodes_compared": len(windows),
+        "nodes": [_node_json(rank, node) for rank, node in enumerate(ranked, start=1)],
+    }
+
+
+def _node_json(rank: int, node: RankedNode) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "node_id": node.node_id,
+        "score": round(node.score, 2),
+        "stragglers": [
+            {
+                "gpu": s.gpu,
+                "model": s.pool,
+                "metric": s.metric,
+                "value": s.value,
+                "pool_median": s.pool_median,
+                "score": round(s.score, 2),
+                "message": s.message(),
+            }
+            for s in node.stragglers
+        ],
+    }
+
+
+async def get_stragglers(request: web.Request) -> web.Response:
+    await operator(request, "viewer")
+    s = services(request)
+    missing_after_s = s.config.report_interval_s * s.config.missing_after
+    return web.json_response(await stragglers_json(s.store, s.clock(), missing_after_s))
+
+
+ROUTES = (
+    Route(
+        "GET",
+        "/v1/fleet/stragglers",
+        get_stragglers,
+        "Nodes whose GPUs are persistently slower than their peers of the same model, "
+        "most deviant first",
+        "viewer",
+        responses={
+            200: ("the ranked stragglers", "Stragglers"),
+            401: ("no or unknown operator token", "Error"),
+            403: ("the token's role does not allow this", "Error"),
+        },
+    ),
+)
