@@ -24,33 +24,7 @@ from typing import Any
 import pytest
 
 from tests.debian_nonfree import NEW_535, fetch_debs
-
-HERE = Path(__file__).parent
-
-H100 = "NVIDIA H100 80GB HBM3"
-DRIVER = "580.95.05"
-
-
-def _build(out_dir: Path, *defines: str) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            "gcc",
-            "-shared",
-            "-fPIC",
-            "-O1",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            *defines,
-            "-o",
-            str(out_dir / "libnvidia-ml.so.1"),
-            str(HERE / "fake_nvml.c"),
-            "-pthread",
-        ],
-        check=True,
-    )
-    return out_dir
+from tests.nvml.fakelib import build_fake_nvml, h100_host, write_config
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +34,8 @@ def fake_nvml_libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         pytest.fail("gcc is needed to build the fake libnvidia-ml.so.1 (Debian package gcc)")
     root = tmp_path_factory.mktemp("fake-nvml")
     return {
-        "current": _build(root / "current"),
-        "old": _build(root / "old", "-DFAKE_NVML_OLD_DRIVER"),
+        "current": build_fake_nvml(root / "current"),
+        "old": build_fake_nvml(root / "old", old_driver=True),
     }
 
 
@@ -77,20 +51,6 @@ def real_nvml_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     (library,) = root.glob("usr/lib/*/nvidia/current/libnvidia-ml.so.1")
     return library.parent
-
-
-def h100_host(gpus: int = 8, driver: str = DRIVER, **extra: object) -> dict[str, object]:
-    """Config for a healthy, idle H100 host; ``extra`` adds or overrides keys.
-
-    Keys with dots cannot be keyword arguments, so pass them as ``**{"gpu.3.x": 1}``.
-    """
-    config: dict[str, object] = {"driver_version": driver, "gpu_count": gpus}
-    for i in range(gpus):
-        config[f"gpu.{i}.name"] = H100
-        config[f"gpu.{i}.uuid"] = f"GPU-{i:08x}-1111-2222-3333-444455556666"
-        config[f"gpu.{i}.clock_events"] = 0x1  # GpuIdle
-    config.update(extra)
-    return config
 
 
 @pytest.fixture
@@ -111,8 +71,7 @@ def run_nvml(fake_nvml_libs: dict[str, Path], tmp_path: Path) -> NvmlRun:
         driver: str = "current",
         module: str = "agent.nvml",
     ) -> subprocess.CompletedProcess[str]:
-        config_file = tmp_path / "fake-nvml.conf"
-        config_file.write_text("".join(f"{k}={v}\n" for k, v in config.items()))
+        config_file = write_config(tmp_path / "fake-nvml.conf", config)
         env = {
             **os.environ,
             "LD_LIBRARY_PATH": str(fake_nvml_libs[driver]),

@@ -15,6 +15,7 @@ from typing import Any
 import urllib3
 
 from tests.conftest import Site
+from tests.nvml.fakelib import write_config
 
 GPUWARD = (sys.executable, "-m", "gpuward")
 
@@ -22,9 +23,8 @@ GPUWARD = (sys.executable, "-m", "gpuward")
 def test_reports_carry_samples_findings_and_each_xid_once(
     site: Site, tmp_path: Path, fake_nvml_libs: dict[str, Path], h100
 ) -> None:
-    fake = tmp_path / "fake-nvml.conf"
     host = h100(gpus=2, xids="1:79,0:13,0:63", **{"gpu.0.pcie.width": 8})
-    fake.write_text("".join(f"{k}={v}\n" for k, v in host.items()))
+    fake = write_config(tmp_path / "fake-nvml.conf", host)
     env = {
         **os.environ,
         "LD_LIBRARY_PATH": str(fake_nvml_libs["current"]),
