@@ -112,27 +112,6 @@ class FleetSim:
         rng = self.rng
         gpu.replays += _poisson(rng, 0.3) + (rng.randint(5, 40) if rng.random() < 0.005 else 0)
         gpu.ecc += rng.randint(1, 3) if rng.random() < 0.01 else 0
-        if idle:
-            return GpuSample(
-                index=gpu.index,
-                uuid=gpu.uuid,
-                name=MODEL,
-                temperature_c=round(34 + self.warmth[host] + rng.gauss(0, 1.5)),
-                power_mw=round(rng.gauss(75_000, 5_000)),
-                power_limit_mw=POWER_LIMIT_MW,
-                sm_clock_mhz=345,
-                sm_clock_max_mhz=SM_MAX,
-                mem_clock_mhz=MEM_MAX,
-                mem_clock_max_mhz=MEM_MAX,
-                clock_events=ClockEvents(IDLE),
-                ecc_corrected_volatile=gpu.ecc,
-                pcie_gen=1,
-                pcie_gen_max=5,
-                pcie_width=16,
-                pcie_width_max=16,
-                pcie_replays=gpu.replays,
-                gpu_util_pct=0,
-            )
         mask = SW_POWER_CAP if rng.random() < 0.4 else 0
         if rng.random() < 0.01:
             mask |= SW_THERMAL  # a brief warm spell
@@ -156,18 +135,29 @@ class FleetSim:
             pcie_replays=gpu.replays,
             gpu_util_pct=round(min(100, rng.gauss(96, 3))),
         )
+        if idle:
+            # At rest: clocks and the link generation drop, and so does the heat.
+            return replace(
+                sample,
+                temperature_c=round(34 + self.warmth[host] + rng.gauss(0, 1.5)),
+                power_mw=round(rng.gauss(75_000, 5_000)),
+                sm_clock_mhz=345,
+                clock_events=ClockEvents(IDLE),
+                pcie_gen=1,
+                gpu_util_pct=0,
+            )
         return sample if fault is None else self._degrade(sample, gpu, fault)
 
     def _degrade(self, sample: GpuSample, gpu: _Gpu, fault: Fault) -> GpuSample:
         rng, s = self.rng, fault.severity
-        assert sample.sm_clock_mhz is not None and sample.temperature_c is not None
+        clock, temperature = sample.sm_clock_mhz or 0, sample.temperature_c or 0
         mask = sample.clock_events.mask if sample.clock_events else 0
         if fault.kind == "thermal_throttling":
             hot = HW_THERMAL if s > 0.6 else SW_THERMAL
             return replace(
                 sample,
-                temperature_c=sample.temperature_c + round(12 + 13 * s),
-                sm_clock_mhz=round(sample.sm_clock_mhz * (0.92 - 0.2 * s)),
+                temperature_c=temperature + round(12 + 13 * s),
+                sm_clock_mhz=round(clock * (0.92 - 0.2 * s)),
                 clock_events=ClockEvents(mask | hot),
             )
         if fault.kind == "clock_drop":
@@ -175,7 +165,7 @@ class FleetSim:
             reason = HW_SLOWDOWN if rng.random() < 0.5 else 0
             return replace(
                 sample,
-                sm_clock_mhz=round(sample.sm_clock_mhz * (0.86 - 0.3 * s)),
+                sm_clock_mhz=round(clock * (0.86 - 0.3 * s)),
                 clock_events=ClockEvents(mask | reason),
             )
         if fault.kind == "pcie_downgrade":
