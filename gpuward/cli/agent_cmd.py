@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from gpuward.cli import kernel_hold_cmd
 from gpuward.cli.output import add_json_flag, emit
@@ -143,6 +144,7 @@ def _health(args: argparse.Namespace) -> int:
     emit(
         args,
         {
+            "inventory": _inventory(config.health_backend),
             "healthy": not reasons,
             "reasons": reasons,
             "status": status,
@@ -160,6 +162,23 @@ def _health(args: argparse.Namespace) -> int:
         + table(("GPU", "NAME", "UUID", "HEALTHY", "PROBLEMS"), rows),
     )
     return 0 if not reasons else 3
+
+
+def _inventory(backend: str) -> dict[str, Any] | None:
+    """What the GPUs are, as NVML lists them; None where NVML is not used or not usable."""
+    if backend != "nvml":
+        return None
+    from agent.nvml import NvmlUnavailable, collect
+
+    try:
+        host = collect()
+    except NvmlUnavailable:
+        return None  # the probe's error says why
+    return {
+        "driver_version": host.driver_version,
+        "cuda_driver_version": host.cuda_driver_version,
+        "gpus": [g.to_dict() for g in host.inventory],
+    }
 
 
 def _gpus(args: argparse.Namespace) -> None:

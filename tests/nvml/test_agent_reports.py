@@ -86,3 +86,42 @@ def test_reports_carry_samples_findings_and_each_xid_once(
     ]
     assert [f["rule"] for f in last["gpus"][0]["findings"]] == ["pcie_trained_down"]
     assert last["gpus"][0]["sample"]["pcie_width"] == 8
+
+
+def test_agent_health_prints_inventory_and_classification(
+    site: Site, tmp_path: Path, fake_nvml_libs: dict[str, Path], h100
+) -> None:
+    host = h100(gpus=2, **{"gpu.1.remap.pending": 1, "gpu.0.fail.nvmlDeviceGetSerial": 3})
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(fake_nvml_libs["current"]),
+        "FAKE_NVML_CONFIG": str(write_config(tmp_path / "fake-nvml.conf", host)),
+    }
+    config = site.agent_toml(tmp_path)
+    config.write_text(config.read_text().replace('"simulated"', '"nvml"'))
+    done = subprocess.run(
+        [*GPUWARD, "agent", "health", "--config", str(config), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 3, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["reasons"] == ["no driver bundle is active"]  # nothing installed to judge yet
+    inventory = doc["inventory"]
+    assert inventory["driver_version"] == "580.95.05"
+    assert [g["uuid"] for g in inventory["gpus"]] == [
+        "GPU-00000000-1111-2222-3333-444455556666",
+        "GPU-00000001-1111-2222-3333-444455556666",
+    ]
+    assert inventory["gpus"][0]["serial"] is None  # not supported: unknown, not an error
+    assert inventory["gpus"][1]["architecture"] == "hopper"
+    assert doc["status"] == "degraded"
+    assert doc["status_reasons"] == ["GPU 1: a row remap is pending: reset the GPU"]
+    assert doc["health"]["gpus"][1]["findings"] == [
+        {
+            "rule": "remap_pending",
+            "severity": "warning",
+            "message": "a row remap is pending: reset the GPU",
+        }
+    ]
