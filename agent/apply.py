@@ -3,14 +3,17 @@
 The unprivileged agent only leaves verified bundles in the spool. This oneshot,
 started by systemd with no network, re-verifies the request offline, unpacks it
 into the inactive slot, waits for the GPUs to drain, flips the ``active`` link,
-runs the health gate, and commits or rolls back. Every transition is journaled
-before the next step acts, so a start after any crash resumes from the journal
-to exactly one complete slot; a boot counter rolls back an update whose health
-gate never gets to say yes.
+runs the health gate (``agent.health_gate``), and commits or rolls back. On a
+node that attests, the committed bundle is then measured into the TPM
+(``agent.measure``), and so is the active one at every start after a reboot.
+Every transition is journaled before the next step acts, so a start after any
+crash resumes from the journal to exactly one complete slot; a boot counter
+rolls back an update whose health gate never gets to say yes.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,10 +25,11 @@ import structlog
 from agent.channel import UpdateRefused
 from agent.config import AgentConfig
 from agent.crash import crash_point
-from agent.health import HealthProbe, gate
+from agent.health_gate import GateProbe, NvmlGate, Snapshot, judge
 from agent.installers import activate, installer_for, rollback
 from agent.journal import TERMINAL, Journal, load_journal, save_journal
 from agent.kernel_hold import hold_after_commit
+from agent.measure import event_for, measure
 from agent.runner import run_command
 from agent.slots import SlotContent, Slots
 from agent.spool import clear_spool, has_request, verify_spool
@@ -42,6 +46,7 @@ class ApplyResult:
     outcome: str  # nothing, committed, rolled-back, refused, deferred
     reason: str
     active_slot: str | None
+    measured: str | None = None  # the driver measurement's failure, if any
 
 
 class GpuActivity(Protocol):
@@ -106,20 +111,41 @@ class Drain:
             self.sleep(min(self.poll_s, left))
 
 
+def make_gate(config: AgentConfig) -> GateProbe:
+    if config.health_backend == "simulated":
+        from agent.simulated import SimulatedGate
+
+        return SimulatedGate(config.node_id, Slots(config.slots_dir), config.simulated)
+    return NvmlGate()
+
+
 class Applier:
-    def __init__(self, config: AgentConfig, probe: HealthProbe, drain: Drain) -> None:
+    def __init__(self, config: AgentConfig, gate: GateProbe, drain: Drain) -> None:
         self.config = config
         self.settings = config.applier
-        self.probe = probe
+        self.gate = gate
         self.drain = drain
         self.slots = Slots(config.slots_dir)
-        self.path = config.applier_dir / "journal.json"
+        self.path = config.journal_file
         self.log = log.bind(node=config.node_id)
+        self._measure_error: str | None = None
+
+    def _own_folders(self) -> None:
+        """The slots and the journal are root's alone: the agent can read which
+        driver runs, never choose it."""
+        for folder in (self.config.applier_dir, self.config.slots_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(folder, 0, 0)
+            folder.chmod(0o755)
 
     def run(self) -> ApplyResult:
         """Resume from the journal and drive the update to a state it can stop in."""
-        self.config.slots_dir.mkdir(parents=True, exist_ok=True)
+        self._own_folders()
         journal = load_journal(self.path)
+        if journal.state in TERMINAL | {"staged"}:
+            # The active slot is a confirmed one: after a reboot, measure it again.
+            self._measure()
         if journal.state in TERMINAL | {"staged"} and has_request(self.config.spool_dir):
             # A new request; a newer one also replaces an update still waiting to drain.
             journal = self._stage(journal)
@@ -210,7 +236,9 @@ class Applier:
             )
             self.log.warning("update_deferred", reason=reason, slot=journal.slot)
             return self._save(journal.to("staged", reason=reason))
-        return self._save(journal.to("switching"))
+        # What "no new errors since the switch" compares with, kept across a crash.
+        baseline = self.gate.look(xid_window_s=None).baseline()
+        return self._save(journal.to("switching", baseline=baseline))
 
     def _verify(self, journal: Journal) -> Journal:
         if journal.boots > self.settings.max_boots:
@@ -224,29 +252,75 @@ class Applier:
             )
         expected = content.manifest.driver_version
         crash_point("gate:before")
-        reasons = gate(self.probe.probe(), expected)
+        after = self.gate.look(xid_window_s=self.settings.xid_window_s)
+        crash_point("gate:looked")
+        before = None if journal.baseline is None else Snapshot.from_baseline(journal.baseline)
+        reasons = judge(before, after, expected)
+        if not reasons and self.settings.smoke_test:
+            reasons = self._smoke_test()
+        crash_point("gate:smoke-tested")
         if reasons:
-            reason = f"driver {expected} failed health: {reasons[0]}"
-            return self._save(journal.to("rolling-back", reason=reason))
+            self.log.error("health_gate_failed", driver=expected, reasons=reasons[:3])
+            reason = f"driver {expected} failed health: {'; '.join(reasons[:3])}"
+            return self._save(journal.to("rolling-back", reason=reason[:1024]))
         crash_point("gate:passed")
         journal = self._save(journal.to("committed", reason=f"driver {expected} is healthy"))
         self.log.info("update_committed", slot=journal.slot, driver=expected)
         hold_after_commit(self.config)
+        self._measure()
         if self.settings.post_commit:
             run_command(self.settings.post_commit, self.settings.hook_timeout_s)
         crash_point("commit:hook-done")
         return journal
 
+    def _smoke_test(self) -> list[str]:
+        """The operator's own check of the new driver (a CUDA sample, say)."""
+        ran = run_command(self.settings.smoke_test, self.settings.smoke_test_timeout_s)
+        if ran.returncode == 0:
+            return []
+        status = (
+            f"timed out after {self.settings.smoke_test_timeout_s}s"
+            if ran.returncode is None
+            else f"exit status {ran.returncode}"
+        )
+        last = (ran.stdout + ran.stderr).strip().splitlines()[-1:] or [""]
+        return [f"smoke test {ran.argv[0]} failed ({status}){': ' + last[0] if last[0] else ''}"]
+
+    def _measure(self) -> None:
+        """Extend the driver PCR with the active bundle, once per boot and commit.
+
+        A failure never undoes or blocks an update: it is logged and returned in
+        the result, and the server shows the node's reports as unattested.
+        """
+        attest = self.config.attestation
+        content = self.slots.content(self.slots.active())
+        if attest is None or content is None:
+            return
+        from agent.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
+
+        event = event_for(
+            attest.driver_pcr,
+            content.target_path,
+            content.sha256,
+            content.manifest.driver_version,
+        )
+        try:
+            with Attestor(attest, self.config.state_dir) as attestor:
+                measure(attestor, self.config.measurement_log, event)
+        except GpuwardError as exc:  # MeasurementError, or the TPM's AttestationError
+            self._measure_error = str(exc)
+            self.log.error("driver_not_measured", reason=str(exc), bundle=content.target_path)
+
     def _result(self, journal: Journal, outcome: str) -> ApplyResult:
-        return ApplyResult(journal.state, outcome, journal.reason, self.slots.active())
+        return ApplyResult(
+            journal.state, outcome, journal.reason, self.slots.active(), self._measure_error
+        )
 
 
 def apply_once(config: AgentConfig) -> ApplyResult:
-    from agent.daemon import make_probe
-
     drain = Drain(
         make_activity(config),
         max_wait_s=config.applier.drain_max_wait_s,
         poll_s=config.applier.drain_poll_s,
     )
-    return Applier(config, make_probe(config), drain).run()
+    return Applier(config, make_gate(config), drain).run()

@@ -23,6 +23,10 @@ from fleet.rollout import POOL
 from fleet.schema import Reader
 
 HEALTH_BACKENDS = frozenset({"nvml", "simulated"})
+# "applier": the agent only stages verified bundles in the spool and the root
+# applier (gpuward-apply.service) installs them; "inline": the agent switches
+# slots itself, for the demo and tests of whole simulated hosts in a temp folder.
+APPLIER_MODES = frozenset({"applier", "inline"})
 _VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
 _CUDA = re.compile(r"\d{1,2}\.\d{1,2}")
 
@@ -41,12 +45,18 @@ class SimulatedGpus:
 class ApplierSettings:
     """The privileged applier's limits and the operator's hook commands (argv lists)."""
 
+    mode: str = "applier"
     max_boots: int = 3  # starts in "verifying" without a commit before rolling back
     drain_max_wait_s: int = 3600  # then the update is deferred
     drain_poll_s: int = 10
     hook_timeout_s: int = 300
     pre_drain: tuple[str, ...] = ()  # e.g. kubectl cordon NODE
     post_commit: tuple[str, ...] = ()  # e.g. kubectl uncordon NODE
+    # The health gate after the switch: how long to watch for XIDs, and an
+    # operator's test of the new driver (e.g. a CUDA sample) that must exit 0.
+    xid_window_s: int = 30
+    smoke_test: tuple[str, ...] = ()
+    smoke_test_timeout_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,8 @@ class AgentConfig:
 
     @property
     def slots_dir(self) -> Path:
-        return self.state_dir / "slots"
+        """The A/B slots: root's, so the agent can never write the driver that runs."""
+        return self.applier_dir / "slots"
 
     @property
     def state_file(self) -> Path:
@@ -110,8 +121,22 @@ class AgentConfig:
 
     @property
     def applier_dir(self) -> Path:
-        """The applier's journal and work files; only root writes here."""
-        return self.state_dir / "applier"
+        """The applier's journal, slots, measurement log and work files.
+
+        Not under ``state_dir``: the agent owns that folder, so it could rename a
+        root-owned entry away and put its own in its place (and systemd chowns a
+        StateDirectory= recursively to the agent's user).
+        """
+        return self.root_dir / "var/lib/gpuward-applier"
+
+    @property
+    def journal_file(self) -> Path:
+        return self.applier_dir / "journal.json"
+
+    @property
+    def measurement_log(self) -> Path:
+        """The applier's log of driver measurements since boot (``agent.measure``)."""
+        return self.applier_dir / "measurements.jsonl"
 
     @property
     def key_file(self) -> Path:
@@ -237,23 +262,28 @@ def _applier(doc: object) -> ApplierSettings:
         "agent config [applier]",
         allowed=frozenset(
             {
+                "mode",
                 "max_boots",
                 "drain_max_wait_s",
                 "drain_poll_s",
                 "hook_timeout_s",
                 "pre_drain",
                 "post_commit",
+                "xid_window_s",
+                "smoke_test",
+                "smoke_test_timeout_s",
             }
         ),
     )
     default = ApplierSettings()
     hooks = {}
-    for name in ("pre_drain", "post_commit"):
+    for name in ("pre_drain", "post_commit", "smoke_test"):
         argv = r.items(name, max_items=64, default=[])
         if not all(isinstance(arg, str) for arg in argv):
             raise GpuwardError(f"agent config [applier] {name}: give an argv list of strings")
         hooks[name] = tuple(argv)
     return ApplierSettings(
+        mode=r.text("mode", choices=APPLIER_MODES, default=default.mode),
         max_boots=r.integer("max_boots", minimum=1, maximum=100, default=default.max_boots),
         drain_max_wait_s=r.integer(
             "drain_max_wait_s", maximum=7 * 86_400, default=default.drain_max_wait_s
@@ -266,6 +296,11 @@ def _applier(doc: object) -> ApplierSettings:
         ),
         pre_drain=hooks["pre_drain"],
         post_commit=hooks["post_commit"],
+        xid_window_s=r.integer("xid_window_s", maximum=3600, default=default.xid_window_s),
+        smoke_test=hooks["smoke_test"],
+        smoke_test_timeout_s=r.integer(
+            "smoke_test_timeout_s", minimum=1, maximum=86_400, default=default.smoke_test_timeout_s
+        ),
     )
 
 

@@ -34,9 +34,13 @@ COMMIT_PATH = (
     "journal:verifying:before",
     "journal:verifying:after",
     "gate:before",
+    "gate:looked",
+    "gate:smoke-tested",
     "gate:passed",
     "journal:committed:before",
     "journal:committed:after",
+    "measure:extended",  # these two only where the node attests ([attestation])
+    "measure:logged",
     "commit:hook-done",
 )
 # Reached only when the health gate says no.

@@ -1,8 +1,13 @@
-"""One agent cycle: refresh, choose, stage, switch, gate, commit or roll back, report.
+"""One agent cycle: refresh, choose, verify, hand over or install, report.
 
-Each step that changes the node is journaled before it happens, so a crash at
-any point resumes to a consistent slot: a switch without a verdict is gated
-again on the next start; a stage without a switch is simply staged again.
+With ``[applier] mode = "applier"`` (the packaged default) the agent never
+touches the slots: it leaves the verified bundle in the spool, the root applier
+(``agent.apply``) installs it, and a later cycle reports what the applier's
+journal says happened, once. With ``"inline"`` (the demo, whole simulated
+hosts in tests) the cycle stages, switches, gates and commits itself; each
+step is journaled before it happens, so a crash at any point resumes to a
+consistent slot: a switch without a verdict is gated again on the next start; a
+stage without a switch is simply staged again.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from agent.firewall.nft import Nft
 from agent.firewall.state import UnitResult
 from agent.health import HealthProbe, ProbeResult, assess, post_switch_check
 from agent.identity import NotEnrolled
+from agent.journal import TERMINAL, Journal, load_journal
 from agent.kernel_hold import load_hold_record
 from agent.reporter import post_report
 from agent.slots import SlotContent, Slots
+from agent.spool import has_request, write_spool
 from agent.state import AgentState, PendingSwitch, load_state, save_state
 from agent.unpack import BadBundle, unpack_bundle
 from fleet.attestation import AttestationError
@@ -52,6 +59,18 @@ class CycleResult:
 
 
 CAP_NET_ADMIN = 12
+# The applier journal's final states, as the report names them.
+APPLIER_OUTCOMES = {"committed": "committed", "rolled-back": "rolled-back", "failed": "refused"}
+
+
+def _journal_key(path: Path, journal: Journal) -> str:
+    """Tells one outcome of the applier from the next, even one that ends the same way:
+    every transition rewrites the journal."""
+    try:
+        written = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        written = 0
+    return f"{journal.state}@{written}"
 
 
 def can_admin_network() -> bool:
@@ -96,12 +115,18 @@ class Cycle:
         self._before_switch: ProbeResult | None = None
         self._switched_at: float | None = None
 
+    @property
+    def inline(self) -> bool:
+        return self.config.applier.mode == "inline"
+
     def run(self) -> CycleResult:
-        self.config.slots_dir.mkdir(parents=True, exist_ok=True)
         state = load_state(self.config.state_file)
-        if state.pending is not None:
+        if not self.inline:
+            state, outcome = self._handed_off(state)
+        elif state.pending is not None:
             state, outcome = self._resume(state, state.pending)
         else:
+            self.config.slots_dir.mkdir(parents=True, exist_ok=True)
             state, outcome = self._update(state)
         save_state(self.config.state_file, state)
         firewall = self.firewall.cycle() if self.firewall else None
@@ -140,6 +165,13 @@ class Cycle:
                 )
             bundle = channel.fetch(candidate.info)
             self.log.info("bundle_verified", target=candidate.target_path, sha256=candidate.sha256)
+            if not self.inline:
+                write_spool(self.config.spool_dir, candidate.info, bundle)
+                self.log.info("bundle_handed_off", target=candidate.target_path)
+                handoff = replace(state.handoff, sha256=candidate.sha256, release_counter=counter)
+                return replace(state, handoff=handoff), Outcome(
+                    "staged", f"{candidate.target_path} is verified and spooled for the applier"
+                )
             slot = self.slots.inactive()
             unpack_bundle(bundle, candidate.manifest, self.slots.scratch(slot))
         except (UpdateRefused, BadBundle) as exc:
@@ -164,6 +196,31 @@ class Cycle:
         self.slots.switch(slot)
         self.log.info("slot_switched", slot=slot, previous=pending.previous)
         return self._verify(state, pending)
+
+    def _handed_off(self, state: AgentState) -> tuple[AgentState, Outcome]:
+        """Applier mode: report what the applier did, once; else look for an update.
+
+        Nothing new is spooled while the applier has one in hand, so each
+        outcome it reaches is reported before the next update starts.
+        """
+        journal = load_journal(self.config.journal_file)
+        news = _journal_key(self.config.journal_file, journal)
+        if journal.state in APPLIER_OUTCOMES and news != state.handoff.reported:
+            outcome = Outcome(APPLIER_OUTCOMES[journal.state], f"applier: {journal.reason}")
+            state = replace(state, handoff=replace(state.handoff, reported=news))
+            if journal.state == "rolled-back" and journal.sha256:
+                state = state.with_rejected(journal.sha256)
+            if journal.state == "committed" and journal.sha256 == state.handoff.sha256:
+                counter = max(state.release_counter, state.handoff.release_counter)
+                state = replace(state, release_counter=counter)
+            self.log.info("applier_outcome", state=journal.state, reason=journal.reason)
+            return state, outcome
+        if has_request(self.config.spool_dir):
+            return state, Outcome("staged", "spooled; waiting for the applier to take it")
+        if journal.state not in TERMINAL:
+            why = f" ({journal.reason})" if journal.reason else ""
+            return state, Outcome("staged", f"applier: {journal.state} {journal.target_path}{why}")
+        return self._update(state)
 
     def _directed(
         self, image: ImageChannel, state: AgentState

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from agent.crash import crash_point
 from fleet.errors import GpuwardError
@@ -42,6 +43,8 @@ class Journal:
     previous: str | None = None  # the slot that ran before it (None: nothing did)
     boots: int = 0  # starts in "verifying" without a commit
     reason: str = ""
+    # The health gate's look at the GPUs just before the switch (agent.health_gate).
+    baseline: dict[str, Any] | None = None
 
     def to(self, state: str, **changes: object) -> Journal:
         if state not in STATES:
@@ -67,5 +70,6 @@ def load_journal(path: Path) -> Journal:
 def save_journal(path: Path, journal: Journal) -> None:
     crash_point(f"journal:{journal.state}:before")
     doc = {"schema": SCHEMA_VERSION, **asdict(journal)}
-    atomic_write(path, json.dumps(doc, indent=2).encode() + b"\n", mode=0o600)
+    # Readable by all: the unprivileged agent reports the applier's progress from it.
+    atomic_write(path, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
     crash_point(f"journal:{journal.state}:after")

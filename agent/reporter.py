@@ -6,7 +6,8 @@ dropped; the next cycle sends a fresh one, which supersedes it.
 
 With an ``[attestation]`` table the report is attested: the TPM quotes a fresh
 server challenge bound to the report (``server.report_attestation``). The
-event log goes along only when the server does not already hold this one.
+event log goes along only when the server does not already hold this one; the
+applier's driver measurement log always does.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from agent.attest.config import AttestConfig
 from agent.channel import ChannelUnavailable
 from agent.config import AgentConfig
 from agent.identity import load_key, signed_request
-from fleet.attestation import AttestedReport, Challenge
+from fleet.attestation import MAX_DRIVER_LOG_BYTES, AttestedReport, Challenge
 from fleet.errors import InvalidDocument
 from fleet.report import HealthReport
+from keys.storage import read_bounded
 
 
 def post_report(config: AgentConfig, report: HealthReport) -> None:
@@ -59,8 +61,14 @@ def _attest(
         known = doc["event_log_sha256"]
     except (ValueError, KeyError, TypeError, InvalidDocument) as exc:
         raise ChannelUnavailable(f"the server's challenge is malformed: {exc}") from None
+    # The root applier's measurement log explains the driver PCR (agent.measure).
+    driver_log = None
+    if config.measurement_log.exists():
+        driver_log = read_bounded(
+            config.measurement_log, MAX_DRIVER_LOG_BYTES, "driver measurement log"
+        )
     with Attestor(attest, config.state_dir) as attestor:
-        attested = attestor.attest_report(report, challenge)
+        attested = attestor.attest_report(report, challenge, driver_log)
     if attested.evidence.event_log_sha256 == known:
         return AttestedReport(report, attested.evidence.without_log())
     return attested

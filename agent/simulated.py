@@ -7,12 +7,17 @@ make every GPU report an XID, so rollback can be shown without hardware.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from agent.config import SimulatedGpus
 from agent.health import ProbeResult
+from agent.health_gate import GpuState, Snapshot
 from agent.slots import Slots
+from fleet.gpu import XidEvent
 from fleet.report import GpuHealth
+
+UNHEALTHY_XID = 79  # GPU has fallen off the bus
 
 
 class SimulatedProbe:
@@ -26,7 +31,7 @@ class SimulatedProbe:
         driver = content.manifest.driver_version if content else None
         problems: tuple[str, ...] = ()
         if driver in self._gpus.unhealthy_drivers:
-            problems = ("XID 79: GPU has fallen off the bus (simulated)",)
+            problems = (f"XID {UNHEALTHY_XID}: GPU has fallen off the bus (simulated)",)
         gpus = tuple(
             GpuHealth(
                 index=i,
@@ -39,3 +44,19 @@ class SimulatedProbe:
             for i in range(self._gpus.count)
         )
         return ProbeResult(driver_version=driver, gpus=gpus)
+
+
+class SimulatedGate:
+    """The applier's health gate on simulated GPUs: an unhealthy driver raises XID 79."""
+
+    def __init__(self, node_id: str, slots: Slots, gpus: SimulatedGpus) -> None:
+        self._probe = SimulatedProbe(node_id, slots, gpus)
+        self._gpus = gpus
+
+    def look(self, xid_window_s: float | None) -> Snapshot:
+        seen = self._probe.probe()
+        states = tuple(GpuState(g.index, g.uuid, 0) for g in seen.gpus)
+        xids: tuple[XidEvent, ...] = ()
+        if xid_window_s is not None and seen.driver_version in self._gpus.unhealthy_drivers:
+            xids = tuple(XidEvent(time.time(), g.index, g.uuid, UNHEALTHY_XID) for g in seen.gpus)
+        return Snapshot(seen.driver_version, states, xids)

@@ -100,7 +100,13 @@ def verify_spool(config: AgentConfig, work: Path) -> Verified:
         # A private copy: ngclient writes its cache, and root must not write
         # into a folder the agent owns.
         metadata = Path(scratch) / "metadata"
-        shutil.copytree(config.metadata_dir, metadata)
+        try:
+            shutil.copytree(config.metadata_dir, metadata)
+        except (OSError, shutil.Error) as exc:
+            raise UpdateRefused(
+                f"the agent's cached metadata {config.metadata_dir} cannot be copied ({exc}); "
+                "run `gpuward agent run --once` so the agent refreshes it, then apply again"
+            ) from None
         channel = TufChannel(
             "image",
             config.trusted_root,

@@ -9,7 +9,7 @@ already broke its GPUs. Written atomically on every change.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,21 @@ class PendingSwitch:
 
 
 @dataclass(frozen=True)
+class Handoff:
+    """A bundle left in the spool for the applier (``[applier] mode = "applier"``)."""
+
+    sha256: str
+    release_counter: int = 0
+    # The applier journal's last outcome already reported, so it is reported once.
+    reported: str = ""
+
+
+@dataclass(frozen=True)
 class AgentState:
     pending: PendingSwitch | None = None
     rejected: frozenset[str] = field(default_factory=frozenset)  # bundle sha256s
     release_counter: int = 0  # the director's counter of the last bundle committed
+    handoff: Handoff = Handoff("")
 
     def with_pending(self, pending: PendingSwitch | None) -> AgentState:
         return replace(self, pending=pending)
@@ -55,6 +66,7 @@ class AgentState:
             },
             "rejected": sorted(self.rejected),
             "release_counter": self.release_counter,
+            "handoff": asdict(self.handoff),
         }
 
 
@@ -75,6 +87,7 @@ def load_state(path: Path) -> AgentState:
         pending=None if pending is None else PendingSwitch(**pending),
         rejected=frozenset(doc.get("rejected", [])),
         release_counter=int(doc.get("release_counter", 0)),
+        handoff=Handoff(**doc.get("handoff", {"sha256": ""})),
     )
 
 

@@ -43,6 +43,7 @@ NONCE_BYTES = 32  # server challenges; SHA-256 sized, as TPM2B_DATA of a SHA-256
 MAX_CERT_BYTES = 8 * 1024
 MAX_TPM_BLOB_BYTES = 2 * 1024  # TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE, credentials
 MAX_NAME_BYTES = 2 + 64  # nameAlg + the largest digest
+MAX_DRIVER_LOG_BYTES = 64 * 1024  # the applier's measurement log (fleet.driverlog)
 
 # Bank name (as fleet.eventlog names them) -> TPM_ALG_ID and digest size.
 BANKS: Mapping[str, tuple[int, int]] = {
@@ -309,6 +310,8 @@ class AttestationEvidence:
     quote signs only their digest, so the server recomputes it from these values.
     ``event_log`` is the firmware log as read on the node; a node may leave it out
     and send only ``event_log_sha256`` when the server already holds that log.
+    ``driver_log`` is the applier's measurement log (``fleet.driverlog``), small,
+    so always sent whole: it explains the driver PCR.
     """
 
     nonce: bytes
@@ -318,6 +321,7 @@ class AttestationEvidence:
     pcrs: Mapping[str, Mapping[int, bytes]]
     event_log: bytes | None = None
     event_log_sha256: str | None = None
+    driver_log: bytes | None = None
 
     def __post_init__(self) -> None:
         expected = {bank: set(pcrs) for bank, pcrs in self.selection.banks}
@@ -354,6 +358,7 @@ class AttestationEvidence:
             },
             "event_log": None if self.event_log is None else encode_bytes(self.event_log),
             "event_log_sha256": self.event_log_sha256,
+            "driver_log": None if self.driver_log is None else encode_bytes(self.driver_log),
         }
 
     @classmethod
@@ -371,6 +376,7 @@ class AttestationEvidence:
                     "pcrs",
                     "event_log",
                     "event_log_sha256",
+                    "driver_log",
                 }
             ),
         )
@@ -379,6 +385,9 @@ class AttestationEvidence:
         log = None
         if r.raw("event_log") is not None:
             log = read_bytes(r, "event_log", max_bytes=MAX_LOG_BYTES)
+        driver_log = None
+        if cast(Mapping[str, Any], doc).get("driver_log") is not None:  # Reader checked doc
+            driver_log = read_bytes(r, "driver_log", max_bytes=MAX_DRIVER_LOG_BYTES)
         return cls(
             nonce=read_bytes(r, "nonce", max_bytes=NONCE_BYTES, exact=NONCE_BYTES),
             quote=read_bytes(r, "quote", max_bytes=MAX_TPM_BLOB_BYTES),
@@ -387,6 +396,7 @@ class AttestationEvidence:
             pcrs=_pcr_values(r.raw("pcrs"), f"{where}.pcrs"),
             event_log=log,
             event_log_sha256=r.nullable_text("event_log_sha256", pattern=_SHA256_HEX),
+            driver_log=driver_log,
         )
 
 

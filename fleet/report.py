@@ -35,6 +35,7 @@ MAX_XIDS = 64  # per report: an XID storm is summed up by its first ones
 UPDATE_OUTCOMES = frozenset(
     {
         "up-to-date",  # nothing newer to install
+        "staged",  # a verified bundle waits for the root applier, or is being applied
         "committed",  # a new bundle was installed and passed the health gate
         "rolled-back",  # a new bundle failed the health gate; the old slot runs again
         "refused",  # metadata or bundle failed verification; nothing was touched

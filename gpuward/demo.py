@@ -18,7 +18,7 @@ from typing import Any
 
 import urllib3
 
-from agent.config import AgentConfig, SimulatedGpus
+from agent.config import AgentConfig, ApplierSettings, SimulatedGpus
 from agent.daemon import run_once
 from agent.identity import enroll
 from gpuward.cli.output import table
@@ -136,6 +136,8 @@ def _agent_config(base: Path, repo: ImageRepository, url: str, node: str) -> Age
         health_backend="simulated",
         simulated=SimulatedGpus(count=8, unhealthy_drivers=unhealthy),
         enrollment_token_file=base / "enrollment-token",
+        # The demo's hosts are folders: the agent plays the root applier's part too.
+        applier=ApplierSettings(mode="inline"),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.driverlog import DEFAULT_DRIVER_PCR
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -32,8 +34,10 @@ class ServerConfig:
     # it keeps strangers from making the server do TPM work; the TPM, not the
     # token, vouches for the node.
     tpm_enrollment_token: str | None = None
-    # The least PCR selection a node's quotes must cover.
+    # The least PCR selection a node's quotes must cover; the driver PCR (the
+    # applier's measurements, fleet.driverlog) is always added to it.
     required_pcrs: str = "sha256:0-9"
+    driver_pcr: int = DEFAULT_DRIVER_PCR
     # Measured-boot policies (gpuward policy from-eventlog): one for every pool,
     # and per pool, (pool, file) pairs that take precedence.
     boot_policy: Path | None = None

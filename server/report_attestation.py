@@ -8,6 +8,11 @@ node's AK) refuses the report; evidence that verifies is stored with the
 report as its ``Verdict``: whether the boot its event log records passes the
 measured-boot policy of the node's pool, and every reason it does not.
 
+The driver PCR (15 by default) is explained by the applier's measurement log,
+sent whole with every report: it must replay to the quoted value or the
+report is refused, and its last event names the driver bundle that is active,
+which the verdict records and checks against the bundle the report claims.
+
 The event log is large; the node sends it only when the digest the challenge
 answer names (the log the server last verified for it) differs from its own,
 and otherwise only the digest. Challenges and verified logs live in the store,
@@ -25,6 +30,7 @@ from typing import Any
 import structlog
 
 from fleet.attestation import AttestedReport, PcrSelection
+from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, DriverEvent, active_bundle
 from fleet.errors import GpuwardError, InvalidDocument
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrolledNode as TpmNode
@@ -88,6 +94,7 @@ class Verdict:
     policy: str | None  # the policy that judged the boot; None: not judged
     reasons: tuple[str, ...]  # why it did not pass
     secure_boot: bool | None = None  # as the verified log measured it; None: not measured
+    driver: DriverEvent | None = None  # the bundle the driver PCR proves active
 
     def to_json(self) -> str:
         return json.dumps(
@@ -98,6 +105,9 @@ class Verdict:
                 "policy": self.policy,
                 "reasons": list(self.reasons),
                 "secure_boot": self.secure_boot,
+                "driver": None
+                if self.driver is None
+                else {**self.driver.measured(), "measured_at": self.driver.measured_at},
             },
             sort_keys=True,
         )
@@ -112,9 +122,14 @@ class ReportAttestation:
         required: PcrSelection,
         store: Store,
         policies: BootPolicies | None = None,
+        driver_pcr: int = DEFAULT_DRIVER_PCR,
     ) -> None:
         self._challenges = challenges
-        self._verifier = QuoteVerifier(challenges, required)
+        self._driver_pcr = driver_pcr
+        # Every quote must cover the driver PCR, or the active driver is unproven.
+        banks = {bank: set(pcrs) for bank, pcrs in required.banks}
+        banks.setdefault(BANK, set()).add(driver_pcr)
+        self._verifier = QuoteVerifier(challenges, PcrSelection.of(banks))
         self._store = store
         self._policies = policies or BootPolicies()
 
@@ -128,7 +143,8 @@ class ReportAttestation:
     async def verify(self, node: EnrolledNode, attested: AttestedReport) -> Verdict:
         """Check ``attested`` against the node's stored AK record.
 
-        Raises ``AttestationError`` or ``EventLogError`` when the evidence fails.
+        Raises ``AttestationError`` or ``EventLogError`` when the evidence fails,
+        ``DriverLogError`` when the driver log does not replay to the quote.
         """
         if node.tpm is None:
             raise GpuwardError(f"node {node.node_id} has no enrolled TPM")
@@ -142,6 +158,17 @@ class ReportAttestation:
         verdict = await self._verifier.verify_report(
             tpm, attested, known_log=known, policy=None if chosen is None else chosen[1]
         )
+        evidence = attested.evidence
+        driver = active_bundle(
+            evidence.driver_log, self._driver_pcr, evidence.pcrs[BANK][self._driver_pcr]
+        )
+        claimed = attested.report.bundle
+        wrong_driver: tuple[str, ...] = ()
+        if driver is not None and claimed != driver.target_path:
+            wrong_driver = (
+                f"the report names bundle {claimed or 'none'}, but the TPM shows "
+                f"{driver.target_path} ({driver.sha256[:12]}) active",
+            )
         reasons: tuple[str, ...] = ()
         if verdict.log is None:
             reasons = ("no event log: the boot is unexplained; the node must send its log",)
@@ -153,12 +180,13 @@ class ReportAttestation:
         if reasons:
             log.warning("boot_not_attested", node=node.node_id, reasons=list(reasons))
         return Verdict(
-            passed=verdict.passed,
+            passed=verdict.passed and not wrong_driver,
             reset_count=verdict.quote.reset_count,
             event_log_sha256=None if verdict.log is None else verdict.log.sha256,
             policy=None if chosen is None or verdict.log is None else chosen[0],
-            reasons=reasons,
+            reasons=reasons + wrong_driver,
             secure_boot=None
             if verdict.log is None
             else secure_boot(verdict.log.log, verdict.log.verified),
+            driver=driver,
         )

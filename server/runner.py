@@ -81,7 +81,7 @@ def _tpm(
     required = PcrSelection.parse(config.required_pcrs)
     return (
         TpmEnrollment(trust, challenges, required, clock),
-        ReportAttestation(challenges, required, store, policies),
+        ReportAttestation(challenges, required, store, policies, config.driver_pcr),
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from agent.config import AgentConfig, DirectorSettings, SimulatedGpus
+from agent.config import AgentConfig, ApplierSettings, DirectorSettings, SimulatedGpus
 from agent.identity import enroll
 from keys.bundle import build_bundle
 from keys.director_repo import DirectorRepository
@@ -134,13 +134,28 @@ class Site:
     def enrollment_token_file(self) -> Path:
         return self.base / "enrollment-token"
 
-    def agent_toml(self, folder: Path, server_url: str | None = None, extra: str = "") -> Path:
-        """An agent config file for a simulated host living under ``folder``."""
+    def agent_toml(
+        self,
+        folder: Path,
+        server_url: str | None = None,
+        extra: str = "",
+        *,
+        mode: str = "inline",
+        health_backend: str = "simulated",
+    ) -> Path:
+        """An agent config file for a host living under ``folder``.
+
+        ``mode`` is the ``[applier]`` mode: by default the whole simulated host
+        runs in the agent's cycle; ``"applier"`` hands bundles to
+        ``gpuward agent apply``, as a packaged node does.
+        """
         path = folder / "agent.toml"
+        table = f'[applier]\nmode = "{mode}"\n'
+        extra = extra.replace("[applier]\n", table) if "[applier]\n" in extra else extra + table
         path.write_text(
             f'node_id = "n1"\nserver_url = "{server_url or self.url}"\n'
             f'trusted_root = "{self.base / "trusted-root.json"}"\nbranch = "R580"\n'
-            f'root_dir = "{folder / "host"}"\nhealth_backend = "simulated"\n'
+            f'root_dir = "{folder / "host"}"\nhealth_backend = "{health_backend}"\n'
             f'enrollment_token_file = "{self.enrollment_token_file}"\n{extra}'
         )
         return path
@@ -170,6 +185,7 @@ class Site:
             simulated=SimulatedGpus(count=2, name=GPU_NAME, unhealthy_drivers=unhealthy),
             director=DirectorSettings(self.base / "director-root.json") if directed else None,
             enrollment_token_file=self.enrollment_token_file,
+            applier=ApplierSettings(mode="inline"),
         )
         if enrolled and not config.key_file.exists():
             enroll(config)

@@ -63,8 +63,10 @@ from tpm2_pytss.types import (
     TPM2B_ID_OBJECT,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
+    TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
     TPMS_ATTEST,
+    TPMT_HA,
     TPMT_SIG_SCHEME,
     TPMT_SYM_DEF,
 )
@@ -254,8 +256,14 @@ class Attestor:
 
     # Quotes.
 
-    def quote(self, challenge: bytes, bound_digest: bytes) -> AttestationEvidence:
-        """Quote the configured PCRs over ``SHA-256(challenge || bound_digest)``."""
+    def quote(
+        self, challenge: bytes, bound_digest: bytes, driver_log: bytes | None = None
+    ) -> AttestationEvidence:
+        """Quote the configured PCRs over ``SHA-256(challenge || bound_digest)``.
+
+        ``driver_log`` (the applier's measurement log) travels with the quote to
+        explain the driver PCR; the quote itself binds it through that PCR.
+        """
         selection = self.config.selection
         qualifying = quote_qualifying_data(challenge, bound_digest)
         tpml = TPML_PCR_SELECTION.parse(selection.text())
@@ -286,6 +294,7 @@ class Attestor:
             selection=selection,
             pcrs=pcrs,
             event_log=self.read_event_log(),
+            driver_log=driver_log,
         )
 
     def _read_pcrs(self, selection: PcrSelection) -> dict[str, dict[int, bytes]]:
@@ -307,6 +316,19 @@ class Attestor:
                 bank_values.update(zip(chunk, (bytes(d) for d in digests), strict=True))
         return values
 
+    def read_pcr(self, pcr: int) -> bytes:
+        """One sha256 PCR's value."""
+        return self._read_pcrs(PcrSelection.of({"sha256": (pcr,)}))["sha256"][pcr]
+
+    def extend_pcr(self, pcr: int, digest: bytes) -> None:
+        """Extend one sha256 PCR with ``digest`` (the applier measuring a driver)."""
+        value = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+        value.digest.sha256 = digest
+        try:
+            self._esapi.pcr_extend(ESYS_TR.parse(f"pcr{pcr}"), TPML_DIGEST_VALUES([value]))
+        except TSS2_Exception as exc:
+            raise _tpm_error(f"extending PCR {pcr}", exc) from None
+
     def read_event_log(self) -> bytes | None:
         """The firmware's event log, or None on a host without one."""
         try:
@@ -317,8 +339,12 @@ class Attestor:
             log.warning("attest.no_event_log", path=str(self.config.event_log))
             return None
 
-    def attest_report(self, report: HealthReport, challenge: Challenge) -> AttestedReport:
-        return AttestedReport(report, self.quote(challenge.nonce, report_digest(report)))
+    def attest_report(
+        self, report: HealthReport, challenge: Challenge, driver_log: bytes | None = None
+    ) -> AttestedReport:
+        return AttestedReport(
+            report, self.quote(challenge.nonce, report_digest(report), driver_log)
+        )
 
     def certify_session_key(
         self, node_id: str, challenge: Challenge

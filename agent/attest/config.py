@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.attestation import PcrSelection
+from fleet.driverlog import DEFAULT_DRIVER_PCR, RESERVED_PCRS
 from fleet.errors import GpuwardError
 from fleet.schema import Reader
 
@@ -24,7 +25,6 @@ KNOWN_EK_TYPES = frozenset(DEFAULT_EK_TYPES)
 # TCG "Provisioning Guidance": 0x81010000-0x8101FFFF are for endorsement keys;
 # tpm2-tools' examples keep the AK at 0x81010002.
 DEFAULT_AK_HANDLE = 0x81010002
-DEFAULT_DRIVER_PCR = 14
 DEFAULT_BOOT_PCRS = tuple(range(10))
 DEFAULT_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 _TCTI = re.compile(r"(device|swtpm|mssim|tabrmd):[A-Za-z0-9_./=,:-]{0,200}")
@@ -60,10 +60,15 @@ class AttestConfig:
             raise GpuwardError(
                 f"attestation: ek_types must be some of {', '.join(DEFAULT_EK_TYPES)}"
             )
-        if not any(self.driver_pcr in pcrs for _, pcrs in self.selection.banks):
+        if self.driver_pcr in RESERVED_PCRS:
+            raise GpuwardError(
+                f"attestation: driver_pcr {self.driver_pcr} is measured by firmware, the "
+                f"boot loader, IMA or shim; use {DEFAULT_DRIVER_PCR} (or another of 11-23)"
+            )
+        if self.driver_pcr not in dict(self.selection.banks).get("sha256", ()):
             raise GpuwardError(
                 f"attestation: the PCR selection {self.selection.text()} leaves out the "
-                f"driver PCR {self.driver_pcr}; add it"
+                f"driver PCR sha256:{self.driver_pcr}; add it"
             )
 
     @classmethod

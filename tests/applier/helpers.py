@@ -10,13 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.apply import apply_once
+from agent.attest.attestor import Attestor
 from agent.channel import ImageChannel
 from agent.config import AgentConfig, load_config
 from agent.crash import CRASH_ENV
+from agent.measure import read_log
 from agent.slots import Slots
 from agent.spool import write_spool
+from fleet.driverlog import DriverEvent
 from fleet.manifest import PAYLOAD_DIR
 from keys.bundle import sha256_file
+from tests.attest.conftest import Tpm
 from tests.conftest import GPU_NAME, Site
 
 OLD, NEW = "580.65.06", "580.82.07"
@@ -33,7 +37,7 @@ class Node:
 
     @property
     def journal_file(self) -> Path:
-        return self.config.applier_dir / "journal.json"
+        return self.config.journal_file
 
     def spool_newest(self) -> str:
         """The unprivileged agent's part: refresh, verify, download, leave it in the spool."""
@@ -84,18 +88,34 @@ class Node:
             assert sha256_file(self.slots.path(slot) / PAYLOAD_DIR / file.name) == file.sha256
 
 
-def node_with(site: Site, folder: Path, extra: str = "") -> tuple[Node, str]:
+def node_with(site: Site, folder: Path, extra: str = "", tables: str = "") -> tuple[Node, str]:
     """A node running ``OLD`` (installed through the applier) with ``NEW`` published.
 
-    ``extra`` (TOML under ``[simulated]``) takes effect after ``OLD`` is installed.
+    ``extra`` (TOML under ``[simulated]``) takes effect after ``OLD`` is installed;
+    ``tables`` (more TOML tables, e.g. ``[attestation]``) from the start.
     """
     folder.mkdir(parents=True)
-    toml = site.agent_toml(folder, extra=f'[simulated]\ncount = 2\nname = "{GPU_NAME}"\n')
+    simulated = f'{tables}[simulated]\ncount = 2\nname = "{GPU_NAME}"\n'
+    toml = site.agent_toml(folder, extra=simulated, mode="applier")
     site.publish(OLD)
     installing = Node(toml, load_config(toml))
     old = installing.spool_newest()
     assert apply_once(installing.config).outcome == "committed"
     assert installing.slots.active() == "a"
-    toml.write_text(toml.read_text() + extra)
+    site.agent_toml(folder, extra=simulated + extra, mode="applier")
     site.publish(NEW)
     return Node(toml, load_config(toml)), old
+
+
+def attested(tpm: Tpm) -> str:
+    """The ``[attestation]`` table of a node whose applier measures into ``tpm``."""
+    return f'[attestation]\ntcti = "{tpm.tcti}"\nevent_log = "{tpm.state / "no-log"}"\n'
+
+
+def measured(node: Node) -> tuple[tuple[DriverEvent, ...], bytes]:
+    """The applier's measurement log and the driver PCR's value now."""
+    attest = node.config.attestation
+    assert attest is not None
+    with Attestor(attest, node.config.state_dir) as attestor:
+        value = attestor.read_pcr(attest.driver_pcr)
+    return read_log(node.config.measurement_log), value

@@ -14,7 +14,9 @@ import pytest
 from agent.crash import CRASH_POINTS, REFUSAL_PATH, ROLLBACK_PATH
 from agent.journal import load_journal
 from agent.spool import BUNDLE, has_request
-from tests.applier.helpers import NEW, node_with
+from fleet.driverlog import replay
+from tests.applier.helpers import NEW, attested, measured, node_with
+from tests.attest.conftest import Tpm
 from tests.conftest import Site
 
 
@@ -25,11 +27,13 @@ def test_the_crash_points_cover_every_step() -> None:
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_sigkill_then_restart_ends_on_one_complete_slot(
-    site: Site, tmp_path: Path, point: str
+    site: Site, tmp_path: Path, point: str, tpm: Tpm
 ) -> None:
+    """Every node measures its driver into a TPM, so the measuring steps are
+    covered too; after each restart the measurement log still replays to the PCR."""
     rollback, refused = point in ROLLBACK_PATH, point in REFUSAL_PATH
     extra = f'unhealthy_drivers = ["{NEW}"]\n' if rollback else ""
-    node, old = node_with(site, tmp_path / "node", extra)
+    node, old = node_with(site, tmp_path / "node", extra, tables=attested(tpm))
     new = node.spool_newest()
     if refused:
         bundle = node.config.spool_dir / BUNDLE
@@ -49,6 +53,9 @@ def test_sigkill_then_restart_ends_on_one_complete_slot(
     else:
         assert (journal.state, journal.slot, node.slots.active()) == ("committed", "b", "b")
         node.assert_complete("b", new)
+    events, pcr = measured(node)
+    assert replay(events, 15) == pcr
+    assert events[-1].sha256 == (old if rollback or refused else new)
     node.assert_complete("a", old)
     assert node.files("a") == running  # the running slot was never written
     assert not has_request(node.config.spool_dir)

@@ -208,7 +208,7 @@ def enroll(attestor: Attestor, enrollment: EnrollmentVerifier, node_id: str = "n
 
 @pytest.fixture
 def verifier(challenges: Challenges) -> QuoteVerifier:
-    return QuoteVerifier(challenges, PcrSelection.parse("sha256:0-9,14"))
+    return QuoteVerifier(challenges, PcrSelection.parse("sha256:0-9,15"))
 
 
 @pytest.fixture

@@ -46,9 +46,10 @@ def startup_locality(path: Path) -> int:
 
 
 def log_selection(path: Path) -> PcrSelection:
-    """Every bank of the log, PCRs 0-9, 14 and systemd-boot's command line PCR 12."""
+    """Every bank of the log: PCRs 0-9, systemd-boot's command line (12), shim's
+    MOK lists (14) and the driver (15)."""
     banks = parse(path.read_bytes()).digest_sizes
-    return PcrSelection.of({bank: [*range(10), 12, 14] for bank in banks})
+    return PcrSelection.of({bank: [*range(10), 12, 14, 15] for bank in banks})
 
 
 def test_every_reference_log_is_found() -> None:
