@@ -67,18 +67,22 @@ class NvmlActivity:
     def compute_processes(self) -> int:
         import pynvml
 
-        pynvml.nvmlInit()
+        from agent.nvml import NvmlUnavailable, nvml_session
+
         try:
-            return sum(
-                len(
-                    pynvml.nvmlDeviceGetComputeRunningProcesses(
-                        pynvml.nvmlDeviceGetHandleByIndex(i)
+            with nvml_session():
+                return sum(
+                    len(
+                        pynvml.nvmlDeviceGetComputeRunningProcesses(
+                            pynvml.nvmlDeviceGetHandleByIndex(i)
+                        )
                     )
+                    for i in range(pynvml.nvmlDeviceGetCount())
                 )
-                for i in range(pynvml.nvmlDeviceGetCount())
-            )
-        finally:
-            pynvml.nvmlShutdown()
+        except NvmlUnavailable as exc:
+            # No usable driver (a first install, say): nothing can compute on the GPUs.
+            log.warning("drain_without_nvml", reason=str(exc))
+            return 0
 
 
 def make_activity(config: AgentConfig) -> GpuActivity:

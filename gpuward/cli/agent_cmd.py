@@ -95,9 +95,11 @@ def _apply(args: argparse.Namespace) -> int:
             "outcome": result.outcome,
             "reason": result.reason,
             "active_slot": result.active_slot,
+            "measured": result.measured,
         },
         f"{config.node_id}: {result.outcome} (journal {result.state}"
-        f"{': ' + result.reason if result.reason else ''}); slot {result.active_slot or '-'}",
+        f"{': ' + result.reason if result.reason else ''}); slot {result.active_slot or '-'}"
+        + (f"\ndriver NOT measured: {result.measured}" if result.measured else ""),
     )
     return 3 if result.outcome in ("refused", "rolled-back") else 0
 

@@ -1,0 +1,264 @@
+"""The measured driver: the applier extends PCR 15 with each committed bundle and
+logs it; the server replays the log against the quoted PCR and records which
+bundle is active, and refuses a log that does not replay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.attest.attestor import Attestor
+from agent.config import AgentConfig, load_config
+from agent.daemon import run_once
+from agent.identity import enroll
+from fleet.attestation import PcrSelection, canonical_json
+from fleet.driverlog import ZERO, DriverLogError, encode, parse, replay
+from fleet.eventlog import parse as parse_event_log
+from server.attestation.challenges import Challenges
+from server.attestation.enrollment import EnrollmentVerifier
+from server.attestation.verifier import REPORT
+from server.report_attestation import ReportAttestation, Verdict
+from tests.applier.helpers import NEW, OLD, Node, attested, measured, node_with
+from tests.attest.conftest import LOCAL_CA, Tpm, extend_log
+from tests.attest.conftest import enroll as enroll_tpm
+from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
+from tests.conftest import Site, make_site
+
+PCR = 15
+
+
+def _reboot(tpm: Tpm) -> None:
+    """What a reboot does to the TPM: TPM_Init, then TPM2_Startup(CLEAR) zeroes the PCRs."""
+    subprocess.run(
+        ["swtpm_ioctl", "--tcp", f"127.0.0.1:{tpm.port + 1}", "-i"], check=True, capture_output=True
+    )
+    subprocess.run(
+        ["tpm2_startup", "-c"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TPM2TOOLS_TCTI": tpm.tcti},
+    )
+
+
+def test_each_commit_extends_the_driver_pcr_and_the_log_explains_it(
+    site: Site, tmp_path: Path, tpm: Tpm
+) -> None:
+    node, old = node_with(site, tmp_path / "node", tables=attested(tpm))
+    events, pcr = measured(node)
+    assert [e.sha256 for e in events] == [old] and pcr == replay(events, PCR) != ZERO
+
+    new = node.spool_newest()
+    assert node.outcome() == "committed"
+
+    events, pcr = measured(node)
+    assert [(e.sha256, e.driver_version) for e in events] == [(old, OLD), (new, NEW)]
+    # Computed here from first principles: each event's digest is SHA-256 of
+    # the canonical JSON of what it measures, extended in order from zero.
+    value = ZERO
+    for event in events:
+        digest = hashlib.sha256(canonical_json(event.measured())).digest()
+        value = hashlib.sha256(value + digest).digest()
+    assert pcr == value
+    # A further start measures nothing twice.
+    assert node.outcome() == "nothing"
+    assert measured(node) == (events, pcr)
+
+
+def test_a_rolled_back_bundle_is_never_measured(site: Site, tmp_path: Path, tpm: Tpm) -> None:
+    node, old = node_with(
+        site, tmp_path / "node", f'unhealthy_drivers = ["{NEW}"]\n', tables=attested(tpm)
+    )
+    before = measured(node)
+    node.spool_newest()
+    assert node.outcome() == "rolled-back"
+    assert measured(node) == before and before[0][-1].sha256 == old
+
+
+def test_after_a_reboot_the_active_bundle_is_measured_into_a_fresh_log(
+    site: Site, tmp_path: Path, tpm: Tpm
+) -> None:
+    node, _ = node_with(site, tmp_path / "node", tables=attested(tpm))
+    new = node.spool_newest()
+    assert node.outcome() == "committed"
+
+    _reboot(tpm)
+    assert measured(node)[1] == ZERO
+    assert node.outcome() == "nothing"  # the applier's start at boot
+
+    events, pcr = measured(node)
+    assert [e.sha256 for e in events] == [new] and pcr == replay(events, PCR)
+
+
+def test_a_pcr_extended_outside_the_log_is_reported_not_papered_over(
+    site: Site, tmp_path: Path, tpm: Tpm
+) -> None:
+    node, _ = node_with(site, tmp_path / "node", tables=attested(tpm))
+    assert node.config.attestation is not None
+    with Attestor(node.config.attestation, node.config.state_dir) as attestor:
+        attestor.extend_pcr(PCR, hashlib.sha256(b"someone else's measurement").digest())
+    node.spool_newest()
+
+    done = node.apply()
+
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "committed"  # measuring never blocks an update
+    assert "does not explain" in result["measured"] and "driver_pcr" in result["measured"]
+
+
+# The server's side.
+
+
+def _firmware_log() -> Path:
+    """A reference log swtpm can reproduce (not started at locality 3), with sha256."""
+    for path in LOGS:
+        banks = parse_event_log(path.read_bytes()).digest_sizes
+        if startup_locality(path) != 3 and "sha256" in banks:
+            return path
+    raise AssertionError(f"no usable event log in {LOGS}")
+
+
+@pytest.fixture
+def tpm_site(_template_repo: Path, tmp_path: Path) -> Iterator[Site]:
+    """A server that enrolls TPMs with swtpm's CA."""
+    base = tmp_path / "site"
+    base.mkdir()
+    yield from make_site(_template_repo, base, str(base / "server.db"), ek_ca=(LOCAL_CA,))
+
+
+def _attested_node(site: Site, tpm: Tpm, folder: Path) -> tuple[Node, AgentConfig]:
+    folder.mkdir()
+    firmware = _firmware_log()
+    extend_log(tpm, firmware)
+    tables = f'[attestation]\ntcti = "{tpm.tcti}"\nevent_log = "{firmware}"\n'
+    toml = site.agent_toml(folder, extra=tables, mode="applier")
+    config = load_config(toml)
+    assert enroll(config)["attestation"] == "tpm2"
+    return Node(toml, config), config
+
+
+def test_the_server_records_the_active_bundle_from_the_replayed_log(
+    tpm_site: Site, tpm: Tpm, tmp_path: Path
+) -> None:
+    node, config = _attested_node(tpm_site, tpm, tmp_path / "node")
+    published = tpm_site.publish(OLD)
+
+    assert run_once(config).outcome.update == "staged"
+    before = tpm_site.fleet()["n1"]["report_attestation"]
+    assert before["passed"] is True and before["driver"] is None  # nothing measured yet
+
+    assert node.outcome() == "committed"
+    assert run_once(config).outcome.update == "committed"
+
+    shown = tpm_site.fleet()["n1"]
+    verdict = shown["report_attestation"]
+    assert verdict["passed"] is True and verdict["reasons"] == []
+    assert verdict["driver"]["target_path"] == published.target_path
+    assert verdict["driver"]["sha256"] == published.sha256
+    assert verdict["driver"]["driver_version"] == OLD
+    assert shown["report"]["bundle"] == published.target_path
+
+
+# Attacks on the log, against real quotes of swtpm.
+
+
+@pytest.fixture
+def measured_node(
+    site: Site,
+    tmp_path: Path,
+    tpm: Tpm,
+    challenges: Challenges,
+    enrollment: EnrollmentVerifier,
+) -> Iterator[tuple[Attestor, str, Node]]:
+    """A node whose applier measured OLD then NEW, enrolled with the verifier."""
+    node, _ = node_with(site, tmp_path / "node", tables=attested(tpm))
+    node.spool_newest()
+    assert node.outcome() == "committed"
+    firmware = _firmware_log()
+    extend_log(tpm, firmware)
+    with Attestor(tpm.config(event_log=firmware), tmp_path / "agent-state") as attestor:
+        record = json.dumps(enroll_tpm(attestor, enrollment).to_dict())
+        yield attestor, record, node
+
+
+def _verify(
+    challenges: Challenges,
+    measured_node: tuple[Attestor, str, Node],
+    log: bytes | None,
+    bundle: str | None = None,
+) -> Verdict:
+    attestor, record, node = measured_node
+    active = node.slots.content(node.slots.active())
+    assert active is not None
+    report = dataclasses.replace(make_report(), bundle=bundle or active.target_path)
+    evidence = attestor.attest_report(report, challenges.issue("n1", REPORT), log)
+    # The driver PCR is required whatever the operator's selection leaves out.
+    verifier = ReportAttestation(challenges, PcrSelection.parse("sha256:0-9"))
+    return verifier.verify(record, evidence)
+
+
+def test_the_honest_log_names_the_active_bundle(
+    challenges: Challenges, measured_node: tuple[Attestor, str, Node]
+) -> None:
+    log = measured_node[2].config.measurement_log.read_bytes()
+    verdict = _verify(challenges, measured_node, log)
+    assert verdict.passed is True and verdict.reasons == ()
+    assert verdict.driver is not None and verdict.driver.driver_version == NEW
+
+
+def _lines(measured_node: tuple[Attestor, str, Node]) -> list[bytes]:
+    return measured_node[2].config.measurement_log.read_bytes().splitlines(keepends=True)
+
+
+def _edited_digest(lines: list[bytes]) -> bytes:
+    doc = json.loads(lines[-1])
+    doc["digest"] = hashlib.sha256(b"a driver I would like to have").hexdigest()
+    return lines[0] + json.dumps(doc).encode() + b"\n"
+
+
+def _other_bundle(lines: list[bytes]) -> bytes:
+    """A consistent event (digest recomputed) for a bundle the PCR never saw."""
+    (first, last) = parse(b"".join(lines))
+    claimed = dataclasses.replace(last, target_path="R580/580.99.99.bundle", sha256="ab" * 32)
+    return encode((first, claimed))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        pytest.param(lambda lines: lines[1], "does not replay", id="first-event-removed"),
+        pytest.param(lambda lines: lines[0], "does not replay", id="last-event-removed"),
+        pytest.param(lambda lines: b"".join(lines) * 2, "does not replay", id="events-repeated"),
+        pytest.param(_edited_digest, "digest is not the SHA-256", id="digest-edited"),
+        pytest.param(_other_bundle, "does not replay", id="claims-another-bundle"),
+        pytest.param(lambda lines: b"", "does not replay", id="log-left-out"),
+        pytest.param(lambda lines: b"{not json\n", "not JSON", id="garbage"),
+    ],
+)
+def test_a_log_that_does_not_prove_the_pcr_is_refused(
+    challenges: Challenges,
+    measured_node: tuple[Attestor, str, Node],
+    tamper: object,
+    message: str,
+) -> None:
+    assert callable(tamper)
+    log = tamper(_lines(measured_node))
+    with pytest.raises(DriverLogError, match=message):
+        _verify(challenges, measured_node, log or None)
+
+
+def test_a_report_naming_another_bundle_than_the_pcr_is_not_attested(
+    challenges: Challenges, measured_node: tuple[Attestor, str, Node]
+) -> None:
+    log = measured_node[2].config.measurement_log.read_bytes()
+    verdict = _verify(challenges, measured_node, log, bundle="R580/580.99.99.bundle")
+    assert verdict.passed is False
+    (reason,) = verdict.reasons
+    assert "names bundle R580/580.99.99.bundle" in reason and "TPM shows" in reason
