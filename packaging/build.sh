@@ -57,8 +57,8 @@ render() { # package enable-units all-units restart-units user state-dirs purge-
             -e "s|@PURGE_FILES@|$7|g" "$repo/packaging/scripts/$phase.in" >"$STAGE/scripts/$1/$phase"
     done
 }
-render gpuward-agent "gpuward-agent.service gpuward-apply.path" \
-    "gpuward-agent.service gpuward-apply.path gpuward-apply.service gpuward-firewall.timer gpuward-firewall.service" \
+render gpuward-agent "gpuward-agent.service gpuward-apply.path gpuward-apply.timer" \
+    "gpuward-agent.service gpuward-apply.path gpuward-apply.timer gpuward-apply.service gpuward-firewall.timer gpuward-firewall.service" \
     gpuward-agent.service gpuward /var/lib/gpuward /etc/gpuward/root.json
 render gpuward-server gpuward-server.service gpuward-server.service gpuward-server.service \
     gpuward-server /var/lib/gpuward-server ""

@@ -49,7 +49,9 @@ def log_selection(path: Path) -> PcrSelection:
     """Every bank of the log: PCRs 0-9, systemd-boot's command line (12), shim's
     MOK lists (14) and the driver (15)."""
     banks = parse(path.read_bytes()).digest_sizes
-    return PcrSelection.of({bank: [*range(10), 12, 14, 15] for bank in banks})
+    selection = {bank: [*range(10), 12, 14, 15] for bank in banks}
+    selection.setdefault("sha256", [15])  # the driver's log extends sha256 whatever the firmware's
+    return PcrSelection.of(selection)
 
 
 def test_every_reference_log_is_found() -> None:
@@ -84,7 +86,7 @@ def test_replayed_log_quoted_and_verified(
     expected = replay(parse(log_path.read_bytes()))
     quoted = dict(selection.banks)
     for bank, pcrs in verdict.log.verified.items():
-        assert pcrs == expected[bank].keys() & set(quoted[bank])
+        assert pcrs == expected.get(bank, {}).keys() & set(quoted[bank])
         for pcr in pcrs:
             assert received.evidence.pcrs[bank][pcr] == expected[bank][pcr]
 

@@ -22,7 +22,7 @@ from server.attestation.tpm import (
 )
 from tests.attest.conftest import start_swtpm
 
-SELECTION = PcrSelection.parse("sha1:0-7+sha256:0-9,14+sha384:0,23")
+SELECTION = PcrSelection.parse("sha1:0-7+sha256:0-9,14,15+sha384:0,23")
 
 
 @pytest.fixture(scope="module")

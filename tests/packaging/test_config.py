@@ -9,6 +9,7 @@ firewall), with the defaults the code has.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 import tomllib
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def test_example_settings_are_valid_and_match_the_defaults(tmp_path: Path) -> No
     assert config.root_dir == Path("/")
     assert config.interval_s == AgentConfig.interval_s
     assert config.health_backend == AgentConfig.health_backend
+    # The packaged mode is the default: the agent hands bundles to the root applier.
+    assert replace(config.applier, smoke_test=()) == AgentConfig.applier
+    assert config.applier.mode == "applier"
     policy = FirewallPolicy.from_dict(tomllib.loads(uncommented.read_text())["firewall"])
     assert policy.mode == "host"
     assert policy.state_file == FirewallPolicy.state_file

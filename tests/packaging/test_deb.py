@@ -77,6 +77,9 @@ def test_agent_installs_runs_removes_and_purges(chroot: Chroot, built: Built) ->
     assert passwd[5:] == ["/var/lib/gpuward", "/usr/sbin/nologin\n"]
     after = tree(chroot)
     assert after["/var/lib/gpuward/spool"] == "d 750 gpuward:gpuward"
+    # The slots and the applier's journal are root's, outside the agent's folder.
+    assert after["/var/lib/gpuward-applier"] == "d 755 root:root"
+    assert after["/var/lib/gpuward-applier/slots"] == "d 755 root:root"
     assert after["/etc/gpuward/agent.toml"] == "f 640 root:gpuward"
     assert after["/usr/bin/gpuward"].startswith("l ")
     # Enabled, and nothing started: the chroot has no init, and the package
@@ -85,6 +88,7 @@ def test_agent_installs_runs_removes_and_purges(chroot: Chroot, built: Built) ->
     assert wants == {
         "/etc/systemd/system/multi-user.target.wants/gpuward-agent.service",
         "/etc/systemd/system/paths.target.wants/gpuward-apply.path",
+        "/etc/systemd/system/timers.target.wants/gpuward-apply.timer",
     }
 
     # The service account reads a simulated-GPU config and judges health.
@@ -133,6 +137,7 @@ def test_units_verify_where_installed(chroot: Chroot, built: Built) -> None:
         "gpuward-agent.service",
         "gpuward-apply.path",
         "gpuward-apply.service",
+        "gpuward-apply.timer",
         "gpuward-firewall.service",
         "gpuward-firewall.timer",
         "gpuward-server.service",

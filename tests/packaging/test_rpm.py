@@ -41,6 +41,7 @@ def test_contents(built: Built) -> None:
         "/usr/lib/systemd/system/gpuward-agent.service",
         "/usr/lib/systemd/system/gpuward-apply.path",
         "/usr/lib/systemd/system/gpuward-apply.service",
+        "/usr/lib/systemd/system/gpuward-apply.timer",
         "/usr/lib/systemd/system/gpuward-firewall.service",
         "/usr/lib/systemd/system/gpuward-firewall.timer",
         "/usr/lib/sysusers.d/gpuward-agent.conf",
@@ -73,7 +74,7 @@ def test_scripts(built: Built) -> None:
     post, preun, postun = sections[1:]
     assert "systemd-sysusers gpuward-agent.conf" in post
     assert "systemd-tmpfiles --create gpuward-agent.conf" in post
-    assert "systemctl enable gpuward-agent.service gpuward-apply.path" in post
+    assert "systemctl enable gpuward-agent.service gpuward-apply.path gpuward-apply.timer" in post
     assert "systemctl start" not in scripts  # enabled, never started by the package
     assert "systemctl --no-reload disable gpuward-agent.service" in preun
     assert "rm -rf /var/lib/gpuward" in postun  # only under dpkg's purge, which rpm never passes

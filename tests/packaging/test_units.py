@@ -68,7 +68,7 @@ def test_each_exposure_the_applier_keeps_is_justified() -> None:
     assert unjustified == []
 
 
-def test_the_applier_has_no_network_and_only_the_path_unit_starts_it() -> None:
+def test_the_applier_has_no_network_and_only_its_path_unit_and_timer_start_it() -> None:
     applier = (UNITS / "gpuward-apply.service").read_text()
     assert "\nPrivateNetwork=yes\n" in applier
     assert "\nUser=" not in applier  # root, on purpose (the firewall unit too: its own test)
@@ -76,6 +76,17 @@ def test_the_applier_has_no_network_and_only_the_path_unit_starts_it() -> None:
     path = (UNITS / "gpuward-apply.path").read_text()
     assert "\nDirectoryNotEmpty=/var/lib/gpuward/spool\n" in path
     assert "\nUnit=gpuward-apply.service\n" in path
+    # At every boot: the boot counter counts starts, and the driver is measured again.
+    timer = (UNITS / "gpuward-apply.timer").read_text()
+    assert "\nOnBootSec=" in timer and "\nWantedBy=timers.target\n" in timer
+
+
+def test_the_agent_cannot_write_the_slots() -> None:
+    """The slots live outside the agent's StateDirectory, created root-owned."""
+    agent = (UNITS / "gpuward-agent.service").read_text()
+    assert "\nStateDirectory=gpuward\n" in agent and "\nProtectSystem=strict\n" in agent
+    tmpfiles = (UNITS / "gpuward-agent.tmpfiles").read_text()
+    assert "\nd /var/lib/gpuward-applier/slots 0755 root root -\n" in tmpfiles
 
 
 def test_units_verify(tmp_path: Path) -> None:
