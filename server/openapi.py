@@ -151,7 +151,9 @@ SCHEMAS: dict[str, Any] = {
             "report_attestation": {
                 "type": ["object", "null"],
                 "description": "the latest report's TPM verdict: passed, reset_count, "
-                "event_log_sha256, reasons, secure_boot; null when it was not attested",
+                "event_log_sha256, reasons, secure_boot, and driver (the bundle the driver "
+                "PCR proves active, or null when none was measured since boot); null when "
+                "the report was not attested",
             },
             "history": {"type": "array", "items": {"type": "object"}},
         },

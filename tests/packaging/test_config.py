@@ -9,8 +9,8 @@ firewall), with the defaults the code has.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
