@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.attest.attestor import Attestor
 from agent.crash import crash_point
 from fleet.attestation import MAX_DRIVER_LOG_BYTES
 from fleet.driverlog import DriverEvent, DriverLogError, encode, extend, parse, replay
 from fleet.errors import GpuwardError, InvalidDocument
 from keys.storage import atomic_write, read_bounded
+
+if TYPE_CHECKING:  # tpm2-pytss: imported only on hosts that attest
+    from agent.attest.attestor import Attestor
 
 log = structlog.get_logger(__name__)
 
