@@ -59,7 +59,7 @@ render() { # package enable-units all-units restart-units user state-dirs purge-
 }
 render gpuward-agent "gpuward-agent.service gpuward-apply.path gpuward-apply.timer" \
     "gpuward-agent.service gpuward-apply.path gpuward-apply.timer gpuward-apply.service gpuward-firewall.timer gpuward-firewall.service" \
-    gpuward-agent.service gpuward /var/lib/gpuward /etc/gpuward/root.json
+    gpuward-agent.service gpuward "/var/lib/gpuward /var/lib/gpuward-applier" /etc/gpuward/root.json
 render gpuward-server gpuward-server.service gpuward-server.service gpuward-server.service \
     gpuward-server /var/lib/gpuward-server ""
 
