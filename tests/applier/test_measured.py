@@ -26,11 +26,14 @@ from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrollmentVerifier
 from server.attestation.verifier import REPORT
 from server.report_attestation import ReportAttestation, Verdict
+from server.store import EnrolledNode as StoredNode
+from server.store import Store
 from tests.applier.helpers import NEW, OLD, Node, attested, measured, node_with
 from tests.attest.conftest import LOCAL_CA, Tpm, extend_log
 from tests.attest.conftest import enroll as enroll_tpm
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
 from tests.conftest import Site, make_site
+from tests.store.test_store import run
 
 PCR = 15
 
@@ -194,14 +197,20 @@ def _verify(
     log: bytes | None,
     bundle: str | None = None,
 ) -> Verdict:
+    """The server's verdict on a report quoted now, sent with ``log``."""
     attestor, record, node = measured_node
     active = node.slots.content(node.slots.active())
     assert active is not None
     report = dataclasses.replace(make_report(), bundle=bundle or active.target_path)
-    evidence = attestor.attest_report(report, challenges.issue("n1", REPORT), log)
-    # The driver PCR is required whatever the operator's selection leaves out.
-    verifier = ReportAttestation(challenges, PcrSelection.parse("sha256:0-9"))
-    return verifier.verify(record, evidence)
+    enrolled = StoredNode("n1", b"k" * 32, "default", True, "tpm2", 1_000, record)
+
+    async def verify(store: Store) -> Verdict:
+        evidence = attestor.attest_report(report, await challenges.issue("n1", REPORT), log)
+        # The driver PCR is required whatever the operator's selection leaves out.
+        verifier = ReportAttestation(challenges, PcrSelection.parse("sha256:0-9"), store)
+        return await verifier.verify(enrolled, evidence)
+
+    return run(str(node.config.state_dir.parent / "server.db"), verify)
 
 
 def test_the_honest_log_names_the_active_bundle(
