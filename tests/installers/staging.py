@@ -38,4 +38,4 @@ def stage(slots: Slots, slot: str, bundle: BundleManifest, files: dict[str, byte
 
 def recorded_node(root: Path, answers: dict[str, str] | None = None) -> tuple[NodeRoot, Recorder]:
     recorder = Recorder(answers)
-    return NodeRoot(root, Slots(root / "var/lib/gpuward/slots"), recorder), recorder
+    return NodeRoot(root, Slots(root / "var/lib/gpuward-applier/slots"), recorder), recorder

@@ -94,7 +94,7 @@ def installed_old(chroot: Chroot, site: Site, tmp_path: Path, unhealthy: str = "
     assert (
         chroot.path(f"/{SOURCE}")
         .read_text()
-        .endswith("deb [trusted=yes] file:/var/lib/gpuward/slots/a/payload ./\n")
+        .endswith("deb [trusted=yes] file:/var/lib/gpuward-applier/slots/a/payload ./\n")
     )
     publish_bundle(site, NEW_535, tmp_path)
     return node_in(site, tmp_path / "node", chroot.root, unhealthy)
@@ -120,7 +120,7 @@ def test_install_update_hold_and_roll_back(chroot: Chroot, site: Site, tmp_path:
 
     # The hold is what keeps it there: with the newer packages in apt's view, an
     # upgrade moves everything else but not the driver.
-    newer = "deb [trusted=yes] file:/var/lib/gpuward/slots/b/payload ./\n"
+    newer = "deb [trusted=yes] file:/var/lib/gpuward-applier/slots/b/payload ./\n"
     chroot.path("/etc/apt/sources.list").write_text(newer)
     chroot.run("apt-get", "update")
     assert NEW_535 in chroot.run("apt-cache", "policy", "nvidia-smi").stdout

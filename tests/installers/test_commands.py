@@ -31,7 +31,7 @@ def rpm_listing(version: str) -> str:
 
 
 def rpm_query(slot: str) -> list[str]:
-    paths = [f"/var/lib/gpuward/slots/{slot}/payload/{name}" for name in RPMS]
+    paths = [f"/var/lib/gpuward-applier/slots/{slot}/payload/{name}" for name in RPMS]
     return ["rpm", "-qp", "--qf", RPM_QUERY, *paths]
 
 
@@ -66,7 +66,7 @@ def test_dnf_installs_exact_versions_version_locked_and_rolls_back(tmp_path: Pat
     assert (tmp_path / REPO_FILE).read_text() == (
         "# Written by gpuward: the driver bundle in slot b.\n"
         "[gpuward-driver]\nname=gpuward driver bundle (slot b)\n"
-        "baseurl=file:///var/lib/gpuward/slots/b/payload\nenabled=1\ngpgcheck=0\n"
+        "baseurl=file:///var/lib/gpuward-applier/slots/b/payload\nenabled=1\ngpgcheck=0\n"
         "metadata_expire=0\n"
     )
     assert node.slots.active() == "b"
@@ -111,7 +111,7 @@ def test_runfile_records_the_uninstall_and_rolls_back_through_it(tmp_path: Path)
 
     runfile.activate("b")
 
-    path = f"/var/lib/gpuward/slots/b/payload/NVIDIA-Linux-x86_64-{NEW}.run"
+    path = f"/var/lib/gpuward-applier/slots/b/payload/NVIDIA-Linux-x86_64-{NEW}.run"
     assert recorder.calls == [
         ["sh", path, "--silent", "--kernel-module-build-directory=kernel-open"]
     ]
@@ -127,7 +127,7 @@ def test_runfile_records_the_uninstall_and_rolls_back_through_it(tmp_path: Path)
         ["nvidia-installer", "--uninstall", "--silent"],
         [
             "sh",
-            f"/var/lib/gpuward/slots/a/payload/NVIDIA-Linux-x86_64-{OLD}.run",
+            f"/var/lib/gpuward-applier/slots/a/payload/NVIDIA-Linux-x86_64-{OLD}.run",
             "--silent",
             "--kernel-module-build-directory=kernel-open",
         ],

@@ -26,7 +26,7 @@ from tests.debian_nonfree import NEW_535, OLD_535, fetch_debs
 from tests.installers.debs import DRIVER_VERSION
 from tests.installers.staging import KERNEL, manifest, recorded_node, stage
 
-LIB = "var/lib/gpuward/slots/active/payload/lib"
+LIB = "var/lib/gpuward-applier/slots/active/payload/lib"
 
 
 def real_nvml(debian_version: str, work: Path) -> Path:
@@ -149,7 +149,7 @@ def test_modules_are_unloaded_before_the_flip_and_loaded_after(tmp_path: Path) -
     assert recorder.calls == [unload, ["depmod", "-b", str(root), KERNEL], load]
     assert node.slots.active() == "b"
     link = root / "lib/modules" / KERNEL / "updates/gpuward"
-    active = "var/lib/gpuward/slots/active/payload"
+    active = "var/lib/gpuward-applier/slots/active/payload"
     assert str(link.readlink()) == f"../../../../{active}/modules/{KERNEL}"
 
     recorder.calls.clear()
