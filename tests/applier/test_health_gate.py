@@ -20,7 +20,7 @@ from agent.journal import load_journal
 from fleet.manifest import PAYLOAD_DIR
 from tests.applier.helpers import NEW, OLD, Node
 from tests.conftest import Site
-from tests.nvml.conftest import h100_host
+from tests.nvml.fakelib import h100_host
 
 FAKE_LIB = "libnvidia-ml.so.1"  # the payload file the bundle builder writes
 HEALTHY = h100_host(gpus=2, driver=NEW)
