@@ -21,6 +21,7 @@ from server.limits import RateLimiter, retry_after
 from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
 from server.operators import allows, check_token
 from server.report_attestation import ReportAttestation
+from server.reportlog import ReportTally
 from server.rollout.engine import RolloutEngine
 from server.store import EnrolledNode, OperatorToken, Store
 from server.tpm_enrollment import TpmEnrollment
@@ -53,6 +54,7 @@ class Services:
     # Both set when the server enrolls TPMs (--ek-ca), sharing one challenge store.
     tpm: TpmEnrollment | None = None
     reports: ReportAttestation | None = None
+    tally: ReportTally = field(default_factory=ReportTally)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

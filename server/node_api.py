@@ -191,7 +191,7 @@ async def post_report(request: web.Request) -> web.Response:
     )
     if not stored:
         raise ApiError(401, "replayed request (nonce already used)")
-    log.info(
+    log.debug(
         "report_received",
         node=report.node_id,
         update=report.update,
@@ -199,6 +199,7 @@ async def post_report(request: web.Request) -> web.Response:
         healthy=report.healthy,
         attested=None if verdict is None else verdict.passed,
     )
+    s.tally.count(s.clock(), report.healthy, None if verdict is None else verdict.passed)
     return web.json_response({"accepted": True}, status=202)
 
 

@@ -16,12 +16,16 @@ which the verdict records and checks against the bundle the report claims.
 The event log is large; the node sends it only when the digest the challenge
 answer names (the log the server last verified for it) differs from its own,
 and otherwise only the digest. Challenges and verified logs live in the store,
-so a node may ask one replica for a challenge and report to another.
+so a node may ask one replica for a challenge and report to another. Each
+process also keeps the logs it verified, parsed and replayed, by digest: nodes
+that boot alike share one, so in the steady state a report naming its log by
+digest costs neither reading the log from the store nor replaying it.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +39,7 @@ from fleet.errors import GpuwardError, InvalidDocument
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.attestation.policy import BootPolicy, secure_boot
-from server.attestation.verifier import REPORT, QuoteVerifier
+from server.attestation.verifier import REPORT, QuoteVerifier, ReplayedLog
 from server.store import EnrolledNode, Store
 
 log = structlog.get_logger(__name__)
@@ -45,6 +49,8 @@ log = structlog.get_logger(__name__)
 # what anyone may make the server read; logs beyond it cannot be attested.
 MAX_ATTESTED_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_POLICY = "default"
+# Distinct replayed logs kept per process: one per firmware and boot chain.
+MAX_REPLAYED_LOGS = 1024
 
 
 def load_policy(path: Path) -> BootPolicy:
@@ -132,6 +138,7 @@ class ReportAttestation:
         self._verifier = QuoteVerifier(challenges, PcrSelection.of(banks))
         self._store = store
         self._policies = policies or BootPolicies()
+        self._replayed: OrderedDict[str, ReplayedLog] = OrderedDict()  # by sha256, LRU
 
     async def challenge(self, node_id: str) -> dict[str, Any]:
         """Raises ``ChallengesFull`` when too many report challenges are pending."""
@@ -150,8 +157,8 @@ class ReportAttestation:
             raise GpuwardError(f"node {node.node_id} has no enrolled TPM")
         tpm = TpmNode.from_dict(json.loads(node.tpm))
         sent = attested.evidence.event_log
-        known = None
-        if sent is None:
+        known: bytes | ReplayedLog | None = self._replayed_log(attested.evidence.event_log_sha256)
+        if known is None and sent is None:
             kept = await self._store.event_log(node.node_id)
             known = None if kept is None else kept[1]
         chosen = self._policies.for_pool(node.pool)
@@ -175,6 +182,7 @@ class ReportAttestation:
         else:
             if sent is not None:
                 await self._store.keep_event_log(node.node_id, verdict.log.sha256, sent)
+            self._remember(verdict.log.replayed)
             if verdict.policy is not None:
                 reasons = verdict.policy.reasons
         if reasons:
@@ -190,3 +198,16 @@ class ReportAttestation:
             else secure_boot(verdict.log.log, verdict.log.verified),
             driver=driver,
         )
+
+    def _replayed_log(self, sha256: str | None) -> ReplayedLog | None:
+        """A log this process replayed before; the same bytes whichever node sent it."""
+        found = None if sha256 is None else self._replayed.get(sha256)
+        if found is not None:
+            self._replayed.move_to_end(found.sha256)
+        return found
+
+    def _remember(self, log: ReplayedLog) -> None:
+        self._replayed[log.sha256] = log
+        self._replayed.move_to_end(log.sha256)
+        while len(self._replayed) > MAX_REPLAYED_LOGS:
+            self._replayed.popitem(last=False)

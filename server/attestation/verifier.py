@@ -4,9 +4,10 @@ prove this report and these PCRs, explained by this event log?
 ``check_quote`` is the hot path, run for every report of every node: a redeemed
 challenge, a few ``struct`` reads, two SHA-256 and one RSA verification. Cheap
 checks come first so that a replayed or mismatched quote costs no RSA operation.
-``check_event_log`` replays the log (``fleet.eventlog``) and compares; a server
-may cache a node's verified log by its digest and skip the replay while the
-node keeps sending the same ``event_log_sha256``.
+``check_event_log`` compares a replayed log (``ReplayedLog``: ``fleet.eventlog``'s
+parse and replay, done once per distinct log) with the quoted PCRs; a server
+keeps replayed logs by digest and skips the replay while nodes keep sending the
+same ``event_log_sha256``.
 """
 
 from __future__ import annotations
@@ -61,15 +62,39 @@ class VerifiedQuote:
 
 
 @dataclass(frozen=True)
+class ReplayedLog:
+    """An event log parsed and replayed: the same for every node that booted alike,
+    so a server keeps one per digest. Raises ``EventLogError`` for a malformed log."""
+
+    raw: bytes
+    sha256: str
+    log: EventLog
+    pcrs: Mapping[str, Mapping[int, bytes]]  # bank -> PCR -> replayed value
+
+    @classmethod
+    def of(cls, raw: bytes, sha256: str) -> ReplayedLog:
+        """``sha256``: the hex digest of ``raw``, which the caller has checked."""
+        log = parse(raw)
+        return cls(raw, sha256, log, replay(log))
+
+
+@dataclass(frozen=True)
 class VerifiedLog:
     """An event log whose replay matched the quote, and the PCRs it was checked on.
 
     Events in other PCRs were not checked against anything: policy ignores them.
     """
 
-    log: EventLog
-    sha256: str
+    replayed: ReplayedLog
     verified: Mapping[str, frozenset[int]]  # bank -> PCRs where replay == quote
+
+    @property
+    def log(self) -> EventLog:
+        return self.replayed.log
+
+    @property
+    def sha256(self) -> str:
+        return self.replayed.sha256
 
 
 @dataclass(frozen=True)
@@ -168,17 +193,20 @@ class QuoteVerifier:
             quote.firmware_version,
         )
 
-    def check_event_log(self, evidence: AttestationEvidence, log: bytes) -> VerifiedLog:
-        """Replay ``log`` and compare with the quoted PCRs it covers.
+    def check_event_log(
+        self, evidence: AttestationEvidence, log: bytes | ReplayedLog
+    ) -> VerifiedLog:
+        """Compare ``log``'s replay with the quoted PCRs it covers.
 
-        ``log`` is the evidence's own log, or one the server kept whose digest the
-        evidence names. Raises ``EventLogError`` for a malformed log.
+        ``log`` is the evidence's own log, or one the server kept (replayed) whose
+        digest the evidence names. Raises ``EventLogError`` for a malformed log.
         """
-        digest = hashlib.sha256(log).hexdigest()
+        digest = hashlib.sha256(log).hexdigest() if isinstance(log, bytes) else log.sha256
         if evidence.event_log_sha256 != digest:
             raise QuoteError("the event log is not the one the evidence names")
-        parsed = parse(log)
-        replayed = replay(parsed)
+        if isinstance(log, bytes):
+            log = ReplayedLog.of(log, digest)
+        replayed = log.pcrs
         verified: dict[str, frozenset[int]] = {}
         wrong = []
         for bank, quoted in evidence.pcrs.items():
@@ -194,26 +222,27 @@ class QuoteVerifier:
             )
         if not any(verified.values()):
             raise QuoteError("the event log covers none of the quoted PCRs")
-        return VerifiedLog(parsed, digest, verified)
+        return VerifiedLog(log, verified)
 
     async def verify_report(
         self,
         node: EnrolledNode,
         attested: AttestedReport,
-        known_log: bytes | None = None,
+        known_log: bytes | ReplayedLog | None = None,
         policy: BootPolicy | None = None,
     ) -> ReportVerdict:
         """The full check of a posted report: quote, log, policy.
 
-        ``known_log`` is the node's last verified log, used when the evidence names
-        its log by digest only. With no log at all, the verdict has no log and does
+        ``known_log`` is a log the server kept, used when the evidence names its log
+        by digest only, or instead of replaying the evidence's own log again when
+        it is that log. With no log at all, the verdict has no log and does
         not pass: the report is bound and fresh, but the boot is unexplained.
         ``policy`` judges the verified log (none: the log is checked, not judged).
         """
         quote = await self.check_quote(node, attested.evidence, report_digest(attested.report))
-        log = attested.evidence.event_log
-        if log is None:
-            log = known_log
+        evidence = attested.evidence
+        kept = isinstance(known_log, ReplayedLog) and known_log.sha256 == evidence.event_log_sha256
+        log = known_log if evidence.event_log is None or kept else evidence.event_log
         if log is None:
             return ReportVerdict(quote, None, None)
         verified = self.check_event_log(attested.evidence, log)

@@ -10,7 +10,7 @@ pass over it instead of queueing behind it.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import cache
 
@@ -142,6 +142,12 @@ class _Tx:
     async def fetch(self, sql: str, *args: object) -> list[Row]:
         return [tuple(r) for r in await self._conn.fetch(_numbered(sql), *args)]
 
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        await self._conn.executemany(_numbered(sql), rows)
+
+    async def fetch_many(self, sql: str, rows: Sequence[Sequence[object]]) -> list[Row]:
+        return [tuple(r) for r in await self._conn.fetchmany(_numbered(sql), rows)]
+
 
 class PostgresDatabase:
     lock_wait = " FOR UPDATE"
@@ -168,6 +174,9 @@ class PostgresDatabase:
     async def transaction(self, *, write: bool) -> AsyncIterator[_Tx]:
         async with self._pool.acquire() as conn, conn.transaction(readonly=not write):
             yield _Tx(conn)
+
+    async def query(self, sql: str, *args: object) -> list[Row]:
+        return [tuple(r) for r in await self._pool.fetch(_numbered(sql), *args)]
 
     async def close(self) -> None:
         await self._pool.close()

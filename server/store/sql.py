@@ -5,13 +5,21 @@ backend numbers; ``ON CONFLICT``; ``RETURNING``). A backend supplies
 transactions and the one clause that differs: how a rollout row is locked.
 Every multi-statement change runs in one transaction, so a replica that dies
 half-way leaves nothing half-written.
+
+Reports, the one write every node makes every interval, are group-committed
+(``GroupCommit``): the reports that arrive while one batch commits are written
+together in the next transaction, so a commit (and its fsync) serves many
+reports; each caller is answered only once its batch has committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from fleet.gpu import GpuSample
 from fleet.report import HealthReport
@@ -37,6 +45,14 @@ class Tx(Protocol):
 
     async def fetch(self, sql: str, *args: object) -> list[Row]: ...
 
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """``sql`` once per row of arguments, in order, in one round trip."""
+        ...
+
+    async def fetch_many(self, sql: str, rows: Sequence[Sequence[object]]) -> list[Row]:
+        """``sql`` once per row of arguments, in order: every row they return."""
+        ...
+
 
 class Database(Protocol):
     # Appended to the SELECT of a rollout row: lock it for this transaction,
@@ -45,6 +61,10 @@ class Database(Protocol):
     lock_skip: str
 
     def transaction(self, *, write: bool) -> AbstractAsyncContextManager[Tx]: ...
+
+    async def query(self, sql: str, *args: object) -> list[Row]:
+        """One read-only statement on its own, in one round trip (the hot reads)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -71,11 +91,67 @@ def _status(row: Row) -> NodeStatus:
     return NodeStatus(_enrolled(row), last_seen, report, target, attestation)
 
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+MAX_BATCH = 1000
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Items written in batches by ``write`` (one transaction per batch), one batch
+    at a time: whatever arrives while a batch is written goes into the next.
+
+    ``submit`` returns the item's result once its batch is written, or raises what
+    the write raised: nothing is acknowledged before it is stored.
+    """
+
+    def __init__(self, write: Callable[[list[Item]], Awaitable[list[Result]]]) -> None:
+        self._write = write
+        self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                results = await self._write([item for item, _ in batch])
+            except Exception as exc:  # every caller of the batch gets it: none is lost
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, done), result in zip(batch, results, strict=True):
+                if not done.done():  # its caller may have timed out; the item is stored
+                    done.set_result(result)
+
+    async def close(self) -> None:
+        """Wait for the items already submitted to be written."""
+        if self._writer is not None:
+            await self._writer
+
+
+@dataclass(frozen=True)
+class _Report:
+    report: HealthReport
+    received_at: int
+    remote: str
+    nonce: str
+    attestation: str | None
+
+
 class SqlStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._reports = GroupCommit(self._add_reports)
 
     async def close(self) -> None:
+        await self._reports.close()
         await self.db.close()
 
     # Nodes and reports.
@@ -102,12 +178,11 @@ class SqlStore:
         return _enrolled(rows[0]), bool(created)
 
     async def enrolled(self, node_id: str) -> EnrolledNode | None:
-        async with self.db.transaction(write=False) as tx:
-            rows = await tx.fetch(
-                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm "
-                "FROM enrollments WHERE node_id = ?",
-                node_id,
-            )
+        rows = await self.db.query(
+            "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm "
+            "FROM enrollments WHERE node_id = ?",
+            node_id,
+        )
         return _enrolled(rows[0]) if rows else None
 
     async def remove_node(self, node_id: str) -> bool:
@@ -128,23 +203,34 @@ class SqlStore:
         nonce: str,
         attestation: str | None = None,
     ) -> bool:
+        return await self._reports.submit(_Report(report, received_at, remote, nonce, attestation))
+
+    async def _add_reports(self, batch: list[_Report]) -> list[bool]:
+        """Store each report and make it its node's latest; False where its nonce was
+        used (before, or earlier in the batch)."""
         async with self.db.transaction(write=True) as tx:
-            inserted = await tx.fetch(
+            inserted = await tx.fetch_many(
                 "INSERT INTO reports (node_id, received_at, remote, body, nonce, attestation) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, nonce) DO NOTHING RETURNING id",
-                report.node_id,
-                received_at,
-                remote,
-                json.dumps(report.to_dict()),
-                nonce,
-                attestation,
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, nonce) DO NOTHING "
+                "RETURNING id, node_id, nonce",
+                [
+                    (
+                        r.report.node_id,
+                        r.received_at,
+                        r.remote,
+                        json.dumps(r.report.to_dict()),
+                        r.nonce,
+                        r.attestation,
+                    )
+                    for r in batch
+                ],
             )
-            if not inserted:
-                return False
-            if report.health is not None and report.health.gpus:
-                samples = [g.sample for g in report.health.gpus]
-                await _add_samples(tx, report.node_id, received_at, samples)
-            await tx.execute(
+            ids = {(node_id, nonce): report_id for report_id, node_id, nonce in inserted}
+            # The first of two reports with one nonce was inserted; the other is a replay.
+            stored = [ids.pop((r.report.node_id, r.nonce), None) for r in batch]
+            kept = [r for r, report_id in zip(batch, stored, strict=True) if report_id is not None]
+            await _add_samples(tx, kept)
+            await tx.execute_many(
                 "INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version, "
                 "update_outcome, healthy) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (node_id) DO UPDATE SET last_report = excluded.last_report, "
@@ -152,15 +238,21 @@ class SqlStore:
                 "driver_version = excluded.driver_version, "
                 "update_outcome = excluded.update_outcome, healthy = excluded.healthy "
                 "WHERE nodes.last_seen <= excluded.last_seen",
-                report.node_id,
-                inserted[0][0],
-                received_at,
-                report.bundle,
-                report.driver_version,
-                report.update,
-                report.healthy,
+                [
+                    (
+                        r.report.node_id,
+                        report_id,
+                        r.received_at,
+                        r.report.bundle,
+                        r.report.driver_version,
+                        r.report.update,
+                        r.report.healthy,
+                    )
+                    for r, report_id in zip(batch, stored, strict=True)
+                    if report_id is not None
+                ],
             )
-        return True
+        return [report_id is not None for report_id in stored]
 
     async def fleet(self) -> list[NodeStatus]:
         async with self.db.transaction(write=False) as tx:
@@ -417,20 +509,22 @@ async def _observations(tx: Tx, pool: str) -> dict[str, Observation]:
     }
 
 
-async def _add_samples(tx: Tx, node_id: str, received_at: int, samples: list[GpuSample]) -> None:
-    """Keep a report's GPU samples, and only the node's latest ``WINDOW`` sets."""
-    await tx.execute(
-        "INSERT INTO gpu_samples (node_id, received_at, samples) VALUES (?, ?, ?)",
-        node_id,
-        received_at,
-        json.dumps([s.to_dict() for s in samples]),
+async def _add_samples(tx: Tx, reports: list[_Report]) -> None:
+    """Keep the reports' GPU samples, and only each node's latest ``WINDOW`` sets."""
+    rows = [
+        (r.report.node_id, r.received_at, json.dumps([g.sample.to_dict() for g in health.gpus]))
+        for r in reports
+        if (health := r.report.health) is not None and health.gpus
+    ]
+    if not rows:
+        return
+    await tx.execute_many(
+        "INSERT INTO gpu_samples (node_id, received_at, samples) VALUES (?, ?, ?)", rows
     )
-    await tx.execute(
+    await tx.execute_many(
         "DELETE FROM gpu_samples WHERE node_id = ? AND id NOT IN "
         "(SELECT id FROM gpu_samples WHERE node_id = ? ORDER BY id DESC LIMIT ?)",
-        node_id,
-        node_id,
-        WINDOW,
+        [(node_id, node_id, WINDOW) for node_id in dict.fromkeys(row[0] for row in rows)],
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
@@ -135,10 +135,20 @@ class _Tx:
         await self._db.call(self._db.conn.execute, sql, args)
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
+        return await self._db.call(_fetch, self._db.conn, sql, args)
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        await self._db.call(self._db.conn.executemany, sql, rows)
+
+    async def fetch_many(self, sql: str, rows: Sequence[Sequence[object]]) -> list[Row]:
         def run() -> list[Row]:
-            return self._db.conn.execute(sql, args).fetchall()
+            return [row for args in rows for row in _fetch(self._db.conn, sql, args)]
 
         return await self._db.call(run)
+
+
+def _fetch(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> list[Row]:
+    return conn.execute(sql, args).fetchall()
 
 
 class SqliteDatabase:
@@ -183,6 +193,10 @@ class SqliteDatabase:
                 await self.call(self.conn.execute, "ROLLBACK")
                 raise
             await self.call(self.conn.execute, "COMMIT")
+
+    async def query(self, sql: str, *args: object) -> list[Row]:
+        async with self._lock:  # not inside another coroutine's transaction
+            return await self.call(_fetch, self.conn, sql, args)
 
     async def close(self) -> None:
         await self.call(self.conn.close)

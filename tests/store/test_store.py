@@ -12,6 +12,7 @@ import pytest
 from fleet.report import GpuHealth, HealthReport
 from fleet.rollout import Phase, Policy, Progress, Transition, command, new_rollout, parse_waves
 from server.store import Conflict, EnrolledNode, OperatorToken, Store, open_store
+from server.store.sql import SqlStore
 
 T = TypeVar("T")
 
@@ -78,6 +79,51 @@ def test_reports_history_latest_and_replayed_nonce(db_url: str) -> None:
         assert one is not None and one.node.pool == "dev"
 
     run(db_url, body)
+
+
+def test_concurrent_reports_are_each_answered_after_commit_and_replays_refused(
+    db_url: str,
+) -> None:
+    """Reports arriving together share a transaction (group commit): every one
+    answered True is stored, and a nonce used twice within one batch, or again in
+    a later one, is stored once."""
+
+    async def body(store: Store) -> None:
+        nodes = [f"n{i}" for i in range(300)]
+        for n in nodes:
+            await store.enroll(node(n))
+        sends = [store.add_report(report(n), 10, "", f"{i:032x}") for i, n in enumerate(nodes)]
+        twice = [store.add_report(report("n0", "replayed"), 11, "", "f" * 32) for _ in range(5)]
+        answers = await asyncio.gather(*sends, *twice)
+        assert all(answers[: len(nodes)])
+        assert answers[len(nodes) :].count(True) == 1
+        assert not await store.add_report(report("n0", "again"), 12, "", "f" * 32)
+        stored = {s.node.node_id: s for s in await store.fleet()}
+        assert all(stored[n].report is not None for n in nodes)
+        assert [h.report.bundle for h in await store.history("n0", 10)] == [
+            "replayed",
+            "drivers/a.bundle",
+        ]
+
+    run(db_url, body)
+
+
+def test_a_failed_batch_fails_each_of_its_reports(db_url: str) -> None:
+    """Nothing is acknowledged that was not stored: a write error reaches every
+    caller of the batch (here the database is gone under the store)."""
+
+    async def main() -> None:
+        store = await open_store(db_url)
+        assert isinstance(store, SqlStore)
+        await store.enroll(node("n1"))
+        await store.db.close()
+        answers = await asyncio.gather(
+            *(store.add_report(report("n1"), 10, "", f"{i:032x}") for i in range(3)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(a, Exception) for a in answers), answers
+
+    asyncio.run(main())
 
 
 def test_operator_tokens_are_found_by_hash(db_url: str) -> None:
