@@ -10,7 +10,7 @@ attack, or a broken mirror) or ``ChannelUnavailable`` (nothing arrived).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig, Urllib3Fetcher
 
 from agent.config import AgentConfig
-from agent.fetcher import MirrorFetcher
+from agent.fetcher import MirrorFetcher, SignedFetcher
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.manifest import BundleManifest
 from gpuward import __version__
@@ -75,12 +75,22 @@ def _classified(action: str) -> Iterator[None]:
 USER_AGENT = f"gpuward-agent/{__version__}"
 
 
-def mirror_fetcher(config: AgentConfig) -> MirrorFetcher:
-    """The server first, then each mirror; timeouts bound every connection and gap."""
-    return MirrorFetcher(
-        [config.server_url, *config.mirrors],
-        Urllib3Fetcher(socket_timeout=config.fetch_timeout_s, app_user_agent=USER_AGENT),
+def mirror_fetcher(
+    config: AgentConfig, signed: tuple[str, Callable[[str], Mapping[str, str]]] | None = None
+) -> MirrorFetcher:
+    """The server first, then each mirror; timeouts bound every connection and gap.
+
+    ``signed``: a base URL and the node's signer; requests under it are signed.
+    """
+    fetcher: FetcherInterface = Urllib3Fetcher(
+        socket_timeout=config.fetch_timeout_s, app_user_agent=USER_AGENT
     )
+    if signed is not None:
+        base, sign = signed
+        fetcher = SignedFetcher(
+            base, sign, fetcher, timeout_s=config.fetch_timeout_s, user_agent=USER_AGENT
+        )
+    return MirrorFetcher([config.server_url, *config.mirrors], fetcher)
 
 
 class TufChannel:

@@ -177,7 +177,7 @@ class Cycle:
         except (UpdateRefused, BadBundle) as exc:
             self.log.error("update_refused", reason=str(exc), active_slot=self.slots.active())
             return state, Outcome("refused", str(exc))
-        except ChannelUnavailable as exc:
+        except (ChannelUnavailable, NotEnrolled) as exc:  # director metadata needs the key
             self.log.warning("update_unavailable", reason=str(exc))
             return state, Outcome("failed", str(exc))
         content = SlotContent(candidate.target_path, candidate.sha256, candidate.manifest)

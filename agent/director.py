@@ -6,6 +6,9 @@ hashes, manifest), meant for this node and its hardware, with a release counter
 no lower than the last one installed, is installed. A stolen director key can
 therefore re-point nodes only among bundles the offline-signed image repository
 already approved.
+
+The server hands a node's director metadata to that node only, so each fetch
+from it is signed with the node's enrolled key (``agent.identity``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tuf.api.metadata import TargetFile
 
 from agent.channel import Candidate, TufChannel, UpdateRefused, mirror_fetcher
 from agent.config import AgentConfig
+from agent.identity import load_key, sign
 from fleet.errors import InvalidDocument
 from fleet.schema import Reader
 
@@ -37,6 +41,11 @@ class Directive:
 class DirectorChannel(TufChannel):
     def __init__(self, config: AgentConfig) -> None:
         assert config.director is not None
+        key = load_key(config)
+
+        def signer(url: str) -> dict[str, str]:
+            return sign(key, config.node_id, "GET", url, b"")
+
         super().__init__(
             "director",
             config.director.trusted_root,
@@ -44,7 +53,7 @@ class DirectorChannel(TufChannel):
             f"{config.director_url}/metadata/",
             config.targets_url,
             config.download_dir,
-            fetcher=mirror_fetcher(config),
+            fetcher=mirror_fetcher(config, signed=(config.director_url, signer)),
         )
 
     def directive(self) -> Directive | None:

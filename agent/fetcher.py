@@ -7,18 +7,23 @@ e.g. the 404 that ends a root-version probe) is final; network failures and
 5xx are retried in rounds with jittered exponential backoff. Nothing here is trusted:
 whatever any mirror serves is verified by ngclient afterwards, and ngclient
 cuts off any response longer than the length it expects.
+
+A node's director metadata names the bundle it is to run, which is the node's
+business only: ``SignedFetcher`` signs those requests as the node, as every
+request to the server after enrollment is signed.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
 import structlog
-from tuf.api.exceptions import DownloadError, DownloadHTTPError
+import urllib3
+from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
 from tuf.ngclient import FetcherInterface
 
 log = structlog.get_logger(__name__)
@@ -94,3 +99,52 @@ class DirectoryFetcher(FetcherInterface):
         if not path.is_relative_to(self.root) or not path.is_file():
             raise DownloadHTTPError(f"{relative} is not in the mirror", 404)
         return iter([path.read_bytes()])
+
+
+class SignedFetcher(FetcherInterface):
+    """GETs under ``base`` carry the node's request signature (``sign(url)``: the
+    headers, signed afresh with a new nonce for each request); any other URL goes
+    to ``inner`` unsigned, so a mirror never holds a signature it could replay to
+    the server. ``timeout_s`` bounds the connection and every gap between bytes."""
+
+    CHUNK_BYTES = 64 * 1024
+
+    def __init__(
+        self,
+        base: str,
+        sign: Callable[[str], Mapping[str, str]],
+        inner: FetcherInterface,
+        *,
+        timeout_s: float,
+        user_agent: str,
+    ) -> None:
+        self.base = base.rstrip("/") + "/"
+        self.sign = sign
+        self.inner = inner
+        self._timeout = urllib3.Timeout(timeout_s)
+        self._user_agent = user_agent
+        self._pool = urllib3.PoolManager()
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if not url.startswith(self.base):
+            return self.inner.fetch(url)
+        headers = {"User-Agent": self._user_agent, **self.sign(url)}
+        try:
+            response = self._pool.request(
+                "GET", url, headers=headers, preload_content=False, timeout=self._timeout,
+                retries=False,
+            )  # fmt: skip
+        except urllib3.exceptions.TimeoutError as exc:
+            raise SlowRetrievalError(f"GET {url}: {exc}") from exc
+        if response.status >= 400:
+            response.close()
+            raise DownloadHTTPError(f"GET {url}: HTTP {response.status}", response.status)
+        return self._chunks(response)
+
+    def _chunks(self, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            yield from response.stream(self.CHUNK_BYTES)
+        except urllib3.exceptions.TimeoutError as exc:
+            raise SlowRetrievalError(f"reading {response.geturl()}: {exc}") from exc
+        finally:
+            response.release_conn()

@@ -17,7 +17,16 @@ import structlog
 from aiohttp import web
 
 from server import dashboard, node_api, operator_api, reports, stragglers
-from server.http import SERVICES, ApiError, Handler, Route, Services, services
+from server.http import (
+    SERVICES,
+    SIGNED_RESPONSES,
+    ApiError,
+    Handler,
+    Route,
+    Services,
+    services,
+    signed_request,
+)
 from server.openapi import document
 from server.report_attestation import MAX_ATTESTED_BODY_BYTES
 
@@ -50,12 +59,17 @@ async def metadata(request: web.Request) -> web.FileResponse:
 
 
 async def director_metadata(request: web.Request) -> web.FileResponse:
-    """A node's director metadata (one small repository per node; the root is shared)."""
+    """A node's director metadata (one small repository per node; the root is shared),
+    to that node only: it names the bundle the node is to run, which is no one
+    else's business, so the request must be signed by the node it names."""
+    node, _sig, _body = await signed_request(request, limited=False)
     director = services(request).config.director
-    node, name = request.match_info["node"], request.match_info["name"]
-    if director is None or not name.endswith(".json") or not _NAME.fullmatch(node):
+    wanted, name = request.match_info["node"], request.match_info["name"]
+    if wanted != node.node_id:
+        raise ApiError(403, f"node {node.node_id} may only read its own director metadata")
+    if director is None or not name.endswith(".json"):
         raise ApiError(404, "not found")
-    path = _safe_file(director.resolve() / "nodes", f"{node}/metadata/{name}")
+    path = _safe_file(director.resolve() / "nodes", f"{wanted}/metadata/{name}")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
@@ -99,9 +113,15 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/director/{node}/metadata/{name}",
         director_metadata,
-        "Signed TUF metadata of a node's director repository",
-        "public",
-        responses={200: ("the metadata file", None), 404: ("no such file", "Error")},
+        "Signed TUF metadata of the signing node's director repository (its own only)",
+        "node",
+        responses={
+            200: ("the metadata file", None),
+            401: SIGNED_RESPONSES[401],
+            403: ("another node's director metadata", "Error"),
+            404: ("no such file", "Error"),
+            413: SIGNED_RESPONSES[413],
+        },
     ),
     *node_api.ROUTES,
     *operator_api.ROUTES,

@@ -27,6 +27,12 @@ from server.store import EnrolledNode, OperatorToken, Store
 from server.tpm_enrollment import TpmEnrollment
 
 MAX_BODY_BYTES = 64 * 1024
+# What any signed node request may be answered besides its own outcomes.
+SIGNED_RESPONSES: Mapping[int, tuple[str, str | None]] = {
+    401: ("unsigned, stale, replayed or badly signed request", "Error"),
+    413: ("body too large", "Error"),
+    429: ("rate limited; see Retry-After", "Error"),
+}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -127,9 +133,13 @@ def preauth_rate_limit(request: web.Request) -> None:
 
 
 async def signed_request(
-    request: web.Request, max_body: int = MAX_BODY_BYTES
+    request: web.Request, max_body: int = MAX_BODY_BYTES, *, limited: bool = True
 ) -> tuple[EnrolledNode, RequestSignature, bytes]:
-    """The enrolled node that signed this request, and the body it signed."""
+    """The enrolled node that signed this request, and the body it signed.
+
+    ``limited``: counted against the node's rate limit (not for metadata reads,
+    which a TUF refresh makes several of at once, as it does of public files).
+    """
     verifier = services(request).requests
     try:
         sig = verifier.parse(request.headers)
@@ -137,7 +147,8 @@ async def signed_request(
         node = await verifier.verify(sig, request.method, request.raw_path, body)
     except NodeAuthError as exc:
         raise ApiError(exc.status, str(exc), {"WWW-Authenticate": "Gpuward-Signature"}) from None
-    rate_limit(request, f"node:{node.node_id}")
+    if limited:
+        rate_limit(request, f"node:{node.node_id}")
     return node, sig, body
 
 

@@ -22,6 +22,7 @@ from keys.director_repo import DirectorRepository
 from server.attestation.challenges import ChallengesFull
 from server.http import (
     MAX_BODY_BYTES,
+    SIGNED_RESPONSES,
     ApiError,
     Route,
     Services,
@@ -256,12 +257,6 @@ async def get_assignment(request: web.Request) -> web.Response:
     )
 
 
-_SIGNED = {
-    401: ("unsigned, stale, replayed or badly signed request", "Error"),
-    413: ("body too large", "Error"),
-    429: ("rate limited; see Retry-After", "Error"),
-}
-
 ROUTES = (
     Route(
         "POST",
@@ -277,7 +272,7 @@ ROUTES = (
             403: ("evidence refused", "Error"),
             409: ("node enrolled with another key", "Error"),
             415: ("not JSON", "Error"),
-            **_SIGNED,
+            **SIGNED_RESPONSES,
         },
     ),
     Route(
@@ -313,7 +308,7 @@ ROUTES = (
             403: ("report names another node, or its attestation failed or is missing", "Error"),
             409: ("evidence from a node not enrolled with a TPM", "Error"),
             415: ("not JSON", "Error"),
-            **_SIGNED,
+            **SIGNED_RESPONSES,
         },
     ),
     Route(
@@ -326,7 +321,7 @@ ROUTES = (
             200: ("the challenge, and the digest of the event log the server keeps", None),
             409: ("the node is not enrolled with a TPM", "Error"),
             503: ("too many pending challenges", "Error"),
-            **_SIGNED,
+            **SIGNED_RESPONSES,
         },
     ),
     Route(
@@ -338,7 +333,7 @@ ROUTES = (
         responses={
             200: ("the assignment; target null when none", "Assignment"),
             403: ("another node's assignment", "Error"),
-            **_SIGNED,
+            **SIGNED_RESPONSES,
         },
     ),
 )

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from server.store import EnrolledNode
 from server.store.sql import Row, SqlStore
 
 T = TypeVar("T")
@@ -225,6 +226,42 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 class SqliteStore(SqlStore):
+    """Enrolled nodes are kept in memory once read: the lookup every node request
+    makes then costs no trip to the database thread. Exact, because a SQLite store
+    serves one server process and enrollments change only through ``enroll`` and
+    ``remove_node`` here, which drop the node; PostgreSQL, shared by replicas,
+    reads every time. (A new write to ``enrollments`` must drop the node too.)"""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        super().__init__(db)
+        self._nodes: dict[str, EnrolledNode] = {}
+        self._changes = 0  # a read that overlapped a change is not kept
+
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         return cls(await SqliteDatabase.open(path))
+
+    async def enrolled(self, node_id: str) -> EnrolledNode | None:
+        node = self._nodes.get(node_id)
+        if node is None:
+            changes = self._changes
+            node = await super().enrolled(node_id)
+            if node is not None and changes == self._changes:
+                self._nodes[node_id] = node
+        return node
+
+    async def enroll(self, node: EnrolledNode) -> tuple[EnrolledNode, bool]:
+        try:
+            return await super().enroll(node)
+        finally:
+            self._forget(node.node_id)
+
+    async def remove_node(self, node_id: str) -> bool:
+        try:
+            return await super().remove_node(node_id)
+        finally:
+            self._forget(node_id)
+
+    def _forget(self, node_id: str) -> None:
+        self._changes += 1
+        self._nodes.pop(node_id, None)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
-from tuf.ngclient import FetcherInterface
+from tuf.ngclient import FetcherInterface, Urllib3Fetcher
 
 from agent.daemon import run_once
-from agent.fetcher import MirrorFetcher
+from agent.fetcher import MirrorFetcher, SignedFetcher
+from fleet.nodeauth import HEADER_SIGNATURE
 from server.runner import BackgroundServer
 from tests.conftest import Site
 
@@ -79,3 +83,53 @@ def test_agent_updates_through_a_mirror_when_its_server_is_down(site: Site, tmp_
         result = run_once(config)
     assert result.outcome.update == "committed"
     assert not result.report_sent  # reports go to the server only, never to mirrors
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with ``status`` and records the request headers."""
+
+    status = 200
+    seen: list[dict[str, str]]
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.seen.append(dict(self.headers))
+        self.send_response(self.status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        """Quiet."""
+
+
+@contextlib.contextmanager
+def _recording(status: int) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    seen: list[dict[str, str]] = []
+    handler = type("Handler", (_Recorder,), {"status": status, "seen": seen})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+def test_director_requests_are_signed_to_the_server_and_never_to_a_mirror() -> None:
+    """A mirror must not get a signature it could replay to the server."""
+    with _recording(503) as (server, to_server), _recording(200) as (mirror, to_mirror):
+        signer = SignedFetcher(
+            f"{server}/v1/director/n1",
+            lambda url: {HEADER_SIGNATURE: f"signed {url}"},
+            Urllib3Fetcher(),
+            timeout_s=5,
+            user_agent="test",
+        )
+        fetcher = MirrorFetcher([server, mirror], signer, rounds=1)
+        assert b"".join(fetcher.fetch(f"{server}/v1/director/n1/metadata/1.root.json")) == b"{}"
+        assert b"".join(fetcher.fetch(f"{server}/v1/repo/metadata/1.root.json")) == b"{}"
+    signed = [h.get(HEADER_SIGNATURE) for h in to_server]
+    assert signed == [f"signed {server}/v1/director/n1/metadata/1.root.json", None]
+    assert len(to_mirror) == 2
+    assert all(HEADER_SIGNATURE not in h for h in to_mirror)

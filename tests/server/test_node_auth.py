@@ -42,6 +42,25 @@ def test_enrolling_an_enrolled_id_with_another_key_needs_an_admin(fleet: Fleet) 
     assert impostor.enroll().status == 201
 
 
+def test_a_removed_node_is_refused_at_once_and_its_id_serves_the_new_key_only(
+    fleet: Fleet,
+) -> None:
+    """The server keeps enrolled nodes in memory (SQLite): removal and re-enrollment
+    must reach it before the next request."""
+    old = fleet.node("gpu-1")
+    assert old.report().status == 202
+    admin = {"Authorization": f"Bearer {fleet.token('admin')}"}
+    url = f"{fleet.url}/v1/nodes/gpu-1"
+    assert urllib3.request("DELETE", url, headers=admin).status == 200
+    gone = old.report()
+    assert gone.status == 401 and "not enrolled" in _error(gone)
+
+    new = SimNode(fleet.url, "gpu-1", clock=fleet.clock)
+    assert new.enroll().status == 201
+    assert old.report().status == 401
+    assert new.report().status == 202
+
+
 def test_enrollment_needs_the_token_and_possession_of_the_key(fleet: Fleet) -> None:
     node = SimNode(fleet.url, "gpu-1", clock=fleet.clock)
     wrong = node.enroll(token="not-the-enrollment-token")
