@@ -72,6 +72,7 @@ from keys.image_repo import ImageRepository
 from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.store import EnrolledNode, Store, open_store
 
+ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 POSTGRES_ADMIN = os.environ.get(
     "GPUWARD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -93,9 +94,7 @@ class Boot:
         log = LOG.read_bytes()
         replayed = replay(parse(log))["sha256"]
         pcrs = {"sha256": {p: replayed.get(p, bytes(32)) for p in SELECTION.banks[0][1]}}
-        digest = AttestationEvidence(
-            bytes(32), b"", b"", SELECTION, pcrs, log
-        ).event_log_sha256
+        digest = AttestationEvidence(bytes(32), b"", b"", SELECTION, pcrs, log).event_log_sha256
         assert digest is not None
         return cls(log, digest, pcrs)
 
@@ -162,11 +161,17 @@ class Phase:
     failed: int = 0
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    server_cpu_s: float = 0.0  # the server process's CPU time (all threads) in the phase
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU per accepted request: what load on a shared machine changes least."""
+        return self.server_cpu_s * 1000 / self.ok if self.ok else 0.0
 
     def line(self, what: str) -> str:
         lat = sorted(self.latencies) or [0.0]
@@ -175,13 +180,25 @@ class Phase:
         errors = f"  errors {self.errors}" if self.errors else ""
         return (
             f"    {what:<10} {self.ok:>7} ok {self.failed:>5} failed  {self.rate:>8.0f}/s  "
-            f"p50 {p50:7.1f} ms  p99 {p99:7.1f} ms{errors}"
+            f"p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  server CPU {self.cpu_ms:6.3f} ms each{errors}"
         )
+
+
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` so far (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    pid: int
 
 
 async def _run_phase(
     session: aiohttp.ClientSession,
-    url: str,
+    server: Target,
     requests: Sequence[Request],
     ok_status: int,
     connections: int,
@@ -189,6 +206,7 @@ async def _run_phase(
 ) -> tuple[Phase, list[tuple[Agent, bytes]]]:
     """Send ``requests`` over ``connections`` concurrent streams; the OK answers."""
     phase = Phase()
+    url = server.url
     answers: list[tuple[Agent, bytes]] = []
     pending = iter(requests)
 
@@ -215,9 +233,10 @@ async def _run_phase(
                 why = f"{status} {data[:80].decode(errors='replace')}"
                 phase.errors[why] = phase.errors.get(why, 0) + 1
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), _cpu_s(server.pid)
     await asyncio.gather(*(worker() for _ in range(connections)))
     phase.seconds = time.perf_counter() - began
+    phase.server_cpu_s = _cpu_s(server.pid) - cpu
     return phase, answers
 
 
@@ -232,10 +251,16 @@ class Round:
         seconds = self.challenges.seconds + self.reports.seconds
         return self.reports.ok / seconds if seconds else 0.0
 
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU per attested report, its challenge included."""
+        cpu = self.challenges.server_cpu_s + self.reports.server_cpu_s
+        return cpu * 1000 / self.reports.ok if self.reports.ok else 0.0
+
 
 async def _round(
     session: aiohttp.ClientSession,
-    url: str,
+    server: Target,
     store: Store,
     agents: list[Agent],
     boot: Boot,
@@ -244,14 +269,14 @@ async def _round(
     deadline: float,
 ) -> Round:
     asked = [a.signed("GET", "/v1/challenge") for a in agents]
-    challenges, answers = await _run_phase(session, url, asked, 200, args.connections, deadline)
+    challenges, answers = await _run_phase(session, server, asked, 200, args.connections, deadline)
     for agent, data in answers:
         doc = json.loads(data)
         agent.challenge = Challenge.from_dict(doc["challenge"])
         agent.server_log_sha256 = doc["event_log_sha256"]
     marker = f"bench round {number}"
     posts = [agent.attested_report(boot, marker) for agent, _ in answers]  # the TPMs' work
-    reports, _ = await _run_phase(session, url, posts, 202, args.connections, deadline)
+    reports, _ = await _run_phase(session, server, posts, 202, args.connections, deadline)
     stored = sum(
         1
         for status in await store.fleet()
@@ -264,11 +289,12 @@ async def _round(
 
 
 async def _reference(
-    session: aiohttp.ClientSession, url: str, agents: list[Agent], connections: int
+    session: aiohttp.ClientSession, server: Target, agents: list[Agent], connections: int
 ) -> Phase:
     """``GET /healthz`` as often as there are agents: this client's and server's ceiling."""
     requests = [Request(a, "GET", "/healthz", b"", {}) for a in agents]
-    phase, _ = await _run_phase(session, url, requests, 200, connections, time.monotonic() + 60)
+    deadline = time.monotonic() + 60
+    phase, _ = await _run_phase(session, server, requests, 200, connections, deadline)
     return phase
 
 
@@ -303,12 +329,14 @@ def _ek_ca(folder: Path) -> Path:
 
 
 def _start_server(
-    repo: Path, db: str, ek_ca: Path, log: Path
+    tree: Path, repo: Path, db: str, ek_ca: Path, log: Path
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """``gpuward server run`` from the source ``tree`` (this one, or a baseline)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "gpuward", "--log-format", "json", "server", "run",
          "--repo", str(repo), "--db", db, "--host", HOST, "--port", "0", "--ek-ca", str(ek_ca)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
     )  # fmt: skip
     started = time.monotonic()
     while time.monotonic() - started < 60:
@@ -337,21 +365,22 @@ async def _enroll(store: Store, agents: list[Agent]) -> None:
 
 
 async def _bench(
-    backend: str, db: str, work: Path, agents: list[Agent], boot: Boot, args: argparse.Namespace
-) -> None:
+    backend: str, db: str, tree: Path, agents: list[Agent], boot: Boot, args: argparse.Namespace
+) -> tuple[Phase, list[Round]]:
     store = await open_store(db)
     try:
         await _enroll(store, agents)
-        process, port = _start_server(args.repo, db, args.ek_ca, work / f"server-{backend}.log")
-        url = f"http://{HOST}:{port}"
+        log = args.work / f"server-{backend}-{len(list(args.work.glob('server-*')))}.log"
+        process, port = _start_server(tree, args.repo, db, args.ek_ca, log)
+        server = Target(f"http://{HOST}:{port}", process.pid)
         try:
             connector = aiohttp.TCPConnector(limit=args.connections)
             timeout = aiohttp.ClientTimeout(total=60)
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                reference = await _reference(session, url, agents, args.connections)
+                reference = await _reference(session, server, agents, args.connections)
                 deadline = time.monotonic() + args.max_seconds
                 rounds = [
-                    await _round(session, url, store, agents, boot, n, args, deadline)
+                    await _round(session, server, store, agents, boot, n, args, deadline)
                     for n in range(1, args.rounds + 1)
                 ]
         finally:
@@ -359,8 +388,13 @@ async def _bench(
             process.wait(timeout=30)
     finally:
         await store.close()
-    rsa_rate = _rsa_verifies_per_s()
-    print(f"{backend}: {len(agents)} TPM-enrolled agents, {args.connections} connections")
+    return reference, rounds
+
+
+def _print(
+    what: str, agents: int, reference: Phase, rounds: list[Round], rsa_rate: float, conns: int
+) -> None:
+    print(f"{what}: {agents} TPM-enrolled agents, {conns} connections")
     print(reference.line("healthz") + "  (reference: the HTTP ceiling)")
     for number, r in enumerate(rounds, start=1):
         kind = "event log sent" if number == 1 else "event log by digest: steady state"
@@ -372,22 +406,32 @@ async def _bench(
               f"{r.combined / reference.rate:.3f} x healthz req/s, "
               f"{r.combined / rsa_rate:.3f} x bare RSA-2048 verify/s ({rsa_rate:.0f}/s), "
               f"{r.combined / TARGET:.2f} x the 1,667/s target")  # fmt: skip
+        print(f"    server CPU {r.cpu_ms:.3f} ms per attested report (challenge included) = "
+              f"{1000 / r.cpu_ms if r.cpu_ms else 0:.0f} reports/s per server core = "
+              f"{r.cpu_ms / reference.cpu_ms if reference.cpu_ms else 0:.1f} x a healthz "
+              "request")  # fmt: skip
         print(f"    stored with a passing verdict {r.stored}; lost: {lost}; not accepted: "
               f"{r.reports.failed}; not sent (time bound): "
-              f"{len(agents) - r.reports.ok - r.reports.failed}")  # fmt: skip
+              f"{agents - r.reports.ok - r.reports.failed}")  # fmt: skip
 
 
-def bench(backend: str, work: Path, agents: list[Agent], boot: Boot, args: argparse.Namespace) -> None:
+def bench(
+    backend: str, tree: Path, boot: Boot, aks: list[rsa.RSAPrivateKey], args: argparse.Namespace
+) -> None:
+    agents = [Agent(f"bench-{i:06}", aks[i % AK_KEYS]) for i in range(args.agents)]
     if backend == "sqlite":
-        asyncio.run(_bench(backend, f"sqlite://{work / 'bench.db'}", work, agents, boot, args))
-        return
-    name = f"gpuward_bench_{secrets.token_hex(4)}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}"))
-    try:
-        db = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        asyncio.run(_bench(backend, db, work, agents, boot, args))
-    finally:
-        asyncio.run(_admin(f"DROP DATABASE {name} WITH (FORCE)"))
+        db = f"sqlite://{args.work / f'bench-{secrets.token_hex(4)}.db'}"
+        reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args))
+    else:
+        name = f"gpuward_bench_{secrets.token_hex(4)}"
+        asyncio.run(_admin(f"CREATE DATABASE {name}"))
+        try:
+            db = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+            reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args))
+        finally:
+            asyncio.run(_admin(f"DROP DATABASE {name} WITH (FORCE)"))
+    label = backend if tree == ROOT else f"{backend}, server from {tree}"
+    _print(label, len(agents), reference, rounds, _rsa_verifies_per_s(), args.connections)
 
 
 def main() -> None:
@@ -397,18 +441,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="round 1 sends the event logs")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="bound per backend")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--baseline", type=Path, help="also run the server from this source tree, alternately"
+    )
     args = parser.parse_args()
     if not 1 <= args.agents <= 100_000 or not 1 <= args.rounds <= 10:
         raise SystemExit("--agents must be between 1 and 100,000, --rounds between 1 and 10")
     aks = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(AK_KEYS)]
     boot = Boot.load()
+    trees = [ROOT] if args.baseline is None else [args.baseline.resolve(), ROOT]
     with tempfile.TemporaryDirectory(prefix="gpuward-load-") as tmp:
-        work = Path(tmp)
-        args.repo = ImageRepository.init(work / "repo", secrets.token_urlsafe(16)).root
-        args.ek_ca = _ek_ca(work)
+        args.work = Path(tmp)
+        args.repo = ImageRepository.init(args.work / "repo", secrets.token_urlsafe(16)).root
+        args.ek_ca = _ek_ca(args.work)
         for backend in args.backends:
-            agents = [Agent(f"bench-{i:06}", aks[i % AK_KEYS]) for i in range(args.agents)]
-            bench(backend, work, agents, boot, args)
+            for tree in trees:
+                bench(backend, tree, boot, aks, args)
 
 
 if __name__ == "__main__":
