@@ -332,9 +332,12 @@ def _start_server(
     tree: Path, repo: Path, db: str, ek_ca: Path, log: Path
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``gpuward server run`` from the source ``tree`` (this one, or a baseline)."""
+    token = ek_ca.with_name("tpm-enrollment-token")
+    token.write_text(secrets.token_urlsafe(24))
     process = subprocess.Popen(
         [sys.executable, "-m", "gpuward", "--log-format", "json", "server", "run",
-         "--repo", str(repo), "--db", db, "--host", HOST, "--port", "0", "--ek-ca", str(ek_ca)],
+         "--repo", str(repo), "--db", db, "--host", HOST, "--port", "0", "--ek-ca", str(ek_ca),
+         "--tpm-enrollment-token-file", str(token)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
     )  # fmt: skip

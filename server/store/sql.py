@@ -6,10 +6,11 @@ transactions and the one clause that differs: how a rollout row is locked.
 Every multi-statement change runs in one transaction, so a replica that dies
 half-way leaves nothing half-written.
 
-Reports, the one write every node makes every interval, are group-committed
-(``GroupCommit``): the reports that arrive while one batch commits are written
-together in the next transaction, so a commit (and its fsync) serves many
-reports; each caller is answered only once its batch has committed.
+The writes every node makes every interval (its report, and the report
+challenge issued and redeemed) are group-committed (``GroupCommit``): those that
+arrive while one batch commits are written together in the next transaction, so
+a commit (and its fsync) serves many; each caller is answered only once its
+batch has committed.
 """
 
 from __future__ import annotations
@@ -137,6 +138,14 @@ class GroupCommit(Generic[Item, Result]):
 
 
 @dataclass(frozen=True)
+class _NewChallenge:
+    nonce: bytes
+    pending: PendingChallenge
+    now: float
+    limit: int
+
+
+@dataclass(frozen=True)
 class _Report:
     report: HealthReport
     received_at: int
@@ -149,9 +158,12 @@ class SqlStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._reports = GroupCommit(self._add_reports)
+        self._new_challenges = GroupCommit(self._add_challenges)
+        self._redeemed = GroupCommit(self._take_challenges)
 
     async def close(self) -> None:
-        await self._reports.close()
+        for batches in (self._reports, self._new_challenges, self._redeemed):
+            await batches.close()
         await self.db.close()
 
     # Nodes and reports.
@@ -444,37 +456,51 @@ class SqlStore:
     async def add_challenge(
         self, nonce: bytes, pending: PendingChallenge, now: float, limit: int
     ) -> bool:
+        return await self._new_challenges.submit(_NewChallenge(nonce, pending, now, limit))
+
+    async def _add_challenges(self, batch: list[_NewChallenge]) -> list[bool]:
         async with self.db.transaction(write=True) as tx:
-            await tx.execute("DELETE FROM challenges WHERE expires_at <= ?", now)
-            # Replicas counting at once may each admit one more: the cap is a
-            # bound on work, exceeded by at most one per replica.
-            (count,) = (
-                await tx.fetch("SELECT COUNT(*) FROM challenges WHERE purpose = ?", pending.purpose)
-            )[0]
-            if count >= limit:
-                return False
             await tx.execute(
+                "DELETE FROM challenges WHERE expires_at <= ?", max(c.now for c in batch)
+            )
+            # Replicas counting at once may each admit one more batch: the cap is a
+            # bound on work, exceeded by at most a batch per replica.
+            pending = {}
+            for purpose in {c.pending.purpose for c in batch}:
+                rows = await tx.fetch("SELECT COUNT(*) FROM challenges WHERE purpose = ?", purpose)
+                pending[purpose] = int(rows[0][0])
+            admitted = []
+            for c in batch:
+                admitted.append(pending[c.pending.purpose] < c.limit)
+                pending[c.pending.purpose] += admitted[-1]
+            await tx.execute_many(
                 "INSERT INTO challenges (nonce, subject, purpose, payload, expires_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                nonce,
-                pending.subject,
-                pending.purpose,
-                pending.payload,
-                pending.expires_at,
-            )
-        return True
+                [
+                    (c.nonce, c.pending.subject, c.pending.purpose, c.pending.payload,
+                     c.pending.expires_at)
+                    for c, ok in zip(batch, admitted, strict=True)
+                    if ok
+                ],
+            )  # fmt: skip
+        return admitted
 
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
+        return await self._redeemed.submit(nonce)
+
+    async def _take_challenges(self, nonces: list[bytes]) -> list[PendingChallenge | None]:
         async with self.db.transaction(write=True) as tx:
-            rows = await tx.fetch(
+            rows = await tx.fetch_many(
                 "DELETE FROM challenges WHERE nonce = ? "
-                "RETURNING subject, purpose, payload, expires_at",
-                nonce,
+                "RETURNING nonce, subject, purpose, payload, expires_at",
+                [(nonce,) for nonce in nonces],
             )
-        if not rows:
-            return None
-        subject, purpose, payload, expires_at = rows[0]
-        return PendingChallenge(subject, purpose, bytes(payload), float(expires_at))
+        taken = {
+            bytes(nonce): PendingChallenge(subject, purpose, bytes(payload), float(expires_at))
+            for nonce, subject, purpose, payload, expires_at in rows
+        }
+        # A nonce redeemed twice in one batch: the first gets it, as if one after the other.
+        return [taken.pop(nonce, None) for nonce in nonces]
 
     async def keep_event_log(self, node_id: str, sha256: str, log: bytes) -> None:
         async with self.db.transaction(write=True) as tx:
@@ -487,13 +513,11 @@ class SqlStore:
             )
 
     async def event_log(self, node_id: str) -> tuple[str, bytes] | None:
-        async with self.db.transaction(write=False) as tx:
-            rows = await tx.fetch("SELECT sha256, log FROM event_logs WHERE node_id = ?", node_id)
+        rows = await self.db.query("SELECT sha256, log FROM event_logs WHERE node_id = ?", node_id)
         return (rows[0][0], bytes(rows[0][1])) if rows else None
 
     async def event_log_sha256(self, node_id: str) -> str | None:
-        async with self.db.transaction(write=False) as tx:
-            rows = await tx.fetch("SELECT sha256 FROM event_logs WHERE node_id = ?", node_id)
+        rows = await self.db.query("SELECT sha256 FROM event_logs WHERE node_id = ?", node_id)
         return str(rows[0][0]) if rows else None
 
 

@@ -91,14 +91,14 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     status = 200
     seen: list[dict[str, str]]
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.seen.append(dict(self.headers))
         self.send_response(self.status)
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"{}")
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet."""
 
 

@@ -107,6 +107,21 @@ def test_pending_challenges_are_capped_per_purpose(db_url: str) -> None:
     run(db_url, body)
 
 
+def test_the_cap_holds_for_challenges_issued_together(db_url: str) -> None:
+    """Challenges issued at once are written in one batch: the cap counts each."""
+
+    async def body(store: Store) -> None:
+        challenges = Challenges(store, ttl_s=TTL_S, max_pending=3)
+        results = await asyncio.gather(
+            *(challenges.issue(f"x{i}", "enroll") for i in range(5)), return_exceptions=True
+        )
+        assert sum(isinstance(r, ChallengesFull) for r in results) == 2
+        issued = [r for r in results if not isinstance(r, BaseException)]
+        assert len({c.nonce for c in issued}) == 3
+
+    run(db_url, body)
+
+
 def test_verified_event_logs_are_kept_per_node(db_url: str) -> None:
     async def body(store: Store) -> None:
         await store.enroll(node("n1"))
