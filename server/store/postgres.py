@@ -159,7 +159,9 @@ class PostgresDatabase:
     @classmethod
     async def connect(cls, url: str, max_size: int = 10) -> PostgresDatabase:
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size)
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=max_size, reset=_keep_session
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise GpuwardError(f"cannot connect to PostgreSQL: {exc}") from None
         try:
@@ -180,6 +182,12 @@ class PostgresDatabase:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """A connection back in the pool needs no ``RESET ALL`` round trip: the store
+    sets no session state (no LISTEN, cursors, SET or session-level advisory locks),
+    and asyncpg still rolls back a transaction left open."""
 
 
 async def _migrate(conn: asyncpg.Connection) -> None:
