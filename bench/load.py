@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -79,6 +80,7 @@ POSTGRES_ADMIN = os.environ.get(
 )
 AK_KEYS = 64
 TARGET = 100_000 / 60
+_NODE = re.compile(r"bench-\d+")
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ class Phase:
         lat = sorted(self.latencies) or [0.0]
         p50 = lat[len(lat) // 2] * 1000
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
-        errors = f"  errors {self.errors}" if self.errors else ""
+        common = sorted(self.errors.items(), key=lambda e: -e[1])[:3]
+        errors = "".join(f"\n      {count} x {why}" for why, count in common)
         return (
             f"    {what:<10} {self.ok:>7} ok {self.failed:>5} failed  {self.rate:>8.0f}/s  "
             f"p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  server CPU {self.cpu_ms:6.3f} ms each{errors}"
@@ -230,7 +233,7 @@ async def _run_phase(
                 answers.append((request.agent, data))
             else:
                 phase.failed += 1
-                why = f"{status} {data[:80].decode(errors='replace')}"
+                why = f"{status} {_NODE.sub('NODE', data[:120].decode(errors='replace'))}"
                 phase.errors[why] = phase.errors.get(why, 0) + 1
 
     began, cpu = time.perf_counter(), _cpu_s(server.pid)
