@@ -103,19 +103,23 @@ class Boot:
 
 @dataclass
 class Agent:
-    node_id: str
+    number: int
     ak: rsa.RSAPrivateKey
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     challenge: Challenge | None = None
     server_log_sha256: str | None = None  # the log the server says it holds for us
 
-    def signed(self, method: str, path: str, body: bytes = b"") -> Request:
+    @property
+    def node_id(self) -> str:
+        return f"bench-{self.number:06}"
+
+    def signed(self, method: str, path: str, body: bytes = b"", replica: int = 0) -> Request:
         timestamp, nonce = int(time.time()), secrets.token_hex(16)
         sig = self.key.sign(signed_message(method, path, self.node_id, timestamp, nonce, body))
         headers = RequestSignature(self.node_id, timestamp, nonce, sig).headers()
         if body:
             headers["Content-Type"] = "application/json"
-        return Request(self, method, path, body, headers)
+        return Request(self, method, path, body, headers, replica)
 
     def enrolled(self) -> EnrolledNode:
         public = self.key.public_key().public_bytes(
@@ -125,7 +129,7 @@ class Agent:
         tpm = json.dumps(record.to_dict(), sort_keys=True)
         return EnrolledNode(self.node_id, public, "bench", True, "tpm2", int(time.time()), tpm)
 
-    def attested_report(self, boot: Boot, marker: str) -> Request:
+    def attested_report(self, boot: Boot, marker: str, replica: int) -> Request:
         """The report of this round, quoted over our challenge by our AK."""
         assert self.challenge is not None
         gpus = tuple(
@@ -145,7 +149,7 @@ class Agent:
         if self.server_log_sha256 == boot.log_sha256:
             evidence = evidence.without_log()
         body = json.dumps(AttestedReport(report, evidence).to_dict()).encode()
-        return self.signed("POST", "/v1/reports", body)
+        return self.signed("POST", "/v1/reports", body, replica)
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class Request:
     path: str
     body: bytes
     headers: dict[str, str]
+    replica: int = 0  # which server process it goes to
 
 
 @dataclass
@@ -187,16 +192,21 @@ class Phase:
         )
 
 
-def _cpu_s(pid: int) -> float:
-    """User and system CPU seconds of process ``pid`` so far (``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_s(pids: Sequence[int]) -> float:
+    """User and system CPU seconds of processes ``pids`` so far (``/proc``)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class Target:
-    url: str
-    pid: int
+    """The server processes (replicas on one store), by replica number."""
+
+    urls: tuple[str, ...]
+    pids: tuple[int, ...]
 
 
 async def _run_phase(
@@ -209,7 +219,6 @@ async def _run_phase(
 ) -> tuple[Phase, list[tuple[Agent, bytes]]]:
     """Send ``requests`` over ``connections`` concurrent streams; the OK answers."""
     phase = Phase()
-    url = server.url
     answers: list[tuple[Agent, bytes]] = []
     pending = iter(requests)
 
@@ -220,7 +229,8 @@ async def _run_phase(
             started = time.perf_counter()
             try:
                 async with session.request(
-                    request.method, url + request.path, data=request.body or None,
+                    request.method, server.urls[request.replica] + request.path,
+                    data=request.body or None,
                     headers=request.headers,
                 ) as r:  # fmt: skip
                     data = await r.read()
@@ -236,10 +246,10 @@ async def _run_phase(
                 why = f"{status} {_NODE.sub('NODE', data[:120].decode(errors='replace'))}"
                 phase.errors[why] = phase.errors.get(why, 0) + 1
 
-    began, cpu = time.perf_counter(), _cpu_s(server.pid)
+    began, cpu = time.perf_counter(), _cpu_s(server.pids)
     await asyncio.gather(*(worker() for _ in range(connections)))
     phase.seconds = time.perf_counter() - began
-    phase.server_cpu_s = _cpu_s(server.pid) - cpu
+    phase.server_cpu_s = _cpu_s(server.pids) - cpu
     return phase, answers
 
 
@@ -271,14 +281,18 @@ async def _round(
     args: argparse.Namespace,
     deadline: float,
 ) -> Round:
-    asked = [a.signed("GET", "/v1/challenge") for a in agents]
+    # With replicas, each node asks one for its challenge and reports to the next.
+    replicas = len(server.urls)
+    asked = [a.signed("GET", "/v1/challenge", replica=a.number % replicas) for a in agents]
     challenges, answers = await _run_phase(session, server, asked, 200, args.connections, deadline)
     for agent, data in answers:
         doc = json.loads(data)
         agent.challenge = Challenge.from_dict(doc["challenge"])
         agent.server_log_sha256 = doc["event_log_sha256"]
     marker = f"bench round {number}"
-    posts = [agent.attested_report(boot, marker) for agent, _ in answers]  # the TPMs' work
+    posts = [  # the TPMs' work
+        agent.attested_report(boot, marker, (agent.number + 1) % replicas) for agent, _ in answers
+    ]
     reports, _ = await _run_phase(session, server, posts, 202, args.connections, deadline)
     stored = sum(
         1
@@ -295,7 +309,7 @@ async def _reference(
     session: aiohttp.ClientSession, server: Target, agents: list[Agent], connections: int
 ) -> Phase:
     """``GET /healthz`` as often as there are agents: this client's and server's ceiling."""
-    requests = [Request(a, "GET", "/healthz", b"", {}) for a in agents]
+    requests = [Request(a, "GET", "/healthz", b"", {}, a.number % len(server.urls)) for a in agents]
     deadline = time.monotonic() + 60
     phase, _ = await _run_phase(session, server, requests, 200, connections, deadline)
     return phase
@@ -376,9 +390,13 @@ async def _bench(
     store = await open_store(db)
     try:
         await _enroll(store, agents)
-        log = args.work / f"server-{backend}-{len(list(args.work.glob('server-*')))}.log"
-        process, port = _start_server(tree, args.repo, db, args.ek_ca, log)
-        server = Target(f"http://{HOST}:{port}", process.pid)
+        started = []
+        for _ in range(args.replicas if backend == "postgresql" else 1):
+            log = args.work / f"server-{len(list(args.work.glob('server-*')))}.log"
+            started.append(_start_server(tree, args.repo, db, args.ek_ca, log))
+        server = Target(
+            tuple(f"http://{HOST}:{port}" for _, port in started), tuple(p.pid for p, _ in started)
+        )
         try:
             connector = aiohttp.TCPConnector(limit=args.connections)
             timeout = aiohttp.ClientTimeout(total=60)
@@ -390,8 +408,9 @@ async def _bench(
                     for n in range(1, args.rounds + 1)
                 ]
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            for process, _ in started:
+                process.terminate()
+                process.wait(timeout=30)
     finally:
         await store.close()
     return reference, rounds
@@ -424,7 +443,7 @@ def _print(
 def bench(
     backend: str, tree: Path, boot: Boot, aks: list[rsa.RSAPrivateKey], args: argparse.Namespace
 ) -> None:
-    agents = [Agent(f"bench-{i:06}", aks[i % AK_KEYS]) for i in range(args.agents)]
+    agents = [Agent(i, aks[i % AK_KEYS]) for i in range(args.agents)]
     if backend == "sqlite":
         db = f"sqlite://{args.work / f'bench-{secrets.token_hex(4)}.db'}"
         reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args))
@@ -437,6 +456,8 @@ def bench(
         finally:
             asyncio.run(_admin(f"DROP DATABASE {name} WITH (FORCE)"))
     label = backend if tree == ROOT else f"{backend}, server from {tree}"
+    if backend == "postgresql" and args.replicas > 1:
+        label += f", {args.replicas} replicas (challenge from one, report to the next)"
     _print(label, len(agents), reference, rounds, _rsa_verifies_per_s(), args.connections)
 
 
@@ -450,9 +471,15 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="also run the server from this source tree, alternately"
     )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="server processes on PostgreSQL (one core each)"
+    )
     args = parser.parse_args()
-    if not 1 <= args.agents <= 100_000 or not 1 <= args.rounds <= 10:
-        raise SystemExit("--agents must be between 1 and 100,000, --rounds between 1 and 10")
+    if not 1 <= args.agents <= 100_000 or not 1 <= args.rounds <= 10 or not 1 <= args.replicas <= 8:
+        raise SystemExit(
+            "--agents must be between 1 and 100,000, --rounds between 1 and 10, "
+            "--replicas between 1 and 8"
+        )
     aks = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(AK_KEYS)]
     boot = Boot.load()
     trees = [ROOT] if args.baseline is None else [args.baseline.resolve(), ROOT]
