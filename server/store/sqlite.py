@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
@@ -226,29 +226,39 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 class SqliteStore(SqlStore):
-    """Enrolled nodes are kept in memory once read: the lookup every node request
-    makes then costs no trip to the database thread. Exact, because a SQLite store
-    serves one server process and enrollments change only through ``enroll`` and
-    ``remove_node`` here, which drop the node; PostgreSQL, shared by replicas,
-    reads every time. (A new write to ``enrollments`` must drop the node too.)"""
+    """What every node request reads, its enrollment and (for a report challenge)
+    the digest of its kept event log, is kept in memory once read: the request then
+    costs no trip to the database thread. Exact, because a SQLite store serves one
+    server process and both change only through ``enroll``, ``remove_node`` and
+    ``keep_event_log`` here, which drop the node; PostgreSQL, shared by replicas,
+    reads every time. (A new write to either must drop the node too.)"""
 
     def __init__(self, db: SqliteDatabase) -> None:
         super().__init__(db)
         self._nodes: dict[str, EnrolledNode] = {}
+        self._log_digests: dict[str, str] = {}
         self._changes = 0  # a read that overlapped a change is not kept
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         return cls(await SqliteDatabase.open(path))
 
-    async def enrolled(self, node_id: str) -> EnrolledNode | None:
-        node = self._nodes.get(node_id)
-        if node is None:
+    async def _kept(
+        self, cache: dict[str, T], node_id: str, read: Callable[[str], Awaitable[T | None]]
+    ) -> T | None:
+        found = cache.get(node_id)
+        if found is None:
             changes = self._changes
-            node = await super().enrolled(node_id)
-            if node is not None and changes == self._changes:
-                self._nodes[node_id] = node
-        return node
+            found = await read(node_id)
+            if found is not None and changes == self._changes:
+                cache[node_id] = found
+        return found
+
+    async def enrolled(self, node_id: str) -> EnrolledNode | None:
+        return await self._kept(self._nodes, node_id, super().enrolled)
+
+    async def event_log_sha256(self, node_id: str) -> str | None:
+        return await self._kept(self._log_digests, node_id, super().event_log_sha256)
 
     async def enroll(self, node: EnrolledNode) -> tuple[EnrolledNode, bool]:
         try:
@@ -262,6 +272,13 @@ class SqliteStore(SqlStore):
         finally:
             self._forget(node_id)
 
+    async def keep_event_log(self, node_id: str, sha256: str, log: bytes) -> None:
+        try:
+            await super().keep_event_log(node_id, sha256, log)
+        finally:
+            self._forget(node_id)
+
     def _forget(self, node_id: str) -> None:
         self._changes += 1
         self._nodes.pop(node_id, None)
+        self._log_digests.pop(node_id, None)

@@ -127,6 +127,7 @@ def test_verified_event_logs_are_kept_per_node(db_url: str) -> None:
         await store.enroll(node("n1"))
         assert await store.event_log("n1") is None
         await store.keep_event_log("n1", "aa", b"first log")
+        assert await store.event_log_sha256("n1") == "aa"  # read, and kept in memory (SQLite)
         await store.keep_event_log("n1", "bb", b"second log")
         assert await store.event_log("n1") == ("bb", b"second log")
         assert await store.event_log_sha256("n1") == "bb"
