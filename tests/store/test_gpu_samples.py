@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from fleet.gpu import GpuSample
-from fleet.report import GpuReport, NodeHealth
+from fleet.report import GpuReport, HealthReport, NodeHealth
 from fleet.stragglers import WINDOW
 from server.store import Store
 from tests.store.test_store import node, report, run
@@ -39,5 +40,27 @@ def test_each_node_keeps_its_latest_window_in_order(db_url: str) -> None:
         )
         assert window.reports[-1][1] == with_samples("n1", 1000 + WINDOW + 2)
         assert await store.gpu_windows(since=100 + WINDOW + 3) == []  # n1 went quiet since
+
+    run(db_url, body)
+
+
+def test_reports_committed_together_keep_the_window(db_url: str) -> None:
+    """Reports arriving at once share one transaction (group commit): the window
+    still keeps each node's latest sets, in order."""
+
+    async def body(store: Store) -> None:
+        await store.enroll(node("n1"))
+
+        def sent(i: int) -> HealthReport:
+            samples = with_samples("n1", 1000 + i)
+            health = NodeHealth("healthy", (), tuple(GpuReport(s, ()) for s in samples), ())
+            return replace(report("n1"), health=health)
+
+        stored = await asyncio.gather(
+            *(store.add_report(sent(i), 100 + i, "", f"{i:032x}") for i in range(WINDOW + 3))
+        )
+        assert all(stored)
+        (window,) = await store.gpu_windows(since=0)
+        assert [at for at, _ in window.reports] == [100.0 + i for i in range(3, WINDOW + 3)]
 
     run(db_url, body)
