@@ -59,9 +59,11 @@ def ak_public(key: rsa.RSAPrivateKey) -> bytes:
     return struct.pack(">H", len(area)) + area
 
 
-def quote(key: rsa.RSAPrivateKey, qualifying: bytes, pcrs: bytes) -> tuple[bytes, bytes]:
-    """TPMS_ATTEST for a quote of SELECTION, and its TPMT_SIGNATURE."""
-    mask = sum(1 << p for p in SELECTION.banks[0][1]).to_bytes(3, "little")
+def quote(
+    key: rsa.RSAPrivateKey, qualifying: bytes, pcrs: bytes, selection: PcrSelection = SELECTION
+) -> tuple[bytes, bytes]:
+    """TPMS_ATTEST for a quote of ``selection`` (one sha256 bank), and its TPMT_SIGNATURE."""
+    mask = sum(1 << p for p in selection.banks[0][1]).to_bytes(3, "little")
     attest = struct.pack(">IHH", 0xFF544347, 0x8018, 34) + b"\x00\x0b" + bytes(32)
     attest += struct.pack(">H", len(qualifying)) + qualifying
     attest += struct.pack(">QIIBQ", 123456, 2, 0, 1, 0x20191023)

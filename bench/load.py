@@ -77,14 +77,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from bench.attest import LOG, SELECTION, ak_public, quote
+from bench.attest import LOG, ak_public, quote
 from fleet.attestation import (
     AttestationEvidence,
     AttestedReport,
     Challenge,
+    PcrSelection,
     quote_qualifying_data,
     report_digest,
 )
+from fleet.driverlog import DEFAULT_DRIVER_PCR, DriverEvent
+from fleet.driverlog import encode as encode_driver_log
+from fleet.driverlog import replay as replay_driver
 from fleet.eventlog import parse, replay
 from fleet.nodeauth import RequestSignature, signed_message
 from fleet.report import GpuHealth, HealthReport
@@ -99,25 +103,33 @@ POSTGRES_ADMIN = os.environ.get(
 )
 AK_KEYS = 64
 TARGET = 100_000 / 60
+# What the quotes cover: the boot PCRs the server requires, and the driver PCR.
+SELECTION = PcrSelection.parse(f"sha256:0-9,14,{DEFAULT_DRIVER_PCR}")
+BUNDLE, DRIVER = "drivers/R580/nvidia-580.95.05.bundle", "580.95.05"
 _NODE = re.compile(r"bench-\d+")
 
 
 @dataclass(frozen=True)
 class Boot:
-    """What every simulated node booted with: one event log, the PCRs it explains."""
+    """What every simulated node booted with: one firmware event log, the driver the
+    applier measured into the driver PCR (its log), and the PCRs both explain."""
 
     log: bytes
     log_sha256: str
+    driver: DriverEvent
+    driver_log: bytes
     pcrs: dict[str, dict[int, bytes]]
 
     @classmethod
     def load(cls) -> Boot:
         log = LOG.read_bytes()
         replayed = replay(parse(log))["sha256"]
+        driver = DriverEvent(DEFAULT_DRIVER_PCR, BUNDLE, "ab" * 32, DRIVER, int(time.time()))
+        replayed[DEFAULT_DRIVER_PCR] = replay_driver((driver,), DEFAULT_DRIVER_PCR)
         pcrs = {"sha256": {p: replayed.get(p, bytes(32)) for p in SELECTION.banks[0][1]}}
         digest = AttestationEvidence(bytes(32), b"", b"", SELECTION, pcrs, log).event_log_sha256
         assert digest is not None
-        return cls(log, digest, pcrs)
+        return cls(log, digest, driver, encode_driver_log((driver,)), pcrs)
 
 
 @dataclass
@@ -152,19 +164,20 @@ class Agent:
         """The report of this round, quoted over our challenge by our AK."""
         assert self.challenge is not None
         gpus = tuple(
-            GpuHealth(i, "NVIDIA H100 80GB HBM3", f"GPU-{self.node_id}-{i}", "580.95.05", True, ())
+            GpuHealth(i, "NVIDIA H100 80GB HBM3", f"GPU-{self.node_id}-{i}", DRIVER, True, ())
             for i in range(8)
         )
         report = HealthReport(
-            self.node_id, int(time.time()), "a", "580.95.05",
-            "drivers/R580/nvidia-580.95.05.bundle", "up-to-date", marker, gpus,
-        )  # fmt: skip
+            self.node_id, int(time.time()), "a", DRIVER, BUNDLE, "up-to-date", marker, gpus
+        )
         nonce = self.challenge.nonce
         values = b"".join(boot.pcrs["sha256"][p] for p in SELECTION.banks[0][1])
         attest, signature = quote(
-            self.ak, quote_qualifying_data(nonce, report_digest(report)), values
+            self.ak, quote_qualifying_data(nonce, report_digest(report)), values, SELECTION
         )
-        evidence = AttestationEvidence(nonce, attest, signature, SELECTION, boot.pcrs, boot.log)
+        evidence = AttestationEvidence(
+            nonce, attest, signature, SELECTION, boot.pcrs, boot.log, driver_log=boot.driver_log
+        )
         if self.server_log_sha256 == boot.log_sha256:
             evidence = evidence.without_log()
         body = json.dumps(AttestedReport(report, evidence).to_dict()).encode()
