@@ -34,22 +34,25 @@ server. Bounded in agents and in time; loopback only.
 
 Target (issue 8): 100,000 nodes every 60 s = 1,667 attested reports/s.
 
-Last measured (2026-11-24, the 2-core dev VM shared with other work; 10,000
-agents, 64 connections; steady state = round 2; same run, baseline = main at
-04e846f): attested reports/s (N / challenge + report time), report p50/p99,
-server CPU per attested report (challenge included), lost reports.
+Last measured (2026-11-24 22:54 UTC, the 2-core dev VM shared with other
+helpers' test runs; 10,000 agents, 64 connections; steady state = round 2; the
+baseline is main at 081507b, run alternately in the same invocation):
+attested reports/s (N / challenge + report time), report p50/p99, server CPU
+per attested report (challenge included), lost reports.
 
-    SQLite      main    236/s  153/328 ms  3.11 ms  lost 0
-                this  1,002/s   36/ 77 ms  0.75 ms  lost 0   (1,330/s per server core)
-    PostgreSQL  main    347/s  104/237 ms  2.32 ms  lost 0
-                this  1,276/s   31/ 65 ms  0.75 ms  lost 0   (1,339/s per server core)
+    SQLite      main    140/s  202/878 ms  3.79 ms  lost 0
+                this    525/s   73/217 ms  1.03 ms  lost 0   (975/s per server core)
+    PostgreSQL  main    238/s  161/344 ms  2.65 ms  lost 0
+                this    742/s   53/108 ms  0.98 ms  lost 0   (1,016/s per server core)
 
-Round 1 (every report carries its 41 KB event log): SQLite 131 -> 587/s,
-PostgreSQL 218 -> 672/s. References in that run: GET /healthz 8,600-18,600
-req/s (0.07-0.12 x), bare RSA-2048 verify 65,000/s. So 0.60x (SQLite) and 0.77x
-(PostgreSQL) of the target with the load generator on the same two cores, 0.80x
-per server core; two replicas (--replicas 2) gave less here (682/s): client,
-PostgreSQL and both servers share the two cores.
+Round 1 (every report carries its 41 KB event log): SQLite 153 -> 292/s,
+PostgreSQL 181 -> 463/s. References in that run: GET /healthz 6,600-9,200
+req/s (attested reports 0.08-0.085 x that), bare RSA-2048 verify 49,000-65,000/s.
+An earlier run on a quieter machine (main at 04e846f, before the driver PCR):
+SQLite 236 -> 1,002/s, PostgreSQL 347 -> 1,276/s, 0.75 ms per report (1,330/s
+per server core). So 0.3-0.8x of the target with the load generator on the
+same two cores, 0.6-0.8x per server core; two replicas (--replicas 2) gave less
+here (682/s): client, PostgreSQL and both servers share the two cores.
 """
 
 from __future__ import annotations
