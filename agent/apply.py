@@ -25,7 +25,7 @@ import structlog
 from agent.channel import UpdateRefused
 from agent.config import AgentConfig
 from agent.crash import crash_point
-from agent.health_gate import GateProbe, NvmlGate, Snapshot, judge
+from agent.health_gate import GateProbe, NvmlGate
 from agent.installers import activate, installer_for, rollback
 from agent.journal import TERMINAL, Journal, load_journal, save_journal
 from agent.kernel_hold import hold_after_commit
@@ -35,6 +35,7 @@ from agent.slots import SlotContent, Slots
 from agent.spool import clear_spool, has_request, verify_spool
 from agent.unpack import BadBundle, unpack_bundle
 from fleet.errors import GpuwardError
+from fleet.gpu_rules import Snapshot, switch_problems
 from fleet.manifest import PAYLOAD_DIR
 
 log = structlog.get_logger(__name__)
@@ -259,7 +260,7 @@ class Applier:
         after = self.gate.look(xid_window_s=self.settings.xid_window_s)
         crash_point("gate:looked")
         before = None if journal.baseline is None else Snapshot.from_baseline(journal.baseline)
-        reasons = judge(before, after, expected)
+        reasons = list(switch_problems(before, after, expected))
         if not reasons and self.settings.smoke_test:
             reasons = self._smoke_test()
         crash_point("gate:smoke-tested")

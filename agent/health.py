@@ -6,8 +6,9 @@ listener received; the gate compares that with the driver the active slot
 should have loaded. Any reason returned means "roll back".
 
 ``assess`` classifies what a probe saw as healthy, degraded or failed, with
-reasons, for reports; ``post_switch_check`` is the verdict after a slot switch,
-where a GPU lost or a node-fault XID since the switch also fails the node.
+reasons, for reports; ``post_switch_check`` is the inline mode's verdict after
+a slot switch, by the same rules as the root applier's
+(``fleet.gpu_rules.switch_problems``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Protocol
 from fleet.gpu import GpuSample, XidEvent
 from fleet.gpu_rules import (
     FAILED,
-    HEALTHY,
+    GpuState,
+    Snapshot,
     Verdict,
-    classify_xid,
     degradations,
     node_verdict,
-    xid_status,
+    switch_problems,
 )
 from fleet.report import MAX_FINDINGS, MAX_PROBLEMS, MAX_XIDS, GpuHealth, GpuReport, NodeHealth
 
@@ -48,20 +49,16 @@ class HealthProbe(Protocol):
         ...
 
 
+def snapshot(result: ProbeResult) -> Snapshot:
+    """What the post-switch judgement needs of a probe's look."""
+    aggregate = {s.index: s.ecc_uncorrected_aggregate for s in result.samples}
+    gpus = tuple(GpuState(g.index, g.uuid, aggregate.get(g.index), g.problems) for g in result.gpus)
+    return Snapshot(result.driver_version, gpus, result.xids, result.error)
+
+
 def gate(result: ProbeResult, expected_driver: str) -> list[str]:
     """Every reason the node is not healthy on ``expected_driver``; empty when it is."""
-    if result.error is not None:
-        return [result.error]
-    reasons = []
-    if result.driver_version != expected_driver:
-        reasons.append(
-            f"driver {result.driver_version or 'none'} is loaded, expected {expected_driver}"
-        )
-    if not result.gpus:
-        reasons.append("no GPU visible")
-    for gpu in result.gpus:
-        reasons.extend(f"GPU {gpu.index} ({gpu.uuid}): {p}" for p in gpu.problems)
-    return reasons
+    return list(switch_problems(None, snapshot(result), expected_driver))
 
 
 def _bounded(reasons: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -110,27 +107,14 @@ def post_switch_check(
     """May the node commit ``expected_driver``, which it switched to at ``since``?
 
     ``before`` is what the probe saw before the switch (None when unknown, as
-    after a crash): a GPU seen then and missing now fails the check. So does
-    anything ``gate`` objects to, and any XID after the switch that is a fault of
-    the node rather than of an application. Otherwise the verdict is the GPUs'
-    status (healthy or degraded): a degraded node commits, and is reported.
+    after a crash). Any of ``switch_problems``' reasons fails the check;
+    otherwise the verdict is the GPUs' status (healthy or degraded): a degraded
+    node commits, and is reported.
     """
-    reasons = gate(after, expected_driver)
-    if before is not None:
-        now = {g.uuid for g in after.gpus}
-        reasons.extend(
-            f"GPU {g.index} ({g.uuid}) was visible before the switch and is gone"
-            for g in before.gpus
-            if g.uuid != "unknown" and g.uuid not in now
-        )
-    for event in after.xids:
-        if (since is None or event.at > since) and xid_status(event.xid) != HEALTHY:
-            gpu = "?" if event.gpu_index is None else event.gpu_index
-            reasons.append(
-                f"GPU {gpu}: XID {event.xid} ({classify_xid(event.xid).description}) "
-                "after the switch"
-            )
+    reasons = switch_problems(
+        None if before is None else snapshot(before), snapshot(after), expected_driver, since=since
+    )
     if reasons:
-        return Verdict(FAILED, tuple(reasons))
+        return Verdict(FAILED, reasons)
     health = assess(after, xids_since=since)
     return Verdict(health.status, health.reasons)

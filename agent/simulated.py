@@ -12,9 +12,9 @@ import uuid
 
 from agent.config import SimulatedGpus
 from agent.health import ProbeResult
-from agent.health_gate import GpuState, Snapshot
 from agent.slots import Slots
 from fleet.gpu import XidEvent
+from fleet.gpu_rules import GpuState, Snapshot
 from fleet.report import GpuHealth
 
 UNHEALTHY_XID = 79  # GPU has fallen off the bus

@@ -12,6 +12,9 @@ Two kinds of verdict:
   degraded or failed) with its reasons, through one table (``STATUS_OF_RULE``
   and the XID catalog): what is broken fails the node, what slows it degrades
   it, and an application's own fault (XID 13, 31, 43) is not the node's.
+* ``switch_problems`` is the one judgement after a driver switch, for the root
+  applier and the agent's inline mode alike: each reason it returns rolls the
+  switch back.
 
 Only evidence counts: a value the GPU cannot report (``None``) is never a
 problem, because a fleet of GPUs that lack a counter must still be updatable.
@@ -322,3 +325,98 @@ def node_verdict(findings: Iterable[tuple[int, Finding]], xids: Sequence[XidEven
             )
     judged.sort(key=lambda j: -STATUSES.index(j[0]))
     return Verdict(worst(s for s, _ in judged), tuple(dict.fromkeys(r for _, r in judged)))
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """One GPU as the post-switch judgement sees it."""
+
+    index: int
+    uuid: str
+    # The aggregate counter: it survives the driver reload a switch may cause.
+    ecc_uncorrected: int | None
+    problems: tuple[str, ...] = ()  # ``gate_problems``: each one fails the switch
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What NVML (or the simulation) showed at one moment; ``error`` when it could
+    not look at all."""
+
+    driver_version: str | None
+    gpus: tuple[GpuState, ...]
+    xids: tuple[XidEvent, ...] = ()
+    error: str | None = None
+
+    def baseline(self) -> dict[str, Any]:
+        """The part the applier's journal keeps across a crash: what "before" means."""
+        return {
+            "driver_version": self.driver_version,
+            "error": self.error,
+            "gpus": [
+                {"index": g.index, "uuid": g.uuid, "ecc_uncorrected": g.ecc_uncorrected}
+                for g in self.gpus
+            ],
+        }
+
+    @classmethod
+    def from_baseline(cls, doc: dict[str, Any]) -> Snapshot:
+        return cls(
+            driver_version=doc["driver_version"],
+            gpus=tuple(
+                GpuState(int(g["index"]), str(g["uuid"]), g["ecc_uncorrected"]) for g in doc["gpus"]
+            ),
+            error=doc["error"],
+        )
+
+
+def switch_problems(
+    before: Snapshot | None,
+    after: Snapshot,
+    expected_driver: str,
+    *,
+    since: float | None = None,
+) -> tuple[str, ...]:
+    """Every reason to roll a switch to ``expected_driver`` back; empty to commit it.
+
+    ``before`` is what was seen just before the switch: None, or with an error,
+    when there is nothing to compare with (a first install, a crash that lost
+    it). The switch fails on what ``after`` could not read, another driver, no
+    GPU or fewer (more) GPUs than before, a GPU's own problems, uncorrectable
+    ECC errors counted since ``before``, and any XID after ``since`` that is a
+    fault of the node: an application's own XID (13, 31, 43) is not.
+    """
+    if after.error is not None:
+        return (after.error,)
+    reasons = []
+    if after.driver_version != expected_driver:
+        reasons.append(
+            f"driver {after.driver_version or 'none'} is loaded, expected {expected_driver}"
+        )
+    if not after.gpus:
+        reasons.append("no GPU visible")
+    earlier = () if before is None or before.error else before.gpus
+    if earlier and len(after.gpus) != len(earlier):
+        now = {g.uuid for g in after.gpus}
+        missing = [g.uuid for g in earlier if g.uuid != "unknown" and g.uuid not in now]
+        reasons.append(
+            f"{len(after.gpus)} GPUs visible, {len(earlier)} before the switch"
+            + (f" (missing: {', '.join(missing)})" if missing else "")
+        )
+    counted = {g.uuid: g.ecc_uncorrected for g in earlier}
+    for gpu in after.gpus:
+        reasons.extend(f"GPU {gpu.index} ({gpu.uuid}): {p}" for p in gpu.problems)
+        new = _rose(gpu.ecc_uncorrected, counted.get(gpu.uuid))
+        if new:
+            reasons.append(
+                f"GPU {gpu.index} ({gpu.uuid}): {new} new uncorrectable ECC error(s) "
+                "since the switch"
+            )
+    for event in after.xids:
+        if (since is None or event.at > since) and xid_status(event.xid) != HEALTHY:
+            gpu_index = "?" if event.gpu_index is None else event.gpu_index
+            reasons.append(
+                f"GPU {gpu_index} ({event.gpu_uuid or 'unknown'}): XID {event.xid} since the "
+                f"switch ({classify_xid(event.xid).description})"
+            )
+    return tuple(reasons)

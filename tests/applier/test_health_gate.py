@@ -66,19 +66,30 @@ def test_a_healthy_driver_commits(
     assert node.slots.active() == "b"
 
 
+def test_an_application_xid_after_the_switch_commits(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_nvml_libs: dict[str, Path]
+) -> None:
+    """XID 13 is a CUDA program's own fault, not the driver's (XID 79 rolls back below)."""
+    node = _node_on_nvml(
+        site, tmp_path / "node", monkeypatch, fake_nvml_libs, {**HEALTHY, "xids": "1:13"}
+    )
+    assert node.outcome() == "committed"
+    assert node.slots.active() == "b"
+
+
 @pytest.mark.parametrize(
     ("new_nvml", "applier", "expected"),
     [
         pytest.param(
             h100_host(gpus=2, driver=OLD),
             "",
-            f"NVML reports driver {OLD}, expected {NEW}",
+            f"driver {OLD} is loaded, expected {NEW}",
             id="wrong-driver",
         ),
         pytest.param(
             h100_host(gpus=1, driver=NEW),
             "",
-            "NVML sees 1 GPUs, 2 before the switch (missing: GPU-00000001",
+            "1 GPUs visible, 2 before the switch (missing: GPU-00000001",
             id="gpu-missing",
         ),
         pytest.param(

@@ -133,7 +133,7 @@ def test_post_switch_healthy_and_degraded_commit() -> None:
 def test_post_switch_a_lost_gpu_fails() -> None:
     verdict = post_switch_check(seen(sample(0), sample(1)), seen(sample(0)), DRIVER)
     assert verdict.status == FAILED
-    assert verdict.reasons == (f"GPU 1 ({uuid(1)}) was visible before the switch and is gone",)
+    assert verdict.reasons == (f"1 GPUs visible, 2 before the switch (missing: {uuid(1)})",)
 
 
 def test_post_switch_xids_after_the_switch_fail() -> None:
@@ -144,7 +144,17 @@ def test_post_switch_xids_after_the_switch_fail() -> None:
     verdict = post_switch_check(before, fresh, DRIVER, since=10.0)
     assert verdict.status == FAILED  # any node-fault XID after the switch, even a degrading one
     assert verdict.reasons == (
-        "GPU 0: XID 63 (row remapping or page retirement recorded) after the switch",
+        f"GPU 0 ({uuid(0)}): XID 63 since the switch (row remapping or page retirement recorded)",
+    )
+
+
+def test_post_switch_new_uncorrectable_ecc_since_the_baseline_fails() -> None:
+    before = seen(sample(0, ecc_uncorrected_aggregate=2))
+    same = seen(sample(0, ecc_uncorrected_aggregate=2))
+    assert post_switch_check(before, same, DRIVER).status == HEALTHY
+    verdict = post_switch_check(before, seen(sample(0, ecc_uncorrected_aggregate=5)), DRIVER)
+    assert verdict.reasons == (
+        f"GPU 0 ({uuid(0)}): 3 new uncorrectable ECC error(s) since the switch",
     )
 
 
