@@ -18,9 +18,11 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from string import hexdigits
 from typing import Protocol
 
 import structlog
+from tuf.api.metadata import TargetFile
 
 from agent.channel import UpdateRefused
 from agent.config import AgentConfig
@@ -32,7 +34,7 @@ from agent.kernel_hold import hold_after_commit
 from agent.measure import event_for, measure
 from agent.runner import run_command
 from agent.slots import SlotContent, Slots
-from agent.spool import clear_spool, has_request, verify_spool
+from agent.spool import MetadataUnusable, clear_spool, has_request, read_request, verify_spool
 from agent.unpack import BadBundle, unpack_bundle
 from fleet.errors import GpuwardError
 from fleet.gpu_rules import Snapshot, switch_problems
@@ -186,8 +188,10 @@ class Applier:
         crash_point("stage:start")
         work = self.config.applier_dir / "work"
         previous = self.slots.active()
+        request: TargetFile | None = None
         try:
-            verified = verify_spool(self.config, work)
+            request = read_request(self.config.spool_dir)
+            verified = verify_spool(self.config, request, work)
             running = self.slots.content(previous)
             # Signed is not enough: an agent under an attacker's control could spool
             # an older signed bundle with a known hole. Only newer versions go in.
@@ -205,7 +209,15 @@ class Applier:
             )
         except (UpdateRefused, BadBundle) as exc:
             self.log.error("spool_refused", reason=str(exc), active_slot=previous)
-            failed = Journal().to("failed", reason=str(exc))
+            # Naming the refused bundle tells the agent not to hand it over again;
+            # a request refused for want of usable metadata is not itself at fault.
+            named = request is not None and not isinstance(exc, MetadataUnusable)
+            failed = Journal().to(
+                "failed",
+                reason=str(exc),
+                target_path=None if request is None else request.path,
+                sha256=_sha256_of(request) if named else None,
+            )
             journal = self._save(failed)
         else:
             crash_point("stage:unpacked")
@@ -320,6 +332,14 @@ class Applier:
         return ApplyResult(
             journal.state, outcome, journal.reason, self.slots.active(), self._measure_error
         )
+
+
+def _sha256_of(request: TargetFile | None) -> str | None:
+    """The bundle digest a request names, if it is one: the request is the agent's word."""
+    digest = None if request is None else request.hashes.get("sha256")
+    if isinstance(digest, str) and len(digest) == 64 and all(c in hexdigits for c in digest):
+        return digest.lower()
+    return None
 
 
 def apply_once(config: AgentConfig) -> ApplyResult:

@@ -208,7 +208,8 @@ class Cycle:
         if journal.state in APPLIER_OUTCOMES and news != state.handoff.reported:
             outcome = Outcome(APPLIER_OUTCOMES[journal.state], f"applier: {journal.reason}")
             state = replace(state, handoff=replace(state.handoff, reported=news))
-            if journal.state == "rolled-back" and journal.sha256:
+            if journal.state in ("rolled-back", "failed") and journal.sha256:
+                # Failed health, or refused: either way never handed over again.
                 state = state.with_rejected(journal.sha256)
             if journal.state == "committed" and journal.sha256 == state.handoff.sha256:
                 counter = max(state.release_counter, state.handoff.release_counter)
@@ -242,7 +243,7 @@ class Cycle:
             last_release_counter=state.release_counter,
         )
         if candidate.sha256 in state.rejected:
-            reason = f"the assigned {directive.target_path} failed health here before"
+            reason = f"the assigned {directive.target_path} failed or was refused here before"
             return None, reason, state.release_counter
         return candidate, "", directive.release_counter
 
@@ -254,7 +255,7 @@ class Cycle:
         usable = [c for c in candidates if c.sha256 not in state.rejected]
         skipped = len(candidates) - len(usable)
         why_not = "no newer bundle for this node" + (
-            f" ({skipped} skipped: failed health here before)" if skipped else ""
+            f" ({skipped} skipped: failed or refused here before)" if skipped else ""
         )
         if not usable:
             return None, why_not

@@ -81,15 +81,25 @@ class _OfflineFetcher(FetcherInterface):
         raise tuf_errors.DownloadHTTPError(f"{url}: the applier works offline", 404)
 
 
-def verify_spool(config: AgentConfig, work: Path) -> Verified:
-    """Copy the spooled bundle into ``work`` and verify it; raise ``UpdateRefused``."""
-    spool = config.spool_dir
+class MetadataUnusable(UpdateRefused):
+    """The agent's cached metadata could not vouch for the request: the request is
+    not at fault, and the agent may spool it again once its metadata is fresh."""
+
+
+def read_request(spool: Path) -> TargetFile:
+    """The spooled ``TargetFile``, as the agent claims it; nothing in it is trusted yet."""
     try:
         with (spool / TARGET).open("rb") as f:
             doc: Any = json.loads(f.read(MAX_TARGET_BYTES + 1)[:MAX_TARGET_BYTES])
-        spooled = TargetFile.from_dict(dict(doc["info"]), str(doc["path"]))
+        return TargetFile.from_dict(dict(doc["info"]), str(doc["path"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UpdateRefused(f"spooled request {spool / TARGET} is unreadable ({exc})") from None
+
+
+def verify_spool(config: AgentConfig, spooled: TargetFile, work: Path) -> Verified:
+    """Copy the spooled bundle into ``work`` and verify it as ``spooled`` (from
+    ``read_request``); raise ``UpdateRefused``."""
+    spool = config.spool_dir
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     bundle = work / BUNDLE
     try:
@@ -103,7 +113,7 @@ def verify_spool(config: AgentConfig, work: Path) -> Verified:
         try:
             shutil.copytree(config.metadata_dir, metadata)
         except (OSError, shutil.Error) as exc:
-            raise UpdateRefused(
+            raise MetadataUnusable(
                 f"the agent's cached metadata {config.metadata_dir} cannot be copied ({exc}); "
                 "run `gpuward agent run --once` so the agent refreshes it, then apply again"
             ) from None
@@ -119,7 +129,7 @@ def verify_spool(config: AgentConfig, work: Path) -> Verified:
         try:
             verified = channel.targetinfo(spooled.path)
         except GpuwardError as exc:
-            raise UpdateRefused(f"cached metadata does not verify offline: {exc}") from None
+            raise MetadataUnusable(f"cached metadata does not verify offline: {exc}") from None
         if verified is None:
             raise UpdateRefused(f"{spooled.path} is not in the verified metadata")
         if verified != spooled:

@@ -102,7 +102,7 @@ def test_an_unhealthy_bundle_is_rolled_back_and_the_report_says_why(
     assert "XID 79" in str(shown["reason"])
     # The agent remembers: it does not hand the same bundle over again.
     after = run_once(node.config)
-    assert after.outcome.update == "up-to-date" and "failed health here before" in (
+    assert after.outcome.update == "up-to-date" and "failed or was refused here before" in (
         after.outcome.reason
     )
     assert not has_request(node.config.spool_dir)
@@ -122,3 +122,45 @@ def test_missing_cached_metadata_is_a_clear_refusal(site: Site, tmp_path: Path) 
     assert load_journal(node.journal_file).state == "failed"
     refused = run_once(node.config)
     assert refused.outcome.update == "refused" and "cached metadata" in refused.outcome.reason
+    # The bundle was not at fault: with fresh metadata the agent hands it over again.
+    assert load_journal(node.journal_file).sha256 is None
+    assert run_once(node.config).outcome.update == "staged"
+    assert node.outcome() == "committed"
+
+
+def test_a_refused_bundle_is_reported_once_and_not_spooled_again(
+    site: Site, tmp_path: Path
+) -> None:
+    node = _node(site, tmp_path / "node")
+    site.assign("n1", site.publish(OLD), 1)
+    run_once(node.config)
+    assert node.outcome() == "committed"
+    run_once(node.config)
+    new = site.publish(NEW)
+    site.assign("n1", new, 2)
+    assert run_once(node.config).outcome.update == "staged"
+    bundle = node.config.spool_dir / "bundle"
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 1  # as the unprivileged user could
+    bundle.write_bytes(bytes(data))
+
+    assert node.outcome() == "refused"
+    assert load_journal(node.journal_file).sha256 == new.sha256
+
+    refused = run_once(node.config)
+    assert refused.outcome.update == "refused" and "changed after staging" in (
+        refused.outcome.reason
+    )
+    assert _reported(site)["update"] == "refused"
+    again = run_once(node.config)  # reported once, and not handed over again
+    assert again.outcome.update == "up-to-date"
+    assert "failed or was refused here before" in again.outcome.reason
+    assert not has_request(node.config.spool_dir)
+    assert _reported(site)["update"] == "up-to-date"
+
+    # Another bundle assigned later is spooled and installed as usual.
+    site.assign("n1", site.publish("580.95.05"), 3)
+    assert run_once(node.config).outcome.update == "staged"
+    assert node.outcome() == "committed"
+    assert run_once(node.config).outcome.update == "committed"
+    assert node.slots.active() == "b"
