@@ -4,12 +4,14 @@ The agent leaves a bundle it verified and the signed ``TargetFile`` it verified
 it against in ``<state_dir>/spool/``. The agent (or whoever took it over) can
 rewrite both at any moment, so the applier trusts neither: it copies the bundle
 somewhere only root writes and re-verifies that copy against TUF metadata it
-verifies again itself, offline, from the root of trust in /etc.
+verifies again itself, offline, from the root of trust in /etc. It reads the
+agent's files through ``agent.untrusted_files``: regular files only, bounded.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +25,8 @@ from tuf.ngclient import FetcherInterface
 
 from agent.channel import TufChannel, UpdateRefused, manifest_of
 from agent.config import AgentConfig
+from agent.unpack import MAX_BUNDLE_BYTES
+from agent.untrusted_files import UntrustedFileRefused, copy_file, copy_tree, read_file
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest
 from keys.storage import atomic_write
@@ -30,6 +34,11 @@ from keys.storage import atomic_write
 BUNDLE = "bundle"
 TARGET = "target.json"
 MAX_TARGET_BYTES = 1024 * 1024
+# Above python-tuf's own caps on a role's metadata (5 MB for targets roles).
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+MAX_METADATA_FILES = 4096
+# The one link ngclient keeps in its cache: root.json names the newest trusted root.
+NGCLIENT_ROOT_LINK = re.compile(r"root_history/[0-9]+\.root\.json")
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,9 @@ class MetadataUnusable(UpdateRefused):
 def read_request(spool: Path) -> TargetFile:
     """The spooled ``TargetFile``, as the agent claims it; nothing in it is trusted yet."""
     try:
-        with (spool / TARGET).open("rb") as f:
-            doc: Any = json.loads(f.read(MAX_TARGET_BYTES + 1)[:MAX_TARGET_BYTES])
+        doc: Any = json.loads(read_file(spool / TARGET, MAX_TARGET_BYTES))
         return TargetFile.from_dict(dict(doc["info"]), str(doc["path"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (UntrustedFileRefused, OSError, ValueError, KeyError, TypeError) as exc:
         raise UpdateRefused(f"spooled request {spool / TARGET} is unreadable ({exc})") from None
 
 
@@ -102,17 +110,25 @@ def verify_spool(config: AgentConfig, spooled: TargetFile, work: Path) -> Verifi
     spool = config.spool_dir
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     bundle = work / BUNDLE
+    bundle.unlink(missing_ok=True)  # left by a run that crashed mid-copy
     try:
-        shutil.copyfile(spool / BUNDLE, bundle)
-    except OSError as exc:
+        # No bundle longer than its signed length can match it: refused unread.
+        copy_file(spool / BUNDLE, bundle, min(spooled.length, MAX_BUNDLE_BYTES))
+    except (UntrustedFileRefused, OSError) as exc:
         raise UpdateRefused(f"spooled bundle is unreadable ({exc})") from None
     with tempfile.TemporaryDirectory(dir=work) as scratch:
         # A private copy: ngclient writes its cache, and root must not write
         # into a folder the agent owns.
         metadata = Path(scratch) / "metadata"
         try:
-            shutil.copytree(config.metadata_dir, metadata)
-        except (OSError, shutil.Error) as exc:
+            copy_tree(
+                config.metadata_dir,
+                metadata,
+                MAX_METADATA_BYTES,
+                MAX_METADATA_FILES,
+                links=NGCLIENT_ROOT_LINK,
+            )
+        except (UntrustedFileRefused, OSError) as exc:
             raise MetadataUnusable(
                 f"the agent's cached metadata {config.metadata_dir} cannot be copied ({exc}); "
                 "run `gpuward agent run --once` so the agent refreshes it, then apply again"

@@ -47,8 +47,11 @@ class Node:
         write_spool(self.config.spool_dir, newest.info, channel.fetch(newest.info))
         return newest.sha256
 
-    def apply(self, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-        """``gpuward agent apply`` as its own process, as the systemd unit starts it."""
+    def apply(
+        self, crash_at: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """``gpuward agent apply`` as its own process, as the systemd unit starts it;
+        ``timeout`` guards a test against an applier that hangs."""
         env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
         if crash_at is not None:
             env[CRASH_ENV] = crash_at
@@ -67,7 +70,7 @@ class Node:
             text=True,
             env=env,
             stdin=subprocess.DEVNULL,
-            timeout=120,
+            timeout=timeout,
         )
 
     def outcome(self, crash_at: str | None = None) -> str:
