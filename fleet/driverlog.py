@@ -36,10 +36,23 @@ DEFAULT_DRIVER_PCR = 15
 # PCRs the driver may not share: firmware and boot loader (0-9), IMA (10), shim's
 # MOK lists (14). Extending one would break the replay of the firmware log.
 RESERVED_PCRS = frozenset({*range(11), 14})
+MAX_PCR = 23  # a PC Client TPM has 24 PCRs
 MAX_EVENTS = 256
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
 ZERO = bytes(DIGEST_BYTES)
+
+
+def driver_pcr_problem(pcr: int) -> str | None:
+    """Why ``pcr`` cannot hold the driver measurements; None when it can."""
+    if not 0 <= pcr <= MAX_PCR:
+        return f"PCR {pcr} does not exist (0-{MAX_PCR}); use {DEFAULT_DRIVER_PCR}"
+    if pcr in RESERVED_PCRS:
+        return (
+            f"PCR {pcr} is measured by firmware, the boot loader, IMA or shim; use "
+            f"{DEFAULT_DRIVER_PCR} (or another of 11-{MAX_PCR} but 14)"
+        )
+    return None
 
 
 class DriverLogError(AttestationError):

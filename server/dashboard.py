@@ -316,8 +316,22 @@ def _boot(node: dict[str, Any]) -> str:
     reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict["reasons"])
     return (
         f'<section id="boot"><h2>Measured boot</h2><p>Policy: {_e(judged)}. '
-        f"Last attested report: {result}.</p>{f'<ul>{reasons}</ul>' if reasons else ''}</section>"
+        f"Last attested report: {result}.</p>{f'<ul>{reasons}</ul>' if reasons else ''}"
+        f"{_attested_driver(verdict.get('driver'))}</section>"
     )
+
+
+def _attested_driver(driver: dict[str, Any] | None) -> str:
+    """The bundle the driver PCR proves active: the applier's measurement, replayed."""
+    if driver is None:
+        shown = "none measured yet"
+    else:
+        shown = (
+            f"{_e(driver['target_path'])} (driver {_e(driver['driver_version'])}, sha256 "
+            f"{_e(driver['sha256'][:12])}, PCR {_e(driver['pcr'])}), measured "
+            f"{_e(_when(driver['measured_at']))}"
+        )
+    return f'<p id="attested-driver">Attested active driver bundle: {shown}</p>'
 
 
 async def rollout_page(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.attestation import PcrSelection
-from fleet.driverlog import DEFAULT_DRIVER_PCR, RESERVED_PCRS
+from fleet.driverlog import DEFAULT_DRIVER_PCR, driver_pcr_problem
 from fleet.errors import GpuwardError
 from fleet.schema import Reader
 
@@ -60,11 +60,9 @@ class AttestConfig:
             raise GpuwardError(
                 f"attestation: ek_types must be some of {', '.join(DEFAULT_EK_TYPES)}"
             )
-        if self.driver_pcr in RESERVED_PCRS:
-            raise GpuwardError(
-                f"attestation: driver_pcr {self.driver_pcr} is measured by firmware, the "
-                f"boot loader, IMA or shim; use {DEFAULT_DRIVER_PCR} (or another of 11-23)"
-            )
+        problem = driver_pcr_problem(self.driver_pcr)
+        if problem is not None:
+            raise GpuwardError(f"attestation: driver_pcr: {problem}")
         if self.driver_pcr not in dict(self.selection.banks).get("sha256", ()):
             raise GpuwardError(
                 f"attestation: the PCR selection {self.selection.text()} leaves out the "

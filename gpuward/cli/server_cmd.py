@@ -94,6 +94,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="advance rollouts every S seconds (default 15)",
     )
     run.add_argument(
+        "--driver-pcr",
+        type=int,
+        metavar="N",
+        help="the PCR the nodes' appliers measure the active driver bundle into: their "
+        "[attestation] driver_pcr (default 15; never 0-10 or 14)",
+    )
+    run.add_argument(
         "--report-key",
         type=Path,
         metavar="FILE",
@@ -120,12 +127,17 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run(args: argparse.Namespace) -> None:
+    from fleet.driverlog import DEFAULT_DRIVER_PCR, driver_pcr_problem
     from fleet.errors import GpuwardError
     from server.config import ServerConfig
     from server.runner import run_server
 
     if args.report_interval < 1 or args.missing_after < 1:
         raise GpuwardError("--report-interval and --missing-after must be at least 1")
+    driver_pcr = DEFAULT_DRIVER_PCR if args.driver_pcr is None else args.driver_pcr
+    problem = driver_pcr_problem(driver_pcr)
+    if problem is not None:
+        raise GpuwardError(f"--driver-pcr {driver_pcr}: {problem}")
     pool_policies = []
     for item in args.pool_boot_policy:
         pool, sep, path = item.partition("=")
@@ -150,6 +162,7 @@ def _run(args: argparse.Namespace) -> None:
             boot_policy=args.boot_policy,
             pool_boot_policies=tuple(pool_policies),
             report_key=args.report_key,
+            driver_pcr=driver_pcr,
         )
     )
 

@@ -45,6 +45,8 @@ def test_firewall_table_always_allows_the_server_and_mirrors(tmp_path: Path) -> 
         ('mirrors = ["ftp://x"]\n', r"http\(s\) URL"),
         ("interval_s = 0\n", "between"),
         ('[director]\nurl = "https://d"\n', "missing field 'trusted_root'"),
+        ("[attestation]\ndriver_pcr = 14\n", "driver_pcr: PCR 14 is measured by"),
+        ("[attestation]\ndriver_pcr = 7\n", "driver_pcr: PCR 7 is measured by"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path: Path, extra: str, message: str) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from agent.attest.attestor import Attestor
 from agent.config import AgentConfig, load_config
@@ -167,6 +168,15 @@ def test_the_server_records_the_active_bundle_from_the_replayed_log(
     assert verdict["driver"]["sha256"] == published.sha256
     assert verdict["driver"]["driver_version"] == OLD
     assert shown["report"]["bundle"] == published.target_path
+    # The dashboard's node page shows the bundle the quote proves, not the one claimed.
+    viewer = tpm_site.server.issue_token("viewer")
+    http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
+    cookie = http.request("GET", f"{tpm_site.url}/?token={viewer}").headers["Set-Cookie"]
+    page = http.request("GET", f"{tpm_site.url}/nodes/n1", headers={"Cookie": cookie.split(";")[0]})
+    html = page.data.decode()
+    shown_driver = html[html.index('<p id="attested-driver">') :].split("</p>")[0]
+    assert published.target_path in shown_driver and f"driver {OLD}" in shown_driver
+    assert published.sha256[:12] in shown_driver and "PCR 15" in shown_driver
 
 
 # Attacks on the log, against real quotes of swtpm.

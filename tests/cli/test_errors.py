@@ -140,6 +140,35 @@ def test_server_attestation_settings(
     assert_one_line_error(result, *needles)
 
 
+@pytest.mark.parametrize(
+    ("pcr", "needle"), [("14", "shim"), ("3", "firmware"), ("24", "does not exist")]
+)
+def test_server_refuses_a_driver_pcr_the_boot_uses(
+    site: Site, tmp_path: Path, pcr: str, needle: str
+) -> None:
+    db = str(tmp_path / "d")
+    result = gpuward(
+        "server", "run", "--repo", str(site.repo.root), "--db", db, "--driver-pcr", pcr
+    )
+    assert_one_line_error(result, f"--driver-pcr {pcr}", needle, "use 15")
+
+
+def test_server_takes_the_driver_pcr_from_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What the flag becomes: the runner itself is tested with a ServerConfig."""
+    from gpuward.cli import main
+    from server import runner
+    from server.config import ServerConfig
+
+    started: list[ServerConfig] = []
+    monkeypatch.setattr(runner, "run_server", started.append)
+    command = ["server", "run", "--repo", str(tmp_path), "--db", str(tmp_path / "d")]
+    assert main([*command, "--driver-pcr", "16"]) == 0
+    assert main(command) == 0
+    assert [c.driver_pcr for c in started] == [16, 15]
+
+
 def test_keys_init_refuses_an_existing_repository(site: Site) -> None:
     result = gpuward("keys", "init", str(site.repo.root))
     assert_one_line_error(result, "already")
