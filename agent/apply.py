@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from string import hexdigits
 from typing import Protocol
 
@@ -38,6 +39,7 @@ from agent.spool import MetadataUnusable, clear_spool, has_request, read_request
 from agent.unpack import BadBundle, unpack_bundle
 from fleet.errors import GpuwardError
 from fleet.gpu_rules import Snapshot, switch_problems
+from fleet.maintenance import Window, next_opening, open_window
 from fleet.manifest import PAYLOAD_DIR
 
 log = structlog.get_logger(__name__)
@@ -95,27 +97,57 @@ def make_activity(config: AgentConfig) -> GpuActivity:
 
 
 @dataclass(frozen=True)
+class Drained:
+    """Whether the switch may go ahead now, and why (or why not)."""
+
+    ready: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class Drain:
-    """Wait until no compute process runs, for at most ``max_wait_s``."""
+    """Wait until no compute process runs, or a maintenance window is open, for at
+    most ``max_wait_s``; then defer, naming the next window."""
 
     activity: GpuActivity
     max_wait_s: float
     poll_s: float
+    windows: tuple[Window, ...] = ()
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    wall: Callable[[], float] = time.time  # maintenance windows are in UTC
 
-    def wait(self) -> int:
-        """0 once the GPUs are idle, else the processes still running at the deadline."""
+    def wait(self) -> Drained:
         deadline = self.clock() + self.max_wait_s
         while True:
             busy = self.activity.compute_processes()
             if busy == 0:
-                return 0
+                return Drained(True, "the GPUs are idle")
+            now = datetime.fromtimestamp(self.wall(), UTC)
+            window = open_window(self.windows, now)
+            if window is not None:
+                return Drained(
+                    True,
+                    f"inside the maintenance window {window.text!r} ({busy} compute processes)",
+                )
             left = deadline - self.clock()
             if left <= 0:
-                return busy
+                return Drained(False, self._deferred(busy, now))
             log.info("drain_waiting", compute_processes=busy, left_s=round(left, 1))
             self.sleep(min(self.poll_s, left))
+
+    def _deferred(self, busy: int, now: datetime) -> str:
+        reason = (
+            f"deferred: {busy} compute processes still ran after {self.max_wait_s:g}s; "
+            "the update stays staged until the next start"
+        )
+        upcoming = next_opening(self.windows, now)
+        if upcoming is not None:
+            opens, window = upcoming
+            reason += (
+                f"; the next maintenance window ({window.text!r}) opens {opens:%Y-%m-%d %H:%M} UTC"
+            )
+        return reason
 
 
 def make_gate(config: AgentConfig) -> GateProbe:
@@ -245,14 +277,11 @@ class Applier:
                 reason = f"pre-drain hook {hook.argv[0]} failed ({hook.returncode})"
                 return self._save(journal.to("staged", reason=reason))
         crash_point("drain:hook-done")
-        busy = self.drain.wait()
-        if busy:
-            reason = (
-                f"{busy} compute processes still ran after {self.drain.max_wait_s:g}s; "
-                "the update stays staged until the next start"
-            )
-            self.log.warning("update_deferred", reason=reason, slot=journal.slot)
-            return self._save(journal.to("staged", reason=reason))
+        drained = self.drain.wait()
+        if not drained.ready:
+            self.log.warning("update_deferred", reason=drained.reason, slot=journal.slot)
+            return self._save(journal.to("staged", reason=drained.reason))
+        self.log.info("drained", reason=drained.reason, slot=journal.slot)
         # What "no new errors since the switch" compares with, kept across a crash.
         baseline = self.gate.look(xid_window_s=None).baseline()
         return self._save(journal.to("switching", baseline=baseline))
@@ -347,5 +376,6 @@ def apply_once(config: AgentConfig) -> ApplyResult:
         make_activity(config),
         max_wait_s=config.applier.drain_max_wait_s,
         poll_s=config.applier.drain_poll_s,
+        windows=config.applier.maintenance_windows,
     )
     return Applier(config, make_gate(config), drain).run()

@@ -18,6 +18,7 @@ from agent.attest.config import AttestConfig
 from agent.firewall.policy import Endpoint, FirewallPolicy
 from fleet.branches import require_branch
 from fleet.errors import GpuwardError
+from fleet.maintenance import MAX_WINDOWS, InvalidWindow, Window, parse_windows
 from fleet.report import NODE_ID
 from fleet.rollout import POOL
 from fleet.schema import Reader
@@ -57,6 +58,9 @@ class ApplierSettings:
     xid_window_s: int = 30
     smoke_test: tuple[str, ...] = ()
     smoke_test_timeout_s: int = 600
+    # UTC windows in which the update goes ahead even while GPUs compute
+    # (fleet.maintenance), e.g. ("Sat 02:00-06:00", "daily 03:00-04:00").
+    maintenance_windows: tuple[Window, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,7 @@ def _applier(doc: object) -> ApplierSettings:
                 "xid_window_s",
                 "smoke_test",
                 "smoke_test_timeout_s",
+                "maintenance_windows",
             }
         ),
     )
@@ -282,6 +287,10 @@ def _applier(doc: object) -> ApplierSettings:
         if not all(isinstance(arg, str) for arg in argv):
             raise GpuwardError(f"agent config [applier] {name}: give an argv list of strings")
         hooks[name] = tuple(argv)
+    try:
+        windows = parse_windows(r.items("maintenance_windows", max_items=MAX_WINDOWS, default=[]))
+    except InvalidWindow as exc:
+        raise GpuwardError(f"agent config [applier] {exc}") from None
     return ApplierSettings(
         mode=r.text("mode", choices=APPLIER_MODES, default=default.mode),
         max_boots=r.integer("max_boots", minimum=1, maximum=100, default=default.max_boots),
@@ -301,6 +310,7 @@ def _applier(doc: object) -> ApplierSettings:
         smoke_test_timeout_s=r.integer(
             "smoke_test_timeout_s", minimum=1, maximum=86_400, default=default.smoke_test_timeout_s
         ),
+        maintenance_windows=windows,
     )
 
 

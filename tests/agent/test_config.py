@@ -46,9 +46,23 @@ def test_firewall_table_always_allows_the_server_and_mirrors(tmp_path: Path) -> 
         ("interval_s = 0\n", "between"),
         ('[director]\nurl = "https://d"\n', "missing field 'trusted_root'"),
         ("[attestation]\ndriver_pcr = 14\n", "driver_pcr: PCR 14 is measured by"),
+        (
+            '[applier]\nmaintenance_windows = ["Sat 02:00-06:00", "Sun 2-6"]\n',
+            r"\[applier\] maintenance window 'Sun 2-6': write it as",
+        ),
         ("[attestation]\ndriver_pcr = 7\n", "driver_pcr: PCR 7 is measured by"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path: Path, extra: str, message: str) -> None:
     with pytest.raises(GpuwardError, match=message):
         _load(tmp_path, BASE + extra)
+
+
+def test_maintenance_windows_are_parsed_when_loaded(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        BASE + '[applier]\nmaintenance_windows = ["Sat 02:00-06:00", "daily 03:00-04:00"]\n',
+    )
+    windows = config.applier.maintenance_windows  # type: ignore[attr-defined]
+    assert [w.text for w in windows] == ["Sat 02:00-06:00", "daily 03:00-04:00"]
+    assert windows[0].days == frozenset({5})

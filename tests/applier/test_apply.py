@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from agent.apply import Drain, SimulatedActivity
+from agent.apply import Drain, Drained, SimulatedActivity
 from agent.channel import ImageChannel
+from agent.daemon import run_once
+from agent.identity import enroll
 from agent.journal import load_journal
 from agent.spool import BUNDLE, TARGET, has_request, write_spool
+from fleet.maintenance import parse_windows
 from tests.applier.helpers import NEW, Node, node_with
 from tests.conftest import Site
 
@@ -116,15 +120,106 @@ class Emptying:
 def test_drain_waits_for_the_gpus_to_empty() -> None:
     clock = FakeClock()
     drain = Drain(Emptying(3), max_wait_s=600, poll_s=10, clock=clock, sleep=clock.sleep)
-    assert drain.wait() == 0
+    assert drain.wait() == Drained(True, "the GPUs are idle")
     assert clock.slept == [10, 10, 10]
 
 
 def test_drain_gives_up_at_the_max_wait() -> None:
     clock = FakeClock()
     drain = Drain(SimulatedActivity(2), max_wait_s=25, poll_s=10, clock=clock, sleep=clock.sleep)
-    assert drain.wait() == 2
+    drained = drain.wait()
+    assert not drained.ready and drained.reason.startswith("deferred: 2 compute processes")
+    assert "maintenance window" not in drained.reason  # none configured
     assert clock.slept == [10, 10, 5]
+
+
+# Saturday 2026-11-28, 01:00 UTC, on the fake clock's start.
+SATURDAY_1AM = datetime(2026, 11, 28, 1, tzinfo=UTC).timestamp()
+WINDOWS = parse_windows(["Sat 02:00-06:00", "daily 03:00-04:00"])
+
+
+def _busy_drain(clock: FakeClock, max_wait_s: float, poll_s: float = 600) -> Drain:
+    return Drain(
+        SimulatedActivity(4),
+        max_wait_s=max_wait_s,
+        poll_s=poll_s,
+        windows=WINDOWS,
+        clock=clock,
+        sleep=clock.sleep,
+        wall=lambda: SATURDAY_1AM + clock.now - 1000.0,
+    )
+
+
+def test_busy_gpus_inside_a_window_go_ahead_at_once() -> None:
+    clock = FakeClock()
+    clock.now += 3600  # 02:00: the Saturday window opens
+    drained = _busy_drain(clock, max_wait_s=0).wait()
+    assert drained == Drained(
+        True, "inside the maintenance window 'Sat 02:00-06:00' (4 compute processes)"
+    )
+    assert clock.slept == []
+
+
+def test_a_window_opening_during_the_wait_ends_it() -> None:
+    clock = FakeClock()
+    drained = _busy_drain(clock, max_wait_s=7200).wait()
+    assert drained.ready and "'Sat 02:00-06:00'" in drained.reason
+    assert clock.slept == [600] * 6  # polled until 02:00
+
+
+def test_outside_any_window_the_update_defers_naming_the_next_one() -> None:
+    clock = FakeClock()
+    clock.now += 5 * 3600  # 06:00, just after both windows closed
+    drained = _busy_drain(clock, max_wait_s=1800).wait()
+    assert not drained.ready
+    assert drained.reason == (
+        "deferred: 4 compute processes still ran after 1800s; the update stays staged until "
+        "the next start; the next maintenance window ('daily 03:00-04:00') opens "
+        "2026-11-29 03:00 UTC"
+    )
+    assert clock.slept == [600, 600, 600]
+
+
+def test_inside_a_window_the_applier_updates_a_busy_node_after_the_hook(
+    site: Site, tmp_path: Path
+) -> None:
+    log = tmp_path / "hooks.log"
+    always = (
+        "compute_processes = 3\n[applier]\ndrain_max_wait_s = 0\n"
+        'maintenance_windows = ["daily 00:00-24:00"]\n'
+        f'pre_drain = ["sh", "-c", "echo cordon >> {log}"]\n'
+    )
+    node, _ = node_with(site, tmp_path / "node", always)
+    node.spool_newest()
+
+    assert node.outcome() == "committed"
+    assert node.slots.active() == "b"
+    assert log.read_text() == "cordon\n"
+
+
+def test_outside_a_window_the_deferral_names_when_the_next_opens(
+    site: Site, tmp_path: Path
+) -> None:
+    later = datetime.now(UTC) + timedelta(days=2)  # never open now, whatever the time
+    window = f"{later:%a} 03:00-04:00"
+    busy = (
+        "compute_processes = 3\n[applier]\ndrain_max_wait_s = 0\n"
+        f'maintenance_windows = ["{window}"]\n'
+    )
+    node, _ = node_with(site, tmp_path / "node", busy)
+    enroll(node.config)
+    node.spool_newest()
+
+    assert node.outcome() == "deferred"
+
+    opens = f"the next maintenance window ('{window}') opens {later:%Y-%m-%d} 03:00 UTC"
+    journal = load_journal(node.journal_file)
+    assert journal.state == "staged" and journal.reason.startswith("deferred: 3 compute")
+    assert opens in journal.reason
+    reported = run_once(node.config).outcome
+    assert reported.update == "staged" and "deferred" in reported.reason
+    assert opens in reported.reason
+    assert node.slots.active() == "a"
 
 
 def test_hooks_run_around_the_update(site: Site, tmp_path: Path) -> None:
