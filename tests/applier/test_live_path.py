@@ -15,6 +15,7 @@ from agent.daemon import run_once
 from agent.identity import enroll
 from agent.journal import load_journal
 from agent.spool import has_request
+from keys.image_repo import PublishedBundle
 from tests.applier.helpers import NEW, OLD, Node
 from tests.conftest import GPU_NAME, Site
 
@@ -27,6 +28,19 @@ def _node(site: Site, folder: Path, unhealthy: str = "") -> Node:
     config = load_config(toml)
     enroll(config)
     return Node(toml, config)
+
+
+def _new_assigned_and_spooled(site: Site, node: Node) -> tuple[PublishedBundle, PublishedBundle]:
+    """``node`` runs ``OLD`` through the applier; ``NEW`` is assigned and spooled."""
+    old = site.publish(OLD)
+    site.assign("n1", old, 1)
+    run_once(node.config)
+    assert node.outcome() == "committed"
+    run_once(node.config)
+    new = site.publish(NEW)
+    site.assign("n1", new, 2)
+    assert run_once(node.config).outcome.update == "staged"
+    return old, new
 
 
 def _reported(site: Site) -> dict[str, object]:
@@ -77,15 +91,7 @@ def test_an_unhealthy_bundle_is_rolled_back_and_the_report_says_why(
     site: Site, tmp_path: Path
 ) -> None:
     node = _node(site, tmp_path / "node", unhealthy=f'"{NEW}"')
-    old = site.publish(OLD)
-    site.assign("n1", old, 1)
-    run_once(node.config)
-    assert node.outcome() == "committed"
-    run_once(node.config)
-    new = site.publish(NEW)
-    site.assign("n1", new, 2)
-
-    assert run_once(node.config).outcome.update == "staged"
+    old, _ = _new_assigned_and_spooled(site, node)
     done = node.apply()
     assert done.returncode == 3, done.stderr
     assert json.loads(done.stdout)["outcome"] == "rolled-back"
@@ -132,13 +138,7 @@ def test_a_refused_bundle_is_reported_once_and_not_spooled_again(
     site: Site, tmp_path: Path
 ) -> None:
     node = _node(site, tmp_path / "node")
-    site.assign("n1", site.publish(OLD), 1)
-    run_once(node.config)
-    assert node.outcome() == "committed"
-    run_once(node.config)
-    new = site.publish(NEW)
-    site.assign("n1", new, 2)
-    assert run_once(node.config).outcome.update == "staged"
+    _, new = _new_assigned_and_spooled(site, node)
     bundle = node.config.spool_dir / "bundle"
     data = bytearray(bundle.read_bytes())
     data[len(data) // 2] ^= 1  # as the unprivileged user could

@@ -103,46 +103,27 @@ def test_a_special_bundle_is_refused(
     assert "secret" not in reason
 
 
-@pytest.mark.parametrize(
-    ("make", "expected"),
-    [
-        pytest.param(_fifo, "is a FIFO, not a regular file", id="fifo"),
-        pytest.param(
-            _link_to_zero, "is a symbolic link, not a regular file", id="link-to-dev-zero"
-        ),
-    ],
-)
-def test_a_special_request_file_is_refused(
-    site: Site, tmp_path: Path, make: Callable[[Path, Path], None], expected: str
+@pytest.mark.parametrize("make", [_fifo, _link_to_zero], ids=["fifo", "link-to-dev-zero"])
+@pytest.mark.parametrize("where", ["request", "metadata"])
+def test_a_special_request_or_metadata_file_is_refused(
+    site: Site, tmp_path: Path, make: Callable[[Path, Path], None], where: str
 ) -> None:
     node, _ = node_with(site, tmp_path / "node")
     node.spool_newest()
-    _replace(node.config.spool_dir / TARGET, make, tmp_path)
+    if where == "request":
+        path = node.config.spool_dir / TARGET
+        _replace(path, make, tmp_path)
+    else:
+        path = node.config.metadata_dir / "evil.json"
+        make(path, tmp_path)
+    kind = "a FIFO" if make is _fifo else "a symbolic link"
 
-    _refused(node, expected)
+    reason = _refused(node, f"{path} is {kind}, not a regular file")
 
-
-@pytest.mark.parametrize(
-    ("make", "expected"),
-    [
-        pytest.param(_fifo, "evil.json is a FIFO, not a regular file", id="fifo"),
-        pytest.param(
-            _link_to_zero, "evil.json is a symbolic link, not a regular file", id="link-to-dev-zero"
-        ),
-    ],
-)
-def test_a_special_file_in_the_cached_metadata_is_refused(
-    site: Site, tmp_path: Path, make: Callable[[Path, Path], None], expected: str
-) -> None:
-    node, _ = node_with(site, tmp_path / "node")
-    node.spool_newest()
-    make(node.config.metadata_dir / "evil.json", tmp_path)
-
-    reason = _refused(node, expected)
-
-    assert "cached metadata" in reason
-    # The bundle is not at fault: it is not named, so the agent may spool it again.
-    assert load_journal(node.journal_file).sha256 is None
+    if where == "metadata":
+        assert "cached metadata" in reason
+        # The bundle is not at fault: it is not named, so the agent may spool it again.
+        assert load_journal(node.journal_file).sha256 is None
 
 
 def test_a_linked_metadata_folder_is_refused(site: Site, tmp_path: Path) -> None:
