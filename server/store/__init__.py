@@ -157,8 +157,9 @@ class Store(Protocol):
         """Delete and return the challenge in one statement; None if there is none."""
         ...
 
-    async def keep_event_log(self, node_id: str, sha256: str, log: bytes) -> None:
-        """Keep the node's last verified event log (one per node)."""
+    async def keep_event_log(self, node_id: str, log: bytes) -> None:
+        """Keep the node's last verified event log, under its sha256. Nodes with the
+        same log share one copy; a log no node keeps any more is deleted."""
         ...
 
     async def event_log(self, node_id: str) -> tuple[str, bytes] | None:

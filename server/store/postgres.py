@@ -122,6 +122,18 @@ MIGRATIONS = (
     );
     CREATE INDEX gpu_samples_node ON gpu_samples (node_id, id);
     """,
+    # Nodes that boot alike share one event log (~41 KB): keep each distinct log
+    # once, keyed by its digest, and only the digest per node.
+    """
+    CREATE TABLE event_log_texts (
+        sha256 TEXT PRIMARY KEY,
+        log BYTEA NOT NULL
+    );
+    INSERT INTO event_log_texts (sha256, log) SELECT sha256, log FROM event_logs WHERE TRUE
+        ON CONFLICT (sha256) DO NOTHING;
+    ALTER TABLE event_logs DROP COLUMN log;
+    CREATE INDEX event_logs_sha256 ON event_logs (sha256);
+    """,
 )
 
 
@@ -190,14 +202,14 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     and asyncpg still rolls back a transaction left open."""
 
 
-async def _migrate(conn: asyncpg.Connection) -> None:
+async def _migrate(conn: asyncpg.Connection, upto: int = len(MIGRATIONS)) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
     await conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
     )
     version = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for number, script in enumerate(MIGRATIONS[version:upto], start=version + 1):
         await conn.execute(script)
         await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
 

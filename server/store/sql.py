@@ -16,6 +16,7 @@ batch has committed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -203,7 +204,10 @@ class SqlStore:
                 "DELETE FROM enrollments WHERE node_id = ? RETURNING node_id", node_id
             )
             await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
-            await tx.execute("DELETE FROM event_logs WHERE node_id = ?", node_id)
+            logs = await tx.fetch(
+                "DELETE FROM event_logs WHERE node_id = ? RETURNING sha256", node_id
+            )
+            await _drop_unused_logs(tx, [digest for (digest,) in logs])
             await tx.execute("DELETE FROM gpu_samples WHERE node_id = ?", node_id)
         return bool(found)
 
@@ -502,23 +506,51 @@ class SqlStore:
         # A nonce redeemed twice in one batch: the first gets it, as if one after the other.
         return [taken.pop(nonce, None) for nonce in nonces]
 
-    async def keep_event_log(self, node_id: str, sha256: str, log: bytes) -> None:
+    async def keep_event_log(self, node_id: str, log: bytes) -> None:
+        # Keyed by the digest computed here, never one a caller names: the text is
+        # shared, so a wrong digest would hand one node's bytes to every node.
+        digest = hashlib.sha256(log).hexdigest()
         async with self.db.transaction(write=True) as tx:
+            before = await tx.fetch("SELECT sha256 FROM event_logs WHERE node_id = ?", node_id)
             await tx.execute(
-                "INSERT INTO event_logs (node_id, sha256, log) VALUES (?, ?, ?) "
-                "ON CONFLICT (node_id) DO UPDATE SET sha256 = excluded.sha256, log = excluded.log",
-                node_id,
-                sha256,
+                "INSERT INTO event_log_texts (sha256, log) VALUES (?, ?) "
+                "ON CONFLICT (sha256) DO NOTHING",
+                digest,
                 log,
             )
+            await tx.execute(
+                "INSERT INTO event_logs (node_id, sha256) VALUES (?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET sha256 = excluded.sha256",
+                node_id,
+                digest,
+            )
+            await _drop_unused_logs(tx, [old for (old,) in before if old != digest])
+
+    # Both read through the text: on PostgreSQL a node keeping a log while the last
+    # other node with it is removed may be left naming a deleted text; it then reads
+    # as no log kept, so the node sends its log again and the text comes back.
 
     async def event_log(self, node_id: str) -> tuple[str, bytes] | None:
-        rows = await self.db.query("SELECT sha256, log FROM event_logs WHERE node_id = ?", node_id)
+        rows = await self.db.query(
+            f"SELECT t.sha256, t.log {_NODE_LOG} WHERE l.node_id = ?", node_id
+        )
         return (rows[0][0], bytes(rows[0][1])) if rows else None
 
     async def event_log_sha256(self, node_id: str) -> str | None:
-        rows = await self.db.query("SELECT sha256 FROM event_logs WHERE node_id = ?", node_id)
+        rows = await self.db.query(f"SELECT t.sha256 {_NODE_LOG} WHERE l.node_id = ?", node_id)
         return str(rows[0][0]) if rows else None
+
+
+_NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
+
+
+async def _drop_unused_logs(tx: Tx, digests: list[str]) -> None:
+    """Delete the logs of ``digests`` that no node names any more."""
+    await tx.execute_many(
+        "DELETE FROM event_log_texts WHERE sha256 = ? "
+        "AND NOT EXISTS (SELECT 1 FROM event_logs WHERE sha256 = ?)",
+        [(digest, digest) for digest in digests],
+    )
 
 
 async def _observations(tx: Tx, pool: str) -> dict[str, Observation]:

@@ -125,6 +125,18 @@ MIGRATIONS = (
     );
     CREATE INDEX gpu_samples_node ON gpu_samples (node_id, id);
     """,
+    # Nodes that boot alike share one event log (~41 KB): keep each distinct log
+    # once, keyed by its digest, and only the digest per node.
+    """
+    CREATE TABLE event_log_texts (
+        sha256 TEXT PRIMARY KEY,
+        log BLOB NOT NULL
+    );
+    INSERT INTO event_log_texts (sha256, log) SELECT sha256, log FROM event_logs WHERE TRUE
+        ON CONFLICT (sha256) DO NOTHING;
+    ALTER TABLE event_logs DROP COLUMN log;
+    CREATE INDEX event_logs_sha256 ON event_logs (sha256);
+    """,
 )
 
 
@@ -204,7 +216,7 @@ class SqliteDatabase:
         self._worker.shutdown()
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection, upto: int = len(MIGRATIONS)) -> None:
     """Apply what is missing, reading the version under the write lock.
 
     Two processes opening the file at once (a server and ``gpuward server token
@@ -214,7 +226,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        for number, script in enumerate(MIGRATIONS[version:upto], start=version + 1):
             for statement in script.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -272,9 +284,9 @@ class SqliteStore(SqlStore):
         finally:
             self._forget(node_id)
 
-    async def keep_event_log(self, node_id: str, sha256: str, log: bytes) -> None:
+    async def keep_event_log(self, node_id: str, log: bytes) -> None:
         try:
-            await super().keep_event_log(node_id, sha256, log)
+            await super().keep_event_log(node_id, log)
         finally:
             self._forget(node_id)
 

@@ -5,12 +5,16 @@ and each node's last verified event log kept across server restarts."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import sqlite3
 
+import asyncpg
 import pytest
 
 from server.attestation.challenges import ChallengeError, Challenges, ChallengesFull
 from server.store import Store, open_store
+from server.store.sql import SqlStore
 from tests.simnode import FakeClock
 from tests.store.test_store import node, run
 
@@ -122,20 +126,122 @@ def test_the_cap_holds_for_challenges_issued_together(db_url: str) -> None:
     run(db_url, body)
 
 
+def _log(text: bytes) -> tuple[str, bytes]:
+    return hashlib.sha256(text).hexdigest(), text
+
+
 def test_verified_event_logs_are_kept_per_node(db_url: str) -> None:
+    first, second = _log(b"first log"), _log(b"second log")
+
     async def body(store: Store) -> None:
         await store.enroll(node("n1"))
         assert await store.event_log("n1") is None
-        await store.keep_event_log("n1", "aa", b"first log")
-        assert await store.event_log_sha256("n1") == "aa"  # read, and kept in memory (SQLite)
-        await store.keep_event_log("n1", "bb", b"second log")
-        assert await store.event_log("n1") == ("bb", b"second log")
-        assert await store.event_log_sha256("n1") == "bb"
+        await store.keep_event_log("n1", first[1])
+        assert await store.event_log_sha256("n1") == first[0]  # read, and kept in memory (SQLite)
+        await store.keep_event_log("n1", second[1])
+        assert await store.event_log("n1") == second
+        assert await store.event_log_sha256("n1") == second[0]
         assert await store.remove_node("n1")
         assert await store.event_log("n1") is None
         assert await store.event_log_sha256("n1") is None
 
     run(db_url, body)
     # Kept in the database: a restarted server (or another replica) has it too.
-    run(db_url, lambda s: s.keep_event_log("n2", "cc", b"log"))
-    assert run(db_url, lambda s: s.event_log("n2")) == ("cc", b"log")
+    run(db_url, lambda s: s.keep_event_log("n2", b"log"))
+    assert run(db_url, lambda s: s.event_log("n2")) == _log(b"log")
+
+
+async def _texts(store: Store) -> list[str]:
+    """The digests of the event logs the database holds (each once)."""
+    assert isinstance(store, SqlStore)
+    rows = await store.db.query("SELECT sha256 FROM event_log_texts ORDER BY sha256")
+    return [digest for (digest,) in rows]
+
+
+def test_nodes_that_boot_alike_share_one_log(db_url: str) -> None:
+    shared, other = _log(b"the same boot" * 1000), _log(b"another boot")
+
+    async def body(store: Store) -> None:
+        for node_id in ("n1", "n2"):
+            await store.enroll(node(node_id))
+            await store.keep_event_log(node_id, shared[1])
+        assert await _texts(store) == [shared[0]]
+        assert await store.event_log("n2") == shared
+        assert await store.remove_node("n1")
+        assert await _texts(store) == [shared[0]]
+        assert await store.event_log("n2") == shared
+        assert await store.remove_node("n2")
+        assert await _texts(store) == []
+
+        await store.enroll(node("n3"))
+        await store.keep_event_log("n3", shared[1])
+        await store.keep_event_log("n3", other[1])  # a changed log drops the old one
+        assert await _texts(store) == [other[0]]
+        await store.keep_event_log("n3", other[1])  # kept again: still once
+        assert await _texts(store) == [other[0]]
+
+    run(db_url, body)
+
+
+def test_logs_are_filed_under_their_own_digest(db_url: str) -> None:
+    """The attack: a node names a good log's digest and sends other bytes. The store
+    takes no digest from its caller, so the bytes never stand in for the good log."""
+    good, forged = _log(b"a good boot"), b"forged bytes"
+
+    async def body(store: Store) -> None:
+        await store.enroll(node("victim"))
+        await store.enroll(node("attacker"))
+        await store.keep_event_log("attacker", forged)
+        await store.keep_event_log("victim", good[1])
+        assert await store.event_log("victim") == good
+        assert await store.event_log_sha256("attacker") == _log(forged)[0]
+
+    run(db_url, body)
+
+
+def _event_log_migration() -> int:
+    """The number of migrations before the one that shares event logs."""
+    from server.store.sqlite import MIGRATIONS
+
+    return next(i for i, script in enumerate(MIGRATIONS) if "event_log_texts" in script)
+
+
+async def _old_layout(db_url: str, rows: list[tuple[str, str, bytes]]) -> None:
+    """A database as a server before shared logs left it: one log row per node."""
+    upto = _event_log_migration()
+    insert = "INSERT INTO event_logs (node_id, sha256, log) VALUES "
+    if db_url.startswith("sqlite://"):
+        from server.store import sqlite
+
+        conn = sqlite3.connect(db_url.removeprefix("sqlite://"), isolation_level=None)
+        try:
+            sqlite._migrate(conn, upto)
+            conn.executemany(insert + "(?, ?, ?)", rows)
+        finally:
+            conn.close()
+        return
+    from server.store import postgres
+
+    pg = await asyncpg.connect(db_url)
+    try:
+        async with pg.transaction():
+            await postgres._migrate(pg, upto)
+        await pg.executemany(insert + "($1, $2, $3)", rows)
+    finally:
+        await pg.close()
+
+
+def test_migration_keeps_each_distinct_log_once(db_url: str) -> None:
+    shared, own = _log(b"the same boot"), _log(b"its own boot")
+    rows = [("n1", *shared), ("n2", *shared), ("n3", *own)]
+    asyncio.run(_old_layout(db_url, rows))
+
+    async def body(store: Store) -> None:
+        assert await _texts(store) == sorted([shared[0], own[0]])
+        for node_id, digest, text in rows:
+            assert await store.event_log(node_id) == (digest, text)
+        for node_id in ("n1", "n2", "n3"):
+            await store.remove_node(node_id)
+        assert await _texts(store) == []
+
+    run(db_url, body)
