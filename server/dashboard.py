@@ -26,7 +26,7 @@ from server.http import Route, Services, services
 from server.operator_api import rollout_json
 from server.operators import check_token
 from server.store import OperatorToken
-from server.stragglers import stragglers_json
+from server.stragglers import fleet_stragglers
 
 COOKIE = "gpuward_session"
 SESSION_S = 8 * 3600
@@ -225,8 +225,7 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def _stragglers(s: Services) -> str:
-    missing_after_s = s.config.report_interval_s * s.config.missing_after
-    doc = await stragglers_json(s.store, s.clock(), missing_after_s)
+    doc = await fleet_stragglers(s)
     table = _table(
         ("Rank", "Node", "Score", "Why"),
         (

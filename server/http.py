@@ -20,6 +20,7 @@ from server.config import ServerConfig
 from server.limits import RateLimiter, retry_after
 from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
 from server.operators import allows, check_token
+from server.periodic import Periodic
 from server.report_attestation import ReportAttestation
 from server.reportlog import ReportTally
 from server.rollout.engine import RolloutEngine
@@ -61,6 +62,8 @@ class Services:
     tpm: TpmEnrollment | None = None
     reports: ReportAttestation | None = None
     tally: ReportTally = field(default_factory=ReportTally)
+    # The fleet's ranked stragglers (``server.stragglers``), once per report interval.
+    stragglers: Periodic[dict[str, Any]] = field(default_factory=Periodic)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -170,6 +170,11 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "window_reports": {"type": "integer", "description": "reports per GPU compared"},
             "nodes_compared": _INT,
+            "computed_at": {
+                "type": "number",
+                "description": "server time (Unix seconds) of the ranking, recomputed at "
+                "most once per report interval",
+            },
             "nodes": {
                 "type": "array",
                 "items": {

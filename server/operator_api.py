@@ -54,8 +54,10 @@ async def get_node(request: web.Request) -> web.Response:
 async def delete_node(request: web.Request) -> web.Response:
     await operator(request, "admin")
     node_id = request.match_info["node_id"]
-    if not await services(request).store.remove_node(node_id):
+    s = services(request)
+    if not await s.store.remove_node(node_id):
         raise ApiError(404, f"no enrolled node {node_id!r}")
+    s.stragglers.forget()  # a removed node leaves this replica's ranking at once
     return web.json_response({"removed": node_id})
 
 

@@ -5,24 +5,48 @@ node's latest window of them. Here the windows of every node heard from
 recently (not missing) go through ``fleet.stragglers.detect``, which compares
 each GPU with the GPUs of the same model fleet-wide, and the nodes come back
 ranked, the most deviant first. The comparison runs in a worker thread: it is
-CPU work proportional to the fleet.
+CPU work proportional to the fleet; and at most once per report interval
+(``server.periodic``), however many operators ask.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from fleet.stragglers import WINDOW, RankedNode, detect
-from server.http import Route, operator, services
+from server.http import Route, Services, operator, services
 from server.store import Store
 
+log = structlog.get_logger(__name__)
 
-async def stragglers_json(store: Store, now: float, missing_after_s: int) -> dict[str, Any]:
+
+async def fleet_stragglers(s: Services) -> dict[str, Any]:
+    """The ranked stragglers, computed at most once per report interval (nodes report
+    no faster), with ``computed_at``: the server time the ranking is from."""
+    missing_after_s = s.config.report_interval_s * s.config.missing_after
+
+    async def compute(now: float) -> dict[str, Any]:
+        return await _stragglers_json(s.store, now, missing_after_s)
+
+    computed = await s.stragglers.get(s.clock, s.config.report_interval_s, compute)
+    return {**computed.value, "computed_at": computed.at}
+
+
+async def _stragglers_json(store: Store, now: float, missing_after_s: int) -> dict[str, Any]:
+    started = time.monotonic()
     windows = await store.gpu_windows(int(now) - missing_after_s)
     ranked = await asyncio.to_thread(detect, windows)
+    log.info(
+        "stragglers_computed",
+        nodes_compared=len(windows),
+        stragglers=len(ranked),
+        seconds=round(time.monotonic() - started, 3),
+    )
     return {
         "window_reports": WINDOW,
         "nodes_compared": len(windows),
@@ -52,9 +76,7 @@ def _node_json(rank: int, node: RankedNode) -> dict[str, Any]:
 
 async def get_stragglers(request: web.Request) -> web.Response:
     await operator(request, "viewer")
-    s = services(request)
-    missing_after_s = s.config.report_interval_s * s.config.missing_after
-    return web.json_response(await stragglers_json(s.store, s.clock(), missing_after_s))
+    return web.json_response(await fleet_stragglers(services(request)))
 
 
 ROUTES = (

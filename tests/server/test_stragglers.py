@@ -8,17 +8,21 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import urllib3
+from structlog.testing import capture_logs
 
 from fleet.gpu import ClockEvents, GpuSample
 from fleet.report import GpuReport, NodeHealth
 from fleet.stragglers import WINDOW
+from server.config import ServerConfig
 from tests.conftest import Fleet
 from tests.simnode import SimNode, operator_get, report_doc
 
 H100 = "NVIDIA H100 80GB HBM3"
+REPORT_INTERVAL_S = ServerConfig.report_interval_s  # the fleet fixture's
 
 
 def health(node: int, gpus: int, slow: dict[int, int]) -> dict[str, Any]:
@@ -46,7 +50,7 @@ def report_all(fleet: Fleet, nodes: list[SimNode], slow: dict[str, dict[int, int
         doc = {**report_doc(node.node_id), "health": health(i, 2, slow.get(node.node_id, {}))}
         response = node.send("POST", "/v1/reports", json.dumps(doc).encode())
         assert response.status == 202, response.data
-    fleet.clock.advance(300)
+    fleet.clock.advance(REPORT_INTERVAL_S)
 
 
 def stragglers(fleet: Fleet, token: str | None) -> tuple[int, dict[str, Any]]:
@@ -78,11 +82,12 @@ def test_a_slow_gpu_is_ranked_while_it_stays_slow(fleet: Fleet) -> None:
     assert [n["node_id"] for n in stragglers(fleet, viewer)[1]["nodes"]] == ["gpu-5"]
 
     # Nodes gone silent (missing) are not compared.
-    fleet.clock.advance(3 * 300 + 1)
+    fleet.clock.advance(3 * REPORT_INTERVAL_S + 1)
     assert stragglers(fleet, viewer)[1] == {
         "window_reports": WINDOW,
         "nodes_compared": 0,
         "nodes": [],
+        "computed_at": fleet.clock(),
     }
 
 
@@ -132,3 +137,38 @@ def test_cli_and_dashboard_show_the_ranking(fleet: Fleet) -> None:
     assert "6 nodes compared" in section
     assert '<a href="/nodes/gpu-4">gpu-4</a>' in section
     assert "gpu-4 GPU 1: sm_clock_ratio 0.5556 against a pool median of" in section
+
+
+def test_simultaneous_requests_share_one_computation(fleet: Fleet) -> None:
+    nodes = [fleet.node(f"gpu-{i}", pool="prod") for i in range(6)]
+    for _ in range(WINDOW):
+        report_all(fleet, nodes, {"gpu-2": {0: 900}})
+    viewer = fleet.token("viewer")
+    with capture_logs() as logs, ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda _: stragglers(fleet, viewer), range(16)))
+    assert [e["event"] for e in logs if e["event"] == "stragglers_computed"] == [
+        "stragglers_computed"
+    ]
+    assert all(answer == answers[0] for answer in answers)
+    status, doc = answers[0]
+    assert (status, doc["computed_at"]) == (200, fleet.clock())
+    assert [n["node_id"] for n in doc["nodes"]] == ["gpu-2"]
+
+
+def test_a_report_is_reflected_once_the_interval_has_passed(fleet: Fleet) -> None:
+    nodes = [fleet.node(f"gpu-{i}", pool="prod") for i in range(6)]
+    for _ in range(WINDOW):
+        report_all(fleet, nodes, {})
+    viewer = fleet.token("viewer")
+    first = stragglers(fleet, viewer)[1]
+    assert (first["nodes_compared"], first["nodes"]) == (6, [])
+
+    late = fleet.node("gpu-late", pool="prod")
+    doc = {**report_doc(late.node_id), "health": health(6, 2, {})}
+    assert late.send("POST", "/v1/reports", json.dumps(doc).encode()).status == 202
+    fleet.clock.advance(REPORT_INTERVAL_S - 1)
+    assert stragglers(fleet, viewer)[1] == first  # within the interval: the same ranking
+
+    fleet.clock.advance(1)
+    again = stragglers(fleet, viewer)[1]
+    assert (again["nodes_compared"], again["computed_at"]) == (7, fleet.clock())
