@@ -181,8 +181,7 @@ class ReportAttestation:
             reasons = ("no event log: the boot is unexplained; the node must send its log",)
         else:
             if sent is not None:
-                # The verified bytes: ``sent`` is not checked when a replay was cached.
-                await self._store.keep_event_log(node.node_id, verdict.log.replayed.raw)
+                await self._store.keep_event_log(node.node_id, sent)
             self._remember(verdict.log.replayed)
             if verdict.policy is not None:
                 reasons = verdict.policy.reasons
