@@ -1,5 +1,15 @@
 """Running the server: in the foreground until SIGTERM, or in a background thread.
 
+In the foreground it is one process, or (``workers`` > 1, PostgreSQL only) a
+supervisor and N worker processes sharing the port through SO_REUSEPORT: one
+process verifies about one core's worth of reports, and every worker is a full
+replica of the others, as replicas on several hosts are. The supervisor checks
+the settings, migrates the store and renews metadata once before the workers
+start; worker 0 alone runs the background duties (rollout ticks, re-signing),
+so no two processes sign the same metadata at once. A worker that dies takes
+the service down with a non-zero status, for systemd's ``Restart=on-failure``
+to start it whole again, rather than running on with less capacity unnoticed.
+
 The background form serves tests and the demo: the real app on a free loopback
 port, started and stopped deterministically (``start`` returns once the socket
 listens; ``stop`` returns once it is closed), so nothing is left running.
@@ -11,12 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
+from multiprocessing.connection import Connection, wait
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -51,6 +66,10 @@ from server.tpm_enrollment import TpmEnrollment
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], float]
+# The response header naming the worker process that answered (workers > 1).
+WORKER_HEADER = "Gpuward-Worker"
+# How long workers get to finish their requests after SIGTERM before SIGKILL.
+STOP_GRACE_S = 30.0
 
 
 def _tpm(
@@ -102,17 +121,24 @@ def _verifier(
     return ByEvidence(verifiers) if len(verifiers) > 1 else next(iter(verifiers.values()))
 
 
+def _check_repo(config: ServerConfig) -> None:
+    if not (config.repo / "metadata" / "root.json").is_file():
+        raise GpuwardError(
+            f"{config.repo} is not a repository; create one with 'gpuward keys init'"
+        )
+
+
 async def serve(
     config: ServerConfig,
     stop: asyncio.Event,
     ready: Callable[[int, Services], None] = lambda _port, _svc: None,
     verifier: EnrollmentVerifier | None = None,
     clock: Clock = time.time,
+    worker: int | None = None,
 ) -> None:
-    if not (config.repo / "metadata" / "root.json").is_file():
-        raise GpuwardError(
-            f"{config.repo} is not a repository; create one with 'gpuward keys init'"
-        )
+    """Serve until ``stop``; ``worker``: this process's number among several sharing
+    the port, of which only worker 0 runs the background duties."""
+    _check_repo(config)
     store = await open_store(config.db)
     try:
         attestation = _tpm(config, store, clock)
@@ -138,11 +164,16 @@ async def serve(
         tpm=tpm,
         reports=reports,
     )
-    runner = web.AppRunner(create_app(svc), access_log=None)
+    app = create_app(svc)
+    if worker is not None:
+        app.on_response_prepare.append(_worker_header(worker))
+    duties = worker in (None, 0)
+    runner = web.AppRunner(app, access_log=None)
     ticker: asyncio.Task[None] | None = None
+    resigning: asyncio.Task[None] | None = None
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=worker is not None)
         try:
             await site.start()
         except OSError as exc:
@@ -150,18 +181,17 @@ async def serve(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
             ) from None
         bound = int(runner.addresses[0][1])
-        if config.rollout_tick_s > 0:
+        if duties and config.rollout_tick_s > 0:
             ticker = asyncio.create_task(svc.engine.run(stop, config.rollout_tick_s))
         log.info("server_listening", host=config.host, port=bound, repo=str(config.repo))
-        signer = OnlineSigner(
-            ImageRepository(config.repo),
-            DirectorRepository(config.director) if config.director else None,
-        )
-        await _renew(signer)  # before announcing readiness: never serve lapsed metadata
+        if duties:
+            signer = _signer(config)
+            await _renew(signer)  # before announcing readiness: never serve lapsed metadata
+            resigning = asyncio.create_task(_resign_forever(signer, stop))
         ready(bound, svc)
-        resigning = asyncio.create_task(_resign_forever(signer, stop))
         await stop.wait()
-        await resigning
+        if resigning is not None:
+            await resigning
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -172,14 +202,34 @@ async def serve(
         log.info("server_stopped")
 
 
+def _worker_header(
+    worker: int,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    async def name_worker(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[WORKER_HEADER] = str(worker)
+
+    return name_worker
+
+
 RESIGN_INTERVAL_S = 300.0
 
 
-async def _renew(signer: OnlineSigner) -> None:
+def _signer(config: ServerConfig) -> OnlineSigner:
+    return OnlineSigner(
+        ImageRepository(config.repo),
+        DirectorRepository(config.director) if config.director else None,
+    )
+
+
+def _renew_now(signer: OnlineSigner) -> None:
     try:
-        await asyncio.to_thread(signer.run_once)
+        signer.run_once()
     except GpuwardError as exc:
         log.error("metadata_renewal_failed", reason=str(exc))
+
+
+async def _renew(signer: OnlineSigner) -> None:
+    await asyncio.to_thread(_renew_now, signer)
 
 
 async def _resign_forever(signer: OnlineSigner, stop: asyncio.Event) -> None:
@@ -191,19 +241,144 @@ async def _resign_forever(signer: OnlineSigner, stop: asyncio.Event) -> None:
             await _renew(signer)
 
 
-def run_server(config: ServerConfig) -> None:
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+def run_server(config: ServerConfig, workers: int = 1) -> None:
+    """Serve in the foreground until SIGTERM or SIGINT, in ``workers`` processes."""
+    if workers > 1:
+        _supervise(config, workers)
+        return
 
+    async def main() -> None:
+        await serve(config, _stop_on_signals())
+
+    _run_uvloop(main())
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _run_uvloop(main: Coroutine[Any, Any, None]) -> None:
     import uvloop  # the server's only: agents never load it
 
     # libuv's event loop: less of each request is spent in the loop and sockets.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
+        runner.run(main)
+
+
+def _supervise(config: ServerConfig, workers: int) -> None:
+    if not config.db.startswith(("postgresql://", "postgres://")):
+        raise GpuwardError(
+            "--workers needs a PostgreSQL store (--db postgresql://...): the SQLite store "
+            "keeps caches that are valid in one process only; run one worker on SQLite"
+        )
+    _check_repo(config)
+    asyncio.run(_preflight(config))
+    config = replace(config, port=_free_port(config))
+    _renew_now(_signer(config))  # before any worker serves: never serve lapsed metadata
+    # fork: the workers start from this checked state, without re-importing anything.
+    context = multiprocessing.get_context("fork")
+    parent_alive_r, parent_alive_w = os.pipe()
+    processes, readiness = [], []
+    for index in range(workers):
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_worker,
+            args=(config, index, send, parent_alive_r, parent_alive_w),
+            name=f"gpuward-worker-{index}",
+        )
+        process.start()
+        send.close()
+        processes.append(process)
+        readiness.append(receive)
+    os.close(parent_alive_r)
+    wakeup_r, wakeup_w = socket.socketpair()
+    wakeup_w.setblocking(False)
+    signal.set_wakeup_fd(wakeup_w.fileno())
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    sentinels = {p.sentinel: p for p in processes}
+    waiting: set[Connection | socket.socket | int] = {*readiness, *sentinels, wakeup_r}
+    failed, listening = None, 0
+    while failed is None and not stopping:
+        for ready in wait(list(waiting)):
+            if ready is wakeup_r:
+                wakeup_r.recv(512)
+            elif isinstance(ready, int):
+                failed = sentinels[ready]
+            elif isinstance(ready, Connection):
+                waiting.discard(ready)
+                with contextlib.suppress(EOFError):  # EOF: it died; its sentinel says so
+                    listening += int(ready.recv())
+                    if listening == workers:
+                        log.info("workers_ready", workers=workers, port=config.port)
+    if stopping:  # workers that stopped on the same SIGINT (a terminal's) did not fail
+        failed = None
+    for process in processes:
+        if process.is_alive():
+            process.terminate()  # SIGTERM: each finishes its requests and closes the store
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.error("worker_killed", worker=process.name, after_s=STOP_GRACE_S)
+            process.kill()
+            process.join()
+    os.close(parent_alive_w)
+    if failed is not None:
+        raise GpuwardError(
+            f"{failed.name} exited with status {failed.exitcode}; its log above says why. "
+            "The whole server stopped so that it restarts whole"
+        )
+    log.info("server_stopped", workers=workers)
+
+
+async def _preflight(config: ServerConfig) -> None:
+    """What every worker would fail on, said once: the store (migrated here, once)
+    and the attestation settings."""
+    store = await open_store(config.db)
+    try:
+        _tpm(config, store, time.time)
+    finally:
+        await store.close()
+
+
+def _free_port(config: ServerConfig) -> int:
+    """The port the workers share: ``config.port``, or a free one for port 0. Bound
+    here without SO_REUSEPORT, so a server already on the port is refused rather than
+    joined (it would take a share of the connections)."""
+    family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((config.host, config.port))
+        except OSError as exc:
+            raise GpuwardError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from None
+        return int(probe.getsockname()[1])
+
+
+def _worker(
+    config: ServerConfig, index: int, ready: Connection, parent_alive: int, parent_w: int
+) -> None:
+    """One worker process: serve until SIGTERM, or until the supervisor is gone."""
+    os.close(parent_w)  # only the supervisor holds it: its end closing means it is gone
+    structlog.contextvars.bind_contextvars(worker=index)
+
+    async def main() -> None:
+        stop = _stop_on_signals()
+        asyncio.get_running_loop().add_reader(parent_alive, stop.set)
+        await serve(config, stop, lambda _port, _svc: ready.send(1), worker=index)
+
+    try:
+        _run_uvloop(main())
+    except GpuwardError as exc:
+        log.error("worker_failed", reason=str(exc))
+        raise SystemExit(1) from None
 
 
 class BackgroundServer:

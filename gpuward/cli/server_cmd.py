@@ -7,6 +7,8 @@ from pathlib import Path
 
 from gpuward.cli.output import add_json_flag, emit
 
+MAX_WORKERS = 64
+
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = groups.add_parser("server", help="the update server")
@@ -107,6 +109,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="Ed25519 key signing compliance reports (default REPO/keys/report.key, made if "
         "missing)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the port, about one core each (PostgreSQL "
+        "only; default 1). If one dies, the server stops with a non-zero status, to be "
+        "restarted whole (systemd: Restart=on-failure)",
+    )
     run.set_defaults(func=_run)
 
     report_key = sub.add_parser(
@@ -138,6 +149,8 @@ def _run(args: argparse.Namespace) -> None:
     problem = driver_pcr_problem(driver_pcr)
     if problem is not None:
         raise GpuwardError(f"--driver-pcr {driver_pcr}: {problem}")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise GpuwardError(f"--workers must be between 1 and {MAX_WORKERS}")
     pool_policies = []
     for item in args.pool_boot_policy:
         pool, sep, path = item.partition("=")
@@ -163,7 +176,8 @@ def _run(args: argparse.Namespace) -> None:
             pool_boot_policies=tuple(pool_policies),
             report_key=args.report_key,
             driver_pcr=driver_pcr,
-        )
+        ),
+        args.workers,
     )
 
 
