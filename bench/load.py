@@ -203,7 +203,8 @@ class Phase:
     failed: int = 0
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    server_cpu_s: float = 0.0  # the server process's CPU time (all threads) in the phase
+    server_cpu_s: float = 0.0  # the server processes' CPU time (all threads) in the phase
+    client_cpu_s: float = 0.0  # this process's (the load generator's) CPU time in the phase
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -225,6 +226,11 @@ class Phase:
             f"    {what:<10} {self.ok:>7} ok {self.failed:>5} failed  {self.rate:>8.0f}/s  "
             f"p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  server CPU {self.cpu_ms:6.3f} ms each{errors}"
         )
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes of a server run with --workers (none without)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _cpu_s(pids: Sequence[int]) -> float:
@@ -281,10 +287,11 @@ async def _run_phase(
                 why = f"{status} {_NODE.sub('NODE', data[:120].decode(errors='replace'))}"
                 phase.errors[why] = phase.errors.get(why, 0) + 1
 
-    began, cpu = time.perf_counter(), _cpu_s(server.pids)
+    began, cpu, client = time.perf_counter(), _cpu_s(server.pids), time.process_time()
     await asyncio.gather(*(worker() for _ in range(connections)))
     phase.seconds = time.perf_counter() - began
     phase.server_cpu_s = _cpu_s(server.pids) - cpu
+    phase.client_cpu_s = time.process_time() - client
     return phase, answers
 
 
@@ -303,6 +310,12 @@ class Round:
     def cpu_ms(self) -> float:
         """Server CPU per attested report, its challenge included."""
         cpu = self.challenges.server_cpu_s + self.reports.server_cpu_s
+        return cpu * 1000 / self.reports.ok if self.reports.ok else 0.0
+
+    @property
+    def client_cpu_ms(self) -> float:
+        """The load generator's CPU per attested report in the timed phases."""
+        cpu = self.challenges.client_cpu_s + self.reports.client_cpu_s
         return cpu * 1000 / self.reports.ok if self.reports.ok else 0.0
 
 
@@ -381,22 +394,24 @@ def _ek_ca(folder: Path) -> Path:
 
 
 def _start_server(
-    tree: Path, repo: Path, db: str, ek_ca: Path, log: Path
+    tree: Path, repo: Path, db: str, ek_ca: Path, log: Path, workers: int
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``gpuward server run`` from the source ``tree`` (this one, or a baseline)."""
     token = ek_ca.with_name("tpm-enrollment-token")
     token.write_text(secrets.token_urlsafe(24))
+    several = ["--workers", str(workers)] if workers > 1 else []
     process = subprocess.Popen(
         [sys.executable, "-m", "gpuward", "--log-format", "json", "server", "run",
          "--repo", str(repo), "--db", db, "--host", HOST, "--port", "0", "--ek-ca", str(ek_ca),
-         "--tpm-enrollment-token-file", str(token)],
+         "--tpm-enrollment-token-file", str(token), *several],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
     )  # fmt: skip
+    ready = '"workers_ready"' if several else '"server_listening"'
     started = time.monotonic()
     while time.monotonic() - started < 60:
         for line in log.read_text().splitlines():
-            if '"server_listening"' in line:
+            if ready in line:
                 return process, int(json.loads(line)["port"])
         if process.poll() is not None:
             raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
@@ -420,7 +435,13 @@ async def _enroll(store: Store, agents: list[Agent]) -> None:
 
 
 async def _bench(
-    backend: str, db: str, tree: Path, agents: list[Agent], boot: Boot, args: argparse.Namespace
+    backend: str,
+    db: str,
+    tree: Path,
+    agents: list[Agent],
+    boot: Boot,
+    args: argparse.Namespace,
+    workers: int,
 ) -> tuple[Phase, list[Round]]:
     store = await open_store(db)
     try:
@@ -428,9 +449,10 @@ async def _bench(
         started = []
         for _ in range(args.replicas if backend == "postgresql" else 1):
             log = args.work / f"server-{len(list(args.work.glob('server-*')))}.log"
-            started.append(_start_server(tree, args.repo, db, args.ek_ca, log))
+            started.append(_start_server(tree, args.repo, db, args.ek_ca, log, workers))
         server = Target(
-            tuple(f"http://{HOST}:{port}" for _, port in started), tuple(p.pid for p, _ in started)
+            tuple(f"http://{HOST}:{port}" for _, port in started),
+            tuple(pid for p, _ in started for pid in (p.pid, *_children(p.pid))),
         )
         try:
             connector = aiohttp.TCPConnector(limit=args.connections)
@@ -470,29 +492,39 @@ def _print(
               f"{1000 / r.cpu_ms if r.cpu_ms else 0:.0f} reports/s per server core = "
               f"{r.cpu_ms / reference.cpu_ms if reference.cpu_ms else 0:.1f} x a healthz "
               "request")  # fmt: skip
+        print(f"    load generator CPU {r.client_cpu_ms:.3f} ms per attested report in the "
+              f"timed phases ({r.client_cpu_ms / r.cpu_ms if r.cpu_ms else 0:.2f} x the "
+              "server's; quotes are signed between the phases, untimed)")  # fmt: skip
         print(f"    stored with a passing verdict {r.stored}; lost: {lost}; not accepted: "
               f"{r.reports.failed}; not sent (time bound): "
               f"{agents - r.reports.ok - r.reports.failed}")  # fmt: skip
 
 
 def bench(
-    backend: str, tree: Path, boot: Boot, aks: list[rsa.RSAPrivateKey], args: argparse.Namespace
+    backend: str,
+    tree: Path,
+    boot: Boot,
+    aks: list[rsa.RSAPrivateKey],
+    args: argparse.Namespace,
+    workers: int,
 ) -> None:
     agents = [Agent(i, aks[i % AK_KEYS]) for i in range(args.agents)]
     if backend == "sqlite":
         db = f"sqlite://{args.work / f'bench-{secrets.token_hex(4)}.db'}"
-        reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args))
+        reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args, workers))
     else:
         name = f"gpuward_bench_{secrets.token_hex(4)}"
         asyncio.run(_admin(f"CREATE DATABASE {name}"))
         try:
             db = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-            reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args))
+            reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args, workers))
         finally:
             asyncio.run(_admin(f"DROP DATABASE {name} WITH (FORCE)"))
     label = backend if tree == ROOT else f"{backend}, server from {tree}"
     if backend == "postgresql" and args.replicas > 1:
         label += f", {args.replicas} replicas (challenge from one, report to the next)"
+    if workers > 1:
+        label += f", --workers {workers} (one port)"
     _print(label, len(agents), reference, rounds, _rsa_verifies_per_s(), args.connections)
 
 
@@ -509,11 +541,23 @@ def main() -> None:
     parser.add_argument(
         "--replicas", type=int, default=1, help="server processes on PostgreSQL (one core each)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="gpuward server run --workers on PostgreSQL; several values run alternately",
+    )
     args = parser.parse_args()
-    if not 1 <= args.agents <= 100_000 or not 1 <= args.rounds <= 10 or not 1 <= args.replicas <= 8:
+    if (
+        not 1 <= args.agents <= 100_000
+        or not 1 <= args.rounds <= 10
+        or not 1 <= args.replicas <= 8
+        or not all(1 <= w <= 8 for w in args.workers)
+    ):
         raise SystemExit(
             "--agents must be between 1 and 100,000, --rounds between 1 and 10, "
-            "--replicas between 1 and 8"
+            "--replicas and --workers between 1 and 8"
         )
     aks = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(AK_KEYS)]
     boot = Boot.load()
@@ -524,7 +568,8 @@ def main() -> None:
         args.ek_ca = _ek_ca(args.work)
         for backend in args.backends:
             for tree in trees:
-                bench(backend, tree, boot, aks, args)
+                for workers in args.workers if backend == "postgresql" else [1]:
+                    bench(backend, tree, boot, aks, args, workers)
 
 
 if __name__ == "__main__":
