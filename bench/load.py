@@ -205,6 +205,7 @@ class Phase:
     seconds: float = 0.0
     server_cpu_s: float = 0.0  # the server processes' CPU time (all threads) in the phase
     client_cpu_s: float = 0.0  # this process's (the load generator's) CPU time in the phase
+    machine_cpu_s: float = 0.0  # every core's busy time in the phase: all processes
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -226,6 +227,12 @@ class Phase:
             f"    {what:<10} {self.ok:>7} ok {self.failed:>5} failed  {self.rate:>8.0f}/s  "
             f"p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  server CPU {self.cpu_ms:6.3f} ms each{errors}"
         )
+
+
+def _busy_s() -> float:
+    """Busy CPU seconds of all cores so far (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -287,11 +294,14 @@ async def _run_phase(
                 why = f"{status} {_NODE.sub('NODE', data[:120].decode(errors='replace'))}"
                 phase.errors[why] = phase.errors.get(why, 0) + 1
 
-    began, cpu, client = time.perf_counter(), _cpu_s(server.pids), time.process_time()
+    began, cpu, client, machine = (
+        time.perf_counter(), _cpu_s(server.pids), time.process_time(), _busy_s()
+    )  # fmt: skip
     await asyncio.gather(*(worker() for _ in range(connections)))
     phase.seconds = time.perf_counter() - began
     phase.server_cpu_s = _cpu_s(server.pids) - cpu
     phase.client_cpu_s = time.process_time() - client
+    phase.machine_cpu_s = _busy_s() - machine
     return phase, answers
 
 
@@ -311,6 +321,13 @@ class Round:
         """Server CPU per attested report, its challenge included."""
         cpu = self.challenges.server_cpu_s + self.reports.server_cpu_s
         return cpu * 1000 / self.reports.ok if self.reports.ok else 0.0
+
+    @property
+    def machine_cores(self) -> float:
+        """How many cores were busy on average, with anything, while the round ran."""
+        cpu = self.challenges.machine_cpu_s + self.reports.machine_cpu_s
+        seconds = self.challenges.seconds + self.reports.seconds
+        return cpu / seconds if seconds else 0.0
 
     @property
     def client_cpu_ms(self) -> float:
@@ -495,6 +512,8 @@ def _print(
         print(f"    load generator CPU {r.client_cpu_ms:.3f} ms per attested report in the "
               f"timed phases ({r.client_cpu_ms / r.cpu_ms if r.cpu_ms else 0:.2f} x the "
               "server's; quotes are signed between the phases, untimed)")  # fmt: skip
+        print(f"    machine: {r.machine_cores:.2f} of {os.cpu_count()} cores busy in the round "
+              "(server, load generator, PostgreSQL and anything else running)")  # fmt: skip
         print(f"    stored with a passing verdict {r.stored}; lost: {lost}; not accepted: "
               f"{r.reports.failed}; not sent (time bound): "
               f"{agents - r.reports.ok - r.reports.failed}")  # fmt: skip
