@@ -205,6 +205,7 @@ class Phase:
     seconds: float = 0.0
     server_cpu_s: float = 0.0  # the server processes' CPU time (all threads) in the phase
     client_cpu_s: float = 0.0  # this process's (the load generator's) CPU time in the phase
+    store_cpu_s: float = 0.0  # the PostgreSQL backends' CPU time in the phase
     machine_cpu_s: float = 0.0  # every core's busy time in the phase: all processes
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -235,6 +236,19 @@ def _busy_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def _backends(database: str) -> tuple[int, ...]:
+    """PostgreSQL's backend processes connected to ``database`` (their titles name it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and title.startswith("postgres: ") and f" {database} " in title:
+            pids.append(int(proc.name))
+    return tuple(pids)
+
+
 def _children(pid: int) -> list[int]:
     """The worker processes of a server run with --workers (none without)."""
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -244,7 +258,10 @@ def _cpu_s(pids: Sequence[int]) -> float:
     """User and system CPU seconds of processes ``pids`` so far (``/proc``)."""
     total = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a database backend that ended: its time is lost
+            continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -255,6 +272,7 @@ class Target:
 
     urls: tuple[str, ...]
     pids: tuple[int, ...]
+    store_pids: tuple[int, ...] = ()  # the PostgreSQL backends serving the bench's database
 
 
 async def _run_phase(
@@ -294,13 +312,15 @@ async def _run_phase(
                 why = f"{status} {_NODE.sub('NODE', data[:120].decode(errors='replace'))}"
                 phase.errors[why] = phase.errors.get(why, 0) + 1
 
-    began, cpu, client, machine = (
-        time.perf_counter(), _cpu_s(server.pids), time.process_time(), _busy_s()
+    began, cpu, client, store, machine = (
+        time.perf_counter(), _cpu_s(server.pids), time.process_time(),
+        _cpu_s(server.store_pids), _busy_s(),
     )  # fmt: skip
     await asyncio.gather(*(worker() for _ in range(connections)))
     phase.seconds = time.perf_counter() - began
     phase.server_cpu_s = _cpu_s(server.pids) - cpu
     phase.client_cpu_s = time.process_time() - client
+    phase.store_cpu_s = _cpu_s(server.store_pids) - store
     phase.machine_cpu_s = _busy_s() - machine
     return phase, answers
 
@@ -328,6 +348,12 @@ class Round:
         cpu = self.challenges.machine_cpu_s + self.reports.machine_cpu_s
         seconds = self.challenges.seconds + self.reports.seconds
         return cpu / seconds if seconds else 0.0
+
+    @property
+    def store_cpu_ms(self) -> float:
+        """PostgreSQL's backends' CPU per attested report (0 with SQLite, in the server)."""
+        cpu = self.challenges.store_cpu_s + self.reports.store_cpu_s
+        return cpu * 1000 / self.reports.ok if self.reports.ok else 0.0
 
     @property
     def client_cpu_ms(self) -> float:
@@ -470,6 +496,7 @@ async def _bench(
         server = Target(
             tuple(f"http://{HOST}:{port}" for _, port in started),
             tuple(pid for p, _ in started for pid in (p.pid, *_children(p.pid))),
+            _backends(db.rsplit("/", 1)[1]) if backend == "postgresql" else (),
         )
         try:
             connector = aiohttp.TCPConnector(limit=args.connections)
@@ -512,6 +539,8 @@ def _print(
         print(f"    load generator CPU {r.client_cpu_ms:.3f} ms per attested report in the "
               f"timed phases ({r.client_cpu_ms / r.cpu_ms if r.cpu_ms else 0:.2f} x the "
               "server's; quotes are signed between the phases, untimed)")  # fmt: skip
+        if r.store_cpu_ms:
+            print(f"    PostgreSQL backends' CPU {r.store_cpu_ms:.3f} ms per attested report")
         print(f"    machine: {r.machine_cores:.2f} of {os.cpu_count()} cores busy in the round "
               "(server, load generator, PostgreSQL and anything else running)")  # fmt: skip
         print(f"    stored with a passing verdict {r.stored}; lost: {lost}; not accepted: "
