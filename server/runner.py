@@ -27,9 +27,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -279,45 +280,66 @@ def _supervise(config: ServerConfig, workers: int) -> None:
     asyncio.run(_preflight(config))
     config = replace(config, port=_free_port(config))
     _renew_now(_signer(config))  # before any worker serves: never serve lapsed metadata
+    # Only the supervisor keeps the write end: the workers see EOF once it is gone.
+    parent_alive, parent_alive_w = os.pipe()
     # fork: the workers start from this checked state, without re-importing anything.
     context = multiprocessing.get_context("fork")
-    parent_alive_r, parent_alive_w = os.pipe()
     processes, readiness = [], []
     for index in range(workers):
         receive, send = context.Pipe(duplex=False)
         process = context.Process(
             target=_worker,
-            args=(config, index, send, parent_alive_r, parent_alive_w),
+            args=(config, index, send, parent_alive, parent_alive_w),
             name=f"gpuward-worker-{index}",
         )
         process.start()
         send.close()
         processes.append(process)
         readiness.append(receive)
-    os.close(parent_alive_r)
-    wakeup_r, wakeup_w = socket.socketpair()
+    os.close(parent_alive)
+    try:
+        failed = _watch(processes, readiness, config.port)
+    finally:
+        _stop(processes)
+        os.close(parent_alive_w)
+    if failed is not None:
+        raise GpuwardError(
+            f"{failed.name} exited with status {failed.exitcode}; its log above says why. "
+            "The whole server stopped so that it restarts whole"
+        )
+    log.info("server_stopped", workers=workers)
+
+
+def _watch(
+    processes: Sequence[BaseProcess], readiness: Sequence[Connection], port: int
+) -> BaseProcess | None:
+    """Wait for SIGTERM or SIGINT (None) or a worker's exit (that worker)."""
+    wakeup, wakeup_w = socket.socketpair()
     wakeup_w.setblocking(False)
     signal.set_wakeup_fd(wakeup_w.fileno())
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     sentinels = {p.sentinel: p for p in processes}
-    waiting: set[Connection | socket.socket | int] = {*readiness, *sentinels, wakeup_r}
+    waiting: set[Connection | socket.socket | int] = {*readiness, *sentinels, wakeup}
     failed, listening = None, 0
     while failed is None and not stopping:
         for ready in wait(list(waiting)):
-            if ready is wakeup_r:
-                wakeup_r.recv(512)
+            if ready is wakeup:
+                wakeup.recv(512)
             elif isinstance(ready, int):
                 failed = sentinels[ready]
             elif isinstance(ready, Connection):
                 waiting.discard(ready)
                 with contextlib.suppress(EOFError):  # EOF: it died; its sentinel says so
                     listening += int(ready.recv())
-                    if listening == workers:
-                        log.info("workers_ready", workers=workers, port=config.port)
-    if stopping:  # workers that stopped on the same SIGINT (a terminal's) did not fail
-        failed = None
+                    if listening == len(processes):
+                        log.info("workers_ready", workers=len(processes), port=port)
+    # Workers that stopped on the same SIGINT (a terminal's) did not fail.
+    return None if stopping else failed
+
+
+def _stop(processes: Sequence[BaseProcess]) -> None:
     for process in processes:
         if process.is_alive():
             process.terminate()  # SIGTERM: each finishes its requests and closes the store
@@ -328,13 +350,6 @@ def _supervise(config: ServerConfig, workers: int) -> None:
             log.error("worker_killed", worker=process.name, after_s=STOP_GRACE_S)
             process.kill()
             process.join()
-    os.close(parent_alive_w)
-    if failed is not None:
-        raise GpuwardError(
-            f"{failed.name} exited with status {failed.exitcode}; its log above says why. "
-            "The whole server stopped so that it restarts whole"
-        )
-    log.info("server_stopped", workers=workers)
 
 
 async def _preflight(config: ServerConfig) -> None:
@@ -363,10 +378,10 @@ def _free_port(config: ServerConfig) -> int:
 
 
 def _worker(
-    config: ServerConfig, index: int, ready: Connection, parent_alive: int, parent_w: int
+    config: ServerConfig, index: int, ready: Connection, parent_alive: int, parent_alive_w: int
 ) -> None:
     """One worker process: serve until SIGTERM, or until the supervisor is gone."""
-    os.close(parent_w)  # only the supervisor holds it: its end closing means it is gone
+    os.close(parent_alive_w)
     structlog.contextvars.bind_contextvars(worker=index)
 
     async def main() -> None:
