@@ -342,12 +342,11 @@ class Round:
         cpu = self.challenges.server_cpu_s + self.reports.server_cpu_s
         return cpu * 1000 / self.reports.ok if self.reports.ok else 0.0
 
-    @property
-    def machine_cores(self) -> float:
-        """How many cores were busy on average, with anything, while the round ran."""
-        cpu = self.challenges.machine_cpu_s + self.reports.machine_cpu_s
+    def cores(self, cpu_s: str) -> float:
+        """How many cores one kind of CPU time (a ``Phase`` field) kept busy on average."""
+        cpu = getattr(self.challenges, cpu_s) + getattr(self.reports, cpu_s)
         seconds = self.challenges.seconds + self.reports.seconds
-        return cpu / seconds if seconds else 0.0
+        return float(cpu / seconds) if seconds else 0.0
 
     @property
     def store_cpu_ms(self) -> float:
@@ -541,8 +540,12 @@ def _print(
               "server's; quotes are signed between the phases, untimed)")  # fmt: skip
         if r.store_cpu_ms:
             print(f"    PostgreSQL backends' CPU {r.store_cpu_ms:.3f} ms per attested report")
-        print(f"    machine: {r.machine_cores:.2f} of {os.cpu_count()} cores busy in the round "
-              "(server, load generator, PostgreSQL and anything else running)")  # fmt: skip
+        busy = {k: r.cores(f"{k}_cpu_s") for k in ("server", "client", "store", "machine")}
+        rest = busy["machine"] - busy["server"] - busy["client"] - busy["store"]
+        print(f"    cores busy: {busy['machine']:.2f} of {os.cpu_count()}: server "
+              f"{busy['server']:.2f}, load generator {busy['client']:.2f}, PostgreSQL backends "
+              f"{busy['store']:.2f}, everything else (other processes, interrupts) "
+              f"{rest:.2f}")  # fmt: skip
         print(f"    stored with a passing verdict {r.stored}; lost: {lost}; not accepted: "
               f"{r.reports.failed}; not sent (time bound): "
               f"{agents - r.reports.ok - r.reports.failed}")  # fmt: skip
