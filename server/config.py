@@ -52,3 +52,6 @@ class ServerConfig:
     # The Ed25519 key that signs compliance reports; None: <repo>/keys/report.key,
     # made at first start.
     report_key: Path | None = None
+    # run_server: processes serving the port (SO_REUSEPORT), each a replica;
+    # more than one needs PostgreSQL.
+    workers: int = 1

@@ -242,10 +242,10 @@ async def _resign_forever(signer: OnlineSigner, stop: asyncio.Event) -> None:
             await _renew(signer)
 
 
-def run_server(config: ServerConfig, workers: int = 1) -> None:
-    """Serve in the foreground until SIGTERM or SIGINT, in ``workers`` processes."""
-    if workers > 1:
-        _supervise(config, workers)
+def run_server(config: ServerConfig) -> None:
+    """Serve in the foreground until SIGTERM or SIGINT, in ``config.workers`` processes."""
+    if config.workers > 1:
+        _supervise(config)
         return
 
     async def main() -> None:
@@ -270,7 +270,7 @@ def _run_uvloop(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-def _supervise(config: ServerConfig, workers: int) -> None:
+def _supervise(config: ServerConfig) -> None:
     if not config.db.startswith(("postgresql://", "postgres://")):
         raise GpuwardError(
             "--workers needs a PostgreSQL store (--db postgresql://...): the SQLite store "
@@ -285,7 +285,7 @@ def _supervise(config: ServerConfig, workers: int) -> None:
     # fork: the workers start from this checked state, without re-importing anything.
     context = multiprocessing.get_context("fork")
     processes, readiness = [], []
-    for index in range(workers):
+    for index in range(config.workers):
         receive, send = context.Pipe(duplex=False)
         process = context.Process(
             target=_worker,
@@ -307,7 +307,7 @@ def _supervise(config: ServerConfig, workers: int) -> None:
             f"{failed.name} exited with status {failed.exitcode}; its log above says why. "
             "The whole server stopped so that it restarts whole"
         )
-    log.info("server_stopped", workers=workers)
+    log.info("server_stopped", workers=config.workers)
 
 
 def _watch(

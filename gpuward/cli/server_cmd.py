@@ -176,8 +176,8 @@ def _run(args: argparse.Namespace) -> None:
             pool_boot_policies=tuple(pool_policies),
             report_key=args.report_key,
             driver_pcr=driver_pcr,
-        ),
-        args.workers,
+            workers=args.workers,
+        )
     )
 
 
