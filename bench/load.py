@@ -231,9 +231,12 @@ class Phase:
 
 
 def _busy_s() -> float:
-    """Busy CPU seconds of all cores so far (``/proc/stat``: all but idle and iowait)."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    """Busy CPU seconds of all cores so far (``/proc/stat``: user, system, interrupts).
+    Not niced processes' time: they only take what the bench leaves idle."""
+    user, _nice, system, _idle, _iowait, irq, softirq = (
+        int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    )
+    return (user + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def _backends(database: str) -> tuple[int, ...]:
@@ -544,8 +547,8 @@ def _print(
         rest = busy["machine"] - busy["server"] - busy["client"] - busy["store"]
         print(f"    cores busy: {busy['machine']:.2f} of {os.cpu_count()}: server "
               f"{busy['server']:.2f}, load generator {busy['client']:.2f}, PostgreSQL backends "
-              f"{busy['store']:.2f}, everything else (other processes, interrupts) "
-              f"{rest:.2f}")  # fmt: skip
+              f"{busy['store']:.2f}, everything else (other processes at normal priority, "
+              f"interrupts) {rest:.2f}")  # fmt: skip
         print(f"    stored with a passing verdict {r.stored}; lost: {lost}; not accepted: "
               f"{r.reports.failed}; not sent (time bound): "
               f"{agents - r.reports.ok - r.reports.failed}")  # fmt: skip
