@@ -32,6 +32,9 @@ server. Bounded in agents and in time; loopback only.
 
     PYTHONPATH=. .venv/bin/python bench/load.py --baseline ../main   # old server, same run
 
+    # one server process, then gpuward server run --workers 2 (one port), alternately
+    PYTHONPATH=. .venv/bin/python bench/load.py --backends postgresql --workers 1 2 1 2
+
 Target (issue 8): 100,000 nodes every 60 s = 1,667 attested reports/s.
 
 Last measured (2026-11-24 22:54 UTC, the 2-core dev VM shared with other
@@ -53,6 +56,24 @@ SQLite 236 -> 1,002/s, PostgreSQL 347 -> 1,276/s, 0.75 ms per report (1,330/s
 per server core). So 0.3-0.8x of the target with the load generator on the
 same two cores, 0.6-0.8x per server core; two replicas (--replicas 2) gave less
 here (682/s): client, PostgreSQL and both servers share the two cores.
+
+--workers 2 (2026-11-24 23:10-23:32 UTC, same VM, other helpers' tests and
+builds running; five invocations, 1 and 2 workers alternating on PostgreSQL,
+10,000 agents, 64 connections; steady state): one worker 513-1,280/s, two
+workers 421-1,199/s; two workers over the one run just before or after them:
+0.64-1.17x, 0.8x typically, so no gain measurable here, and the 1,667/s target
+is NOT met (best: 1,280/s = 0.77x, one worker). Where the cores went (printed
+per round): server 0.75-1.1 ms CPU per attested report as before; the load
+generator 0.17-0.33 ms (0.18-0.27x the server's: aiohttp client work; the
+quotes are signed between the phases, untimed, so an ECC AK would not change
+the timed work, and the server verifies RSASSA quotes only anyway); PostgreSQL
+backends 0.02-0.05 ms. With one worker at its best the machine had 0.5 core
+idle (1.44 of 2 busy: the one server process is the limit); with two workers
+both cores were busy (1.96-1.99), other processes at normal priority taking
+0.3-1.4 cores, and GET /healthz itself swung 6,300-20,500 req/s between runs.
+Arithmetic, not a measurement: 1,667/s x (0.8 + 0.2 + 0.03) ms is 1.7 cores
+for servers, load generator and database, so the target needs the two cores
+idle but for this bench, or a load generator on another machine.
 """
 
 from __future__ import annotations
