@@ -69,8 +69,9 @@ quotes are signed between the phases, untimed, so an ECC AK would not change
 the timed work, and the server verifies RSASSA quotes only anyway); PostgreSQL
 backends 0.02-0.05 ms. With one worker at its best the machine had 0.5 core
 idle (1.44 of 2 busy: the one server process is the limit); with two workers
-both cores were busy (1.96-1.99), other processes at normal priority taking
-0.3-1.4 cores, and GET /healthz itself swung 6,300-20,500 req/s between runs.
+the cores were busy (1.68-1.99), other processes taking 0.3-1.4 cores (0.3-1.1
+at normal priority in the last run, the first to leave niced ones out), and
+GET /healthz itself swung 6,300-20,500 req/s between runs.
 Arithmetic, not a measurement: 1,667/s x (0.8 + 0.2 + 0.03) ms is 1.7 cores
 for servers, load generator and database, so the target needs the two cores
 idle but for this bench, or a load generator on another machine.
