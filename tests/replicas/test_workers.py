@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -104,3 +105,20 @@ def test_workers_refused_on_sqlite(site: Site, tmp_path: Path) -> None:
         "--workers", "2",
     )  # fmt: skip
     assert_one_line_error(result, "--workers needs a PostgreSQL store")
+
+
+def test_workers_do_not_join_a_server_already_on_the_port(
+    site: Site, postgres_url: str, tmp_path: Path
+) -> None:
+    """SO_REUSEPORT would let a second server silently take a share of the first's
+    connections (an old one left running, a second unit on the same port)."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = str(other.getsockname()[1])
+        result = gpuward(
+            "server", "run", "--repo", str(site.repo.root), "--db", postgres_url,
+            "--port", port, "--workers", "2",
+        )  # fmt: skip
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
