@@ -32,15 +32,17 @@ from agent.health_gate import GateProbe, NvmlGate
 from agent.installers import activate, installer_for, rollback
 from agent.journal import TERMINAL, Journal, load_journal, save_journal
 from agent.kernel_hold import hold_after_commit
-from agent.measure import event_for, measure
+from agent.measure import measure
 from agent.runner import run_command
 from agent.slots import SlotContent, Slots
 from agent.spool import MetadataUnusable, clear_spool, has_request, read_request, verify_spool
 from agent.unpack import BadBundle, unpack_bundle
+from fleet.driverlog import DriverEvent
 from fleet.errors import GpuwardError
 from fleet.gpu_rules import Snapshot, switch_problems
 from fleet.maintenance import Window, next_opening, open_window
 from fleet.manifest import PAYLOAD_DIR
+from keys import driver_key
 
 log = structlog.get_logger(__name__)
 
@@ -182,9 +184,9 @@ class Applier:
         """Resume from the journal and drive the update to a state it can stop in."""
         self._own_folders()
         journal = load_journal(self.path)
-        if journal.state in TERMINAL | {"staged"}:
-            # The active slot is a confirmed one: after a reboot, measure it again.
-            self._measure()
+        # First this boot's key event, before the agent starts (it is ordered
+        # after this unit); the active slot too when it is a confirmed one.
+        self._measure(bundle=journal.state in TERMINAL | {"staged"})
         if journal.state in TERMINAL | {"staged"} and has_request(self.config.spool_dir):
             # A new request; a newer one also replaces an update still waiting to drain.
             journal = self._stage(journal)
@@ -207,6 +209,7 @@ class Applier:
         if journal.state == "rolling-back":
             rollback(self.config, journal.slot, journal.previous)
             journal = self._save(journal.to("rolled-back"))
+            self._measure()  # the restored bundle, if a reboot came mid-update
             self.log.error("update_rolled_back", slot=journal.previous, reason=journal.reason)
             return self._result(journal, "rolled-back")
         return self._result(journal, "committed")
@@ -332,30 +335,40 @@ class Applier:
         last = (ran.stdout + ran.stderr).strip().splitlines()[-1:] or [""]
         return [f"smoke test {ran.argv[0]} failed ({status}){': ' + last[0] if last[0] else ''}"]
 
-    def _measure(self) -> None:
-        """Extend the driver PCR with the active bundle, once per boot and commit.
+    def _measure(self, bundle: bool = True) -> None:
+        """Extend the driver PCR with this boot's key event, then the active bundle
+        (with ``bundle``), each once per boot and commit.
 
         A failure never undoes or blocks an update: it is logged and returned in
         the result, and the server shows the node's reports as unattested.
         """
         attest = self.config.attestation
-        content = self.slots.content(self.slots.active())
-        if attest is None or content is None:
+        if attest is None:
             return
         from agent.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
 
-        event = event_for(
-            attest.driver_pcr,
-            content.target_path,
-            content.sha256,
-            content.manifest.driver_version,
+        content = self.slots.content(self.slots.active()) if bundle else None
+        event = (
+            None
+            if content is None
+            else DriverEvent(
+                attest.driver_pcr,
+                content.target_path,
+                content.sha256,
+                content.manifest.driver_version,
+            )
         )
         try:
+            key = driver_key.load_or_create(self.config.measurement_key)
             with Attestor(attest, self.config.state_dir) as attestor:
-                measure(attestor, self.config.measurement_log, event)
+                measure(attestor, self.config.measurement_log, key, attest.driver_pcr, event)
         except GpuwardError as exc:  # MeasurementError, or the TPM's AttestationError
             self._measure_error = str(exc)
-            self.log.error("driver_not_measured", reason=str(exc), bundle=content.target_path)
+            self.log.error(
+                "driver_not_measured",
+                reason=str(exc),
+                bundle=None if content is None else content.target_path,
+            )
 
     def _result(self, journal: Journal, outcome: str) -> ApplyResult:
         return ApplyResult(

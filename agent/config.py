@@ -143,6 +143,11 @@ class AgentConfig:
         return self.applier_dir / "measurements.jsonl"
 
     @property
+    def measurement_key(self) -> Path:
+        """The applier's signing key for its measurements (``keys.driver_key``): root's alone."""
+        return self.applier_dir / "measurement.key"
+
+    @property
     def key_file(self) -> Path:
         return self.state_dir / "node.key"
 

@@ -9,12 +9,21 @@ sent with an attested report against the quoted PCR, exactly as firmware logs
 are replayed, and so knows which bundle is active: an event removed, added or
 edited changes the replay.
 
-An event's digest is SHA-256 of the canonical JSON of what it measures (PCR,
-bundle path, bundle SHA-256, driver version), so no field of the claim can be
-changed without changing the PCR; the time is informative only.
+The replay alone cannot tell who extended: PCR 15 has no authorization and
+the unprivileged agent reaches the TPM (it quotes). So every event is signed
+with the applier's own key (root's alone), carries a per-boot sequence number
+and the TPM's reset count, and the first event of each boot is a "key" event
+naming that key. A verifier then rejects events the agent could add: unsigned
+or signed by another key, a genuine event extended again (its sequence number
+repeats), one from an earlier boot (its reset count is not the quote's), and
+with the key pinned per node, a key event the agent measured first.
+
+An event's digest is SHA-256 of the canonical JSON of what it measures, so no
+field of the claim can be changed without changing the PCR; the signature is
+over the same bytes (with a domain prefix), and the time is informative only.
 
 Pure, like the rest of ``fleet``: both the applier (writing) and the server
-(verifying) use these definitions.
+(verifying) use these definitions; the signature scheme is passed in.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +39,7 @@ from fleet.attestation import MAX_DRIVER_LOG_BYTES, AttestationError, canonical_
 from fleet.errors import InvalidDocument
 from fleet.schema import Reader
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: signed, sequenced, bound to the boot
 BANK = "sha256"
 DIGEST_BYTES = 32
 DEFAULT_DRIVER_PCR = 15
@@ -39,6 +49,8 @@ RESERVED_PCRS = frozenset({*range(11), 14})
 MAX_PCR = 23  # a PC Client TPM has 24 PCRs
 MAX_EVENTS = 256
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_KEY_HEX = _SHA256_HEX  # a raw Ed25519 public key is 32 bytes too
+_SIGNATURE_HEX = re.compile(r"(?:[0-9a-f]{128})?")  # empty: unsigned
 _VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
 ZERO = bytes(DIGEST_BYTES)
 
@@ -59,23 +71,50 @@ class DriverLogError(AttestationError):
     """A driver measurement log that is malformed or does not prove what it claims."""
 
 
+KEY = "key"  # the first event of a boot: the applier's public key
+DRIVER = "driver"  # a bundle became (or, after a boot, still is) the active driver
+SIGNED_PREFIX = b"gpuward driver measurement v2\n"
+# Checks an Ed25519 signature: (raw public key, message, signature) -> valid.
+Verify = Callable[[bytes, bytes, bytes], bool]
+
+
 @dataclass(frozen=True)
 class DriverEvent:
-    """One measurement: this bundle became (or, after a boot, still is) the active driver."""
+    """One measurement: the applier's key (``kind`` key), or an active bundle."""
 
     pcr: int
     target_path: str
     sha256: str  # the bundle's, as signed in the TUF metadata
     driver_version: str
     measured_at: int = 0  # seconds since the epoch; not covered by the digest
+    kind: str = DRIVER
+    seq: int = 0  # 0 for the boot's key event, then 1, 2, ...
+    reset_count: int = 0  # the TPM's, when measured: which boot this event belongs to
+    public_key: str = ""  # hex raw Ed25519 key, key events only
+    signature: str = ""  # hex, by the applier key over ``signed_bytes``
+
+    @classmethod
+    def key(cls, pcr: int, reset_count: int, public_key: bytes, measured_at: int) -> DriverEvent:
+        return cls(pcr, "", "", "", measured_at, KEY, 0, reset_count, public_key.hex())
 
     def measured(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
+            "kind": self.kind,
             "pcr": self.pcr,
+            "seq": self.seq,
+            "reset_count": self.reset_count,
+        }
+        if self.kind == KEY:
+            return {**fields, "public_key": self.public_key}
+        return {
+            **fields,
             "target_path": self.target_path,
             "sha256": self.sha256,
             "driver_version": self.driver_version,
         }
+
+    def signed_bytes(self) -> bytes:
+        return SIGNED_PREFIX + canonical_json(self.measured())
 
     @property
     def digest(self) -> bytes:
@@ -83,7 +122,11 @@ class DriverEvent:
         return hashlib.sha256(canonical_json(self.measured())).digest()
 
     def same_bundle(self, other: DriverEvent) -> bool:
-        return self.measured() == other.measured()
+        return self.kind == other.kind == DRIVER and (
+            self.target_path,
+            self.sha256,
+            self.driver_version,
+        ) == (other.target_path, other.sha256, other.driver_version)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,28 +134,49 @@ class DriverEvent:
             "bank": BANK,
             "digest": self.digest.hex(),
             "event": self.measured(),
+            "signature": self.signature,
             "measured_at": self.measured_at,
         }
 
     @classmethod
     def from_dict(cls, doc: object, where: str) -> DriverEvent:
         r = Reader(
-            doc, where, allowed=frozenset({"schema", "bank", "digest", "event", "measured_at"})
+            doc,
+            where,
+            allowed=frozenset({"schema", "bank", "digest", "event", "signature", "measured_at"}),
         )
         if r.integer("schema") != SCHEMA_VERSION:
             raise InvalidDocument(f"{where}: unsupported schema version; upgrade gpuward")
         r.text("bank", choices=frozenset({BANK}))
-        e = Reader(
-            r.raw("event"),
-            f"{where}.event",
-            allowed=frozenset({"pcr", "target_path", "sha256", "driver_version"}),
-        )
+        raw = r.raw("event")
+        kind = raw.get("kind") if isinstance(raw, dict) else None
+        common = frozenset({"kind", "pcr", "seq", "reset_count"})
+        if kind == KEY:
+            e = Reader(raw, f"{where}.event", allowed=common | {"public_key"})
+            public_key = e.text("public_key", pattern=_KEY_HEX, max_len=64)
+            bundle = ("", "", "")
+        else:
+            e = Reader(
+                raw,
+                f"{where}.event",
+                allowed=common | {"target_path", "sha256", "driver_version"},
+            )
+            e.text("kind", choices=frozenset({DRIVER}))
+            public_key = ""
+            bundle = (
+                e.text("target_path", max_len=512),
+                e.text("sha256", pattern=_SHA256_HEX, max_len=64),
+                e.text("driver_version", pattern=_VERSION, max_len=16),
+            )
         event = cls(
-            pcr=e.integer("pcr", maximum=23),
-            target_path=e.text("target_path", max_len=512),
-            sha256=e.text("sha256", pattern=_SHA256_HEX, max_len=64),
-            driver_version=e.text("driver_version", pattern=_VERSION, max_len=16),
+            e.integer("pcr", maximum=MAX_PCR),
+            *bundle,
             measured_at=r.integer("measured_at"),
+            kind=KEY if kind == KEY else DRIVER,
+            seq=e.integer("seq", maximum=MAX_EVENTS),
+            reset_count=e.integer("reset_count", maximum=2**32 - 1),
+            public_key=public_key,
+            signature=r.text("signature", pattern=_SIGNATURE_HEX, max_len=128, default=""),
         )
         if r.text("digest", pattern=_SHA256_HEX, max_len=64) != event.digest.hex():
             raise DriverLogError(
@@ -157,11 +221,26 @@ def parse(data: bytes) -> tuple[DriverEvent, ...]:
     return tuple(events)
 
 
-def active_bundle(data: bytes | None, pcr: int, quoted: bytes) -> DriverEvent | None:
-    """The bundle the quoted driver PCR proves active: the log's last event for it.
+@dataclass(frozen=True)
+class ActiveDriver:
+    """What a verified driver log proves: the active bundle, and whether to trust it."""
 
-    None when nothing was measured since boot. Raises ``DriverLogError`` when the
-    log does not replay to the quoted value: an event was removed, added or edited.
+    driver: DriverEvent | None  # the last valid bundle event; None: none measured
+    public_key: bytes | None  # the applier key of the boot's key event, if valid
+    problems: tuple[str, ...]  # why the log does not prove the applier measured it all
+
+
+def active_bundle(
+    data: bytes | None, pcr: int, quoted: bytes, reset_count: int, verify: Verify
+) -> ActiveDriver:
+    """The bundle the quoted driver PCR proves active, checked event by event.
+
+    Raises ``DriverLogError`` when the log does not replay to the quoted value
+    (an event was removed, added or edited). A log that replays but holds an
+    event the applier did not measure (unsigned, signed by another key, a
+    sequence number repeated or skipped, from another boot than the quote's
+    ``reset_count``) names the first such event in ``problems``; the active
+    driver is then the last valid event before it.
     """
     events = parse(data) if data else ()
     ours = tuple(e for e in events if e.pcr == pcr)
@@ -173,4 +252,49 @@ def active_bundle(data: bytes | None, pcr: int, quoted: bytes) -> DriverEvent | 
             f"{BANK} PCR {pcr}: an event was removed, added or edited, or the PCR was "
             "extended outside the log"
         )
-    return ours[-1] if ours else None
+    if not ours:
+        return ActiveDriver(None, None, ())
+    if ours[0].kind != KEY:
+        return ActiveDriver(
+            None,
+            None,
+            (
+                "driver log: its first event is not the applier's key event, so no event is "
+                "proven to be the applier's",
+            ),
+        )
+    key = bytes.fromhex(ours[0].public_key)
+    driver = None
+    for index, event in enumerate(ours):
+        problem = _problem(event, index, key, reset_count, verify)
+        if problem is not None:
+            return ActiveDriver(
+                driver,
+                None if index == 0 else key,
+                (f"driver log event {index + 1} ({event.kind}): {problem}",),
+            )
+        if event.kind == DRIVER:
+            driver = event
+    return ActiveDriver(driver, key, ())
+
+
+def _problem(
+    event: DriverEvent, index: int, key: bytes, reset_count: int, verify: Verify
+) -> str | None:
+    """Why ``event``, the log's ``index``-th, is not the applier's; None when it is."""
+    if not event.signature:
+        return "unsigned: measured by something other than the applier"
+    if not verify(key, event.signed_bytes(), bytes.fromhex(event.signature)):
+        return "not signed by the applier key of this boot's key event"
+    if event.reset_count != reset_count:
+        return (
+            f"measured in another boot (TPM reset count {event.reset_count}, the quote's "
+            f"{reset_count}): a replayed event"
+        )
+    if index > 0 and event.kind == KEY:
+        return "a second key event in one boot"
+    if event.seq < index:
+        return f"sequence number {event.seq} repeats an earlier event's: a replayed event"
+    if event.seq > index:
+        return f"sequence number {event.seq} where {index} was due: events are missing"
+    return None

@@ -12,6 +12,10 @@ The driver PCR (15 by default) is explained by the applier's measurement log,
 sent whole with every report: it must replay to the quoted value or the
 report is refused, and its last event names the driver bundle that is active,
 which the verdict records and checks against the bundle the report claims.
+Every event must also be the applier's (signed with the key of the boot's key
+event, numbered, of the quoted boot), and that key must be the one pinned for
+the node by its first attested report; otherwise the report is kept but not
+attested, with the reason.
 
 The event log is large; the node sends it only when the digest the challenge
 answer names (the log the server last verified for it) differs from its own,
@@ -36,6 +40,7 @@ import structlog
 from fleet.attestation import AttestedReport, PcrSelection
 from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, DriverEvent, active_bundle
 from fleet.errors import GpuwardError, InvalidDocument
+from keys import driver_key
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.attestation.policy import BootPolicy, secure_boot
@@ -166,13 +171,27 @@ class ReportAttestation:
             tpm, attested, known_log=known, policy=None if chosen is None else chosen[1]
         )
         evidence = attested.evidence
-        driver = active_bundle(
-            evidence.driver_log, self._driver_pcr, evidence.pcrs[BANK][self._driver_pcr]
+        active = active_bundle(
+            evidence.driver_log,
+            self._driver_pcr,
+            evidence.pcrs[BANK][self._driver_pcr],
+            verdict.quote.reset_count,
+            driver_key.verify,
         )
+        driver, driver_problems = active.driver, active.problems
+        if active.public_key is not None:
+            pinned = await self._store.pin_driver_key(node.node_id, active.public_key)
+            if pinned != active.public_key:
+                driver = None
+                driver_problems += (
+                    f"the driver log is signed by applier key {active.public_key.hex()[:16]}, "
+                    f"not the key {pinned.hex()[:16]} pinned for this node: something else "
+                    "measured first this boot, or the applier's key was replaced (then "
+                    "re-enroll the node to pin the new one)",
+                )
         claimed = attested.report.bundle
-        wrong_driver: tuple[str, ...] = ()
         if driver is not None and claimed != driver.target_path:
-            wrong_driver = (
+            driver_problems += (
                 f"the report names bundle {claimed or 'none'}, but the TPM shows "
                 f"{driver.target_path} ({driver.sha256[:12]}) active",
             )
@@ -188,11 +207,11 @@ class ReportAttestation:
         if reasons:
             log.warning("boot_not_attested", node=node.node_id, reasons=list(reasons))
         return Verdict(
-            passed=verdict.passed and not wrong_driver,
+            passed=verdict.passed and not driver_problems,
             reset_count=verdict.quote.reset_count,
             event_log_sha256=None if verdict.log is None else verdict.log.sha256,
             policy=None if chosen is None or verdict.log is None else chosen[0],
-            reasons=reasons + wrong_driver,
+            reasons=reasons + driver_problems,
             secure_boot=None
             if verdict.log is None
             else secure_boot(verdict.log.log, verdict.log.verified),

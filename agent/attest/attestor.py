@@ -329,6 +329,17 @@ class Attestor:
         except TSS2_Exception as exc:
             raise _tpm_error(f"extending PCR {pcr}", exc) from None
 
+    def reset_count(self) -> int:
+        """The TPM's count of resets (reboots): the boot a driver measurement belongs to.
+
+        The same count the quote's clock info carries, signed by the AK.
+        """
+        try:
+            info = self._esapi.read_clock()
+        except TSS2_Exception as exc:
+            raise _tpm_error("clock read", exc) from None
+        return int(info.clockInfo.resetCount)
+
     def read_event_log(self) -> bytes | None:
         """The firmware's event log, or None on a host without one."""
         try:

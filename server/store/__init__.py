@@ -170,6 +170,12 @@ class Store(Protocol):
         """The digest of the node's last verified event log, without the log."""
         ...
 
+    async def pin_driver_key(self, node_id: str, public_key: bytes) -> bytes:
+        """The node's pinned applier measurement key: ``public_key`` if none was
+        pinned yet (it is pinned now), else the one pinned before. Removing the
+        node (to re-enroll it) unpins it."""
+        ...
+
 
 async def open_store(url: str) -> Store:
     if url.startswith(("postgresql://", "postgres://")):

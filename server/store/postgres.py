@@ -134,6 +134,14 @@ MIGRATIONS = (
     ALTER TABLE event_logs DROP COLUMN log;
     CREATE INDEX event_logs_sha256 ON event_logs (sha256);
     """,
+    # Each node's applier measurement key (keys.driver_key), pinned by its first
+    # attested report that names one; removed with the node, so re-enrolling re-pins.
+    """
+    CREATE TABLE driver_keys (
+        node_id TEXT PRIMARY KEY,
+        public_key BYTEA NOT NULL
+    );
+    """,
 )
 
 

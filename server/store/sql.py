@@ -209,6 +209,7 @@ class SqlStore:
             )
             await _drop_unused_logs(tx, [digest for (digest,) in logs])
             await tx.execute("DELETE FROM gpu_samples WHERE node_id = ?", node_id)
+            await tx.execute("DELETE FROM driver_keys WHERE node_id = ?", node_id)
         return bool(found)
 
     async def add_report(
@@ -539,6 +540,17 @@ class SqlStore:
     async def event_log_sha256(self, node_id: str) -> str | None:
         rows = await self.db.query(f"SELECT t.sha256 {_NODE_LOG} WHERE l.node_id = ?", node_id)
         return str(rows[0][0]) if rows else None
+
+    async def pin_driver_key(self, node_id: str, public_key: bytes) -> bytes:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute(
+                "INSERT INTO driver_keys (node_id, public_key) VALUES (?, ?) "
+                "ON CONFLICT (node_id) DO NOTHING",
+                node_id,
+                public_key,
+            )
+            rows = await tx.fetch("SELECT public_key FROM driver_keys WHERE node_id = ?", node_id)
+        return bytes(rows[0][0])
 
 
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
