@@ -17,7 +17,7 @@ from agent.crash import CRASH_ENV
 from agent.measure import read_log
 from agent.slots import Slots
 from agent.spool import write_spool
-from fleet.driverlog import DriverEvent
+from fleet.driverlog import DRIVER, DriverEvent
 from fleet.manifest import PAYLOAD_DIR
 from keys.bundle import sha256_file
 from tests.attest.conftest import Tpm
@@ -113,6 +113,11 @@ def node_with(site: Site, folder: Path, extra: str = "", tables: str = "") -> tu
 def attested(tpm: Tpm) -> str:
     """The ``[attestation]`` table of a node whose applier measures into ``tpm``."""
     return f'[attestation]\ntcti = "{tpm.tcti}"\nevent_log = "{tpm.state / "no-log"}"\n'
+
+
+def bundles(events: tuple[DriverEvent, ...]) -> list[DriverEvent]:
+    """The bundle events of a measurement log, without the boot's key event."""
+    return [e for e in events if e.kind == DRIVER]
 
 
 def measured(node: Node) -> tuple[tuple[DriverEvent, ...], bytes]:

@@ -1,6 +1,7 @@
-"""The measured driver: the applier extends PCR 15 with each committed bundle and
-logs it; the server replays the log against the quoted PCR and records which
-bundle is active, and refuses a log that does not replay.
+"""The measured driver: the applier extends PCR 15 with its key event and each
+committed bundle, signed, and logs them; the server replays the log against the
+quoted PCR and records which bundle is active, refuses a log that does not
+replay, and does not attest one holding an event the applier did not measure.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import urllib3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.attest.attestor import Attestor
 from agent.config import AgentConfig, load_config
@@ -29,7 +31,7 @@ from server.attestation.verifier import REPORT
 from server.report_attestation import ReportAttestation, Verdict
 from server.store import EnrolledNode as StoredNode
 from server.store import Store
-from tests.applier.helpers import NEW, OLD, Node, attested, measured, node_with
+from tests.applier.helpers import NEW, OLD, Node, attested, bundles, measured, node_with
 from tests.attest.conftest import LOCAL_CA, Tpm, extend_log
 from tests.attest.conftest import enroll as enroll_tpm
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
@@ -57,13 +59,13 @@ def test_each_commit_extends_the_driver_pcr_and_the_log_explains_it(
 ) -> None:
     node, old = node_with(site, tmp_path / "node", tables=attested(tpm))
     events, pcr = measured(node)
-    assert [e.sha256 for e in events] == [old] and pcr == replay(events, PCR) != ZERO
+    assert [e.sha256 for e in bundles(events)] == [old] and pcr == replay(events, PCR) != ZERO
 
     new = node.spool_newest()
     assert node.outcome() == "committed"
 
     events, pcr = measured(node)
-    assert [(e.sha256, e.driver_version) for e in events] == [(old, OLD), (new, NEW)]
+    assert [(e.sha256, e.driver_version) for e in bundles(events)] == [(old, OLD), (new, NEW)]
     # Computed here from first principles: each event's digest is SHA-256 of
     # the canonical JSON of what it measures, extended in order from zero.
     value = ZERO
@@ -71,6 +73,17 @@ def test_each_commit_extends_the_driver_pcr_and_the_log_explains_it(
         digest = hashlib.sha256(canonical_json(event.measured())).digest()
         value = hashlib.sha256(value + digest).digest()
     assert pcr == value
+    # The key event first, then the bundles, numbered, of this boot, each signed
+    # by the key the first names, which only root can read.
+    key_file = node.config.measurement_key
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    public = Ed25519PrivateKey.from_private_bytes(key_file.read_bytes()).public_key()
+    assert [e.kind for e in events] == ["key", "driver", "driver"]
+    assert bytes.fromhex(events[0].public_key) == public.public_bytes_raw()
+    assert [e.seq for e in events] == [0, 1, 2]
+    assert {e.reset_count for e in events} == {_reset_count(node)}
+    for event in events:
+        public.verify(bytes.fromhex(event.signature), event.signed_bytes())
     # A further start measures nothing twice.
     assert node.outcome() == "nothing"
     assert measured(node) == (events, pcr)
@@ -83,7 +96,7 @@ def test_a_rolled_back_bundle_is_never_measured(site: Site, tmp_path: Path, tpm:
     before = measured(node)
     node.spool_newest()
     assert node.outcome() == "rolled-back"
-    assert measured(node) == before and before[0][-1].sha256 == old
+    assert measured(node) == before and bundles(before[0])[-1].sha256 == old
 
 
 def test_after_a_reboot_the_active_bundle_is_measured_into_a_fresh_log(
@@ -93,12 +106,16 @@ def test_after_a_reboot_the_active_bundle_is_measured_into_a_fresh_log(
     new = node.spool_newest()
     assert node.outcome() == "committed"
 
+    before = measured(node)[0]
     _reboot(tpm)
     assert measured(node)[1] == ZERO
     assert node.outcome() == "nothing"  # the applier's start at boot
 
     events, pcr = measured(node)
-    assert [e.sha256 for e in events] == [new] and pcr == replay(events, PCR)
+    assert [e.sha256 for e in bundles(events)] == [new] and pcr == replay(events, PCR)
+    assert [(e.kind, e.seq) for e in events] == [("key", 0), ("driver", 1)]
+    assert events[0].public_key == before[0].public_key  # the same applier key
+    assert events[0].reset_count == before[0].reset_count + 1 == _reset_count(node)
 
 
 def test_a_pcr_extended_outside_the_log_is_reported_not_papered_over(
@@ -115,6 +132,26 @@ def test_a_pcr_extended_outside_the_log_is_reported_not_papered_over(
     result = json.loads(done.stdout)
     assert result["outcome"] == "committed"  # measuring never blocks an update
     assert "does not explain" in result["measured"] and "driver_pcr" in result["measured"]
+
+
+def _reset_count(node: Node) -> int:
+    assert node.config.attestation is not None
+    with Attestor(node.config.attestation, node.config.state_dir) as attestor:
+        return attestor.reset_count()
+
+
+def test_a_key_event_is_measured_at_boot_before_any_bundle(
+    site: Site, tmp_path: Path, tpm: Tpm
+) -> None:
+    """The applier's boot start measures its key first, even with no driver yet: the
+    agent, started after it, can only add events after the key event."""
+    folder = tmp_path / "node"
+    folder.mkdir()
+    toml = site.agent_toml(folder, extra=attested(tpm), mode="applier")
+    node = Node(toml, load_config(toml))
+    assert node.outcome() == "nothing"
+    events, pcr = measured(node)
+    assert [(e.kind, e.seq) for e in events] == [("key", 0)] and pcr == replay(events, PCR)
 
 
 # The server's side.
@@ -239,21 +276,25 @@ def _lines(measured_node: tuple[Attestor, str, Node]) -> list[bytes]:
 def _edited_digest(lines: list[bytes]) -> bytes:
     doc = json.loads(lines[-1])
     doc["digest"] = hashlib.sha256(b"a driver I would like to have").hexdigest()
-    return lines[0] + json.dumps(doc).encode() + b"\n"
+    return b"".join(lines[:-1]) + json.dumps(doc).encode() + b"\n"
 
 
 def _other_bundle(lines: list[bytes]) -> bytes:
     """A consistent event (digest recomputed) for a bundle the PCR never saw."""
-    (first, last) = parse(b"".join(lines))
+    *first, last = parse(b"".join(lines))
     claimed = dataclasses.replace(last, target_path="R580/580.99.99.bundle", sha256="ab" * 32)
-    return encode((first, claimed))
+    return encode((*first, claimed))
 
 
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        pytest.param(lambda lines: lines[1], "does not replay", id="first-event-removed"),
-        pytest.param(lambda lines: lines[0], "does not replay", id="last-event-removed"),
+        pytest.param(
+            lambda lines: b"".join(lines[1:]), "does not replay", id="first-event-removed"
+        ),
+        pytest.param(
+            lambda lines: b"".join(lines[:-1]), "does not replay", id="last-event-removed"
+        ),
         pytest.param(lambda lines: b"".join(lines) * 2, "does not replay", id="events-repeated"),
         pytest.param(_edited_digest, "digest is not the SHA-256", id="digest-edited"),
         pytest.param(_other_bundle, "does not replay", id="claims-another-bundle"),
