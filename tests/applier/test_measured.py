@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,9 @@ from agent.attest.attestor import Attestor
 from agent.config import AgentConfig, load_config
 from agent.daemon import run_once
 from agent.identity import enroll
+from agent.measure import read_log
 from fleet.attestation import PcrSelection, canonical_json
-from fleet.driverlog import ZERO, DriverLogError, encode, parse, replay
+from fleet.driverlog import DRIVER, ZERO, DriverEvent, DriverLogError, encode, parse, replay
 from fleet.eventlog import parse as parse_event_log
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrollmentVerifier
@@ -322,3 +324,176 @@ def test_a_report_naming_another_bundle_than_the_pcr_is_not_attested(
     assert verdict.passed is False
     (reason,) = verdict.reasons
     assert "names bundle R580/580.99.99.bundle" in reason and "TPM shows" in reason
+
+
+# Attacks by a compromised agent: it can extend the driver PCR and send any log
+# lines, but cannot read the applier's key (root's, 0600).
+
+NEWER = "R580/580.99.99.bundle"
+
+
+def _sign(key: Ed25519PrivateKey, event: DriverEvent) -> DriverEvent:
+    return dataclasses.replace(event, signature=key.sign(event.signed_bytes()).hex())
+
+
+def _claim(seq: int, reset_count: int) -> DriverEvent:
+    """An event naming a bundle newer than any the applier measured."""
+    return DriverEvent(
+        PCR, NEWER, "ab" * 32, "580.99.99", kind=DRIVER, seq=seq, reset_count=reset_count
+    )
+
+
+def _extended(attestor: Attestor, events: tuple[DriverEvent, ...]) -> bytes:
+    """Extend the driver PCR with ``events`` as the agent can; their log lines."""
+    for event in events:
+        attestor.extend_pcr(PCR, event.digest)
+    return encode(events)
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [
+        pytest.param(lambda genuine, reset: _claim(len(genuine), reset), "unsigned", id="unsigned"),
+        pytest.param(
+            lambda genuine, reset: _sign(Ed25519PrivateKey.generate(), _claim(len(genuine), reset)),
+            "not signed by the applier key",
+            id="forged-with-own-key",
+        ),
+        # After a rollback, say: the genuine event of the older bundle extended again.
+        pytest.param(
+            lambda genuine, reset: genuine[1],
+            "sequence number 1 repeats an earlier event's",
+            id="replayed-this-boot",
+        ),
+    ],
+)
+def test_an_event_the_agent_extends_is_not_attested(
+    challenges: Challenges,
+    measured_node: tuple[Attestor, str, Node],
+    attack: Callable[[tuple[DriverEvent, ...], int], DriverEvent],
+    reason: str,
+) -> None:
+    attestor, _, node = measured_node
+    genuine = read_log(node.config.measurement_log)
+    event = attack(genuine, attestor.reset_count())
+    log = encode(genuine) + _extended(attestor, (event,))
+
+    verdict = _verify(challenges, measured_node, log, bundle=event.target_path)
+
+    assert verdict.passed is False
+    shown, claimed = verdict.reasons
+    assert shown.startswith("driver log event 4 (driver): ") and reason in shown, shown
+    # The active driver is the last event the applier measured, not the claim.
+    assert verdict.driver is not None and verdict.driver.same_bundle(genuine[-1])
+    assert f"names bundle {event.target_path}" in claimed and "TPM shows" in claimed
+
+
+@pytest.fixture
+def enrolled_node(
+    site: Site, tmp_path: Path, tpm: Tpm, enrollment: EnrollmentVerifier
+) -> tuple[str, Node]:
+    """A node whose applier measured OLD then NEW, enrolled; no TPM session held,
+    so the tests may reboot the TPM and run the applier."""
+    node, _ = node_with(site, tmp_path / "node", tables=attested(tpm))
+    node.spool_newest()
+    assert node.outcome() == "committed"
+    extend_log(tpm, _firmware_log())
+    with _agent(tpm, tmp_path) as attestor:
+        return json.dumps(enroll_tpm(attestor, enrollment).to_dict()), node
+
+
+@contextmanager
+def _agent(tpm: Tpm, tmp_path: Path) -> Iterator[Attestor]:
+    with Attestor(tpm.config(event_log=_firmware_log()), tmp_path / "agent-state") as attestor:
+        yield attestor
+
+
+def _report(
+    challenges: Challenges,
+    tpm: Tpm,
+    tmp_path: Path,
+    enrolled: tuple[str, Node],
+    log: bytes | None = None,
+    bundle: str | None = None,
+) -> Verdict:
+    """The server's verdict on a report quoted now, with ``log`` or the applier's."""
+    record, node = enrolled
+    sent = log if log is not None else node.config.measurement_log.read_bytes()
+    with _agent(tpm, tmp_path) as attestor:
+        return _verify(challenges, (attestor, record, node), sent, bundle)
+
+
+def _boot(tpm: Tpm, node: Node) -> None:
+    """A reboot: the PCRs reset, the firmware measures the boot again, the applier starts."""
+    _reboot(tpm)
+    extend_log(tpm, _firmware_log())
+    node.outcome()
+
+
+def test_a_genuine_event_of_an_earlier_boot_is_not_attested(
+    challenges: Challenges, tpm: Tpm, tmp_path: Path, enrolled_node: tuple[str, Node]
+) -> None:
+    node = enrolled_node[1]
+    earlier = read_log(node.config.measurement_log)  # key, OLD, NEW
+    _boot(tpm, node)
+    now = read_log(node.config.measurement_log)  # key, NEW
+    assert [(e.kind, e.seq) for e in now] == [("key", 0), ("driver", 1)]
+    # The earlier boot's event numbered 2 is the next number due, and signed by
+    # the very same applier key: only the reset count gives it away.
+    with _agent(tpm, tmp_path) as attestor:
+        log = encode(now) + _extended(attestor, (earlier[2],))
+
+    verdict = _report(challenges, tpm, tmp_path, enrolled_node, log)
+
+    assert verdict.passed is False
+    (shown,) = verdict.reasons
+    assert "measured in another boot" in shown and "a replayed event" in shown
+
+
+def _own_key_boot(attestor: Attestor) -> bytes:
+    """The log of a boot the agent measured first, with a key of its own."""
+    key = Ed25519PrivateKey.generate()
+    reset = attestor.reset_count()
+    own = DriverEvent.key(PCR, reset, key.public_key().public_bytes_raw(), 0)
+    return _extended(attestor, (_sign(key, own), _sign(key, _claim(1, reset))))
+
+
+def test_a_key_event_the_agent_measures_before_the_applier_fails_the_pinned_key(
+    challenges: Challenges, tpm: Tpm, tmp_path: Path, enrolled_node: tuple[str, Node]
+) -> None:
+    node = enrolled_node[1]
+    assert _report(challenges, tpm, tmp_path, enrolled_node).passed is True  # pins the key
+    _reboot(tpm)
+    extend_log(tpm, _firmware_log())
+    with _agent(tpm, tmp_path) as attestor:
+        log = _own_key_boot(attestor)
+    # The applier, started after the agent this once, cannot measure any more.
+    result = json.loads(node.apply().stdout)
+    assert "does not explain" in result["measured"]
+
+    verdict = _report(challenges, tpm, tmp_path, enrolled_node, log, bundle=NEWER)
+
+    assert verdict.passed is False and verdict.driver is None
+    (shown,) = verdict.reasons
+    assert "not the key" in shown and "pinned for this node" in shown
+
+
+def test_a_replaced_applier_key_is_not_attested_until_the_node_is_re_enrolled(
+    challenges: Challenges, tpm: Tpm, tmp_path: Path, enrolled_node: tuple[str, Node]
+) -> None:
+    node = enrolled_node[1]
+    assert _report(challenges, tpm, tmp_path, enrolled_node).passed is True  # pins the key
+    node.config.measurement_key.unlink()
+    _boot(tpm, node)  # the applier makes a new key and measures with it
+
+    verdict = _report(challenges, tpm, tmp_path, enrolled_node)
+    assert verdict.passed is False and verdict.driver is None
+    (shown,) = verdict.reasons
+    assert "pinned for this node" in shown and "re-enroll the node" in shown
+
+    # Re-enrolling starts by removing the node, which unpins its key.
+    db = str(node.config.state_dir.parent / "server.db")
+    run(db, lambda store: store.remove_node("n1"))
+    verdict = _report(challenges, tpm, tmp_path, enrolled_node)
+    assert verdict.passed is True and verdict.driver is not None
+    assert verdict.driver.driver_version == NEW
