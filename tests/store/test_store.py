@@ -56,6 +56,18 @@ def test_enrollment_keeps_the_first_key(db_url: str) -> None:
     run(db_url, body)
 
 
+def test_the_first_applier_key_stays_pinned_until_the_node_is_removed(db_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.enroll(node("n1"))
+        assert await store.pin_driver_key("n1", b"a" * 32) == b"a" * 32
+        assert await store.pin_driver_key("n1", b"b" * 32) == b"a" * 32
+        assert await store.pin_driver_key("n2", b"b" * 32) == b"b" * 32
+        assert await store.remove_node("n1")
+        assert await store.pin_driver_key("n1", b"b" * 32) == b"b" * 32
+
+    run(db_url, body)
+
+
 def test_reports_history_latest_and_replayed_nonce(db_url: str) -> None:
     async def body(store: Store) -> None:
         await store.enroll(node("n1"))
