@@ -145,7 +145,13 @@ class DriverEvent:
             where,
             allowed=frozenset({"schema", "bank", "digest", "event", "signature", "measured_at"}),
         )
-        if r.integer("schema") != SCHEMA_VERSION:
+        schema = r.integer("schema")
+        if schema < SCHEMA_VERSION:
+            raise DriverLogError(
+                f"{where}: written before gpuward signed its driver measurements; reboot "
+                "the node so its upgraded applier starts a signed log"
+            )
+        if schema != SCHEMA_VERSION:
             raise InvalidDocument(f"{where}: unsupported schema version; upgrade gpuward")
         r.text("bank", choices=frozenset({BANK}))
         raw = r.raw("event")

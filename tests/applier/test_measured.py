@@ -136,6 +136,23 @@ def test_a_pcr_extended_outside_the_log_is_reported_not_papered_over(
     assert "does not explain" in result["measured"] and "driver_pcr" in result["measured"]
 
 
+def test_a_log_from_before_signing_is_started_afresh_at_the_next_boot(
+    site: Site, tmp_path: Path, tpm: Tpm
+) -> None:
+    """An upgrade leaves the unsigned format's log behind: it cannot be extended
+    (the PCR already holds it), and once a reboot zeroes the PCR it is replaced."""
+    node, _ = node_with(site, tmp_path / "node", tables=attested(tpm))
+    log = node.config.measurement_log
+    log.write_bytes(log.read_bytes().replace(b'"schema": 2', b'"schema": 1'))
+    assert "reboot the node" in json.loads(node.apply().stdout)["measured"]
+
+    _reboot(tpm)
+    assert node.outcome() == "nothing"
+    events, pcr = measured(node)
+    assert [(e.kind, e.seq) for e in events] == [("key", 0), ("driver", 1)]
+    assert pcr == replay(events, PCR)
+
+
 def _reset_count(node: Node) -> int:
     assert node.config.attestation is not None
     with Attestor(node.config.attestation, node.config.state_dir) as attestor:
@@ -302,6 +319,11 @@ def _other_bundle(lines: list[bytes]) -> bytes:
         pytest.param(_other_bundle, "does not replay", id="claims-another-bundle"),
         pytest.param(lambda lines: b"", "does not replay", id="log-left-out"),
         pytest.param(lambda lines: b"{not json\n", "not JSON", id="garbage"),
+        pytest.param(
+            lambda lines: b"".join(lines).replace(b'"schema": 2', b'"schema": 1'),
+            "reboot the node",
+            id="unsigned-older-format",
+        ),
     ],
 )
 def test_a_log_that_does_not_prove_the_pcr_is_refused(
