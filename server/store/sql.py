@@ -542,6 +542,12 @@ class SqlStore:
         return str(rows[0][0]) if rows else None
 
     async def pin_driver_key(self, node_id: str, public_key: bytes) -> bytes:
+        # Every attested report asks: a read, and a write only for the first.
+        pinned = await self.db.query(
+            "SELECT public_key FROM driver_keys WHERE node_id = ?", node_id
+        )
+        if pinned:
+            return bytes(pinned[0][0])
         async with self.db.transaction(write=True) as tx:
             await tx.execute(
                 "INSERT INTO driver_keys (node_id, public_key) VALUES (?, ?) "
