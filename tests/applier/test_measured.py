@@ -519,3 +519,18 @@ def test_a_replaced_applier_key_is_not_attested_until_the_node_is_re_enrolled(
     verdict = _report(challenges, tpm, tmp_path, enrolled_node)
     assert verdict.passed is True and verdict.driver is not None
     assert verdict.driver.driver_version == NEW
+
+
+def test_a_boot_whose_first_event_is_no_key_event_is_not_attested(
+    challenges: Challenges, tpm: Tpm, tmp_path: Path, enrolled_node: tuple[str, Node]
+) -> None:
+    _reboot(tpm)
+    extend_log(tpm, _firmware_log())
+    with _agent(tpm, tmp_path) as attestor:
+        log = _extended(attestor, (_claim(0, attestor.reset_count()),))
+
+    verdict = _report(challenges, tpm, tmp_path, enrolled_node, log, bundle=NEWER)
+
+    assert verdict.passed is False and verdict.driver is None
+    (shown,) = verdict.reasons
+    assert "first event is not the applier's key event" in shown
