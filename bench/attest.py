@@ -47,6 +47,7 @@ from server.attestation.verifier import REPORT, QuoteVerifier
 
 LOG = Path(__file__).resolve().parents[2] / "shared/testdata/eventlogs/rhel95-secureboot.bin"
 SELECTION = PcrSelection.parse("sha256:0-9,14")
+QUOTED_RESET_COUNT = 2  # TPMS_CLOCK_INFO.resetCount in every quote: the boot the quote is from
 AK_ATTRIBUTES = 0x00050072  # fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth,
 # restricted, sign
 
@@ -66,7 +67,7 @@ def quote(
     mask = sum(1 << p for p in selection.banks[0][1]).to_bytes(3, "little")
     attest = struct.pack(">IHH", 0xFF544347, 0x8018, 34) + b"\x00\x0b" + bytes(32)
     attest += struct.pack(">H", len(qualifying)) + qualifying
-    attest += struct.pack(">QIIBQ", 123456, 2, 0, 1, 0x20191023)
+    attest += struct.pack(">QIIBQ", 123456, QUOTED_RESET_COUNT, 0, 1, 0x20191023)
     attest += struct.pack(">IHB", 1, 0x000B, 3) + mask
     attest += struct.pack(">H", 32) + hashlib.sha256(pcrs).digest()
     signature = key.sign(attest, padding.PKCS1v15(), hashes.SHA256())

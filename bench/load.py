@@ -90,7 +90,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -102,7 +102,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from bench.attest import LOG, ak_public, quote
+from bench.attest import LOG, QUOTED_RESET_COUNT, ak_public, quote
 from fleet.attestation import (
     AttestationEvidence,
     AttestedReport,
@@ -149,12 +149,26 @@ class Boot:
     def load(cls) -> Boot:
         log = LOG.read_bytes()
         replayed = replay(parse(log))["sha256"]
-        driver = DriverEvent(DEFAULT_DRIVER_PCR, BUNDLE, "ab" * 32, DRIVER, int(time.time()))
-        replayed[DEFAULT_DRIVER_PCR] = replay_driver((driver,), DEFAULT_DRIVER_PCR)
+        # As the applier logs a boot: its key first, then the bundle, each signed, in
+        # the boot whose reset count bench.attest.quote states.
+        applier = Ed25519PrivateKey.generate()
+        now = int(time.time())
+        public = applier.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        unsigned = (
+            DriverEvent.key(DEFAULT_DRIVER_PCR, QUOTED_RESET_COUNT, public, now),
+            DriverEvent(
+                DEFAULT_DRIVER_PCR, BUNDLE, "ab" * 32, DRIVER, now,
+                seq=1, reset_count=QUOTED_RESET_COUNT,
+            ),
+        )  # fmt: skip
+        events = tuple(replace(e, signature=applier.sign(e.signed_bytes()).hex()) for e in unsigned)
+        replayed[DEFAULT_DRIVER_PCR] = replay_driver(events, DEFAULT_DRIVER_PCR)
         pcrs = {"sha256": {p: replayed.get(p, bytes(32)) for p in SELECTION.banks[0][1]}}
         digest = AttestationEvidence(bytes(32), b"", b"", SELECTION, pcrs, log).event_log_sha256
         assert digest is not None
-        return cls(log, digest, driver, encode_driver_log((driver,)), pcrs)
+        return cls(log, digest, events[-1], encode_driver_log(events), pcrs)
 
 
 @dataclass
