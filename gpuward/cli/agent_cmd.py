@@ -121,8 +121,9 @@ def _enroll(args: argparse.Namespace) -> None:
 def _health(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.daemon import make_probe
-    from agent.health import assess, gate, post_switch_check
+    from agent.health import assess, gate
     from agent.slots import Slots
+    from fleet.gpu_rules import FAILED
     from gpuward.cli.output import table
 
     config = load_config(args.config)
@@ -132,9 +133,9 @@ def _health(args: argparse.Namespace) -> int:
     expected = content.manifest.driver_version if content else None
     health = assess(seen)
     if expected:
+        # What post_switch_check decides, from the gate and the assessment already made.
         reasons = gate(seen, expected)
-        verdict = post_switch_check(None, seen, expected)
-        status, why = verdict.status, list(verdict.reasons)
+        status, why = (FAILED, reasons) if reasons else (health.status, list(health.reasons))
     else:
         # Nothing to compare the loaded driver with; NVML failing says more than that.
         reasons = [seen.error or "no driver bundle is active"]
