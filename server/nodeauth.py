@@ -18,11 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import MAX_SKEW_S, EnrollmentRequest, RequestSignature, signed_message
+from keys import ed25519
 from server.store import EnrolledNode, Store
 
 UNATTESTED = "unattested"
@@ -109,10 +107,8 @@ def verify_signature(
     public_key: bytes, sig: RequestSignature, method: str, path: str, body: bytes
 ) -> None:
     message = signed_message(method, path, sig.node_id, sig.timestamp, sig.nonce, body)
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(sig.signature, message)
-    except (InvalidSignature, ValueError):
-        raise NodeAuthError("bad request signature") from None
+    if not ed25519.verify(public_key, message, sig.signature):
+        raise NodeAuthError("bad request signature")
 
 
 class NonceCache:

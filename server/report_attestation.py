@@ -180,8 +180,16 @@ class ReportAttestation:
         )
         driver, driver_problems = active.driver, active.problems
         if active.public_key is not None:
-            pinned = await self._store.pin_driver_key(node.node_id, active.public_key)
-            if pinned != active.public_key:
+            pinned = node.driver_key or await self._store.pin_driver_key(
+                node.node_id, active.public_key
+            )
+            if pinned is None:
+                driver = None
+                driver_problems += (
+                    f"node {node.node_id} was removed while its report was checked; "
+                    "enroll it again",
+                )
+            elif pinned != active.public_key:
                 driver = None
                 driver_problems += (
                     f"the driver log is signed by applier key {active.public_key.hex()[:16]}, "

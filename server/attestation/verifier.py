@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from fleet.attestation import (
     BANKS,
@@ -33,6 +33,7 @@ from fleet.attestation import (
     session_key_digest,
 )
 from fleet.eventlog import EventLog, parse, replay
+from keys import ed25519
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrolledNode
 from server.attestation.policy import BootPolicy, PolicyResult, evaluate
@@ -117,12 +118,10 @@ class CertifiedSessionKey:
     reset_count: int  # a quote with a higher reset count means the node rebooted
 
     def verify(self, message: bytes, signature: bytes) -> None:
-        try:
-            ed25519.Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
-        except InvalidSignature:
+        if not ed25519.verify(self.public_key, message, signature):
             raise AttestationError(
                 f"{self.node_id}: bad session-key signature; certify a new session key"
-            ) from None
+            )
 
 
 def _masks(selection: PcrSelection) -> tuple[tuple[int, int], ...]:

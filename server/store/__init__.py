@@ -34,6 +34,10 @@ class EnrolledNode:
     # The TPM attestation key record (``server.attestation.EnrolledNode`` as JSON)
     # that later quotes must verify with; None when no TPM vouched for the node.
     tpm: str | None = None
+    # The applier measurement key (``keys.driver_key``) the node's first attested
+    # report named: every later driver log must be signed by it. None: none yet.
+    # Read with the node on every request, so checking it costs no query.
+    driver_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -170,10 +174,10 @@ class Store(Protocol):
         """The digest of the node's last verified event log, without the log."""
         ...
 
-    async def pin_driver_key(self, node_id: str, public_key: bytes) -> bytes:
-        """The node's pinned applier measurement key: ``public_key`` if none was
-        pinned yet (it is pinned now), else the one pinned before. Removing the
-        node (to re-enroll it) unpins it."""
+    async def pin_driver_key(self, node_id: str, public_key: bytes) -> bytes | None:
+        """Pin ``public_key`` as the node's applier measurement key if none is pinned
+        yet; the key pinned now or before (``EnrolledNode.driver_key``), None if the
+        node is not enrolled. Removing the node (to re-enroll it) unpins it."""
         ...
 
 

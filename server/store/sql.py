@@ -73,7 +73,11 @@ class Database(Protocol):
 
 _NODE_COLUMNS = (
     "e.node_id, e.public_key, e.pool, e.attested, e.attestation, e.enrolled_at, e.tpm, "
-    "n.last_seen, r.body, a.target, r.attestation"
+    "e.driver_key, n.last_seen, r.body, a.target, r.attestation"
+)
+_ENROLLMENT = (
+    "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm, driver_key "
+    "FROM enrollments WHERE node_id = ?"
 )
 _NODE_JOINS = (
     "FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id "
@@ -83,12 +87,21 @@ _NODE_JOINS = (
 
 
 def _enrolled(row: Row) -> EnrolledNode:
-    node_id, key, pool, attested, attestation, enrolled_at, tpm = row[:7]
-    return EnrolledNode(node_id, bytes(key), pool, bool(attested), attestation, enrolled_at, tpm)
+    node_id, key, pool, attested, attestation, enrolled_at, tpm, driver_key = row[:8]
+    return EnrolledNode(
+        node_id,
+        bytes(key),
+        pool,
+        bool(attested),
+        attestation,
+        enrolled_at,
+        tpm,
+        None if driver_key is None else bytes(driver_key),
+    )
 
 
 def _status(row: Row) -> NodeStatus:
-    last_seen, body, target, attestation = row[7:11]
+    last_seen, body, target, attestation = row[8:12]
     report = None if body is None else HealthReport.from_dict(json.loads(body))
     return NodeStatus(_enrolled(row), last_seen, report, target, attestation)
 
@@ -184,16 +197,14 @@ class SqlStore:
                 node.tpm,
             )
             rows = await tx.fetch(
-                "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm "
-                "FROM enrollments WHERE node_id = ?",
+                _ENROLLMENT,
                 node.node_id,
             )
         return _enrolled(rows[0]), bool(created)
 
     async def enrolled(self, node_id: str) -> EnrolledNode | None:
         rows = await self.db.query(
-            "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm "
-            "FROM enrollments WHERE node_id = ?",
+            _ENROLLMENT,
             node_id,
         )
         return _enrolled(rows[0]) if rows else None
@@ -209,7 +220,6 @@ class SqlStore:
             )
             await _drop_unused_logs(tx, [digest for (digest,) in logs])
             await tx.execute("DELETE FROM gpu_samples WHERE node_id = ?", node_id)
-            await tx.execute("DELETE FROM driver_keys WHERE node_id = ?", node_id)
         return bool(found)
 
     async def add_report(
@@ -541,22 +551,17 @@ class SqlStore:
         rows = await self.db.query(f"SELECT t.sha256 {_NODE_LOG} WHERE l.node_id = ?", node_id)
         return str(rows[0][0]) if rows else None
 
-    async def pin_driver_key(self, node_id: str, public_key: bytes) -> bytes:
-        # Every attested report asks: a read, and a write only for the first.
-        pinned = await self.db.query(
-            "SELECT public_key FROM driver_keys WHERE node_id = ?", node_id
-        )
-        if pinned:
-            return bytes(pinned[0][0])
+    async def pin_driver_key(self, node_id: str, public_key: bytes) -> bytes | None:
+        # Only a node's first attested report gets here: later ones find the key
+        # in the enrollment row their request was checked against.
         async with self.db.transaction(write=True) as tx:
             await tx.execute(
-                "INSERT INTO driver_keys (node_id, public_key) VALUES (?, ?) "
-                "ON CONFLICT (node_id) DO NOTHING",
-                node_id,
+                "UPDATE enrollments SET driver_key = ? WHERE node_id = ? AND driver_key IS NULL",
                 public_key,
+                node_id,
             )
-            rows = await tx.fetch("SELECT public_key FROM driver_keys WHERE node_id = ?", node_id)
-        return bytes(rows[0][0])
+            rows = await tx.fetch("SELECT driver_key FROM enrollments WHERE node_id = ?", node_id)
+        return bytes(rows[0][0]) if rows else None
 
 
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"

@@ -145,6 +145,15 @@ MIGRATIONS = (
         public_key BLOB NOT NULL
     );
     """,
+    # The pinned applier key moves into the enrollment row, which every signed
+    # request reads anyway: an attested report then needs no query to check it.
+    """
+    ALTER TABLE enrollments ADD COLUMN driver_key BLOB;
+    UPDATE enrollments SET driver_key = (
+        SELECT k.public_key FROM driver_keys k WHERE k.node_id = enrollments.node_id
+    );
+    DROP TABLE driver_keys;
+    """,
 )
 
 

@@ -324,7 +324,10 @@ def test_ek_public_key_must_be_the_certified_one(
 
 def test_ak_name_must_match_the_ak(agent: Attestor, enrollment: EnrollmentVerifier) -> None:
     request = agent.enrollment_request("n1")
-    lying = dataclasses.replace(request, ak_name=request.ak_name[:-1] + b"\x00")
+    # Flipped, not overwritten: a byte that already had the value would change nothing.
+    lying = dataclasses.replace(
+        request, ak_name=request.ak_name[:-1] + bytes([request.ak_name[-1] ^ 0xFF])
+    )
     with pytest.raises(EnrollmentError, match="AK name sent is not the name"):
         run(enrollment.begin(lying))
 

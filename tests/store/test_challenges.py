@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import sqlite3
 
-import asyncpg
 import pytest
 
 from server.attestation.challenges import ChallengeError, Challenges, ChallengesFull
 from server.store import Store, open_store
 from server.store.sql import SqlStore
 from tests.simnode import FakeClock
+from tests.store.old_schema import old_database
 from tests.store.test_store import node, run
 
 TTL_S = 120.0
@@ -199,42 +198,11 @@ def test_logs_are_filed_under_their_own_digest(db_url: str) -> None:
     run(db_url, body)
 
 
-def _event_log_migration() -> int:
-    """The number of migrations before the one that shares event logs."""
-    from server.store.sqlite import MIGRATIONS
-
-    return next(i for i, script in enumerate(MIGRATIONS) if "event_log_texts" in script)
-
-
-async def _old_layout(db_url: str, rows: list[tuple[str, str, bytes]]) -> None:
-    """A database as a server before shared logs left it: one log row per node."""
-    upto = _event_log_migration()
-    insert = "INSERT INTO event_logs (node_id, sha256, log) VALUES "
-    if db_url.startswith("sqlite://"):
-        from server.store import sqlite
-
-        conn = sqlite3.connect(db_url.removeprefix("sqlite://"), isolation_level=None)
-        try:
-            sqlite._migrate(conn, upto)
-            conn.executemany(insert + "(?, ?, ?)", rows)
-        finally:
-            conn.close()
-        return
-    from server.store import postgres
-
-    pg = await asyncpg.connect(db_url)
-    try:
-        async with pg.transaction():
-            await postgres._migrate(pg, upto)
-        await pg.executemany(insert + "($1, $2, $3)", rows)
-    finally:
-        await pg.close()
-
-
 def test_migration_keeps_each_distinct_log_once(db_url: str) -> None:
     shared, own = _log(b"the same boot"), _log(b"its own boot")
     rows = [("n1", *shared), ("n2", *shared), ("n3", *own)]
-    asyncio.run(_old_layout(db_url, rows))
+    insert = "INSERT INTO event_logs (node_id, sha256, log) VALUES (?, ?, ?)"
+    asyncio.run(old_database(db_url, "event_log_texts", insert, rows))
 
     async def body(store: Store) -> None:
         assert await _texts(store) == sorted([shared[0], own[0]])

@@ -13,6 +13,7 @@ from fleet.report import GpuHealth, HealthReport
 from fleet.rollout import Phase, Policy, Progress, Transition, command, new_rollout, parse_waves
 from server.store import Conflict, EnrolledNode, OperatorToken, Store, open_store
 from server.store.sql import SqlStore
+from tests.store.old_schema import old_database
 
 T = TypeVar("T")
 
@@ -59,11 +60,40 @@ def test_enrollment_keeps_the_first_key(db_url: str) -> None:
 def test_the_first_applier_key_stays_pinned_until_the_node_is_removed(db_url: str) -> None:
     async def body(store: Store) -> None:
         await store.enroll(node("n1"))
+        await store.enroll(node("n2"))
         assert await store.pin_driver_key("n1", b"a" * 32) == b"a" * 32
         assert await store.pin_driver_key("n1", b"b" * 32) == b"a" * 32
         assert await store.pin_driver_key("n2", b"b" * 32) == b"b" * 32
+        # Read with the node, as every signed request reads it.
+        found = await store.enrolled("n1")
+        assert found is not None and found.driver_key == b"a" * 32
+        # Enrolling again without removing the node keeps the pin.
+        assert (await store.enroll(node("n1")))[0].driver_key == b"a" * 32
         assert await store.remove_node("n1")
+        assert await store.pin_driver_key("n1", b"b" * 32) is None
+        await store.enroll(node("n1"))
         assert await store.pin_driver_key("n1", b"b" * 32) == b"b" * 32
+
+    run(db_url, body)
+
+
+def test_pins_made_before_they_moved_into_the_enrollment_row_are_kept(db_url: str) -> None:
+    insert = (
+        "INSERT INTO enrollments (node_id, public_key, pool, attested, attestation, enrolled_at) "
+        "VALUES (?, ?, 'default', FALSE, 'unattested', 1000)"
+    )
+    nodes = [("n1", b"k" * 32), ("n2", b"k" * 32)]
+    asyncio.run(old_database(db_url, "driver_key BLOB", insert, nodes))
+    pin = "INSERT INTO driver_keys (node_id, public_key) VALUES (?, ?)"
+    asyncio.run(old_database(db_url, "driver_key BLOB", pin, [("n1", b"a" * 32)]))
+
+    async def body(store: Store) -> None:
+        pinned = await store.enrolled("n1")
+        assert pinned is not None and pinned.driver_key == b"a" * 32
+        assert await store.pin_driver_key("n1", b"b" * 32) == b"a" * 32
+        unpinned = await store.enrolled("n2")
+        assert unpinned is not None and unpinned.driver_key is None
+        assert await store.pin_driver_key("n2", b"b" * 32) == b"b" * 32
 
     run(db_url, body)
 
