@@ -152,6 +152,11 @@ class AgentConfig:
         return self.state_dir / "node.key"
 
     @property
+    def report_challenge_file(self) -> Path:
+        """The challenge the server answered the last report with, for the next one."""
+        return self.state_dir / "report-challenge.json"
+
+    @property
     def metadata_url(self) -> str:
         return f"{self.server_url}/v1/repo/metadata/"
 

@@ -303,6 +303,31 @@ class Challenge:
 
 
 @dataclass(frozen=True)
+class ReportChallenge:
+    """What a TPM-enrolled node quotes its next report over: the challenge, and the
+    digest of the event log the server holds for it (None: none), so the node sends
+    its log only when the server's differs.
+
+    Answers ``GET /v1/challenge``, and comes with every accepted attested report
+    as the next one: in the steady state a report takes one request, not two.
+    """
+
+    challenge: Challenge
+    event_log_sha256: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"challenge": self.challenge.to_dict(), "event_log_sha256": self.event_log_sha256}
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str = "report challenge") -> ReportChallenge:
+        r = Reader(doc, where, allowed=frozenset({"challenge", "event_log_sha256"}))
+        return cls(
+            Challenge.from_dict(r.raw("challenge"), f"{where}: challenge"),
+            r.nullable_text("event_log_sha256", pattern=_SHA256_HEX),
+        )
+
+
+@dataclass(frozen=True)
 class AttestationEvidence:
     """One quote and what explains it.
 

@@ -55,3 +55,9 @@ class ServerConfig:
     # run_server: processes serving the port (SO_REUSEPORT), each a replica;
     # more than one needs PostgreSQL.
     workers: int = 1
+
+    @property
+    def next_challenge_ttl_s(self) -> float:
+        """How long the challenge answered with a report waits for the node's next
+        report: two intervals, so one late report still finds it."""
+        return max(self.challenge_ttl_s, 2.0 * self.report_interval_s)

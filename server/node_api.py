@@ -201,7 +201,11 @@ async def post_report(request: web.Request) -> web.Response:
         attested=None if verdict is None else verdict.passed,
     )
     s.tally.count(s.clock(), report.healthy, None if verdict is None else verdict.passed)
-    return web.json_response({"accepted": True}, status=202)
+    answer: dict[str, object] = {"accepted": True}
+    if verdict is not None and s.reports is not None:
+        # The node's next report needs no GET /v1/challenge first.
+        answer["next"] = (await s.reports.next_challenge(node.node_id, verdict)).to_dict()
+    return web.json_response(answer, status=202)
 
 
 async def _verify(
@@ -235,10 +239,7 @@ async def get_challenge(request: web.Request) -> web.Response:
     s = services(request)
     if s.reports is None or node.tpm is None:
         raise ApiError(409, f"node {node.node_id} is not enrolled with a TPM on this server")
-    try:
-        return web.json_response(await s.reports.challenge(node.node_id))
-    except ChallengesFull as exc:
-        raise _busy(exc) from None
+    return web.json_response((await s.reports.challenge(node.node_id)).to_dict())
 
 
 async def get_assignment(request: web.Request) -> web.Response:
@@ -303,7 +304,7 @@ ROUTES = (
         "node",
         request="HealthReport",
         responses={
-            202: ("stored", "Accepted"),
+            202: ("stored; an attested one is answered with the next challenge", "Accepted"),
             400: ("malformed report", "Error"),
             403: ("report names another node, or its attestation failed or is missing", "Error"),
             409: ("evidence from a node not enrolled with a TPM", "Error"),
@@ -315,12 +316,15 @@ ROUTES = (
         "GET",
         "/v1/challenge",
         get_challenge,
-        "A single-use challenge for the signing TPM-enrolled node's next report quote",
+        "A single-use challenge for the signing TPM-enrolled node's next report quote, "
+        "replacing the one it held",
         "node",
         responses={
-            200: ("the challenge, and the digest of the event log the server keeps", None),
+            200: (
+                "the challenge, and the digest of the event log the server keeps",
+                "ReportChallenge",
+            ),
             409: ("the node is not enrolled with a TPM", "Error"),
-            503: ("too many pending challenges", "Error"),
             **SIGNED_RESPONSES,
         },
     ),

@@ -25,7 +25,31 @@ _NULL_INT = {"type": ["integer", "null"]}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": _STR}},
-    "Accepted": {"type": "object", "properties": {"accepted": {"type": "boolean"}}},
+    "Accepted": {
+        "type": "object",
+        "properties": {
+            "accepted": {"type": "boolean"},
+            "next": {"$ref": "#/components/schemas/ReportChallenge"},
+        },
+    },
+    "ReportChallenge": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["challenge", "event_log_sha256"],
+        "properties": {
+            "challenge": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["schema", "nonce", "expires_at"],
+                "properties": {
+                    "schema": {"type": "integer", "const": 1},
+                    "nonce": {"type": "string", "format": "byte"},
+                    "expires_at": {"type": "integer"},
+                },
+            },
+            "event_log_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+        },
+    },
     "Removed": {"type": "object", "properties": {"removed": _STR}},
     "GpuHealth": {
         "type": "object",

@@ -2,7 +2,10 @@
 
 A TPM-enrolled node asks ``GET /v1/challenge`` (signed) for a single-use report
 challenge, quotes with qualifying data SHA-256(challenge || report digest) and
-posts the report with the evidence to ``POST /v1/reports``. Evidence that fails
+posts the report with the evidence to ``POST /v1/reports``. The answer to an
+accepted report carries the challenge for the node's next one, so in the
+steady state a report is one request; a node holds one pending report
+challenge, and asking for another replaces it. Evidence that fails
 (an old challenge, a report changed after quoting, a signature not by the
 node's AK) refuses the report; evidence that verifies is stored with the
 report as its ``Verdict``: whether the boot its event log records passes the
@@ -33,11 +36,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from fleet.attestation import AttestedReport, PcrSelection
+from fleet.attestation import AttestedReport, PcrSelection, ReportChallenge
 from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, DriverEvent, active_bundle
 from fleet.errors import GpuwardError, InvalidDocument
 from keys import driver_key
@@ -56,6 +58,10 @@ MAX_ATTESTED_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_POLICY = "default"
 # Distinct replayed logs kept per process: one per firmware and boot chain.
 MAX_REPLAYED_LOGS = 1024
+# How long the next challenge, answered with a report, waits for the next report:
+# two of the agent's default report intervals (``ServerConfig`` derives it from
+# the fleet's), so one late report still finds it.
+DEFAULT_NEXT_TTL_S = 600.0
 
 
 def load_policy(path: Path) -> BootPolicy:
@@ -134,8 +140,10 @@ class ReportAttestation:
         store: Store,
         policies: BootPolicies | None = None,
         driver_pcr: int = DEFAULT_DRIVER_PCR,
+        next_ttl_s: float = DEFAULT_NEXT_TTL_S,
     ) -> None:
         self._challenges = challenges
+        self._next_ttl_s = next_ttl_s
         self._driver_pcr = driver_pcr
         # Every quote must cover the driver PCR, or the active driver is unproven.
         banks = {bank: set(pcrs) for bank, pcrs in required.banks}
@@ -145,12 +153,21 @@ class ReportAttestation:
         self._policies = policies or BootPolicies()
         self._replayed: OrderedDict[str, ReplayedLog] = OrderedDict()  # by sha256, LRU
 
-    async def challenge(self, node_id: str) -> dict[str, Any]:
-        """Raises ``ChallengesFull`` when too many report challenges are pending."""
-        return {
-            "challenge": (await self._challenges.issue(node_id, REPORT)).to_dict(),
-            "event_log_sha256": await self._store.event_log_sha256(node_id),
-        }
+    async def challenge(self, node_id: str) -> ReportChallenge:
+        """A challenge for the node's report, replacing any it holds."""
+        return ReportChallenge(
+            await self._challenges.issue_replacing(node_id, REPORT),
+            await self._store.event_log_sha256(node_id),
+        )
+
+    async def next_challenge(self, node_id: str, verdict: Verdict) -> ReportChallenge:
+        """The challenge for the node's next report, answered with the report just
+        verified: it lives ``next_ttl_s``, from one report to the next. The log named
+        is the one this report was verified with, which the store now holds."""
+        return ReportChallenge(
+            await self._challenges.issue_replacing(node_id, REPORT, ttl_s=self._next_ttl_s),
+            verdict.event_log_sha256,
+        )
 
     async def verify(self, node: EnrolledNode, attested: AttestedReport) -> Verdict:
         """Check ``attested`` against the node's stored AK record.

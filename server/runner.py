@@ -101,7 +101,14 @@ def _tpm(
     required = PcrSelection.parse(config.required_pcrs)
     return (
         TpmEnrollment(trust, challenges, required, clock),
-        ReportAttestation(challenges, required, store, policies, config.driver_pcr),
+        ReportAttestation(
+            challenges,
+            required,
+            store,
+            policies,
+            config.driver_pcr,
+            next_ttl_s=config.next_challenge_ttl_s,
+        ),
     )
 
 

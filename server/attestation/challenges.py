@@ -11,7 +11,10 @@ verifier's own tests).
 The number of pending challenges is capped per purpose: enrollment challenges
 are issued before the caller proves anything, so a flood of them fills its own
 purpose's quota and is refused (``ChallengesFull``), never the report
-challenges of enrolled nodes.
+challenges of enrolled nodes. Those are not counted but held one per node
+(``issue_replacing``): asking again replaces the node's pending one, so what is
+pending is bounded by the enrolled nodes, each of which holds its next
+challenge from one report to the next.
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ class ChallengeStore(Protocol):
         unless ``limit`` challenges of its purpose are pending: then False."""
         ...
 
+    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge, now: float) -> None:
+        """Keep ``pending`` under ``nonce`` as its subject's only challenge of its
+        purpose: those issued to the subject for the purpose before are dropped."""
+        ...
+
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
         """Remove and return the challenge, atomically; None if there is none."""
         ...
@@ -65,6 +73,7 @@ class MemoryChallengeStore:
     def __init__(self) -> None:
         self._pending: dict[bytes, PendingChallenge] = {}
         self._counts: Counter[str] = Counter()
+        self._sole: dict[tuple[str, str], bytes] = {}  # (subject, purpose) -> nonce
         self._lock = threading.Lock()
 
     async def add_challenge(
@@ -75,17 +84,30 @@ class MemoryChallengeStore:
                 # Purging costs a pass over all: only when a quota looks full.
                 self._pending = {n: p for n, p in self._pending.items() if p.expires_at > now}
                 self._counts = Counter(p.purpose for p in self._pending.values())
+                self._sole = {k: n for k, n in self._sole.items() if n in self._pending}
                 if self._counts[pending.purpose] >= limit:
                     return False
             self._pending[nonce] = pending
             self._counts[pending.purpose] += 1
             return True
 
+    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge, now: float) -> None:
+        with self._lock:
+            key = (pending.subject, pending.purpose)
+            before = self._sole.get(key)
+            if before is not None and self._pending.pop(before, None) is not None:
+                self._counts[pending.purpose] -= 1
+            self._sole[key] = nonce
+            self._pending[nonce] = pending
+            self._counts[pending.purpose] += 1
+
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
         with self._lock:
             pending = self._pending.pop(nonce, None)
             if pending is not None:
                 self._counts[pending.purpose] -= 1
+                if self._sole.get((pending.subject, pending.purpose)) == nonce:
+                    del self._sole[(pending.subject, pending.purpose)]
             return pending
 
 
@@ -120,6 +142,20 @@ class Challenges:
                 f"{self._max_pending} {purpose} challenges are pending; try again when some "
                 f"expire (within {self._ttl_s:.0f}s)"
             )
+        return Challenge(nonce, int(expires_at))
+
+    async def issue_replacing(
+        self, subject: str, purpose: str, *, ttl_s: float | None = None
+    ) -> Challenge:
+        """``subject``'s one pending challenge of ``purpose``, replacing any issued
+        before: for callers already authenticated, so not counted against a cap.
+        ``ttl_s``: its lifetime, when not the default."""
+        nonce = os.urandom(NONCE_BYTES)
+        now = self._clock()
+        expires_at = now + (self._ttl_s if ttl_s is None else ttl_s)
+        await self._store.replace_challenge(
+            nonce, PendingChallenge(subject, purpose, b"", expires_at), now
+        )
         return Challenge(nonce, int(expires_at))
 
     async def redeem(self, nonce: bytes, subject: str, purpose: str) -> bytes:

@@ -157,6 +157,11 @@ class Store(Protocol):
         unless ``limit`` challenges of its purpose are pending: then False."""
         ...
 
+    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge, now: float) -> None:
+        """Drop the challenges expired at ``now`` and those of ``pending``'s subject and
+        purpose, and keep ``pending`` under ``nonce``."""
+        ...
+
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
         """Delete and return the challenge in one statement; None if there is none."""
         ...

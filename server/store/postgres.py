@@ -151,6 +151,11 @@ MIGRATIONS = (
     );
     DROP TABLE driver_keys;
     """,
+    # Report challenges are held one per node (issue_replacing): each issue drops
+    # the node's pending one by subject.
+    """
+    CREATE INDEX challenges_subject ON challenges (subject, purpose);
+    """,
 )
 
 

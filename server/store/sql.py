@@ -156,7 +156,7 @@ class _NewChallenge:
     nonce: bytes
     pending: PendingChallenge
     now: float
-    limit: int
+    limit: int | None  # None: not counted; replaces the subject's for the purpose
 
 
 @dataclass(frozen=True)
@@ -473,19 +473,31 @@ class SqlStore:
     ) -> bool:
         return await self._new_challenges.submit(_NewChallenge(nonce, pending, now, limit))
 
+    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge, now: float) -> None:
+        await self._new_challenges.submit(_NewChallenge(nonce, pending, now, None))
+
     async def _add_challenges(self, batch: list[_NewChallenge]) -> list[bool]:
         async with self.db.transaction(write=True) as tx:
             await tx.execute(
                 "DELETE FROM challenges WHERE expires_at <= ?", max(c.now for c in batch)
             )
+            await tx.execute_many(
+                "DELETE FROM challenges WHERE subject = ? AND purpose = ?",
+                [(c.pending.subject, c.pending.purpose) for c in batch if c.limit is None],
+            )
             # Replicas counting at once may each admit one more batch: the cap is a
             # bound on work, exceeded by at most a batch per replica.
             pending = {}
-            for purpose in {c.pending.purpose for c in batch}:
+            for purpose in {c.pending.purpose for c in batch if c.limit is not None}:
                 rows = await tx.fetch("SELECT COUNT(*) FROM challenges WHERE purpose = ?", purpose)
                 pending[purpose] = int(rows[0][0])
+            # Of one subject's replacing challenges in a batch, the last is kept.
+            last = {(c.pending.subject, c.pending.purpose): c for c in batch if c.limit is None}
             admitted = []
             for c in batch:
+                if c.limit is None:
+                    admitted.append(last[(c.pending.subject, c.pending.purpose)] is c)
+                    continue
                 admitted.append(pending[c.pending.purpose] < c.limit)
                 pending[c.pending.purpose] += admitted[-1]
             await tx.execute_many(

@@ -35,6 +35,7 @@ from fleet.attestation import PcrSelection
 from server.attestation.challenges import Challenges, MemoryChallengeStore
 from server.attestation.enrollment import EkTrust, EnrolledNode, EnrollmentVerifier
 from server.attestation.verifier import QuoteVerifier
+from tests.conftest import Site, make_site
 
 LOCAL_CA = Path("/var/lib/swtpm-localca")
 LOG_DIR = Path(__file__).resolve().parents[3] / "shared/testdata/eventlogs"
@@ -260,3 +261,16 @@ def self_signed_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.C
         .sign(key, hashes.SHA256())
     )
     return key, cert
+
+
+def ek_site(template: Path, base: Path, ek_ca: Path) -> Iterator[Site]:
+    """A server on SQLite enrolling TPMs whose EK certificates chain to ``ek_ca``
+    (and nodes with the enrollment token)."""
+    base.mkdir()
+    yield from make_site(template, base, str(base / "server.db"), ek_ca=(ek_ca,))
+
+
+@pytest.fixture
+def tpm_site(_template_repo: Path, tmp_path: Path) -> Iterator[Site]:
+    """The server trusting swtpm's local CA, and the enrollment token too."""
+    yield from ek_site(_template_repo, tmp_path / "site", LOCAL_CA)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -30,21 +30,16 @@ from fleet.errors import GpuwardError
 from fleet.eventlog import parse
 from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
 from server.attestation.enrollment import EnrolledNode
-from tests.attest.conftest import LOCAL_CA, Tpm, extend_log, self_signed_ca
+from tests.attest.conftest import Tpm, ek_site, extend_log, self_signed_ca
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
 from tests.conftest import ENROLLMENT_TOKEN, Site, make_site
 from tests.simnode import SimNode
 
 
-def _site(template: Path, base: Path, ek_ca: Path) -> Iterator[Site]:
-    base.mkdir()
-    yield from make_site(template, base, str(base / "server.db"), ek_ca=(ek_ca,))
-
-
 @pytest.fixture
-def site(_template_repo: Path, tmp_path: Path) -> Iterator[Site]:
-    """The server trusting swtpm's local CA, and the enrollment token too."""
-    yield from _site(_template_repo, tmp_path / "site", LOCAL_CA)
+def site(tpm_site: Site) -> Site:
+    """This module's tests run against the server that enrolls TPMs."""
+    return tpm_site
 
 
 def _agent_config(site: Site, tpm: Tpm, folder: Path, event_log: Path | None = None) -> Path:
@@ -163,7 +158,7 @@ def _foreign_ca(folder: Path) -> Path:
 def test_an_ek_certificate_from_an_unknown_ca_is_refused(
     _template_repo: Path, tpm: Tpm, tmp_path: Path
 ) -> None:
-    for site in _site(_template_repo, tmp_path / "site", _foreign_ca(tmp_path)):
+    for site in ek_site(_template_repo, tmp_path / "site", _foreign_ca(tmp_path)):
         config = load_config(_agent_config(site, tpm, tmp_path / "node"))
         with pytest.raises(GpuwardError, match=r"HTTP 403.*does not lead to an allowed CA"):
             enroll(config)

@@ -7,10 +7,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from server.attestation.challenges import ChallengeError, Challenges, ChallengesFull
+from server.attestation.challenges import (
+    ChallengeError,
+    Challenges,
+    ChallengesFull,
+    ChallengeStore,
+    MemoryChallengeStore,
+)
 from server.store import Store, open_store
 from server.store.sql import SqlStore
 from tests.simnode import FakeClock
@@ -213,3 +221,84 @@ def test_migration_keeps_each_distinct_log_once(db_url: str) -> None:
         assert await _texts(store) == []
 
     run(db_url, body)
+
+
+Body = Callable[[ChallengeStore], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def on_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Body], None]:
+    """Runs a test body on each challenge store: in memory, and on each backend."""
+    if request.param == "memory":
+        return lambda body: asyncio.run(body(MemoryChallengeStore()))
+    url = (
+        f"sqlite://{tmp_path / 'fleet.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    return lambda body: run(url, body)
+
+
+def test_a_node_holds_one_report_challenge(on_store: Callable[[Body], None]) -> None:
+    """Asking again replaces the node's pending challenge, wherever it came from."""
+
+    async def body(store: ChallengeStore) -> None:
+        challenges = Challenges(store, ttl_s=TTL_S)
+        first = await challenges.issue_replacing("n1", "report")
+        second = await challenges.issue_replacing("n1", "report", ttl_s=10 * TTL_S)
+        other = await challenges.issue_replacing("n2", "report")
+        with pytest.raises(ChallengeError, match="unknown"):
+            await challenges.redeem(first.nonce, "n1", "report")
+        await challenges.redeem(second.nonce, "n1", "report")
+        await challenges.redeem(other.nonce, "n2", "report")
+        assert second.expires_at - first.expires_at >= 9 * TTL_S
+
+    on_store(body)
+
+
+def test_replacing_challenges_are_not_counted_against_the_cap(
+    on_store: Callable[[Body], None],
+) -> None:
+    """Enrolled nodes' report challenges are bounded by the nodes, not by the cap
+    that unauthenticated enrollment challenges fill; nor do they fill it."""
+
+    async def body(store: ChallengeStore) -> None:
+        challenges = Challenges(store, ttl_s=TTL_S, max_pending=2)
+        held = [await challenges.issue_replacing(f"n{i}", "report") for i in range(5)]
+        await challenges.issue("x0", "enroll")
+        await challenges.issue("x1", "enroll")
+        with pytest.raises(ChallengesFull):
+            await challenges.issue("x2", "enroll")
+        for i, issued in enumerate(held):
+            await challenges.redeem(issued.nonce, f"n{i}", "report")
+
+    on_store(body)
+
+
+def test_one_node_asking_many_times_at_once_holds_one(on_store: Callable[[Body], None]) -> None:
+    """Issued together (one batch in the store), only one stays redeemable."""
+
+    async def body(store: ChallengeStore) -> None:
+        challenges = Challenges(store, ttl_s=TTL_S)
+        issued = await asyncio.gather(
+            *(challenges.issue_replacing("n1", "report") for _ in range(6))
+        )
+        redeemed = await asyncio.gather(
+            *(challenges.redeem(c.nonce, "n1", "report") for c in issued), return_exceptions=True
+        )
+        assert sum(not isinstance(r, BaseException) for r in redeemed) == 1
+
+    on_store(body)
+
+
+def test_an_expired_replacing_challenge_is_refused(on_store: Callable[[Body], None]) -> None:
+    clock = FakeClock()
+
+    async def body(store: ChallengeStore) -> None:
+        challenges = Challenges(store, ttl_s=TTL_S, clock=clock)
+        issued = await challenges.issue_replacing("n1", "report", ttl_s=3 * TTL_S)
+        clock.advance(3 * TTL_S)
+        with pytest.raises(ChallengeError, match="expired"):
+            await challenges.redeem(issued.nonce, "n1", "report")
+
+    on_store(body)
