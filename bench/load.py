@@ -106,8 +106,8 @@ from bench.attest import LOG, QUOTED_RESET_COUNT, ak_public, quote
 from fleet.attestation import (
     AttestationEvidence,
     AttestedReport,
-    Challenge,
     PcrSelection,
+    ReportChallenge,
     quote_qualifying_data,
     report_digest,
 )
@@ -136,23 +136,37 @@ _NODE = re.compile(r"bench-\d+")
 
 @dataclass(frozen=True)
 class Boot:
-    """What every simulated node booted with: one firmware event log, the driver the
-    applier measured into the driver PCR (its log), and the PCRs both explain."""
+    """The firmware event log every simulated node booted with (nodes alike boot
+    alike: the server keeps one copy), and the boot PCRs it explains."""
 
     log: bytes
     log_sha256: str
-    driver: DriverEvent
-    driver_log: bytes
-    pcrs: dict[str, dict[int, bytes]]
+    pcrs: dict[int, bytes]
 
     @classmethod
     def load(cls) -> Boot:
         log = LOG.read_bytes()
         replayed = replay(parse(log))["sha256"]
-        # As the applier logs a boot: its key first, then the bundle, each signed, in
-        # the boot whose reset count bench.attest.quote states.
+        pcrs = {p: replayed.get(p, bytes(32)) for p in SELECTION.banks[0][1]}
+        digest = AttestationEvidence(
+            bytes(32), b"", b"", SELECTION, {"sha256": pcrs}, log
+        ).event_log_sha256
+        assert digest is not None
+        return cls(log, digest, pcrs)
+
+
+@dataclass(frozen=True)
+class DriverLog:
+    """One node's applier measurements this boot: its own key's event, then the
+    bundle, each signed by that key, in the boot ``bench.attest.quote`` states;
+    and the driver PCR they replay to. Every node's differs, as on a real fleet."""
+
+    encoded: bytes
+    pcr: bytes
+
+    @classmethod
+    def make(cls, now: int) -> DriverLog:
         applier = Ed25519PrivateKey.generate()
-        now = int(time.time())
         public = applier.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
@@ -164,20 +178,17 @@ class Boot:
             ),
         )  # fmt: skip
         events = tuple(replace(e, signature=applier.sign(e.signed_bytes()).hex()) for e in unsigned)
-        replayed[DEFAULT_DRIVER_PCR] = replay_driver(events, DEFAULT_DRIVER_PCR)
-        pcrs = {"sha256": {p: replayed.get(p, bytes(32)) for p in SELECTION.banks[0][1]}}
-        digest = AttestationEvidence(bytes(32), b"", b"", SELECTION, pcrs, log).event_log_sha256
-        assert digest is not None
-        return cls(log, digest, events[-1], encode_driver_log(events), pcrs)
+        return cls(encode_driver_log(events), replay_driver(events, DEFAULT_DRIVER_PCR))
 
 
 @dataclass
 class Agent:
     number: int
     ak: rsa.RSAPrivateKey
+    driver: DriverLog
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
-    challenge: Challenge | None = None
-    server_log_sha256: str | None = None  # the log the server says it holds for us
+    # What the server last gave us to quote over, and the log it says it holds.
+    next: ReportChallenge | None = None
 
     @property
     def node_id(self) -> str:
@@ -199,9 +210,13 @@ class Agent:
         tpm = json.dumps(record.to_dict(), sort_keys=True)
         return EnrolledNode(self.node_id, public, "bench", True, "tpm2", int(time.time()), tpm)
 
+    def needs_challenge(self) -> bool:
+        """Whether we must ask ``GET /v1/challenge``: the first round, or a late one."""
+        return self.next is None or self.next.challenge.expires_at < time.time() + 30
+
     def attested_report(self, boot: Boot, marker: str, replica: int) -> Request:
         """The report of this round, quoted over our challenge by our AK."""
-        assert self.challenge is not None
+        assert self.next is not None
         gpus = tuple(
             GpuHealth(i, "NVIDIA H100 80GB HBM3", f"GPU-{self.node_id}-{i}", DRIVER, True, ())
             for i in range(8)
@@ -209,15 +224,17 @@ class Agent:
         report = HealthReport(
             self.node_id, int(time.time()), "a", DRIVER, BUNDLE, "up-to-date", marker, gpus
         )
-        nonce = self.challenge.nonce
-        values = b"".join(boot.pcrs["sha256"][p] for p in SELECTION.banks[0][1])
+        nonce = self.next.challenge.nonce
+        pcrs = {**boot.pcrs, DEFAULT_DRIVER_PCR: self.driver.pcr}
+        values = b"".join(pcrs[p] for p in SELECTION.banks[0][1])
         attest, signature = quote(
             self.ak, quote_qualifying_data(nonce, report_digest(report)), values, SELECTION
         )
         evidence = AttestationEvidence(
-            nonce, attest, signature, SELECTION, boot.pcrs, boot.log, driver_log=boot.driver_log
-        )
-        if self.server_log_sha256 == boot.log_sha256:
+            nonce, attest, signature, SELECTION, {"sha256": pcrs}, boot.log,
+            driver_log=self.driver.encoded,
+        )  # fmt: skip
+        if self.next.event_log_sha256 == boot.log_sha256:
             evidence = evidence.without_log()
         body = json.dumps(AttestedReport(report, evidence).to_dict()).encode()
         return self.signed("POST", "/v1/reports", body, replica)
@@ -411,18 +428,27 @@ async def _round(
     deadline: float,
 ) -> Round:
     # With replicas, each node asks one for its challenge and reports to the next.
+    # In the steady state no node asks: each holds the challenge its last report
+    # was answered with.
     replicas = len(server.urls)
-    asked = [a.signed("GET", "/v1/challenge", replica=a.number % replicas) for a in agents]
+    asked = [
+        a.signed("GET", "/v1/challenge", replica=a.number % replicas)
+        for a in agents
+        if a.needs_challenge()
+    ]
     challenges, answers = await _run_phase(session, server, asked, 200, args.connections, deadline)
     for agent, data in answers:
-        doc = json.loads(data)
-        agent.challenge = Challenge.from_dict(doc["challenge"])
-        agent.server_log_sha256 = doc["event_log_sha256"]
+        agent.next = ReportChallenge.from_dict(json.loads(data))
     marker = f"bench round {number}"
     posts = [  # the TPMs' work
-        agent.attested_report(boot, marker, (agent.number + 1) % replicas) for agent, _ in answers
+        agent.attested_report(boot, marker, (agent.number + 1) % replicas)
+        for agent in agents
+        if not agent.needs_challenge()
     ]
-    reports, _ = await _run_phase(session, server, posts, 202, args.connections, deadline)
+    reports, accepted = await _run_phase(session, server, posts, 202, args.connections, deadline)
+    for agent, data in accepted:  # a baseline server may answer without one
+        following = json.loads(data).get("next")
+        agent.next = None if following is None else ReportChallenge.from_dict(following)
     stored = sum(
         1
         for status in await store.fleet()
@@ -561,7 +587,11 @@ def _print(
     print(f"{what}: {agents} TPM-enrolled agents, {conns} connections")
     print(reference.line("healthz") + "  (reference: the HTTP ceiling)")
     for number, r in enumerate(rounds, start=1):
-        kind = "event log sent" if number == 1 else "event log by digest: steady state"
+        kind = (
+            "challenge asked, event log sent"
+            if number == 1
+            else "steady state: challenge from the last answer, event log by digest"
+        )
         print(f"  round {number} ({kind})")
         print(r.challenges.line("challenge"))
         print(r.reports.line("report"))
@@ -598,7 +628,8 @@ def bench(
     args: argparse.Namespace,
     workers: int,
 ) -> None:
-    agents = [Agent(i, aks[i % AK_KEYS]) for i in range(args.agents)]
+    now = int(time.time())
+    agents = [Agent(i, aks[i % AK_KEYS], DriverLog.make(now)) for i in range(args.agents)]
     if backend == "sqlite":
         db = f"sqlite://{args.work / f'bench-{secrets.token_hex(4)}.db'}"
         reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args, workers))

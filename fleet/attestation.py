@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -54,16 +53,9 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 SESSION_KEY_CONTEXT = b"gpuward session key v1\x00"
 
 
-def canonical_json(doc: object) -> bytes:
-    """The one encoding both sides hash: sorted keys, no whitespace, ASCII only."""
-    return json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
 def report_digest(report: HealthReport) -> bytes:
-    """SHA-256 of the canonical JSON of ``report.to_dict()``: what a quote binds."""
-    return hashlib.sha256(canonical_json(report.to_dict())).digest()
+    """SHA-256 of the report's canonical JSON: what a quote binds."""
+    return hashlib.sha256(report.canonical_json).digest()
 
 
 def session_key_digest(public_key: bytes) -> bytes:

@@ -33,11 +33,12 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from fleet.attestation import MAX_DRIVER_LOG_BYTES, AttestationError, canonical_json
+from fleet.attestation import MAX_DRIVER_LOG_BYTES, AttestationError
 from fleet.errors import InvalidDocument
-from fleet.schema import Reader
+from fleet.schema import Reader, canonical_json
 
 SCHEMA_VERSION = 2  # 2: signed, sequenced, bound to the boot
 BANK = "sha256"
@@ -113,13 +114,18 @@ class DriverEvent:
             "driver_version": self.driver_version,
         }
 
-    def signed_bytes(self) -> bytes:
-        return SIGNED_PREFIX + canonical_json(self.measured())
+    @cached_property
+    def _measured_json(self) -> bytes:
+        # Hashed for the digest and signed: an event is checked several times.
+        return canonical_json(self.measured())
 
-    @property
+    def signed_bytes(self) -> bytes:
+        return SIGNED_PREFIX + self._measured_json
+
+    @cached_property
     def digest(self) -> bytes:
         """What the PCR is extended with."""
-        return hashlib.sha256(canonical_json(self.measured())).digest()
+        return hashlib.sha256(self._measured_json).digest()
 
     def same_bundle(self, other: DriverEvent) -> bool:
         return self.kind == other.kind == DRIVER and (

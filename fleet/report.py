@@ -16,13 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, cast
 
 from fleet.errors import InvalidDocument
 from fleet.firewall import FirewallReport
 from fleet.gpu import GpuSample, XidEvent
 from fleet.gpu_rules import FAILED, STATUSES, Finding
-from fleet.schema import Reader
+from fleet.schema import Reader, canonical_json
 
 SCHEMA_VERSION = 1
 MAX_GPUS = 64
@@ -204,6 +205,12 @@ class HealthReport:
     def healthy(self) -> bool:
         failed = self.health is not None and self.health.status == FAILED
         return bool(self.gpus) and all(g.healthy for g in self.gpus) and not failed
+
+    @cached_property
+    def canonical_json(self) -> bytes:
+        """``to_dict()`` canonically encoded: what a quote's report digest binds
+        (``fleet.attestation``), and what the server stores; encoded once."""
+        return canonical_json(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -9,6 +9,7 @@ surfacing later as a ``KeyError`` deep inside the code.
 from __future__ import annotations
 
 import builtins
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,13 @@ from typing import Any
 from fleet.errors import InvalidDocument
 
 MAX_STRING = 4096
+
+
+def canonical_json(doc: object) -> bytes:
+    """The one encoding both sides hash: sorted keys, no whitespace, ASCII only."""
+    return json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
 
 
 class Reader:

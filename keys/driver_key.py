@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet.errors import GpuwardError
-from keys import ed25519
 from keys.storage import atomic_write, read_bounded
 
 SEED_BYTES = 32
@@ -37,7 +36,3 @@ def load_or_create(path: Path) -> Ed25519PrivateKey:
 
 def public_bytes(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-# ``fleet.driverlog.Verify`` for the applier's events.
-verify = ed25519.verify

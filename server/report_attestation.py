@@ -42,7 +42,7 @@ import structlog
 from fleet.attestation import AttestedReport, PcrSelection, ReportChallenge
 from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, DriverEvent, active_bundle
 from fleet.errors import GpuwardError, InvalidDocument
-from keys import driver_key
+from keys.ed25519 import VerifiedCache
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.attestation.policy import BootPolicy, secure_boot
@@ -152,6 +152,7 @@ class ReportAttestation:
         self._store = store
         self._policies = policies or BootPolicies()
         self._replayed: OrderedDict[str, ReplayedLog] = OrderedDict()  # by sha256, LRU
+        self._driver_signatures = VerifiedCache()
 
     async def challenge(self, node_id: str) -> ReportChallenge:
         """A challenge for the node's report, replacing any it holds."""
@@ -193,7 +194,7 @@ class ReportAttestation:
             self._driver_pcr,
             evidence.pcrs[BANK][self._driver_pcr],
             verdict.quote.reset_count,
-            driver_key.verify,
+            self._driver_signatures.verify,
         )
         driver, driver_problems = active.driver, active.problems
         if active.public_key is not None:

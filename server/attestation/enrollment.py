@@ -36,12 +36,11 @@ from fleet.attestation import (
     CredentialAnswer,
     CredentialChallenge,
     EnrollmentRequest,
-    canonical_json,
     encode_bytes,
     read_bytes,
 )
 from fleet.report import NODE_ID
-from fleet.schema import Reader
+from fleet.schema import Reader, canonical_json
 from server.attestation.challenges import Challenges
 from server.attestation.tpm import (
     ALG_NULL,

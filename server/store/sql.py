@@ -245,7 +245,7 @@ class SqlStore:
                         r.report.node_id,
                         r.received_at,
                         r.remote,
-                        json.dumps(r.report.to_dict()),
+                        r.report.canonical_json.decode("ascii"),
                         r.nonce,
                         r.attestation,
                     )

@@ -24,9 +24,10 @@ from agent.config import AgentConfig, load_config
 from agent.daemon import run_once
 from agent.identity import enroll
 from agent.measure import read_log
-from fleet.attestation import PcrSelection, canonical_json
+from fleet.attestation import PcrSelection
 from fleet.driverlog import DRIVER, ZERO, DriverEvent, DriverLogError, encode, parse, replay
 from fleet.eventlog import parse as parse_event_log
+from fleet.schema import canonical_json
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrollmentVerifier
 from server.attestation.verifier import REPORT
@@ -271,10 +272,12 @@ def _verify(
     enrolled = StoredNode("n1", b"k" * 32, "default", True, "tpm2", 1_000, record)
 
     async def verify(store: Store) -> Verdict:
+        # As a request finds it: enrolled, with the applier key pinned (or not yet).
+        stored, _ = await store.enroll(enrolled)
         evidence = attestor.attest_report(report, await challenges.issue("n1", REPORT), log)
         # The driver PCR is required whatever the operator's selection leaves out.
         verifier = ReportAttestation(challenges, PcrSelection.parse("sha256:0-9"), store)
-        return await verifier.verify(enrolled, evidence)
+        return await verifier.verify(stored, evidence)
 
     return run(str(node.config.state_dir.parent / "server.db"), verify)
 

@@ -11,10 +11,10 @@ from fleet.attestation import (
     CredentialChallenge,
     EnrollmentRequest,
     PcrSelection,
-    canonical_json,
     report_digest,
 )
 from fleet.errors import InvalidDocument
+from fleet.schema import canonical_json
 from tests.attest.test_end_to_end import make_report
 
 
