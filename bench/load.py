@@ -310,16 +310,20 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _cpu_s(pids: Sequence[int]) -> float:
-    """User and system CPU seconds of processes ``pids`` so far (``/proc``)."""
-    total = 0
+def _cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
+    """User and system CPU seconds of each of processes ``pids`` so far (``/proc``)."""
+    found = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:  # a database backend that ended: its time is lost
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def _cpu_s(pids: Sequence[int]) -> float:
+    return sum(_cpu_by_pid(pids).values())
 
 
 @dataclass(frozen=True)
@@ -328,7 +332,12 @@ class Target:
 
     urls: tuple[str, ...]
     pids: tuple[int, ...]
-    store_pids: tuple[int, ...] = ()  # the PostgreSQL backends serving the bench's database
+    database: str | None = None  # PostgreSQL's, whose backends serve the servers
+
+    def store_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each PostgreSQL backend serving the servers: looked
+        up each time, as the servers' connection pools grow under load."""
+        return {} if self.database is None else _cpu_by_pid(_backends(self.database))
 
 
 async def _run_phase(
@@ -370,13 +379,14 @@ async def _run_phase(
 
     began, cpu, client, store, machine = (
         time.perf_counter(), _cpu_s(server.pids), time.process_time(),
-        _cpu_s(server.store_pids), _busy_s(),
+        server.store_cpu(), _busy_s(),
     )  # fmt: skip
     await asyncio.gather(*(worker() for _ in range(connections)))
     phase.seconds = time.perf_counter() - began
     phase.server_cpu_s = _cpu_s(server.pids) - cpu
     phase.client_cpu_s = time.process_time() - client
-    phase.store_cpu_s = _cpu_s(server.store_pids) - store
+    # A backend started during the phase spent all its time in it.
+    phase.store_cpu_s = sum(cpu - store.get(pid, 0.0) for pid, cpu in server.store_cpu().items())
     phase.machine_cpu_s = _busy_s() - machine
     return phase, answers
 
@@ -560,7 +570,7 @@ async def _bench(
         server = Target(
             tuple(f"http://{HOST}:{port}" for _, port in started),
             tuple(pid for p, _ in started for pid in (p.pid, *_children(p.pid))),
-            _backends(db.rsplit("/", 1)[1]) if backend == "postgresql" else (),
+            db.rsplit("/", 1)[1] if backend == "postgresql" else None,
         )
         try:
             connector = aiohttp.TCPConnector(limit=args.connections)
