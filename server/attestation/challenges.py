@@ -14,7 +14,8 @@ purpose's quota and is refused (``ChallengesFull``), never the report
 challenges of enrolled nodes. Those are not counted but held one per node
 (``issue_replacing``): asking again replaces the node's pending one, so what is
 pending is bounded by the enrolled nodes, each of which holds its next
-challenge from one report to the next.
+challenge from one report to the next. A node's sole challenge is taken only
+by that node: presented by another, it stays for its own.
 """
 
 from __future__ import annotations
@@ -57,9 +58,16 @@ class ChallengeStore(Protocol):
         unless ``limit`` challenges of its purpose are pending: then False."""
         ...
 
-    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge, now: float) -> None:
-        """Keep ``pending`` under ``nonce`` as its subject's only challenge of its
-        purpose: those issued to the subject for the purpose before are dropped."""
+    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge) -> None:
+        """Keep ``pending`` under ``nonce`` as its subject's sole challenge of its
+        purpose, in place of the one before."""
+        ...
+
+    async def take_sole_challenge(
+        self, subject: str, purpose: str, nonce: bytes
+    ) -> PendingChallenge | None:
+        """Remove and return ``subject``'s sole challenge of ``purpose`` if its nonce
+        is ``nonce``, atomically; None (and it stays) otherwise."""
         ...
 
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
@@ -73,7 +81,7 @@ class MemoryChallengeStore:
     def __init__(self) -> None:
         self._pending: dict[bytes, PendingChallenge] = {}
         self._counts: Counter[str] = Counter()
-        self._sole: dict[tuple[str, str], bytes] = {}  # (subject, purpose) -> nonce
+        self._sole: dict[tuple[str, str], tuple[bytes, PendingChallenge]] = {}
         self._lock = threading.Lock()
 
     async def add_challenge(
@@ -84,30 +92,31 @@ class MemoryChallengeStore:
                 # Purging costs a pass over all: only when a quota looks full.
                 self._pending = {n: p for n, p in self._pending.items() if p.expires_at > now}
                 self._counts = Counter(p.purpose for p in self._pending.values())
-                self._sole = {k: n for k, n in self._sole.items() if n in self._pending}
                 if self._counts[pending.purpose] >= limit:
                     return False
             self._pending[nonce] = pending
             self._counts[pending.purpose] += 1
             return True
 
-    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge, now: float) -> None:
+    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge) -> None:
         with self._lock:
-            key = (pending.subject, pending.purpose)
-            before = self._sole.get(key)
-            if before is not None and self._pending.pop(before, None) is not None:
-                self._counts[pending.purpose] -= 1
-            self._sole[key] = nonce
-            self._pending[nonce] = pending
-            self._counts[pending.purpose] += 1
+            self._sole[(pending.subject, pending.purpose)] = (nonce, pending)
+
+    async def take_sole_challenge(
+        self, subject: str, purpose: str, nonce: bytes
+    ) -> PendingChallenge | None:
+        with self._lock:
+            found = self._sole.get((subject, purpose))
+            if found is None or found[0] != nonce:
+                return None
+            del self._sole[(subject, purpose)]
+            return found[1]
 
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
         with self._lock:
             pending = self._pending.pop(nonce, None)
             if pending is not None:
                 self._counts[pending.purpose] -= 1
-                if self._sole.get((pending.subject, pending.purpose)) == nonce:
-                    del self._sole[(pending.subject, pending.purpose)]
             return pending
 
 
@@ -151,10 +160,9 @@ class Challenges:
         before: for callers already authenticated, so not counted against a cap.
         ``ttl_s``: its lifetime, when not the default."""
         nonce = os.urandom(NONCE_BYTES)
-        now = self._clock()
-        expires_at = now + (self._ttl_s if ttl_s is None else ttl_s)
+        expires_at = self._clock() + (self._ttl_s if ttl_s is None else ttl_s)
         await self._store.replace_challenge(
-            nonce, PendingChallenge(subject, purpose, b"", expires_at), now
+            nonce, PendingChallenge(subject, purpose, b"", expires_at)
         )
         return Challenge(nonce, int(expires_at))
 
@@ -162,9 +170,12 @@ class Challenges:
         """The payload of a live challenge issued to ``subject`` for ``purpose``.
 
         The challenge is gone afterwards, whether or not it was valid: a nonce is
-        accepted at most once, even under a race between replicas.
+        accepted at most once, even under a race between replicas. (A subject's
+        sole challenge is found only when ``subject`` presents it.)
         """
-        pending = await self._store.take_challenge(nonce)
+        pending = await self._store.take_sole_challenge(subject, purpose, nonce)
+        if pending is None:
+            pending = await self._store.take_challenge(nonce)
         if pending is None:
             raise ChallengeError(
                 "unknown or already used challenge (a replayed quote?); ask for a new one"

@@ -157,9 +157,16 @@ class Store(Protocol):
         unless ``limit`` challenges of its purpose are pending: then False."""
         ...
 
-    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge, now: float) -> None:
-        """Drop the challenges expired at ``now`` and those of ``pending``'s subject and
-        purpose, and keep ``pending`` under ``nonce``."""
+    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge) -> None:
+        """Keep ``pending`` under ``nonce`` as its subject's sole challenge of its
+        purpose, in place of the one before (removed with the node)."""
+        ...
+
+    async def take_sole_challenge(
+        self, subject: str, purpose: str, nonce: bytes
+    ) -> PendingChallenge | None:
+        """Delete and return the subject's sole challenge of ``purpose`` if its nonce is
+        ``nonce``, in one statement; None otherwise."""
         ...
 
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:

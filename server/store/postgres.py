@@ -151,10 +151,16 @@ MIGRATIONS = (
     );
     DROP TABLE driver_keys;
     """,
-    # Report challenges are held one per node (issue_replacing): each issue drops
-    # the node's pending one by subject.
+    # Report challenges are held one per node (issue_replacing), replaced in place.
     """
-    CREATE INDEX challenges_subject ON challenges (subject, purpose);
+    CREATE TABLE sole_challenges (
+        subject TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        nonce BYTEA NOT NULL,
+        payload BYTEA NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (subject, purpose)
+    );
     """,
 )
 

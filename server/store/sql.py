@@ -156,7 +156,13 @@ class _NewChallenge:
     nonce: bytes
     pending: PendingChallenge
     now: float
-    limit: int | None  # None: not counted; replaces the subject's for the purpose
+    limit: int
+
+
+@dataclass(frozen=True)
+class _SoleChallenge:
+    nonce: bytes
+    pending: PendingChallenge
 
 
 @dataclass(frozen=True)
@@ -174,9 +180,14 @@ class SqlStore:
         self._reports = GroupCommit(self._add_reports)
         self._new_challenges = GroupCommit(self._add_challenges)
         self._redeemed = GroupCommit(self._take_challenges)
+        self._sole_issued = GroupCommit(self._replace_challenges)
+        self._sole_taken = GroupCommit(self._take_sole_challenges)
 
     async def close(self) -> None:
-        for batches in (self._reports, self._new_challenges, self._redeemed):
+        for batches in (
+            self._reports, self._new_challenges, self._redeemed, self._sole_issued,
+            self._sole_taken,
+        ):  # fmt: skip
             await batches.close()
         await self.db.close()
 
@@ -220,6 +231,7 @@ class SqlStore:
             )
             await _drop_unused_logs(tx, [digest for (digest,) in logs])
             await tx.execute("DELETE FROM gpu_samples WHERE node_id = ?", node_id)
+            await tx.execute("DELETE FROM sole_challenges WHERE subject = ?", node_id)
         return bool(found)
 
     async def add_report(
@@ -473,31 +485,19 @@ class SqlStore:
     ) -> bool:
         return await self._new_challenges.submit(_NewChallenge(nonce, pending, now, limit))
 
-    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge, now: float) -> None:
-        await self._new_challenges.submit(_NewChallenge(nonce, pending, now, None))
-
     async def _add_challenges(self, batch: list[_NewChallenge]) -> list[bool]:
         async with self.db.transaction(write=True) as tx:
             await tx.execute(
                 "DELETE FROM challenges WHERE expires_at <= ?", max(c.now for c in batch)
             )
-            await tx.execute_many(
-                "DELETE FROM challenges WHERE subject = ? AND purpose = ?",
-                [(c.pending.subject, c.pending.purpose) for c in batch if c.limit is None],
-            )
             # Replicas counting at once may each admit one more batch: the cap is a
             # bound on work, exceeded by at most a batch per replica.
             pending = {}
-            for purpose in {c.pending.purpose for c in batch if c.limit is not None}:
+            for purpose in {c.pending.purpose for c in batch}:
                 rows = await tx.fetch("SELECT COUNT(*) FROM challenges WHERE purpose = ?", purpose)
                 pending[purpose] = int(rows[0][0])
-            # Of one subject's replacing challenges in a batch, the last is kept.
-            last = {(c.pending.subject, c.pending.purpose): c for c in batch if c.limit is None}
             admitted = []
             for c in batch:
-                if c.limit is None:
-                    admitted.append(last[(c.pending.subject, c.pending.purpose)] is c)
-                    continue
                 admitted.append(pending[c.pending.purpose] < c.limit)
                 pending[c.pending.purpose] += admitted[-1]
             await tx.execute_many(
@@ -528,6 +528,50 @@ class SqlStore:
         }
         # A nonce redeemed twice in one batch: the first gets it, as if one after the other.
         return [taken.pop(nonce, None) for nonce in nonces]
+
+    # A node's sole report challenge: one row per (node, purpose), replaced in place,
+    # so issuing and redeeming each touch one row of one index.
+
+    async def replace_challenge(self, nonce: bytes, pending: PendingChallenge) -> None:
+        await self._sole_issued.submit(_SoleChallenge(nonce, pending))
+
+    async def _replace_challenges(self, batch: list[_SoleChallenge]) -> list[None]:
+        async with self.db.transaction(write=True) as tx:
+            # In order: of one subject's challenges in a batch, the last stays.
+            await tx.execute_many(
+                "INSERT INTO sole_challenges (subject, purpose, nonce, payload, expires_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject, purpose) DO UPDATE SET "
+                "nonce = excluded.nonce, payload = excluded.payload, "
+                "expires_at = excluded.expires_at",
+                [
+                    (c.pending.subject, c.pending.purpose, c.nonce, c.pending.payload,
+                     c.pending.expires_at)
+                    for c in batch
+                ],
+            )  # fmt: skip
+        return [None] * len(batch)
+
+    async def take_sole_challenge(
+        self, subject: str, purpose: str, nonce: bytes
+    ) -> PendingChallenge | None:
+        return await self._sole_taken.submit((subject, purpose, nonce))
+
+    async def _take_sole_challenges(
+        self, wanted: list[tuple[str, str, bytes]]
+    ) -> list[PendingChallenge | None]:
+        async with self.db.transaction(write=True) as tx:
+            rows = await tx.fetch_many(
+                "DELETE FROM sole_challenges WHERE subject = ? AND purpose = ? AND nonce = ? "
+                "RETURNING subject, purpose, nonce, payload, expires_at",
+                wanted,
+            )
+        taken = {
+            (subject, purpose, bytes(nonce)): PendingChallenge(
+                subject, purpose, bytes(payload), float(expires_at)
+            )
+            for subject, purpose, nonce, payload, expires_at in rows
+        }
+        return [taken.pop(key, None) for key in wanted]
 
     async def keep_event_log(self, node_id: str, log: bytes) -> None:
         # Keyed by the digest computed here, never one a caller names: the text is

@@ -302,3 +302,34 @@ def test_an_expired_replacing_challenge_is_refused(on_store: Callable[[Body], No
             await challenges.redeem(issued.nonce, "n1", "report")
 
     on_store(body)
+
+
+def test_a_node_s_challenge_presented_by_another_stays_for_it(
+    on_store: Callable[[Body], None],
+) -> None:
+    """Another node that saw the nonce can neither use it nor spend it."""
+
+    async def body(store: ChallengeStore) -> None:
+        challenges = Challenges(store, ttl_s=TTL_S)
+        issued = await challenges.issue_replacing("n1", "report")
+        with pytest.raises(ChallengeError, match="unknown"):
+            await challenges.redeem(issued.nonce, "n2", "report")
+        with pytest.raises(ChallengeError, match="unknown"):
+            await challenges.redeem(issued.nonce, "n1", "enroll")
+        await challenges.redeem(issued.nonce, "n1", "report")
+        with pytest.raises(ChallengeError, match="already used"):
+            await challenges.redeem(issued.nonce, "n1", "report")
+
+    on_store(body)
+
+
+def test_removing_a_node_drops_its_challenge(db_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.enroll(node("n1"))
+        challenges = Challenges(store, ttl_s=TTL_S)
+        issued = await challenges.issue_replacing("n1", "report")
+        assert await store.remove_node("n1")
+        with pytest.raises(ChallengeError, match="unknown"):
+            await challenges.redeem(issued.nonce, "n1", "report")
+
+    run(db_url, body)
