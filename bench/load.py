@@ -94,7 +94,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -103,6 +102,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from bench.attest import LOG, QUOTED_RESET_COUNT, ak_public, quote
+from bench.http_client import Connection, HttpError
 from fleet.attestation import (
     AttestationEvidence,
     AttestedReport,
@@ -341,7 +341,6 @@ class Target:
 
 
 async def _run_phase(
-    session: aiohttp.ClientSession,
     server: Target,
     requests: Sequence[Request],
     ok_status: int,
@@ -354,28 +353,32 @@ async def _run_phase(
     pending = iter(requests)
 
     async def worker() -> None:
-        for request in pending:
-            if time.monotonic() >= deadline:
-                return
-            started = time.perf_counter()
-            try:
-                async with session.request(
-                    request.method, server.urls[request.replica] + request.path,
-                    data=request.body or None,
-                    headers=request.headers,
-                ) as r:  # fmt: skip
-                    data = await r.read()
-                    status = r.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                data, status = type(exc).__name__.encode(), 0
-            phase.latencies.append(time.perf_counter() - started)
-            if status == ok_status:
-                phase.ok += 1
-                answers.append((request.agent, data))
-            else:
-                phase.failed += 1
-                why = f"{status} {_NODE.sub('NODE', data[:120].decode(errors='replace'))}"
-                phase.errors[why] = phase.errors.get(why, 0) + 1
+        connections = [Connection(url) for url in server.urls]  # one to each replica
+        try:
+            for request in pending:
+                if time.monotonic() >= deadline:
+                    return
+                await send(connections[request.replica], request)
+        finally:
+            for connection in connections:
+                connection.close()
+
+    async def send(connection: Connection, request: Request) -> None:
+        started = time.perf_counter()
+        try:
+            status, data = await connection.request(
+                request.method, request.path, request.headers, request.body
+            )
+        except (HttpError, TimeoutError) as exc:
+            data, status = f"{type(exc).__name__} {exc}".encode(), 0
+        phase.latencies.append(time.perf_counter() - started)
+        if status == ok_status:
+            phase.ok += 1
+            answers.append((request.agent, data))
+        else:
+            phase.failed += 1
+            why = f"{status} {_NODE.sub('NODE', data[:120].decode(errors='replace'))}"
+            phase.errors[why] = phase.errors.get(why, 0) + 1
 
     began, cpu, client, store, machine = (
         time.perf_counter(), _cpu_s(server.pids), time.process_time(),
@@ -428,7 +431,6 @@ class Round:
 
 
 async def _round(
-    session: aiohttp.ClientSession,
     server: Target,
     store: Store,
     agents: list[Agent],
@@ -446,7 +448,7 @@ async def _round(
         for a in agents
         if a.needs_challenge()
     ]
-    challenges, answers = await _run_phase(session, server, asked, 200, args.connections, deadline)
+    challenges, answers = await _run_phase(server, asked, 200, args.connections, deadline)
     for agent, data in answers:
         agent.next = ReportChallenge.from_dict(json.loads(data))
     marker = f"bench round {number}"
@@ -455,7 +457,7 @@ async def _round(
         for agent in agents
         if not agent.needs_challenge()
     ]
-    reports, accepted = await _run_phase(session, server, posts, 202, args.connections, deadline)
+    reports, accepted = await _run_phase(server, posts, 202, args.connections, deadline)
     for agent, data in accepted:  # a baseline server may answer without one
         following = json.loads(data).get("next")
         agent.next = None if following is None else ReportChallenge.from_dict(following)
@@ -470,13 +472,11 @@ async def _round(
     return Round(challenges, reports, stored)
 
 
-async def _reference(
-    session: aiohttp.ClientSession, server: Target, agents: list[Agent], connections: int
-) -> Phase:
+async def _reference(server: Target, agents: list[Agent], connections: int) -> Phase:
     """``GET /healthz`` as often as there are agents: this client's and server's ceiling."""
     requests = [Request(a, "GET", "/healthz", b"", {}, a.number % len(server.urls)) for a in agents]
     deadline = time.monotonic() + 60
-    phase, _ = await _run_phase(session, server, requests, 200, connections, deadline)
+    phase, _ = await _run_phase(server, requests, 200, connections, deadline)
     return phase
 
 
@@ -573,15 +573,12 @@ async def _bench(
             db.rsplit("/", 1)[1] if backend == "postgresql" else None,
         )
         try:
-            connector = aiohttp.TCPConnector(limit=args.connections)
-            timeout = aiohttp.ClientTimeout(total=60)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                reference = await _reference(session, server, agents, args.connections)
-                deadline = time.monotonic() + args.max_seconds
-                rounds = [
-                    await _round(session, server, store, agents, boot, n, args, deadline)
-                    for n in range(1, args.rounds + 1)
-                ]
+            reference = await _reference(server, agents, args.connections)
+            deadline = time.monotonic() + args.max_seconds
+            rounds = [
+                await _round(server, store, agents, boot, n, args, deadline)
+                for n in range(1, args.rounds + 1)
+            ]
         finally:
             for process, _ in started:
                 process.terminate()
