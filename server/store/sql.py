@@ -75,10 +75,11 @@ _NODE_COLUMNS = (
     "e.node_id, e.public_key, e.pool, e.attested, e.attestation, e.enrolled_at, e.tpm, "
     "e.driver_key, n.last_seen, r.body, a.target, r.attestation"
 )
-_ENROLLMENT = (
+_ENROLLMENTS = (
     "SELECT node_id, public_key, pool, attested, attestation, enrolled_at, tpm, driver_key "
-    "FROM enrollments WHERE node_id = ?"
+    "FROM enrollments"
 )
+_ENROLLMENT = f"{_ENROLLMENTS} WHERE node_id = ?"
 _NODE_JOINS = (
     "FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id "
     "LEFT JOIN reports r ON r.id = n.last_report "
@@ -116,7 +117,8 @@ class GroupCommit(Generic[Item, Result]):
     at a time: whatever arrives while a batch is written goes into the next.
 
     ``submit`` returns the item's result once its batch is written, or raises what
-    the write raised: nothing is acknowledged before it is stored.
+    the write raised: nothing is acknowledged before it is stored. The same
+    batching serves the one hot read (each signed request's enrollment).
     """
 
     def __init__(self, write: Callable[[list[Item]], Awaitable[list[Result]]]) -> None:
@@ -182,11 +184,12 @@ class SqlStore:
         self._redeemed = GroupCommit(self._take_challenges)
         self._sole_issued = GroupCommit(self._replace_challenges)
         self._sole_taken = GroupCommit(self._take_sole_challenges)
+        self._enrollment_reads = GroupCommit(self._enrolled_many)
 
     async def close(self) -> None:
         for batches in (
             self._reports, self._new_challenges, self._redeemed, self._sole_issued,
-            self._sole_taken,
+            self._sole_taken, self._enrollment_reads,
         ):  # fmt: skip
             await batches.close()
         await self.db.close()
@@ -214,11 +217,16 @@ class SqlStore:
         return _enrolled(rows[0]), bool(created)
 
     async def enrolled(self, node_id: str) -> EnrolledNode | None:
-        rows = await self.db.query(
-            _ENROLLMENT,
-            node_id,
-        )
-        return _enrolled(rows[0]) if rows else None
+        return await self._enrollment_reads.submit(node_id)
+
+    async def _enrolled_many(self, node_ids: list[str]) -> list[EnrolledNode | None]:
+        # Every signed request reads its node: those arriving together are read in
+        # one statement (on PostgreSQL, a fifth of its work per report otherwise).
+        wanted = sorted(set(node_ids))
+        placeholders = ", ".join("?" * len(wanted))
+        rows = await self.db.query(f"{_ENROLLMENTS} WHERE node_id IN ({placeholders})", *wanted)
+        found = {row[0]: _enrolled(row) for row in rows}
+        return [found.get(node_id) for node_id in node_ids]
 
     async def remove_node(self, node_id: str) -> bool:
         async with self.db.transaction(write=True) as tx:

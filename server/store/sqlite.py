@@ -269,9 +269,10 @@ class SqliteStore(SqlStore):
     """What every node request reads, its enrollment and (for a report challenge)
     the digest of its kept event log, is kept in memory once read: the request then
     costs no trip to the database thread. Exact, because a SQLite store serves one
-    server process and both change only through ``enroll``, ``remove_node`` and
-    ``keep_event_log`` here, which drop the node; PostgreSQL, shared by replicas,
-    reads every time. (A new write to either must drop the node too.)"""
+    server process and both change only through ``enroll``, ``remove_node``,
+    ``pin_driver_key`` and ``keep_event_log`` here, which drop the node;
+    PostgreSQL, shared by replicas, reads every time (batched: ``server.store.sql``).
+    (A new write to either must drop the node too.)"""
 
     def __init__(self, db: SqliteDatabase) -> None:
         super().__init__(db)
@@ -315,6 +316,12 @@ class SqliteStore(SqlStore):
     async def keep_event_log(self, node_id: str, log: bytes) -> None:
         try:
             await super().keep_event_log(node_id, log)
+        finally:
+            self._forget(node_id)
+
+    async def pin_driver_key(self, node_id: str, public_key: bytes) -> bytes | None:
+        try:
+            return await super().pin_driver_key(node_id, public_key)
         finally:
             self._forget(node_id)
 

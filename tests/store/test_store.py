@@ -61,6 +61,8 @@ def test_the_first_applier_key_stays_pinned_until_the_node_is_removed(db_url: st
     async def body(store: Store) -> None:
         await store.enroll(node("n1"))
         await store.enroll(node("n2"))
+        unpinned = await store.enrolled("n1")  # read (and kept in memory, on SQLite) first
+        assert unpinned is not None and unpinned.driver_key is None
         assert await store.pin_driver_key("n1", b"a" * 32) == b"a" * 32
         assert await store.pin_driver_key("n1", b"b" * 32) == b"a" * 32
         assert await store.pin_driver_key("n2", b"b" * 32) == b"b" * 32
@@ -94,6 +96,19 @@ def test_pins_made_before_they_moved_into_the_enrollment_row_are_kept(db_url: st
         unpinned = await store.enrolled("n2")
         assert unpinned is not None and unpinned.driver_key is None
         assert await store.pin_driver_key("n2", b"b" * 32) == b"b" * 32
+
+    run(db_url, body)
+
+
+def test_enrollments_read_together_are_each_their_own(db_url: str) -> None:
+    """Concurrent reads are batched into one statement: each gets its node, or None."""
+
+    async def body(store: Store) -> None:
+        for i in range(5):
+            await store.enroll(node(f"n{i}", key=bytes([i]) * 32))
+        wanted = ["n3", "nobody", "n0", "n3", "n4", "n1", "n2", "n0"]
+        found = await asyncio.gather(*(store.enrolled(n) for n in wanted))
+        assert [f.public_key[0] if f else None for f in found] == [3, None, 0, 3, 4, 1, 2, 0]
 
     run(db_url, body)
 
