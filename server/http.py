@@ -146,8 +146,9 @@ async def signed_request(
     verifier = services(request).requests
     try:
         sig = verifier.parse(request.headers)
+        node = await verifier.sender(sig)
         body = await read_body(request, max_body)
-        node = await verifier.verify(sig, request.method, request.raw_path, body)
+        verifier.check(node, sig, request.method, request.raw_path, body)
     except NodeAuthError as exc:
         raise ApiError(exc.status, str(exc), {"WWW-Authenticate": "Gpuward-Signature"}) from None
     if limited:

@@ -158,15 +158,21 @@ class RequestVerifier:
             )
         return sig
 
-    async def verify(
-        self, sig: RequestSignature, method: str, path: str, body: bytes
-    ) -> EnrolledNode:
+    async def sender(self, sig: RequestSignature) -> EnrolledNode:
+        """The enrolled node a request's signature names, looked up before its body is
+        read: a caller that is not enrolled is refused before the server reads (up to
+        megabytes of) what it sends."""
         node = await self._store.enrolled(sig.node_id)
         if node is None:
             raise NodeAuthError(f"node {sig.node_id} is not enrolled; run 'gpuward agent enroll'")
+        return node
+
+    def check(
+        self, node: EnrolledNode, sig: RequestSignature, method: str, path: str, body: bytes
+    ) -> None:
+        """Refuse the request unless ``node``'s key signed it and its nonce is new."""
         verify_signature(node.public_key, sig, method, path, body)
         self._nonces.claim(sig.node_id, sig.nonce)
-        return node
 
     def claim(self, sig: RequestSignature) -> None:
         """Record the nonce of a request verified another way (enrollment)."""

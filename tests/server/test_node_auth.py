@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import urllib3
 
 from fleet.nodeauth import HEADER_NODE, HEADER_SIGNATURE
+from server.http import MAX_BODY_BYTES
 from tests.conftest import Fleet
 from tests.simnode import ENROLLMENT_TOKEN, SimNode, operator_get, report_doc
 
@@ -100,6 +102,27 @@ def test_unsigned_and_unenrolled_requests_are_refused(fleet: Fleet) -> None:
     stranger = fleet.node("gpu-1", enroll=False)
     refused = stranger.report()
     assert refused.status == 401 and "not enrolled" in _error(refused)
+
+
+def test_a_stranger_is_refused_before_its_body_is_read(fleet: Fleet) -> None:
+    """Headers naming a node that is not enrolled, announcing the largest body the
+    server takes, which never comes: the answer comes at once, not after the server
+    waited for the body (up to 4 MiB on a server that takes attested reports)."""
+    stranger = fleet.node("gpu-1", enroll=False)
+    headers = stranger.headers("POST", "/v1/reports", b"")
+    host, port = fleet.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as conn:
+        head = [
+            "POST /v1/reports HTTP/1.1",
+            f"Host: {host}",
+            "Content-Type: application/json",
+            f"Content-Length: {MAX_BODY_BYTES}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        answer = conn.recv(4096)  # times out (and fails) if the server waits for the body
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"not enrolled" in answer
 
 
 def test_an_operator_token_does_not_authenticate_a_node_request(fleet: Fleet) -> None:
