@@ -42,7 +42,7 @@ in time; loopback only.
 
 Target (issue 8): 100,000 nodes every 60 s = 1,667 attested reports/s.
 
-Last measured (2026-11-25 01:15-01:26 UTC, the 2-core dev VM with nothing else
+Last measured (2026-11-25 01:07-01:13 UTC, the 2-core dev VM with nothing else
 running; one invocation: SQLite, then PostgreSQL with --workers 2, 1, 2; 10,000
 agents, 64 connections, 3 rounds; steady state = rounds 2 and 3): attested
 reports/s, and CPU per report of server / PostgreSQL backends.
