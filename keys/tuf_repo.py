@@ -250,7 +250,9 @@ class TufRepository:
     # -- rotation ---------------------------------------------------------
 
     def rotate(self, role: str, passphrase: PassphraseSource) -> list[LocalKey]:
-        """Replace every key of a top-level ``role`` with new ones, same threshold.
+        """Replace the keys of a top-level ``role`` this repository holds with new ones,
+        same threshold. Keys held elsewhere stay: an air-gapped site's timestamp and
+        snapshot keys (``keys.site``) survive a rotation of the upstream's own.
 
         A new root is signed by a threshold of the old root keys and of the new
         ones, so clients holding any earlier root can follow the chain.
@@ -258,10 +260,15 @@ class TufRepository:
         if role not in TOP_LEVEL_ROLES:
             raise GpuwardError(f"{role} is not a top-level role")
         root_md = self.root_metadata()
+        held = self.keyring.keys()
         old_keyids, threshold = (
-            list(root_md.signed.roles[role].keyids),
+            [k for k in root_md.signed.roles[role].keyids if k in held],
             root_md.signed.roles[role].threshold,
         )
+        if not old_keyids:
+            raise GpuwardError(
+                f"this repository holds no {role} key; rotate it where its keys are held"
+            )
         old_root_signers = self.keyring.signers(
             "root",
             root_md.signed.roles["root"].keyids,

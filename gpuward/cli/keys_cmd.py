@@ -53,10 +53,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     rotate = sub.add_parser(
         "rotate",
-        help="replace every key of a role (top-level or a branch)",
+        help="replace the keys of a role (top-level or a branch) this repository holds",
         description=(
-            "Generate new keys for ROLE, sign a new root with a threshold of the old and the "
-            "new root keys, re-sign what the role signs, and move the old keys to keys/retired/."
+            "Generate new keys for ROLE in place of those in keys/, sign a new root with a "
+            "threshold of the old and the new root keys, re-sign what the role signs, and move "
+            "the old keys to keys/retired/. Keys held elsewhere (an air-gapped site's timestamp "
+            "and snapshot keys) stay trusted."
         ),
     )
     rotate.add_argument("role", help="root, targets, snapshot, timestamp, or a branch such as R580")

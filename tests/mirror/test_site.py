@@ -144,3 +144,28 @@ def test_export_with_expired_offline_roles_is_refused(site: Site, tmp_path: Path
     with pytest.raises(GpuwardError, match="targets metadata expired"):
         import_into(export, gapped, now=datetime.now(UTC) + timedelta(days=200))
     assert not (gapped / "metadata").exists()
+
+
+def test_rotating_upstream_online_keys_keeps_the_site_s(site: Site, tmp_path: Path) -> None:
+    gapped, site_keys, staged = tmp_path / "gapped", tmp_path / "vault.keys", tmp_path / "root.st"
+    upstream = str(site.repo.root)
+    _ok("mirror", "site-keys", "--repo", str(gapped), "--site", "vault", "-o", str(site_keys))
+    _ok("mirror", "trust-site", str(site_keys), "--repo", upstream, "-o", str(staged))
+    _ok("keys", "sign", str(staged), "--keys", str(site.repo.root / "keys"))
+    _ok("repo", "publish", str(staged), "--repo", upstream)
+    vault = set(ImageRepository(gapped).keyring.keys())
+    for role in ("timestamp", "snapshot"):
+        before = set(site.repo.root_metadata().signed.roles[role].keyids)
+        _ok("keys", "rotate", role, "--repo", upstream)
+        after = set(site.repo.root_metadata().signed.roles[role].keyids)
+        ours = before - vault
+        assert len(ours) == 1 and before & vault  # upstream's key, and the site's
+        assert after & vault == before & vault  # the site's stays trusted
+        assert not after & ours and len(after - vault) == 1  # upstream's is replaced
+    # Holding none of the role's keys (only the site holds one now), rotating says
+    # so and changes nothing.
+    site.repo.keyring.retire(after - vault)
+    version = site.repo.root_metadata().signed.version
+    refused = gpuward("keys", "rotate", "snapshot", "--repo", upstream)
+    assert_one_line_error(refused, "holds no snapshot key")
+    assert site.repo.root_metadata().signed.version == version
