@@ -95,6 +95,27 @@ def stage_site_keys(repo: ImageRepository, site: SiteKeys) -> Staged:
         if key.keyid in md.signed.roles[role].keyids:
             raise GpuwardError(f"site {site.site}'s {role} key is already trusted")
         md.signed.add_key(key, role)
+    return _staged_root(repo, md)
+
+
+def stage_site_removal(repo: ImageRepository, site: SiteKeys) -> Staged:
+    """The next root, unsigned, without the site's keys: its server can no longer
+    renew what its agents accept (signed as ``stage_site_keys``'s root is)."""
+    md: Metadata[Root] = repo.root_metadata()
+    for role, key in site.keys.items():
+        roles = md.signed.roles[role]
+        if key.keyid not in roles.keyids:
+            raise GpuwardError(f"site {site.site}'s {role} key is not trusted; nothing to remove")
+        if len(roles.keyids) <= roles.threshold:
+            raise GpuwardError(
+                f"removing site {site.site}'s {role} key would leave {role} fewer keys than "
+                "its threshold; rotate the upstream key first ('gpuward keys rotate')"
+            )
+        md.signed.revoke_key(key.keyid, role)
+    return _staged_root(repo, md)
+
+
+def _staged_root(repo: ImageRepository, md: Metadata[Root]) -> Staged:
     repo.bump(md, "root")
     md.signatures.clear()
     keyids, threshold = repo.role_keys("root")

@@ -7,10 +7,16 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from gpuward.cli.output import add_json_flag, emit
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without loading TUF
+    from keys.ceremony import Staged
+    from keys.image_repo import ImageRepository
+    from keys.site import SiteKeys
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +72,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     trust.add_argument("--repo", type=Path, required=True, help="the upstream repository")
     trust.add_argument("-o", "--output", type=Path, required=True, help="staged root to write")
     trust.set_defaults(func=_trust_site)
+
+    distrust = sub.add_parser(
+        "distrust-site",
+        help="upstream: stage a root without a site's timestamp and snapshot keys",
+    )
+    distrust.add_argument("site_keys", type=Path, help="the file 'gpuward mirror trust-site' took")
+    distrust.add_argument("--repo", type=Path, required=True, help="the upstream repository")
+    distrust.add_argument("-o", "--output", type=Path, required=True, help="staged root to write")
+    distrust.set_defaults(func=_distrust_site)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -133,11 +148,25 @@ def _site_keys(args: argparse.Namespace) -> None:
 
 
 def _trust_site(args: argparse.Namespace) -> None:
+    from keys.site import stage_site_keys
+
+    _write_staged_root(args, stage_site_keys)
+
+
+def _distrust_site(args: argparse.Namespace) -> None:
+    from keys.site import stage_site_removal
+
+    _write_staged_root(args, stage_site_removal)
+
+
+def _write_staged_root(
+    args: argparse.Namespace, stage: Callable[[ImageRepository, SiteKeys], Staged]
+) -> None:
     from keys.ceremony import write_staged
     from keys.image_repo import ImageRepository
-    from keys.site import SiteKeys, stage_site_keys
+    from keys.site import SiteKeys
 
-    staged = stage_site_keys(ImageRepository(args.repo), SiteKeys.read(args.site_keys))
+    staged = stage(ImageRepository(args.repo), SiteKeys.read(args.site_keys))
     write_staged(staged, args.output)
     print(
         f"staged root version {staged.metadata.signed.version} in {args.output}: sign it with "

@@ -146,7 +146,9 @@ def test_export_with_expired_offline_roles_is_refused(site: Site, tmp_path: Path
     assert not (gapped / "metadata").exists()
 
 
-def test_rotating_upstream_online_keys_keeps_the_site_s(site: Site, tmp_path: Path) -> None:
+def test_a_site_stays_trusted_through_rotations_until_it_is_distrusted(
+    site: Site, tmp_path: Path
+) -> None:
     gapped, site_keys, staged = tmp_path / "gapped", tmp_path / "vault.keys", tmp_path / "root.st"
     upstream = str(site.repo.root)
     _ok("mirror", "site-keys", "--repo", str(gapped), "--site", "vault", "-o", str(site_keys))
@@ -162,9 +164,19 @@ def test_rotating_upstream_online_keys_keeps_the_site_s(site: Site, tmp_path: Pa
         assert len(ours) == 1 and before & vault  # upstream's key, and the site's
         assert after & vault == before & vault  # the site's stays trusted
         assert not after & ours and len(after - vault) == 1  # upstream's is replaced
-    # Holding none of the role's keys (only the site holds one now), rotating says
-    # so and changes nothing.
-    site.repo.keyring.retire(after - vault)
+    # Removing the site is its own root change; the upstream keys stay.
+    removal = tmp_path / "removal.st"
+    _ok("mirror", "distrust-site", str(site_keys), "--repo", upstream, "-o", str(removal))
+    _ok("keys", "sign", str(removal), "--keys", str(site.repo.root / "keys"))
+    _ok("repo", "publish", str(removal), "--repo", upstream)
+    for role in ("timestamp", "snapshot"):
+        trusted = set(site.repo.root_metadata().signed.roles[role].keyids)
+        assert not trusted & vault and len(trusted) == 1
+    again = ("mirror", "distrust-site", str(site_keys), "--repo", upstream, "-o", str(removal))
+    assert_one_line_error(gpuward(*again), "not trusted; nothing to remove")
+
+    # Holding none of the role's keys, rotating says so and changes nothing.
+    site.repo.keyring.retire(set(site.repo.root_metadata().signed.roles["snapshot"].keyids))
     version = site.repo.root_metadata().signed.version
     refused = gpuward("keys", "rotate", "snapshot", "--repo", upstream)
     assert_one_line_error(refused, "holds no snapshot key")
