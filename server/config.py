@@ -42,7 +42,8 @@ class ServerConfig:
     # and per pool, (pool, file) pairs that take precedence.
     boot_policy: Path | None = None
     pool_boot_policies: tuple[tuple[str, Path], ...] = ()
-    # Challenges: how long one lives, and how many of one purpose may be pending.
+    # Challenges: how long one lives, and how many of one purpose may be pending
+    # (enrollment's; a node's report challenge is one per node, not counted).
     challenge_ttl_s: float = 120.0
     max_pending_challenges: int = 10_000
     # Requests before authentication (enrollment), per source address: a token
