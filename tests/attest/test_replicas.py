@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.attest.attestor import Attestor
+from fleet.attestation import ReportChallenge
 from server.runner import BackgroundServer
 from tests.attest.conftest import LOCAL_CA, Tpm
 from tests.attest.test_end_to_end import make_report
@@ -90,3 +91,34 @@ def test_report_challenge_from_one_replica_is_answered_at_the_other_once(
     assert shown["report"]["reason"] == "by digest"
     assert shown["report_attestation"]["passed"] is True
     assert shown["report_attestation"]["event_log_sha256"] == digest
+
+
+def test_the_challenge_one_replica_answers_with_is_taken_at_the_other_once(
+    replicas: tuple[Site, BackgroundServer], tpm: Tpm, tmp_path: Path
+) -> None:
+    """The next challenge lives in the shared store: the agent's next report, to the
+    other replica, needs no challenge request, and its quote is accepted once."""
+    site, second = replicas
+    config, node = enroll_agent(site, tpm, tmp_path / "node")
+    assert config.attestation is not None
+    with Attestor(config.attestation, config.state_dir) as attestor:
+        challenge, _ = ask_challenge(node)
+        first = attestor.attest_report(make_report(reason="first"), challenge)
+        answer = node.send("POST", "/v1/reports", json.dumps(first.to_dict()).encode())
+        assert answer.status == 202, answer.data
+        following = ReportChallenge.from_dict(json.loads(answer.data)["next"])
+        digest = hashlib.sha256(reference_log().read_bytes()).hexdigest()
+        assert following.event_log_sha256 == digest  # kept: named, not sent, next time
+        quoted = attestor.attest_report(make_report(reason="second"), following.challenge)
+        by_digest = replace(quoted, evidence=quoted.evidence.without_log())
+        body = json.dumps(by_digest.to_dict()).encode()
+        node.url = second.url
+        sent = node.send("POST", "/v1/reports", body)
+        assert sent.status == 202, sent.data
+        for url in (second.url, site.url):
+            node.url = url
+            replayed = node.send("POST", "/v1/reports", body)
+            assert replayed.status == 403 and "already used" in json.loads(replayed.data)["error"]
+    shown = site.fleet()["n1"]
+    assert shown["report"]["reason"] == "second"
+    assert shown["report_attestation"]["passed"] is True
