@@ -64,23 +64,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     site_keys.set_defaults(func=_site_keys)
 
-    trust = sub.add_parser(
-        "trust-site",
-        help="upstream: stage a root that lets a site's keys sign timestamp and snapshot",
-    )
-    trust.add_argument("site_keys", type=Path, help="file written by 'gpuward mirror site-keys'")
-    trust.add_argument("--repo", type=Path, required=True, help="the upstream repository")
-    trust.add_argument("-o", "--output", type=Path, required=True, help="staged root to write")
-    trust.set_defaults(func=_trust_site)
-
-    distrust = sub.add_parser(
-        "distrust-site",
-        help="upstream: stage a root without a site's timestamp and snapshot keys",
-    )
-    distrust.add_argument("site_keys", type=Path, help="the file 'gpuward mirror trust-site' took")
-    distrust.add_argument("--repo", type=Path, required=True, help="the upstream repository")
-    distrust.add_argument("-o", "--output", type=Path, required=True, help="staged root to write")
-    distrust.set_defaults(func=_distrust_site)
+    for name, summary, func in (
+        ("trust-site", "a root that lets a site's keys sign timestamp and snapshot", _trust_site),
+        ("distrust-site", "a root without a site's timestamp and snapshot keys", _distrust_site),
+    ):
+        change = sub.add_parser(name, help=f"upstream: stage {summary}")
+        change.add_argument("site_keys", type=Path, help="written by 'gpuward mirror site-keys'")
+        change.add_argument("--repo", type=Path, required=True, help="the upstream repository")
+        change.add_argument("-o", "--output", type=Path, required=True, help="staged root to write")
+        change.set_defaults(func=func)
 
 
 def _export(args: argparse.Namespace) -> None:

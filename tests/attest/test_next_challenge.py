@@ -4,7 +4,8 @@ loopback with swtpm and the agent's code.
 An accepted report's answer carries the node's next challenge, so the next
 report is one request. The agent keeps it in its state folder; it asks for a
 fresh one when it holds none it can use (replaced at the server, expiring,
-unreadable), and the server accepts each challenge once, from its node only.
+unreadable). That the server takes each once, at any replica, is in
+``test_replicas``; that only its node can, in ``tests/store/test_challenges.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from agent import reporter
-from agent.attest.attestor import Attestor
 from agent.config import AgentConfig
 from fleet.attestation import Challenge, ReportChallenge
 from tests.attest.conftest import Tpm
@@ -124,26 +124,6 @@ def test_a_kept_challenge_the_agent_cannot_use_is_replaced_by_a_fresh_one(
     assert asked == ["n1", "n1"]
     assert history(tpm_site) == [("first", True), ("second", True)]
     assert kept(config).challenge.nonce != good.challenge.nonce
-
-
-def test_a_next_challenge_is_accepted_once(
-    tpm_site: Site,
-    tpm: Tpm,
-    tmp_path: Path,
-) -> None:
-    config, node = enroll_agent(tpm_site, tpm, tmp_path / "node")
-    assert config.attestation is not None
-    with Attestor(config.attestation, config.state_dir) as attestor:
-        challenge, _ = ask_challenge(node)
-        first = attestor.attest_report(make_report(reason="first"), challenge)
-        answer = node.send("POST", "/v1/reports", json.dumps(first.to_dict()).encode())
-        assert answer.status == 202, answer.data
-        following = ReportChallenge.from_dict(json.loads(answer.data)["next"])
-        quoted = attestor.attest_report(make_report(reason="second"), following.challenge)
-        body = json.dumps(quoted.to_dict()).encode()
-        assert node.send("POST", "/v1/reports", body).status == 202
-        again = node.send("POST", "/v1/reports", body)
-        assert again.status == 403 and "already used" in json.loads(again.data)["error"]
 
 
 def test_only_attested_reports_are_answered_with_a_challenge(tpm_site: Site) -> None:

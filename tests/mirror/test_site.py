@@ -63,15 +63,26 @@ def _timestamp(repo: Path) -> Metadata[Timestamp]:
     return ImageRepository(repo).timestamp()
 
 
-def test_site_keys_keep_an_imported_mirror_fresh(site: Site, tmp_path: Path) -> None:
-    gapped, site_keys, staged = tmp_path / "gapped", tmp_path / "vault.keys", tmp_path / "root.st"
+def _site_change(site: Site, change: str, site_keys: Path, staged: Path) -> None:
+    """Upstream: ``mirror trust-site`` or ``distrust-site``, a root ceremony."""
     upstream = str(site.repo.root)
-    # Inside: the site's own online keys; only their public halves leave.
-    _ok("mirror", "site-keys", "--repo", str(gapped), "--site", "vault", "-o", str(site_keys))
-    # Upstream: a root ceremony adds them to timestamp and snapshot.
-    _ok("mirror", "trust-site", str(site_keys), "--repo", upstream, "-o", str(staged))
+    _ok("mirror", change, str(site_keys), "--repo", upstream, "-o", str(staged))
     _ok("keys", "sign", str(staged), "--keys", str(site.repo.root / "keys"))
     _ok("repo", "publish", str(staged), "--repo", upstream)
+
+
+def _trusted_site(site: Site, tmp_path: Path) -> tuple[Path, Path]:
+    """A site's repository (its own online keys in it) and its public keys' file,
+    which upstream trusts to sign timestamp and snapshot."""
+    gapped, site_keys = tmp_path / "gapped", tmp_path / "vault.keys"
+    # Inside: the site's own online keys; only their public halves leave.
+    _ok("mirror", "site-keys", "--repo", str(gapped), "--site", "vault", "-o", str(site_keys))
+    _site_change(site, "trust-site", site_keys, tmp_path / "root.st")
+    return gapped, site_keys
+
+
+def test_site_keys_keep_an_imported_mirror_fresh(site: Site, tmp_path: Path) -> None:
+    gapped, _ = _trusted_site(site, tmp_path)
     site.publish("580.65.06")
     # The carried export's timestamp lapses before anyone could serve it.
     now = datetime.now(UTC)
@@ -149,12 +160,8 @@ def test_export_with_expired_offline_roles_is_refused(site: Site, tmp_path: Path
 def test_a_site_stays_trusted_through_rotations_until_it_is_distrusted(
     site: Site, tmp_path: Path
 ) -> None:
-    gapped, site_keys, staged = tmp_path / "gapped", tmp_path / "vault.keys", tmp_path / "root.st"
+    gapped, site_keys = _trusted_site(site, tmp_path)
     upstream = str(site.repo.root)
-    _ok("mirror", "site-keys", "--repo", str(gapped), "--site", "vault", "-o", str(site_keys))
-    _ok("mirror", "trust-site", str(site_keys), "--repo", upstream, "-o", str(staged))
-    _ok("keys", "sign", str(staged), "--keys", str(site.repo.root / "keys"))
-    _ok("repo", "publish", str(staged), "--repo", upstream)
     vault = set(ImageRepository(gapped).keyring.keys())
     for role in ("timestamp", "snapshot"):
         before = set(site.repo.root_metadata().signed.roles[role].keyids)
@@ -166,9 +173,7 @@ def test_a_site_stays_trusted_through_rotations_until_it_is_distrusted(
         assert not after & ours and len(after - vault) == 1  # upstream's is replaced
     # Removing the site is its own root change; the upstream keys stay.
     removal = tmp_path / "removal.st"
-    _ok("mirror", "distrust-site", str(site_keys), "--repo", upstream, "-o", str(removal))
-    _ok("keys", "sign", str(removal), "--keys", str(site.repo.root / "keys"))
-    _ok("repo", "publish", str(removal), "--repo", upstream)
+    _site_change(site, "distrust-site", site_keys, removal)
     for role in ("timestamp", "snapshot"):
         trusted = set(site.repo.root_metadata().signed.roles[role].keyids)
         assert not trusted & vault and len(trusted) == 1
