@@ -23,7 +23,7 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,7 +84,7 @@ def make_report() -> HealthReport:
     )
 
 
-def timed(calls: list[Callable[[], object]]) -> float:
+def timed(calls: Sequence[Callable[[], object]]) -> float:
     """Seconds per call over one batch."""
     start = time.perf_counter()
     for call in calls:
