@@ -164,6 +164,7 @@ class Site:
         self, node: str, published: PublishedBundle, counter: int, hardware: str = GPU_NAME
     ) -> None:
         info = self.repo.targets(published.manifest.branch).signed.targets[published.target_path]
+        assert self.director is not None
         self.director.assign(node, info, hardware, counter)
 
     def agent(

@@ -39,7 +39,8 @@ class Scripted(FetcherInterface):
 
 
 def _fetcher(answers: dict[str, object]) -> tuple[MirrorFetcher, Scripted, list[float]]:
-    inner, sleeps = Scripted(answers), []
+    inner = Scripted(answers)
+    sleeps: list[float] = []
     fetcher = MirrorFetcher(list(answers), inner, rounds=3, backoff_s=1.0, sleep=sleeps.append)
     return fetcher, inner, sleeps
 

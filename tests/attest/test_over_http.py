@@ -32,8 +32,8 @@ from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
 from server.attestation.enrollment import EnrolledNode
 from tests.attest.conftest import Tpm, ek_site, extend_log, self_signed_ca
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
-from tests.conftest import ENROLLMENT_TOKEN, Site, make_site
-from tests.simnode import SimNode
+from tests.conftest import Site, make_site
+from tests.simnode import ENROLLMENT_TOKEN, SimNode
 
 
 @pytest.fixture

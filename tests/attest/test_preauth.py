@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import urllib3
@@ -22,8 +23,8 @@ from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
 from server.node_api import MAX_TPM_BEGIN_BYTES
 from tests.attest.conftest import LOCAL_CA, Tpm
 from tests.attest.test_over_http import ask_challenge, enroll_agent
-from tests.conftest import ENROLLMENT_TOKEN, Site, make_site
-from tests.simnode import FakeClock, SimNode
+from tests.conftest import Site, make_site
+from tests.simnode import ENROLLMENT_TOKEN, FakeClock, SimNode
 
 BEGIN = "/v1/enroll/tpm/begin"
 TTL_S = 120.0
@@ -35,7 +36,7 @@ def clock() -> FakeClock:
     return FakeClock(time.time())
 
 
-def _site(template: Path, base: Path, clock: FakeClock, **settings: object) -> Iterator[Site]:
+def _site(template: Path, base: Path, clock: FakeClock, **settings: Any) -> Iterator[Site]:
     base.mkdir()
     yield from make_site(
         template, base, str(base / "server.db"), clock, ek_ca=(LOCAL_CA,), **settings

@@ -106,7 +106,8 @@ def test_unknown_branch_names_the_known_ones() -> None:
 def test_cuda_minimum_drivers(cuda: str, driver: str) -> None:
     catalog = default_catalog()
     assert catalog.min_driver_for_cuda(CudaVersion.parse(cuda)) == DriverVersion.parse(driver)
-    assert catalog.cuda_for_driver(DriverVersion.parse(driver)) >= CudaVersion.parse(cuda)
+    highest = catalog.cuda_for_driver(DriverVersion.parse(driver))
+    assert highest is not None and highest >= CudaVersion.parse(cuda)
 
 
 def test_cuda_table_details() -> None:
@@ -161,14 +162,16 @@ def test_architectures(
 def test_model_facts() -> None:
     catalog = default_catalog()
     models = {m.name: m for a in catalog.architectures for m in a.models}
-    assert models["GH200"].module_flavours == {"open"}
+    assert models["GH200"].module_flavours == frozenset({"open"})
     assert str(models["B200"].min_driver) == "570.133.20"
     assert str(models["RTX PRO 6000 Blackwell Server Edition"].min_driver) == "575.57.08"
     assert models["P40"].compute_capabilities == ("6.1",)
     # The facts give no PCI device ids; the catalog invents none.
     assert all(not m.pci_device_ids for m in models.values())
     ampere = catalog.architecture("Ampere")
-    assert ampere is not None and ampere.capability("8.6").secondary == ("first_cuda",)
+    assert ampere is not None
+    cc86 = ampere.capability("8.6")
+    assert cc86 is not None and cc86.secondary == ("first_cuda",)
     assert catalog.open_modules_from == "R515" and catalog.open_default_from == "R560"
 
 

@@ -120,7 +120,7 @@ def test_plan_table_and_json(tmp_path: Path) -> None:
         write(tmp_path / "a.json", bundle_doc("580.95.05", flavour="proprietary")),
         write(tmp_path / "b.json", bundle_doc("590.48.01")),
     ]
-    args = ["compat", "plan", "--fleet", fleet, "--bundle", bundles[0], "--bundle", bundles[1]]
+    args = ("compat", "plan", "--fleet", fleet, "--bundle", bundles[0], "--bundle", bundles[1])
     table = gpuward(*args, *TODAY)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
@@ -172,7 +172,7 @@ def test_bundle_build_checks_the_catalog(
 
 def test_bundle_build_defaults_come_from_the_catalog(tmp_path: Path, payload: Path) -> None:
     out = tmp_path / "x.bundle"
-    base = ["bundle", "build", payload, "--driver-version", "580.95.05", "--branch", "R580"]
+    base = ("bundle", "build", payload, "--driver-version", "580.95.05", "--branch", "R580")
     needs = gpuward(*base, "-o", out)
     assert "--kernel RELEASE" in one_line_error(needs)
     result = gpuward(*base, "--dkms", "--module-flavour", "proprietary", "-o", out, "--json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from fleet.catalog import default_catalog
 from fleet.plan import plan
@@ -17,7 +18,7 @@ BUNDLES = [
 ]
 
 
-def _plan(*nodes: object) -> dict[str, dict[str, object]]:
+def _plan(*nodes: list[str]) -> dict[str, dict[str, Any]]:
     result = plan(
         [make_node(*m, node_id=f"n{i}") for i, m in enumerate(nodes)],
         BUNDLES,

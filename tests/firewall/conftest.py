@@ -152,13 +152,13 @@ def net() -> Iterator[Net]:
     tag = secrets.token_hex(3)
     names = [f"gw-test-{tag}-{role}" for role in ("node", "srv", "inet")]
     created: list[str] = []
-    topology = Net(*names)
+    node, server, internet = names
+    topology = Net(node, server, internet)
     try:
         for name in names:
             run("ip", "netns", "add", name)
             created.append(name)
             run("ip", "-n", name, "link", "set", "lo", "up")
-        node, server, internet = names
         for peer, node_ip, peer_ip in (
             (server, "10.91.1.1", SERVER_IP),
             (internet, NODE_IP_TOWARDS_INTERNET, INTERNET_IP),

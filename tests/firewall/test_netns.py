@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,7 +116,7 @@ def test_nvidia_apps_mode_restricts_a_real_cgroup(net: Net, cgroup_sandbox: Cgro
     assert enforcer.cycle().action == "unchanged"
 
 
-TAMPERING = {
+TAMPERING: dict[str, tuple[Callable[[Net], object], str | tuple[str, ...]]] = {
     "rule-deleted": (
         lambda net: net.nft_cli(
             "delete", "rule", "inet", "gpuward", *net.handle_of("dns 10.91.1.2")
@@ -192,7 +194,7 @@ def test_dns_changes_are_followed_on_schedule_and_failures_keep_the_old_rules(ne
     assert kept.notes[0].startswith("re-resolving failed, kept the previous addresses")
 
 
-BAD_CONFIGS = {
+BAD_CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
     "bad-cidr": (
         {"allow": [{"to": "10.0.0.1/8", "proto": "tcp", "port": 1}]},
         "firewall.allow[0].to: '10.0.0.1/8' is not a valid address or CIDR",

@@ -149,11 +149,12 @@ def test_rule_comments_cannot_break_out_of_the_script() -> None:
 def test_the_firewall_report_is_strict() -> None:
     report = FirewallReport("host", "a" * 64, True, "repaired", ("chain x",), (), None)
     assert FirewallReport.from_dict(report.to_dict()) == report
-    for change, message in [
+    changes: list[tuple[dict[str, Any], str]] = [
         ({"action": "ignored"}, "must be one of"),
         ({"digest": "xyz"}, "invalid value"),
         ({"drift": ["x" * 2000]}, "short strings"),
         ({"extra": 1}, "unknown field"),
-    ]:
+    ]
+    for change, message in changes:
         with pytest.raises(InvalidDocument, match=message):
             FirewallReport.from_dict({**report.to_dict(), **change})

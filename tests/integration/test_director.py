@@ -75,6 +75,7 @@ def test_director_keys_alone_install_nothing_unsigned(site: Site) -> None:
     _directed_install(site)
     evil = site.bundle("580.99.99")
     info = TargetFile.from_file("drivers/R580/evil.bundle", str(evil), ["sha256"])
+    assert site.director is not None
     site.director.assign("node-1", info, GPU_NAME, 2)
 
     _refused(site, "which the image repository did not sign")
@@ -94,6 +95,7 @@ def test_lower_release_counter_is_refused(site: Site) -> None:
     site.assign("node-1", first, counter=5)
     config = site.agent(directed=True)
     run_once(config)
+    assert site.director is not None
     node = site.director.node("node-1")
     targets = node.targets()
     info = site.repo.targets("R580").signed.targets[second.target_path]
@@ -125,6 +127,7 @@ def test_image_and_director_disagreeing_is_refused(site: Site) -> None:
     published = site.publish("580.82.07")
     info = site.repo.targets("R580").signed.targets[published.target_path]
     lying = TargetFile(info.length, {"sha256": "0" * 64}, info.path, dict(info.unrecognized_fields))
+    assert site.director is not None
     site.director.assign("node-1", lying, GPU_NAME, 2)
 
     _refused(site, "disagree on the length or hashes")
@@ -135,6 +138,7 @@ def test_another_nodes_assignment_is_refused(site: Site) -> None:
     _directed_install(site)
     site.assign("node-2", site.publish("580.82.07"), counter=2)
     site.assign("node-2", site.publish("580.95.05"), counter=3)  # versions now ahead of node-1's
+    assert site.director is not None
     mine = site.director.root / "nodes" / "node-1"
     theirs = site.director.root / "nodes" / "node-2"
     shutil.rmtree(mine)

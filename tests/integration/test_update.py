@@ -28,8 +28,8 @@ def test_update_installs_verifies_and_reports(site: Site) -> None:
     assert installed.read_bytes() == b"NVML 580.65.06\n"
     assert result.report_sent
     node = site.fleet()["node-1"]
-    assert node["report"]["driver_version"] == "580.65.06"  # type: ignore[index]
-    assert node["report"]["update"] == "committed"  # type: ignore[index]
+    assert node["report"]["driver_version"] == "580.65.06"
+    assert node["report"]["update"] == "committed"
 
 
 def test_newer_bundle_goes_to_the_other_slot(site: Site) -> None:
@@ -67,7 +67,7 @@ def _assert_refused(site: Site, expected_reason: str) -> None:
     assert slots.active() == "a"
     assert slots.content("a").manifest.driver_version == "580.65.06"  # type: ignore[union-attr]
     assert slots.content("b") is None
-    assert site.fleet()["node-1"]["report"]["update"] == "refused"  # type: ignore[index]
+    assert site.fleet()["node-1"]["report"]["update"] == "refused"
 
 
 def test_bundle_with_one_byte_changed_is_refused(site: Site) -> None:

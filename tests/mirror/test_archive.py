@@ -24,8 +24,9 @@ from keys.mirror import import_into
 from server.config import ServerConfig
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
-from tests.conftest import ENROLLMENT_TOKEN, Site
+from tests.conftest import Site
 from tests.mirror.test_mirror import assert_verifies
+from tests.simnode import ENROLLMENT_TOKEN
 
 
 def _export_tar(site: Site, tmp_path: Path) -> Path:

@@ -24,7 +24,8 @@ from keys.mirror import check_manifest
 from server.config import ServerConfig
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
-from tests.conftest import ENROLLMENT_TOKEN, Site
+from tests.conftest import Site
+from tests.simnode import ENROLLMENT_TOKEN
 
 
 def _export(site: Site, tmp_path: Path) -> Path:

@@ -27,7 +27,8 @@ from server.config import ServerConfig
 from server.resigner import OnlineSigner
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
-from tests.conftest import ENROLLMENT_TOKEN, Site
+from tests.conftest import Site
+from tests.simnode import ENROLLMENT_TOKEN
 
 
 def _ok(*args: str) -> str:

@@ -53,12 +53,19 @@ def real_nvml_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return library.parent
 
 
-@pytest.fixture
-def h100() -> Callable[..., dict[str, object]]:
-    return h100_host
-
+H100Host = Callable[..., dict[str, object]]
+"""The ``h100`` fixture: ``h100_host``, config for a healthy H100 host."""
 
 NvmlRun = Callable[..., subprocess.CompletedProcess[str]]
+"""The ``run_nvml`` fixture: run a module against the fake, given its config."""
+
+ProbeJson = Callable[..., dict[str, Any]]
+"""The ``probe_json`` fixture: the health probe's JSON for a config."""
+
+
+@pytest.fixture
+def h100() -> H100Host:
+    return h100_host
 
 
 @pytest.fixture
@@ -90,7 +97,7 @@ def run_nvml(fake_nvml_libs: dict[str, Path], tmp_path: Path) -> NvmlRun:
 
 
 @pytest.fixture
-def probe_json(run_nvml: NvmlRun) -> Callable[..., dict[str, Any]]:
+def probe_json(run_nvml: NvmlRun) -> ProbeJson:
     """Run the health probe in a fresh process and return its JSON."""
 
     def probe(config: Mapping[str, object], *, driver: str = "current") -> dict[str, Any]:

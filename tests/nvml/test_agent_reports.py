@@ -15,13 +15,14 @@ from typing import Any
 import urllib3
 
 from tests.conftest import Site
+from tests.nvml.conftest import H100Host
 from tests.nvml.fakelib import write_config
 
 GPUWARD = (sys.executable, "-m", "gpuward")
 
 
 def test_reports_carry_samples_findings_and_each_xid_once(
-    site: Site, tmp_path: Path, fake_nvml_libs: dict[str, Path], h100
+    site: Site, tmp_path: Path, fake_nvml_libs: dict[str, Path], h100: H100Host
 ) -> None:
     host = h100(gpus=2, xids="1:79,0:13,0:63", **{"gpu.0.pcie.width": 8})
     fake = write_config(tmp_path / "fake-nvml.conf", host)
@@ -89,7 +90,7 @@ def test_reports_carry_samples_findings_and_each_xid_once(
 
 
 def test_agent_health_prints_inventory_and_classification(
-    site: Site, tmp_path: Path, fake_nvml_libs: dict[str, Path], h100
+    site: Site, tmp_path: Path, fake_nvml_libs: dict[str, Path], h100: H100Host
 ) -> None:
     host = h100(gpus=2, **{"gpu.1.remap.pending": 1, "gpu.0.fail.nvmlDeviceGetSerial": 3})
     env = {

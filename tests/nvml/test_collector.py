@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
+from tests.nvml.conftest import H100Host, NvmlRun
+
+Inventory = Callable[..., dict[str, Any]]
+
 
 @pytest.fixture
-def inventory(run_nvml):
-    def run(config, *, driver: str = "current") -> dict[str, Any]:
+def inventory(run_nvml: NvmlRun) -> Inventory:
+    def run(config: Mapping[str, object], *, driver: str = "current") -> dict[str, Any]:
         done = run_nvml(config, "--inventory", driver=driver)
         assert "Traceback" not in done.stderr, done.stderr
         doc: dict[str, Any] = json.loads(done.stdout)
@@ -20,7 +25,7 @@ def inventory(run_nvml):
     return run
 
 
-def test_inventory_of_a_b200(inventory, h100) -> None:
+def test_inventory_of_a_b200(inventory: Inventory, h100: H100Host) -> None:
     config = h100(
         gpus=2,
         cuda_driver_version=12080,
@@ -57,7 +62,7 @@ def test_inventory_of_a_b200(inventory, h100) -> None:
     assert doc["gpus"][0]["inventory"]["architecture"] == "hopper"
 
 
-def test_a_healthy_gpu_reports_every_measurement(inventory, h100) -> None:
+def test_a_healthy_gpu_reports_every_measurement(inventory: Inventory, h100: H100Host) -> None:
     doc = inventory(h100(gpus=1))
     gpu = doc["gpus"][0]
     assert [k for k, v in gpu["inventory"].items() if v is None] == []
@@ -65,7 +70,7 @@ def test_a_healthy_gpu_reports_every_measurement(inventory, h100) -> None:
     assert gpu["findings"] == []
 
 
-def test_sample_values_come_from_the_driver(inventory, h100) -> None:
+def test_sample_values_come_from_the_driver(inventory: Inventory, h100: H100Host) -> None:
     config = h100(
         gpus=1,
         **{
@@ -132,7 +137,7 @@ def test_sample_values_come_from_the_driver(inventory, h100) -> None:
     ]
 
 
-def test_findings_are_reported_with_the_sample(inventory, h100) -> None:
+def test_findings_are_reported_with_the_sample(inventory: Inventory, h100: H100Host) -> None:
     config = h100(gpus=1, **{"gpu.0.clock_events": 0x40, "gpu.0.pcie.width": 8})
     findings = inventory(config)["gpus"][0]["findings"]
     assert [(f["rule"], f["severity"]) for f in findings] == [
@@ -171,7 +176,7 @@ SAMPLE_FUNCTIONS = [
 ]
 
 
-def test_unsupported_queries_are_unknown(inventory, h100) -> None:
+def test_unsupported_queries_are_unknown(inventory: Inventory, h100: H100Host) -> None:
     config = h100(gpus=1, **{f"fail.{name}": "NOT_SUPPORTED" for name in SAMPLE_FUNCTIONS})
     config["fail.nvmlSystemGetCudaDriverVersion_v2"] = "NOT_SUPPORTED"
     doc = inventory(config)
@@ -184,7 +189,7 @@ def test_unsupported_queries_are_unknown(inventory, h100) -> None:
     assert gpu["findings"] == []
 
 
-def test_old_driver_falls_back_to_older_symbols(inventory, h100) -> None:
+def test_old_driver_falls_back_to_older_symbols(inventory: Inventory, h100: H100Host) -> None:
     config = h100(gpus=1, **{"gpu.0.temperature": 71, "gpu.0.clock_events": 0x8})
     sample = inventory(config, driver="old")["gpus"][0]["sample"]
     assert sample["temperature_c"] == 71
@@ -192,7 +197,7 @@ def test_old_driver_falls_back_to_older_symbols(inventory, h100) -> None:
     assert sample["errors"] == []
 
 
-def test_failing_queries_are_recorded_not_raised(inventory, h100) -> None:
+def test_failing_queries_are_recorded_not_raised(inventory: Inventory, h100: H100Host) -> None:
     config = h100(
         gpus=3,
         **{
@@ -210,12 +215,12 @@ def test_failing_queries_are_recorded_not_raised(inventory, h100) -> None:
     assert lost["sample"]["errors"][0].startswith("NVML: GPU is lost (opening GPU 2): ")
 
 
-def test_inventory_without_a_driver_is_one_error(inventory, h100) -> None:
+def test_inventory_without_a_driver_is_one_error(inventory: Inventory, h100: H100Host) -> None:
     doc = inventory(h100(init_error="DRIVER_NOT_LOADED"))
     assert doc["error"].startswith("NVML: Driver Not Loaded (nvmlInit): ")
 
 
-def test_agent_gpus_command_through_the_real_binding(run_nvml, h100) -> None:  # type: ignore[no-untyped-def]
+def test_agent_gpus_command_through_the_real_binding(run_nvml: NvmlRun, h100: H100Host) -> None:
     """``gpuward agent gpus`` reads the same collector, through nvidia-ml-py."""
     config = h100(gpus=2, **{"gpu.1.clock_events": "0x40"})  # HW thermal slowdown
     done = run_nvml(config, "agent", "gpus", "--json", module="gpuward")

@@ -4,6 +4,8 @@ health section, with pure inputs."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -198,7 +200,9 @@ def test_report_health_round_trips() -> None:
         (lambda h: h["gpus"][0]["sample"].update(errors=["x" * 600]), "short strings"),
     ],
 )
-def test_report_health_is_read_strictly(change, message: str) -> None:
+def test_report_health_is_read_strictly(
+    change: Callable[[dict[str, Any]], object], message: str
+) -> None:
     doc = report(None)
     health = json.loads(json.dumps(doc["health"]))
     change(health)

@@ -11,6 +11,7 @@ import pytest
 from agent.health import ProbeResult, gate
 from agent.nvml import explain
 from fleet.report import GpuHealth
+from tests.nvml.conftest import H100Host, ProbeJson
 
 
 def as_result(doc: dict[str, Any]) -> ProbeResult:
@@ -22,7 +23,7 @@ def as_result(doc: dict[str, Any]) -> ProbeResult:
     )
 
 
-def test_healthy_8x_h100(probe_json, h100) -> None:
+def test_healthy_8x_h100(probe_json: ProbeJson, h100: H100Host) -> None:
     result = as_result(probe_json(h100()))
     assert result.error is None
     assert result.driver_version == "580.95.05"
@@ -34,12 +35,12 @@ def test_healthy_8x_h100(probe_json, h100) -> None:
     assert gate(result, "580.95.05") == []
 
 
-def test_gate_catches_driver_mismatch(probe_json, h100) -> None:
+def test_gate_catches_driver_mismatch(probe_json: ProbeJson, h100: H100Host) -> None:
     result = as_result(probe_json(h100(driver="570.172.08")))
     assert gate(result, "580.95.05") == ["driver 570.172.08 is loaded, expected 580.95.05"]
 
 
-def test_uncorrected_ecc_is_a_problem_on_that_gpu(probe_json, h100) -> None:
+def test_uncorrected_ecc_is_a_problem_on_that_gpu(probe_json: ProbeJson, h100: H100Host) -> None:
     result = as_result(probe_json(h100(**{"gpu.3.ecc.uncorrected.volatile": 2})))
     sick = [g for g in result.gpus if not g.healthy]
     assert [g.index for g in sick] == [3]
@@ -50,7 +51,9 @@ def test_uncorrected_ecc_is_a_problem_on_that_gpu(probe_json, h100) -> None:
     ]
 
 
-def test_aggregate_and_corrected_ecc_do_not_fail_the_gate(probe_json, h100) -> None:
+def test_aggregate_and_corrected_ecc_do_not_fail_the_gate(
+    probe_json: ProbeJson, h100: H100Host
+) -> None:
     config = h100(**{"gpu.0.ecc.uncorrected.aggregate": 4, "gpu.0.ecc.corrected.volatile": 100})
     assert gate(as_result(probe_json(config)), "580.95.05") == []
 
@@ -62,7 +65,9 @@ def test_aggregate_and_corrected_ecc_do_not_fail_the_gate(probe_json, h100) -> N
         ({"remap.failure": 1}, "row remapping failed (no spare rows left): the GPU needs service"),
     ],
 )
-def test_remapped_rows(probe_json, h100, remap: dict[str, int], problem: str) -> None:
+def test_remapped_rows(
+    probe_json: ProbeJson, h100: H100Host, remap: dict[str, int], problem: str
+) -> None:
     config = h100(**{f"gpu.1.{k}": v for k, v in remap.items()}, **{"gpu.2.remap.correctable": 3})
     result = as_result(probe_json(config))
     assert [(g.index, g.problems) for g in result.gpus if not g.healthy] == [(1, (problem,))]
@@ -88,19 +93,23 @@ def test_remapped_rows(probe_json, h100, remap: dict[str, int], problem: str) ->
         ),
     ],
 )
-def test_clock_event_reasons(probe_json, h100, mask: int, problems: tuple[str, ...]) -> None:
+def test_clock_event_reasons(
+    probe_json: ProbeJson, h100: H100Host, mask: int, problems: tuple[str, ...]
+) -> None:
     result = as_result(probe_json(h100(gpus=2, **{"gpu.1.clock_events": hex(mask)})))
     assert result.gpus[0].problems == ()
     assert result.gpus[1].problems == problems
 
 
-def test_old_driver_clock_reasons_fall_back_to_throttle_reasons(probe_json, h100) -> None:
+def test_old_driver_clock_reasons_fall_back_to_throttle_reasons(
+    probe_json: ProbeJson, h100: H100Host
+) -> None:
     # Before R535 only nvmlDeviceGetCurrentClocksThrottleReasons exists (same bits).
     result = as_result(probe_json(h100(gpus=1, **{"gpu.0.clock_events": 0x8}), driver="old"))
     assert result.gpus[0].problems == ("clocks held down by hardware: hw_slowdown",)
 
 
-def test_not_supported_means_unknown_not_a_problem(probe_json, h100) -> None:
+def test_not_supported_means_unknown_not_a_problem(probe_json: ProbeJson, h100: H100Host) -> None:
     # The counters say "broken", but the GPU claims not to support the queries:
     # the probe must neither crash nor invent problems from them.
     config = h100(
@@ -119,20 +128,22 @@ def test_not_supported_means_unknown_not_a_problem(probe_json, h100) -> None:
     assert all(g.healthy for g in result.gpus)
 
 
-def test_function_missing_from_old_driver_means_unknown(probe_json, h100) -> None:
+def test_function_missing_from_old_driver_means_unknown(
+    probe_json: ProbeJson, h100: H100Host
+) -> None:
     config = h100(gpus=1, **{"gpu.0.fail.nvmlDeviceGetCurrentClocksThrottleReasons": 3})
     result = as_result(probe_json(config, driver="old"))
     assert result.gpus[0].healthy
 
 
-def test_other_query_failures_are_problems(probe_json, h100) -> None:
+def test_other_query_failures_are_problems(probe_json: ProbeJson, h100: H100Host) -> None:
     config = h100(gpus=3, **{"gpu.2.fail.nvmlDeviceGetRemappedRows": "GPU_IS_LOST"})
     result = as_result(probe_json(config))
     assert [g.healthy for g in result.gpus] == [True, True, False]
     assert result.gpus[2].problems == ("NVML query failed: nvmlDeviceGetRemappedRows: GPU is lost",)
 
 
-def test_gpu_that_cannot_be_opened_is_reported(probe_json, h100) -> None:
+def test_gpu_that_cannot_be_opened_is_reported(probe_json: ProbeJson, h100: H100Host) -> None:
     config = h100(gpus=2, **{"gpu.1.fail.nvmlDeviceGetHandleByIndex_v2": "GPU_IS_LOST"})
     result = as_result(probe_json(config))
     assert result.gpus[0].healthy
@@ -153,7 +164,7 @@ def test_gpu_that_cannot_be_opened_is_reported(probe_json, h100) -> None:
     ],
 )
 def test_init_failure_is_an_error_not_an_exception(
-    probe_json, h100, code: str, message: str
+    probe_json: ProbeJson, h100: H100Host, code: str, message: str
 ) -> None:
     result = as_result(probe_json(h100(init_error=code)))
     assert result.driver_version is None
@@ -162,7 +173,7 @@ def test_init_failure_is_an_error_not_an_exception(
     assert gate(result, "580.95.05") == [result.error]
 
 
-def test_failure_after_init_is_an_error(probe_json, h100) -> None:
+def test_failure_after_init_is_an_error(probe_json: ProbeJson, h100: H100Host) -> None:
     result = as_result(probe_json(h100(**{"fail.nvmlDeviceGetCount_v2": "UNKNOWN"})))
     assert result.error == (
         "NVML: Unknown Error (reading the driver version and GPU list): "
@@ -178,7 +189,9 @@ def test_failure_after_init_is_an_error(probe_json, h100) -> None:
         {"fail.nvmlDeviceGetCount_v2": "UNKNOWN"},
     ],
 )
-def test_every_init_is_shut_down(probe_json, h100, tmp_path: Path, extra: dict[str, str]) -> None:
+def test_every_init_is_shut_down(
+    probe_json: ProbeJson, h100: H100Host, tmp_path: Path, extra: dict[str, str]
+) -> None:
     trace = tmp_path / "calls"
     probe_json(h100(gpus=2, trace=trace, **extra))
     calls = trace.read_text().split()

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.nvml.conftest import H100Host, NvmlRun
 
-def stream(run_nvml, config, count: int) -> tuple[int, list[dict[str, Any]], str]:
+
+def stream(
+    run_nvml: NvmlRun, config: Mapping[str, object], count: int
+) -> tuple[int, list[dict[str, Any]], str]:
     done = run_nvml(config, "--xids", "--count", str(count), "--wait-ms", "20")
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, [json.loads(line) for line in done.stdout.splitlines()], done.stderr
 
 
-def test_xids_are_recorded_with_time_and_gpu(run_nvml, h100) -> None:
+def test_xids_are_recorded_with_time_and_gpu(run_nvml: NvmlRun, h100: H100Host) -> None:
     before = time.time()
     rc, lines, _ = stream(run_nvml, h100(gpus=4, xids="3:79,0:13,3:48"), count=3)
     after = time.time()
@@ -32,7 +37,7 @@ def test_xids_are_recorded_with_time_and_gpu(run_nvml, h100) -> None:
     assert [e["class"]["severity"] for e in events] == ["critical", "warning", "critical"]
 
 
-def test_gpus_without_xid_events_are_not_watched(run_nvml, h100) -> None:
+def test_gpus_without_xid_events_are_not_watched(run_nvml: NvmlRun, h100: H100Host) -> None:
     config = h100(
         gpus=3,
         xids="1:79,2:31",
@@ -49,14 +54,16 @@ def test_gpus_without_xid_events_are_not_watched(run_nvml, h100) -> None:
     assert "xid_events_unsupported" in stderr
 
 
-def test_only_watched_gpus_deliver_xids(run_nvml, h100) -> None:
+def test_only_watched_gpus_deliver_xids(run_nvml: NvmlRun, h100: H100Host) -> None:
     config = h100(gpus=2, xids="1:79,0:94", **{"gpu.1.events.supported": 0})
     rc, lines, _ = stream(run_nvml, config, count=1)
     assert rc == 0
     assert [(e["gpu_index"], e["xid"]) for e in lines[1:]] == [(0, 94)]
 
 
-def test_stop_frees_the_event_set_and_shuts_nvml_down(run_nvml, h100, tmp_path: Path) -> None:
+def test_stop_frees_the_event_set_and_shuts_nvml_down(
+    run_nvml: NvmlRun, h100: H100Host, tmp_path: Path
+) -> None:
     trace = tmp_path / "calls"
     rc, _, _ = stream(run_nvml, h100(gpus=1, xids="0:13", trace=trace), count=1)
     assert rc == 0
@@ -67,14 +74,16 @@ def test_stop_frees_the_event_set_and_shuts_nvml_down(run_nvml, h100, tmp_path: 
     assert calls.count("nvmlInitWithFlags") == calls.count("nvmlShutdown") == 1
 
 
-def test_listener_without_a_driver_reports_an_error(run_nvml, h100) -> None:
+def test_listener_without_a_driver_reports_an_error(run_nvml: NvmlRun, h100: H100Host) -> None:
     rc, lines, _ = stream(run_nvml, h100(init_error="DRIVER_NOT_LOADED"), count=1)
     assert rc == 1
     assert lines == [{"error": lines[0]["error"]}]
     assert lines[0]["error"].startswith("NVML: Driver Not Loaded (nvmlInit): ")
 
 
-def test_a_failing_wait_ends_the_listener_with_an_error(run_nvml, h100, tmp_path: Path) -> None:
+def test_a_failing_wait_ends_the_listener_with_an_error(
+    run_nvml: NvmlRun, h100: H100Host, tmp_path: Path
+) -> None:
     trace = tmp_path / "calls"
     config = h100(gpus=1, trace=trace, **{"fail.nvmlEventSetWait_v2": "GPU_IS_LOST"})
     rc, lines, stderr = stream(run_nvml, config, count=1)

@@ -52,7 +52,7 @@ def host_debian_mirror() -> str:
         text = path.read_text()
         if path.suffix == ".sources":
             for stanza in re.split(r"\n\s*\n", text):
-                fields = dict(
+                fields: dict[str, str] = dict(
                     (key.strip().lower(), value.strip())
                     for key, _, value in (
                         line.partition(":")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import pytest
@@ -204,7 +204,8 @@ def _render(pdf: Path, folder: Path) -> list[Path]:
     pages = sorted(folder.glob("page-*.png"))
     for page in pages:
         with Image.open(page) as image:
-            low, high = image.convert("L").getextrema()
+            # One band ("L"): one (low, high) pair, not one per band.
+            low, high = cast(tuple[int, int], image.convert("L").getextrema())
             assert low < 128 < high, f"{page.name} is blank"
     return pages
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,7 +224,7 @@ def test_migration_keeps_each_distinct_log_once(db_url: str) -> None:
     run(db_url, body)
 
 
-Body = Callable[[ChallengeStore], Awaitable[None]]
+Body = Callable[[ChallengeStore], Coroutine[Any, Any, None]]
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
