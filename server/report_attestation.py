@@ -58,10 +58,6 @@ MAX_ATTESTED_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_POLICY = "default"
 # Distinct replayed logs kept per process: one per firmware and boot chain.
 MAX_REPLAYED_LOGS = 1024
-# How long the next challenge, answered with a report, waits for the next report:
-# two of the agent's default report intervals (``ServerConfig`` derives it from
-# the fleet's), so one late report still finds it.
-DEFAULT_NEXT_TTL_S = 600.0
 
 
 def load_policy(path: Path) -> BootPolicy:
@@ -140,7 +136,8 @@ class ReportAttestation:
         store: Store,
         policies: BootPolicies | None = None,
         driver_pcr: int = DEFAULT_DRIVER_PCR,
-        next_ttl_s: float = DEFAULT_NEXT_TTL_S,
+        *,
+        next_ttl_s: float,  # ``ServerConfig.next_challenge_ttl_s``
     ) -> None:
         self._challenges = challenges
         self._next_ttl_s = next_ttl_s

@@ -20,15 +20,11 @@ from agent.journal import load_journal
 from fleet.manifest import PAYLOAD_DIR
 from tests.applier.helpers import NEW, OLD, Node
 from tests.conftest import Site
-from tests.nvml.fakelib import h100_host
+from tests.nvml.fakelib import config_text, h100_host
 
 FAKE_LIB = "libnvidia-ml.so.1"  # the payload file the bundle builder writes
 HEALTHY = h100_host(gpus=2, driver=NEW)
 WATCH = "[applier]\nxid_window_s = 0\n"
-
-
-def _fake_config(config: Mapping[str, object]) -> bytes:
-    return "".join(f"{k}={v}\n" for k, v in config.items()).encode()
 
 
 def _node_on_nvml(
@@ -47,10 +43,10 @@ def _node_on_nvml(
     monkeypatch.setenv(
         "FAKE_NVML_CONFIG", str(node.config.slots_dir / "active" / PAYLOAD_DIR / FAKE_LIB)
     )
-    site.publish(OLD, content=_fake_config(h100_host(gpus=2, driver=OLD)))
+    site.publish(OLD, content=config_text(h100_host(gpus=2, driver=OLD)).encode())
     node.spool_newest()
     assert node.outcome() == "committed"  # a first install: nothing to compare with
-    site.publish(NEW, content=_fake_config(new_nvml))
+    site.publish(NEW, content=config_text(new_nvml).encode())
     node.spool_newest()
     site.agent_toml(folder, extra=WATCH + applier, mode="applier", health_backend="nvml")
     return Node(toml, load_config(toml))

@@ -276,7 +276,9 @@ def _verify(
         stored, _ = await store.enroll(enrolled)
         evidence = attestor.attest_report(report, await challenges.issue("n1", REPORT), log)
         # The driver PCR is required whatever the operator's selection leaves out.
-        verifier = ReportAttestation(challenges, PcrSelection.parse("sha256:0-9"), store)
+        verifier = ReportAttestation(
+            challenges, PcrSelection.parse("sha256:0-9"), store, next_ttl_s=challenges.ttl_s
+        )
         return await verifier.verify(stored, evidence)
 
     return run(str(node.config.state_dir.parent / "server.db"), verify)

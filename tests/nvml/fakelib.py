@@ -54,7 +54,11 @@ def h100_host(gpus: int = 8, driver: str = DRIVER, **extra: object) -> dict[str,
     return config
 
 
+def config_text(config: Mapping[str, object]) -> str:
+    """The fake's key=value config (``FAKE_NVML_CONFIG``), as a file holds it."""
+    return "".join(f"{k}={v}\n" for k, v in config.items())
+
+
 def write_config(path: Path, config: Mapping[str, object]) -> Path:
-    """The fake's key=value config file (``FAKE_NVML_CONFIG``)."""
-    path.write_text("".join(f"{k}={v}\n" for k, v in config.items()))
+    path.write_text(config_text(config))
     return path
