@@ -3,7 +3,8 @@
 # packages into .venv. Re-running them is safe and quick.
 
 SHELL := /bin/bash
-PYTHON ?= python3
+# The venv runs on the Python the packages run on: Debian 12's 3.11.2.
+PYTHON ?= /usr/bin/python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -3,9 +3,10 @@
 TUF has already checked the bundle's length and hash against offline-signed
 metadata, so a hostile tar here means the targets key itself was compromised.
 Even then a bundle must not write outside its slot, create links or devices,
-or exhaust the disk: extraction uses tarfile's ``data`` filter (PEP 706), admits
-only the regular files the signed manifest lists, and enforces count and size
-limits before writing a byte.
+or exhaust the disk: it admits only the regular files the signed manifest
+lists, enforces count and size limits before writing a byte, and writes those
+files with ``keys.tar_extract`` (the ``data`` filter's guarantees, which
+Debian 12's Python 3.11.2 lacks).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from fleet.manifest import (
     BundleManifest,
     PayloadFile,
 )
-from keys.bundle import MAX_MANIFEST, sha256_file
+from keys.bundle import MAX_MANIFEST
+from keys.tar_extract import UnsafeMember, extract_files
 
 MAX_BUNDLE_BYTES = 16 * 1024**3
 
@@ -40,14 +42,15 @@ def unpack_bundle(bundle: Path, expected: BundleManifest, dest: Path) -> None:
     try:
         with tarfile.open(bundle, "r:") as tar:
             members = _checked_members(tar, expected, wanted)
-            tar.extractall(dest, members=members, filter="data")
-    except tarfile.TarError as exc:
+            digests = extract_files(tar, members, dest)
+    except (tarfile.TarError, EOFError) as exc:
         raise BadBundle(f"bundle is not a readable tar ({exc})") from None
+    except UnsafeMember as exc:
+        raise BadBundle(str(exc)) from None
+    except OSError as exc:
+        raise BadBundle(f"bundle cannot be unpacked into {dest}: {exc.strerror}") from None
     for name, file in wanted.items():
-        path = dest / name
-        if not path.is_file() or path.stat().st_size != file.length:
-            raise BadBundle(f"{name}: missing or wrong length after extraction")
-        if sha256_file(path) != file.sha256:
+        if digests.get(name) != file.sha256:
             raise BadBundle(f"{name}: digest differs from the signed manifest")
 
 

@@ -8,9 +8,9 @@ copy carried across an air gap can be checked before it is served; TUF checks
 the content itself (``verify`` runs python-tuf's client against the copy).
 
 An export is a directory or, for removable media, one ``.tar`` file. A tar from
-outside is hostile until checked: it is unpacked with the standard library's
-``data`` extraction filter (no absolute paths, no ``..``, no links leaving the
-tree, no device files), only plain files and folders are accepted, and its
+outside is hostile until checked: only plain files and folders are accepted,
+written by ``keys.tar_extract`` (no absolute paths, no ``..``, nothing followed
+or overwritten: the ``data`` filter's guarantees on any Python), and its
 declared sizes are bounded before a byte is written, always into a fresh
 temporary folder, so a refused archive leaves the destination as it was.
 """
@@ -41,6 +41,7 @@ from keys.site import (
     site_signs,
 )
 from keys.storage import atomic_write, atomic_writer
+from keys.tar_extract import UnsafeMember, extract_files
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "gpuward-mirror/1"
@@ -163,8 +164,8 @@ def _unpack(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None
             members = []
             declared = 0
             for member in tar:
-                # A mirror holds only files and folders: links are refused before
-                # the ``data`` filter would have to judge where they lead.
+                # A mirror holds only files and folders: links are refused outright,
+                # never judged by where they lead.
                 if not (member.isreg() or member.isdir()):
                     raise GpuwardError(
                         f"{archive}: {member.name} is a {_kind(member)}; a mirror holds only files"
@@ -176,7 +177,9 @@ def _unpack(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None
                         f"{archive}: more than {max_members} files or {max_bytes} bytes; "
                         "not a gpuward mirror"
                     )
-            tar.extractall(dest, members=members, filter="data")
+            extract_files(tar, members, dest)
+    except UnsafeMember as exc:
+        raise GpuwardError(f"{archive}: {exc}; not a gpuward mirror") from None
     except (tarfile.TarError, EOFError) as exc:
         raise GpuwardError(
             f"{archive}: not a readable mirror archive ({exc}); copy it again from the source"

@@ -129,7 +129,7 @@ def _hostile(good: Path, tmp_path: Path, extra: Callable[[tarfile.TarFile], None
 
 
 ATTACKS: dict[str, tuple[Callable[[tarfile.TarFile], None], str]] = {
-    "dotdot": (lambda t: _add(t, "../../escaped"), "outside the destination"),
+    "dotdot": (lambda t: _add(t, "../../escaped"), "not a plain relative path"),
     "symlink": (
         lambda t: _add(t, "v1/repo/metadata/evil", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
         "symbolic link",
@@ -138,7 +138,7 @@ ATTACKS: dict[str, tuple[Callable[[tarfile.TarFile], None], str]] = {
         lambda t: _add(t, "v1/repo/metadata/hard", type=tarfile.LNKTYPE, linkname="/etc/passwd"),
         "hard link",
     ),
-    "absolute": (lambda t: _add(t, "/etc/cron.d/gpuward-escaped"), "not in the manifest"),
+    "absolute": (lambda t: _add(t, "/etc/cron.d/gpuward-escaped"), "not a plain relative path"),
     "device": (lambda t: _add(t, "v1/repo/dev", type=tarfile.CHRTYPE), "special file"),
 }
 
