@@ -49,18 +49,20 @@ mkdir -p "$venv/share/doc"
 cp "$repo/SECURITY.md" "$repo/docs/firewall.md" "$venv/share/doc/"
 
 # Maintainer scripts: one template per phase, rendered for each package.
-render() { # package enable-units all-units restart-units user state-dirs purge-files
+render() { # package enable-units all-units restart-units start-units user state-dirs purge-files
     mkdir -p "$STAGE/scripts/$1"
     for phase in postinst prerm postrm; do
         sed -e "s|@PACKAGE@|$1|g" -e "s|@ENABLE@|$2|g" -e "s|@UNITS@|$3|g" \
-            -e "s|@RESTART@|$4|g" -e "s|@USER@|$5|g" -e "s|@STATE@|$6|g" \
-            -e "s|@PURGE_FILES@|$7|g" "$repo/packaging/scripts/$phase.in" >"$STAGE/scripts/$1/$phase"
+            -e "s|@RESTART@|$4|g" -e "s|@START@|$5|g" -e "s|@USER@|$6|g" -e "s|@STATE@|$7|g" \
+            -e "s|@PURGE_FILES@|$8|g" "$repo/packaging/scripts/$phase.in" >"$STAGE/scripts/$1/$phase"
     done
 }
 render gpuward-agent "gpuward-agent.service gpuward-apply.path gpuward-apply.timer" \
     "gpuward-agent.service gpuward-apply.path gpuward-apply.timer gpuward-apply.service gpuward-firewall.timer gpuward-firewall.service" \
-    gpuward-agent.service gpuward "/var/lib/gpuward /var/lib/gpuward-applier" /etc/gpuward/root.json
-render gpuward-server gpuward-server.service gpuward-server.service gpuward-server.service \
+    gpuward-agent.service "gpuward-apply.path gpuward-apply.timer" gpuward \
+    "/var/lib/gpuward /var/lib/gpuward-applier" \
+    "/etc/gpuward/root.json /etc/ld.so.conf.d/gpuward-nvidia.conf /lib/modules/*/updates/gpuward"
+render gpuward-server gpuward-server.service gpuward-server.service gpuward-server.service "" \
     gpuward-server /var/lib/gpuward-server ""
 
 cd "$repo"
