@@ -76,6 +76,24 @@ class JournalPriority:
         return with_priority(text, priority)
 
 
+class LibraryRecords(logging.Handler):
+    """Warnings and errors of libraries that log through the standard library
+    (aiohttp, tuf, urllib3) as structlog events, so they too are JSON lines at
+    their priority, instead of bare text the journal files at info."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(record.name).log(
+            record.levelno,
+            "library_log",
+            logger=record.name,
+            message=record.getMessage(),
+            exc_info=record.exc_info or False,
+        )
+
+
+_LIBRARY_RECORDS = LibraryRecords(logging.WARNING)
+
+
 def configure(*, json_lines: bool | None = None, level: int = logging.INFO) -> None:
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
@@ -110,3 +128,5 @@ def configure(*, json_lines: bool | None = None, level: int = logging.INFO) -> N
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    if _LIBRARY_RECORDS not in logging.getLogger().handlers:
+        logging.getLogger().addHandler(_LIBRARY_RECORDS)

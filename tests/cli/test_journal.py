@@ -184,6 +184,38 @@ def test_no_prefix_where_stderr_is_not_the_journal_stream(
     ]  # fmt: skip
 
 
+@pytest.mark.usefixtures("restore_logging")
+def test_a_librarys_records_are_events_at_their_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp, tuf and urllib3 log through the standard library."""
+    stderr = tmp_path / "journal"
+    stderr.touch()
+    monkeypatch.setenv("JOURNAL_STREAM", stream_id(stderr))
+    saved = sys.stderr
+    with stderr.open("w") as file:
+        sys.stderr = file
+        try:
+            logs.configure(json_lines=True)
+            library = logging.getLogger("aiohttp.server")
+            library.info("not shown: libraries speak from warnings up")
+            library.warning("slow client %s", "10.0.0.7")
+            try:
+                raise ConnectionResetError("reset by peer")
+            except ConnectionResetError:
+                library.exception("Error handling request")
+        finally:
+            sys.stderr = saved
+
+    lines = parse(stderr.read_text())
+
+    assert [p for p, _ in lines] == [WARNING, ERR]
+    warning, error = (json.loads(m) for _, m in lines)
+    assert warning["event"] == "library_log" and warning["logger"] == "aiohttp.server"
+    assert warning["message"] == "slow client 10.0.0.7"
+    assert error["exception"][0]["exc_type"] == "ConnectionResetError"
+
+
 def test_the_cli_error_line_is_an_error_on_the_journal(journal: Journal, tmp_path: Path) -> None:
     missing = str(tmp_path / "agent.toml")
 
