@@ -197,10 +197,10 @@ def enroll(config: AgentConfig, token: str | None = None) -> dict[str, Any]:
     body = json.dumps(request.to_dict()).encode()
     response = signed_request(config, key, "POST", config.enroll_url, body)
     if response.status == 409:
-        # Another key holds this node id: the server's line says why, this one what to run.
+        # Another key holds this node id: the server says what must happen, this the command.
         raise GpuwardError(
-            f"enrollment refused: {_error(response)}; an admin runs "
-            f"'gpuward nodes remove {config.node_id}', then enroll again"
+            f"enrollment refused: {_error(response)} "
+            f"(the command: gpuward nodes remove {config.node_id})"
         )
     if response.status not in (200, 201):
         raise GpuwardError(f"enrollment refused: HTTP {response.status}: {_error(response)}")
