@@ -88,7 +88,8 @@ class NvmlActivity:
                 )
         except NvmlUnavailable as exc:
             # No usable driver (a first install, say): nothing can compute on the GPUs.
-            log.warning("drain_without_nvml", reason=str(exc))
+            # Not a problem of its own: the health gate judges the driver afterwards.
+            log.info("drain_without_nvml", reason=str(exc))
             return 0
 
 
@@ -282,7 +283,8 @@ class Applier:
         crash_point("drain:hook-done")
         drained = self.drain.wait()
         if not drained.ready:
-            self.log.warning("update_deferred", reason=drained.reason, slot=journal.slot)
+            # Busy GPUs outside a maintenance window: waiting is the policy working.
+            self.log.info("update_deferred", reason=drained.reason, slot=journal.slot)
             return self._save(journal.to("staged", reason=drained.reason))
         self.log.info("drained", reason=drained.reason, slot=journal.slot)
         # What "no new errors since the switch" compares with, kept across a crash.

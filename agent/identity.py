@@ -24,7 +24,7 @@ import urllib3
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.attest.config import AttestConfig
+from agent.attest.config import AttestConfig, ak_file
 from agent.channel import ChannelUnavailable
 from agent.config import AgentConfig
 from fleet.attestation import Challenge, CredentialChallenge
@@ -109,7 +109,8 @@ def signed_request(
     raise ChannelUnavailable(f"{method} {url}: {last}")
 
 
-def _token(config: AgentConfig) -> str:
+def enrollment_token(config: AgentConfig) -> str:
+    """The operator's enrollment token, from ``enrollment_token_file``."""
     if config.enrollment_token_file is None:
         raise GpuwardError(
             "agent config: set enrollment_token_file to the operator's enrollment token "
@@ -123,17 +124,18 @@ def _token(config: AgentConfig) -> str:
         ) from None
 
 
-def _evidence(config: AgentConfig, public_key: bytes) -> dict[str, Any]:
+def _evidence(config: AgentConfig, public_key: bytes, token: str) -> dict[str, Any]:
     if config.attestation is not None:
-        return _tpm_evidence(config, config.attestation, public_key)
-    return {"type": "enrollment-token", "token": _token(config)}
+        return _tpm_evidence(config, config.attestation, public_key, token)
+    return {"type": "enrollment-token", "token": token}
 
 
-def _tpm_evidence(config: AgentConfig, attest: AttestConfig, public_key: bytes) -> dict[str, Any]:
+def _tpm_evidence(
+    config: AgentConfig, attest: AttestConfig, public_key: bytes, token: str
+) -> dict[str, Any]:
     """Begin TPM enrollment, activate the credential, and certify ``public_key``."""
     from agent.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
 
-    token = _token(config)
     with Attestor(attest, config.state_dir) as attestor:
         body = json.dumps(attestor.enrollment_request(config.node_id).to_dict()).encode()
         try:
@@ -167,8 +169,22 @@ def _tpm_evidence(config: AgentConfig, attest: AttestConfig, public_key: bytes) 
     return {"type": "tpm2", "credential": answer.to_dict(), "session_key": certification.to_dict()}
 
 
-def enroll(config: AgentConfig) -> dict[str, Any]:
-    """Enroll this node (creating its key if needed); repeating it is harmless."""
+def enrollment_files(config: AgentConfig) -> tuple[Path, ...]:
+    """The files in the state folder that enrolling reuses when they exist."""
+    if config.attestation is None:
+        return (config.key_file,)
+    ak = ak_file(config.state_dir)
+    return (config.key_file, ak.parent, ak)
+
+
+def enroll(config: AgentConfig, token: str | None = None) -> dict[str, Any]:
+    """Enroll this node (creating its key if needed); repeating it is harmless.
+
+    ``token`` is the enrollment token, read from the config's file if not given
+    (a caller about to give up root reads it first).
+    """
+    if token is None:
+        token = enrollment_token(config)
     try:
         key = load_key(config)
     except NotEnrolled:
@@ -176,9 +192,16 @@ def enroll(config: AgentConfig) -> dict[str, Any]:
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
-    request = EnrollmentRequest(config.node_id, public, config.pool, _evidence(config, public))
+    evidence = _evidence(config, public, token)
+    request = EnrollmentRequest(config.node_id, public, config.pool, evidence)
     body = json.dumps(request.to_dict()).encode()
     response = signed_request(config, key, "POST", config.enroll_url, body)
+    if response.status == 409:
+        # Another key holds this node id: the server says what must happen, this the command.
+        raise GpuwardError(
+            f"enrollment refused: {_error(response)} "
+            f"(the command: gpuward nodes remove {config.node_id})"
+        )
     if response.status not in (200, 201):
         raise GpuwardError(f"enrollment refused: HTTP {response.status}: {_error(response)}")
     result: dict[str, Any] = json.loads(response.data)

@@ -28,7 +28,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.attest.config import AttestConfig
+from agent.attest.config import AttestConfig, ak_file
 from fleet.attestation import (
     AttestationError,
     AttestationEvidence,
@@ -100,7 +100,7 @@ class Attestor:
 
     def __init__(self, config: AttestConfig, state_dir: Path) -> None:
         self.config = config
-        self._ak_file = state_dir / "attest" / "ak.pub"
+        self._ak_file = ak_file(state_dir)
         name, _, conf = config.tcti.partition(":")
         try:
             self._tcti = TCTILdr(name, conf)

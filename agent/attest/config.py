@@ -30,6 +30,11 @@ DEFAULT_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 _TCTI = re.compile(r"(device|swtpm|mssim|tabrmd):[A-Za-z0-9_./=,:-]{0,200}")
 
 
+def ak_file(state_dir: Path) -> Path:
+    """Where the attestor keeps the public half of the AK it persisted in the TPM."""
+    return state_dir / "attest" / "ak.pub"
+
+
 def default_selection(driver_pcr: int = DEFAULT_DRIVER_PCR) -> PcrSelection:
     """sha256 PCRs 0-9 (firmware, boot loader, kernel) and the driver PCR."""
     return PcrSelection.of({"sha256": (*DEFAULT_BOOT_PCRS, driver_pcr)})

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from fleet.errors import GpuwardError
 from gpuward import __version__, logs
@@ -26,6 +27,7 @@ from gpuward.cli import (
     fleet_cmd,
     keys_cmd,
     mirror_cmd,
+    nodes_cmd,
     policy_cmd,
     repo_cmd,
     report_cmd,
@@ -43,6 +45,7 @@ GROUPS = (
     report_cmd,
     server_cmd,
     fleet_cmd,
+    nodes_cmd,
     agent_cmd,
     firewall_cmd,
     compat_cmd,
@@ -56,8 +59,17 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 70
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors reach the journal at err (subcommands too:
+    argparse makes them of the top parser's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, logs.stderr_text(f"{self.prog}: error: {message}", logs.ERR) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gpuward",
         description="Keep a GPU fleet's NVIDIA driver stack on signed, known-good versions.",
     )
@@ -102,9 +114,11 @@ def _fail(args: argparse.Namespace, exc: BaseException, message: str, code: int)
     if args.debug:
         import traceback
 
-        traceback.print_exception(exc)
+        trace = "".join(traceback.format_exception(exc)).rstrip("\n")
+        print(logs.stderr_text(trace, logs.ERR), file=sys.stderr)
     first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-    print(f"gpuward: error: {first_line}", file=sys.stderr)
+    # Under systemd the line is filed at err, where journalctl -p err looks.
+    print(logs.stderr_text(f"gpuward: error: {first_line}", logs.ERR), file=sys.stderr)
     return code
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from gpuward.cli import kernel_hold_cmd
+from gpuward.cli import kernel_hold_cmd, service_owner
 from gpuward.cli.output import add_json_flag, emit
 
 
@@ -39,7 +39,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     gpus.set_defaults(func=_gpus)
 
     enroll = sub.add_parser(
-        "enroll", help="create this node's request key (0600) and enroll it with the server"
+        "enroll",
+        help="create this node's request key (0600) and enroll it with the server",
+        description="Create this node's request key (<root_dir>/var/lib/gpuward/node.key, "
+        "0600) and enroll it with the server. "
+        + service_owner.ROOT_NOTE.format(folder="<root_dir>/var/lib/gpuward"),
     )
     enroll.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
     add_json_flag(enroll)
@@ -106,10 +110,12 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _enroll(args: argparse.Namespace) -> None:
     from agent.config import load_config
-    from agent.identity import enroll
+    from agent.identity import enroll, enrollment_files, enrollment_token
 
     config = load_config(args.config)
-    result = enroll(config)
+    token = enrollment_token(config)  # may be root's alone: read before giving root up
+    service_owner.become_folder_owner(config.state_dir, enrollment_files(config))
+    result = enroll(config, token)
     emit(
         args,
         result,

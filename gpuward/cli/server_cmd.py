@@ -207,8 +207,14 @@ def _token_create(args: argparse.Namespace) -> None:
     import asyncio
     import time
 
+    from gpuward.cli.service_owner import become_folder_owner
     from server.operators import issue_token
-    from server.store import open_store
+    from server.store import open_store, sqlite_path
+
+    path = sqlite_path(args.db)
+    if path is not None:  # the server's own database: it must stay the server's to write
+        wal = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        become_folder_owner(path.parent, (path, *wal))
 
     async def create() -> str:
         store = await open_store(args.db)

@@ -193,14 +193,22 @@ class Store(Protocol):
         ...
 
 
-async def open_store(url: str) -> Store:
+def sqlite_path(url: str) -> Path | None:
+    """The SQLite file a store URL names; None for PostgreSQL."""
     if url.startswith(("postgresql://", "postgres://")):
-        from server.store.postgres import PostgresStore
-
-        return await PostgresStore.connect(url)
+        return None
     path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
     if not path:
         raise GpuwardError("empty database URL; give a file path or sqlite:///path")
+    return Path(path)
+
+
+async def open_store(url: str) -> Store:
+    path = sqlite_path(url)
+    if path is None:
+        from server.store.postgres import PostgresStore
+
+        return await PostgresStore.connect(url)
     from server.store.sqlite import SqliteStore
 
-    return await SqliteStore.open(Path(path))
+    return await SqliteStore.open(path)

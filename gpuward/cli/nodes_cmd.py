@@ -1,0 +1,125 @@
+"""``gpuward nodes``: the enrolled nodes, from the server's operator API.
+
+``remove`` is what re-enrollment needs: a node id stays bound to the key it
+enrolled with, so a node that lost its key (or was reinstalled) is refused
+until an admin removes its enrollment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+from urllib.parse import quote
+
+from gpuward.cli.operator_client import add_server_flags, call
+from gpuward.cli.output import add_json_flag, emit, table
+
+HISTORY = 10
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = groups.add_parser("nodes", help="enrolled nodes (viewer token; remove: admin)")
+    sub = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    listing = sub.add_parser("list", help="every enrolled node with its state and driver")
+    listing.add_argument("--pool", help="only the nodes of this pool")
+    listing.set_defaults(func=_list)
+    show = sub.add_parser("show", help="one node, its latest report and its recent reports")
+    show.add_argument("node_id")
+    show.add_argument(
+        "--limit",
+        type=int,
+        default=HISTORY,
+        metavar="N",
+        help=f"how many recent reports (default {HISTORY})",
+    )
+    show.set_defaults(func=_show)
+    remove = sub.add_parser(
+        "remove",
+        help="remove a node's enrollment so that it can enroll again with a new key (admin)",
+    )
+    remove.add_argument("node_id")
+    remove.set_defaults(func=_remove)
+    for parser in (listing, show, remove):
+        add_server_flags(parser)
+        add_json_flag(parser)
+
+
+def _node_path(node_id: str) -> str:
+    return f"/v1/nodes/{quote(node_id, safe='')}"
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+
+
+def _driver(node: dict[str, Any]) -> str | None:
+    report = node["report"] or {}
+    driver: str | None = report.get("driver_version")
+    return driver
+
+
+def _gpus_ok(report: dict[str, Any]) -> str:
+    gpus = report["gpus"]
+    return f"{sum(1 for g in gpus if g['healthy'])}/{len(gpus)}"
+
+
+def _list(args: argparse.Namespace) -> None:
+    nodes = call(args, "GET", "/v1/fleet")["nodes"]
+    if args.pool is not None:
+        nodes = [n for n in nodes if n["pool"] == args.pool]
+    rows = [
+        (
+            n["node_id"],
+            n["pool"],
+            n["state"],
+            n["attestation"],
+            _driver(n),
+            _when(n["last_seen"]),
+        )
+        for n in nodes
+    ]
+    emit(
+        args,
+        nodes,
+        table(("NODE", "POOL", "STATE", "ATTESTATION", "DRIVER", "LAST SEEN"), rows)
+        if rows
+        else "no enrolled nodes",
+    )
+
+
+def _show(args: argparse.Namespace) -> None:
+    node = call(args, "GET", f"{_node_path(args.node_id)}?limit={args.limit}")
+    report = node["report"] or {}
+    lines = [
+        f"{node['node_id']}: {node['state']}, pool {node['pool']}, {node['attestation']}",
+        f"enrolled {_when(node['enrolled_at'])}, last seen {_when(node['last_seen'])}",
+        f"driver {_driver(node) or '-'}, assigned {node['assigned'] or '-'}",
+    ]
+    if report:
+        lines.append(f"last update: {report['update']} ({report['reason'] or '-'})")
+    rows = [
+        (
+            _when(h["received_at"]),
+            h["report"]["update"],
+            h["report"]["driver_version"],
+            h["report"]["active_slot"],
+            _gpus_ok(h["report"]),
+        )
+        for h in node["history"]
+    ]
+    if rows:
+        lines.append(table(("RECEIVED", "UPDATE", "DRIVER", "SLOT", "GPUS OK"), rows))
+    emit(args, node, "\n".join(lines))
+
+
+def _remove(args: argparse.Namespace) -> None:
+    doc = call(args, "DELETE", _node_path(args.node_id))
+    emit(
+        args,
+        doc,
+        f"{doc['removed']}: enrollment removed; it can enroll again "
+        "('gpuward agent enroll' on the node)",
+    )
