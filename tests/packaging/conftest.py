@@ -30,10 +30,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
-# python3.11 and systemd are what the packages depend on, so apt resolves them
-# from the chroot itself, with no network; unattended-upgrades is for the
-# kernel hold tests.
-INCLUDE = ("python3.11", "systemd", "unattended-upgrades")
+# What the packages depend on (python3.11, systemd, the TPM software stack), so
+# apt resolves it from the chroot itself, with no network (test_deb.py checks
+# that the dependencies cover every library the packaged venv links);
+# unattended-upgrades is for the kernel hold tests; the swtpm TCTI for the
+# booted node attesting with a swtpm on the host.
+INCLUDE = (
+    "python3.11",
+    "systemd",
+    "unattended-upgrades",
+    "libtss2-esys-3.0.2-0",
+    "libtss2-fapi1",
+    "libtss2-mu0",
+    "libtss2-rc0",
+    "libtss2-sys1",
+    "libtss2-tctildr0",
+    "libtss2-tcti-device0",
+    "libtss2-tcti-swtpm0",
+)
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpuward-tests"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 APT_DIR = "/srv/gpuward-apt"
