@@ -41,7 +41,6 @@ from keys.tuf_repo import EXPIRY_FILE, TOP_LEVEL_ROLES, TufRepository
 
 @dataclass(frozen=True)
 class ExportedPart:
-    out: Path
     keys: tuple[str, ...]  # the private keys written, as "repo/NAME" or "director/NAME"
     owner: tuple[int, int] | None  # (uid, gid) the tree was given, when run as root
 
@@ -117,7 +116,7 @@ def export(repo: Path, out: Path, director: Path | None = None) -> ExportedPart:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ExportedPart(out, tuple(written), owner)
+    return ExportedPart(tuple(written), owner)
 
 
 def _hidden(_folder: str, names: list[str]) -> list[str]:
