@@ -59,7 +59,7 @@ class RenewalStatus:
 
     @property
     def signer(self) -> str:
-        return f"{self.host}:{self.repo}"
+        return signer_id(self.host, self.repo)
 
     def overdue(self, now: float, interval_s: float) -> bool:
         """Silent well past its next try (a pass over a large fleet takes a while):
@@ -109,6 +109,11 @@ class RenewalStatus:
 
 
 _EXPIRY_FIELDS = frozenset({"role", "expires_at"})
+
+
+def signer_id(host: str, repo: str) -> str:
+    """A re-signer's key in the store: one per host and repository it signs."""
+    return f"{host}:{repo}"
 
 
 async def statuses(store: Store) -> list[RenewalStatus]:
@@ -208,7 +213,7 @@ class Renewer:
             if not stop.is_set():
                 await self.run_pass()
         try:
-            await self._store.forget_renewal(f"{self._host}:{self._repo}")
+            await self._store.forget_renewal(signer_id(self._host, self._repo))
         except Exception as exc:  # shown as overdue later: the record says when it stopped
             log.error("renewal_status_not_removed", reason=reason(exc))
 
