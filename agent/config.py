@@ -8,7 +8,6 @@ agents inside a temporary directory instead of the host's /var/lib.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from fleet.maintenance import MAX_WINDOWS, InvalidWindow, Window, parse_windows
 from fleet.report import NODE_ID
 from fleet.rollout import POOL
 from fleet.schema import Reader
+from keys.storage import read_toml
 
 HEALTH_BACKENDS = frozenset({"nvml", "simulated"})
 # "applier": the agent only stages verified bundles in the spool and the root
@@ -339,15 +339,6 @@ def _director(doc: object, base: Path) -> DirectorSettings:
     )
 
 
-def read_toml(path: Path, what: str = "agent config") -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise GpuwardError(f"{what} {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise GpuwardError(f"{what} {path}: not valid TOML ({exc})") from None
-
-
 def load_config(path: Path) -> AgentConfig:
-    doc = read_toml(path)
+    doc = read_toml(path, "agent config")
     return AgentConfig.from_dict(doc, base=path.parent)

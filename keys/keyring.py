@@ -87,6 +87,15 @@ class Keyring:
             found[key.keyid] = key
         return found
 
+    def sealed_keys(self) -> list[str]:
+        """The names of the sealed (offline) keys whose private halves are here."""
+        scheme = f"{sealed.SealedFileSigner.SCHEME}:"
+        return [
+            key.name
+            for key in self.keys().values()
+            if key.uri.startswith(scheme) and (self.dir / key.uri.removeprefix(scheme)).exists()
+        ]
+
     def _read(self, path: Path) -> LocalKey:
         try:
             doc = json.loads(path.read_bytes())
@@ -110,6 +119,13 @@ class Keyring:
             )
         except FileNotFoundError:
             raise GpuwardError(f"private key of {key.name} not found under {self.dir}") from None
+        except GpuwardError:
+            raise
+        except (ValueError, OSError) as exc:  # a file there, but not a key one can open
+            raise GpuwardError(
+                f"private key of {key.name} ({key.uri} under {self.dir}) cannot be used: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         self._opened[key.keyid] = signer
         return signer
 

@@ -1,4 +1,4 @@
-"""Crash-safe file writes.
+"""Crash-safe file writes, and bounded reads of the files gpuward is handed.
 
 A power cut in the middle of writing metadata, a key or the agent's state must
 leave either the old file or the new one, never a torn mix: write a temporary
@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fleet.errors import GpuwardError
+
+# A configuration file larger than this is not one.
+MAX_TOML_BYTES = 1024 * 1024
 
 
 def fsync_dir(path: Path) -> None:
@@ -67,3 +71,12 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
     if len(data) > limit:
         raise GpuwardError(f"{path}: {what} larger than {limit} bytes")
     return data
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file (agent.toml, server.toml), parsed; ``what`` names it in errors."""
+    data = read_bounded(path, MAX_TOML_BYTES, what)
+    try:
+        return tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise GpuwardError(f"{what} {path}: not valid TOML ({exc})") from None

@@ -56,6 +56,10 @@ class ServerConfig:
     # run_server: processes serving the port (SO_REUSEPORT), each a replica;
     # more than one needs PostgreSQL.
     workers: int = 1
+    # Re-signing online metadata (server.renewal): a pass every interval; after a
+    # failed pass, a retry after the first delay, doubled each time up to the bound.
+    resign_interval_s: float = 300.0
+    resign_retry_s: tuple[float, float] = (10.0, 120.0)
 
     @property
     def next_challenge_ttl_s(self) -> float:

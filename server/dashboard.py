@@ -25,6 +25,7 @@ from server.fleetview import NODE_STATES, fleet_json, history_json, node_json
 from server.http import Route, Services, services
 from server.operator_api import rollout_json
 from server.operators import check_token
+from server.renewal import status_json, statuses
 from server.store import OperatorToken
 from server.stragglers import fleet_stragglers
 
@@ -54,6 +55,7 @@ td,th{text-align:left;padding:4px 8px;border-bottom:1px solid #e3e5ea}
 .bar{display:flex;height:10px;width:240px;background:#e3e5ea;border-radius:3px;overflow:hidden}
 .bar span{display:block}.bar .done{background:#34a853}.bar .failed{background:#ea4335}
 .bar .assigned{background:#fbbc04}
+.banner{background:#fce8e6;border-left:4px solid #b3261e}
 """
 
 
@@ -73,7 +75,9 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], table_id: str)
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _page(title: str, body: str, who: OperatorToken | None = None) -> web.Response:
+def _page(
+    title: str, body: str, who: OperatorToken | None = None, banner: str = ""
+) -> web.Response:
     nav = '<a href="/">Fleet</a>' + (
         f"<span>{_e(who.name)} ({_e(who.role)})</span>"
         '<form method="post" action="/logout"><button>Sign out</button></form>'
@@ -84,7 +88,7 @@ def _page(title: str, body: str, who: OperatorToken | None = None) -> web.Respon
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)} · gpuward</title><style>{_STYLE}</style></head>"
         f"<body><header><strong>gpuward</strong>{nav}</header><main>"
-        f"<h1>{_e(title)}</h1>{body}</main></body></html>"
+        f"{banner}<h1>{_e(title)}</h1>{body}</main></body></html>"
     )
     return web.Response(text=doc, content_type="text/html", headers=_HEADERS)
 
@@ -117,6 +121,41 @@ def _with_session(response: web.HTTPSeeOther, token: str, request: web.Request) 
         secure=request.secure,
     )
     return response
+
+
+async def _renewal_banner(s: Services) -> str:
+    """A warning on every page while re-signing fails: timestamps lapse within a
+    day, and then every node refuses every update."""
+    doc = status_json(await statuses(s.store), s.clock(), s.config)["renewal"]
+    items = []
+    for signer in doc["signers"]:
+        where = f"{_e(signer['host'])} ({_e(signer['repo'])})"
+        expiry = signer["nearest_expiry"]
+        lapses = (
+            ""
+            if expiry is None
+            else f" The served {_e(expiry['role'])} expires {_e(_when(expiry['expires_at']))}; "
+            "nodes refuse it after that."
+        )
+        if signer["overdue"]:
+            items.append(
+                f"<li>{where}: no renewal since {_e(_when(signer['at']))}; its next try was "
+                f"due {_e(_when(signer['next_try_at']))}. Is its server running?{lapses}</li>"
+            )
+        elif signer["outcome"] == "failed":
+            problems = "; ".join(f"{_e(p['role'])}: {_e(p['reason'])}" for p in signer["problems"])
+            items.append(
+                f"<li>{where}: {signer['failures']} failed attempt(s) in a row, last at "
+                f"{_e(_when(signer['at']))}: {problems}. Next try "
+                f"{_e(_when(signer['next_try_at']))}.{lapses}</li>"
+            )
+    if not items:
+        return ""
+    return (
+        '<section class="banner" id="renewal-failing"><strong>Re-signing online metadata '
+        "is failing.</strong> Fix the cause; the server retries by itself (its log: "
+        f"metadata_renewal_failed).<ul>{''.join(items)}</ul></section>"
+    )
 
 
 async def login_form(request: web.Request) -> web.Response:
@@ -221,7 +260,7 @@ async def overview(request: web.Request) -> web.Response:
         f"<section><h2>Nodes</h2>{nodes}</section>"
         f"{await _stragglers(s)}"
     )
-    return _page(f"Fleet: {summary['nodes']} nodes", body, who)
+    return _page(f"Fleet: {summary['nodes']} nodes", body, who, await _renewal_banner(s))
 
 
 async def _stragglers(s: Services) -> str:
@@ -302,6 +341,7 @@ async def node_page(request: web.Request) -> web.Response:
         f"<section>{facts}</section>{_boot(node)}"
         f"<section><h2>Health history</h2>{history}</section>",
         who,
+        await _renewal_banner(s),
     )
 
 
@@ -335,7 +375,8 @@ def _attested_driver(driver: dict[str, Any] | None) -> str:
 
 async def rollout_page(request: web.Request) -> web.Response:
     who = await _signed_in(request)
-    store = services(request).store
+    s = services(request)
+    store = s.store
     rollout_id = request.match_info["rollout_id"]
     rollout = await store.rollout(rollout_id)
     if rollout is None:
@@ -371,6 +412,7 @@ async def rollout_page(request: web.Request) -> web.Response:
         f"Rollout {rollout_id}",
         f"<section>{head}{waves}</section><section><h2>Events</h2>{events}</section>",
         who,
+        await _renewal_banner(s),
     )
 
 

@@ -21,6 +21,7 @@ from server.limits import RateLimiter, retry_after
 from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
 from server.operators import allows, check_token
 from server.periodic import Periodic
+from server.renewal import Renewer
 from server.report_attestation import ReportAttestation
 from server.reportlog import ReportTally
 from server.rollout.engine import RolloutEngine
@@ -64,6 +65,8 @@ class Services:
     tally: ReportTally = field(default_factory=ReportTally)
     # The fleet's ranked stragglers (``server.stragglers``), once per report interval.
     stragglers: Periodic[dict[str, Any]] = field(default_factory=Periodic)
+    # The process that re-signs online metadata (worker 0, or the only one) has one.
+    renewer: Renewer | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -227,6 +227,75 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "ServerStatus": {
+        "type": "object",
+        "required": ["renewal"],
+        "properties": {
+            "renewal": {
+                "type": "object",
+                "required": ["state", "signers"],
+                "properties": {
+                    "state": {
+                        "type": "string",
+                        "enum": ["ok", "failing", "unknown"],
+                        "description": "failing: a re-signer's last pass failed, or it is "
+                        "overdue; unknown: none has kept an outcome yet",
+                    },
+                    "signers": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/RenewalStatus"},
+                    },
+                },
+            }
+        },
+    },
+    "RenewalStatus": {
+        "type": "object",
+        "description": "one re-signer (a host re-signing one repository): its last pass",
+        "required": [
+            "host",
+            "repo",
+            "outcome",
+            "at",
+            "last_ok_at",
+            "failures",
+            "problems",
+            "next_try_at",
+            "nearest_expiry",
+            "overdue",
+        ],
+        "properties": {
+            "host": _STR,
+            "repo": _STR,
+            "outcome": {"type": "string", "enum": ["ok", "failed"]},
+            "at": {"type": "integer", "description": "when the pass ended (Unix seconds)"},
+            "last_ok_at": {
+                "type": ["integer", "null"],
+                "description": "when a pass last succeeded since the server started",
+            },
+            "failures": {"type": "integer", "description": "failed passes in a row"},
+            "problems": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "role": {"type": "string", "description": "e.g. image:timestamp"},
+                        "reason": _STR,
+                    },
+                },
+            },
+            "next_try_at": _INT,
+            "nearest_expiry": {
+                "type": ["object", "null"],
+                "description": "the served metadata that expires first",
+                "properties": {"role": _STR, "expires_at": _INT},
+            },
+            "overdue": {
+                "type": "boolean",
+                "description": "a whole interval past its next try without a pass: it stopped",
+            },
+        },
+    },
     "Pools": {
         "type": "object",
         "properties": {

@@ -1,4 +1,5 @@
-"""The API operators call with a bearer token: fleet, nodes, pools, rollouts.
+"""The API operators call with a bearer token: fleet, nodes, pools, rollouts, and
+the server's own status.
 
 Reading needs the viewer role, steering rollouts the operator role, removing a
 node (so that it can enroll again with a new key) the admin role.
@@ -16,6 +17,7 @@ from fleet.rollout import ROLLOUT_ID, Policy, Rollout, RolloutError
 from fleet.schema import Reader
 from server.fleetview import fleet_json, history_json, node_json
 from server.http import ApiError, Route, operator, read_json, services
+from server.renewal import status_json, statuses
 from server.rollout.engine import NotFound
 from server.store import Conflict
 
@@ -134,6 +136,12 @@ async def rollout_command(request: web.Request) -> web.Response:
     return web.json_response(rollout_json(rollout))
 
 
+async def get_server_status(request: web.Request) -> web.Response:
+    await operator(request, "viewer")
+    s = services(request)
+    return web.json_response(status_json(await statuses(s.store), s.clock(), s.config))
+
+
 _OPERATOR = {
     401: ("no or unknown operator token", "Error"),
     403: ("the token's role does not allow this", "Error"),
@@ -169,6 +177,15 @@ ROUTES = (
         "Remove a node's enrollment (it must enroll again)",
         "admin",
         responses={200: ("removed", "Removed"), 404: ("no such node", "Error"), **_OPERATOR},
+    ),
+    Route(
+        "GET",
+        "/v1/server/status",
+        get_server_status,
+        "The server's own health: each re-signer's last renewal of online metadata "
+        "(outcome, problems, next try) and the served metadata that lapses first",
+        "viewer",
+        responses={200: ("the status", "ServerStatus"), **_OPERATOR},
     ),
     Route(
         "GET",

@@ -6,17 +6,25 @@ every node's director metadata) well before they lapse, with the online keys
 it holds. Roles signed offline (root, targets, branch roles) cannot be renewed
 here: when one nears expiry the loop logs a warning every pass so operators
 run a signing ceremony in time.
+
+A pass never raises: whatever goes wrong in one repository (a key file that is
+not a key, a folder it cannot write) is noted as a problem naming the role it
+was at, and the other repositories are renewed all the same; ``server.renewal``
+logs, retries and shows the problems.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from tuf.api.metadata import Metadata
 
+from fleet.errors import GpuwardError
 from keys.director_repo import DirectorRepository, NodeRepository
 from keys.image_repo import ImageRepository
 from keys.tuf_repo import TufRepository
@@ -27,6 +35,54 @@ log = structlog.get_logger(__name__)
 RENEW_AT = 0.5
 # Warn about offline roles this long before they expire.
 WARN_BEFORE = timedelta(days=14)
+MAX_REASON = 1000
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One repository's renewal that failed: the role it was at, and why."""
+
+    role: str  # e.g. "image:timestamp", "director/gpu-7:snapshot"
+    reason: str
+
+
+@dataclass(frozen=True, order=True)
+class Expiry:
+    expires: datetime
+    role: str
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one pass over every repository did."""
+
+    renewed: tuple[str, ...]
+    problems: tuple[Problem, ...]
+    # The served metadata that lapses first, as last read (a repository that could
+    # not be read this pass keeps what it showed before).
+    nearest_expiry: Expiry | None
+
+
+def reason(exc: Exception) -> str:
+    """An error as an operator reads it: gpuward's own say what to do; others
+    (a key file that is not one, a folder that cannot be written) name their type."""
+    text = str(exc) if isinstance(exc, GpuwardError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:MAX_REASON]  # one line, as a banner shows it
+
+
+class RenewalFailed(Exception):
+    def __init__(self, role: str, why: str) -> None:
+        super().__init__(f"{role}: {why}")
+        self.problem = Problem(role, why)
+
+
+@contextlib.contextmanager
+def _at(role: str) -> Iterator[None]:
+    """Any failure inside, named by the role being read or signed."""
+    try:
+        yield
+    except Exception as exc:
+        raise RenewalFailed(role, reason(exc)) from exc
 
 
 class OnlineSigner:
@@ -39,41 +95,75 @@ class OnlineSigner:
         self.image = image
         self.director = director
         self.now = now
+        self._expiry: dict[str, Expiry] = {}  # per repository: its soonest, as last read
 
-    def run_once(self) -> list[str]:
-        """Renew what is due; return what was renewed (for logs and tests)."""
-        renewed = self._renew(self.image, "image")
-        if self.director is not None:
-            for node_id in self.director.node_ids():
-                renewed += self._renew(self.director.node(node_id), f"director/{node_id}")
-        self._warn_offline()
-        return renewed
+    def run_once(self) -> Pass:
+        """Renew what is due in every repository; one that fails, for whatever
+        reason, keeps none of the others from being renewed. Never raises."""
+        renewed: list[str] = []
+        problems: list[Problem] = []
+        expiry: dict[str, Expiry] = {}
+        for name, repo in self._repositories(problems):
+            try:
+                renewed += self._renew(repo, name)
+            except RenewalFailed as failed:
+                problems.append(failed.problem)
+            try:
+                expiry[name] = _soonest(repo, name)
+            except Exception:  # unreadable: it shows what it showed when last read
+                if name in self._expiry:
+                    expiry[name] = self._expiry[name]
+        try:
+            with _at("image:offline roles"):
+                expiry["image offline"] = self._check_offline()
+        except RenewalFailed as failed:
+            problems.append(failed.problem)
+        self._expiry = expiry
+        nearest = min(expiry.values(), default=None)
+        return Pass(tuple(renewed), tuple(problems), nearest)
+
+    def _repositories(self, problems: list[Problem]) -> Iterator[tuple[str, TufRepository]]:
+        yield "image", self.image
+        if self.director is None:
+            return
+        try:
+            with _at("director"):
+                nodes = [(n, self.director.node(n)) for n in self.director.node_ids()]
+        except RenewalFailed as failed:
+            problems.append(failed.problem)
+            return
+        for node_id, repo in nodes:
+            yield f"director/{node_id}", repo
 
     def _due(self, repo: TufRepository, md: Metadata[Any], role: str) -> bool:
         left = md.signed.expires - self.now()
         return bool(left < repo.expiry[role] * RENEW_AT)
 
     def _renew(self, repo: TufRepository, name: str) -> list[str]:
+        """Renew one repository's online roles that are due."""
         renewed = []
-        snapshot = repo.snapshot()
-        if self._due(repo, snapshot, "snapshot"):
-            repo.publish_snapshot({})
-            renewed.append(f"{name}:snapshot")
-        elif self._due(repo, repo.timestamp(), "timestamp"):
-            repo.sign_timestamp()
-            renewed.append(f"{name}:timestamp")
+        with _at(f"{name}:snapshot"):
+            if self._due(repo, repo.snapshot(), "snapshot"):
+                repo.publish_snapshot({})  # and a timestamp for it
+                renewed.append(f"{name}:snapshot")
+        with _at(f"{name}:timestamp"):
+            if not renewed and self._due(repo, repo.timestamp(), "timestamp"):
+                repo.sign_timestamp()
+                renewed.append(f"{name}:timestamp")
         if isinstance(repo, NodeRepository):
-            targets = repo.targets()
-            if self._due(repo, targets, "targets"):
-                repo.bump(targets, "targets")
-                repo.sign_and_write(targets, _online)
-                repo.publish_snapshot({"targets": targets.signed.version})
-                renewed.append(f"{name}:targets")
+            with _at(f"{name}:targets"):
+                targets = repo.targets()
+                if self._due(repo, targets, "targets"):
+                    repo.bump(targets, "targets")
+                    repo.sign_and_write(targets, _online)
+                    repo.publish_snapshot({"targets": targets.signed.version})
+                    renewed.append(f"{name}:targets")
         for item in renewed:
             log.info("metadata_renewed", role=item)
         return renewed
 
-    def _warn_offline(self) -> None:
+    def _check_offline(self) -> Expiry:
+        """Warn of offline roles near expiry; the soonest of them."""
         roles: list[tuple[str, Metadata[Any]]] = [
             ("root", self.image.root_metadata()),
             ("targets", self.image.targets()),
@@ -88,6 +178,18 @@ class OnlineSigner:
                     expires=md.signed.expires.isoformat(),
                     action="re-sign it offline: gpuward repo stage, keys sign, repo publish",
                 )
+        return min(Expiry(md.signed.expires, f"image:{role}") for role, md in roles)
+
+
+def _soonest(repo: TufRepository, name: str) -> Expiry:
+    """Which of the repository's online metadata, as served now, expires first."""
+    held: list[tuple[str, Metadata[Any]]] = [
+        ("timestamp", repo.timestamp()),
+        ("snapshot", repo.snapshot()),
+    ]
+    if isinstance(repo, NodeRepository):
+        held.append(("targets", repo.targets()))
+    return min(Expiry(md.signed.expires, f"{name}:{role}") for role, md in held)
 
 
 def _online() -> str:

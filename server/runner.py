@@ -41,6 +41,7 @@ from fleet.attestation import PcrSelection
 from fleet.errors import GpuwardError
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
+from keys.keyring import Keyring
 from keys.report_key import default_path, load_or_create
 from server.app import create_app
 from server.attestation.challenges import Challenges
@@ -57,6 +58,7 @@ from server.nodeauth import (
     UnattestedTokenVerifier,
 )
 from server.operators import issue_token
+from server.renewal import Renewer, log_problems
 from server.report_attestation import BootPolicies, ReportAttestation
 from server.resigner import OnlineSigner
 from server.rollout.engine import RolloutEngine
@@ -154,6 +156,7 @@ async def serve(
         await store.close()
         raise
     tpm, reports = (None, None) if attestation is None else attestation
+    duties = worker in (None, 0)
     svc = Services(
         config=config,
         store=store,
@@ -171,11 +174,11 @@ async def serve(
         report_signer=load_or_create(config.report_key or default_path(config.repo)),
         tpm=tpm,
         reports=reports,
+        renewer=Renewer(_signer(config), store, config, clock) if duties else None,
     )
     app = create_app(svc)
     if worker is not None:
         app.on_response_prepare.append(_worker_header(worker))
-    duties = worker in (None, 0)
     runner = web.AppRunner(app, access_log=None)
     ticker: asyncio.Task[None] | None = None
     resigning: asyncio.Task[None] | None = None
@@ -192,10 +195,10 @@ async def serve(
         if duties and config.rollout_tick_s > 0:
             ticker = asyncio.create_task(svc.engine.run(stop, config.rollout_tick_s))
         log.info("server_listening", host=config.host, port=bound, repo=str(config.repo))
-        if duties:
-            signer = _signer(config)
-            await _renew(signer)  # before announcing readiness: never serve lapsed metadata
-            resigning = asyncio.create_task(_resign_forever(signer, stop))
+        if svc.renewer is not None:
+            _warn_of_offline_keys(config)
+            await svc.renewer.run_pass()  # before announcing readiness: never serve lapsed metadata
+            resigning = asyncio.create_task(svc.renewer.run(stop))
         ready(bound, svc)
         await stop.wait()
         if resigning is not None:
@@ -219,9 +222,6 @@ def _worker_header(
     return name_worker
 
 
-RESIGN_INTERVAL_S = 300.0
-
-
 def _signer(config: ServerConfig) -> OnlineSigner:
     return OnlineSigner(
         ImageRepository(config.repo),
@@ -229,24 +229,19 @@ def _signer(config: ServerConfig) -> OnlineSigner:
     )
 
 
-def _renew_now(signer: OnlineSigner) -> None:
-    try:
-        signer.run_once()
-    except GpuwardError as exc:
-        log.error("metadata_renewal_failed", reason=str(exc))
-
-
-async def _renew(signer: OnlineSigner) -> None:
-    await asyncio.to_thread(_renew_now, signer)
-
-
-async def _resign_forever(signer: OnlineSigner, stop: asyncio.Event) -> None:
-    """Renew online metadata every few minutes until ``stop``."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), RESIGN_INTERVAL_S)
-        if not stop.is_set():
-            await _renew(signer)
+def _warn_of_offline_keys(config: ServerConfig) -> None:
+    """Offline keys belong with the operator: a server holding them lets whoever
+    takes the server sign anything (only a passphrase stands in the way)."""
+    for repo in filter(None, (config.repo, config.director)):
+        sealed = Keyring(repo / "keys").sealed_keys()
+        if sealed:
+            log.warning(
+                "offline_keys_on_server",
+                repo=str(repo),
+                keys=sealed,
+                action="keep only the server's part here: 'gpuward repo export-server' "
+                "writes it; move these keys to the offline workstation",
+            )
 
 
 def run_server(config: ServerConfig) -> None:
@@ -286,7 +281,8 @@ def _supervise(config: ServerConfig) -> None:
     _check_repo(config)
     asyncio.run(_preflight(config))
     config = replace(config, port=_free_port(config))
-    _renew_now(_signer(config))  # before any worker serves: never serve lapsed metadata
+    # Before any worker serves: never serve lapsed metadata. Worker 0 retries failures.
+    log_problems(_signer(config).run_once())
     # Only the supervisor keeps the write end: the workers see EOF once it is gone.
     parent_alive, parent_alive_w = os.pipe()
     # fork: the workers start from this checked state, without re-importing anything.

@@ -56,9 +56,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _load(path: Path) -> FirewallPolicy:
-    from agent.config import read_toml
     from agent.firewall.policy import Endpoint, FirewallPolicy
     from fleet.errors import GpuwardError
+    from keys.storage import read_toml
 
     doc = read_toml(path, "config")
     if "firewall" not in doc:

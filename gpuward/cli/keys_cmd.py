@@ -79,7 +79,10 @@ def _init(args: argparse.Namespace) -> None:
         args,
         {"repository": str(args.dir), "trusted_root": str(root)},
         f"created repository {args.dir}\n"
-        f"  keys:          {repo.keyring.dir} (never copy these to the server)\n"
+        f"  keys:          {repo.keyring.dir} (root and targets keys are sealed and stay "
+        "offline, here)\n"
+        f"  server's part: gpuward repo export-server --repo {args.dir} --to DIR (metadata, "
+        "targets, snapshot and timestamp keys only)\n"
         f"  trusted root:  {root} (install it on every agent as trusted_root)",
     )
 

@@ -51,6 +51,23 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     publish.add_argument("--repo", type=Path, required=True)
     publish.set_defaults(func=_publish)
 
+    export = sub.add_parser(
+        "export-server",
+        help="write the server's part: metadata, targets and the online keys, no offline key",
+        description=(
+            "Write OUT/repo (metadata/, targets/, and in keys/ only the snapshot and timestamp "
+            "keys, and the report key if there is one) and, with --director, OUT/director "
+            "(its metadata and its targets, snapshot and timestamp keys). Root, targets and "
+            "branch keys, and the director's root key, are never written: they stay here. "
+            "Run as root into a folder a service account owns, the files are given to it."
+        ),
+    )
+    export.add_argument("--repo", type=Path, required=True, help="image repository directory")
+    export.add_argument("--director", type=Path, help="director repository directory")
+    export.add_argument("--to", type=Path, required=True, help="a new or empty folder")
+    add_json_flag(export)
+    export.set_defaults(func=_export_server)
+
     stamp = sub.add_parser(
         "timestamp", help="re-sign the timestamp with the online key (run it at least daily)"
     )
@@ -122,6 +139,40 @@ def _list(args: argparse.Namespace) -> None:
                 for b in bundles
             ],
         ),
+    )
+
+
+def _export_server(args: argparse.Namespace) -> None:
+    import pwd
+
+    from keys.server_part import export
+
+    part = export(args.repo, args.to, args.director)
+    owner = None
+    if part.owner is not None:
+        uid = part.owner[0]
+        try:
+            owner = pwd.getpwuid(uid).pw_name
+        except KeyError:  # an account that only a container or NFS knows
+            owner = str(uid)
+    out = args.to.resolve()
+    director = out / "director" if args.director else None
+    lines = [
+        f"wrote the server's part to {args.to}",
+        f"  keys:     {', '.join(part.keys)} (no offline key)",
+        *([f"  owner:    {owner} (as the folder it is in)"] if owner else []),
+        f'  server.toml: repo = "{out / "repo"}"',
+        *([f'               director = "{director}"'] if director else []),
+    ]
+    emit(
+        args,
+        {
+            "repo": str(out / "repo"),
+            "director": None if director is None else str(director),
+            "keys": list(part.keys),
+            "owner": owner,
+        },
+        "\n".join(lines),
     )
 
 

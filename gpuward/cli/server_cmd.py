@@ -7,117 +7,23 @@ from pathlib import Path
 
 from gpuward.cli.output import add_json_flag, emit
 
-MAX_WORKERS = 64
-
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = groups.add_parser("server", help="the update server")
     sub = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = sub.add_parser("run", help="serve the repository and the fleet API until SIGTERM")
-    run.add_argument("--repo", type=Path, required=True, help="repository directory")
-    run.add_argument(
-        "--db",
-        required=True,
-        help="store: a SQLite file (path or sqlite:///path) or postgresql://user@host/db",
-    )
-    run.add_argument("--director", type=Path, help="director repository directory (optional)")
-    run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    run.add_argument("--port", type=int, default=8470, help="port (default 8470)")
-    run.add_argument(
-        "--report-interval",
-        type=int,
-        default=300,
-        metavar="S",
-        help="how often nodes report, in seconds (default 300)",
+    run = sub.add_parser(
+        "run",
+        help="serve the repository and the fleet API until SIGTERM",
+        description="Every option can be set in the --config file (its key is the option's "
+        "name with underscores); an option given here overrides the file's value.",
     )
     run.add_argument(
-        "--missing-after",
-        type=int,
-        default=3,
-        metavar="N",
-        help="a node silent for N report intervals is shown as missing (default 3)",
-    )
-    run.add_argument(
-        "--unattested-enrollment-token-file",
+        "--config",
         type=Path,
         metavar="FILE",
-        help="no-TPM mode: enroll nodes presenting the token in FILE, shown as unattested",
+        help="server.toml holding the options (packaged: /etc/gpuward/server.toml)",
     )
-    run.add_argument(
-        "--ek-ca",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="enable TPM enrollment: EK certificates must chain to the CA certificates in "
-        "FILE (PEM, or a folder of them); repeatable",
-    )
-    run.add_argument(
-        "--tpm-enrollment-token-file",
-        type=Path,
-        metavar="FILE",
-        help="with --ek-ca: nodes must present the token in FILE to begin TPM enrollment "
-        "(it admits the exchange; the TPM vouches for the node)",
-    )
-    run.add_argument(
-        "--preauth-rate",
-        type=float,
-        default=2.0,
-        metavar="R",
-        help="enrollment requests per second admitted from one address, sustained (default 2)",
-    )
-    run.add_argument(
-        "--preauth-burst",
-        type=int,
-        default=100,
-        metavar="N",
-        help="enrollment requests admitted from one address at once (default 100; raise "
-        "it for a site enrolling behind one NAT or proxy address)",
-    )
-    run.add_argument(
-        "--boot-policy",
-        type=Path,
-        metavar="FILE",
-        help="measured-boot policy (from 'gpuward policy from-eventlog') judging every "
-        "TPM node's boot, unless its pool has its own",
-    )
-    run.add_argument(
-        "--pool-boot-policy",
-        action="append",
-        default=[],
-        metavar="POOL=FILE",
-        help="the measured-boot policy of one pool; repeatable",
-    )
-    run.add_argument(
-        "--rollout-tick",
-        type=float,
-        default=15.0,
-        metavar="S",
-        help="advance rollouts every S seconds (default 15)",
-    )
-    run.add_argument(
-        "--driver-pcr",
-        type=int,
-        metavar="N",
-        help="the PCR the nodes' appliers measure the active driver bundle into: their "
-        "[attestation] driver_pcr (default 15; never 0-10 or 14)",
-    )
-    run.add_argument(
-        "--report-key",
-        type=Path,
-        metavar="FILE",
-        help="Ed25519 key signing compliance reports (default REPO/keys/report.key, made if "
-        "missing)",
-    )
-    run.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="serve from N processes sharing the port, about one core each (PostgreSQL "
-        "only; default 1). If one dies, the server stops with a non-zero status, to be "
-        "restarted whole (systemd: Restart=on-failure)",
-    )
+    _add_options(run)
     run.set_defaults(func=_run)
 
     report_key = sub.add_parser(
@@ -137,59 +43,31 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     create.set_defaults(func=_token_create)
 
 
+def _add_options(run: argparse.ArgumentParser) -> None:
+    """One flag per option of server.config_file, defaults left to the file and config."""
+    from server.config_file import OPTIONS, Kind
+
+    types: dict[Kind, type] = {Kind.INT: int, Kind.FLOAT: float}
+    for option in OPTIONS:
+        repeatable = option.kind in (Kind.PATHS, Kind.POOL_PATHS)
+        default = option.default
+        shown = f" (default {default})" if default is not None and not repeatable else ""
+        run.add_argument(
+            option.flag,
+            dest=option.name,
+            type=types.get(option.kind, str),
+            action="append" if repeatable else "store",
+            metavar=option.metavar,
+            help=f"{option.help}{shown}",
+        )
+
+
 def _run(args: argparse.Namespace) -> None:
-    from fleet.driverlog import DEFAULT_DRIVER_PCR, driver_pcr_problem
-    from fleet.errors import GpuwardError
-    from server.config import ServerConfig
+    from server import config_file
     from server.runner import run_server
 
-    if args.report_interval < 1 or args.missing_after < 1:
-        raise GpuwardError("--report-interval and --missing-after must be at least 1")
-    driver_pcr = DEFAULT_DRIVER_PCR if args.driver_pcr is None else args.driver_pcr
-    problem = driver_pcr_problem(driver_pcr)
-    if problem is not None:
-        raise GpuwardError(f"--driver-pcr {driver_pcr}: {problem}")
-    if not 1 <= args.workers <= MAX_WORKERS:
-        raise GpuwardError(f"--workers must be between 1 and {MAX_WORKERS}")
-    pool_policies = []
-    for item in args.pool_boot_policy:
-        pool, sep, path = item.partition("=")
-        if not sep or not pool or not path:
-            raise GpuwardError(f"--pool-boot-policy {item!r}: write POOL=FILE")
-        pool_policies.append((pool, Path(path)))
-    run_server(
-        ServerConfig(
-            repo=args.repo,
-            director=args.director,
-            db=args.db,
-            host=args.host,
-            port=args.port,
-            report_interval_s=args.report_interval,
-            missing_after=args.missing_after,
-            rollout_tick_s=args.rollout_tick,
-            unattested_enrollment_token=_read_token(args.unattested_enrollment_token_file),
-            ek_ca=tuple(args.ek_ca),
-            tpm_enrollment_token=_read_token(args.tpm_enrollment_token_file),
-            preauth_rate_per_s=args.preauth_rate,
-            preauth_burst=args.preauth_burst,
-            boot_policy=args.boot_policy,
-            pool_boot_policies=tuple(pool_policies),
-            report_key=args.report_key,
-            driver_pcr=driver_pcr,
-            workers=args.workers,
-        )
-    )
-
-
-def _read_token(path: Path | None) -> str | None:
-    from fleet.errors import GpuwardError
-
-    if path is None:
-        return None
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise GpuwardError(f"cannot read token file {path}: {exc.strerror}") from None
+    flags = {option.name: getattr(args, option.name) for option in config_file.OPTIONS}
+    run_server(config_file.load(flags, args.config))
 
 
 def _report_key(args: argparse.Namespace) -> None:

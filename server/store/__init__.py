@@ -192,6 +192,20 @@ class Store(Protocol):
         node is not enrolled. Removing the node (to re-enroll it) unpins it."""
         ...
 
+    # Re-signing (server.renewal): every replica answers for every re-signer.
+
+    async def keep_renewal(self, signer: str, status: str) -> None:
+        """Keep ``signer``'s last renewal outcome (JSON), in place of the one before."""
+        ...
+
+    async def forget_renewal(self, signer: str) -> None:
+        """``signer`` stopped on purpose: it no longer re-signs anything."""
+        ...
+
+    async def renewals(self) -> list[str]:
+        """Every re-signer's last outcome (JSON), by signer."""
+        ...
+
 
 def sqlite_path(url: str) -> Path | None:
     """The SQLite file a store URL names; None for PostgreSQL."""

@@ -627,6 +627,25 @@ class SqlStore:
             rows = await tx.fetch("SELECT driver_key FROM enrollments WHERE node_id = ?", node_id)
         return bytes(rows[0][0]) if rows else None
 
+    # Re-signing.
+
+    async def keep_renewal(self, signer: str, status: str) -> None:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute(
+                "INSERT INTO renewals (signer, status) VALUES (?, ?) "
+                "ON CONFLICT (signer) DO UPDATE SET status = excluded.status",
+                signer,
+                status,
+            )
+
+    async def forget_renewal(self, signer: str) -> None:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute("DELETE FROM renewals WHERE signer = ?", signer)
+
+    async def renewals(self) -> list[str]:
+        rows = await self.db.query("SELECT status FROM renewals ORDER BY signer")
+        return [str(status) for (status,) in rows]
+
 
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
 

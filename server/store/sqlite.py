@@ -165,6 +165,13 @@ MIGRATIONS = (
         PRIMARY KEY (subject, purpose)
     );
     """,
+    # Each re-signer's last outcome (server.renewal), one row per host and repository.
+    """
+    CREATE TABLE renewals (
+        signer TEXT PRIMARY KEY,
+        status TEXT NOT NULL
+    );
+    """,
 )
 
 

@@ -140,6 +140,13 @@ def test_server_attestation_settings(
     assert_one_line_error(result, *needles)
 
 
+def test_server_config_file_with_an_unknown_key(tmp_path: Path) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text('repo = "repo"\ndb = "server.db"\nprot = 8470\n')
+    result = gpuward("server", "run", "--config", str(config))
+    assert_one_line_error(result, str(config), "unknown field(s) prot")
+
+
 @pytest.mark.parametrize(
     ("pcr", "needle"), [("14", "shim"), ("3", "firmware"), ("24", "does not exist")]
 )

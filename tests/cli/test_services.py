@@ -77,3 +77,27 @@ def test_server_serves_until_sigterm(site: Site, tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+def test_server_runs_from_its_config_file(site: Site, tmp_path: Path) -> None:
+    """As the unit starts it: --config; paths relative to the file; a flag overrides."""
+    config = tmp_path / "etc" / "server.toml"
+    config.parent.mkdir()
+    config.write_text(
+        f'repo = "../repo"\ndb = "server.db"\nport = 8470\nreport_interval = 60\n'
+        f'unattested_enrollment_token_file = "{site.enrollment_token_file}"\n'
+    )
+    assert site.repo.root == tmp_path / "repo"
+    server = _start("server", "run", "--config", str(config), "--port", "0")
+    try:
+        listening = _wait_for(server, "server_listening")
+        assert listening["port"] != 8470 and listening["repo"] == str(config.parent / "../repo")
+        response = urllib3.request("GET", f"http://127.0.0.1:{listening['port']}/healthz")
+        assert json.loads(response.data) == {"status": "ok"}
+        server.send_signal(signal.SIGTERM)
+        _wait_for(server, "server_stopped")
+        assert server.wait(timeout=10) == 0
+    finally:
+        server.kill()
+        server.wait()
+    assert (config.parent / "server.db").is_file()

@@ -103,7 +103,7 @@ def test_site_keys_keep_an_imported_mirror_fresh(site: Site, tmp_path: Path) -> 
         # When the timestamp is due, the site's server renews it with its own key
         # (the signer decides "due" on the clock it is given; it signs on the real one).
         later = OnlineSigner(ImageRepository(gapped), now=lambda: now + timedelta(hours=20))
-        assert later.run_once() == ["image:timestamp"]
+        assert later.run_once().renewed == ("image:timestamp",)
         renewed = _timestamp(gapped)
         assert renewed.signed.version > fresh.signed.version
         assert renewed.signed.expires >= fresh.signed.expires

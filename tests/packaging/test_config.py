@@ -3,7 +3,9 @@
 The agent's example config ships with every setting commented out, so that a
 freshly installed node refuses to run until it is configured. Uncommented, it
 must be a valid config for both readers of that file (the agent and the
-firewall), with the defaults the code has.
+firewall), with the defaults the code has. The server's example (shipped as
+documentation: the unit does not start until /etc/gpuward/server.toml exists)
+names every option, with the defaults the code has.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import pytest
 from agent.config import AgentConfig, load_config
 from agent.firewall.policy import FirewallPolicy
 from fleet.errors import GpuwardError
+from server.config_file import OPTIONS, read_file
 from tests.packaging.conftest import REPO
 
 EXAMPLE = REPO / "packaging/agent.toml"
+SERVER_EXAMPLE = REPO / "packaging/server.toml"
+SERVER_STATE = Path("/var/lib/gpuward-server")  # the unit's StateDirectory (test_units)
 SETTING = re.compile(r"^# (?=[a-z_]+ = |\[)", re.M)  # "# key = ..." and "# [table]", not prose
 
 
@@ -46,11 +51,26 @@ def test_example_settings_are_valid_and_match_the_defaults(tmp_path: Path) -> No
     assert policy.check_interval_s == FirewallPolicy.check_interval_s
 
 
-def test_server_settings_name_what_the_unit_uses() -> None:
-    settings = dict(
-        line.split("=", 1)
-        for line in (REPO / "packaging/server.env").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
-    unit = (REPO / "systemd/gpuward-server.service").read_text()
-    assert set(settings) == set(re.findall(r"\$\{(\w+)\}", unit))
+def test_server_example_sets_every_option_to_its_default(tmp_path: Path) -> None:
+    """Uncommented, the example names every option of ``server run`` with the value
+    the server takes when it is left out."""
+    uncommented = tmp_path / "server.toml"
+    uncommented.write_text(SETTING.sub("", SERVER_EXAMPLE.read_text()))
+    settings = read_file(uncommented)
+    assert set(settings) == {option.name for option in OPTIONS}
+    for option in OPTIONS:
+        if option.default not in (None, ()):  # for the rest the example shows a use
+            assert settings[option.name].value == option.default, option.name
+    # What it names beside the defaults lies in the service's writable state.
+    for name in ("repo", "director", "db", "report_key"):
+        assert Path(str(settings[name].value)).is_relative_to(SERVER_STATE), name
+
+
+def test_server_example_as_shipped_sets_where_and_what_to_serve() -> None:
+    settings = read_file(SERVER_EXAMPLE)
+    assert {name: s.value for name, s in settings.items()} == {
+        "repo": SERVER_STATE / "repo",
+        "db": str(SERVER_STATE / "server.db"),
+        "host": "127.0.0.1",
+        "port": 8470,
+    }

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.firewall.policy import DEFAULTS as FIREWALL_DEFAULTS
+from server.config_file import DEFAULT_PATH as SERVER_CONFIG
 from tests.packaging.conftest import REPO
 
 UNITS = REPO / "systemd"
@@ -87,6 +88,22 @@ def test_the_agent_cannot_write_the_slots() -> None:
     assert "\nStateDirectory=gpuward\n" in agent and "\nProtectSystem=strict\n" in agent
     tmpfiles = (UNITS / "gpuward-agent.tmpfiles").read_text()
     assert "\nd /var/lib/gpuward-applier/slots 0755 root root -\n" in tmpfiles
+
+
+def test_the_server_runs_from_its_config_file_and_writes_only_its_state() -> None:
+    """Unconfigured, it is skipped rather than restarted every 5 s; configured, its
+    sandbox lets it write exactly its StateDirectory, where the repository it
+    re-signs, its database and its report key live (test_config checks the example)."""
+    unit = (UNITS / "gpuward-server.service").read_text()
+    assert f"\nConditionPathExists={SERVER_CONFIG}\n" in unit
+    assert f" server run --config {SERVER_CONFIG}\n" in unit
+    assert "EnvironmentFile" not in unit and "${" not in unit
+    assert "\nProtectSystem=strict\n" in unit and "\nReadWritePaths=" not in unit
+    assert "\nStateDirectory=gpuward-server\n" in unit
+    assert f"\nConfigurationDirectory={SERVER_CONFIG.parent.name}\n" in unit
+    assert "\nLimitNOFILE=65536\n" in unit
+    tmpfiles = (UNITS / "gpuward-server.tmpfiles").read_text()
+    assert "server.env" not in tmpfiles
 
 
 def test_units_verify(tmp_path: Path) -> None:

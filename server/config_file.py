@@ -1,0 +1,332 @@
+"""``gpuward server run``'s options, declared once for the command line and the file.
+
+A packaged server is configured by ``/etc/gpuward/server.toml``, which its unit
+reads with ``--config``: an operator edits one file, never ``ExecStart=``, and
+the flags stay for overrides and tests. Each option is declared here once: its
+key in the file (its flag is the key with dashes), its type, its bounds and its
+help; its default is the ``ServerConfig`` field it sets. A flag given on the
+command line replaces the file's value whole (a list or table included).
+Relative paths in the file are relative to the file's folder, as in agent.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.driverlog import driver_pcr_problem
+from fleet.errors import GpuwardError
+from fleet.rollout import POOL
+from fleet.schema import Reader
+from keys.storage import read_toml
+from server.config import ServerConfig
+
+DEFAULT_PATH = Path("/etc/gpuward/server.toml")
+MAX_WORKERS = 64
+_WIDE = 2**63 - 1  # the reader's type check only: bounds are checked for flags and file alike
+
+
+class Kind(enum.Enum):
+    TEXT = enum.auto()
+    STORE = enum.auto()  # a store URL, or a SQLite file's path
+    PATH = enum.auto()
+    TOKEN_FILE = enum.auto()  # a path; the server keeps the token read from it
+    INT = enum.auto()
+    FLOAT = enum.auto()
+    PATHS = enum.auto()  # a repeatable flag; a list in the file
+    POOL_PATHS = enum.auto()  # POOL=FILE, repeatable; a table POOL = "FILE" in the file
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the key in the file; the flag is --name-with-dashes
+    field: str  # the ServerConfig field it sets, whose default is the option's
+    kind: Kind
+    help: str
+    metavar: str | None = None
+    required: bool = False
+    bounds: tuple[float, float] | None = None  # inclusive, for numbers
+    check: Callable[[Any], str | None] | None = None  # the problem with a value, if any
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default(self) -> object:
+        field = next(f for f in dataclasses.fields(ServerConfig) if f.name == self.field)
+        return None if field.default is dataclasses.MISSING else field.default
+
+
+OPTIONS = (
+    Option(
+        "repo",
+        "repo",
+        Kind.PATH,
+        "the server's part of the image repository (metadata/, targets/ and the online "
+        "keys: 'gpuward repo export-server' writes it)",
+        "DIR",
+        required=True,
+    ),
+    Option(
+        "director",
+        "director",
+        Kind.PATH,
+        "the server's part of the director repository (optional)",
+        "DIR",
+    ),
+    Option(
+        "db",
+        "db",
+        Kind.STORE,
+        "store: a SQLite file (path or sqlite:///path) or postgresql://user@host/db",
+        "URL",
+        required=True,
+    ),
+    Option("host", "host", Kind.TEXT, "address to bind", "ADDRESS"),
+    Option(
+        "port", "port", Kind.INT, "port to listen on (0: any free one)", "PORT", bounds=(0, 65535)
+    ),
+    Option(
+        "report_interval",
+        "report_interval_s",
+        Kind.INT,
+        "how often nodes report, in seconds",
+        "S",
+        bounds=(1, 7 * 86_400),
+    ),
+    Option(
+        "missing_after",
+        "missing_after",
+        Kind.INT,
+        "a node silent for N report intervals is shown as missing",
+        "N",
+        bounds=(1, 1000),
+    ),
+    Option(
+        "unattested_enrollment_token_file",
+        "unattested_enrollment_token",
+        Kind.TOKEN_FILE,
+        "no-TPM mode: enroll nodes presenting the token in FILE, shown as unattested",
+        "FILE",
+    ),
+    Option(
+        "ek_ca",
+        "ek_ca",
+        Kind.PATHS,
+        "enable TPM enrollment: EK certificates must chain to the CA certificates in "
+        "FILE (PEM, or a folder of them); repeatable",
+        "FILE",
+    ),
+    Option(
+        "tpm_enrollment_token_file",
+        "tpm_enrollment_token",
+        Kind.TOKEN_FILE,
+        "with ek_ca: nodes must present the token in FILE to begin TPM enrollment "
+        "(it admits the exchange; the TPM vouches for the node)",
+        "FILE",
+    ),
+    Option(
+        "preauth_rate",
+        "preauth_rate_per_s",
+        Kind.FLOAT,
+        "enrollment requests per second admitted from one address, sustained",
+        "R",
+        bounds=(0.01, 1_000_000),
+    ),
+    Option(
+        "preauth_burst",
+        "preauth_burst",
+        Kind.INT,
+        "enrollment requests admitted from one address at once (raise it for a site "
+        "enrolling behind one NAT or proxy address)",
+        "N",
+        bounds=(1, 1_000_000),
+    ),
+    Option(
+        "boot_policy",
+        "boot_policy",
+        Kind.PATH,
+        "measured-boot policy (from 'gpuward policy from-eventlog') judging every TPM "
+        "node's boot, unless its pool has its own",
+        "FILE",
+    ),
+    Option(
+        "pool_boot_policy",
+        "pool_boot_policies",
+        Kind.POOL_PATHS,
+        "the measured-boot policy of one pool; repeatable",
+        "POOL=FILE",
+    ),
+    Option(
+        "rollout_tick",
+        "rollout_tick_s",
+        Kind.FLOAT,
+        "advance rollouts every S seconds",
+        "S",
+        bounds=(0.1, 3600),
+    ),
+    Option(
+        "driver_pcr",
+        "driver_pcr",
+        Kind.INT,
+        "the PCR the nodes' appliers measure the active driver bundle into: their "
+        "[attestation] driver_pcr (never 0-10 or 14)",
+        "N",
+        check=driver_pcr_problem,
+    ),
+    Option(
+        "report_key",
+        "report_key",
+        Kind.PATH,
+        "Ed25519 key signing compliance reports (default REPO/keys/report.key, made if missing)",
+        "FILE",
+    ),
+    Option(
+        "workers",
+        "workers",
+        Kind.INT,
+        "serve from N processes sharing the port, about one core each (PostgreSQL only). "
+        "If one dies, the server stops with a non-zero status, to be restarted whole "
+        "(systemd: Restart=on-failure)",
+        "N",
+        bounds=(1, MAX_WORKERS),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: object  # as the option's kind holds it (paths resolved, POOL=FILE split)
+    where: str  # how an error names it: "--port", or the file and key
+
+
+def load(flags: Mapping[str, object], config_file: Path | None = None) -> ServerConfig:
+    """The settings of ``config_file`` (if any), overridden by the ``flags`` given
+    (by option name; None: not given), checked, with the token files read."""
+    settings = {} if config_file is None else read_file(config_file)
+    for option in OPTIONS:
+        raw = flags.get(option.name)
+        if raw is not None:
+            settings[option.name] = Setting(_from_flag(option, raw), option.flag)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        setting = settings.get(option.name)
+        if setting is None:
+            if option.required:
+                where = f"{option.name} in {config_file}" if config_file else "--config FILE"
+                raise GpuwardError(f"{option.flag} is required (or give {where})")
+            continue
+        problem = _problem(option, setting)
+        if problem is not None:
+            raise GpuwardError(problem)
+        values[option.field] = _finish(option, setting)
+    return ServerConfig(**values)
+
+
+def read_file(path: Path) -> dict[str, Setting]:
+    """The options a server.toml sets: unknown keys and wrong types are errors."""
+    where = f"server config {path}"
+    doc = read_toml(path, "server config")
+    r = Reader(doc, where, allowed=frozenset(o.name for o in OPTIONS))
+    base = path.parent
+    return {
+        option.name: Setting(
+            _from_file(option, r, doc[option.name], base), f"{where}: {option.name}"
+        )
+        for option in OPTIONS
+        if option.name in doc
+    }
+
+
+def _from_file(option: Option, r: Reader, raw: object, base: Path) -> object:
+    name = option.name
+    match option.kind:
+        case Kind.TEXT:
+            return r.text(name, max_len=255)
+        case Kind.STORE:
+            return _store_url(r.text(name), base)
+        case Kind.PATH | Kind.TOKEN_FILE:
+            return base / r.text(name)
+        case Kind.INT:
+            return r.integer(name, minimum=-_WIDE, maximum=_WIDE)
+        case Kind.FLOAT:
+            return r.number(name, minimum=-_WIDE, maximum=_WIDE)
+        case Kind.PATHS:
+            items = r.items(name, max_items=64)
+            if not all(isinstance(item, str) for item in items):
+                raise GpuwardError(f"{r.where}: {name!r} must be a list of file names")
+            return tuple(base / item for item in items)
+        case Kind.POOL_PATHS:
+            if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+                raise GpuwardError(
+                    f'{r.where}: {name!r} must be a table of POOL = "FILE" ([{name}])'
+                )
+            return tuple((pool, base / file) for pool, file in raw.items())
+    raise AssertionError(option.kind)
+
+
+def _from_flag(option: Option, raw: object) -> object:
+    """A flag's value (a string, a number, or a list of strings for a repeatable one)."""
+    if option.kind in (Kind.PATH, Kind.TOKEN_FILE):
+        return Path(str(raw))
+    if option.kind is Kind.PATHS:
+        assert isinstance(raw, list)
+        return tuple(Path(item) for item in raw)
+    if option.kind is Kind.POOL_PATHS:
+        assert isinstance(raw, list)
+        pairs = []
+        for item in raw:
+            pool, sep, path = str(item).partition("=")
+            if not sep or not pool or not path:
+                raise GpuwardError(f"{option.flag} {item!r}: write POOL=FILE")
+            pairs.append((pool, Path(path)))
+        return tuple(pairs)
+    return raw
+
+
+def _problem(option: Option, setting: Setting) -> str | None:
+    """What is wrong with a setting, as the error says it; None if nothing."""
+    value, where = setting.value, setting.where
+    if option.bounds is not None:
+        low, high = option.bounds
+        assert isinstance(value, int | float)
+        if not low <= value <= high:
+            return f"{where} must be between {low} and {high}, not {value}"
+    if option.kind is Kind.POOL_PATHS:
+        assert isinstance(value, tuple)
+        for pool, _path in value:
+            if not POOL.fullmatch(pool):
+                return f"{where}: {pool!r} is not a pool name (a-z, 0-9, '.', '_', '-')"
+    problem = None if option.check is None else option.check(value)
+    return None if problem is None else f"{where} {value}: {problem}"
+
+
+def _finish(option: Option, setting: Setting) -> object:
+    """The value as ServerConfig holds it: a token file's token, a number as a float."""
+    value = setting.value
+    if option.kind is Kind.TOKEN_FILE:
+        assert isinstance(value, Path)
+        try:
+            return value.read_text().strip()
+        except OSError as exc:
+            raise GpuwardError(
+                f"{setting.where}: cannot read token file {value}: {exc.strerror}"
+            ) from None
+    if option.kind is Kind.FLOAT:
+        assert isinstance(value, int | float)
+        return float(value)
+    return value
+
+
+def _store_url(url: str, base: Path) -> str:
+    """A SQLite path (plain or sqlite://) relative to ``base``; other URLs as they are."""
+    if url.startswith("sqlite://"):
+        return "sqlite://" + str(base / url.removeprefix("sqlite://"))
+    if "://" in url:
+        return url
+    return str(base / url)

@@ -1,0 +1,150 @@
+"""server.toml: every ``server run`` option, checked as strictly as its flag.
+
+The reader is the production path (``gpuward server run --config`` calls
+``server.config_file.load``); what the server does with the result is tested
+with ServerConfig values elsewhere, and the whole command in tests/cli.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import GpuwardError
+from server.config import ServerConfig
+from server.config_file import OPTIONS, load
+
+TOKEN = "t" * 20
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "token").write_text(f"{TOKEN}\n")
+    return tmp_path
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "server.toml"
+    path.write_text(text)
+    return path
+
+
+def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None:
+    config = load(
+        {},
+        write(
+            folder,
+            'repo = "repo"\ndirector = "/srv/director"\ndb = "server.db"\n'
+            'host = "0.0.0.0"\nport = 9000\nreport_interval = 60\nmissing_after = 5\n'
+            'unattested_enrollment_token_file = "token"\nek_ca = ["cas/a.pem", "/etc/b"]\n'
+            'tpm_enrollment_token_file = "token"\npreauth_rate = 3\npreauth_burst = 7\n'
+            'boot_policy = "boot.json"\nrollout_tick = 5\ndriver_pcr = 16\n'
+            'report_key = "keys/report.key"\nworkers = 2\n'
+            '[pool_boot_policy]\ncanary = "canary.json"\n',
+        ),
+    )
+    assert config == ServerConfig(
+        repo=folder / "repo",
+        director=Path("/srv/director"),
+        db=str(folder / "server.db"),
+        host="0.0.0.0",
+        port=9000,
+        report_interval_s=60,
+        missing_after=5,
+        unattested_enrollment_token=TOKEN,
+        ek_ca=(folder / "cas/a.pem", Path("/etc/b")),
+        tpm_enrollment_token=TOKEN,
+        preauth_rate_per_s=3.0,
+        preauth_burst=7,
+        boot_policy=folder / "boot.json",
+        pool_boot_policies=(("canary", folder / "canary.json"),),
+        rollout_tick_s=5.0,
+        driver_pcr=16,
+        report_key=folder / "keys/report.key",
+        workers=2,
+    )
+    # This test sets every option: a new one must be added here.
+    keys = {line.split(" =")[0] for line in (folder / "server.toml").read_text().splitlines()}
+    keys = keys - {"[pool_boot_policy]", "canary"} | {"pool_boot_policy"}
+    assert keys == {o.name for o in OPTIONS}
+
+
+def test_defaults_are_the_server_configs(folder: Path) -> None:
+    config = load({}, write(folder, 'repo = "/r"\ndb = "/d.db"\n'))
+    assert config == ServerConfig(repo=Path("/r"), db="/d.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite://s.db", "sqlite://{folder}/s.db"),
+        ("sqlite:///var/s.db", "sqlite:///var/s.db"),
+        ("postgresql://gpuward@db/fleet", "postgresql://gpuward@db/fleet"),
+    ],
+)
+def test_store_urls(folder: Path, url: str, expected: str) -> None:
+    config = load({}, write(folder, f'repo = "r"\ndb = "{url}"\n'))
+    assert config.db == expected.format(folder=folder)
+
+
+def test_flags_given_override_the_file_whole(folder: Path) -> None:
+    path = write(
+        folder,
+        'repo = "r"\ndb = "d"\nport = 9000\nek_ca = ["a", "b"]\n'
+        '[pool_boot_policy]\ncanary = "c.json"\nprod = "p.json"\n',
+    )
+    flags: dict[str, object] = {o.name: None for o in OPTIONS}  # as argparse leaves them
+    flags |= {"port": 0, "ek_ca": ["/x.pem"], "pool_boot_policy": ["prod=/q.json"]}
+    config = load(flags, path)
+    assert config.port == 0 and config.repo == folder / "r"
+    assert config.ek_ca == (Path("/x.pem"),)
+    assert config.pool_boot_policies == (("prod", Path("/q.json")),)
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ('repo = "r"\ndb = "d"\nprot = 1\n', ("unknown field(s) prot",)),
+        ('repo = "r"\ndb = "d"\nport = "8470"\n', ("'port' must be an integer",)),
+        ('repo = "r"\ndb = "d"\nport = true\n', ("'port' must be an integer",)),
+        ('repo = "r"\ndb = "d"\nek_ca = "a.pem"\n', ("'ek_ca' must be a list",)),
+        ('repo = "r"\ndb = "d"\nek_ca = [1]\n', ("'ek_ca' must be a list of file names",)),
+        ('repo = "r"\ndb = "d"\npool_boot_policy = "x"\n', ("POOL = \"FILE\"",)),
+        ('repo = "r"\ndb = "d"\n[pool_boot_policy]\nProd = "p"\n', ("'Prod' is not a pool",)),
+        ('repo = "r"\ndb = "d"\npreauth_rate = "fast"\n', ("'preauth_rate' must be a number",)),
+        ('repo = "r"\ndb = "d"\nworkers = 0\n', ("workers must be between 1 and 64, not 0",)),
+        ('repo = "r"\ndb = "d"\ndriver_pcr = 14\n', ("driver_pcr 14: PCR 14", "use 15")),
+        ('db = "d"\n', ("--repo is required", "repo in")),
+        ('repo = "r"\ndb = "d"\nunattested_enrollment_token_file = "nope"\n', ("nope",)),
+        ("repo = \n", ("not valid TOML",)),
+    ],
+    ids=[
+        "unknown-key", "string-for-integer", "bool-for-integer", "string-for-list",
+        "list-of-numbers", "string-for-table", "bad-pool", "string-for-number", "bounds",
+        "driver-pcr", "required", "missing-token-file", "not-toml",
+    ],
+)  # fmt: skip
+def test_bad_files_are_refused_naming_the_key(
+    folder: Path, text: str, needles: tuple[str, ...]
+) -> None:
+    path = write(folder, text)
+    with pytest.raises(GpuwardError) as refused:
+        load({}, path)
+    message = str(refused.value)
+    assert str(path) in message or "--repo" in message
+    for needle in needles:
+        assert needle in message
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(GpuwardError, match=r"server config .*server.toml not found"):
+        load({}, tmp_path / "server.toml")
+
+
+def test_flags_are_checked_as_the_file_is() -> None:
+    flags: dict[str, object] = {"repo": "/r", "db": "/d", "workers": 65}
+    with pytest.raises(GpuwardError, match="--workers must be between 1 and 64, not 65"):
+        load(flags)
+    with pytest.raises(GpuwardError, match=r"--repo is required \(or give --config FILE\)"):
+        load({"db": "/d"})
