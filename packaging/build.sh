@@ -47,6 +47,9 @@ if leftovers=$(grep -rlF "$STAGE" "$venv"); then
 fi
 mkdir -p "$venv/share/doc"
 cp "$repo/SECURITY.md" "$repo/docs/firewall.md" "$venv/share/doc/"
+# The server's settings, every option commented: gpuward-server.service waits
+# for the operator's copy in /etc/gpuward/server.toml.
+cp "$repo/packaging/server.toml" "$venv/share/doc/server.toml.example"
 
 # Maintainer scripts: one template per phase, rendered for each package.
 render() { # package enable-units all-units restart-units start-units user state-dirs purge-files

@@ -112,8 +112,12 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
+    from gpuward.cli.service_owner import become_folder_owner
     from keys.mirror import import_into
 
+    # Into a server's repository (/var/lib/gpuward-server/repo): as the server's
+    # account, so that it can re-sign what it now serves.
+    become_folder_owner(args.repo)
     imported = import_into(args.mirror, args.repo, args.director)
     resigned = imported.resigned
     print(

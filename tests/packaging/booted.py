@@ -116,7 +116,9 @@ def _leader(nspawn: subprocess.Popen[bytes]) -> int | None:
 
 
 @contextlib.contextmanager
-def booted(root: Path, console: Path, binds: Sequence[tuple[Path, str]] = ()) -> Iterator[Container]:
+def booted(
+    root: Path, console: Path, binds: Sequence[tuple[Path, str]] = ()
+) -> Iterator[Container]:
     """Boot ``root``; power it off (or cut it, if it hangs) on leaving."""
     with console.open("ab") as log:
         nspawn = subprocess.Popen(

@@ -266,8 +266,10 @@ def test_power_cut_between_switch_and_commit_ends_on_one_complete_slot(
         # At boot the agent's unit pulls in the applier first, which resumes.
         wait_for(
             "a report after the reboot",
-            lambda: host.latest().get("update") in ("committed", "rolled-back", "up-to-date")
-            and host.journal_state().get("state") in ("committed", "rolled-back", "idle"),
+            lambda: (
+                host.latest().get("update") in ("committed", "rolled-back", "up-to-date")
+                and host.journal_state().get("state") in ("committed", "rolled-back", "idle")
+            ),
         )
         active = again.path("/var/lib/gpuward-applier/slots/active").readlink().name
         manifest = json.loads(

@@ -148,7 +148,42 @@ def test_units_verify_where_installed(chroot: Chroot, built: Built) -> None:
     assert verified.stdout == verified.stderr == ""
     # Both services share one gpuward-common; each has its own account.
     assert chroot.run("getent", "passwd", "gpuward-server").returncode == 0
-    assert "GPUWARD_REPO=/srv/gpuward/repo" in chroot.path("/etc/gpuward/server.env").read_text()
+    # The server's settings ship as an example only: the unit waits for the operator's file.
+    assert "repo = " in chroot.path("/opt/gpuward/share/doc/server.toml.example").read_text()
+    assert not chroot.path("/etc/gpuward/server.toml").exists()
+
+
+def test_common_depends_on_every_library_its_environment_links(
+    chroot: Chroot, built: Built
+) -> None:
+    """Every shared library the packaged venv's extensions load from the system
+    comes from a package in gpuward-common's dependencies (tpm2-pytss's TPM
+    stack was missing once: ``import tpm2_pytss`` failed where installed)."""
+    install_from_repo(chroot, built, "gpuward-common")
+    linked = chroot.run(
+        "sh", "-c", "find /opt/gpuward -name '*.so*' -type f -exec ldd {} + 2>/dev/null",
+        check=False,
+    ).stdout  # fmt: skip
+    assert "not found" not in linked
+    system = sorted(
+        {
+            line.split("=>")[1].split()[0]
+            for line in linked.splitlines()
+            if "=> /" in line and "/opt/gpuward/" not in line.split("=>")[1]
+        }
+    )
+    assert any("libtss2-esys" in lib for lib in system), system
+    owners = set()
+    for lib in system:
+        found = chroot.run("dpkg", "-S", f"*/{Path(lib).name}").stdout
+        owners |= {line.split(":")[0] for line in found.splitlines()}
+    closure = chroot.run(
+        "apt-cache", "depends", "--recurse", "--installed", "--no-recommends", "--no-suggests",
+        "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", "gpuward-common",
+    ).stdout  # fmt: skip
+    needed = {line.strip() for line in closure.splitlines() if not line.startswith(" ")}
+    assert owners <= needed, sorted(owners - needed)
+    assert chroot.run("/opt/gpuward/bin/python", "-c", "import tpm2_pytss").returncode == 0
 
 
 def test_apt_refuses_a_repository_signed_by_another_key(

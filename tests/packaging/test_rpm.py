@@ -49,7 +49,6 @@ def test_contents(built: Built) -> None:
     ]
     assert rpm("-qpl", str(built.rpm("gpuward-server"))).stdout.splitlines() == [
         "/etc/gpuward",
-        "/etc/gpuward/server.env",
         "/usr/lib/systemd/system/gpuward-server.service",
         "/usr/lib/sysusers.d/gpuward-server.conf",
         "/usr/lib/tmpfiles.d/gpuward-server.conf",
