@@ -49,6 +49,13 @@ DNF_KERNEL_PACKAGES = re.compile(r"kernel(?:-[a-z]+)*")
 log = structlog.get_logger(__name__)
 
 
+class KernelNotPackaged(GpuwardError):
+    """The running kernel came from outside the package manager, which cannot hold it.
+
+    A state of the host (a custom kernel, a container sharing its host's kernel),
+    not a failure of the update: reported, and logged as a warning."""
+
+
 @dataclass(frozen=True)
 class HoldState:
     """What the hold covers and whether it is in force."""
@@ -188,8 +195,8 @@ class KernelHold:
             )
         )
 
-    def _nothing_to_hold(self) -> GpuwardError:
-        return GpuwardError(
+    def _nothing_to_hold(self) -> KernelNotPackaged:
+        return KernelNotPackaged(
             f"no installed {self.family} package carries the running kernel {self.kernel}: "
             "a kernel built outside the package manager cannot be held this way"
         )
@@ -250,7 +257,8 @@ def hold_after_commit(config: AgentConfig) -> KernelHoldReport:
         log.info("kernel_held", kernel=kernel, family=state.family, held=list(state.held))
     except GpuwardError as exc:
         report = KernelHoldReport(kernel, None, False, (), str(exc)[:1024])
-        log.error("kernel_hold_failed", kernel=kernel, reason=str(exc))
+        level = log.warning if isinstance(exc, KernelNotPackaged) else log.error
+        level("kernel_hold_failed", kernel=kernel, reason=str(exc))
     atomic_write(
         config.applier_dir / HOLD_RECORD,
         json.dumps(report.to_dict(), indent=2).encode() + b"\n",

@@ -64,9 +64,11 @@ render gpuward-agent "gpuward-agent.service gpuward-apply.path gpuward-apply.tim
     "gpuward-agent.service gpuward-apply.path gpuward-apply.timer gpuward-apply.service gpuward-firewall.timer gpuward-firewall.service" \
     gpuward-agent.service "gpuward-apply.path gpuward-apply.timer" gpuward \
     "/var/lib/gpuward /var/lib/gpuward-applier" \
-    "/etc/gpuward/root.json /etc/ld.so.conf.d/gpuward-nvidia.conf /lib/modules/*/updates/gpuward"
+    "/etc/gpuward/root.json /etc/gpuward/director-root.json /etc/gpuward/enrollment-token \
+     /etc/ld.so.conf.d/gpuward-nvidia.conf /lib/modules/*/updates/gpuward"
 render gpuward-server gpuward-server.service gpuward-server.service gpuward-server.service "" \
-    gpuward-server /var/lib/gpuward-server ""
+    gpuward-server /var/lib/gpuward-server \
+    "/etc/gpuward/server.toml /etc/gpuward/server-enrollment-token /etc/gpuward/tpm-enrollment-token"
 
 cd "$repo"
 for package in gpuward-common gpuward-agent gpuward-server; do

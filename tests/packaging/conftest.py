@@ -17,6 +17,7 @@ with a throwaway GPG key made here; no private key is ever committed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -170,16 +171,24 @@ class Chroot:
             extra.unlink()
 
 
+@contextlib.contextmanager
+def unpacked(chroot_tarball: Path, root: Path) -> Iterator[Chroot]:
+    """A fresh copy of the debootstrapped tree in ``root``, deleted afterwards."""
+    root.mkdir()
+    try:
+        # A tarball this suite made itself: a root file system, device nodes and
+        # all, which GNU tar restores as root.
+        run("tar", "-C", str(root), "-xf", str(chroot_tarball))
+        yield Chroot(root)
+    finally:
+        # Safe to delete: no mount outlives the command (or container) that made it.
+        shutil.rmtree(root)
+
+
 @pytest.fixture
 def chroot(chroot_tarball: Path, tmp_path: Path) -> Iterator[Chroot]:
-    root = tmp_path / "chroot"
-    root.mkdir()
-    # A tarball this suite made itself: a root file system, device nodes and
-    # all, which GNU tar restores as root.
-    run("tar", "-C", str(root), "-xf", str(chroot_tarball))
-    yield Chroot(root)
-    # Safe to delete: no mount outlives the command that made it (see above).
-    shutil.rmtree(root)
+    with unpacked(chroot_tarball, tmp_path / "chroot") as tree:
+        yield tree
 
 
 @dataclass(frozen=True)
