@@ -222,6 +222,12 @@ def state_dir(tmp_path: Path) -> Path:
 def extend_log(tpm: Tpm, log_path: Path) -> None:
     """Replay a firmware log into swtpm as firmware would have: every event's
     digests, in order, EV_NO_ACTION skipped."""
+    replay_log(f"port={tpm.port}", log_path)
+
+
+def replay_log(swtpm_conf: str, log_path: Path) -> None:
+    """``extend_log`` for a swtpm named by its TCTI configuration (``port=N``,
+    ``path=SOCKET``)."""
     from tpm2_pytss import ESAPI, TCTILdr
     from tpm2_pytss.constants import ESYS_TR
     from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
@@ -231,7 +237,7 @@ def extend_log(tpm: Tpm, log_path: Path) -> None:
 
     log = parse(log_path.read_bytes())
     os.environ.setdefault("TSS2_LOG", "all+none")
-    with TCTILdr("swtpm", f"port={tpm.port}") as tcti, ESAPI(tcti) as esapi:
+    with TCTILdr("swtpm", swtpm_conf) as tcti, ESAPI(tcti) as esapi:
         for event in log.events[1:] if log.spec_id else log.events:
             if event.event_type == EV_NO_ACTION:
                 continue

@@ -29,6 +29,11 @@ from pathlib import Path
 
 import pytest
 
+# The booted node's TPM (test_booted_tpm.py) is made as the attestation tests make theirs.
+from tests.attest.conftest import tpm_templates
+
+__all__ = ["tpm_templates"]
+
 REPO = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
 # What the packages depend on (python3.11, systemd, the TPM software stack), so

@@ -15,94 +15,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import secrets
-import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.packaging.booted import Container, booted, wait_for
+from tests.packaging.booted import wait_for
 from tests.packaging.conftest import Built, Chroot, unpacked
+from tests.packaging.installed import Host, publish
 
-NODE = "gpu-node-0042"
 GOOD, BAD, THIRD = "580.65.06", "580.82.07", "580.95.05"
-PASSPHRASE = "correct-horse-battery-staple-42"
-WORKSTATION = {"GPUWARD_KEY_PASSPHRASE": PASSPHRASE}
-USB = "/media/usb"
-# The smoke test the power-cut test holds between switch and commit.
+# The smoke test the power-cut test holds between switch and commit. On disk,
+# not under /run: the test reads them from outside the container.
 SMOKE = "/usr/local/bin/gpu-smoke-test"
-# On disk, not under /run: the test reads them from outside the container.
 SMOKE_HOLD, SMOKE_STARTED = "/etc/gpuward/hold-smoke-test", "/var/lib/smoke-test-started"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def payload(c: Container, version: str) -> None:
-    """A driver bundle as an operator builds it: here a stand-in NVML library."""
-    c.sh(
-        f"mkdir -p /root/nvidia-{version}/lib && "
-        f"echo 'NVML {version}' > /root/nvidia-{version}/lib/libnvidia-ml.so.1"
-    )
-    c.run(
-        "gpuward", "bundle", "build", f"/root/nvidia-{version}/", "--driver-version", version,
-        "--branch", "R580", "--payload-kind", "files", "--dkms",
-        "-o", f"/root/nvidia-{version}.bundle",
-    )  # fmt: skip
-
-
-def publish(c: Container, version: str) -> None:
-    """README: a later bundle reaches the server as it reaches a mirror."""
-    payload(c, version)
-    c.run("gpuward", "repo", "add", f"/root/nvidia-{version}.bundle", "--repo", "/srv/gpuward/repo",
-          env=WORKSTATION)  # fmt: skip
-    c.run("gpuward", "mirror", "export", "--repo", "/srv/gpuward/repo", "--to", f"{USB}/update.tar")
-    c.run("gpuward", "mirror", "import", f"{USB}/update.tar",
-          "--repo", "/var/lib/gpuward-server/repo")  # fmt: skip
-    c.run("rm", f"{USB}/update.tar")
-
-
-class Host:
-    """The booted container, and the operator's token for the server's API."""
-
-    def __init__(self, rootfs: Chroot, logs: Path, boots: contextlib.ExitStack) -> None:
-        self.rootfs = rootfs
-        self.logs = logs
-        self.boots = boots
-        self.port = free_port()
-        self.token = ""
-        self.c = self.boot()
-
-    def boot(self) -> Container:
-        console = self.logs / f"console-{len(list(self.logs.iterdir()))}.log"
-        return self.boots.enter_context(booted(self.rootfs.root, console))
-
-    def power_cut_and_boot(self) -> None:
-        self.c.power_cut()
-        self.c = self.boot()
-
-    @property
-    def server(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def node(self) -> dict[str, Any]:
-        shown = self.c.run(
-            "gpuward", "nodes", "show", NODE, "--server", self.server, "--json", "--limit", "500",
-            env={"GPUWARD_TOKEN": self.token},
-        )  # fmt: skip
-        return dict(json.loads(shown.stdout))
-
-    def latest(self) -> dict[str, Any]:
-        return dict(self.node()["report"] or {})
-
-    def journal_state(self) -> dict[str, Any]:
-        path = self.c.path("/var/lib/gpuward-applier/journal.json")
-        return dict(json.loads(path.read_text())) if path.exists() else {}
 
 
 @pytest.fixture(scope="module")
@@ -124,82 +50,37 @@ def host(rootfs: Chroot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
 
 def test_server_starts_from_server_toml_through_its_unit(host: Host) -> None:
     c = host.c
-    # The operator's workstation (README "Install"): keys, a first bundle, the
-    # server's part of the repository carried over on removable media.
-    c.run("apt-get", "install", "-y", "gpuward-common")
-    c.run("mkdir", "-p", USB)  # the removable media
-    c.run("gpuward", "keys", "init", "/srv/gpuward/repo", env=WORKSTATION)
-    payload(c, GOOD)
-    c.run("gpuward", "repo", "add", f"/root/nvidia-{GOOD}.bundle", "--repo", "/srv/gpuward/repo",
-          env=WORKSTATION)  # fmt: skip
-    c.run("gpuward", "repo", "export-server", "--repo", "/srv/gpuward/repo",
-          "--to", f"{USB}/gpuward-server")  # fmt: skip
-
-    # The server host.
-    c.run("apt-get", "install", "-y", "gpuward-server")
+    host.workstation(GOOD)
+    host.install_server()
     # Installed but not configured: skipped, and the journal says why.
     c.run("systemctl", "start", "gpuward-server")
     assert c.run("systemctl", "is-active", "gpuward-server", check=False).stdout.strip() == (
         "inactive"
     )
     assert "ConditionPathExists=/etc/gpuward/server.toml" in c.journal("-u", "gpuward-server")
-
-    c.run("gpuward", "repo", "export-server", "--repo", f"{USB}/gpuward-server/repo",
-          "--to", "/var/lib/gpuward-server")  # fmt: skip
-    token = secrets.token_urlsafe(24)
-    c.run("install", "-m", "0640", "-g", "gpuward-server", "/dev/stdin",
-          "/etc/gpuward/server-enrollment-token", input=token)  # fmt: skip
-    c.path("/etc/gpuward/server.toml").write_text(
-        'repo = "/var/lib/gpuward-server/repo"\n'
-        'db = "/var/lib/gpuward-server/server.db"\n'
-        'host = "127.0.0.1"\n'
-        f"port = {host.port}\n"
+    token = host.configure_server(
         'unattested_enrollment_token_file = "/etc/gpuward/server-enrollment-token"\n'
-        "report_interval = 5\n"
     )
-    c.run("systemctl", "start", "gpuward-server")
-    host.token = c.run(
-        "gpuward", "server", "token", "create", "--role", "admin",
-        "--db", "/var/lib/gpuward-server/server.db", "--name", "test-operator", "--json",
-    ).stdout  # fmt: skip
-    host.token = json.loads(host.token)["token"]
-    wait_for(
-        "the server to answer",
-        lambda: c.run("gpuward", "nodes", "list", "--server", host.server, "--json",
-                      check=False, env={"GPUWARD_TOKEN": host.token}).returncode == 0,
-    )  # fmt: skip
     # Its files are the service's: it wrote its report key and database itself.
     owned = c.sh("stat -c '%U' /var/lib/gpuward-server/server.db /var/lib/gpuward-server/repo")
     assert set(owned.split()) == {"gpuward-server"}
     assert c.run("systemctl", "is-active", "gpuward-server").stdout.strip() == "active"
 
-    # The GPU host.
-    c.run("apt-get", "install", "-y", "gpuward-agent")
-    assert c.run("systemctl", "is-active", "gpuward-apply.path").stdout.strip() == "active"
-    c.run("cp", "/srv/gpuward/repo/metadata/1.root.json", "/etc/gpuward/root.json")
-    c.run("install", "-m", "0640", "-g", "gpuward", "/dev/stdin", "/etc/gpuward/enrollment-token",
-          input=token)  # fmt: skip
+    c.path(SMOKE).parent.mkdir(parents=True, exist_ok=True)
     c.path(SMOKE).write_text(
         f"#!/bin/sh\ntouch {SMOKE_STARTED}\nwhile [ -e {SMOKE_HOLD} ]; do sleep 0.2; done\n"
     )
     c.path(SMOKE).chmod(0o755)
-    c.path("/etc/gpuward/agent.toml").write_text(
-        f'node_id = "{NODE}"\n'
-        f'server_url = "{host.server}"\n'
-        'trusted_root = "/etc/gpuward/root.json"\n'
-        'branch = "R580"\n'
-        "interval_s = 2\n"
-        'health_backend = "simulated"\n'
-        'pool = "prod"\n'
-        'enrollment_token_file = "/etc/gpuward/enrollment-token"\n'
+    enrolled = host.install_node(
+        token,
         "[simulated]\n"
         f'unhealthy_drivers = ["{BAD}"]\n'
         "[applier]\n"
         "xid_window_s = 0\n"
-        f'smoke_test = ["{SMOKE}"]\n'
+        f'smoke_test = ["{SMOKE}"]\n',
     )
-    enrolled = c.run("gpuward", "agent", "enroll", "--config", "/etc/gpuward/agent.toml")
-    assert f"{NODE}: enrolled in pool prod (unattested)" in enrolled.stdout
+    assert "gpu-node-0042: enrolled in pool prod (unattested)" in enrolled
+    assert c.run("systemctl", "is-active", "gpuward-apply.path").stdout.strip() == "active"
     assert c.sh("stat -c '%U %a' /var/lib/gpuward/node.key").split() == ["gpuward", "600"]
 
 
@@ -315,7 +196,8 @@ def test_purge_leaves_nothing_behind(host: Host) -> None:
     c.run("apt-get", "purge", "-y", "gpuward-agent", "gpuward-server", "gpuward-common")
     assert c.run("dpkg-query", "-W", "gpuward-*", check=False).returncode != 0
     named = c.run(
-        "find", "/", "-xdev", "(", "-path", "/srv/gpuward", "-o", "-path", USB, ")", "-prune",
+        "find", "/", "-xdev", "(", "-path", "/srv/gpuward", "-o", "-path", "/media/usb", ")",
+        "-prune",
         "-o", "-name", "*gpuward*", "-print",
     ).stdout.split()  # fmt: skip
     own_source = ("/srv/gpuward-apt", "/etc/apt/keyrings/gpuward.gpg", "/var/lib/apt/lists/")
