@@ -13,11 +13,12 @@ STAMP := $(VENV)/.installed
 # swtpm/swtpm-tools: the TPM in tests; tpm2-tools: tpm2_checkquote; libtss2-dev and
 # pkg-config: tpm2-pytss builds against them; debootstrap, rpm, apt-utils, gnupg:
 # package tests; systemd: systemd-analyze; shellcheck: packaging scripts;
-# chromium: the dashboard test; nginx-light: static mirrors.
+# chromium: the dashboard test; nginx-light: static mirrors; systemd-container:
+# systemd-nspawn, booting the packages' Debian 12 in tests/packaging.
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
 	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config \
 	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck \
-	chromium nginx-light kmod poppler-utils
+	chromium nginx-light kmod poppler-utils systemd-container
 
 .PHONY: setup deb-packages test lint typecheck unit demo packages clean
 

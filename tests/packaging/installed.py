@@ -125,7 +125,8 @@ class Host:
         token = secrets.token_urlsafe(24)
         c.run("install", "-m", "0640", "-g", "gpuward-server", "/dev/stdin",
               "/etc/gpuward/server-enrollment-token", input=token)  # fmt: skip
-        c.path("/etc/gpuward/server.toml").write_text(
+        c.run("cp", "/opt/gpuward/share/doc/server.toml.example", "/etc/gpuward/server.toml")
+        c.path("/etc/gpuward/server.toml").write_text(  # the operator's edit
             'repo = "/var/lib/gpuward-server/repo"\n'
             'db = "/var/lib/gpuward-server/server.db"\n'
             'host = "127.0.0.1"\n'
@@ -153,7 +154,7 @@ class Host:
         c.run("cp", f"{REPO}/metadata/1.root.json", "/etc/gpuward/root.json")
         c.run("install", "-m", "0640", "-g", "gpuward", "/dev/stdin",
               "/etc/gpuward/enrollment-token", input=token)  # fmt: skip
-        c.path("/etc/gpuward/agent.toml").write_text(
+        c.path("/etc/gpuward/agent.toml").write_text(  # the operator's edit
             f'node_id = "{NODE}"\n'
             f'server_url = "{self.server}"\n'
             'trusted_root = "/etc/gpuward/root.json"\n'

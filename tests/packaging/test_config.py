@@ -11,6 +11,7 @@ names every option, with the defaults the code has.
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -74,3 +75,13 @@ def test_server_example_as_shipped_sets_where_and_what_to_serve() -> None:
         "host": "127.0.0.1",
         "port": 8470,
     }
+
+
+def test_the_oldest_python_is_the_one_the_package_depends_on() -> None:
+    """pyproject's requires-python names the Python the .deb installs on (Debian 12's
+    3.11.2); the suite runs on that interpreter (the Makefile's venv)."""
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    common = (REPO / "packaging/gpuward-common.yaml").read_text()
+    (depended,) = re.findall(r"- python3\.11 \(>= ([0-9.]+)\)", common)
+    assert required == f">={depended}"
+    assert ".".join(map(str, sys.version_info[:3])) == depended
