@@ -47,9 +47,13 @@ def _init(args: argparse.Namespace) -> None:
 
 def _assign(args: argparse.Namespace) -> None:
     from fleet.errors import GpuwardError
+    from gpuward.cli.service_owner import become_folder_owner
     from keys.director_repo import DirectorRepository
     from keys.image_repo import ImageRepository
 
+    # The director lives with the server (/var/lib/gpuward-server/director): as
+    # root, sign as the server's account, so that the server can re-sign it.
+    become_folder_owner(args.director)
     image = ImageRepository(args.repo)
     branch = args.target.split("/")[1] if args.target.count("/") >= 2 else ""
     if branch not in image.branch_roles():
@@ -70,6 +74,8 @@ def _assign(args: argparse.Namespace) -> None:
 
 
 def _timestamp(args: argparse.Namespace) -> None:
+    from gpuward.cli.service_owner import become_folder_owner
     from keys.director_repo import DirectorRepository
 
+    become_folder_owner(args.director)
     DirectorRepository(args.director).refresh_timestamps()

@@ -203,3 +203,32 @@ def test_a_folder_owned_by_no_account_is_refused(shared: Path) -> None:
 
     assert_one_line_error(refused, f"belongs to uid {uid}, which has no account")
     assert list(folder.iterdir()) == []
+
+
+def test_root_imports_later_bundles_into_the_servers_repository_as_its_account(
+    site: Site, shared: Path, account: pwd.struct_passwd
+) -> None:
+    """README: the server's part goes in with ``repo export-server``, later
+    bundles with ``mirror import``; both as root, both leave the server's files."""
+    state = service_folder(shared / "gpuward-server", account)
+    assert gpuward("repo", "export-server", "--repo", str(site.repo.root),
+                   "--to", str(state)).returncode == 0  # fmt: skip
+    site.publish("580.95.05")
+    update = shared / "update.tar"
+    exported = gpuward("mirror", "export", "--repo", str(site.repo.root), "--to", str(update))
+    assert exported.returncode == 0, exported.stderr
+    update.chmod(0o644)
+    imported = gpuward("mirror", "import", str(update), "--repo", str(state / "repo"))
+    assert imported.returncode == 0, imported.stderr
+    assert "the site signed snapshot" in imported.stdout  # re-signed with the server's keys
+    mine = (account.pw_uid, account.pw_gid)
+    assert {path: ids for path, ids in owners(state).items() if ids != mine} == {}
+    # The server's account can sign the next timestamp in what root imported.
+    renewed = subprocess.run(
+        ["runuser", "-u", account.pw_name, "--", sys.executable, "-c",
+         "import sys; from keys.image_repo import ImageRepository; "
+         "ImageRepository(__import__('pathlib').Path(sys.argv[1])).sign_timestamp()",
+         str(state / "repo")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert renewed.returncode == 0, renewed.stderr
