@@ -35,6 +35,15 @@ def stream_id(path: Path) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
+@pytest.fixture
+def journal_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file this process's environment names as its journal stream, as systemd would."""
+    stderr = tmp_path / "journal"
+    stderr.touch()
+    monkeypatch.setenv("JOURNAL_STREAM", stream_id(stderr))
+    return stderr
+
+
 def parse(text: str) -> list[tuple[int, str]]:
     """Each line as journald files it: (priority, message); info where no prefix."""
     lines = []
@@ -131,12 +140,10 @@ def _events(text: str) -> list[dict[str, Any]]:
 
 @pytest.mark.usefixtures("restore_logging")
 def test_each_json_line_carries_its_level_as_priority_on_the_journal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, journal_stream: Path
 ) -> None:
     plain = _log_each_level(tmp_path / "terminal", json_lines=True)
-    stderr = tmp_path / "journal"
-    stderr.touch()
-    monkeypatch.setenv("JOURNAL_STREAM", stream_id(stderr))
+    stderr = journal_stream
 
     lines = parse(_log_each_level(stderr, json_lines=True))
 
@@ -148,11 +155,9 @@ def test_each_json_line_carries_its_level_as_priority_on_the_journal(
 
 @pytest.mark.usefixtures("restore_logging")
 def test_every_line_of_a_multiline_console_event_carries_the_priority(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    journal_stream: Path,
 ) -> None:
-    stderr = tmp_path / "journal"
-    stderr.touch()
-    monkeypatch.setenv("JOURNAL_STREAM", stream_id(stderr))
+    stderr = journal_stream
 
     lines = parse(_log_each_level(stderr, json_lines=False))
 
@@ -185,13 +190,9 @@ def test_no_prefix_where_stderr_is_not_the_journal_stream(
 
 
 @pytest.mark.usefixtures("restore_logging")
-def test_a_librarys_records_are_events_at_their_priority(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_librarys_records_are_events_at_their_priority(journal_stream: Path) -> None:
     """aiohttp, tuf and urllib3 log through the standard library."""
-    stderr = tmp_path / "journal"
-    stderr.touch()
-    monkeypatch.setenv("JOURNAL_STREAM", stream_id(stderr))
+    stderr = journal_stream
     saved = sys.stderr
     with stderr.open("w") as file:
         sys.stderr = file

@@ -68,15 +68,19 @@ def test_server_serves_until_sigterm(site: Site, tmp_path: Path) -> None:
         "--port", "0",
     )  # fmt: skip
     try:
-        port = _wait_for(server, "server_listening")["port"]
-        response = urllib3.request("GET", f"http://127.0.0.1:{port}/healthz")
-        assert json.loads(response.data) == {"status": "ok"}
-        server.send_signal(signal.SIGTERM)
-        _wait_for(server, "server_stopped")
-        assert server.wait(timeout=10) == 0
+        _healthy_until_sigterm(server, _wait_for(server, "server_listening")["port"])
     finally:
         server.kill()
         server.wait()
+
+
+def _healthy_until_sigterm(server: subprocess.Popen[str], port: int) -> None:
+    """The server answers /healthz, then stops cleanly on SIGTERM."""
+    response = urllib3.request("GET", f"http://127.0.0.1:{port}/healthz")
+    assert json.loads(response.data) == {"status": "ok"}
+    server.send_signal(signal.SIGTERM)
+    _wait_for(server, "server_stopped")
+    assert server.wait(timeout=10) == 0
 
 
 def test_server_runs_from_its_config_file(site: Site, tmp_path: Path) -> None:
@@ -92,11 +96,7 @@ def test_server_runs_from_its_config_file(site: Site, tmp_path: Path) -> None:
     try:
         listening = _wait_for(server, "server_listening")
         assert listening["port"] != 8470 and listening["repo"] == str(config.parent / "../repo")
-        response = urllib3.request("GET", f"http://127.0.0.1:{listening['port']}/healthz")
-        assert json.loads(response.data) == {"status": "ok"}
-        server.send_signal(signal.SIGTERM)
-        _wait_for(server, "server_stopped")
-        assert server.wait(timeout=10) == 0
+        _healthy_until_sigterm(server, listening["port"])
     finally:
         server.kill()
         server.wait()
