@@ -145,10 +145,19 @@ def booted(
 
         wait_for("the container's systemd", started, BOOT_DEADLINE_S)
         container = Container(root, nspawn, found[0], console)
-        state = container.run(
-            "systemctl", "is-system-running", "--wait", check=False, timeout=BOOT_DEADLINE_S
-        ).stdout.strip()
-        assert state in ("running", "degraded"), f"boot ended {state}: {console.read_text()}"
+        # systemctl cannot reach systemd until it has made its private socket:
+        # until then it prints no state, and is asked again.
+        states: list[str] = []
+
+        def settled() -> bool:
+            done = container.run(
+                "systemctl", "is-system-running", "--wait", check=False, timeout=BOOT_DEADLINE_S
+            )
+            states.append(done.stdout.strip() or done.stderr.strip())
+            return done.stdout.strip() != ""
+
+        wait_for("the container's boot", settled, BOOT_DEADLINE_S)
+        assert states[-1] in ("running", "degraded"), f"boot ended {states}: {console.read_text()}"
         yield container
     finally:
         if container is not None and nspawn.poll() is None:

@@ -74,7 +74,10 @@ def test_scripts(built: Built) -> None:
     assert "systemd-sysusers gpuward-agent.conf" in post
     assert "systemd-tmpfiles --create gpuward-agent.conf" in post
     assert "systemctl enable gpuward-agent.service gpuward-apply.path gpuward-apply.timer" in post
-    assert "systemctl start" not in scripts  # enabled, never started by the package
+    # The services are enabled, never started by the package; on a running system
+    # the triggers waiting for work (the applier's path and timer) start at once.
+    assert "for unit in gpuward-apply.path gpuward-apply.timer; do" in post
+    assert "systemctl start gpuward-agent" not in scripts
     assert "systemctl --no-reload disable gpuward-agent.service" in preun
     assert "rm -rf /var/lib/gpuward" in postun  # only under dpkg's purge, which rpm never passes
     assert 'if [ "$1" = purge ]; then' in postun
