@@ -74,7 +74,7 @@ def test_server_serves_until_sigterm(site: Site, tmp_path: Path) -> None:
         server.wait()
 
 
-def _healthy_until_sigterm(server: subprocess.Popen[str], port: int) -> None:
+def _healthy_until_sigterm(server: subprocess.Popen[str], port: object) -> None:
     """The server answers /healthz, then stops cleanly on SIGTERM."""
     response = urllib3.request("GET", f"http://127.0.0.1:{port}/healthz")
     assert json.loads(response.data) == {"status": "ok"}
