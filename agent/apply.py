@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from string import hexdigits
 from typing import Protocol
 
@@ -35,8 +36,16 @@ from agent.kernel_hold import hold_after_commit
 from agent.measure import measure
 from agent.runner import run_command
 from agent.slots import SlotContent, Slots
-from agent.spool import MetadataUnusable, clear_spool, has_request, read_request, verify_spool
+from agent.spool import (
+    TARGET,
+    MetadataUnusable,
+    clear_spool,
+    open_spool,
+    read_request,
+    verify_spool,
+)
 from agent.unpack import BadBundle, unpack_bundle
+from agent.untrusted_files import AgentFolder
 from fleet.driverlog import DriverEvent
 from fleet.errors import GpuwardError
 from fleet.gpu_rules import Snapshot, switch_problems
@@ -188,12 +197,19 @@ class Applier:
         # First this boot's key event, before the agent starts (it is ordered
         # after this unit); the active slot too when it is a confirmed one.
         self._measure(bundle=journal.state in TERMINAL | {"staged"})
-        if journal.state in TERMINAL | {"staged"} and has_request(self.config.spool_dir):
+        if journal.state in TERMINAL | {"staged"}:
             # A new request; a newer one also replaces an update still waiting to drain.
-            journal = self._stage(journal)
-            if journal.state == "failed":
-                return self._result(journal, "refused")
-        elif journal.state in TERMINAL:
+            try:
+                spool = open_spool(self.config)
+            except UpdateRefused as exc:
+                return self._result(self._refuse(exc, None), "refused")
+            if spool is not None:
+                with spool:
+                    if spool.holds(TARGET):
+                        journal = self._stage(spool)
+                        if journal.state == "failed":
+                            return self._result(journal, "refused")
+        if journal.state in TERMINAL:
             return self._result(journal, "nothing")
         self.log.info("applier_resuming", state=journal.state, slot=journal.slot)
         if journal.state in ("staged", "draining"):
@@ -220,14 +236,20 @@ class Applier:
         self.log.info("applier_state", state=journal.state, slot=journal.slot)
         return journal
 
-    def _stage(self, journal: Journal) -> Journal:
+    def _stage(self, spool: AgentFolder) -> Journal:
+        """Consume the spooled request: stage it in the inactive slot, or refuse it.
+
+        Whatever happens the request is consumed and no scratch folder is left, so
+        the path unit never starts the applier again on the same request.
+        """
         crash_point("stage:start")
         work = self.config.applier_dir / "work"
         previous = self.slots.active()
         request: TargetFile | None = None
+        scratch: Path | None = None
         try:
-            request = read_request(self.config.spool_dir)
-            verified = verify_spool(self.config, request, work)
+            request = read_request(spool)
+            verified = verify_spool(self.config, spool, request, work)
             running = self.slots.content(previous)
             # Signed is not enough: an agent under an attacker's control could spool
             # an older signed bundle with a known hole. Only newer versions go in.
@@ -244,21 +266,18 @@ class Applier:
                 scratch / PAYLOAD_DIR, verified.manifest
             )
         except (UpdateRefused, BadBundle) as exc:
-            self.log.error("spool_refused", reason=str(exc), active_slot=previous)
-            # Naming the refused bundle tells the agent not to hand it over again;
-            # a request refused for want of usable metadata is not itself at fault.
-            named = request is not None and not isinstance(exc, MetadataUnusable)
-            failed = Journal().to(
-                "failed",
-                reason=str(exc),
-                target_path=None if request is None else request.path,
-                sha256=_sha256_of(request) if named else None,
-            )
-            journal = self._save(failed)
+            # A request refused for want of usable metadata is not itself at fault.
+            journal = self._refuse(exc, request, blame=not isinstance(exc, MetadataUnusable))
+        except (GpuwardError, OSError) as exc:
+            # Nor is it when the node cannot stage it (a full disk, say); still
+            # consumed, so that the applier is not started on it again and again.
+            reason = GpuwardError(f"the request could not be staged: {exc}")
+            journal = self._refuse(reason, request, blame=False)
         else:
             crash_point("stage:unpacked")
             content = SlotContent(verified.target_path, verified.sha256, verified.manifest)
             self.slots.commit_stage(slot, content)
+            scratch = None
             journal = self._save(
                 Journal().to(
                     "staged",
@@ -268,10 +287,24 @@ class Applier:
                     previous=previous,
                 )
             )
-        clear_spool(self.config.spool_dir)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        clear_spool(spool)
         shutil.rmtree(work, ignore_errors=True)
         crash_point("spool:cleared")
         return journal
+
+    def _refuse(self, exc: GpuwardError, request: TargetFile | None, blame: bool = True) -> Journal:
+        """Journal a refused request; the agent's next report says why. With
+        ``blame``, the refused bundle is named: the agent never hands it over again."""
+        self.log.error("spool_refused", reason=str(exc), active_slot=self.slots.active())
+        failed = Journal().to(
+            "failed",
+            reason=str(exc),
+            target_path=None if request is None else request.path,
+            sha256=_sha256_of(request) if blame else None,
+        )
+        return self._save(failed)
 
     def _drain(self, journal: Journal) -> Journal:
         journal = self._save(journal.to("draining"))

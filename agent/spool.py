@@ -4,8 +4,10 @@ The agent leaves a bundle it verified and the signed ``TargetFile`` it verified
 it against in ``<state_dir>/spool/``. The agent (or whoever took it over) can
 rewrite both at any moment, so the applier trusts neither: it copies the bundle
 somewhere only root writes and re-verifies that copy against TUF metadata it
-verifies again itself, offline, from the root of trust in /etc. It reads the
-agent's files through ``agent.untrusted_files``: regular files only, bounded.
+verifies again itself, offline, from the root of trust in /etc. It reaches the
+agent's folders and files through ``agent.untrusted_files``: no link followed
+on the way, regular files only, bounded. A spool the agent replaced with a link
+(to any folder holding a ``target.json``) is refused, nothing read or removed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface
@@ -26,7 +29,7 @@ from tuf.ngclient import FetcherInterface
 from agent.channel import TufChannel, UpdateRefused, manifest_of
 from agent.config import AgentConfig
 from agent.unpack import MAX_BUNDLE_BYTES
-from agent.untrusted_files import UntrustedFileRefused, copy_file, copy_tree, read_file
+from agent.untrusted_files import AgentFolder, UntrustedFileRefused
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest
 from keys.storage import atomic_write
@@ -39,6 +42,8 @@ MAX_METADATA_BYTES = 16 * 1024 * 1024
 MAX_METADATA_FILES = 4096
 # The one link ngclient keeps in its cache: root.json names the newest trusted root.
 NGCLIENT_ROOT_LINK = re.compile(r"root_history/[0-9]+\.root\.json")
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,36 @@ def write_spool(spool: Path, info: TargetFile, bundle: Path) -> None:
 
 
 def has_request(spool: Path) -> bool:
+    """Whether the agent's own spool holds a request (the agent asks, of its own folder)."""
     return (spool / TARGET).exists()
 
 
-def clear_spool(spool: Path) -> None:
+class SpoolRefused(UpdateRefused):
+    """The spool is not the agent's own folder: nothing in it is read or removed."""
+
+
+def open_spool(config: AgentConfig) -> AgentFolder | None:
+    """The spool as root opens it (None when the agent has made none); raise
+    ``SpoolRefused`` for a link anywhere on the way or a folder the agent does not own."""
+    below = config.spool_dir.relative_to(config.state_dir).parts
+    try:
+        return AgentFolder.open(config.state_dir, *below)
+    except FileNotFoundError:
+        return None
+    except (UntrustedFileRefused, OSError) as exc:
+        raise SpoolRefused(
+            f"the spool {config.spool_dir} is refused ({exc}); nothing in it was read or "
+            "removed: make it a folder of the agent's account again"
+        ) from None
+
+
+def clear_spool(spool: AgentFolder) -> None:
     """Consume the request: the path unit stops triggering once the spool is empty."""
     for name in (TARGET, BUNDLE):
-        (spool / name).unlink(missing_ok=True)
+        try:
+            spool.remove(name)
+        except OSError as exc:  # a folder the agent made there: its own to remove
+            log.error("spool_not_cleared", file=str(spool.path / name), reason=exc.strerror)
 
 
 class _OfflineFetcher(FetcherInterface):
@@ -95,39 +123,40 @@ class MetadataUnusable(UpdateRefused):
     not at fault, and the agent may spool it again once its metadata is fresh."""
 
 
-def read_request(spool: Path) -> TargetFile:
+def read_request(spool: AgentFolder) -> TargetFile:
     """The spooled ``TargetFile``, as the agent claims it; nothing in it is trusted yet."""
     try:
-        doc: Any = json.loads(read_file(spool / TARGET, MAX_TARGET_BYTES))
+        doc: Any = json.loads(spool.read_file(TARGET, MAX_TARGET_BYTES))
         return TargetFile.from_dict(dict(doc["info"]), str(doc["path"]))
     except (UntrustedFileRefused, OSError, ValueError, KeyError, TypeError) as exc:
-        raise UpdateRefused(f"spooled request {spool / TARGET} is unreadable ({exc})") from None
+        raise UpdateRefused(
+            f"spooled request {spool.path / TARGET} is unreadable ({exc})"
+        ) from None
 
 
-def verify_spool(config: AgentConfig, spooled: TargetFile, work: Path) -> Verified:
+def verify_spool(
+    config: AgentConfig, spool: AgentFolder, spooled: TargetFile, work: Path
+) -> Verified:
     """Copy the spooled bundle into ``work`` and verify it as ``spooled`` (from
     ``read_request``); raise ``UpdateRefused``."""
-    spool = config.spool_dir
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     bundle = work / BUNDLE
     bundle.unlink(missing_ok=True)  # left by a run that crashed mid-copy
     try:
         # No bundle longer than its signed length can match it: refused unread.
-        copy_file(spool / BUNDLE, bundle, min(spooled.length, MAX_BUNDLE_BYTES))
+        spool.copy_file(BUNDLE, bundle, min(spooled.length, MAX_BUNDLE_BYTES))
     except (UntrustedFileRefused, OSError) as exc:
         raise UpdateRefused(f"spooled bundle is unreadable ({exc})") from None
     with tempfile.TemporaryDirectory(dir=work) as scratch:
         # A private copy: ngclient writes its cache, and root must not write
         # into a folder the agent owns.
         metadata = Path(scratch) / "metadata"
+        below = config.metadata_dir.relative_to(config.state_dir).parts
         try:
-            copy_tree(
-                config.metadata_dir,
-                metadata,
-                MAX_METADATA_BYTES,
-                MAX_METADATA_FILES,
-                links=NGCLIENT_ROOT_LINK,
-            )
+            with AgentFolder.open(config.state_dir, *below) as cached:
+                cached.copy_tree(
+                    metadata, MAX_METADATA_BYTES, MAX_METADATA_FILES, links=NGCLIENT_ROOT_LINK
+                )
         except (UntrustedFileRefused, OSError) as exc:
             raise MetadataUnusable(
                 f"the agent's cached metadata {config.metadata_dir} cannot be copied ({exc}); "

@@ -7,10 +7,21 @@ device or a sparse file without end. Here every file is opened without
 following links and without blocking, checked with ``fstat`` on the open
 descriptor (so it cannot be swapped after the check), bounded in size, and
 read from that descriptor. Anything but a regular file or folder is refused.
+
+``O_NOFOLLOW`` guards only a path's last component, so the agent's folders are
+not reached by path at all: ``AgentFolder.open`` walks from ``/`` one component
+at a time, each opened relative to the one above without following a link. The
+folders above the agent's state folder must be root's and changeable by root
+alone; the state folder's owner is the agent's account, and each folder below
+it must be that account's too. Every file is then read and removed through the
+open folder (``dir_fd``), so a link the agent puts anywhere on the way is
+refused, never followed: root never reads or unlinks outside the agent's own
+folders.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -85,67 +96,151 @@ def _copy_fd(fd: int, dest: Path, max_bytes: int, shown: Path) -> None:
             out.write(chunk)
 
 
-def copy_file(source: Path, dest: Path, max_bytes: int) -> None:
-    """Copy the regular file ``source`` (not a link) of at most ``max_bytes`` to the
-    new file ``dest``; raise ``UntrustedFileRefused`` for anything else."""
-    fd = _open(source, _FILE_FLAGS, None, source)
-    try:
-        _copy_fd(fd, dest, max_bytes, source)
-    finally:
-        os.close(fd)
+def _trusted_above(fd: int, shown: Path) -> None:
+    """Refuse a folder above the agent's state folder that the agent could change."""
+    info = os.fstat(fd)
+    # Root's, or the applier's own where it does not run as root (a demo).
+    if info.st_uid not in (0, os.geteuid()):
+        raise UntrustedFileRefused(
+            f"{shown} belongs to uid {info.st_uid}, not root; the applier reaches the "
+            "agent's state folder only through folders root alone can change"
+        )
+    # A sticky folder (/tmp) lets nobody replace an entry that is not theirs.
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise UntrustedFileRefused(
+            f"{shown} is writable by others than root (mode {stat.S_IMODE(info.st_mode):o}); "
+            "the applier reaches the agent's state folder only through folders root alone "
+            "can change"
+        )
 
 
-def read_file(source: Path, max_bytes: int) -> bytes:
-    """The content of the regular file ``source`` (not a link), at most ``max_bytes``."""
-    fd = _open(source, _FILE_FLAGS, None, source)
-    try:
-        return b"".join(_chunks(fd, max_bytes, source))
-    finally:
-        os.close(fd)
+def _folder_in(dir_fd: int, name: str, shown: Path) -> int:
+    """The folder ``name`` in ``dir_fd``, opened without following a link; raise
+    ``FileNotFoundError`` when there is none."""
+    os.stat(name, dir_fd=dir_fd, follow_symlinks=False)  # FileNotFoundError: absent
+    return _open(name, _DIR_FLAGS, dir_fd, shown)
 
 
-def copy_tree(
-    source: Path,
-    dest: Path,
-    max_file_bytes: int,
-    max_entries: int,
-    links: re.Pattern[str] | None = None,
-) -> None:
-    """Copy the folder ``source`` (not a link) to the new folder ``dest``: regular
-    files and folders only, each file bounded, at most ``max_entries`` in all.
+class AgentFolder:
+    """A folder of the agent's, held open: every file in it is reached through the
+    descriptor, never by a path the agent could redirect."""
 
-    A symbolic link whose target ``links`` matches in full (a path inside the
-    tree) is copied as a link: it then resolves inside the copy, never outside.
-    """
-    left = [max_entries]
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd = fd
+        self.path = path  # for messages only
 
-    def copy(dir_fd: int, into: Path, shown: Path) -> None:
-        into.mkdir(mode=0o700)
-        for name in os.listdir(dir_fd):
-            left[0] -= 1
-            if left[0] < 0:
-                raise UntrustedFileRefused(f"{source} holds more than {max_entries} entries")
-            entry = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISLNK(entry.st_mode) and links is not None:
-                target = os.readlink(name, dir_fd=dir_fd)
-                if links.fullmatch(target) and ".." not in target.split("/"):
-                    (into / name).symlink_to(target)
-                    continue
-            if stat.S_ISDIR(entry.st_mode):
-                sub = _open(name, _DIR_FLAGS, dir_fd, shown / name)
-                try:
-                    copy(sub, into / name, shown / name)
-                finally:
-                    os.close(sub)
-                continue
-            fd = _open(name, _FILE_FLAGS, dir_fd, shown / name)
-            try:
-                _copy_fd(fd, into / name, max_file_bytes, shown / name)
-            finally:
+    @classmethod
+    def open(cls, state_dir: Path, *below: str) -> AgentFolder:
+        """``state_dir/below...``, reached as the module docstring says; raise
+        ``FileNotFoundError`` if a folder on the way is missing, and
+        ``UntrustedFileRefused`` for a link, a file, or a folder of another owner."""
+        # Lexically: no link is resolved, each component below is opened as named.
+        state_dir = Path(os.path.normpath(Path.cwd() / state_dir))
+        shown = Path("/")
+        fd = os.open("/", _DIR_FLAGS)
+        try:
+            _trusted_above(fd, shown)
+            for name in state_dir.parts[1:]:
+                shown = shown / name
+                inner = _folder_in(fd, name, shown)
                 os.close(fd)
+                fd = inner
+                if shown != state_dir:
+                    _trusted_above(fd, shown)
+            agent = os.fstat(fd).st_uid
+            for name in below:
+                shown = shown / name
+                inner = _folder_in(fd, name, shown)
+                os.close(fd)
+                fd = inner
+                owner = os.fstat(fd).st_uid
+                if owner != agent:
+                    raise UntrustedFileRefused(
+                        f"{shown} belongs to uid {owner}, not to the agent's account (uid "
+                        f"{agent}, the owner of {state_dir}); refused"
+                    )
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, shown)
 
-    top = _open(source, _DIR_FLAGS, None, source)
-    try:
-        copy(top, dest, source)
-    finally:
-        os.close(top)
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> AgentFolder:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def holds(self, name: str) -> bool:
+        """Whether ``name`` is there, whatever it is (a link is not followed)."""
+        try:
+            os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def read_file(self, name: str, max_bytes: int) -> bytes:
+        """The content of the regular file ``name`` (not a link), at most ``max_bytes``."""
+        fd = _open(name, _FILE_FLAGS, self._fd, self.path / name)
+        try:
+            return b"".join(_chunks(fd, max_bytes, self.path / name))
+        finally:
+            os.close(fd)
+
+    def copy_file(self, name: str, dest: Path, max_bytes: int) -> None:
+        """Copy the regular file ``name`` (not a link) of at most ``max_bytes`` to the
+        new file ``dest``; raise ``UntrustedFileRefused`` for anything else."""
+        fd = _open(name, _FILE_FLAGS, self._fd, self.path / name)
+        try:
+            _copy_fd(fd, dest, max_bytes, self.path / name)
+        finally:
+            os.close(fd)
+
+    def remove(self, name: str) -> None:
+        """Unlink the entry ``name`` here (a link itself, never what it points at)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self._fd)
+
+    def copy_tree(
+        self,
+        dest: Path,
+        max_file_bytes: int,
+        max_entries: int,
+        links: re.Pattern[str] | None = None,
+    ) -> None:
+        """Copy this folder to the new folder ``dest``: regular files and folders
+        only, each file bounded, at most ``max_entries`` in all.
+
+        A symbolic link whose target ``links`` matches in full (a path inside the
+        tree) is copied as a link: it then resolves inside the copy, never outside.
+        """
+        left = [max_entries]
+
+        def copy(dir_fd: int, into: Path, shown: Path) -> None:
+            into.mkdir(mode=0o700)
+            for name in os.listdir(dir_fd):
+                left[0] -= 1
+                if left[0] < 0:
+                    raise UntrustedFileRefused(f"{self.path} holds more than {max_entries} entries")
+                entry = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISLNK(entry.st_mode) and links is not None:
+                    target = os.readlink(name, dir_fd=dir_fd)
+                    if links.fullmatch(target) and ".." not in target.split("/"):
+                        (into / name).symlink_to(target)
+                        continue
+                if stat.S_ISDIR(entry.st_mode):
+                    sub = _open(name, _DIR_FLAGS, dir_fd, shown / name)
+                    try:
+                        copy(sub, into / name, shown / name)
+                    finally:
+                        os.close(sub)
+                    continue
+                fd = _open(name, _FILE_FLAGS, dir_fd, shown / name)
+                try:
+                    _copy_fd(fd, into / name, max_file_bytes, shown / name)
+                finally:
+                    os.close(fd)
+
+        copy(self._fd, dest, self.path)

@@ -9,6 +9,11 @@ The manifest is checked against the compatibility catalog before anything is
 written: a bundle that claims an architecture its branch dropped, or
 proprietary modules for Blackwell, is a mistake to catch on the operator's
 workstation, not on a thousand nodes.
+
+``check_bundle`` is how a node reads a bundle (``agent.unpack``) and how
+building and publishing read it before anything is signed: one function, so
+what the workstation signs is exactly what the nodes accept, and a bundle they
+would refuse is refused here first, for the same reason.
 """
 
 from __future__ import annotations
@@ -24,11 +29,24 @@ from pathlib import Path
 from fleet.catalog import Catalog, default_catalog
 from fleet.compat import bundle_problems, supported_architectures
 from fleet.errors import GpuwardError, InvalidDocument
-from fleet.manifest import MANIFEST_NAME, PAYLOAD_DIR, SCHEMA_VERSION, BundleManifest, PayloadFile
+from fleet.manifest import (
+    MANIFEST_NAME,
+    MAX_PAYLOAD_FILES,
+    PAYLOAD_DIR,
+    SCHEMA_VERSION,
+    BundleManifest,
+    PayloadFile,
+)
 from fleet.versions import DriverVersion
+from keys.tar_extract import UnsafeMember, extract_files
 
 MAX_MANIFEST = 4 * 1024 * 1024
+MAX_BUNDLE_BYTES = 16 * 1024**3
 _CHUNK = 1024 * 1024
+
+
+class BadBundle(GpuwardError):
+    """A bundle that nodes refuse: its content is not what its manifest says."""
 
 
 def sha256_file(path: Path) -> str:
@@ -112,11 +130,21 @@ def build_bundle(
     )
     manifest_bytes = json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode()
     tmp = output.with_name(f".{output.name}.partial")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        _add(tar, MANIFEST_NAME, io.BytesIO(manifest_bytes), len(manifest_bytes))
-        for name, path in files:
-            with path.open("rb") as f:
-                _add(tar, f"{PAYLOAD_DIR}/{name}", f, path.stat().st_size)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add(tar, MANIFEST_NAME, io.BytesIO(manifest_bytes), len(manifest_bytes))
+            for name, path in files:
+                with path.open("rb") as f:
+                    _add(tar, f"{PAYLOAD_DIR}/{name}", f, path.stat().st_size)
+        # Read back as a node will: a payload that changed while it was read, or
+        # names a node cannot unpack, must not become a bundle.
+        check_bundle(tmp, manifest)
+    except BadBundle as exc:
+        tmp.unlink(missing_ok=True)
+        raise BadBundle(f"{output} not written: nodes would refuse it: {exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(output)
     return manifest
 
@@ -131,23 +159,102 @@ def _add(tar: tarfile.TarFile, name: str, data: io.BufferedIOBase | io.BytesIO, 
 
 
 def read_manifest(bundle: Path) -> BundleManifest:
-    """The manifest inside ``bundle``; it must be the tar's first member."""
+    """The manifest inside ``bundle`` (its first member), the rest unread."""
     try:
         with tarfile.open(bundle, "r:") as tar:
-            first = tar.next()
-            if first is None or first.name != MANIFEST_NAME or not first.isfile():
-                raise GpuwardError(f"{bundle}: not a gpuward bundle (no leading {MANIFEST_NAME})")
-            if first.size > MAX_MANIFEST:
-                raise GpuwardError(f"{bundle}: manifest larger than {MAX_MANIFEST} bytes")
-            extracted = tar.extractfile(first)
-            assert extracted is not None  # a regular file always has content
-            raw = extracted.read()
+            return _leading_manifest(tar)[1]
     except FileNotFoundError:
         raise GpuwardError(f"bundle {bundle} not found") from None
-    except tarfile.TarError as exc:
-        raise GpuwardError(f"{bundle}: not a readable bundle ({exc})") from None
+    except BadBundle as exc:
+        raise BadBundle(f"{bundle}: {exc}") from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise BadBundle(f"{bundle}: bundle is not a readable tar ({exc})") from None
+
+
+def check_bundle(
+    bundle: Path, signed: BundleManifest | None = None, into: Path | None = None
+) -> BundleManifest:
+    """Read ``bundle`` as a node does; its manifest, or ``BadBundle`` with the reason
+    a node gives.
+
+    A node passes ``signed`` (the manifest its verified metadata carries: the one
+    inside must equal it) and ``into``, the empty folder to unpack into. Without
+    ``into`` every check runs and nothing is written: building and publishing
+    read a bundle so before it is signed.
+    """
     try:
-        doc = json.loads(raw)
+        with tarfile.open(bundle, "r:") as tar:
+            first, manifest = _leading_manifest(tar)
+            if signed is not None and manifest != signed:
+                raise BadBundle("the manifest inside the bundle differs from the signed one")
+            wanted = {f"{PAYLOAD_DIR}/{f.name}": f for f in manifest.files}
+            total = sum(f.length for f in manifest.files)
+            if total > MAX_BUNDLE_BYTES:
+                raise BadBundle(
+                    f"bundle declares {total} bytes, above the {MAX_BUNDLE_BYTES} limit"
+                )
+            digests = extract_files(tar, _checked_members(tar, first, wanted), into)
+    except (tarfile.TarError, EOFError) as exc:
+        raise BadBundle(f"bundle is not a readable tar ({exc})") from None
+    except UnsafeMember as exc:
+        raise BadBundle(str(exc)) from None
+    except OSError as exc:
+        done = f"read from {bundle}" if into is None else f"unpacked into {into}"
+        raise BadBundle(f"bundle cannot be {done}: {exc.strerror}") from None
+    for name, file in wanted.items():
+        if digests.get(name) != file.sha256:
+            raise BadBundle(f"{name}: digest differs from the manifest")
+    return manifest
+
+
+def bundle_to_publish(bundle: Path) -> BundleManifest:
+    """The manifest to sign for ``bundle``, once the bundle reads as nodes will read it."""
+    try:
+        return check_bundle(bundle)
+    except BadBundle as exc:
+        raise BadBundle(
+            f"{bundle}: nodes would refuse this bundle: {exc}; nothing was signed "
+            "(build it with 'gpuward bundle build')"
+        ) from None
+
+
+def _leading_manifest(tar: tarfile.TarFile) -> tuple[tarfile.TarInfo, BundleManifest]:
+    """The bundle's first member, which must be its manifest, and what it says."""
+    first = tar.next()
+    if first is None or first.name != MANIFEST_NAME or not first.isfile():
+        raise BadBundle(f"bundle does not start with {MANIFEST_NAME}")
+    if first.size > MAX_MANIFEST:
+        raise BadBundle(f"bundle manifest is larger than {MAX_MANIFEST} bytes")
+    inner = tar.extractfile(first)
+    assert inner is not None  # a regular file always has content
+    try:
+        return first, BundleManifest.from_dict(json.loads(inner.read()), "bundle manifest")
     except ValueError as exc:
-        raise InvalidDocument(f"{bundle}: manifest is not JSON ({exc})") from None
-    return BundleManifest.from_dict(doc, where=f"{bundle}: manifest")
+        raise BadBundle(f"bundle manifest is not JSON ({exc})") from None
+    except InvalidDocument as exc:
+        raise BadBundle(str(exc)) from None
+
+
+def _checked_members(
+    tar: tarfile.TarFile, first: tarfile.TarInfo, wanted: dict[str, PayloadFile]
+) -> list[tarfile.TarInfo]:
+    """The manifest and every file the manifest lists, each once, as it lists them."""
+    members = [first]
+    seen: set[str] = set()
+    for count, member in enumerate(tar, start=1):
+        if count > MAX_PAYLOAD_FILES + 1:
+            raise BadBundle(f"bundle has more than {MAX_PAYLOAD_FILES} members")
+        if member is first:
+            continue  # iteration starts again from the members already read
+        if not member.isfile():
+            raise BadBundle(f"{member.name}: only regular files are allowed in a bundle")
+        if member.name not in wanted or member.name in seen:
+            raise BadBundle(f"{member.name}: not listed once in the manifest")
+        if member.size != wanted[member.name].length:
+            raise BadBundle(f"{member.name}: size differs from the manifest")
+        seen.add(member.name)
+        members.append(member)
+    missing = sorted(set(wanted) - seen)
+    if missing:
+        raise BadBundle(f"bundle lacks {', '.join(missing[:5])}")
+    return members

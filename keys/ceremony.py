@@ -21,7 +21,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.api.serialization import DeserializationError
 
 from fleet.errors import GpuwardError
-from keys.bundle import read_manifest
+from keys.bundle import bundle_to_publish
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring, PassphraseSource
 from keys.storage import atomic_write, read_bounded
@@ -68,7 +68,7 @@ def stage(repo: ImageRepository, role: str, *, add_bundle: Path | None = None) -
     if add_bundle is not None:
         if not isinstance(md.signed, Targets) or role == "targets":
             raise GpuwardError("bundles are added to a branch role, e.g. R580")
-        manifest = read_manifest(add_bundle)
+        manifest = bundle_to_publish(add_bundle)
         if manifest.branch != role:
             raise GpuwardError(f"{add_bundle} belongs to {manifest.branch}, not {role}")
         path = f"drivers/{role}/{add_bundle.name}"

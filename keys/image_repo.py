@@ -27,7 +27,7 @@ from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, T
 from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest, target_path
-from keys.bundle import read_manifest
+from keys.bundle import bundle_to_publish
 from keys.keyring import Keyring, LocalKey, PassphraseSource
 from keys.storage import atomic_write, fsync_dir, read_bounded
 from keys.tuf_repo import TOP_LEVEL_ROLES, RoleSpec, TufRepository, load_expiry, save_expiry
@@ -156,8 +156,9 @@ class ImageRepository(TufRepository):
         return new
 
     def add_bundle(self, bundle: Path, passphrase: PassphraseSource) -> PublishedBundle:
-        """Publish ``bundle`` in its branch role, delegating the branch on first use."""
-        manifest = read_manifest(bundle)
+        """Publish ``bundle`` in its branch role, delegating the branch on first use;
+        refused, with the nodes' reason, if nodes would refuse to unpack it."""
+        manifest = bundle_to_publish(bundle)
         path = target_path(manifest, bundle.name)
         info = TargetFile.from_file(path, str(bundle), ["sha256"])
         info.unrecognized_fields["custom"] = {"manifest": manifest.to_dict()}

@@ -13,22 +13,34 @@ written by ``keys.tar_extract`` (no absolute paths, no ``..``, nothing followed
 or overwritten: the ``data`` filter's guarantees on any Python), and its
 declared sizes are bounded before a byte is written, always into a fresh
 temporary folder, so a refused archive leaves the destination as it was.
+
+An import is checked exactly as ``gpuward mirror verify`` checks an export: the
+manifest, then python-tuf's client from a trusted root over the very copy that
+will be imported (every signature, every target's bytes), before anything is
+written. The client lives with the agent, so the caller hands the check in
+(``gpuward.cli.mirror_cmd`` hands in the one ``mirror verify`` runs); a
+directory export is copied first, as an archive is unpacked, so what was
+checked cannot change before it is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from tuf.api.exceptions import UnsignedMetadataError
 
 from fleet.errors import GpuwardError
 from keys.image_repo import ImageRepository
@@ -42,8 +54,10 @@ from keys.site import (
 )
 from keys.storage import atomic_write, atomic_writer
 from keys.tar_extract import UnsafeMember, extract_files
+from keys.tuf_repo import TufRepository
 
 MANIFEST = "MANIFEST.json"
+TIMESTAMP = "timestamp.json"
 FORMAT = "gpuward-mirror/1"
 # Large enough for years of driver bundles; a bigger archive is not a mirror.
 MAX_ARCHIVE_BYTES = 256 * 1024**3
@@ -186,25 +200,70 @@ def _unpack(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None
         ) from None
 
 
+def _copy_folder(source: Path, dest: Path, max_bytes: int, max_members: int) -> None:
+    """Copy the export folder ``source`` into ``dest`` on the terms an archive is
+    unpacked on: files and folders only (a link is refused, never followed), bounded."""
+    count = declared = 0
+    pending = [Path()]
+    while pending:
+        folder = pending.pop()
+        (dest / folder).mkdir(exist_ok=True)
+        for entry in sorted(os.scandir(source / folder), key=lambda e: e.name):
+            name = folder / entry.name
+            count += 1
+            declared += entry.stat(follow_symlinks=False).st_size
+            if count > max_members or declared > max_bytes:
+                raise GpuwardError(
+                    f"{source}: more than {max_members} files or {max_bytes} bytes; "
+                    "not a gpuward mirror"
+                )
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(name)
+            else:
+                _copy_file(source, name, dest)
+
+
+def _copy_file(source: Path, name: Path, dest: Path) -> None:
+    """Copy the regular file ``source/name`` to ``dest/name``."""
+    refused = f"{source}: {name} is not a plain file; a mirror holds only files and folders"
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(source / name, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link: refused outright, never followed
+            raise GpuwardError(refused) from None
+        raise GpuwardError(f"{source}: {name} cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise GpuwardError(refused)
+        with (dest / name).open("xb") as out:
+            shutil.copyfileobj(f, out)
+
+
 @contextlib.contextmanager
 def opened(
     mirror: Path,
     *,
     scratch: Path | None = None,
+    private: bool = False,
     max_bytes: int = MAX_ARCHIVE_BYTES,
     max_members: int = MAX_ARCHIVE_MEMBERS,
 ) -> Iterator[Path]:
-    """The mirror as a directory: itself, or a ``.tar`` unpacked into a temporary
-    folder under ``scratch`` (the system's, ``$TMPDIR``, by default: removable
-    media may be read-only), removed afterwards.
+    """The mirror as a directory: a ``.tar`` unpacked into a temporary folder
+    under ``scratch`` (the system's, ``$TMPDIR``, by default: removable media may
+    be read-only), removed afterwards; a directory as it is, or with ``private``
+    copied there too (what is checked is then what is imported).
     Callers check the manifest of what they get."""
-    if not is_archive(mirror):
+    if not is_archive(mirror) and not private:
         yield mirror
         return
-    if not mirror.is_file():
-        raise GpuwardError(f"mirror archive {mirror} not found")
+    if not (mirror.is_file() if is_archive(mirror) else mirror.is_dir()):
+        raise GpuwardError(f"mirror {mirror} not found")
     with tempfile.TemporaryDirectory(prefix=".gpuward-mirror-", dir=scratch) as tmp:
-        _unpack(mirror, Path(tmp), max_bytes, max_members)
+        if is_archive(mirror):
+            _unpack(mirror, Path(tmp), max_bytes, max_members)
+        else:
+            _copy_folder(mirror, Path(tmp), max_bytes, max_members)
         yield Path(tmp)
 
 
@@ -234,45 +293,83 @@ def check_manifest(out: Path) -> MirrorManifest:
     return MirrorManifest(files)
 
 
+# Checks an export (a directory laid out as the server serves) against a trusted
+# root, every target's bytes included; the names of the targets it checked.
+Verifier = Callable[[Path], Sequence[str]]
+
+
 def import_into(
     mirror: Path,
     repo: Path,
     director: Path | None = None,
     now: datetime | None = None,
+    *,
+    verify: Verifier,
     **bounds: int,
 ) -> Imported:
     """Load a checked export (directory or ``.tar``) into an air-gapped server's
     repository directories; nothing is written unless the whole export checks.
 
-    Where the site holds keys the imported root trusts for timestamp and
-    snapshot (``keys.site``), both are re-signed at once, above any version the
-    site served before; otherwise an export whose timestamp or snapshot has
-    already expired is refused, as agents would refuse it.
+    ``verify`` is ``mirror verify``'s check, run on a private copy of the export
+    before anything is written. Where the site holds keys the imported root
+    trusts for timestamp and snapshot (``keys.site``), both are re-signed at once
+    in that copy, above any version the site served before, and the copy is
+    checked as re-signed (what the site's agents will see), once the export's
+    own timestamp and snapshot are shown signed by the keys its root names;
+    otherwise an export whose timestamp or snapshot has already expired is
+    refused, as agents would refuse it.
     """
     now = now or datetime.now(UTC)
     inside = ImageRepository(repo)
-    with opened(mirror, scratch=repo.parent, **bounds) as out:
+    with opened(mirror, scratch=repo.parent, private=True, **bounds) as out:
         manifest = check_manifest(out)
         exported = ImageRepository(out / "v1/repo")
         check_offline_expiry(exported, now)
         check_not_older(inside, exported)
-        signs = site_signs(exported.root_metadata().signed, inside.keyring)
-        if not signs:
+        resigned = None
+        if site_signs(exported.root_metadata().signed, inside.keyring):
+            _check_online_roles_signed(exported)
+            copy = TufRepository(exported.metadata_dir, inside.keyring, inside.expiry)
+            resigned = refresh(copy, Versions.of(inside))
+        else:
             check_online_expiry(exported, now)
-        before = Versions.of(inside)
+        targets = verify(out)
         pairs = [
-            (out / "v1/repo/metadata", repo / "metadata"),
             (out / "v1/repo/targets", repo / "targets"),
+            (out / "v1/repo/metadata", repo / "metadata"),
         ]
         if director is not None:
             for node in sorted((out / "v1/director").glob("*/metadata")):
                 pairs.append((node, director / "nodes" / node.parent.name / "metadata"))
         for source, dest in pairs:
-            shutil.copytree(source, dest, dirs_exist_ok=True)
-    return Imported(manifest, refresh(inside, before) if signs else None)
+            _copy_in(source, dest)
+    return Imported(manifest, tuple(targets), resigned)
+
+
+def _check_online_roles_signed(exported: ImageRepository) -> None:
+    """The export's timestamp and snapshot carry the signatures its root asks for,
+    expired or not: the site re-signs their content, never a forgery's."""
+    root = exported.root_metadata().signed
+    for role, md in (("timestamp", exported.timestamp()), ("snapshot", exported.snapshot())):
+        try:
+            root.verify_delegate(role, md.signed_bytes, md.signatures)
+        except UnsignedMetadataError as exc:
+            raise GpuwardError(
+                f"the export's {role} is not signed by the keys its root names ({exc}); "
+                "not a genuine export: export again from the source"
+            ) from None
+
+
+def _copy_in(source: Path, dest: Path) -> None:
+    """Copy a checked folder into place, a metadata folder's timestamp last: until it
+    names them, nothing new is served."""
+    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(TIMESTAMP))
+    if (source / TIMESTAMP).is_file():
+        atomic_write(dest / TIMESTAMP, (source / TIMESTAMP).read_bytes())
 
 
 @dataclass(frozen=True)
 class Imported:
     manifest: MirrorManifest
+    targets: tuple[str, ...]  # every target verified against the trusted root
     resigned: Versions | None  # the site's own snapshot and timestamp, when it signs them

@@ -31,7 +31,7 @@ from keys.ceremony import Staged
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring
 from keys.storage import read_bounded
-from keys.tuf_repo import ONLINE_ROLES, no_passphrase
+from keys.tuf_repo import ONLINE_ROLES, TufRepository, no_passphrase
 
 FORMAT = "gpuward-site-keys/1"
 MAX_SITE_KEYS_BYTES = 64 * 1024
@@ -139,7 +139,7 @@ class Versions:
     timestamp: int
 
     @classmethod
-    def of(cls, repo: ImageRepository) -> Versions | None:
+    def of(cls, repo: TufRepository) -> Versions | None:
         if not (repo.metadata_dir / "timestamp.json").exists():
             return None
         timestamp = repo.timestamp().signed
@@ -176,7 +176,7 @@ def check_not_older(inside: ImageRepository, exported: ImageRepository) -> None:
             )
 
 
-def refresh(repo: ImageRepository, before: Versions | None) -> Versions:
+def refresh(repo: TufRepository, before: Versions | None) -> Versions:
     """Re-sign snapshot and timestamp with the site's keys, above every version an
     agent may have seen from this site (``before``) or from the export."""
     imported = Versions.of(repo)

@@ -11,7 +11,8 @@ gives, whatever the Python:
 - a name is a relative path of plain components (no ``..``, no absolute path,
   no empty or ``.`` component), so it cannot leave the destination;
 - folders are created here, never taken from the archive; a name that needs a
-  folder where a file already is (``lib`` and ``lib/x``) is refused;
+  folder where a file is (``lib`` and ``lib/x``, in either order) is refused
+  from the names alone, before anything is written;
 - each file is created afresh (``O_CREAT | O_EXCL | O_NOFOLLOW``) inside folders
   this function made, so nothing already present is followed or overwritten;
 - modes are the data filter's: owner read and write, no set-id or sticky bits,
@@ -20,16 +21,21 @@ gives, whatever the Python:
 - what is written is counted, so a member cannot deliver more than it declared.
 
 The destination must be an empty folder that only the caller can write to.
+Without one, the same checks run and the same digests come back with nothing
+written: the publishing side refuses what a node would refuse, for the same
+reason, without unpacking gigabytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from fleet.errors import GpuwardError
 
@@ -55,6 +61,38 @@ def _mode(member: tarfile.TarInfo) -> int:
     return mode if mode & 0o100 else mode & ~0o011
 
 
+def _prefixes(parts: tuple[str, ...]) -> list[tuple[str, ...]]:
+    return [parts[:depth] for depth in range(1, len(parts) + 1)]
+
+
+class _Layout:
+    """Which names the members seen so far make files and which folders."""
+
+    def __init__(self) -> None:
+        self.files: set[tuple[str, ...]] = set()
+        self.folders: set[tuple[str, ...]] = set()
+
+    def place(self, member: tarfile.TarInfo) -> tuple[str, ...]:
+        """``member``'s path components, refused if it clashes with an earlier one."""
+        if not (member.isreg() or member.isdir()):
+            raise UnsafeMember(f"{member.name}: only regular files and folders are written")
+        parts = safe_parts(member.name.rstrip("/") if member.isdir() else member.name)
+        folders = _prefixes(parts) if member.isdir() else _prefixes(parts[:-1])
+        for folder in folders:
+            if folder in self.files:
+                raise UnsafeMember(
+                    f"{'/'.join(folder)}: a file in the archive where a folder must be"
+                )
+        if member.isreg():
+            if parts in self.folders:
+                raise UnsafeMember(f"{member.name}: a folder in the archive where a file must be")
+            if parts in self.files:
+                raise UnsafeMember(f"{member.name}: appears twice in the archive")
+            self.files.add(parts)
+        self.folders.update(folders)
+        return parts
+
+
 def _folder(dest: Path, parts: tuple[str, ...], made: set[tuple[str, ...]]) -> Path:
     """The folder for ``parts``, made here (component by component) if needed."""
     path = dest
@@ -74,45 +112,53 @@ def _folder(dest: Path, parts: tuple[str, ...], made: set[tuple[str, ...]]) -> P
 
 
 def extract_files(
-    tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo], dest: Path
+    tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo], dest: Path | None
 ) -> dict[str, str]:
-    """Write each member (regular files and folders only) under ``dest``.
+    """Write each member (regular files and folders only) under ``dest``; with
+    ``dest`` None, check and read them exactly so, writing nothing.
 
-    Returns the SHA-256 of each file written, by member name, computed as the
-    bytes went to disk, so a caller comparing against signed digests need not
-    read the files again.
+    Returns the SHA-256 of each file, by member name, computed as the bytes were
+    read, so a caller comparing against signed digests need not read them again.
     """
+    layout = _Layout()
     made: set[tuple[str, ...]] = set()
     digests: dict[str, str] = {}
     for member in members:
-        parts = safe_parts(member.name.rstrip("/") if member.isdir() else member.name)
+        parts = layout.place(member)
         if member.isdir():
-            _folder(dest, parts, made)
+            if dest is not None:
+                _folder(dest, parts, made)
             continue
-        if not member.isreg():
-            raise UnsafeMember(f"{member.name}: only regular files and folders are written")
-        if parts in made:
-            raise UnsafeMember(f"{member.name}: a folder in the archive where a file must be")
-        folder = _folder(dest, parts[:-1], made)
         source = tar.extractfile(member)
         if source is None:  # pragma: no cover - isreg() members always have data
             raise UnsafeMember(f"{member.name}: no data")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(folder / parts[-1], flags, _mode(member))
-        except FileExistsError:
-            raise UnsafeMember(f"{member.name}: appears twice in the archive") from None
-        digest = hashlib.sha256()
-        written = 0
-        with os.fdopen(fd, "wb") as out:
+        with contextlib.ExitStack() as stack:
+            out = None if dest is None else stack.enter_context(_create(dest, parts, made, member))
+            digest = hashlib.sha256()
+            read = 0
             while chunk := source.read(_CHUNK):
-                written += len(chunk)
-                if written > member.size:
+                read += len(chunk)
+                if read > member.size:
                     raise UnsafeMember(f"{member.name}: longer than its header says")
                 digest.update(chunk)
-                out.write(chunk)
-            os.fchmod(out.fileno(), _mode(member))
-        if written != member.size:
-            raise UnsafeMember(f"{member.name}: shorter than its header says (truncated?)")
+                if out is not None:
+                    out.write(chunk)
+            if read != member.size:
+                raise UnsafeMember(f"{member.name}: shorter than its header says (truncated?)")
         digests[member.name] = digest.hexdigest()
     return digests
+
+
+def _create(
+    dest: Path, parts: tuple[str, ...], made: set[tuple[str, ...]], member: tarfile.TarInfo
+) -> BinaryIO:
+    """A new file for ``member`` inside folders made here; nothing there is followed."""
+    folder = _folder(dest, parts[:-1], made)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(folder / parts[-1], flags, _mode(member))
+    except FileExistsError:
+        raise UnsafeMember(f"{member.name}: appears twice in the archive") from None
+    # The creating umask may have taken bits the data filter keeps.
+    os.fchmod(fd, _mode(member))
+    return os.fdopen(fd, "wb")

@@ -47,10 +47,26 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(verify)
     verify.set_defaults(func=_verify)
 
-    load = sub.add_parser("import", help="load a mirror into an air-gapped server's directories")
+    load = sub.add_parser(
+        "import",
+        help="check a mirror as 'mirror verify' does, then load it into a server's directories",
+        description=(
+            "The export is checked exactly as 'gpuward mirror verify' checks it (manifest, "
+            "every signature from the trusted root, every target's bytes) before anything is "
+            "written. The trusted root is the one the repository already serves; the first "
+            "import, into a repository without one, needs --trusted-root."
+        ),
+    )
     load.add_argument("mirror", type=Path, help="mirror directory or .tar")
-    load.add_argument("--repo", type=Path, required=True)
+    load.add_argument("--repo", type=Path, required=True, help="the site's repository directory")
     load.add_argument("--director", type=Path)
+    load.add_argument(
+        "--trusted-root",
+        type=Path,
+        help="the image root.json to verify against instead of REPO/metadata/root.json "
+        "(the root your agents are installed with; needed for the first import)",
+    )
+    add_json_flag(load)
     load.set_defaults(func=_import)
 
     site_keys = sub.add_parser(
@@ -86,16 +102,17 @@ def _export(args: argparse.Namespace) -> None:
     )
 
 
-def _verify(args: argparse.Namespace) -> None:
+def verified_targets(mirror: Path, trusted_root: Path, scratch: Path | None = None) -> list[str]:
+    """What ``mirror verify`` checks in an export laid out as served: python-tuf's
+    client, offline, from ``trusted_root`` (every role's signatures, versions and
+    expiry, and every target's bytes); the targets' names."""
     from agent.channel import TufChannel
     from agent.fetcher import DirectoryFetcher
-    from keys.mirror import check_manifest, opened
 
-    with opened(args.mirror) as mirror, tempfile.TemporaryDirectory() as tmp:
-        manifest = check_manifest(mirror)
+    with tempfile.TemporaryDirectory(prefix=".gpuward-verify-", dir=scratch) as tmp:
         channel = TufChannel(
             "mirror",
-            args.trusted_root,
+            trusted_root,
             Path(tmp) / "metadata",
             f"{OFFLINE_BASE}/v1/repo/metadata/",
             f"{OFFLINE_BASE}/v1/repo/targets/",
@@ -103,7 +120,15 @@ def _verify(args: argparse.Namespace) -> None:
             fetcher=DirectoryFetcher(mirror, OFFLINE_BASE),
         )
         channel.refresh()
-        names = channel.verify_all()
+        return channel.verify_all()
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from keys.mirror import check_manifest, opened
+
+    with opened(args.mirror) as mirror:
+        manifest = check_manifest(mirror)
+        names = verified_targets(mirror, args.trusted_root)
     emit(
         args,
         {"mirror": str(args.mirror), "files": len(manifest.files), "targets": sorted(names)},
@@ -112,22 +137,46 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
+    from fleet.errors import GpuwardError
     from gpuward.cli.service_owner import become_folder_owner
     from keys.mirror import import_into
 
     # Into a server's repository (/var/lib/gpuward-server/repo): as the server's
     # account, so that it can re-sign what it now serves.
     become_folder_owner(args.repo)
-    imported = import_into(args.mirror, args.repo, args.director)
+    # The site's own root by default: an export must chain from what it serves.
+    root = args.trusted_root or args.repo / "metadata/root.json"
+    if not root.is_file():
+        raise GpuwardError(
+            f"{args.repo} serves no root yet: give --trusted-root with the image root.json "
+            "your agents are installed with (/etc/gpuward/root.json) for the first import"
+        )
+    imported = import_into(
+        args.mirror,
+        args.repo,
+        args.director,
+        verify=lambda out: verified_targets(out, root, scratch=args.repo.parent),
+    )
     resigned = imported.resigned
-    print(
-        f"imported {args.mirror} into {args.repo}"
+    emit(
+        args,
+        {
+            "mirror": str(args.mirror),
+            "repo": str(args.repo),
+            "trusted_root": str(root),
+            "targets": list(imported.targets),
+            "resigned": None
+            if resigned is None
+            else {"snapshot": resigned.snapshot, "timestamp": resigned.timestamp},
+        },
+        f"imported {args.mirror} into {args.repo}; {len(imported.targets)} target(s) "
+        f"verified against {root}"
         + (
             ""
             if resigned is None
             else f"; the site signed snapshot {resigned.snapshot} and "
             f"timestamp {resigned.timestamp}"
-        )
+        ),
     )
 
 

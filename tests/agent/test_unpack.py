@@ -14,7 +14,7 @@ import pytest
 
 from agent.unpack import BadBundle, unpack_bundle
 from fleet.manifest import BundleManifest, PayloadFile
-from keys.bundle import build_bundle, read_manifest
+from keys.bundle import build_bundle, check_bundle, read_manifest
 
 PAYLOAD = b"driver bytes\n"
 
@@ -82,47 +82,187 @@ def test_built_bundle_unpacks(tmp_path: Path) -> None:
     assert (dest / "payload/lib/libnvidia-ml.so.1").read_bytes() == PAYLOAD
 
 
-HOSTILE = {
-    "path traversal": (_manifest(), _file("payload/../../escaped")),
-    "absolute path": (_manifest(), _file("/tmp/escaped")),
-    "symlink": (_manifest(), _special("payload/libnvidia-ml.so.1", tarfile.SYMTYPE, "/etc/shadow")),
+Write = Callable[[Path], None]
+
+
+def _bundle(manifest: BundleManifest, add: Callable[[tarfile.TarFile], None]) -> Write:
+    def write(path: Path) -> None:
+        _tar(path, manifest, add)
+
+    return write
+
+
+def _files(*members: tuple[str, bytes]) -> Callable[[tarfile.TarFile], None]:
+    def add(tar: tarfile.TarFile) -> None:
+        for name, data in members:
+            _file(name, data)(tar)
+
+    return add
+
+
+def _truncated(keep: int) -> Write:
+    def write(path: Path) -> None:
+        _tar(path, _manifest(), _file("payload/libnvidia-ml.so.1"))
+        path.write_bytes(path.read_bytes()[:keep])
+
+    return write
+
+
+def _manifest_not_first(path: Path) -> None:
+    with tarfile.open(path, "w") as tar:
+        _file("payload/libnvidia-ml.so.1")(tar)
+
+
+def _inner_manifest(raw: bytes) -> Write:
+    def write(path: Path) -> None:
+        with tarfile.open(path, "w") as tar:
+            _file("manifest.json", raw)(tar)
+            _file("payload/libnvidia-ml.so.1")(tar)
+
+    return write
+
+
+def _nested(*names: str) -> tuple[BundleManifest, Write]:
+    """A manifest listing ``lib`` and ``lib/x``: one must be a file and a folder."""
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    manifest = dataclasses.replace(
+        _manifest(), files=tuple(PayloadFile(n, len(PAYLOAD), digest) for n in names)
+    )
+    return manifest, _bundle(manifest, _files(*((f"payload/{n}", PAYLOAD) for n in names)))
+
+
+# Every bundle a node refuses, with the manifest it is published under (the one
+# inside it, as ``repo add`` signs it), each with the reason given. The applier's
+# tests (tests/applier/test_hostile_bundles.py) sign each and spool it to a node;
+# tests/keys/test_publish_hostile.py hands each to ``repo add`` and ``repo stage``.
+HOSTILE: dict[str, tuple[BundleManifest, Write, str]] = {
+    "path traversal": (
+        _manifest(),
+        _bundle(_manifest(), _file("payload/../../escaped")),
+        "payload/../../escaped: not listed once in the manifest",
+    ),
+    "absolute path": (
+        _manifest(),
+        _bundle(_manifest(), _file("/tmp/escaped")),
+        "/tmp/escaped: not listed once in the manifest",
+    ),
+    "symlink": (
+        _manifest(),
+        _bundle(_manifest(), _special("payload/libnvidia-ml.so.1", tarfile.SYMTYPE, "/etc/shadow")),
+        "payload/libnvidia-ml.so.1: only regular files are allowed in a bundle",
+    ),
     "hard link": (
         _manifest(),
-        _special("payload/libnvidia-ml.so.1", tarfile.LNKTYPE, "/etc/shadow"),
+        _bundle(_manifest(), _special("payload/libnvidia-ml.so.1", tarfile.LNKTYPE, "/etc/shadow")),
+        "payload/libnvidia-ml.so.1: only regular files are allowed in a bundle",
     ),
-    "device": (_manifest(), _special("payload/libnvidia-ml.so.1", tarfile.CHRTYPE)),
-    "fifo": (_manifest(), _special("payload/libnvidia-ml.so.1", tarfile.FIFOTYPE)),
-    "directory": (_manifest(), _special("payload/dir", tarfile.DIRTYPE)),
-    "unlisted file": (_manifest(), _file("payload/extra.so")),
-    "content differs": (_manifest(), _file("payload/libnvidia-ml.so.1", b"driver bytez\n")),
-    "size differs": (_manifest(), _file("payload/libnvidia-ml.so.1", PAYLOAD + b"!")),
-    "file missing": (_manifest(), lambda tar: None),
+    "device": (
+        _manifest(),
+        _bundle(_manifest(), _special("payload/libnvidia-ml.so.1", tarfile.CHRTYPE)),
+        "payload/libnvidia-ml.so.1: only regular files are allowed in a bundle",
+    ),
+    "fifo": (
+        _manifest(),
+        _bundle(_manifest(), _special("payload/libnvidia-ml.so.1", tarfile.FIFOTYPE)),
+        "payload/libnvidia-ml.so.1: only regular files are allowed in a bundle",
+    ),
+    "directory": (
+        _manifest(),
+        _bundle(_manifest(), _special("payload/dir", tarfile.DIRTYPE)),
+        "payload/dir: only regular files are allowed in a bundle",
+    ),
+    "unlisted file": (
+        _manifest(),
+        _bundle(_manifest(), _file("payload/extra.so")),
+        "payload/extra.so: not listed once in the manifest",
+    ),
+    "content differs": (
+        _manifest(),
+        _bundle(_manifest(), _file("payload/libnvidia-ml.so.1", b"driver bytez\n")),
+        "payload/libnvidia-ml.so.1: digest differs from the manifest",
+    ),
+    "size differs": (
+        _manifest(),
+        _bundle(_manifest(), _file("payload/libnvidia-ml.so.1", PAYLOAD + b"!")),
+        "payload/libnvidia-ml.so.1: size differs from the manifest",
+    ),
+    "file missing": (
+        _manifest(),
+        _bundle(_manifest(), lambda tar: None),
+        "bundle lacks payload/libnvidia-ml.so.1",
+    ),
+    "duplicate member": (
+        _manifest(),
+        _bundle(
+            _manifest(),
+            _files(
+                ("payload/libnvidia-ml.so.1", PAYLOAD),
+                ("payload/libnvidia-ml.so.1", b"other bytes!\n"),
+            ),
+        ),
+        "payload/libnvidia-ml.so.1: not listed once in the manifest",
+    ),
+    "manifest not first": (
+        _manifest(),
+        _manifest_not_first,
+        "bundle does not start with manifest.json",
+    ),
+    "manifest not JSON": (
+        _manifest(),
+        _inner_manifest(b"{not json"),
+        "bundle manifest is not JSON",
+    ),
+    "manifest of a newer schema": (
+        _manifest(),
+        _inner_manifest(json.dumps({**_manifest().to_dict(), "schema": 3}).encode()),
+        "unsupported schema 3",
+    ),
+    "lib, then lib/x": (
+        *_nested("lib", "lib/x"),
+        "payload/lib: a file in the archive where a folder must be",
+    ),
+    "lib/x, then lib": (
+        *_nested("lib/x", "lib"),
+        "payload/lib: a folder in the archive where a file must be",
+    ),
+    **{
+        f"truncated to {keep} bytes": (_manifest(), _truncated(keep), reason)
+        for keep, reason in [
+            (0, "bundle is not a readable tar (empty file)"),
+            (100, "bundle is not a readable tar"),
+            (512, "bundle is not a readable tar (unexpected end of data)"),
+            (1000, "bundle is not a readable tar"),
+            (1536, "bundle is not a readable tar (unexpected end of data)"),
+            (1600, "bundle is not a readable tar (unexpected end of data)"),
+            (2047, "bundle is not a readable tar (unexpected end of data)"),
+        ]
+    },
 }
 
 
+def hostile_bundle(case: str, path: Path) -> tuple[Path, BundleManifest, str]:
+    """The bundle of ``case`` written to ``path``; its manifest and the node's reason."""
+    manifest, write, reason = HOSTILE[case]
+    write(path)
+    return path, manifest, reason
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_member_is_refused(tmp_path: Path, case: str) -> None:
-    manifest, add = HOSTILE[case]
-    bundle = _tar(tmp_path / "hostile.bundle", manifest, add)
+def test_a_hostile_bundle_is_refused_alike_by_nodes_and_publishers(
+    tmp_path: Path, case: str
+) -> None:
+    bundle, manifest, reason = hostile_bundle(case, tmp_path / "hostile.bundle")
     dest = tmp_path / "slot" / "dest"
     dest.mkdir(parents=True)
-    with pytest.raises(BadBundle):
+    with pytest.raises(BadBundle) as node:
         unpack_bundle(bundle, manifest, dest)
+    with pytest.raises(BadBundle) as publisher:
+        check_bundle(bundle)  # what building and publishing run before signing
+
+    assert reason in str(node.value)
+    assert str(publisher.value) == str(node.value)
     assert not (tmp_path / "escaped").exists()
     assert not Path("/tmp/escaped").exists()
-
-
-def test_duplicate_member_is_refused(tmp_path: Path) -> None:
-    manifest = _manifest()
-
-    def twice(tar: tarfile.TarFile) -> None:
-        _file("payload/libnvidia-ml.so.1")(tar)
-        _file("payload/libnvidia-ml.so.1", b"other bytes!\n")(tar)
-
-    bundle = _tar(tmp_path / "dup.bundle", manifest, twice)
-    (tmp_path / "d").mkdir()
-    with pytest.raises(BadBundle, match="listed once"):
-        unpack_bundle(bundle, manifest, tmp_path / "d")
 
 
 def test_inner_manifest_must_equal_the_signed_one(tmp_path: Path) -> None:
@@ -132,23 +272,3 @@ def test_inner_manifest_must_equal_the_signed_one(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     with pytest.raises(BadBundle, match="differs from the signed one"):
         unpack_bundle(bundle, signed, tmp_path / "d")
-
-
-@pytest.mark.parametrize("keep", [0, 100, 512, 1000, 1536, 1600, 2047])
-def test_truncated_bundle_is_refused(tmp_path: Path, keep: int) -> None:
-    manifest = _manifest()
-    bundle = _tar(tmp_path / "b.bundle", manifest, _file("payload/libnvidia-ml.so.1"))
-    bundle.write_bytes(bundle.read_bytes()[:keep])
-    (tmp_path / "d").mkdir()
-    with pytest.raises(BadBundle):
-        unpack_bundle(bundle, manifest, tmp_path / "d")
-
-
-def test_manifest_not_first_is_refused(tmp_path: Path) -> None:
-    manifest = _manifest()
-    bundle = tmp_path / "b.bundle"
-    with tarfile.open(bundle, "w") as tar:
-        _file("payload/libnvidia-ml.so.1")(tar)
-    (tmp_path / "d").mkdir()
-    with pytest.raises(BadBundle, match="does not start with"):
-        unpack_bundle(bundle, manifest, tmp_path / "d")

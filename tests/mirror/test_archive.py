@@ -4,7 +4,6 @@ and hostile archives refused without touching the destination."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,7 @@ from server.config import ServerConfig
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
-from tests.mirror.test_mirror import assert_verifies
+from tests.mirror.test_mirror import assert_verifies, tree, verifier
 from tests.simnode import ENROLLMENT_TOKEN
 
 
@@ -39,17 +38,6 @@ def _export_tar(site: Site, tmp_path: Path) -> Path:
     return out
 
 
-def _tree(folder: Path) -> dict[str, str]:
-    """Every path under ``folder`` with the digest of its content (links included)."""
-    return {
-        p.relative_to(folder).as_posix(): (
-            "link" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
-            if p.is_file() else "dir"
-        )
-        for p in folder.rglob("*")
-    }  # fmt: skip
-
-
 def test_tar_export_verifies_imports_and_serves_an_update(site: Site, tmp_path: Path) -> None:
     site.publish("580.65.06")
     archive = _export_tar(site, tmp_path)
@@ -57,7 +45,10 @@ def test_tar_export_verifies_imports_and_serves_an_update(site: Site, tmp_path: 
     assert [p.name for p in archive.parent.iterdir()] == ["mirror.tar"]  # nothing left behind
 
     gapped = tmp_path / "gapped-repo"
-    imported = gpuward("mirror", "import", str(archive), "--repo", str(gapped))
+    root = str(site.base / "trusted-root.json")
+    imported = gpuward(
+        "mirror", "import", str(archive), "--repo", str(gapped), "--trusted-root", root
+    )
     assert imported.returncode == 0, imported.stderr
     config = ServerConfig(
         gapped, str(tmp_path / "gapped.db"), port=0, unattested_enrollment_token=ENROLLMENT_TOKEN
@@ -149,7 +140,7 @@ def imported(site: Site, tmp_path: Path) -> tuple[Path, Path]:
     site.publish("580.65.06")
     good = _export_tar(site, tmp_path)
     gapped = tmp_path / "gapped-repo"
-    import_into(good, gapped)
+    import_into(good, gapped, verify=verifier(site.base / "trusted-root.json"))
     return good, gapped
 
 
@@ -160,12 +151,12 @@ def test_hostile_archive_members_are_refused(
     good, gapped = imported
     extra, message = ATTACKS[attack]
     bad = _hostile(good, tmp_path, extra)
-    before, around = _tree(gapped), _tree(tmp_path.parent)
+    before, around = tree(gapped), tree(tmp_path.parent)
     for command in ("import", "verify"):
         where = ("--repo", str(gapped)) if command == "import" else ("--trusted-root", "x")
         assert_one_line_error(gpuward("mirror", command, str(bad), *where), message)
-    assert _tree(gapped) == before
-    assert _tree(tmp_path.parent) == around  # nothing escaped, no scratch folder left
+    assert tree(gapped) == before
+    assert tree(tmp_path.parent) == around  # nothing escaped, no scratch folder left
 
 
 def test_truncated_archive_is_refused(imported: tuple[Path, Path], tmp_path: Path) -> None:
@@ -173,19 +164,21 @@ def test_truncated_archive_is_refused(imported: tuple[Path, Path], tmp_path: Pat
     cut = tmp_path / "cut.tar"
     data = good.read_bytes()
     cut.write_bytes(data[: len(data) // 2 + 100])
-    before = _tree(gapped)
+    before = tree(gapped)
     assert_one_line_error(
         gpuward("mirror", "import", str(cut), "--repo", str(gapped)), "copy it again"
     )
-    assert _tree(gapped) == before
+    assert tree(gapped) == before
 
 
 def test_archive_over_the_size_bounds_is_refused(imported: tuple[Path, Path]) -> None:
     good, gapped = imported
-    before = _tree(gapped)
+    before = tree(gapped)
     size = good.stat().st_size
     with pytest.raises(GpuwardError, match="bytes; not a gpuward mirror"):
-        import_into(good, gapped, max_bytes=size // 2)
+        import_into(
+            good, gapped, max_bytes=size // 2, verify=verifier(gapped / "metadata/root.json")
+        )
     with pytest.raises(GpuwardError, match="more than 3 files"):
-        import_into(good, gapped, max_members=3)
-    assert _tree(gapped) == before
+        import_into(good, gapped, max_members=3, verify=verifier(gapped / "metadata/root.json"))
+    assert tree(gapped) == before

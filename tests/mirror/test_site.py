@@ -28,6 +28,7 @@ from server.resigner import OnlineSigner
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
+from tests.mirror.test_mirror import manifest_of, tree, verifier
 from tests.simnode import ENROLLMENT_TOKEN
 
 
@@ -89,7 +90,8 @@ def test_site_keys_keep_an_imported_mirror_fresh(site: Site, tmp_path: Path) -> 
     now = datetime.now(UTC)
     first = _export_lapsing(site, tmp_path / "first.tar", now - timedelta(minutes=1))
 
-    imported = _ok("mirror", "import", str(first), "--repo", str(gapped))
+    root = str(site.base / "trusted-root.json")
+    imported = _ok("mirror", "import", str(first), "--repo", str(gapped), "--trusted-root", root)
     assert "the site signed snapshot" in imported
     site_keyids = set(ImageRepository(gapped).keyring.keys())
     fresh = _timestamp(gapped)
@@ -127,20 +129,48 @@ def test_site_keys_keep_an_imported_mirror_fresh(site: Site, tmp_path: Path) -> 
         assert _timestamp(gapped).signed.version == served
 
 
+def test_a_site_that_signs_refuses_a_forged_timestamp(site: Site, tmp_path: Path) -> None:
+    """The site re-signs what it imports, and a lapsed upstream timestamp is fine;
+    one that upstream never signed is not."""
+    gapped, _ = _trusted_site(site, tmp_path)
+    site.publish("580.65.06")
+    root = str(site.base / "trusted-root.json")
+    _ok("mirror", "import", _export_lapsing(site, tmp_path / "first", datetime.now(UTC)).as_posix(),
+        "--repo", str(gapped), "--trusted-root", root)  # fmt: skip
+    forged = _export_lapsing(site, tmp_path / "forged", datetime.now(UTC))
+    stamp = forged / "v1/repo/metadata/timestamp.json"
+    md = Metadata[Timestamp].from_bytes(stamp.read_bytes())
+    md.signed.version = 999999
+    md.signatures.clear()
+    stamp.write_bytes(md.to_bytes())
+    (forged / "MANIFEST.json").write_bytes(manifest_of(forged))
+    before = tree(gapped)
+
+    refused = gpuward("mirror", "import", str(forged), "--repo", str(gapped))
+
+    assert_one_line_error(refused, "the export's timestamp is not signed by the keys its root")
+    assert tree(gapped) == before
+
+
 def test_without_site_keys_expired_metadata_is_refused(site: Site, tmp_path: Path) -> None:
     site.publish("580.65.06")
     gapped = tmp_path / "gapped"
     now = datetime.now(UTC)
     lapsed = _export_lapsing(site, tmp_path / "lapsed.tar", now - timedelta(minutes=1))
+    root = site.base / "trusted-root.json"
     assert_one_line_error(
-        gpuward("mirror", "import", str(lapsed), "--repo", str(gapped)),
+        gpuward(
+            "mirror", "import", str(lapsed), "--repo", str(gapped), "--trusted-root", str(root)
+        ),
         "timestamp expired",
         "Air-gapped sites",
     )
     assert not gapped.exists()
 
     # Imported while fresh (an hour ago), then left to lapse: agents refuse it.
-    import_into(lapsed, gapped, now=now - timedelta(hours=1))
+    # python-tuf checks expiry on the real clock, which the import's check (then
+    # passed, by construction) cannot be moved back to.
+    import_into(lapsed, gapped, now=now - timedelta(hours=1), verify=lambda out: ())
     with _inside(gapped, tmp_path) as inside:
         result = run_once(_agent(site, inside))
     assert result.outcome.update == "refused"
@@ -154,7 +184,12 @@ def test_export_with_expired_offline_roles_is_refused(site: Site, tmp_path: Path
     _ok("mirror", "export", "--repo", str(site.repo.root), "--to", str(export))
     # Months on, the offline-signed targets have lapsed: no site key can renew them.
     with pytest.raises(GpuwardError, match="targets metadata expired"):
-        import_into(export, gapped, now=datetime.now(UTC) + timedelta(days=200))
+        import_into(
+            export,
+            gapped,
+            now=datetime.now(UTC) + timedelta(days=200),
+            verify=verifier(site.base / "trusted-root.json"),
+        )
     assert not (gapped / "metadata").exists()
 
 
