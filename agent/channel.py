@@ -103,9 +103,10 @@ class TufChannel:
         metadata_dir: Path,
         metadata_url: str,
         targets_url: str,
-        download_dir: Path,
+        download_dir: Path | None,
         fetcher: FetcherInterface | None = None,
     ) -> None:
+        """``download_dir`` None: a channel that only verifies metadata, and may not fetch."""
         self.name = name
         try:
             bootstrap = trusted_root.read_bytes()
@@ -115,13 +116,14 @@ class TufChannel:
                 "root.json there"
             ) from None
         for folder in (metadata_dir, download_dir):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._metadata_dir = metadata_dir
         try:
             self._updater = Updater(
                 metadata_dir=str(metadata_dir),
                 metadata_base_url=metadata_url,
-                target_dir=str(download_dir),
+                target_dir=None if download_dir is None else str(download_dir),
                 target_base_url=targets_url,
                 config=UpdaterConfig(app_user_agent=USER_AGENT),
                 bootstrap=bootstrap,

@@ -325,9 +325,13 @@ def _applier(doc: object) -> ApplierSettings:
 
 
 def _url(value: object, field: str) -> str:
-    if not isinstance(value, str) or urlparse(value).scheme not in ("http", "https"):
-        raise GpuwardError(f"agent config: {field} must be an http(s) URL, not {value!r}")
-    return value.rstrip("/")
+    try:
+        # urlparse raises on a bracketed host that is no address ("[fe80::1%25a%0A]").
+        if isinstance(value, str) and urlparse(value).scheme in ("http", "https"):
+            return value.rstrip("/")
+    except ValueError as exc:
+        raise GpuwardError(f"agent config: {field} is not a URL ({exc})") from None
+    raise GpuwardError(f"agent config: {field} must be an http(s) URL, not {value!r}")
 
 
 def _director(doc: object, base: Path) -> DirectorSettings:

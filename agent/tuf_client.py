@@ -10,23 +10,26 @@ copy), so the suite tests exactly the code that guards the nodes:
         --target-base-url B --target-dir TD download
 
 Exit status 0 on success, 1 on any failure (one line on stderr says why).
+
+The metadata directory holds exactly what python-tuf's own client keeps there
+(the suite reads it to learn which roles the client trusts): ``init`` has
+ngclient install the given root, which writes ``root_history/N.root.json`` and
+links ``root.json`` to it; later commands trust that ``root.json``, as
+python-tuf's example client does, and ngclient moves it forward as roots rotate.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tuf.api.metadata import Metadata, Root
-from tuf.api.serialization import DeserializationError
-
 from agent.channel import TufChannel
 from fleet.errors import GpuwardError
 
-TRUSTED_ROOT = "trusted_root.json"
+# Where ngclient keeps the root it trusts now (a link into root_history/).
+TRUSTED_ROOT = "root.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,25 +47,23 @@ def _parser() -> argparse.ArgumentParser:
 def _init(metadata_dir: Path, trusted_root: Path | None) -> None:
     if trusted_root is None:
         raise GpuwardError("init needs the trusted root file")
-    data = trusted_root.read_bytes()
-    try:
-        Metadata[Root].from_bytes(data)
-    except DeserializationError as exc:
-        raise GpuwardError(f"{trusted_root} is not root metadata: {exc}") from None
-    metadata_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(trusted_root, metadata_dir / TRUSTED_ROOT)
+    # Building the channel verifies the root (signed by its own threshold) and
+    # has ngclient persist it; init makes no request, so there is no URL yet.
+    TufChannel("conformance", trusted_root, metadata_dir, "", "", None)
 
 
 def _channel(args: argparse.Namespace) -> TufChannel:
     if not args.metadata_url:
         raise GpuwardError(f"{args.command} needs --metadata-url")
+    if not (args.metadata_dir / TRUSTED_ROOT).exists():
+        raise GpuwardError(f"{args.metadata_dir} holds no trusted root; run init first")
     return TufChannel(
         "conformance",
         args.metadata_dir / TRUSTED_ROOT,
         args.metadata_dir,
         args.metadata_url,
         args.target_base_url or args.metadata_url,
-        args.target_dir or args.metadata_dir / "targets",
+        args.target_dir,
     )
 
 

@@ -24,6 +24,7 @@ from fleet.firewall import FirewallReport
 from fleet.gpu import GpuSample, XidEvent
 from fleet.gpu_rules import FAILED, STATUSES, Finding
 from fleet.schema import Reader, canonical_json
+from fleet.text import unicode_texts
 
 SCHEMA_VERSION = 1
 MAX_GPUS = 64
@@ -232,6 +233,19 @@ class HealthReport:
 
     @classmethod
     def from_dict(cls, doc: object, where: str = "report") -> HealthReport:
+        """The report in ``doc``, its strings made Unicode text (``fleet.text``).
+
+        Every renderer then can write what is stored, whatever a node sent. An
+        attested report is bound to its exact text: one a node sends with a lone
+        surrogate no longer matches its quote, like any report altered on its way.
+        """
+        report = cls._read(doc, where)
+        as_read = report.to_dict()
+        as_text = unicode_texts(as_read)
+        return report if as_text == as_read else cls._read(as_text, where)
+
+    @classmethod
+    def _read(cls, doc: object, where: str) -> HealthReport:
         r = Reader(
             doc,
             where,

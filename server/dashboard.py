@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from aiohttp import web
 
 from fleet.rollout import Rollout
+from fleet.text import unicode_text
 from server.fleetview import NODE_STATES, fleet_json, history_json, node_json
 from server.http import Route, Services, services
 from server.operator_api import rollout_json
@@ -40,8 +41,11 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+# overflow-wrap:anywhere: a word longer than the page (a node's reason without
+# spaces) wraps instead of widening it.
 _STYLE = """
-body{font:14px system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
+body{font:14px system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8;
+overflow-wrap:anywhere}
 header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
 header a{color:#fff;text-decoration:none}header form{margin-left:auto}
 main{padding:16px 20px}section{background:#fff;border-radius:6px;padding:12px 16px;margin:0 0 16px}
@@ -90,7 +94,8 @@ def _page(
         f"<body><header><strong>gpuward</strong>{nav}</header><main>"
         f"{banner}<h1>{_e(title)}</h1>{body}</main></body></html>"
     )
-    return web.Response(text=doc, content_type="text/html", headers=_HEADERS)
+    # Whatever a node's stored report holds, the page can be written (fleet.text).
+    return web.Response(text=unicode_text(doc), content_type="text/html", headers=_HEADERS)
 
 
 async def _signed_in(request: web.Request) -> OperatorToken:

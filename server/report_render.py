@@ -17,6 +17,7 @@ from typing import Any
 
 from fleet.compliance import Chart, charts
 from fleet.errors import GpuwardError
+from fleet.text import unicode_texts
 
 CONTENT_TYPES = {
     "json": "application/json",
@@ -25,7 +26,8 @@ CONTENT_TYPES = {
 }
 BAR_COLOURS = ("#2f6f9f", "#d08a2c", "#5b9a4c", "#b04848", "#7a5ea8", "#888888")
 Getter = Callable[[Mapping[str, Any]], object]
-# The fleet table: (heading, value, width in the PDF in mm; landscape A4 gives 277).
+PAGE_WIDTH_MM = 277  # landscape A4 less the PDF's 10 mm margins
+# The fleet table: (heading, value, width in the PDF in mm; at most PAGE_WIDTH_MM in all).
 NODE_COLUMNS: tuple[tuple[str, Getter, float], ...] = (
     ("Node", lambda n: n["node_id"], 26),
     ("Pool", lambda n: n["pool"], 14),
@@ -81,6 +83,9 @@ def cell(value: object) -> str:
 
 
 def render(document: Mapping[str, Any], fmt: str) -> bytes:
+    # The report reader makes what nodes send Unicode text; whatever else reached
+    # the store (an older row, a verdict) must not stop the report either.
+    document = unicode_texts(document)
     if fmt == "json":
         return json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
     if fmt == "html":
@@ -142,7 +147,10 @@ def _html(document: Mapping[str, Any]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(_title(document))}</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        # A long word (a node's 1,024-character reason, a 128-character node
+        # id) wraps instead of widening the page.
+        "body{font-family:sans-serif;margin:2em;overflow-wrap:anywhere}"
+        "table{border-collapse:collapse}"
         "td,th{border:1px solid #bbb;padding:2px 6px;font-size:13px;text-align:left}"
         "svg{margin:0 2em 1em 0;font:13px sans-serif}</style></head><body>"
         f"<h1>{escape(_title(document))}</h1><p>{escape(_subtitle(document))}</p>"
@@ -229,7 +237,7 @@ def _pdf(document: Mapping[str, Any]) -> bytes:
     for node in nodes:
         story += [PageBreak(), Paragraph(f"Node {escape(node['node_id'])}", styles["Heading2"])]
         facts = [[name, cell(get(node))] for name, get in NODE_FACTS]
-        story.append(table([["Fact", "Value"], *facts], [60 * mm, 200 * mm]))
+        story.append(table([["Fact", "Value"], *facts], [60 * mm, (PAGE_WIDTH_MM - 60) * mm]))
         history = node["updates"]["history"]
         story.append(Spacer(1, 3 * mm))
         story.append(
@@ -238,7 +246,10 @@ def _pdf(document: Mapping[str, Any]) -> bytes:
                 + [
                     [cell(h["at"]), h["update"], cell(h["driver_version"]), h["reason"]]
                     for h in history
-                ]
+                ],
+                # Fixed widths: sized to its content, one long word would make
+                # the table wider than the page, which ReportLab cannot lay out.
+                [w * mm for w in (32, 22, 22, PAGE_WIDTH_MM - 76)],
             )
             if history
             else Paragraph("No updates recorded.", styles["BodyText"])

@@ -71,19 +71,48 @@ def is_address(target: str) -> bool:
     return True
 
 
+_ZONE_REFUSED = (
+    "{where}: {text!r} has an IPv6 zone id (%...); a firewall rule names a plain address "
+    "or network: drop the %... part"
+)
+
+
+def zoned(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``address`` carries an IPv6 zone id (``fe80::1%eth0``): it names an
+    interface, which a rule cannot, and its text is anything after the ``%``."""
+    return isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None
+
+
 def parse_network(text: str, where: str) -> IPNetwork:
-    """An address or CIDR; host bits set (``10.0.0.1/8``) is an error, not a guess."""
+    """An address or CIDR; host bits set (``10.0.0.1/8``) is an error, not a guess.
+
+    Python reads ``fe80::1%eth0`` (newlines and all after the ``%``) as an
+    address with a zone id; every address the firewall uses is parsed here, so
+    here is where a zone id is refused.
+    """
     try:
-        return ipaddress.ip_network(text, strict=True)
+        network = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise InvalidDocument(
-            f"{where}: {text!r} is not a valid address or CIDR ({exc}); "
+            f"{where}: {text[:80]!r} is not a valid address or CIDR ({exc}); "
             "write the network address, for example 10.0.0.0/8"
         ) from None
+    if zoned(network.network_address):
+        raise InvalidDocument(_ZONE_REFUSED.format(where=where, text=text[:80]))
+    return network
+
+
+def plain(network: IPNetwork) -> IPNetwork:
+    """``network`` rebuilt from its number and prefix length: what a ruleset writes
+    is then a literal, whatever text it was parsed from."""
+    if zoned(network.network_address):
+        raise ValueError(f"{network} has a zone id, which a firewall rule cannot name")
+    return type(network)((int(network.network_address), network.prefixlen))
 
 
 def network_text(network: IPNetwork) -> str:
     """``10.0.0.5`` for a single host, ``10.0.0.0/8`` for a network: how nft prints them."""
+    network = plain(network)
     if network.prefixlen == network.max_prefixlen:
         return str(network.network_address)
     return str(network)
@@ -93,6 +122,8 @@ def _target(value: object, where: str) -> str:
     """A host name, or an address/CIDR in its canonical spelling."""
     if not isinstance(value, str):
         raise InvalidDocument(f"{where}: must be a string")
+    if "%" in value:  # also what ipaddress would not read as a zone id ("fe80::1%")
+        raise InvalidDocument(_ZONE_REFUSED.format(where=where, text=value[:80]))
     if is_address(value) or "/" in value:
         return network_text(parse_network(value, where))
     if not _HOST_NAME.fullmatch(value):
@@ -116,20 +147,23 @@ class Endpoint:
     @classmethod
     def from_url(cls, url: str, where: str = "server_url") -> Endpoint:
         """The endpoint an http(s) URL connects to (the agent's server or a mirror)."""
-        parsed = urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise InvalidDocument(f"{where}: {url[:200]!r} must be an http(s) URL")
         try:
+            # Newer Pythons check a bracketed host here; 3.11.2 leaves it to parse().
+            parsed = urlsplit(url)
             port = parsed.port or (443 if parsed.scheme == "https" else 80)
         except ValueError as exc:
             raise InvalidDocument(f"{where}: {url[:200]!r}: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise InvalidDocument(f"{where}: {url[:200]!r} must be an http(s) URL")
         return cls.parse(str(cls(parsed.hostname, port)), where)
 
     @classmethod
     def parse(cls, value: object, where: str) -> Endpoint:
         if not isinstance(value, str):
             raise InvalidDocument(f"{where}: must be a string like updates.example.org:443")
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
+        # Brackets take anything up to "]", so an IPv6 address with a zone id
+        # gets the zone id's error from _target, not a puzzling "host:port".
+        match = re.fullmatch(r"\[([^\[\]]*:[^\[\]]*)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
         if match is None:
             raise InvalidDocument(
                 f"{where}: {value[:80]!r} must be host:port, for example updates.example.org:443"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.firewall.policy import FirewallPolicy
+from agent.firewall.policy import FirewallPolicy, zoned
 from fleet.errors import GpuwardError
 
 MAX_ADDRESSES_PER_NAME = 64
@@ -36,8 +36,7 @@ class Resolution:
 def system_resolver(name: str) -> list[str]:
     """The node's own resolver (getaddrinfo: /etc/hosts, then DNS)."""
     infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    # Scoped link-local addresses ("fe80::1%eth0") cannot be written as a rule.
-    return [str(info[4][0]) for info in infos if "%" not in str(info[4][0])]
+    return [str(info[4][0]) for info in infos]
 
 
 def system_user_lookup(name: str) -> int:
@@ -88,9 +87,12 @@ def _addresses(name: str, resolver: Resolver) -> tuple[str, ...]:
             "DNS (the firewall was not changed)"
         ) from None
     try:
-        unique = sorted({ipaddress.ip_address(a) for a in found}, key=lambda a: (a.version, a))
+        parsed = {ipaddress.ip_address(a) for a in found}
     except ValueError as exc:
         raise GpuwardError(f"resolving {name!r} gave a non-address: {exc}") from None
+    # A scoped link-local answer ("fe80::1%eth0", from /etc/hosts say) names an
+    # interface, which a rule cannot; the name's other addresses still count.
+    unique = sorted((a for a in parsed if not zoned(a)), key=lambda a: (a.version, a))
     if not unique:
         raise GpuwardError(
             f"{name!r} resolves to no address: check the name in [firewall] and the node's "

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.firewall.policy import FirewallPolicy, network_text, parse_network
+from agent.firewall.policy import FirewallPolicy, network_text, parse_network, plain
 from agent.firewall.resolve import Resolution
 
 FAMILY = "inet"
@@ -62,6 +62,7 @@ def _payload(protocol: str, field: str) -> NftObject:
 
 
 def daddr(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Stmt:
+    network = plain(network)
     protocol = "ip" if network.version == 4 else "ip6"
     right: Any = str(network.network_address)
     if network.prefixlen != network.max_prefixlen:
@@ -265,7 +266,7 @@ def _allow_rules(
             seen.add(key)
             comment = f"{flow.purpose} {flow.target}"
             if flow.target != target:
-                comment += f" = {target}"
+                comment += f" = {network_text(network)}"
             yield Rule(
                 RESTRICTED,
                 (daddr(network), dport(flow.proto, flow.port), COUNTER, ACCEPT),

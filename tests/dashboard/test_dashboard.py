@@ -50,7 +50,7 @@ def populated(_template_repo: Path, tmp_path: Path) -> Iterator[tuple[Fleet, str
         yield fleet, fleet.token("viewer")
 
 
-def _chromium(tmp_path: Path, *args: str) -> str:
+def chromium(tmp_path: Path, *args: str) -> str:
     assert CHROMIUM, "chromium is not installed: run 'make setup' (it is in DEB_PACKAGES)"
     profile = tmp_path / "chromium-profile"
     result = subprocess.run(
@@ -79,12 +79,12 @@ def test_pages_render_with_data_in_headless_chromium(
 ) -> None:
     fleet, viewer = populated
     shot = tmp_path / "dashboard.png"
-    _chromium(
+    chromium(
         tmp_path, f"--screenshot={shot}", "--window-size=1280,1000", f"{fleet.url}/?token={viewer}"
     )
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    dom = _chromium(tmp_path, "--dump-dom", f"{fleet.url}/?token={viewer}")
+    dom = chromium(tmp_path, "--dump-dom", f"{fleet.url}/?token={viewer}")
     assert "Fleet: 7 nodes" in dom
     assert 'id="count-healthy"><b>2</b>' in dom
     assert 'id="count-missing"><b>4</b>' in dom  # silent for more than 3 intervals
@@ -95,12 +95,12 @@ def test_pages_render_with_data_in_headless_chromium(
     assert 'id="stragglers"' in dom
     assert viewer not in dom  # the sign-in link's token does not stay in the page
 
-    node = _chromium(tmp_path, "--dump-dom", f"{fleet.url}/nodes/gpu-1?token={viewer}")
+    node = chromium(tmp_path, "--dump-dom", f"{fleet.url}/nodes/gpu-1?token={viewer}")
     assert "Node gpu-1" in node and 'id="history"' in node
     assert node.count("<tr>") >= 3  # header + two reports
     assert '<span class="unhealthy">no</span>' in node
 
-    rollout = _chromium(tmp_path, "--dump-dom", f"{fleet.url}/rollouts/r-web?token={viewer}")
+    rollout = chromium(tmp_path, "--dump-dom", f"{fleet.url}/rollouts/r-web?token={viewer}")
     assert 'id="phase">halted' in rollout and "wave 0" in rollout
     assert "rolled-back" in rollout  # the canary's verdict in the events
 
