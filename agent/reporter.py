@@ -49,6 +49,10 @@ def post_report(config: AgentConfig, report: HealthReport) -> None:
     """Raises ``ChannelUnavailable`` if not delivered, ``NotEnrolled`` without a key,
     ``AttestationError`` when the TPM cannot quote."""
     key = load_key(config)
+    # The report as the server will read it: text its reader cleans (a lone
+    # surrogate from an OS error naming an undecodable file) is cleaned before
+    # the quote covers its digest, or the server's digest would differ.
+    report = HealthReport.from_dict(report.to_dict())
     if config.attestation is None:
         _post(config, key, report.to_dict())
         return

@@ -230,6 +230,18 @@ def test_reports_of_a_tpm_node_are_attested_and_shown_so(
     assert [h["attestation"]["passed"] for h in history] == [True, True]
 
 
+def test_an_attested_report_with_text_the_server_cleans_still_verifies(
+    site: Site, tpm: Tpm, tmp_path: Path
+) -> None:
+    """A reason holding a lone surrogate (an OS error naming an undecodable file
+    name) arrives as U+FFFD: the quote covers the report the server reads."""
+    config, _node = enroll_agent(site, tpm, tmp_path / "node")
+    post_report(config, make_report(reason="cannot read /tmp/\udcff: denied"))
+    latest = site.fleet()["n1"]
+    assert latest["report"]["reason"] == "cannot read /tmp/\ufffd: denied"
+    assert latest["report_attestation"]["passed"] is True
+
+
 def test_forged_or_replayed_attested_reports_are_refused(
     site: Site, tpm: Tpm, tmp_path: Path
 ) -> None:
