@@ -44,6 +44,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	shellcheck packaging/build.sh packaging/scripts/*.in
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy

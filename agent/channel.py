@@ -24,7 +24,7 @@ from agent.config import AgentConfig
 from agent.fetcher import MirrorFetcher, SignedFetcher
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.manifest import BundleManifest
-from gpuward import __version__
+from fleet.version import VERSION
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,7 @@ def _classified(action: str) -> Iterator[None]:
         raise UpdateRefused(f"{action}: {type(exc).__name__}: {exc}") from exc
 
 
-USER_AGENT = f"gpuward-agent/{__version__}"
+USER_AGENT = f"gpuward-agent/{VERSION}"
 
 
 def mirror_fetcher(

@@ -35,7 +35,7 @@ from fleet.nodeauth import (
     RequestSignature,
     signed_message,
 )
-from gpuward import __version__
+from fleet.version import VERSION
 
 log = structlog.get_logger(__name__)
 _TIMEOUT = urllib3.Timeout(connect=5.0, read=10.0)
@@ -95,7 +95,7 @@ def signed_request(
         if attempt:
             time.sleep(0.5 * attempt)
         headers = {
-            "User-Agent": f"gpuward-agent/{__version__}",
+            "User-Agent": f"gpuward-agent/{VERSION}",
             **sign(key, config.node_id, method, url, body),
         }
         if body:
@@ -144,7 +144,7 @@ def _tpm_evidence(
                 config.tpm_enroll_url,
                 body=body,
                 headers={
-                    "User-Agent": f"gpuward-agent/{__version__}",
+                    "User-Agent": f"gpuward-agent/{VERSION}",
                     "Content-Type": "application/json",
                     ENROLLMENT_TOKEN_HEADER: token,
                 },

@@ -571,9 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # Only as a program does this module own logging: to stderr, keeping stdout JSON.
-    from gpuward import logs
-
-    logs.configure()
+    structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=sys.stderr))
     if args.xids:
         return _stream_xids(args.count, args.wait_ms)
     if args.inventory:

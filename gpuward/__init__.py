@@ -5,4 +5,6 @@ group lives in its own module under ``gpuward.cli`` and imports what it drives
 lazily, so ``gpuward keys ...`` never loads the server.
 """
 
-__version__ = "0.1.0"
+from fleet.version import VERSION as __version__
+
+__all__ = ["__version__"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from fleet.nodeauth import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 from fleet.report import MAX_GPUS, MAX_PROBLEMS, UPDATE_OUTCOMES
-from gpuward import __version__
+from fleet.version import VERSION
 from server.http import Route
 
 _STR = {"type": "string"}
@@ -442,7 +442,7 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "gpuward update server",
-            "version": __version__,
+            "version": VERSION,
             "description": "Pull-only: nodes enroll, report and read their assignment; "
             "operators read the fleet and steer rollouts. The signed image repository "
             "is served under /v1/repo/.",
