@@ -157,13 +157,14 @@ async def serve(
         raise
     tpm, reports = (None, None) if attestation is None else attestation
     duties = worker in (None, 0)
+    limiter = RateLimiter(config.node_rate_per_s, config.node_burst, clock)
     svc = Services(
         config=config,
         store=store,
         verifier=_verifier(config, verifier, tpm),
         clock=clock,
-        requests=RequestVerifier(store, clock),
-        limiter=RateLimiter(config.node_rate_per_s, config.node_burst, clock),
+        requests=RequestVerifier(store, clock, limiter),
+        limiter=limiter,
         preauth_limiter=RateLimiter(config.preauth_rate_per_s, config.preauth_burst, clock),
         engine=RolloutEngine(
             store,
