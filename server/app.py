@@ -62,7 +62,7 @@ async def director_metadata(request: web.Request) -> web.FileResponse:
     """A node's director metadata (one small repository per node; the root is shared),
     to that node only: it names the bundle the node is to run, which is no one
     else's business, so the request must be signed by the node it names."""
-    node, _sig, _body = await signed_request(request, limited=False)
+    node, _sig, _body = await signed_request(request, bucket="director")
     director = services(request).config.director
     wanted, name = request.match_info["node"], request.match_info["name"]
     if wanted != node.node_id:
@@ -121,6 +121,7 @@ ROUTES: tuple[Route, ...] = (
             403: ("another node's director metadata", "Error"),
             404: ("no such file", "Error"),
             413: SIGNED_RESPONSES[413],
+            429: SIGNED_RESPONSES[429],
         },
     ),
     *node_api.ROUTES,

@@ -23,6 +23,12 @@ class ServerConfig:
     node_rate_per_s: float = 1.0
     node_burst: int = 20
     request_timeout_s: float = 30.0
+    # A connection's first request line and headers must arrive within this; each
+    # source address may hold this many connections open (behind a reverse proxy,
+    # all nodes share its address: raise it there). The total is kept below the
+    # process's file descriptor limit (server.connections).
+    header_timeout_s: float = 10.0
+    max_connections_per_address: int = 256
     rollout_tick_s: float = 15.0
     # The no-TPM enrollment mode: nodes presenting this shared secret are
     # enrolled and shown as unattested. None: only an injected verifier enrolls.

@@ -148,6 +148,23 @@ OPTIONS = (
         bounds=(1, 1_000_000),
     ),
     Option(
+        "header_timeout",
+        "header_timeout_s",
+        Kind.FLOAT,
+        "close a connection whose request line and headers take longer than S seconds",
+        "S",
+        bounds=(0.1, 3600),
+    ),
+    Option(
+        "max_connections_per_address",
+        "max_connections_per_address",
+        Kind.INT,
+        "connections one source address may hold open; more are closed at once (raise "
+        "it behind a reverse proxy, whose address every node shares)",
+        "N",
+        bounds=(1, 1_000_000),
+    ),
+    Option(
         "boot_policy",
         "boot_policy",
         Kind.PATH,

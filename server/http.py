@@ -139,12 +139,14 @@ def preauth_rate_limit(request: web.Request) -> None:
 
 
 async def signed_request(
-    request: web.Request, max_body: int = MAX_BODY_BYTES, *, limited: bool = True
+    request: web.Request, max_body: int = MAX_BODY_BYTES, *, bucket: str = "node"
 ) -> tuple[EnrolledNode, RequestSignature, bytes]:
     """The enrolled node that signed this request, and the body it signed.
 
-    ``limited``: counted against the node's rate limit (not for metadata reads,
-    which a TUF refresh makes several of at once, as it does of public files).
+    The node's rate limit in ``bucket`` is charged once the signature is checked
+    (no one else can spend it) and before the nonce is recorded (a flood is
+    refused before it costs memory). Metadata reads have a bucket of their own,
+    as a TUF refresh makes several at once and must not starve the node's reports.
     """
     verifier = services(request).requests
     try:
@@ -152,10 +154,10 @@ async def signed_request(
         node = await verifier.sender(sig)
         body = await read_body(request, max_body)
         verifier.check(node, sig, request.method, request.raw_path, body)
+        rate_limit(request, f"{bucket}:{node.node_id}")
+        verifier.claim(sig)
     except NodeAuthError as exc:
         raise ApiError(exc.status, str(exc), {"WWW-Authenticate": "Gpuward-Signature"}) from None
-    if limited:
-        rate_limit(request, f"node:{node.node_id}")
     return node, sig, body
 
 

@@ -37,6 +37,11 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return (1 - tokens) / self._rate
 
+    def most_in(self, seconds: float) -> int:
+        """The most requests one key can be admitted in ``seconds``: a full burst,
+        then the refill."""
+        return int(self._burst) + math.ceil(seconds * self._rate)
+
     def _prune(self, now: float) -> None:
         full = [
             key

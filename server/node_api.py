@@ -59,10 +59,12 @@ async def enroll(request: web.Request) -> web.Response:
     except InvalidDocument as exc:
         raise ApiError(400, str(exc)) from None
     _check_possession(enrollment, sig, request, body)
-    # Per node id, not per address: a whole site behind one NAT enrolls at once.
-    rate_limit(request, f"enroll:{enrollment.node_id}")
     try:
         attestation = await s.verifier.verify(enrollment)
+        # Per node id, not per address (a whole site behind one NAT enrolls at once),
+        # and only once the evidence is accepted: a caller without the token spends
+        # its address's budget, never that of a node id it names.
+        rate_limit(request, f"enroll:{enrollment.node_id}")
         s.requests.claim(sig)
     except NodeAuthError as exc:
         log.warning("enrollment_refused", node=enrollment.node_id, reason=str(exc))

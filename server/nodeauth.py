@@ -7,7 +7,8 @@ accepts a shared enrollment token and marks the node "unattested" everywhere it
 is shown. Afterwards each node request is checked for a valid signature by the
 enrolled key, a timestamp within ``MAX_SKEW_S`` and a nonce not seen before.
 The nonce cache here is per replica; the store's unique (node, nonce) index
-catches a report replayed to another replica.
+catches a report replayed to another replica. It is partitioned by node: a node
+that floods fills only its own partition, never the room other nodes' nonces need.
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ from typing import Protocol
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import MAX_SKEW_S, EnrollmentRequest, RequestSignature, signed_message
 from keys import ed25519
+from server.limits import RateLimiter
 from server.store import EnrolledNode, Store
 
 UNATTESTED = "unattested"
 TOKEN_EVIDENCE = "enrollment-token"  # noqa: S105 (an evidence type, not a secret)
-MAX_NONCES = 1_000_000
+# How long a nonce is remembered: as long as a request carrying it stays fresh.
+NONCE_LIFETIME_S = 2 * MAX_SKEW_S
+# A node's nonces come from three rate-limit buckets (requests, director reads,
+# enrollments), so its partition holds what the three admit in a lifetime.
+NONCE_BUCKETS = 3
+_SWEEP_EVERY = 10_000
 
 
 class NodeAuthError(GpuwardError):
@@ -112,39 +119,64 @@ def verify_signature(
 
 
 class NonceCache:
-    """Nonces seen in the last ``2 * MAX_SKEW_S``, the longest a request stays fresh.
+    """Nonces seen in the last ``NONCE_LIFETIME_S``, the longest a request stays fresh,
+    in one partition per node of at most ``per_node`` nonces.
 
     Entries expire in insertion order (each lives the same time from receipt),
-    so expiry pops from the front. When full, requests are refused rather than
-    forgetting a nonce that could then be replayed.
+    so expiry pops from a partition's front. A full partition refuses its own
+    node's requests rather than forgetting a nonce that could then be replayed;
+    the rate limit, charged before a nonce is claimed, keeps an honest node far
+    below it. Memory is at most enrolled nodes times ``per_node``.
     """
 
-    def __init__(self, clock: Callable[[], float], capacity: int = MAX_NONCES) -> None:
+    def __init__(self, clock: Callable[[], float], per_node: int) -> None:
         self._clock = clock
-        self._capacity = capacity
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._per_node = per_node
+        self._seen: dict[str, OrderedDict[str, float]] = {}
+        self._claims = 0
+
+    def seen(self, node_id: str, nonce: str) -> bool:
+        return nonce in self._fresh(node_id, self._clock())
 
     def claim(self, node_id: str, nonce: str) -> None:
         now = self._clock()
-        while self._seen:
-            key, expires = next(iter(self._seen.items()))
+        self._claims += 1
+        if self._claims % _SWEEP_EVERY == 0:
+            for idle in list(self._seen):
+                self._fresh(idle, now)
+        partition = self._fresh(node_id, now)
+        if nonce in partition:
+            raise NodeAuthError("replayed request (nonce already used)")
+        if len(partition) >= self._per_node:
+            raise NodeAuthError(
+                f"node {node_id} has sent {self._per_node} requests in the last "
+                f"{NONCE_LIFETIME_S}s; retry later",
+                429,
+            )
+        partition[nonce] = now + NONCE_LIFETIME_S
+        self._seen[node_id] = partition
+
+    def _fresh(self, node_id: str, now: float) -> OrderedDict[str, float]:
+        """``node_id``'s partition with its expired nonces dropped (an empty one is
+        forgotten, so that nodes gone quiet cost nothing)."""
+        partition = self._seen.get(node_id, OrderedDict())
+        while partition:
+            nonce, expires = next(iter(partition.items()))
             if expires > now:
                 break
-            del self._seen[key]
-        if (node_id, nonce) in self._seen:
-            raise NodeAuthError("replayed request (nonce already used)")
-        if len(self._seen) >= self._capacity:
-            raise NodeAuthError("too many requests in flight; retry later", 503)
-        self._seen[(node_id, nonce)] = now + 2 * MAX_SKEW_S
+            del partition[nonce]
+        if not partition:
+            self._seen.pop(node_id, None)
+        return partition
 
 
 class RequestVerifier:
     """Checks a signed node request; returns the enrolled node it comes from."""
 
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float], limiter: RateLimiter) -> None:
         self._store = store
         self._clock = clock
-        self._nonces = NonceCache(clock)
+        self._nonces = NonceCache(clock, NONCE_BUCKETS * limiter.most_in(NONCE_LIFETIME_S))
 
     def parse(self, headers: Mapping[str, str]) -> RequestSignature:
         try:
@@ -170,10 +202,16 @@ class RequestVerifier:
     def check(
         self, node: EnrolledNode, sig: RequestSignature, method: str, path: str, body: bytes
     ) -> None:
-        """Refuse the request unless ``node``'s key signed it and its nonce is new."""
+        """Refuse the request unless ``node``'s key signed it and its nonce is new.
+
+        Nothing is recorded yet: the caller charges the node's rate limit first and
+        then ``claim``s the nonce, so that a flood is refused before it costs memory,
+        and a replay (of a captured request) is refused before it costs the node's
+        own rate."""
         verify_signature(node.public_key, sig, method, path, body)
-        self._nonces.claim(sig.node_id, sig.nonce)
+        if self._nonces.seen(sig.node_id, sig.nonce):
+            raise NodeAuthError("replayed request (nonce already used)")
 
     def claim(self, sig: RequestSignature) -> None:
-        """Record the nonce of a request verified another way (enrollment)."""
+        """Record the nonce of a verified request, once its rate limit is charged."""
         self._nonces.claim(sig.node_id, sig.nonce)

@@ -47,6 +47,7 @@ from server.app import create_app
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EkTrust
 from server.config import ServerConfig
+from server.connections import ConnectionGuard, ConnectionLimits
 from server.http import Services
 from server.limits import RateLimiter
 from server.nodeauth import (
@@ -73,6 +74,11 @@ Clock = Callable[[], float]
 WORKER_HEADER = "Gpuward-Worker"
 # How long workers get to finish their requests after SIGTERM before SIGKILL.
 STOP_GRACE_S = 30.0
+# An idle keep-alive connection is closed after this (aiohttp's default is 75 s).
+KEEPALIVE_S = 15.0
+# Pending connections the kernel queues: a burst of nodes connecting at once is
+# queued rather than refused.
+LISTEN_BACKLOG = 1024
 
 
 def _tpm(
@@ -157,13 +163,14 @@ async def serve(
         raise
     tpm, reports = (None, None) if attestation is None else attestation
     duties = worker in (None, 0)
+    limiter = RateLimiter(config.node_rate_per_s, config.node_burst, clock)
     svc = Services(
         config=config,
         store=store,
         verifier=_verifier(config, verifier, tpm),
         clock=clock,
-        requests=RequestVerifier(store, clock),
-        limiter=RateLimiter(config.node_rate_per_s, config.node_burst, clock),
+        requests=RequestVerifier(store, clock, limiter),
+        limiter=limiter,
         preauth_limiter=RateLimiter(config.preauth_rate_per_s, config.preauth_burst, clock),
         engine=RolloutEngine(
             store,
@@ -179,19 +186,14 @@ async def serve(
     app = create_app(svc)
     if worker is not None:
         app.on_response_prepare.append(_worker_header(worker))
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
+    listener: asyncio.Server | None = None
     ticker: asyncio.Task[None] | None = None
     resigning: asyncio.Task[None] | None = None
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=worker is not None)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise GpuwardError(
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
-            ) from None
-        bound = int(runner.addresses[0][1])
+        listener = await _listen(config, runner, reuse_port=worker is not None)
+        bound = int(listener.sockets[0].getsockname()[1])
         if duties and config.rollout_tick_s > 0:
             ticker = asyncio.create_task(svc.engine.run(stop, config.rollout_tick_s))
         log.info("server_listening", host=config.host, port=bound, repo=str(config.repo))
@@ -208,9 +210,32 @@ async def serve(
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         await store.close()
         log.info("server_stopped")
+
+
+async def _listen(config: ServerConfig, runner: web.AppRunner, reuse_port: bool) -> asyncio.Server:
+    """The listening socket, each connection passing ``server.connections``' limits
+    before aiohttp's handler sees it."""
+    assert runner.server is not None  # set up
+    limits = ConnectionLimits.within_fds(
+        config.header_timeout_s, config.max_connections_per_address
+    )
+    try:
+        return await asyncio.get_running_loop().create_server(
+            ConnectionGuard(runner.server, limits),
+            config.host,
+            config.port,
+            reuse_port=reuse_port,
+            backlog=LISTEN_BACKLOG,
+        )
+    except OSError as exc:
+        raise GpuwardError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+        ) from None
 
 
 def _worker_header(

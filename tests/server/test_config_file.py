@@ -39,6 +39,7 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             'host = "0.0.0.0"\nport = 9000\nreport_interval = 60\nmissing_after = 5\n'
             'unattested_enrollment_token_file = "token"\nek_ca = ["cas/a.pem", "/etc/b"]\n'
             'tpm_enrollment_token_file = "token"\npreauth_rate = 3\npreauth_burst = 7\n'
+            "header_timeout = 2.5\nmax_connections_per_address = 9\n"
             'boot_policy = "boot.json"\nrollout_tick = 5\ndriver_pcr = 16\n'
             'report_key = "keys/report.key"\nworkers = 2\n'
             '[pool_boot_policy]\ncanary = "canary.json"\n',
@@ -57,6 +58,8 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
         tpm_enrollment_token=TOKEN,
         preauth_rate_per_s=3.0,
         preauth_burst=7,
+        header_timeout_s=2.5,
+        max_connections_per_address=9,
         boot_policy=folder / "boot.json",
         pool_boot_policies=(("canary", folder / "canary.json"),),
         rollout_tick_s=5.0,
