@@ -110,26 +110,33 @@ async def _signed_in(request: web.Request) -> OperatorToken:
         raise web.HTTPSeeOther("/login") from None
 
 
-def over_tls(request: web.Request) -> bool:
-    """Whether the browser reached us over TLS: directly, or through a proxy the
-    operator named (only its ``X-Forwarded-Proto`` is believed)."""
-    if request.secure:
-        return True
+def _via_trusted_proxy(request: web.Request) -> bool:
+    """Whether the peer is a reverse proxy the operator named (``trusted_proxies``),
+    whose ``X-Forwarded-*`` headers are then believed; anyone else's are ignored."""
     try:
         peer = ipaddress.ip_address(request.remote or "")
     except ValueError:
         return False
     if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
         peer = peer.ipv4_mapped
-    trusted = {ipaddress.ip_address(a) for a in services(request).config.trusted_proxies}
+    return peer in {ipaddress.ip_address(a) for a in services(request).config.trusted_proxies}
+
+
+def over_tls(request: web.Request) -> bool:
+    """Whether the browser reached us over TLS, directly or through a trusted proxy."""
+    if request.secure:
+        return True
     forwarded = request.headers.get("X-Forwarded-Proto", "").strip().lower()
-    return peer in trusted and forwarded == "https"
+    return forwarded == "https" and _via_trusted_proxy(request)
 
 
 def _cross_site(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is not None:
-        return urlparse(origin).netloc != request.host
+        hosts = {request.host}
+        if _via_trusted_proxy(request) and "X-Forwarded-Host" in request.headers:
+            hosts.add(request.headers["X-Forwarded-Host"].strip())
+        return urlparse(origin).netloc not in hosts
     # No Origin (an older browser): Fetch Metadata, where sent, says the same.
     return request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none")
 

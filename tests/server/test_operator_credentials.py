@@ -210,3 +210,14 @@ def test_secure_behind_the_trusted_proxy_only(proxied: Site, other_proxy: Site) 
     assert not secure(proxied, {"Origin": proxied.url, "X-Forwarded-Proto": "http"})
     # From a peer the operator did not name, the header is ignored.
     assert not secure(other_proxy, {"Origin": other_proxy.url, **https})
+
+
+def test_behind_the_trusted_proxy_its_public_origin_signs_in(
+    proxied: Site, other_proxy: Site
+) -> None:
+    public = {"Origin": "https://gpuward.example", "X-Forwarded-Host": "gpuward.example",
+              "X-Forwarded-Proto": "https"}  # fmt: skip
+    assert secure(proxied, public)
+    # Any peer can send the header: from one the operator did not name, it is ignored.
+    refused = sign_in_post(other_proxy.url, other_proxy.server.issue_token("viewer"), public)
+    assert refused.status == 403 and "Set-Cookie" not in refused.headers
