@@ -28,6 +28,9 @@ ROLES = ("viewer", "operator", "admin")
 PREFIX = "gwt_"
 DEFAULT_EXPIRY_S = 90 * 86_400
 SESSION_S = 8 * 3600
+# A token's last use is written at most this often: a list shows which tokens
+# are idle without a write for every request.
+USED_EVERY_S = 300
 _TOKEN = re.compile(r"gwt_[A-Za-z0-9_-]{43}")
 _SESSION = re.compile(r"[A-Za-z0-9_-]{43}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
@@ -79,7 +82,7 @@ async def issue_token(
     return token
 
 
-def _usable(found: OperatorToken, now: int) -> OperatorToken:
+async def _usable(store: Store, found: OperatorToken, now: int) -> OperatorToken:
     if found.revoked_at is not None:
         raise TokenRefused(
             f"operator token {found.name!r} ({found.token_id}) was revoked at "
@@ -90,6 +93,8 @@ def _usable(found: OperatorToken, now: int) -> OperatorToken:
             f"operator token {found.name!r} ({found.token_id}) expired at "
             f"{when(found.expires_at)}; create a new one with 'gpuward server token create'"
         )
+    if found.last_used_at is None or now - found.last_used_at >= USED_EVERY_S:
+        await store.token_used(found.token_hash, now)
     return found
 
 
@@ -101,7 +106,7 @@ async def check_token(store: Store, token: str, now: int) -> OperatorToken:
     found = await store.token(digest)
     if found is None or not hmac.compare_digest(found.token_hash, digest):
         raise TokenRefused("unknown operator token (create one with 'gpuward server token create')")
-    return _usable(found, now)
+    return await _usable(store, found, now)
 
 
 async def revoke_token(store: Store, name_or_id: str, now: int) -> OperatorToken:
@@ -140,7 +145,7 @@ async def session_operator(store: Store, session: str, now: int) -> OperatorToke
         found = await store.session(token_hash(session), now)
     if found is None:
         raise TokenRefused("no session, or it ended; sign in again")
-    return _usable(found, now)
+    return await _usable(store, found, now)
 
 
 async def end_session(store: Store, session: str) -> None:

@@ -55,7 +55,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "'never' only if you mean it",
     )
     listing = tokens.add_parser(
-        "list", help="every token: id, name, role, created, expires, revoked (never the token)"
+        "list",
+        help="every token: id, name, role, state, created, expires, last used (never the token)",
     )
     revoke = tokens.add_parser(
         "revoke", help="refuse a token from now on and end its dashboard sessions"
@@ -162,15 +163,17 @@ def _token_list(args: argparse.Namespace) -> None:
             "created_at": t.created_at,
             "expires_at": t.expires_at,
             "revoked_at": t.revoked_at,
+            "last_used_at": t.last_used_at,
             "state": _state(t, now),
         }
         for t in found
     ]
     rows = [
-        (t.token_id, t.name, t.role, _state(t, now), when(t.created_at), when(t.expires_at))
+        (t.token_id, t.name, t.role, _state(t, now), when(t.created_at), when(t.expires_at),
+         when(t.last_used_at))
         for t in found
-    ]
-    text = table(("ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES"), rows)
+    ]  # fmt: skip
+    text = table(("ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED"), rows)
     emit(args, {"tokens": docs}, text)
 
 

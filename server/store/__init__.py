@@ -65,6 +65,7 @@ class OperatorToken:
     token_id: str = ""  # a short random id that names the token in lists and revocation
     expires_at: int | None = None  # None: issued before tokens expired, or --expires-in never
     revoked_at: int | None = None
+    last_used_at: int | None = None  # to within operators.USED_EVERY_S
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class Store(Protocol):
     async def add_token(self, token: OperatorToken) -> None: ...
 
     async def token(self, token_hash: str) -> OperatorToken | None: ...
+
+    async def token_used(self, token_hash: str, now: int) -> None: ...
 
     async def tokens(self) -> list[OperatorToken]:
         """Every operator token, revoked and expired ones included, oldest first."""

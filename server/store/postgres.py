@@ -176,6 +176,7 @@ MIGRATIONS = (
     ALTER TABLE operator_tokens ADD COLUMN token_id TEXT;
     ALTER TABLE operator_tokens ADD COLUMN expires_at BIGINT;
     ALTER TABLE operator_tokens ADD COLUMN revoked_at BIGINT;
+    ALTER TABLE operator_tokens ADD COLUMN last_used_at BIGINT;
     UPDATE operator_tokens SET token_id = substr(md5(random()::text || token_hash), 1, 12);
     CREATE UNIQUE INDEX operator_tokens_id ON operator_tokens (token_id);
     CREATE TABLE operator_sessions (

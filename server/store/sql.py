@@ -81,8 +81,8 @@ _ENROLLMENTS = (
 )
 _ENROLLMENT = f"{_ENROLLMENTS} WHERE node_id = ?"
 _OPERATORS = (
-    "SELECT token_hash, name, role, created_at, token_id, expires_at, revoked_at "
-    "FROM operator_tokens"
+    "SELECT token_hash, name, role, created_at, token_id, expires_at, revoked_at, "
+    "last_used_at FROM operator_tokens"
 )
 _LIVE_SESSION = "SELECT token_hash FROM operator_sessions WHERE session_hash = ? AND expires_at > ?"
 _NODE_JOINS = (
@@ -376,6 +376,12 @@ class SqlStore:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(f"{_OPERATORS} WHERE token_hash = ?", token_hash)
         return OperatorToken(*rows[0]) if rows else None
+
+    async def token_used(self, token_hash: str, now: int) -> None:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute(
+                "UPDATE operator_tokens SET last_used_at = ? WHERE token_hash = ?", now, token_hash
+            )
 
     async def tokens(self) -> list[OperatorToken]:
         async with self.db.transaction(write=False) as tx:

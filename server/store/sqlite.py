@@ -179,6 +179,7 @@ MIGRATIONS = (
     ALTER TABLE operator_tokens ADD COLUMN token_id TEXT;
     ALTER TABLE operator_tokens ADD COLUMN expires_at INTEGER;
     ALTER TABLE operator_tokens ADD COLUMN revoked_at INTEGER;
+    ALTER TABLE operator_tokens ADD COLUMN last_used_at INTEGER;
     UPDATE operator_tokens SET token_id = lower(hex(randomblob(6)));
     CREATE UNIQUE INDEX operator_tokens_id ON operator_tokens (token_id);
     CREATE TABLE operator_sessions (

@@ -67,6 +67,11 @@ def test_a_revoked_tokens_sessions_end_at_once(fleet: Fleet, db_url: str) -> Non
     cookie = dashboard_sign_in(fleet.url, token)
     kept = dashboard_sign_in(fleet.url, keeper)
     assert page(fleet.url, cookie).status == 200
+    (listed,) = [
+        t for t in json.loads(gpuward("list", "--db", db_url, "--json").stdout)["tokens"]
+        if t["name"] == "leaver"
+    ]  # fmt: skip
+    assert listed["last_used_at"] == int(fleet.clock()) and listed["state"] == "live"
 
     revoked = gpuward("revoke", "leaver", "--db", db_url)
     assert revoked.returncode == 0, revoked.stderr
@@ -106,13 +111,14 @@ def test_token_create_expires_and_list_never_shows_the_secret(tmp_path: Path) ->
     listing = gpuward("list", "--db", db)
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.split("\n")[0].split() == [
-        "ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES"
+        "ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST", "USED"
     ]  # fmt: skip
     assert doc["token"] not in listing.stdout and doc["token"][4:20] not in listing.stdout
     rows = json.loads(gpuward("list", "--db", db, "--json").stdout)["tokens"]
     by_role = {(r["name"], r["role"]): r for r in rows}
     assert sorted(by_role) == [("bot", "viewer"), ("ci", "admin"), ("ci", "viewer")]
     assert {r["state"] for r in rows} == {"live"} and by_role["bot", "viewer"]["expires_at"] is None
+    assert {r["last_used_at"] for r in rows} == {None}
     text = json.dumps(rows)
     assert "token_hash" not in text and doc["token"] not in text
     # Two live tokens share the name: revoking by name would be a guess.
