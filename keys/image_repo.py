@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,23 @@ class PublishedBundle:
 DEFAULT_SPECS = {"root": RoleSpec(2, 3)}
 
 
+@dataclass(frozen=True)
+class RootHolder:
+    """One custodian of a root key: it is sealed with their passphrase and written
+    to their folder (their own removable media) only, so a threshold of root keys
+    needs that many people's folders and passphrases."""
+
+    name: str
+    folder: Path
+    passphrase: str = field(repr=False)
+
+
 class ImageRepository(TufRepository):
     def __init__(self, root: Path) -> None:
         super().__init__(root / "metadata", Keyring(root / "keys"), load_expiry(root))
         self.root = root
         self.targets_dir = root / "targets"
+        self._root_holders: tuple[RootHolder, ...] = ()
 
     @classmethod
     def init(
@@ -65,16 +78,34 @@ class ImageRepository(TufRepository):
         passphrase: str,
         specs: dict[str, RoleSpec] | None = None,
         expiry_days: dict[str, int] | None = None,
+        root_holders: Sequence[RootHolder] = (),
     ) -> ImageRepository:
-        """Generate keys and the first signed version of every role."""
+        """Generate keys and the first signed version of every role.
+
+        ``passphrase`` seals the targets key, and the root keys too unless
+        ``root_holders`` are given: then each root key goes to its own holder.
+        """
         if (root / "keys").exists() and any((root / "keys").iterdir()):
             raise GpuwardError(f"{root} already holds keys; choose an empty directory")
+        specs = {**DEFAULT_SPECS, **(specs or {})}
+        if root_holders:
+            _check_holders(root, root_holders, specs["root"].count)
         if expiry_days:
             save_expiry(root, expiry_days)
         repo = cls(root)
-        repo.create({**DEFAULT_SPECS, **(specs or {})}, passphrase)
+        repo._root_holders = tuple(root_holders)
+        repo.create(specs, passphrase)
+        repo._root_holders = ()
         repo.targets_dir.mkdir(parents=True, exist_ok=True)
         return repo
+
+    def new_keys(self, role: str, count: int, passphrase: str) -> list[LocalKey]:
+        if role != "root" or not self._root_holders:
+            return super().new_keys(role, count, passphrase)
+        return [
+            self.keyring.generate_held(f"root-{h.name}", h.folder, h.passphrase)
+            for h in self._root_holders
+        ]
 
     # -- reading -----------------------------------------------------------
 
@@ -225,3 +256,30 @@ class ImageRepository(TufRepository):
             os.fsync(f.fileno())
         tmp.replace(dest)
         fsync_dir(dest.parent)
+
+
+def _check_holders(root: Path, holders: Sequence[RootHolder], count: int) -> None:
+    """Each holder distinct in name, folder and passphrase, one per root key."""
+    if len(holders) != count:
+        raise GpuwardError(
+            f"root has {count} keys but {len(holders)} holder(s) were named; name one per key"
+        )
+    folders = [h.folder.resolve() for h in holders]
+    keys = (root / "keys").resolve()
+    for holder, folder in zip(holders, folders, strict=True):
+        if folder == keys or keys in folder.parents or folder in keys.parents:
+            raise GpuwardError(
+                f"root key holder {holder.name}: {holder.folder} overlaps the repository's "
+                "keys; give the holder's own folder (their removable media)"
+            )
+        if folder.exists() and any(folder.iterdir()):
+            raise GpuwardError(f"root key holder {holder.name}: {holder.folder} is not empty")
+    for what, values in (
+        ("name", [h.name for h in holders]),
+        ("folder", folders),
+        ("passphrase", [h.passphrase for h in holders]),
+    ):
+        if len(set(values)) != len(values):
+            raise GpuwardError(
+                f"two root key holders share a {what}: each root key must be a separate secret"
+            )

@@ -45,15 +45,21 @@ class Keyring:
         # Opening a sealed key costs a deliberate ~0.7 s of argon2id; keep what
         # this process opened for its lifetime (one CLI command, one test).
         self._opened: dict[str, Signer] = {}
+        # Keys made here for another custodian (generate_held): their private
+        # halves and descriptions are in the custodian's folder, not here, but
+        # this process may sign with them until it ends (the first root).
+        self._held: dict[str, LocalKey] = {}
 
     def generate(self, name: str, *, passphrase: str | None) -> LocalKey:
         """A new ed25519 key; sealed with ``passphrase`` unless it is None (online key)."""
+        return self._store(name, CryptoSigner.generate_ed25519(), passphrase)
+
+    def _store(self, name: str, signer: CryptoSigner, passphrase: str | None) -> LocalKey:
         if not _NAME.fullmatch(name):
             raise GpuwardError(f"invalid key name {name!r}")
         if (self.dir / f"{name}.pub.json").exists():
             raise GpuwardError(f"key {name} already exists in {self.dir}")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        signer = CryptoSigner.generate_ed25519()
         private = signer.private_bytes
         if passphrase is not None:
             atomic_write(self.dir / f"{name}.key", sealed.seal(private, passphrase), 0o600)
@@ -63,6 +69,18 @@ class Keyring:
             uri = f"{CryptoSigner.SCHEME}:{name}.key"
         key = LocalKey(name, signer.public_key, uri)
         self._write_description(key)
+        return key
+
+    def generate_held(self, name: str, folder: Path, passphrase: str) -> LocalKey:
+        """A new sealed key written to ``folder`` alone (a custodian's own media),
+        usable by this keyring until the process ends, never stored here."""
+        if folder.resolve() == self.dir.resolve():
+            raise GpuwardError(f"{folder} is this repository's keys folder; give the holder's own")
+        holder = Keyring(folder)
+        signer = CryptoSigner.generate_ed25519()
+        key = holder._store(name, signer, passphrase)
+        self._opened[key.keyid] = signer
+        self._held[key.keyid] = key
         return key
 
     def add_external(self, name: str, public_key: SSlibKey, uri: str) -> LocalKey:
@@ -133,7 +151,7 @@ class Keyring:
         self, role: str, keyids: Iterable[str], threshold: int, passphrase: PassphraseSource
     ) -> list[Signer]:
         """Signers for ``threshold`` of ``keyids``, or an error saying what is missing."""
-        local = self.keys()
+        local = {**self.keys(), **self._held}
         usable = [local[k] for k in keyids if k in local]
         if len(usable) < threshold:
             raise GpuwardError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import itertools
 import json
 import os
 import sys
@@ -103,22 +104,75 @@ def _derive(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes
     )
 
 
-def passphrase_from_env_or_prompt(purpose: str, *, confirm: bool = False) -> str:
-    """The passphrase for offline keys: environment for automation, else a prompt."""
-    env = os.environ.get(PASSPHRASE_ENV)
+MIN_PASSPHRASE = 12
+# Guessed first by anyone holding a stolen key file: argon2id slows each guess,
+# it does not make these ones any less likely.
+_OBVIOUS = (
+    "password", "passphrase", "passw0rd", "letmein", "qwerty", "azerty", "123456",
+    "abcdef", "gpuward", "changeme", "secret", "admin", "root", "iloveyou", "welcome",
+    "qwertyuiop", "asdfghjkl", "zxcvbnm",
+)  # fmt: skip
+
+
+def passphrase_problem(passphrase: str) -> str | None:
+    """What makes ``passphrase`` too weak to seal a new offline key, if anything."""
+    if len(passphrase) < MIN_PASSPHRASE:
+        return f"it has {len(passphrase)} characters; use at least {MIN_PASSPHRASE}"
+    if len(set(passphrase)) < 5:
+        return "it repeats too few different characters"
+    folded = "".join(c for c in passphrase.lower() if c.isalnum())
+    for word in sorted(_OBVIOUS, key=len, reverse=True):
+        folded = folded.replace(word, "")
+    if len(set(folded)) < 5 or _run(folded):
+        return "it is built from obvious words or sequences"
+    return None
+
+
+def _run(text: str) -> bool:
+    """Whether ``text`` counts up or down one step at a time (``789012``, ``fedcba``)."""
+    steps = {
+        (ord(b) - ord(a)) % (10 if a.isdigit() and b.isdigit() else 256)
+        for a, b in itertools.pairwise(text)
+    }
+    return steps in ({1}, {255}, {9})
+
+
+def env_name(holder: str | None) -> str:
+    """The variable holding the passphrase (of one root key holder, if named)."""
+    if holder is None:
+        return PASSPHRASE_ENV
+    return f"{PASSPHRASE_ENV}_{''.join(c if c.isalnum() else '_' for c in holder.upper())}"
+
+
+def passphrase_from_env_or_prompt(
+    purpose: str, *, confirm: bool = False, holder: str | None = None
+) -> str:
+    """The passphrase for offline keys: environment for automation, else a prompt.
+
+    ``confirm`` is for a passphrase sealing new keys: asked twice, and held to
+    the passphrase policy. ``holder``: one root key holder's own passphrase,
+    from their own variable.
+    """
+    variable = env_name(holder)
+    env = os.environ.get(variable)
     if env is not None:
         if not env:
-            raise GpuwardError(f"{PASSPHRASE_ENV} is set but empty")
-        return env
-    if not sys.stdin.isatty():
+            raise GpuwardError(f"{variable} is set but empty")
+        first = env
+    elif not sys.stdin.isatty():
+        raise GpuwardError(f"no passphrase for {purpose}: set {variable} or run in a terminal")
+    else:
+        first = getpass.getpass(f"Passphrase for {purpose}: ")
+        if confirm and getpass.getpass("Repeat passphrase: ") != first:
+            raise GpuwardError("passphrases do not match")
+        if not first:
+            raise GpuwardError("an empty passphrase is not allowed")
+    problem = passphrase_problem(first) if confirm else None
+    if problem is not None:
         raise GpuwardError(
-            f"no passphrase for {purpose}: set {PASSPHRASE_ENV} or run in a terminal"
+            f"the passphrase for {purpose} is too weak: {problem} "
+            "(several unrelated words make a good one)"
         )
-    first = getpass.getpass(f"Passphrase for {purpose}: ")
-    if confirm and getpass.getpass("Repeat passphrase: ") != first:
-        raise GpuwardError("passphrases do not match")
-    if not first:
-        raise GpuwardError("an empty passphrase is not allowed")
     return first
 
 

@@ -66,6 +66,10 @@ class ServerConfig:
     # failed pass, a retry after the first delay, doubled each time up to the bound.
     resign_interval_s: float = 300.0
     resign_retry_s: tuple[float, float] = (10.0, 120.0)
+    # Reverse proxies terminating TLS in front of the server: from these peers
+    # alone ``X-Forwarded-Proto: https`` is believed (the session cookie is then
+    # Secure); from any other peer the header is ignored.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def next_challenge_ttl_s(self) -> float:

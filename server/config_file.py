@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class Kind(enum.Enum):
     FLOAT = enum.auto()
     PATHS = enum.auto()  # a repeatable flag; a list in the file
     POOL_PATHS = enum.auto()  # POOL=FILE, repeatable; a table POOL = "FILE" in the file
+    ADDRESSES = enum.auto()  # IP addresses: a repeatable flag; a list in the file
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,16 @@ class Option:
     def default(self) -> object:
         field = next(f for f in dataclasses.fields(ServerConfig) if f.name == self.field)
         return None if field.default is dataclasses.MISSING else field.default
+
+
+def _addresses_problem(value: object) -> str | None:
+    assert isinstance(value, tuple)
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            return f"{item!r} is not an IP address (give each proxy's address, not a name)"
+    return None
 
 
 OPTIONS = (
@@ -213,6 +225,15 @@ OPTIONS = (
         "N",
         bounds=(1, MAX_WORKERS),
     ),
+    Option(
+        "trusted_proxies",
+        "trusted_proxies",
+        Kind.ADDRESSES,
+        "addresses of the TLS-terminating reverse proxies whose 'X-Forwarded-Proto: https' "
+        "is believed, so the dashboard's session cookie is marked Secure behind them",
+        "ADDRESS",
+        check=_addresses_problem,
+    ),
 )
 
 
@@ -278,6 +299,11 @@ def _from_file(option: Option, r: Reader, raw: object, base: Path) -> object:
             if not all(isinstance(item, str) for item in items):
                 raise GpuwardError(f"{r.where}: {name!r} must be a list of file names")
             return tuple(base / item for item in items)
+        case Kind.ADDRESSES:
+            items = r.items(name, max_items=64)
+            if not all(isinstance(item, str) for item in items):
+                raise GpuwardError(f"{r.where}: {name!r} must be a list of IP addresses")
+            return tuple(items)
         case Kind.POOL_PATHS:
             if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
                 raise GpuwardError(
@@ -294,6 +320,9 @@ def _from_flag(option: Option, raw: object) -> object:
     if option.kind is Kind.PATHS:
         assert isinstance(raw, list)
         return tuple(Path(item) for item in raw)
+    if option.kind is Kind.ADDRESSES:
+        assert isinstance(raw, list)
+        return tuple(str(item) for item in raw)
     if option.kind is Kind.POOL_PATHS:
         assert isinstance(raw, list)
         pairs = []
@@ -337,6 +366,9 @@ def _finish(option: Option, setting: Setting) -> object:
     if option.kind is Kind.FLOAT:
         assert isinstance(value, int | float)
         return float(value)
+    if option.kind is Kind.ADDRESSES:
+        assert isinstance(value, tuple)
+        return tuple(str(ipaddress.ip_address(item)) for item in value)
     return value
 
 

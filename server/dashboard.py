@@ -1,20 +1,22 @@
 """The operator dashboard: server-rendered HTML pages, no front-end build, no script.
 
-Sign-in takes an operator token (viewer or above) from a form, or once from a
-``?token=`` link, which is answered with a redirect to the same page without it
-so the token leaves the address bar and history at once. The token then lives
-in an HttpOnly, SameSite=Strict cookie that only these pages read: the JSON API
-ignores cookies, and every dashboard page is read-only, so a cross-site request
-can neither act nor read. The sign-in form checks ``Origin`` against the host
-(login CSRF). Every value shown is HTML-escaped, and a strict Content Security
-Policy forbids scripts outright.
+Sign-in takes an operator token (viewer or above) only from a POSTed form,
+never from a URL (addresses end up in proxy logs and history, and a link that
+signs in is login CSRF). The form checks ``Origin`` (or ``Sec-Fetch-Site``)
+against the host. Signing in opens a server-side session (server.operators):
+the cookie holds its random id, never the token, and is HttpOnly,
+SameSite=Strict, and Secure when the request came over TLS, directly or through
+a proxy named in ``trusted_proxies``. Only these pages read the cookie: the JSON
+API ignores it, and every dashboard page is read-only, so a cross-site request
+can neither act nor read. Every value shown is HTML-escaped, and a strict
+Content Security Policy forbids scripts outright.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -25,13 +27,20 @@ from fleet.text import unicode_text
 from server.fleetview import NODE_STATES, fleet_json, history_json, node_json
 from server.http import Route, Services, services
 from server.operator_api import rollout_json
-from server.operators import check_token
+from server.operators import (
+    SESSION_S,
+    TokenRefused,
+    check_token,
+    end_session,
+    open_session,
+    session_operator,
+    when,
+)
 from server.renewal import status_json, statuses
 from server.store import OperatorToken
 from server.stragglers import fleet_stragglers
 
 COOKIE = "gpuward_session"
-SESSION_S = 8 * 3600
 _HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -67,12 +76,6 @@ def _e(value: object) -> str:
     return html.escape("-" if value is None else str(value), quote=True)
 
 
-def _when(ts: int | None) -> str:
-    if ts is None:
-        return "never"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], table_id: str) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -99,33 +102,43 @@ def _page(
 
 
 async def _signed_in(request: web.Request) -> OperatorToken:
-    """The operator of this session; a ``?token=`` sign-in link; or off to sign in."""
-    store = services(request).store
-    link_token = request.query.get("token")
-    if link_token is not None:
-        found = await check_token(store, link_token)
-        if found is None:
-            raise web.HTTPSeeOther("/login?failed=1")
-        rest = {k: v for k, v in request.query.items() if k != "token"}
-        target = request.rel_url.with_query(rest)
-        raise _with_session(web.HTTPSeeOther(str(target)), link_token, request)
-    found = await check_token(store, request.cookies.get(COOKIE, ""))
-    if found is None:
-        raise web.HTTPSeeOther("/login")
-    return found
+    """The operator of this request's session, or off to sign in."""
+    s = services(request)
+    try:
+        return await session_operator(s.store, request.cookies.get(COOKIE, ""), int(s.clock()))
+    except TokenRefused:
+        raise web.HTTPSeeOther("/login") from None
 
 
-def _with_session(response: web.HTTPSeeOther, token: str, request: web.Request) -> web.HTTPSeeOther:
-    response.set_cookie(
-        COOKIE,
-        token,
-        max_age=SESSION_S,
-        path="/",
-        httponly=True,
-        samesite="Strict",
-        secure=request.secure,
-    )
-    return response
+def _via_trusted_proxy(request: web.Request) -> bool:
+    """Whether the peer is a reverse proxy the operator named (``trusted_proxies``),
+    whose ``X-Forwarded-*`` headers are then believed; anyone else's are ignored."""
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return peer in {ipaddress.ip_address(a) for a in services(request).config.trusted_proxies}
+
+
+def over_tls(request: web.Request) -> bool:
+    """Whether the browser reached us over TLS, directly or through a trusted proxy."""
+    if request.secure:
+        return True
+    forwarded = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+    return forwarded == "https" and _via_trusted_proxy(request)
+
+
+def _cross_site(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        hosts = {request.host}
+        if _via_trusted_proxy(request) and "X-Forwarded-Host" in request.headers:
+            hosts.add(request.headers["X-Forwarded-Host"].strip())
+        return urlparse(origin).netloc not in hosts
+    # No Origin (an older browser): Fetch Metadata, where sent, says the same.
+    return request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none")
 
 
 async def _renewal_banner(s: Services) -> str:
@@ -139,20 +152,20 @@ async def _renewal_banner(s: Services) -> str:
         lapses = (
             ""
             if expiry is None
-            else f" The served {_e(expiry['role'])} expires {_e(_when(expiry['expires_at']))}; "
+            else f" The served {_e(expiry['role'])} expires {_e(when(expiry['expires_at']))}; "
             "nodes refuse it after that."
         )
         if signer["overdue"]:
             items.append(
-                f"<li>{where}: no renewal since {_e(_when(signer['at']))}; its next try was "
-                f"due {_e(_when(signer['next_try_at']))}. Is its server running?{lapses}</li>"
+                f"<li>{where}: no renewal since {_e(when(signer['at']))}; its next try was "
+                f"due {_e(when(signer['next_try_at']))}. Is its server running?{lapses}</li>"
             )
         elif signer["outcome"] == "failed":
             problems = "; ".join(f"{_e(p['role'])}: {_e(p['reason'])}" for p in signer["problems"])
             items.append(
                 f"<li>{where}: {signer['failures']} failed attempt(s) in a row, last at "
-                f"{_e(_when(signer['at']))}: {problems}. Next try "
-                f"{_e(_when(signer['next_try_at']))}.{lapses}</li>"
+                f"{_e(when(signer['at']))}: {problems}. Next try "
+                f"{_e(when(signer['next_try_at']))}.{lapses}</li>"
             )
     if not items:
         return ""
@@ -178,17 +191,30 @@ async def login_form(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    origin = request.headers.get("Origin")
-    if origin is not None and urlparse(origin).netloc != request.host:
+    if _cross_site(request):
         raise web.HTTPForbidden(reason="sign-in from another site")
     form = await request.post()
-    token = str(form.get("token", ""))
-    if await check_token(services(request).store, token) is None:
-        raise web.HTTPSeeOther("/login?failed=1")
-    raise _with_session(web.HTTPSeeOther("/"), token, request)
+    s = services(request)
+    now = int(s.clock())
+    try:
+        token = await check_token(s.store, str(form.get("token", "")), now)
+    except TokenRefused:
+        raise web.HTTPSeeOther("/login?failed=1") from None
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(
+        COOKIE,
+        await open_session(s.store, token, now),
+        max_age=SESSION_S,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=over_tls(request),
+    )
+    raise response
 
 
-async def logout(_request: web.Request) -> web.StreamResponse:
+async def logout(request: web.Request) -> web.StreamResponse:
+    await end_session(services(request).store, request.cookies.get(COOKIE, ""))
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
     raise response
@@ -247,7 +273,7 @@ async def overview(request: web.Request) -> web.Response:
                 _e((n["report"] or {}).get("driver_version")),
                 _e((n["report"] or {}).get("update")),
                 _e(_attestation(n)),
-                _e(_when(n["last_seen"])),
+                _e(when(n["last_seen"])),
             ]
             for n in doc["nodes"]
         ),
@@ -316,8 +342,8 @@ async def node_page(request: web.Request) -> web.Response:
                 _e(node["pool"]),
                 f'<span class="{node["state"]}">{_e(node["state"])}</span>',
                 _e(_attestation(node)),
-                _e(_when(node["enrolled_at"])),
-                _e(_when(node["last_seen"])),
+                _e(when(node["enrolled_at"])),
+                _e(when(node["last_seen"])),
                 _e(node["assigned"]),
             ]
         ],
@@ -327,7 +353,7 @@ async def node_page(request: web.Request) -> web.Response:
         ("Received", "Update", "Driver", "Bundle", "Healthy", "GPUs", "Reason"),
         (
             [
-                _e(_when(h["received_at"])),
+                _e(when(h["received_at"])),
                 _e(h["report"]["update"]),
                 _e(h["report"]["driver_version"]),
                 _e(h["report"]["bundle"]),
@@ -373,7 +399,7 @@ def _attested_driver(driver: dict[str, Any] | None) -> str:
         shown = (
             f"{_e(driver['target_path'])} (driver {_e(driver['driver_version'])}, sha256 "
             f"{_e(driver['sha256'][:12])}, PCR {_e(driver['pcr'])}), measured "
-            f"{_e(_when(driver['measured_at']))}"
+            f"{_e(when(driver['measured_at']))}"
         )
     return f'<p id="attested-driver">Attested active driver bundle: {shown}</p>'
 
@@ -405,7 +431,7 @@ async def rollout_page(request: web.Request) -> web.Response:
     )
     events = _table(
         ("At", "Event"),
-        ([_e(_when(e.at)), _e(e.event)] for e in await store.rollout_events(rollout_id)),
+        ([_e(when(e.at)), _e(e.event)] for e in await store.rollout_events(rollout_id)),
         "events",
     )
     head = (

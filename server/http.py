@@ -19,7 +19,7 @@ from keys.report_key import ReportSigner
 from server.config import ServerConfig
 from server.limits import RateLimiter, retry_after
 from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
-from server.operators import allows, check_token
+from server.operators import TokenRefused, allows, check_token
 from server.periodic import Periodic
 from server.renewal import Renewer
 from server.report_attestation import ReportAttestation
@@ -168,14 +168,18 @@ async def operator(request: web.Request, role: str) -> OperatorToken:
     make a browser call it with the operator's credentials.
     """
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    found = await check_token(services(request).store, token.strip())
-    if scheme.lower() != "bearer" or found is None:
+    if scheme.lower() != "bearer":
         raise ApiError(
             401,
             "an operator token is required: 'Authorization: Bearer TOKEN' "
             "(create one with 'gpuward server token create')",
             {"WWW-Authenticate": "Bearer"},
         )
+    s = services(request)
+    try:
+        found = await check_token(s.store, token.strip(), int(s.clock()))
+    except TokenRefused as exc:
+        raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from None
     if not allows(found.role, role):
         raise ApiError(403, f"this needs the {role} role; the token has {found.role}")
     return found

@@ -135,6 +135,21 @@ def operator_get(url: str, path: str, token: str | None) -> urllib3.BaseHTTPResp
     return urllib3.request("GET", url + path, headers=headers, retries=False)
 
 
+def dashboard_sign_in(url: str, token: str, headers: dict[str, str] | None = None) -> str:
+    """Sign in to the dashboard as a browser does (a POSTed form from its own
+    origin); the ``Cookie`` header value that carries the session."""
+    http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
+    response = http.request_encode_body(
+        "POST",
+        f"{url}/login",
+        fields={"token": token},
+        encode_multipart=False,
+        headers={"Origin": url, **(headers or {})},
+    )
+    assert response.status == 303 and response.headers["Location"] == "/", response.status
+    return str(response.headers["Set-Cookie"]).split(";")[0]
+
+
 def operator_post(url: str, path: str, token: str, body: Any = None) -> urllib3.BaseHTTPResponse:
     headers = {"Authorization": f"Bearer {token}"}
     data = None

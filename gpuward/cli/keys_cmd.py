@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,8 @@ from gpuward.cli.output import add_json_flag, emit
 
 if TYPE_CHECKING:
     from keys.tuf_repo import RoleSpec
+
+_HOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,8 +25,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="create keys and initial signed metadata for an image repository",
         description=(
             "Create ed25519 keys for root, targets, snapshot and timestamp, and the first "
-            "signed metadata. Root and targets keys are sealed with a passphrase "
-            "(prompted, or GPUWARD_KEY_PASSPHRASE)."
+            "signed metadata. The targets key is sealed with a passphrase (prompted, or "
+            "GPUWARD_KEY_PASSPHRASE). Each root key is sealed for its own holder: name one "
+            "--root-holder per root key; each gets their key in their own folder, sealed with "
+            "their own passphrase (prompted, or GPUWARD_KEY_PASSPHRASE_<NAME>), so the root "
+            "threshold means that many separate people and secrets. Passphrases need at least "
+            "12 characters and no obvious words or sequences."
         ),
     )
     init.add_argument("dir", type=Path, help="new repository directory")
@@ -40,6 +48,20 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="ROLE=DAYS",
         help="validity of ROLE's metadata (defaults: root 365, targets and branches 90, "
         "snapshot 7, timestamp 1); repeatable",
+    )
+    init.add_argument(
+        "--root-holder",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a root key's holder and the folder (their removable media) that gets their key "
+        "alone; one per root key; repeatable",
+    )
+    init.add_argument(
+        "--single-custodian",
+        action="store_true",
+        help="tests and demos only: seal every root key with the one passphrase, in the "
+        "repository's keys/ (one stolen folder and passphrase then defeat the root threshold)",
     )
     add_json_flag(init)
     init.set_defaults(func=_init)
@@ -68,23 +90,72 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _init(args: argparse.Namespace) -> None:
-    from keys.image_repo import ImageRepository
+    from keys.image_repo import DEFAULT_SPECS, ImageRepository, RootHolder
     from keys.sealed import passphrase_from_env_or_prompt
 
     specs = _parse_thresholds(args.threshold)
-    passphrase = passphrase_from_env_or_prompt("the new offline keys", confirm=True)
-    repo = ImageRepository.init(args.dir, passphrase, specs, _parse_expiry(args.expiry))
+    expiry = _parse_expiry(args.expiry)
+    holders = _parse_holders(args.root_holder)
+    root_keys = {**DEFAULT_SPECS, **specs}["root"].count
+    if holders and args.single_custodian:
+        raise GpuwardError("give --root-holder or --single-custodian, not both")
+    if root_keys > 1 and not holders and not args.single_custodian:
+        raise GpuwardError(
+            f"root has {root_keys} keys: name who holds each with --root-holder NAME=DIR "
+            f"({root_keys} times), or give --single-custodian for a test or demo repository"
+        )
+    passphrase = passphrase_from_env_or_prompt(
+        "the targets key" if holders else "the new offline keys", confirm=True
+    )
+    custodians = []
+    for name, folder in holders:
+        own = passphrase_from_env_or_prompt(f"root key holder {name}", confirm=True, holder=name)
+        if own == passphrase:
+            raise GpuwardError(
+                f"root key holder {name}'s passphrase is the targets key's; each must be its own"
+            )
+        custodians.append(RootHolder(name, folder, own))
+    if args.single_custodian and root_keys > 1:
+        print(
+            f"WARNING: all {root_keys} root keys are sealed with one passphrase in one folder; "
+            "anyone with both can sign a new root alone. Use --root-holder for a real "
+            "repository.",
+            file=sys.stderr,
+        )
+    repo = ImageRepository.init(args.dir, passphrase, specs, expiry, custodians)
     root = repo.metadata_dir / "root.json"
+    held = "".join(
+        f"\n  root key of {h.name}: {h.folder} (sealed with their passphrase; theirs to keep "
+        "offline)"
+        for h in custodians
+    )
+    where = "targets key is" if custodians else "root and targets keys are"
     emit(
         args,
-        {"repository": str(args.dir), "trusted_root": str(root)},
+        {
+            "repository": str(args.dir),
+            "trusted_root": str(root),
+            "root_holders": {h.name: str(h.folder) for h in custodians},
+        },
         f"created repository {args.dir}\n"
-        f"  keys:          {repo.keyring.dir} (root and targets keys are sealed and stay "
-        "offline, here)\n"
+        f"  keys:          {repo.keyring.dir} ({where} sealed and stay offline, here)"
+        f"{held}\n"
         f"  server's part: gpuward repo export-server --repo {args.dir} --to DIR (metadata, "
         "targets, snapshot and timestamp keys only)\n"
         f"  trusted root:  {root} (install it on every agent as trusted_root)",
     )
+
+
+def _parse_holders(items: list[str]) -> list[tuple[str, Path]]:
+    holders = []
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not _HOLDER.fullmatch(name) or not folder:
+            raise GpuwardError(
+                f"--root-holder {item}: write NAME=DIR (NAME: letters, digits, '-', up to 32)"
+            )
+        holders.append((name, Path(folder)))
+    return holders
 
 
 def _parse_thresholds(items: list[str]) -> dict[str, RoleSpec]:

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
-from gpuward.cli.output import add_json_flag, emit
+from gpuward.cli.output import add_json_flag, emit, table
+
+if TYPE_CHECKING:
+    from server.store import OperatorToken, Store
+
+T = TypeVar("T")
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,10 +46,26 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     tokens = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     create = tokens.add_parser("create", help="issue a token; it is printed once, never stored")
     create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
-    create.add_argument("--db", required=True, help="the server's store URL (as for run)")
     create.add_argument("--name", default="operator", help="who or what holds it, for logs")
-    add_json_flag(create)
-    create.set_defaults(func=_token_create)
+    create.add_argument(
+        "--expires-in",
+        default="90d",
+        metavar="DURATION",
+        help="how long it is accepted: N followed by m, h, d or w (default 90d); "
+        "'never' only if you mean it",
+    )
+    listing = tokens.add_parser(
+        "list",
+        help="every token: id, name, role, state, created, expires, last used (never the token)",
+    )
+    revoke = tokens.add_parser(
+        "revoke", help="refuse a token from now on and end its dashboard sessions"
+    )
+    revoke.add_argument("token", metavar="ID-or-NAME", help="its id (see list) or its name")
+    for command, func in ((create, _token_create), (listing, _token_list), (revoke, _token_revoke)):
+        command.add_argument("--db", required=True, help="the server's store URL (as for run)")
+        add_json_flag(command)
+        command.set_defaults(func=func)
 
 
 def _add_options(run: argparse.ArgumentParser) -> None:
@@ -49,7 +74,7 @@ def _add_options(run: argparse.ArgumentParser) -> None:
 
     types: dict[Kind, type] = {Kind.INT: int, Kind.FLOAT: float}
     for option in OPTIONS:
-        repeatable = option.kind in (Kind.PATHS, Kind.POOL_PATHS)
+        repeatable = option.kind in (Kind.PATHS, Kind.POOL_PATHS, Kind.ADDRESSES)
         default = option.default
         shown = f" (default {default})" if default is not None and not repeatable else ""
         run.add_argument(
@@ -81,25 +106,91 @@ def _report_key(args: argparse.Namespace) -> None:
     print(f"report key {signer.key_id}\npublic key: {public_path(path)} (give it to auditors)")
 
 
-def _token_create(args: argparse.Namespace) -> None:
+def _with_store(db: str, act: Callable[[Store, int], Awaitable[T]]) -> T:
+    """Run ``act`` on the server's store, as the store's owner for a SQLite file."""
     import asyncio
     import time
 
     from gpuward.cli.service_owner import become_folder_owner
-    from server.operators import issue_token
     from server.store import open_store, sqlite_path
 
-    path = sqlite_path(args.db)
+    path = sqlite_path(db)
     if path is not None:  # the server's own database: it must stay the server's to write
         wal = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
         become_folder_owner(path.parent, (path, *wal))
 
-    async def create() -> str:
-        store = await open_store(args.db)
+    async def run() -> T:
+        store = await open_store(db)
         try:
-            return await issue_token(store, args.role, args.name, int(time.time()))
+            return await act(store, int(time.time()))
         finally:
             await store.close()
 
-    token = asyncio.run(create())
-    emit(args, {"token": token, "role": args.role, "name": args.name}, token)
+    return asyncio.run(run())
+
+
+def _token_create(args: argparse.Namespace) -> None:
+    from server.operators import issue_token, parse_expiry, when
+
+    lifetime = parse_expiry(args.expires_in)
+
+    async def create(store: Store, now: int) -> tuple[str, int | None]:
+        expires_at = None if lifetime is None else now + lifetime
+        return await issue_token(store, args.role, args.name, now, expires_at), expires_at
+
+    token, expires_at = _with_store(args.db, create)
+    doc = {"token": token, "role": args.role, "name": args.name, "expires_at": expires_at}
+    if expires_at is None and not args.json:
+        print("warning: this token never expires; revoke it when no longer needed", file=sys.stderr)
+    elif not args.json:
+        print(f"expires {when(expires_at)}", file=sys.stderr)
+    emit(args, doc, token)
+
+
+def _token_list(args: argparse.Namespace) -> None:
+    from server.operators import when
+
+    async def listing(store: Store, _now: int) -> list[OperatorToken]:
+        return await store.tokens()
+
+    found = _with_store(args.db, listing)
+    now = int(time.time())
+    docs = [
+        {
+            "id": t.token_id,
+            "name": t.name,
+            "role": t.role,
+            "created_at": t.created_at,
+            "expires_at": t.expires_at,
+            "revoked_at": t.revoked_at,
+            "last_used_at": t.last_used_at,
+            "state": _state(t, now),
+        }
+        for t in found
+    ]
+    rows = [
+        (t.token_id, t.name, t.role, _state(t, now), when(t.created_at), when(t.expires_at),
+         when(t.last_used_at))
+        for t in found
+    ]  # fmt: skip
+    text = table(("ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED"), rows)
+    emit(args, {"tokens": docs}, text)
+
+
+def _state(token: OperatorToken, now: int) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    return "live"
+
+
+def _token_revoke(args: argparse.Namespace) -> None:
+    from server.operators import revoke_token
+
+    async def revoke(store: Store, now: int) -> OperatorToken:
+        return await revoke_token(store, args.token, now)
+
+    token = _with_store(args.db, revoke)
+    doc = {"id": token.token_id, "name": token.name, "role": token.role, "revoked": True}
+    emit(args, doc, f"revoked {token.token_id} ({token.name}, {token.role})")

@@ -62,6 +62,10 @@ class OperatorToken:
     name: str
     role: str
     created_at: int
+    token_id: str = ""  # a short random id that names the token in lists and revocation
+    expires_at: int | None = None  # None: issued before tokens expired, or --expires-in never
+    revoked_at: int | None = None
+    last_used_at: int | None = None  # to within operators.USED_EVERY_S
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,26 @@ class Store(Protocol):
     async def add_token(self, token: OperatorToken) -> None: ...
 
     async def token(self, token_hash: str) -> OperatorToken | None: ...
+
+    async def token_used(self, token_hash: str, now: int) -> None: ...
+
+    async def tokens(self) -> list[OperatorToken]:
+        """Every operator token, revoked and expired ones included, oldest first."""
+        ...
+
+    async def revoke_token(self, token_id: str, now: int) -> None:
+        """Mark the token revoked and end every dashboard session it opened."""
+        ...
+
+    async def add_session(
+        self, session_hash: str, token_hash: str, expires_at: int, now: int
+    ) -> None: ...
+
+    async def session(self, session_hash: str, now: int) -> OperatorToken | None:
+        """The token behind an unexpired dashboard session (its own checks still apply)."""
+        ...
+
+    async def end_session(self, session_hash: str) -> None: ...
 
     async def pool_running(self, pool: str) -> dict[str, str | None]:
         """Each node of ``pool`` -> the bundle it should run now (assigned, else reported)."""

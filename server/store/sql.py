@@ -80,6 +80,11 @@ _ENROLLMENTS = (
     "FROM enrollments"
 )
 _ENROLLMENT = f"{_ENROLLMENTS} WHERE node_id = ?"
+_OPERATORS = (
+    "SELECT token_hash, name, role, created_at, token_id, expires_at, revoked_at, "
+    "last_used_at FROM operator_tokens"
+)
+_LIVE_SESSION = "SELECT token_hash FROM operator_sessions WHERE session_hash = ? AND expires_at > ?"
 _NODE_JOINS = (
     "FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id "
     "LEFT JOIN reports r ON r.id = n.last_report "
@@ -356,22 +361,74 @@ class SqlStore:
     async def add_token(self, token: OperatorToken) -> None:
         async with self.db.transaction(write=True) as tx:
             await tx.execute(
-                "INSERT INTO operator_tokens (token_hash, name, role, created_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO operator_tokens (token_hash, name, role, created_at, token_id, "
+                "expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 token.token_hash,
                 token.name,
                 token.role,
                 token.created_at,
+                token.token_id,
+                token.expires_at,
+                token.revoked_at,
             )
 
     async def token(self, token_hash: str) -> OperatorToken | None:
         async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(f"{_OPERATORS} WHERE token_hash = ?", token_hash)
+        return OperatorToken(*rows[0]) if rows else None
+
+    async def token_used(self, token_hash: str, now: int) -> None:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute(
+                "UPDATE operator_tokens SET last_used_at = ? WHERE token_hash = ?", now, token_hash
+            )
+
+    async def tokens(self) -> list[OperatorToken]:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(f"{_OPERATORS} ORDER BY created_at, token_id")
+        return [OperatorToken(*row) for row in rows]
+
+    async def revoke_token(self, token_id: str, now: int) -> None:
+        async with self.db.transaction(write=True) as tx:
             rows = await tx.fetch(
-                "SELECT token_hash, name, role, created_at FROM operator_tokens "
-                "WHERE token_hash = ?",
+                "SELECT token_hash FROM operator_tokens WHERE token_id = ?", token_id
+            )
+            if not rows:
+                return
+            await tx.execute(
+                "UPDATE operator_tokens SET revoked_at = ? "
+                "WHERE token_id = ? AND revoked_at IS NULL",
+                now,
+                token_id,
+            )
+            await tx.execute("DELETE FROM operator_sessions WHERE token_hash = ?", rows[0][0])
+
+    async def add_session(
+        self, session_hash: str, token_hash: str, expires_at: int, now: int
+    ) -> None:
+        async with self.db.transaction(write=True) as tx:
+            # Expired sessions go as new ones come, so the table holds only live ones.
+            await tx.execute("DELETE FROM operator_sessions WHERE expires_at <= ?", now)
+            await tx.execute(
+                "INSERT INTO operator_sessions (session_hash, token_hash, expires_at) "
+                "VALUES (?, ?, ?)",
+                session_hash,
                 token_hash,
+                expires_at,
+            )
+
+    async def session(self, session_hash: str, now: int) -> OperatorToken | None:
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                f"{_OPERATORS} WHERE token_hash = ({_LIVE_SESSION})",
+                session_hash,
+                now,
             )
         return OperatorToken(*rows[0]) if rows else None
+
+    async def end_session(self, session_hash: str) -> None:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute("DELETE FROM operator_sessions WHERE session_hash = ?", session_hash)
 
     # Rollouts and assignments.
 

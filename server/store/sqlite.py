@@ -172,6 +172,23 @@ MIGRATIONS = (
         status TEXT NOT NULL
     );
     """,
+    # Operator tokens expire and can be revoked; each has a short id to name it by
+    # (its hash is never shown). Dashboard sessions are random ids, stored hashed,
+    # tied to the token that opened them and removed when it is revoked.
+    """
+    ALTER TABLE operator_tokens ADD COLUMN token_id TEXT;
+    ALTER TABLE operator_tokens ADD COLUMN expires_at INTEGER;
+    ALTER TABLE operator_tokens ADD COLUMN revoked_at INTEGER;
+    ALTER TABLE operator_tokens ADD COLUMN last_used_at INTEGER;
+    UPDATE operator_tokens SET token_id = lower(hex(randomblob(6)));
+    CREATE UNIQUE INDEX operator_tokens_id ON operator_tokens (token_id);
+    CREATE TABLE operator_sessions (
+        session_hash TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX operator_sessions_token ON operator_sessions (token_hash);
+    """,
 )
 
 

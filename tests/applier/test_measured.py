@@ -39,6 +39,7 @@ from tests.attest.conftest import LOCAL_CA, Tpm, extend_log
 from tests.attest.conftest import enroll as enroll_tpm
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
 from tests.conftest import Site, make_site
+from tests.simnode import dashboard_sign_in
 from tests.store.test_store import run
 
 PCR = 15
@@ -228,8 +229,8 @@ def test_the_server_records_the_active_bundle_from_the_replayed_log(
     # The dashboard's node page shows the bundle the quote proves, not the one claimed.
     viewer = tpm_site.server.issue_token("viewer")
     http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
-    cookie = http.request("GET", f"{tpm_site.url}/?token={viewer}").headers["Set-Cookie"]
-    page = http.request("GET", f"{tpm_site.url}/nodes/n1", headers={"Cookie": cookie.split(";")[0]})
+    cookie = dashboard_sign_in(tpm_site.url, viewer)
+    page = http.request("GET", f"{tpm_site.url}/nodes/n1", headers={"Cookie": cookie})
     html = page.data.decode()
     shown_driver = html[html.index('<p id="attested-driver">') :].split("</p>")[0]
     assert published.target_path in shown_driver and f"driver {OLD}" in shown_driver

@@ -30,6 +30,7 @@ from server.runner import BackgroundServer
 from tests.attest.conftest import LOCAL_CA, LOG_DIR, Tpm, extend_log
 from tests.attest.test_end_to_end import make_report
 from tests.conftest import Site, make_site
+from tests.simnode import dashboard_sign_in
 
 LOG = LOG_DIR / "rhel95-secureboot.bin"
 NEW_KERNEL = hashlib.sha256(b"vmlinuz-5.14.0-503.99.1.el9_5.x86_64").digest()
@@ -73,10 +74,8 @@ def _agent(site: Site, tpm: Tpm, folder: Path, node_id: str, pool: str, log: Pat
 def _node_page(site: Site, node_id: str) -> str:
     viewer = site.server.issue_token("viewer")
     http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
-    cookie = http.request("GET", f"{site.url}/nodes/{node_id}?token={viewer}").headers["Set-Cookie"]
-    page = http.request(
-        "GET", f"{site.url}/nodes/{node_id}", headers={"Cookie": cookie.split(";")[0]}
-    )
+    cookie = dashboard_sign_in(site.url, viewer)
+    page = http.request("GET", f"{site.url}/nodes/{node_id}", headers={"Cookie": cookie})
     return str(page.data.decode())
 
 

@@ -177,7 +177,7 @@ def test_server_takes_the_driver_pcr_from_the_command_line(
 
 
 def test_keys_init_refuses_an_existing_repository(site: Site) -> None:
-    result = gpuward("keys", "init", str(site.repo.root))
+    result = gpuward("keys", "init", str(site.repo.root), "--single-custodian")
     assert_one_line_error(result, "already")
 
 

@@ -132,7 +132,7 @@ def test_as_root_the_export_belongs_to_the_folders_owner(site: Site, tmp_path: P
 
 
 def test_keys_init_says_which_keys_stay_offline(tmp_path: Path) -> None:
-    result = gpuward("keys", "init", str(tmp_path / "repo"))
+    result = gpuward("keys", "init", str(tmp_path / "repo"), "--single-custodian")
     assert result.returncode == 0, result.stderr
     assert "stay offline" in result.stdout and "gpuward repo export-server" in result.stdout
     assert "never copy" not in result.stdout

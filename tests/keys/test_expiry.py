@@ -25,7 +25,10 @@ def test_configured_expiry_is_used_for_every_signature(tmp_path: Path) -> None:
 
 def test_bad_expiry_is_refused(tmp_path: Path) -> None:
     assert_one_line_error(
-        gpuward("keys", "init", str(tmp_path / "r"), "--expiry", "timestamp=0"), "1-3650"
+        gpuward(
+            "keys", "init", str(tmp_path / "r"), "--single-custodian", "--expiry", "timestamp=0"
+        ),
+        "1-3650",
     )
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "expiry.json").write_text('{"timestamp": "soon"}')

@@ -21,6 +21,8 @@ from tests.packaging.conftest import Chroot
 NODE = "gpu-node-0042"
 PASSPHRASE = "correct-horse-battery-staple-42"
 WORKSTATION = {"GPUWARD_KEY_PASSPHRASE": PASSPHRASE}
+# Each root key's holder, their removable media and their own passphrase (README "Install").
+HOLDERS = {name: (f"/media/{name}", f"{name}-{PASSPHRASE}") for name in ("alice", "bob", "carol")}
 USB = "/media/usb"  # the removable media between workstation and server
 REPO = "/srv/gpuward/repo"  # the workstation's repository
 
@@ -107,7 +109,9 @@ class Host:
         c = self.c
         c.run("apt-get", "install", "-y", "gpuward-common")
         c.run("mkdir", "-p", USB)
-        c.run("gpuward", "keys", "init", REPO, env=WORKSTATION)
+        holders = [a for n, (d, _) in HOLDERS.items() for a in ("--root-holder", f"{n}={d}")]
+        own = {f"GPUWARD_KEY_PASSPHRASE_{n.upper()}": p for n, (_, p) in HOLDERS.items()}
+        c.run("gpuward", "keys", "init", REPO, *holders, env={**WORKSTATION, **own})
         payload(c, first)
         c.run("gpuward", "repo", "add", f"/root/nvidia-{first}.bundle", "--repo", REPO,
               env=WORKSTATION)  # fmt: skip

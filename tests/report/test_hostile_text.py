@@ -32,7 +32,7 @@ from server.report_attestation import Verdict
 from server.store import EnrolledNode
 from tests.conftest import Fleet, make_site
 from tests.dashboard.test_dashboard import chromium
-from tests.simnode import FakeClock, SimNode, report_doc
+from tests.simnode import FakeClock, SimNode, dashboard_sign_in, report_doc
 
 # The longest ids enrollment allows, so they must wrap too.
 NODE_ID = "gpu-" + "x" * 124
@@ -114,8 +114,7 @@ class Server:
 
     def page(self, path: str) -> str:
         """A dashboard page, signed in by the viewer's cookie."""
-        link = self.http.request("GET", f"{self.fleet.url}{path}?token={self.viewer}")
-        cookie = link.headers["Set-Cookie"].split(";")[0]
+        cookie = dashboard_sign_in(self.fleet.url, self.viewer)
         answer = self.http.request("GET", self.fleet.url + path, headers={"Cookie": cookie})
         assert answer.status == 200, answer.data[-2000:]
         return answer.data.decode()  # strict: the page is UTF-8

@@ -42,6 +42,7 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             "header_timeout = 2.5\nmax_connections_per_address = 9\n"
             'boot_policy = "boot.json"\nrollout_tick = 5\ndriver_pcr = 16\n'
             'report_key = "keys/report.key"\nworkers = 2\n'
+            'trusted_proxies = ["127.0.0.1", "::1"]\n'
             '[pool_boot_policy]\ncanary = "canary.json"\n',
         ),
     )
@@ -66,6 +67,7 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
         driver_pcr=16,
         report_key=folder / "keys/report.key",
         workers=2,
+        trusted_proxies=("127.0.0.1", "::1"),
     )
     # This test sets every option: a new one must be added here.
     keys = {line.split(" =")[0] for line in (folder / "server.toml").read_text().splitlines()}
@@ -151,3 +153,13 @@ def test_flags_are_checked_as_the_file_is() -> None:
         load(flags)
     with pytest.raises(GpuwardError, match=r"--repo is required \(or give --config FILE\)"):
         load({"db": "/d"})
+
+
+def test_trusted_proxies_are_addresses_not_names(folder: Path) -> None:
+    flags: dict[str, object] = {"repo": "/r", "db": "/d", "trusted_proxies": ["proxy.example"]}
+    with pytest.raises(GpuwardError, match=r"'proxy\.example' is not an IP address"):
+        load(flags)
+    path = write(folder, 'repo = "r"\ndb = "d"\ntrusted_proxies = ["10.0.0.1", "10.0.0.x"]\n')
+    with pytest.raises(GpuwardError, match=r"trusted_proxies.*'10.0.0.x' is not an IP address"):
+        load({}, path)
+    assert load({**flags, "trusted_proxies": ["10.0.0.1"]}).trusted_proxies == ("10.0.0.1",)

@@ -26,7 +26,7 @@ from server.renewal import FAILED, OK, OVERDUE_AFTER_S, RenewalStatus, next_dela
 from server.runner import BackgroundServer
 from server.store import open_store
 from tests.conftest import Site, make_site
-from tests.simnode import operator_get
+from tests.simnode import dashboard_sign_in, operator_get
 
 RETRY_S = (0.05, 0.2)
 FAST: dict[str, Any] = {"resign_interval_s": 0.2, "resign_retry_s": RETRY_S}
@@ -67,8 +67,7 @@ def server_status(site: Site) -> dict[str, Any]:
 
 def dashboard(site: Site) -> str:
     http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
-    link = http.request("GET", f"{site.url}/?token={site.server.issue_token('viewer')}")
-    session = link.headers["Set-Cookie"].split(";")[0]
+    session = dashboard_sign_in(site.url, site.server.issue_token("viewer"))
     page = http.request("GET", f"{site.url}/", headers={"Cookie": session})
     assert page.status == 200
     return page.data.decode()

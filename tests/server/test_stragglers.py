@@ -19,7 +19,7 @@ from fleet.report import GpuReport, NodeHealth
 from fleet.stragglers import WINDOW
 from server.config import ServerConfig
 from tests.conftest import Fleet
-from tests.simnode import SimNode, operator_get, report_doc
+from tests.simnode import SimNode, dashboard_sign_in, operator_get, report_doc
 
 H100 = "NVIDIA H100 80GB HBM3"
 REPORT_INTERVAL_S = ServerConfig.report_interval_s  # the fleet fixture's
@@ -130,8 +130,9 @@ def test_cli_and_dashboard_show_the_ranking(fleet: Fleet) -> None:
     assert lines[2].split()[:5] == ["1", "gpu-4", lines[2].split()[2], "1", "sm_clock_ratio"]
 
     http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
-    cookie = http.request("GET", f"{fleet.url}/?token={viewer}").headers["Set-Cookie"]
-    page = http.request("GET", f"{fleet.url}/", headers={"Cookie": cookie.split(";")[0]})
+    page = http.request(
+        "GET", f"{fleet.url}/", headers={"Cookie": dashboard_sign_in(fleet.url, viewer)}
+    )
     html = page.data.decode()
     section = html[html.index('<section id="stragglers">') :]
     assert "6 nodes compared" in section
