@@ -93,7 +93,7 @@ class Container:
             self.power_cut()
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 300.0) -> None:
     """Poll ``check`` until it holds; the deadline only bounds a test that went wrong."""
     deadline = time.monotonic() + timeout
     while not check():
