@@ -28,13 +28,18 @@ from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
 from server.attestation.challenges import PendingChallenge
+from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.store import (
+    REPLAY_WINDOW_S,
     Assignment,
     Conflict,
+    EkInUse,
     EnrolledNode,
     NodeStatus,
     OperatorToken,
+    RemovedNode,
     ReportRecord,
+    Retention,
     RolloutChange,
     RolloutEvent,
 )
@@ -61,6 +66,9 @@ class Database(Protocol):
     # waiting for another replica's lock or skipping the row at once.
     lock_wait: str
     lock_skip: str
+    # Appended to the SELECT of enrollment rows a report batch is stored under: a
+    # removal of the node (a DELETE) waits for the batch, and then deletes its reports.
+    lock_share: str
 
     def transaction(self, *, write: bool) -> AbstractAsyncContextManager[Tx]: ...
 
@@ -174,11 +182,43 @@ class _Report:
     remote: str
     nonce: str
     attestation: str | None
+    public_key: bytes | None
+
+
+# A node's latest report and what it says: a report older than the one kept (from
+# another replica, late) is stored and counted, but does not replace it.
+_UPSERT_NODE = """
+    INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version,
+        update_outcome, healthy, reports_kept)
+    VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+    ON CONFLICT (node_id) DO UPDATE SET
+        reports_kept = nodes.reports_kept + 1,
+        last_report = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.last_report ELSE nodes.last_report END,
+        bundle = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.bundle ELSE nodes.bundle END,
+        driver_version = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.driver_version ELSE nodes.driver_version END,
+        update_outcome = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.update_outcome ELSE nodes.update_outcome END,
+        healthy = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.healthy ELSE nodes.healthy END,
+        last_seen = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.last_seen ELSE nodes.last_seen END
+    RETURNING node_id, reports_kept
+"""
+
+
+def _slack(count: int) -> int:
+    """Reports a node may hold beyond the count before it is trimmed: trimming in
+    runs of this many costs two statements per run, not per report."""
+    return max(1, count // 16)
 
 
 class SqlStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, retention: Retention | None = None) -> None:
         self.db = db
+        self.retention = retention
         self._reports = GroupCommit(self._add_reports)
         self._new_challenges = GroupCommit(self._add_challenges)
         self._redeemed = GroupCommit(self._take_challenges)
@@ -197,11 +237,14 @@ class SqlStore:
     # Nodes and reports.
 
     async def enroll(self, node: EnrolledNode) -> tuple[EnrolledNode, bool]:
+        """Raises ``EkInUse`` when the node's TPM is bound to another node."""
+        ek = None if node.tpm is None else TpmNode.from_dict(json.loads(node.tpm))
         async with self.db.transaction(write=True) as tx:
+            # No conflict target: the node id's and the EK's unique indexes alike.
             created = await tx.fetch(
-                "INSERT INTO enrollments "
-                "(node_id, public_key, pool, attested, attestation, enrolled_at, tpm) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING RETURNING node_id",
+                "INSERT INTO enrollments (node_id, public_key, pool, attested, attestation, "
+                "enrolled_at, tpm, ek_certificate_sha256, ek_public_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING node_id",
                 node.node_id,
                 node.public_key,
                 node.pool,
@@ -209,12 +252,25 @@ class SqlStore:
                 node.attestation,
                 node.enrolled_at,
                 node.tpm,
+                None if ek is None else ek.ek_certificate_sha256,
+                None if ek is None else ek.ek_public_sha256,
             )
-            rows = await tx.fetch(
-                _ENROLLMENT,
-                node.node_id,
-            )
+            rows = await tx.fetch(_ENROLLMENT, node.node_id)
+            if not rows and ek is not None:
+                holder = await _ek_holder(tx, ek.ek_certificate_sha256, ek.ek_public_sha256)
+                raise EkInUse(node.node_id, holder or "another node (removed since; retry)")
         return _enrolled(rows[0]), bool(created)
+
+    async def ek_holder(self, ek_certificate_sha256: str, ek_public_sha256: str) -> str | None:
+        async with self.db.transaction(write=False) as tx:
+            return await _ek_holder(tx, ek_certificate_sha256, ek_public_sha256)
+
+    async def unbound_tpm_nodes(self) -> list[str]:
+        rows = await self.db.query(
+            "SELECT node_id FROM enrollments WHERE tpm IS NOT NULL "
+            "AND ek_certificate_sha256 IS NULL ORDER BY node_id"
+        )
+        return [str(node_id) for (node_id,) in rows]
 
     async def enrolled(self, node_id: str) -> EnrolledNode | None:
         return await self._enrollment_reads.submit(node_id)
@@ -228,11 +284,17 @@ class SqlStore:
         found = {row[0]: _enrolled(row) for row in rows}
         return [found.get(node_id) for node_id in node_ids]
 
-    async def remove_node(self, node_id: str) -> bool:
+    async def remove_node(self, node_id: str) -> RemovedNode | None:
         async with self.db.transaction(write=True) as tx:
             found = await tx.fetch(
-                "DELETE FROM enrollments WHERE node_id = ? RETURNING node_id", node_id
+                "DELETE FROM enrollments WHERE node_id = ? "
+                "RETURNING pool, attestation, ek_certificate_sha256",
+                node_id,
             )
+            # Whatever the id left is deleted even if it is not enrolled (any more).
+            # The latest-report row first: it references a report.
+            await tx.execute("DELETE FROM nodes WHERE node_id = ?", node_id)
+            reports = await tx.fetch("DELETE FROM reports WHERE node_id = ? RETURNING id", node_id)
             await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
             logs = await tx.fetch(
                 "DELETE FROM event_logs WHERE node_id = ? RETURNING sha256", node_id
@@ -240,7 +302,11 @@ class SqlStore:
             await _drop_unused_logs(tx, [digest for (digest,) in logs])
             await tx.execute("DELETE FROM gpu_samples WHERE node_id = ?", node_id)
             await tx.execute("DELETE FROM sole_challenges WHERE subject = ?", node_id)
-        return bool(found)
+            await tx.execute("DELETE FROM challenges WHERE subject = ?", node_id)
+        if not found:
+            return None
+        pool, attestation, ek = found[0]
+        return RemovedNode(node_id, pool, attestation, ek, len(reports))
 
     async def add_report(
         self,
@@ -249,13 +315,19 @@ class SqlStore:
         remote: str,
         nonce: str,
         attestation: str | None = None,
+        public_key: bytes | None = None,
     ) -> bool:
-        return await self._reports.submit(_Report(report, received_at, remote, nonce, attestation))
+        return await self._reports.submit(
+            _Report(report, received_at, remote, nonce, attestation, public_key)
+        )
 
     async def _add_reports(self, batch: list[_Report]) -> list[bool]:
         """Store each report and make it its node's latest; False where its nonce was
-        used (before, or earlier in the batch)."""
+        used (before, or earlier in the batch), or where its node is no longer
+        enrolled with the key that signed it (removed while the report was checked:
+        whoever enrolls the id next must not inherit it)."""
         async with self.db.transaction(write=True) as tx:
+            enrolled = await self._enrolled_keys(tx, batch)
             inserted = await tx.fetch_many(
                 "INSERT INTO reports (node_id, received_at, remote, body, nonce, attestation) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, nonce) DO NOTHING "
@@ -270,6 +342,7 @@ class SqlStore:
                         r.attestation,
                     )
                     for r in batch
+                    if r.public_key is None or enrolled.get(r.report.node_id) == r.public_key
                 ],
             )
             ids = {(node_id, nonce): report_id for report_id, node_id, nonce in inserted}
@@ -277,14 +350,8 @@ class SqlStore:
             stored = [ids.pop((r.report.node_id, r.nonce), None) for r in batch]
             kept = [r for r, report_id in zip(batch, stored, strict=True) if report_id is not None]
             await _add_samples(tx, kept)
-            await tx.execute_many(
-                "INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version, "
-                "update_outcome, healthy) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (node_id) DO UPDATE SET last_report = excluded.last_report, "
-                "last_seen = excluded.last_seen, bundle = excluded.bundle, "
-                "driver_version = excluded.driver_version, "
-                "update_outcome = excluded.update_outcome, healthy = excluded.healthy "
-                "WHERE nodes.last_seen <= excluded.last_seen",
+            counts = await tx.fetch_many(
+                _UPSERT_NODE,
                 [
                     (
                         r.report.node_id,
@@ -299,7 +366,56 @@ class SqlStore:
                     if report_id is not None
                 ],
             )
+            if self.retention is not None and kept:
+                # The last count returned for a node is its count after the batch.
+                over = {
+                    node_id: kept_now - self.retention.count
+                    for node_id, kept_now in counts
+                    if kept_now > self.retention.count + _slack(self.retention.count)
+                }
+                now = max(r.received_at for r in kept)
+                await _trim(tx, over, now - REPLAY_WINDOW_S)
         return [report_id is not None for report_id in stored]
+
+    async def _enrolled_keys(self, tx: Tx, batch: list[_Report]) -> dict[str, bytes]:
+        """The enrolled key of each node the batch's checked reports come from, those
+        enrollments locked against removal until the batch is stored."""
+        wanted = sorted({r.report.node_id for r in batch if r.public_key is not None})
+        if not wanted:
+            return {}
+        # The lock clause is one of the backend's constants, never input.
+        rows = await tx.fetch(
+            f"SELECT node_id, public_key FROM enrollments "  # noqa: S608
+            f"WHERE node_id IN ({', '.join('?' * len(wanted))}) ORDER BY node_id"
+            f"{self.db.lock_share}",
+            *wanted,
+        )
+        return {node_id: bytes(key) for node_id, key in rows}
+
+    async def enforce_retention(self, now: float) -> int:
+        if self.retention is None:
+            return 0
+        # Whole seconds, as reports' arrival times are kept.
+        replayable = int(now) - REPLAY_WINDOW_S
+        expired = min(int(now - self.retention.max_age_s), replayable)
+        async with self.db.transaction(write=True) as tx:
+            # A node's oldest report (its index's first entry) says if it has expired
+            # ones; nodes over the count (after the count was lowered) are trimmed too.
+            rows = await tx.fetch(
+                "SELECT n.node_id, n.reports_kept, "
+                "(SELECT r.received_at FROM reports r WHERE r.node_id = n.node_id "
+                "ORDER BY r.id LIMIT 1) FROM nodes n"
+            )
+            over = {
+                node_id: kept - self.retention.count
+                for node_id, kept, _oldest in rows
+                if kept > self.retention.count
+            }
+            deleted = await _trim(tx, over, replayable)
+            for node_id, _kept, oldest in rows:
+                if oldest is not None and oldest < expired:
+                    deleted += await _expire(tx, node_id, expired)
+        return deleted
 
     async def fleet(self) -> list[NodeStatus]:
         async with self.db.transaction(write=False) as tx:
@@ -648,6 +764,64 @@ class SqlStore:
 
 
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
+
+
+async def _ek_holder(
+    tx: Tx, ek_certificate_sha256: str, ek_public_sha256: str | None
+) -> str | None:
+    rows = await tx.fetch(
+        "SELECT node_id FROM enrollments WHERE ek_certificate_sha256 = ? "
+        "OR ek_public_sha256 = ? ORDER BY node_id LIMIT 1",
+        ek_certificate_sha256,
+        ek_public_sha256,
+    )
+    return str(rows[0][0]) if rows else None
+
+
+async def _trim(tx: Tx, over: dict[str, int], replayable: int) -> int:
+    """Delete each node's oldest reports, as many as ``over`` says it holds too many,
+    never its latest, nor one received after ``replayable``; the number deleted."""
+    if not over:
+        return 0
+    deleted = await tx.fetch_many(
+        "DELETE FROM reports WHERE id IN (SELECT r.id FROM reports r "
+        "JOIN nodes n ON n.node_id = r.node_id WHERE r.node_id = ? "
+        "AND r.id <> n.last_report AND r.received_at < ? ORDER BY r.id LIMIT ?) "
+        "RETURNING node_id",
+        [(node_id, replayable, excess) for node_id, excess in over.items()],
+    )
+    await _uncount(tx, [node_id for (node_id,) in deleted])
+    return len(deleted)
+
+
+async def _expire(tx: Tx, node_id: str, before: int) -> int:
+    """Delete the node's reports received before ``before``, except its latest.
+
+    In id order, the order they were stored: reports from replicas whose clocks
+    disagree by seconds are not told apart at the boundary."""
+    first_kept = await tx.fetch(
+        "SELECT MIN(id) FROM reports WHERE node_id = ? AND received_at >= ?", node_id, before
+    )
+    bound = first_kept[0][0]
+    deleted = await tx.fetch(
+        "DELETE FROM reports WHERE node_id = ? AND id < COALESCE(?, id + 1) "
+        "AND id <> (SELECT last_report FROM nodes WHERE node_id = ?) RETURNING node_id",
+        node_id,
+        bound,
+        node_id,
+    )
+    await _uncount(tx, [node_id for (node_id,) in deleted])
+    return len(deleted)
+
+
+async def _uncount(tx: Tx, node_ids: list[str]) -> None:
+    counted: dict[str, int] = {}
+    for node_id in node_ids:
+        counted[node_id] = counted.get(node_id, 0) + 1
+    await tx.execute_many(
+        "UPDATE nodes SET reports_kept = reports_kept - ? WHERE node_id = ?",
+        [(count, node_id) for node_id, count in counted.items()],
+    )
 
 
 async def _drop_unused_logs(tx: Tx, digests: list[str]) -> None:
