@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -209,6 +209,28 @@ _UPSERT_NODE = """
 """
 
 
+# Deletions in one transaction: of the sweep, or of a report batch on top of its
+# writes (in the steady state a batch of N reports deletes about N).
+TRIM_ROWS = 5_000
+
+
+def _runs(over: list[tuple[str, int]]) -> Iterator[dict[str, int]]:
+    """``over``'s nodes and how many reports each must lose, in runs of at most
+    ``TRIM_ROWS`` (a node's share split between runs where it does not fit)."""
+    run: dict[str, int] = {}
+    room = TRIM_ROWS
+    for node_id, excess in over:
+        while excess > 0:
+            take = min(excess, room)
+            run[node_id] = take
+            excess, room = excess - take, room - take
+            if room == 0:
+                yield run
+                run, room = {}, TRIM_ROWS
+    if run:
+        yield run
+
+
 def _slack(count: int) -> int:
     """Reports a node may hold beyond the count before it is trimmed: trimming in
     runs of this many costs two statements per run, not per report."""
@@ -367,14 +389,14 @@ class SqlStore:
                 ],
             )
             if self.retention is not None and kept:
-                # The last count returned for a node is its count after the batch.
-                over = {
-                    node_id: kept_now - self.retention.count
-                    for node_id, kept_now in counts
-                    if kept_now > self.retention.count + _slack(self.retention.count)
-                }
+                # A node's last count in the batch is its count after the batch.
+                after: dict[str, int] = {node_id: kept_now for node_id, kept_now in counts}
+                count = self.retention.count
+                over = [(n, k - count) for n, k in after.items() if k > count + _slack(count)]
+                # One run at most: nodes far over (the count lowered) are brought
+                # down by their next batches and by the sweep.
                 now = max(r.received_at for r in kept)
-                await _trim(tx, over, now - REPLAY_WINDOW_S)
+                await _trim(tx, next(_runs(over), {}), now - REPLAY_WINDOW_S)
         return [report_id is not None for report_id in stored]
 
     async def _enrolled_keys(self, tx: Tx, batch: list[_Report]) -> dict[str, bytes]:
@@ -393,28 +415,35 @@ class SqlStore:
         return {node_id: bytes(key) for node_id, key in rows}
 
     async def enforce_retention(self, now: float) -> int:
+        """In transactions of at most ``TRIM_ROWS`` deletions: report writes wait
+        for each (on SQLite, for the database), never for a whole sweep."""
         if self.retention is None:
             return 0
         # Whole seconds, as reports' arrival times are kept.
         replayable = int(now) - REPLAY_WINDOW_S
         expired = min(int(now - self.retention.max_age_s), replayable)
-        async with self.db.transaction(write=True) as tx:
-            # A node's oldest report (its index's first entry) says if it has expired
-            # ones; nodes over the count (after the count was lowered) are trimmed too.
-            rows = await tx.fetch(
-                "SELECT n.node_id, n.reports_kept, "
-                "(SELECT r.received_at FROM reports r WHERE r.node_id = n.node_id "
-                "ORDER BY r.id LIMIT 1) FROM nodes n"
-            )
-            over = {
-                node_id: kept - self.retention.count
-                for node_id, kept, _oldest in rows
-                if kept > self.retention.count
-            }
-            deleted = await _trim(tx, over, replayable)
-            for node_id, _kept, oldest in rows:
-                if oldest is not None and oldest < expired:
-                    deleted += await _expire(tx, node_id, expired)
+        # A node's oldest report (its index's first entry) says if it has expired
+        # ones; nodes over the count (after the count was lowered) are trimmed too.
+        rows = await self.db.query(
+            "SELECT n.node_id, n.reports_kept, "
+            "(SELECT r.received_at FROM reports r WHERE r.node_id = n.node_id "
+            "ORDER BY r.id LIMIT 1) FROM nodes n"
+        )
+        deleted = 0
+        count = self.retention.count
+        for run in _runs([(n, kept - count) for n, kept, _ in rows if kept > count]):
+            async with self.db.transaction(write=True) as tx:
+                deleted += await _trim(tx, run, replayable)
+        expiring = [n for n, _, oldest in rows if oldest is not None and oldest < expired]
+        while expiring:
+            async with self.db.transaction(write=True) as tx:
+                budget = TRIM_ROWS
+                while expiring and budget > 0:
+                    removed = await _expire(tx, expiring[-1], expired, budget)
+                    if removed < budget:  # none of the node's older ones left
+                        expiring.pop()
+                    deleted += removed
+                    budget -= removed
         return deleted
 
     async def fleet(self) -> list[NodeStatus]:
@@ -794,8 +823,9 @@ async def _trim(tx: Tx, over: dict[str, int], replayable: int) -> int:
     return len(deleted)
 
 
-async def _expire(tx: Tx, node_id: str, before: int) -> int:
-    """Delete the node's reports received before ``before``, except its latest.
+async def _expire(tx: Tx, node_id: str, before: int, limit: int) -> int:
+    """Delete the node's oldest reports received before ``before``, at most ``limit``,
+    never its latest; the number deleted.
 
     In id order, the order they were stored: reports from replicas whose clocks
     disagree by seconds are not told apart at the boundary."""
@@ -804,11 +834,14 @@ async def _expire(tx: Tx, node_id: str, before: int) -> int:
     )
     bound = first_kept[0][0]
     deleted = await tx.fetch(
-        "DELETE FROM reports WHERE node_id = ? AND id < COALESCE(?, id + 1) "
-        "AND id <> (SELECT last_report FROM nodes WHERE node_id = ?) RETURNING node_id",
+        "DELETE FROM reports WHERE id IN (SELECT id FROM reports WHERE node_id = ? "
+        "AND id < COALESCE(?, id + 1) "
+        "AND id <> (SELECT last_report FROM nodes WHERE node_id = ?) ORDER BY id LIMIT ?) "
+        "RETURNING node_id",
         node_id,
         bound,
         node_id,
+        limit,
     )
     await _uncount(tx, [node_id for (node_id,) in deleted])
     return len(deleted)
@@ -847,8 +880,16 @@ async def _observations(tx: Tx, pool: str) -> dict[str, Observation]:
 
 async def _add_samples(tx: Tx, reports: list[_Report]) -> None:
     """Keep the reports' GPU samples, and only each node's latest ``WINDOW`` sets."""
+    # Taken from the report's canonical JSON, encoded once for the report's row:
+    # encoding the samples again (dataclasses.asdict) was most of a report's cost.
     rows = [
-        (r.report.node_id, r.received_at, json.dumps([g.sample.to_dict() for g in health.gpus]))
+        (
+            r.report.node_id,
+            r.received_at,
+            json.dumps(
+                [g["sample"] for g in json.loads(r.report.canonical_json)["health"]["gpus"]]
+            ),
+        )
         for r in reports
         if (health := r.report.health) is not None and health.gpus
     ]

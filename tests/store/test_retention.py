@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from server.store import REPLAY_WINDOW_S, Retention, Store, open_store
+import pytest
+
+from server.store import REPLAY_WINDOW_S, Retention, Store, open_store, sql
 from server.store.sql import _slack
 from tests.store.test_store import node, report
 
@@ -157,3 +159,30 @@ def test_without_a_policy_every_report_is_kept(db_url: str) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_sweep_deletes_in_bounded_transactions_and_all_it_must(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Report writes wait for one of the sweep's transactions, never the whole sweep:
+    with three deletions a transaction, several nodes far over the count and past
+    the age still end exactly at their policy."""
+    monkeypatch.setattr(sql, "TRIM_ROWS", 3)
+
+    async def fill(store: Store) -> None:
+        for n in range(4):
+            await store.enroll(node(f"n{n}", key=KEY))
+            for i in range(12):
+                await send(store, f"n{n}", START + DAY * (i if n < 2 else 20 + i), f"r{i}")
+
+    run(db_url, Retention(100, 60 * DAY), fill)
+
+    async def swept(store: Store) -> None:
+        # n0, n1: old, and over the count; n2, n3: recent, over the count.
+        assert await store.enforce_retention(START + 45 * DAY) == 2 * 11 + 2 * 7
+        for n in ("n0", "n1"):
+            assert await reasons(store, n) == ["r11"]
+        for n in ("n2", "n3"):
+            assert await reasons(store, n) == [f"r{i}" for i in reversed(range(7, 12))]
+
+    run(db_url, Retention(5, 30 * DAY), swept)
