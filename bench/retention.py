@@ -36,16 +36,16 @@ stays under a stated size; without retention it held every report (62.6 KB each
 as the review stored them, 5.4 GB a day for one node at its allowed 1/s).
 
 Last measured (2026-12-07 02:22-02:37 UTC, the 2-core dev VM shared with other
-work; defaults: 1,000 nodes x 8 GPUs, a 6.4 KB report every 60 s, 500 reports
+work; defaults: 1,000 nodes x 8 GPUs, a 6.4 KiB report every 60 s, 500 reports
 and 30 days a node, a 10-node sample for 30 days; 306 s and 297 s):
 
-                           reference hour   fleet at plateau         30 days, at most
-    SQLite                 508.6 MB         4,231 MB = 8.32x         4,232 MB = 8.32x
-    PostgreSQL             140.9 MB           965 MB = 6.85x         1,048 MB = 7.44x
+                  reference hour   fleet at plateau          30 days, at most
+    SQLite        508.6 MiB        4,231 MiB = 8.32x         4,232 MiB = 8.32x
+    PostgreSQL    140.9 MiB          965 MiB = 6.85x         1,048 MiB = 7.44x
 
-So the store of 1,000 nodes stays under 4.3 GB on SQLite and 1.1 GB on
-PostgreSQL (TOAST compresses the reports: 2.4 KB a report stored against 8.7 KB),
-0.35 and 0.31 of one day's reports without retention, against 358 GB and 99 GB
+So the store of 1,000 nodes stays under 4.2 GiB on SQLite and 1.05 GiB on
+PostgreSQL (TOAST compresses the reports: 2.4 KiB a report stored against 8.7),
+0.35 and 0.31 of one day's reports without retention, against 358 GiB and 99 GiB
 for 30 days without it. The sample stayed at its plateau every day on SQLite
 (1.000x) and within 1.086x of it on PostgreSQL (dead rows between VACUUMs).
 """
@@ -80,7 +80,7 @@ DAY_ROUNDS = DAY_S // INTERVAL_S
 START = 1_800_000_000
 KEY = bytes(32)
 VERDICT = Verdict(True, 7, "ab" * 32, "default", (), secure_boot=True).to_json()
-MB = 1024 * 1024
+MIB = 1024 * 1024
 
 
 def fleet_reports(nodes: int, gpus: int) -> list[HealthReport]:
@@ -277,32 +277,32 @@ def main() -> None:
     trimmed_at = policy.count + _slack(policy.count)
     print(
         f"{args.backend}: {args.nodes} nodes x {args.gpus} GPUs, a report every {INTERVAL_S} s "
-        f"({body / 1024:.1f} KB, with health samples and a {len(VERDICT)} B verdict); "
+        f"({body / 1024:.1f} KiB, with health samples and a {len(VERDICT)} B verdict); "
         f"policy: {policy.count} reports per node, {args.max_days} days ({elapsed:.0f} s)"
     )
     print(
         f"reference: the fleet's first hour without retention, {args.nodes * HOUR_ROUNDS:,} "
-        f"reports: {ref / MB:,.1f} MB ({per_report / 1024:.1f} KB a report stored); a day "
+        f"reports: {ref / MIB:,.1f} MiB ({per_report / 1024:.1f} KiB a report stored); a day "
         f"grows the store 24x that, 30 days 720x"
     )
     print(
         f"the fleet with retention, at its plateau ({trimmed_at} reports a node at most) and "
-        f"an hour on: {held / MB:,.1f} MB = {held / ref:.2f}x the reference "
+        f"an hour on: {held / MIB:,.1f} MiB = {held / ref:.2f}x the reference "
         f"({held / ref / 24:.3f} of a day without retention)"
     )
     print(
         f"{args.sample} of its nodes for {args.days} days, every report stored, trimmed and "
-        f"swept: at the plateau {sample_plateau / MB:.1f} MB; at the end of each day:"
+        f"swept: at the plateau {sample_plateau / MIB:.1f} MiB; at the end of each day:"
     )
     ratios = [size / sample_plateau for size in day_ends]
     for day, (size, ratio) in enumerate(zip(day_ends, ratios, strict=True), start=1):
         if day in (1, 2, 3) or day % 5 == 0 or day == len(day_ends):
-            print(f"  day {day:>2}: {size / MB:8.1f} MB = {ratio:.3f}x the plateau")
+            print(f"  day {day:>2}: {size / MIB:8.1f} MiB = {ratio:.3f}x the plateau")
     bound = held * max(ratios)
     print(
         f"so the store of {args.nodes} nodes after {args.days} days: at most "
-        f"{bound / MB:,.0f} MB = {bound / ref:.2f}x the reference hour, against "
-        f"{720 * ref / MB / 1024:,.1f} GB (720x) without retention"
+        f"{bound / MIB:,.0f} MiB = {bound / ref:.2f}x the reference hour, against "
+        f"{720 * ref / MIB / 1024:,.1f} GiB (720x) without retention"
     )
 
 
