@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -197,7 +198,9 @@ class Agent:
         public = self.key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        record = TpmNode(self.node_id, ak_public(self.ak), "00" * 32, int(time.time()))
+        # Each node its own EK (a TPM enrolls one node): a digest standing for it.
+        ek = hashlib.sha256(self.node_id.encode()).hexdigest()
+        record = TpmNode(self.node_id, ak_public(self.ak), ek, int(time.time()))
         tpm = json.dumps(record.to_dict(), sort_keys=True)
         return EnrolledNode(self.node_id, public, "bench", True, "tpm2", int(time.time()), tpm)
 

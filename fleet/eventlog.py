@@ -35,10 +35,18 @@ from typing import Any
 from fleet.errors import GpuwardError
 
 # Bounds on untrusted input. Real logs hold hundreds of events and tens of KiB;
-# the largest event is usually a signature database of a few KiB.
-MAX_LOG_BYTES = 16 * 1024 * 1024
+# the largest event is usually a signature database of a few KiB to tens of KiB.
+# A verifier keeps each node's last verified log, so these bound what one node
+# can make the server store, not only what it parses: 1 MiB is several times the
+# largest real log.
+MAX_LOG_BYTES = 1024 * 1024
 MAX_EVENTS = 100_000
-MAX_EVENT_DATA = 1024 * 1024
+MAX_EVENT_DATA = 256 * 1024
+# EV_NO_ACTION events are not extended into any PCR, so no quote vouches for
+# their bytes: firmware writes a few of tens of bytes (Spec ID, StartupLocality,
+# SP800-155, NV index records). More than this in all is padding, refused rather
+# than stripped: the log a node names by digest must be the log the server keeps.
+MAX_NO_ACTION_BYTES = 16 * 1024
 MAX_ALGORITHMS = 16
 MAX_DIGEST_SIZE = 64
 # TPM2_MAX_PCRS in tss2, the bound tpm2_eventlog enforces.
@@ -140,14 +148,18 @@ _BANK_ORDER = {a.name: i for i, a in enumerate(KNOWN_ALGORITHMS.values())}
 _SHA1 = KNOWN_ALGORITHMS[0x0004]
 
 
+_CORRUPT = (
+    "the log is corrupt or truncated: collect it again from "
+    "/sys/kernel/security/tpm0/binary_bios_measurements"
+)
+
+
 class EventLogError(GpuwardError):
     """The event log is malformed or truncated; ``offset`` and ``index`` say where."""
 
-    def __init__(self, offset: int, index: int, problem: str) -> None:
+    def __init__(self, offset: int, index: int, problem: str, advice: str = _CORRUPT) -> None:
         super().__init__(
-            f"event log rejected at byte {offset} (event {index}): {problem}; "
-            "the log is corrupt or truncated: collect it again from "
-            "/sys/kernel/security/tpm0/binary_bios_measurements"
+            f"event log rejected at byte {offset} (event {index}): {problem}; {advice}"
         )
         self.offset = offset
         self.index = index
@@ -426,14 +438,29 @@ def parse(data: bytes | bytearray | memoryview) -> EventLog:
         while offset < len(buf):
             event, offset = _legacy_event(buf, offset, len(events))
             events.append(event)
+        _check_no_action(events)
         return EventLog(FORMAT_SHA1, None, {_SHA1.name: _SHA1.digest_size}, tuple(events))
     spec_id = _spec_id(first, offset - len(first.data))
-    return EventLog(
-        FORMAT_CRYPTO_AGILE,
-        spec_id,
-        spec_id.digest_sizes,
-        (replace(first, decoded=spec_id), *_events2(buf, offset, spec_id.algorithms)),
-    )
+    events = [replace(first, decoded=spec_id), *_events2(buf, offset, spec_id.algorithms)]
+    _check_no_action(events)
+    return EventLog(FORMAT_CRYPTO_AGILE, spec_id, spec_id.digest_sizes, tuple(events))
+
+
+def _check_no_action(events: list[Event]) -> None:
+    """Refuse a log whose unmeasured (EV_NO_ACTION) events carry more than firmware writes."""
+    total = 0
+    for event in events:
+        if event.event_type == EV_NO_ACTION:
+            total += len(event.data)
+            if total > MAX_NO_ACTION_BYTES:
+                raise EventLogError(
+                    event.offset,
+                    event.index,
+                    f"EV_NO_ACTION events carry over {MAX_NO_ACTION_BYTES} bytes; firmware "
+                    "writes a few dozen, and no quote covers them",
+                    "the log was padded after boot and is refused: send the log exactly as "
+                    "/sys/kernel/security/tpm0/binary_bios_measurements holds it",
+                )
 
 
 def _short(buf: memoryview, offset: int, size: int, index: int, what: str) -> EventLogError:

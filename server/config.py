@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.driverlog import DEFAULT_DRIVER_PCR
+from server.attestation.enrollment import DEFAULT_EK_TYPE
+from server.store import Retention
+
+DAY_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class ServerConfig:
     # it keeps strangers from making the server do TPM work; the TPM, not the
     # token, vouches for the node.
     tpm_enrollment_token: str | None = None
+    # The EK template TPMs enroll by (server.attestation.enrollment.EK_TYPES): one,
+    # so that a TPM with certificates for several EKs still vouches for one node.
+    ek_type: str = DEFAULT_EK_TYPE
     # The least PCR selection a node's quotes must cover; the driver PCR (the
     # applier's measurements, fleet.driverlog) is always added to it.
     required_pcrs: str = "sha256:0-9"
@@ -70,6 +77,15 @@ class ServerConfig:
     # alone ``X-Forwarded-Proto: https`` is believed (the session cookie is then
     # Secure); from any other peer the header is ignored.
     trusted_proxies: tuple[str, ...] = ()
+    # Reports kept per node (server.store.Retention): the newest this many, none
+    # older than this many days (its latest report always). 500 is the most any
+    # view reads (the node API's history, the compliance report).
+    report_retention_count: int = 500
+    report_retention_days: int = 30
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(self.report_retention_count, self.report_retention_days * DAY_S)
 
     @property
     def next_challenge_ttl_s(self) -> float:

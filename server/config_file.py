@@ -24,6 +24,7 @@ from fleet.errors import GpuwardError
 from fleet.rollout import POOL
 from fleet.schema import Reader
 from keys.storage import read_toml
+from server.attestation.enrollment import EK_TYPES, ek_type_problem
 from server.config import ServerConfig
 
 DEFAULT_PATH = Path("/etc/gpuward/server.toml")
@@ -143,6 +144,15 @@ OPTIONS = (
         "FILE",
     ),
     Option(
+        "ek_type",
+        "ek_type",
+        Kind.TEXT,
+        f"with ek_ca: the endorsement key TPMs enroll by ({' or '.join(EK_TYPES)}); one, "
+        "so that a TPM holding certificates for several EKs enrolls one node",
+        "TYPE",
+        check=ek_type_problem,
+    ),
+    Option(
         "preauth_rate",
         "preauth_rate_per_s",
         Kind.FLOAT,
@@ -214,6 +224,23 @@ OPTIONS = (
         Kind.PATH,
         "Ed25519 key signing compliance reports (default REPO/keys/report.key, made if missing)",
         "FILE",
+    ),
+    Option(
+        "report_retention_count",
+        "report_retention_count",
+        Kind.INT,
+        "keep each node's newest N reports (any view reads at most 500); older ones are "
+        "deleted as new ones arrive",
+        "N",
+        bounds=(1, 10_000_000),
+    ),
+    Option(
+        "report_retention_days",
+        "report_retention_days",
+        Kind.INT,
+        "delete reports older than DAYS (a node's latest report is kept), checked hourly",
+        "DAYS",
+        bounds=(1, 36_500),
     ),
     Option(
         "workers",

@@ -20,6 +20,7 @@ from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER, EnrollmentRequest, RequestSi
 from fleet.report import HealthReport
 from keys.director_repo import DirectorRepository
 from server.attestation.challenges import ChallengesFull
+from server.attestation.enrollment import ek_digests
 from server.http import (
     MAX_BODY_BYTES,
     SIGNED_RESPONSES,
@@ -36,7 +37,7 @@ from server.http import (
 from server.limits import retry_after
 from server.nodeauth import NodeAuthError, verify_signature
 from server.report_attestation import MAX_ATTESTED_BODY_BYTES, Verdict
-from server.store import EnrolledNode
+from server.store import EkInUse, EnrolledNode, ek_bound_message
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +79,11 @@ async def enroll(request: web.Request) -> web.Response:
         int(s.clock()),
         attestation.tpm,
     )
-    stored, created = await s.store.enroll(wanted)
+    try:
+        stored, created = await s.store.enroll(wanted)
+    except EkInUse as exc:
+        log.warning("enrollment_refused_ek_bound", node=enrollment.node_id, holder=exc.holder)
+        raise ApiError(409, str(exc)) from None
     if stored.public_key != enrollment.public_key:
         raise ApiError(
             409,
@@ -128,6 +133,11 @@ async def enroll_tpm_begin(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     rate_limit(request, f"enroll:{wanted.node_id}")
     try:
+        # Before any TPM work: a TPM bound to another node gets no credential.
+        holder = await s.store.ek_holder(*ek_digests(wanted))
+        if holder is not None and holder != wanted.node_id:
+            log.warning("tpm_enrollment_refused_ek_bound", node=wanted.node_id, holder=holder)
+            raise ApiError(409, ek_bound_message(wanted.node_id, holder))
         begun = await s.tpm.begin(wanted)
     except ChallengesFull as exc:
         log.warning("tpm_enrollment_busy", node=wanted.node_id, reason=str(exc))
@@ -191,8 +201,16 @@ async def post_report(request: web.Request) -> web.Response:
         request.remote or "",
         sig.nonce,
         None if verdict is None else verdict.to_json(),
+        node.public_key,
     )
     if not stored:
+        current = await s.store.enrolled(node.node_id)
+        if current is None or current.public_key != node.public_key:
+            raise ApiError(
+                401,
+                f"node {node.node_id} was removed while its report was checked; the report "
+                "is not kept: run 'gpuward agent enroll' if it is to rejoin",
+            )
         raise ApiError(401, "replayed request (nonce already used)")
     log.debug(
         "report_received",
@@ -273,7 +291,7 @@ ROUTES = (
             201: ("enrolled", "Enrollment"),
             400: ("malformed enrollment", "Error"),
             403: ("evidence refused", "Error"),
-            409: ("node enrolled with another key", "Error"),
+            409: ("node enrolled with another key, or its TPM bound to another node", "Error"),
             415: ("not JSON", "Error"),
             **SIGNED_RESPONSES,
         },
@@ -291,6 +309,7 @@ ROUTES = (
             401: ("no or a wrong enrollment token (X-Gpuward-Enrollment-Token)", "Error"),
             403: ("EK certificate or AK refused", "Error"),
             404: ("this server does not enroll TPMs", "Error"),
+            409: ("the TPM's EK is bound to another node", "Error"),
             413: ("body too large", "Error"),
             415: ("not JSON", "Error"),
             429: ("rate limited (per address and per node id); see Retry-After", "Error"),

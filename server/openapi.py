@@ -50,7 +50,14 @@ SCHEMAS: dict[str, Any] = {
             "event_log_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
         },
     },
-    "Removed": {"type": "object", "properties": {"removed": _STR}},
+    "Removed": {
+        "type": "object",
+        "properties": {
+            "removed": _STR,
+            "reports_deleted": {"type": "integer", "minimum": 0},
+            "ek_released": {"type": ["string", "null"]},
+        },
+    },
     "GpuHealth": {
         "type": "object",
         "additionalProperties": False,

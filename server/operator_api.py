@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+import structlog
 from aiohttp import web
 
 from fleet.errors import InvalidDocument
@@ -20,6 +21,8 @@ from server.http import ApiError, Route, operator, read_json, services
 from server.renewal import status_json, statuses
 from server.rollout.engine import NotFound
 from server.store import Conflict
+
+log = structlog.get_logger(__name__)
 
 MAX_HISTORY = 500
 
@@ -54,13 +57,32 @@ async def get_node(request: web.Request) -> web.Response:
 
 
 async def delete_node(request: web.Request) -> web.Response:
-    await operator(request, "admin")
+    """Remove a node and all it left (``Store.remove_node``), freeing its TPM to enroll
+    again, under this id or another: the one way to move a TPM, so it is audited."""
+    who = await operator(request, "admin")
     node_id = request.match_info["node_id"]
     s = services(request)
-    if not await s.store.remove_node(node_id):
+    removed = await s.store.remove_node(node_id)
+    if removed is None:
         raise ApiError(404, f"no enrolled node {node_id!r}")
     s.stragglers.forget()  # a removed node leaves this replica's ranking at once
-    return web.json_response({"removed": node_id})
+    log.info(
+        "node_removed",
+        audit=True,
+        node=node_id,
+        by=f"{who.name} ({who.role})",
+        pool=removed.pool,
+        attestation=removed.attestation,
+        ek_released=removed.ek_certificate_sha256,
+        reports_deleted=removed.reports,
+    )
+    return web.json_response(
+        {
+            "removed": node_id,
+            "reports_deleted": removed.reports,
+            "ek_released": removed.ek_certificate_sha256,
+        }
+    )
 
 
 async def get_pools(request: web.Request) -> web.Response:
@@ -174,7 +196,8 @@ ROUTES = (
         "DELETE",
         "/v1/nodes/{node_id}",
         delete_node,
-        "Remove a node's enrollment (it must enroll again)",
+        "Remove a node with its history (reports, samples, event log, challenges, "
+        "pinned keys), freeing its TPM's EK: the id and the TPM may enroll again",
         "admin",
         responses={200: ("removed", "Removed"), 404: ("no such node", "Error"), **_OPERATOR},
     ),

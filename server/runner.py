@@ -43,6 +43,7 @@ from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring
 from keys.report_key import default_path, load_or_create
+from server import retention
 from server.app import create_app
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EkTrust
@@ -108,7 +109,7 @@ def _tpm(
     )
     required = PcrSelection.parse(config.required_pcrs)
     return (
-        TpmEnrollment(trust, challenges, required, clock),
+        TpmEnrollment(trust, challenges, required, clock, config.ek_type),
         ReportAttestation(
             challenges,
             required,
@@ -155,7 +156,7 @@ async def serve(
     """Serve until ``stop``; ``worker``: this process's number among several sharing
     the port, of which only worker 0 runs the background duties."""
     _check_repo(config)
-    store = await open_store(config.db)
+    store = await open_store(config.db, config.retention)
     try:
         attestation = _tpm(config, store, clock)
     except BaseException:
@@ -189,6 +190,7 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
     listener: asyncio.Server | None = None
     ticker: asyncio.Task[None] | None = None
+    sweeping: asyncio.Task[None] | None = None
     resigning: asyncio.Task[None] | None = None
     await runner.setup()
     try:
@@ -196,6 +198,8 @@ async def serve(
         bound = int(listener.sockets[0].getsockname()[1])
         if duties and config.rollout_tick_s > 0:
             ticker = asyncio.create_task(svc.engine.run(stop, config.rollout_tick_s))
+        if duties:
+            sweeping = asyncio.create_task(retention.run(store, clock, stop))
         log.info("server_listening", host=config.host, port=bound, repo=str(config.repo))
         if svc.renewer is not None:
             _warn_of_offline_keys(config)
@@ -205,6 +209,8 @@ async def serve(
         await stop.wait()
         if resigning is not None:
             await resigning
+        if sweeping is not None:
+            await sweeping
     finally:
         if ticker is not None:
             ticker.cancel()

@@ -42,7 +42,7 @@ from fleet.attestation import (
 from fleet.errors import InvalidDocument
 from fleet.nodeauth import EnrollmentRequest as KeyEnrollment
 from server.attestation.challenges import Challenges
-from server.attestation.enrollment import EkTrust, EnrollmentVerifier
+from server.attestation.enrollment import DEFAULT_EK_TYPE, EkTrust, EnrollmentVerifier
 from server.attestation.verifier import SESSION_KEY, QuoteVerifier
 from server.nodeauth import Attestation, NodeAuthError
 
@@ -68,7 +68,8 @@ class TpmBegin:
 class TpmEnrollment:
     """The ``EnrollmentVerifier`` of nodes with a TPM whose EK chains to ``trust``.
 
-    ``required`` is the least PCR selection the certifying quote must cover.
+    ``required`` is the least PCR selection the certifying quote must cover;
+    ``ek_type`` the one EK template accepted (``server.attestation.enrollment``).
     """
 
     def __init__(
@@ -77,9 +78,10 @@ class TpmEnrollment:
         challenges: Challenges,
         required: PcrSelection,
         clock: Callable[[], float],
+        ek_type: str = DEFAULT_EK_TYPE,
     ) -> None:
         self._challenges = challenges
-        self._enrollment = EnrollmentVerifier(trust, challenges, clock)
+        self._enrollment = EnrollmentVerifier(trust, challenges, clock, ek_type)
         self._quotes = QuoteVerifier(challenges, required)
 
     async def begin(self, request: EnrollmentRequest) -> TpmBegin:

@@ -1,8 +1,11 @@
 """``gpuward nodes``: the enrolled nodes, from the server's operator API.
 
 ``remove`` is what re-enrollment needs: a node id stays bound to the key it
-enrolled with, so a node that lost its key (or was reinstalled) is refused
-until an admin removes its enrollment.
+enrolled with, and a TPM to the one node it vouched for, so a node that lost its
+key (or was reinstalled), or a TPM moved to a machine with another id, is
+refused until an admin removes the node. Removal deletes the node's history
+with it, so whoever enrolls the id next starts with none; the server logs it
+as an audit event naming the admin's token.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     show.set_defaults(func=_show)
     remove = sub.add_parser(
         "remove",
-        help="remove a node's enrollment so that it can enroll again with a new key (admin)",
+        help="remove a node and its history, freeing its TPM: the node may enroll again "
+        "with a new key, or its TPM under another id (admin; audited)",
     )
     remove.add_argument("node_id")
     remove.set_defaults(func=_remove)
@@ -117,9 +121,12 @@ def _show(args: argparse.Namespace) -> None:
 
 def _remove(args: argparse.Namespace) -> None:
     doc = call(args, "DELETE", _node_path(args.node_id))
+    freed = "; its TPM may enroll again, under this id or another" if doc["ek_released"] else ""
+    reports = doc["reports_deleted"]
     emit(
         args,
         doc,
-        f"{doc['removed']}: enrollment removed; it can enroll again "
+        f"{doc['removed']}: removed with its history ({reports} report"
+        f"{'' if reports == 1 else 's'}){freed}; it can enroll again "
         "('gpuward agent enroll' on the node)",
     )

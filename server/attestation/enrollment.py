@@ -2,6 +2,9 @@
 
 1. The EK certificate chains to a CA the operator allows (TPM vendors' CAs; the
    swtpm local CA in tests), and certifies the very EK public key the node sent.
+   That EK is the one of the server's EK type (``EK_TYPES``): a TPM holds one EK
+   per template, but many TPMs carry certificates for two (RSA and ECC), and a
+   TPM must vouch for one node only, so the server accepts one template.
 2. The AK is a restricted, TPM-resident signing key, and the name the node gave
    is the name of that key.
 3. TPM2_MakeCredential wraps a random secret to the EK for the AK's name; only
@@ -29,6 +32,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from fleet.attestation import (
     MAX_TPM_BLOB_BYTES,
@@ -43,11 +47,13 @@ from fleet.report import NODE_ID
 from fleet.schema import Reader, canonical_json
 from server.attestation.challenges import Challenges
 from server.attestation.tpm import (
+    ALG_ECC,
     ALG_NULL,
     ALG_RSA,
     ALG_RSASSA,
     ALG_SHA256,
     DECRYPT,
+    ECC_NIST_P256,
     FIXED_PARENT,
     FIXED_TPM,
     RESTRICTED,
@@ -65,6 +71,44 @@ MAX_CHAIN = 5
 SECRET_BYTES = 32
 AK_REQUIRED = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | RESTRICTED | SIGN
 EK_REQUIRED = FIXED_TPM | FIXED_PARENT | RESTRICTED | DECRYPT
+# PolicySecret(TPM_RH_ENDORSEMENT) in SHA-256: the authPolicy of the TCG EK
+# Credential Profile's low-range templates (L-1 RSA 2048, L-2 ECC P-256). The
+# high-range templates (0x01c00012 and up) have other policies and other keys.
+EK_POLICY_A_SHA256 = bytes.fromhex(
+    "837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa"
+)
+
+
+@dataclass(frozen=True)
+class EkType:
+    """A TCG low-range EK template, named as the agent's ``ek_types`` name it."""
+
+    name: str
+    key_type: int
+    rsa_bits: int  # 0 for ECC
+    curve: int  # 0 for RSA
+
+    def matches(self, ek: TpmPublic) -> bool:
+        return (ek.type, ek.rsa_bits, ek.curve, ek.auth_policy) == (
+            self.key_type, self.rsa_bits, self.curve, EK_POLICY_A_SHA256
+        )  # fmt: skip
+
+
+EK_TYPES = {
+    t.name: t
+    for t in (
+        EkType("EK-RSA2048", ALG_RSA, 2048, 0),
+        EkType("EK-ECC256", ALG_ECC, 0, ECC_NIST_P256),
+    )
+}
+DEFAULT_EK_TYPE = "EK-RSA2048"
+
+
+def ek_type_problem(name: str) -> str | None:
+    """What is wrong with an EK type name, if anything (for the server's settings)."""
+    if name in EK_TYPES:
+        return None
+    return f"must be one of {', '.join(EK_TYPES)}"
 
 
 class EnrollmentError(AttestationError):
@@ -82,6 +126,10 @@ class EnrolledNode:
     # Who the EK certificate names, for people and compliance reports.
     ek_certificate_subject: str | None = None  # RFC 4514
     ek_certificate_serial: str | None = None  # hexadecimal
+    # SHA-256 of the EK's SubjectPublicKeyInfo (DER): with the certificate's digest,
+    # what binds the TPM to this node alone (``server.store``). None in records
+    # made before it was kept.
+    ek_public_sha256: str | None = None
 
     @cached_property
     def ak(self) -> TpmPublic:
@@ -103,6 +151,7 @@ class EnrolledNode:
             "enrolled_at": self.enrolled_at,
             "ek_certificate_subject": self.ek_certificate_subject,
             "ek_certificate_serial": self.ek_certificate_serial,
+            "ek_public_sha256": self.ek_public_sha256,
         }
 
     @classmethod
@@ -118,6 +167,7 @@ class EnrolledNode:
                     "enrolled_at",
                     "ek_certificate_subject",
                     "ek_certificate_serial",
+                    "ek_public_sha256",
                 }
             ),
         )
@@ -128,6 +178,7 @@ class EnrolledNode:
             enrolled_at=r.integer("enrolled_at"),
             ek_certificate_subject=r.optional_text("ek_certificate_subject", max_len=1024),
             ek_certificate_serial=r.optional_text("ek_certificate_serial", max_len=64),
+            ek_public_sha256=r.optional_text("ek_public_sha256", max_len=64),
         )
 
 
@@ -228,14 +279,37 @@ def _check_ak(ak: TpmPublic, name: bytes) -> None:
         raise EnrollmentError(f"AK refused: {'; '.join(problems)}")
 
 
-def _check_ek(ek: TpmPublic, cert: x509.Certificate) -> None:
+def ek_public_sha256(ek: TpmPublic) -> str:
+    """The digest the server binds a TPM by: SHA-256 of its EK's SubjectPublicKeyInfo."""
+    return hashlib.sha256(_spki(ek.key)).hexdigest()
+
+
+def ek_digests(request: EnrollmentRequest) -> tuple[str, str]:
+    """(certificate SHA-256, public key SHA-256) of the EK a request names, before
+    anything about it is checked: what the store's binding is looked up by."""
+    ek = parse_public(request.ek_public, "EK public area")
+    return hashlib.sha256(request.ek_certificate).hexdigest(), ek_public_sha256(ek)
+
+
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _check_ek(ek: TpmPublic, cert: x509.Certificate, ek_type: EkType) -> None:
     if not ek.has(EK_REQUIRED) or ek.attributes & SIGN or ek.symmetric[0] == ALG_NULL:
         raise EnrollmentError("EK refused: not a restricted, non-duplicable decryption key")
-    der = serialization.Encoding.DER
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    if ek.key.public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+    if _spki(ek.key) != _spki(cert.public_key()):
         raise EnrollmentError(
             "EK refused: the EK public key is not the key its certificate certifies"
+        )
+    if not ek_type.matches(ek):
+        raise EnrollmentError(
+            f"EK refused: this server enrolls TPMs by their {ek_type.name} endorsement key "
+            "(the TCG low-range template), one EK per TPM so that a TPM vouches for one "
+            f'node; set [attestation] ek_types = ["{ek_type.name}"] on the node, or, if '
+            "the fleet's TPMs lack that EK certificate, set the server's ek_type"
         )
 
 
@@ -248,10 +322,12 @@ class EnrollmentVerifier:
         trust: EkTrust,
         challenges: Challenges,
         clock: Callable[[], float] = time.time,
+        ek_type: str = DEFAULT_EK_TYPE,
     ) -> None:
         self._trust = trust
         self._challenges = challenges
         self._clock = clock
+        self._ek_type = EK_TYPES[ek_type]
 
     async def begin(self, request: EnrollmentRequest) -> CredentialChallenge:
         try:
@@ -260,7 +336,7 @@ class EnrollmentVerifier:
             raise EnrollmentError("the EK certificate is not valid DER") from None
         self._trust.verify(cert, datetime.fromtimestamp(self._clock(), UTC))
         ek = parse_public(request.ek_public, "EK public area")
-        _check_ek(ek, cert)
+        _check_ek(ek, cert, self._ek_type)
         ak = parse_public(request.ak_public, "AK public area")
         _check_ak(ak, request.ak_name)
         secret = os.urandom(SECRET_BYTES)
@@ -272,6 +348,7 @@ class EnrollmentVerifier:
             enrolled_at=int(self._clock()),
             ek_certificate_subject=cert.subject.rfc4514_string(),
             ek_certificate_serial=format(cert.serial_number, "x"),
+            ek_public_sha256=ek_public_sha256(ek),
         )
         # Only the secret's hash is kept, so a leak of the pending challenges
         # (a database, in a multi-replica server) reveals no live secret.

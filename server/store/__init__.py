@@ -12,15 +12,64 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import structlog
+
 from fleet.errors import GpuwardError
+from fleet.nodeauth import MAX_SKEW_S
 from fleet.report import HealthReport
 from fleet.rollout import Observation, Rollout, Transition
 from fleet.stragglers import NodeWindow
 from server.attestation.challenges import PendingChallenge
 
+log = structlog.get_logger(__name__)
+
+# A signed request is fresh for MAX_SKEW_S either side of the server's clock, so a
+# report's nonce can be replayed until 2 * MAX_SKEW_S after it arrived; another
+# minute covers replicas' clocks disagreeing.
+REPLAY_WINDOW_S = 2 * MAX_SKEW_S + 60
+
 
 class Conflict(GpuwardError):
     """The change contradicts what is stored (an active rollout, an existing id)."""
+
+
+class EkInUse(Conflict):
+    """The TPM's EK is bound to another node: a TPM vouches for one node only."""
+
+    def __init__(self, node_id: str, holder: str) -> None:
+        super().__init__(ek_bound_message(node_id, holder))
+        self.holder = holder
+
+
+def ek_bound_message(node_id: str, holder: str) -> str:
+    return (
+        f"this TPM's endorsement key is bound to node {holder}, and a TPM vouches for one "
+        f"node only, so it cannot enroll {node_id}. If this machine is now {node_id}, an "
+        f"admin removes {holder} first ('gpuward nodes remove {holder}', which deletes its "
+        "history and frees the TPM)"
+    )
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many reports, and how old, the store keeps per node (``server run``'s
+    report_retention_count and report_retention_days). A node's latest report is
+    always kept, and so is every report young enough to be replayed
+    (``REPLAY_WINDOW_S``): its row is what refuses the replay at another replica."""
+
+    count: int
+    max_age_s: float
+
+
+@dataclass(frozen=True)
+class RemovedNode:
+    """What removing a node deleted with it, for the audit log."""
+
+    node_id: str
+    pool: str
+    attestation: str
+    ek_certificate_sha256: str | None  # the EK the removal frees, if a TPM vouched
+    reports: int  # reports deleted
 
 
 @dataclass(frozen=True)
@@ -94,7 +143,21 @@ class Store(Protocol):
 
     async def enrolled(self, node_id: str) -> EnrolledNode | None: ...
 
-    async def remove_node(self, node_id: str) -> bool: ...
+    async def ek_holder(self, ek_certificate_sha256: str, ek_public_sha256: str) -> str | None:
+        """The node an EK is bound to (by its certificate's or its key's digest), if any."""
+        ...
+
+    async def unbound_tpm_nodes(self) -> list[str]:
+        """TPM-enrolled nodes whose EK is bound to no one: enrolled before EKs were
+        bound, sharing their EK with a node enrolled earlier."""
+        ...
+
+    async def remove_node(self, node_id: str) -> RemovedNode | None:
+        """Remove the enrollment and everything the node left: its reports and latest
+        report, GPU samples, assignment, event log, pending challenges, pinned
+        applier key and EK binding. A node enrolling the id next starts afresh.
+        None if the node is not enrolled."""
+        ...
 
     async def add_report(
         self,
@@ -103,9 +166,16 @@ class Store(Protocol):
         remote: str,
         nonce: str,
         attestation: str | None = None,
+        public_key: bytes | None = None,
     ) -> bool:
-        """Store a report (with its attestation verdict) and make it the node's latest;
-        False if the nonce was used."""
+        """Store a report (with its attestation verdict) and make it the node's latest,
+        trimming the node's reports to the retention policy; False if the nonce was
+        used, or if the node is no longer enrolled with ``public_key``."""
+        ...
+
+    async def enforce_retention(self, now: float) -> int:
+        """Trim every node's reports to the retention policy (those of nodes that
+        stopped reporting included); the number deleted."""
         ...
 
     async def fleet(self) -> list[NodeStatus]: ...
@@ -241,12 +311,25 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path)
 
 
-async def open_store(url: str) -> Store:
+async def open_store(url: str, retention: Retention | None = None) -> Store:
+    """The store at ``url``, migrated; ``retention``: None keeps every report."""
     path = sqlite_path(url)
+    store: Store
     if path is None:
         from server.store.postgres import PostgresStore
 
-        return await PostgresStore.connect(url)
-    from server.store.sqlite import SqliteStore
+        store = await PostgresStore.connect(url, retention)
+    else:
+        from server.store.sqlite import SqliteStore
 
-    return await SqliteStore.open(path)
+        store = await SqliteStore.open(path, retention)
+    unbound = await store.unbound_tpm_nodes()
+    if unbound:
+        log.warning(
+            "tpm_nodes_share_an_ek",
+            nodes=unbound,
+            action="each shares its TPM's EK with a node enrolled before it (enrolled "
+            "before EKs were bound): remove the ones that are not that machine "
+            "('gpuward nodes remove ID')",
+        )
+    return store

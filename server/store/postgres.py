@@ -17,6 +17,7 @@ from functools import cache
 import asyncpg
 
 from fleet.errors import GpuwardError
+from server.store import Retention
 from server.store.sql import Row, SqlStore
 
 _MIGRATION_LOCK = 0x67707577  # "gpuw": pg_advisory_xact_lock key for migrations
@@ -186,6 +187,47 @@ MIGRATIONS = (
     );
     CREATE INDEX operator_sessions_token ON operator_sessions (token_hash);
     """,
+    # A TPM vouches for one node: its EK (by certificate and by public key) is
+    # bound to one enrollment, and the unique indexes are the guard, so two
+    # replicas enrolling one EK for two ids cannot both win. Nodes enrolled before
+    # keep their certificate's binding, the earliest enrolled of each EK only: a
+    # later one sharing it is left unbound, and the server warns of it at start.
+    """
+    ALTER TABLE enrollments ADD COLUMN ek_certificate_sha256 TEXT;
+    ALTER TABLE enrollments ADD COLUMN ek_public_sha256 TEXT;
+    UPDATE enrollments SET ek_certificate_sha256 = (tpm::jsonb ->> 'ek_certificate_sha256')
+        WHERE tpm IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM enrollments o WHERE o.tpm IS NOT NULL
+                AND (o.tpm::jsonb ->> 'ek_certificate_sha256')
+                    = (enrollments.tpm::jsonb ->> 'ek_certificate_sha256')
+                AND (o.enrolled_at, o.node_id) < (enrollments.enrolled_at, enrollments.node_id)
+        );
+    CREATE UNIQUE INDEX enrollments_ek_certificate ON enrollments (ek_certificate_sha256);
+    CREATE UNIQUE INDEX enrollments_ek_public ON enrollments (ek_public_sha256);
+    """,
+    # Retention (server.store.Retention): how many reports each node has stored,
+    # kept with its latest, so trimming a node needs no count of its reports.
+    # What removed nodes left behind goes: reports and samples of ids no longer
+    # enrolled, and those received (with a clock margin) before the id's present
+    # enrollment, which a node enrolling a removed node's id had inherited.
+    """
+    ALTER TABLE nodes ADD COLUMN reports_kept BIGINT NOT NULL DEFAULT 0;
+    DELETE FROM nodes WHERE NOT EXISTS (
+        SELECT 1 FROM enrollments e WHERE e.node_id = nodes.node_id
+            AND nodes.last_seen >= e.enrolled_at - 300
+    );
+    DELETE FROM reports WHERE NOT EXISTS (
+        SELECT 1 FROM enrollments e WHERE e.node_id = reports.node_id
+            AND reports.received_at >= e.enrolled_at - 300
+    );
+    DELETE FROM gpu_samples WHERE NOT EXISTS (
+        SELECT 1 FROM enrollments e WHERE e.node_id = gpu_samples.node_id
+            AND gpu_samples.received_at >= e.enrolled_at - 300
+    );
+    UPDATE nodes SET reports_kept = (
+        SELECT COUNT(*) FROM reports r WHERE r.node_id = nodes.node_id
+    );
+    """,
 )
 
 
@@ -216,6 +258,7 @@ class _Tx:
 class PostgresDatabase:
     lock_wait = " FOR UPDATE"
     lock_skip = " FOR UPDATE SKIP LOCKED"
+    lock_share = " FOR KEY SHARE"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -268,5 +311,5 @@ async def _migrate(conn: asyncpg.Connection, upto: int = len(MIGRATIONS)) -> Non
 
 class PostgresStore(SqlStore):
     @classmethod
-    async def connect(cls, url: str) -> PostgresStore:
-        return cls(await PostgresDatabase.connect(url))
+    async def connect(cls, url: str, retention: Retention | None = None) -> PostgresStore:
+        return cls(await PostgresDatabase.connect(url), retention)

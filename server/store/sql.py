@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -28,13 +28,18 @@ from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
 from server.attestation.challenges import PendingChallenge
+from server.attestation.enrollment import EnrolledNode as TpmNode
 from server.store import (
+    REPLAY_WINDOW_S,
     Assignment,
     Conflict,
+    EkInUse,
     EnrolledNode,
     NodeStatus,
     OperatorToken,
+    RemovedNode,
     ReportRecord,
+    Retention,
     RolloutChange,
     RolloutEvent,
 )
@@ -61,6 +66,9 @@ class Database(Protocol):
     # waiting for another replica's lock or skipping the row at once.
     lock_wait: str
     lock_skip: str
+    # Appended to the SELECT of enrollment rows a report batch is stored under: a
+    # removal of the node (a DELETE) waits for the batch, and then deletes its reports.
+    lock_share: str
 
     def transaction(self, *, write: bool) -> AbstractAsyncContextManager[Tx]: ...
 
@@ -179,11 +187,65 @@ class _Report:
     remote: str
     nonce: str
     attestation: str | None
+    public_key: bytes | None
+
+
+# A node's latest report and what it says: a report older than the one kept (from
+# another replica, late) is stored and counted, but does not replace it.
+_UPSERT_NODE = """
+    INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version,
+        update_outcome, healthy, reports_kept)
+    VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+    ON CONFLICT (node_id) DO UPDATE SET
+        reports_kept = nodes.reports_kept + 1,
+        last_report = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.last_report ELSE nodes.last_report END,
+        bundle = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.bundle ELSE nodes.bundle END,
+        driver_version = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.driver_version ELSE nodes.driver_version END,
+        update_outcome = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.update_outcome ELSE nodes.update_outcome END,
+        healthy = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.healthy ELSE nodes.healthy END,
+        last_seen = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.last_seen ELSE nodes.last_seen END
+    RETURNING node_id, reports_kept
+"""
+
+
+# Deletions in one transaction: of the sweep, or of a report batch on top of its
+# writes (in the steady state a batch of N reports deletes about N).
+TRIM_ROWS = 5_000
+
+
+def _runs(over: list[tuple[str, int]]) -> Iterator[dict[str, int]]:
+    """``over``'s nodes and how many reports each must lose, in runs of at most
+    ``TRIM_ROWS`` (a node's share split between runs where it does not fit)."""
+    run: dict[str, int] = {}
+    room = TRIM_ROWS
+    for node_id, excess in over:
+        while excess > 0:
+            take = min(excess, room)
+            run[node_id] = take
+            excess, room = excess - take, room - take
+            if room == 0:
+                yield run
+                run, room = {}, TRIM_ROWS
+    if run:
+        yield run
+
+
+def _slack(count: int) -> int:
+    """Reports a node may hold beyond the count before it is trimmed: trimming in
+    runs of this many costs two statements per run, not per report."""
+    return max(1, count // 16)
 
 
 class SqlStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, retention: Retention | None = None) -> None:
         self.db = db
+        self.retention = retention
         self._reports = GroupCommit(self._add_reports)
         self._new_challenges = GroupCommit(self._add_challenges)
         self._redeemed = GroupCommit(self._take_challenges)
@@ -202,11 +264,14 @@ class SqlStore:
     # Nodes and reports.
 
     async def enroll(self, node: EnrolledNode) -> tuple[EnrolledNode, bool]:
+        """Raises ``EkInUse`` when the node's TPM is bound to another node."""
+        ek = None if node.tpm is None else TpmNode.from_dict(json.loads(node.tpm))
         async with self.db.transaction(write=True) as tx:
+            # No conflict target: the node id's and the EK's unique indexes alike.
             created = await tx.fetch(
-                "INSERT INTO enrollments "
-                "(node_id, public_key, pool, attested, attestation, enrolled_at, tpm) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING RETURNING node_id",
+                "INSERT INTO enrollments (node_id, public_key, pool, attested, attestation, "
+                "enrolled_at, tpm, ek_certificate_sha256, ek_public_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING node_id",
                 node.node_id,
                 node.public_key,
                 node.pool,
@@ -214,12 +279,25 @@ class SqlStore:
                 node.attestation,
                 node.enrolled_at,
                 node.tpm,
+                None if ek is None else ek.ek_certificate_sha256,
+                None if ek is None else ek.ek_public_sha256,
             )
-            rows = await tx.fetch(
-                _ENROLLMENT,
-                node.node_id,
-            )
+            rows = await tx.fetch(_ENROLLMENT, node.node_id)
+            if not rows and ek is not None:
+                holder = await _ek_holder(tx, ek.ek_certificate_sha256, ek.ek_public_sha256)
+                raise EkInUse(node.node_id, holder or "another node (removed since; retry)")
         return _enrolled(rows[0]), bool(created)
+
+    async def ek_holder(self, ek_certificate_sha256: str, ek_public_sha256: str) -> str | None:
+        async with self.db.transaction(write=False) as tx:
+            return await _ek_holder(tx, ek_certificate_sha256, ek_public_sha256)
+
+    async def unbound_tpm_nodes(self) -> list[str]:
+        rows = await self.db.query(
+            "SELECT node_id FROM enrollments WHERE tpm IS NOT NULL "
+            "AND ek_certificate_sha256 IS NULL ORDER BY node_id"
+        )
+        return [str(node_id) for (node_id,) in rows]
 
     async def enrolled(self, node_id: str) -> EnrolledNode | None:
         return await self._enrollment_reads.submit(node_id)
@@ -233,11 +311,17 @@ class SqlStore:
         found = {row[0]: _enrolled(row) for row in rows}
         return [found.get(node_id) for node_id in node_ids]
 
-    async def remove_node(self, node_id: str) -> bool:
+    async def remove_node(self, node_id: str) -> RemovedNode | None:
         async with self.db.transaction(write=True) as tx:
             found = await tx.fetch(
-                "DELETE FROM enrollments WHERE node_id = ? RETURNING node_id", node_id
+                "DELETE FROM enrollments WHERE node_id = ? "
+                "RETURNING pool, attestation, ek_certificate_sha256",
+                node_id,
             )
+            # Whatever the id left is deleted even if it is not enrolled (any more).
+            # The latest-report row first: it references a report.
+            await tx.execute("DELETE FROM nodes WHERE node_id = ?", node_id)
+            reports = await tx.fetch("DELETE FROM reports WHERE node_id = ? RETURNING id", node_id)
             await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
             logs = await tx.fetch(
                 "DELETE FROM event_logs WHERE node_id = ? RETURNING sha256", node_id
@@ -245,7 +329,11 @@ class SqlStore:
             await _drop_unused_logs(tx, [digest for (digest,) in logs])
             await tx.execute("DELETE FROM gpu_samples WHERE node_id = ?", node_id)
             await tx.execute("DELETE FROM sole_challenges WHERE subject = ?", node_id)
-        return bool(found)
+            await tx.execute("DELETE FROM challenges WHERE subject = ?", node_id)
+        if not found:
+            return None
+        pool, attestation, ek = found[0]
+        return RemovedNode(node_id, pool, attestation, ek, len(reports))
 
     async def add_report(
         self,
@@ -254,13 +342,19 @@ class SqlStore:
         remote: str,
         nonce: str,
         attestation: str | None = None,
+        public_key: bytes | None = None,
     ) -> bool:
-        return await self._reports.submit(_Report(report, received_at, remote, nonce, attestation))
+        return await self._reports.submit(
+            _Report(report, received_at, remote, nonce, attestation, public_key)
+        )
 
     async def _add_reports(self, batch: list[_Report]) -> list[bool]:
         """Store each report and make it its node's latest; False where its nonce was
-        used (before, or earlier in the batch)."""
+        used (before, or earlier in the batch), or where its node is no longer
+        enrolled with the key that signed it (removed while the report was checked:
+        whoever enrolls the id next must not inherit it)."""
         async with self.db.transaction(write=True) as tx:
+            enrolled = await self._enrolled_keys(tx, batch)
             inserted = await tx.fetch_many(
                 "INSERT INTO reports (node_id, received_at, remote, body, nonce, attestation) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, nonce) DO NOTHING "
@@ -275,6 +369,7 @@ class SqlStore:
                         r.attestation,
                     )
                     for r in batch
+                    if r.public_key is None or enrolled.get(r.report.node_id) == r.public_key
                 ],
             )
             ids = {(node_id, nonce): report_id for report_id, node_id, nonce in inserted}
@@ -282,14 +377,8 @@ class SqlStore:
             stored = [ids.pop((r.report.node_id, r.nonce), None) for r in batch]
             kept = [r for r, report_id in zip(batch, stored, strict=True) if report_id is not None]
             await _add_samples(tx, kept)
-            await tx.execute_many(
-                "INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version, "
-                "update_outcome, healthy) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (node_id) DO UPDATE SET last_report = excluded.last_report, "
-                "last_seen = excluded.last_seen, bundle = excluded.bundle, "
-                "driver_version = excluded.driver_version, "
-                "update_outcome = excluded.update_outcome, healthy = excluded.healthy "
-                "WHERE nodes.last_seen <= excluded.last_seen",
+            counts = await tx.fetch_many(
+                _UPSERT_NODE,
                 [
                     (
                         r.report.node_id,
@@ -304,7 +393,63 @@ class SqlStore:
                     if report_id is not None
                 ],
             )
+            if self.retention is not None and kept:
+                # A node's last count in the batch is its count after the batch.
+                after: dict[str, int] = {node_id: kept_now for node_id, kept_now in counts}
+                count = self.retention.count
+                over = [(n, k - count) for n, k in after.items() if k > count + _slack(count)]
+                # One run at most: nodes far over (the count lowered) are brought
+                # down by their next batches and by the sweep.
+                now = max(r.received_at for r in kept)
+                await _trim(tx, next(_runs(over), {}), now - REPLAY_WINDOW_S)
         return [report_id is not None for report_id in stored]
+
+    async def _enrolled_keys(self, tx: Tx, batch: list[_Report]) -> dict[str, bytes]:
+        """The enrolled key of each node the batch's checked reports come from, those
+        enrollments locked against removal until the batch is stored."""
+        wanted = sorted({r.report.node_id for r in batch if r.public_key is not None})
+        if not wanted:
+            return {}
+        # The lock clause is one of the backend's constants, never input.
+        rows = await tx.fetch(
+            f"SELECT node_id, public_key FROM enrollments "  # noqa: S608
+            f"WHERE node_id IN ({', '.join('?' * len(wanted))}) ORDER BY node_id"
+            f"{self.db.lock_share}",
+            *wanted,
+        )
+        return {node_id: bytes(key) for node_id, key in rows}
+
+    async def enforce_retention(self, now: float) -> int:
+        """In transactions of at most ``TRIM_ROWS`` deletions: report writes wait
+        for each (on SQLite, for the database), never for a whole sweep."""
+        if self.retention is None:
+            return 0
+        # Whole seconds, as reports' arrival times are kept.
+        replayable = int(now) - REPLAY_WINDOW_S
+        expired = min(int(now - self.retention.max_age_s), replayable)
+        # A node's oldest report (its index's first entry) says if it has expired
+        # ones; nodes over the count (after the count was lowered) are trimmed too.
+        rows = await self.db.query(
+            "SELECT n.node_id, n.reports_kept, "
+            "(SELECT r.received_at FROM reports r WHERE r.node_id = n.node_id "
+            "ORDER BY r.id LIMIT 1) FROM nodes n"
+        )
+        deleted = 0
+        count = self.retention.count
+        for run in _runs([(n, kept - count) for n, kept, _ in rows if kept > count]):
+            async with self.db.transaction(write=True) as tx:
+                deleted += await _trim(tx, run, replayable)
+        expiring = [n for n, _, oldest in rows if oldest is not None and oldest < expired]
+        while expiring:
+            async with self.db.transaction(write=True) as tx:
+                budget = TRIM_ROWS
+                while expiring and budget > 0:
+                    removed = await _expire(tx, expiring[-1], expired, budget)
+                    if removed < budget:  # none of the node's older ones left
+                        expiring.pop()
+                    deleted += removed
+                    budget -= removed
+        return deleted
 
     async def fleet(self) -> list[NodeStatus]:
         async with self.db.transaction(write=False) as tx:
@@ -707,6 +852,68 @@ class SqlStore:
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
 
 
+async def _ek_holder(
+    tx: Tx, ek_certificate_sha256: str, ek_public_sha256: str | None
+) -> str | None:
+    rows = await tx.fetch(
+        "SELECT node_id FROM enrollments WHERE ek_certificate_sha256 = ? "
+        "OR ek_public_sha256 = ? ORDER BY node_id LIMIT 1",
+        ek_certificate_sha256,
+        ek_public_sha256,
+    )
+    return str(rows[0][0]) if rows else None
+
+
+async def _trim(tx: Tx, over: dict[str, int], replayable: int) -> int:
+    """Delete each node's oldest reports, as many as ``over`` says it holds too many,
+    never its latest, nor one received after ``replayable``; the number deleted."""
+    if not over:
+        return 0
+    deleted = await tx.fetch_many(
+        "DELETE FROM reports WHERE id IN (SELECT r.id FROM reports r "
+        "JOIN nodes n ON n.node_id = r.node_id WHERE r.node_id = ? "
+        "AND r.id <> n.last_report AND r.received_at < ? ORDER BY r.id LIMIT ?) "
+        "RETURNING node_id",
+        [(node_id, replayable, excess) for node_id, excess in over.items()],
+    )
+    await _uncount(tx, [node_id for (node_id,) in deleted])
+    return len(deleted)
+
+
+async def _expire(tx: Tx, node_id: str, before: int, limit: int) -> int:
+    """Delete the node's oldest reports received before ``before``, at most ``limit``,
+    never its latest; the number deleted.
+
+    In id order, the order they were stored: reports from replicas whose clocks
+    disagree by seconds are not told apart at the boundary."""
+    first_kept = await tx.fetch(
+        "SELECT MIN(id) FROM reports WHERE node_id = ? AND received_at >= ?", node_id, before
+    )
+    bound = first_kept[0][0]
+    deleted = await tx.fetch(
+        "DELETE FROM reports WHERE id IN (SELECT id FROM reports WHERE node_id = ? "
+        "AND id < COALESCE(?, id + 1) "
+        "AND id <> (SELECT last_report FROM nodes WHERE node_id = ?) ORDER BY id LIMIT ?) "
+        "RETURNING node_id",
+        node_id,
+        bound,
+        node_id,
+        limit,
+    )
+    await _uncount(tx, [node_id for (node_id,) in deleted])
+    return len(deleted)
+
+
+async def _uncount(tx: Tx, node_ids: list[str]) -> None:
+    counted: dict[str, int] = {}
+    for node_id in node_ids:
+        counted[node_id] = counted.get(node_id, 0) + 1
+    await tx.execute_many(
+        "UPDATE nodes SET reports_kept = reports_kept - ? WHERE node_id = ?",
+        [(count, node_id) for node_id, count in counted.items()],
+    )
+
+
 async def _drop_unused_logs(tx: Tx, digests: list[str]) -> None:
     """Delete the logs of ``digests`` that no node names any more."""
     await tx.execute_many(
@@ -730,8 +937,16 @@ async def _observations(tx: Tx, pool: str) -> dict[str, Observation]:
 
 async def _add_samples(tx: Tx, reports: list[_Report]) -> None:
     """Keep the reports' GPU samples, and only each node's latest ``WINDOW`` sets."""
+    # Taken from the report's canonical JSON, encoded once for the report's row:
+    # encoding the samples again (dataclasses.asdict) was most of a report's cost.
     rows = [
-        (r.report.node_id, r.received_at, json.dumps([g.sample.to_dict() for g in health.gpus]))
+        (
+            r.report.node_id,
+            r.received_at,
+            json.dumps(
+                [g["sample"] for g in json.loads(r.report.canonical_json)["health"]["gpus"]]
+            ),
+        )
         for r in reports
         if (health := r.report.health) is not None and health.gpus
     ]

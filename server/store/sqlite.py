@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.store import EnrolledNode
+from server.store import EnrolledNode, RemovedNode, Retention
 from server.store.sql import Row, SqlStore
 
 T = TypeVar("T")
@@ -189,6 +189,47 @@ MIGRATIONS = (
     );
     CREATE INDEX operator_sessions_token ON operator_sessions (token_hash);
     """,
+    # A TPM vouches for one node: its EK (by certificate and by public key) is
+    # bound to one enrollment, and the unique indexes are the guard, so two
+    # replicas enrolling one EK for two ids cannot both win. Nodes enrolled before
+    # keep their certificate's binding, the earliest enrolled of each EK only: a
+    # later one sharing it is left unbound, and the server warns of it at start.
+    """
+    ALTER TABLE enrollments ADD COLUMN ek_certificate_sha256 TEXT;
+    ALTER TABLE enrollments ADD COLUMN ek_public_sha256 TEXT;
+    UPDATE enrollments SET ek_certificate_sha256 = json_extract(tpm, '$.ek_certificate_sha256')
+        WHERE tpm IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM enrollments o WHERE o.tpm IS NOT NULL
+                AND json_extract(o.tpm, '$.ek_certificate_sha256')
+                    = json_extract(enrollments.tpm, '$.ek_certificate_sha256')
+                AND (o.enrolled_at, o.node_id) < (enrollments.enrolled_at, enrollments.node_id)
+        );
+    CREATE UNIQUE INDEX enrollments_ek_certificate ON enrollments (ek_certificate_sha256);
+    CREATE UNIQUE INDEX enrollments_ek_public ON enrollments (ek_public_sha256);
+    """,
+    # Retention (server.store.Retention): how many reports each node has stored,
+    # kept with its latest, so trimming a node needs no count of its reports.
+    # What removed nodes left behind goes: reports and samples of ids no longer
+    # enrolled, and those received (with a clock margin) before the id's present
+    # enrollment, which a node enrolling a removed node's id had inherited.
+    """
+    ALTER TABLE nodes ADD COLUMN reports_kept INTEGER NOT NULL DEFAULT 0;
+    DELETE FROM nodes WHERE NOT EXISTS (
+        SELECT 1 FROM enrollments e WHERE e.node_id = nodes.node_id
+            AND nodes.last_seen >= e.enrolled_at - 300
+    );
+    DELETE FROM reports WHERE NOT EXISTS (
+        SELECT 1 FROM enrollments e WHERE e.node_id = reports.node_id
+            AND reports.received_at >= e.enrolled_at - 300
+    );
+    DELETE FROM gpu_samples WHERE NOT EXISTS (
+        SELECT 1 FROM enrollments e WHERE e.node_id = gpu_samples.node_id
+            AND gpu_samples.received_at >= e.enrolled_at - 300
+    );
+    UPDATE nodes SET reports_kept = (
+        SELECT COUNT(*) FROM reports r WHERE r.node_id = nodes.node_id
+    );
+    """,
 )
 
 
@@ -219,6 +260,7 @@ def _fetch(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> list[R
 class SqliteDatabase:
     lock_wait = ""
     lock_skip = ""
+    lock_share = ""
 
     def __init__(self, conn: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
         self.conn = conn
@@ -298,15 +340,15 @@ class SqliteStore(SqlStore):
     PostgreSQL, shared by replicas, reads every time (batched: ``server.store.sql``).
     (A new write to either must drop the node too.)"""
 
-    def __init__(self, db: SqliteDatabase) -> None:
-        super().__init__(db)
+    def __init__(self, db: SqliteDatabase, retention: Retention | None = None) -> None:
+        super().__init__(db, retention)
         self._nodes: dict[str, EnrolledNode] = {}
         self._log_digests: dict[str, str] = {}
         self._changes = 0  # a read that overlapped a change is not kept
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
-        return cls(await SqliteDatabase.open(path))
+    async def open(cls, path: Path, retention: Retention | None = None) -> SqliteStore:
+        return cls(await SqliteDatabase.open(path), retention)
 
     async def _kept(
         self, cache: dict[str, T], node_id: str, read: Callable[[str], Awaitable[T | None]]
@@ -331,7 +373,7 @@ class SqliteStore(SqlStore):
         finally:
             self._forget(node.node_id)
 
-    async def remove_node(self, node_id: str) -> bool:
+    async def remove_node(self, node_id: str) -> RemovedNode | None:
         try:
             return await super().remove_node(node_id)
         finally:

@@ -80,7 +80,7 @@ def test_a_node_that_lost_its_key_enrolls_again_once_an_admin_removes_it(
 
     status, out, err = _nodes(site, _token_file(site, tmp_path, "admin"), "remove", "n1", "--json")
     assert status == 0, err
-    assert json.loads(out) == {"removed": "n1"}
+    assert json.loads(out) == {"removed": "n1", "reports_deleted": 0, "ek_released": None}
     assert "n1" not in site.fleet()
 
     enrolled = gpuward("agent", "enroll", "--config", config, "--json")

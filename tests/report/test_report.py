@@ -42,7 +42,12 @@ def _viewer(fleet: Fleet, tmp_path: Path) -> tuple[str, ...]:
     return ("--server", fleet.url, "--token-file", str(token))
 
 
-def _tpm_node(fleet: Fleet, node_id: str, reports: list[tuple[dict[str, Any], Verdict]]) -> None:
+def _tpm_node(
+    fleet: Fleet,
+    node_id: str,
+    reports: list[tuple[dict[str, Any], Verdict]],
+    ek_sha256: str = EK_SHA256,  # each TPM's own: an EK is bound to one node
+) -> None:
     now = int(fleet.clock())
     node = EnrolledNode(
         node_id=node_id,
@@ -53,7 +58,7 @@ def _tpm_node(fleet: Fleet, node_id: str, reports: list[tuple[dict[str, Any], Ve
         enrolled_at=now,
         tpm=json.dumps(
             TpmNode(
-                node_id, b"AK public area", EK_SHA256, now, "CN=EK of " + node_id, "1f2e"
+                node_id, b"AK public area", ek_sha256, now, "CN=EK of " + node_id, "1f2e"
             ).to_dict()
         ),
     )
@@ -86,6 +91,7 @@ def _mixed_fleet(fleet: Fleet) -> list[str]:
             (report_doc("tpm-rolled-back", driver="580.65.06"), passed),
             (report_doc("tpm-rolled-back", driver="580.65.06", update="rolled-back"), failed),
         ],
+        "cd" * 32,
     )
     eol = fleet.node("legacy-eol")
     assert eol.report(driver="470.256.02", bundle="drivers/R470/x.bundle").status == 202

@@ -42,7 +42,8 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             "header_timeout = 2.5\nmax_connections_per_address = 9\n"
             'boot_policy = "boot.json"\nrollout_tick = 5\ndriver_pcr = 16\n'
             'report_key = "keys/report.key"\nworkers = 2\n'
-            'trusted_proxies = ["127.0.0.1", "::1"]\n'
+            'trusted_proxies = ["127.0.0.1", "::1"]\nek_type = "EK-ECC256"\n'
+            "report_retention_count = 2000\nreport_retention_days = 7\n"
             '[pool_boot_policy]\ncanary = "canary.json"\n',
         ),
     )
@@ -68,6 +69,9 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
         report_key=folder / "keys/report.key",
         workers=2,
         trusted_proxies=("127.0.0.1", "::1"),
+        ek_type="EK-ECC256",
+        report_retention_count=2000,
+        report_retention_days=7,
     )
     # This test sets every option: a new one must be added here.
     keys = {line.split(" =")[0] for line in (folder / "server.toml").read_text().splitlines()}
@@ -123,11 +127,20 @@ def test_flags_given_override_the_file_whole(folder: Path) -> None:
         ('db = "d"\n', ("--repo is required", "repo in")),
         ('repo = "r"\ndb = "d"\nunattested_enrollment_token_file = "nope"\n', ("nope",)),
         ("repo = \n", ("not valid TOML",)),
+        (
+            'repo = "r"\ndb = "d"\nek_type = "EK-HIGH-ECC384"\n',
+            ("ek_type EK-HIGH-ECC384: must be one of EK-RSA2048, EK-ECC256",),
+        ),
+        (
+            'repo = "r"\ndb = "d"\nreport_retention_count = 0\n',
+            ("report_retention_count must be between 1 and",),
+        ),
     ],
     ids=[
         "unknown-key", "string-for-integer", "bool-for-integer", "string-for-list",
         "list-of-numbers", "string-for-table", "bad-pool", "string-for-number", "bounds",
-        "driver-pcr", "required", "missing-token-file", "not-toml",
+        "driver-pcr", "required", "missing-token-file", "not-toml", "ek-type",
+        "retention-bounds",
     ],
 )  # fmt: skip
 def test_bad_files_are_refused_naming_the_key(
