@@ -196,13 +196,9 @@ def enroll(config: AgentConfig, token: str | None = None) -> dict[str, Any]:
     request = EnrollmentRequest(config.node_id, public, config.pool, evidence)
     body = json.dumps(request.to_dict()).encode()
     response = signed_request(config, key, "POST", config.enroll_url, body)
-    if response.status == 409:
-        # Another key holds this node id: the server says what must happen, this the command.
-        raise GpuwardError(
-            f"enrollment refused: {_error(response)} "
-            f"(the command: gpuward nodes remove {config.node_id})"
-        )
     if response.status not in (200, 201):
+        # 409: another key holds this id, or another node this TPM; the server's
+        # message names the node to remove and the command.
         raise GpuwardError(f"enrollment refused: HTTP {response.status}: {_error(response)}")
     result: dict[str, Any] = json.loads(response.data)
     log.info("enrollment_done", node=config.node_id, pool=result.get("pool"))

@@ -88,7 +88,8 @@ async def enroll(request: web.Request) -> web.Response:
         raise ApiError(
             409,
             f"node {enrollment.node_id} is enrolled with another key; an admin must remove it "
-            f"(DELETE /v1/nodes/{enrollment.node_id}) before it can enroll again",
+            f"('gpuward nodes remove {enrollment.node_id}', or DELETE "
+            f"/v1/nodes/{enrollment.node_id}) before it can enroll again",
         )
     log.info(
         "node_enrolled" if created else "node_reenrolled",
