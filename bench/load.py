@@ -86,7 +86,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -95,6 +94,7 @@ from cryptography.x509.oid import NameOID
 
 from bench.attest import LOG, QUOTED_RESET_COUNT, ak_public, quote
 from bench.http_client import Connection, HttpError
+from bench.postgres_admin import admin, database_url
 from fleet.attestation import (
     AttestationEvidence,
     AttestedReport,
@@ -115,9 +115,6 @@ from server.store import EnrolledNode, Store, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-POSTGRES_ADMIN = os.environ.get(
-    "GPUWARD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 AK_KEYS = 64
 TARGET = 100_000 / 60
 # What the quotes cover: the boot PCRs the server requires, and the driver PCR.
@@ -531,14 +528,6 @@ def _start_server(
     raise SystemExit("server did not start within 60 s")
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(POSTGRES_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def _enroll(store: Store, agents: list[Agent]) -> None:
     """As TPM enrollment leaves them; concurrently, so PostgreSQL's pool is used."""
     for start in range(0, len(agents), 256):
@@ -636,12 +625,12 @@ def bench(
         reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args, workers))
     else:
         name = f"gpuward_bench_{secrets.token_hex(4)}"
-        asyncio.run(_admin(f"CREATE DATABASE {name}"))
+        asyncio.run(admin(f"CREATE DATABASE {name}"))
         try:
-            db = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+            db = database_url(name)
             reference, rounds = asyncio.run(_bench(backend, db, tree, agents, boot, args, workers))
         finally:
-            asyncio.run(_admin(f"DROP DATABASE {name} WITH (FORCE)"))
+            asyncio.run(admin(f"DROP DATABASE {name} WITH (FORCE)"))
     label = backend if tree == ROOT else f"{backend}, server from {tree}"
     if backend == "postgresql" and args.replicas > 1:
         label += f", {args.replicas} replicas (challenge from one, report to the next)"

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import tempfile
 import time
@@ -62,8 +61,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-
+from bench.postgres_admin import admin, database_url
 from fleet.fleetsim import FleetSim
 from fleet.report import GpuHealth, GpuReport, HealthReport, NodeHealth
 from server.config import DAY_S, ServerConfig
@@ -71,9 +69,6 @@ from server.report_attestation import Verdict
 from server.store import EnrolledNode, Retention, Store, open_store
 from server.store.sql import SqlStore, _slack
 
-POSTGRES_ADMIN = os.environ.get(
-    "GPUWARD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 INTERVAL_S = 60
 HOUR_ROUNDS = 3600 // INTERVAL_S
 DAY_ROUNDS = DAY_S // INTERVAL_S
@@ -124,9 +119,9 @@ class Backend:
             url = f"sqlite://{self.work / f'store-{secrets.token_hex(4)}.db'}"
         else:
             database = f"gpuward_bench_{secrets.token_hex(4)}"
-            await _admin(f"CREATE DATABASE {database}")
+            await admin(f"CREATE DATABASE {database}")
             self.databases.append(database)
-            url = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{database}"
+            url = database_url(database)
         return await open_store(url, retention)
 
     async def vacuum(self, store: Store) -> None:
@@ -151,15 +146,7 @@ class Backend:
 
     def drop(self) -> None:
         for database in self.databases:
-            asyncio.run(_admin(f"DROP DATABASE {database} WITH (FORCE)"))
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(POSTGRES_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+            asyncio.run(admin(f"DROP DATABASE {database} WITH (FORCE)"))
 
 
 async def _enroll(store: Store, reports: list[HealthReport]) -> None:
