@@ -5,6 +5,8 @@ its headers by closing the connection that has waited longest for its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -37,35 +39,36 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
         return True
 
 
-async def _serve(limits: ConnectionLimits) -> tuple[asyncio.Server, int]:
+@contextlib.asynccontextmanager
+async def _serving(limits: ConnectionLimits) -> AsyncIterator[int]:
+    """A guarded server's port; its listener and every client connection closed after."""
     listener = await asyncio.get_running_loop().create_server(
         ConnectionGuard(web.Server(_ok), limits), "127.0.0.1", 0
     )
-    return listener, int(listener.sockets[0].getsockname()[1])
+    try:
+        yield int(listener.sockets[0].getsockname()[1])
+    finally:
+        listener.close()
+        for writer in _held:
+            writer.close()
+        _held.clear()
 
 
 def test_an_address_beyond_its_share_is_closed_at_once() -> None:
     async def attack() -> None:
-        listener, port = await _serve(ConnectionLimits(HOUR, per_address=2, total=100))
-        try:
+        async with _serving(ConnectionLimits(HOUR, per_address=2, total=100)) as port:
             for _ in range(2):
                 await _connect(port, "127.0.0.2", PARTIAL)
             assert await _closed(await _connect(port, "127.0.0.2", PARTIAL))
             answer = await (await _connect(port, "127.0.0.1", REQUEST)).read()
             assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
-        finally:
-            listener.close()
-            for writer in _held:
-                writer.close()
-            _held.clear()
 
     asyncio.run(attack())
 
 
 def test_a_full_server_evicts_the_longest_wait_for_headers() -> None:
     async def attack() -> None:
-        listener, port = await _serve(ConnectionLimits(HOUR, per_address=2, total=3))
-        try:
+        async with _serving(ConnectionLimits(HOUR, per_address=2, total=3)) as port:
             slow = [
                 await _connect(port, source, PARTIAL)
                 for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -73,10 +76,5 @@ def test_a_full_server_evicts_the_longest_wait_for_headers() -> None:
             answer = await (await _connect(port, "127.0.0.1", REQUEST)).read()
             assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
             assert await _closed(slow[0])  # the oldest of the slow ones made room
-        finally:
-            listener.close()
-            for writer in _held:
-                writer.close()
-            _held.clear()
 
     asyncio.run(attack())
