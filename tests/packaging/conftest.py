@@ -58,6 +58,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpuwar
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 APT_DIR = "/srv/gpuward-apt"
 KEYRING = "/etc/apt/keyrings/gpuward.gpg"
+SOURCES = "/etc/apt/sources.list.d/gpuward.list"
 
 
 def host_debian_mirror() -> str:
@@ -171,9 +172,11 @@ class Chroot:
             self.path(KEYRING).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(keyring, self.path(KEYRING))
             trust = f"signed-by={KEYRING}"
-        self.path("/etc/apt/sources.list").write_text(f"deb [{trust}] file:{APT_DIR} ./\n")
+        # README "Install": the repository in its own sources file; here the only one.
+        self.path("/etc/apt/sources.list").write_text("")
         for extra in self.path("/etc/apt/sources.list.d").glob("*"):
             extra.unlink()
+        self.path(SOURCES).write_text(f"deb [{trust}] file:{APT_DIR} ./\n")
 
 
 @contextlib.contextmanager

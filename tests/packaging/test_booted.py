@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.packaging.booted import wait_for
-from tests.packaging.conftest import Built, Chroot, unpacked
+from tests.packaging.conftest import APT_DIR, KEYRING, SOURCES, Built, Chroot, unpacked
 from tests.packaging.installed import Host, publish
 
 GOOD, BAD, THIRD = "580.65.06", "580.82.07", "580.95.05"
@@ -200,7 +200,7 @@ def test_purge_leaves_nothing_behind(host: Host) -> None:
         "-prune",
         "-o", "-name", "*gpuward*", "-print",
     ).stdout.split()  # fmt: skip
-    own_source = ("/srv/gpuward-apt", "/etc/apt/keyrings/gpuward.gpg", "/var/lib/apt/lists/")
+    own_source = (APT_DIR, KEYRING, SOURCES, "/var/lib/apt/lists/")
     assert [p for p in named if not p.startswith(own_source)] == []
     assert c.run("getent", "passwd", "gpuward", check=False).returncode != 0
     assert c.run("getent", "passwd", "gpuward-server", check=False).returncode != 0

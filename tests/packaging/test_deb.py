@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.packaging.conftest import APT_DIR, KEYRING, Built, Chroot, SigningKey
+from tests.packaging.conftest import APT_DIR, KEYRING, SOURCES, Built, Chroot, SigningKey
 
 # Paths that change whenever apt or dpkg runs, whatever the package: their
 # databases, caches and logs, and shadow's backups of the account files.
@@ -125,7 +125,7 @@ def test_agent_installs_runs_removes_and_purges(chroot: Chroot, built: Built) ->
     # Also in the paths the comparison leaves out (logs, caches), apart from
     # this test's own apt source.
     named = chroot.run("find", "/", "-xdev", "-name", "*gpuward*").stdout.split()
-    own_source = (APT_DIR, KEYRING, "/var/lib/apt/lists/_srv_gpuward-apt_")
+    own_source = (APT_DIR, KEYRING, SOURCES, "/var/lib/apt/lists/_srv_gpuward-apt_")
     assert [p for p in named if not p.startswith(own_source)] == []
 
 
