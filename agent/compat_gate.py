@@ -17,14 +17,14 @@ from pathlib import Path
 import structlog
 
 from agent.channel import ImageChannel
-from agent.config import AgentConfig
-from agent.health import ProbeResult
 from fleet.catalog import TARGET_PATH, Catalog, default_catalog, load_catalog
 from fleet.compat import Verdict, check
 from fleet.errors import InvalidDocument
 from fleet.inventory import Gpu, NodeInventory
 from fleet.manifest import BundleManifest
 from keys.storage import atomic_write
+from node.config import AgentConfig
+from node.gpu_health import ProbeResult
 
 log = structlog.get_logger(__name__)
 

@@ -1,46 +1,47 @@
-"""One agent cycle: refresh, choose, verify, hand over or install, report.
+"""One agent cycle: refresh, choose, verify, hand over, report.
 
-With ``[applier] mode = "applier"`` (the packaged default) the agent never
-touches the slots: it leaves the verified bundle in the spool, the root applier
-(``agent.apply``) installs it, and a later cycle reports what the applier's
-journal says happened, once. With ``"inline"`` (the demo, whole simulated
-hosts in tests) the cycle stages, switches, gates and commits itself; each
-step is journaled before it happens, so a crash at any point resumes to a
-consistent slot: a switch without a verdict is gated again on the next start; a
-stage without a switch is simply staged again.
+The agent never touches the slots. It leaves a verified bundle in the spool;
+the applier (``applier.state_machine``, the node's one A/B state machine)
+installs it, and a cycle reports what the applier's journal says happened,
+once. With ``[applier] mode = "applier"`` (the packaged default) the applier is
+its own root unit, started by the spool's path unit. With ``"inline"`` (the
+demo, hosts without a separate root unit) the same state machine runs
+in-process: the ``gpuward`` command hands the cycle an ``InlineApplier`` that
+runs it before looking for an update (to resume whatever a crash left) and
+again once a bundle is spooled, so the report says how the update ended.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
-from agent.channel import Candidate, ChannelUnavailable, ImageChannel, UpdateRefused
+from agent.channel import ImageChannel
 from agent.compat_gate import current_catalog
 from agent.compat_gate import gate as compat_gate
-from agent.config import AgentConfig
+from agent.cycle_state import AgentState, load_state, save_state
 from agent.director import DirectorChannel, agree
-from agent.firewall.enforcer import Enforcer
-from agent.firewall.nft import Nft
-from agent.firewall.state import UnitResult
-from agent.health import HealthProbe, ProbeResult, assess, post_switch_check
 from agent.identity import NotEnrolled
-from agent.journal import TERMINAL, Journal, load_journal
-from agent.kernel_hold import load_hold_record
 from agent.reporter import post_report
-from agent.slots import SlotContent, Slots
-from agent.spool import has_request, write_spool
-from agent.state import AgentState, PendingSwitch, load_state, save_state
-from agent.unpack import BadBundle, unpack_bundle
 from fleet.attestation import AttestationError
 from fleet.errors import GpuwardError
 from fleet.firewall import FirewallReport
 from fleet.gpu import GpuSample
-from fleet.gpu_rules import FAILED
 from fleet.report import HealthReport
+from node.channel import Candidate, ChannelUnavailable, UpdateRefused
+from node.config import AgentConfig
+from node.firewall.enforcer import Enforcer
+from node.firewall.nft import Nft
+from node.firewall.state import UnitResult
+from node.gpu_health import HealthProbe, ProbeResult, assess
+from node.journal import TERMINAL, Journal, load_journal
+from node.kernel_hold_record import load_hold_record
+from node.slots import Slots
+from node.spool import has_request, write_spool
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,9 @@ class CycleResult:
     report: HealthReport
     report_sent: bool
 
+
+# Runs the applier's state machine to a state it can stop in, in this process.
+InlineApplier = Callable[[], object]
 
 CAP_NET_ADMIN = 12
 # The applier journal's final states, as the report names them.
@@ -91,8 +95,16 @@ class Cycle:
         config: AgentConfig,
         probe: HealthProbe,
         firewall: Enforcer | UnitResult | None = None,
+        inline_applier: InlineApplier | None = None,
     ) -> None:
+        if config.applier.mode == "inline" and inline_applier is None:
+            raise GpuwardError(
+                'this agent\'s config says [applier] mode = "inline", which runs the applier '
+                "in the agent's process: start it with `gpuward agent run`, or set "
+                'mode = "applier" and enable gpuward-apply.path'
+            )
         self.config = config
+        self.inline_applier = inline_applier
         self.probe = probe
         self.slots = Slots(config.slots_dir)
         self.log = log.bind(node=config.node_id)
@@ -111,23 +123,15 @@ class Cycle:
         # baseline of the next report's trends (by GPU UUID).
         self._reported_until: float | None = None
         self._last_samples: dict[str, GpuSample] = {}
-        # What the GPUs looked like just before this process switched slots.
-        self._before_switch: ProbeResult | None = None
-        self._switched_at: float | None = None
-
-    @property
-    def inline(self) -> bool:
-        return self.config.applier.mode == "inline"
 
     def run(self) -> CycleResult:
         state = load_state(self.config.state_file)
-        if not self.inline:
-            state, outcome = self._handed_off(state)
-        elif state.pending is not None:
-            state, outcome = self._resume(state, state.pending)
-        else:
-            self.config.slots_dir.mkdir(parents=True, exist_ok=True)
-            state, outcome = self._update(state)
+        if self.inline_applier is not None:
+            self.inline_applier()  # resumes whatever a crash left mid-update
+        state, outcome = self._handed_off(state)
+        if self.inline_applier is not None and has_request(self.config.spool_dir):
+            self.inline_applier()
+            state, outcome = self._applier_news(state) or (state, outcome)
         save_state(self.config.state_file, state)
         firewall = self.firewall.cycle() if self.firewall else None
         report = self._report(outcome, self.probe.probe(), firewall)
@@ -165,63 +169,52 @@ class Cycle:
                 )
             bundle = channel.fetch(candidate.info)
             self.log.info("bundle_verified", target=candidate.target_path, sha256=candidate.sha256)
-            if not self.inline:
-                write_spool(self.config.spool_dir, candidate.info, bundle)
-                self.log.info("bundle_handed_off", target=candidate.target_path)
-                handoff = replace(state.handoff, sha256=candidate.sha256, release_counter=counter)
-                return replace(state, handoff=handoff), Outcome(
-                    "staged", f"{candidate.target_path} is verified and spooled for the applier"
-                )
-            slot = self.slots.inactive()
-            unpack_bundle(bundle, candidate.manifest, self.slots.scratch(slot))
-        except (UpdateRefused, BadBundle) as exc:
+            write_spool(self.config.spool_dir, candidate.info, bundle)
+            self.log.info("bundle_handed_off", target=candidate.target_path)
+            handoff = replace(state.handoff, sha256=candidate.sha256, release_counter=counter)
+            return replace(state, handoff=handoff), Outcome(
+                "staged", f"{candidate.target_path} is verified and spooled for the applier"
+            )
+        except UpdateRefused as exc:
             self.log.error("update_refused", reason=str(exc), active_slot=self.slots.active())
             return state, Outcome("refused", str(exc))
         except (ChannelUnavailable, NotEnrolled) as exc:  # director metadata needs the key
             self.log.warning("update_unavailable", reason=str(exc))
             return state, Outcome("failed", str(exc))
-        content = SlotContent(candidate.target_path, candidate.sha256, candidate.manifest)
-        self.slots.commit_stage(slot, content)
-        self.log.info("bundle_staged", slot=slot, driver=candidate.manifest.driver_version)
-
-        pending = PendingSwitch(
-            slot=slot,
-            previous=self.slots.active(),
-            sha256=candidate.sha256,
-            release_counter=counter,
-        )
-        state = state.with_pending(pending)
-        save_state(self.config.state_file, state)
-        self._before_switch, self._switched_at = self.probe.probe(), time.time()
-        self.slots.switch(slot)
-        self.log.info("slot_switched", slot=slot, previous=pending.previous)
-        return self._verify(state, pending)
 
     def _handed_off(self, state: AgentState) -> tuple[AgentState, Outcome]:
-        """Applier mode: report what the applier did, once; else look for an update.
+        """Report what the applier did, once; else look for an update.
 
         Nothing new is spooled while the applier has one in hand, so each
         outcome it reaches is reported before the next update starts.
         """
+        news = self._applier_news(state)
+        if news is not None:
+            return news
         journal = load_journal(self.config.journal_file)
-        news = _journal_key(self.config.journal_file, journal)
-        if journal.state in APPLIER_OUTCOMES and news != state.handoff.reported:
-            outcome = Outcome(APPLIER_OUTCOMES[journal.state], f"applier: {journal.reason}")
-            state = replace(state, handoff=replace(state.handoff, reported=news))
-            if journal.state in ("rolled-back", "failed") and journal.sha256:
-                # Failed health, or refused: either way never handed over again.
-                state = state.with_rejected(journal.sha256)
-            if journal.state == "committed" and journal.sha256 == state.handoff.sha256:
-                counter = max(state.release_counter, state.handoff.release_counter)
-                state = replace(state, release_counter=counter)
-            self.log.info("applier_outcome", state=journal.state, reason=journal.reason)
-            return state, outcome
         if has_request(self.config.spool_dir):
             return state, Outcome("staged", "spooled; waiting for the applier to take it")
         if journal.state not in TERMINAL:
             why = f" ({journal.reason})" if journal.reason else ""
             return state, Outcome("staged", f"applier: {journal.state} {journal.target_path}{why}")
         return self._update(state)
+
+    def _applier_news(self, state: AgentState) -> tuple[AgentState, Outcome] | None:
+        """The applier's last outcome, if not reported yet, and what it teaches."""
+        journal = load_journal(self.config.journal_file)
+        news = _journal_key(self.config.journal_file, journal)
+        if journal.state not in APPLIER_OUTCOMES or news == state.handoff.reported:
+            return None
+        outcome = Outcome(APPLIER_OUTCOMES[journal.state], f"applier: {journal.reason}")
+        state = replace(state, handoff=replace(state.handoff, reported=news))
+        if journal.state in ("rolled-back", "failed") and journal.sha256:
+            # Failed health, or refused: either way never handed over again.
+            state = state.with_rejected(journal.sha256)
+        if journal.state == "committed" and journal.sha256 == state.handoff.sha256:
+            counter = max(state.release_counter, state.handoff.release_counter)
+            state = replace(state, release_counter=counter)
+        self.log.info("applier_outcome", state=journal.state, reason=journal.reason)
+        return state, outcome
 
     def _directed(
         self, image: ImageChannel, state: AgentState
@@ -263,44 +256,6 @@ class Cycle:
         if running is not None and newest.manifest.version <= running.manifest.version:
             return None, why_not
         return newest, ""
-
-    def _resume(self, state: AgentState, pending: PendingSwitch) -> tuple[AgentState, Outcome]:
-        """Finish a switch interrupted by a crash or a reboot."""
-        self.log.info("resuming_switch", slot=pending.slot, active=self.slots.active())
-        if self.slots.active() != pending.slot:
-            # The crash came before the switch: the old slot still runs, and the
-            # update starts over from verified metadata.
-            state = state.with_pending(None)
-            save_state(self.config.state_file, state)
-            return self._update(state)
-        return self._verify(state, pending)
-
-    def _verify(self, state: AgentState, pending: PendingSwitch) -> tuple[AgentState, Outcome]:
-        content = self.slots.content(pending.slot)
-        if content is None:
-            raise GpuwardError(f"slot {pending.slot} lost its bundle.json during a switch")
-        expected = content.manifest.driver_version
-        verdict = post_switch_check(
-            self._before_switch, self.probe.probe(), expected, since=self._switched_at
-        )
-        reasons = list(verdict.reasons) if verdict.status == FAILED else []
-        if not reasons:
-            self.log.info("update_committed", slot=pending.slot, driver=expected)
-            committed = replace(
-                state.with_pending(None),
-                release_counter=max(state.release_counter, pending.release_counter),
-            )
-            return committed, Outcome("committed", f"driver {expected} is healthy")
-        self.slots.switch(pending.previous)
-        self.log.error(
-            "update_rolled_back",
-            driver=expected,
-            slot=pending.previous,
-            reasons=reasons[:3],  # eight GPUs failing alike say it eight times
-            reasons_total=len(reasons),
-        )
-        state = state.with_pending(None).with_rejected(pending.sha256)
-        return state, Outcome("rolled-back", f"driver {expected} failed health: {reasons[0]}")
 
     def _report(
         self, outcome: Outcome, seen: ProbeResult, firewall: FirewallReport | None

@@ -15,11 +15,11 @@ from types import FrameType
 
 import structlog
 
-from agent.config import AgentConfig
-from agent.cycle import Cycle, CycleResult
-from agent.health import HealthProbe
-from agent.slots import Slots
+from agent.cycle import Cycle, CycleResult, InlineApplier
 from fleet.errors import GpuwardError
+from node.config import AgentConfig
+from node.gpu_health import HealthProbe
+from node.slots import Slots
 
 log = structlog.get_logger(__name__)
 JITTER = 0.2
@@ -27,10 +27,10 @@ JITTER = 0.2
 
 def make_probe(config: AgentConfig) -> HealthProbe:
     if config.health_backend == "simulated":
-        from agent.simulated import SimulatedProbe
+        from node.simulated_gpus import SimulatedProbe
 
         return SimulatedProbe(config.node_id, Slots(config.slots_dir), config.simulated)
-    from agent.nvml import NvmlProbe
+    from node.nvml import NvmlProbe
 
     return NvmlProbe()
 
@@ -41,7 +41,7 @@ def watching_probe(config: AgentConfig) -> Iterator[HealthProbe]:
     if config.health_backend != "nvml":
         yield make_probe(config)
         return
-    from agent.nvml import NvmlProbe
+    from node.nvml import NvmlProbe
 
     probe = NvmlProbe(watch_xids=True)
     try:
@@ -50,12 +50,16 @@ def watching_probe(config: AgentConfig) -> Iterator[HealthProbe]:
         probe.close()
 
 
-def run_once(config: AgentConfig) -> CycleResult:
+def run_once(config: AgentConfig, inline_applier: InlineApplier | None = None) -> CycleResult:
     with watching_probe(config) as probe:
-        return Cycle(config, probe).run()
+        return Cycle(config, probe, inline_applier=inline_applier).run()
 
 
-def run_forever(config: AgentConfig, stop: threading.Event | None = None) -> None:
+def run_forever(
+    config: AgentConfig,
+    stop: threading.Event | None = None,
+    inline_applier: InlineApplier | None = None,
+) -> None:
     stop = stop or threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -66,7 +70,7 @@ def run_forever(config: AgentConfig, stop: threading.Event | None = None) -> Non
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with watching_probe(config) as probe:
-            _loop(config, Cycle(config, probe), stop)
+            _loop(config, Cycle(config, probe, inline_applier=inline_applier), stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

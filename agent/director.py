@@ -19,11 +19,12 @@ from typing import Any
 
 from tuf.api.metadata import TargetFile
 
-from agent.channel import Candidate, TufChannel, UpdateRefused, mirror_fetcher
-from agent.config import AgentConfig
+from agent.channel import mirror_fetcher
 from agent.identity import load_key, sign
 from fleet.errors import InvalidDocument
 from fleet.schema import Reader
+from node.channel import Candidate, TufChannel, UpdateRefused
+from node.config import AgentConfig
 
 DIRECTOR_FIELD = "gpuward_director"  # the same key keys.director_repo writes
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -24,9 +24,6 @@ import urllib3
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.attest.config import AttestConfig, ak_file
-from agent.channel import ChannelUnavailable
-from agent.config import AgentConfig
 from fleet.attestation import Challenge, CredentialChallenge
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import (
@@ -36,6 +33,9 @@ from fleet.nodeauth import (
     signed_message,
 )
 from fleet.version import VERSION
+from node.attest.config import AttestConfig, ak_file
+from node.channel import ChannelUnavailable
+from node.config import AgentConfig
 
 log = structlog.get_logger(__name__)
 _TIMEOUT = urllib3.Timeout(connect=5.0, read=10.0)
@@ -134,7 +134,7 @@ def _tpm_evidence(
     config: AgentConfig, attest: AttestConfig, public_key: bytes, token: str
 ) -> dict[str, Any]:
     """Begin TPM enrollment, activate the credential, and certify ``public_key``."""
-    from agent.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
+    from node.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
 
     with Attestor(attest, config.state_dir) as attestor:
         body = json.dumps(attestor.enrollment_request(config.node_id).to_dict()).encode()

@@ -24,14 +24,14 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.attest.config import AttestConfig
-from agent.channel import ChannelUnavailable
-from agent.config import AgentConfig
 from agent.identity import load_key, signed_request
 from fleet.attestation import MAX_DRIVER_LOG_BYTES, AttestedReport, ReportChallenge
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.report import HealthReport
 from keys.storage import atomic_write, read_bounded
+from node.attest.config import AttestConfig
+from node.channel import ChannelUnavailable
+from node.config import AgentConfig
 
 log = structlog.get_logger(__name__)
 
@@ -133,9 +133,9 @@ def _take_kept_challenge(config: AgentConfig) -> ReportChallenge | None:
 def _attest(
     config: AgentConfig, attest: AttestConfig, report: HealthReport, challenge: ReportChallenge
 ) -> AttestedReport:
-    from agent.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
+    from node.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
 
-    # The root applier's measurement log explains the driver PCR (agent.measure).
+    # The root applier's measurement log explains the driver PCR (applier.measure).
     driver_log = None
     if config.measurement_log.exists():
         driver_log = read_bounded(

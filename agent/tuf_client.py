@@ -25,8 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.channel import TufChannel
 from fleet.errors import GpuwardError
+from node.channel import TufChannel
 
 # Where ngclient keeps the root it trusts now (a link into root_history/).
 TRUSTED_ROOT = "root.json"

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from agent.channel import ImageChannel
-from agent.config import AgentConfig
 from keys.bundle import build_bundle
 from keys.image_repo import ImageRepository
+from node.config import AgentConfig
 from server.config import ServerConfig
 from server.runner import BackgroundServer
 

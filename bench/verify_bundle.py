@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.unpack import unpack_bundle
+from applier.unpack import unpack_bundle
 from keys.bundle import build_bundle, read_manifest, sha256_file
 
 

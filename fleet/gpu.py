@@ -1,6 +1,6 @@
 """What the agent knows about one GPU, as plain data.
 
-NVML is read on the node (``agent.nvml``), but the records it produces are
+NVML is read on the node (``node.nvml``), but the records it produces are
 judged by pure rules (``fleet.gpu_rules``), sent in reports and shown by the
 server, so they live here with no dependency on NVML. Every measurement is
 ``None`` when it is unknown: the GPU or its driver does not support the query.

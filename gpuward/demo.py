@@ -18,12 +18,12 @@ from typing import Any
 
 import urllib3
 
-from agent.config import AgentConfig, ApplierSettings, SimulatedGpus
-from agent.daemon import run_once
 from agent.identity import enroll
 from gpuward.cli.output import table
+from gpuward.node import run_once
 from keys.bundle import build_bundle
 from keys.image_repo import ImageRepository
+from node.config import AgentConfig, ApplierSettings, SimulatedGpus
 from server.config import ServerConfig
 from server.runner import BackgroundServer
 

@@ -10,7 +10,7 @@ written: a bundle that claims an architecture its branch dropped, or
 proprietary modules for Blackwell, is a mistake to catch on the operator's
 workstation, not on a thousand nodes.
 
-``check_bundle`` is how a node reads a bundle (``agent.unpack``) and how
+``check_bundle`` is how a node reads a bundle (``applier.unpack``) and how
 building and publishing read it before anything is signed: one function, so
 what the workstation signs is exactly what the nodes accept, and a bundle they
 would refuse is refused here first, for the same reason.

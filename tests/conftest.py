@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import urllib3
 
-from agent.config import AgentConfig, ApplierSettings, DirectorSettings, SimulatedGpus
 from agent.identity import enroll
 from keys.bundle import build_bundle
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository, PublishedBundle
+from node.config import AgentConfig, ApplierSettings, DirectorSettings, SimulatedGpus
 from server.config import ServerConfig
 from server.runner import BackgroundServer
 from tests.simnode import ENROLLMENT_TOKEN, FakeClock, SimNode
@@ -145,8 +145,8 @@ class Site:
     ) -> Path:
         """An agent config file for a host living under ``folder``.
 
-        ``mode`` is the ``[applier]`` mode: by default the whole simulated host
-        runs in the agent's cycle; ``"applier"`` hands bundles to
+        ``mode`` is the ``[applier]`` mode: by default the agent runs the applier's
+        state machine in-process (``gpuward.node``); ``"applier"`` leaves it to
         ``gpuward agent apply``, as a packaged node does.
         """
         path = folder / "agent.toml"

@@ -59,9 +59,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.config import load_config
-    from agent.daemon import run_forever, run_once
     from fleet.errors import GpuwardError
+    from gpuward.node import run_forever, run_once
+    from node.config import load_config
 
     config = load_config(args.config)
     if not args.once:
@@ -87,8 +87,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from agent.apply import apply_once
-    from agent.config import load_config
+    from applier.state_machine import apply_once
+    from node.config import load_config
 
     config = load_config(args.config)
     result = apply_once(config)
@@ -109,8 +109,8 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> None:
-    from agent.config import load_config
     from agent.identity import enroll, enrollment_files, enrollment_token
+    from node.config import load_config
 
     config = load_config(args.config)
     token = enrollment_token(config)  # may be root's alone: read before giving root up
@@ -125,12 +125,12 @@ def _enroll(args: argparse.Namespace) -> None:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from agent.config import load_config
     from agent.daemon import make_probe
-    from agent.health import assess, gate
-    from agent.slots import Slots
     from fleet.gpu_rules import FAILED
     from gpuward.cli.output import table
+    from node.config import load_config
+    from node.gpu_health import assess, gate
+    from node.slots import Slots
 
     config = load_config(args.config)
     seen = make_probe(config).probe()
@@ -139,7 +139,7 @@ def _health(args: argparse.Namespace) -> int:
     expected = content.manifest.driver_version if content else None
     health = assess(seen)
     if expected:
-        # What post_switch_check decides, from the gate and the assessment already made.
+        # What the applier's health gate would decide, from the assessment already made.
         reasons = gate(seen, expected)
         status, why = (FAILED, reasons) if reasons else (health.status, list(health.reasons))
     else:
@@ -177,7 +177,7 @@ def _inventory(backend: str) -> dict[str, Any] | None:
     """What the GPUs are, as NVML lists them; None where NVML is not used or not usable."""
     if backend != "nvml":
         return None
-    from agent.nvml import NvmlUnavailable, collect
+    from node.nvml import NvmlUnavailable, collect
 
     try:
         host = collect()
@@ -191,8 +191,8 @@ def _inventory(backend: str) -> dict[str, Any] | None:
 
 
 def _gpus(args: argparse.Namespace) -> None:
-    from agent.nvml import collect, inventory_to_dict
     from gpuward.cli.output import table
+    from node.nvml import collect, inventory_to_dict
 
     doc = inventory_to_dict(collect())
     rows = [

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from gpuward.cli.output import add_json_flag, emit
 
 if TYPE_CHECKING:
-    from agent.firewall.policy import FirewallPolicy
+    from node.firewall.policy import FirewallPolicy
 
 EXIT_DRIFT = 3
 
@@ -56,9 +56,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _load(path: Path) -> FirewallPolicy:
-    from agent.firewall.policy import Endpoint, FirewallPolicy
     from fleet.errors import GpuwardError
     from keys.storage import read_toml
+    from node.firewall.policy import Endpoint, FirewallPolicy
 
     doc = read_toml(path, "config")
     if "firewall" not in doc:
@@ -71,9 +71,9 @@ def _load(path: Path) -> FirewallPolicy:
 
 
 def _render(args: argparse.Namespace) -> None:
-    from agent.firewall.nft import Nft
-    from agent.firewall.resolve import resolve
-    from agent.firewall.ruleset import render
+    from node.firewall.nft import Nft
+    from node.firewall.resolve import resolve
+    from node.firewall.ruleset import render
 
     policy = _load(args.config)
     ruleset = render(policy, resolve(policy))
@@ -86,10 +86,10 @@ def _render(args: argparse.Namespace) -> None:
 def _apply(args: argparse.Namespace) -> None:
     import time
 
-    from agent.firewall.enforcer import Enforcer
-    from agent.firewall.nft import Nft
-    from agent.firewall.state import write_result
     from fleet.errors import GpuwardError
+    from node.firewall.enforcer import Enforcer
+    from node.firewall.nft import Nft
+    from node.firewall.state import write_result
 
     policy = _load(args.config)
     report = Enforcer(policy, Nft()).cycle()
@@ -105,10 +105,10 @@ def _apply(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from agent.firewall.enforcer import observe
-    from agent.firewall.nft import Nft
-    from agent.firewall.resolve import resolve
-    from agent.firewall.ruleset import digest, render
+    from node.firewall.enforcer import observe
+    from node.firewall.nft import Nft
+    from node.firewall.resolve import resolve
+    from node.firewall.ruleset import digest, render
 
     policy = _load(args.config)
     expected = render(policy, resolve(policy))
@@ -133,7 +133,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> None:
-    from agent.firewall.nft import Nft
+    from node.firewall.nft import Nft
 
     removed = Nft().remove()
     print("removed table inet gpuward" if removed else "no table inet gpuward to remove")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from gpuward.cli.output import add_json_flag, emit
 
 if TYPE_CHECKING:
-    from agent.kernel_hold import HoldState
+    from applier.kernel_hold import HoldState
 
 EXIT_NOT_HELD = 3
 
@@ -34,8 +34,8 @@ def register_under_agent(agent: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.kernel_hold import KernelHold
-    from agent.runner import CommandRunner
+    from applier.command_runner import CommandRunner
+    from applier.kernel_hold import KernelHold
 
     hold = KernelHold.detect(CommandRunner())
     state: HoldState = getattr(hold, args.action)()

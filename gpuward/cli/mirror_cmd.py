@@ -106,8 +106,8 @@ def verified_targets(mirror: Path, trusted_root: Path, scratch: Path | None = No
     """What ``mirror verify`` checks in an export laid out as served: python-tuf's
     client, offline, from ``trusted_root`` (every role's signatures, versions and
     expiry, and every target's bytes); the targets' names."""
-    from agent.channel import TufChannel
     from agent.fetcher import DirectoryFetcher
+    from node.channel import TufChannel
 
     with tempfile.TemporaryDirectory(prefix=".gpuward-verify-", dir=scratch) as tmp:
         channel = TufChannel(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
 from fleet.errors import GpuwardError
+from node.config import load_config
 
 BASE = """node_id = "gpu-1"
 server_url = "https://updates.example:8470/"

@@ -13,9 +13,9 @@ import pytest
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface, Urllib3Fetcher
 
-from agent.daemon import run_once
 from agent.fetcher import MirrorFetcher, SignedFetcher
 from fleet.nodeauth import HEADER_SIGNATURE
+from gpuward.node import run_once
 from server.runner import BackgroundServer
 from tests.conftest import Site
 

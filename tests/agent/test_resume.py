@@ -1,33 +1,24 @@
-"""A crash at any point of an update resumes to a consistent slot."""
+"""A crash at any point of an inline update resumes to a consistent slot.
+
+Inline mode runs the applier's state machine in the agent's process; the
+process dying mid-update leaves the applier's journal behind, and the next
+cycle's first step is to run the applier, which resumes from it.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.cycle import Cycle
-from agent.daemon import make_probe, run_once
-from agent.health import ProbeResult
-from agent.slots import Slots
-from agent.state import load_state
+from fleet.gpu_rules import Snapshot
+from gpuward.node import run_once
+from node.journal import load_journal
+from node.simulated_gpus import SimulatedGate
+from node.slots import Slots
 from tests.conftest import Site
 
 
 class Crash(BaseException):
     """Stands for the process dying (power cut, OOM kill) at this point."""
-
-
-class DiesAfterSwitch:
-    """The real probe, except that the process dies when the health gate looks."""
-
-    def __init__(self, config: AgentConfig) -> None:
-        self.inner = make_probe(config)
-        self.slots = Slots(config.slots_dir)
-
-    def probe(self) -> ProbeResult:
-        if self.slots.active() == "b":
-            raise Crash
-        return self.inner.probe()
 
 
 def _installed(site: Site) -> None:
@@ -49,38 +40,59 @@ def test_crash_during_the_switch_resumes_with_the_old_slot(
     with pytest.raises(Crash):
         run_once(config)
     monkeypatch.undo()
-    assert load_state(config.state_file).pending is not None
+    assert load_journal(config.journal_file).state == "switching"
     assert Slots(config.slots_dir).active() == "a"  # the old driver still runs
 
     result = run_once(config)
 
     assert result.outcome.update == "committed"
     assert Slots(config.slots_dir).active() == "b"
-    assert load_state(config.state_file).pending is None
+    assert load_journal(config.journal_file).state == "committed"
 
 
-def test_crash_after_the_switch_is_gated_on_restart(site: Site) -> None:
+def _dies_when_the_gate_judges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies when the health gate looks after the switch (it watches XIDs
+    then; the look before the switch, for the baseline, does not)."""
+    look = SimulatedGate.look
+
+    def dying(self: SimulatedGate, xid_window_s: float | None) -> Snapshot:
+        if xid_window_s is not None:
+            raise Crash
+        return look(self, xid_window_s)
+
+    monkeypatch.setattr(SimulatedGate, "look", dying)
+
+
+def test_crash_after_the_switch_is_gated_on_restart(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _installed(site)
     config = site.agent()
 
+    _dies_when_the_gate_judges(monkeypatch)
     with pytest.raises(Crash):
-        Cycle(config, DiesAfterSwitch(config)).run()
-    state = load_state(config.state_file)
-    assert state.pending is not None and state.pending.slot == "b"
+        run_once(config)
+    monkeypatch.undo()
+    journal = load_journal(config.journal_file)
+    assert (journal.state, journal.slot) == ("verifying", "b")
     assert Slots(config.slots_dir).active() == "b"  # switched, not yet confirmed
 
-    result = Cycle(config, make_probe(config)).run()
+    result = run_once(config)
 
     assert result.outcome.update == "committed"
-    assert load_state(config.state_file).pending is None
+    assert load_journal(config.journal_file).boots == 2  # the restart counted
 
 
-def test_crash_after_the_switch_rolls_back_if_the_driver_is_bad(site: Site) -> None:
+def test_crash_after_the_switch_rolls_back_if_the_driver_is_bad(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _installed(site)
     config = site.agent(unhealthy=frozenset({"580.82.07"}))
 
+    _dies_when_the_gate_judges(monkeypatch)
     with pytest.raises(Crash):
-        Cycle(config, DiesAfterSwitch(config)).run()
+        run_once(config)
+    monkeypatch.undo()
 
     result = run_once(config)
 

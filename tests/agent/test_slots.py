@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.slots import Slots
 from fleet.errors import GpuwardError
+from node.slots import Slots
 
 
 def _slots(tmp_path: Path) -> Slots:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from agent.state import AgentState, PendingSwitch, load_state, save_state
+from agent.cycle_state import AgentState, Handoff, load_state, save_state
 from fleet.errors import GpuwardError
 
 
 def test_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    state = AgentState().with_pending(PendingSwitch("b", "a", "f" * 64)).with_rejected("e" * 64)
+    state = AgentState(handoff=Handoff("f" * 64, 7, "committed@1"), release_counter=3)
+    state = state.with_rejected("e" * 64)
     save_state(path, state)
     assert load_state(path) == state
     assert path.stat().st_mode & 0o777 == 0o600
@@ -31,7 +33,7 @@ def test_crash_before_rename_keeps_the_old_state(
 
     monkeypatch.setattr(os, "fsync", power_cut)
     with pytest.raises(OSError, match="power cut"):
-        save_state(path, old.with_pending(PendingSwitch("b", "a", "f" * 64)))
+        save_state(path, old.with_rejected("f" * 64))
     monkeypatch.undo()
 
     assert load_state(path) == old
@@ -63,4 +65,15 @@ def test_corrupt_state_names_the_file_and_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_text('{"schema": 1, "pend')
     with pytest.raises(GpuwardError, match="move it aside"):
+        load_state(path)
+
+
+def test_a_switch_left_by_an_agent_that_switched_itself_is_not_forgotten(tmp_path: Path) -> None:
+    """Before the one state machine, an inline agent switched slots itself and kept the
+    unconfirmed switch here; the applier's journal knows nothing of it, so loading
+    such a state must stop and say how to finish it, not silently drop it."""
+    path = tmp_path / "state.json"
+    pending = {"slot": "b", "previous": "a", "sha256": "f" * 64, "release_counter": 0}
+    path.write_text(json.dumps({"schema": 1, "pending": pending, "rejected": []}))
+    with pytest.raises(GpuwardError, match="point slots/active at a"):
         load_state(path)

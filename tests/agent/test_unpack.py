@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.unpack import BadBundle, unpack_bundle
+from applier.unpack import BadBundle, unpack_bundle
 from fleet.manifest import BundleManifest, PayloadFile
 from keys.bundle import build_bundle, check_bundle, read_manifest
 

@@ -9,17 +9,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.apply import apply_once
-from agent.attest.attestor import Attestor
 from agent.channel import ImageChannel
-from agent.config import AgentConfig, load_config
-from agent.crash import CRASH_ENV
-from agent.measure import read_log
-from agent.slots import Slots
-from agent.spool import write_spool
+from applier.measure import read_log
+from applier.state_machine import apply_once
 from fleet.driverlog import DRIVER, DriverEvent
 from fleet.manifest import PAYLOAD_DIR
 from keys.bundle import sha256_file
+from node.attest.attestor import Attestor
+from node.config import AgentConfig, load_config
+from node.crash_points import CRASH_ENV
+from node.slots import Slots
+from node.spool import write_spool
 from tests.attest.conftest import Tpm
 from tests.conftest import GPU_NAME, Site
 

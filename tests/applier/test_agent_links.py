@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import load_journal
+from node.journal import load_journal
 from tests.applier.helpers import Node, node_with
 from tests.cli.test_service_files import account, shared
 from tests.conftest import Site

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.apply import Drain, Drained, SimulatedActivity
 from agent.channel import ImageChannel
-from agent.daemon import run_once
 from agent.identity import enroll
-from agent.journal import load_journal
-from agent.spool import BUNDLE, TARGET, has_request, write_spool
+from applier.drain import Drain, Drained, SimulatedActivity
 from fleet.maintenance import parse_windows
+from gpuward.node import run_once
+from node.journal import load_journal
+from node.spool import BUNDLE, TARGET, has_request, write_spool
 from tests.applier.helpers import NEW, Node, node_with
 from tests.conftest import Site
 

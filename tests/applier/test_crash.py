@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.crash import CRASH_POINTS, REFUSAL_PATH, ROLLBACK_PATH
-from agent.journal import load_journal
-from agent.spool import BUNDLE, has_request
 from fleet.driverlog import replay
+from node.crash_points import CRASH_POINTS, REFUSAL_PATH, ROLLBACK_PATH
+from node.journal import load_journal
+from node.spool import BUNDLE, has_request
 from tests.applier.helpers import NEW, attested, measured, node_with
 from tests.attest.conftest import Tpm
 from tests.conftest import Site

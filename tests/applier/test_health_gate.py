@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.journal import load_journal
 from fleet.manifest import PAYLOAD_DIR
+from node.config import load_config
+from node.journal import load_journal
 from tests.applier.helpers import NEW, OLD, Node
 from tests.conftest import Site
 from tests.nvml.fakelib import config_text, h100_host

@@ -18,11 +18,11 @@ import pytest
 from tuf.api.metadata import TargetFile
 
 from agent.channel import ImageChannel
-from agent.journal import load_journal
-from agent.spool import has_request, write_spool
 from fleet.manifest import BundleManifest, target_path
 from keys.bundle import BadBundle, check_bundle
 from keys.image_repo import ImageRepository
+from node.journal import load_journal
+from node.spool import has_request, write_spool
 from tests.agent.test_unpack import HOSTILE, hostile_bundle
 from tests.applier.helpers import node_with
 from tests.conftest import PASSPHRASE, Site

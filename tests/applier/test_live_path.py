@@ -10,12 +10,12 @@ import shutil
 import stat
 from pathlib import Path
 
-from agent.config import load_config
-from agent.daemon import run_once
 from agent.identity import enroll
-from agent.journal import load_journal
-from agent.spool import has_request
+from gpuward.node import run_once
 from keys.image_repo import PublishedBundle
+from node.config import load_config
+from node.journal import load_journal
+from node.spool import has_request
 from tests.applier.helpers import NEW, OLD, Node
 from tests.conftest import GPU_NAME, Site
 

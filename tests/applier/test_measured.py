@@ -19,15 +19,15 @@ import pytest
 import urllib3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.attest.attestor import Attestor
-from agent.config import AgentConfig, load_config
-from agent.daemon import run_once
 from agent.identity import enroll
-from agent.measure import read_log
+from applier.measure import read_log
 from fleet.attestation import PcrSelection
 from fleet.driverlog import DRIVER, ZERO, DriverEvent, DriverLogError, encode, parse, replay
 from fleet.eventlog import parse as parse_event_log
 from fleet.schema import canonical_json
+from gpuward.node import run_once
+from node.attest.attestor import Attestor
+from node.config import AgentConfig, load_config
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrollmentVerifier
 from server.attestation.verifier import REPORT

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import load_journal
-from agent.spool import BUNDLE, TARGET
-from agent.unpack import MAX_BUNDLE_BYTES
+from applier.unpack import MAX_BUNDLE_BYTES
+from node.journal import load_journal
+from node.spool import BUNDLE, TARGET
 from tests.applier.helpers import Node, node_with
 from tests.conftest import Site
 

@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.attest.attestor import Attestor
-from agent.attest.config import AttestConfig
 from fleet.attestation import PcrSelection
+from node.attest.attestor import Attestor
+from node.attest.config import AttestConfig
 from server.attestation.challenges import Challenges, MemoryChallengeStore
 from server.attestation.enrollment import EkTrust, EnrolledNode, EnrollmentVerifier
 from server.attestation.verifier import QuoteVerifier

@@ -19,7 +19,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from agent.attest.attestor import Attestor
 from fleet.attestation import (
     AttestationError,
     AttestationEvidence,
@@ -29,6 +28,7 @@ from fleet.attestation import (
     report_digest,
 )
 from fleet.eventlog import EV_NO_ACTION, EventLogError, parse
+from node.attest.attestor import Attestor
 from server.attestation.challenges import DEFAULT_TTL_S, ChallengeError, Challenges
 from server.attestation.enrollment import (
     EkTrust,

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from agent.config import load_config
 from agent.identity import enroll
 from agent.reporter import post_report
 from fleet.errors import GpuwardError
 from fleet.eventlog import EV_EFI_BOOT_SERVICES_APPLICATION, parse
 from gpuward.cli import main
+from node.config import load_config
 from server.config import ServerConfig
 from server.runner import BackgroundServer
 from tests.attest.conftest import LOCAL_CA, LOG_DIR, Tpm, extend_log

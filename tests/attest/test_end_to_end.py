@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.attest.attestor import Attestor
 from fleet.attestation import AttestedReport, PcrSelection, quote_qualifying_data, report_digest
 from fleet.eventlog import StartupLocality, parse, replay
 from fleet.report import GpuHealth, HealthReport
+from node.attest.attestor import Attestor
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrollmentVerifier
 from server.attestation.policy import from_eventlog
@@ -195,7 +195,7 @@ def test_ecc_ek_credential_is_activated_by_a_real_tpm(tpm: Tpm) -> None:
     )
     from tpm2_pytss.utils import create_ek_template
 
-    from agent.attest.attestor import AK_ATTRIBUTES
+    from node.attest.attestor import AK_ATTRIBUTES
     from server.attestation.tpm import make_credential
 
     def no_nv(index: int) -> bytes:

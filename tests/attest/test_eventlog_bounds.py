@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.attest.attestor import Attestor
 from fleet.eventlog import (
     EV_NO_ACTION,
     MAX_LOG_BYTES,
@@ -25,6 +24,7 @@ from fleet.eventlog import (
     EventLogError,
     parse,
 )
+from node.attest.attestor import Attestor
 from tests.attest.conftest import LOG_DIR, Tpm
 from tests.attest.test_end_to_end import make_report
 from tests.attest.test_over_http import ask_challenge, enroll_agent, reference_log

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from agent import reporter
-from agent.config import AgentConfig
 from fleet.attestation import Challenge, ReportChallenge
+from node.config import AgentConfig
 from tests.attest.conftest import Tpm
 from tests.attest.test_end_to_end import make_report
 from tests.attest.test_over_http import ask_challenge, enroll_agent

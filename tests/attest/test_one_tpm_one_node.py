@@ -23,12 +23,12 @@ import pytest
 import urllib3
 from structlog.testing import capture_logs
 
-from agent.attest.attestor import Attestor
-from agent.config import AgentConfig, load_config
 from agent.identity import enroll
 from agent.reporter import post_report
 from fleet.errors import GpuwardError
 from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
+from node.attest.attestor import Attestor
+from node.config import AgentConfig, load_config
 from server.attestation.enrollment import EnrolledNode as TpmNode
 from tests.attest.conftest import LOCAL_CA, Tpm, extend_log
 from tests.attest.test_end_to_end import make_report

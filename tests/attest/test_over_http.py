@@ -21,14 +21,14 @@ import pytest
 import urllib3
 from cryptography.hazmat.primitives import serialization
 
-from agent.attest.attestor import Attestor
-from agent.config import AgentConfig, load_config
 from agent.identity import enroll, load_key
 from agent.reporter import post_report
 from fleet.attestation import AttestedReport, Challenge, CredentialChallenge
 from fleet.errors import GpuwardError
 from fleet.eventlog import parse
 from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
+from node.attest.attestor import Attestor
+from node.config import AgentConfig, load_config
 from server.attestation.enrollment import EnrolledNode
 from tests.attest.conftest import Tpm, ek_site, extend_log, self_signed_ca
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import urllib3
 
-from agent.attest.attestor import Attestor
 from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
+from node.attest.attestor import Attestor
 from server.node_api import MAX_TPM_BEGIN_BYTES
 from tests.attest.conftest import LOCAL_CA, Tpm
 from tests.attest.test_over_http import ask_challenge, enroll_agent

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.attest.attestor import Attestor
 from fleet.attestation import ReportChallenge
+from node.attest.attestor import Attestor
 from server.runner import BackgroundServer
 from tests.attest.conftest import LOCAL_CA, Tpm
 from tests.attest.test_end_to_end import make_report

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tpm2_pytss.types import TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE
 
-from agent.attest.attestor import Attestor
 from fleet.attestation import AttestationEvidence, PcrSelection
+from node.attest.attestor import Attestor
 from server.attestation.tpm import (
     TpmFormatError,
     parse_public,

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from structlog.testing import capture_logs
 
-from agent.daemon import run_once
+from gpuward.node import run_once
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import structlog
 
-from agent.spool import BUNDLE
 from gpuward import logs
+from node.spool import BUNDLE
 from tests.conftest import GPU_NAME, Site
 
 _PRIORITY = re.compile(r"<([0-7])>(.*)")

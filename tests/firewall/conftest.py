@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from agent.firewall.nft import Nft
-from agent.firewall.policy import FirewallPolicy
+from node.firewall.nft import Nft
+from node.firewall.policy import FirewallPolicy
 
 PEER = str(Path(__file__).with_name("peer.py"))
 SERVER_IP = "10.91.1.2"  # the update server, as the node sees it

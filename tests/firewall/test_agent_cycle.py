@@ -9,7 +9,8 @@ from pathlib import Path
 
 from agent.cycle import Cycle
 from agent.daemon import make_probe
-from agent.firewall.enforcer import Enforcer
+from gpuward.node import inline_applier
+from node.firewall.enforcer import Enforcer
 from tests.conftest import Site
 from tests.firewall.conftest import Net, policy
 
@@ -18,7 +19,12 @@ def test_each_cycle_enforces_and_reports_the_firewall(site: Site, net: Net) -> N
     site.publish("580.65.06")
     config = dataclasses.replace(site.agent(), firewall=policy())
     assert config.firewall is not None
-    cycle = Cycle(config, make_probe(config), firewall=Enforcer(config.firewall, net.nft))
+    cycle = Cycle(
+        config,
+        make_probe(config),
+        firewall=Enforcer(config.firewall, net.nft),
+        inline_applier=inline_applier(config),
+    )
 
     first = cycle.run()
     assert first.report.firewall is not None and first.report.firewall.action == "applied"

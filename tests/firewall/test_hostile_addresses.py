@@ -20,12 +20,12 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.config import load_config
-from agent.firewall.nft import Nft
-from agent.firewall.policy import FirewallPolicy, network_text
-from agent.firewall.resolve import resolve
-from agent.firewall.ruleset import daddr, render
 from fleet.errors import GpuwardError, InvalidDocument
+from node.config import load_config
+from node.firewall.nft import Nft
+from node.firewall.policy import FirewallPolicy, network_text
+from node.firewall.resolve import resolve
+from node.firewall.ruleset import daddr, render
 
 INJECTED = "eth0\n\t\tip daddr 0.0.0.0 accept"  # ipaddress reads it as a zone id
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from agent.firewall.enforcer import Enforcer
-from agent.firewall.nft import Nft
-from agent.firewall.ruleset import digest
 from fleet.report import HealthReport
+from node.firewall.enforcer import Enforcer
+from node.firewall.nft import Nft
+from node.firewall.ruleset import digest
 from tests.firewall.conftest import (
     BASE_POLICY,
     INTERNET_IP,

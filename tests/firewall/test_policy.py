@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from agent.firewall.policy import Allowance, Endpoint, FirewallPolicy
-from agent.firewall.resolve import resolve
 from fleet.errors import GpuwardError, InvalidDocument
+from node.firewall.policy import Allowance, Endpoint, FirewallPolicy
+from node.firewall.resolve import resolve
 
 GOOD: dict[str, Any] = {
     "mode": "nvidia-apps",

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from agent.firewall.nft import Nft
-from agent.firewall.policy import FirewallPolicy
-from agent.firewall.resolve import Resolution
-from agent.firewall.ruleset import Rule, diff, digest, render
 from fleet.errors import InvalidDocument
 from fleet.firewall import FirewallReport
+from node.firewall.nft import Nft
+from node.firewall.policy import FirewallPolicy
+from node.firewall.resolve import Resolution
+from node.firewall.ruleset import Rule, diff, digest, render
 
 HOST = FirewallPolicy.from_dict(
     {

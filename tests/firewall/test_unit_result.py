@@ -23,10 +23,11 @@ import pytest
 
 from agent.cycle import Cycle
 from agent.daemon import make_probe
-from agent.firewall.policy import FirewallPolicy
-from agent.firewall.ruleset import digest
-from agent.firewall.state import STALE_AFTER_CHECKS, UnitResult, write_result
 from fleet.firewall import FirewallReport
+from gpuward.node import inline_applier
+from node.firewall.policy import FirewallPolicy
+from node.firewall.ruleset import digest
+from node.firewall.state import STALE_AFTER_CHECKS, UnitResult, write_result
 from tests.conftest import Site
 from tests.firewall.conftest import BASE_POLICY, NOBODY, Net, config_text, policy
 
@@ -61,7 +62,12 @@ def test_the_report_carries_the_units_result(
     site.publish("580.65.06")
     config = dataclasses.replace(site.agent(), firewall=policy(state_file=str(state_file)))
     assert config.firewall is not None
-    cycle = Cycle(config, make_probe(config), firewall=UnitResult(config.firewall))
+    cycle = Cycle(
+        config,
+        make_probe(config),
+        firewall=UnitResult(config.firewall),
+        inline_applier=inline_applier(config),
+    )
 
     _unit(net, tmp_path, state_file)
     assert state_file.stat().st_mode & 0o777 == 0o644 and state_file.stat().st_uid == 0

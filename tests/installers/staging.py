@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.installers.base import NodeRoot
-from agent.slots import SlotContent, Slots
+from applier.installers.base import NodeRoot
 from fleet.manifest import PAYLOAD_DIR, BundleManifest
+from node.slots import SlotContent, Slots
 from tests.recorder import Recorder
 
 KERNEL = "6.1.0-99-amd64"

@@ -14,13 +14,13 @@ import json
 import signal
 from pathlib import Path
 
-from agent.config import load_config
-from agent.daemon import run_once
-from agent.installers.apt import SOURCE
-from agent.journal import load_journal
-from agent.kernel_hold import load_hold_record
+from applier.installers.apt import SOURCE
 from fleet.report import HealthReport
+from gpuward.node import run_once
 from keys.bundle import build_bundle
+from node.config import load_config
+from node.journal import load_journal
+from node.kernel_hold_record import load_hold_record
 from tests.applier.helpers import Node
 from tests.conftest import GPU_NAME, PASSPHRASE, Site
 from tests.debian_nonfree import NEW_535, OLD_535

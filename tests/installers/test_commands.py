@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.installers.base import UnsupportedPayload
-from agent.installers.dnf import REPO_FILE, RPM_QUERY, DnfInstaller
-from agent.installers.runfile import RECORD, RunfileInstaller, module_options
+from applier.installers.base import UnsupportedPayload
+from applier.installers.dnf import REPO_FILE, RPM_QUERY, DnfInstaller
+from applier.installers.runfile import RECORD, RunfileInstaller, module_options
 from tests.installers.staging import manifest, recorded_node, stage
 
 OLD, NEW = "535.216.03", "535.261.03"

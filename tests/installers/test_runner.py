@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from agent.runner import CommandFailed, CommandRunner, run_command, runner_for_root
+from applier.command_runner import CommandFailed, CommandRunner, run_command, runner_for_root
 
 NOISY = ("sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3")
 

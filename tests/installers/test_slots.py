@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.installers.base import UnsupportedPayload
-from agent.installers.slots import LD_CONF, SlotsInstaller
-from agent.kernel_hold import load_hold_record
+from applier.installers.base import UnsupportedPayload
+from applier.installers.slots import LD_CONF, SlotsInstaller
 from keys.bundle import build_bundle, sha256_file
+from node.config import load_config
+from node.kernel_hold_record import load_hold_record
 from tests.applier.helpers import Node
 from tests.conftest import GPU_NAME, PASSPHRASE, Site
 from tests.debian_nonfree import NEW_535, OLD_535, fetch_debs

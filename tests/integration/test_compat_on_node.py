@@ -7,10 +7,10 @@ import dataclasses
 from structlog.testing import capture_logs
 from tuf.api.metadata import TargetFile
 
-from agent.config import AgentConfig
-from agent.daemon import run_once
-from agent.slots import Slots
 from fleet.catalog import TARGET_PATH
+from gpuward.node import run_once
+from node.config import AgentConfig
+from node.slots import Slots
 from tests.conftest import PASSPHRASE, Site
 
 

@@ -10,11 +10,11 @@ import shutil
 from structlog.testing import capture_logs
 from tuf.api.metadata import TargetFile
 
-from agent.daemon import run_once
-from agent.slots import Slots
-from agent.state import load_state
+from agent.cycle_state import load_state
+from gpuward.node import run_once
 from keys.director_repo import DIRECTOR_FIELD
 from keys.tuf_repo import no_passphrase
+from node.slots import Slots
 from tests.conftest import GPU_NAME, Site
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent.config import AgentConfig
-from agent.daemon import run_once
+from gpuward.node import run_once
+from node.config import AgentConfig
 from tests.conftest import Site
 from tests.simnode import operator_get, operator_post
 

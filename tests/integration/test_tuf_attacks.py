@@ -27,9 +27,9 @@ from structlog.testing import capture_logs
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
-from agent.daemon import run_once
-from agent.slots import Slots
+from gpuward.node import run_once
 from keys.keyring import Keyring
+from node.slots import Slots
 from tests.conftest import PASSPHRASE, Site
 
 

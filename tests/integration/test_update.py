@@ -9,9 +9,9 @@ import shutil
 
 from structlog.testing import capture_logs
 
-from agent.daemon import run_once
-from agent.slots import Slots
-from agent.state import load_state
+from agent.cycle_state import load_state
+from gpuward.node import run_once
+from node.slots import Slots
 from tests.conftest import Site
 
 

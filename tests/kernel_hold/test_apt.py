@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.kernel_hold import APT_CONF, KernelHold
-from agent.runner import runner_for_root
+from applier.command_runner import runner_for_root
+from applier.kernel_hold import APT_CONF, KernelHold
 from tests.kernel_hold.conftest import publish
 from tests.packaging.conftest import Chroot
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.kernel_hold import APT_CONF, KernelHold, apt_conf, package_family
+from applier.kernel_hold import APT_CONF, KernelHold, apt_conf, package_family
 from fleet.errors import GpuwardError
 from tests.recorder import Recorder
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from agent.daemon import run_once
+from gpuward.node import run_once
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
 

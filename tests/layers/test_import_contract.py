@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
-PACKAGES = ("fleet", "keys", "agent", "server", "gpuward")
+PACKAGES = ("fleet", "keys", "node", "applier", "agent", "server", "gpuward")
 
 
 def lint(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -44,8 +44,12 @@ def packages(tree: Path) -> Path:
 
 def test_a_tree_that_keeps_the_rules_passes(tmp_path: Path) -> None:
     tree = packages(tmp_path)
-    (tree / "gpuward" / "cli.py").write_text("import agent\nimport server\nimport keys\n")
-    (tree / "agent" / "ok.py").write_text("import keys\nimport fleet\nimport structlog\n")
+    (tree / "gpuward" / "cli.py").write_text("import agent\nimport applier\nimport server\n")
+    (tree / "agent" / "ok.py").write_text(
+        "import node\nimport keys\nimport fleet\nimport structlog\n"
+    )
+    (tree / "applier" / "ok.py").write_text("import node\nimport keys\nimport fleet\n")
+    (tree / "node" / "ok.py").write_text("import keys\nimport fleet\nimport tuf\n")
     done = lint(tree)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -55,8 +59,17 @@ def test_a_tree_that_keeps_the_rules_passes(tmp_path: Path) -> None:
     [
         ("agent", "gpuward", "nothing imports the gpuward command"),
         ("server", "gpuward", "nothing imports the gpuward command"),
-        ("server", "agent", "the node and the server never import each other"),
-        ("agent", "server", "the node and the server never import each other"),
+        ("applier", "gpuward", "nothing imports the gpuward command"),
+        ("agent", "applier", "the agent and the applier never import each other"),
+        ("applier", "agent", "the agent and the applier never import each other"),
+        ("server", "agent", "the server imports no node code"),
+        ("server", "applier", "the server imports no node code"),
+        ("server", "node", "the server imports no node code"),
+        ("agent", "server", "the node's processes import no server code"),
+        ("applier", "server", "the node's processes import no server code"),
+        ("node", "agent", "node is what both node processes share"),
+        ("node", "applier", "node is what both node processes share"),
+        ("node", "server", "node is what both node processes share"),
         ("fleet", "aiohttp", "fleet is the shared language"),
         ("fleet", "keys", "fleet is the shared language"),
         ("keys", "server", "keys (trust) builds on fleet only"),

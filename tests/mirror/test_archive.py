@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon import run_once
 from agent.identity import enroll
 from fleet.errors import GpuwardError
+from gpuward.node import run_once
 from keys.mirror import import_into
 from server.config import ServerConfig
 from server.runner import BackgroundServer

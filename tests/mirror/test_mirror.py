@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
 
-from agent.daemon import run_once
 from agent.identity import enroll
 from gpuward.cli.mirror_cmd import verified_targets
+from gpuward.node import run_once
 from keys.mirror import MANIFEST, MirrorManifest, Verifier, check_manifest
 from server.config import ServerConfig
 from server.runner import BackgroundServer

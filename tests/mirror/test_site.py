@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from tuf.api.metadata import Metadata, Timestamp
 
-from agent.config import AgentConfig
-from agent.daemon import run_once
 from agent.identity import enroll
 from fleet.errors import GpuwardError
+from gpuward.node import run_once
 from keys.image_repo import ImageRepository
 from keys.mirror import import_into
+from node.config import AgentConfig
 from server.config import ServerConfig
 from server.resigner import OnlineSigner
 from server.runner import BackgroundServer

@@ -2,7 +2,7 @@
 
 The fake (``fake_nvml.c``) is compiled once per session, twice: as a current
 driver, and as an old one that lacks the symbols newer drivers added. Each run
-is a fresh ``python -m agent.nvml`` process, because nvidia-ml-py loads the
+is a fresh ``python -m gpuward.cli.nvml_cmd`` process, because nvidia-ml-py loads the
 library once per process and the fake reads its config on ``nvmlInit``.
 
 ``real_nvml_lib`` is NVIDIA's own ``libnvidia-ml.so.1`` (Debian non-free
@@ -70,13 +70,13 @@ def h100() -> H100Host:
 
 @pytest.fixture
 def run_nvml(fake_nvml_libs: dict[str, Path], tmp_path: Path) -> NvmlRun:
-    """Run ``python -m MODULE ARGS`` (default ``agent.nvml``) against the configured fake."""
+    """Run ``python -m MODULE ARGS`` (default: the NVML command) against the configured fake."""
 
     def run(
         config: Mapping[str, object],
         *args: str,
         driver: str = "current",
-        module: str = "agent.nvml",
+        module: str = "gpuward.cli.nvml_cmd",
     ) -> subprocess.CompletedProcess[str]:
         config_file = write_config(tmp_path / "fake-nvml.conf", config)
         env = {

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from agent.health import ProbeResult, assess, post_switch_check
 from fleet.errors import InvalidDocument
 from fleet.gpu import ClockEvents, GpuSample, RemappedRows, XidEvent
-from fleet.gpu_rules import DEGRADED, FAILED, HEALTHY, node_verdict, xid_status
+from fleet.gpu_rules import DEGRADED, FAILED, HEALTHY, node_verdict, switch_problems, xid_status
 from fleet.report import MAX_XIDS, GpuHealth, HealthReport
+from node.gpu_health import ProbeResult, assess, snapshot
 
 DRIVER = "580.95.05"
 H100 = "NVIDIA H100 80GB HBM3"
@@ -125,46 +125,52 @@ def test_trends_compare_with_the_previous_sample_of_the_same_gpu() -> None:
     assert health.status == DEGRADED
 
 
+def switch(
+    before: ProbeResult | None, after: ProbeResult, since: float | None = None
+) -> tuple[str, ...]:
+    """The applier's health gate on two looks: every reason to roll back."""
+    old = None if before is None else snapshot(before)
+    return tuple(switch_problems(old, snapshot(after), DRIVER, since=since))
+
+
 def test_post_switch_healthy_and_degraded_commit() -> None:
     before = seen(sample(0), sample(1))
-    assert post_switch_check(before, seen(sample(0), sample(1)), DRIVER).status == HEALTHY
-    slow = post_switch_check(before, seen(sample(0), sample(1, pcie_width=8)), DRIVER)
-    assert (slow.status, slow.reasons) == (DEGRADED, ("GPU 1: PCIe link x8 of x16",))
+    assert switch(before, seen(sample(0), sample(1))) == ()
+    slow = seen(sample(0), sample(1, pcie_width=8))
+    assert switch(before, slow) == ()  # degraded commits, and is reported
+    health = assess(slow)
+    assert (health.status, health.reasons) == (DEGRADED, ("GPU 1: PCIe link x8 of x16",))
 
 
 def test_post_switch_a_lost_gpu_fails() -> None:
-    verdict = post_switch_check(seen(sample(0), sample(1)), seen(sample(0)), DRIVER)
-    assert verdict.status == FAILED
-    assert verdict.reasons == (f"1 GPUs visible, 2 before the switch (missing: {uuid(1)})",)
+    reasons = switch(seen(sample(0), sample(1)), seen(sample(0)))
+    assert reasons == (f"1 GPUs visible, 2 before the switch (missing: {uuid(1)})",)
 
 
 def test_post_switch_xids_after_the_switch_fail() -> None:
     before = seen(sample(0))
     old_and_app = seen(sample(0), xids=(xid(79, at=5.0), xid(13, at=20.0)))
-    assert post_switch_check(before, old_and_app, DRIVER, since=10.0).status == HEALTHY
+    assert switch(before, old_and_app, since=10.0) == ()
     fresh = seen(sample(0), xids=(xid(63, at=20.0, gpu=0),))
-    verdict = post_switch_check(before, fresh, DRIVER, since=10.0)
-    assert verdict.status == FAILED  # any node-fault XID after the switch, even a degrading one
-    assert verdict.reasons == (
+    # any node-fault XID after the switch fails, even a degrading one
+    assert switch(before, fresh, since=10.0) == (
         f"GPU 0 ({uuid(0)}): XID 63 since the switch (row remapping or page retirement recorded)",
     )
 
 
 def test_post_switch_new_uncorrectable_ecc_since_the_baseline_fails() -> None:
     before = seen(sample(0, ecc_uncorrected_aggregate=2))
-    same = seen(sample(0, ecc_uncorrected_aggregate=2))
-    assert post_switch_check(before, same, DRIVER).status == HEALTHY
-    verdict = post_switch_check(before, seen(sample(0, ecc_uncorrected_aggregate=5)), DRIVER)
-    assert verdict.reasons == (
+    assert switch(before, seen(sample(0, ecc_uncorrected_aggregate=2))) == ()
+    assert switch(before, seen(sample(0, ecc_uncorrected_aggregate=5))) == (
         f"GPU 0 ({uuid(0)}): 3 new uncorrectable ECC error(s) since the switch",
     )
 
 
 def test_post_switch_wrong_driver_and_nvml_errors_fail() -> None:
-    wrong = post_switch_check(None, seen(sample(0), driver="570.172.08"), DRIVER)
-    assert wrong.reasons == ("driver 570.172.08 is loaded, expected 580.95.05",)
-    gone = post_switch_check(None, ProbeResult(None, (), error="NVML: Driver Not Loaded"), DRIVER)
-    assert (gone.status, gone.reasons) == (FAILED, ("NVML: Driver Not Loaded",))
+    wrong = switch(None, seen(sample(0), driver="570.172.08"))
+    assert wrong == ("driver 570.172.08 is loaded, expected 580.95.05",)
+    gone = switch(None, ProbeResult(None, (), error="NVML: Driver Not Loaded"))
+    assert gone == ("NVML: Driver Not Loaded",)
 
 
 def report(health_doc: object) -> dict[str, object]:

@@ -8,9 +8,9 @@ from typing import Any
 import pynvml
 import pytest
 
-from agent.health import ProbeResult, gate
-from agent.nvml import explain
 from fleet.report import GpuHealth
+from node.gpu_health import ProbeResult, gate
+from node.nvml import explain
 from tests.nvml.conftest import H100Host, ProbeJson
 
 

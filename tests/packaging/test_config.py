@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, load_config
-from agent.firewall.policy import FirewallPolicy
 from fleet.errors import GpuwardError
+from node.config import AgentConfig, load_config
+from node.firewall.policy import FirewallPolicy
 from server.config_file import OPTIONS, read_file
 from tests.packaging.conftest import REPO
 

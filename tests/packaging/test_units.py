@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.firewall.policy import DEFAULTS as FIREWALL_DEFAULTS
+from node.firewall.policy import DEFAULTS as FIREWALL_DEFAULTS
 from server.config_file import DEFAULT_PATH as SERVER_CONFIG
 from tests.packaging.conftest import REPO
 

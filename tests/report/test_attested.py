@@ -11,10 +11,10 @@ import jsonschema
 import pytest
 from cryptography import x509
 
-from agent.attest.attestor import Attestor
 from agent.reporter import post_report
 from fleet.compliance import schema_text
 from fleet.eventlog import parse
+from node.attest.attestor import Attestor
 from server.attestation.policy import from_eventlog
 from tests.attest.conftest import LOCAL_CA, Tpm
 from tests.attest.test_end_to_end import make_report

@@ -8,8 +8,8 @@ import json
 
 import urllib3
 
-from agent.daemon import run_once
 from agent.identity import load_key
+from gpuward.node import run_once
 from tests.conftest import Site
 from tests.simnode import SimNode
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from structlog.testing import capture_logs
 
-from agent.daemon import run_once
+from gpuward.node import run_once
 from server.resigner import OnlineSigner
 from tests.conftest import Site
 
