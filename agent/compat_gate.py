@@ -22,7 +22,7 @@ from fleet.compat import Verdict, check
 from fleet.errors import InvalidDocument
 from fleet.inventory import Gpu, NodeInventory
 from fleet.manifest import BundleManifest
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 from node.config import AgentConfig
 from node.gpu_health import ProbeResult
 

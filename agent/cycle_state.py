@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import GpuwardError
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 
 SCHEMA_VERSION = 1
 

@@ -28,7 +28,7 @@ from agent.identity import load_key, signed_request
 from fleet.attestation import MAX_DRIVER_LOG_BYTES, AttestedReport, ReportChallenge
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.report import HealthReport
-from keys.storage import atomic_write, read_bounded
+from keys.durable_files import atomic_write, read_bounded
 from node.attest.config import AttestConfig
 from node.channel import ChannelUnavailable
 from node.config import AgentConfig

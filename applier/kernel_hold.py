@@ -33,7 +33,7 @@ import structlog
 from applier.command_runner import Run, runner_for_root
 from fleet.errors import GpuwardError
 from fleet.report import KernelHoldReport
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 from node.config import AgentConfig
 from node.kernel_hold_record import save_hold_record
 

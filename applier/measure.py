@@ -29,7 +29,7 @@ from fleet.attestation import MAX_DRIVER_LOG_BYTES
 from fleet.driverlog import ZERO, DriverEvent, DriverLogError, encode, extend, parse, replay
 from fleet.errors import GpuwardError, InvalidDocument
 from keys.driver_key import public_bytes
-from keys.storage import atomic_write, read_bounded
+from keys.durable_files import atomic_write, read_bounded
 from node.crash_points import crash_point
 
 if TYPE_CHECKING:  # tpm2-pytss: imported only on hosts that attest

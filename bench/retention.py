@@ -5,7 +5,7 @@ group commit, the node's GPU samples, the latest-report row, trimming to the
 retention policy as it arrives) on simulated time, and the hourly sweep runs
 every 60 simulated minutes, as the server's duty worker runs it. The reports
 are what an NVML agent on an 8-GPU host sends (each GPU's health sample, from
-``fleet.fleetsim``) with a passing attestation verdict.
+``bench.fleetsim``) with a passing attestation verdict.
 
 Three measurements, each in its own store, in one run:
 
@@ -61,8 +61,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.fleetsim import FleetSim
 from bench.postgres_admin import admin, database_url
-from fleet.fleetsim import FleetSim
 from fleet.report import GpuHealth, GpuReport, HealthReport, NodeHealth
 from server.config import DAY_S, ServerConfig
 from server.report_attestation import Verdict

@@ -1,6 +1,6 @@
 """Precision and recall of straggler detection on a simulated fleet.
 
-A fleet of HOSTS x GPUS busy GPUs reports every interval (``fleet.fleetsim``);
+A fleet of HOSTS x GPUS busy GPUs reports every interval (``bench.fleetsim``);
 from an onset a share of hosts degrades (thermal throttling, a clock drop, a
 PCIe link trained down, an ECC storm). After INTERVALS degraded reports the
 server's detector (``fleet.stragglers.detect``) ranks stragglers; flagged hosts
@@ -20,7 +20,7 @@ import argparse
 import time
 from collections import Counter
 
-from fleet.fleetsim import FleetSim, evaluate
+from bench.fleetsim import FleetSim, evaluate
 
 TARGET = 0.95
 

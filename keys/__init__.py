@@ -3,5 +3,5 @@
 Private keys of offline roles are sealed with a passphrase; every signer is
 reached through a securesystemslib signer URI so a hardware or cloud key can
 stand in for a file. Durable writes of anything trust-related go through
-``keys.storage``.
+``keys.durable_files``.
 """

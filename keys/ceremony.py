@@ -22,9 +22,9 @@ from tuf.api.serialization import DeserializationError
 
 from fleet.errors import GpuwardError
 from keys.bundle import bundle_to_publish
+from keys.durable_files import atomic_write, read_bounded
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring, PassphraseSource
-from keys.storage import atomic_write, read_bounded
 
 FORMAT = "gpuward-staged/1"
 MAX_STAGED = 5 * 1024 * 1024

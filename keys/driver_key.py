@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet.errors import GpuwardError
-from keys.storage import atomic_write, read_bounded
+from keys.durable_files import atomic_write, read_bounded
 
 SEED_BYTES = 32
 

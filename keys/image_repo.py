@@ -29,8 +29,8 @@ from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest, target_path
 from keys.bundle import bundle_to_publish
+from keys.durable_files import atomic_write, fsync_dir, read_bounded
 from keys.keyring import Keyring, LocalKey, PassphraseSource
-from keys.storage import atomic_write, fsync_dir, read_bounded
 from keys.tuf_repo import TOP_LEVEL_ROLES, RoleSpec, TufRepository, load_expiry, save_expiry
 
 

@@ -22,7 +22,7 @@ from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
 
 from fleet.errors import GpuwardError
 from keys import sealed
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 
 PassphraseSource = Callable[[], str]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

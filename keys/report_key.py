@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fleet.errors import GpuwardError
-from keys.storage import atomic_write, fsync_dir, read_bounded
+from keys.durable_files import atomic_write, fsync_dir, read_bounded
 
 SIGNATURE_SUFFIX = ".sig"
 SIGNATURE_BYTES = 64

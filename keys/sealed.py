@@ -36,7 +36,7 @@ from securesystemslib.signer import (
 )
 
 from fleet.errors import GpuwardError
-from keys.storage import read_bounded
+from keys.durable_files import read_bounded
 
 FORMAT = "gpuward-sealed-key/1"
 PASSPHRASE_ENV = "GPUWARD_KEY_PASSPHRASE"  # noqa: S105 (a variable name)

@@ -28,9 +28,9 @@ from tuf.api.metadata import Metadata, MetaFile, Root
 
 from fleet.errors import GpuwardError
 from keys.ceremony import Staged
+from keys.durable_files import read_bounded
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring
-from keys.storage import read_bounded
 from keys.tuf_repo import ONLINE_ROLES, TufRepository, no_passphrase
 
 FORMAT = "gpuward-site-keys/1"

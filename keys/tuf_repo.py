@@ -22,8 +22,8 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from fleet.errors import GpuwardError
+from keys.durable_files import atomic_write
 from keys.keyring import Keyring, LocalKey, PassphraseSource
-from keys.storage import atomic_write
 
 TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE_ROLES = frozenset({"snapshot", "timestamp"})

@@ -19,7 +19,7 @@ from fleet.maintenance import MAX_WINDOWS, InvalidWindow, Window, parse_windows
 from fleet.report import NODE_ID
 from fleet.rollout import POOL
 from fleet.schema import Reader
-from keys.storage import read_toml
+from keys.durable_files import read_toml
 from node.attest.config import AttestConfig
 from node.firewall.policy import Endpoint, FirewallPolicy
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import GpuwardError
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 from node.crash_points import crash_point
 
 SCHEMA_VERSION = 1

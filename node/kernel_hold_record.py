@@ -14,7 +14,7 @@ import structlog
 
 from fleet.errors import GpuwardError
 from fleet.report import KernelHoldReport
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 from node.config import AgentConfig
 
 HOLD_RECORD = "kernel-hold.json"

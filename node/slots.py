@@ -18,7 +18,7 @@ from typing import Any
 
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest
-from keys.storage import atomic_write, fsync_dir
+from keys.durable_files import atomic_write, fsync_dir
 from node.crash_points import crash_point
 
 SLOTS = ("a", "b")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tuf.api.metadata import TargetFile
 
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 
 BUNDLE = "bundle"
 TARGET = "target.json"

@@ -23,7 +23,7 @@ from fleet.driverlog import driver_pcr_problem
 from fleet.errors import GpuwardError
 from fleet.rollout import POOL
 from fleet.schema import Reader
-from keys.storage import read_toml
+from keys.durable_files import read_toml
 from server.attestation.enrollment import EK_TYPES, ek_type_problem
 from server.config import ServerConfig
 

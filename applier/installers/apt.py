@@ -30,7 +30,7 @@ import structlog
 from applier.installers.base import InstallerState, NodeRoot, PackageInstaller, UnsupportedPayload
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from applier.installers.base import InstallerState, NodeRoot, PackageInstaller, UnsupportedPayload
 from fleet.manifest import BundleManifest
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 
 REPO_ID = "gpuward-driver"
 REPO_FILE = Path(f"etc/yum.repos.d/{REPO_ID}.repo")

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from applier.installers.base import InstallerState, NodeRoot, UnsupportedPayload
 from fleet.manifest import BundleManifest
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 
 RECORD = "runfile-installed.json"
 UNINSTALL = ("nvidia-installer", "--uninstall", "--silent")

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from applier.installers.base import InstallerState, NodeRoot, UnsupportedPayload
 from fleet.manifest import BundleManifest
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 
 LD_CONF = Path("etc/ld.so.conf.d/gpuward-nvidia.conf")
 MODULES_LINK = "updates/gpuward"

@@ -87,7 +87,7 @@ def _date(text: str) -> date:
 
 def _read_json(path: Path, what: str, limit: int) -> Any:
     from fleet.errors import InvalidDocument
-    from keys.storage import read_bounded
+    from keys.durable_files import read_bounded
 
     data = read_bounded(path, limit, what)
     try:
@@ -98,7 +98,7 @@ def _read_json(path: Path, what: str, limit: int) -> Any:
 
 def _catalog(args: argparse.Namespace) -> Catalog:
     from fleet.catalog import MAX_CATALOG_BYTES, default_catalog, load_catalog
-    from keys.storage import read_bounded
+    from keys.durable_files import read_bounded
 
     if args.catalog is None:
         return default_catalog()

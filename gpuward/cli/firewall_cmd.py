@@ -57,7 +57,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _load(path: Path) -> FirewallPolicy:
     from fleet.errors import GpuwardError
-    from keys.storage import read_toml
+    from keys.durable_files import read_toml
     from node.firewall.policy import Endpoint, FirewallPolicy
 
     doc = read_toml(path, "config")

@@ -92,7 +92,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _export(args: argparse.Namespace) -> None:
-    from keys.mirror import export
+    from server.mirror import export
 
     manifest = export(args.repo, args.to, args.director, _progress())
     emit(
@@ -124,7 +124,7 @@ def verified_targets(mirror: Path, trusted_root: Path, scratch: Path | None = No
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from keys.mirror import check_manifest, opened
+    from server.mirror import check_manifest, opened
 
     with opened(args.mirror) as mirror:
         manifest = check_manifest(mirror)
@@ -139,7 +139,7 @@ def _verify(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     from fleet.errors import GpuwardError
     from gpuward.cli.service_owner import become_folder_owner
-    from keys.mirror import import_into
+    from server.mirror import import_into
 
     # Into a server's repository (/var/lib/gpuward-server/repo): as the server's
     # account, so that it can re-sign what it now serves.
@@ -181,8 +181,8 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _site_keys(args: argparse.Namespace) -> None:
+    from keys.durable_files import atomic_write
     from keys.site import create_site_keys
-    from keys.storage import atomic_write
 
     keys = create_site_keys(args.repo, args.site)
     atomic_write(args.output, keys.to_bytes())

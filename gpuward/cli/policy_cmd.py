@@ -33,7 +33,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _from_eventlog(args: argparse.Namespace) -> None:
-    from keys.storage import atomic_write
+    from keys.durable_files import atomic_write
     from server.attestation.policy import from_eventlog
 
     policy = from_eventlog(read_log(args.file)).to_dict()

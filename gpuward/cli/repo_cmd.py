@@ -101,9 +101,9 @@ def _add(args: argparse.Namespace) -> None:
 
 def _add_catalog(args: argparse.Namespace) -> None:
     from fleet.catalog import MAX_CATALOG_BYTES, load_catalog
+    from keys.durable_files import read_bounded
     from keys.image_repo import ImageRepository
     from keys.sealed import passphrase_source
-    from keys.storage import read_bounded
 
     repo = ImageRepository(args.repo)
     repo.targets()  # fail on a missing repository before asking for a passphrase

@@ -39,8 +39,8 @@ def _fetch(args: argparse.Namespace) -> None:
 
     from fleet.errors import GpuwardError
     from gpuward.cli.operator_client import answer, send
+    from keys.durable_files import atomic_write
     from keys.report_key import SIGNATURE_SUFFIX
-    from keys.storage import atomic_write
 
     path = (
         "/v1/reports/fleet"
@@ -65,6 +65,7 @@ def _fetch(args: argparse.Namespace) -> None:
 
 
 def _verify(args: argparse.Namespace) -> None:
+    from keys.durable_files import read_bounded
     from keys.report_key import (
         MAX_KEY_BYTES,
         SIGNATURE_SUFFIX,
@@ -72,7 +73,6 @@ def _verify(args: argparse.Namespace) -> None:
         load_public,
         verify,
     )
-    from keys.storage import read_bounded
 
     public = load_public(args.key)
     signature_file = args.signature or args.file.with_name(args.file.name + SIGNATURE_SUFFIX)

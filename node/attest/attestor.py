@@ -44,7 +44,7 @@ from fleet.attestation import (
 )
 from fleet.eventlog import MAX_LOG_BYTES
 from fleet.report import HealthReport
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 from node.attest.config import AttestConfig, ak_file
 
 # tss2 logs every failed probe of an optional NV index (create_ek_template reads

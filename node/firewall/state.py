@@ -28,7 +28,7 @@ import structlog
 
 from fleet.errors import InvalidDocument
 from fleet.firewall import FirewallReport
-from keys.storage import atomic_write
+from keys.durable_files import atomic_write
 from node.firewall.policy import FirewallPolicy
 
 log = structlog.get_logger("gpuward.firewall")

@@ -19,8 +19,8 @@ import pytest
 from agent.identity import enroll
 from fleet.errors import GpuwardError
 from gpuward.node import run_once
-from keys.mirror import import_into
 from server.config import ServerConfig
+from server.mirror import import_into
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site

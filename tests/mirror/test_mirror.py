@@ -23,8 +23,8 @@ from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
 from agent.identity import enroll
 from gpuward.cli.mirror_cmd import verified_targets
 from gpuward.node import run_once
-from keys.mirror import MANIFEST, MirrorManifest, Verifier, check_manifest
 from server.config import ServerConfig
+from server.mirror import MANIFEST, MirrorManifest, Verifier, check_manifest
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site

@@ -21,9 +21,9 @@ from agent.identity import enroll
 from fleet.errors import GpuwardError
 from gpuward.node import run_once
 from keys.image_repo import ImageRepository
-from keys.mirror import import_into
 from node.config import AgentConfig
 from server.config import ServerConfig
+from server.mirror import import_into
 from server.resigner import OnlineSigner
 from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleet.fleetsim import FleetSim, evaluate
+from bench.fleetsim import FleetSim, evaluate
 
 # Which metric gives each injected degradation away.
 GIVES_AWAY = {

@@ -4,6 +4,10 @@ A power cut in the middle of writing metadata, a key or the agent's state must
 leave either the old file or the new one, never a torn mix: write a temporary
 file in the same directory, fsync it, rename it over the target, fsync the
 directory so the rename itself is durable.
+
+Every side writes state this way (keys and metadata here, the node's slots,
+journal and spool, the server's repository), so it lives in the lowest layer
+allowed to touch files: ``fleet`` is pure logic, and ``keys`` was its first user.
 """
 
 from __future__ import annotations

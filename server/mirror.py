@@ -43,6 +43,7 @@ from pathlib import Path
 from tuf.api.exceptions import UnsignedMetadataError
 
 from fleet.errors import GpuwardError
+from keys.durable_files import atomic_write, atomic_writer
 from keys.image_repo import ImageRepository
 from keys.site import (
     Versions,
@@ -52,7 +53,6 @@ from keys.site import (
     refresh,
     site_signs,
 )
-from keys.storage import atomic_write, atomic_writer
 from keys.tar_extract import UnsafeMember, extract_files
 from keys.tuf_repo import TufRepository
 

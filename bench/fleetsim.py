@@ -63,7 +63,7 @@ class FleetSim:
         interval_s: float = 300.0,
         seed: int = 0,
     ) -> None:
-        self.rng = random.Random(seed)  # noqa: S311  # reproducible telemetry, not secrets
+        self.rng = random.Random(seed)  # reproducible telemetry, not secrets
         self.interval_s = interval_s
         self.onset = onset
         self.step_no = 0
