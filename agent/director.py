@@ -13,30 +13,13 @@ from it is signed with the node's enrolled key (``agent.identity``).
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
-
-from tuf.api.metadata import TargetFile
 
 from agent.channel import mirror_fetcher
 from agent.identity import load_key, sign
-from fleet.errors import InvalidDocument
-from fleet.schema import Reader
 from node.channel import Candidate, TufChannel, UpdateRefused
 from node.config import AgentConfig
-
-DIRECTOR_FIELD = "gpuward_director"  # the same key keys.director_repo writes
-_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-@dataclass(frozen=True)
-class Directive:
-    target_path: str
-    info: TargetFile
-    node_id: str
-    hardware_id: str
-    release_counter: int
+from node.director import DIRECTOR_FIELD, Directive, read_directive
 
 
 class DirectorChannel(TufChannel):
@@ -50,7 +33,7 @@ class DirectorChannel(TufChannel):
         super().__init__(
             "director",
             config.director.trusted_root,
-            config.state_dir / "tuf/director",
+            config.director_metadata_dir,
             f"{config.director_url}/metadata/",
             config.targets_url,
             config.download_dir,
@@ -59,30 +42,7 @@ class DirectorChannel(TufChannel):
 
     def directive(self) -> Directive | None:
         """The bundle the director names for this node, if any."""
-        names = sorted(self.listed("drivers/"))
-        if not names:
-            return None
-        if len(names) > 1:
-            raise UpdateRefused(f"the director names {len(names)} bundles for this node, not one")
-        info = self.targetinfo(names[0])
-        if info is None:
-            return None
-        custom: Any = info.custom
-        try:
-            r = Reader(
-                custom.get(DIRECTOR_FIELD) if isinstance(custom, dict) else None,
-                f"director target {info.path}",
-                allowed=frozenset({"node_id", "hardware_id", "release_counter"}),
-            )
-            return Directive(
-                target_path=info.path,
-                info=info,
-                node_id=r.text("node_id", pattern=_NODE, max_len=128),
-                hardware_id=r.text("hardware_id", max_len=128),
-                release_counter=r.integer("release_counter"),
-            )
-        except InvalidDocument as exc:
-            raise UpdateRefused(str(exc)) from None
+        return read_directive(self)
 
 
 def agree(

@@ -30,6 +30,7 @@ from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest
 from node.channel import TufChannel, UpdateRefused, manifest_of
 from node.config import AgentConfig
+from node.director import Directive, read_directive
 from node.spool import BUNDLE, TARGET
 
 MAX_TARGET_BYTES = 1024 * 1024
@@ -131,28 +132,8 @@ def verify_spool(
     except (UntrustedFileRefused, OSError) as exc:
         raise UpdateRefused(f"spooled bundle is unreadable ({exc})") from None
     with tempfile.TemporaryDirectory(dir=work) as scratch:
-        # A private copy: ngclient writes its cache, and root must not write
-        # into a folder the agent owns.
-        metadata = Path(scratch) / "metadata"
-        below = config.metadata_dir.relative_to(config.state_dir).parts
-        try:
-            with AgentFolder.open(config.state_dir, *below) as cached:
-                cached.copy_tree(
-                    metadata, MAX_METADATA_BYTES, MAX_METADATA_FILES, links=NGCLIENT_ROOT_LINK
-                )
-        except (UntrustedFileRefused, OSError) as exc:
-            raise MetadataUnusable(
-                f"the agent's cached metadata {config.metadata_dir} cannot be copied ({exc}); "
-                "run `gpuward agent run --once` so the agent refreshes it, then apply again"
-            ) from None
-        channel = TufChannel(
-            "image",
-            config.trusted_root,
-            metadata,
-            config.metadata_url,
-            config.targets_url,
-            Path(scratch) / "targets",
-            fetcher=_OfflineFetcher(config.metadata_url, metadata),
+        channel = _offline_channel(
+            config, "image", config.trusted_root, config.metadata_dir, config.metadata_url, scratch
         )
         try:
             verified = channel.targetinfo(spooled.path)
@@ -165,3 +146,82 @@ def verify_spool(
         if not channel.matches(verified, bundle):
             raise UpdateRefused(f"spooled bundle for {spooled.path} changed after staging")
     return Verified(spooled.path, str(verified.hashes["sha256"]), manifest_of(verified), bundle)
+
+
+def verify_directive(config: AgentConfig, verified: Verified, work: Path) -> Directive:
+    """What the director assigns this node, from the agent's cached director metadata
+    verified offline from the director root in /etc; raise ``UpdateRefused`` unless it
+    names exactly the verified bundle, for this node.
+
+    Every refusal is ``MetadataUnusable``: the bundle is not at fault when the
+    director's word is missing or has moved on, so the agent may hand it over
+    again once the director assigns it.
+    """
+    assert config.director is not None
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=work) as scratch:
+        channel = _offline_channel(
+            config,
+            "director",
+            config.director.trusted_root,
+            config.director_metadata_dir,
+            f"{config.director_url}/metadata/",
+            scratch,
+        )
+        try:
+            directive = read_directive(channel)
+        except GpuwardError as exc:
+            raise MetadataUnusable(
+                f"cached director metadata does not verify offline: {exc}"
+            ) from None
+    if directive is None:
+        raise MetadataUnusable(
+            f"the director assigns no bundle to this node, not {verified.target_path}"
+        )
+    if directive.node_id != config.node_id:
+        raise MetadataUnusable(
+            f"the director's {directive.target_path} is meant for {directive.node_id}, "
+            f"not {config.node_id}"
+        )
+    if (
+        directive.target_path != verified.target_path
+        or directive.info.hashes.get("sha256") != verified.sha256
+    ):
+        raise MetadataUnusable(
+            f"the director assigns {directive.target_path}, not the spooled {verified.target_path}"
+        )
+    return directive
+
+
+def _offline_channel(
+    config: AgentConfig,
+    name: str,
+    trusted_root: Path,
+    cache: Path,
+    metadata_url: str,
+    scratch: str,
+) -> TufChannel:
+    """A TUF repository verified from ``trusted_root`` over a private copy of the agent's
+    ``cache``: ngclient writes its cache, and root must not write into a folder the
+    agent owns."""
+    metadata = Path(scratch) / "metadata"
+    below = cache.relative_to(config.state_dir).parts
+    try:
+        with AgentFolder.open(config.state_dir, *below) as cached:
+            cached.copy_tree(
+                metadata, MAX_METADATA_BYTES, MAX_METADATA_FILES, links=NGCLIENT_ROOT_LINK
+            )
+    except (UntrustedFileRefused, OSError) as exc:
+        raise MetadataUnusable(
+            f"the agent's cached {name} metadata {cache} cannot be copied ({exc}); "
+            "run `gpuward agent run --once` so the agent refreshes it, then apply again"
+        ) from None
+    return TufChannel(
+        name,
+        trusted_root,
+        metadata,
+        metadata_url,
+        config.targets_url,
+        Path(scratch) / "targets",
+        fetcher=_OfflineFetcher(metadata_url, metadata),
+    )

@@ -30,9 +30,11 @@ from applier.kernel_hold import hold_after_commit
 from applier.measure import measure
 from applier.spool_intake import (
     MetadataUnusable,
+    Verified,
     clear_spool,
     open_spool,
     read_request,
+    verify_directive,
     verify_spool,
 )
 from applier.unpack import BadBundle, unpack_bundle
@@ -101,11 +103,11 @@ class Applier:
             try:
                 spool = open_spool(self.config)
             except UpdateRefused as exc:
-                return self._result(self._refuse(exc, None), "refused")
+                return self._result(self._refuse(exc, None, last=journal), "refused")
             if spool is not None:
                 with spool:
                     if spool.holds(TARGET):
-                        journal = self._stage(spool)
+                        journal = self._stage(spool, journal)
                         if journal.state == "failed":
                             return self._result(journal, "refused")
         if journal.state in TERMINAL:
@@ -135,7 +137,7 @@ class Applier:
         self.log.info("applier_state", state=journal.state, slot=journal.slot)
         return journal
 
-    def _stage(self, spool: AgentFolder) -> Journal:
+    def _stage(self, spool: AgentFolder, last: Journal) -> Journal:
         """Consume the spooled request: stage it in the inactive slot, or refuse it.
 
         Whatever happens the request is consumed and no scratch folder is left, so
@@ -149,13 +151,25 @@ class Applier:
         try:
             request = read_request(spool)
             verified = verify_spool(self.config, spool, request, work)
+            counter = self._directed_counter(verified, work, last)
             running = self.slots.content(previous)
             # Signed is not enough: an agent under an attacker's control could spool
-            # an older signed bundle with a known hole. Only newer versions go in.
+            # an older signed bundle with a known hole. Only newer versions go in,
+            # unless the director (whose metadata the agent cannot forge) assigns an
+            # older one with a release counter above the last committed: an
+            # operator's rollback.
             if running is not None and verified.manifest.version <= running.manifest.version:
-                raise UpdateRefused(
-                    f"{verified.target_path} is not newer than the running "
-                    f"{running.target_path}; the applier never downgrades"
+                if counter <= last.committed_counter:
+                    raise UpdateRefused(
+                        f"{verified.target_path} is not newer than the running "
+                        f"{running.target_path}; the applier installs an older bundle only "
+                        "when the director assigns it with a higher release counter"
+                    )
+                self.log.warning(
+                    "director_rollback",
+                    target=verified.target_path,
+                    running=running.target_path,
+                    release_counter=counter,
                 )
             crash_point("stage:verified")
             slot = self.slots.inactive()
@@ -166,24 +180,26 @@ class Applier:
             )
         except (UpdateRefused, BadBundle) as exc:
             # A request refused for want of usable metadata is not itself at fault.
-            journal = self._refuse(exc, request, blame=not isinstance(exc, MetadataUnusable))
+            blame = not isinstance(exc, MetadataUnusable)
+            journal = self._refuse(exc, request, blame=blame, last=last)
         except (GpuwardError, OSError) as exc:
             # Nor is it when the node cannot stage it (a full disk, say); still
             # consumed, so that the applier is not started on it again and again.
             reason = GpuwardError(f"the request could not be staged: {exc}")
-            journal = self._refuse(reason, request, blame=False)
+            journal = self._refuse(reason, request, blame=False, last=last)
         else:
             crash_point("stage:unpacked")
             content = SlotContent(verified.target_path, verified.sha256, verified.manifest)
             self.slots.commit_stage(slot, content)
             scratch = None
             journal = self._save(
-                Journal().to(
+                Journal(committed_counter=last.committed_counter).to(
                     "staged",
                     target_path=verified.target_path,
                     sha256=verified.sha256,
                     slot=slot,
                     previous=previous,
+                    release_counter=counter,
                 )
             )
         if scratch is not None:
@@ -193,11 +209,31 @@ class Applier:
         crash_point("spool:cleared")
         return journal
 
-    def _refuse(self, exc: GpuwardError, request: TargetFile | None, blame: bool = True) -> Journal:
+    def _directed_counter(self, verified: Verified, work: Path, last: Journal) -> int:
+        """The director's release counter for the verified bundle (0 on a node without
+        a director); raise ``UpdateRefused`` below the last committed one."""
+        if self.config.director is None:
+            return 0
+        counter = verify_directive(self.config, verified, work).release_counter
+        if counter < last.committed_counter:
+            raise UpdateRefused(
+                f"release counter {counter} of {verified.target_path} is below the last "
+                f"committed {last.committed_counter}: refusing a rollback"
+            )
+        return counter
+
+    def _refuse(
+        self,
+        exc: GpuwardError,
+        request: TargetFile | None,
+        *,
+        blame: bool = True,
+        last: Journal,
+    ) -> Journal:
         """Journal a refused request; the agent's next report says why. With
         ``blame``, the refused bundle is named: the agent never hands it over again."""
         self.log.error("spool_refused", reason=str(exc), active_slot=self.slots.active())
-        failed = Journal().to(
+        failed = Journal(committed_counter=last.committed_counter).to(
             "failed",
             reason=str(exc),
             target_path=None if request is None else request.path,
@@ -247,7 +283,13 @@ class Applier:
             reason = f"driver {expected} failed health: {'; '.join(reasons[:3])}"
             return self._save(journal.to("rolling-back", reason=reason[:1024]))
         crash_point("gate:passed")
-        journal = self._save(journal.to("committed", reason=f"driver {expected} is healthy"))
+        journal = self._save(
+            journal.to(
+                "committed",
+                reason=f"driver {expected} is healthy",
+                committed_counter=max(journal.committed_counter, journal.release_counter),
+            )
+        )
         self.log.info("update_committed", slot=journal.slot, driver=expected)
         hold_after_commit(self.config)
         self._measure()

@@ -107,6 +107,10 @@ class AgentConfig:
         return self.state_dir / "tuf/image"
 
     @property
+    def director_metadata_dir(self) -> Path:
+        return self.state_dir / "tuf/director"
+
+    @property
     def download_dir(self) -> Path:
         return self.state_dir / "downloads"
 

@@ -45,6 +45,11 @@ class Journal:
     reason: str = ""
     # The health gate's look at the GPUs just before the switch (applier.health_gate).
     baseline: dict[str, Any] | None = None
+    # The director's release counter of the bundle in flight (0: not directed), and
+    # the highest one this node committed, kept from one update to the next: only
+    # a higher counter lets the director roll a node back to an older bundle.
+    release_counter: int = 0
+    committed_counter: int = 0
 
     def to(self, state: str, **changes: object) -> Journal:
         if state not in STATES:
