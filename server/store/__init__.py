@@ -2,7 +2,8 @@
 
 ``open_store(url)`` picks the backend from the URL (``sqlite:///path``, a plain
 path, or ``postgresql://...``). Both run the same queries (``server.store.sql``)
-over a small transaction interface; only connections and migrations differ.
+over a small transaction interface, and the same migrations
+(``server.store.migrations``); only connections differ.
 """
 
 from __future__ import annotations
