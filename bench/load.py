@@ -458,7 +458,7 @@ async def _round(
         if status.report is not None
         and status.report.reason == marker
         and status.report_attestation is not None
-        and json.loads(status.report_attestation)["passed"]
+        and status.report_attestation.passed
     )
     return Round(challenges, reports, stored)
 

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from fleet import attestation as tpm
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER, EnrollmentRequest, RequestSignature
 from fleet.report import HealthReport
@@ -36,7 +37,7 @@ from server.http import (
 )
 from server.limits import retry_after
 from server.nodeauth import NodeAuthError, verify_signature
-from server.report_attestation import MAX_ATTESTED_BODY_BYTES, Verdict
+from server.report_attestation import MAX_ATTESTED_BODY_BYTES
 from server.store import EkInUse, EnrolledNode, ek_bound_message
 
 log = structlog.get_logger(__name__)
@@ -201,7 +202,7 @@ async def post_report(request: web.Request) -> web.Response:
         int(s.clock()),
         request.remote or "",
         sig.nonce,
-        None if verdict is None else verdict.to_json(),
+        verdict,
         node.public_key,
     )
     if not stored:
@@ -231,7 +232,7 @@ async def post_report(request: web.Request) -> web.Response:
 
 async def _verify(
     s: Services, node: EnrolledNode, attested: tpm.AttestedReport | None
-) -> Verdict | None:
+) -> AttestationVerdict | None:
     """The verdict on a report's evidence; a TPM-enrolled node must attest every report,
     so that its request key alone (stolen from disk) cannot speak for it."""
     if s.reports is None or node.tpm is None:

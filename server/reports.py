@@ -58,14 +58,7 @@ async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
         else EkCertificate(
             tpm.ek_certificate_sha256, tpm.ek_certificate_subject, tpm.ek_certificate_serial
         ),
-        history=tuple(
-            SeenReport(
-                r.received_at,
-                r.report,
-                None if r.attestation is None else json.loads(r.attestation),
-            )
-            for r in records
-        ),
+        history=tuple(SeenReport(r.received_at, r.report, r.attestation) for r in records),
     )
 
 

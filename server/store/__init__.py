@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError
 from fleet.nodeauth import MAX_SKEW_S
 from fleet.report import HealthReport
@@ -96,14 +97,14 @@ class NodeStatus:
     last_seen: int | None  # None: enrolled, never reported
     report: HealthReport | None
     assigned: str | None  # the bundle a rollout assigned it
-    report_attestation: str | None = None  # the latest report's verdict (JSON), if attested
+    report_attestation: AttestationVerdict | None = None  # the latest report's, if attested
 
 
 @dataclass(frozen=True)
 class ReportRecord:
     received_at: int
     report: HealthReport
-    attestation: str | None = None  # the verdict (JSON) when the report was attested
+    attestation: AttestationVerdict | None = None  # the verdict, if the report was attested
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class Store(Protocol):
         received_at: int,
         remote: str,
         nonce: str,
-        attestation: str | None = None,
+        attestation: AttestationVerdict | None = None,
         public_key: bytes | None = None,
     ) -> bool:
         """Store a report (with its attestation verdict) and make it the node's latest,

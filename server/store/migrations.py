@@ -152,8 +152,8 @@ MIGRATIONS = (
     """
     ALTER TABLE enrollments ADD COLUMN tpm TEXT;
     """,
-    # The verdict on an attested report (server.report_attestation.Verdict JSON);
-    # NULL for a report sent without TPM evidence.
+    # The verdict on an attested report (fleet.attestation_verdict.AttestationVerdict
+    # JSON); NULL for a report sent without TPM evidence.
     """
     ALTER TABLE reports ADD COLUMN attestation TEXT;
     """,

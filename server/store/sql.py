@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.gpu import GpuSample
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
@@ -114,10 +115,17 @@ def _enrolled(row: Row) -> EnrolledNode:
     )
 
 
+def _verdict(stored: str | None, where: str) -> AttestationVerdict | None:
+    """A report's stored verdict; one that is not (the database was changed outside
+    gpuward) is refused by ``InvalidDocument`` naming ``where``."""
+    return None if stored is None else AttestationVerdict.from_json(stored, where)
+
+
 def _status(row: Row) -> NodeStatus:
     last_seen, body, target, attestation = row[8:12]
     report = None if body is None else HealthReport.from_dict(json.loads(body))
-    return NodeStatus(_enrolled(row), last_seen, report, target, attestation)
+    verdict = _verdict(attestation, f"the verdict on node {row[0]}'s latest report")
+    return NodeStatus(_enrolled(row), last_seen, report, target, verdict)
 
 
 Item = TypeVar("Item")
@@ -186,7 +194,7 @@ class _Report:
     received_at: int
     remote: str
     nonce: str
-    attestation: str | None
+    attestation: AttestationVerdict | None
     public_key: bytes | None
 
 
@@ -341,7 +349,7 @@ class SqlStore:
         received_at: int,
         remote: str,
         nonce: str,
-        attestation: str | None = None,
+        attestation: AttestationVerdict | None = None,
         public_key: bytes | None = None,
     ) -> bool:
         return await self._reports.submit(
@@ -366,7 +374,7 @@ class SqlStore:
                         r.remote,
                         r.report.canonical_json.decode("ascii"),
                         r.nonce,
-                        r.attestation,
+                        None if r.attestation is None else r.attestation.to_json(),
                     )
                     for r in batch
                     if r.public_key is None or enrolled.get(r.report.node_id) == r.public_key
@@ -490,7 +498,11 @@ class SqlStore:
                 limit,
             )
         return [
-            ReportRecord(at, HealthReport.from_dict(json.loads(body)), attestation)
+            ReportRecord(
+                at,
+                HealthReport.from_dict(json.loads(body)),
+                _verdict(attestation, f"the verdict on node {node_id}'s report received at {at}"),
+            )
             for at, body, attestation in rows
         ]
 
