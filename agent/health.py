@@ -21,8 +21,8 @@ from fleet.gpu import GpuSample, XidEvent
 from fleet.gpu_rules import (
     FAILED,
     GpuState,
+    NodeHealthVerdict,
     Snapshot,
-    Verdict,
     degradations,
     node_verdict,
     switch_problems,
@@ -103,7 +103,7 @@ def post_switch_check(
     expected_driver: str,
     *,
     since: float | None = None,
-) -> Verdict:
+) -> NodeHealthVerdict:
     """May the node commit ``expected_driver``, which it switched to at ``since``?
 
     ``before`` is what the probe saw before the switch (None when unknown, as
@@ -115,6 +115,6 @@ def post_switch_check(
         None if before is None else snapshot(before), snapshot(after), expected_driver, since=since
     )
     if reasons:
-        return Verdict(FAILED, reasons)
+        return NodeHealthVerdict(FAILED, reasons)
     health = assess(after, xids_since=since)
-    return Verdict(health.status, health.reasons)
+    return NodeHealthVerdict(health.status, health.reasons)

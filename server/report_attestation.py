@@ -46,7 +46,7 @@ from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, active_bundle
 from fleet.errors import GpuwardError, InvalidDocument
 from keys.ed25519 import VerifiedCache
 from server.attestation.challenges import Challenges
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.attestation.policy import BootPolicy, secure_boot
 from server.attestation.verifier import REPORT, QuoteVerifier, ReplayedLog
 from server.store import EnrolledNode, Store
@@ -148,7 +148,7 @@ class ReportAttestation:
         """
         if node.tpm is None:
             raise GpuwardError(f"node {node.node_id} has no enrolled TPM")
-        tpm = TpmNode.from_dict(json.loads(node.tpm))
+        tpm = EnrolledTpm.from_dict(json.loads(node.tpm))
         sent = attested.evidence.event_log
         known: bytes | ReplayedLog | None = self._replayed_log(attested.evidence.event_log_sha256)
         if known is None and sent is None:

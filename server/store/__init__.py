@@ -82,7 +82,7 @@ class EnrolledNode:
     attested: bool  # False in the no-TPM enrollment-token mode
     attestation: str  # how enrollment was verified, for people ("unattested", "tpm2")
     enrolled_at: int
-    # The TPM attestation key record (``server.attestation.EnrolledNode`` as JSON)
+    # The TPM attestation key record (``server.attestation.enrollment.EnrolledTpm`` as JSON)
     # that later quotes must verify with; None when no TPM vouched for the node.
     tpm: str | None = None
     # The applier measurement key (``keys.driver_key``) the node's first attested
@@ -120,7 +120,7 @@ class OperatorToken:
 
 
 @dataclass(frozen=True)
-class Assignment:
+class RolloutAssignment:
     node_id: str
     target: str
     rollout_id: str
@@ -242,7 +242,7 @@ class Store(Protocol):
         """
         ...
 
-    async def assignment(self, node_id: str) -> Assignment | None: ...
+    async def assignment(self, node_id: str) -> RolloutAssignment | None: ...
 
     # Attestation: shared by replicas, so any of them redeems what another issued.
 

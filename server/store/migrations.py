@@ -147,7 +147,7 @@ MIGRATIONS = (
     );
     CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id);
     """,
-    # The enrolled TPM attestation key (server.attestation.EnrolledNode JSON);
+    # The enrolled TPM attestation key (server.attestation.enrollment.EnrolledTpm JSON);
     # NULL for nodes enrolled without a TPM.
     """
     ALTER TABLE enrollments ADD COLUMN tpm TEXT;

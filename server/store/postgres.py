@@ -33,7 +33,7 @@ def _numbered(sql: str) -> str:
     return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
 
 
-class _Tx:
+class _PostgresTx:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
@@ -75,9 +75,9 @@ class PostgresDatabase:
         return cls(pool)
 
     @asynccontextmanager
-    async def transaction(self, *, write: bool) -> AsyncIterator[_Tx]:
+    async def transaction(self, *, write: bool) -> AsyncIterator[_PostgresTx]:
         async with self._pool.acquire() as conn, conn.transaction(readonly=not write):
-            yield _Tx(conn)
+            yield _PostgresTx(conn)
 
     async def query(self, sql: str, *args: object) -> list[Row]:
         return [tuple(r) for r in await self._pool.fetch(_numbered(sql), *args)]

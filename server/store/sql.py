@@ -29,10 +29,9 @@ from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
 from server.attestation.challenges import PendingChallenge
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.store import (
     REPLAY_WINDOW_S,
-    Assignment,
     Conflict,
     EkInUse,
     EnrolledNode,
@@ -41,6 +40,7 @@ from server.store import (
     RemovedNode,
     ReportRecord,
     Retention,
+    RolloutAssignment,
     RolloutChange,
     RolloutEvent,
 )
@@ -273,7 +273,7 @@ class SqlStore:
 
     async def enroll(self, node: EnrolledNode) -> tuple[EnrolledNode, bool]:
         """Raises ``EkInUse`` when the node's TPM is bound to another node."""
-        ek = None if node.tpm is None else TpmNode.from_dict(json.loads(node.tpm))
+        ek = None if node.tpm is None else EnrolledTpm.from_dict(json.loads(node.tpm))
         async with self.db.transaction(write=True) as tx:
             # No conflict target: the node id's and the EK's unique indexes alike.
             created = await tx.fetch(
@@ -691,14 +691,14 @@ class SqlStore:
             await _add_events(tx, rollout_id, now, transition.events)
         return after
 
-    async def assignment(self, node_id: str) -> Assignment | None:
+    async def assignment(self, node_id: str) -> RolloutAssignment | None:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(
                 "SELECT node_id, target, rollout_id, assigned_at FROM assignments "
                 "WHERE node_id = ?",
                 node_id,
             )
-        return Assignment(*rows[0]) if rows else None
+        return RolloutAssignment(*rows[0]) if rows else None
 
     # Attestation.
 

@@ -28,7 +28,7 @@ T = TypeVar("T")
 MIGRATIONS = SQLITE.migrations()
 
 
-class _Tx:
+class _SqliteTx:
     def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
 
@@ -86,11 +86,11 @@ class SqliteDatabase:
         return await asyncio.get_running_loop().run_in_executor(self._worker, partial(fn, *args))
 
     @asynccontextmanager
-    async def transaction(self, *, write: bool) -> AsyncIterator[_Tx]:
+    async def transaction(self, *, write: bool) -> AsyncIterator[_SqliteTx]:
         async with self._lock:
             await self.call(self.conn.execute, "BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield _Tx(self)
+                yield _SqliteTx(self)
             except BaseException:
                 await self.call(self.conn.execute, "ROLLBACK")
                 raise

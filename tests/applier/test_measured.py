@@ -30,7 +30,7 @@ from fleet.driverlog import DRIVER, ZERO, DriverEvent, DriverLogError, encode, p
 from fleet.eventlog import parse as parse_event_log
 from fleet.schema import canonical_json
 from server.attestation.challenges import Challenges
-from server.attestation.enrollment import EnrollmentVerifier
+from server.attestation.enrollment import TpmEnrollmentVerifier
 from server.attestation.verifier import REPORT
 from server.report_attestation import ReportAttestation
 from server.store import EnrolledNode as StoredNode
@@ -247,7 +247,7 @@ def measured_node(
     tmp_path: Path,
     tpm: Tpm,
     challenges: Challenges,
-    enrollment: EnrollmentVerifier,
+    enrollment: TpmEnrollmentVerifier,
 ) -> Iterator[tuple[Attestor, str, Node]]:
     """A node whose applier measured OLD then NEW, enrolled with the verifier."""
     node, _ = node_with(site, tmp_path / "node", tables=attested(tpm))
@@ -419,7 +419,7 @@ def test_an_event_the_agent_extends_is_not_attested(
 
 @pytest.fixture
 def enrolled_node(
-    site: Site, tmp_path: Path, tpm: Tpm, enrollment: EnrollmentVerifier
+    site: Site, tmp_path: Path, tpm: Tpm, enrollment: TpmEnrollmentVerifier
 ) -> tuple[str, Node]:
     """A node whose applier measured OLD then NEW, enrolled; no TPM session held,
     so the tests may reboot the TPM and run the applier."""

@@ -26,7 +26,7 @@ from fleet.errors import GpuwardError
 from fleet.eventlog import EV_EFI_BOOT_SERVICES_APPLICATION, parse
 from gpuward.cli import main
 from server.config import ServerConfig
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.attest.conftest import LOCAL_CA, LOG_DIR, Tpm, extend_log
 from tests.attest.test_end_to_end import make_report
 from tests.conftest import Site, make_site

@@ -25,7 +25,7 @@ from agent.identity import enroll
 from gpuward.cli.mirror_cmd import verified_targets
 from keys.mirror import MANIFEST, MirrorManifest, Verifier, check_manifest
 from server.config import ServerConfig
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
 from tests.simnode import ENROLLMENT_TOKEN

@@ -23,7 +23,7 @@ from fleet.compliance import schema_text
 from fleet.firewall import FirewallReport
 from fleet.report import HealthReport, KernelHoldReport
 from keys.report_key import key_id, load_public
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.http import Services
 from server.store import EnrolledNode
 from tests.cli.test_errors import assert_one_line_error, gpuward
@@ -57,7 +57,7 @@ def _tpm_node(
         attestation="tpm2",
         enrolled_at=now,
         tpm=json.dumps(
-            TpmNode(
+            EnrolledTpm(
                 node_id, b"AK public area", ek_sha256, now, "CN=EK of " + node_id, "1f2e"
             ).to_dict()
         ),
