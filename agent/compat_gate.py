@@ -18,7 +18,7 @@ import structlog
 
 from agent.channel import ImageChannel
 from fleet.catalog import TARGET_PATH, Catalog, default_catalog, load_catalog
-from fleet.compat import Verdict, check
+from fleet.compat import CompatVerdict, check
 from fleet.errors import InvalidDocument
 from fleet.inventory import Gpu, NodeInventory
 from fleet.manifest import BundleManifest
@@ -81,5 +81,5 @@ def _os_id() -> str:
 
 def gate(
     config: AgentConfig, seen: ProbeResult, manifest: BundleManifest, catalog: Catalog
-) -> Verdict:
+) -> CompatVerdict:
     return check(inventory(config, seen), manifest, catalog, datetime.now(UTC).date())

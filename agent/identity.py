@@ -28,7 +28,7 @@ from fleet.attestation import Challenge, CredentialChallenge
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import (
     ENROLLMENT_TOKEN_HEADER,
-    EnrollmentRequest,
+    KeyEnrollmentRequest,
     RequestSignature,
     signed_message,
 )
@@ -193,7 +193,7 @@ def enroll(config: AgentConfig, token: str | None = None) -> dict[str, Any]:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     evidence = _evidence(config, public, token)
-    request = EnrollmentRequest(config.node_id, public, config.pool, evidence)
+    request = KeyEnrollmentRequest(config.node_id, public, config.pool, evidence)
     body = json.dumps(request.to_dict()).encode()
     response = signed_request(config, key, "POST", config.enroll_url, body)
     if response.status not in (200, 201):

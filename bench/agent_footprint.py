@@ -32,7 +32,7 @@ import urllib3
 
 from keys.image_repo import ImageRepository
 from server.config import ServerConfig
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.nvml.fakelib import build_fake_nvml, h100_host, write_config
 
 TARGET_RSS_MB = 60.0

@@ -42,7 +42,7 @@ from fleet.attestation import (
 from fleet.eventlog import parse, replay
 from fleet.report import GpuHealth, HealthReport
 from server.attestation.challenges import Challenges, MemoryChallengeStore, PendingChallenge
-from server.attestation.enrollment import EnrolledNode
+from server.attestation.enrollment import EnrolledTpm
 from server.attestation.verifier import REPORT, QuoteVerifier
 
 LOG = Path(__file__).resolve().parents[2] / "shared/testdata/eventlogs/rhel95-secureboot.bin"
@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    node = EnrolledNode("node-1", ak_public(key), "00" * 32, 0)
+    node = EnrolledTpm("node-1", ak_public(key), "00" * 32, 0)
     log = LOG.read_bytes()
     replayed = replay(parse(log))["sha256"]
     pcrs = {"sha256": {p: replayed.get(p, bytes(32)) for p in SELECTION.banks[0][1]}}

@@ -110,7 +110,7 @@ from fleet.eventlog import parse, replay
 from fleet.nodeauth import RequestSignature, signed_message
 from fleet.report import GpuHealth, HealthReport
 from keys.image_repo import ImageRepository
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.store import EnrolledNode, Store, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ class Agent:
         )
         # Each node its own EK (a TPM enrolls one node): a digest standing for it.
         ek = hashlib.sha256(self.node_id.encode()).hexdigest()
-        record = TpmNode(self.node_id, ak_public(self.ak), ek, int(time.time()))
+        record = EnrolledTpm(self.node_id, ak_public(self.ak), ek, int(time.time()))
         tpm = json.dumps(record.to_dict(), sort_keys=True)
         return EnrolledNode(self.node_id, public, "bench", True, "tpm2", int(time.time()), tpm)
 
@@ -458,7 +458,7 @@ async def _round(
         if status.report is not None
         and status.report.reason == marker
         and status.report_attestation is not None
-        and json.loads(status.report_attestation)["passed"]
+        and status.report_attestation.passed
     )
     return Round(challenges, reports, stored)
 

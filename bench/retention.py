@@ -63,9 +63,9 @@ from pathlib import Path
 
 from bench.fleetsim import FleetSim
 from bench.postgres_admin import admin, database_url
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.report import GpuHealth, GpuReport, HealthReport, NodeHealth
 from server.config import DAY_S, ServerConfig
-from server.report_attestation import Verdict
 from server.store import EnrolledNode, Retention, Store, open_store
 from server.store.sql import SqlStore, _slack
 
@@ -74,7 +74,7 @@ HOUR_ROUNDS = 3600 // INTERVAL_S
 DAY_ROUNDS = DAY_S // INTERVAL_S
 START = 1_800_000_000
 KEY = bytes(32)
-VERDICT = Verdict(True, 7, "ab" * 32, "default", (), secure_boot=True).to_json()
+VERDICT = AttestationVerdict(True, 7, "ab" * 32, "default", (), secure_boot=True)
 MIB = 1024 * 1024
 
 
@@ -264,7 +264,7 @@ def main() -> None:
     trimmed_at = policy.count + _slack(policy.count)
     print(
         f"{args.backend}: {args.nodes} nodes x {args.gpus} GPUs, a report every {INTERVAL_S} s "
-        f"({body / 1024:.1f} KiB, with health samples and a {len(VERDICT)} B verdict); "
+        f"({body / 1024:.1f} KiB, with health samples and a {len(VERDICT.to_json())} B verdict); "
         f"policy: {policy.count} reports per node, {args.max_days} days ({elapsed:.0f} s)"
     )
     print(

@@ -22,7 +22,7 @@ from keys.bundle import build_bundle
 from keys.image_repo import ImageRepository
 from node.config import AgentConfig
 from server.config import ServerConfig
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 
 
 def main() -> None:

@@ -166,7 +166,7 @@ class PcrSelection:
 
 
 @dataclass(frozen=True)
-class EnrollmentRequest:
+class TpmEnrollmentRequest:
     """A node's first message: who it is and the keys of its TPM."""
 
     node_id: str
@@ -186,7 +186,7 @@ class EnrollmentRequest:
         }
 
     @classmethod
-    def from_dict(cls, doc: object, where: str = "enrollment request") -> EnrollmentRequest:
+    def from_dict(cls, doc: object, where: str = "enrollment request") -> TpmEnrollmentRequest:
         r = Reader(
             doc,
             where,

@@ -54,7 +54,7 @@ class Reason:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class CompatVerdict:
     allowed: bool
     reasons: tuple[Reason, ...]
 
@@ -212,7 +212,7 @@ def _min_driver(
 
 def check(
     inventory: NodeInventory, manifest: BundleManifest, catalog: Catalog, today: date
-) -> Verdict:
+) -> CompatVerdict:
     """Allow ``manifest`` on ``inventory``'s node, or give every reason not to."""
     reasons: list[Reason] = []
     branch = catalog.branch(manifest.branch)
@@ -244,7 +244,7 @@ def check(
     if inventory.nvswitch:
         reasons.extend(_fabric_manager_reasons(inventory, manifest))
     unique = tuple(dict.fromkeys(reasons))  # eight identical GPUs give one reason, not eight
-    return Verdict(allowed=not unique, reasons=unique)
+    return CompatVerdict(allowed=not unique, reasons=unique)
 
 
 def _gpu_reasons(gpu: ResolvedGpu, manifest: BundleManifest, driver: DriverVersion) -> list[Reason]:

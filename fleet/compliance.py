@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Any
 
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.catalog import Catalog
 from fleet.errors import GpuwardError
 from fleet.report import HealthReport
@@ -38,11 +39,11 @@ def schema_text() -> str:
 
 @dataclass(frozen=True)
 class SeenReport:
-    """A stored report, with its attestation verdict (a dict) if it was attested."""
+    """A stored report, with its attestation verdict if it was attested."""
 
     received_at: int
     report: HealthReport
-    verdict: Mapping[str, Any] | None
+    verdict: AttestationVerdict | None
 
 
 @dataclass(frozen=True)
@@ -98,24 +99,21 @@ def _attestation(facts: NodeFacts) -> dict[str, Any]:
     if attested is None or attested.verdict is None:
         result = "no-attested-report" if facts.attested else "unattested"
         return {"result": result, "last_attested_at": None, "reasons": []}
-    verdict = attested.verdict
     return {
-        "result": "passed" if verdict.get("passed") is True else "failed",
+        "result": "passed" if attested.verdict.passed else "failed",
         "last_attested_at": _iso(attested.received_at),
-        "reasons": [str(r) for r in verdict.get("reasons", [])],
+        "reasons": list(attested.verdict.reasons),
     }
 
 
 def _boot_policy(facts: NodeFacts, attestation: Mapping[str, Any]) -> dict[str, Any]:
     """The measured-boot policy's judgement of the last attested boot, if one judged it."""
     attested = _last_attested(facts)
-    policy = (
-        None if attested is None or attested.verdict is None else attested.verdict.get("policy")
-    )
+    policy = None if attested is None or attested.verdict is None else attested.verdict.policy
     if policy is None:
         return {"policy": None, "result": "not-evaluated", "reasons": []}
     return {
-        "policy": str(policy),
+        "policy": policy,
         "result": attestation["result"],
         "reasons": attestation["reasons"],
     }
@@ -123,12 +121,8 @@ def _boot_policy(facts: NodeFacts, attestation: Mapping[str, Any]) -> dict[str, 
 
 def _secure_boot(facts: NodeFacts) -> str:
     attested = _last_attested(facts)
-    state = (
-        None
-        if attested is None or attested.verdict is None
-        else attested.verdict.get("secure_boot")
-    )
-    return "unknown" if not isinstance(state, bool) else ("on" if state else "off")
+    state = None if attested is None or attested.verdict is None else attested.verdict.secure_boot
+    return "unknown" if state is None else ("on" if state else "off")
 
 
 def _firewall(report: HealthReport | None) -> dict[str, Any]:

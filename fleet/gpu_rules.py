@@ -301,7 +301,7 @@ def xid_status(xid: int) -> str:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class NodeHealthVerdict:
     status: str  # one of STATUSES
     reasons: tuple[str, ...]  # why it is not healthy, worst first
 
@@ -310,7 +310,9 @@ def worst(statuses: Iterable[str]) -> str:
     return max(statuses, key=STATUSES.index, default=HEALTHY)
 
 
-def node_verdict(findings: Iterable[tuple[int, Finding]], xids: Sequence[XidEvent] = ()) -> Verdict:
+def node_verdict(
+    findings: Iterable[tuple[int, Finding]], xids: Sequence[XidEvent] = ()
+) -> NodeHealthVerdict:
     """The node's status from its GPUs' ``(index, finding)`` pairs and recent XIDs."""
     judged: list[tuple[str, str]] = [
         (STATUS_OF_RULE.get(f.rule, DEGRADED), f"GPU {index}: {f.message}") for index, f in findings
@@ -324,7 +326,9 @@ def node_verdict(findings: Iterable[tuple[int, Finding]], xids: Sequence[XidEven
                 (status, f"{gpu}: XID {event.xid} ({xid_class.description}): {xid_class.action}")
             )
     judged.sort(key=lambda j: -STATUSES.index(j[0]))
-    return Verdict(worst(s for s, _ in judged), tuple(dict.fromkeys(r for _, r in judged)))
+    return NodeHealthVerdict(
+        worst(s for s, _ in judged), tuple(dict.fromkeys(r for _, r in judged))
+    )
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class RequestSignature:
 
 
 @dataclass(frozen=True)
-class EnrollmentRequest:
+class KeyEnrollmentRequest:
     """``POST /v1/enroll``: who the node is, its request key, and why to believe it.
 
     ``evidence`` is opaque here: the server's enrollment verifier reads it (a
@@ -133,7 +133,7 @@ class EnrollmentRequest:
         }
 
     @classmethod
-    def from_dict(cls, doc: object, where: str = "enrollment") -> EnrollmentRequest:
+    def from_dict(cls, doc: object, where: str = "enrollment") -> KeyEnrollmentRequest:
         r = Reader(doc, where, allowed=frozenset({"node_id", "public_key", "pool", "evidence"}))
         evidence = r.raw("evidence")
         if not isinstance(evidence, Mapping) or len(evidence) > MAX_EVIDENCE_KEYS:

@@ -16,7 +16,7 @@ from datetime import date
 from typing import Any
 
 from fleet.catalog import Catalog
-from fleet.compat import ResolvedGpu, UnknownGpu, Verdict, check, resolve
+from fleet.compat import CompatVerdict, ResolvedGpu, UnknownGpu, check, resolve
 from fleet.inventory import NodeInventory
 from fleet.manifest import BundleManifest
 from fleet.versions import CudaVersion, parse_branch
@@ -28,7 +28,7 @@ class BranchFit:
 
     branch: str
     bundle: BundleManifest | None  # the newest accepted bundle
-    verdict: Verdict  # of that bundle, or of the closest refused one
+    verdict: CompatVerdict  # of that bundle, or of the closest refused one
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,7 +152,7 @@ def _plan_node(
 
 def _max_cuda(
     gpus: Sequence[ResolvedGpu],
-    verdicts: Sequence[tuple[BundleManifest, Verdict]],
+    verdicts: Sequence[tuple[BundleManifest, CompatVerdict]],
     catalog: Catalog,
 ) -> CudaVersion | None:
     """The newest CUDA the node could run on a bundle it accepts but for its CUDA need."""

@@ -147,6 +147,10 @@ class Reader:
             raise InvalidDocument(f"{self._where}: missing field {key!r}")
         return self._doc[key]
 
+    def optional_raw(self, key: str) -> Any:
+        """A field's value, unchecked; None when it is missing or null."""
+        return self._doc.get(key)
+
     def nullable_text(
         self, key: str, *, max_len: int = MAX_STRING, pattern: re.Pattern[str] | None = None
     ) -> str | None:

@@ -25,7 +25,7 @@ from keys.bundle import build_bundle
 from keys.image_repo import ImageRepository
 from node.config import AgentConfig, ApplierSettings, SimulatedGpus
 from server.config import ServerConfig
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 
 NODES = ("node-1", "node-2", "node-3")
 VERSIONS = ("580.65.06", "580.82.07", "580.95.05")

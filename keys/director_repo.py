@@ -32,7 +32,7 @@ _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
-class Assignment:
+class DirectorAssignment:
     node_id: str
     target_path: str
     hardware_id: str
@@ -74,7 +74,7 @@ class DirectorRepository:
             node.start_from_root(no_passphrase)
         return node
 
-    def assignment(self, node_id: str) -> Assignment | None:
+    def assignment(self, node_id: str) -> DirectorAssignment | None:
         node = self.node(node_id)
         if not (node.metadata_dir / "timestamp.json").exists():
             return None
@@ -84,7 +84,7 @@ class DirectorRepository:
 
     def assign(
         self, node_id: str, image_target: TargetFile, hardware_id: str, release_counter: int
-    ) -> Assignment:
+    ) -> DirectorAssignment:
         """Point ``node_id`` at ``image_target`` (as the image repository signed it)."""
         node = self.node(node_id)
         current = self.assignment(node_id)
@@ -114,7 +114,7 @@ class DirectorRepository:
         node.bump(targets_md, "targets")
         node.sign_and_write(targets_md, no_passphrase)
         node.publish_snapshot({"targets": targets_md.signed.version})
-        return Assignment(node_id, info.path, hardware_id, release_counter)
+        return DirectorAssignment(node_id, info.path, hardware_id, release_counter)
 
     def _sync_roots(self, node: NodeRepository) -> None:
         """Every root version the director ever had, so any agent can walk the chain."""
@@ -141,10 +141,10 @@ class DirectorRepository:
             node.publish_snapshot({"targets": targets_md.signed.version})
 
 
-def _assignment_of(node_id: str, path: str, info: TargetFile) -> Assignment:
+def _assignment_of(node_id: str, path: str, info: TargetFile) -> DirectorAssignment:
     custom: Any = info.custom
     field = custom.get(DIRECTOR_FIELD, {}) if isinstance(custom, dict) else {}
-    return Assignment(
+    return DirectorAssignment(
         node_id=node_id,
         target_path=path,
         hardware_id=str(field.get("hardware_id", "")),

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from aiohttp import web
 
+from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
 from fleet.rollout import Rollout
 from fleet.text import unicode_text
 from server.fleetview import NODE_STATES, fleet_json, history_json, node_json
@@ -37,7 +38,7 @@ from server.operators import (
     when,
 )
 from server.renewal import status_json, statuses
-from server.store import OperatorToken
+from server.store import NodeStatus, OperatorToken
 from server.stragglers import fleet_stragglers
 
 COOKIE = "gpuward_session"
@@ -251,7 +252,8 @@ def _rollout_rows(rollouts: list[Rollout]) -> list[list[str]]:
 async def overview(request: web.Request) -> web.Response:
     who = await _signed_in(request)
     s = services(request)
-    doc = fleet_json(await s.store.fleet(), s.clock(), s.config)
+    statuses = await s.store.fleet()
+    doc = fleet_json(statuses, s.clock(), s.config)
     summary = doc["summary"]
     cards = "".join(
         f'<div class="card {state}" id="count-{state}"><b>{summary["states"][state]}</b>'
@@ -272,10 +274,10 @@ async def overview(request: web.Request) -> web.Response:
                 f'<span class="{n["state"]}">{_e(n["state"])}</span>',
                 _e((n["report"] or {}).get("driver_version")),
                 _e((n["report"] or {}).get("update")),
-                _e(_attestation(n)),
+                _e(_attestation(status)),
                 _e(when(n["last_seen"])),
             ]
-            for n in doc["nodes"]
+            for status, n in zip(statuses, doc["nodes"], strict=True)
         ),
         "nodes",
     )
@@ -317,14 +319,14 @@ async def _stragglers(s: Services) -> str:
     )
 
 
-def _attestation(node: dict[str, Any]) -> str:
+def _attestation(status: NodeStatus) -> str:
     """How the node enrolled and, for an attested node, its last report's verdict."""
-    verdict = node["report_attestation"]
+    enrolled, verdict = status.node.attestation, status.report_attestation
     if verdict is None:
-        return str(node["attestation"])
-    if verdict["passed"]:
-        return f"{node['attestation']}: last report attested"
-    return f"{node['attestation']}: last report not attested ({'; '.join(verdict['reasons'])})"
+        return enrolled
+    if verdict.passed:
+        return f"{enrolled}: last report attested"
+    return f"{enrolled}: last report not attested ({'; '.join(verdict.reasons)})"
 
 
 async def node_page(request: web.Request) -> web.Response:
@@ -341,7 +343,7 @@ async def node_page(request: web.Request) -> web.Response:
             [
                 _e(node["pool"]),
                 f'<span class="{node["state"]}">{_e(node["state"])}</span>',
-                _e(_attestation(node)),
+                _e(_attestation(status)),
                 _e(when(node["enrolled_at"])),
                 _e(when(node["last_seen"])),
                 _e(node["assigned"]),
@@ -369,37 +371,36 @@ async def node_page(request: web.Request) -> web.Response:
     )
     return _page(
         f"Node {node_id}",
-        f"<section>{facts}</section>{_boot(node)}"
+        f"<section>{facts}</section>{_boot(status.report_attestation)}"
         f"<section><h2>Health history</h2>{history}</section>",
         who,
         await _renewal_banner(s),
     )
 
 
-def _boot(node: dict[str, Any]) -> str:
+def _boot(verdict: AttestationVerdict | None) -> str:
     """The measured-boot verdict on the node's last attested report, and why it failed."""
-    verdict = node["report_attestation"]
     if verdict is None:
         return ""
-    judged = verdict.get("policy") or "none: the event log is checked against the quote, not judged"
-    result = "pass" if verdict["passed"] else '<span class="unhealthy">fail</span>'
-    reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict["reasons"])
+    judged = verdict.policy or "none: the event log is checked against the quote, not judged"
+    result = "pass" if verdict.passed else '<span class="unhealthy">fail</span>'
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.reasons)
     return (
         f'<section id="boot"><h2>Measured boot</h2><p>Policy: {_e(judged)}. '
         f"Last attested report: {result}.</p>{f'<ul>{reasons}</ul>' if reasons else ''}"
-        f"{_attested_driver(verdict.get('driver'))}</section>"
+        f"{_attested_driver(verdict.driver)}</section>"
     )
 
 
-def _attested_driver(driver: dict[str, Any] | None) -> str:
+def _attested_driver(driver: AttestedDriver | None) -> str:
     """The bundle the driver PCR proves active: the applier's measurement, replayed."""
     if driver is None:
         shown = "none measured yet"
     else:
         shown = (
-            f"{_e(driver['target_path'])} (driver {_e(driver['driver_version'])}, sha256 "
-            f"{_e(driver['sha256'][:12])}, PCR {_e(driver['pcr'])}), measured "
-            f"{_e(when(driver['measured_at']))}"
+            f"{_e(driver.target_path)} (driver {_e(driver.driver_version)}, sha256 "
+            f"{_e(driver.sha256[:12])}, PCR {_e(driver.pcr)}), measured "
+            f"{_e(when(driver.measured_at))}"
         )
     return f'<p id="attested-driver">Attested active driver bundle: {shown}</p>'
 

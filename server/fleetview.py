@@ -8,10 +8,10 @@ nodes through this module, so they always agree.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
+from fleet.attestation_verdict import AttestationVerdict
 from server.config import ServerConfig
 from server.store import NodeStatus, ReportRecord
 
@@ -45,9 +45,9 @@ def node_json(status: NodeStatus, now: float, config: ServerConfig) -> dict[str,
     }
 
 
-def _verdict(stored: str | None) -> dict[str, Any] | None:
+def _verdict(verdict: AttestationVerdict | None) -> dict[str, Any] | None:
     """A report's attestation verdict as shown; None: the report was not attested."""
-    return None if stored is None else dict(json.loads(stored))
+    return None if verdict is None else verdict.to_dict()
 
 
 def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dict[str, Any]:

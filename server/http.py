@@ -18,7 +18,7 @@ from fleet.nodeauth import RequestSignature
 from keys.report_key import ReportSigner
 from server.config import ServerConfig
 from server.limits import RateLimiter, retry_after
-from server.nodeauth import EnrollmentVerifier, NodeAuthError, RequestVerifier
+from server.nodeauth import KeyEnrollmentVerifier, NodeAuthError, RequestVerifier
 from server.operators import TokenRefused, allows, check_token
 from server.periodic import Periodic
 from server.renewal import Renewer
@@ -52,7 +52,7 @@ class ApiError(Exception):
 class Services:
     config: ServerConfig
     store: Store
-    verifier: EnrollmentVerifier
+    verifier: KeyEnrollmentVerifier
     clock: Callable[[], float]
     requests: RequestVerifier
     limiter: RateLimiter

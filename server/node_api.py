@@ -15,8 +15,9 @@ import structlog
 from aiohttp import web
 
 from fleet import attestation as tpm
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError, InvalidDocument
-from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER, EnrollmentRequest, RequestSignature
+from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER, KeyEnrollmentRequest, RequestSignature
 from fleet.report import HealthReport
 from keys.director_repo import DirectorRepository
 from server.attestation.challenges import ChallengesFull
@@ -36,7 +37,7 @@ from server.http import (
 )
 from server.limits import retry_after
 from server.nodeauth import NodeAuthError, verify_signature
-from server.report_attestation import MAX_ATTESTED_BODY_BYTES, Verdict
+from server.report_attestation import MAX_ATTESTED_BODY_BYTES
 from server.store import EkInUse, EnrolledNode, ek_bound_message
 
 log = structlog.get_logger(__name__)
@@ -56,7 +57,7 @@ async def enroll(request: web.Request) -> web.Response:
         raise ApiError(exc.status, str(exc)) from None
     body = await read_body(request)
     try:
-        enrollment = EnrollmentRequest.from_dict(parse_json(request, body))
+        enrollment = KeyEnrollmentRequest.from_dict(parse_json(request, body))
     except InvalidDocument as exc:
         raise ApiError(400, str(exc)) from None
     _check_possession(enrollment, sig, request, body)
@@ -129,7 +130,7 @@ async def enroll_tpm_begin(request: web.Request) -> web.Response:
     _check_enrollment_token(request, s)
     body = await read_body(request, MAX_TPM_BEGIN_BYTES)
     try:
-        wanted = tpm.EnrollmentRequest.from_dict(parse_json(request, body))
+        wanted = tpm.TpmEnrollmentRequest.from_dict(parse_json(request, body))
     except InvalidDocument as exc:
         raise ApiError(400, str(exc)) from None
     rate_limit(request, f"enroll:{wanted.node_id}")
@@ -166,7 +167,7 @@ def _busy(exc: ChallengesFull) -> ApiError:
 
 
 def _check_possession(
-    enrollment: EnrollmentRequest, sig: RequestSignature, request: web.Request, body: bytes
+    enrollment: KeyEnrollmentRequest, sig: RequestSignature, request: web.Request, body: bytes
 ) -> None:
     if sig.node_id != enrollment.node_id:
         raise ApiError(403, "the signature's node id differs from the enrollment's")
@@ -201,7 +202,7 @@ async def post_report(request: web.Request) -> web.Response:
         int(s.clock()),
         request.remote or "",
         sig.nonce,
-        None if verdict is None else verdict.to_json(),
+        verdict,
         node.public_key,
     )
     if not stored:
@@ -231,7 +232,7 @@ async def post_report(request: web.Request) -> web.Response:
 
 async def _verify(
     s: Services, node: EnrolledNode, attested: tpm.AttestedReport | None
-) -> Verdict | None:
+) -> AttestationVerdict | None:
     """The verdict on a report's evidence; a TPM-enrolled node must attest every report,
     so that its request key alone (stolen from disk) cannot speak for it."""
     if s.reports is None or node.tpm is None:

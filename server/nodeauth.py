@@ -1,7 +1,7 @@
 """Node identity on the server: enrollment verifiers and signed-request checks.
 
 Enrollment binds a node id to an Ed25519 request key. What vouches for the key
-is an ``EnrollmentVerifier``: with a TPM, the attestation verifier checks that
+is a ``KeyEnrollmentVerifier``: with a TPM, the attestation verifier checks that
 the node's attestation key certified it; without one, ``UnattestedTokenVerifier``
 accepts a shared enrollment token and marks the node "unattested" everywhere it
 is shown. Afterwards each node request is checked for a valid signature by the
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fleet.errors import GpuwardError, InvalidDocument
-from fleet.nodeauth import MAX_SKEW_S, EnrollmentRequest, RequestSignature, signed_message
+from fleet.nodeauth import MAX_SKEW_S, KeyEnrollmentRequest, RequestSignature, signed_message
 from keys import ed25519
 from server.limits import RateLimiter
 from server.store import EnrolledNode, Store
@@ -50,8 +50,8 @@ class Attestation:
     tpm: str | None = None  # the enrolled AK record (JSON) to store with the node
 
 
-class EnrollmentVerifier(Protocol):
-    async def verify(self, request: EnrollmentRequest) -> Attestation:
+class KeyEnrollmentVerifier(Protocol):
+    async def verify(self, request: KeyEnrollmentRequest) -> Attestation:
         """Accept the request's key for its node id, or raise ``NodeAuthError``."""
         ...
 
@@ -69,7 +69,7 @@ class UnattestedTokenVerifier:
             raise GpuwardError("the enrollment token must be at least 16 characters")
         self._token = token.encode()
 
-    async def verify(self, request: EnrollmentRequest) -> Attestation:
+    async def verify(self, request: KeyEnrollmentRequest) -> Attestation:
         given = request.evidence.get("token")
         if request.evidence.get("type") != TOKEN_EVIDENCE or not isinstance(given, str):
             raise NodeAuthError(
@@ -85,10 +85,10 @@ class UnattestedTokenVerifier:
 class ByEvidence:
     """Several enrollment modes at once: the evidence's "type" picks the verifier."""
 
-    def __init__(self, verifiers: Mapping[str, EnrollmentVerifier]) -> None:
+    def __init__(self, verifiers: Mapping[str, KeyEnrollmentVerifier]) -> None:
         self._verifiers = dict(verifiers)
 
-    async def verify(self, request: EnrollmentRequest) -> Attestation:
+    async def verify(self, request: KeyEnrollmentRequest) -> Attestation:
         kind = request.evidence.get("type")
         verifier = self._verifiers.get(kind) if isinstance(kind, str) else None
         if verifier is None:
@@ -102,7 +102,7 @@ class ByEvidence:
 class NoEnrollment:
     """A server started without any verifier refuses every enrollment, saying why."""
 
-    async def verify(self, request: EnrollmentRequest) -> Attestation:
+    async def verify(self, request: KeyEnrollmentRequest) -> Attestation:
         raise NodeAuthError(
             "this server accepts no enrollments: start it with an attestation verifier, or "
             "with --unattested-enrollment-token-file for the no-TPM mode",

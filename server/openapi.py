@@ -129,7 +129,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["schema", "node_id", "ek_certificate", "ek_public", "ak_public", "ak_name"],
-        "description": "fleet.attestation.EnrollmentRequest; the blobs are base64",
+        "description": "fleet.attestation.TpmEnrollmentRequest; the blobs are base64",
         "properties": {
             "schema": {"type": "integer", "enum": [1]},
             "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},

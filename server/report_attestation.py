@@ -8,8 +8,9 @@ steady state a report is one request; a node holds one pending report
 challenge, and asking for another replaces it. Evidence that fails
 (an old challenge, a report changed after quoting, a signature not by the
 node's AK) refuses the report; evidence that verifies is stored with the
-report as its ``Verdict``: whether the boot its event log records passes the
-measured-boot policy of the node's pool, and every reason it does not.
+report as its verdict (``fleet.attestation_verdict``): whether the boot its
+event log records passes the measured-boot policy of the node's pool, and every
+reason it does not.
 
 The driver PCR (15 by default) is explained by the applier's measurement log,
 sent whole with every report: it must replay to the quoted value or the
@@ -40,11 +41,12 @@ from pathlib import Path
 import structlog
 
 from fleet.attestation import AttestedReport, PcrSelection, ReportChallenge
-from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, DriverEvent, active_bundle
+from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
+from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, active_bundle
 from fleet.errors import GpuwardError, InvalidDocument
 from keys.ed25519 import VerifiedCache
 from server.attestation.challenges import Challenges
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.attestation.policy import BootPolicy, secure_boot
 from server.attestation.verifier import REPORT, QuoteVerifier, ReplayedLog
 from server.store import EnrolledNode, Store
@@ -97,35 +99,6 @@ class BootPolicies:
         return None if self.default is None else (DEFAULT_POLICY, self.default)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What is kept with an attested report, and shown per node."""
-
-    passed: bool  # quote and event log verified, and the policy (if any) passed
-    reset_count: int  # the TPM's count of reboots: a change means the node rebooted
-    event_log_sha256: str | None
-    policy: str | None  # the policy that judged the boot; None: not judged
-    reasons: tuple[str, ...]  # why it did not pass
-    secure_boot: bool | None = None  # as the verified log measured it; None: not measured
-    driver: DriverEvent | None = None  # the bundle the driver PCR proves active
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "passed": self.passed,
-                "reset_count": self.reset_count,
-                "event_log_sha256": self.event_log_sha256,
-                "policy": self.policy,
-                "reasons": list(self.reasons),
-                "secure_boot": self.secure_boot,
-                "driver": None
-                if self.driver is None
-                else {**self.driver.measured(), "measured_at": self.driver.measured_at},
-            },
-            sort_keys=True,
-        )
-
-
 class ReportAttestation:
     """Issues report challenges and verifies attested reports."""
 
@@ -158,7 +131,7 @@ class ReportAttestation:
             await self._store.event_log_sha256(node_id),
         )
 
-    async def next_challenge(self, node_id: str, verdict: Verdict) -> ReportChallenge:
+    async def next_challenge(self, node_id: str, verdict: AttestationVerdict) -> ReportChallenge:
         """The challenge for the node's next report, answered with the report just
         verified: it lives ``next_ttl_s``, from one report to the next. The log named
         is the one this report was verified with, which the store now holds."""
@@ -167,7 +140,7 @@ class ReportAttestation:
             verdict.event_log_sha256,
         )
 
-    async def verify(self, node: EnrolledNode, attested: AttestedReport) -> Verdict:
+    async def verify(self, node: EnrolledNode, attested: AttestedReport) -> AttestationVerdict:
         """Check ``attested`` against the node's stored AK record.
 
         Raises ``AttestationError`` or ``EventLogError`` when the evidence fails,
@@ -175,7 +148,7 @@ class ReportAttestation:
         """
         if node.tpm is None:
             raise GpuwardError(f"node {node.node_id} has no enrolled TPM")
-        tpm = TpmNode.from_dict(json.loads(node.tpm))
+        tpm = EnrolledTpm.from_dict(json.loads(node.tpm))
         sent = attested.evidence.event_log
         known: bytes | ReplayedLog | None = self._replayed_log(attested.evidence.event_log_sha256)
         if known is None and sent is None:
@@ -229,7 +202,7 @@ class ReportAttestation:
                 reasons = verdict.policy.reasons
         if reasons:
             log.warning("boot_not_attested", node=node.node_id, reasons=list(reasons))
-        return Verdict(
+        return AttestationVerdict(
             passed=verdict.passed and not driver_problems,
             reset_count=verdict.quote.reset_count,
             event_log_sha256=None if verdict.log is None else verdict.log.sha256,
@@ -238,7 +211,7 @@ class ReportAttestation:
             secure_boot=None
             if verdict.log is None
             else secure_boot(verdict.log.log, verdict.log.verified),
-            driver=driver,
+            driver=None if driver is None else AttestedDriver.of(driver),
         )
 
     def _replayed_log(self, sha256: str | None) -> ReplayedLog | None:

@@ -18,7 +18,7 @@ from aiohttp import web
 from fleet.catalog import TARGET_PATH, Catalog, default_catalog, load_catalog
 from fleet.compliance import EkCertificate, NodeFacts, SeenReport, report_document
 from keys.image_repo import ImageRepository
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.fleetview import node_state
 from server.http import ApiError, Route, Services, operator, services
 from server.report_render import CONTENT_TYPES, render
@@ -44,7 +44,7 @@ def _catalog(svc: Services) -> Catalog:
 async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
     node = status.node
     records = await svc.store.history(node.node_id, HISTORY_READ)
-    tpm = None if node.tpm is None else TpmNode.from_dict(json.loads(node.tpm))
+    tpm = None if node.tpm is None else EnrolledTpm.from_dict(json.loads(node.tpm))
     return NodeFacts(
         node_id=node.node_id,
         pool=node.pool,
@@ -58,14 +58,7 @@ async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
         else EkCertificate(
             tpm.ek_certificate_sha256, tpm.ek_certificate_subject, tpm.ek_certificate_serial
         ),
-        history=tuple(
-            SeenReport(
-                r.received_at,
-                r.report,
-                None if r.attestation is None else json.loads(r.attestation),
-            )
-            for r in records
-        ),
+        history=tuple(SeenReport(r.received_at, r.report, r.attestation) for r in records),
     )
 
 

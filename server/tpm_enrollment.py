@@ -3,7 +3,7 @@
 Credential activation needs two round trips, so enrollment is two requests:
 
 1. ``POST /v1/enroll/tpm/begin`` with the node's EK certificate, EK and AK
-   (``fleet.attestation.EnrollmentRequest``). The server checks the EK chain and
+   (``fleet.attestation.TpmEnrollmentRequest``). The server checks the EK chain and
    the AK and answers a credential only that TPM can activate, and a challenge
    for the quote that certifies the request key.
 2. ``POST /v1/enroll`` (signed by the request key, as every enrollment) with
@@ -35,14 +35,14 @@ from fleet.attestation import (
     Challenge,
     CredentialAnswer,
     CredentialChallenge,
-    EnrollmentRequest,
     PcrSelection,
     SessionKeyCertification,
+    TpmEnrollmentRequest,
 )
 from fleet.errors import InvalidDocument
-from fleet.nodeauth import EnrollmentRequest as KeyEnrollment
+from fleet.nodeauth import KeyEnrollmentRequest
 from server.attestation.challenges import Challenges
-from server.attestation.enrollment import DEFAULT_EK_TYPE, EkTrust, EnrollmentVerifier
+from server.attestation.enrollment import DEFAULT_EK_TYPE, EkTrust, TpmEnrollmentVerifier
 from server.attestation.verifier import SESSION_KEY, QuoteVerifier
 from server.nodeauth import Attestation, NodeAuthError
 
@@ -66,7 +66,7 @@ class TpmBegin:
 
 
 class TpmEnrollment:
-    """The ``EnrollmentVerifier`` of nodes with a TPM whose EK chains to ``trust``.
+    """The ``KeyEnrollmentVerifier`` of nodes with a TPM whose EK chains to ``trust``.
 
     ``required`` is the least PCR selection the certifying quote must cover;
     ``ek_type`` the one EK template accepted (``server.attestation.enrollment``).
@@ -81,17 +81,17 @@ class TpmEnrollment:
         ek_type: str = DEFAULT_EK_TYPE,
     ) -> None:
         self._challenges = challenges
-        self._enrollment = EnrollmentVerifier(trust, challenges, clock, ek_type)
+        self._enrollment = TpmEnrollmentVerifier(trust, challenges, clock, ek_type)
         self._quotes = QuoteVerifier(challenges, required)
 
-    async def begin(self, request: EnrollmentRequest) -> TpmBegin:
+    async def begin(self, request: TpmEnrollmentRequest) -> TpmBegin:
         """Raises ``AttestationError`` when the EK or AK is refused, ``ChallengesFull``
         when too many enrollments are pending."""
         credential = await self._enrollment.begin(request)
         challenge = await self._challenges.issue(request.node_id, SESSION_KEY)
         return TpmBegin(credential, challenge)
 
-    async def verify(self, request: KeyEnrollment) -> Attestation:
+    async def verify(self, request: KeyEnrollmentRequest) -> Attestation:
         try:
             answer = CredentialAnswer.from_dict(request.evidence.get("credential"))
             certification = SessionKeyCertification.from_dict(request.evidence.get("session_key"))

@@ -26,7 +26,7 @@ from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository, PublishedBundle
 from node.config import AgentConfig, ApplierSettings, DirectorSettings, SimulatedGpus
 from server.config import ServerConfig
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.simnode import ENROLLMENT_TOKEN, FakeClock, SimNode
 
 PASSPHRASE = "correct horse battery staple"

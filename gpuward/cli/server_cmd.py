@@ -89,7 +89,7 @@ def _add_options(run: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from server import config_file
-    from server.runner import run_server
+    from server.lifecycle import run_server
 
     flags = {option.name: getattr(args, option.name) for option in config_file.OPTIONS}
     run_server(config_file.load(flags, args.config))

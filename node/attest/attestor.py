@@ -35,9 +35,9 @@ from fleet.attestation import (
     Challenge,
     CredentialAnswer,
     CredentialChallenge,
-    EnrollmentRequest,
     PcrSelection,
     SessionKeyCertification,
+    TpmEnrollmentRequest,
     quote_qualifying_data,
     report_digest,
     session_key_digest,
@@ -207,9 +207,9 @@ class Attestor:
 
     # Enrollment.
 
-    def enrollment_request(self, node_id: str) -> EnrollmentRequest:
+    def enrollment_request(self, node_id: str) -> TpmEnrollmentRequest:
         with self._ek() as (_, ek_public, cert), self._ak() as (_, ak_public):
-            return EnrollmentRequest(
+            return TpmEnrollmentRequest(
                 node_id=node_id,
                 ek_certificate=cert,
                 ek_public=ek_public.marshal(),

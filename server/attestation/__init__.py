@@ -9,11 +9,11 @@ coroutines. How the HTTP API uses it (``server.tpm_enrollment``,
 Enrollment, two requests::
 
     challenges = Challenges(store)                  # any ChallengeStore; the Store is one
-    enrollment = EnrollmentVerifier(EkTrust.load(ca_paths), challenges)
-    credential = await enrollment.begin(EnrollmentRequest.from_dict(body))
+    enrollment = TpmEnrollmentVerifier(EkTrust.load(ca_paths), challenges)
+    credential = await enrollment.begin(TpmEnrollmentRequest.from_dict(body))
     #   -> credential.to_dict() to the node, which activates it
     node = await enrollment.finish(CredentialAnswer.from_dict(body))
-    #   -> store node.to_dict() under node.node_id (EnrolledNode.from_dict to load)
+    #   -> store node.to_dict() under node.node_id (EnrolledTpm.from_dict to load)
 
 Reports::
 

@@ -39,7 +39,7 @@ from fleet.attestation import (
     AttestationError,
     CredentialAnswer,
     CredentialChallenge,
-    EnrollmentRequest,
+    TpmEnrollmentRequest,
     encode_bytes,
     read_bytes,
 )
@@ -116,7 +116,7 @@ class EnrollmentError(AttestationError):
 
 
 @dataclass(frozen=True)
-class EnrolledNode:
+class EnrolledTpm:
     """What the server keeps about an enrolled node: the AK its quotes must verify with."""
 
     node_id: str
@@ -155,7 +155,7 @@ class EnrolledNode:
         }
 
     @classmethod
-    def from_dict(cls, doc: object, where: str = "enrolled node") -> EnrolledNode:
+    def from_dict(cls, doc: object, where: str = "enrolled node") -> EnrolledTpm:
         r = Reader(
             doc,
             where,
@@ -284,7 +284,7 @@ def ek_public_sha256(ek: TpmPublic) -> str:
     return hashlib.sha256(_spki(ek.key)).hexdigest()
 
 
-def ek_digests(request: EnrollmentRequest) -> tuple[str, str]:
+def ek_digests(request: TpmEnrollmentRequest) -> tuple[str, str]:
     """(certificate SHA-256, public key SHA-256) of the EK a request names, before
     anything about it is checked: what the store's binding is looked up by."""
     ek = parse_public(request.ek_public, "EK public area")
@@ -313,7 +313,7 @@ def _check_ek(ek: TpmPublic, cert: x509.Certificate, ek_type: EkType) -> None:
         )
 
 
-class EnrollmentVerifier:
+class TpmEnrollmentVerifier:
     """Two steps: ``begin`` checks a request and returns a credential challenge;
     ``finish`` checks the answer and returns the node to store."""
 
@@ -329,7 +329,7 @@ class EnrollmentVerifier:
         self._clock = clock
         self._ek_type = EK_TYPES[ek_type]
 
-    async def begin(self, request: EnrollmentRequest) -> CredentialChallenge:
+    async def begin(self, request: TpmEnrollmentRequest) -> CredentialChallenge:
         try:
             cert = x509.load_der_x509_certificate(request.ek_certificate)
         except ValueError:
@@ -341,7 +341,7 @@ class EnrollmentVerifier:
         _check_ak(ak, request.ak_name)
         secret = os.urandom(SECRET_BYTES)
         blob, encrypted_secret = make_credential(ek, secret, request.ak_name)
-        node = EnrolledNode(
+        node = EnrolledTpm(
             node_id=request.node_id,
             ak_public=request.ak_public,
             ek_certificate_sha256=hashlib.sha256(request.ek_certificate).hexdigest(),
@@ -359,7 +359,7 @@ class EnrollmentVerifier:
         log.info("attest.enroll_begin", node=request.node_id, ek=node.ek_certificate_sha256)
         return CredentialChallenge(challenge.nonce, blob, encrypted_secret, challenge.expires_at)
 
-    async def finish(self, answer: CredentialAnswer) -> EnrolledNode:
+    async def finish(self, answer: CredentialAnswer) -> EnrolledTpm:
         redeemed = await self._challenges.redeem(answer.challenge, answer.node_id, PURPOSE)
         payload = json.loads(redeemed)
         expected = bytes.fromhex(payload["secret_sha256"])
@@ -368,6 +368,6 @@ class EnrollmentVerifier:
                 "the credential was not activated by the TPM that holds this EK and AK; "
                 "enroll again from the node itself"
             )
-        node = EnrolledNode.from_dict(payload["node"])
+        node = EnrolledTpm.from_dict(payload["node"])
         log.info("attest.enrolled", node=node.node_id, ek=node.ek_certificate_sha256)
         return node

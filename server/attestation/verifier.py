@@ -35,7 +35,7 @@ from fleet.attestation import (
 from fleet.eventlog import EventLog, parse, replay
 from keys import ed25519
 from server.attestation.challenges import Challenges
-from server.attestation.enrollment import EnrolledNode
+from server.attestation.enrollment import EnrolledTpm
 from server.attestation.policy import BootPolicy, PolicyResult, evaluate
 from server.attestation.tpm import ALG_SHA256, parse_quote, parse_rsassa_signature
 
@@ -142,7 +142,7 @@ class QuoteVerifier:
 
     async def check_quote(
         self,
-        node: EnrolledNode,
+        node: EnrolledTpm,
         evidence: AttestationEvidence,
         bound_digest: bytes,
         purpose: str = REPORT,
@@ -225,7 +225,7 @@ class QuoteVerifier:
 
     async def verify_report(
         self,
-        node: EnrolledNode,
+        node: EnrolledTpm,
         attested: AttestedReport,
         known_log: bytes | ReplayedLog | None = None,
         policy: BootPolicy | None = None,
@@ -249,7 +249,7 @@ class QuoteVerifier:
         return ReportVerdict(quote, verified, judged)
 
     async def verify_session_key(
-        self, node: EnrolledNode, certification: SessionKeyCertification
+        self, node: EnrolledTpm, certification: SessionKeyCertification
     ) -> CertifiedSessionKey:
         if certification.node_id != node.node_id:
             raise QuoteError(f"a session key for {certification.node_id} sent as {node.node_id}")

@@ -2,7 +2,8 @@
 
 ``open_store(url)`` picks the backend from the URL (``sqlite:///path``, a plain
 path, or ``postgresql://...``). Both run the same queries (``server.store.sql``)
-over a small transaction interface; only connections and migrations differ.
+over a small transaction interface, and the same migrations
+(``server.store.migrations``); only connections differ.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError
 from fleet.nodeauth import MAX_SKEW_S
 from fleet.report import HealthReport
@@ -80,7 +82,7 @@ class EnrolledNode:
     attested: bool  # False in the no-TPM enrollment-token mode
     attestation: str  # how enrollment was verified, for people ("unattested", "tpm2")
     enrolled_at: int
-    # The TPM attestation key record (``server.attestation.EnrolledNode`` as JSON)
+    # The TPM attestation key record (``server.attestation.enrollment.EnrolledTpm`` as JSON)
     # that later quotes must verify with; None when no TPM vouched for the node.
     tpm: str | None = None
     # The applier measurement key (``keys.driver_key``) the node's first attested
@@ -95,14 +97,14 @@ class NodeStatus:
     last_seen: int | None  # None: enrolled, never reported
     report: HealthReport | None
     assigned: str | None  # the bundle a rollout assigned it
-    report_attestation: str | None = None  # the latest report's verdict (JSON), if attested
+    report_attestation: AttestationVerdict | None = None  # the latest report's, if attested
 
 
 @dataclass(frozen=True)
 class ReportRecord:
     received_at: int
     report: HealthReport
-    attestation: str | None = None  # the verdict (JSON) when the report was attested
+    attestation: AttestationVerdict | None = None  # the verdict, if the report was attested
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class OperatorToken:
 
 
 @dataclass(frozen=True)
-class Assignment:
+class RolloutAssignment:
     node_id: str
     target: str
     rollout_id: str
@@ -165,7 +167,7 @@ class Store(Protocol):
         received_at: int,
         remote: str,
         nonce: str,
-        attestation: str | None = None,
+        attestation: AttestationVerdict | None = None,
         public_key: bytes | None = None,
     ) -> bool:
         """Store a report (with its attestation verdict) and make it the node's latest,
@@ -240,7 +242,7 @@ class Store(Protocol):
         """
         ...
 
-    async def assignment(self, node_id: str) -> Assignment | None: ...
+    async def assignment(self, node_id: str) -> RolloutAssignment | None: ...
 
     # Attestation: shared by replicas, so any of them redeems what another issued.
 

@@ -23,15 +23,15 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.gpu import GpuSample
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
 from server.attestation.challenges import PendingChallenge
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.store import (
     REPLAY_WINDOW_S,
-    Assignment,
     Conflict,
     EkInUse,
     EnrolledNode,
@@ -40,6 +40,7 @@ from server.store import (
     RemovedNode,
     ReportRecord,
     Retention,
+    RolloutAssignment,
     RolloutChange,
     RolloutEvent,
 )
@@ -114,10 +115,17 @@ def _enrolled(row: Row) -> EnrolledNode:
     )
 
 
+def _verdict(stored: str | None, where: str) -> AttestationVerdict | None:
+    """A report's stored verdict; one that is not (the database was changed outside
+    gpuward) is refused by ``InvalidDocument`` naming ``where``."""
+    return None if stored is None else AttestationVerdict.from_json(stored, where)
+
+
 def _status(row: Row) -> NodeStatus:
     last_seen, body, target, attestation = row[8:12]
     report = None if body is None else HealthReport.from_dict(json.loads(body))
-    return NodeStatus(_enrolled(row), last_seen, report, target, attestation)
+    verdict = _verdict(attestation, f"the verdict on node {row[0]}'s latest report")
+    return NodeStatus(_enrolled(row), last_seen, report, target, verdict)
 
 
 Item = TypeVar("Item")
@@ -186,7 +194,7 @@ class _Report:
     received_at: int
     remote: str
     nonce: str
-    attestation: str | None
+    attestation: AttestationVerdict | None
     public_key: bytes | None
 
 
@@ -265,7 +273,7 @@ class SqlStore:
 
     async def enroll(self, node: EnrolledNode) -> tuple[EnrolledNode, bool]:
         """Raises ``EkInUse`` when the node's TPM is bound to another node."""
-        ek = None if node.tpm is None else TpmNode.from_dict(json.loads(node.tpm))
+        ek = None if node.tpm is None else EnrolledTpm.from_dict(json.loads(node.tpm))
         async with self.db.transaction(write=True) as tx:
             # No conflict target: the node id's and the EK's unique indexes alike.
             created = await tx.fetch(
@@ -341,7 +349,7 @@ class SqlStore:
         received_at: int,
         remote: str,
         nonce: str,
-        attestation: str | None = None,
+        attestation: AttestationVerdict | None = None,
         public_key: bytes | None = None,
     ) -> bool:
         return await self._reports.submit(
@@ -366,7 +374,7 @@ class SqlStore:
                         r.remote,
                         r.report.canonical_json.decode("ascii"),
                         r.nonce,
-                        r.attestation,
+                        None if r.attestation is None else r.attestation.to_json(),
                     )
                     for r in batch
                     if r.public_key is None or enrolled.get(r.report.node_id) == r.public_key
@@ -490,7 +498,11 @@ class SqlStore:
                 limit,
             )
         return [
-            ReportRecord(at, HealthReport.from_dict(json.loads(body)), attestation)
+            ReportRecord(
+                at,
+                HealthReport.from_dict(json.loads(body)),
+                _verdict(attestation, f"the verdict on node {node_id}'s report received at {at}"),
+            )
             for at, body, attestation in rows
         ]
 
@@ -679,14 +691,14 @@ class SqlStore:
             await _add_events(tx, rollout_id, now, transition.events)
         return after
 
-    async def assignment(self, node_id: str) -> Assignment | None:
+    async def assignment(self, node_id: str) -> RolloutAssignment | None:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(
                 "SELECT node_id, target, rollout_id, assigned_at FROM assignments "
                 "WHERE node_id = ?",
                 node_id,
             )
-        return Assignment(*rows[0]) if rows else None
+        return RolloutAssignment(*rows[0]) if rows else None
 
     # Attestation.
 

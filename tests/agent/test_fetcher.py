@@ -16,7 +16,7 @@ from tuf.ngclient import FetcherInterface, Urllib3Fetcher
 from agent.fetcher import MirrorFetcher, SignedFetcher
 from fleet.nodeauth import HEADER_SIGNATURE
 from gpuward.node import run_once
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.conftest import Site
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.identity import enroll
 from applier.measure import read_log
 from fleet.attestation import PcrSelection
+from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
 from fleet.driverlog import DRIVER, ZERO, DriverEvent, DriverLogError, encode, parse, replay
 from fleet.eventlog import parse as parse_event_log
 from fleet.schema import canonical_json
@@ -29,9 +30,9 @@ from gpuward.node import run_once
 from node.attest.attestor import Attestor
 from node.config import AgentConfig, load_config
 from server.attestation.challenges import Challenges
-from server.attestation.enrollment import EnrollmentVerifier
+from server.attestation.enrollment import TpmEnrollmentVerifier
 from server.attestation.verifier import REPORT
-from server.report_attestation import ReportAttestation, Verdict
+from server.report_attestation import ReportAttestation
 from server.store import EnrolledNode as StoredNode
 from server.store import Store
 from tests.applier.helpers import NEW, OLD, Node, attested, bundles, measured, node_with
@@ -246,7 +247,7 @@ def measured_node(
     tmp_path: Path,
     tpm: Tpm,
     challenges: Challenges,
-    enrollment: EnrollmentVerifier,
+    enrollment: TpmEnrollmentVerifier,
 ) -> Iterator[tuple[Attestor, str, Node]]:
     """A node whose applier measured OLD then NEW, enrolled with the verifier."""
     node, _ = node_with(site, tmp_path / "node", tables=attested(tpm))
@@ -264,7 +265,7 @@ def _verify(
     measured_node: tuple[Attestor, str, Node],
     log: bytes | None,
     bundle: str | None = None,
-) -> Verdict:
+) -> AttestationVerdict:
     """The server's verdict on a report quoted now, sent with ``log``."""
     attestor, record, node = measured_node
     active = node.slots.content(node.slots.active())
@@ -272,7 +273,7 @@ def _verify(
     report = dataclasses.replace(make_report(), bundle=bundle or active.target_path)
     enrolled = StoredNode("n1", b"k" * 32, "default", True, "tpm2", 1_000, record)
 
-    async def verify(store: Store) -> Verdict:
+    async def verify(store: Store) -> AttestationVerdict:
         # As a request finds it: enrolled, with the applier key pinned (or not yet).
         stored, _ = await store.enroll(enrolled)
         evidence = attestor.attest_report(report, await challenges.issue("n1", REPORT), log)
@@ -412,13 +413,13 @@ def test_an_event_the_agent_extends_is_not_attested(
     shown, claimed = verdict.reasons
     assert shown.startswith("driver log event 4 (driver): ") and reason in shown, shown
     # The active driver is the last event the applier measured, not the claim.
-    assert verdict.driver is not None and verdict.driver.same_bundle(genuine[-1])
+    assert verdict.driver == AttestedDriver.of(genuine[-1])
     assert f"names bundle {event.target_path}" in claimed and "TPM shows" in claimed
 
 
 @pytest.fixture
 def enrolled_node(
-    site: Site, tmp_path: Path, tpm: Tpm, enrollment: EnrollmentVerifier
+    site: Site, tmp_path: Path, tpm: Tpm, enrollment: TpmEnrollmentVerifier
 ) -> tuple[str, Node]:
     """A node whose applier measured OLD then NEW, enrolled; no TPM session held,
     so the tests may reboot the TPM and run the applier."""
@@ -443,7 +444,7 @@ def _report(
     enrolled: tuple[str, Node],
     log: bytes | None = None,
     bundle: str | None = None,
-) -> Verdict:
+) -> AttestationVerdict:
     """The server's verdict on a report quoted now, with ``log`` or the applier's."""
     record, node = enrolled
     sent = log if log is not None else node.config.measurement_log.read_bytes()

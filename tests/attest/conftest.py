@@ -33,7 +33,7 @@ from fleet.attestation import PcrSelection
 from node.attest.attestor import Attestor
 from node.attest.config import AttestConfig
 from server.attestation.challenges import Challenges, MemoryChallengeStore
-from server.attestation.enrollment import EkTrust, EnrolledNode, EnrollmentVerifier
+from server.attestation.enrollment import EkTrust, EnrolledTpm, TpmEnrollmentVerifier
 from server.attestation.verifier import QuoteVerifier
 from tests.conftest import Site, make_site
 
@@ -197,11 +197,13 @@ def trust() -> EkTrust:
 
 
 @pytest.fixture
-def enrollment(trust: EkTrust, challenges: Challenges, clock: Clock) -> EnrollmentVerifier:
-    return EnrollmentVerifier(trust, challenges, clock)
+def enrollment(trust: EkTrust, challenges: Challenges, clock: Clock) -> TpmEnrollmentVerifier:
+    return TpmEnrollmentVerifier(trust, challenges, clock)
 
 
-def enroll(attestor: Attestor, enrollment: EnrollmentVerifier, node_id: str = "n1") -> EnrolledNode:
+def enroll(
+    attestor: Attestor, enrollment: TpmEnrollmentVerifier, node_id: str = "n1"
+) -> EnrolledTpm:
     """The whole enrollment exchange, as the HTTP layer would relay it."""
     challenge = run(enrollment.begin(attestor.enrollment_request(node_id)))
     return run(enrollment.finish(attestor.activate(node_id, challenge)))

@@ -32,9 +32,9 @@ from node.attest.attestor import Attestor
 from server.attestation.challenges import DEFAULT_TTL_S, ChallengeError, Challenges
 from server.attestation.enrollment import (
     EkTrust,
-    EnrolledNode,
+    EnrolledTpm,
     EnrollmentError,
-    EnrollmentVerifier,
+    TpmEnrollmentVerifier,
 )
 from server.attestation.verifier import QuoteError, QuoteVerifier
 from tests.attest.conftest import LOG_DIR, Clock, Tpm, enroll, extend_log, self_signed_ca
@@ -51,7 +51,7 @@ def agent(tpm: Tpm, state_dir: Path) -> Iterator[Attestor]:
 
 
 @pytest.fixture
-def node(agent: Attestor, enrollment: EnrollmentVerifier) -> EnrolledNode:
+def node(agent: Attestor, enrollment: TpmEnrollmentVerifier) -> EnrolledTpm:
     return enroll(agent, enrollment)
 
 
@@ -61,7 +61,7 @@ def attest(agent: Attestor, challenges: Challenges) -> Callable[[], AttestedRepo
 
 
 def test_honest_report_passes(
-    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+    node: EnrolledTpm, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     verdict = run(verifier.verify_report(node, attest()))
     assert verdict.passed
@@ -69,7 +69,7 @@ def test_honest_report_passes(
 
 
 def test_replayed_quote_is_refused(
-    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+    node: EnrolledTpm, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     attested = attest()
     run(verifier.verify_report(node, attested))
@@ -78,7 +78,7 @@ def test_replayed_quote_is_refused(
 
 
 def test_nonce_never_issued_is_refused(
-    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+    node: EnrolledTpm, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     attested = attest()
     forged = dataclasses.replace(attested.evidence, nonce=bytes(32))
@@ -87,7 +87,7 @@ def test_nonce_never_issued_is_refused(
 
 
 def test_quote_for_another_nonce_is_refused(
-    node: EnrolledNode,
+    node: EnrolledTpm,
     attest: Callable[[], AttestedReport],
     verifier: QuoteVerifier,
     challenges: Challenges,
@@ -101,7 +101,7 @@ def test_quote_for_another_nonce_is_refused(
 
 
 def test_another_nodes_challenge_is_refused(
-    node: EnrolledNode,
+    node: EnrolledTpm,
     agent: Attestor,
     verifier: QuoteVerifier,
     challenges: Challenges,
@@ -112,7 +112,7 @@ def test_another_nodes_challenge_is_refused(
 
 
 def test_report_changed_after_quoting_is_refused(
-    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+    node: EnrolledTpm, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     attested = attest()
     changed = dataclasses.replace(attested.report, reason="all GPUs healthy, honest")
@@ -122,7 +122,7 @@ def test_report_changed_after_quoting_is_refused(
 
 
 def test_expired_challenge_is_refused(
-    node: EnrolledNode,
+    node: EnrolledTpm,
     attest: Callable[[], AttestedReport],
     verifier: QuoteVerifier,
     clock: Clock,
@@ -134,7 +134,7 @@ def test_expired_challenge_is_refused(
 
 
 def test_forged_pcr_value_is_refused(
-    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+    node: EnrolledTpm, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     attested = attest()
     pcrs = {bank: dict(values) for bank, values in attested.evidence.pcrs.items()}
@@ -145,7 +145,7 @@ def test_forged_pcr_value_is_refused(
 
 
 def test_quote_missing_required_pcrs_is_refused(
-    node: EnrolledNode, agent: Attestor, challenges: Challenges
+    node: EnrolledTpm, agent: Attestor, challenges: Challenges
 ) -> None:
     strict = QuoteVerifier(challenges, PcrSelection.parse("sha256:0-9,14,15"))
     attested = agent.attest_report(make_report(), run(challenges.issue("n1", "report")))
@@ -154,7 +154,7 @@ def test_quote_missing_required_pcrs_is_refused(
 
 
 def test_quote_signed_by_another_ak_is_refused(
-    node: EnrolledNode,
+    node: EnrolledTpm,
     start_tpm: Callable[..., Tpm],
     tmp_path: Path,
     challenges: Challenges,
@@ -175,7 +175,7 @@ def _with_log(attested: AttestedReport, log: bytes) -> AttestedReport:
 
 
 def test_event_log_with_one_digest_changed_is_refused(
-    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+    node: EnrolledTpm, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     data = bytearray(LOG.read_bytes())
     shim = next(e for e in parse(data).events if e.event_type == 0x80000003)
@@ -186,7 +186,7 @@ def test_event_log_with_one_digest_changed_is_refused(
 
 
 def test_event_log_with_one_event_removed_is_refused(
-    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+    node: EnrolledTpm, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     data = LOG.read_bytes()
     events = parse(data).events
@@ -210,7 +210,7 @@ def test_event_log_with_one_event_removed_is_refused(
 )
 def test_malformed_event_log_is_a_clear_error(
     damage: Callable[[bytes], bytes],
-    node: EnrolledNode,
+    node: EnrolledTpm,
     attest: Callable[[], AttestedReport],
     verifier: QuoteVerifier,
 ) -> None:
@@ -219,7 +219,7 @@ def test_malformed_event_log_is_a_clear_error(
 
 
 def test_log_named_by_digest_must_be_that_log(
-    node: EnrolledNode, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
+    node: EnrolledTpm, attest: Callable[[], AttestedReport], verifier: QuoteVerifier
 ) -> None:
     attested = attest()
     by_digest = dataclasses.replace(attested, evidence=attested.evidence.without_log())
@@ -235,7 +235,7 @@ def test_ak_of_another_tpm_cannot_be_enrolled(
     agent: Attestor,
     start_tpm: Callable[..., Tpm],
     tmp_path: Path,
-    enrollment: EnrollmentVerifier,
+    enrollment: TpmEnrollmentVerifier,
 ) -> None:
     """A genuine EK certificate, presented with an AK from another TPM: the
     credential is for the genuine TPM, which does not hold that AK; the other TPM
@@ -255,7 +255,7 @@ def test_ak_of_another_tpm_cannot_be_enrolled(
 
 
 def test_wrong_secret_is_refused_and_the_challenge_is_spent(
-    agent: Attestor, enrollment: EnrollmentVerifier
+    agent: Attestor, enrollment: TpmEnrollmentVerifier
 ) -> None:
     challenge = run(enrollment.begin(agent.enrollment_request("n1")))
     answer = agent.activate("n1", challenge)
@@ -267,7 +267,7 @@ def test_wrong_secret_is_refused_and_the_challenge_is_spent(
 
 
 def test_expired_enrollment_challenge_is_refused(
-    agent: Attestor, enrollment: EnrollmentVerifier, clock: Clock
+    agent: Attestor, enrollment: TpmEnrollmentVerifier, clock: Clock
 ) -> None:
     challenge = run(enrollment.begin(agent.enrollment_request("n1")))
     answer = agent.activate("n1", challenge)
@@ -294,7 +294,7 @@ def _rogue_ca(ek_cert: x509.Certificate) -> tuple[x509.Certificate, x509.Certifi
 
 
 def test_ek_certificate_from_an_unknown_ca_is_refused(
-    agent: Attestor, enrollment: EnrollmentVerifier, trust: EkTrust
+    agent: Attestor, enrollment: TpmEnrollmentVerifier, trust: EkTrust
 ) -> None:
     request = agent.enrollment_request("n1")
     ca, leaf = _rogue_ca(x509.load_der_x509_certificate(request.ek_certificate))
@@ -312,7 +312,7 @@ def test_ek_public_key_must_be_the_certified_one(
     agent: Attestor,
     start_tpm: Callable[..., Tpm],
     tmp_path: Path,
-    enrollment: EnrollmentVerifier,
+    enrollment: TpmEnrollmentVerifier,
 ) -> None:
     other_tpm = start_tpm("b")
     with Attestor(other_tpm.config(), tmp_path / "other") as other:
@@ -322,7 +322,7 @@ def test_ek_public_key_must_be_the_certified_one(
         run(enrollment.begin(swapped))
 
 
-def test_ak_name_must_match_the_ak(agent: Attestor, enrollment: EnrollmentVerifier) -> None:
+def test_ak_name_must_match_the_ak(agent: Attestor, enrollment: TpmEnrollmentVerifier) -> None:
     request = agent.enrollment_request("n1")
     # Flipped, not overwritten: a byte that already had the value would change nothing.
     lying = dataclasses.replace(
@@ -333,7 +333,7 @@ def test_ak_name_must_match_the_ak(agent: Attestor, enrollment: EnrollmentVerifi
 
 
 def test_expired_ek_certificate_is_refused(
-    agent: Attestor, enrollment: EnrollmentVerifier, clock: Clock
+    agent: Attestor, enrollment: TpmEnrollmentVerifier, clock: Clock
 ) -> None:
     request = agent.enrollment_request("n1")
     not_before = x509.load_der_x509_certificate(request.ek_certificate).not_valid_before_utc
@@ -346,7 +346,7 @@ def test_expired_ek_certificate_is_refused(
 
 
 def test_session_key_certified_then_used(
-    node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
+    node: EnrolledTpm, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
 ) -> None:
     key, certification = agent.certify_session_key("n1", run(challenges.issue("n1", "session-key")))
     certified = run(verifier.verify_session_key(node, certification))
@@ -357,7 +357,7 @@ def test_session_key_certified_then_used(
 
 
 def test_session_key_swapped_after_quoting_is_refused(
-    node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
+    node: EnrolledTpm, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
 ) -> None:
     _, certification = agent.certify_session_key("n1", run(challenges.issue("n1", "session-key")))
     mine = bytes(32)
@@ -366,7 +366,7 @@ def test_session_key_swapped_after_quoting_is_refused(
 
 
 def test_report_quote_cannot_certify_a_session_key(
-    node: EnrolledNode, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
+    node: EnrolledTpm, agent: Attestor, challenges: Challenges, verifier: QuoteVerifier
 ) -> None:
     """A challenge serves one purpose: a report challenge does not certify keys."""
     _, certification = agent.certify_session_key("n1", run(challenges.issue("n1", "report")))

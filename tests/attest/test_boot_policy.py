@@ -26,7 +26,7 @@ from fleet.eventlog import EV_EFI_BOOT_SERVICES_APPLICATION, parse
 from gpuward.cli import main
 from node.config import load_config
 from server.config import ServerConfig
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.attest.conftest import LOCAL_CA, LOG_DIR, Tpm, extend_log
 from tests.attest.test_end_to_end import make_report
 from tests.conftest import Site, make_site
@@ -108,7 +108,7 @@ def test_boot_judged_by_the_pool_policy(
         assert f"has digest {NEW_KERNEL.hex()}, not an allowed one" in bad["reasons"][0]
         # The failed verdict is kept with the report: its history says so too.
         history = site.server.call(lambda svc: svc.store.history("n1", 5))
-        assert [json.loads(h.attestation or "{}")["passed"] for h in history] == [False]
+        assert [h.attestation and h.attestation.passed for h in history] == [False]
 
         page = _node_page(site, "n1")
         assert "Policy: default. Last attested report: <span" in page

@@ -21,7 +21,7 @@ from fleet.eventlog import StartupLocality, parse, replay
 from fleet.report import GpuHealth, HealthReport
 from node.attest.attestor import Attestor
 from server.attestation.challenges import Challenges
-from server.attestation.enrollment import EnrollmentVerifier
+from server.attestation.enrollment import TpmEnrollmentVerifier
 from server.attestation.policy import from_eventlog
 from server.attestation.tpm import ECC_NIST_P256, parse_public
 from server.attestation.verifier import QuoteVerifier
@@ -63,7 +63,7 @@ def test_replayed_log_quoted_and_verified(
     log_path: Path,
     start_tpm: Callable[..., Tpm],
     state_dir: Path,
-    enrollment: EnrollmentVerifier,
+    enrollment: TpmEnrollmentVerifier,
     challenges: Challenges,
 ) -> None:
     # swtpm starts PCR 0 at zero: a log from a TPM started at locality 3 would
@@ -94,7 +94,7 @@ def test_replayed_log_quoted_and_verified(
 def test_tpm2_tools_accept_the_agents_quote(
     tpm: Tpm,
     state_dir: Path,
-    enrollment: EnrollmentVerifier,
+    enrollment: TpmEnrollmentVerifier,
     challenges: Challenges,
     tmp_path: Path,
 ) -> None:
@@ -142,7 +142,7 @@ def test_tpm2_tools_accept_the_agents_quote(
 
 
 def test_ak_survives_an_agent_restart(
-    tpm: Tpm, state_dir: Path, enrollment: EnrollmentVerifier, challenges: Challenges,
+    tpm: Tpm, state_dir: Path, enrollment: TpmEnrollmentVerifier, challenges: Challenges,
     verifier: QuoteVerifier,
 ) -> None:  # fmt: skip
     with Attestor(tpm.config(), state_dir) as attestor:
@@ -164,7 +164,7 @@ def _transient_and_sessions(tcti: str) -> tuple[int, int]:
 
 
 def test_no_tpm_handles_leak(
-    tpm: Tpm, state_dir: Path, enrollment: EnrollmentVerifier, challenges: Challenges,
+    tpm: Tpm, state_dir: Path, enrollment: TpmEnrollmentVerifier, challenges: Challenges,
     verifier: QuoteVerifier,
 ) -> None:  # fmt: skip
     """swtpm holds 3 transient objects and 3 sessions: every enrollment below loads

@@ -34,7 +34,7 @@ def history(site: Site) -> list[tuple[str, bool]]:
     """The node's reports, oldest first: (reason, attested and passed)."""
     records = site.server.call(lambda svc: svc.store.history("n1", 10))
     return [
-        (r.report.reason, r.attestation is not None and json.loads(r.attestation)["passed"])
+        (r.report.reason, r.attestation is not None and r.attestation.passed)
         for r in reversed(records)
     ]
 

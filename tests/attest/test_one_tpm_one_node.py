@@ -29,7 +29,7 @@ from fleet.errors import GpuwardError
 from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
 from node.attest.attestor import Attestor
 from node.config import AgentConfig, load_config
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from tests.attest.conftest import LOCAL_CA, Tpm, extend_log
 from tests.attest.test_end_to_end import make_report
 from tests.attest.test_over_http import enroll_body, reference_log, tpm_evidence
@@ -170,7 +170,7 @@ def test_moving_a_tpm_is_an_admins_removal_audited_and_taking_the_past(
 
     enrolled = site.server.call(lambda svc: svc.store.enrolled("gpu-017"))
     assert enrolled is not None and enrolled.tpm is not None
-    bound = TpmNode.from_dict(json.loads(enrolled.tpm)).ek_certificate_sha256
+    bound = EnrolledTpm.from_dict(json.loads(enrolled.tpm)).ek_certificate_sha256
 
     # The machine is to serve as gpu-018: refused until an admin removes gpu-017.
     moved = agent(site, tpm, tmp_path / "moved", "gpu-018")

@@ -29,7 +29,7 @@ from fleet.eventlog import parse
 from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER
 from node.attest.attestor import Attestor
 from node.config import AgentConfig, load_config
-from server.attestation.enrollment import EnrolledNode
+from server.attestation.enrollment import EnrolledTpm
 from tests.attest.conftest import Tpm, ek_site, extend_log, self_signed_ca
 from tests.attest.test_end_to_end import LOGS, make_report, startup_locality
 from tests.conftest import Site, make_site
@@ -104,7 +104,7 @@ def test_a_node_enrolls_with_its_tpm_and_is_shown_attested(
     assert stored is not None and stored.tpm is not None
     with Attestor(tpm.config(), config.state_dir) as attestor:
         ak_public = attestor.enrollment_request("n1").ak_public
-    assert EnrolledNode.from_dict(json.loads(stored.tpm)).ak_public == ak_public
+    assert EnrolledTpm.from_dict(json.loads(stored.tpm)).ak_public == ak_public
     public = (
         load_key(config)
         .public_key()

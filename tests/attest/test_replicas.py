@@ -18,7 +18,7 @@ import pytest
 
 from fleet.attestation import ReportChallenge
 from node.attest.attestor import Attestor
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.attest.conftest import LOCAL_CA, Tpm
 from tests.attest.test_end_to_end import make_report
 from tests.attest.test_over_http import (

@@ -9,8 +9,8 @@ import pytest
 from fleet.attestation import (
     AttestationEvidence,
     CredentialChallenge,
-    EnrollmentRequest,
     PcrSelection,
+    TpmEnrollmentRequest,
     report_digest,
 )
 from fleet.errors import InvalidDocument
@@ -77,9 +77,9 @@ def test_malformed_evidence_is_refused(change: dict[str, object], message: str) 
 
 
 def test_enrollment_messages_round_trip() -> None:
-    request = EnrollmentRequest("n1", b"cert", b"ek", b"ak", b"\x00\x0b" + bytes(32))
-    assert EnrollmentRequest.from_dict(request.to_dict()) == request
+    request = TpmEnrollmentRequest("n1", b"cert", b"ek", b"ak", b"\x00\x0b" + bytes(32))
+    assert TpmEnrollmentRequest.from_dict(request.to_dict()) == request
     with pytest.raises(InvalidDocument, match="node_id"):
-        EnrollmentRequest.from_dict({**request.to_dict(), "node_id": "../etc"})
+        TpmEnrollmentRequest.from_dict({**request.to_dict(), "node_id": "../etc"})
     challenge = CredentialChallenge(b"c" * 32, b"blob", b"secret", 5)
     assert CredentialChallenge.from_dict(challenge.to_dict()) == challenge

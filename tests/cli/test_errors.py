@@ -165,11 +165,11 @@ def test_server_takes_the_driver_pcr_from_the_command_line(
 ) -> None:
     """What the flag becomes: the runner itself is tested with a ServerConfig."""
     from gpuward.cli import main
-    from server import runner
+    from server import lifecycle
     from server.config import ServerConfig
 
     started: list[ServerConfig] = []
-    monkeypatch.setattr(runner, "run_server", started.append)
+    monkeypatch.setattr(lifecycle, "run_server", started.append)
     command = ["server", "run", "--repo", str(tmp_path), "--db", str(tmp_path / "d")]
     assert main([*command, "--driver-pcr", "16"]) == 0
     assert main(command) == 0

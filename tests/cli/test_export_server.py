@@ -21,7 +21,7 @@ from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring
 from keys.tuf_repo import TufRepository
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import GPU_NAME, Site
 

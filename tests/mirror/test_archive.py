@@ -21,7 +21,7 @@ from fleet.errors import GpuwardError
 from gpuward.node import run_once
 from server.config import ServerConfig
 from server.mirror import import_into
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
 from tests.mirror.test_mirror import assert_verifies, tree, verifier

@@ -25,7 +25,7 @@ from gpuward.cli.mirror_cmd import verified_targets
 from gpuward.node import run_once
 from server.config import ServerConfig
 from server.mirror import MANIFEST, MirrorManifest, Verifier, check_manifest
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
 from tests.simnode import ENROLLMENT_TOKEN

@@ -24,8 +24,8 @@ from keys.image_repo import ImageRepository
 from node.config import AgentConfig
 from server.config import ServerConfig
 from server.mirror import import_into
+from server.lifecycle import BackgroundServer
 from server.resigner import OnlineSigner
-from server.runner import BackgroundServer
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
 from tests.mirror.test_mirror import manifest_of, tree, verifier

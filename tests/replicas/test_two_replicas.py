@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from server.runner import BackgroundServer
+from server.lifecycle import BackgroundServer
 from tests.conftest import Site, make_site
 from tests.simnode import FakeClock, SimNode, operator_get, operator_post, report_doc
 

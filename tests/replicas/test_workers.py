@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from server.runner import WORKER_HEADER
+from server.lifecycle import WORKER_HEADER
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
 from tests.simnode import ENROLLMENT_TOKEN, SimNode, report_doc

@@ -25,10 +25,10 @@ import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.report import HealthReport
 from fleet.text import unicode_text
 from server.http import Services
-from server.report_attestation import Verdict
 from server.store import EnrolledNode
 from tests.conftest import Fleet, make_site
 from tests.dashboard.test_dashboard import chromium
@@ -194,7 +194,9 @@ def test_reports_stored_before_the_fix_still_render(fleet: Fleet) -> None:
     attestation verdict holding one, on each store backend."""
     read = HealthReport.from_dict(report_doc("old", update="failed"))
     poisoned = dataclasses.replace(read, reason="stored \ud800 reason")  # as read before
-    verdict = Verdict(False, 1, "ef" * 32, "default", ("event \udc80 refused",), secure_boot=None)
+    verdict = AttestationVerdict(
+        False, 1, "ef" * 32, "default", ("event \udc80 refused",), secure_boot=None
+    )
     now = int(fleet.clock())
 
     async def write(svc: Services) -> None:
@@ -202,7 +204,7 @@ def test_reports_stored_before_the_fix_still_render(fleet: Fleet) -> None:
             EnrolledNode(node_id="old", public_key=bytes(32), pool="default", attested=False,
                          attestation="unattested", enrolled_at=now)
         )  # fmt: skip
-        await svc.store.add_report(poisoned, now, "127.0.0.1", "n-1", verdict.to_json())
+        await svc.store.add_report(poisoned, now, "127.0.0.1", "n-1", verdict)
 
     fleet.site.server.call(write)
     server = Server(fleet, SimNode(fleet.url, "old"), fleet.token("viewer"),

@@ -18,13 +18,13 @@ import jsonschema
 import pytest
 from PIL import Image
 
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.compliance import schema_text
 from fleet.firewall import FirewallReport
 from fleet.report import HealthReport, KernelHoldReport
 from keys.report_key import key_id, load_public
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.http import Services
-from server.report_attestation import Verdict
 from server.store import EnrolledNode
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Fleet
@@ -45,7 +45,7 @@ def _viewer(fleet: Fleet, tmp_path: Path) -> tuple[str, ...]:
 def _tpm_node(
     fleet: Fleet,
     node_id: str,
-    reports: list[tuple[dict[str, Any], Verdict]],
+    reports: list[tuple[dict[str, Any], AttestationVerdict]],
     ek_sha256: str = EK_SHA256,  # each TPM's own: an EK is bound to one node
 ) -> None:
     now = int(fleet.clock())
@@ -57,7 +57,7 @@ def _tpm_node(
         attestation="tpm2",
         enrolled_at=now,
         tpm=json.dumps(
-            TpmNode(
+            EnrolledTpm(
                 node_id, b"AK public area", ek_sha256, now, "CN=EK of " + node_id, "1f2e"
             ).to_dict()
         ),
@@ -67,9 +67,7 @@ def _tpm_node(
         await svc.store.enroll(node)
         for i, (doc, verdict) in enumerate(reports):
             report = HealthReport.from_dict(doc)
-            await svc.store.add_report(
-                report, now + i, "127.0.0.1", f"{node_id}-{i}", verdict.to_json()
-            )
+            await svc.store.add_report(report, now + i, "127.0.0.1", f"{node_id}-{i}", verdict)
 
     fleet.site.server.call(write)
 
@@ -79,8 +77,10 @@ def _firewall(in_sync: bool = True) -> dict[str, Any]:
 
 
 def _mixed_fleet(fleet: Fleet) -> list[str]:
-    passed = Verdict(True, 1, "ef" * 32, "default", (), secure_boot=True)
-    failed = Verdict(False, 2, "ef" * 32, "pool secure", ("Secure Boot is not on",), False)
+    passed = AttestationVerdict(True, 1, "ef" * 32, "default", (), secure_boot=True)
+    failed = AttestationVerdict(
+        False, 2, "ef" * 32, "pool secure", ("Secure Boot is not on",), False
+    )
     held = KernelHoldReport("6.1.0-27-amd64", "apt", True, ("linux-image-6.1.0-27-amd64",), "")
     good = {**report_doc("tpm-good", driver="580.65.06"), "firewall": _firewall()}
     _tpm_node(fleet, "tpm-good", [({**good, "kernel_hold": held.to_dict()}, passed)])

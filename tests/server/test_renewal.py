@@ -22,8 +22,8 @@ from structlog.testing import capture_logs
 
 from server.config import ServerConfig
 from server.http import Services
+from server.lifecycle import BackgroundServer
 from server.renewal import FAILED, OK, OVERDUE_AFTER_S, RenewalStatus, next_delay
-from server.runner import BackgroundServer
 from server.store import open_store
 from tests.conftest import Site, make_site
 from tests.simnode import dashboard_sign_in, operator_get

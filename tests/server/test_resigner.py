@@ -43,7 +43,7 @@ def test_the_running_server_renews_an_expiring_timestamp(site: Site) -> None:
     site.publish("580.65.06")
     site.repo.sign_timestamp(expires=datetime.now(UTC) + timedelta(minutes=1))
     site.server.stop()
-    from server.runner import BackgroundServer
+    from server.lifecycle import BackgroundServer
 
     with BackgroundServer(dataclasses.replace(site.server.config, port=0)) as server:
         site.server = server

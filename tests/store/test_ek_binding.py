@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from server.attestation.enrollment import EnrolledNode as TpmNode
+from server.attestation.enrollment import EnrolledTpm
 from server.store import EkInUse, EnrolledNode, Store, open_store
 from tests.store.old_schema import old_database
 from tests.store.test_store import run
@@ -25,7 +25,9 @@ def tpm_node(
 ) -> EnrolledNode:
     """A node enrolled with the TPM ``ek`` (its certificate's and its key's digest
     made from the name; ``public`` names another key than the certificate's)."""
-    record = TpmNode(node_id, b"AK", digest(ek), 1_000, None, None, digest(public or ek + "-key"))
+    record = EnrolledTpm(
+        node_id, b"AK", digest(ek), 1_000, None, None, digest(public or ek + "-key")
+    )
     return EnrolledNode(node_id, key, "prod", True, "tpm2", 1_000, json.dumps(record.to_dict()))
 
 
@@ -101,11 +103,11 @@ def test_nodes_enrolled_before_bindings_keep_the_earliest_bound(db_url: str) -> 
     server warns of them at start) and the TPM enrolls no further id."""
     rows = []
     for i, node_id in enumerate(("gpu-017", "gpu-018", "gpu-099")):
-        record = TpmNode(node_id, b"AK", digest("tpm-a"), 1_000 + i)
+        record = EnrolledTpm(node_id, b"AK", digest("tpm-a"), 1_000 + i)
         rows.append(
             (node_id, b"k" * 32, "prod", True, "tpm2", 1_000 + i, json.dumps(record.to_dict()))
         )
-    other = TpmNode("gpu-020", b"AK", digest("tpm-b"), 1_000)
+    other = EnrolledTpm("gpu-020", b"AK", digest("tpm-b"), 1_000)
     rows.append(("gpu-020", b"l" * 32, "prod", True, "tpm2", 5, json.dumps(other.to_dict())))
     insert = (
         "INSERT INTO enrollments (node_id, public_key, pool, attested, attestation, "

@@ -9,6 +9,7 @@ import asyncio
 import time
 from dataclasses import replace
 
+from fleet.attestation_verdict import AttestationVerdict
 from fleet.report import GpuReport, NodeHealth
 from server.attestation.challenges import PendingChallenge
 from server.store import EnrolledNode, Store
@@ -31,7 +32,7 @@ def test_a_removed_nodes_past_goes_with_it(db_url: str) -> None:
         health = NodeHealth(
             "healthy", (), tuple(GpuReport(s, ()) for s in with_samples("g", 1)), ()
         )
-        passed = '{"passed": true}'
+        passed = AttestationVerdict(True, 1, None, None, ())
         for i, node_id in enumerate(("gpu-017", "gpu-017", "gpu-018")):
             sent = replace(report(node_id), health=health)
             key = OLD_KEY if node_id == "gpu-017" else b"k" * 32

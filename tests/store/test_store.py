@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import pytest
 
+from fleet.attestation_verdict import AttestationVerdict
+from fleet.errors import InvalidDocument
 from fleet.report import GpuHealth, HealthReport
 from fleet.rollout import Phase, Policy, Progress, Transition, command, new_rollout, parse_waves
 from server.store import Conflict, EnrolledNode, OperatorToken, Store, open_store
@@ -238,5 +240,28 @@ def test_rollout_lifecycle_writes_assignments_and_events(db_url: str) -> None:
         assert [r.id for r in await store.rollouts()] == ["r1"]
         assert await store.rollout("r1") == back
         assert await store.change_rollout("nope", rollback, 1, wait=True) is None
+
+    run(db_url, body)
+
+
+def test_the_verdict_kept_with_a_report_reads_back_and_a_corrupt_one_is_named(
+    db_url: str,
+) -> None:
+    verdict = AttestationVerdict(False, 4, "ef" * 32, "default", ("Secure Boot is not on",), False)
+
+    async def body(store: Store) -> None:
+        assert isinstance(store, SqlStore)
+        await store.enroll(node("n1"))
+        assert await store.add_report(report("n1"), 10, "", "a" * 32, verdict)
+        status = await store.node("n1")
+        assert status is not None and status.report_attestation == verdict
+        assert [r.attestation for r in await store.history("n1", 5)] == [verdict]
+
+        async with store.db.transaction(write=True) as tx:
+            await tx.execute("UPDATE reports SET attestation = ?", '{"passed": "yes"}')
+        with pytest.raises(InvalidDocument, match="n1's latest report: 'passed' must"):
+            await store.fleet()
+        with pytest.raises(InvalidDocument, match="n1's report received at 10: 'passed'"):
+            await store.history("n1", 5)
 
     run(db_url, body)

@@ -54,7 +54,7 @@ from server.limits import RateLimiter
 from server.nodeauth import (
     TOKEN_EVIDENCE,
     ByEvidence,
-    EnrollmentVerifier,
+    KeyEnrollmentVerifier,
     NoEnrollment,
     RequestVerifier,
     UnattestedTokenVerifier,
@@ -122,11 +122,11 @@ def _tpm(
 
 
 def _verifier(
-    config: ServerConfig, injected: EnrollmentVerifier | None, tpm: TpmEnrollment | None
-) -> EnrollmentVerifier:
+    config: ServerConfig, injected: KeyEnrollmentVerifier | None, tpm: TpmEnrollment | None
+) -> KeyEnrollmentVerifier:
     if injected is not None:
         return injected
-    verifiers: dict[str, EnrollmentVerifier] = {}
+    verifiers: dict[str, KeyEnrollmentVerifier] = {}
     if tpm is not None:
         verifiers[TPM_EVIDENCE] = tpm
     if config.unattested_enrollment_token is not None:
@@ -149,7 +149,7 @@ async def serve(
     config: ServerConfig,
     stop: asyncio.Event,
     ready: Callable[[int, Services], None] = lambda _port, _svc: None,
-    verifier: EnrollmentVerifier | None = None,
+    verifier: KeyEnrollmentVerifier | None = None,
     clock: Clock = time.time,
     worker: int | None = None,
 ) -> None:
@@ -436,7 +436,7 @@ class BackgroundServer:
     def __init__(
         self,
         config: ServerConfig,
-        verifier: EnrollmentVerifier | None = None,
+        verifier: KeyEnrollmentVerifier | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.config = config
