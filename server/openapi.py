@@ -2,9 +2,10 @@
 
 Paths, methods, security and responses come from the ``Route`` values the app
 registers, so the document lists exactly what the server serves. The component
-schemas below describe the JSON bodies; the strict readers in ``fleet`` remain
-the authority on what is accepted, and the schemathesis test checks that what
-this document allows never makes the server fail.
+schemas of wire documents come from their declarations in ``fleet`` (the same
+declaration gives the reader and ``to_dict``, ``fleet.wire``); bodies the
+handlers build with no reader are described below by hand. The schemathesis
+test checks that what this document allows never makes the server fail.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from fleet.documents import WIRE_DOCUMENTS
 from fleet.nodeauth import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
-from fleet.report import MAX_GPUS, MAX_PROBLEMS, UPDATE_OUTCOMES
 from fleet.version import VERSION
+from fleet.wire import schemas
 from server.http import Route
 
 _STR = {"type": "string"}
@@ -23,7 +25,8 @@ _INT = {"type": "integer"}
 _NULL_STR = {"type": ["string", "null"]}
 _NULL_INT = {"type": ["integer", "null"]}
 
-SCHEMAS: dict[str, Any] = {
+# Bodies the server builds in its handlers, with no reader in fleet: described here.
+_HANDLER_SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": _STR}},
     "Accepted": {
         "type": "object",
@@ -56,58 +59,6 @@ SCHEMAS: dict[str, Any] = {
             "removed": _STR,
             "reports_deleted": {"type": "integer", "minimum": 0},
             "ek_released": {"type": ["string", "null"]},
-        },
-    },
-    "GpuHealth": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["index", "name", "uuid", "healthy", "problems"],
-        "properties": {
-            "index": {"type": "integer", "minimum": 0, "maximum": MAX_GPUS},
-            "name": {"type": "string", "maxLength": 128},
-            "uuid": {"type": "string", "maxLength": 128},
-            "driver_version": {
-                "type": ["string", "null"],
-                "pattern": r"^\d{3,4}\.\d{1,3}(\.\d{1,3})?$",
-            },
-            "healthy": {"type": "boolean"},
-            "problems": {
-                "type": "array",
-                "maxItems": MAX_PROBLEMS,
-                "items": {"type": "string", "maxLength": 512},
-            },
-        },
-    },
-    "HealthReport": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["schema", "node_id", "sent_at", "update", "reason", "gpus"],
-        "properties": {
-            "schema": {"type": "integer", "enum": [1]},
-            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-            "sent_at": {"type": "integer", "minimum": 0},
-            "active_slot": {"type": ["string", "null"], "enum": ["a", "b", None]},
-            "driver_version": {"type": ["string", "null"]},
-            "bundle": {"type": ["string", "null"], "maxLength": 512},
-            "update": {"type": "string", "enum": sorted(UPDATE_OUTCOMES)},
-            "reason": {"type": "string", "maxLength": 1024},
-            "gpus": {
-                "type": "array",
-                "maxItems": MAX_GPUS,
-                "items": {"$ref": "#/components/schemas/GpuHealth"},
-            },
-            "firewall": {"type": ["object", "null"]},
-            "kernel_hold": {
-                "type": ["object", "null"],
-                "description": "fleet.report.KernelHoldReport: the hold applied after the "
-                "last commit",
-            },
-            "health": {
-                "type": "object",
-                "description": "from agents that read NVML (fleet.report.NodeHealth): status "
-                "(healthy, degraded, failed), reasons, gpus (each a sample and the rules' "
-                "findings), and the XIDs since the previous report",
-            },
         },
     },
     "EnrollmentRequest": {
@@ -358,6 +309,18 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+def _component_schemas() -> dict[str, Any]:
+    """The wire documents' schemas, from their declarations, and the handlers' bodies."""
+    declared = schemas(WIRE_DOCUMENTS)
+    twice = sorted(declared.keys() & _HANDLER_SCHEMAS.keys())
+    if twice:
+        raise TypeError(f"schemas declared by a wire document and by hand: {', '.join(twice)}")
+    return {**_HANDLER_SCHEMAS, **declared}
+
+
+SCHEMAS: dict[str, Any] = _component_schemas()
 
 SECURITY_SCHEMES = {
     "operatorToken": {
