@@ -8,9 +8,21 @@ listed here, so a new document cannot be left out of either.
 
 from __future__ import annotations
 
+from fleet.attestation import (
+    AttestationEvidence,
+    AttestedReport,
+    Challenge,
+    CredentialAnswer,
+    CredentialChallenge,
+    PcrSelection,
+    ReportChallenge,
+    SessionKeyCertification,
+)
+from fleet.attestation import EnrollmentRequest as TpmEnrollmentRequest
 from fleet.firewall import FirewallReport
 from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
 from fleet.gpu_rules import Finding
+from fleet.nodeauth import EnrollmentRequest
 from fleet.report import GpuHealth, GpuReport, HealthReport, KernelHoldReport, NodeHealth
 from fleet.wire import Wire
 
@@ -27,4 +39,14 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     XidEvent,
     Finding,
     FirewallReport,
+    EnrollmentRequest,
+    TpmEnrollmentRequest,
+    CredentialChallenge,
+    CredentialAnswer,
+    Challenge,
+    ReportChallenge,
+    SessionKeyCertification,
+    AttestedReport,
+    AttestationEvidence,
+    PcrSelection,
 )

@@ -356,7 +356,8 @@ class Ref(Kind):
         self.cls = cls
 
     def read(self, value: object, where: str, key: str | None) -> Any:
-        return self.cls.WIRE.read(value, where if key is None else f"{where}.{key}", None)
+        # Through from_dict: a document may do more there (a report makes its text Unicode).
+        return self.cls.from_dict(value, where if key is None else f"{where}.{key}")
 
     def write(self, value: Any) -> Any:
         return self.cls.WIRE.write(value)

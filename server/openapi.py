@@ -35,24 +35,6 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
             "next": {"$ref": "#/components/schemas/ReportChallenge"},
         },
     },
-    "ReportChallenge": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["challenge", "event_log_sha256"],
-        "properties": {
-            "challenge": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["schema", "nonce", "expires_at"],
-                "properties": {
-                    "schema": {"type": "integer", "const": 1},
-                    "nonce": {"type": "string", "format": "byte"},
-                    "expires_at": {"type": "integer"},
-                },
-            },
-            "event_log_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
-        },
-    },
     "Removed": {
         "type": "object",
         "properties": {
@@ -61,42 +43,14 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
             "ek_released": {"type": ["string", "null"]},
         },
     },
-    "EnrollmentRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["node_id", "public_key", "evidence"],
-        "properties": {
-            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-            "public_key": {"type": "string", "description": "raw Ed25519 public key, base64"},
-            "pool": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]{0,63}$"},
-            "evidence": {
-                "type": "object",
-                "description": "for the verifier: a TPM attestation, or in the no-TPM mode "
-                '{"type": "enrollment-token", "token": "..."}',
-            },
-        },
-    },
-    "TpmEnrollmentRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["schema", "node_id", "ek_certificate", "ek_public", "ak_public", "ak_name"],
-        "description": "fleet.attestation.EnrollmentRequest; the blobs are base64",
-        "properties": {
-            "schema": {"type": "integer", "enum": [1]},
-            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-            "ek_certificate": {"type": "string", "description": "DER, base64"},
-            "ek_public": {"type": "string", "description": "TPM2B_PUBLIC, base64"},
-            "ak_public": {"type": "string", "description": "TPM2B_PUBLIC, base64"},
-            "ak_name": {"type": "string", "description": "TPM2B_NAME contents, base64"},
-        },
-    },
     "TpmEnrollmentBegin": {
         "type": "object",
         "description": "activate the credential with the TPM, quote the challenge over the "
         "request key, and send both in POST /v1/enroll as evidence of type tpm2",
+        "required": ["credential", "session_key_challenge"],
         "properties": {
-            "credential": {"type": "object"},
-            "session_key_challenge": {"type": "object"},
+            "credential": {"$ref": "#/components/schemas/CredentialChallenge"},
+            "session_key_challenge": {"$ref": "#/components/schemas/Challenge"},
         },
     },
     "Enrollment": {
