@@ -22,8 +22,10 @@ from fleet.attestation import EnrollmentRequest as TpmEnrollmentRequest
 from fleet.firewall import FirewallReport
 from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
 from fleet.gpu_rules import Finding
+from fleet.inventory import Gpu, NodeInventory
 from fleet.nodeauth import EnrollmentRequest
 from fleet.report import GpuHealth, GpuReport, HealthReport, KernelHoldReport, NodeHealth
+from fleet.rollout import NodeState, Policy, Rollout
 from fleet.wire import Wire
 
 WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
@@ -49,4 +51,9 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     AttestedReport,
     AttestationEvidence,
     PcrSelection,
+    NodeInventory,
+    Gpu,
+    Rollout,
+    Policy,
+    NodeState,
 )

@@ -322,7 +322,8 @@ class Opaque(Kind):
 @dataclasses.dataclass(frozen=True)
 class Convert(Kind):
     """``inner`` turned into a domain value and back: ``decode`` may refuse with
-    InvalidDocument, whose message is prefixed with the field it came from.
+    InvalidDocument, whose message (naming what it checks) is prefixed with the
+    object it came from.
 
     The schema cannot say everything ``decode`` checks, so ``examples`` (JSON
     values it accepts) are published with it, and the wire tests draw from them.
@@ -339,7 +340,7 @@ class Convert(Kind):
         try:
             return self.decode(raw)
         except InvalidDocument as exc:
-            raise InvalidDocument(f"{_name(where, key)} {exc}") from None
+            raise InvalidDocument(f"{where}: {exc}") from None
 
     def write(self, value: Any) -> Any:
         return self.inner.write(self.encode(value))
@@ -475,7 +476,8 @@ class Document(Kind):
         try:
             return self._owner()(**values)
         except InvalidDocument as exc:
-            raise InvalidDocument(f"{where}: {exc}") from None
+            # The dataclass names itself as a top-level document; say where it is.
+            raise InvalidDocument(f"{where}: {str(exc).removeprefix(self.where + ': ')}") from None
 
     def write(self, value: Any) -> dict[str, Any]:
         doc: dict[str, Any] = {} if self.version is None else {"schema": self.version}

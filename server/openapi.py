@@ -16,6 +16,7 @@ from typing import Any
 
 from fleet.documents import WIRE_DOCUMENTS
 from fleet.nodeauth import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from fleet.rollout import Rollout
 from fleet.version import VERSION
 from fleet.wire import schemas
 from server.http import Route
@@ -217,16 +218,6 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
             }
         },
     },
-    "Policy": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "waves": {"type": "string", "description": "cumulative sizes, e.g. 1,5%,25%,100%"},
-            "max_unavailable": {"type": "integer", "minimum": 1},
-            "soak_s": {"type": "integer", "minimum": 0},
-            "max_failures": {"type": "integer", "minimum": 0},
-        },
-    },
     "RolloutRequest": {
         "type": "object",
         "additionalProperties": False,
@@ -238,24 +229,6 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
             "policy": {"$ref": "#/components/schemas/Policy"},
         },
     },
-    "Rollout": {
-        "type": "object",
-        "properties": {
-            "id": _STR,
-            "pool": _STR,
-            "target": _STR,
-            "target_driver": _NULL_STR,
-            "phase": {
-                "type": "string",
-                "enum": ["running", "paused", "halted", "completed", "aborted", "rolled-back"],
-            },
-            "wave": _INT,
-            "policy": {"$ref": "#/components/schemas/Policy"},
-            "waves": {"type": "array", "items": {"type": "object"}},
-            "nodes": {"type": "array", "items": {"type": "object"}},
-            "events": {"type": "array", "items": {"type": "object"}},
-        },
-    },
     "Rollouts": {
         "type": "object",
         "properties": {
@@ -265,13 +238,42 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
 }
 
 
+def _rollout() -> dict[str, Any]:
+    """What the rollout routes answer: the stored rollout (its declaration), with
+    counts per wave, and its events where one rollout is asked for."""
+    record = Rollout.WIRE.schema()
+    return {
+        **record,
+        "required": [*record["required"], "waves"],
+        "properties": {
+            **record["properties"],
+            "waves": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "wave": _INT,
+                        "nodes": _INT,
+                        **{p: _INT for p in ("pending", "assigned", "done", "failed")},
+                    },
+                },
+            },
+            "events": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"at": _INT, "event": _STR}},
+            },
+        },
+    }
+
+
 def _component_schemas() -> dict[str, Any]:
     """The wire documents' schemas, from their declarations, and the handlers' bodies."""
     declared = schemas(WIRE_DOCUMENTS)
-    twice = sorted(declared.keys() & _HANDLER_SCHEMAS.keys())
+    handlers = {**_HANDLER_SCHEMAS, "Rollout": _rollout()}
+    twice = sorted(declared.keys() & handlers.keys())
     if twice:
         raise TypeError(f"schemas declared by a wire document and by hand: {', '.join(twice)}")
-    return {**_HANDLER_SCHEMAS, **declared}
+    return {**handlers, **declared}
 
 
 SCHEMAS: dict[str, Any] = _component_schemas()
