@@ -188,7 +188,7 @@ class PcrSelection(Wire):
             len(BANKS),
             min_items=1,
         ),
-        decode=lambda banks: _selection(banks),
+        decode=_selection,
         encode=lambda selection: dict(selection.banks),
         examples=({"sha256": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14]}, {"sha1": [7], "sha256": [0, 1]}),
         description="the PCRs a quote covers: bank -> PCR numbers, each list increasing",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import builtins
 import dataclasses
 import enum
 import re
@@ -534,13 +533,13 @@ class Wire:
         assert isinstance(value, cls)
         return value
 
-    def to_dict(self) -> builtins.dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         doc = type(self).WIRE.write(self)
         assert isinstance(doc, dict)  # every wire document is a JSON object
         return doc
 
 
-def schemas(documents: Iterable[type[Wire]]) -> builtins.dict[str, Any]:
+def schemas(documents: Iterable[type[Wire]]) -> dict[str, Any]:
     """The component schemas of ``documents``, by component name."""
     found: dict[str, Any] = {}
     for cls in documents:
