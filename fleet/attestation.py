@@ -25,17 +25,29 @@ a quote binds.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, cast
 
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.eventlog import KNOWN_ALGORITHMS, MAX_LOG_BYTES, PCR_COUNT
 from fleet.report import NODE_ID, HealthReport
 from fleet.schema import Reader
+from fleet.wire import (
+    Bytes,
+    Convert,
+    Document,
+    Field,
+    Integer,
+    ListOf,
+    MapOf,
+    Nullable,
+    Ref,
+    Text,
+    Wire,
+    optional,
+)
 
 SCHEMA_VERSION = 1
 NONCE_BYTES = 32  # server challenges; SHA-256 sized, as TPM2B_DATA of a SHA-256 AK allows
@@ -75,20 +87,44 @@ def encode_bytes(data: bytes) -> str:
 
 def read_bytes(r: Reader, key: str, *, max_bytes: int, exact: int | None = None) -> bytes:
     """A base64 field, decoded strictly and bounded before decoding."""
-    text = r.text(key, max_len=4 * ((max_bytes + 2) // 3))
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidDocument(f"{r.where}: {key!r} is not valid base64") from None
-    if exact is not None and len(data) != exact:
-        raise InvalidDocument(f"{r.where}: {key!r} must be {exact} bytes, not {len(data)}")
-    if len(data) > max_bytes:
-        raise InvalidDocument(f"{r.where}: {key!r} is longer than {max_bytes} bytes")
+    data: bytes = Bytes(max_bytes, exact).read(r.raw(key), r.where, key)
     return data
 
 
+_NODE_ID = Text(max_len=128, pattern=NODE_ID)
+_NONCE = Bytes(NONCE_BYTES, exact=NONCE_BYTES)
+_SHA256 = Text(max_len=64, pattern=_SHA256_HEX)
+_BANK = Text(choices=frozenset(BANKS))
+_PCR_NUMBERS = frozenset(map(str, range(PCR_COUNT)))
+# A PCR value in hex, as long as some bank's digest; __post_init__ checks it is its bank's.
+_PCR_HEX = re.compile(
+    "|".join(f"[0-9a-f]{{{2 * size}}}" for size in sorted({s for _, s in BANKS.values()}))
+)
+
+
+def _selection(banks: Mapping[str, tuple[int, ...]]) -> PcrSelection:
+    selection = PcrSelection.of(banks)
+    if selection.to_dict() != {bank: list(pcrs) for bank, pcrs in banks.items()}:
+        raise InvalidDocument("list each bank's PCRs once, in increasing order")
+    return selection
+
+
+def _pcr_values(doc: Mapping[str, Mapping[str, str]]) -> dict[str, dict[int, bytes]]:
+    return {
+        bank: {int(pcr): bytes.fromhex(value) for pcr, value in values.items()}
+        for bank, values in doc.items()
+    }
+
+
+def _pcr_texts(pcrs: Mapping[str, Mapping[int, bytes]]) -> dict[str, dict[str, str]]:
+    return {
+        bank: {str(pcr): value.hex() for pcr, value in sorted(values.items())}
+        for bank, values in pcrs.items()
+    }
+
+
 @dataclass(frozen=True)
-class PcrSelection:
+class PcrSelection(Wire):
     """Which PCRs of which banks a quote covers, banks in TPM_ALG_ID order.
 
     That order is also the order of the quote's TPML_PCR_SELECTION and of the PCR
@@ -145,28 +181,22 @@ class PcrSelection:
         mine = dict(self.banks)
         return all(set(pcrs) <= set(mine.get(bank, ())) for bank, pcrs in other.banks)
 
-    def to_dict(self) -> dict[str, list[int]]:
-        return {bank: list(pcrs) for bank, pcrs in self.banks}
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str) -> PcrSelection:
-        r = Reader(doc, where, allowed=frozenset(BANKS))
-        if not isinstance(doc, Mapping) or not doc:
-            raise InvalidDocument(f"{where}: select at least one bank")
-        banks: dict[str, list[int]] = {}
-        for bank in doc:
-            pcrs = r.items(bank, max_items=PCR_COUNT)
-            if not all(isinstance(p, int) and not isinstance(p, bool) for p in pcrs):
-                raise InvalidDocument(f"{where}: {bank} must list PCR numbers")
-            banks[bank] = pcrs
-        selection = cls.of(banks)
-        if selection.to_dict() != banks:
-            raise InvalidDocument(f"{where}: list each bank's PCRs once, in increasing order")
-        return selection
+    WIRE = Convert(
+        MapOf(
+            _BANK,
+            ListOf(Integer(maximum=PCR_COUNT - 1), PCR_COUNT, min_items=1),
+            len(BANKS),
+            min_items=1,
+        ),
+        decode=_selection,
+        encode=lambda selection: dict(selection.banks),
+        examples=({"sha256": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14]}, {"sha1": [7], "sha256": [0, 1]}),
+        description="the PCRs a quote covers: bank -> PCR numbers, each list increasing",
+    )
 
 
 @dataclass(frozen=True)
-class TpmEnrollmentRequest:
+class TpmEnrollmentRequest(Wire):
     """A node's first message: who it is and the keys of its TPM."""
 
     node_id: str
@@ -175,37 +205,20 @@ class TpmEnrollmentRequest:
     ak_public: bytes  # TPM2B_PUBLIC
     ak_name: bytes  # TPM2B_NAME contents: nameAlg || H(TPMT_PUBLIC)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "node_id": self.node_id,
-            "ek_certificate": encode_bytes(self.ek_certificate),
-            "ek_public": encode_bytes(self.ek_public),
-            "ak_public": encode_bytes(self.ak_public),
-            "ak_name": encode_bytes(self.ak_name),
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "enrollment request") -> TpmEnrollmentRequest:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset(
-                {"schema", "node_id", "ek_certificate", "ek_public", "ak_public", "ak_name"}
-            ),
-        )
-        _schema(r)
-        return cls(
-            node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
-            ek_certificate=read_bytes(r, "ek_certificate", max_bytes=MAX_CERT_BYTES),
-            ek_public=read_bytes(r, "ek_public", max_bytes=MAX_TPM_BLOB_BYTES),
-            ak_public=read_bytes(r, "ak_public", max_bytes=MAX_TPM_BLOB_BYTES),
-            ak_name=read_bytes(r, "ak_name", max_bytes=MAX_NAME_BYTES),
-        )
+    WIRE = Document(
+        Field("node_id", _NODE_ID),
+        Field("ek_certificate", Bytes(MAX_CERT_BYTES, description="DER")),
+        Field("ek_public", Bytes(MAX_TPM_BLOB_BYTES, description="TPM2B_PUBLIC")),
+        Field("ak_public", Bytes(MAX_TPM_BLOB_BYTES, description="TPM2B_PUBLIC")),
+        Field("ak_name", Bytes(MAX_NAME_BYTES, description="TPM2B_NAME contents")),
+        name="TpmEnrollmentRequest",
+        where="enrollment request",
+        version=SCHEMA_VERSION,
+    )
 
 
 @dataclass(frozen=True)
-class CredentialChallenge:
+class CredentialChallenge(Wire):
     """The server's answer to an enrollment request: TPM2_MakeCredential output.
 
     ``challenge`` names the pending enrollment; the node returns it with the secret.
@@ -216,86 +229,50 @@ class CredentialChallenge:
     encrypted_secret: bytes  # TPM2B_ENCRYPTED_SECRET
     expires_at: int  # seconds since the epoch
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "challenge": encode_bytes(self.challenge),
-            "credential_blob": encode_bytes(self.credential_blob),
-            "encrypted_secret": encode_bytes(self.encrypted_secret),
-            "expires_at": self.expires_at,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "credential challenge") -> CredentialChallenge:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset(
-                {"schema", "challenge", "credential_blob", "encrypted_secret", "expires_at"}
-            ),
-        )
-        _schema(r)
-        return cls(
-            challenge=read_bytes(r, "challenge", max_bytes=NONCE_BYTES, exact=NONCE_BYTES),
-            credential_blob=read_bytes(r, "credential_blob", max_bytes=MAX_TPM_BLOB_BYTES),
-            encrypted_secret=read_bytes(r, "encrypted_secret", max_bytes=MAX_TPM_BLOB_BYTES),
-            expires_at=r.integer("expires_at"),
-        )
+    WIRE = Document(
+        Field("challenge", _NONCE),
+        Field("credential_blob", Bytes(MAX_TPM_BLOB_BYTES, description="TPM2B_ID_OBJECT")),
+        Field("encrypted_secret", Bytes(MAX_TPM_BLOB_BYTES, description="TPM2B_ENCRYPTED_SECRET")),
+        Field("expires_at", Integer(), description="seconds since the epoch"),
+        where="credential challenge",
+        version=SCHEMA_VERSION,
+    )
 
 
 @dataclass(frozen=True)
-class CredentialAnswer:
+class CredentialAnswer(Wire):
     """The secret TPM2_ActivateCredential recovered, for the named challenge."""
 
     node_id: str
     challenge: bytes
     secret: bytes
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "node_id": self.node_id,
-            "challenge": encode_bytes(self.challenge),
-            "secret": encode_bytes(self.secret),
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "credential answer") -> CredentialAnswer:
-        r = Reader(doc, where, allowed=frozenset({"schema", "node_id", "challenge", "secret"}))
-        _schema(r)
-        return cls(
-            node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
-            challenge=read_bytes(r, "challenge", max_bytes=NONCE_BYTES, exact=NONCE_BYTES),
-            secret=read_bytes(r, "secret", max_bytes=64),
-        )
+    WIRE = Document(
+        Field("node_id", _NODE_ID),
+        Field("challenge", _NONCE),
+        Field("secret", Bytes(64)),
+        where="credential answer",
+        version=SCHEMA_VERSION,
+    )
 
 
 @dataclass(frozen=True)
-class Challenge:
+class Challenge(Wire):
     """A single-use server nonce for the next quote, and when it stops being accepted."""
 
     nonce: bytes
     expires_at: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "nonce": encode_bytes(self.nonce),
-            "expires_at": self.expires_at,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "challenge") -> Challenge:
-        r = Reader(doc, where, allowed=frozenset({"schema", "nonce", "expires_at"}))
-        _schema(r)
-        return cls(
-            nonce=read_bytes(r, "nonce", max_bytes=NONCE_BYTES, exact=NONCE_BYTES),
-            expires_at=r.integer("expires_at"),
-        )
+    WIRE = Document(
+        Field("nonce", _NONCE),
+        Field("expires_at", Integer(), description="seconds since the epoch"),
+        where="challenge",
+        version=SCHEMA_VERSION,
+    )
 
 
 @dataclass(frozen=True)
-class ReportChallenge:
+class ReportChallenge(Wire):
     """What a TPM-enrolled node quotes its next report over: the challenge, and the
     digest of the event log the server holds for it (None: none), so the node sends
     its log only when the server's differs.
@@ -307,20 +284,15 @@ class ReportChallenge:
     challenge: Challenge
     event_log_sha256: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"challenge": self.challenge.to_dict(), "event_log_sha256": self.event_log_sha256}
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "report challenge") -> ReportChallenge:
-        r = Reader(doc, where, allowed=frozenset({"challenge", "event_log_sha256"}))
-        return cls(
-            Challenge.from_dict(r.raw("challenge"), f"{where}: challenge"),
-            r.nullable_text("event_log_sha256", pattern=_SHA256_HEX),
-        )
+    WIRE = Document(
+        Field("challenge", Ref(Challenge)),
+        Field("event_log_sha256", Nullable(_SHA256)),
+        where="report challenge",
+    )
 
 
 @dataclass(frozen=True)
-class AttestationEvidence:
+class AttestationEvidence(Wire):
     """One quote and what explains it.
 
     ``pcrs`` holds the value of every selected PCR (bank -> PCR -> value); the
@@ -362,80 +334,35 @@ class AttestationEvidence:
         """The same evidence naming its log by digest only."""
         return replace(self, event_log=None)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "nonce": encode_bytes(self.nonce),
-            "quote": encode_bytes(self.quote),
-            "signature": encode_bytes(self.signature),
-            "selection": self.selection.to_dict(),
-            "pcrs": {
-                bank: {str(pcr): value.hex() for pcr, value in sorted(values.items())}
-                for bank, values in self.pcrs.items()
-            },
-            "event_log": None if self.event_log is None else encode_bytes(self.event_log),
-            "event_log_sha256": self.event_log_sha256,
-            "driver_log": None if self.driver_log is None else encode_bytes(self.driver_log),
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "evidence") -> AttestationEvidence:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset(
-                {
-                    "schema",
-                    "nonce",
-                    "quote",
-                    "signature",
-                    "selection",
-                    "pcrs",
-                    "event_log",
-                    "event_log_sha256",
-                    "driver_log",
-                }
+    WIRE = Document(
+        Field("nonce", _NONCE),
+        Field("quote", Bytes(MAX_TPM_BLOB_BYTES, description="TPMS_ATTEST")),
+        Field("signature", Bytes(MAX_TPM_BLOB_BYTES, description="TPMT_SIGNATURE")),
+        Field("selection", Ref(PcrSelection)),
+        Field(
+            "pcrs",
+            Convert(
+                MapOf(
+                    _BANK,
+                    MapOf(Text(choices=_PCR_NUMBERS), Text(pattern=_PCR_HEX), PCR_COUNT),
+                    len(BANKS),
+                ),
+                decode=_pcr_values,
+                encode=_pcr_texts,
+                examples=({"sha256": {"0": "00" * 32}},),
+                description="bank -> PCR number -> value in hex: every selected PCR",
             ),
-        )
-        _schema(r)
-        selection = PcrSelection.from_dict(r.raw("selection"), f"{where}.selection")
-        log = None
-        if r.raw("event_log") is not None:
-            log = read_bytes(r, "event_log", max_bytes=MAX_LOG_BYTES)
-        driver_log = None
-        if cast(Mapping[str, Any], doc).get("driver_log") is not None:  # Reader checked doc
-            driver_log = read_bytes(r, "driver_log", max_bytes=MAX_DRIVER_LOG_BYTES)
-        return cls(
-            nonce=read_bytes(r, "nonce", max_bytes=NONCE_BYTES, exact=NONCE_BYTES),
-            quote=read_bytes(r, "quote", max_bytes=MAX_TPM_BLOB_BYTES),
-            signature=read_bytes(r, "signature", max_bytes=MAX_TPM_BLOB_BYTES),
-            selection=selection,
-            pcrs=_pcr_values(r.raw("pcrs"), f"{where}.pcrs"),
-            event_log=log,
-            event_log_sha256=r.nullable_text("event_log_sha256", pattern=_SHA256_HEX),
-            driver_log=driver_log,
-        )
-
-
-_PCR_NUMBERS = frozenset(map(str, range(PCR_COUNT)))
-
-
-def _pcr_values(doc: object, where: str) -> dict[str, dict[int, bytes]]:
-    Reader(doc, where, allowed=frozenset(BANKS))
-    values: dict[str, dict[int, bytes]] = {}
-    for bank, bank_doc in cast(Mapping[str, object], doc).items():  # Reader checked it
-        size = BANKS[bank][1]
-        hexes = Reader(bank_doc, f"{where}.{bank}", allowed=_PCR_NUMBERS)
-        pattern = re.compile(f"[0-9a-f]{{{2 * size}}}")
-        values[bank] = {
-            int(pcr): bytes.fromhex(hexes.text(pcr, max_len=2 * size, pattern=pattern))
-            for pcr in cast(Mapping[str, object], bank_doc)
-        }
-    return values
+        ),
+        Field("event_log", Nullable(Bytes(MAX_LOG_BYTES))),
+        Field("event_log_sha256", Nullable(_SHA256)),
+        optional("driver_log", Bytes(MAX_DRIVER_LOG_BYTES)),
+        where="evidence",
+        version=SCHEMA_VERSION,
+    )
 
 
 @dataclass(frozen=True)
-class SessionKeyCertification:
+class SessionKeyCertification(Wire):
     """An Ed25519 public key vouched for by a quote whose qualifying data is
     ``quote_qualifying_data(challenge, session_key_digest(public_key))``.
 
@@ -447,29 +374,17 @@ class SessionKeyCertification:
     public_key: bytes  # raw Ed25519 public key, 32 bytes
     evidence: AttestationEvidence
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "node_id": self.node_id,
-            "public_key": encode_bytes(self.public_key),
-            "evidence": self.evidence.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(
-        cls, doc: object, where: str = "session key certification"
-    ) -> SessionKeyCertification:
-        r = Reader(doc, where, allowed=frozenset({"schema", "node_id", "public_key", "evidence"}))
-        _schema(r)
-        return cls(
-            node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
-            public_key=read_bytes(r, "public_key", max_bytes=32, exact=32),
-            evidence=AttestationEvidence.from_dict(r.raw("evidence"), f"{where}.evidence"),
-        )
+    WIRE = Document(
+        Field("node_id", _NODE_ID),
+        Field("public_key", Bytes(32, exact=32, description="raw Ed25519 public key")),
+        Field("evidence", Ref(AttestationEvidence)),
+        where="session key certification",
+        version=SCHEMA_VERSION,
+    )
 
 
 @dataclass(frozen=True)
-class AttestedReport:
+class AttestedReport(Wire):
     """A health report and the quote that binds it: what an agent posts each cycle."""
 
     report: HealthReport
@@ -479,26 +394,12 @@ class AttestedReport:
     def digest(self) -> bytes:
         return report_digest(self.report)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "report": self.report.to_dict(),
-            "evidence": self.evidence.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "attested report") -> AttestedReport:
-        r = Reader(doc, where, allowed=frozenset({"schema", "report", "evidence"}))
-        _schema(r)
-        return cls(
-            report=HealthReport.from_dict(r.raw("report"), f"{where}.report"),
-            evidence=AttestationEvidence.from_dict(r.raw("evidence"), f"{where}.evidence"),
-        )
-
-
-def _schema(r: Reader) -> None:
-    if r.integer("schema") != SCHEMA_VERSION:
-        raise InvalidDocument(f"{r.where}: unsupported schema version; upgrade gpuward")
+    WIRE = Document(
+        Field("report", Ref(HealthReport)),
+        Field("evidence", Ref(AttestationEvidence)),
+        where="attested report",
+        version=SCHEMA_VERSION,
+    )
 
 
 class AttestationError(GpuwardError):

@@ -17,11 +17,21 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from fleet.driverlog import DRIVER, MAX_EVENTS, MAX_PCR, DriverEvent
 from fleet.errors import InvalidDocument
-from fleet.schema import Reader
+from fleet.wire import (
+    Boolean,
+    Document,
+    Field,
+    Integer,
+    ListOf,
+    Nullable,
+    Ref,
+    Text,
+    Wire,
+    optional,
+)
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DRIVER_VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
@@ -33,7 +43,7 @@ MAX_REASONS = 100_000 + 64
 
 
 @dataclass(frozen=True)
-class AttestedDriver:
+class AttestedDriver(Wire):
     """The driver bundle the driver PCR proves active: the applier's measurement of
     it, as replayed from the node's driver log."""
 
@@ -44,6 +54,22 @@ class AttestedDriver:
     sha256: str  # the bundle's, as signed in the TUF metadata
     driver_version: str
     measured_at: int  # seconds since the epoch
+
+    @property
+    def kind(self) -> str:
+        return DRIVER
+
+    WIRE = Document(
+        Field("kind", Text(choices=frozenset({DRIVER})), derived=True),
+        Field("pcr", Integer(maximum=MAX_PCR)),
+        Field("seq", Integer(maximum=MAX_EVENTS), description="its number in its boot's log"),
+        Field("reset_count", Integer(maximum=2**32 - 1), description="the boot that measured it"),
+        Field("target_path", Text(max_len=512)),
+        Field("sha256", Text(max_len=64, pattern=_SHA256_HEX)),
+        Field("driver_version", Text(max_len=16, pattern=_DRIVER_VERSION)),
+        Field("measured_at", Integer(), description="seconds since the epoch"),
+        where="attested driver",
+    )
 
     @classmethod
     def of(cls, event: DriverEvent) -> AttestedDriver:
@@ -57,51 +83,10 @@ class AttestedDriver:
             event.measured_at,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": DRIVER,
-            "pcr": self.pcr,
-            "seq": self.seq,
-            "reset_count": self.reset_count,
-            "target_path": self.target_path,
-            "sha256": self.sha256,
-            "driver_version": self.driver_version,
-            "measured_at": self.measured_at,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str) -> AttestedDriver:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset(
-                {
-                    "kind",
-                    "pcr",
-                    "seq",
-                    "reset_count",
-                    "target_path",
-                    "sha256",
-                    "driver_version",
-                    "measured_at",
-                }
-            ),
-        )
-        r.text("kind", choices=frozenset({DRIVER}))
-        return cls(
-            pcr=r.integer("pcr", maximum=MAX_PCR),
-            seq=r.integer("seq", maximum=MAX_EVENTS),
-            reset_count=r.integer("reset_count", maximum=2**32 - 1),
-            target_path=r.text("target_path", max_len=512),
-            sha256=r.text("sha256", pattern=_SHA256_HEX, max_len=64),
-            driver_version=r.text("driver_version", pattern=_DRIVER_VERSION, max_len=16),
-            measured_at=r.integer("measured_at"),
-        )
-
 
 @dataclass(frozen=True)
-class AttestationVerdict:
-    """What is kept with an attested report, and shown per node."""
+class AttestationVerdict(Wire):
+    """The server's verdict on a node's latest attested report."""
 
     passed: bool  # quote and event log verified, and the policy (if any) passed
     reset_count: int  # the TPM's count of reboots: a change means the node rebooted
@@ -111,48 +96,24 @@ class AttestationVerdict:
     secure_boot: bool | None = None  # as the verified log measured it; None: not measured
     driver: AttestedDriver | None = None  # the bundle the driver PCR proves active
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "reset_count": self.reset_count,
-            "event_log_sha256": self.event_log_sha256,
-            "policy": self.policy,
-            "reasons": list(self.reasons),
-            "secure_boot": self.secure_boot,
-            "driver": None if self.driver is None else self.driver.to_dict(),
-        }
+    WIRE = Document(
+        Field("passed", Boolean(), description="quote and log verified, and the policy passed"),
+        Field("reset_count", Integer(maximum=2**32 - 1), description="the TPM's reboot count"),
+        Field("event_log_sha256", Nullable(Text(max_len=64, pattern=_SHA256_HEX))),
+        optional("policy", Text(max_len=128), "the policy that judged the boot; null: none"),
+        Field("reasons", ListOf(Text(max_len=MAX_REASON), MAX_REASONS)),
+        optional("secure_boot", Boolean(), "as the verified log measured it; null: not measured"),
+        optional(
+            "driver",
+            Ref(AttestedDriver),
+            "the bundle the driver PCR proves active; null: none measured since boot",
+        ),
+        where="attestation verdict",
+    )
 
     def to_json(self) -> str:
         """The form the store keeps."""
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str) -> AttestationVerdict:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset(
-                {
-                    "passed",
-                    "reset_count",
-                    "event_log_sha256",
-                    "policy",
-                    "reasons",
-                    "secure_boot",
-                    "driver",
-                }
-            ),
-        )
-        driver = r.optional_raw("driver")
-        return cls(
-            passed=r.boolean("passed"),
-            reset_count=r.integer("reset_count", maximum=2**32 - 1),
-            event_log_sha256=r.nullable_text("event_log_sha256", pattern=_SHA256_HEX),
-            policy=r.optional_text("policy", max_len=128),
-            reasons=_reasons(r),
-            secure_boot=r.optional_boolean("secure_boot"),
-            driver=None if driver is None else AttestedDriver.from_dict(driver, f"{where}.driver"),
-        )
 
     @classmethod
     def from_json(cls, text: str, where: str) -> AttestationVerdict:
@@ -163,12 +124,3 @@ class AttestationVerdict:
         except ValueError as exc:
             raise InvalidDocument(f"{where}: not JSON ({exc})") from None
         return cls.from_dict(doc, where)
-
-
-def _reasons(r: Reader) -> tuple[str, ...]:
-    reasons = r.items("reasons", max_items=MAX_REASONS)
-    if not all(isinstance(reason, str) and len(reason) <= MAX_REASON for reason in reasons):
-        raise InvalidDocument(
-            f"{r.where}: 'reasons' must list strings of at most {MAX_REASON} characters"
-        )
-    return tuple(reasons)

@@ -9,12 +9,10 @@ strict and bounded like the rest of the report.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
 
 from fleet.errors import InvalidDocument
-from fleet.schema import Reader
+from fleet.wire import Boolean, Document, Field, Integer, ListOf, Text, Wire, optional
 
 FIREWALL_MODES = frozenset({"host", "nvidia-apps"})
 FIREWALL_ACTIONS = frozenset(
@@ -31,7 +29,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
-class FirewallReport:
+class FirewallReport(Wire):
+    """Which outbound ruleset the node enforces, and what the agent did about drift."""
+
     mode: str
     digest: str | None  # SHA-256 of the live table after the cycle; None when there is none
     in_sync: bool  # the live table matches the policy
@@ -47,43 +47,14 @@ class FirewallReport:
         if self.action not in FIREWALL_ACTIONS:
             raise InvalidDocument(f"firewall: unknown action {self.action!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "digest": self.digest,
-            "in_sync": self.in_sync,
-            "action": self.action,
-            "drift": list(self.drift),
-            "notes": list(self.notes),
-            "error": self.error,
-            "checked_at": self.checked_at,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "firewall") -> FirewallReport:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset(
-                {"mode", "digest", "in_sync", "action", "drift", "notes", "error", "checked_at"}
-            ),
-        )
-
-        def lines(key: str) -> tuple[str, ...]:
-            items = r.items(key, max_items=MAX_LINES)
-            if not all(isinstance(i, str) and len(i) <= 1024 for i in items):
-                raise InvalidDocument(f"{where}: {key} must be short strings")
-            return tuple(items)
-
-        return cls(
-            mode=r.text("mode", choices=FIREWALL_MODES),
-            digest=r.optional_text("digest", max_len=64, pattern=_SHA256),
-            in_sync=r.boolean("in_sync"),
-            action=r.text("action", choices=FIREWALL_ACTIONS),
-            drift=lines("drift"),
-            notes=lines("notes"),
-            error=r.optional_text("error", max_len=1024),
-            checked_at=None
-            if cast(Mapping[str, Any], doc).get("checked_at") is None  # Reader: a mapping
-            else r.integer("checked_at"),
-        )
+    WIRE = Document(
+        Field("mode", Text(choices=FIREWALL_MODES)),
+        optional("digest", Text(max_len=64, pattern=_SHA256), "SHA-256 of the live table"),
+        Field("in_sync", Boolean(), description="the live table matches the policy"),
+        Field("action", Text(choices=FIREWALL_ACTIONS)),
+        Field("drift", ListOf(Text(max_len=1024), MAX_LINES)),
+        Field("notes", ListOf(Text(max_len=1024), MAX_LINES)),
+        optional("error", Text(max_len=1024)),
+        optional("checked_at", Integer(), "when gpuward-firewall.service checked (Unix time)"),
+        where="firewall",
+    )

@@ -9,15 +9,15 @@ That is not the same as zero and never counts as a problem by itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from fleet.errors import InvalidDocument
-from fleet.schema import Reader
+from fleet.wire import Boolean, Document, Field, Integer, ListOf, Number, Ref, Text, Wire, optional
 
 # Bounds on what a report from the network may carry per GPU.
 MAX_PROCESSES = 256
 MAX_ERRORS = 32
+MAX_GPU_INDEX = 64
 _MAX_TEXT = 512
 
 # nvmlClocksEventReason* bits (nvml.h); the names are what reports and rules use.
@@ -42,10 +42,23 @@ THERMAL_CLOCK_EVENTS = frozenset({"sw_thermal_slowdown", "hw_thermal_slowdown"})
 
 
 @dataclass(frozen=True)
-class ClockEvents:
+class ClockEvents(Wire):
     """The clock-event-reasons bitmask, decoded."""
 
     mask: int
+
+    WIRE = Document(
+        Field("mask", Integer()),
+        # Derived from the mask; what a sender writes there is not trusted.
+        Field(
+            "reasons",
+            ListOf(Text(max_len=64), 16),
+            default=(),
+            derived=True,
+            description="the mask's reasons by name, for people; readers ignore it",
+        ),
+        where="clock_events",
+    )
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -61,7 +74,7 @@ class ClockEvents:
 
 
 @dataclass(frozen=True)
-class RemappedRows:
+class RemappedRows(Wire):
     """Row remapping (Ampere and later): spare memory rows replacing failing ones."""
 
     correctable: int
@@ -69,15 +82,34 @@ class RemappedRows:
     pending: bool  # a remap waits for the next GPU reset
     failure: bool  # no spare row was left: the GPU needs service
 
+    WIRE = Document(
+        Field("correctable", Integer()),
+        Field("uncorrectable", Integer()),
+        Field("pending", Boolean(), description="a remap waits for the next GPU reset"),
+        Field("failure", Boolean(), description="no spare row was left: the GPU needs service"),
+        where="remapped_rows",
+    )
+
 
 @dataclass(frozen=True)
-class GpuProcess:
+class GpuProcess(Wire):
     pid: int
     used_memory_bytes: int | None  # None where the driver cannot attribute memory
 
+    WIRE = Document(
+        Field("pid", Integer()),
+        optional("used_memory_bytes", Integer()),
+        where="process",
+    )
+
+
+def _count(name: str) -> Field:
+    """A measurement: None (missing or null) when the GPU cannot report it."""
+    return optional(name, Integer())
+
 
 @dataclass(frozen=True, kw_only=True)
-class GpuSample:
+class GpuSample(Wire):
     """One look at a GPU's health. ``errors`` lists queries that failed outright.
 
     Power is in milliwatts and clocks in MHz, as NVML reports them.
@@ -112,89 +144,37 @@ class GpuSample:
     processes: tuple[GpuProcess, ...] | None = None
     errors: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["clock_events"] = (
-            None
-            if self.clock_events is None
-            else {"mask": self.clock_events.mask, "reasons": list(self.clock_events.reasons)}
-        )
-        doc["processes"] = None if self.processes is None else [asdict(p) for p in self.processes]
-        doc["errors"] = list(self.errors)
-        return doc
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str) -> GpuSample:
-        """The inverse of ``to_dict``, strict: samples arrive in reports from the network."""
-        r = Reader(doc, where, allowed=frozenset(f.name for f in fields(cls)))
-        raw: dict[str, Any] = dict(doc)  # type: ignore[call-overload]  # Reader checked
-        measured = {
-            f.name: r.optional_integer(f.name)
-            for f in fields(cls)
-            if f.name not in _NOT_PLAIN_COUNTS
-        }
-        events = raw.get("clock_events")
-        rows = raw.get("remapped_rows")
-        processes = raw.get("processes")
-        return cls(
-            index=r.integer("index", maximum=MAX_GPU_INDEX),
-            uuid=r.optional_text("uuid", max_len=128),
-            name=r.optional_text("name", max_len=128),
-            **measured,
-            clock_events=None if events is None else _clock_events(events, f"{where}.clock_events"),
-            remapped_rows=None if rows is None else _remapped_rows(rows, f"{where}.remapped_rows"),
-            retired_pages_pending=r.optional_boolean("retired_pages_pending"),
-            processes=None
-            if processes is None
-            else tuple(
-                _process(p, r.item_where("processes", i))
-                for i, p in enumerate(r.items("processes", max_items=MAX_PROCESSES))
-            ),
-            errors=_texts(r, "errors"),
-        )
-
-
-MAX_GPU_INDEX = 64
-_NOT_PLAIN_COUNTS = frozenset(
-    {
-        "index",
-        "uuid",
-        "name",
-        "clock_events",
-        "remapped_rows",
-        "retired_pages_pending",
-        "processes",
-        "errors",
-    }
-)
-
-
-def _texts(r: Reader, key: str) -> tuple[str, ...]:
-    items = r.items(key, max_items=MAX_ERRORS, default=[])
-    if not all(isinstance(i, str) and len(i) <= _MAX_TEXT for i in items):
-        raise InvalidDocument(f"{r.where}: {key!r} must be short strings")
-    return tuple(items)
-
-
-def _clock_events(doc: object, where: str) -> ClockEvents:
-    r = Reader(doc, where, allowed=frozenset({"mask", "reasons"}))
-    # The reasons are derived from the mask; what the sender wrote there is not trusted.
-    return ClockEvents(r.integer("mask"))
-
-
-def _remapped_rows(doc: object, where: str) -> RemappedRows:
-    r = Reader(doc, where, allowed=frozenset(f.name for f in fields(RemappedRows)))
-    return RemappedRows(
-        correctable=r.integer("correctable"),
-        uncorrectable=r.integer("uncorrectable"),
-        pending=r.boolean("pending"),
-        failure=r.boolean("failure"),
+    WIRE = Document(
+        Field("index", Integer(maximum=MAX_GPU_INDEX)),
+        optional("uuid", Text(max_len=128)),
+        optional("name", Text(max_len=128)),
+        _count("temperature_c"),
+        _count("power_mw"),
+        _count("power_limit_mw"),
+        _count("sm_clock_mhz"),
+        _count("sm_clock_max_mhz"),
+        _count("mem_clock_mhz"),
+        _count("mem_clock_max_mhz"),
+        optional("clock_events", Ref(ClockEvents)),
+        _count("ecc_corrected_volatile"),
+        _count("ecc_uncorrected_volatile"),
+        _count("ecc_corrected_aggregate"),
+        _count("ecc_uncorrected_aggregate"),
+        optional("remapped_rows", Ref(RemappedRows)),
+        _count("retired_pages_sbe"),
+        _count("retired_pages_dbe"),
+        optional("retired_pages_pending", Boolean()),
+        _count("pcie_gen"),
+        _count("pcie_gen_max"),
+        _count("pcie_width"),
+        _count("pcie_width_max"),
+        _count("pcie_replays"),
+        _count("gpu_util_pct"),
+        _count("mem_util_pct"),
+        optional("processes", ListOf(Ref(GpuProcess), MAX_PROCESSES)),
+        Field("errors", ListOf(Text(max_len=_MAX_TEXT), MAX_ERRORS), default=()),
+        where="sample",
     )
-
-
-def _process(doc: object, where: str) -> GpuProcess:
-    r = Reader(doc, where, allowed=frozenset({"pid", "used_memory_bytes"}))
-    return GpuProcess(r.integer("pid"), r.optional_integer("used_memory_bytes"))
 
 
 # nvmlDeviceArchitecture_t values.
@@ -257,7 +237,7 @@ class HostGpus:
 
 
 @dataclass(frozen=True)
-class XidEvent:
+class XidEvent(Wire):
     """One XID the driver raised, as the agent received it."""
 
     at: float  # seconds since the epoch, when the agent received the event
@@ -265,15 +245,10 @@ class XidEvent:
     gpu_uuid: str | None
     xid: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str) -> XidEvent:
-        r = Reader(doc, where, allowed=frozenset({"at", "gpu_index", "gpu_uuid", "xid"}))
-        return cls(
-            at=r.number("at"),
-            gpu_index=r.optional_integer("gpu_index", maximum=MAX_GPU_INDEX),
-            gpu_uuid=r.optional_text("gpu_uuid", max_len=128),
-            xid=r.integer("xid", maximum=2**31 - 1),
-        )
+    WIRE = Document(
+        Field("at", Number(), description="when the agent received it, seconds since the epoch"),
+        optional("gpu_index", Integer(maximum=MAX_GPU_INDEX)),
+        optional("gpu_uuid", Text(max_len=128)),
+        Field("xid", Integer(maximum=2**31 - 1)),
+        where="xid",
+    )

@@ -23,11 +23,11 @@ problem, because a fleet of GPUs that lack a counter must still be updatable.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from fleet.gpu import HARDWARE_CLOCK_EVENTS, THERMAL_CLOCK_EVENTS, GpuSample, XidEvent
-from fleet.schema import Reader
+from fleet.wire import Document, Field, Text, Wire
 
 # Listing every failed query of a lost GPU would drown the report (and exceed
 # its limit on problems); the first few say enough.
@@ -49,22 +49,19 @@ STATUSES = (HEALTHY, DEGRADED, FAILED)
 
 
 @dataclass(frozen=True)
-class Finding:
+class Finding(Wire):
+    """What one rule found in a GPU's sample."""
+
     rule: str
     severity: str  # WARNING or CRITICAL
     message: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str) -> Finding:
-        r = Reader(doc, where, allowed=frozenset({"rule", "severity", "message"}))
-        return cls(
-            rule=r.text("rule", max_len=64),
-            severity=r.text("severity", choices=SEVERITIES),
-            message=r.text("message", max_len=512),
-        )
+    WIRE = Document(
+        Field("rule", Text(max_len=64)),
+        Field("severity", Text(choices=SEVERITIES)),
+        Field("message", Text(max_len=512)),
+        where="finding",
+    )
 
 
 def _error_summary(errors: tuple[str, ...]) -> list[str]:

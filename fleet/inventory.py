@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from fleet.errors import InvalidDocument
 from fleet.manifest import KERNEL_RELEASE
 from fleet.report import MAX_GPUS, NODE_ID
-from fleet.schema import Reader
+from fleet.wire import Boolean, Convert, Document, Field, ListOf, Ref, Text, Wire, optional
 
 SCHEMA_VERSION = 1
 MAX_NODES = 100_000
@@ -29,7 +28,7 @@ _VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
 
 
 @dataclass(frozen=True)
-class Gpu:
+class Gpu(Wire):
     """One GPU as the node sees it; at least one field identifies it."""
 
     model: str | None  # "H100", or NVML's "NVIDIA H100 80GB HBM3"
@@ -48,35 +47,28 @@ class Gpu:
             self.model or self.pci_device_id or self.architecture or f"sm_{self.compute_capability}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "pci_device_id": self.pci_device_id,
-            "architecture": self.architecture,
-            "compute_capability": self.compute_capability,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str) -> Gpu:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset({"model", "pci_device_id", "architecture", "compute_capability"}),
-        )
-        device_id = r.optional_text("pci_device_id", max_len=6, pattern=_DEVICE_ID)
-        try:
-            return cls(
-                model=r.optional_text("model", max_len=96, pattern=_MODEL),
-                pci_device_id=None if device_id is None else device_id.lower(),
-                architecture=r.optional_text("architecture", max_len=64, pattern=_ARCH),
-                compute_capability=r.optional_text("compute_capability", max_len=5, pattern=_CC),
-            )
-        except InvalidDocument as exc:
-            raise InvalidDocument(f"{where}: {str(exc).removeprefix('gpu: ')}") from None
+    WIRE = Document(
+        optional("model", Text(max_len=96, pattern=_MODEL)),
+        optional(
+            "pci_device_id",
+            Convert(
+                Text(max_len=6, pattern=_DEVICE_ID),
+                decode=str.lower,
+                encode=str,
+                examples=("0x2330", "0x20B0"),
+                description="the PCI device id, read in lower case",
+            ),
+        ),
+        optional("architecture", Text(max_len=64, pattern=_ARCH)),
+        optional("compute_capability", Text(max_len=5, pattern=_CC)),
+        where="gpu",
+    )
 
 
 @dataclass(frozen=True)
-class NodeInventory:
+class NodeInventory(Wire):
+    """A node's GPUs, kernel, OS and CUDA needs: what the compatibility gate judges."""
+
     node_id: str
     gpus: tuple[Gpu, ...]
     kernel: str  # the running kernel, as ``uname -r`` prints it
@@ -85,50 +77,18 @@ class NodeInventory:
     required_cuda: str | None  # the CUDA version the node's workloads need, e.g. "12.8"
     fabric_manager: str | None  # the installed Fabric Manager version, if any
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "node_id": self.node_id,
-            "gpus": [g.to_dict() for g in self.gpus],
-            "kernel": self.kernel,
-            "os": self.os,
-            "nvswitch": self.nvswitch,
-            "required_cuda": self.required_cuda,
-            "fabric_manager": self.fabric_manager,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "inventory") -> NodeInventory:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset(
-                {
-                    "schema",
-                    "node_id",
-                    "gpus",
-                    "kernel",
-                    "os",
-                    "nvswitch",
-                    "required_cuda",
-                    "fabric_manager",
-                }
-            ),
-        )
-        if r.integer("schema") != SCHEMA_VERSION:
-            raise InvalidDocument(f"{where}: unsupported inventory schema; upgrade gpuward")
-        items = r.items("gpus", max_items=MAX_GPUS)
-        if not items:
-            raise InvalidDocument(f"{where}: 'gpus' is empty; a GPU node lists its GPUs")
-        return cls(
-            node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
-            gpus=tuple(Gpu.from_dict(g, r.item_where("gpus", i)) for i, g in enumerate(items)),
-            kernel=r.text("kernel", pattern=KERNEL_RELEASE, max_len=128),
-            os=r.text("os", pattern=_OS, max_len=64),
-            nvswitch=r.boolean("nvswitch"),
-            required_cuda=r.optional_text("required_cuda", max_len=8, pattern=_CUDA),
-            fabric_manager=r.optional_text("fabric_manager", max_len=16, pattern=_VERSION),
-        )
+    WIRE = Document(
+        Field("node_id", Text(max_len=128, pattern=NODE_ID)),
+        Field("gpus", ListOf(Ref(Gpu), MAX_GPUS, min_items=1)),
+        Field("kernel", Text(max_len=128, pattern=KERNEL_RELEASE)),
+        Field("os", Text(max_len=64, pattern=_OS)),
+        Field("nvswitch", Boolean()),
+        optional("required_cuda", Text(max_len=8, pattern=_CUDA)),
+        optional("fabric_manager", Text(max_len=16, pattern=_VERSION)),
+        where="inventory",
+        version=SCHEMA_VERSION,
+        version_refusal="unsupported inventory schema; upgrade gpuward",
+    )
 
 
 def fleet_from_list(doc: object, where: str = "fleet") -> tuple[NodeInventory, ...]:

@@ -28,7 +28,7 @@ from typing import Any
 from fleet.errors import InvalidDocument
 from fleet.report import NODE_ID
 from fleet.rollout import POOL
-from fleet.schema import Reader
+from fleet.wire import Bytes, Document, Field, Opaque, Text, Wire
 
 CONTEXT = b"gpuward-request-v1"
 HEADER_NODE = "X-Gpuward-Node"
@@ -112,7 +112,7 @@ class RequestSignature:
 
 
 @dataclass(frozen=True)
-class KeyEnrollmentRequest:
+class KeyEnrollmentRequest(Wire):
     """``POST /v1/enroll``: who the node is, its request key, and why to believe it.
 
     ``evidence`` is opaque here: the server's enrollment verifier reads it (a
@@ -124,25 +124,23 @@ class KeyEnrollmentRequest:
     pool: str
     evidence: Mapping[str, Any]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "public_key": base64.b64encode(self.public_key).decode(),
-            "pool": self.pool,
-            "evidence": dict(self.evidence),
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "enrollment") -> KeyEnrollmentRequest:
-        r = Reader(doc, where, allowed=frozenset({"node_id", "public_key", "pool", "evidence"}))
-        evidence = r.raw("evidence")
-        if not isinstance(evidence, Mapping) or len(evidence) > MAX_EVIDENCE_KEYS:
-            raise InvalidDocument(f"{where}: 'evidence' must be an object of few fields")
-        return cls(
-            node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
-            public_key=_b64decode(
-                r.text("public_key", max_len=64), ED25519_PUBLIC_KEY_BYTES, f"{where}: public_key"
+    WIRE = Document(
+        Field("node_id", Text(max_len=128, pattern=NODE_ID)),
+        Field(
+            "public_key",
+            Bytes(
+                ED25519_PUBLIC_KEY_BYTES, exact=ED25519_PUBLIC_KEY_BYTES, description="raw Ed25519"
             ),
-            pool=r.text("pool", pattern=POOL, default="default"),
-            evidence=evidence,
-        )
+        ),
+        Field("pool", Text(max_len=64, pattern=POOL), default="default"),
+        Field(
+            "evidence",
+            Opaque(
+                MAX_EVIDENCE_KEYS,
+                "for the verifier: a TPM attestation, or in the no-TPM mode "
+                '{"type": "enrollment-token", "token": "..."}',
+            ),
+        ),
+        name="EnrollmentRequest",  # the component name the API has always published
+        where="enrollment",
+    )

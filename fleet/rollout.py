@@ -23,11 +23,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
 
 from fleet.errors import InvalidDocument
 from fleet.report import HealthReport
-from fleet.schema import Reader
+from fleet.wire import Choice, Convert, Document, Field, Integer, ListOf, Nullable, Ref, Text, Wire
 
 DEFAULT_WAVES = "1,5%,25%,100%"
 MAX_WAVES = 16
@@ -118,31 +117,46 @@ def plan_waves(nodes: Sequence[str], specs: Sequence[WaveSpec], seed: str) -> li
 
 
 @dataclass(frozen=True)
-class Policy:
+class Policy(Wire):
+    """How a rollout proceeds: its waves, and how fast and how carefully."""
+
     waves: tuple[WaveSpec, ...]
     max_unavailable: int = 1  # nodes of a wave updating at the same time
     soak_s: int = 0  # a finished wave waits this long before the next starts
     max_failures: int = 0  # more failures than this in one wave halt the rollout
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "waves": ",".join(str(w) for w in self.waves),
-            "max_unavailable": self.max_unavailable,
-            "soak_s": self.soak_s,
-            "max_failures": self.max_failures,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "policy") -> Policy:
-        r = Reader(
-            doc, where, allowed=frozenset({"waves", "max_unavailable", "soak_s", "max_failures"})
-        )
-        return cls(
-            waves=parse_waves(r.text("waves", max_len=256, default=DEFAULT_WAVES)),
-            max_unavailable=r.integer("max_unavailable", minimum=1, maximum=100_000, default=1),
-            soak_s=r.integer("soak_s", maximum=30 * 86_400, default=0),
-            max_failures=r.integer("max_failures", maximum=100_000, default=0),
-        )
+    WIRE = Document(
+        Field(
+            "waves",
+            Convert(
+                Text(max_len=256),
+                decode=parse_waves,
+                encode=lambda waves: ",".join(str(w) for w in waves),
+                examples=(DEFAULT_WAVES, "100%", "2,50%,100%"),
+                description="cumulative sizes, counts or percentages, ending at 100%",
+            ),
+            default=parse_waves(DEFAULT_WAVES),
+        ),
+        Field(
+            "max_unavailable",
+            Integer(minimum=1, maximum=100_000),
+            default=1,
+            description="nodes of a wave updating at the same time",
+        ),
+        Field(
+            "soak_s",
+            Integer(maximum=30 * 86_400),
+            default=0,
+            description="a finished wave waits this long before the next starts",
+        ),
+        Field(
+            "max_failures",
+            Integer(maximum=100_000),
+            default=0,
+            description="more failures than this in one wave halt the rollout",
+        ),
+        where="policy",
+    )
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,9 @@ class Observation:
 
 
 @dataclass(frozen=True)
-class NodeState:
+class NodeState(Wire):
+    """One node of a rollout: its wave, how far it got, and what to go back to."""
+
     node_id: str
     wave: int
     previous: str | None  # the bundle to go back to on rollback (None: no assignment)
@@ -169,38 +185,25 @@ class NodeState:
     assigned_at: int | None = None
     detail: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "wave": self.wave,
-            "previous": self.previous,
-            "progress": self.progress.value,
-            "assigned_at": self.assigned_at,
-            "detail": self.detail,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str) -> NodeState:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset({"node_id", "wave", "previous", "progress", "assigned_at", "detail"}),
-        )
-        assigned_at = r.raw("assigned_at")
-        if assigned_at is not None:
-            assigned_at = r.integer("assigned_at")
-        return cls(
-            node_id=r.text("node_id", max_len=128),
-            wave=r.integer("wave", maximum=MAX_WAVES),
-            previous=r.nullable_text("previous", max_len=512),
-            progress=Progress(r.text("progress", choices=frozenset(Progress))),
-            assigned_at=assigned_at,
-            detail=r.text("detail", max_len=1024),
-        )
+    WIRE = Document(
+        Field("node_id", Text(max_len=128)),
+        Field("wave", Integer(maximum=MAX_WAVES)),
+        Field(
+            "previous",
+            Nullable(Text(max_len=512)),
+            description="the bundle to go back to on rollback; null: no assignment",
+        ),
+        Field("progress", Choice(Progress)),
+        Field("assigned_at", Nullable(Integer())),
+        Field("detail", Text(max_len=1024)),
+        where="node",
+    )
 
 
 @dataclass(frozen=True)
-class Rollout:
+class Rollout(Wire):
+    """A rollout as the server stores it."""
+
     id: str
     pool: str
     target: str  # target path of the bundle in the image repository
@@ -220,59 +223,25 @@ class Rollout:
     def wave_nodes(self, wave: int) -> list[NodeState]:
         return [n for n in self.nodes if n.wave == wave]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "pool": self.pool,
-            "target": self.target,
-            "target_driver": self.target_driver,
-            "policy": self.policy.to_dict(),
-            "nodes": [n.to_dict() for n in self.nodes],
-            "created_at": self.created_at,
-            "phase": self.phase.value,
-            "wave": self.wave,
-            "soak_started": self.soak_started,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: object, where: str = "rollout") -> Rollout:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset(
-                {
-                    "id",
-                    "pool",
-                    "target",
-                    "target_driver",
-                    "policy",
-                    "nodes",
-                    "created_at",
-                    "phase",
-                    "wave",
-                    "soak_started",
-                    "reason",
-                }
-            ),
-        )
-        soak = r.raw("soak_started")
-        return cls(
-            id=r.text("id", pattern=ROLLOUT_ID),
-            pool=r.text("pool", pattern=POOL),
-            target=r.text("target", max_len=512),
-            target_driver=r.nullable_text("target_driver", max_len=16),
-            policy=Policy.from_dict(r.raw("policy"), f"{where}.policy"),
-            nodes=tuple(
-                NodeState.from_dict(item, r.item_where("nodes", i))
-                for i, item in enumerate(r.items("nodes", max_items=1_000_000))
-            ),
-            created_at=r.integer("created_at"),
-            phase=Phase(r.text("phase", choices=frozenset(Phase))),
-            wave=r.integer("wave", maximum=MAX_WAVES),
-            soak_started=None if soak is None else r.integer("soak_started"),
-            reason=r.text("reason", max_len=1024),
-        )
+    WIRE = Document(
+        Field("id", Text(max_len=64, pattern=ROLLOUT_ID)),
+        Field("pool", Text(max_len=64, pattern=POOL)),
+        Field("target", Text(max_len=512), description="target path of the bundle"),
+        Field(
+            "target_driver",
+            Nullable(Text(max_len=16)),
+            description="the driver version nodes must report, when known",
+        ),
+        Field("policy", Ref(Policy)),
+        Field("nodes", ListOf(Ref(NodeState), 1_000_000)),
+        Field("created_at", Integer()),
+        Field("phase", Choice(Phase)),
+        Field("wave", Integer(maximum=MAX_WAVES), description="the wave in progress"),
+        Field("soak_started", Nullable(Integer())),
+        Field("reason", Text(max_len=1024)),
+        name="RolloutRecord",
+        where="rollout",
+    )
 
 
 @dataclass(frozen=True)

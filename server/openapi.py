@@ -2,9 +2,10 @@
 
 Paths, methods, security and responses come from the ``Route`` values the app
 registers, so the document lists exactly what the server serves. The component
-schemas below describe the JSON bodies; the strict readers in ``fleet`` remain
-the authority on what is accepted, and the schemathesis test checks that what
-this document allows never makes the server fail.
+schemas of wire documents come from their declarations in ``fleet`` (the same
+declaration gives the reader and ``to_dict``, ``fleet.wire``); bodies the
+handlers build with no reader are described below by hand. The schemathesis
+test checks that what this document allows never makes the server fail.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from fleet.documents import WIRE_DOCUMENTS
 from fleet.nodeauth import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
-from fleet.report import MAX_GPUS, MAX_PROBLEMS, UPDATE_OUTCOMES
+from fleet.rollout import Rollout
 from fleet.version import VERSION
+from fleet.wire import schemas
 from server.http import Route
 
 _STR = {"type": "string"}
@@ -23,31 +26,14 @@ _INT = {"type": "integer"}
 _NULL_STR = {"type": ["string", "null"]}
 _NULL_INT = {"type": ["integer", "null"]}
 
-SCHEMAS: dict[str, Any] = {
+# Bodies the server builds in its handlers, with no reader in fleet: described here.
+_HANDLER_SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": _STR}},
     "Accepted": {
         "type": "object",
         "properties": {
             "accepted": {"type": "boolean"},
             "next": {"$ref": "#/components/schemas/ReportChallenge"},
-        },
-    },
-    "ReportChallenge": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["challenge", "event_log_sha256"],
-        "properties": {
-            "challenge": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["schema", "nonce", "expires_at"],
-                "properties": {
-                    "schema": {"type": "integer", "const": 1},
-                    "nonce": {"type": "string", "format": "byte"},
-                    "expires_at": {"type": "integer"},
-                },
-            },
-            "event_log_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
         },
     },
     "Removed": {
@@ -58,94 +44,14 @@ SCHEMAS: dict[str, Any] = {
             "ek_released": {"type": ["string", "null"]},
         },
     },
-    "GpuHealth": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["index", "name", "uuid", "healthy", "problems"],
-        "properties": {
-            "index": {"type": "integer", "minimum": 0, "maximum": MAX_GPUS},
-            "name": {"type": "string", "maxLength": 128},
-            "uuid": {"type": "string", "maxLength": 128},
-            "driver_version": {
-                "type": ["string", "null"],
-                "pattern": r"^\d{3,4}\.\d{1,3}(\.\d{1,3})?$",
-            },
-            "healthy": {"type": "boolean"},
-            "problems": {
-                "type": "array",
-                "maxItems": MAX_PROBLEMS,
-                "items": {"type": "string", "maxLength": 512},
-            },
-        },
-    },
-    "HealthReport": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["schema", "node_id", "sent_at", "update", "reason", "gpus"],
-        "properties": {
-            "schema": {"type": "integer", "enum": [1]},
-            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-            "sent_at": {"type": "integer", "minimum": 0},
-            "active_slot": {"type": ["string", "null"], "enum": ["a", "b", None]},
-            "driver_version": {"type": ["string", "null"]},
-            "bundle": {"type": ["string", "null"], "maxLength": 512},
-            "update": {"type": "string", "enum": sorted(UPDATE_OUTCOMES)},
-            "reason": {"type": "string", "maxLength": 1024},
-            "gpus": {
-                "type": "array",
-                "maxItems": MAX_GPUS,
-                "items": {"$ref": "#/components/schemas/GpuHealth"},
-            },
-            "firewall": {"type": ["object", "null"]},
-            "kernel_hold": {
-                "type": ["object", "null"],
-                "description": "fleet.report.KernelHoldReport: the hold applied after the "
-                "last commit",
-            },
-            "health": {
-                "type": "object",
-                "description": "from agents that read NVML (fleet.report.NodeHealth): status "
-                "(healthy, degraded, failed), reasons, gpus (each a sample and the rules' "
-                "findings), and the XIDs since the previous report",
-            },
-        },
-    },
-    "EnrollmentRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["node_id", "public_key", "evidence"],
-        "properties": {
-            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-            "public_key": {"type": "string", "description": "raw Ed25519 public key, base64"},
-            "pool": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]{0,63}$"},
-            "evidence": {
-                "type": "object",
-                "description": "for the verifier: a TPM attestation, or in the no-TPM mode "
-                '{"type": "enrollment-token", "token": "..."}',
-            },
-        },
-    },
-    "TpmEnrollmentRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["schema", "node_id", "ek_certificate", "ek_public", "ak_public", "ak_name"],
-        "description": "fleet.attestation.TpmEnrollmentRequest; the blobs are base64",
-        "properties": {
-            "schema": {"type": "integer", "enum": [1]},
-            "node_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-            "ek_certificate": {"type": "string", "description": "DER, base64"},
-            "ek_public": {"type": "string", "description": "TPM2B_PUBLIC, base64"},
-            "ak_public": {"type": "string", "description": "TPM2B_PUBLIC, base64"},
-            "ak_name": {"type": "string", "description": "TPM2B_NAME contents, base64"},
-        },
-    },
     "TpmEnrollmentBegin": {
         "type": "object",
         "description": "activate the credential with the TPM, quote the challenge over the "
         "request key, and send both in POST /v1/enroll as evidence of type tpm2",
+        "required": ["credential", "session_key_challenge"],
         "properties": {
-            "credential": {"type": "object"},
-            "session_key_challenge": {"type": "object"},
+            "credential": {"$ref": "#/components/schemas/CredentialChallenge"},
+            "session_key_challenge": {"$ref": "#/components/schemas/Challenge"},
         },
     },
     "Enrollment": {
@@ -180,11 +86,8 @@ SCHEMAS: dict[str, Any] = {
             "assigned": _NULL_STR,
             "report": {"oneOf": [{"$ref": "#/components/schemas/HealthReport"}, {"type": "null"}]},
             "report_attestation": {
-                "type": ["object", "null"],
-                "description": "the latest report's TPM verdict: passed, reset_count, "
-                "event_log_sha256, reasons, secure_boot, and driver (the bundle the driver "
-                "PCR proves active, or null when none was measured since boot); null when "
-                "the report was not attested",
+                "oneOf": [{"$ref": "#/components/schemas/AttestationVerdict"}, {"type": "null"}],
+                "description": "the latest report's TPM verdict; null when it was not attested",
             },
             "history": {"type": "array", "items": {"type": "object"}},
         },
@@ -312,16 +215,6 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
-    "Policy": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "waves": {"type": "string", "description": "cumulative sizes, e.g. 1,5%,25%,100%"},
-            "max_unavailable": {"type": "integer", "minimum": 1},
-            "soak_s": {"type": "integer", "minimum": 0},
-            "max_failures": {"type": "integer", "minimum": 0},
-        },
-    },
     "RolloutRequest": {
         "type": "object",
         "additionalProperties": False,
@@ -333,24 +226,6 @@ SCHEMAS: dict[str, Any] = {
             "policy": {"$ref": "#/components/schemas/Policy"},
         },
     },
-    "Rollout": {
-        "type": "object",
-        "properties": {
-            "id": _STR,
-            "pool": _STR,
-            "target": _STR,
-            "target_driver": _NULL_STR,
-            "phase": {
-                "type": "string",
-                "enum": ["running", "paused", "halted", "completed", "aborted", "rolled-back"],
-            },
-            "wave": _INT,
-            "policy": {"$ref": "#/components/schemas/Policy"},
-            "waves": {"type": "array", "items": {"type": "object"}},
-            "nodes": {"type": "array", "items": {"type": "object"}},
-            "events": {"type": "array", "items": {"type": "object"}},
-        },
-    },
     "Rollouts": {
         "type": "object",
         "properties": {
@@ -358,6 +233,47 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+def _rollout() -> dict[str, Any]:
+    """What the rollout routes answer: the stored rollout (its declaration), with
+    counts per wave, and its events where one rollout is asked for."""
+    record = Rollout.WIRE.schema()
+    return {
+        **record,
+        "required": [*record["required"], "waves"],
+        "properties": {
+            **record["properties"],
+            "waves": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "wave": _INT,
+                        "nodes": _INT,
+                        **{p: _INT for p in ("pending", "assigned", "done", "failed")},
+                    },
+                },
+            },
+            "events": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"at": _INT, "event": _STR}},
+            },
+        },
+    }
+
+
+def _component_schemas() -> dict[str, Any]:
+    """The wire documents' schemas, from their declarations, and the handlers' bodies."""
+    declared = schemas(WIRE_DOCUMENTS)
+    handlers = {**_HANDLER_SCHEMAS, "Rollout": _rollout()}
+    twice = sorted(declared.keys() & handlers.keys())
+    if twice:
+        raise TypeError(f"schemas declared by a wire document and by hand: {', '.join(twice)}")
+    return {**handlers, **declared}
+
+
+SCHEMAS: dict[str, Any] = _component_schemas()
 
 SECURITY_SCHEMES = {
     "operatorToken": {

@@ -60,7 +60,7 @@ HOSTILE: list[tuple[str, object, str]] = [
     ("a negative reset count", {**_valid(), "reset_count": -1}, "'reset_count'"),
     ("a log digest not hex", {**_valid(), "event_log_sha256": "z" * 64}, "'event_log_sha256'"),
     ("reasons as text", {**_valid(), "reasons": "none"}, "'reasons' must be a list"),
-    ("a reason not text", {**_valid(), "reasons": [{"why": 1}]}, "'reasons' must list strings"),
+    ("a reason not text", {**_valid(), "reasons": [{"why": 1}]}, "'reasons[0]' must be a string"),
     ("secure_boot as a number", {**_valid(), "secure_boot": 1}, "'secure_boot'"),
     ("a driver as text", {**_valid(), "driver": "r580"}, f"{WHERE}.driver: expected a JSON"),
     (

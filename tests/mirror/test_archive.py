@@ -20,8 +20,8 @@ from agent.identity import enroll
 from fleet.errors import GpuwardError
 from gpuward.node import run_once
 from server.config import ServerConfig
-from server.mirror import import_into
 from server.lifecycle import BackgroundServer
+from server.mirror import import_into
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
 from tests.mirror.test_mirror import assert_verifies, tree, verifier

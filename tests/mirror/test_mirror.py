@@ -24,8 +24,8 @@ from agent.identity import enroll
 from gpuward.cli.mirror_cmd import verified_targets
 from gpuward.node import run_once
 from server.config import ServerConfig
-from server.mirror import MANIFEST, MirrorManifest, Verifier, check_manifest
 from server.lifecycle import BackgroundServer
+from server.mirror import MANIFEST, MirrorManifest, Verifier, check_manifest
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
 from tests.simnode import ENROLLMENT_TOKEN

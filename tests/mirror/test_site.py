@@ -23,8 +23,8 @@ from gpuward.node import run_once
 from keys.image_repo import ImageRepository
 from node.config import AgentConfig
 from server.config import ServerConfig
-from server.mirror import import_into
 from server.lifecycle import BackgroundServer
+from server.mirror import import_into
 from server.resigner import OnlineSigner
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site

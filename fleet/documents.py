@@ -1,0 +1,62 @@
+"""Every wire document, in one list.
+
+``server.openapi`` publishes a component schema for each, and
+``tests/wire/test_wire_documents.py`` checks each against the schema the server
+serves and refuses a fleet class with ``from_dict`` and ``to_dict`` that is not
+listed here, so a new document cannot be left out of either.
+"""
+
+from __future__ import annotations
+
+from fleet.attestation import (
+    AttestationEvidence,
+    AttestedReport,
+    Challenge,
+    CredentialAnswer,
+    CredentialChallenge,
+    PcrSelection,
+    ReportChallenge,
+    SessionKeyCertification,
+    TpmEnrollmentRequest,
+)
+from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
+from fleet.firewall import FirewallReport
+from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
+from fleet.gpu_rules import Finding
+from fleet.inventory import Gpu, NodeInventory
+from fleet.nodeauth import KeyEnrollmentRequest
+from fleet.report import GpuHealth, GpuReport, HealthReport, KernelHoldReport, NodeHealth
+from fleet.rollout import NodeState, Policy, Rollout
+from fleet.wire import Wire
+
+WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
+    HealthReport,
+    GpuHealth,
+    KernelHoldReport,
+    NodeHealth,
+    GpuReport,
+    GpuSample,
+    ClockEvents,
+    RemappedRows,
+    GpuProcess,
+    XidEvent,
+    Finding,
+    FirewallReport,
+    KeyEnrollmentRequest,
+    TpmEnrollmentRequest,
+    CredentialChallenge,
+    CredentialAnswer,
+    Challenge,
+    ReportChallenge,
+    SessionKeyCertification,
+    AttestedReport,
+    AttestationEvidence,
+    PcrSelection,
+    AttestationVerdict,
+    AttestedDriver,
+    NodeInventory,
+    Gpu,
+    Rollout,
+    Policy,
+    NodeState,
+)
