@@ -213,7 +213,8 @@ def _offline_channel(
             )
     except (UntrustedFileRefused, OSError) as exc:
         raise MetadataUnusable(
-            f"the agent's cached {name} metadata {cache} cannot be copied ({exc}); "
+            f"the agent's cached metadata of the {name} repository, {cache}, cannot be "
+            f"copied ({exc}); "
             "run `gpuward agent run --once` so the agent refreshes it, then apply again"
         ) from None
     return TufChannel(

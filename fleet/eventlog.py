@@ -338,7 +338,7 @@ class Separator:
 
 
 @dataclass(frozen=True)
-class Text:
+class EventText:
     """Event data that is text: boot loader command lines, EFI actions, CRTM versions."""
 
     text: str
@@ -360,7 +360,7 @@ Decoded = (
     | ImageLoad
     | FirmwareBlob
     | Separator
-    | Text
+    | EventText
 )
 
 
@@ -621,7 +621,7 @@ def _decode(event_type: int, data: bytes, offset: int, index: int) -> Decoded | 
     """
     if event_type in _TEXT_TYPES:
         text = _text(data)
-        return Text(text) if text else None
+        return EventText(text) if text else None
     if event_type in _VARIABLE_TYPES:
         return _variable(data, offset, index)
     if event_type in _IMAGE_TYPES:
@@ -637,7 +637,7 @@ def _decode(event_type: int, data: bytes, offset: int, index: int) -> Decoded | 
     if event_type == EV_EFI_HCRTM_EVENT:
         if data != HCRTM_DATA:
             raise EventLogError(offset, index, 'EV_EFI_HCRTM_EVENT data must be "HCRTM"')
-        return Text(HCRTM_DATA.decode())
+        return EventText(HCRTM_DATA.decode())
     return None
 
 

@@ -32,7 +32,7 @@ MAX_WORKERS = 64
 _WIDE = 2**63 - 1  # the reader's type check only: bounds are checked for flags and file alike
 
 
-class Kind(enum.Enum):
+class OptionKind(enum.Enum):
     TEXT = enum.auto()
     STORE = enum.auto()  # a store URL, or a SQLite file's path
     PATH = enum.auto()
@@ -48,7 +48,7 @@ class Kind(enum.Enum):
 class Option:
     name: str  # the key in the file; the flag is --name-with-dashes
     field: str  # the ServerConfig field it sets, whose default is the option's
-    kind: Kind
+    kind: OptionKind
     help: str
     metavar: str | None = None
     required: bool = False
@@ -79,7 +79,7 @@ OPTIONS = (
     Option(
         "repo",
         "repo",
-        Kind.PATH,
+        OptionKind.PATH,
         "the server's part of the image repository (metadata/, targets/ and the online "
         "keys: 'gpuward repo export-server' writes it)",
         "DIR",
@@ -88,26 +88,31 @@ OPTIONS = (
     Option(
         "director",
         "director",
-        Kind.PATH,
+        OptionKind.PATH,
         "the server's part of the director repository (optional)",
         "DIR",
     ),
     Option(
         "db",
         "db",
-        Kind.STORE,
+        OptionKind.STORE,
         "store: a SQLite file (path or sqlite:///path) or postgresql://user@host/db",
         "URL",
         required=True,
     ),
-    Option("host", "host", Kind.TEXT, "address to bind", "ADDRESS"),
+    Option("host", "host", OptionKind.TEXT, "address to bind", "ADDRESS"),
     Option(
-        "port", "port", Kind.INT, "port to listen on (0: any free one)", "PORT", bounds=(0, 65535)
+        "port",
+        "port",
+        OptionKind.INT,
+        "port to listen on (0: any free one)",
+        "PORT",
+        bounds=(0, 65535),
     ),
     Option(
         "report_interval",
         "report_interval_s",
-        Kind.INT,
+        OptionKind.INT,
         "how often nodes report, in seconds",
         "S",
         bounds=(1, 7 * 86_400),
@@ -115,7 +120,7 @@ OPTIONS = (
     Option(
         "missing_after",
         "missing_after",
-        Kind.INT,
+        OptionKind.INT,
         "a node silent for N report intervals is shown as missing",
         "N",
         bounds=(1, 1000),
@@ -123,14 +128,14 @@ OPTIONS = (
     Option(
         "unattested_enrollment_token_file",
         "unattested_enrollment_token",
-        Kind.TOKEN_FILE,
+        OptionKind.TOKEN_FILE,
         "no-TPM mode: enroll nodes presenting the token in FILE, shown as unattested",
         "FILE",
     ),
     Option(
         "ek_ca",
         "ek_ca",
-        Kind.PATHS,
+        OptionKind.PATHS,
         "enable TPM enrollment: EK certificates must chain to the CA certificates in "
         "FILE (PEM, or a folder of them); repeatable",
         "FILE",
@@ -138,7 +143,7 @@ OPTIONS = (
     Option(
         "tpm_enrollment_token_file",
         "tpm_enrollment_token",
-        Kind.TOKEN_FILE,
+        OptionKind.TOKEN_FILE,
         "with ek_ca: nodes must present the token in FILE to begin TPM enrollment "
         "(it admits the exchange; the TPM vouches for the node)",
         "FILE",
@@ -146,7 +151,7 @@ OPTIONS = (
     Option(
         "ek_type",
         "ek_type",
-        Kind.TEXT,
+        OptionKind.TEXT,
         f"with ek_ca: the endorsement key TPMs enroll by ({' or '.join(EK_TYPES)}); one, "
         "so that a TPM holding certificates for several EKs enrolls one node",
         "TYPE",
@@ -155,7 +160,7 @@ OPTIONS = (
     Option(
         "preauth_rate",
         "preauth_rate_per_s",
-        Kind.FLOAT,
+        OptionKind.FLOAT,
         "enrollment requests per second admitted from one address, sustained",
         "R",
         bounds=(0.01, 1_000_000),
@@ -163,7 +168,7 @@ OPTIONS = (
     Option(
         "preauth_burst",
         "preauth_burst",
-        Kind.INT,
+        OptionKind.INT,
         "enrollment requests admitted from one address at once (raise it for a site "
         "enrolling behind one NAT or proxy address)",
         "N",
@@ -172,7 +177,7 @@ OPTIONS = (
     Option(
         "header_timeout",
         "header_timeout_s",
-        Kind.FLOAT,
+        OptionKind.FLOAT,
         "close a connection whose request line and headers take longer than S seconds",
         "S",
         bounds=(0.1, 3600),
@@ -180,7 +185,7 @@ OPTIONS = (
     Option(
         "max_connections_per_address",
         "max_connections_per_address",
-        Kind.INT,
+        OptionKind.INT,
         "connections one source address may hold open; more are closed at once (raise "
         "it behind a reverse proxy, whose address every node shares)",
         "N",
@@ -189,7 +194,7 @@ OPTIONS = (
     Option(
         "boot_policy",
         "boot_policy",
-        Kind.PATH,
+        OptionKind.PATH,
         "measured-boot policy (from 'gpuward policy from-eventlog') judging every TPM "
         "node's boot, unless its pool has its own",
         "FILE",
@@ -197,14 +202,14 @@ OPTIONS = (
     Option(
         "pool_boot_policy",
         "pool_boot_policies",
-        Kind.POOL_PATHS,
+        OptionKind.POOL_PATHS,
         "the measured-boot policy of one pool; repeatable",
         "POOL=FILE",
     ),
     Option(
         "rollout_tick",
         "rollout_tick_s",
-        Kind.FLOAT,
+        OptionKind.FLOAT,
         "advance rollouts every S seconds",
         "S",
         bounds=(0.1, 3600),
@@ -212,7 +217,7 @@ OPTIONS = (
     Option(
         "driver_pcr",
         "driver_pcr",
-        Kind.INT,
+        OptionKind.INT,
         "the PCR the nodes' appliers measure the active driver bundle into: their "
         "[attestation] driver_pcr (never 0-10 or 14)",
         "N",
@@ -221,14 +226,14 @@ OPTIONS = (
     Option(
         "report_key",
         "report_key",
-        Kind.PATH,
+        OptionKind.PATH,
         "Ed25519 key signing compliance reports (default REPO/keys/report.key, made if missing)",
         "FILE",
     ),
     Option(
         "report_retention_count",
         "report_retention_count",
-        Kind.INT,
+        OptionKind.INT,
         "keep each node's newest N reports (any view reads at most 500); older ones are "
         "deleted as new ones arrive",
         "N",
@@ -237,7 +242,7 @@ OPTIONS = (
     Option(
         "report_retention_days",
         "report_retention_days",
-        Kind.INT,
+        OptionKind.INT,
         "delete reports older than DAYS (a node's latest report is kept), checked hourly",
         "DAYS",
         bounds=(1, 36_500),
@@ -245,7 +250,7 @@ OPTIONS = (
     Option(
         "workers",
         "workers",
-        Kind.INT,
+        OptionKind.INT,
         "serve from N processes sharing the port, about one core each (PostgreSQL only). "
         "If one dies, the server stops with a non-zero status, to be restarted whole "
         "(systemd: Restart=on-failure)",
@@ -255,7 +260,7 @@ OPTIONS = (
     Option(
         "trusted_proxies",
         "trusted_proxies",
-        Kind.ADDRESSES,
+        OptionKind.ADDRESSES,
         "addresses of the TLS-terminating reverse proxies whose 'X-Forwarded-Proto: https' "
         "is believed, so the dashboard's session cookie is marked Secure behind them",
         "ADDRESS",
@@ -311,27 +316,27 @@ def read_file(path: Path) -> dict[str, Setting]:
 def _from_file(option: Option, r: Reader, raw: object, base: Path) -> object:
     name = option.name
     match option.kind:
-        case Kind.TEXT:
+        case OptionKind.TEXT:
             return r.text(name, max_len=255)
-        case Kind.STORE:
+        case OptionKind.STORE:
             return _store_url(r.text(name), base)
-        case Kind.PATH | Kind.TOKEN_FILE:
+        case OptionKind.PATH | OptionKind.TOKEN_FILE:
             return base / r.text(name)
-        case Kind.INT:
+        case OptionKind.INT:
             return r.integer(name, minimum=-_WIDE, maximum=_WIDE)
-        case Kind.FLOAT:
+        case OptionKind.FLOAT:
             return r.number(name, minimum=-_WIDE, maximum=_WIDE)
-        case Kind.PATHS:
+        case OptionKind.PATHS:
             items = r.items(name, max_items=64)
             if not all(isinstance(item, str) for item in items):
                 raise GpuwardError(f"{r.where}: {name!r} must be a list of file names")
             return tuple(base / item for item in items)
-        case Kind.ADDRESSES:
+        case OptionKind.ADDRESSES:
             items = r.items(name, max_items=64)
             if not all(isinstance(item, str) for item in items):
                 raise GpuwardError(f"{r.where}: {name!r} must be a list of IP addresses")
             return tuple(items)
-        case Kind.POOL_PATHS:
+        case OptionKind.POOL_PATHS:
             if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
                 raise GpuwardError(
                     f'{r.where}: {name!r} must be a table of POOL = "FILE" ([{name}])'
@@ -342,15 +347,15 @@ def _from_file(option: Option, r: Reader, raw: object, base: Path) -> object:
 
 def _from_flag(option: Option, raw: object) -> object:
     """A flag's value (a string, a number, or a list of strings for a repeatable one)."""
-    if option.kind in (Kind.PATH, Kind.TOKEN_FILE):
+    if option.kind in (OptionKind.PATH, OptionKind.TOKEN_FILE):
         return Path(str(raw))
-    if option.kind is Kind.PATHS:
+    if option.kind is OptionKind.PATHS:
         assert isinstance(raw, list)
         return tuple(Path(item) for item in raw)
-    if option.kind is Kind.ADDRESSES:
+    if option.kind is OptionKind.ADDRESSES:
         assert isinstance(raw, list)
         return tuple(str(item) for item in raw)
-    if option.kind is Kind.POOL_PATHS:
+    if option.kind is OptionKind.POOL_PATHS:
         assert isinstance(raw, list)
         pairs = []
         for item in raw:
@@ -370,7 +375,7 @@ def _problem(option: Option, setting: Setting) -> str | None:
         assert isinstance(value, int | float)
         if not low <= value <= high:
             return f"{where} must be between {low} and {high}, not {value}"
-    if option.kind is Kind.POOL_PATHS:
+    if option.kind is OptionKind.POOL_PATHS:
         assert isinstance(value, tuple)
         for pool, _path in value:
             if not POOL.fullmatch(pool):
@@ -382,7 +387,7 @@ def _problem(option: Option, setting: Setting) -> str | None:
 def _finish(option: Option, setting: Setting) -> object:
     """The value as ServerConfig holds it: a token file's token, a number as a float."""
     value = setting.value
-    if option.kind is Kind.TOKEN_FILE:
+    if option.kind is OptionKind.TOKEN_FILE:
         assert isinstance(value, Path)
         try:
             return value.read_text().strip()
@@ -390,10 +395,10 @@ def _finish(option: Option, setting: Setting) -> object:
             raise GpuwardError(
                 f"{setting.where}: cannot read token file {value}: {exc.strerror}"
             ) from None
-    if option.kind is Kind.FLOAT:
+    if option.kind is OptionKind.FLOAT:
         assert isinstance(value, int | float)
         return float(value)
-    if option.kind is Kind.ADDRESSES:
+    if option.kind is OptionKind.ADDRESSES:
         assert isinstance(value, tuple)
         return tuple(str(ipaddress.ip_address(item)) for item in value)
     return value

@@ -70,11 +70,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _add_options(run: argparse.ArgumentParser) -> None:
     """One flag per option of server.config_file, defaults left to the file and config."""
-    from server.config_file import OPTIONS, Kind
+    from server.config_file import OPTIONS, OptionKind
 
-    types: dict[Kind, type] = {Kind.INT: int, Kind.FLOAT: float}
+    types: dict[OptionKind, type] = {OptionKind.INT: int, OptionKind.FLOAT: float}
     for option in OPTIONS:
-        repeatable = option.kind in (Kind.PATHS, Kind.POOL_PATHS, Kind.ADDRESSES)
+        repeatable = option.kind in (OptionKind.PATHS, OptionKind.POOL_PATHS, OptionKind.ADDRESSES)
         default = option.default
         shown = f" (default {default})" if default is not None and not repeatable else ""
         run.add_argument(

@@ -152,7 +152,7 @@ def test_the_firewall_report_is_strict() -> None:
     changes: list[tuple[dict[str, Any], str]] = [
         ({"action": "ignored"}, "must be one of"),
         ({"digest": "xyz"}, "invalid value"),
-        ({"drift": ["x" * 2000]}, "short strings"),
+        ({"drift": ["x" * 2000]}, "longer than 1024 characters"),
         ({"extra": 1}, "unknown field"),
     ]
     for change, message in changes:
