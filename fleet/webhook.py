@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,11 @@ class WebhookEvent(Wire):
     def body(self) -> bytes:
         """The delivery's body: the bytes that are signed, the same on every retry."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def new_event_id() -> str:
+    """A fresh event id: random, so replicas finding events at once never share one."""
+    return f"evt_{secrets.token_hex(16)}"
 
 
 def type_problem(pattern: str) -> str | None:

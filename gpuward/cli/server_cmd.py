@@ -74,6 +74,8 @@ def _add_options(run: argparse.ArgumentParser) -> None:
 
     types: dict[Kind, type] = {Kind.INT: int, Kind.FLOAT: float}
     for option in OPTIONS:
+        if option.file_only:
+            continue
         repeatable = option.kind in (Kind.PATHS, Kind.POOL_PATHS, Kind.ADDRESSES)
         default = option.default
         shown = f" (default {default})" if default is not None and not repeatable else ""
@@ -91,7 +93,7 @@ def _run(args: argparse.Namespace) -> None:
     from server import config_file
     from server.lifecycle import run_server
 
-    flags = {option.name: getattr(args, option.name) for option in config_file.OPTIONS}
+    flags = {option.name: getattr(args, option.name, None) for option in config_file.OPTIONS}
     run_server(config_file.load(flags, args.config))
 
 
