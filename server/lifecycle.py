@@ -227,6 +227,8 @@ async def serve(
         if listener is not None:
             listener.close()
         await runner.cleanup()
+        if svc.webhooks is not None:
+            await svc.webhooks.close()
         await store.close()
         log.info("server_stopped")
 

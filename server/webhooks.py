@@ -232,23 +232,21 @@ class WebhookService:
     async def run(self, stop: asyncio.Event) -> None:
         """Watch and deliver until ``stop``; a failing round is logged, not fatal."""
         next_watch = 0.0
-        try:
-            while not stop.is_set():
-                try:
-                    if time.monotonic() >= next_watch:
-                        next_watch = time.monotonic() + self._config.webhook_watch_s
-                        await self.watch()
-                        cutoff = int(self._clock()) - EVENT_RETENTION_S
-                        await self._store.forget_webhook_events(cutoff)
-                    await self.deliver_due()
-                except Exception as exc:  # the loop must outlive a database hiccup
-                    log.error("webhook_round_failed", error=f"{type(exc).__name__}: {exc}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._config.webhook_poll_s)
-        finally:
-            await self.close()
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + self._config.webhook_watch_s
+                    await self.watch()
+                    cutoff = int(self._clock()) - EVENT_RETENTION_S
+                    await self._store.forget_webhook_events(cutoff)
+                await self.deliver_due()
+            except Exception as exc:  # the loop must outlive a database hiccup
+                log.error("webhook_round_failed", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._config.webhook_poll_s)
 
     async def close(self) -> None:
+        """Close the HTTP client (the server does, when it stops)."""
         if self._session is not None:
             await self._session.close()
             self._session = None

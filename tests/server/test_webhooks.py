@@ -28,6 +28,7 @@ from fleet.attestation_verdict import AttestationVerdict
 from fleet.webhook_signature import ID_HEADER, TIMESTAMP_HEADER, SignatureRefused, verify
 from server.config import ServerConfig, WebhookEndpoint
 from server.http import Services
+from server.lifecycle import BackgroundServer
 from server.renewal import RenewalStatus
 from server.resigner import Expiry, Problem
 from server.store import DELIVERED, FAILED, Store, open_store
@@ -248,6 +249,28 @@ def test_a_wrong_secret_is_refused_and_attempts_are_bounded(
         states = svc.call(partial(_states, event_id=event_id))
         assert states == {"right": (DELIVERED, 1), "wrong": (FAILED, 2)}
         assert len(receiver.events) == 1
+
+
+def test_a_pending_delivery_survives_a_restart(
+    _template_repo: Path, tmp_path: Path, clock: FakeClock, receiver: Receiver
+) -> None:
+    endpoint = WebhookEndpoint(receiver.url, (SECRET,), events=("node.*",))
+    db = str(tmp_path / "s.db")
+    for site in _site(_template_repo, tmp_path, db, clock, endpoint, webhook_poll_s=0):
+        assert SimNode(site.url, "gpu-gone", "prod", clock).enroll().status == 201
+        clock.advance(3 * 300 + 1)
+        receiver.fail_next = 1
+        site.server.call(lambda s: _watch(s.webhooks))
+        assert site.server.call(lambda s: _deliver(s.webhooks)) == 1
+        config = site.server.config
+    first = receiver.wait_for(1)[0]
+    assert first.status == 500
+    clock.advance(3600)
+    with BackgroundServer(config, clock=clock) as again:
+        assert again.call(lambda s: _deliver(s.webhooks)) == 1
+    second = receiver.wait_for(2)[1]
+    assert (second.status, second.headers[ID_HEADER]) == (200, first.headers[ID_HEADER])
+    assert [e["type"] for e in receiver.events] == ["node.missing"]
 
 
 async def _states(svc: Services, event_id: str) -> dict[str, tuple[str, int]]:
