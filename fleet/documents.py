@@ -27,6 +27,7 @@ from fleet.inventory import Gpu, NodeInventory
 from fleet.nodeauth import KeyEnrollmentRequest
 from fleet.report import GpuHealth, GpuReport, HealthReport, KernelHoldReport, NodeHealth
 from fleet.rollout import NodeState, Policy, Rollout
+from fleet.webhook import WebhookEvent
 from fleet.wire import Wire
 
 WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
@@ -59,4 +60,5 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     Rollout,
     Policy,
     NodeState,
+    WebhookEvent,
 )

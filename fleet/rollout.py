@@ -6,7 +6,10 @@ at most ``max_unavailable`` nodes are updating at once. A wave is done when
 every node in it has reported running the target, committed and healthy; it
 then soaks for ``soak_s`` seconds and the next wave starts. When more than
 ``max_failures`` nodes of a wave roll back, refuse the bundle or run it
-unhealthy, the rollout halts by itself and assigns nothing more.
+unhealthy, the rollout halts by itself and assigns nothing more. A node that
+has not reported the target, committed and healthy, ``progress_deadline_s``
+after its assignment (silent, stuck draining, or on the wrong bundle) counts
+as failed too, so a rollout never waits for a node without end.
 
 Everything here is a function of its inputs (the rollout, what each node last
 reported, and the time), so the server can run it under a database lock on any
@@ -22,13 +25,29 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from fleet.errors import InvalidDocument
 from fleet.report import HealthReport
-from fleet.wire import Choice, Convert, Document, Field, Integer, ListOf, Nullable, Ref, Text, Wire
+from fleet.webhook import ROLLOUT_DEADLINE_MISSED, ROLLOUT_HALTED, Notice
+from fleet.wire import (
+    Choice,
+    Convert,
+    Document,
+    Field,
+    Integer,
+    ListOf,
+    Nullable,
+    Ref,
+    Text,
+    Wire,
+    optional,
+)
 
 DEFAULT_WAVES = "1,5%,25%,100%"
+# An hour: a download, a drain and a reboot, with room to spare.
+DEFAULT_PROGRESS_DEADLINE_S = 3600
 MAX_WAVES = 16
 POOL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 ROLLOUT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -124,6 +143,8 @@ class Policy(Wire):
     max_unavailable: int = 1  # nodes of a wave updating at the same time
     soak_s: int = 0  # a finished wave waits this long before the next starts
     max_failures: int = 0  # more failures than this in one wave halt the rollout
+    # An assigned node not on the target by then counts as failed.
+    progress_deadline_s: int = DEFAULT_PROGRESS_DEADLINE_S
 
     WIRE = Document(
         Field(
@@ -155,6 +176,14 @@ class Policy(Wire):
             default=0,
             description="more failures than this in one wave halt the rollout",
         ),
+        # Rollouts stored before the deadline existed read with the default.
+        Field(
+            "progress_deadline_s",
+            Integer(minimum=1, maximum=30 * 86_400),
+            default=DEFAULT_PROGRESS_DEADLINE_S,
+            description="an assigned node not on the target, committed and healthy, this "
+            "many seconds after its assignment counts as failed",
+        ),
         where="policy",
     )
 
@@ -184,6 +213,7 @@ class NodeState(Wire):
     progress: Progress = Progress.PENDING
     assigned_at: int | None = None
     detail: str = ""
+    missed_deadline_at: int | None = None  # when it was failed for missing the deadline
 
     WIRE = Document(
         Field("node_id", Text(max_len=128)),
@@ -196,6 +226,11 @@ class NodeState(Wire):
         Field("progress", Choice(Progress)),
         Field("assigned_at", Nullable(Integer())),
         Field("detail", Text(max_len=1024)),
+        optional(
+            "missed_deadline_at",
+            Integer(),
+            "when the node was failed for missing its progress deadline; null: it was not",
+        ),
         where="node",
     )
 
@@ -246,10 +281,12 @@ class Rollout(Wire):
 
 @dataclass(frozen=True)
 class Transition:
-    """A rollout after a step, and what happened, for the audit log."""
+    """A rollout after a step, and what happened: for the audit log (``events``),
+    and for the webhooks (``notices``: a halt, a missed deadline)."""
 
     rollout: Rollout
     events: tuple[str, ...] = ()
+    notices: tuple[Notice, ...] = ()
 
 
 def new_rollout(
@@ -293,11 +330,26 @@ def _verdict(rollout: Rollout, node: NodeState, seen: Observation | None) -> tup
     return Progress.ASSIGNED, f"reported {seen.update}, not on the target yet"
 
 
+def _missed_deadline(rollout: Rollout, node: NodeState, detail: str, now: int) -> str | None:
+    """Why an assigned node still without a verdict (``detail``: where it stands)
+    has missed its progress deadline at ``now``; None while it has time left."""
+    assert node.assigned_at is not None  # assigned
+    due = node.assigned_at + rollout.policy.progress_deadline_s
+    if now < due:
+        return None
+    return (
+        f"missed its progress deadline at {datetime.fromtimestamp(due, UTC).isoformat()} "
+        f"({rollout.policy.progress_deadline_s}s after its assignment); "
+        f"last: {detail or 'no report since its assignment'}"
+    )
+
+
 def step(rollout: Rollout, seen: Mapping[str, Observation], now: int) -> Transition:
     """Advance a running rollout as far as the reports allow at time ``now``."""
     if rollout.phase is not Phase.RUNNING:
         return Transition(rollout)
     events: list[str] = []
+    notices: list[Notice] = []
     nodes = {n.node_id: n for n in rollout.nodes}
     wave, soak_started = rollout.wave, rollout.soak_started
     while True:
@@ -305,19 +357,32 @@ def step(rollout: Rollout, seen: Mapping[str, Observation], now: int) -> Transit
         for node in members:
             if node.progress is Progress.ASSIGNED:
                 progress, detail = _verdict(rollout, node, seen.get(node.node_id))
+                missed = None
+                if progress is Progress.ASSIGNED:
+                    missed = _missed_deadline(rollout, node, detail, now)
+                if missed is not None:
+                    notices.append(_deadline_notice(rollout, node, detail, now))
+                    progress, detail = Progress.FAILED, missed
                 if progress is not Progress.ASSIGNED or detail != node.detail:
-                    nodes[node.node_id] = replace(node, progress=progress, detail=detail)
+                    nodes[node.node_id] = replace(
+                        node,
+                        progress=progress,
+                        detail=detail,
+                        missed_deadline_at=None if missed is None else now,
+                    )
                 if progress is not Progress.ASSIGNED:
                     events.append(f"{node.node_id} {progress.value}: {detail}")
         members = [nodes[n.node_id] for n in members]
         failed = [n for n in members if n.progress is Progress.FAILED]
         if len(failed) > rollout.policy.max_failures:
+            late = [n.node_id for n in failed if n.missed_deadline_at is not None]
             reason = (
                 f"wave {wave}: {len(failed)} node(s) failed "
                 f"(more than {rollout.policy.max_failures}): {', '.join(n.node_id for n in failed)}"
-            )
+            ) + (f"; missed the progress deadline: {', '.join(late)}" if late else "")
             events.append(f"halted: {reason}")
-            return _done(rollout, nodes, wave, None, Phase.HALTED, reason, events)
+            notices.append(_halt_notice(rollout, wave, reason, failed))
+            return _done(rollout, nodes, wave, None, Phase.HALTED, reason, events, notices)
         in_flight = sum(1 for n in members if n.progress is Progress.ASSIGNED)
         free = rollout.policy.max_unavailable - in_flight
         for node in members:
@@ -331,16 +396,18 @@ def step(rollout: Rollout, seen: Mapping[str, Observation], now: int) -> Transit
             nodes[n.node_id].progress in (Progress.DONE, Progress.FAILED) for n in members
         )
         if not settled:
-            return _done(rollout, nodes, wave, None, Phase.RUNNING, rollout.reason, events)
+            return _done(rollout, nodes, wave, None, Phase.RUNNING, rollout.reason, events, notices)
         if soak_started is None:
             soak_started = now
             events.append(f"wave {wave} done; soaking {rollout.policy.soak_s}s")
         if now < soak_started + rollout.policy.soak_s:
-            return _done(rollout, nodes, wave, soak_started, Phase.RUNNING, rollout.reason, events)
+            return _done(
+                rollout, nodes, wave, soak_started, Phase.RUNNING, rollout.reason, events, notices
+            )
         wave, soak_started = wave + 1, None
         if wave >= rollout.wave_count:
             events.append("completed")
-            return _done(rollout, nodes, wave, None, Phase.COMPLETED, "", events)
+            return _done(rollout, nodes, wave, None, Phase.COMPLETED, "", events, notices)
         events.append(f"wave {wave} started")
 
 
@@ -352,6 +419,7 @@ def _done(
     phase: Phase,
     reason: str,
     events: list[str],
+    notices: list[Notice],
 ) -> Transition:
     updated = replace(
         rollout,
@@ -361,7 +429,48 @@ def _done(
         phase=phase,
         reason=reason,
     )
-    return Transition(updated, tuple(events))
+    return Transition(updated, tuple(events), tuple(notices))
+
+
+def _subject(rollout: Rollout) -> str:
+    return f"rollout/{rollout.id}"
+
+
+def _deadline_notice(rollout: Rollout, node: NodeState, detail: str, now: int) -> Notice:
+    assert node.assigned_at is not None  # assigned
+    return Notice(
+        ROLLOUT_DEADLINE_MISSED,
+        _subject(rollout),
+        {
+            "rollout": rollout.id,
+            "pool": rollout.pool,
+            "target": rollout.target,
+            "wave": node.wave,
+            "node": node.node_id,
+            "assigned_at": node.assigned_at,
+            "deadline_at": node.assigned_at + rollout.policy.progress_deadline_s,
+            "progress_deadline_s": rollout.policy.progress_deadline_s,
+            "failed_at": now,
+            "last": detail or "no report since its assignment",
+        },
+    )
+
+
+def _halt_notice(rollout: Rollout, wave: int, reason: str, failed: list[NodeState]) -> Notice:
+    return Notice(
+        ROLLOUT_HALTED,
+        _subject(rollout),
+        {
+            "rollout": rollout.id,
+            "pool": rollout.pool,
+            "target": rollout.target,
+            "wave": wave,
+            "reason": reason,
+            "max_failures": rollout.policy.max_failures,
+            "failed": [n.node_id for n in failed],
+            "deadline_missed": [n.node_id for n in failed if n.missed_deadline_at is not None],
+        },
+    )
 
 
 # Operator commands: which phases each may start from, and where it leads.

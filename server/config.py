@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.driverlog import DEFAULT_DRIVER_PCR
@@ -10,6 +10,25 @@ from server.attestation.enrollment import DEFAULT_EK_TYPE
 from server.store import Retention
 
 DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """One ``[[webhook]]`` of server.toml: where operational events are POSTed, and
+    the shared secrets they are signed with (``fleet.webhook_signature``)."""
+
+    url: str
+    # Every secret in the secret file signs each delivery: during a rotation the
+    # receiver accepts the old or the new one. Never shown.
+    secrets: tuple[bytes, ...] = field(repr=False)
+    events: tuple[str, ...] = ()  # the event types it gets (or PREFIX.*); empty: all
+    name: str = ""  # names its deliveries in the store and logs; default: the URL
+    timeout_s: float = 10.0  # for one attempt, connecting to reading the answer
+    max_attempts: int = 16  # then the delivery is given up, with an error logged
+
+    @property
+    def key(self) -> str:
+        return self.name or self.url
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,15 @@ class ServerConfig:
     # view reads (the node API's history, the compliance report).
     report_retention_count: int = 500
     report_retention_days: int = 30
+    # Webhooks (server.webhooks): endpoints told of operational events. Failed
+    # deliveries are retried after the first delay, doubled each time up to the
+    # bound, with jitter; the sender looks for new events every poll interval, and
+    # watches the fleet's conditions (a node missing ...) every watch interval
+    # (a poll interval of 0: neither, tests drive them).
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    webhook_retry_s: tuple[float, float] = (5.0, 3600.0)
+    webhook_poll_s: float = 5.0
+    webhook_watch_s: float = 60.0
 
     @property
     def retention(self) -> Retention:

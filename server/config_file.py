@@ -7,6 +7,8 @@ key in the file (its flag is the key with dashes), its type, its bounds and its
 help; its default is the ``ServerConfig`` field it sets. A flag given on the
 command line replaces the file's value whole (a list or table included).
 Relative paths in the file are relative to the file's folder, as in agent.toml.
+Webhooks (``[[webhook]]`` tables: a URL, a secret file, filters) are set in the
+file only: a table per endpoint does not fit on a command line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +26,10 @@ from fleet.driverlog import driver_pcr_problem
 from fleet.errors import GpuwardError
 from fleet.rollout import POOL
 from fleet.schema import Reader
+from fleet.webhook import type_problem
 from keys.durable_files import read_toml
 from server.attestation.enrollment import EK_TYPES, ek_type_problem
-from server.config import ServerConfig
+from server.config import ServerConfig, WebhookEndpoint
 
 DEFAULT_PATH = Path("/etc/gpuward/server.toml")
 MAX_WORKERS = 64
@@ -42,6 +46,7 @@ class OptionKind(enum.Enum):
     PATHS = enum.auto()  # a repeatable flag; a list in the file
     POOL_PATHS = enum.auto()  # POOL=FILE, repeatable; a table POOL = "FILE" in the file
     ADDRESSES = enum.auto()  # IP addresses: a repeatable flag; a list in the file
+    WEBHOOKS = enum.auto()  # [[webhook]] tables, in the file only
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Option:
     required: bool = False
     bounds: tuple[float, float] | None = None  # inclusive, for numbers
     check: Callable[[Any], str | None] | None = None  # the problem with a value, if any
+    file_only: bool = False  # no flag: set in server.toml only
 
     @property
     def flag(self) -> str:
@@ -266,7 +272,19 @@ OPTIONS = (
         "ADDRESS",
         check=_addresses_problem,
     ),
+    Option(
+        "webhook",
+        "webhooks",
+        OptionKind.WEBHOOKS,
+        "endpoints told of operational events, signed: one [[webhook]] table each, with "
+        "url, secret_file, and optionally events, name, timeout, max_attempts",
+        file_only=True,
+    ),
 )
+# The keys of a [[webhook]] table.
+_WEBHOOK_KEYS = frozenset({"url", "secret_file", "events", "name", "timeout", "max_attempts"})
+# Shorter shared secrets could be guessed from a delivery's signature.
+MIN_SECRET_LEN = 16
 
 
 @dataclass(frozen=True)
@@ -342,7 +360,73 @@ def _from_file(option: Option, r: Reader, raw: object, base: Path) -> object:
                     f'{r.where}: {name!r} must be a table of POOL = "FILE" ([{name}])'
                 )
             return tuple((pool, base / file) for pool, file in raw.items())
+        case OptionKind.WEBHOOKS:
+            items = r.items(name, max_items=64)
+            endpoints = tuple(
+                _webhook(item, f"{r.where}: [[{name}]] {index + 1}", base)
+                for index, item in enumerate(items)
+            )
+            keys = [e.endpoint.key for e in endpoints]
+            if len(set(keys)) < len(keys):
+                raise GpuwardError(
+                    f"{r.where}: two [[{name}]] tables share a url (or name); "
+                    "give each a name of its own"
+                )
+            return endpoints
     raise AssertionError(option.kind)
+
+
+def _webhook(table: object, where: str, base: Path) -> _Webhook:
+    """One [[webhook]] table, its secret file read (relative to ``base``)."""
+    if not isinstance(table, dict):
+        raise GpuwardError(f"{where} must be a table ([[webhook]] with url = ... below it)")
+    w = Reader(table, where, allowed=_WEBHOOK_KEYS)
+    url = w.text("url", max_len=2048)
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise GpuwardError(f"{where}: url {url!r} must be an http:// or https:// URL")
+    events = w.items("events", max_items=64, default=[])
+    for event in events:
+        problem = "must be a string" if not isinstance(event, str) else type_problem(event)
+        if problem is not None:
+            raise GpuwardError(f"{where}: events: {event!r} {problem}")
+    options: dict[str, Any] = {}
+    if "name" in table:
+        options["name"] = w.text("name", max_len=64)
+    if "timeout" in table:
+        options["timeout_s"] = w.number("timeout", minimum=0.1, maximum=300)
+    if "max_attempts" in table:
+        options["max_attempts"] = w.integer("max_attempts", minimum=1, maximum=100)
+    secret_file = base / w.text("secret_file")
+    return _Webhook(WebhookEndpoint(url, (), tuple(events), **options), secret_file, where)
+
+
+@dataclass(frozen=True)
+class _Webhook:
+    """A [[webhook]] table as read, before its secret file is (when the config loads)."""
+
+    endpoint: WebhookEndpoint  # without its secrets yet
+    secret_file: Path
+    where: str
+
+
+def _secrets(path: Path, where: str) -> tuple[bytes, ...]:
+    """The shared secrets in ``path``: one a line, each signing every delivery."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise GpuwardError(f"{where}: cannot read secret_file {path}: {exc.strerror}") from None
+    secrets = tuple(line.strip().encode() for line in lines if line.strip())
+    if not secrets:
+        raise GpuwardError(
+            f"{where}: secret_file {path} holds no secret; write one (openssl rand -hex 32)"
+        )
+    if any(len(secret) < MIN_SECRET_LEN for secret in secrets):
+        raise GpuwardError(
+            f"{where}: a secret in {path} is shorter than {MIN_SECRET_LEN} characters, "
+            "which a signature could reveal; use openssl rand -hex 32"
+        )
+    return secrets
 
 
 def _from_flag(option: Option, raw: object) -> object:
@@ -401,6 +485,11 @@ def _finish(option: Option, setting: Setting) -> object:
     if option.kind is OptionKind.ADDRESSES:
         assert isinstance(value, tuple)
         return tuple(str(ipaddress.ip_address(item)) for item in value)
+    if option.kind is OptionKind.WEBHOOKS:
+        assert isinstance(value, tuple)
+        return tuple(
+            dataclasses.replace(w.endpoint, secrets=_secrets(w.secret_file, w.where)) for w in value
+        )
     return value
 
 

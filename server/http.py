@@ -27,6 +27,7 @@ from server.reportlog import ReportTally
 from server.rollout.engine import RolloutEngine
 from server.store import EnrolledNode, OperatorToken, Store
 from server.tpm_enrollment import TpmEnrollment
+from server.webhooks import WebhookService
 
 MAX_BODY_BYTES = 64 * 1024
 # What any signed node request may be answered besides its own outcomes.
@@ -67,6 +68,8 @@ class Services:
     stragglers: Periodic[dict[str, Any]] = field(default_factory=Periodic)
     # The process that re-signs online metadata (worker 0, or the only one) has one.
     renewer: Renewer | None = None
+    # The process with the background duties has one when webhooks are configured.
+    webhooks: WebhookService | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -67,6 +67,7 @@ from server.rollout.engine import RolloutEngine
 from server.store import Store, open_store
 from server.tpm_enrollment import EVIDENCE_TYPE as TPM_EVIDENCE
 from server.tpm_enrollment import TpmEnrollment
+from server.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -178,11 +179,13 @@ async def serve(
             config.repo,
             clock,
             DirectorRepository(config.director) if config.director else None,
+            notify=bool(config.webhooks),
         ),
         report_signer=load_or_create(config.report_key or default_path(config.repo)),
         tpm=tpm,
         reports=reports,
         renewer=Renewer(_signer(config), store, config, clock) if duties else None,
+        webhooks=WebhookService(store, config, clock) if duties and config.webhooks else None,
     )
     app = create_app(svc)
     if worker is not None:
@@ -192,6 +195,7 @@ async def serve(
     ticker: asyncio.Task[None] | None = None
     sweeping: asyncio.Task[None] | None = None
     resigning: asyncio.Task[None] | None = None
+    notifying: asyncio.Task[None] | None = None
     await runner.setup()
     try:
         listener = await _listen(config, runner, reuse_port=worker is not None)
@@ -200,6 +204,8 @@ async def serve(
             ticker = asyncio.create_task(svc.engine.run(stop, config.rollout_tick_s))
         if duties:
             sweeping = asyncio.create_task(retention.run(store, clock, stop))
+        if svc.webhooks is not None and config.webhook_poll_s > 0:
+            notifying = asyncio.create_task(svc.webhooks.run(stop))
         log.info("server_listening", host=config.host, port=bound, repo=str(config.repo))
         if svc.renewer is not None:
             _warn_of_offline_keys(config)
@@ -211,6 +217,8 @@ async def serve(
             await resigning
         if sweeping is not None:
             await sweeping
+        if notifying is not None:
+            await notifying
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -219,6 +227,8 @@ async def serve(
         if listener is not None:
             listener.close()
         await runner.cleanup()
+        if svc.webhooks is not None:
+            await svc.webhooks.close()
         await store.close()
         log.info("server_stopped")
 

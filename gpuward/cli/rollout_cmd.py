@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fleet.rollout import DEFAULT_PROGRESS_DEADLINE_S
 from gpuward.cli.operator_client import add_server_flags, call
 from gpuward.cli.output import add_json_flag, emit, table
 
@@ -22,6 +23,14 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     start.add_argument("--soak", type=int, default=0, metavar="S", help="seconds per wave")
     start.add_argument(
         "--max-failures", type=int, default=0, metavar="N", help="halt past N failures in a wave"
+    )
+    start.add_argument(
+        "--progress-deadline",
+        type=int,
+        default=DEFAULT_PROGRESS_DEADLINE_S,
+        metavar="S",
+        help="a node not on the target S seconds after its assignment counts as failed "
+        "(default %(default)s)",
     )
     start.add_argument("--id", help="rollout id (default: generated)")
     start.set_defaults(func=_start)
@@ -62,6 +71,7 @@ def _start(args: argparse.Namespace) -> None:
             "max_unavailable": args.max_unavailable,
             "soak_s": args.soak,
             "max_failures": args.max_failures,
+            "progress_deadline_s": args.progress_deadline,
         },
     }
     if args.id:

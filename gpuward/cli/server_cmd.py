@@ -74,6 +74,8 @@ def _add_options(run: argparse.ArgumentParser) -> None:
 
     types: dict[OptionKind, type] = {OptionKind.INT: int, OptionKind.FLOAT: float}
     for option in OPTIONS:
+        if option.file_only:
+            continue
         repeatable = option.kind in (OptionKind.PATHS, OptionKind.POOL_PATHS, OptionKind.ADDRESSES)
         default = option.default
         shown = f" (default {default})" if default is not None and not repeatable else ""
@@ -91,7 +93,7 @@ def _run(args: argparse.Namespace) -> None:
     from server import config_file
     from server.lifecycle import run_server
 
-    flags = {option.name: getattr(args, option.name) for option in config_file.OPTIONS}
+    flags = {option.name: getattr(args, option.name, None) for option in config_file.OPTIONS}
     run_server(config_file.load(flags, args.config))
 
 

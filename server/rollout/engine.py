@@ -5,7 +5,9 @@ transaction with the assignments and audit events it causes, so with several
 replicas a wave is advanced by one of them only, and a crash mid-way changes
 nothing. The periodic ``tick`` skips rollouts another replica holds; operator
 commands wait for the lock. Time comes from an injected clock, so tests drive
-soak times without sleeping.
+soak times and progress deadlines without sleeping. With ``notify`` (webhooks
+configured), a halt or a missed deadline is also stored as a webhook event in
+that transaction (``server.webhooks`` delivers it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -39,11 +42,13 @@ class RolloutEngine:
         repo: Path,
         clock: Callable[[], float],
         director: DirectorRepository | None = None,
+        notify: bool = False,
     ) -> None:
         self._store = store
         self._repo = repo
         self._clock = clock
         self._director = director
+        self._notify = notify
 
     async def publish_assignments(self) -> None:
         """Turn the store's assignments into signed director metadata, if a director runs."""
@@ -84,7 +89,8 @@ class RolloutEngine:
         now = self._now()
 
         def advance(rollout: Rollout, seen: Mapping[str, Observation]) -> Transition:
-            return step(rollout, seen, now)
+            moved = step(rollout, seen, now)
+            return moved if self._notify else replace(moved, notices=())
 
         after = await self._store.change_rollout(rollout_id, advance, now, wait=False)
         if after is not None:

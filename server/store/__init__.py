@@ -8,7 +8,7 @@ over a small transaction interface, and the same migrations
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +21,7 @@ from fleet.nodeauth import MAX_SKEW_S
 from fleet.report import HealthReport
 from fleet.rollout import Observation, Rollout, Transition
 from fleet.stragglers import NodeWindow
+from fleet.webhook import WebhookEvent
 from server.attestation.challenges import PendingChallenge
 
 log = structlog.get_logger(__name__)
@@ -134,6 +135,45 @@ class RolloutEvent:
 
 
 RolloutChange = Callable[[Rollout, Mapping[str, Observation]], Transition]
+
+# A webhook delivery's states: retried while pending, until delivered or out of attempts.
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One event to one endpoint, claimed for an attempt."""
+
+    event_id: str
+    endpoint: str
+    attempts: int  # made before this one
+    body: bytes  # the event's JSON, the same on every attempt
+
+
+@dataclass(frozen=True)
+class WebhookCondition:
+    """A condition the server watches that holds now (server.webhooks)."""
+
+    episode: str  # what it is about this time (a node missing since when): a change is news
+    since: int  # when it was found
+
+
+@dataclass(frozen=True)
+class SilentNode:
+    node_id: str
+    pool: str
+    last_seen: int | None  # None: enrolled, never reported
+    enrolled_at: int
+
+
+@dataclass(frozen=True)
+class FailingAttestation:
+    """An enrolled node whose latest report's attestation did not pass."""
+
+    node_id: str
+    pool: str
+    received_at: int
+    verdict: AttestationVerdict
 
 
 class Store(Protocol):
@@ -300,6 +340,62 @@ class Store(Protocol):
 
     async def renewals(self) -> list[str]:
         """Every re-signer's last outcome (JSON), by signer."""
+        ...
+
+    # Webhooks (server.webhooks): events, their deliveries, the conditions watched.
+
+    async def route_webhook_events(
+        self, route: Callable[[str], Sequence[str]], now: int, limit: int
+    ) -> int:
+        """Give up to ``limit`` events not routed yet a pending delivery, due at
+        ``now``, to each endpoint ``route(event type)`` names; the number routed."""
+        ...
+
+    async def claim_webhook_deliveries(
+        self, endpoints: Sequence[str], now: int, hold_until: int, limit: int
+    ) -> list[WebhookDelivery]:
+        """Up to ``limit`` pending deliveries to ``endpoints`` due at ``now``, each
+        held until ``hold_until`` so that no other replica sends it meanwhile."""
+        ...
+
+    async def finish_webhook_attempt(
+        self, delivery: WebhookDelivery, state: str, next_attempt_at: int, error: str
+    ) -> None:
+        """Record an attempt's outcome: ``state`` (pending: try again at
+        ``next_attempt_at``), and the error, if any."""
+        ...
+
+    async def webhook_delivery_states(self, event_id: str) -> dict[str, tuple[str, int]]:
+        """Each endpoint's delivery of the event: (state, attempts made)."""
+        ...
+
+    async def forget_webhook_events(self, before: int) -> int:
+        """Delete events created before ``before`` with their deliveries; how many."""
+        ...
+
+    async def webhook_conditions(self, kind: str) -> dict[str, WebhookCondition]:
+        """The conditions of ``kind`` that held when last watched, by subject."""
+        ...
+
+    async def change_webhook_condition(
+        self,
+        kind: str,
+        subject: str,
+        before: str | None,
+        after: str | None,
+        event: WebhookEvent,
+    ) -> bool:
+        """Move the condition from episode ``before`` (None: it did not hold) to
+        ``after`` (None: it ended) and record ``event``, in one transaction; False,
+        recording nothing, when it was not at ``before`` (another replica moved it)."""
+        ...
+
+    async def silent_nodes(self, before: int) -> list[SilentNode]:
+        """Enrolled nodes last heard from (or enrolled, if never) before ``before``."""
+        ...
+
+    async def failing_attestations(self) -> list[FailingAttestation]:
+        """Enrolled nodes whose latest report was attested and did not pass."""
         ...
 
 

@@ -292,4 +292,37 @@ MIGRATIONS = (
         SELECT COUNT(*) FROM reports r WHERE r.node_id = nodes.node_id
     );
     """,
+    # Webhooks (server.webhooks): each operational event once, with the body every
+    # delivery of it sends, routed to the endpoints configured when it is; a
+    # delivery per event and endpoint, retried until delivered or out of attempts;
+    # and the conditions watched (a node missing ...), each open while it holds,
+    # so that it is told once when it begins and once when it ends.
+    """
+    CREATE TABLE webhook_events (
+        event_id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        created_at {integer} NOT NULL,
+        body TEXT NOT NULL,
+        routed {boolean} NOT NULL DEFAULT {false}
+    );
+    CREATE INDEX webhook_events_unrouted ON webhook_events (routed, created_at);
+    CREATE INDEX webhook_events_created ON webhook_events (created_at);
+    CREATE TABLE webhook_deliveries (
+        event_id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts {integer} NOT NULL,
+        next_attempt_at {integer} NOT NULL,
+        last_error TEXT NOT NULL,
+        PRIMARY KEY (event_id, endpoint)
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
+    CREATE TABLE webhook_conditions (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        episode TEXT NOT NULL,
+        since {integer} NOT NULL,
+        PRIMARY KEY (kind, subject)
+    );
+    """,
 )

@@ -28,13 +28,16 @@ from fleet.gpu import GpuSample
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
+from fleet.webhook import WebhookEvent, new_event_id
 from server.attestation.challenges import PendingChallenge
 from server.attestation.enrollment import EnrolledTpm
 from server.store import (
+    PENDING,
     REPLAY_WINDOW_S,
     Conflict,
     EkInUse,
     EnrolledNode,
+    FailingAttestation,
     NodeStatus,
     OperatorToken,
     RemovedNode,
@@ -43,6 +46,9 @@ from server.store import (
     RolloutAssignment,
     RolloutChange,
     RolloutEvent,
+    SilentNode,
+    WebhookCondition,
+    WebhookDelivery,
 )
 
 Row = tuple[Any, ...]
@@ -689,6 +695,9 @@ class SqlStore:
                         now,
                     )
             await _add_events(tx, rollout_id, now, transition.events)
+            await _add_webhook_events(
+                tx, [WebhookEvent.of(n, new_event_id(), now) for n in transition.notices]
+            )
         return after
 
     async def assignment(self, node_id: str) -> RolloutAssignment | None:
@@ -860,6 +869,176 @@ class SqlStore:
         rows = await self.db.query("SELECT status FROM renewals ORDER BY signer")
         return [str(status) for (status,) in rows]
 
+    # Webhooks.
+
+    async def route_webhook_events(
+        self, route: Callable[[str], Sequence[str]], now: int, limit: int
+    ) -> int:
+        async with self.db.transaction(write=True) as tx:
+            rows = await tx.fetch(
+                "SELECT event_id, type FROM webhook_events WHERE routed = ? "
+                "ORDER BY created_at LIMIT ?",
+                False,
+                limit,
+            )
+            # Another replica routing the same events adds nothing: the key is the guard.
+            await tx.execute_many(
+                "INSERT INTO webhook_deliveries (event_id, endpoint, state, attempts, "
+                "next_attempt_at, last_error) VALUES (?, ?, ?, 0, ?, '') "
+                "ON CONFLICT (event_id, endpoint) DO NOTHING",
+                [
+                    (event_id, endpoint, PENDING, now)
+                    for event_id, event_type in rows
+                    for endpoint in route(event_type)
+                ],
+            )
+            await tx.execute_many(
+                "UPDATE webhook_events SET routed = ? WHERE event_id = ?",
+                [(True, event_id) for event_id, _ in rows],
+            )
+        return len(rows)
+
+    async def claim_webhook_deliveries(
+        self, endpoints: Sequence[str], now: int, hold_until: int, limit: int
+    ) -> list[WebhookDelivery]:
+        if not endpoints:
+            return []
+        async with self.db.transaction(write=True) as tx:
+            # Only placeholders are joined in, never input.
+            rows = await tx.fetch(
+                "SELECT d.event_id, d.endpoint, d.attempts, d.next_attempt_at, e.body "  # noqa: S608
+                "FROM webhook_deliveries d JOIN webhook_events e ON e.event_id = d.event_id "
+                "WHERE d.state = ? AND d.next_attempt_at <= ? "
+                f"AND d.endpoint IN ({', '.join('?' * len(endpoints))}) "
+                "ORDER BY d.next_attempt_at LIMIT ?",
+                PENDING,
+                now,
+                *endpoints,
+                limit,
+            )
+            if not rows:
+                return []
+            # Held only if no one else held it since it was read: of replicas racing
+            # for a delivery, one sends it.
+            held = await tx.fetch_many(
+                "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE event_id = ? "
+                "AND endpoint = ? AND state = ? AND next_attempt_at = ? "
+                "RETURNING event_id, endpoint",
+                [(hold_until, e, ep, PENDING, due) for e, ep, _, due, _ in rows],
+            )
+        mine = {(event_id, endpoint) for event_id, endpoint in held}
+        return [
+            WebhookDelivery(event_id, endpoint, int(attempts), str(body).encode())
+            for event_id, endpoint, attempts, _, body in rows
+            if (event_id, endpoint) in mine
+        ]
+
+    async def finish_webhook_attempt(
+        self, delivery: WebhookDelivery, state: str, next_attempt_at: int, error: str
+    ) -> None:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute(
+                "UPDATE webhook_deliveries SET state = ?, attempts = ?, next_attempt_at = ?, "
+                "last_error = ? WHERE event_id = ? AND endpoint = ?",
+                state,
+                delivery.attempts + 1,
+                next_attempt_at,
+                error,
+                delivery.event_id,
+                delivery.endpoint,
+            )
+
+    async def webhook_delivery_states(self, event_id: str) -> dict[str, tuple[str, int]]:
+        rows = await self.db.query(
+            "SELECT endpoint, state, attempts FROM webhook_deliveries WHERE event_id = ?",
+            event_id,
+        )
+        return {endpoint: (state, int(attempts)) for endpoint, state, attempts in rows}
+
+    async def forget_webhook_events(self, before: int) -> int:
+        async with self.db.transaction(write=True) as tx:
+            gone = await tx.fetch(
+                "DELETE FROM webhook_events WHERE event_id IN (SELECT event_id FROM "
+                "webhook_events WHERE created_at < ? LIMIT ?) RETURNING event_id",
+                before,
+                TRIM_ROWS,
+            )
+            await tx.execute_many(
+                "DELETE FROM webhook_deliveries WHERE event_id = ?", [tuple(row) for row in gone]
+            )
+        return len(gone)
+
+    async def webhook_conditions(self, kind: str) -> dict[str, WebhookCondition]:
+        rows = await self.db.query(
+            "SELECT subject, episode, since FROM webhook_conditions WHERE kind = ?", kind
+        )
+        return {subject: WebhookCondition(episode, int(since)) for subject, episode, since in rows}
+
+    async def change_webhook_condition(
+        self,
+        kind: str,
+        subject: str,
+        before: str | None,
+        after: str | None,
+        event: WebhookEvent,
+    ) -> bool:
+        async with self.db.transaction(write=True) as tx:
+            if before is None:
+                moved = await tx.fetch(
+                    "INSERT INTO webhook_conditions (kind, subject, episode, since) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (kind, subject) DO NOTHING RETURNING kind",
+                    kind,
+                    subject,
+                    after,
+                    event.time,
+                )
+            elif after is None:
+                moved = await tx.fetch(
+                    "DELETE FROM webhook_conditions WHERE kind = ? AND subject = ? "
+                    "AND episode = ? RETURNING kind",
+                    kind,
+                    subject,
+                    before,
+                )
+            else:
+                moved = await tx.fetch(
+                    "UPDATE webhook_conditions SET episode = ?, since = ? WHERE kind = ? "
+                    "AND subject = ? AND episode = ? RETURNING kind",
+                    after,
+                    event.time,
+                    kind,
+                    subject,
+                    before,
+                )
+            if moved:
+                await _add_webhook_events(tx, [event])
+        return bool(moved)
+
+    async def silent_nodes(self, before: int) -> list[SilentNode]:
+        rows = await self.db.query(
+            "SELECT e.node_id, e.pool, n.last_seen, e.enrolled_at FROM enrollments e "
+            "LEFT JOIN nodes n ON n.node_id = e.node_id "
+            "WHERE COALESCE(n.last_seen, e.enrolled_at) < ? ORDER BY e.node_id",
+            before,
+        )
+        return [SilentNode(*row) for row in rows]
+
+    async def failing_attestations(self) -> list[FailingAttestation]:
+        # The verdict's stored JSON (AttestationVerdict.to_json) of one that failed
+        # holds this; a reason quoting it may match too, so each is read to be sure.
+        rows = await self.db.query(
+            "SELECT e.node_id, e.pool, n.last_seen, r.attestation FROM enrollments e "
+            "JOIN nodes n ON n.node_id = e.node_id JOIN reports r ON r.id = n.last_report "
+            "WHERE r.attestation LIKE ? ORDER BY e.node_id",
+            '%"passed": false%',
+        )
+        found = []
+        for node_id, pool, at, stored in rows:
+            verdict = _verdict(stored, f"the verdict on node {node_id}'s latest report")
+            if verdict is not None and not verdict.passed:
+                found.append(FailingAttestation(node_id, pool, int(at), verdict))
+        return found
+
 
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
 
@@ -971,6 +1150,13 @@ async def _add_samples(tx: Tx, reports: list[_Report]) -> None:
         "DELETE FROM gpu_samples WHERE node_id = ? AND id NOT IN "
         "(SELECT id FROM gpu_samples WHERE node_id = ? ORDER BY id DESC LIMIT ?)",
         [(node_id, node_id, WINDOW) for node_id in dict.fromkeys(row[0] for row in rows)],
+    )
+
+
+async def _add_webhook_events(tx: Tx, events: Sequence[WebhookEvent]) -> None:
+    await tx.execute_many(
+        "INSERT INTO webhook_events (event_id, type, created_at, body) VALUES (?, ?, ?, ?)",
+        [(e.id, e.type, e.time, e.body().decode()) for e in events],
     )
 
 

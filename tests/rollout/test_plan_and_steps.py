@@ -204,12 +204,18 @@ def _observations(draw: st.DrawFn, nodes: list[str], now: int) -> dict[str, Obse
     max_unavailable=st.integers(1, 8),
     max_failures=st.integers(0, 3),
     soak=st.integers(0, 50),
+    deadline=st.integers(10, 300),
     data=st.data(),
 )
 def test_invariants_hold_under_any_reports(
-    size: int, max_unavailable: int, max_failures: int, soak: int, data: st.DataObject
+    size: int,
+    max_unavailable: int,
+    max_failures: int,
+    soak: int,
+    deadline: int,
+    data: st.DataObject,
 ) -> None:
-    policy = Policy(parse_waves("1,5%,25%,100%"), max_unavailable, soak, max_failures)
+    policy = Policy(parse_waves("1,5%,25%,100%"), max_unavailable, soak, max_failures, deadline)
     r = _rollout(size, policy)
     ids = [n.node_id for n in r.nodes]
     assert sorted(ids) == sorted(f"n{i}" for i in range(size))  # waves partition the pool
@@ -232,6 +238,67 @@ def test_invariants_hold_under_any_reports(
         if r.phase is Phase.HALTED:
             failed = [n for n in r.nodes if n.wave == r.wave and n.progress is Progress.FAILED]
             assert len(failed) > max_failures
+        # No node waits for its verdict past its deadline.
+        if r.phase is Phase.RUNNING:
+            assert all(
+                n.assigned_at is not None and now < n.assigned_at + deadline
+                for n in r.nodes
+                if n.progress is Progress.ASSIGNED
+            )
         # A wave is only left when every node in it is done (failures within the threshold).
         for wave in range(min(r.wave, r.wave_count)):
             assert all(n.progress in (Progress.DONE, Progress.FAILED) for n in r.wave_nodes(wave))
+
+
+def test_a_silent_node_fails_at_its_progress_deadline_and_halts_the_rollout() -> None:
+    r = step(_rollout(3, Policy(parse_waves("1,100%"), progress_deadline_s=600)), {}, 1000).rollout
+    canary = r.nodes[0].node_id
+    waiting = step(r, {}, 1599)
+    assert waiting.rollout.phase is Phase.RUNNING and waiting.notices == ()
+    assert waiting.rollout.nodes[0].progress is Progress.ASSIGNED
+
+    halted = step(waiting.rollout, {}, 1600)
+    assert halted.rollout.phase is Phase.HALTED
+    node = halted.rollout.nodes[0]
+    assert (node.progress, node.missed_deadline_at) == (Progress.FAILED, 1600)
+    assert f"missed the progress deadline: {canary}" in halted.rollout.reason
+    # The audit event names the node and when its deadline passed.
+    assert (
+        f"{canary} failed: missed its progress deadline at 1970-01-01T00:26:40+00:00 "
+        "(600s after its assignment); last: no report since its assignment" in halted.events
+    )
+    missed, stopped = halted.notices
+    assert (missed.type, missed.subject) == ("rollout.deadline_missed", "rollout/r1")
+    assert missed.details["node"] == canary and missed.details["deadline_at"] == 1600
+    assert (stopped.type, stopped.details["deadline_missed"]) == ("rollout.halted", [canary])
+    assert assignments(halted.rollout) == {canary: NEW}  # nothing more assigned
+
+
+def test_a_node_short_of_the_target_misses_the_deadline_with_what_it_said() -> None:
+    policy = Policy(parse_waves("100%"), max_unavailable=1, max_failures=1, progress_deadline_s=60)
+    r = step(_rollout(2, policy), {}, 0).rollout
+    first = r.nodes[0].node_id
+    staged = Observation(10, OLD, "580.65.06", "staged", True)
+    moved = step(r, {first: staged}, 60)
+    # Within max_failures: the rollout goes on with the next node.
+    assert moved.rollout.phase is Phase.RUNNING
+    assert [n.progress for n in moved.rollout.nodes] == [Progress.FAILED, Progress.ASSIGNED]
+    assert "last: reported staged, not on the target yet" in moved.rollout.nodes[0].detail
+    assert [n.type for n in moved.notices] == ["rollout.deadline_missed"]
+    # A node with its verdict before the deadline is not touched by it.
+    second = moved.rollout.nodes[1].node_id
+    done = step(moved.rollout, {second: _good(61)}, 10_000).rollout
+    assert done.phase is Phase.COMPLETED
+    assert done.nodes[1].missed_deadline_at is None
+
+
+def test_rollouts_stored_before_the_deadline_read_with_the_default() -> None:
+    r = step(_rollout(2, Policy(parse_waves("100%"))), {}, 0).rollout
+    doc = r.to_dict()
+    del doc["policy"]["progress_deadline_s"]
+    for node in doc["nodes"]:
+        assert "missed_deadline_at" not in node or node["missed_deadline_at"] is None
+        node.pop("missed_deadline_at", None)
+    old = Rollout.from_dict(doc)
+    assert old.policy.progress_deadline_s == 3600
+    assert old == r

@@ -175,3 +175,38 @@ def test_operator_commands_through_the_cli(fleet: Fleet) -> None:
     assert [(r["id"], r["phase"]) for r in listed] == [("r-cli", "aborted")]
     missing = gpuward("status", "nope")
     assert missing.returncode == 1 and "no rollout" in missing.stderr
+
+
+def test_a_silent_node_halts_the_rollout_at_its_progress_deadline(fleet: Fleet) -> None:
+    """A node that never reports after its assignment: the rollout does not wait for
+    it as "running" forever, but halts at the deadline, its events naming the node."""
+    hosts, old, new, token = _setup(fleet, bad=False)
+    bundles = {b.target_path: b for b in (old, new)}
+    silent, following = hosts[0], hosts[1:]
+    result = subprocess.run(
+        [sys.executable, "-m", "gpuward", "rollout", "start", "--pool", "prod",
+         "--target", new.target_path, "--waves", "100%", "--max-unavailable", "20",
+         "--progress-deadline", "600", "--id", "r-silent", "--server", fleet.url, "--json"],
+        capture_output=True, text=True, env={**os.environ, "GPUWARD_TOKEN": token},
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["policy"]["progress_deadline_s"] == 600
+    assigned_at = int(fleet.clock())
+
+    for _ in range(5):  # 500 s: every node but the silent one is done
+        _round(fleet, following, bundles)
+    doc = _rollout(fleet, token, "r-silent")
+    assert doc["phase"] == "running"
+    assert (doc["waves"][0]["assigned"], doc["waves"][0]["done"]) == (1, POOL_SIZE - 1)
+
+    _round(fleet, following, bundles)  # 600 s after the assignment
+    doc = _rollout(fleet, token, "r-silent")
+    assert doc["phase"] == "halted", doc
+    assert f"missed the progress deadline: {silent.node.node_id}" in doc["reason"]
+    node = next(n for n in doc["nodes"] if n["node_id"] == silent.node.node_id)
+    assert (node["progress"], node["missed_deadline_at"]) == ("failed", assigned_at + 600)
+    missed = [e for e in doc["events"] if "missed its progress deadline" in e["event"]]
+    assert [(e["at"], e["event"].split(" ")[0]) for e in missed] == [
+        (assigned_at + 600, silent.node.node_id)
+    ]

@@ -12,15 +12,21 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import GpuwardError
-from server.config import ServerConfig
+from server.config import ServerConfig, WebhookEndpoint
 from server.config_file import OPTIONS, load
 
 TOKEN = "t" * 20
+HOOK_SECRET = "s" * 32
+HOOK = (
+    '[[webhook]]\nurl = "https://hooks.example/gpuward"\nsecret_file = "hook-secret"\n'
+    'events = ["rollout.*", "node.missing"]\nname = "pager"\ntimeout = 5\nmax_attempts = 3\n'
+)
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     (tmp_path / "token").write_text(f"{TOKEN}\n")
+    (tmp_path / "hook-secret").write_text(f"{HOOK_SECRET}\n")
     return tmp_path
 
 
@@ -44,7 +50,7 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             'report_key = "keys/report.key"\nworkers = 2\n'
             'trusted_proxies = ["127.0.0.1", "::1"]\nek_type = "EK-ECC256"\n'
             "report_retention_count = 2000\nreport_retention_days = 7\n"
-            '[pool_boot_policy]\ncanary = "canary.json"\n',
+            '[pool_boot_policy]\ncanary = "canary.json"\n' + HOOK,
         ),
     )
     assert config == ServerConfig(
@@ -72,10 +78,21 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
         ek_type="EK-ECC256",
         report_retention_count=2000,
         report_retention_days=7,
+        webhooks=(
+            WebhookEndpoint(
+                "https://hooks.example/gpuward",
+                (HOOK_SECRET.encode(),),
+                ("rollout.*", "node.missing"),
+                "pager",
+                5.0,
+                3,
+            ),
+        ),
     )
     # This test sets every option: a new one must be added here.
     keys = {line.split(" =")[0] for line in (folder / "server.toml").read_text().splitlines()}
-    keys = keys - {"[pool_boot_policy]", "canary"} | {"pool_boot_policy"}
+    hook_keys = {line.split(" =")[0] for line in HOOK.splitlines()}
+    keys = keys - {"[pool_boot_policy]", "canary"} - hook_keys | {"pool_boot_policy", "webhook"}
     assert keys == {o.name for o in OPTIONS}
 
 
@@ -176,3 +193,53 @@ def test_trusted_proxies_are_addresses_not_names(folder: Path) -> None:
     with pytest.raises(GpuwardError, match=r"trusted_proxies.*'10.0.0.x' is not an IP address"):
         load({}, path)
     assert load({**flags, "trusted_proxies": ["10.0.0.1"]}).trusted_proxies == ("10.0.0.1",)
+
+
+def test_webhooks_are_tables_each_with_its_secrets(folder: Path) -> None:
+    (folder / "rotating").write_text(f"{'n' * 32}\n\n{'o' * 32}\n")
+    config = load(
+        {},
+        write(
+            folder,
+            'repo = "r"\ndb = "d"\n[[webhook]]\nurl = "http://127.0.0.1:9/a"\n'
+            'secret_file = "rotating"\n[[webhook]]\nurl = "http://127.0.0.1:9/b"\n'
+            'secret_file = "hook-secret"\n',
+        ),
+    )
+    first, second = config.webhooks
+    assert first.secrets == (b"n" * 32, b"o" * 32) and first.events == ()
+    assert (first.key, second.key) == ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b")
+    assert (second.timeout_s, second.max_attempts) == (10.0, 16)  # the defaults
+    assert HOOK_SECRET not in repr(config)  # secrets are never shown
+
+
+@pytest.mark.parametrize(
+    ("table", "needle"),
+    [
+        ('url = "ftp://x/y"\nsecret_file = "hook-secret"\n', "must be an http:// or https://"),
+        ('url = "https://x/y"\n', "missing field 'secret_file'"),
+        ('url = "https://x/y"\nsecret_file = "nope"\n', "cannot read secret_file"),
+        ('url = "https://x/y"\nsecret_file = "short"\n', "shorter than 16 characters"),
+        ('url = "https://x/y"\nsecret_file = "empty"\n', "holds no secret"),
+        (
+            'url = "https://x/y"\nsecret_file = "hook-secret"\nevents = ["rollout.stuck"]\n',
+            "'rollout.stuck' names no event",
+        ),
+        ('url = "https://x/y"\nsecret_file = "hook-secret"\nretries = 3\n', "retries"),
+        (
+            'url = "https://x/y"\nsecret_file = "hook-secret"\n'
+            '[[webhook]]\nurl = "https://x/y"\nsecret_file = "hook-secret"\n',
+            "share a url",
+        ),
+    ],
+    ids=["scheme", "no-secret", "missing-secret", "short-secret", "empty-secret", "event",
+         "unknown-key", "twice"],
+)  # fmt: skip
+def test_bad_webhooks_are_refused_naming_the_table(folder: Path, table: str, needle: str) -> None:
+    (folder / "short").write_text("abc\n")
+    (folder / "empty").write_text("\n")
+    path = write(folder, f'repo = "r"\ndb = "d"\n[[webhook]]\n{table}')
+    with pytest.raises(GpuwardError) as refused:
+        load({}, path)
+    assert f"{path}: [[webhook]] 1" in str(refused.value) or "share a url" in str(refused.value)
+    assert needle in str(refused.value)
