@@ -82,6 +82,13 @@ class ServerConfig:
     # view reads (the node API's history, the compliance report).
     report_retention_count: int = 500
     report_retention_days: int = 30
+    # HOST:PORT serving GET /metrics alone, without a token (None: only on the
+    # server's port, to a viewer token).
+    metrics_listen: str | None = None
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics_listen is None else parse_listen(self.metrics_listen)
 
     @property
     def retention(self) -> Retention:
@@ -92,3 +99,14 @@ class ServerConfig:
         """How long the challenge answered with a report waits for the node's next
         report: two intervals, so one late report still finds it."""
         return max(self.challenge_ttl_s, 2.0 * self.report_interval_s)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[ADDRESS]:PORT`` for IPv6) as a host and a port; ValueError
+    saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("write HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+    return host, int(port)

@@ -25,7 +25,7 @@ from fleet.rollout import POOL
 from fleet.schema import Reader
 from keys.durable_files import read_toml
 from server.attestation.enrollment import EK_TYPES, ek_type_problem
-from server.config import ServerConfig
+from server.config import ServerConfig, parse_listen
 
 DEFAULT_PATH = Path("/etc/gpuward/server.toml")
 MAX_WORKERS = 64
@@ -72,6 +72,15 @@ def _addresses_problem(value: object) -> str | None:
             ipaddress.ip_address(item)
         except ValueError:
             return f"{item!r} is not an IP address (give each proxy's address, not a name)"
+    return None
+
+
+def _listen_problem(value: object) -> str | None:
+    assert isinstance(value, str)
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -260,6 +269,16 @@ OPTIONS = (
         "is believed, so the dashboard's session cookie is marked Secure behind them",
         "ADDRESS",
         check=_addresses_problem,
+    ),
+    Option(
+        "metrics_listen",
+        "metrics_listen",
+        Kind.TEXT,
+        "also serve GET /metrics, alone and without a token, on HOST:PORT (e.g. "
+        "127.0.0.1:9464 for a Prometheus on this host); on the server's port it always "
+        "needs a viewer token",
+        "HOST:PORT",
+        check=_listen_problem,
     ),
 )
 
