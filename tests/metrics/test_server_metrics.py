@@ -72,7 +72,10 @@ async def _enroll_tpm_node(store: Store, node_id: str, at: int, passed: bool | N
     that verdict (as ``server.report_attestation`` stores one)."""
     await store.enroll(EnrolledNode(node_id, b"k" * 32, "tpm", True, "tpm2", at))
     if passed is not None:
-        verdict = AttestationVerdict(passed, 1, None, None, () if passed else ("PCR 7",))
+        # A reason quoting the member that says it passed does not make it pass.
+        reasons = () if passed else ('the policy wants "passed": true for PCR 7',)
+        verdict = AttestationVerdict(passed, 1, None, None, reasons)
+        assert ('"passed": true' in verdict.to_json()) is passed  # what the store matches
         report = HealthReport.from_dict(report_doc(node_id))
         await store.add_report(report, at, "127.0.0.1", f"nonce-{node_id}", verdict)
 
