@@ -484,9 +484,10 @@ class BackgroundServer:
     @property
     def metrics_url(self) -> str:
         """GET /metrics on the ``metrics_listen`` address (set in the config)."""
-        if self._services is None or self._services.metrics_port is None:
+        address = self.config.metrics_address
+        if address is None or self._services is None or self._services.metrics_port is None:
             raise GpuwardError("the server serves no metrics address: set metrics_listen")
-        host = self.config.metrics_address[0] if self.config.metrics_address else ""
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
         return f"http://{host}:{self._services.metrics_port}/metrics"
 
     def _run(self) -> None:
