@@ -14,11 +14,14 @@ STAMP := $(VENV)/.installed
 # pkg-config: tpm2-pytss builds against them; debootstrap, rpm, apt-utils, gnupg:
 # package tests; systemd: systemd-analyze; shellcheck: packaging scripts;
 # chromium: the dashboard test; nginx-light: static mirrors; systemd-container:
-# systemd-nspawn, booting the packages' Debian 12 in tests/packaging.
+# systemd-nspawn, booting the packages' Debian 12 in tests/packaging; prometheus
+# (promtool) and prometheus-alertmanager: the alerting rules and tests/metrics,
+# which run both binaries themselves on free loopback ports.
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
 	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config \
 	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck \
-	chromium nginx-light kmod poppler-utils systemd-container
+	chromium nginx-light kmod poppler-utils systemd-container \
+	prometheus prometheus-alertmanager
 
 .PHONY: setup deb-packages test lint typecheck unit demo packages clean
 

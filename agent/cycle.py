@@ -27,6 +27,7 @@ from agent.cycle_state import AgentState, load_state, save_state
 from agent.director import DirectorChannel, agree
 from agent.identity import NotEnrolled
 from agent.reporter import post_report
+from agent.textfile import ERROR, CycleEnd, write_textfile
 from fleet.attestation import AttestationError
 from fleet.errors import GpuwardError
 from fleet.firewall import FirewallReport
@@ -125,6 +126,18 @@ class Cycle:
         self._last_samples: dict[str, GpuSample] = {}
 
     def run(self) -> CycleResult:
+        """One cycle; the metrics textfile (if configured) says how it ended."""
+        try:
+            result = self._run()
+        except GpuwardError:
+            write_textfile(self.config, CycleEnd(ERROR, None, report_sent=False))
+            raise
+        write_textfile(
+            self.config, CycleEnd(result.outcome.update, result.report, result.report_sent)
+        )
+        return result
+
+    def _run(self) -> CycleResult:
         state = load_state(self.config.state_file)
         if self.inline_applier is not None:
             self.inline_applier()  # resumes whatever a crash left mid-update

@@ -97,6 +97,9 @@ class AgentConfig:
     # The [attestation] table: enroll with the TPM (and the enrollment token).
     attestation: AttestConfig | None = None
     applier: ApplierSettings = ApplierSettings()
+    # The [metrics] table: a node_exporter textfile the agent rewrites after every
+    # cycle (agent.textfile); None: no metrics (no port ever opens on the node).
+    metrics_textfile: Path | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -217,6 +220,7 @@ class AgentConfig:
                     "enrollment_token_file",
                     "attestation",
                     "applier",
+                    "metrics",
                 }
             ),
         )
@@ -253,6 +257,7 @@ class AgentConfig:
                 AttestConfig.from_dict(doc["attestation"], base) if "attestation" in doc else None
             ),
             applier=_applier(doc.get("applier", {})),
+            metrics_textfile=_textfile(doc["metrics"], base) if "metrics" in doc else None,
         )
 
 
@@ -327,6 +332,17 @@ def _applier(doc: object) -> ApplierSettings:
         ),
         maintenance_windows=windows,
     )
+
+
+def _textfile(doc: object, base: Path) -> Path:
+    r = Reader(doc, "agent config [metrics]", allowed=frozenset({"textfile"}))
+    path = base / r.text("textfile", max_len=4096)
+    if not path.name.endswith(".prom"):
+        raise GpuwardError(
+            f"agent config [metrics] textfile {path}: node_exporter reads only files "
+            "named *.prom; name it e.g. gpuward.prom"
+        )
+    return path
 
 
 def _url(value: object, field: str) -> str:

@@ -31,3 +31,14 @@ def write_spool(spool: Path, info: TargetFile, bundle: Path) -> None:
 def has_request(spool: Path) -> bool:
     """Whether the agent's own spool holds a request (the agent asks, of its own folder)."""
     return (spool / TARGET).exists()
+
+
+def spooled_target(spool: Path) -> str | None:
+    """The target path of the request in the agent's own spool, if one waits (for the
+    agent's metrics: the applier trusts nothing in it)."""
+    try:
+        doc = json.loads((spool / TARGET).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    path = doc.get("path") if isinstance(doc, dict) else None
+    return path if isinstance(path, str) else None

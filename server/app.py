@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from server import dashboard, node_api, operator_api, reports, stragglers
+from server import dashboard, metrics_api, node_api, operator_api, reports, stragglers
 from server.http import (
     SERVICES,
     SIGNED_RESPONSES,
@@ -129,6 +129,7 @@ ROUTES: tuple[Route, ...] = (
     *reports.ROUTES,
     *stragglers.ROUTES,
     *dashboard.ROUTES,
+    *metrics_api.ROUTES,
 )
 
 
@@ -153,10 +154,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"error": "internal error; see the server log"}, status=500)
 
 
-def create_app(svc: Services) -> web.Application:
+def create_app(svc: Services, routes: tuple[Route, ...] = ROUTES) -> web.Application:
+    """The app serving ``routes``: every route, or those of another listener (metrics)."""
     # Each route reads at most its own limit (read_body); attested reports need most.
     app = web.Application(client_max_size=MAX_ATTESTED_BODY_BYTES, middlewares=[_guard])
     app[SERVICES] = svc
-    for route in ROUTES:
+    for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
     return app

@@ -110,6 +110,13 @@ class ServerConfig:
     webhook_retry_s: tuple[float, float] = (5.0, 3600.0)
     webhook_poll_s: float = 5.0
     webhook_watch_s: float = 60.0
+    # HOST:PORT serving GET /metrics alone, without a token (None: only on the
+    # server's port, to a viewer token).
+    metrics_listen: str | None = None
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics_listen is None else parse_listen(self.metrics_listen)
 
     @property
     def retention(self) -> Retention:
@@ -120,3 +127,14 @@ class ServerConfig:
         """How long the challenge answered with a report waits for the node's next
         report: two intervals, so one late report still finds it."""
         return max(self.challenge_ttl_s, 2.0 * self.report_interval_s)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[ADDRESS]:PORT`` for IPv6) as a host and a port; ValueError
+    saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("write HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+    return host, int(port)

@@ -29,7 +29,7 @@ from fleet.schema import Reader
 from fleet.webhook import type_problem
 from keys.durable_files import read_toml
 from server.attestation.enrollment import EK_TYPES, ek_type_problem
-from server.config import ServerConfig, WebhookEndpoint
+from server.config import ServerConfig, WebhookEndpoint, parse_listen
 
 DEFAULT_PATH = Path("/etc/gpuward/server.toml")
 MAX_WORKERS = 64
@@ -78,6 +78,15 @@ def _addresses_problem(value: object) -> str | None:
             ipaddress.ip_address(item)
         except ValueError:
             return f"{item!r} is not an IP address (give each proxy's address, not a name)"
+    return None
+
+
+def _listen_problem(value: object) -> str | None:
+    assert isinstance(value, str)
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -279,6 +288,16 @@ OPTIONS = (
         "endpoints told of operational events, signed: one [[webhook]] table each, with "
         "url, secret_file, and optionally events, name, timeout, max_attempts",
         file_only=True,
+    ),
+    Option(
+        "metrics_listen",
+        "metrics_listen",
+        OptionKind.TEXT,
+        "also serve GET /metrics, alone and without a token, on HOST:PORT (e.g. "
+        "127.0.0.1:9464 for a Prometheus on this host); on the server's port it always "
+        "needs a viewer token",
+        "HOST:PORT",
+        check=_listen_problem,
     ),
 )
 # The keys of a [[webhook]] table.

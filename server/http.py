@@ -18,6 +18,7 @@ from fleet.nodeauth import RequestSignature
 from keys.report_key import ReportSigner
 from server.config import ServerConfig
 from server.limits import RateLimiter, retry_after
+from server.metrics import ServerMetrics
 from server.nodeauth import KeyEnrollmentVerifier, NodeAuthError, RequestVerifier
 from server.operators import TokenRefused, allows, check_token
 from server.periodic import Periodic
@@ -40,13 +41,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    """Answered as ``{"error": message}`` with ``status`` by the error middleware."""
+    """Answered as ``{"error": message}`` with ``status`` by the error middleware.
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+    ``reason`` names the refusal for the metrics where the status alone does not
+    (``server.metrics.REFUSALS``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        reason: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.reason = reason
 
 
 @dataclass
@@ -70,6 +83,9 @@ class Services:
     renewer: Renewer | None = None
     # The process with the background duties has one when webhooks are configured.
     webhooks: WebhookService | None = None
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    # Where GET /metrics is served without a token (``metrics_listen``), once bound.
+    metrics_port: int | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -160,7 +176,9 @@ async def signed_request(
         rate_limit(request, f"{bucket}:{node.node_id}")
         verifier.claim(sig)
     except NodeAuthError as exc:
-        raise ApiError(exc.status, str(exc), {"WWW-Authenticate": "Gpuward-Signature"}) from None
+        raise ApiError(
+            exc.status, str(exc), {"WWW-Authenticate": "Gpuward-Signature"}, reason=exc.reason
+        ) from None
     return node, sig, body
 
 

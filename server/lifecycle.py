@@ -43,7 +43,7 @@ from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring
 from keys.report_key import default_path, load_or_create
-from server import retention
+from server import metrics_api, retention
 from server.app import create_app
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EkTrust
@@ -192,6 +192,7 @@ async def serve(
         app.on_response_prepare.append(_worker_header(worker))
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
     listener: asyncio.Server | None = None
+    metrics: web.AppRunner | None = None
     ticker: asyncio.Task[None] | None = None
     sweeping: asyncio.Task[None] | None = None
     resigning: asyncio.Task[None] | None = None
@@ -200,6 +201,8 @@ async def serve(
     try:
         listener = await _listen(config, runner, reuse_port=worker is not None)
         bound = int(listener.sockets[0].getsockname()[1])
+        if duties:
+            metrics = await _serve_metrics(config, svc)
         if duties and config.rollout_tick_s > 0:
             ticker = asyncio.create_task(svc.engine.run(stop, config.rollout_tick_s))
         if duties:
@@ -226,6 +229,8 @@ async def serve(
                 await ticker
         if listener is not None:
             listener.close()
+        if metrics is not None:
+            await metrics.cleanup()
         await runner.cleanup()
         if svc.webhooks is not None:
             await svc.webhooks.close()
@@ -252,6 +257,28 @@ async def _listen(config: ServerConfig, runner: web.AppRunner, reuse_port: bool)
         raise GpuwardError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
         ) from None
+
+
+async def _serve_metrics(config: ServerConfig, svc: Services) -> web.AppRunner | None:
+    """The ``metrics_listen`` address, if set: GET /metrics alone, without a token
+    (``server.metrics_api``); with several workers, worker 0's."""
+    address = config.metrics_address
+    if address is None:
+        return None
+    runner = web.AppRunner(
+        create_app(svc, metrics_api.LISTENER_ROUTES), access_log=None, keepalive_timeout=KEEPALIVE_S
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, *address, backlog=LISTEN_BACKLOG).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise GpuwardError(
+            f"cannot listen on {config.metrics_listen} (metrics_listen): {exc.strerror}"
+        ) from None
+    svc.metrics_port = int(runner.addresses[0][1])
+    log.info("metrics_listening", host=address[0], port=svc.metrics_port)
+    return runner
 
 
 def _worker_header(
@@ -463,6 +490,15 @@ class BackgroundServer:
     @property
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """GET /metrics on the ``metrics_listen`` address (set in the config)."""
+        address = self.config.metrics_address
+        if address is None or self._services is None or self._services.metrics_port is None:
+            raise GpuwardError("the server serves no metrics address: set metrics_listen")
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        return f"http://{host}:{self._services.metrics_port}/metrics"
 
     def _run(self) -> None:
         async def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 
 import structlog
 from aiohttp import web
@@ -36,6 +37,7 @@ from server.http import (
     signed_request,
 )
 from server.limits import retry_after
+from server.metrics import refusal
 from server.nodeauth import NodeAuthError, verify_signature
 from server.report_attestation import MAX_ATTESTED_BODY_BYTES
 from server.store import EkInUse, EnrolledNode, ek_bound_message
@@ -62,7 +64,8 @@ async def enroll(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     _check_possession(enrollment, sig, request, body)
     try:
-        attestation = await s.verifier.verify(enrollment)
+        with s.metrics.attestation_verification.labels("enrollment").time():
+            attestation = await s.verifier.verify(enrollment)
         # Per node id, not per address (a whole site behind one NAT enrolls at once),
         # and only once the evidence is accepted: a caller without the token spends
         # its address's budget, never that of a node id it names.
@@ -178,8 +181,22 @@ def _check_possession(
 
 
 async def post_report(request: web.Request) -> web.Response:
-    """A plain report, or with a TPM-enrolled node an attested one, verified first."""
+    """A plain report, or with a TPM-enrolled node an attested one, verified first;
+    counted in the metrics, accepted or refused (why)."""
+    metrics = services(request).metrics
+    try:
+        return await _take_report(request)
+    except ApiError as exc:
+        metrics.reports_refused.labels(refusal(exc.status, exc.reason)).inc()
+        raise
+    except Exception:
+        metrics.reports_refused.labels("error").inc()
+        raise
+
+
+async def _take_report(request: web.Request) -> web.Response:
     s = services(request)
+    arrived = time.perf_counter()
     limit = MAX_BODY_BYTES if s.reports is None else MAX_ATTESTED_BODY_BYTES
     node, sig, body = await signed_request(request, limit)
     doc = parse_json(request, body)
@@ -195,8 +212,9 @@ async def post_report(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     if report.node_id != node.node_id:
         log.warning("report_for_another_node", node=node.node_id, claimed=report.node_id)
-        raise ApiError(403, f"node {node.node_id} may only report for itself")
+        raise ApiError(403, f"node {node.node_id} may only report for itself", reason="wrong_node")
     verdict = await _verify(s, node, attested)
+    s.metrics.report_verification.observe(time.perf_counter() - arrived)
     stored = await s.store.add_report(
         report,
         int(s.clock()),
@@ -212,8 +230,9 @@ async def post_report(request: web.Request) -> web.Response:
                 401,
                 f"node {node.node_id} was removed while its report was checked; the report "
                 "is not kept: run 'gpuward agent enroll' if it is to rejoin",
+                reason="node_removed",
             )
-        raise ApiError(401, "replayed request (nonce already used)")
+        raise ApiError(401, "replayed request (nonce already used)", reason="replayed")
     log.debug(
         "report_received",
         node=report.node_id,
@@ -223,6 +242,7 @@ async def post_report(request: web.Request) -> web.Response:
         attested=None if verdict is None else verdict.passed,
     )
     s.tally.count(s.clock(), report.healthy, None if verdict is None else verdict.passed)
+    s.metrics.reports_accepted.labels(report.update).inc()
     answer: dict[str, object] = {"accepted": True}
     if verdict is not None and s.reports is not None:
         # The node's next report needs no GET /v1/challenge first.
@@ -241,6 +261,7 @@ async def _verify(
                 409,
                 f"node {node.node_id} is not enrolled with a TPM on this server: send the "
                 "report without evidence, or enroll with the TPM",
+                reason="not_tpm_enrolled",
             )
         return None
     if attested is None:
@@ -248,12 +269,16 @@ async def _verify(
             403,
             f"node {node.node_id} is enrolled with a TPM: its reports must carry a quote "
             "over a challenge from GET /v1/challenge",
+            reason="attestation_missing",
         )
     try:
-        return await s.reports.verify(node, attested)
+        with s.metrics.attestation_verification.labels("report").time():
+            return await s.reports.verify(node, attested)
     except GpuwardError as exc:  # AttestationError, EventLogError
         log.warning("attested_report_refused", node=node.node_id, reason=str(exc))
-        raise ApiError(403, f"report refused: its attestation failed: {exc}") from None
+        raise ApiError(
+            403, f"report refused: its attestation failed: {exc}", reason="attestation_failed"
+        ) from None
 
 
 async def get_challenge(request: web.Request) -> web.Response:

@@ -36,11 +36,13 @@ _SWEEP_EVERY = 10_000
 
 
 class NodeAuthError(GpuwardError):
-    """A node request that must be refused; ``status`` is the HTTP status to answer."""
+    """A node request that must be refused; ``status`` is the HTTP status to answer,
+    ``reason`` the metrics' name for it where the status does not say (``server.metrics``)."""
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    def __init__(self, message: str, status: int = 401, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class NonceCache:
                 self._fresh(idle, now)
         partition = self._fresh(node_id, now)
         if nonce in partition:
-            raise NodeAuthError("replayed request (nonce already used)")
+            raise NodeAuthError("replayed request (nonce already used)", reason="replayed")
         if len(partition) >= self._per_node:
             raise NodeAuthError(
                 f"node {node_id} has sent {self._per_node} requests in the last "
@@ -210,7 +212,7 @@ class RequestVerifier:
         own rate."""
         verify_signature(node.public_key, sig, method, path, body)
         if self._nonces.seen(sig.node_id, sig.nonce):
-            raise NodeAuthError("replayed request (nonce already used)")
+            raise NodeAuthError("replayed request (nonce already used)", reason="replayed")
 
     def claim(self, sig: RequestSignature) -> None:
         """Record the nonce of a verified request, once its rate limit is charged."""

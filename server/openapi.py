@@ -200,6 +200,15 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
                 "description": "the served metadata that expires first",
                 "properties": {"role": _STR, "expires_at": _INT},
             },
+            "expiries": {
+                "type": "array",
+                "description": "the soonest expiry of each role, e.g. image:root, "
+                "director:timestamp (the first of every node's)",
+                "items": {
+                    "type": "object",
+                    "properties": {"role": _STR, "expires_at": _INT},
+                },
+            },
             "overdue": {
                 "type": "boolean",
                 "description": "a whole interval past its next try without a pass: it stopped",

@@ -56,6 +56,9 @@ class RenewalStatus:
     problems: tuple[Problem, ...]
     next_try_at: int
     nearest_expiry: Expiry | None  # the served metadata that lapses first
+    # The soonest of each role ("image:root", "director:timestamp"), for the metrics;
+    # empty in a record kept by an older version.
+    expiries: tuple[Expiry, ...] = ()
 
     @property
     def signer(self) -> str:
@@ -77,9 +80,8 @@ class RenewalStatus:
             "failures": self.failures,
             "problems": [{"role": p.role, "reason": p.reason} for p in self.problems],
             "next_try_at": self.next_try_at,
-            "nearest_expiry": None
-            if expiry is None
-            else {"role": expiry.role, "expires_at": int(expiry.expires.timestamp())},
+            "nearest_expiry": None if expiry is None else _expiry_dict(expiry),
+            "expiries": [_expiry_dict(e) for e in self.expiries],
         }
 
     @classmethod
@@ -93,8 +95,11 @@ class RenewalStatus:
             problems.append(Problem(p.text("role"), p.text("reason")))
         expiry = None
         if doc.get("nearest_expiry") is not None:
-            e = Reader(doc["nearest_expiry"], f"{where}.nearest_expiry", allowed=_EXPIRY_FIELDS)
-            expiry = Expiry(datetime.fromtimestamp(e.integer("expires_at"), UTC), e.text("role"))
+            expiry = _expiry(doc["nearest_expiry"], f"{where}.nearest_expiry")
+        expiries = tuple(
+            _expiry(item, r.item_where("expiries", index))
+            for index, item in enumerate(r.items("expiries", max_items=1000, default=[]))
+        )
         return cls(
             host=r.text("host"),
             repo=r.text("repo"),
@@ -105,10 +110,20 @@ class RenewalStatus:
             problems=tuple(problems),
             next_try_at=r.integer("next_try_at"),
             nearest_expiry=expiry,
+            expiries=expiries,
         )
 
 
 _EXPIRY_FIELDS = frozenset({"role", "expires_at"})
+
+
+def _expiry_dict(expiry: Expiry) -> dict[str, Any]:
+    return {"role": expiry.role, "expires_at": int(expiry.expires.timestamp())}
+
+
+def _expiry(doc: object, where: str) -> Expiry:
+    e = Reader(doc, where, allowed=_EXPIRY_FIELDS)
+    return Expiry(datetime.fromtimestamp(e.integer("expires_at"), UTC), e.text("role"))
 
 
 def signer_id(host: str, repo: str) -> str:
@@ -190,6 +205,7 @@ class Renewer:
             done.problems,
             now + math.ceil(delay),
             done.nearest_expiry,
+            done.expiries,
         )
         log_problems(done, failures=failures, retry_in_s=delay)
         if not done.problems and before is not None and before.failures:

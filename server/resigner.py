@@ -61,6 +61,9 @@ class Pass:
     # The served metadata that lapses first, as last read (a repository that could
     # not be read this pass keeps what it showed before).
     nearest_expiry: Expiry | None
+    # The soonest expiry of each role of each kind of repository ("image:root",
+    # "director:timestamp": the first of every node's), for the metrics.
+    expiries: tuple[Expiry, ...] = ()
 
 
 def reason(exc: Exception) -> str:
@@ -95,32 +98,32 @@ class OnlineSigner:
         self.image = image
         self.director = director
         self.now = now
-        self._expiry: dict[str, Expiry] = {}  # per repository: its soonest, as last read
+        self._expiry: dict[str, tuple[Expiry, ...]] = {}  # per repository, as last read
 
     def run_once(self) -> Pass:
         """Renew what is due in every repository; one that fails, for whatever
         reason, keeps none of the others from being renewed. Never raises."""
         renewed: list[str] = []
         problems: list[Problem] = []
-        expiry: dict[str, Expiry] = {}
+        expiry: dict[str, tuple[Expiry, ...]] = {}
         for name, repo in self._repositories(problems):
             try:
                 renewed += self._renew(repo, name)
             except RenewalFailed as failed:
                 problems.append(failed.problem)
             try:
-                expiry[name] = _soonest(repo, name)
+                expiry[name] = _online_expiries(repo, name)
             except Exception:  # unreadable: it shows what it showed when last read
                 if name in self._expiry:
                     expiry[name] = self._expiry[name]
         try:
-            with _at("image:offline roles"):
-                expiry["image offline"] = self._check_offline()
+            with _at("offline roles"):
+                expiry["offline"] = self._check_offline()
         except RenewalFailed as failed:
             problems.append(failed.problem)
         self._expiry = expiry
-        nearest = min(expiry.values(), default=None)
-        return Pass(tuple(renewed), tuple(problems), nearest)
+        every = [e for held in expiry.values() for e in held]
+        return Pass(tuple(renewed), tuple(problems), min(every, default=None), _by_role(every))
 
     def _repositories(self, problems: list[Problem]) -> Iterator[tuple[str, TufRepository]]:
         yield "image", self.image
@@ -162,34 +165,52 @@ class OnlineSigner:
             log.info("metadata_renewed", role=item)
         return renewed
 
-    def _check_offline(self) -> Expiry:
-        """Warn of offline roles near expiry; the soonest of them."""
+    def _check_offline(self) -> tuple[Expiry, ...]:
+        """Warn of offline roles near expiry (the image repository's root, targets and
+        branch roles, the director's root); when each expires."""
         roles: list[tuple[str, Metadata[Any]]] = [
-            ("root", self.image.root_metadata()),
-            ("targets", self.image.targets()),
+            ("image:root", self.image.root_metadata()),
+            ("image:targets", self.image.targets()),
         ]
-        roles += [(branch, self.image.targets(branch)) for branch in self.image.branch_roles()]
+        roles += [
+            (f"image:{branch}", self.image.targets(branch)) for branch in self.image.branch_roles()
+        ]
+        if self.director is not None:
+            roles.append(("director:root", self.director.base.root_metadata()))
         for role, md in roles:
             left = md.signed.expires - self.now()
             if left < WARN_BEFORE:
                 log.warning(
                     "metadata_near_expiry",
-                    role=role,
+                    role=role.partition(":")[2],
+                    repository=role.partition(":")[0],
                     expires=md.signed.expires.isoformat(),
                     action="re-sign it offline: gpuward repo stage, keys sign, repo publish",
                 )
-        return min(Expiry(md.signed.expires, f"image:{role}") for role, md in roles)
+        return tuple(Expiry(md.signed.expires, role) for role, md in roles)
 
 
-def _soonest(repo: TufRepository, name: str) -> Expiry:
-    """Which of the repository's online metadata, as served now, expires first."""
+def _online_expiries(repo: TufRepository, name: str) -> tuple[Expiry, ...]:
+    """When each of the repository's online metadata, as served now, expires."""
     held: list[tuple[str, Metadata[Any]]] = [
         ("timestamp", repo.timestamp()),
         ("snapshot", repo.snapshot()),
     ]
     if isinstance(repo, NodeRepository):
         held.append(("targets", repo.targets()))
-    return min(Expiry(md.signed.expires, f"{name}:{role}") for role, md in held)
+    return tuple(Expiry(md.signed.expires, f"{name}:{role}") for role, md in held)
+
+
+def _by_role(expiries: list[Expiry]) -> tuple[Expiry, ...]:
+    """The soonest of each role per kind of repository: every node's director
+    repository ("director/gpu-7:snapshot") counts as the director's ("director:snapshot")."""
+    soonest: dict[str, Expiry] = {}
+    for expiry in expiries:
+        repository, _, role = expiry.role.partition(":")
+        key = f"{repository.partition('/')[0]}:{role}"
+        if key not in soonest or expiry.expires < soonest[key].expires:
+            soonest[key] = Expiry(expiry.expires, key)
+    return tuple(sorted(soonest.values(), key=lambda e: e.role))
 
 
 def _online() -> str:

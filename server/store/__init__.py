@@ -176,6 +176,46 @@ class FailingAttestation:
     verdict: AttestationVerdict
 
 
+# What the metrics scrape reads (``server.metrics``): counted in SQL, so a scrape of a
+# fleet of 100,000 nodes moves a few dozen rows, never a row per node.
+
+
+@dataclass(frozen=True)
+class NodeCount:
+    """How many nodes of a pool are in a state (``server.fleetview.NODE_STATES``) with
+    their latest report's attestation: "passed" or "failed", "pending" for a TPM node
+    that has not reported yet, "unattested" for a node enrolled without a TPM."""
+
+    pool: str
+    state: str
+    attestation: str
+    nodes: int
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """An active rollout's standing: its phase and wave, how many nodes of each wave
+    stand where (``fleet.rollout.Progress``), and when its last event was logged
+    (an assignment, a node's verdict, a wave's start, a command): the rollout's
+    last progress."""
+
+    rollout_id: str
+    pool: str
+    phase: str
+    wave: int
+    nodes: tuple[tuple[int, str, int], ...]  # (wave, progress, nodes)
+    last_event_at: int
+
+
+@dataclass(frozen=True)
+class PoolUse:
+    """The store's connections: open, busy, and the most the pool opens."""
+
+    open: int
+    in_use: int
+    limit: int
+
+
 class Store(Protocol):
     async def close(self) -> None: ...
 
@@ -397,6 +437,23 @@ class Store(Protocol):
     async def failing_attestations(self) -> list[FailingAttestation]:
         """Enrolled nodes whose latest report was attested and did not pass."""
         ...
+
+    # Metrics (server.metrics): aggregates, cheap at any fleet size.
+
+    async def node_counts(self, missing_before: int) -> list[NodeCount]:
+        """Nodes by pool, state and attestation; a node last heard from (or enrolled,
+        if it never reported) before ``missing_before`` is missing."""
+        ...
+
+    async def rollout_phases(self) -> dict[str, int]:
+        """How many rollouts are in each phase that has any."""
+        ...
+
+    async def rollout_progress(self) -> list[RolloutProgress]:
+        """Each active rollout's standing (running, paused or halted)."""
+        ...
+
+    def pool_use(self) -> PoolUse: ...
 
 
 def sqlite_path(url: str) -> Path | None:

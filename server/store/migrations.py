@@ -24,7 +24,7 @@ _PLACEHOLDER = re.compile(r"\{(?P<name>\w+)(?:\((?P<args>[^)]*)\))?\}")
 
 @dataclass(frozen=True)
 class Dialect:
-    """How one database spells each placeholder of a migration."""
+    """How one database spells each placeholder of a migration (or of a query)."""
 
     # A row id the database assigns, counting up.
     row_id: str
@@ -40,20 +40,26 @@ class Dialect:
     # ``{json_text(column, key)}``: the member ``key`` of the JSON object in
     # ``column``, as SQL text.
     json_text: str
+    # ``{json_rows(column, key)}``: a table function for a query's FROM, one row per
+    # element of the JSON array ``key`` of the object in ``column``; alias it, and
+    # its ``value`` column is the element (``json_text`` reads its members).
+    json_rows: str
 
     def render(self, migration: str) -> str:
+        """A migration, or a query (``server.store.sql``), as this database reads it."""
         return _PLACEHOLDER.sub(self._spell, migration)
 
     def _spell(self, placeholder: re.Match[str]) -> str:
         name, args = placeholder["name"], placeholder["args"]
-        if name == "json_text" and args is not None:
+        if name in _FUNCTIONS and args is not None:
             column, key = (arg.strip() for arg in args.split(","))
-            return self.json_text.format(column=column, key=key)
+            return str(getattr(self, name)).format(column=column, key=key)
         if name in _WORDS and args is None:
             return str(getattr(self, name))
         raise ValueError(
-            f"migration placeholder {placeholder[0]} is none of {sorted(_WORDS)} "
-            "or {json_text(column, key)}: spell it in both dialects in server.store.migrations"
+            f"migration placeholder {placeholder[0]} is none of {sorted(_WORDS)} or "
+            f"{', '.join(f'{{{f}(column, key)}}' for f in sorted(_FUNCTIONS))}: spell it in "
+            "both dialects in server.store.migrations"
         )
 
     def migrations(self) -> tuple[str, ...]:
@@ -61,7 +67,8 @@ class Dialect:
         return tuple(self.render(migration) for migration in MIGRATIONS)
 
 
-_WORDS = frozenset(field.name for field in fields(Dialect)) - {"json_text"}
+_FUNCTIONS = frozenset({"json_text", "json_rows"})
+_WORDS = frozenset(field.name for field in fields(Dialect)) - _FUNCTIONS
 
 SQLITE = Dialect(
     row_id="INTEGER PRIMARY KEY",
@@ -72,6 +79,7 @@ SQLITE = Dialect(
     real="REAL",
     random_hex12="lower(hex(randomblob(6)))",
     json_text="json_extract({column}, '$.{key}')",
+    json_rows="json_each({column}, '$.{key}')",
 )
 
 POSTGRES = Dialect(
@@ -84,6 +92,7 @@ POSTGRES = Dialect(
     # Seeded with the row's own key, so each row draws its own value.
     random_hex12="substr(md5(random()::text || token_hash), 1, 12)",
     json_text="({column}::jsonb ->> '{key}')",
+    json_rows="jsonb_array_elements({column}::jsonb -> '{key}')",
 )
 
 MIGRATIONS = (

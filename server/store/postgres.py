@@ -17,7 +17,7 @@ from functools import cache
 import asyncpg
 
 from fleet.errors import GpuwardError
-from server.store import Retention
+from server.store import PoolUse, Retention
 from server.store.migrations import POSTGRES
 from server.store.sql import Row, SqlStore
 
@@ -54,6 +54,7 @@ class PostgresDatabase:
     lock_wait = " FOR UPDATE"
     lock_skip = " FOR UPDATE SKIP LOCKED"
     lock_share = " FOR KEY SHARE"
+    dialect = POSTGRES
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -81,6 +82,12 @@ class PostgresDatabase:
 
     async def query(self, sql: str, *args: object) -> list[Row]:
         return [tuple(r) for r in await self._pool.fetch(_numbered(sql), *args)]
+
+    def pool_use(self) -> PoolUse:
+        opened = self._pool.get_size()
+        return PoolUse(
+            open=opened, in_use=opened - self._pool.get_idle_size(), limit=self._pool.get_max_size()
+        )
 
     async def close(self) -> None:
         await self._pool.close()

@@ -16,6 +16,7 @@ batch has committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -38,18 +39,22 @@ from server.store import (
     EkInUse,
     EnrolledNode,
     FailingAttestation,
+    NodeCount,
     NodeStatus,
     OperatorToken,
+    PoolUse,
     RemovedNode,
     ReportRecord,
     Retention,
     RolloutAssignment,
     RolloutChange,
     RolloutEvent,
+    RolloutProgress,
     SilentNode,
     WebhookCondition,
     WebhookDelivery,
 )
+from server.store.migrations import Dialect
 
 Row = tuple[Any, ...]
 
@@ -76,8 +81,13 @@ class Database(Protocol):
     # Appended to the SELECT of enrollment rows a report batch is stored under: a
     # removal of the node (a DELETE) waits for the batch, and then deletes its reports.
     lock_share: str
+    # How the database spells what SQL leaves to each (reading JSON): the
+    # placeholders of ``server.store.migrations``.
+    dialect: Dialect
 
     def transaction(self, *, write: bool) -> AbstractAsyncContextManager[Tx]: ...
+
+    def pool_use(self) -> PoolUse: ...
 
     async def query(self, sql: str, *args: object) -> list[Row]:
         """One read-only statement on its own, in one round trip (the hot reads)."""
@@ -1039,6 +1049,76 @@ class SqlStore:
                 found.append(FailingAttestation(node_id, pool, int(at), verdict))
         return found
 
+    # Metrics.
+
+    async def node_counts(self, missing_before: int) -> list[NodeCount]:
+        rows = await self.db.query(_NODE_COUNTS, missing_before)
+        return [NodeCount(pool, state, attestation, int(n)) for pool, state, attestation, n in rows]
+
+    async def rollout_phases(self) -> dict[str, int]:
+        rows = await self.db.query("SELECT phase, COUNT(*) FROM rollouts GROUP BY phase")
+        return {phase: int(count) for phase, count in rows}
+
+    async def rollout_progress(self) -> list[RolloutProgress]:
+        active = sorted(p.value for p in ACTIVE_PHASES)
+        async with self.db.transaction(write=False) as tx:  # one view of both
+            heads = await tx.fetch(_in(self.db.dialect, _ROLLOUT_HEADS), *active)
+            counts = await tx.fetch(_in(self.db.dialect, _ROLLOUT_NODES), *active)
+        nodes: dict[str, list[tuple[int, str, int]]] = {}
+        for rollout_id, wave, progress, count in counts:
+            nodes.setdefault(rollout_id, []).append((int(wave), str(progress), int(count)))
+        return [
+            RolloutProgress(
+                rollout_id, pool, phase, int(wave), tuple(sorted(nodes.get(rollout_id, []))),
+                int(last_event_at),
+            )
+            for rollout_id, pool, phase, wave, last_event_at in heads
+        ]  # fmt: skip
+
+    def pool_use(self) -> PoolUse:
+        return self.db.pool_use()
+
+
+@functools.cache
+def _in(dialect: Dialect, sql: str) -> str:
+    return dialect.render(sql)
+
+
+# The states of ``server.fleetview.node_state``, decided alike (a report is a
+# heartbeat; a node that never reported counts from its enrollment); the test
+# of the metrics compares the two. A verdict passed if its JSON, as
+# ``AttestationVerdict.to_json`` writes it (sorted keys, ", " and ": "), has the
+# member "passed": true. A quote inside a string is escaped, and no nested
+# object has that member, so only that member matches; matching text costs a
+# fifth of parsing every node's verdict as JSON (on PostgreSQL, 0.16 s against
+# 0.87 s for 100,000 nodes here).
+_NODE_COUNTS = """
+    SELECT e.pool,
+        CASE WHEN COALESCE(n.last_seen, e.enrolled_at) < ? THEN 'missing'
+            WHEN n.node_id IS NULL THEN 'new'
+            WHEN n.healthy THEN 'healthy' ELSE 'unhealthy' END,
+        CASE WHEN NOT e.attested THEN 'unattested'
+            WHEN r.attestation IS NULL THEN 'pending'
+            WHEN r.attestation LIKE '%"passed": true%' THEN 'passed'
+            ELSE 'failed' END,
+        COUNT(*)
+    FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id
+    LEFT JOIN reports r ON r.id = n.last_report
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+# The newest event of a rollout is the last of its index (rollout_id, id).
+_ROLLOUT_HEADS = """
+    SELECT r.id, r.pool, r.phase, CAST({json_text(r.doc, wave)} AS INTEGER),
+        COALESCE((SELECT e.at FROM rollout_events e WHERE e.rollout_id = r.id
+            ORDER BY e.id DESC LIMIT 1), r.created_at)
+    FROM rollouts r WHERE r.phase IN (?, ?, ?) ORDER BY r.id
+"""
+_ROLLOUT_NODES = """
+    SELECT r.id, CAST({json_text(n.value, wave)} AS INTEGER), {json_text(n.value, progress)},
+        COUNT(*)
+    FROM rollouts r, {json_rows(r.doc, nodes)} AS n
+    WHERE r.phase IN (?, ?, ?) GROUP BY 1, 2, 3
+"""
 
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
 

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.store import EnrolledNode, RemovedNode, Retention
+from server.store import EnrolledNode, PoolUse, RemovedNode, Retention
 from server.store.migrations import SQLITE
 from server.store.sql import Row, SqlStore
 
@@ -56,6 +56,7 @@ class SqliteDatabase:
     lock_wait = ""
     lock_skip = ""
     lock_share = ""
+    dialect = SQLITE
 
     def __init__(self, conn: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
         self.conn = conn
@@ -99,6 +100,10 @@ class SqliteDatabase:
     async def query(self, sql: str, *args: object) -> list[Row]:
         async with self._lock:  # not inside another coroutine's transaction
             return await self.call(_fetch, self.conn, sql, args)
+
+    def pool_use(self) -> PoolUse:
+        """One connection, busy while a transaction or query holds it."""
+        return PoolUse(open=1, in_use=int(self._lock.locked()), limit=1)
 
     async def close(self) -> None:
         await self.call(self.conn.close)

@@ -52,6 +52,10 @@ def test_contents(built: Built) -> None:
         "/usr/lib/systemd/system/gpuward-server.service",
         "/usr/lib/sysusers.d/gpuward-server.conf",
         "/usr/lib/tmpfiles.d/gpuward-server.conf",
+        "/usr/share/gpuward",
+        "/usr/share/gpuward/prometheus",
+        "/usr/share/gpuward/prometheus/gpuward-rules.test.yml",
+        "/usr/share/gpuward/prometheus/gpuward-rules.yml",
     ]
     # The configuration is a config file that an upgrade never overwrites.
     config = rpm("-qpc", str(built.rpm("gpuward-agent"))).stdout.split()

@@ -50,6 +50,7 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             'report_key = "keys/report.key"\nworkers = 2\n'
             'trusted_proxies = ["127.0.0.1", "::1"]\nek_type = "EK-ECC256"\n'
             "report_retention_count = 2000\nreport_retention_days = 7\n"
+            'metrics_listen = "[::1]:9464"\n'
             '[pool_boot_policy]\ncanary = "canary.json"\n' + HOOK,
         ),
     )
@@ -88,7 +89,9 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
                 3,
             ),
         ),
+        metrics_listen="[::1]:9464",
     )
+    assert config.metrics_address == ("::1", 9464)
     # This test sets every option: a new one must be added here.
     keys = {line.split(" =")[0] for line in (folder / "server.toml").read_text().splitlines()}
     hook_keys = {line.split(" =")[0] for line in HOOK.splitlines()}
@@ -152,12 +155,13 @@ def test_flags_given_override_the_file_whole(folder: Path) -> None:
             'repo = "r"\ndb = "d"\nreport_retention_count = 0\n',
             ("report_retention_count must be between 1 and",),
         ),
+        ('repo = "r"\ndb = "d"\nmetrics_listen = "9464"\n', ("write HOST:PORT",)),
     ],
     ids=[
         "unknown-key", "string-for-integer", "bool-for-integer", "string-for-list",
         "list-of-numbers", "string-for-table", "bad-pool", "string-for-number", "bounds",
         "driver-pcr", "required", "missing-token-file", "not-toml", "ek-type",
-        "retention-bounds",
+        "retention-bounds", "metrics-listen",
     ],
 )  # fmt: skip
 def test_bad_files_are_refused_naming_the_key(
