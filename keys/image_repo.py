@@ -210,6 +210,25 @@ class ImageRepository(TufRepository):
         self.publish_snapshot({manifest.branch: branch_md.signed.version})
         return PublishedBundle(path, manifest, info.hashes["sha256"], info.length)
 
+    def remove_bundle(self, path: str, passphrase: PassphraseSource) -> PublishedBundle:
+        """Withdraw bundle ``path``: its branch role, re-signed, no longer lists it, so
+        agents no longer see it. Its file stays in ``targets/``: an agent or mirror
+        midway through the previous snapshot still finds what that snapshot names."""
+        for published in self.published():
+            if published.target_path == path:
+                break
+        else:
+            raise GpuwardError(
+                f"{path} is not a published bundle; 'gpuward repo list' shows the published ones"
+            )
+        branch = published.manifest.branch
+        branch_md = self.targets(branch)
+        del branch_md.signed.targets[path]
+        self.bump(branch_md, branch)
+        self.sign_and_write(branch_md, passphrase, role=branch)
+        self.publish_snapshot({branch: branch_md.signed.version})
+        return published
+
     def add_catalog(self, catalog_file: Path, passphrase: PassphraseSource) -> PublishedCatalog:
         """Publish a compatibility catalog; its ``catalog_version`` must go up.
 

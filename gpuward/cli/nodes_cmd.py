@@ -53,9 +53,10 @@ def _node_path(node_id: str) -> str:
 
 
 def _driver(node: dict[str, Any]) -> str | None:
+    """The driver the node runs, marked when its bundle was withdrawn ('repo remove')."""
     report = node["report"] or {}
     driver: str | None = report.get("driver_version")
-    return driver
+    return f"{driver or '-'} (withdrawn)" if node["withdrawn"] else driver
 
 
 def _gpus_ok(report: dict[str, Any]) -> str:
@@ -93,7 +94,8 @@ def _show(args: argparse.Namespace) -> None:
     lines = [
         f"{node['node_id']}: {node['state']}, pool {node['pool']}, {node['attestation']}",
         f"enrolled {when(node['enrolled_at'])}, last seen {when(node['last_seen'])}",
-        f"driver {_driver(node) or '-'}, assigned {node['assigned'] or '-'}",
+        f"driver {_driver(node) or '-'}, bundle {report.get('bundle') or '-'}, "
+        f"assigned {node['assigned'] or '-'}",
     ]
     if report:
         lines.append(f"last update: {report['update']} ({report['reason'] or '-'})")
