@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 
 from fleet.branches import require_branch
 from fleet.errors import GpuwardError
+from fleet.inventory import NODE_ID
 from fleet.maintenance import MAX_WINDOWS, InvalidWindow, Window, parse_windows
-from fleet.report import NODE_ID
 from fleet.rollout import POOL
 from fleet.schema import Reader
 from keys.durable_files import read_toml

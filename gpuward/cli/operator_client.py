@@ -23,6 +23,11 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("GPUWARD_SERVER", "http://127.0.0.1:8470"),
         help="server URL (default $GPUWARD_SERVER or http://127.0.0.1:8470)",
     )
+    add_credential_flags(parser)
+
+
+def add_credential_flags(parser: argparse.ArgumentParser) -> None:
+    """What a call needs besides the server's URL, for a command naming it its own way."""
     parser.add_argument(
         "--token-file", type=Path, help="file holding an operator token (default $GPUWARD_TOKEN)"
     )
