@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gpuward.cli.output import add_json_flag, emit, table
+from gpuward.cli.progress import add_progress_flag, progress_for
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,6 +17,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add.add_argument("bundle", type=Path)
     add.add_argument("--repo", type=Path, required=True, help="repository directory")
     add_json_flag(add)
+    add_progress_flag(add)
     add.set_defaults(func=_add)
 
     remove = sub.add_parser(
@@ -107,7 +109,8 @@ def _add(args: argparse.Namespace) -> None:
     problems = bundle_problems(manifest, default_catalog())
     if problems:
         raise GpuwardError(f"{args.bundle} contradicts the catalog: {'; '.join(problems)}")
-    published = repo.add_bundle(args.bundle, passphrase_source("the offline keys"))
+    with progress_for(args) as progress:
+        published = repo.add_bundle(args.bundle, passphrase_source("the offline keys"), progress)
     emit(
         args,
         {"target": published.target_path, "sha256": published.sha256, "length": published.length},
