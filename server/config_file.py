@@ -105,6 +105,15 @@ OPTIONS = (
         "port", "port", Kind.INT, "port to listen on (0: any free one)", "PORT", bounds=(0, 65535)
     ),
     Option(
+        "tls_cert",
+        "tls_cert",
+        Kind.PATH,
+        "serve HTTPS: the server's certificate (PEM, followed by any intermediate CA "
+        "certificates); needs tls_key",
+        "FILE",
+    ),
+    Option("tls_key", "tls_key", Kind.PATH, "the private key of tls_cert (PEM)", "FILE"),
+    Option(
         "report_interval",
         "report_interval_s",
         Kind.INT,
