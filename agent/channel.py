@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import structlog
-from tuf.ngclient import FetcherInterface, Urllib3Fetcher
 
-from agent.fetcher import MirrorFetcher, SignedFetcher
+from agent.fetcher import HttpFetcher, MirrorFetcher, SignedFetcher
+from agent.tls import ServerTrust
 from node.channel import USER_AGENT, Candidate, TufChannel, UpdateRefused, manifest_of
 from node.config import AgentConfig
 
@@ -24,18 +24,18 @@ log = structlog.get_logger(__name__)
 def mirror_fetcher(
     config: AgentConfig, signed: tuple[str, Callable[[str], Mapping[str, str]]] | None = None
 ) -> MirrorFetcher:
-    """The server first, then each mirror; timeouts bound every connection and gap.
+    """The server first, then each mirror, all verified against ``server_ca``;
+    timeouts bound every connection and gap.
 
     ``signed``: a base URL and the node's signer; requests under it are signed.
     """
-    fetcher: FetcherInterface = Urllib3Fetcher(
-        socket_timeout=config.fetch_timeout_s, app_user_agent=USER_AGENT
+    trust = ServerTrust.of(config)
+    timeout, agent = config.fetch_timeout_s, USER_AGENT
+    fetcher: HttpFetcher = (
+        HttpFetcher(trust, timeout_s=timeout, user_agent=agent)
+        if signed is None
+        else SignedFetcher(*signed, trust, timeout_s=timeout, user_agent=agent)
     )
-    if signed is not None:
-        base, sign = signed
-        fetcher = SignedFetcher(
-            base, sign, fetcher, timeout_s=config.fetch_timeout_s, user_agent=USER_AGENT
-        )
     return MirrorFetcher([config.server_url, *config.mirrors], fetcher)
 
 

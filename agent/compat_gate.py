@@ -71,6 +71,17 @@ def inventory(config: AgentConfig, seen: ProbeResult) -> NodeInventory:
     )
 
 
+def reported_inventory(config: AgentConfig, seen: ProbeResult) -> NodeInventory | None:
+    """The inventory to report: the gate's, when it reads back as the server reads it.
+    A host whose GPUs NVML does not see (no driver loaded) has none, and a GPU name
+    the schema refuses must cost the report its inventory, never the report."""
+    try:
+        return NodeInventory.from_dict(inventory(config, seen).to_dict())
+    except InvalidDocument as exc:
+        log.info("inventory_not_reported", reason=str(exc))
+        return None
+
+
 def _os_id() -> str:
     try:
         release = platform.freedesktop_os_release()

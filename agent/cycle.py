@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from agent.channel import ImageChannel
-from agent.compat_gate import current_catalog
+from agent.compat_gate import current_catalog, reported_inventory
 from agent.compat_gate import gate as compat_gate
 from agent.cycle_state import AgentState, load_state, save_state
 from agent.director import DirectorChannel, agree
@@ -290,4 +290,5 @@ class Cycle:
             firewall=firewall,
             kernel_hold=load_hold_record(self.config),
             health=health,
+            inventory=reported_inventory(self.config, seen),
         )

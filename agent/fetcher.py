@@ -26,6 +26,9 @@ import urllib3
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
 from tuf.ngclient import FetcherInterface
 
+from agent.tls import ServerTrust
+from node.channel import TlsRefused
+
 log = structlog.get_logger(__name__)
 
 
@@ -101,41 +104,33 @@ class DirectoryFetcher(FetcherInterface):
         return iter([path.read_bytes()])
 
 
-class SignedFetcher(FetcherInterface):
-    """GETs under ``base`` carry the node's request signature (``sign(url)``: the
-    headers, signed afresh with a new nonce for each request); any other URL goes
-    to ``inner`` unsigned, so a mirror never holds a signature it could replay to
-    the server. ``timeout_s`` bounds the connection and every gap between bytes."""
+class HttpFetcher(FetcherInterface):
+    """GETs through the agent's connection pool (``agent.tls``: HTTPS verified against
+    ``trust``); ``timeout_s`` bounds the connection and every gap between bytes. A
+    failed TLS handshake raises ``TlsRefused`` naming what the certificate was
+    checked against."""
 
     CHUNK_BYTES = 64 * 1024
 
-    def __init__(
-        self,
-        base: str,
-        sign: Callable[[str], Mapping[str, str]],
-        inner: FetcherInterface,
-        *,
-        timeout_s: float,
-        user_agent: str,
-    ) -> None:
-        self.base = base.rstrip("/") + "/"
-        self.sign = sign
-        self.inner = inner
+    def __init__(self, trust: ServerTrust, *, timeout_s: float, user_agent: str) -> None:
+        self._trust = trust
+        self._pool = trust.pool()
         self._timeout = urllib3.Timeout(timeout_s)
         self._user_agent = user_agent
-        self._pool = urllib3.PoolManager()
+
+    def headers(self, _url: str) -> dict[str, str]:
+        return {"User-Agent": self._user_agent}
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        if not url.startswith(self.base):
-            return self.inner.fetch(url)
-        headers = {"User-Agent": self._user_agent, **self.sign(url)}
         try:
             response = self._pool.request(
-                "GET", url, headers=headers, preload_content=False, timeout=self._timeout,
-                retries=False,
+                "GET", url, headers=self.headers(url), preload_content=False,
+                timeout=self._timeout, retries=False,
             )  # fmt: skip
         except urllib3.exceptions.TimeoutError as exc:
             raise SlowRetrievalError(f"GET {url}: {exc}") from exc
+        except urllib3.exceptions.SSLError as exc:
+            raise TlsRefused(f"GET {url}: {self._trust.refused(exc)}") from exc
         if response.status >= 400:
             response.close()
             raise DownloadHTTPError(f"GET {url}: HTTP {response.status}", response.status)
@@ -148,3 +143,28 @@ class SignedFetcher(FetcherInterface):
             raise SlowRetrievalError(f"reading {response.geturl()}: {exc}") from exc
         finally:
             response.release_conn()
+
+
+class SignedFetcher(HttpFetcher):
+    """GETs under ``base`` carry the node's request signature (``sign(url)``: the
+    headers, signed afresh with a new nonce for each request); any other URL goes
+    unsigned, so a mirror never holds a signature it could replay to the server."""
+
+    def __init__(
+        self,
+        base: str,
+        sign: Callable[[str], Mapping[str, str]],
+        trust: ServerTrust,
+        *,
+        timeout_s: float,
+        user_agent: str,
+    ) -> None:
+        super().__init__(trust, timeout_s=timeout_s, user_agent=user_agent)
+        self.base = base.rstrip("/") + "/"
+        self.sign = sign
+
+    def headers(self, url: str) -> dict[str, str]:
+        headers = super().headers(url)
+        if url.startswith(self.base):
+            headers.update(self.sign(url))
+        return headers

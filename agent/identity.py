@@ -24,6 +24,7 @@ import urllib3
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.tls import ServerTrust
 from fleet.attestation import Challenge, CredentialChallenge
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import (
@@ -89,7 +90,10 @@ def sign(
 def signed_request(
     config: AgentConfig, key: Ed25519PrivateKey, method: str, url: str, body: bytes = b""
 ) -> urllib3.BaseHTTPResponse:
-    """Send one signed request; a retry is signed afresh (a new nonce), never replayed."""
+    """Send one signed request; a retry is signed afresh (a new nonce), never replayed.
+    A TLS failure is not retried: it names the CA file the server failed against."""
+    trust = ServerTrust.of(config)
+    pool = trust.pool()
     last: Exception | None = None
     for attempt in range(3):
         if attempt:
@@ -101,9 +105,11 @@ def signed_request(
         if body:
             headers["Content-Type"] = "application/json"
         try:
-            return urllib3.request(
+            return pool.request(
                 method, url, body=body or None, headers=headers, timeout=_TIMEOUT, retries=False
             )
+        except urllib3.exceptions.SSLError as exc:
+            raise ChannelUnavailable(f"{method} {url}: {trust.refused(exc)}") from None
         except urllib3.exceptions.HTTPError as exc:
             last = exc
     raise ChannelUnavailable(f"{method} {url}: {last}")
@@ -136,10 +142,11 @@ def _tpm_evidence(
     """Begin TPM enrollment, activate the credential, and certify ``public_key``."""
     from node.attest.attestor import Attestor  # tpm2-pytss: only on hosts that attest
 
+    trust = ServerTrust.of(config)
     with Attestor(attest, config.state_dir) as attestor:
         body = json.dumps(attestor.enrollment_request(config.node_id).to_dict()).encode()
         try:
-            response = urllib3.request(
+            response = trust.pool().request(
                 "POST",
                 config.tpm_enroll_url,
                 body=body,
@@ -152,7 +159,8 @@ def _tpm_evidence(
                 retries=False,
             )
         except urllib3.exceptions.HTTPError as exc:
-            raise ChannelUnavailable(f"POST {config.tpm_enroll_url}: {exc}") from None
+            problem = trust.refused(exc) if isinstance(exc, urllib3.exceptions.SSLError) else exc
+            raise ChannelUnavailable(f"POST {config.tpm_enroll_url}: {problem}") from None
         if response.status != 200:
             raise GpuwardError(
                 f"TPM enrollment refused: HTTP {response.status}: {_error(response)}"

@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.eventlog import KNOWN_ALGORITHMS, MAX_LOG_BYTES, PCR_COUNT
-from fleet.report import NODE_ID, HealthReport
+from fleet.inventory import NODE_ID
+from fleet.report import HealthReport
 from fleet.schema import Reader
 from fleet.wire import (
     Bytes,

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from fleet.errors import InvalidDocument
 from fleet.manifest import KERNEL_RELEASE
-from fleet.report import MAX_GPUS, NODE_ID
 from fleet.wire import Boolean, Convert, Document, Field, ListOf, Ref, Text, Wire, optional
 
 SCHEMA_VERSION = 1
 MAX_NODES = 100_000
+MAX_GPUS = 64
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ()._/+-]{0,95}")
 _DEVICE_ID = re.compile(r"0x[0-9a-fA-F]{4}")
 _ARCH = re.compile(r"[A-Za-z][A-Za-z0-9 ()._-]{0,63}")
@@ -91,16 +92,53 @@ class NodeInventory(Wire):
     )
 
 
+@dataclass(frozen=True)
+class FleetInventories:
+    """The nodes a plan judges, and the ones it cannot: enrolled, but no report of
+    theirs carried an inventory yet (never reported, or an agent that sends none)."""
+
+    nodes: tuple[NodeInventory, ...]
+    without_inventory: tuple[str, ...] = ()
+
+
+def fleet_inventories(doc: object, where: str = "fleet") -> FleetInventories:
+    """A fleet file (a JSON list of node inventories), or the server's fleet view
+    (``GET /v1/fleet``: each node's latest report carries its agent's inventory)."""
+    if not (isinstance(doc, dict) and isinstance(doc.get("nodes"), list)):
+        return FleetInventories(fleet_from_list(doc, where))
+    shown: list[object] = doc["nodes"]
+    if len(shown) > MAX_NODES:
+        raise InvalidDocument(f"{where}: more than {MAX_NODES} nodes")
+    listed: list[tuple[str, object]] = []
+    without = []
+    for i, node in enumerate(shown):
+        report = node.get("report") if isinstance(node, dict) else None
+        inventory = report.get("inventory") if isinstance(report, dict) else None
+        if inventory is None:
+            without.append(str(node.get("node_id")) if isinstance(node, dict) else f"[{i}]")
+        else:
+            listed.append((f"{where}: nodes[{i}].report.inventory", inventory))
+    return FleetInventories(_distinct(listed), tuple(without))
+
+
 def fleet_from_list(doc: object, where: str = "fleet") -> tuple[NodeInventory, ...]:
     """A fleet file: a JSON list of node inventories with distinct node ids."""
     if not isinstance(doc, list):
-        raise InvalidDocument(f"{where}: expected a JSON list of node inventories")
+        raise InvalidDocument(
+            f"{where}: expected a JSON list of node inventories, or the server's fleet view "
+            '(GET /v1/fleet: {"nodes": [...]})'
+        )
     if len(doc) > MAX_NODES:
         raise InvalidDocument(f"{where}: more than {MAX_NODES} nodes")
-    nodes = tuple(NodeInventory.from_dict(item, f"{where}[{i}]") for i, item in enumerate(doc))
+    return _distinct([(f"{where}[{i}]", item) for i, item in enumerate(doc)])
+
+
+def _distinct(items: list[tuple[str, object]]) -> tuple[NodeInventory, ...]:
+    """Each (where, document) read as an inventory; no node id twice."""
+    nodes = tuple(NodeInventory.from_dict(item, where) for where, item in items)
     seen: set[str] = set()
-    for i, node in enumerate(nodes):
+    for (where, _), node in zip(items, nodes, strict=True):
         if node.node_id in seen:
-            raise InvalidDocument(f"{where}[{i}]: node_id {node.node_id!r} appears twice")
+            raise InvalidDocument(f"{where}: node_id {node.node_id!r} appears twice")
         seen.add(node.node_id)
     return nodes

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet.errors import InvalidDocument
-from fleet.report import NODE_ID
+from fleet.inventory import NODE_ID
 from fleet.rollout import POOL
 from fleet.wire import Bytes, Document, Field, Opaque, Text, Wire
 

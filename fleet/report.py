@@ -9,6 +9,11 @@ status with its reasons, each GPU's health sample with the rules' findings,
 and the XIDs seen since the previous report. The server compares the samples
 across the fleet to find stragglers. The section is optional (and omitted when
 absent), so reports without it read, and digest, exactly as before.
+
+It also carries the node's inventory (``fleet.inventory``): what the agent's own
+compatibility gate judges bundles by, so a fleet plan from the server's view
+(``gpuward compat plan --from-server``) judges each node as its agent does.
+Optional and omitted when absent, as ``health`` is.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from fleet.errors import InvalidDocument
 from fleet.firewall import FirewallReport
 from fleet.gpu import GpuSample, XidEvent
 from fleet.gpu_rules import FAILED, STATUSES, Finding
+from fleet.inventory import MAX_GPUS, NODE_ID, NodeInventory
 from fleet.schema import canonical_json
 from fleet.text import unicode_texts
 from fleet.wire import (
@@ -38,7 +44,6 @@ from fleet.wire import (
 )
 
 SCHEMA_VERSION = 1
-MAX_GPUS = 64
 MAX_PROBLEMS = 32
 MAX_HELD = 64
 MAX_FINDINGS = 32  # per GPU
@@ -55,7 +60,6 @@ UPDATE_OUTCOMES = frozenset(
         "failed",  # something went wrong locally; see reason
     }
 )
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = re.compile(r"\d{3,4}\.\d{1,3}(?:\.\d{1,3})?")
 
 
@@ -145,6 +149,7 @@ class HealthReport(Wire):
     firewall: FirewallReport | None = None  # None on a node without the firewall enabled
     kernel_hold: KernelHoldReport | None = None  # None until the applier first commits
     health: NodeHealth | None = None  # None from an agent that does not read NVML
+    inventory: NodeInventory | None = None  # None from an agent that does not send it
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -173,6 +178,13 @@ class HealthReport(Wire):
         optional("firewall", Ref(FirewallReport)),
         optional("kernel_hold", Ref(KernelHoldReport)),
         Field("health", Nullable(Ref(NodeHealth)), default=None, omit_default=True),
+        Field(
+            "inventory",
+            Nullable(Ref(NodeInventory)),
+            default=None,
+            omit_default=True,
+            description="what the agent's compatibility gate judges bundles by",
+        ),
         where="report",
         version=SCHEMA_VERSION,
         version_refusal="unsupported schema version",

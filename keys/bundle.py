@@ -38,6 +38,7 @@ from fleet.manifest import (
     PayloadFile,
 )
 from fleet.versions import DriverVersion
+from keys.progress import SILENT, ByteProgress, TrackedReader
 from keys.tar_extract import UnsafeMember, extract_files
 
 MAX_MANIFEST = 4 * 1024 * 1024
@@ -49,11 +50,12 @@ class BadBundle(GpuwardError):
     """A bundle that nodes refuse: its content is not what its manifest says."""
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, progress: ByteProgress = SILENT) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
+            progress.advance(len(chunk))
     return digest.hexdigest()
 
 
@@ -86,12 +88,15 @@ def build_bundle(
     cuda_version: str | None = None,
     fabric_manager: str | None = None,
     catalog: Catalog | None = None,
+    progress: ByteProgress = SILENT,
 ) -> BundleManifest:
     """Write a bundle of ``payload`` (a file or a directory) to ``output``.
 
     ``kernels`` (precompiled modules) or ``dkms`` must be given. Where left out,
     the architectures are all those the catalog says this driver and module
     flavour drive, and the CUDA version is the newest the driver runs.
+    ``progress`` follows the three passes over the payload's bytes: hashing it,
+    writing the bundle, and reading the bundle back as a node will.
     """
     catalog = catalog or default_catalog()
     driver = DriverVersion.parse(driver_version)
@@ -122,23 +127,28 @@ def build_bundle(
     if problems:
         raise GpuwardError(f"bundle contradicts the catalog: {'; '.join(problems)}")
     # Hash the payload only once the manifest is known to be right: it can be gigabytes.
+    sizes = [path.stat().st_size for _, path in files]
+    progress.begin("hashing the payload", sum(sizes))
     manifest = dataclasses.replace(
         manifest,
         files=tuple(
-            PayloadFile(name, path.stat().st_size, sha256_file(path)) for name, path in files
+            PayloadFile(name, size, sha256_file(path, progress))
+            for (name, path), size in zip(files, sizes, strict=True)
         ),
     )
     manifest_bytes = json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode()
     tmp = output.with_name(f".{output.name}.partial")
     try:
+        progress.begin(f"writing {output.name}", sum(sizes))
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             _add(tar, MANIFEST_NAME, io.BytesIO(manifest_bytes), len(manifest_bytes))
-            for name, path in files:
+            for (name, path), size in zip(files, sizes, strict=True):
                 with path.open("rb") as f:
-                    _add(tar, f"{PAYLOAD_DIR}/{name}", f, path.stat().st_size)
+                    _add(tar, f"{PAYLOAD_DIR}/{name}", TrackedReader(f, progress), size)
         # Read back as a node will: a payload that changed while it was read, or
         # names a node cannot unpack, must not become a bundle.
-        check_bundle(tmp, manifest)
+        progress.begin(f"checking {output.name}", tmp.stat().st_size)
+        check_bundle(tmp, manifest, progress=progress)
     except BadBundle as exc:
         tmp.unlink(missing_ok=True)
         raise BadBundle(f"{output} not written: nodes would refuse it: {exc}") from None
@@ -149,7 +159,7 @@ def build_bundle(
     return manifest
 
 
-def _add(tar: tarfile.TarFile, name: str, data: io.BufferedIOBase | io.BytesIO, size: int) -> None:
+def _add(tar: tarfile.TarFile, name: str, data: io.BytesIO | TrackedReader, size: int) -> None:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
@@ -172,7 +182,10 @@ def read_manifest(bundle: Path) -> BundleManifest:
 
 
 def check_bundle(
-    bundle: Path, signed: BundleManifest | None = None, into: Path | None = None
+    bundle: Path,
+    signed: BundleManifest | None = None,
+    into: Path | None = None,
+    progress: ByteProgress = SILENT,
 ) -> BundleManifest:
     """Read ``bundle`` as a node does; its manifest, or ``BadBundle`` with the reason
     a node gives.
@@ -180,10 +193,13 @@ def check_bundle(
     A node passes ``signed`` (the manifest its verified metadata carries: the one
     inside must equal it) and ``into``, the empty folder to unpack into. Without
     ``into`` every check runs and nothing is written: building and publishing
-    read a bundle so before it is signed.
+    read a bundle so before it is signed. ``progress`` advances as it is read.
     """
     try:
-        with tarfile.open(bundle, "r:") as tar:
+        with (
+            bundle.open("rb") as raw,
+            tarfile.open(fileobj=TrackedReader(raw, progress), mode="r:") as tar,
+        ):
             first, manifest = _leading_manifest(tar)
             if signed is not None and manifest != signed:
                 raise BadBundle("the manifest inside the bundle differs from the signed one")
@@ -207,10 +223,11 @@ def check_bundle(
     return manifest
 
 
-def bundle_to_publish(bundle: Path) -> BundleManifest:
+def bundle_to_publish(bundle: Path, progress: ByteProgress = SILENT) -> BundleManifest:
     """The manifest to sign for ``bundle``, once the bundle reads as nodes will read it."""
+    progress.begin(f"checking {bundle.name}", bundle.stat().st_size)
     try:
-        return check_bundle(bundle)
+        return check_bundle(bundle, progress=progress)
     except BadBundle as exc:
         raise BadBundle(
             f"{bundle}: nodes would refuse this bundle: {exc}; nothing was signed "

@@ -17,7 +17,6 @@ the same signed channel, never from an unsigned download.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,10 @@ from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, T
 from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest, target_path
-from keys.bundle import bundle_to_publish
+from keys.bundle import bundle_to_publish, sha256_file
 from keys.durable_files import atomic_write, fsync_dir, read_bounded
 from keys.keyring import Keyring, LocalKey, PassphraseSource
+from keys.progress import SILENT, ByteProgress, copy_tracked
 from keys.tuf_repo import TOP_LEVEL_ROLES, RoleSpec, TufRepository, load_expiry, save_expiry
 
 
@@ -186,12 +186,17 @@ class ImageRepository(TufRepository):
         self.keyring.retire(old)
         return new
 
-    def add_bundle(self, bundle: Path, passphrase: PassphraseSource) -> PublishedBundle:
+    def add_bundle(
+        self, bundle: Path, passphrase: PassphraseSource, progress: ByteProgress = SILENT
+    ) -> PublishedBundle:
         """Publish ``bundle`` in its branch role, delegating the branch on first use;
-        refused, with the nodes' reason, if nodes would refuse to unpack it."""
-        manifest = bundle_to_publish(bundle)
+        refused, with the nodes' reason, if nodes would refuse to unpack it.
+        ``progress`` follows the passes over its bytes: checking, hashing, storing."""
+        manifest = bundle_to_publish(bundle, progress)
         path = target_path(manifest, bundle.name)
-        info = TargetFile.from_file(path, str(bundle), ["sha256"])
+        length = bundle.stat().st_size
+        progress.begin(f"hashing {bundle.name}", length)
+        info = TargetFile(length, {"sha256": sha256_file(bundle, progress)}, path)
         info.unrecognized_fields["custom"] = {"manifest": manifest.to_dict()}
         if manifest.branch not in self.branch_roles():
             self.delegate_branch(manifest.branch, passphrase)
@@ -203,12 +208,32 @@ class ImageRepository(TufRepository):
                 f"{path} is already published with other content; published bundles "
                 "never change: build it under a new file name"
             )
-        self.store_target(bundle, path, info.hashes["sha256"])
+        progress.begin(f"storing {bundle.name}", length)
+        self.store_target(bundle, path, info.hashes["sha256"], progress)
         branch_md.signed.targets[path] = info
         self.bump(branch_md, manifest.branch)
         self.sign_and_write(branch_md, passphrase, role=manifest.branch)
         self.publish_snapshot({manifest.branch: branch_md.signed.version})
         return PublishedBundle(path, manifest, info.hashes["sha256"], info.length)
+
+    def remove_bundle(self, path: str, passphrase: PassphraseSource) -> PublishedBundle:
+        """Withdraw bundle ``path``: its branch role, re-signed, no longer lists it, so
+        agents no longer see it. Its file stays in ``targets/``: an agent or mirror
+        midway through the previous snapshot still finds what that snapshot names."""
+        for published in self.published():
+            if published.target_path == path:
+                break
+        else:
+            raise GpuwardError(
+                f"{path} is not a published bundle; 'gpuward repo list' shows the published ones"
+            )
+        branch = published.manifest.branch
+        branch_md = self.targets(branch)
+        del branch_md.signed.targets[path]
+        self.bump(branch_md, branch)
+        self.sign_and_write(branch_md, passphrase, role=branch)
+        self.publish_snapshot({branch: branch_md.signed.version})
+        return published
 
     def add_catalog(self, catalog_file: Path, passphrase: PassphraseSource) -> PublishedCatalog:
         """Publish a compatibility catalog; its ``catalog_version`` must go up.
@@ -247,11 +272,13 @@ class ImageRepository(TufRepository):
         folder, name = path.rsplit("/", 1)
         return self.targets_dir / folder / f"{sha256}.{name}"
 
-    def store_target(self, source: Path, path: str, sha256: str) -> None:
+    def store_target(
+        self, source: Path, path: str, sha256: str, progress: ByteProgress = SILENT
+    ) -> None:
         dest = self._target_file(path, sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")
-        shutil.copyfile(source, tmp)
+        copy_tracked(source, tmp, progress)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         tmp.replace(dest)

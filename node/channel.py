@@ -35,6 +35,12 @@ class ChannelUnavailable(GpuwardError):
     """The update server could not be reached or did not answer properly."""
 
 
+class TlsRefused(tuf_errors.DownloadError):
+    """TLS with the server or a mirror failed (its certificate did not verify, most
+    likely): nothing was fetched. The message names what the certificate was
+    checked against, which is what an operator must fix."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A bundle the image repository offers, with its verified target info."""
@@ -55,6 +61,8 @@ def _classified(action: str) -> Iterator[None]:
     except tuf_errors.DownloadLengthMismatchError as exc:
         # Endless-data attack or a mirror serving the wrong file.
         raise UpdateRefused(f"{action}: {type(exc).__name__}: {exc}") from exc
+    except TlsRefused as exc:
+        raise ChannelUnavailable(f"{action}: {exc}") from exc
     except tuf_errors.DownloadHTTPError as exc:
         raise ChannelUnavailable(
             f"{action}: the server answered HTTP {exc.status_code}; is this node enrolled "

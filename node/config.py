@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 
 from fleet.branches import require_branch
 from fleet.errors import GpuwardError
+from fleet.inventory import NODE_ID
 from fleet.maintenance import MAX_WINDOWS, InvalidWindow, Window, parse_windows
-from fleet.report import NODE_ID
 from fleet.rollout import POOL
 from fleet.schema import Reader
 from keys.durable_files import read_toml
@@ -84,6 +84,9 @@ class AgentConfig:
     simulated: SimulatedGpus = SimulatedGpus()
     director: DirectorSettings | None = None
     mirrors: tuple[str, ...] = ()  # tried in order when server_url fails; untrusted
+    # The CA certificates (PEM) the server's and mirrors' HTTPS certificates must
+    # chain to; None: the system's. Every connection the agent makes checks it.
+    server_ca: Path | None = None
     fetch_timeout_s: int = 30
     # What the compatibility gate needs to know that the node cannot see itself.
     required_cuda: str | None = None  # the CUDA version the node's workloads need
@@ -211,6 +214,7 @@ class AgentConfig:
                     "simulated",
                     "director",
                     "mirrors",
+                    "server_ca",
                     "fetch_timeout_s",
                     "required_cuda",
                     "nvswitch",
@@ -235,6 +239,7 @@ class AgentConfig:
             for url in (*mirrors, server_url):
                 firewall = firewall.with_endpoint(Endpoint.from_url(url))
         token_file = r.optional_text("enrollment_token_file")
+        server_ca = r.optional_text("server_ca")
         return cls(
             node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
             server_url=server_url,
@@ -246,6 +251,7 @@ class AgentConfig:
             simulated=_simulated(doc.get("simulated", {})),
             director=_director(doc["director"], base) if "director" in doc else None,
             mirrors=mirrors,
+            server_ca=None if server_ca is None else base / server_ca,
             fetch_timeout_s=r.integer("fetch_timeout_s", minimum=1, maximum=600, default=30),
             required_cuda=r.optional_text("required_cuda", max_len=12, pattern=_CUDA),
             nvswitch=r.boolean("nvswitch", default=False),

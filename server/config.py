@@ -38,6 +38,10 @@ class ServerConfig:
     director: Path | None = None  # the director repository, served per node when set
     host: str = "127.0.0.1"
     port: int = 8470
+    # HTTPS on the port itself (PEM files: the certificate chain and its key), for a
+    # site without a TLS-terminating reverse proxy; both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # Heartbeats: nodes report every report_interval_s; one silent for
     # missing_after intervals is shown as missing.
     report_interval_s: int = 300

@@ -125,6 +125,15 @@ OPTIONS = (
         bounds=(0, 65535),
     ),
     Option(
+        "tls_cert",
+        "tls_cert",
+        OptionKind.PATH,
+        "serve HTTPS: the server's certificate (PEM, followed by any intermediate CA "
+        "certificates); needs tls_key",
+        "FILE",
+    ),
+    Option("tls_key", "tls_key", OptionKind.PATH, "the private key of tls_cert (PEM)", "FILE"),
+    Option(
         "report_interval",
         "report_interval_s",
         OptionKind.INT,

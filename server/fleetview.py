@@ -4,14 +4,21 @@ Every report is a heartbeat. A node silent for ``missing_after`` report
 intervals is missing, whatever its last report said; an enrolled node that
 never reported counts from its enrollment. The API and the dashboard both show
 nodes through this module, so they always agree.
+
+A node whose latest report names a bundle the served image repository no longer
+lists runs a withdrawn bundle (``gpuward repo remove``): it is flagged, since
+its agent will not move off it until a newer bundle is published or assigned.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from fleet.attestation_verdict import AttestationVerdict
+from keys.image_repo import ImageRepository
 from server.config import ServerConfig
 from server.store import NodeStatus, ReportRecord
 
@@ -29,8 +36,29 @@ def node_state(status: NodeStatus, now: float, config: ServerConfig) -> str:
     return "healthy" if status.report.healthy else "unhealthy"
 
 
-def node_json(status: NodeStatus, now: float, config: ServerConfig) -> dict[str, Any]:
+def served_bundles(repo: Path) -> frozenset[str]:
+    """The bundle target paths the image repository at ``repo`` lists now."""
+    # Every change of what is listed signs a new timestamp file: read again only then.
+    stamp = (repo / "metadata" / "timestamp.json").stat()
+    return _listed_bundles(repo, stamp.st_ino, stamp.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _listed_bundles(repo: Path, _inode: int, _mtime_ns: int) -> frozenset[str]:
+    image = ImageRepository(repo)
+    return frozenset(
+        path for role in image.branch_roles() for path in image.targets(role).signed.targets
+    )
+
+
+def node_json(
+    status: NodeStatus, now: float, config: ServerConfig, served: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """``served``: ``served_bundles(config.repo)``, when the caller has it already."""
     node = status.node
+    running = None if status.report is None else status.report.bundle
+    if served is None:
+        served = served_bundles(config.repo)
     return {
         "node_id": node.node_id,
         "pool": node.pool,
@@ -42,6 +70,7 @@ def node_json(status: NodeStatus, now: float, config: ServerConfig) -> dict[str,
         "assigned": status.assigned,
         "report": None if status.report is None else status.report.to_dict(),
         "report_attestation": _verdict(status.report_attestation),
+        "withdrawn": running is not None and running not in served,
     }
 
 
@@ -51,7 +80,8 @@ def _verdict(verdict: AttestationVerdict | None) -> dict[str, Any] | None:
 
 
 def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dict[str, Any]:
-    shown = [node_json(n, now, config) for n in nodes]
+    served = served_bundles(config.repo)
+    shown = [node_json(n, now, config, served) for n in nodes]
     states = Counter(n["state"] for n in shown)
     drivers = Counter((n["report"] or {}).get("driver_version") or "none" for n in shown)
     return {
@@ -61,6 +91,7 @@ def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dic
             "states": {state: states.get(state, 0) for state in NODE_STATES},
             "drivers": dict(sorted(drivers.items())),
             "unattested": sum(1 for n in shown if not n["attested"]),
+            "withdrawn": sum(1 for n in shown if n["withdrawn"]),
             "missing_after_s": config.report_interval_s * config.missing_after,
         },
     }

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -139,6 +140,34 @@ def _verifier(
     return ByEvidence(verifiers) if len(verifiers) > 1 else next(iter(verifiers.values()))
 
 
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """HTTPS on the port, when the config names a certificate: Python's server-side
+    defaults (no client certificates asked), TLS 1.2 at least. Nodes verify it
+    against the CA file they are given (their agent.toml's server_ca)."""
+    cert, key = config.tls_cert, config.tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise GpuwardError(
+            "TLS needs both a certificate and its key: give --tls-cert and --tls-key "
+            "(tls_cert and tls_key in server.toml)"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise GpuwardError(
+            f"TLS certificate {cert} and key {key} do not load ({exc.reason or exc}): give the "
+            "PEM certificate (then any intermediates) and its matching private key"
+        ) from None
+    except OSError as exc:
+        raise GpuwardError(
+            f"cannot read TLS certificate {cert} or key {key}: {exc.strerror or exc}"
+        ) from None
+    return context
+
+
 def _check_repo(config: ServerConfig) -> None:
     if not (config.repo / "metadata" / "root.json").is_file():
         raise GpuwardError(
@@ -157,6 +186,7 @@ async def serve(
     """Serve until ``stop``; ``worker``: this process's number among several sharing
     the port, of which only worker 0 runs the background duties."""
     _check_repo(config)
+    tls = tls_context(config)
     store = await open_store(config.db, config.retention)
     try:
         attestation = _tpm(config, store, clock)
@@ -199,7 +229,7 @@ async def serve(
     notifying: asyncio.Task[None] | None = None
     await runner.setup()
     try:
-        listener = await _listen(config, runner, reuse_port=worker is not None)
+        listener = await _listen(config, runner, tls, reuse_port=worker is not None)
         bound = int(listener.sockets[0].getsockname()[1])
         if duties:
             metrics = await _serve_metrics(config, svc)
@@ -209,7 +239,13 @@ async def serve(
             sweeping = asyncio.create_task(retention.run(store, clock, stop))
         if svc.webhooks is not None and config.webhook_poll_s > 0:
             notifying = asyncio.create_task(svc.webhooks.run(stop))
-        log.info("server_listening", host=config.host, port=bound, repo=str(config.repo))
+        log.info(
+            "server_listening",
+            host=config.host,
+            port=bound,
+            repo=str(config.repo),
+            tls=tls is not None,
+        )
         if svc.renewer is not None:
             _warn_of_offline_keys(config)
             await svc.renewer.run_pass()  # before announcing readiness: never serve lapsed metadata
@@ -238,9 +274,12 @@ async def serve(
         log.info("server_stopped")
 
 
-async def _listen(config: ServerConfig, runner: web.AppRunner, reuse_port: bool) -> asyncio.Server:
+async def _listen(
+    config: ServerConfig, runner: web.AppRunner, tls: ssl.SSLContext | None, reuse_port: bool
+) -> asyncio.Server:
     """The listening socket, each connection passing ``server.connections``' limits
-    before aiohttp's handler sees it."""
+    before aiohttp's handler sees it; with ``tls``, once its handshake is done, which
+    gets as long as the request headers do."""
     assert runner.server is not None  # set up
     limits = ConnectionLimits.within_fds(
         config.header_timeout_s, config.max_connections_per_address
@@ -252,6 +291,8 @@ async def _listen(config: ServerConfig, runner: web.AppRunner, reuse_port: bool)
             config.port,
             reuse_port=reuse_port,
             backlog=LISTEN_BACKLOG,
+            ssl=tls,
+            ssl_handshake_timeout=None if tls is None else config.header_timeout_s,
         )
     except OSError as exc:
         raise GpuwardError(
@@ -425,7 +466,8 @@ def _stop(processes: Sequence[BaseProcess]) -> None:
 
 async def _preflight(config: ServerConfig) -> None:
     """What every worker would fail on, said once: the store (migrated here, once)
-    and the attestation settings."""
+    and the attestation and TLS settings."""
+    tls_context(config)
     store = await open_store(config.db)
     try:
         _tpm(config, store, time.time)
@@ -489,7 +531,8 @@ class BackgroundServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+        scheme = "http" if self.config.tls_cert is None else "https"
+        return f"{scheme}://{self.config.host}:{self.port}"
 
     @property
     def metrics_url(self) -> str:

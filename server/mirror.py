@@ -45,6 +45,7 @@ from tuf.api.exceptions import UnsignedMetadataError
 from fleet.errors import GpuwardError
 from keys.durable_files import atomic_write, atomic_writer
 from keys.image_repo import ImageRepository
+from keys.progress import SILENT, ByteProgress, TrackedReader, copy_tracked
 from keys.site import (
     Versions,
     check_not_older,
@@ -62,13 +63,6 @@ FORMAT = "gpuward-mirror/1"
 # Large enough for years of driver bundles; a bigger archive is not a mirror.
 MAX_ARCHIVE_BYTES = 256 * 1024**3
 MAX_ARCHIVE_MEMBERS = 200_000
-
-# Called after each file with (files done, files in all, the file's mirror path).
-Progress = Callable[[int, int, str], None]
-
-
-def _no_progress(_done: int, _total: int, _name: str) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -114,10 +108,11 @@ def _served_files(repo: Path, director: Path | None) -> list[tuple[Path, str]]:
 
 
 def export(
-    repo: Path, out: Path, director: Path | None = None, progress: Progress = _no_progress
+    repo: Path, out: Path, director: Path | None = None, progress: ByteProgress = SILENT
 ) -> MirrorManifest:
     """Copy the served parts of the image repository (and director) into ``out``:
-    a new directory, or a new ``.tar`` file."""
+    a new directory, or a new ``.tar`` file. ``progress`` follows the bytes copied
+    (each file's digest is taken right after, from the page cache)."""
     if is_archive(out):
         if out.exists():
             raise GpuwardError(f"{out} exists; export into a new file")
@@ -125,13 +120,13 @@ def export(
     if out.exists() and any(out.iterdir()):
         raise GpuwardError(f"{out} is not empty; export into a new directory")
     served = _served_files(repo, director)
+    progress.begin(f"exporting to {out}", _bytes(served))
     files: dict[str, str] = {}
-    for done, (source, name) in enumerate(served, 1):
+    for source, name in served:
         target = out / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        copy_tracked(source, target, progress)
         files[name] = _sha256(target)
-        progress(done, len(served), name)
     manifest = MirrorManifest(files)
     atomic_write(out / MANIFEST, manifest.to_bytes())
     return manifest
@@ -144,20 +139,24 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _bytes(served: list[tuple[Path, str]]) -> int:
+    return sum(source.stat().st_size for source, _ in served)
+
+
 def _export_archive(
-    served: list[tuple[Path, str]], out: Path, progress: Progress
+    served: list[tuple[Path, str]], out: Path, progress: ByteProgress
 ) -> MirrorManifest:
+    progress.begin(f"exporting to {out}", _bytes(served))
     files: dict[str, str] = {}
     with (
         atomic_writer(out) as raw,
         tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for done, (source, name) in enumerate(served, 1):
+        for source, name in served:
             with source.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                tar.addfile(_member(name, size), f)
+                tar.addfile(_member(name, size), TrackedReader(f, progress))
             files[name] = _sha256(source)
-            progress(done, len(served), name)
         manifest = MirrorManifest(files)
         data = manifest.to_bytes()
         tar.addfile(_member(MANIFEST, len(data)), io.BytesIO(data))
@@ -172,9 +171,15 @@ def _kind(member: tarfile.TarInfo) -> str:
     return "device or special file"
 
 
-def _unpack(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None:
+def _unpack(
+    archive: Path, dest: Path, max_bytes: int, max_members: int, progress: ByteProgress
+) -> None:
+    progress.begin(f"unpacking {archive}", archive.stat().st_size)
     try:
-        with tarfile.open(archive, mode="r:") as tar:
+        with (
+            archive.open("rb") as raw,
+            tarfile.open(fileobj=TrackedReader(raw, progress), mode="r:") as tar,
+        ):
             members = []
             declared = 0
             for member in tar:
@@ -200,9 +205,12 @@ def _unpack(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None
         ) from None
 
 
-def _copy_folder(source: Path, dest: Path, max_bytes: int, max_members: int) -> None:
+def _copy_folder(
+    source: Path, dest: Path, max_bytes: int, max_members: int, progress: ByteProgress
+) -> None:
     """Copy the export folder ``source`` into ``dest`` on the terms an archive is
     unpacked on: files and folders only (a link is refused, never followed), bounded."""
+    progress.begin(f"copying {source}", None)  # its size is known once it is walked
     count = declared = 0
     pending = [Path()]
     while pending:
@@ -220,10 +228,10 @@ def _copy_folder(source: Path, dest: Path, max_bytes: int, max_members: int) -> 
             if entry.is_dir(follow_symlinks=False):
                 pending.append(name)
             else:
-                _copy_file(source, name, dest)
+                _copy_file(source, name, dest, progress)
 
 
-def _copy_file(source: Path, name: Path, dest: Path) -> None:
+def _copy_file(source: Path, name: Path, dest: Path, progress: ByteProgress) -> None:
     """Copy the regular file ``source/name`` to ``dest/name``."""
     refused = f"{source}: {name} is not a plain file; a mirror holds only files and folders"
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -237,7 +245,7 @@ def _copy_file(source: Path, name: Path, dest: Path) -> None:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise GpuwardError(refused)
         with (dest / name).open("xb") as out:
-            shutil.copyfileobj(f, out)
+            shutil.copyfileobj(TrackedReader(f, progress), out)
 
 
 @contextlib.contextmanager
@@ -248,6 +256,7 @@ def opened(
     private: bool = False,
     max_bytes: int = MAX_ARCHIVE_BYTES,
     max_members: int = MAX_ARCHIVE_MEMBERS,
+    progress: ByteProgress = SILENT,
 ) -> Iterator[Path]:
     """The mirror as a directory: a ``.tar`` unpacked into a temporary folder
     under ``scratch`` (the system's, ``$TMPDIR``, by default: removable media may
@@ -261,9 +270,9 @@ def opened(
         raise GpuwardError(f"mirror {mirror} not found")
     with tempfile.TemporaryDirectory(prefix=".gpuward-mirror-", dir=scratch) as tmp:
         if is_archive(mirror):
-            _unpack(mirror, Path(tmp), max_bytes, max_members)
+            _unpack(mirror, Path(tmp), max_bytes, max_members, progress)
         else:
-            _copy_folder(mirror, Path(tmp), max_bytes, max_members)
+            _copy_folder(mirror, Path(tmp), max_bytes, max_members, progress)
         yield Path(tmp)
 
 
@@ -305,6 +314,7 @@ def import_into(
     now: datetime | None = None,
     *,
     verify: Verifier,
+    progress: ByteProgress = SILENT,
     **bounds: int,
 ) -> Imported:
     """Load a checked export (directory or ``.tar``) into an air-gapped server's
@@ -317,11 +327,12 @@ def import_into(
     checked as re-signed (what the site's agents will see), once the export's
     own timestamp and snapshot are shown signed by the keys its root names;
     otherwise an export whose timestamp or snapshot has already expired is
-    refused, as agents would refuse it.
+    refused, as agents would refuse it. ``progress`` follows the copies: the
+    export into the private one, and that into the repository.
     """
     now = now or datetime.now(UTC)
     inside = ImageRepository(repo)
-    with opened(mirror, scratch=repo.parent, private=True, **bounds) as out:
+    with opened(mirror, scratch=repo.parent, private=True, progress=progress, **bounds) as out:
         manifest = check_manifest(out)
         exported = ImageRepository(out / "v1/repo")
         check_offline_expiry(exported, now)
@@ -341,8 +352,9 @@ def import_into(
         if director is not None:
             for node in sorted((out / "v1/director").glob("*/metadata")):
                 pairs.append((node, director / "nodes" / node.parent.name / "metadata"))
+        progress.begin(f"copying into {repo}", sum(_tree_bytes(source) for source, _ in pairs))
         for source, dest in pairs:
-            _copy_in(source, dest)
+            _copy_in(source, dest, progress)
     return Imported(manifest, tuple(targets), resigned)
 
 
@@ -360,10 +372,24 @@ def _check_online_roles_signed(exported: ImageRepository) -> None:
             ) from None
 
 
-def _copy_in(source: Path, dest: Path) -> None:
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _copy_in(source: Path, dest: Path, progress: ByteProgress) -> None:
     """Copy a checked folder into place, a metadata folder's timestamp last: until it
     names them, nothing new is served."""
-    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(TIMESTAMP))
+
+    def copy(src: str, dst: str) -> None:
+        copy_tracked(Path(src), Path(dst), progress)
+
+    shutil.copytree(
+        source,
+        dest,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(TIMESTAMP),
+        copy_function=copy,
+    )
     if (source / TIMESTAMP).is_file():
         atomic_write(dest / TIMESTAMP, (source / TIMESTAMP).read_bytes())
 

@@ -89,6 +89,10 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
                 "oneOf": [{"$ref": "#/components/schemas/AttestationVerdict"}, {"type": "null"}],
                 "description": "the latest report's TPM verdict; null when it was not attested",
             },
+            "withdrawn": {
+                "type": "boolean",
+                "description": "the node runs a bundle the image repository no longer lists",
+            },
             "history": {"type": "array", "items": {"type": "object"}},
         },
     },

@@ -3,13 +3,15 @@
 Every command group registers its subcommands from its own module. Errors meant
 for people (``GpuwardError``, and the OS errors of missing or unreadable files)
 become one line on stderr and a non-zero exit; a traceback appears only with
-``--debug``.
+``--debug``. A reader that stops early (``gpuward rollout status | head -1``)
+ends the command quietly, as it ends any Unix filter.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -57,6 +59,8 @@ GROUPS = (
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
+# What a shell reports for a command that SIGPIPE ended: 128 + 13.
+EXIT_BROKEN_PIPE = 141
 
 
 class Parser(argparse.ArgumentParser):
@@ -94,9 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(json_lines=json_lines, level=logging.DEBUG if args.debug else logging.INFO)
     try:
         result: int | None = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is still caught
         return result or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     except GpuwardError as exc:
         return _fail(args, exc, str(exc), EXIT_ERROR)
     except OSError as exc:
@@ -108,6 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(run again with --debug for details, and report it)"
         )
         return _fail(args, exc, message, EXIT_INTERNAL)
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away: nothing more to say, and nowhere to say it.
+    Python's own advice: point stdout at /dev/null, or the interpreter's final
+    flush fails again and prints "Exception ignored ... BrokenPipeError"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _fail(args: argparse.Namespace, exc: BaseException, message: str, code: int) -> int:

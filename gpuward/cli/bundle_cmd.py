@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gpuward.cli.output import add_json_flag, emit
+from gpuward.cli.progress import add_progress_flag, progress_for
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,6 +58,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     build.add_argument("-o", "--output", type=Path, required=True, help="bundle file to write")
     add_json_flag(build)
+    add_progress_flag(build)
     build.set_defaults(func=_build)
 
 
@@ -71,19 +73,21 @@ def _build(args: argparse.Namespace) -> None:
             "say how the bundle provides kernel modules: --kernel RELEASE (repeat for each "
             "kernel with precompiled modules) or --dkms"
         )
-    manifest = build_bundle(
-        args.payload,
-        driver_version=args.driver_version,
-        branch=args.branch,
-        payload_kind=args.payload_kind,
-        output=args.output,
-        kernels=args.kernel,
-        dkms=args.dkms,
-        module_flavour=args.module_flavour,
-        architectures=args.arch,
-        cuda_version=args.cuda,
-        fabric_manager=args.fabric_manager,
-    )
+    with progress_for(args) as progress:
+        manifest = build_bundle(
+            args.payload,
+            driver_version=args.driver_version,
+            branch=args.branch,
+            payload_kind=args.payload_kind,
+            output=args.output,
+            kernels=args.kernel,
+            dkms=args.dkms,
+            module_flavour=args.module_flavour,
+            architectures=args.arch,
+            cuda_version=args.cuda,
+            fabric_manager=args.fabric_manager,
+            progress=progress,
+        )
     digest = sha256_file(args.output)
     emit(
         args,

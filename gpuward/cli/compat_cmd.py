@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpuward.cli.operator_client import add_credential_flags
 from gpuward.cli.output import add_json_flag, emit, table
 
 if TYPE_CHECKING:
@@ -45,13 +46,26 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "plan",
         help="which nodes can take each published branch, and which are stranded",
         description=(
-            "For every node of a fleet file (a JSON list of node inventories) and every branch "
-            "with published bundles: the newest bundle the node accepts, or why none; the "
-            "newest CUDA the node can run; and, for GPUs whose support ends with an older "
+            "For every node of a fleet (a file, or the server's enrolled nodes) and every "
+            "branch with published bundles: the newest bundle the node accepts, or why none; "
+            "the newest CUDA the node can run; and, for GPUs whose support ends with an older "
             "branch, that branch and its end of life as the deadline."
         ),
     )
-    plan.add_argument("--fleet", type=Path, required=True, help="JSON list of node inventories")
+    fleet = plan.add_mutually_exclusive_group(required=True)
+    fleet.add_argument(
+        "--fleet",
+        type=Path,
+        help="a JSON list of node inventories, or the server's fleet view (GET /v1/fleet) saved",
+    )
+    fleet.add_argument(
+        "--from-server",
+        metavar="URL",
+        dest="server",
+        help="the nodes enrolled with the server at URL, each with the inventory its agent "
+        "reported (a viewer token, as for 'gpuward nodes')",
+    )
+    add_credential_flags(plan)
     plan.add_argument("--repo", type=Path, help="plan against the bundles published in this repo")
     plan.add_argument(
         "--bundle",
@@ -152,17 +166,27 @@ def _check(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> None:
     from fleet.errors import GpuwardError
-    from fleet.inventory import fleet_from_list
+    from fleet.inventory import fleet_inventories
     from fleet.plan import plan
+    from gpuward.cli.operator_client import call
 
     if args.repo is None and not args.bundle:
         raise GpuwardError(
             "nothing to plan against: give --repo DIR (its published bundles) or --bundle FILE"
         )
     catalog = _catalog(args)
-    nodes = fleet_from_list(
-        _read_json(args.fleet, "fleet file", MAX_FLEET_BYTES), where=str(args.fleet)
-    )
+    if args.server is not None:
+        where = f"{args.server.rstrip('/')}/v1/fleet"
+        fleet = fleet_inventories(call(args, "GET", "/v1/fleet"), where)
+    else:
+        where = str(args.fleet)
+        fleet = fleet_inventories(_read_json(args.fleet, "fleet file", MAX_FLEET_BYTES), where)
+    if not fleet.nodes:
+        raise GpuwardError(
+            f"{where}: no node to plan: none has reported an inventory yet (agents send one "
+            "with each report)"
+        )
+    nodes = fleet.nodes
     bundles = [_manifest(p) for p in args.bundle]
     if args.repo is not None:
         from keys.image_repo import ImageRepository
@@ -188,4 +212,12 @@ def _plan(args: argparse.Namespace) -> None:
             ]
         )
     text = table(("NODE", "GPUS", *result.branches, "MAX CUDA", "STRANDED ON"), rows)
-    emit(args, result.to_dict(), f"{text}\n(as of {result.today}; --json gives every reason)")
+    unplanned = fleet.without_inventory
+    if unplanned:
+        named = ", ".join(unplanned[:10]) + (", ..." if len(unplanned) > 10 else "")
+        text += f"\nnot planned, no inventory reported yet: {len(unplanned)} node(s) ({named})"
+    emit(
+        args,
+        {**result.to_dict(), "without_inventory": list(unplanned)},
+        f"{text}\n(as of {result.today}; --json gives every reason)",
+    )

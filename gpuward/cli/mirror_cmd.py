@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
-
 from gpuward.cli.output import add_json_flag, emit
+from gpuward.cli.progress import add_progress_flag, progress_for
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without loading TUF
     from keys.ceremony import Staged
     from keys.image_repo import ImageRepository
     from keys.site import SiteKeys
 
-log = structlog.get_logger(__name__)
-
 # A name that resolves nowhere: verification reads the copy, never the network.
 OFFLINE_BASE = "http://mirror.invalid"
-BAR_WIDTH = 40
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,6 +34,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="new, empty directory, or a new FILE.tar for removable media",
     )
     add_json_flag(export)
+    add_progress_flag(export)
     export.set_defaults(func=_export)
 
     verify = sub.add_parser("verify", help="check a mirror offline against the trusted root")
@@ -67,6 +63,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "(the root your agents are installed with; needed for the first import)",
     )
     add_json_flag(load)
+    add_progress_flag(load)
     load.set_defaults(func=_import)
 
     site_keys = sub.add_parser(
@@ -94,7 +91,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _export(args: argparse.Namespace) -> None:
     from server.mirror import export
 
-    manifest = export(args.repo, args.to, args.director, _progress())
+    with progress_for(args, "mirror_progress") as progress:
+        manifest = export(args.repo, args.to, args.director, progress)
     emit(
         args,
         {"mirror": str(args.to), "files": len(manifest.files)},
@@ -151,12 +149,14 @@ def _import(args: argparse.Namespace) -> None:
             f"{args.repo} serves no root yet: give --trusted-root with the image root.json "
             "your agents are installed with (/etc/gpuward/root.json) for the first import"
         )
-    imported = import_into(
-        args.mirror,
-        args.repo,
-        args.director,
-        verify=lambda out: verified_targets(out, root, scratch=args.repo.parent),
-    )
+    with progress_for(args, "mirror_progress") as progress:
+        imported = import_into(
+            args.mirror,
+            args.repo,
+            args.director,
+            verify=lambda out: verified_targets(out, root, scratch=args.repo.parent),
+            progress=progress,
+        )
     resigned = imported.resigned
     emit(
         args,
@@ -218,25 +218,3 @@ def _write_staged_root(
         f"'gpuward keys sign' ({staged.threshold} of {len(staged.keyids)} root keys), then "
         "'gpuward repo publish'"
     )
-
-
-def _progress() -> Callable[[int, int, str], None]:
-    """A bar on a terminal; otherwise a progress event every twentieth of the way."""
-    if sys.stderr.isatty():
-
-        def bar(done: int, total: int, _name: str) -> None:
-            filled = BAR_WIDTH * done // total
-            print(
-                f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} files",
-                end="\n" if done == total else "",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        return bar
-
-    def events(done: int, total: int, name: str) -> None:
-        if done == total or done % max(1, total // 20) == 0:
-            log.info("mirror_progress", files=done, total=total, last=name)
-
-    return events

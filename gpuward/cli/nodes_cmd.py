@@ -11,12 +11,11 @@ as an audit event naming the admin's token.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 from urllib.parse import quote
 
 from gpuward.cli.operator_client import add_server_flags, call
-from gpuward.cli.output import add_json_flag, emit, table
+from gpuward.cli.output import add_json_flag, emit, table, when
 
 HISTORY = 10
 
@@ -34,7 +33,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=int,
         default=HISTORY,
         metavar="N",
-        help=f"how many recent reports (default {HISTORY})",
+        help="how many recent reports (default %(default)s)",
     )
     show.set_defaults(func=_show)
     remove = sub.add_parser(
@@ -53,16 +52,11 @@ def _node_path(node_id: str) -> str:
     return f"/v1/nodes/{quote(node_id, safe='')}"
 
 
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
-
-
 def _driver(node: dict[str, Any]) -> str | None:
+    """The driver the node runs, marked when its bundle was withdrawn ('repo remove')."""
     report = node["report"] or {}
     driver: str | None = report.get("driver_version")
-    return driver
+    return f"{driver or '-'} (withdrawn)" if node["withdrawn"] else driver
 
 
 def _gpus_ok(report: dict[str, Any]) -> str:
@@ -81,7 +75,7 @@ def _list(args: argparse.Namespace) -> None:
             n["state"],
             n["attestation"],
             _driver(n),
-            _when(n["last_seen"]),
+            when(n["last_seen"]),
         )
         for n in nodes
     ]
@@ -99,14 +93,15 @@ def _show(args: argparse.Namespace) -> None:
     report = node["report"] or {}
     lines = [
         f"{node['node_id']}: {node['state']}, pool {node['pool']}, {node['attestation']}",
-        f"enrolled {_when(node['enrolled_at'])}, last seen {_when(node['last_seen'])}",
-        f"driver {_driver(node) or '-'}, assigned {node['assigned'] or '-'}",
+        f"enrolled {when(node['enrolled_at'])}, last seen {when(node['last_seen'])}",
+        f"driver {_driver(node) or '-'}, bundle {report.get('bundle') or '-'}, "
+        f"assigned {node['assigned'] or '-'}",
     ]
     if report:
         lines.append(f"last update: {report['update']} ({report['reason'] or '-'})")
     rows = [
         (
-            _when(h["received_at"]),
+            when(h["received_at"]),
             h["report"]["update"],
             h["report"]["driver_version"],
             h["report"]["active_slot"],

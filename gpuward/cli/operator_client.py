@@ -1,7 +1,9 @@
 """Calling the server's operator API from the command line.
 
 The token comes from ``GPUWARD_TOKEN`` or ``--token-file``, never from an
-argument, which any user on the host could read in the process list.
+argument, which any user on the host could read in the process list. A server
+serving HTTPS under a private CA is verified against ``--ca-file`` (or
+``GPUWARD_CA_FILE``), as its nodes verify it against their ``server_ca``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import urllib3
 
+from agent.tls import ServerTrust
 from fleet.errors import GpuwardError
 
 
@@ -23,8 +26,21 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("GPUWARD_SERVER", "http://127.0.0.1:8470"),
         help="server URL (default $GPUWARD_SERVER or http://127.0.0.1:8470)",
     )
+    add_credential_flags(parser)
+
+
+def add_credential_flags(parser: argparse.ArgumentParser) -> None:
+    """What a call needs besides the server's URL, for a command naming it its own way."""
     parser.add_argument(
         "--token-file", type=Path, help="file holding an operator token (default $GPUWARD_TOKEN)"
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=os.environ.get("GPUWARD_CA_FILE"),
+        metavar="FILE",
+        help="verify the server's HTTPS certificate against the CA certificates in FILE "
+        "(default $GPUWARD_CA_FILE, else the system's)",
     )
 
 
@@ -61,7 +77,12 @@ def send(
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     url = args.server.rstrip("/") + path
+    trust = ServerTrust(args.ca_file, "--ca-file")
     try:
-        return urllib3.request(method, url, body=data, headers=headers, timeout=30.0, retries=False)
+        return trust.pool().request(
+            method, url, body=data, headers=headers, timeout=30.0, retries=False
+        )
+    except urllib3.exceptions.SSLError as exc:
+        raise GpuwardError(f"{method} {url}: {trust.refused(exc)}") from None
     except urllib3.exceptions.HTTPError as exc:
         raise GpuwardError(f"cannot reach the server at {args.server}: {exc}") from None

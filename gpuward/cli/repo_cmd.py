@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gpuward.cli.output import add_json_flag, emit, table
+from gpuward.cli.progress import add_progress_flag, progress_for
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,7 +17,24 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add.add_argument("bundle", type=Path)
     add.add_argument("--repo", type=Path, required=True, help="repository directory")
     add_json_flag(add)
+    add_progress_flag(add)
     add.set_defaults(func=_add)
+
+    remove = sub.add_parser(
+        "remove",
+        help="withdraw a published bundle: re-sign its branch role without it, then "
+        "snapshot and timestamp",
+        description=(
+            "Agents stop seeing the bundle at their next refresh; nodes already running it "
+            "are flagged 'withdrawn' in 'gpuward nodes list'. Its file stays under targets/ "
+            "for clients midway through the previous snapshot. Signing needs the branch's "
+            "offline key; then copy the repository to the server as after 'repo add'."
+        ),
+    )
+    remove.add_argument("target", help="the bundle's target path, as 'gpuward repo list' shows it")
+    remove.add_argument("--repo", type=Path, required=True, help="repository directory")
+    add_json_flag(remove)
+    remove.set_defaults(func=_remove)
 
     add_catalog = sub.add_parser(
         "add-catalog",
@@ -91,11 +109,27 @@ def _add(args: argparse.Namespace) -> None:
     problems = bundle_problems(manifest, default_catalog())
     if problems:
         raise GpuwardError(f"{args.bundle} contradicts the catalog: {'; '.join(problems)}")
-    published = repo.add_bundle(args.bundle, passphrase_source("the offline keys"))
+    with progress_for(args) as progress:
+        published = repo.add_bundle(args.bundle, passphrase_source("the offline keys"), progress)
     emit(
         args,
         {"target": published.target_path, "sha256": published.sha256, "length": published.length},
         f"published {published.target_path} (driver {published.manifest.driver_version})",
+    )
+
+
+def _remove(args: argparse.Namespace) -> None:
+    from keys.image_repo import ImageRepository
+    from keys.sealed import passphrase_source
+
+    repo = ImageRepository(args.repo)
+    repo.targets()  # fail on a missing repository before asking for a passphrase
+    removed = repo.remove_bundle(args.target, passphrase_source("the offline keys"))
+    emit(
+        args,
+        {"withdrawn": removed.target_path, "sha256": removed.sha256, "length": removed.length},
+        f"withdrew {removed.target_path} (driver {removed.manifest.driver_version}): agents "
+        "no longer see it; nodes running it show as withdrawn in 'gpuward nodes list'",
     )
 
 

@@ -18,7 +18,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     node = sub.add_parser("node", help="a report of one node")
     node.add_argument("node_id")
     for parser in (fleet, node):
-        parser.add_argument("--format", choices=FORMATS, default="json")
+        parser.add_argument(
+            "--format",
+            choices=FORMATS,
+            help="report format (default: the output file's suffix, .json, .html or .pdf)",
+        )
         parser.add_argument(
             "-o", "--output", type=Path, required=True, help="report file; FILE.sig beside it"
         )
@@ -47,7 +51,7 @@ def _fetch(args: argparse.Namespace) -> None:
         if args.command == "fleet"
         else f"/v1/reports/nodes/{quote(args.node_id, safe='')}"
     )
-    path += f"?format={args.format}"
+    path += f"?format={args.format or _format_of(args.output)}"
     response = send(args, "GET", path)
     if response.status != 200:
         answer("GET", path, response)  # raises with the server's error message
@@ -62,6 +66,19 @@ def _fetch(args: argparse.Namespace) -> None:
         f"wrote {args.output} and {args.output.name}{SIGNATURE_SUFFIX} "
         f"(key {response.headers.get('Gpuward-Report-Key-Id', '?')})"
     )
+
+
+def _format_of(output: Path) -> str:
+    """The report format a file name asks for: its suffix, when that is one."""
+    from fleet.errors import GpuwardError
+
+    suffix = output.suffix.lower().removeprefix(".")
+    if suffix not in FORMATS:
+        raise GpuwardError(
+            f"cannot tell the report format from {output.name!r}: name the file "
+            f"{', '.join('.' + f for f in FORMATS)}, or give --format {'|'.join(FORMATS)}"
+        )
+    return suffix
 
 
 def _verify(args: argparse.Namespace) -> None:

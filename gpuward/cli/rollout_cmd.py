@@ -7,7 +7,7 @@ from typing import Any
 
 from fleet.rollout import DEFAULT_PROGRESS_DEADLINE_S
 from gpuward.cli.operator_client import add_server_flags, call
-from gpuward.cli.output import add_json_flag, emit, table
+from gpuward.cli.output import add_json_flag, emit, table, when
 
 COMMANDS = ("pause", "resume", "abort", "rollback")
 
@@ -18,11 +18,31 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     start = sub.add_parser("start", help="roll a published bundle out to a pool, in waves")
     start.add_argument("--pool", required=True)
     start.add_argument("--target", required=True, help="target path of the published bundle")
-    start.add_argument("--waves", default="1,5%,25%,100%", help="cumulative wave sizes")
-    start.add_argument("--max-unavailable", type=int, default=1, metavar="N")
-    start.add_argument("--soak", type=int, default=0, metavar="S", help="seconds per wave")
     start.add_argument(
-        "--max-failures", type=int, default=0, metavar="N", help="halt past N failures in a wave"
+        "--waves",
+        default="1,5%,25%,100%",
+        help="cumulative wave sizes, node counts or percentages of the pool (default %(default)s)",
+    )
+    start.add_argument(
+        "--max-unavailable",
+        type=int,
+        default=1,
+        metavar="N",
+        help="nodes of a wave updating at the same time (default %(default)s)",
+    )
+    start.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seconds to wait after each wave before the next (default %(default)s)",
+    )
+    start.add_argument(
+        "--max-failures",
+        type=int,
+        default=0,
+        metavar="N",
+        help="halt past N failures in a wave (default %(default)s)",
     )
     start.add_argument(
         "--progress-deadline",
@@ -83,7 +103,7 @@ def _start(args: argparse.Namespace) -> None:
 def _status(args: argparse.Namespace) -> None:
     if args.rollout_id:
         rollout = call(args, "GET", f"/v1/rollouts/{args.rollout_id}")
-        events = "\n".join(f"  {e['at']}  {e['event']}" for e in rollout["events"][-20:])
+        events = "\n".join(f"  {when(e['at'])}  {e['event']}" for e in rollout["events"][-20:])
         emit(args, rollout, _describe(rollout) + "\nevents:\n" + events)
         return
     rollouts = call(args, "GET", "/v1/rollouts")["rollouts"]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from gpuward.cli.output import add_json_flag, emit, table
+from gpuward.cli.output import add_json_flag, emit, table, when
 
 if TYPE_CHECKING:
     from server.store import OperatorToken, Store
@@ -46,7 +46,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     tokens = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     create = tokens.add_parser("create", help="issue a token; it is printed once, never stored")
     create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
-    create.add_argument("--name", default="operator", help="who or what holds it, for logs")
+    create.add_argument(
+        "--name", default="operator", help="who or what holds it, for logs (default %(default)s)"
+    )
     create.add_argument(
         "--expires-in",
         default="90d",
@@ -132,7 +134,7 @@ def _with_store(db: str, act: Callable[[Store, int], Awaitable[T]]) -> T:
 
 
 def _token_create(args: argparse.Namespace) -> None:
-    from server.operators import issue_token, parse_expiry, when
+    from server.operators import issue_token, parse_expiry
 
     lifetime = parse_expiry(args.expires_in)
 
@@ -150,8 +152,6 @@ def _token_create(args: argparse.Namespace) -> None:
 
 
 def _token_list(args: argparse.Namespace) -> None:
-    from server.operators import when
-
     async def listing(store: Store, _now: int) -> list[OperatorToken]:
         return await store.tokens()
 

@@ -43,7 +43,7 @@ from fleet.attestation import (
     encode_bytes,
     read_bytes,
 )
-from fleet.report import NODE_ID
+from fleet.inventory import NODE_ID
 from fleet.schema import Reader, canonical_json
 from server.attestation.challenges import Challenges
 from server.attestation.tpm import (

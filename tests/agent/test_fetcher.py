@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
-from tuf.ngclient import FetcherInterface, Urllib3Fetcher
+from tuf.ngclient import FetcherInterface
 
 from agent.fetcher import MirrorFetcher, SignedFetcher
+from agent.tls import ServerTrust
 from fleet.nodeauth import HEADER_SIGNATURE
 from gpuward.node import run_once
 from server.lifecycle import BackgroundServer
@@ -123,7 +124,7 @@ def test_director_requests_are_signed_to_the_server_and_never_to_a_mirror() -> N
         signer = SignedFetcher(
             f"{server}/v1/director/n1",
             lambda url: {HEADER_SIGNATURE: f"signed {url}"},
-            Urllib3Fetcher(),
+            ServerTrust(None),
             timeout_s=5,
             user_agent="test",
         )

@@ -18,6 +18,7 @@ import pytest
 
 from agent.identity import enroll
 from fleet.errors import GpuwardError
+from gpuward.cli.progress import BAR_WIDTH
 from gpuward.node import run_once
 from server.config import ServerConfig
 from server.lifecycle import BackgroundServer
@@ -32,10 +33,15 @@ def _export_tar(site: Site, tmp_path: Path) -> Path:
     out = tmp_path / "media" / "mirror.tar"
     done = gpuward("mirror", "export", "--repo", str(site.repo.root), "--to", str(out), "--json")
     assert done.returncode == 0, done.stderr
-    # Not a terminal: plain progress events, the last one for every file.
+    # Not a terminal: plain progress events, the last one for every byte.
     events = [json.loads(line) for line in done.stderr.splitlines() if "mirror_progress" in line]
-    assert events[-1]["files"] == events[-1]["total"] == json.loads(done.stdout)["files"]
+    assert events[-1]["bytes"] == events[-1]["total"] == _served_bytes(site)
     return out
+
+
+def _served_bytes(site: Site) -> int:
+    served = [site.repo.root / "metadata", site.repo.root / "targets"]
+    return sum(p.stat().st_size for d in served for p in d.rglob("*") if p.is_file())
 
 
 def test_tar_export_verifies_imports_and_serves_an_update(site: Site, tmp_path: Path) -> None:
@@ -85,10 +91,7 @@ def test_progress_bar_on_a_terminal(site: Site, tmp_path: Path) -> None:
     finally:
         os.close(controller)
     assert done.returncode == 0
-    with tarfile.open(out) as tar:
-        files = len(tar.getnames()) - 1  # less the manifest
-    assert f"] {files}/{files} files".encode() in shown
-    assert b"[" + b"#" * 40 + b"]" in shown
+    assert f"exporting to {out}: [{'#' * BAR_WIDTH}] 100%".encode() in shown
 
 
 def _read_pty(fd: int) -> bytes:

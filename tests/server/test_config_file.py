@@ -43,6 +43,7 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             folder,
             'repo = "repo"\ndirector = "/srv/director"\ndb = "server.db"\n'
             'host = "0.0.0.0"\nport = 9000\nreport_interval = 60\nmissing_after = 5\n'
+            'tls_cert = "tls/server.pem"\ntls_key = "/etc/gpuward/tls/server.key"\n'
             'unattested_enrollment_token_file = "token"\nek_ca = ["cas/a.pem", "/etc/b"]\n'
             'tpm_enrollment_token_file = "token"\npreauth_rate = 3\npreauth_burst = 7\n'
             "header_timeout = 2.5\nmax_connections_per_address = 9\n"
@@ -60,6 +61,8 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
         db=str(folder / "server.db"),
         host="0.0.0.0",
         port=9000,
+        tls_cert=folder / "tls/server.pem",
+        tls_key=Path("/etc/gpuward/tls/server.key"),
         report_interval_s=60,
         missing_after=5,
         unattested_enrollment_token=TOKEN,
