@@ -8,6 +8,7 @@ nodes through this module, so they always agree.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -16,6 +17,13 @@ from server.config import ServerConfig
 from server.store import NodeStatus, ReportRecord
 
 NODE_STATES = ("healthy", "unhealthy", "missing", "new")
+
+
+def missing_before(now: float, config: ServerConfig) -> int:
+    """The time before which a node last heard from is missing (``node_state``), for
+    the store to tell states apart as this module does: ``seen < now - limit`` holds
+    for a whole-second ``seen`` exactly when ``seen < ceil(now - limit)``."""
+    return math.ceil(now - config.report_interval_s * config.missing_after)
 
 
 def node_state(status: NodeStatus, now: float, config: ServerConfig) -> str:

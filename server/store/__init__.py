@@ -133,6 +133,42 @@ class RolloutEvent:
     event: str
 
 
+@dataclass(frozen=True)
+class NodeQuery:
+    """Which nodes a dashboard page lists; every condition given must hold.
+
+    A node's state is the one ``server.fleetview.node_state`` gives it: missing when
+    last heard (or, never heard, enrolled) before ``missing_before``.
+    """
+
+    missing_before: int
+    search: str = ""  # a part of the node id, any case
+    state: str | None = None  # healthy, unhealthy, missing or new
+    pool: str | None = None
+    attestation: str | None = None  # how it enrolled (unattested, tpm2), or FAILING
+    driver: str | None = None  # the driver its latest report names; NO_DRIVER: none
+    differs: bool = False  # only nodes assigned a bundle they do not report running
+
+
+# ``NodeQuery.attestation``: nodes whose latest report's attestation failed.
+FAILING = "failing"
+# ``NodeQuery.driver`` and ``FleetCount.driver``: no driver reported (yet).
+NO_DRIVER = "none"
+
+
+@dataclass(frozen=True)
+class FleetCount:
+    """How many nodes share one combination of what the dashboard counts and filters by."""
+
+    state: str
+    driver: str  # NO_DRIVER: none reported
+    attestation: str  # how they enrolled
+    attested: bool  # enrolled with a TPM's word
+    report_attested: bool | None  # their latest report's verdict; None: not attested
+    differs: bool  # assigned a bundle they do not report running
+    nodes: int
+
+
 RolloutChange = Callable[[Rollout, Mapping[str, Observation]], Transition]
 
 
@@ -181,6 +217,18 @@ class Store(Protocol):
         ...
 
     async def fleet(self) -> list[NodeStatus]: ...
+
+    async def node_page(
+        self, query: NodeQuery, limit: int, *, after: str | None = None, before: str | None = None
+    ) -> list[NodeStatus]:
+        """At most ``limit`` nodes ``query`` selects, in node id order: the first ones,
+        those right after the id ``after``, or those right before the id ``before``
+        (keyset paging: a page costs its rows, however deep it is)."""
+        ...
+
+    async def fleet_counts(self, missing_before: int) -> list[FleetCount]:
+        """The fleet counted in one pass, grouped by every ``FleetCount`` field."""
+        ...
 
     async def gpu_windows(self, since: int) -> list[NodeWindow]:
         """Each enrolled node's latest GPU samples (``fleet.stragglers.WINDOW`` reports

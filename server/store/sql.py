@@ -31,10 +31,14 @@ from fleet.stragglers import WINDOW, NodeWindow
 from server.attestation.challenges import PendingChallenge
 from server.attestation.enrollment import EnrolledTpm
 from server.store import (
+    FAILING,
+    NO_DRIVER,
     REPLAY_WINDOW_S,
     Conflict,
     EkInUse,
     EnrolledNode,
+    FleetCount,
+    NodeQuery,
     NodeStatus,
     OperatorToken,
     RemovedNode,
@@ -202,10 +206,12 @@ class _Report:
 # another replica, late) is stored and counted, but does not replace it.
 _UPSERT_NODE = """
     INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version,
-        update_outcome, healthy, reports_kept)
-    VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+        update_outcome, healthy, report_attested, reports_kept)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)
     ON CONFLICT (node_id) DO UPDATE SET
         reports_kept = nodes.reports_kept + 1,
+        report_attested = CASE WHEN nodes.last_seen <= excluded.last_seen
+            THEN excluded.report_attested ELSE nodes.report_attested END,
         last_report = CASE WHEN nodes.last_seen <= excluded.last_seen
             THEN excluded.last_report ELSE nodes.last_report END,
         bundle = CASE WHEN nodes.last_seen <= excluded.last_seen
@@ -396,6 +402,7 @@ class SqlStore:
                         r.report.driver_version,
                         r.report.update,
                         r.report.healthy,
+                        None if r.attestation is None else r.attestation.passed,
                     )
                     for r, report_id in zip(batch, stored, strict=True)
                     if report_id is not None
@@ -463,6 +470,49 @@ class SqlStore:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(f"SELECT {_NODE_COLUMNS} {_NODE_JOINS} ORDER BY e.node_id")
         return [_status(row) for row in rows]
+
+    async def node_page(
+        self, query: NodeQuery, limit: int, *, after: str | None = None, before: str | None = None
+    ) -> list[NodeStatus]:
+        if after is not None and before is not None:
+            raise ValueError("a page starts after one node or ends before one, not both")
+        where, args = _node_conditions(query)
+        if after is not None:
+            where.append("e.node_id > ?")
+            args.append(after)
+        if before is not None:
+            where.append("e.node_id < ?")
+            args.append(before)
+        # Conditions are this module's constants with ``?`` for every value.
+        rows = await self.db.query(
+            f"SELECT {_NODE_COLUMNS} {_NODE_JOINS} "
+            f"WHERE {' AND '.join(where) or 'TRUE'} "
+            f"ORDER BY e.node_id {'DESC' if before is not None else 'ASC'} LIMIT ?",
+            *args,
+            limit,
+        )
+        statuses = [_status(row) for row in rows]
+        return statuses[::-1] if before is not None else statuses
+
+    async def fleet_counts(self, missing_before: int) -> list[FleetCount]:
+        rows = await self.db.query(
+            f"SELECT {_STATE}, n.driver_version, e.attestation, e.attested, "
+            f"n.report_attested, {_DIFFERS}, COUNT(*) {_NODE_JOINS} "
+            "GROUP BY 1, 2, 3, 4, 5, 6",
+            missing_before,
+        )
+        return [
+            FleetCount(
+                state,
+                driver or NO_DRIVER,
+                attestation,
+                bool(attested),
+                None if report_attested is None else bool(report_attested),
+                bool(differs),
+                int(count),
+            )
+            for state, driver, attestation, attested, report_attested, differs, count in rows
+        ]
 
     async def gpu_windows(self, since: int) -> list[NodeWindow]:
         async with self.db.transaction(write=False) as tx:
@@ -862,6 +912,45 @@ class SqlStore:
 
 
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
+
+# A node's state as ``server.fleetview.node_state`` has it, over ``_NODE_JOINS``,
+# given the time before which a silent node is missing.
+_STATE = (
+    "CASE WHEN COALESCE(n.last_seen, e.enrolled_at) < ? THEN 'missing' "
+    "WHEN n.node_id IS NULL THEN 'new' WHEN n.healthy THEN 'healthy' ELSE 'unhealthy' END"
+)
+# Assigned a bundle that its latest report does not name (or it has not reported).
+_DIFFERS = "(a.target IS NOT NULL AND (n.bundle IS NULL OR n.bundle <> a.target))"
+
+
+def _node_conditions(query: NodeQuery) -> tuple[list[str], list[object]]:
+    """``query`` as SQL conditions over ``_NODE_JOINS``, and their arguments."""
+    where: list[str] = []
+    args: list[object] = []
+    if query.search:
+        # Node ids are ASCII, so lower() is the same on both databases.
+        where.append("lower(e.node_id) LIKE ? ESCAPE '!'")
+        escaped = "".join(f"!{c}" if c in "!%_" else c for c in query.search.lower())
+        args.append(f"%{escaped}%")
+    if query.state is not None:
+        where.append(f"{_STATE} = ?")
+        args += [query.missing_before, query.state]
+    if query.pool is not None:
+        where.append("e.pool = ?")
+        args.append(query.pool)
+    if query.attestation == FAILING:
+        where.append("NOT n.report_attested")
+    elif query.attestation is not None:
+        where.append("e.attestation = ?")
+        args.append(query.attestation)
+    if query.driver == NO_DRIVER:
+        where.append("n.driver_version IS NULL")
+    elif query.driver is not None:
+        where.append("n.driver_version = ?")
+        args.append(query.driver)
+    if query.differs:
+        where.append(_DIFFERS)
+    return where, args
 
 
 async def _ek_holder(
