@@ -77,7 +77,9 @@ _HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it browsers send "Origin: null" with the pages' own
+    # forms (sign-in, rollout actions), which the origin check must refuse.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 # overflow-wrap:anywhere: a word longer than the page (a node's reason without
