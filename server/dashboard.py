@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import html
 import ipaddress
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlparse
 
 import structlog
@@ -42,7 +40,13 @@ from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
 from fleet.report import GpuReport, HealthReport
 from fleet.rollout import COMMANDS, Progress, Rollout, RolloutError
 from fleet.text import unicode_text
-from server.fleetview import NODE_STATES, history_json, missing_before, node_json
+from server.fleetview import (
+    NODE_STATES,
+    FleetSummary,
+    history_json,
+    missing_before,
+    node_json,
+)
 from server.http import Route, Services, read_body, services
 from server.operator_api import rollout_json
 from server.operators import (
@@ -57,9 +61,19 @@ from server.operators import (
     session_operator,
     when,
 )
+from server.periodic import Computed
 from server.renewal import status_json, statuses
 from server.rollout.engine import NotFound
-from server.store import FAILING, FleetCount, NodeQuery, NodeStatus, OperatorToken
+from server.store import (
+    FAILING,
+    ListedNode,
+    NodeQuery,
+    NodeStatus,
+    OperatorToken,
+    RolloutProgress,
+    WaveProgress,
+    assigned_elsewhere,
+)
 from server.stragglers import fleet_stragglers
 
 log = structlog.get_logger(__name__)
@@ -68,6 +82,10 @@ COOKIE = "gpuward_session"
 REFRESH_S = 30
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# The overview shows the newest rollouts only: each is read whole, nodes and all.
+RECENT_ROLLOUTS = 10
+# Its counts and rollouts (``FleetSummary``) read the whole fleet: at most this often.
+SUMMARY_TTL_S = 10
 # A rollout page lists at most this many nodes per wave, those still open first.
 WAVE_LIST = 500
 _MAX_FORM_BYTES = 4096
@@ -278,32 +296,26 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise response
 
 
-def _bar(wave: dict[str, Any]) -> str:
-    total = max(1, wave["nodes"])
+def _bar(wave: WaveProgress) -> str:
+    total = max(1, wave.nodes)
     parts = "".join(
-        f'<span class="{k}" style="width:{100 * wave[k] / total:.1f}%"></span>'
-        for k in ("done", "failed", "assigned")
+        f'<span class="{k}" style="width:{100 * n / total:.1f}%"></span>'
+        for k, n in (("done", wave.done), ("failed", wave.failed), ("assigned", wave.assigned))
     )
     return f'<div class="bar">{parts}</div>'
 
 
-def _rollout_rows(rollouts: list[Rollout]) -> list[list[str]]:
-    rows = []
-    for rollout in rollouts:
-        doc = rollout_json(rollout)
-        waves = " ".join(
-            f"wave {w['wave']}: {w['done']}/{w['nodes']} {_bar(w)}" for w in doc["waves"]
-        )
-        rows.append(
-            [
-                f'<a href="/rollouts/{_e(rollout.id)}">{_e(rollout.id)}</a>',
-                _e(rollout.pool),
-                _e(rollout.target),
-                f'<span class="{_e(rollout.phase.value)}">{_e(rollout.phase.value)}</span>',
-                waves,
-            ]
-        )
-    return rows
+def _rollout_rows(rollouts: Iterable[RolloutProgress]) -> list[list[str]]:
+    return [
+        [
+            f'<a href="/rollouts/{_e(r.id)}">{_e(r.id)}</a>',
+            _e(r.pool),
+            _e(r.target),
+            f'<span class="{_e(r.phase.value)}">{_e(r.phase.value)}</span>',
+            " ".join(f"wave {w.wave}: {w.done}/{w.nodes} {_bar(w)}" for w in r.waves),
+        ]
+        for r in rollouts
+    ]
 
 
 class BadListing(ValueError):
@@ -378,36 +390,6 @@ class NodeListing:
         return _e(f"/?{shown}" if shown else "/")
 
 
-@dataclass(frozen=True)
-class FleetSummary:
-    """The counts the overview shows, and the choices its filters offer."""
-
-    nodes: int
-    states: dict[str, int]
-    drivers: dict[str, int]
-    enrollments: tuple[str, ...]  # how nodes enrolled: unattested, tpm2
-    unattested: int
-    attestation_failing: int
-    differs: int
-
-    @classmethod
-    def of(cls, counts: list[FleetCount]) -> FleetSummary:
-        states: Counter[str] = Counter()
-        drivers: Counter[str] = Counter()
-        for c in counts:
-            states[c.state] += c.nodes
-            drivers[c.driver] += c.nodes
-        return cls(
-            nodes=sum(c.nodes for c in counts),
-            states={state: states[state] for state in NODE_STATES},
-            drivers=dict(sorted(drivers.items())),
-            enrollments=tuple(sorted({c.attestation for c in counts})),
-            unattested=sum(c.nodes for c in counts if not c.attested),
-            attestation_failing=sum(c.nodes for c in counts if c.report_attested is False),
-            differs=sum(c.nodes for c in counts if c.differs),
-        )
-
-
 def _card(card_id: str, count: int, label: str, link: str, kind: str = "") -> str:
     return (
         f'<a class="card {kind}" href="{link}" id="count-{card_id}"><b>{count}</b>{_e(label)}</a>'
@@ -422,7 +404,18 @@ def _select(name: str, label: str, chosen: str, options: Iterable[tuple[str, str
     return f'<select name="{name}" aria-label="{_e(label)}">{shown}</select>'
 
 
-def _filters(listing: NodeListing, summary: FleetSummary, pools: Iterable[str]) -> str:
+async def _summary(s: Services) -> Computed[FleetSummary]:
+    async def count(now: float) -> FleetSummary:
+        return FleetSummary.of(
+            await s.store.fleet_counts(missing_before(now, s.config)),
+            list(await s.store.pools()),
+            await s.store.rollout_progress(RECENT_ROLLOUTS),
+        )
+
+    return await s.fleet_summary.get(s.clock, SUMMARY_TTL_S, count)
+
+
+def _filters(listing: NodeListing, summary: FleetSummary) -> str:
     attestation = [(a, f"enrolled {a}") for a in summary.enrollments]
     attestation.append((FAILING, "last report not attested"))
     drivers = [(d, d) for d in summary.drivers]
@@ -438,7 +431,7 @@ def _filters(listing: NodeListing, summary: FleetSummary, pools: Iterable[str]) 
         f'<input type="search" name="q" value="{_e(listing.search)}" '
         'placeholder="node id contains" aria-label="node id contains" maxlength="128">'
         + _select("state", "any state", listing.state, ((s, s) for s in NODE_STATES))
-        + _select("pool", "any pool", listing.pool, ((p, p) for p in pools))
+        + _select("pool", "any pool", listing.pool, ((p, p) for p in summary.pools))
         + _select("attestation", "any attestation", listing.attestation, attestation)
         + _select("driver", "any driver", listing.driver, drivers)
         + '<label><input type="checkbox" name="differs" value="1"'
@@ -447,19 +440,19 @@ def _filters(listing: NodeListing, summary: FleetSummary, pools: Iterable[str]) 
     )
 
 
-def _differs(status: NodeStatus) -> bool:
-    """Whether the node is assigned a bundle its latest report does not name (the
-    store filters and counts by the same rule)."""
-    return status.assigned is not None and (
-        status.report is None or status.report.bundle != status.assigned
-    )
-
-
-def _bundle(status: NodeStatus) -> str:
-    running = _e(None if status.report is None else status.report.bundle)
-    if not _differs(status):
+def _bundle(node: ListedNode) -> str:
+    running = _e(node.bundle)
+    if not node.differs:
         return running
-    return f'{running} <span class="differs">(assigned {_e(status.assigned)})</span>'
+    return f'{running} <span class="differs">(assigned {_e(node.assigned)})</span>'
+
+
+def _listed_attestation(node: ListedNode) -> str:
+    """As ``_attestation`` says it, without the reasons (the node's page has them)."""
+    if node.report_attested is None:
+        return node.attestation
+    verdict = "last report attested" if node.report_attested else "last report not attested"
+    return f"{node.attestation}: {verdict}"
 
 
 async def _node_list(s: Services, listing: NodeListing, missing: int) -> str:
@@ -474,31 +467,29 @@ async def _node_list(s: Services, listing: NodeListing, missing: int) -> str:
         found = await s.store.node_page(query, more, after=listing.after or None)
         earlier, later = bool(listing.after), len(found) > listing.per_page
         shown = found[: listing.per_page]
-    now = s.clock()
     nodes = _table(
         ("Node", "Pool", "State", "Driver", "Bundle", "Last update", "Attestation", "Last seen"),
         (
             [
-                f'<a href="/nodes/{_e(n["node_id"])}">{_e(n["node_id"])}</a>',
-                _e(n["pool"]),
-                f'<span class="{n["state"]}">{_e(n["state"])}</span>',
-                _e((n["report"] or {}).get("driver_version")),
-                _bundle(status),
-                _e((n["report"] or {}).get("update")),
-                _e(_attestation(status)),
-                _e(when(n["last_seen"])),
+                f'<a href="/nodes/{_e(n.node_id)}">{_e(n.node_id)}</a>',
+                _e(n.pool),
+                f'<span class="{_e(n.state)}">{_e(n.state)}</span>',
+                _e(n.driver),
+                _bundle(n),
+                _e(n.update),
+                _e(_listed_attestation(n)),
+                _e(when(n.last_seen)),
             ]
-            for status in shown
-            for n in (node_json(status, now, s.config),)
+            for n in shown
         ),
         "nodes",
     )
     links = [f'<a href="{listing.link()}" id="page-first">first page</a>' if earlier else ""]
     if earlier and shown:
-        links.append(f'<a href="{listing.link(before=shown[0].node.node_id)}" id="page-prev">'
+        links.append(f'<a href="{listing.link(before=shown[0].node_id)}" id="page-prev">'
                      "previous page</a>")  # fmt: skip
     if later and shown:
-        links.append(f'<a href="{listing.link(after=shown[-1].node.node_id)}" id="page-next">'
+        links.append(f'<a href="{listing.link(after=shown[-1].node_id)}" id="page-next">'
                      "next page</a>")  # fmt: skip
     empty = "" if shown else '<p id="no-nodes">No node matches.</p>'
     return f'{nodes}{empty}<nav class="pages">{"".join(links)}</nav>'
@@ -512,8 +503,8 @@ async def overview(request: web.Request) -> web.Response:
     except BadListing as exc:
         return _page("Bad node filter", f"<p>{_e(exc)}; see <a href=\"/\">all nodes</a>.</p>",
                      who, status=400)  # fmt: skip
-    missing = missing_before(s.clock(), s.config)
-    summary = FleetSummary.of(await s.store.fleet_counts(missing))
+    counted = await _summary(s)
+    summary = counted.value
     cards = (
         "".join(
             _card(state, summary.states[state], state, f"/?state={state}", state)
@@ -535,16 +526,18 @@ async def overview(request: web.Request) -> web.Response:
     )
     rollouts = _table(
         ("Rollout", "Pool", "Target", "Phase", "Waves"),
-        _rollout_rows(await s.store.rollouts()),
+        _rollout_rows(summary.rollouts),
         "rollouts",
     )
-    pools = await s.store.pools()
     body = (
         f'<section class="cards">{cards}</section>'
-        f"<section><h2>Rollouts</h2>{rollouts}</section>"
+        f'<p id="counted">Counts and rollouts as of {_e(when(int(counted.at)))} (counted at '
+        f"most every {SUMMARY_TTL_S} s); the node list is live.</p>"
+        f"<section><h2>Rollouts</h2><p>The {RECENT_ROLLOUTS} newest; every one: "
+        f"<code>gpuward rollout status</code>.</p>{rollouts}</section>"
         f"<section><h2>Driver versions</h2>{drivers}</section>"
-        f'<section id="node-list"><h2>Nodes</h2>{_filters(listing, summary, pools)}'
-        f"{await _node_list(s, listing, missing)}</section>"
+        f'<section id="node-list"><h2>Nodes</h2>{_filters(listing, summary)}'
+        f"{await _node_list(s, listing, missing_before(s.clock(), s.config))}</section>"
         f"{await _stragglers(s)}"
     )
     return _page(f"Fleet: {summary.nodes} nodes", body, who, await _renewal_banner(s), refresh=True)
@@ -640,6 +633,7 @@ async def node_page(request: web.Request) -> web.Response:
     if status is None:
         return _page("No such node", f"<p>No enrolled node {_e(node_id)}.</p>", who)
     node = node_json(status, s.clock(), s.config)
+    running = None if status.report is None else status.report.bundle
     facts = _table(
         ("Pool", "State", "Attestation", "Enrolled", "Last seen", "Assigned", "Running"),
         [
@@ -650,7 +644,7 @@ async def node_page(request: web.Request) -> web.Response:
                 _e(when(node["enrolled_at"])),
                 _e(when(node["last_seen"])),
                 _e(node["assigned"]),
-                _e(None if status.report is None else status.report.bundle),
+                _e(running),
             ]
         ],
         "facts",
@@ -658,7 +652,7 @@ async def node_page(request: web.Request) -> web.Response:
     differs = (
         '<p class="differs" id="differs">Assigned a bundle it does not report running: '
         "updating, or stuck.</p>"
-        if _differs(status)
+        if assigned_elsewhere(status.assigned, running)
         else ""
     )
     history = _table(
@@ -774,23 +768,21 @@ async def rollout_page(request: web.Request) -> web.Response:
     rollout = await store.rollout(rollout_id)
     if rollout is None:
         return _page("No such rollout", f"<p>No rollout {_e(rollout_id)}.</p>", who)
-    doc = rollout_json(rollout)
+    progress = [
+        WaveProgress(w["wave"], w["pending"], w["assigned"], w["done"], w["failed"])
+        for w in rollout_json(rollout)["waves"]
+    ]
     waves = _table(
         ("Wave", "Nodes", "Pending", "Assigned", "Done", "Failed", "Progress"),
         (
             [
-                _e(w["wave"]),
-                _e(w["nodes"]),
-                _e(w["pending"]),
-                _e(w["assigned"]),
-                _e(w["done"]),
-                _e(w["failed"]),
-                _bar(w),
+                _e(w.wave), _e(w.nodes), _e(w.pending), _e(w.assigned), _e(w.done),
+                _e(w.failed), _bar(w),
             ]
-            for w in doc["waves"]
+            for w in progress
         ),
         "waves",
-    )
+    )  # fmt: skip
     events = _table(
         ("At", "Event"),
         ([_e(when(e.at)), _e(e.event)] for e in await store.rollout_events(rollout_id)),
@@ -835,6 +827,7 @@ async def rollout_action(request: web.Request) -> web.StreamResponse:
         return _refused(404, str(exc), who)
     except RolloutError as exc:
         return _refused(409, str(exc), who)
+    services(request).fleet_summary.forget()  # the overview shows the new phase at once
     log.info("dashboard_rollout_command", audit=True, rollout=rollout_id, command=name, by=by)
     raise web.HTTPSeeOther(f"/rollouts/{quote(rollout_id, safe='')}")
 

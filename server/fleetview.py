@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from fleet.attestation_verdict import AttestationVerdict
 from server.config import ServerConfig
-from server.store import NodeStatus, ReportRecord
+from server.store import FleetCount, NodeStatus, ReportRecord, RolloutProgress
 
 NODE_STATES = ("healthy", "unhealthy", "missing", "new")
 
@@ -83,3 +84,41 @@ def history_json(records: list[ReportRecord]) -> list[dict[str, Any]]:
         }
         for r in records
     ]
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    """The fleet at a glance, as the dashboard's overview shows it: counts, the choices
+    its filters offer, and the newest rollouts' progress. Each reads the whole fleet
+    (or whole rollouts), so the dashboard computes it at most every few seconds."""
+
+    nodes: int
+    states: dict[str, int]
+    drivers: dict[str, int]  # "none": no driver reported
+    enrollments: tuple[str, ...]  # how nodes enrolled: unattested, tpm2
+    unattested: int
+    attestation_failing: int  # their latest report's attestation failed
+    differs: int  # assigned a bundle they do not report running
+    pools: tuple[str, ...]
+    rollouts: tuple[RolloutProgress, ...]
+
+    @classmethod
+    def of(
+        cls, counts: list[FleetCount], pools: list[str], rollouts: list[RolloutProgress]
+    ) -> FleetSummary:
+        states: Counter[str] = Counter()
+        drivers: Counter[str] = Counter()
+        for c in counts:
+            states[c.state] += c.nodes
+            drivers[c.driver] += c.nodes
+        return cls(
+            nodes=sum(c.nodes for c in counts),
+            states={state: states[state] for state in NODE_STATES},
+            drivers=dict(sorted(drivers.items())),
+            enrollments=tuple(sorted({c.attestation for c in counts})),
+            unattested=sum(c.nodes for c in counts if not c.attested),
+            attestation_failing=sum(c.nodes for c in counts if c.report_attested is False),
+            differs=sum(c.nodes for c in counts if c.differs),
+            pools=tuple(pools),
+            rollouts=tuple(rollouts),
+        )

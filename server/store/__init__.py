@@ -19,7 +19,7 @@ from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError
 from fleet.nodeauth import MAX_SKEW_S
 from fleet.report import HealthReport
-from fleet.rollout import Observation, Rollout, Transition
+from fleet.rollout import Observation, Phase, Rollout, Transition
 from fleet.stragglers import NodeWindow
 from server.attestation.challenges import PendingChallenge
 
@@ -150,6 +150,34 @@ class NodeQuery:
     differs: bool = False  # only nodes assigned a bundle they do not report running
 
 
+@dataclass(frozen=True)
+class ListedNode:
+    """A node as the dashboard's list shows it: what its latest report said, from the
+    columns kept with it (reading and parsing each report body would cost more than
+    the rest of the page), and its state as the store tells it."""
+
+    node_id: str
+    pool: str
+    attestation: str  # how it enrolled
+    state: str  # server.fleetview.node_state's, for ``NodeQuery.missing_before``
+    last_seen: int | None  # None: never reported
+    driver: str | None
+    bundle: str | None  # the bundle it reports running
+    update: str | None  # its latest update outcome
+    report_attested: bool | None  # its latest report's verdict; None: not attested
+    assigned: str | None  # the bundle a rollout assigned it
+
+    @property
+    def differs(self) -> bool:
+        return assigned_elsewhere(self.assigned, self.bundle)
+
+
+def assigned_elsewhere(assigned: str | None, running: str | None) -> bool:
+    """Whether a node is assigned a bundle it does not report running (the rule
+    ``NodeQuery.differs`` filters by): updating, or stuck."""
+    return assigned is not None and running != assigned
+
+
 # ``NodeQuery.attestation``: nodes whose latest report's attestation failed.
 FAILING = "failing"
 # ``NodeQuery.driver`` and ``FleetCount.driver``: no driver reported (yet).
@@ -167,6 +195,32 @@ class FleetCount:
     report_attested: bool | None  # their latest report's verdict; None: not attested
     differs: bool  # assigned a bundle they do not report running
     nodes: int
+
+
+@dataclass(frozen=True)
+class WaveProgress:
+    """How many nodes of one wave of a rollout stand where (``fleet.rollout.Progress``)."""
+
+    wave: int
+    pending: int
+    assigned: int
+    done: int
+    failed: int
+
+    @property
+    def nodes(self) -> int:
+        return self.pending + self.assigned + self.done + self.failed
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """A rollout as a list of rollouts shows it, without its nodes."""
+
+    id: str
+    pool: str
+    target: str
+    phase: Phase
+    waves: tuple[WaveProgress, ...]
 
 
 RolloutChange = Callable[[Rollout, Mapping[str, Observation]], Transition]
@@ -220,7 +274,7 @@ class Store(Protocol):
 
     async def node_page(
         self, query: NodeQuery, limit: int, *, after: str | None = None, before: str | None = None
-    ) -> list[NodeStatus]:
+    ) -> list[ListedNode]:
         """At most ``limit`` nodes ``query`` selects, in node id order: the first ones,
         those right after the id ``after``, or those right before the id ``before``
         (keyset paging: a page costs its rows, however deep it is)."""
@@ -274,6 +328,10 @@ class Store(Protocol):
         ...
 
     async def rollouts(self) -> list[Rollout]: ...
+
+    async def rollout_progress(self, limit: int) -> list[RolloutProgress]:
+        """The newest ``limit`` rollouts' progress, newest first."""
+        ...
 
     async def rollout(self, rollout_id: str) -> Rollout | None: ...
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.gpu import GpuSample
 from fleet.report import HealthReport
-from fleet.rollout import ACTIVE_PHASES, Observation, Rollout, assignments
+from fleet.rollout import ACTIVE_PHASES, Observation, Phase, Progress, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
 from server.attestation.challenges import PendingChallenge
 from server.attestation.enrollment import EnrolledTpm
@@ -38,6 +39,7 @@ from server.store import (
     EkInUse,
     EnrolledNode,
     FleetCount,
+    ListedNode,
     NodeQuery,
     NodeStatus,
     OperatorToken,
@@ -47,6 +49,8 @@ from server.store import (
     RolloutAssignment,
     RolloutChange,
     RolloutEvent,
+    RolloutProgress,
+    WaveProgress,
 )
 
 Row = tuple[Any, ...]
@@ -98,11 +102,20 @@ _OPERATORS = (
     "last_used_at FROM operator_tokens"
 )
 _LIVE_SESSION = "SELECT token_hash FROM operator_sessions WHERE session_hash = ? AND expires_at > ?"
-_NODE_JOINS = (
-    "FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id "
-    "LEFT JOIN reports r ON r.id = n.last_report "
-    "LEFT JOIN assignments a ON a.node_id = e.node_id"
-)
+
+
+def _listed_joins(bound: str = "") -> str:
+    """A node with its latest report's columns and its assignment, not the report
+    itself; ``bound`` (``" > ?"``) limits the joined rows' node ids too."""
+    return (
+        f"FROM enrollments e LEFT JOIN nodes n ON n.node_id = e.node_id"
+        f"{bound and f' AND n.node_id{bound}'} "
+        f"LEFT JOIN assignments a ON a.node_id = e.node_id{bound and f' AND a.node_id{bound}'}"
+    )
+
+
+_LISTED_JOINS = _listed_joins()
+_NODE_JOINS = f"{_LISTED_JOINS} LEFT JOIN reports r ON r.id = n.last_report"
 
 
 def _enrolled(row: Row) -> EnrolledNode:
@@ -473,31 +486,41 @@ class SqlStore:
 
     async def node_page(
         self, query: NodeQuery, limit: int, *, after: str | None = None, before: str | None = None
-    ) -> list[NodeStatus]:
+    ) -> list[ListedNode]:
         if after is not None and before is not None:
             raise ValueError("a page starts after one node or ends before one, not both")
         where, args = _node_conditions(query)
-        if after is not None:
-            where.append("e.node_id > ?")
-            args.append(after)
-        if before is not None:
-            where.append("e.node_id < ?")
-            args.append(before)
+        joins, bound = _LISTED_JOINS, []
+        if after is not None or before is not None:
+            # PostgreSQL does not carry a bound on e.node_id across an outer join:
+            # given in each join too, a page deep in the list starts its index scans
+            # at the bound rather than at the first node.
+            sign, key = (">", after) if after is not None else ("<", before)
+            joins, bound = _listed_joins(f" {sign} ?"), [key, key]
+            where.append(f"e.node_id {sign} ?")
+            args.append(key)
         # Conditions are this module's constants with ``?`` for every value.
         rows = await self.db.query(
-            f"SELECT {_NODE_COLUMNS} {_NODE_JOINS} "
-            f"WHERE {' AND '.join(where) or 'TRUE'} "
+            f"SELECT e.node_id, e.pool, e.attestation, {_STATE}, n.last_seen, n.driver_version, "
+            "n.bundle, n.update_outcome, n.report_attested, a.target "
+            f"{joins} WHERE {' AND '.join(where) or 'TRUE'} "
             f"ORDER BY e.node_id {'DESC' if before is not None else 'ASC'} LIMIT ?",
+            query.missing_before,
+            *bound,
             *args,
             limit,
         )
-        statuses = [_status(row) for row in rows]
-        return statuses[::-1] if before is not None else statuses
+        listed = [
+            ListedNode(node_id, pool, how, state, seen, driver, bundle, update,
+                       None if attested is None else bool(attested), assigned)
+            for node_id, pool, how, state, seen, driver, bundle, update, attested, assigned in rows
+        ]  # fmt: skip
+        return listed[::-1] if before is not None else listed
 
     async def fleet_counts(self, missing_before: int) -> list[FleetCount]:
         rows = await self.db.query(
             f"SELECT {_STATE}, n.driver_version, e.attestation, e.attested, "
-            f"n.report_attested, {_DIFFERS}, COUNT(*) {_NODE_JOINS} "
+            f"n.report_attested, {_DIFFERS}, COUNT(*) {_LISTED_JOINS} "
             "GROUP BY 1, 2, 3, 4, 5, 6",
             missing_before,
         )
@@ -680,6 +703,12 @@ class SqlStore:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch("SELECT doc FROM rollouts ORDER BY created_at DESC, id")
         return [Rollout.from_dict(json.loads(doc)) for (doc,) in rows]
+
+    async def rollout_progress(self, limit: int) -> list[RolloutProgress]:
+        rows = await self.db.query(
+            "SELECT doc FROM rollouts ORDER BY created_at DESC, id LIMIT ?", limit
+        )
+        return [_progress(json.loads(doc)) for (doc,) in rows]
 
     async def rollout(self, rollout_id: str) -> Rollout | None:
         async with self.db.transaction(write=False) as tx:
@@ -913,7 +942,7 @@ class SqlStore:
 
 _NODE_LOG = "FROM event_logs l JOIN event_log_texts t ON t.sha256 = l.sha256"
 
-# A node's state as ``server.fleetview.node_state`` has it, over ``_NODE_JOINS``,
+# A node's state as ``server.fleetview.node_state`` has it, over ``_LISTED_JOINS``,
 # given the time before which a silent node is missing.
 _STATE = (
     "CASE WHEN COALESCE(n.last_seen, e.enrolled_at) < ? THEN 'missing' "
@@ -924,7 +953,7 @@ _DIFFERS = "(a.target IS NOT NULL AND (n.bundle IS NULL OR n.bundle <> a.target)
 
 
 def _node_conditions(query: NodeQuery) -> tuple[list[str], list[object]]:
-    """``query`` as SQL conditions over ``_NODE_JOINS``, and their arguments."""
+    """``query`` as SQL conditions over ``_LISTED_JOINS``, and their arguments."""
     where: list[str] = []
     args: list[object] = []
     if query.search:
@@ -1060,6 +1089,31 @@ async def _add_samples(tx: Tx, reports: list[_Report]) -> None:
         "DELETE FROM gpu_samples WHERE node_id = ? AND id NOT IN "
         "(SELECT id FROM gpu_samples WHERE node_id = ? ORDER BY id DESC LIMIT ?)",
         [(node_id, node_id, WINDOW) for node_id in dict.fromkeys(row[0] for row in rows)],
+    )
+
+
+def _progress(doc: dict[str, Any]) -> RolloutProgress:
+    """A stored rollout's progress, counted from its JSON as the store wrote it
+    (``Rollout.to_dict``): reading it into a ``Rollout`` checks every node's
+    fields, about 13 us a node, which at 100,000 nodes is more than a page may take."""
+    waves: dict[int, Counter[str]] = {}
+    for node in doc["nodes"]:
+        waves.setdefault(node["wave"], Counter())[node["progress"]] += 1
+    return RolloutProgress(
+        doc["id"],
+        doc["pool"],
+        doc["target"],
+        Phase(doc["phase"]),
+        tuple(
+            WaveProgress(
+                wave,
+                pending=counted[Progress.PENDING],
+                assigned=counted[Progress.ASSIGNED],
+                done=counted[Progress.DONE],
+                failed=counted[Progress.FAILED],
+            )
+            for wave, counted in sorted(waves.items())
+        ),
     )
 
 

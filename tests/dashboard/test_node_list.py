@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import urllib3
 
+from server.dashboard import SUMMARY_TTL_S
 from tests.conftest import Fleet
 from tests.simnode import dashboard_sign_in
 
@@ -83,6 +84,13 @@ def test_search_filters_and_pages(fleet: Fleet) -> None:
     assert 'id="count-missing"><b>2</b>' in overview
     assert 'id="count-unhealthy"><b>1</b>' in overview
     assert "Fleet: 7 nodes" in overview
+
+    # The counts are counted at most every SUMMARY_TTL_S; the list is live.
+    assert nodes[4].report(driver="580.82.07").status == 202  # healthy again
+    assert 'id="count-unhealthy"><b>1</b>' in board.get("/")
+    assert board.listed("/?state=unhealthy") == []
+    fleet.clock.advance(SUMMARY_TTL_S)
+    assert 'id="count-unhealthy"><b>0</b>' in board.get("/")
 
     # What a filter cannot be is answered 400, naming it.
     for bad in ("state=sideways", "per_page=0", "per_page=501", "q=" + "x" * 129):

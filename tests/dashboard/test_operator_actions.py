@@ -145,10 +145,14 @@ def test_a_forged_post_is_refused(steered: tuple[Fleet, str]) -> None:
     assert doc["phase"] == "running"
     assert not any("pause" in e["event"] for e in doc["events"])  # type: ignore[attr-defined]
 
-    # The session's own token, from this site: done.
+    # The session's own token, from this site: done, and the overview shows it at once.
+    overview = NO_REDIRECT.request("GET", f"{fleet.url}/", headers={"Cookie": cookie}).data
+    assert b'<span class="running">running</span>' in overview
     done = _post(fleet, "/rollouts/r-web/pause", cookie, {"csrf": token})
     assert done.status == 303 and done.headers["Location"] == "/rollouts/r-web"
     assert _rollout(fleet, alice)["phase"] == "paused"
+    overview = NO_REDIRECT.request("GET", f"{fleet.url}/", headers={"Cookie": cookie}).data
+    assert b'<span class="paused">paused</span>' in overview
     # What the phase does not allow, an unknown command or rollout: refused, nothing done.
     for path, status in (
         ("/rollouts/r-web/pause", 409),

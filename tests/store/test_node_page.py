@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,8 @@ from fleet.attestation_verdict import AttestationVerdict
 from fleet.rollout import Phase, Policy, Progress, Rollout, Transition, new_rollout, parse_waves
 from server.config import ServerConfig
 from server.fleetview import missing_before, node_state
-from server.store import FAILING, NO_DRIVER, EnrolledNode, NodeQuery, NodeStatus, Store
+from server.operator_api import rollout_json
+from server.store import FAILING, NO_DRIVER, EnrolledNode, ListedNode, NodeQuery, Store
 from tests.store.old_schema import old_database
 from tests.store.test_store import report, run
 
@@ -62,7 +63,7 @@ async def _fleet(store: Store) -> None:
     await store.change_rollout("r1", assign, NOW, wait=True)
 
 
-async def _all(store: Store, query: NodeQuery) -> list[NodeStatus]:
+async def _all(store: Store, query: NodeQuery) -> list[ListedNode]:
     return await store.node_page(query, 1_000)
 
 
@@ -70,17 +71,31 @@ def test_filters_select_what_the_api_shows(db_url: str) -> None:
     async def body(store: Store) -> None:
         await _fleet(store)
         everyone = await _all(store, NodeQuery(MISSING))
-        assert [s.node.node_id for s in everyone] == [f"gpu-{i:02}" for i in range(30)]
-        states = {s.node.node_id: node_state(s, NOW, CONFIG) for s in everyone}
+        assert [n.node_id for n in everyone] == [f"gpu-{i:02}" for i in range(30)]
+        # Each listed as the API shows it (server.fleetview, from the whole report).
+        fleet = {s.node.node_id: s for s in await store.fleet()}
+        states = {n: node_state(s, NOW, CONFIG) for n, s in fleet.items()}
         assert set(states.values()) == {"healthy", "unhealthy", "missing", "new"}
+        for listed in everyone:
+            status = fleet[listed.node_id]
+            report, verdict = status.report, status.report_attestation
+            assert listed == ListedNode(
+                listed.node_id, status.node.pool, status.node.attestation,
+                states[listed.node_id], status.last_seen,
+                None if report is None else report.driver_version,
+                None if report is None else report.bundle,
+                None if report is None else report.update,
+                None if verdict is None else verdict.passed, status.assigned,
+            )  # fmt: skip
 
         async def ids(**conditions: object) -> set[str]:
             query = NodeQuery(MISSING, **conditions)  # type: ignore[arg-type]
-            return {s.node.node_id for s in await _all(store, query)}
+            return {n.node_id for n in await _all(store, query)}
 
         for state in ("healthy", "unhealthy", "missing", "new"):
             assert await ids(state=state) == {n for n, s in states.items() if s == state}
-        prod = {s.node.node_id for s in everyone if s.node.pool == "prod"}
+        assert await ids(differs=True) == {n.node_id for n in everyone if n.differs}
+        prod = {n.node_id for n in everyone if n.pool == "prod"}
         assert await ids(pool="prod") == prod and len(prod) == 15
         assert await ids(attestation="tpm2") == {f"gpu-{i:02}" for i in range(0, 30, 3)}
         assert await ids(attestation=FAILING) == {"gpu-03", "gpu-06"}
@@ -114,11 +129,11 @@ def test_keyset_pages_walk_the_list_both_ways(db_url: str) -> None:
     async def body(store: Store) -> None:
         await _fleet(store)
         query = NodeQuery(MISSING, pool="prod")
-        expected = [s.node.node_id for s in await _all(store, query)]
+        expected = [n.node_id for n in await _all(store, query)]
         pages: list[list[str]] = []
         after = None
         while True:
-            page = [s.node.node_id for s in await store.node_page(query, 4, after=after)]
+            page = [n.node_id for n in await store.node_page(query, 4, after=after)]
             if not page:
                 break
             pages.append(page)
@@ -127,12 +142,12 @@ def test_keyset_pages_walk_the_list_both_ways(db_url: str) -> None:
         # Back from the last page, each page is the one before it, in order.
         before = pages[-1][0]
         for page in reversed(pages[:-1]):
-            back = [s.node.node_id for s in await store.node_page(query, 4, before=before)]
+            back = [n.node_id for n in await store.node_page(query, 4, before=before)]
             assert back == page
             before = back[0]
         assert await store.node_page(query, 4, before=before) == []
         # A page starts after an id even if that node is gone (or never was).
-        assert [s.node.node_id for s in await store.node_page(query, 2, after="gpu-04")] == [
+        assert [n.node_id for n in await store.node_page(query, 2, after="gpu-04")] == [
             "gpu-05",
             "gpu-07",
         ]
@@ -173,7 +188,7 @@ def test_the_migration_keeps_each_nodes_latest_verdict(db_url: str) -> None:
 
     async def body(store: Store) -> None:
         failing = await _all(store, NodeQuery(0, attestation=FAILING))
-        assert [s.node.node_id for s in failing] == ["a"]
+        assert [n.node_id for n in failing] == ["a"]
         verdicts = Counter(c.report_attested for c in await store.fleet_counts(0))
         assert verdicts == Counter({False: 1, True: 1, None: 1})
         # Then each report keeps it: b's next one fails, a's passes.
@@ -182,6 +197,30 @@ def test_the_migration_keeps_each_nodes_latest_verdict(db_url: str) -> None:
         # A late report (received before the latest) does not replace the verdict.
         assert await store.add_report(report("a"), 2_500, "", "a4", FAILED)
         failing = await _all(store, NodeQuery(0, attestation=FAILING))
-        assert [s.node.node_id for s in failing] == ["b"]
+        assert [n.node_id for n in failing] == ["b"]
+
+    run(db_url, body)
+
+
+def test_the_overview_reads_only_the_newest_rollouts(db_url: str) -> None:
+    async def body(store: Store) -> None:
+        policy = Policy(parse_waves("1,25%,100%"))
+        made = []
+        for number, pool in enumerate(("a", "b", "c")):
+            running = {f"n-{pool}-{i:02}": None for i in range(20)}
+            rollout = new_rollout(f"r-{pool}", pool, "t", None, policy, running, number)
+            states = tuple(Progress)
+            nodes = tuple(replace(n, progress=states[i % 4]) for i, n in enumerate(rollout.nodes))
+            made.append(replace(rollout, nodes=nodes))
+            await store.create_rollout(made[-1], "started")
+        newest = await store.rollout_progress(2)
+        assert [r.id for r in newest] == ["r-c", "r-b"]
+        # Counted as the API counts them (server.operator_api.rollout_json).
+        for progress, stored in zip(newest, made[::-1], strict=False):
+            assert (progress.pool, progress.target, progress.phase) == (
+                stored.pool, stored.target, stored.phase,
+            )  # fmt: skip
+            counted = [asdict(w) | {"nodes": w.nodes} for w in progress.waves]
+            assert counted == rollout_json(stored)["waves"] and len(counted) == 3
 
     run(db_url, body)
