@@ -27,6 +27,7 @@ Policy forbids scripts outright.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import ipaddress
 from collections.abc import Iterable, Sequence
@@ -406,11 +407,13 @@ def _select(name: str, label: str, chosen: str, options: Iterable[tuple[str, str
 
 async def _summary(s: Services) -> Computed[FleetSummary]:
     async def count(now: float) -> FleetSummary:
-        return FleetSummary.of(
-            await s.store.fleet_counts(missing_before(now, s.config)),
-            list(await s.store.pools()),
-            await s.store.rollout_progress(RECENT_ROLLOUTS),
+        # At once: on PostgreSQL each on a connection of its own.
+        counts, pools, rollouts = await asyncio.gather(
+            s.store.fleet_counts(missing_before(now, s.config)),
+            s.store.pools(),
+            s.store.rollout_progress(RECENT_ROLLOUTS),
         )
+        return FleetSummary.of(counts, list(pools), rollouts)
 
     return await s.fleet_summary.get(s.clock, SUMMARY_TTL_S, count)
 

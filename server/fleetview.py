@@ -106,19 +106,17 @@ class FleetSummary:
     def of(
         cls, counts: list[FleetCount], pools: list[str], rollouts: list[RolloutProgress]
     ) -> FleetSummary:
-        states: Counter[str] = Counter()
         drivers: Counter[str] = Counter()
         for c in counts:
-            states[c.state] += c.nodes
             drivers[c.driver] += c.nodes
         return cls(
             nodes=sum(c.nodes for c in counts),
-            states={state: states[state] for state in NODE_STATES},
+            states={state: sum(getattr(c, state) for c in counts) for state in NODE_STATES},
             drivers=dict(sorted(drivers.items())),
             enrollments=tuple(sorted({c.attestation for c in counts})),
             unattested=sum(c.nodes for c in counts if not c.attested),
             attestation_failing=sum(c.nodes for c in counts if c.report_attested is False),
-            differs=sum(c.nodes for c in counts if c.differs),
+            differs=sum(c.differs for c in counts),
             pools=tuple(pools),
             rollouts=tuple(rollouts),
         )

@@ -186,15 +186,22 @@ NO_DRIVER = "none"
 
 @dataclass(frozen=True)
 class FleetCount:
-    """How many nodes share one combination of what the dashboard counts and filters by."""
+    """How many nodes share one driver, way of enrolling and latest verdict, by state
+    (``NodeQuery.state``), and how many of them ``NodeQuery.differs`` selects."""
 
-    state: str
     driver: str  # NO_DRIVER: none reported
     attestation: str  # how they enrolled
     attested: bool  # enrolled with a TPM's word
     report_attested: bool | None  # their latest report's verdict; None: not attested
-    differs: bool  # assigned a bundle they do not report running
-    nodes: int
+    healthy: int
+    unhealthy: int
+    missing: int
+    new: int
+    differs: int
+
+    @property
+    def nodes(self) -> int:
+        return self.healthy + self.unhealthy + self.missing + self.new
 
 
 @dataclass(frozen=True)
@@ -281,7 +288,7 @@ class Store(Protocol):
         ...
 
     async def fleet_counts(self, missing_before: int) -> list[FleetCount]:
-        """The fleet counted in one pass, grouped by every ``FleetCount`` field."""
+        """The fleet counted in one pass, grouped by driver, enrollment and verdict."""
         ...
 
     async def gpu_windows(self, since: int) -> list[NodeWindow]:
