@@ -137,6 +137,12 @@ def test_keyset_pages_walk_the_list_both_ways(db_url: str) -> None:
             pages.append(page)
             after = page[-1]
         assert [n for p in pages for n in p] == expected and len(pages) == 4
+        # Pages read what the whole list does, with a bound on every joined row.
+        for filtered in (NodeQuery(MISSING, state="healthy"), NodeQuery(MISSING, differs=True)):
+            whole = await _all(store, filtered)
+            paged = await store.node_page(filtered, 3, after=whole[0].node_id)
+            assert paged == whole[1:4]
+            assert await store.node_page(filtered, 3, before=whole[-1].node_id) == whole[-4:-1]
         # Back from the last page, each page is the one before it, in order.
         before = pages[-1][0]
         for page in reversed(pages[:-1]):
