@@ -19,10 +19,12 @@ not here: that is the image repository's targets role, whose keys are offline
 (``gpuward repo remove`` on the operator's workstation).
 
 The node list is searched, filtered and paged in the store (keyset paging by
-node id), so a page costs the same at 100,000 nodes as at ten; the counts come
-from one grouped query. Pages refresh themselves every ``REFRESH_S`` seconds by
-a meta refresh. Every value shown is HTML-escaped, and a strict Content Security
-Policy forbids scripts outright.
+node id), so a page costs the same at 100,000 nodes as at ten. The counts above
+it and the newest rollouts read the whole fleet, so they are counted at most
+every ``SUMMARY_TTL_S`` seconds per process (and again at once after an action
+here). Pages refresh themselves every ``REFRESH_S`` seconds by a meta refresh.
+Every value shown is HTML-escaped, and a strict Content Security Policy forbids
+scripts outright.
 """
 
 from __future__ import annotations
