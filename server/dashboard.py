@@ -7,48 +7,100 @@ against the host. Signing in opens a server-side session (server.operators):
 the cookie holds its random id, never the token, and is HttpOnly,
 SameSite=Strict, and Secure when the request came over TLS, directly or through
 a proxy named in ``trusted_proxies``. Only these pages read the cookie: the JSON
-API ignores it, and every dashboard page is read-only, so a cross-site request
-can neither act nor read. Every value shown is HTML-escaped, and a strict
-Content Security Policy forbids scripts outright.
+API ignores it.
+
+Operators (not viewers, who see no buttons) steer rollouts from the rollout
+page: pause, resume, abort, roll back. Each is a POSTed form that must come
+from this site (``Origin``, as for sign-in; the cookie is SameSite=Strict too)
+and carry the session's form token (``server.operators.form_token``), and runs
+the rollout engine's command as the API does, so the rollout's audit events
+name the operator and say it came from the dashboard. Withdrawing a bundle is
+not here: that is the image repository's targets role, whose keys are offline
+(``gpuward repo remove`` on the operator's workstation).
+
+The node list is searched, filtered and paged in the store (keyset paging by
+node id), so a page costs the same at 100,000 nodes as at ten. The counts above
+it and the newest rollouts read the whole fleet, so they are counted at most
+every ``SUMMARY_TTL_S`` seconds per process (and again at once after an action
+here). Pages refresh themselves every ``REFRESH_S`` seconds by a meta refresh.
+Every value shown is HTML-escaped, and a strict Content Security Policy forbids
+scripts outright.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import ipaddress
 from collections.abc import Iterable, Sequence
-from typing import Any
-from urllib.parse import urlparse
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlencode, urlparse
 
+import structlog
 from aiohttp import web
 
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
-from fleet.rollout import Rollout
+from fleet.report import GpuReport, HealthReport
+from fleet.rollout import COMMANDS, Progress, Rollout, RolloutError
 from fleet.text import unicode_text
-from server.fleetview import NODE_STATES, fleet_json, history_json, node_json
-from server.http import Route, Services, services
+from server.fleetview import (
+    NODE_STATES,
+    FleetSummary,
+    history_json,
+    missing_before,
+    node_json,
+)
+from server.http import Route, Services, read_body, services
 from server.operator_api import rollout_json
 from server.operators import (
     SESSION_S,
     TokenRefused,
+    allows,
     check_token,
     end_session,
+    form_token,
+    form_token_matches,
     open_session,
     session_operator,
     when,
 )
+from server.periodic import Computed
 from server.renewal import status_json, statuses
-from server.store import NodeStatus, OperatorToken
+from server.rollout.engine import NotFound
+from server.store import (
+    FAILING,
+    ListedNode,
+    NodeQuery,
+    NodeStatus,
+    OperatorToken,
+    RolloutProgress,
+    WaveProgress,
+    assigned_elsewhere,
+)
 from server.stragglers import fleet_stragglers
 
+log = structlog.get_logger(__name__)
+
 COOKIE = "gpuward_session"
+REFRESH_S = 30
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+# The overview shows the newest rollouts only: each is read whole, nodes and all.
+RECENT_ROLLOUTS = 10
+# Its counts and rollouts (``FleetSummary``) read the whole fleet: at most this often.
+SUMMARY_TTL_S = 10
+# A rollout page lists at most this many nodes per wave, those still open first.
+WAVE_LIST = 500
+_MAX_FORM_BYTES = 4096
 _HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it browsers send "Origin: null" with the pages' own
+    # forms (sign-in, rollout actions), which the origin check must refuse.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 # overflow-wrap:anywhere: a word longer than the page (a node's reason without
@@ -62,14 +114,19 @@ main{padding:16px 20px}section{background:#fff;border-radius:6px;padding:12px 16
 table{border-collapse:collapse;width:100%}
 td,th{text-align:left;padding:4px 8px;border-bottom:1px solid #e3e5ea}
 .cards{display:flex;gap:12px;flex-wrap:wrap}
-.card{background:#fff;border-radius:6px;padding:10px 16px;min-width:110px}
+.card{background:#fff;border-radius:6px;padding:10px 16px;min-width:110px;color:inherit;
+text-decoration:none}
 .card b{display:block;font-size:24px}
-.healthy,.done,.completed{color:#137333}.unhealthy,.failed,.halted,.missing{color:#b3261e}
+.healthy,.done,.completed{color:#137333}
+.unhealthy,.failed,.halted,.missing,.differs{color:#b3261e}
 .new,.assigned,.paused,.running{color:#8a5a00}
 .bar{display:flex;height:10px;width:240px;background:#e3e5ea;border-radius:3px;overflow:hidden}
 .bar span{display:block}.bar .done{background:#34a853}.bar .failed{background:#ea4335}
 .bar .assigned{background:#fbbc04}
 .banner{background:#fce8e6;border-left:4px solid #b3261e}
+form.filters{display:flex;gap:8px;flex-wrap:wrap;align-items:center;margin:0 0 8px}
+.actions{display:flex;gap:8px}.actions form{margin:0}
+nav.pages{display:flex;gap:16px;margin:8px 0 0}
 """
 
 
@@ -84,7 +141,13 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], table_id: str)
 
 
 def _page(
-    title: str, body: str, who: OperatorToken | None = None, banner: str = ""
+    title: str,
+    body: str,
+    who: OperatorToken | None = None,
+    banner: str = "",
+    *,
+    refresh: bool = False,
+    status: int = 200,
 ) -> web.Response:
     nav = '<a href="/">Fleet</a>' + (
         f"<span>{_e(who.name)} ({_e(who.role)})</span>"
@@ -92,23 +155,32 @@ def _page(
         if who
         else ""
     )
+    # A meta refresh needs no script, so the CSP stays as strict as it is.
+    reload = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if refresh else ""
     doc = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{reload}'
         f"<title>{_e(title)} · gpuward</title><style>{_STYLE}</style></head>"
         f"<body><header><strong>gpuward</strong>{nav}</header><main>"
         f"{banner}<h1>{_e(title)}</h1>{body}</main></body></html>"
     )
     # Whatever a node's stored report holds, the page can be written (fleet.text).
-    return web.Response(text=unicode_text(doc), content_type="text/html", headers=_HEADERS)
+    return web.Response(
+        text=unicode_text(doc), content_type="text/html", headers=_HEADERS, status=status
+    )
+
+
+async def _session(request: web.Request) -> tuple[OperatorToken, str]:
+    """The operator of this request's session and the session id, or off to sign in."""
+    s = services(request)
+    session = request.cookies.get(COOKIE, "")
+    try:
+        return await session_operator(s.store, session, int(s.clock())), session
+    except TokenRefused:
+        raise web.HTTPSeeOther("/login") from None
 
 
 async def _signed_in(request: web.Request) -> OperatorToken:
-    """The operator of this request's session, or off to sign in."""
-    s = services(request)
-    try:
-        return await session_operator(s.store, request.cookies.get(COOKIE, ""), int(s.clock()))
-    except TokenRefused:
-        raise web.HTTPSeeOther("/login") from None
+    return (await _session(request))[0]
 
 
 def _via_trusted_proxy(request: web.Request) -> bool:
@@ -140,6 +212,12 @@ def _cross_site(request: web.Request) -> bool:
         return urlparse(origin).netloc not in hosts
     # No Origin (an older browser): Fetch Metadata, where sent, says the same.
     return request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none")
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """A small urlencoded form's fields (the last of a repeated name)."""
+    body = await read_body(request, _MAX_FORM_BYTES)
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 async def _renewal_banner(s: Services) -> str:
@@ -221,79 +299,253 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise response
 
 
-def _bar(wave: dict[str, Any]) -> str:
-    total = max(1, wave["nodes"])
+def _bar(wave: WaveProgress) -> str:
+    total = max(1, wave.nodes)
     parts = "".join(
-        f'<span class="{k}" style="width:{100 * wave[k] / total:.1f}%"></span>'
-        for k in ("done", "failed", "assigned")
+        f'<span class="{k}" style="width:{100 * n / total:.1f}%"></span>'
+        for k, n in (("done", wave.done), ("failed", wave.failed), ("assigned", wave.assigned))
     )
     return f'<div class="bar">{parts}</div>'
 
 
-def _rollout_rows(rollouts: list[Rollout]) -> list[list[str]]:
-    rows = []
-    for rollout in rollouts:
-        doc = rollout_json(rollout)
-        waves = " ".join(
-            f"wave {w['wave']}: {w['done']}/{w['nodes']} {_bar(w)}" for w in doc["waves"]
+def _rollout_rows(rollouts: Iterable[RolloutProgress]) -> list[list[str]]:
+    return [
+        [
+            f'<a href="/rollouts/{_e(r.id)}">{_e(r.id)}</a>',
+            _e(r.pool),
+            _e(r.target),
+            f'<span class="{_e(r.phase.value)}">{_e(r.phase.value)}</span>',
+            " ".join(f"wave {w.wave}: {w.done}/{w.nodes} {_bar(w)}" for w in r.waves),
+        ]
+        for r in rollouts
+    ]
+
+
+class BadListing(ValueError):
+    """A node list's query string names a filter or page it cannot have (answered 400)."""
+
+
+@dataclass(frozen=True)
+class NodeListing:
+    """The overview's node list as its query string asks for it: filters, page size,
+    and where the page starts (after a node id) or ends (before one)."""
+
+    search: str = ""
+    state: str = ""
+    pool: str = ""
+    attestation: str = ""
+    driver: str = ""
+    differs: bool = False
+    per_page: int = PAGE_SIZE
+    after: str = ""
+    before: str = ""
+
+    @classmethod
+    def parse(cls, query: dict[str, str]) -> NodeListing:
+        for name, most in (("q", 128), ("pool", 64), ("attestation", 64), ("driver", 16)):
+            if len(query.get(name, "")) > most:
+                raise BadListing(f"{name} is longer than {most} characters")
+        for name in ("after", "before"):
+            if len(query.get(name, "")) > 128:
+                raise BadListing(f"{name} is not a node id")
+        state = query.get("state", "")
+        if state and state not in NODE_STATES:
+            raise BadListing(f"state must be one of {', '.join(NODE_STATES)}")
+        per_page = query.get("per_page", str(PAGE_SIZE))
+        if not per_page.isdigit() or not 1 <= int(per_page) <= MAX_PAGE_SIZE:
+            raise BadListing(f"per_page must be between 1 and {MAX_PAGE_SIZE}")
+        return cls(
+            search=query.get("q", "").strip(),
+            state=state,
+            pool=query.get("pool", ""),
+            attestation=query.get("attestation", ""),
+            driver=query.get("driver", ""),
+            differs=query.get("differs", "") == "1",
+            per_page=int(per_page),
+            after=query.get("after", ""),
+            before="" if query.get("after") else query.get("before", ""),
         )
-        rows.append(
+
+    def store_query(self, missing: int) -> NodeQuery:
+        return NodeQuery(
+            missing_before=missing,
+            search=self.search,
+            state=self.state or None,
+            pool=self.pool or None,
+            attestation=self.attestation or None,
+            driver=self.driver or None,
+            differs=self.differs,
+        )
+
+    def link(self, **page: str) -> str:
+        """This list's address with the same filters, starting at ``page``."""
+        params = {
+            "q": self.search,
+            "state": self.state,
+            "pool": self.pool,
+            "attestation": self.attestation,
+            "driver": self.driver,
+            "differs": "1" if self.differs else "",
+            "per_page": "" if self.per_page == PAGE_SIZE else str(self.per_page),
+            **page,
+        }
+        shown = urlencode({k: v for k, v in params.items() if v})
+        return _e(f"/?{shown}" if shown else "/")
+
+
+def _card(card_id: str, count: int, label: str, link: str, kind: str = "") -> str:
+    return (
+        f'<a class="card {kind}" href="{link}" id="count-{card_id}"><b>{count}</b>{_e(label)}</a>'
+    )
+
+
+def _select(name: str, label: str, chosen: str, options: Iterable[tuple[str, str]]) -> str:
+    shown = "".join(
+        f'<option value="{_e(value)}"{" selected" if value == chosen else ""}>{_e(text)}</option>'
+        for value, text in (("", label), *options)
+    )
+    return f'<select name="{name}" aria-label="{_e(label)}">{shown}</select>'
+
+
+async def _summary(s: Services) -> Computed[FleetSummary]:
+    async def count(now: float) -> FleetSummary:
+        # At once: on PostgreSQL each on a connection of its own.
+        counts, pools, rollouts = await asyncio.gather(
+            s.store.fleet_counts(missing_before(now, s.config)),
+            s.store.pools(),
+            s.store.rollout_progress(RECENT_ROLLOUTS),
+        )
+        return FleetSummary.of(counts, list(pools), rollouts)
+
+    return await s.fleet_summary.get(s.clock, SUMMARY_TTL_S, count)
+
+
+def _filters(listing: NodeListing, summary: FleetSummary) -> str:
+    attestation = [(a, f"enrolled {a}") for a in summary.enrollments]
+    attestation.append((FAILING, "last report not attested"))
+    drivers = [(d, d) for d in summary.drivers]
+    if listing.driver and listing.driver not in summary.drivers:
+        drivers.append((listing.driver, listing.driver))
+    per_page = (
+        ""
+        if listing.per_page == PAGE_SIZE
+        else f'<input type="hidden" name="per_page" value="{listing.per_page}">'
+    )
+    return (
+        '<form class="filters" method="get" action="/" id="filters">'
+        f'<input type="search" name="q" value="{_e(listing.search)}" '
+        'placeholder="node id contains" aria-label="node id contains" maxlength="128">'
+        + _select("state", "any state", listing.state, ((s, s) for s in NODE_STATES))
+        + _select("pool", "any pool", listing.pool, ((p, p) for p in summary.pools))
+        + _select("attestation", "any attestation", listing.attestation, attestation)
+        + _select("driver", "any driver", listing.driver, drivers)
+        + '<label><input type="checkbox" name="differs" value="1"'
+        f"{' checked' if listing.differs else ''}> assigned bundle not running</label>"
+        f'{per_page}<button>Filter</button> <a href="/">clear</a></form>'
+    )
+
+
+def _bundle(node: ListedNode) -> str:
+    running = _e(node.bundle)
+    if not node.differs:
+        return running
+    return f'{running} <span class="differs">(assigned {_e(node.assigned)})</span>'
+
+
+def _listed_attestation(node: ListedNode) -> str:
+    """As ``_attestation`` says it, without the reasons (the node's page has them)."""
+    if node.report_attested is None:
+        return node.attestation
+    verdict = "last report attested" if node.report_attested else "last report not attested"
+    return f"{node.attestation}: {verdict}"
+
+
+async def _node_list(s: Services, listing: NodeListing, missing: int) -> str:
+    """One page of the node list, and links to the pages either side."""
+    query = listing.store_query(missing)
+    more = listing.per_page + 1
+    if listing.before:
+        found = await s.store.node_page(query, more, before=listing.before)
+        earlier, later = len(found) > listing.per_page, True
+        shown = found[1:] if earlier else found
+    else:
+        found = await s.store.node_page(query, more, after=listing.after or None)
+        earlier, later = bool(listing.after), len(found) > listing.per_page
+        shown = found[: listing.per_page]
+    nodes = _table(
+        ("Node", "Pool", "State", "Driver", "Bundle", "Last update", "Attestation", "Last seen"),
+        (
             [
-                f'<a href="/rollouts/{_e(rollout.id)}">{_e(rollout.id)}</a>',
-                _e(rollout.pool),
-                _e(rollout.target),
-                f'<span class="{_e(rollout.phase.value)}">{_e(rollout.phase.value)}</span>',
-                waves,
+                f'<a href="/nodes/{_e(n.node_id)}">{_e(n.node_id)}</a>',
+                _e(n.pool),
+                f'<span class="{_e(n.state)}">{_e(n.state)}</span>',
+                _e(n.driver),
+                _bundle(n),
+                _e(n.update),
+                _e(_listed_attestation(n)),
+                _e(when(n.last_seen)),
             ]
-        )
-    return rows
+            for n in shown
+        ),
+        "nodes",
+    )
+    links = [f'<a href="{listing.link()}" id="page-first">first page</a>' if earlier else ""]
+    if earlier and shown:
+        links.append(f'<a href="{listing.link(before=shown[0].node_id)}" id="page-prev">'
+                     "previous page</a>")  # fmt: skip
+    if later and shown:
+        links.append(f'<a href="{listing.link(after=shown[-1].node_id)}" id="page-next">'
+                     "next page</a>")  # fmt: skip
+    empty = "" if shown else '<p id="no-nodes">No node matches.</p>'
+    return f'{nodes}{empty}<nav class="pages">{"".join(links)}</nav>'
 
 
 async def overview(request: web.Request) -> web.Response:
     who = await _signed_in(request)
     s = services(request)
-    statuses = await s.store.fleet()
-    doc = fleet_json(statuses, s.clock(), s.config)
-    summary = doc["summary"]
-    cards = "".join(
-        f'<div class="card {state}" id="count-{state}"><b>{summary["states"][state]}</b>'
-        f"{state}</div>"
-        for state in NODE_STATES
-    ) + (f'<div class="card" id="count-unattested"><b>{summary["unattested"]}</b>unattested</div>')
+    try:
+        listing = NodeListing.parse(dict(request.query))
+    except BadListing as exc:
+        return _page("Bad node filter", f"<p>{_e(exc)}; see <a href=\"/\">all nodes</a>.</p>",
+                     who, status=400)  # fmt: skip
+    counted = await _summary(s)
+    summary = counted.value
+    cards = (
+        "".join(
+            _card(state, summary.states[state], state, f"/?state={state}", state)
+            for state in NODE_STATES
+        )
+        + _card("unattested", summary.unattested, "unattested", "/?attestation=unattested")
+        + _card("attestation-failing", summary.attestation_failing,
+                "last report not attested", f"/?attestation={FAILING}", "failed")
+        + _card("differs", summary.differs, "assigned bundle not running", "/?differs=1",
+                "differs" if summary.differs else "")
+    )  # fmt: skip
     drivers = _table(
         ("Driver", "Nodes"),
-        ([_e(d), _e(n)] for d, n in summary["drivers"].items()),
-        "drivers",
-    )
-    nodes = _table(
-        ("Node", "Pool", "State", "Driver", "Last update", "Attestation", "Last seen"),
         (
-            [
-                f'<a href="/nodes/{_e(n["node_id"])}">{_e(n["node_id"])}</a>',
-                _e(n["pool"]),
-                f'<span class="{n["state"]}">{_e(n["state"])}</span>',
-                _e((n["report"] or {}).get("driver_version")),
-                _e((n["report"] or {}).get("update")),
-                _e(_attestation(status)),
-                _e(when(n["last_seen"])),
-            ]
-            for status, n in zip(statuses, doc["nodes"], strict=True)
+            [f'<a href="{NodeListing(driver=d).link()}">{_e(d)}</a>', _e(n)]
+            for d, n in summary.drivers.items()
         ),
-        "nodes",
+        "drivers",
     )
     rollouts = _table(
         ("Rollout", "Pool", "Target", "Phase", "Waves"),
-        _rollout_rows(await s.store.rollouts()),
+        _rollout_rows(summary.rollouts),
         "rollouts",
     )
     body = (
         f'<section class="cards">{cards}</section>'
-        f"<section><h2>Rollouts</h2>{rollouts}</section>"
+        f'<p id="counted">Counts and rollouts as of {_e(when(int(counted.at)))} (counted at '
+        f"most every {SUMMARY_TTL_S} s); the node list is live.</p>"
+        f"<section><h2>Rollouts</h2><p>The {RECENT_ROLLOUTS} newest; every one: "
+        f"<code>gpuward rollout status</code>.</p>{rollouts}</section>"
         f"<section><h2>Driver versions</h2>{drivers}</section>"
-        f"<section><h2>Nodes</h2>{nodes}</section>"
+        f'<section id="node-list"><h2>Nodes</h2>{_filters(listing, summary)}'
+        f"{await _node_list(s, listing, missing_before(s.clock(), s.config))}</section>"
         f"{await _stragglers(s)}"
     )
-    return _page(f"Fleet: {summary['nodes']} nodes", body, who, await _renewal_banner(s))
+    return _page(f"Fleet: {summary.nodes} nodes", body, who, await _renewal_banner(s), refresh=True)
 
 
 async def _stragglers(s: Services) -> str:
@@ -329,6 +581,55 @@ def _attestation(status: NodeStatus) -> str:
     return f"{enrolled}: last report not attested ({'; '.join(verdict.reasons)})"
 
 
+def _figure(value: int | None, unit: str = "", scale: int = 1) -> str:
+    return "-" if value is None else f"{value / scale:g}{unit}"
+
+
+def _gpus(report: HealthReport | None) -> str:
+    """Each GPU of the node's latest report: what the agent says of it and, from an
+    agent that reads NVML, its sample's figures and what the rules found."""
+    if report is None:
+        return '<section id="gpus"><h2>GPUs</h2><p>No report yet.</p></section>'
+    sampled: dict[int, GpuReport] = (
+        {} if report.health is None else {g.sample.index: g for g in report.health.gpus}
+    )
+    rows = []
+    for gpu in report.gpus:
+        found = sampled.get(gpu.index)
+        sample = None if found is None else found.sample
+        pcie = (
+            None
+            if sample is None or sample.pcie_gen is None
+            else f"gen {sample.pcie_gen} x{_figure(sample.pcie_width)}"
+        )
+        rows.append(
+            [
+                _e(gpu.index),
+                _e(gpu.name),
+                _e(gpu.uuid),
+                _e(gpu.driver_version),
+                "yes" if gpu.healthy else '<span class="unhealthy">no</span>',
+                "<br>".join(_e(p) for p in gpu.problems),
+                _e(None if sample is None else _figure(sample.temperature_c, " °C")),
+                _e(None if sample is None else _figure(sample.power_mw, " W", 1000)),
+                _e(None if sample is None else _figure(sample.sm_clock_mhz, " MHz")),
+                _e(None if sample is None else _figure(sample.gpu_util_pct, " %")),
+                _e(None if sample is None else _figure(sample.ecc_uncorrected_volatile)),
+                _e(pcie),
+                "" if found is None else "<br>".join(
+                    f"{_e(f.severity)}: {_e(f.message)}" for f in found.findings
+                ),
+            ]
+        )  # fmt: skip
+    table = _table(
+        ("GPU", "Name", "UUID", "Driver", "Healthy", "Problems", "Temp", "Power", "SM clock",
+         "Util", "ECC uncorrected", "PCIe", "Findings"),
+        rows,
+        "gpu-table",
+    )  # fmt: skip
+    return f'<section id="gpus"><h2>GPUs (latest report)</h2>{table}</section>'
+
+
 async def node_page(request: web.Request) -> web.Response:
     who = await _signed_in(request)
     s = services(request)
@@ -337,8 +638,9 @@ async def node_page(request: web.Request) -> web.Response:
     if status is None:
         return _page("No such node", f"<p>No enrolled node {_e(node_id)}.</p>", who)
     node = node_json(status, s.clock(), s.config)
+    running = None if status.report is None else status.report.bundle
     facts = _table(
-        ("Pool", "State", "Attestation", "Enrolled", "Last seen", "Assigned"),
+        ("Pool", "State", "Attestation", "Enrolled", "Last seen", "Assigned", "Running"),
         [
             [
                 _e(node["pool"]),
@@ -347,9 +649,16 @@ async def node_page(request: web.Request) -> web.Response:
                 _e(when(node["enrolled_at"])),
                 _e(when(node["last_seen"])),
                 _e(node["assigned"]),
+                _e(running),
             ]
         ],
         "facts",
+    )
+    differs = (
+        '<p class="differs" id="differs">Assigned a bundle it does not report running: '
+        "updating, or stuck.</p>"
+        if assigned_elsewhere(status.assigned, running)
+        else ""
     )
     history = _table(
         ("Received", "Update", "Driver", "Bundle", "Healthy", "GPUs", "Reason"),
@@ -371,10 +680,12 @@ async def node_page(request: web.Request) -> web.Response:
     )
     return _page(
         f"Node {node_id}",
-        f"<section>{facts}</section>{_boot(status.report_attestation)}"
+        f"<section>{facts}{differs}</section>{_gpus(status.report)}"
+        f"{_boot(status.report_attestation)}"
         f"<section><h2>Health history</h2>{history}</section>",
         who,
         await _renewal_banner(s),
+        refresh=True,
     )
 
 
@@ -405,31 +716,78 @@ def _attested_driver(driver: AttestedDriver | None) -> str:
     return f'<p id="attested-driver">Attested active driver bundle: {shown}</p>'
 
 
+def _actions(rollout: Rollout, who: OperatorToken, session: str) -> str:
+    """The commands the rollout's phase allows, as forms, for operators only."""
+    if not allows(who.role, "operator"):
+        return ""
+    forms = "".join(
+        f'<form method="post" action="/rollouts/{_e(rollout.id)}/{name}">'
+        f'<input type="hidden" name="csrf" value="{form_token(session)}">'
+        f'<button id="do-{name}">{name}</button></form>'
+        for name, (allowed, _) in COMMANDS.items()
+        if rollout.phase in allowed
+    )
+    return f'<div class="actions" id="actions">{forms}</div>' if forms else ""
+
+
+# Nodes an operator looks at first: the undecided and the failed.
+_FIRST = {Progress.FAILED: 0, Progress.ASSIGNED: 1, Progress.PENDING: 2, Progress.DONE: 3}
+
+
+def _wave_lists(rollout: Rollout) -> str:
+    sections = []
+    for wave in range(rollout.wave_count):
+        members = sorted(rollout.wave_nodes(wave), key=lambda n: (_FIRST[n.progress], n.node_id))
+        table = _table(
+            ("Node", "Progress", "Assigned", "Detail"),
+            (
+                [
+                    f'<a href="/nodes/{_e(n.node_id)}">{_e(n.node_id)}</a>',
+                    f'<span class="{_e(n.progress.value)}">{_e(n.progress.value)}</span>',
+                    _e(when(n.assigned_at) if n.assigned_at is not None else None),
+                    _e(n.detail or None),
+                ]
+                for n in members[:WAVE_LIST]
+            ),
+            f"wave-{wave}-nodes",
+        )
+        more = (
+            f"<p>{len(members) - WAVE_LIST} more not listed (the failed and undecided "
+            "are listed first).</p>"
+            if len(members) > WAVE_LIST
+            else ""
+        )
+        opened = " open" if wave == rollout.wave or len(members) <= 20 else ""
+        sections.append(
+            f"<details{opened}><summary>Wave {wave}: {len(members)} nodes</summary>"
+            f"{table}{more}</details>"
+        )
+    return f'<section id="wave-nodes"><h2>Nodes by wave</h2>{"".join(sections)}</section>'
+
+
 async def rollout_page(request: web.Request) -> web.Response:
-    who = await _signed_in(request)
+    who, session = await _session(request)
     s = services(request)
     store = s.store
     rollout_id = request.match_info["rollout_id"]
     rollout = await store.rollout(rollout_id)
     if rollout is None:
         return _page("No such rollout", f"<p>No rollout {_e(rollout_id)}.</p>", who)
-    doc = rollout_json(rollout)
+    progress = [
+        WaveProgress(w["wave"], w["pending"], w["assigned"], w["done"], w["failed"])
+        for w in rollout_json(rollout)["waves"]
+    ]
     waves = _table(
         ("Wave", "Nodes", "Pending", "Assigned", "Done", "Failed", "Progress"),
         (
             [
-                _e(w["wave"]),
-                _e(w["nodes"]),
-                _e(w["pending"]),
-                _e(w["assigned"]),
-                _e(w["done"]),
-                _e(w["failed"]),
-                _bar(w),
+                _e(w.wave), _e(w.nodes), _e(w.pending), _e(w.assigned), _e(w.done),
+                _e(w.failed), _bar(w),
             ]
-            for w in doc["waves"]
+            for w in progress
         ),
         "waves",
-    )
+    )  # fmt: skip
     events = _table(
         ("At", "Event"),
         ([_e(when(e.at)), _e(e.event)] for e in await store.rollout_events(rollout_id)),
@@ -442,10 +800,41 @@ async def rollout_page(request: web.Request) -> web.Response:
     )
     return _page(
         f"Rollout {rollout_id}",
-        f"<section>{head}{waves}</section><section><h2>Events</h2>{events}</section>",
+        f"<section>{head}{_actions(rollout, who, session)}{waves}</section>"
+        f"{_wave_lists(rollout)}<section><h2>Events</h2>{events}</section>",
         who,
         await _renewal_banner(s),
+        refresh=True,
     )
+
+
+def _refused(status: int, why: str, who: OperatorToken | None = None) -> web.Response:
+    return _page("Not done", f'<p id="refused">{_e(why)}</p>', who, status=status)
+
+
+async def rollout_action(request: web.Request) -> web.StreamResponse:
+    """Pause, resume, abort or roll back a rollout from its page, as an operator."""
+    if _cross_site(request):
+        return _refused(403, "a form from another site cannot steer rollouts")
+    who, session = await _session(request)
+    if not allows(who.role, "operator"):
+        return _refused(403, f"steering rollouts needs the operator role; you are a {who.role}",
+                        who)  # fmt: skip
+    form = await _form(request)
+    if not form_token_matches(session, form.get("csrf", "")):
+        return _refused(403, "the form's token is missing or not this session's: reload the "
+                        "rollout page and try again", who)  # fmt: skip
+    rollout_id, name = request.match_info["rollout_id"], request.match_info["command"]
+    by = f"{who.name} ({who.role}) on the dashboard"
+    try:
+        await services(request).engine.command(rollout_id, name, by)
+    except NotFound as exc:
+        return _refused(404, str(exc), who)
+    except RolloutError as exc:
+        return _refused(409, str(exc), who)
+    services(request).fleet_summary.forget()  # the overview shows the new phase at once
+    log.info("dashboard_rollout_command", audit=True, rollout=rollout_id, command=name, by=by)
+    raise web.HTTPSeeOther(f"/rollouts/{quote(rollout_id, safe='')}")
 
 
 ROUTES = (
@@ -457,6 +846,14 @@ ROUTES = (
         rollout_page,
         "Dashboard: a rollout",
         "viewer",
+        in_openapi=False,
+    ),
+    Route(
+        "POST",
+        "/rollouts/{rollout_id}/{command}",
+        rollout_action,
+        "Dashboard: pause, resume, abort or roll back a rollout",
+        "operator",
         in_openapi=False,
     ),
     Route("GET", "/login", login_form, "Dashboard: sign in", "public", in_openapi=False),

@@ -13,16 +13,25 @@ its agent will not move off it until a newer bundle is published or assigned.
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fleet.attestation_verdict import AttestationVerdict
 from keys.image_repo import ImageRepository
 from server.config import ServerConfig
-from server.store import NodeStatus, ReportRecord
+from server.store import FleetCount, NodeStatus, ReportRecord, RolloutProgress
 
 NODE_STATES = ("healthy", "unhealthy", "missing", "new")
+
+
+def missing_before(now: float, config: ServerConfig) -> int:
+    """The time before which a node last heard from is missing (``node_state``), for
+    the store to tell states apart as this module does: ``seen < now - limit`` holds
+    for a whole-second ``seen`` exactly when ``seen < ceil(now - limit)``."""
+    return math.ceil(now - config.report_interval_s * config.missing_after)
 
 
 def node_state(status: NodeStatus, now: float, config: ServerConfig) -> str:
@@ -106,3 +115,39 @@ def history_json(records: list[ReportRecord]) -> list[dict[str, Any]]:
         }
         for r in records
     ]
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    """The fleet at a glance, as the dashboard's overview shows it: counts, the choices
+    its filters offer, and the newest rollouts' progress. Each reads the whole fleet
+    (or whole rollouts), so the dashboard computes it at most every few seconds."""
+
+    nodes: int
+    states: dict[str, int]
+    drivers: dict[str, int]  # "none": no driver reported
+    enrollments: tuple[str, ...]  # how nodes enrolled: unattested, tpm2
+    unattested: int
+    attestation_failing: int  # their latest report's attestation failed
+    differs: int  # assigned a bundle they do not report running
+    pools: tuple[str, ...]
+    rollouts: tuple[RolloutProgress, ...]
+
+    @classmethod
+    def of(
+        cls, counts: list[FleetCount], pools: list[str], rollouts: list[RolloutProgress]
+    ) -> FleetSummary:
+        drivers: Counter[str] = Counter()
+        for c in counts:
+            drivers[c.driver] += c.nodes
+        return cls(
+            nodes=sum(c.nodes for c in counts),
+            states={state: sum(getattr(c, state) for c in counts) for state in NODE_STATES},
+            drivers=dict(sorted(drivers.items())),
+            enrollments=tuple(sorted({c.attestation for c in counts})),
+            unattested=sum(c.nodes for c in counts if not c.attested),
+            attestation_failing=sum(c.nodes for c in counts if c.report_attested is False),
+            differs=sum(c.differs for c in counts),
+            pools=tuple(pools),
+            rollouts=tuple(rollouts),
+        )

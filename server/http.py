@@ -17,6 +17,7 @@ from aiohttp import web
 from fleet.nodeauth import RequestSignature
 from keys.report_key import ReportSigner
 from server.config import ServerConfig
+from server.fleetview import FleetSummary
 from server.limits import RateLimiter, retry_after
 from server.metrics import ServerMetrics
 from server.nodeauth import KeyEnrollmentVerifier, NodeAuthError, RequestVerifier
@@ -79,6 +80,8 @@ class Services:
     tally: ReportTally = field(default_factory=ReportTally)
     # The fleet's ranked stragglers (``server.stragglers``), once per report interval.
     stragglers: Periodic[dict[str, Any]] = field(default_factory=Periodic)
+    # The dashboard's fleet summary (``server.dashboard``), at most every few seconds.
+    fleet_summary: Periodic[FleetSummary] = field(default_factory=Periodic)
     # The process that re-signs online metadata (worker 0, or the only one) has one.
     renewer: Renewer | None = None
     # The process with the background duties has one when webhooks are configured.

@@ -32,7 +32,7 @@ from fleet.version import VERSION
 from server.config import ServerConfig
 from server.fleetview import NODE_STATES
 from server.renewal import FAILED, RenewalStatus, statuses
-from server.store import NodeCount, PoolUse, RolloutProgress, Store
+from server.store import NodeCount, PoolUse, RolloutStanding, Store
 
 # The text format Prometheus 2 reads (Debian 12 ships 2.42).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -123,7 +123,7 @@ class FleetSnapshot:
     resign_interval_s: float
     nodes: tuple[NodeCount, ...]
     phases: Mapping[str, int]
-    rollouts: tuple[RolloutProgress, ...]
+    rollouts: tuple[RolloutStanding, ...]
     renewals: tuple[RenewalStatus, ...]
     pool: PoolUse
 
@@ -137,7 +137,7 @@ async def read_snapshot(store: Store, config: ServerConfig, now: float) -> Fleet
         resign_interval_s=config.resign_interval_s,
         nodes=tuple(await store.node_counts(missing_before)),
         phases=await store.rollout_phases(),
-        rollouts=tuple(await store.rollout_progress()),
+        rollouts=tuple(await store.rollout_standings()),
         renewals=tuple(await statuses(store)),
         pool=store.pool_use(),
     )

@@ -148,6 +148,22 @@ async def session_operator(store: Store, session: str, now: int) -> OperatorToke
     return await _usable(store, found, now)
 
 
+def form_token(session: str) -> str:
+    """The token the dashboard's forms carry for ``session`` (CSRF protection).
+
+    An HMAC keyed by the session id, which only the HttpOnly cookie holds: a page
+    on another site can neither read it nor work it out, and the page that shows
+    it does not give the session away. Nothing is stored; it ends with its session.
+    """
+    return hmac.new(session.encode(), b"gpuward dashboard form", hashlib.sha256).hexdigest()
+
+
+def form_token_matches(session: str, sent: str) -> bool:
+    return bool(_SESSION.fullmatch(session)) and hmac.compare_digest(
+        form_token(session).encode(), sent.encode()
+    )
+
+
 async def end_session(store: Store, session: str) -> None:
     if _SESSION.fullmatch(session):
         await store.end_session(token_hash(session))

@@ -19,7 +19,7 @@ from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError
 from fleet.nodeauth import MAX_SKEW_S
 from fleet.report import HealthReport
-from fleet.rollout import Observation, Rollout, Transition
+from fleet.rollout import Observation, Phase, Rollout, Transition
 from fleet.stragglers import NodeWindow
 from fleet.webhook import WebhookEvent
 from server.attestation.challenges import PendingChallenge
@@ -134,6 +134,103 @@ class RolloutEvent:
     event: str
 
 
+@dataclass(frozen=True)
+class NodeQuery:
+    """Which nodes a dashboard page lists; every condition given must hold.
+
+    A node's state is the one ``server.fleetview.node_state`` gives it: missing when
+    last heard (or, never heard, enrolled) before ``missing_before``.
+    """
+
+    missing_before: int
+    search: str = ""  # a part of the node id, any case
+    state: str | None = None  # healthy, unhealthy, missing or new
+    pool: str | None = None
+    attestation: str | None = None  # how it enrolled (unattested, tpm2), or FAILING
+    driver: str | None = None  # the driver its latest report names; NO_DRIVER: none
+    differs: bool = False  # only nodes assigned a bundle they do not report running
+
+
+@dataclass(frozen=True)
+class ListedNode:
+    """A node as the dashboard's list shows it: what its latest report said, from the
+    columns kept with it (reading and parsing each report body would cost more than
+    the rest of the page), and its state as the store tells it."""
+
+    node_id: str
+    pool: str
+    attestation: str  # how it enrolled
+    state: str  # server.fleetview.node_state's, for ``NodeQuery.missing_before``
+    last_seen: int | None  # None: never reported
+    driver: str | None
+    bundle: str | None  # the bundle it reports running
+    update: str | None  # its latest update outcome
+    report_attested: bool | None  # its latest report's verdict; None: not attested
+    assigned: str | None  # the bundle a rollout assigned it
+
+    @property
+    def differs(self) -> bool:
+        return assigned_elsewhere(self.assigned, self.bundle)
+
+
+def assigned_elsewhere(assigned: str | None, running: str | None) -> bool:
+    """Whether a node is assigned a bundle it does not report running (the rule
+    ``NodeQuery.differs`` filters by): updating, or stuck."""
+    return assigned is not None and running != assigned
+
+
+# ``NodeQuery.attestation``: nodes whose latest report's attestation failed.
+FAILING = "failing"
+# ``NodeQuery.driver`` and ``FleetCount.driver``: no driver reported (yet).
+NO_DRIVER = "none"
+
+
+@dataclass(frozen=True)
+class FleetCount:
+    """How many nodes share one driver, way of enrolling and latest verdict, by state
+    (``NodeQuery.state``), and how many of them ``NodeQuery.differs`` selects."""
+
+    driver: str  # NO_DRIVER: none reported
+    attestation: str  # how they enrolled
+    attested: bool  # enrolled with a TPM's word
+    report_attested: bool | None  # their latest report's verdict; None: not attested
+    healthy: int
+    unhealthy: int
+    missing: int
+    new: int
+    differs: int
+
+    @property
+    def nodes(self) -> int:
+        return self.healthy + self.unhealthy + self.missing + self.new
+
+
+@dataclass(frozen=True)
+class WaveProgress:
+    """How many nodes of one wave of a rollout stand where (``fleet.rollout.Progress``)."""
+
+    wave: int
+    pending: int
+    assigned: int
+    done: int
+    failed: int
+
+    @property
+    def nodes(self) -> int:
+        return self.pending + self.assigned + self.done + self.failed
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """A rollout as a list of rollouts shows it, without its nodes."""
+
+    id: str
+    pool: str
+    target: str
+    phase: Phase
+    waves: tuple[WaveProgress, ...]
+
+
 RolloutChange = Callable[[Rollout, Mapping[str, Observation]], Transition]
 
 # A webhook delivery's states: retried while pending, until delivered or out of attempts.
@@ -193,7 +290,7 @@ class NodeCount:
 
 
 @dataclass(frozen=True)
-class RolloutProgress:
+class RolloutStanding:
     """An active rollout's standing: its phase and wave, how many nodes of each wave
     stand where (``fleet.rollout.Progress``), and when its last event was logged
     (an assignment, a node's verdict, a wave's start, a command): the rollout's
@@ -262,6 +359,18 @@ class Store(Protocol):
 
     async def fleet(self) -> list[NodeStatus]: ...
 
+    async def node_page(
+        self, query: NodeQuery, limit: int, *, after: str | None = None, before: str | None = None
+    ) -> list[ListedNode]:
+        """At most ``limit`` nodes ``query`` selects, in node id order: the first ones,
+        those right after the id ``after``, or those right before the id ``before``
+        (keyset paging: a page costs its rows, however deep it is)."""
+        ...
+
+    async def fleet_counts(self, missing_before: int) -> list[FleetCount]:
+        """The fleet counted in one pass, grouped by driver, enrollment and verdict."""
+        ...
+
     async def gpu_windows(self, since: int) -> list[NodeWindow]:
         """Each enrolled node's latest GPU samples (``fleet.stragglers.WINDOW`` reports
         at most), if its last one arrived at ``since`` or later."""
@@ -306,6 +415,10 @@ class Store(Protocol):
         ...
 
     async def rollouts(self) -> list[Rollout]: ...
+
+    async def rollout_progress(self, limit: int) -> list[RolloutProgress]:
+        """The newest ``limit`` rollouts' progress, newest first."""
+        ...
 
     async def rollout(self, rollout_id: str) -> Rollout | None: ...
 
@@ -449,7 +562,7 @@ class Store(Protocol):
         """How many rollouts are in each phase that has any."""
         ...
 
-    async def rollout_progress(self) -> list[RolloutProgress]:
+    async def rollout_standings(self) -> list[RolloutStanding]:
         """Each active rollout's standing (running, paused or halted)."""
         ...
 

@@ -334,4 +334,18 @@ MIGRATIONS = (
         PRIMARY KEY (kind, subject)
     );
     """,
+    # The dashboard lists, filters and pages through 100,000 nodes by their id
+    # (server.dashboard): each node's latest attestation verdict is kept with its
+    # latest report (NULL: not attested; SQLite's JSON reads true as 1), and the
+    # filters on how nodes enrolled and which driver they run read an index in id
+    # order, so a page costs its rows, not a scan of the fleet.
+    """
+    ALTER TABLE nodes ADD COLUMN report_attested {boolean};
+    UPDATE nodes SET report_attested = (
+        SELECT CAST({json_text(r.attestation, passed)} AS TEXT) IN ('1', 'true')
+        FROM reports r WHERE r.id = nodes.last_report AND r.attestation IS NOT NULL
+    );
+    CREATE INDEX enrollments_attestation ON enrollments (attestation, node_id);
+    CREATE INDEX nodes_driver ON nodes (driver_version, node_id);
+    """,
 )

@@ -13,7 +13,7 @@ import pytest
 import urllib3
 
 from tests.conftest import Fleet, Site, make_site
-from tests.simnode import FakeClock, SimNode, dashboard_sign_in, operator_post
+from tests.simnode import FakeClock, SimNode, dashboard_sign_in, operator_post, report_doc
 
 CHROMIUM = shutil.which("chromium")
 
@@ -106,16 +106,33 @@ def test_pages_render_with_data_in_headless_chromium(
     assert 'href="/rollouts/r-web"' in dom and '<span class="halted">halted</span>' in dom
     assert 'id="stragglers"' in dom
     assert viewer not in dom and cookie.split("=", 1)[1] not in dom
+    # The canary is assigned the new bundle and runs the old one (it rolled back).
+    [canary] = [n for n, doc in fleet.site.fleet().items() if doc["assigned"]]
+    assert 'id="count-differs"><b>1</b>' in dom
+    assert '<span class="differs">(assigned drivers/R580/nvidia-580.82.07.bundle)</span>' in dom
+    assert '<meta http-equiv="refresh" content="30">' in dom
 
     node = chromium(tmp_path, "--dump-dom", signed_in_page(fleet, cookie, "/nodes/gpu-1", tmp_path))
     assert "Node gpu-1" in node and 'id="history"' in node
     assert node.count("<tr>") >= 3  # header + two reports
     assert '<span class="unhealthy">no</span>' in node
+    gpus = node[node.index('<table id="gpu-table">') :].split("</table>", 1)[0]
+    assert "<td>NVIDIA H100</td><td>GPU-1</td><td>580.65.06</td>" in gpus
+    assert '<span class="unhealthy">no</span></td><td>XID 79</td>' in gpus
+    assert 'id="differs"' not in node
+    flagged = chromium(
+        tmp_path, "--dump-dom", signed_in_page(fleet, cookie, f"/nodes/{canary}", tmp_path)
+    )
+    assert 'id="differs"' in flagged
 
     rollout_page = signed_in_page(fleet, cookie, "/rollouts/r-web", tmp_path)
     rollout = chromium(tmp_path, "--dump-dom", rollout_page)
     assert 'id="phase">halted' in rollout and "wave 0" in rollout
     assert "rolled-back" in rollout  # the canary's verdict in the events
+    wave = rollout[rollout.index('<table id="wave-0-nodes">') :].split("</table>", 1)[0]
+    assert f'<a href="/nodes/{canary}">{canary}</a></td><td><span class="failed">' in wave
+    assert 'id="wave-1-nodes"' in rollout  # the waves not started are listed too
+    assert 'id="actions"' not in rollout  # a viewer
 
 
 def test_sign_in_rules(populated: tuple[Fleet, str]) -> None:
@@ -155,3 +172,23 @@ def test_report_text_is_escaped(site: Site) -> None:
     page = http.request("GET", f"{site.url}/nodes/gpu-x", headers={"Cookie": cookie}).data.decode()
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<img src=x" not in page
+
+
+def test_the_node_page_shows_each_gpus_sample(site: Site) -> None:
+    node = SimNode(site.url, "gpu-s")
+    assert node.enroll().status == 201
+    doc = report_doc("gpu-s", driver="580.65.06")
+    sample = {"index": 0, "uuid": "GPU-1", "name": "NVIDIA H100", "temperature_c": 71,
+              "power_mw": 352_500, "sm_clock_mhz": 1980, "gpu_util_pct": 97,
+              "ecc_uncorrected_volatile": 0, "pcie_gen": 5, "pcie_width": 16}  # fmt: skip
+    finding = {"rule": "thermal", "severity": "warning", "message": "hot <b>GPU</b>"}
+    doc["health"] = {"status": "degraded", "reasons": ["hot"], "xids": [],
+                     "gpus": [{"sample": sample, "findings": [finding]}]}  # fmt: skip
+    assert node.send("POST", "/v1/reports", json.dumps(doc).encode()).status == 202
+    http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
+    cookie = dashboard_sign_in(site.url, site.server.issue_token("viewer"))
+    page = http.request("GET", f"{site.url}/nodes/gpu-s", headers={"Cookie": cookie}).data.decode()
+    gpus = page[page.index('<table id="gpu-table">') :].split("</table>", 1)[0]
+    row = "<td>71 °C</td><td>352.5 W</td><td>1980 MHz</td><td>97 %</td><td>0</td><td>gen 5 x16</td>"
+    assert row in gpus
+    assert "<td>warning: hot &lt;b&gt;GPU&lt;/b&gt;</td>" in gpus

@@ -1,7 +1,7 @@
 """The server's ``GET /metrics``: who may read it, and that what it says is the fleet.
 
 The fleet-wide gauges are counted in SQL (``Store.node_counts``,
-``rollout_progress``); they are checked here against the fleet view the API and
+``rollout_standings``); they are checked here against the fleet view the API and
 the dashboard show, on both store backends, and the request-path counters
 against the requests sent.
 """

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import urllib3
@@ -173,9 +174,16 @@ def test_any_reported_text_renders_on_the_dashboard(server: Server, texts: Texts
     server.send(texts)
     page = server.page(f"/nodes/{NODE_ID}")
     assert _in_html(texts.reason[:1024], page) and _in_html(texts.other[:512], page)
+    # The GPU table: the GPU's name and its problems.
+    assert _in_html(texts.name[:128], page) and _in_html(texts.finding[:512], page)
     assert "<script>" not in page and "<img" not in page
     overview = server.page("/")
     assert f'href="/nodes/{NODE_ID}"' in overview and 'id="stragglers"' in overview
+    # Whatever is typed into the node search comes back in its box, as text.
+    typed = _shown(texts.other)[:128]
+    searched = server.page("/?q=" + quote(typed, safe=""))
+    assert f'value="{html.escape(typed.strip(), quote=True)}"' in searched
+    assert "<script>" not in searched and "<img" not in searched
 
 
 def test_a_lone_surrogate_is_read_as_a_replacement_character() -> None:
