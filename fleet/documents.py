@@ -20,6 +20,7 @@ from fleet.attestation import (
     TpmEnrollmentRequest,
 )
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
+from fleet.checkpoint import CheckpointAdvice
 from fleet.firewall import FirewallReport
 from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
 from fleet.gpu_rules import Finding
@@ -61,4 +62,5 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     Policy,
     NodeState,
     WebhookEvent,
+    CheckpointAdvice,
 )

@@ -16,7 +16,15 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from server import dashboard, metrics_api, node_api, operator_api, reports, stragglers
+from server import (
+    checkpoint,
+    dashboard,
+    metrics_api,
+    node_api,
+    operator_api,
+    reports,
+    stragglers,
+)
 from server.http import (
     SERVICES,
     SIGNED_RESPONSES,
@@ -128,6 +136,7 @@ ROUTES: tuple[Route, ...] = (
     *operator_api.ROUTES,
     *reports.ROUTES,
     *stragglers.ROUTES,
+    *checkpoint.ROUTES,
     *dashboard.ROUTES,
     *metrics_api.ROUTES,
 )

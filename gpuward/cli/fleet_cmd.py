@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import urllib.parse
 
+from fleet.checkpoint import CheckpointAdvice, advise
+from fleet.errors import GpuwardError
 from gpuward.cli.operator_client import add_server_flags, call
 from gpuward.cli.output import add_json_flag, emit, table
 
@@ -18,6 +21,24 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_server_flags(stragglers)
     add_json_flag(stragglers)
     stragglers.set_defaults(func=_stragglers)
+    advice = sub.add_parser(
+        "checkpoint-advice",
+        help="a job's mean time between failures and its Young/Daly checkpoint interval, "
+        "from a pool's observed interruptions (or from --interruptions and --gpu-hours, "
+        "offline)",
+    )
+    advice.add_argument("--gpus", type=int, required=True, help="GPUs in the job")
+    advice.add_argument(
+        "--checkpoint-cost", type=float, required=True, help="seconds one checkpoint takes"
+    )
+    advice.add_argument("--pool", help="the pool whose interruptions count (default: all)")
+    advice.add_argument(
+        "--interruptions", type=int, help="interruptions observed (with --gpu-hours: no server)"
+    )
+    advice.add_argument("--gpu-hours", type=float, help="GPU-hours observed (with --interruptions)")
+    add_server_flags(advice)
+    add_json_flag(advice)
+    advice.set_defaults(func=_checkpoint_advice)
 
 
 def _stragglers(args: argparse.Namespace) -> None:
@@ -49,3 +70,47 @@ def _stragglers(args: argparse.Namespace) -> None:
             else ""
         ),
     )
+
+
+def _checkpoint_advice(args: argparse.Namespace) -> None:
+    offline = (args.interruptions is not None, args.gpu_hours is not None)
+    if any(offline) and not all(offline):
+        raise GpuwardError("give --interruptions and --gpu-hours together, or neither")
+    if all(offline):
+        try:
+            advice = advise(
+                args.interruptions, args.gpu_hours, args.gpus, args.checkpoint_cost, args.pool
+            )
+        except ValueError as exc:
+            raise GpuwardError(f"checkpoint-advice: {exc}") from None
+    else:
+        query = {"gpus": args.gpus, "checkpoint_cost": args.checkpoint_cost}
+        if args.pool:
+            query["pool"] = args.pool
+        path = "/v1/fleet/checkpoint-advice?" + urllib.parse.urlencode(query)
+        advice = CheckpointAdvice.from_dict(call(args, "GET", path))
+    emit(args, advice.to_dict(), _advice_text(advice))
+
+
+def _advice_text(advice: CheckpointAdvice) -> str:
+    seen = (
+        f"{advice.interruptions} interruption(s) in {advice.gpu_hours:.0f} GPU-hours"
+        f" ({advice.pool or 'whole fleet'})"
+    )
+    mtbf, daly, young = advice.job_mtbf_s, advice.daly_interval_s, advice.young_interval_s
+    if mtbf is None or daly is None or young is None:
+        return f"{seen}\n{advice.note}"
+    return (
+        f"{seen}\n"
+        f"job of {advice.gpus} GPUs: MTBF {_duration(mtbf)}\n"
+        f"checkpoint every {_duration(daly)} (Daly); Young: {_duration(young)}\n"
+        f"{advice.note}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min ({seconds:.0f} s)"
+    return f"{seconds / 3600:.2f} h ({seconds:.0f} s)"
