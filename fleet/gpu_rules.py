@@ -10,8 +10,9 @@ Two kinds of verdict:
   severity, for reports and the dashboard.
 * ``node_verdict`` turns findings and XIDs into the node's status (healthy,
   degraded or failed) with its reasons, through one table (``STATUS_OF_RULE``
-  and the XID catalog): what is broken fails the node, what slows it degrades
-  it, and an application's own fault (XID 13, 31, 43) is not the node's.
+  and the XID catalog, ``fleet/data/xid-catalog.json``): what is broken fails
+  the node, what slows it degrades it, and an application's own fault (XID
+  13, 31, 43) is not the node's.
 * ``switch_problems`` is the one judgement after a driver switch, for the root
   applier and the agent's inline mode alike: each reason it returns rolls the
   switch back.
@@ -28,6 +29,7 @@ from typing import Any
 
 from fleet.gpu import HARDWARE_CLOCK_EVENTS, THERMAL_CLOCK_EVENTS, GpuSample, XidEvent
 from fleet.wire import Document, Field, Text, Wire
+from fleet.xid_catalog import CRITICAL, SEVERITIES, WARNING, XidClass, default_xid_catalog
 
 # Listing every failed query of a lost GPU would drown the report (and exceed
 # its limit on problems); the first few say enough.
@@ -36,10 +38,6 @@ MAX_LISTED_ERRORS = 3
 # Under full load a GPU legitimately runs below its maximum boost clock (power
 # and software caps); far below it while not idle, something holds it down.
 CLOCK_BELOW_SPEC_FRACTION = 0.7
-
-WARNING = "warning"
-CRITICAL = "critical"
-SEVERITIES = frozenset({WARNING, CRITICAL})
 
 # A node's status, worst last.
 HEALTHY = "healthy"
@@ -218,56 +216,19 @@ def degradations(sample: GpuSample, previous: GpuSample | None = None) -> tuple[
     return tuple(findings)
 
 
-# What to do about an XID, in the terms of NVIDIA's XID catalog.
-RESTART_APP = "restart the application"
-RESET_GPU = "drain the GPU and reset it"
-REBOOT = "drain the node and reboot it"
-SERVICE = "drain the GPU; service it if this recurs after a reset"
-WATCH = "nothing now; watch whether it recurs"
-
-
-@dataclass(frozen=True)
-class XidClass:
-    xid: int
-    category: str  # application, memory, firmware, interconnect, bus, unknown
-    severity: str  # WARNING or CRITICAL
-    description: str
-    action: str
-
-
-_XID_CATALOG: dict[int, tuple[str, str, str, str]] = {
-    13: ("application", WARNING, "graphics engine exception", RESTART_APP),
-    31: ("application", WARNING, "GPU memory page fault", RESTART_APP),
-    43: ("application", WARNING, "GPU stopped processing", RESTART_APP),
-    45: ("application", WARNING, "preemptive cleanup after an earlier error", WATCH),
-    48: ("memory", CRITICAL, "double-bit ECC error", RESET_GPU),
-    61: ("firmware", WARNING, "internal micro-controller breakpoint", WATCH),
-    62: ("firmware", CRITICAL, "internal micro-controller halt", RESET_GPU),
-    63: ("memory", WARNING, "row remapping or page retirement recorded", RESET_GPU),
-    64: ("memory", CRITICAL, "row remapping or page retirement failed", SERVICE),
-    74: ("interconnect", CRITICAL, "NVLink error", RESET_GPU),
-    79: ("bus", CRITICAL, "GPU has fallen off the bus", REBOOT),
-    92: ("memory", WARNING, "high single-bit ECC error rate", WATCH),
-    94: ("memory", WARNING, "contained ECC error", RESTART_APP),
-    95: ("memory", CRITICAL, "uncontained ECC error", RESET_GPU),
-    119: ("firmware", CRITICAL, "GSP RPC timeout", RESET_GPU),
-    120: ("firmware", CRITICAL, "GSP error", RESET_GPU),
-}
-
-
 def classify_xid(xid: int) -> XidClass:
     """The catalog's verdict on an XID; an XID it does not know is a warning to look up."""
-    known = _XID_CATALOG.get(xid)
-    if known is None:
-        return XidClass(
-            xid,
-            "unknown",
-            WARNING,
-            "not in gpuward's XID catalog",
-            "look it up in NVIDIA's XID catalog",
-        )
-    category, severity, description, action = known
-    return XidClass(xid, category, severity, description, action)
+    known = default_xid_catalog().get(xid)
+    if known is not None:
+        return known
+    return XidClass(
+        xid,
+        "other",
+        WARNING,
+        "not in gpuward's XID catalog",
+        "look it up in NVIDIA's XID catalog",
+        "",
+    )
 
 
 # What each finding means for the node. Broken memory or a GPU NVML cannot read

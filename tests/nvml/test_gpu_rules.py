@@ -12,14 +12,8 @@ from fleet.gpu import (
     architecture_name,
     cuda_version_text,
 )
-from fleet.gpu_rules import (
-    CRITICAL,
-    WARNING,
-    Finding,
-    classify_xid,
-    degradations,
-    gate_problems,
-)
+from fleet.gpu_rules import Finding, classify_xid, degradations, gate_problems
+from fleet.xid_catalog import CRITICAL, WARNING
 
 UUID = "GPU-00000000-1111-2222-3333-444455556666"
 IDLE = ClockEvents(0x1)
@@ -207,12 +201,12 @@ def test_rising_corrected_ecc_says_how_much() -> None:
         (48, "memory", CRITICAL),
         (63, "memory", WARNING),
         (64, "memory", CRITICAL),
-        (74, "interconnect", CRITICAL),
+        (74, "nvlink", CRITICAL),
         (79, "bus", CRITICAL),
         (94, "memory", WARNING),
         (95, "memory", CRITICAL),
-        (119, "firmware", CRITICAL),
-        (4242, "unknown", WARNING),
+        (119, "driver", CRITICAL),
+        (4242, "other", WARNING),
     ],
 )
 def test_xid_catalog(xid: int, category: str, severity: str) -> None:
