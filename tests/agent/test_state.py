@@ -7,9 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.cycle_state import AgentState, Handoff, load_state, save_state
 from fleet.errors import GpuwardError
+from node.kernel_hold_record import HOLD_RECORD, load_hold_record
+from tests.conftest import Site
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -77,3 +80,14 @@ def test_a_switch_left_by_an_agent_that_switched_itself_is_not_forgotten(tmp_pat
     path.write_text(json.dumps({"schema": 1, "pending": pending, "rejected": []}))
     with pytest.raises(GpuwardError, match="point slots/active at a"):
         load_state(path)
+
+
+def test_an_unreadable_kernel_hold_record_is_ignored_not_fatal(site: Site) -> None:
+    """The agent reports the applier's last hold; a damaged record must not stop a report."""
+    config = site.agent()
+    record = config.applier_dir / HOLD_RECORD
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text('{"kernel": ')
+    with capture_logs() as logs:
+        assert load_hold_record(config) is None
+    assert [e["event"] for e in logs] == ["kernel_hold_record_unreadable"]

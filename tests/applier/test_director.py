@@ -11,14 +11,20 @@ newer, though the image repository signed it.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import shutil
 
 import pytest
+from tuf.api.metadata import TargetFile
 
 from agent.channel import ImageChannel
 from applier.state_machine import apply_once
 from gpuward.node import run_once
 from keys.image_repo import PublishedBundle
+from node.channel import UpdateRefused
 from node.config import AgentConfig, ApplierSettings
+from node.director import read_directive
 from node.journal import load_journal
 from node.slots import Slots
 from node.spool import write_spool
@@ -95,3 +101,105 @@ def test_an_agent_cannot_install_a_newer_bundle_the_director_did_not_assign(
     assert result.outcome == "refused"
     assert "not the spooled drivers/R580/nvidia-580.95.05.bundle" in result.reason
     assert running(directed) == OLD
+
+
+def test_a_replayed_older_assignment_is_refused(site: Site, directed: AgentConfig) -> None:
+    """The agent keeps the director metadata that assigned NEW (counter 1); after the
+    director rolls the node back to OLD (counter 2) it puts that metadata back and
+    spools NEW again. Both still verify offline; the counter the applier committed
+    says no."""
+    kept = directed.state_dir / "kept-director"
+    shutil.copytree(directed.director_metadata_dir, kept)
+    site.assign("node-1", site.publish(OLD), counter=2)
+    assert run_once(directed).outcome.update == "staged"
+    assert apply_once(directed).outcome == "committed"
+    assert run_once(directed).outcome.update == "committed"
+
+    shutil.rmtree(directed.director_metadata_dir)
+    shutil.copytree(kept, directed.director_metadata_dir)
+    spool_as_the_agent(directed, site.publish(NEW))
+    result = apply_once(directed)
+
+    assert result.outcome == "refused"
+    assert "release counter 1 of drivers/R580/nvidia-580.82.07.bundle is below" in result.reason
+    assert running(directed) == OLD
+
+
+def test_tampered_director_metadata_is_not_believed_nor_blamed_on_the_bundle(
+    site: Site, directed: AgentConfig
+) -> None:
+    older = site.publish(OLD)
+    site.assign("node-1", older, counter=2)
+    assert run_once(directed).outcome.update == "staged"
+    targets = directed.director_metadata_dir / "targets.json"
+    doc = json.loads(targets.read_bytes())
+    doc["signed"]["targets"][older.target_path]["custom"]["gpuward_director"]["release_counter"] = 9
+    targets.write_text(json.dumps(doc))
+
+    result = apply_once(directed)
+
+    assert result.outcome == "refused"
+    assert "cached director metadata does not verify offline" in result.reason
+    assert load_journal(directed.journal_file).sha256 is None  # the agent may hand it over again
+    assert running(directed) == NEW
+
+
+class CachedDirector:
+    """A verified director repository as ``read_directive`` sees it: its listing and
+    target infos (the offline verification itself is tested above, end to end)."""
+
+    def __init__(self, *targets: TargetFile, lost: bool = False) -> None:
+        self.targets = {t.path: t for t in targets}
+        self.lost = lost
+
+    def listed(self, prefix: str) -> set[str]:
+        return {p for p in self.targets if p.startswith(prefix)}
+
+    def targetinfo(self, path: str) -> TargetFile | None:
+        return None if self.lost else self.targets.get(path)
+
+
+def director_target(path: str, director: object) -> TargetFile:
+    return TargetFile(1, {"sha256": "0" * 64}, path, {"custom": {"gpuward_director": director}})
+
+
+ASSIGNED = {"node_id": "node-1", "hardware_id": "NVIDIA H100", "release_counter": 3}
+
+
+def test_a_directive_is_read_from_the_one_target_named() -> None:
+    directive = read_directive(CachedDirector(director_target("drivers/R580/a", ASSIGNED)))  # type: ignore[arg-type]
+    assert directive is not None
+    assert (directive.node_id, directive.release_counter) == ("node-1", 3)
+    assert read_directive(CachedDirector()) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("director", "refusal"),
+    [
+        (
+            CachedDirector(
+                director_target("drivers/R580/a", ASSIGNED),
+                director_target("drivers/R580/b", ASSIGNED),
+            ),
+            "names 2 bundles for this node, not one",
+        ),
+        (
+            CachedDirector(director_target("drivers/R580/a", {**ASSIGNED, "node_id": "../x"})),
+            "'node_id'",
+        ),
+        (
+            CachedDirector(director_target("drivers/R580/a", {**ASSIGNED, "extra": 1})),
+            "unknown field(s) extra",
+        ),
+        (CachedDirector(director_target("drivers/R580/a", "counter 3")), "expected a JSON object"),
+    ],
+    ids=["two-bundles", "bad-node-id", "unknown-field", "not-an-object"],
+)
+def test_a_directive_that_is_not_one_is_refused(director: CachedDirector, refusal: str) -> None:
+    with pytest.raises(UpdateRefused, match=re.escape(refusal)):
+        read_directive(director)  # type: ignore[arg-type]
+
+
+def test_a_listed_target_without_verified_info_assigns_nothing() -> None:
+    lost = CachedDirector(director_target("drivers/R580/a", ASSIGNED), lost=True)
+    assert read_directive(lost) is None  # type: ignore[arg-type]
