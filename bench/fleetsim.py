@@ -12,8 +12,10 @@ four ways of varying severity: thermal throttling,
 a clock drop (with or without a reason in the clock-event mask), a PCIe link
 trained down, an ECC storm.
 
-``evaluate`` feeds the reports to ``fleet.stragglers.detect`` as the server
-does and scores the flagged hosts against the truth.
+``bench.realfleet`` is the messier fleet: mixed models, power-capped pools and
+subtle faults. ``evaluate`` takes either: it feeds the reports to
+``fleet.stragglers.detect`` as the server does and scores the flagged hosts
+against the truth.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from fleet.gpu import ClockEvents, GpuSample
 from fleet.stragglers import WINDOW, NodeWindow, RankedNode, detect
@@ -66,6 +69,7 @@ class FleetSim:
         self.rng = random.Random(seed)  # reproducible telemetry, not secrets
         self.interval_s = interval_s
         self.onset = onset
+        self.gpus_per_host = gpus
         self.step_no = 0
         self.names = [f"node-{i:05d}" for i in range(hosts)]
         self.gpus = {
@@ -110,7 +114,7 @@ class FleetSim:
 
     def _sample(self, host: str, gpu: _Gpu, idle: bool, fault: Fault | None) -> GpuSample:
         rng = self.rng
-        gpu.replays += _poisson(rng, 0.3) + (rng.randint(5, 40) if rng.random() < 0.005 else 0)
+        gpu.replays += poisson(rng, 0.3) + (rng.randint(5, 40) if rng.random() < 0.005 else 0)
         gpu.ecc += rng.randint(1, 3) if rng.random() < 0.01 else 0
         mask = SW_POWER_CAP if rng.random() < 0.4 else 0
         if rng.random() < 0.01:
@@ -174,13 +178,26 @@ class FleetSim:
         return replace(sample, ecc_corrected_volatile=gpu.ecc)
 
 
-def _poisson(rng: random.Random, mean: float) -> int:
+def poisson(rng: random.Random, mean: float) -> int:
     # Knuth's method: fine for the small means used here.
     limit, count, product = math.exp(-mean), 0, rng.random()
     while product > limit:
         count += 1
         product *= rng.random()
     return count
+
+
+class SimulatedFleet(Protocol):
+    """What ``evaluate`` needs of a simulator."""
+
+    names: list[str]
+    onset: int
+    gpus_per_host: int
+
+    @property
+    def truth(self) -> frozenset[str]: ...
+
+    def step(self) -> list[tuple[str, float, tuple[GpuSample, ...]]]: ...
 
 
 @dataclass(frozen=True)
@@ -196,7 +213,7 @@ class Evaluation:
     ranked: tuple[RankedNode, ...]
 
 
-def evaluate(sim: FleetSim, after_onset: int = 3) -> Evaluation:
+def evaluate(sim: SimulatedFleet, after_onset: int = 3) -> Evaluation:
     """Run warm-up intervals, then ``after_onset`` degraded ones; score the detector."""
     history: dict[str, deque[tuple[float, tuple[GpuSample, ...]]]] = {
         name: deque(maxlen=WINDOW) for name in sim.names
@@ -209,7 +226,7 @@ def evaluate(sim: FleetSim, after_onset: int = 3) -> Evaluation:
     hits = len(flagged & sim.truth)
     return Evaluation(
         hosts=len(sim.names),
-        gpus_per_host=len(next(iter(sim.gpus.values()))),
+        gpus_per_host=sim.gpus_per_host,
         degraded=len(sim.truth),
         intervals_after_onset=after_onset,
         flagged=len(flagged),

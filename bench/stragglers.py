@@ -9,6 +9,11 @@ kind of degradation.
 
     .venv/bin/python bench/stragglers.py --hosts 1000 --gpus 8 --degraded 0.02 --intervals 3
 
+With ``--realistic`` the fleet is ``bench.realfleet``'s: mixed models, power-capped
+pools, warm racks, idle GPUs and one-interval blips that must not be flagged
+(false positives are counted per nuisance), and subtle faults that must be
+(recall per fault kind).
+
 Target (issue 6): precision and recall at least 0.95 within 3 report intervals.
 For reference, ByteDance's Minder reports precision 0.904 and F1 0.893 on its
 production data.
@@ -21,6 +26,7 @@ import time
 from collections import Counter
 
 from bench.fleetsim import FleetSim, evaluate
+from bench.realfleet import NUISANCES, RealisticFleetSim
 
 TARGET = 0.95
 
@@ -32,13 +38,20 @@ def main() -> None:
     parser.add_argument("--degraded", type=float, default=0.02, help="share of hosts")
     parser.add_argument("--intervals", type=int, default=3, help="degraded reports before judging")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--realistic", action="store_true", help="mixed models, nuisances and subtle faults"
+    )
     args = parser.parse_args()
+    fleet = RealisticFleetSim if args.realistic else FleetSim
 
     flagged = hits = truth = 0
     found: Counter[str] = Counter()
     injected: Counter[str] = Counter()
+    with_nuisance: Counter[str] = Counter()
+    false_positives: Counter[str] = Counter()
     print(
-        f"{args.hosts} hosts x {args.gpus} GPUs, {args.degraded:.1%} degraded, "
+        f"{'realistic fleet: ' if args.realistic else ''}{args.hosts} hosts x {args.gpus} GPUs, "
+        f"{args.degraded:.1%} degraded, "
         f"judged after {args.intervals} degraded report intervals"
     )
     print(
@@ -46,7 +59,7 @@ def main() -> None:
         f"{'run s':>8}"
     )
     for seed in args.seeds:
-        sim = FleetSim(args.hosts, args.gpus, args.degraded, seed=seed)
+        sim = fleet(args.hosts, args.gpus, args.degraded, seed=seed)
         start = time.perf_counter()
         result = evaluate(sim, after_onset=args.intervals)
         elapsed = time.perf_counter() - start
@@ -61,6 +74,12 @@ def main() -> None:
         for node, fault in sim.faults.items():
             injected[fault.kind] += 1
             found[fault.kind] += node in names
+        if isinstance(sim, RealisticFleetSim):
+            for node, nuisances in sim.nuisances.items():
+                healthy = node not in sim.truth
+                for nuisance in nuisances or {"none"}:
+                    with_nuisance[nuisance] += healthy
+                    false_positives[nuisance] += healthy and node in names
     precision = hits / flagged if flagged else 1.0
     recall = hits / truth if truth else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -71,6 +90,11 @@ def main() -> None:
     )
     for kind in sorted(injected):
         print(f"  recall for {kind}: {found[kind]}/{injected[kind]}")
+    for nuisance in (*NUISANCES, "none") if args.realistic else ():
+        print(
+            f"  false positives among healthy hosts with {nuisance}: "
+            f"{false_positives[nuisance]}/{with_nuisance[nuisance]}"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,23 @@ or a rate), so one odd sample does not flag a GPU while a degradation that
 persists for half the window does. A deviation must also exceed the metric's
 floor: across thousands of healthy GPUs some always sit far out in robust
 units, yet a clock 1% below its peers slows no job.
+
+Peers are GPUs of the same model under the same enforced power limit: a pool
+capped to 500 W runs its clocks lower by physics, and compared with uncapped
+GPUs of its model every one of them would look slow. A clock deviation is
+judged at 70% of the floor and threshold when the GPU's own window shows a
+hardware slowdown reason: the hardware saying it pulled the clock down is
+evidence independent of the peers.
+
+Besides each GPU, each node is compared as a whole (the median of its GPUs'
+metrics, taking the better middle value of an even count, so that one bad GPU
+of two does not drag its node's reference along): a node whose every GPU runs
+a few percent slow (a power brake, a firmware setting) stands out more clearly
+as a node than GPU by GPU, where each sits nearer the noise. What a node's GPUs
+share (the job driving them, the rack's air) is thus judged at node level, and
+a GPU's ratio metrics are compared as if its node were typical: scaled by the
+pool's median over its node's, which leaves how far it sits below its own
+node's other GPUs.
 """
 
 from __future__ import annotations
@@ -25,7 +42,7 @@ import itertools
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fleet.gpu import HARDWARE_CLOCK_EVENTS, THERMAL_CLOCK_EVENTS, GpuSample
 
@@ -44,9 +61,12 @@ FLOORS: Mapping[str, tuple[float, float]] = {
     "mem_clock_ratio": (0.05, 0.0),
     "pcie_link_ratio": (0.1, 0.0),
     "throttled_fraction": (0.0, 0.5),
-    "pcie_replays_per_hour": (0.0, 100.0),
+    "pcie_replays_per_hour": (0.0, 50.0),
     "ecc_corrected_per_hour": (0.0, 50.0),
 }
+# metric -> the window value that corroborates a deviation in it (see the module's docstring).
+EVIDENCE: Mapping[str, str] = {"sm_clock_ratio": "hardware_slowed_fraction"}
+CORROBORATED = 0.7  # the share of floor and threshold a corroborated deviation must pass
 THRESHOLD = 3.5  # robust z-score beyond which a GPU is a straggler (Iglewicz and Hoaglin)
 MIN_PEERS = 5  # fewer GPUs than this in a pool: no meaningful "normal"
 WINDOW = 5  # samples per GPU: a degradation shows once it fills 3 of them
@@ -58,8 +78,9 @@ _CONSISTENCY = 0.6745  # makes the MAD comparable to a standard deviation
 class NodeMetrics:
     node_id: str
     pool: str
-    values: Mapping[str, float]  # a subset of METRICS
+    values: Mapping[str, float]  # a subset of METRICS, and of EVIDENCE's values
     gpu: int | None = None  # the GPU measured; None: the node as a whole
+    node_values: Mapping[str, float] | None = None  # for a GPU: its node's medians
 
 
 @dataclass(frozen=True)
@@ -84,16 +105,19 @@ def find_stragglers(
     nodes: Iterable[NodeMetrics], threshold: float = THRESHOLD, min_peers: int = MIN_PEERS
 ) -> list[Straggler]:
     """Every (node or GPU, metric) that deviates from its pool in the bad direction."""
-    by_pool: dict[str, list[NodeMetrics]] = defaultdict(list)
+    # GPUs are compared with GPUs, whole nodes with whole nodes.
+    by_pool: dict[tuple[str, bool], list[NodeMetrics]] = defaultdict(list)
     for node in nodes:
-        by_pool[node.pool].append(node)
+        by_pool[node.pool, node.gpu is None].append(node)
     found = []
-    for pool, members in sorted(by_pool.items()):
+    for (pool, _), members in sorted(by_pool.items()):
         for metric, bad in METRICS.items():
             seen = [(n, n.values[metric]) for n in members if metric in n.values]
             if len(seen) < min_peers:
                 continue
-            values = [v for _, v in seen]
+            pool_median = statistics.median(v for _, v in seen)
+            compared = [(n, v, _as_if_typical(n, metric, v, pool_median)) for n, v in seen]
+            values = [c for _, _, c in compared]
             median = statistics.median(values)
             mad = statistics.median(abs(v - median) for v in values)
             relative, absolute = FLOORS[metric]
@@ -103,14 +127,24 @@ def find_stragglers(
             scale = max(mad, _CONSISTENCY * floor / threshold)
             if scale == 0:
                 continue  # all at zero, and no floor: nothing to compare against
-            for node, value in seen:
-                deviation = (median - value) if bad == "low" else (value - median)
+            for node, value, as_compared in compared:
+                deviation = (median - as_compared) if bad == "low" else (as_compared - median)
                 score = _CONSISTENCY * deviation / scale
-                if deviation > floor and score > threshold:
+                share = CORROBORATED if node.values.get(EVIDENCE.get(metric, ""), 0) > 0 else 1
+                if deviation > share * floor and score > share * threshold:
                     found.append(
-                        Straggler(node.node_id, pool, metric, value, median, score, node.gpu)
+                        Straggler(node.node_id, pool, metric, value, pool_median, score, node.gpu)
                     )
     return sorted(found, key=lambda s: (s.pool, s.node_id, s.gpu or 0, s.metric))
+
+
+def _as_if_typical(gpu: NodeMetrics, metric: str, value: float, pool_median: float) -> float:
+    """A GPU's ratio metric with its node's shared offset taken out (see the docstring);
+    counters, which a node's GPUs do not share, as they are."""
+    own = None if gpu.node_values is None else gpu.node_values.get(metric)
+    if METRICS[metric] != "low" or not own:
+        return value
+    return value * pool_median / own
 
 
 def _busy(sample: GpuSample) -> bool:
@@ -144,14 +178,19 @@ def _per_hour(window: Sequence[tuple[float, GpuSample]], counter: str) -> float 
     return statistics.median_low(rates) if rates else None
 
 
+def _share(events: Sequence[set[str]], reasons: frozenset[str]) -> float | None:
+    return sum(1 for e in events if reasons & e) / len(events) if events else None
+
+
 def window_metrics(window: Sequence[tuple[float, GpuSample]]) -> dict[str, float]:
-    """One GPU's METRICS over its timed samples, oldest first; unknown ones left out."""
+    """One GPU's METRICS (and EVIDENCE) over its timed samples, oldest first; unknown ones
+    left out."""
     samples = [s for _, s in window]
     busy = [s for s in samples if _busy(s)]
     if len(busy) < MIN_BUSY:
         # Mostly idle: one busy sample would stand for the whole window.
         busy = []
-    events = [s.clock_events for s in busy if s.clock_events is not None]
+    events = [set(s.clock_events.reasons) for s in busy if s.clock_events is not None]
     slowed = THERMAL_CLOCK_EVENTS | HARDWARE_CLOCK_EVENTS
     values = {
         "sm_clock_ratio": _median(_ratio(s.sm_clock_mhz, s.sm_clock_max_mhz) for s in busy),
@@ -163,9 +202,8 @@ def window_metrics(window: Sequence[tuple[float, GpuSample]]) -> dict[str, float
             else gen * width
             for s in busy
         ),
-        "throttled_fraction": sum(1 for e in events if slowed & set(e.reasons)) / len(events)
-        if events
-        else None,
+        "throttled_fraction": _share(events, slowed),
+        "hardware_slowed_fraction": _share(events, HARDWARE_CLOCK_EVENTS),
         "pcie_replays_per_hour": _per_hour(window, "pcie_replays"),
         "ecc_corrected_per_hour": _per_hour(window, "ecc_corrected_volatile"),
     }
@@ -190,9 +228,32 @@ def gpu_metrics(node: NodeWindow, window: int = WINDOW) -> list[NodeMetrics]:
                 timed.clear()  # another GPU at this index (swapped): a new series
             timed.append((at, sample))
     return [
-        NodeMetrics(node.node_id, timed[-1][1].name or "unknown", window_metrics(timed), index)
+        NodeMetrics(node.node_id, _pool(timed[-1][1]), window_metrics(timed), index)
         for index, timed in sorted(by_gpu.items())
     ]
+
+
+def _pool(sample: GpuSample) -> str:
+    """The GPU's peers: its model, under its enforced power limit (to 10 W) where known."""
+    model = sample.name or "unknown"
+    if sample.power_limit_mw is None:
+        return model
+    return f"{model}, {round(sample.power_limit_mw / 10_000) * 10} W"
+
+
+def node_metrics(gpus: Sequence[NodeMetrics]) -> list[NodeMetrics]:
+    """The node as a whole: each metric's median over its GPUs (the better middle value),
+    where they share one pool and most of them measured it."""
+    pools = {g.pool for g in gpus}
+    if len(pools) != 1:
+        return []
+    better = {"low": statistics.median_high, "high": statistics.median_low}
+    values = {
+        metric: better[bad](known)
+        for metric, bad in METRICS.items()
+        if len(known := [g.values[metric] for g in gpus if metric in g.values]) > len(gpus) // 2
+    }
+    return [NodeMetrics(gpus[0].node_id, pools.pop(), values)] if values else []
 
 
 @dataclass(frozen=True)
@@ -216,4 +277,11 @@ def rank(stragglers: Iterable[Straggler]) -> list[RankedNode]:
 
 def detect(nodes: Iterable[NodeWindow], window: int = WINDOW) -> list[RankedNode]:
     """The fleet's stragglers, ranked, from each node's latest reports."""
-    return rank(find_stragglers(m for node in nodes for m in gpu_metrics(node, window)))
+    measured = []
+    for node in nodes:
+        gpus = gpu_metrics(node, window)
+        whole = node_metrics(gpus)
+        if whole:
+            gpus = [replace(g, node_values=whole[0].values) for g in gpus]
+        measured += gpus + whole
+    return rank(find_stragglers(measured))

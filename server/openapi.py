@@ -127,7 +127,11 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
                                 "type": "object",
                                 "properties": {
                                     "gpu": _NULL_INT,
-                                    "model": _STR,
+                                    "model": {
+                                        "type": "string",
+                                        "description": "the peers compared with: the GPU "
+                                        "model, and its enforced power limit where reported",
+                                    },
                                     "metric": _STR,
                                     "value": {"type": "number"},
                                     "pool_median": {"type": "number"},

@@ -3,9 +3,10 @@
 Reports from NVML agents carry every GPU's health sample; the store keeps each
 node's latest window of them. Here the windows of every node heard from
 recently (not missing) go through ``fleet.stragglers.detect``, which compares
-each GPU with the GPUs of the same model fleet-wide, and the nodes come back
-ranked, the most deviant first. The comparison runs in a worker thread: it is
-CPU work proportional to the fleet; and at most once per report interval
+each GPU with the GPUs of the same model and power limit fleet-wide (and each
+node as a whole with its peers), and the nodes come back ranked, the most
+deviant first. The comparison runs in a worker thread: it is CPU work
+proportional to the fleet; and at most once per report interval
 (``server.periodic``), however many operators ask.
 """
 
