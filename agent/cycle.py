@@ -291,4 +291,5 @@ class Cycle:
             kernel_hold=load_hold_record(self.config),
             health=health,
             inventory=reported_inventory(self.config, seen),
+            topology=self.config.topology,
         )

@@ -20,6 +20,7 @@ from fleet.attestation import (
     TpmEnrollmentRequest,
 )
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
+from fleet.attribution import Attribution, Cluster, SuspectCard
 from fleet.checkpoint import CheckpointAdvice
 from fleet.firewall import FirewallReport
 from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
@@ -28,6 +29,7 @@ from fleet.inventory import Gpu, NodeInventory
 from fleet.nodeauth import KeyEnrollmentRequest
 from fleet.report import GpuHealth, GpuReport, HealthReport, KernelHoldReport, NodeHealth
 from fleet.rollout import NodeState, Policy, Rollout
+from fleet.topology import Topology
 from fleet.webhook import WebhookEvent
 from fleet.wire import Wire
 
@@ -63,4 +65,8 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     NodeState,
     WebhookEvent,
     CheckpointAdvice,
+    Topology,
+    Attribution,
+    Cluster,
+    SuspectCard,
 )

@@ -14,6 +14,9 @@ It also carries the node's inventory (``fleet.inventory``): what the agent's own
 compatibility gate judges bundles by, so a fleet plan from the server's view
 (``gpuward compat plan --from-server``) judges each node as its agent does.
 Optional and omitted when absent, as ``health`` is.
+
+And its topology labels (``fleet.topology``: rack, row, PDU, NVLink domain),
+when its config gives any, for ``fleet.attribution``; omitted when absent too.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from fleet.gpu_rules import FAILED, STATUSES, Finding
 from fleet.inventory import MAX_GPUS, NODE_ID, NodeInventory
 from fleet.schema import canonical_json
 from fleet.text import unicode_texts
+from fleet.topology import Topology
 from fleet.wire import (
     Boolean,
     Document,
@@ -150,6 +154,7 @@ class HealthReport(Wire):
     kernel_hold: KernelHoldReport | None = None  # None until the applier first commits
     health: NodeHealth | None = None  # None from an agent that does not read NVML
     inventory: NodeInventory | None = None  # None from an agent that does not send it
+    topology: Topology | None = None  # None: the node's config gives no labels
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -184,6 +189,13 @@ class HealthReport(Wire):
             default=None,
             omit_default=True,
             description="what the agent's compatibility gate judges bundles by",
+        ),
+        Field(
+            "topology",
+            Nullable(Ref(Topology)),
+            default=None,
+            omit_default=True,
+            description="where the node sits (rack, row, PDU, NVLink domain), from its config",
         ),
         where="report",
         version=SCHEMA_VERSION,

@@ -473,6 +473,17 @@ def _halt_notice(rollout: Rollout, wave: int, reason: str, failed: list[NodeStat
     )
 
 
+def halt(rollout: Rollout, reason: str) -> Transition:
+    """Halt a running rollout for what its waves cannot see: a fault that follows
+    its target driver across the fleet (``fleet.attribution``), although each node
+    on it still passes its own health gate."""
+    if rollout.phase is not Phase.RUNNING:
+        return Transition(rollout)
+    updated = replace(rollout, phase=Phase.HALTED, reason=reason, soak_started=None)
+    notice = _halt_notice(rollout, rollout.wave, reason, [])
+    return Transition(updated, (f"halted: {reason}",), (notice,))
+
+
 # Operator commands: which phases each may start from, and where it leads.
 COMMANDS: Mapping[str, tuple[frozenset[Phase], Phase]] = {
     "pause": (frozenset({Phase.RUNNING}), Phase.PAUSED),

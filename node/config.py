@@ -19,6 +19,7 @@ from fleet.inventory import NODE_ID
 from fleet.maintenance import MAX_WINDOWS, InvalidWindow, Window, parse_windows
 from fleet.rollout import POOL
 from fleet.schema import Reader
+from fleet.topology import Topology
 from keys.durable_files import read_toml
 from node.attest.config import AttestConfig
 from node.firewall.policy import Endpoint, FirewallPolicy
@@ -103,6 +104,9 @@ class AgentConfig:
     # The [metrics] table: a node_exporter textfile the agent rewrites after every
     # cycle (agent.textfile); None: no metrics (no port ever opens on the node).
     metrics_textfile: Path | None = None
+    # The [topology] table: where the node sits (rack, row, pdu, nvlink_domain),
+    # sent with every report so the server can tell a rack's fault from a driver's.
+    topology: Topology | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -225,6 +229,7 @@ class AgentConfig:
                     "attestation",
                     "applier",
                     "metrics",
+                    "topology",
                 }
             ),
         )
@@ -264,6 +269,11 @@ class AgentConfig:
             ),
             applier=_applier(doc.get("applier", {})),
             metrics_textfile=_textfile(doc["metrics"], base) if "metrics" in doc else None,
+            topology=(
+                Topology.from_dict(doc["topology"], "agent config [topology]")
+                if "topology" in doc
+                else None
+            ),
         )
 
 

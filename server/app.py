@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from server import (
+    attribution,
     checkpoint,
     dashboard,
     metrics_api,
@@ -137,6 +138,7 @@ ROUTES: tuple[Route, ...] = (
     *reports.ROUTES,
     *stragglers.ROUTES,
     *checkpoint.ROUTES,
+    *attribution.ROUTES,
     *dashboard.ROUTES,
     *metrics_api.ROUTES,
 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -48,6 +49,7 @@ from server import metrics_api, retention
 from server.app import create_app
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EkTrust
+from server.attribution import fleet_attribution
 from server.config import ServerConfig
 from server.connections import ConnectionGuard, ConnectionLimits
 from server.http import Services
@@ -210,6 +212,12 @@ async def serve(
             clock,
             DirectorRepository(config.director) if config.director else None,
             notify=bool(config.webhooks),
+            attribution=functools.partial(
+                fleet_attribution,
+                store,
+                clock,
+                config.report_interval_s * config.missing_after,
+            ),
         ),
         report_signer=load_or_create(config.report_key or default_path(config.repo)),
         tpm=tpm,

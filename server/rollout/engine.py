@@ -8,6 +8,12 @@ commands wait for the lock. Time comes from an injected clock, so tests drive
 soak times and progress deadlines without sleeping. With ``notify`` (webhooks
 configured), a halt or a missed deadline is also stored as a webhook event in
 that transaction (``server.webhooks`` delivers it).
+
+With ``attribution`` (the server's: ``server.attribution``), each tick also asks
+why nodes degrade, and a running rollout whose target driver the answer names
+(most nodes on it degraded, far beyond the fleet's rate) halts with that
+evidence as its reason: a driver that degrades nodes without failing their
+health gates would otherwise roll on wave after wave.
 """
 
 from __future__ import annotations
@@ -15,14 +21,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import structlog
 
+from fleet.attribution import Attribution, Cluster
 from fleet.errors import GpuwardError
-from fleet.rollout import Observation, Policy, Rollout, Transition, command, new_rollout, step
+from fleet.rollout import (
+    Observation,
+    Policy,
+    Rollout,
+    Transition,
+    command,
+    halt,
+    new_rollout,
+    step,
+)
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
 from server.rollout.director_sync import sync_director
@@ -43,12 +59,14 @@ class RolloutEngine:
         clock: Callable[[], float],
         director: DirectorRepository | None = None,
         notify: bool = False,
+        attribution: Callable[[], Awaitable[Attribution]] | None = None,
     ) -> None:
         self._store = store
         self._repo = repo
         self._clock = clock
         self._director = director
         self._notify = notify
+        self._attribution = attribution
 
     async def publish_assignments(self) -> None:
         """Turn the store's assignments into signed director metadata, if a director runs."""
@@ -85,11 +103,18 @@ class RolloutEngine:
         await self.publish_assignments()
         return after
 
-    async def _advance(self, rollout_id: str) -> Rollout | None:
+    async def _advance(
+        self, rollout_id: str, failing: Mapping[str, Cluster] | None = None
+    ) -> Rollout | None:
+        """``failing``: the driver versions attribution blames, with the evidence."""
         now = self._now()
 
         def advance(rollout: Rollout, seen: Mapping[str, Observation]) -> Transition:
-            moved = step(rollout, seen, now)
+            blamed = (failing or {}).get(rollout.target_driver or "")
+            if blamed is None:
+                moved = step(rollout, seen, now)
+            else:
+                moved = halt(rollout, f"attributed to driver {blamed.label}: {blamed.message}")
             return moved if self._notify else replace(moved, notices=())
 
         after = await self._store.change_rollout(rollout_id, advance, now, wait=False)
@@ -98,9 +123,21 @@ class RolloutEngine:
         return after
 
     async def tick(self) -> None:
-        """Advance every running rollout this replica can lock now."""
-        for rollout_id in await self._store.active_rollouts():
-            await self._advance(rollout_id)
+        """Advance every running rollout this replica can lock now, or halt it if
+        attribution blames its target driver."""
+        active = await self._store.active_rollouts()
+        failing: dict[str, Cluster] = {}
+        if active and self._attribution is not None:
+            failing = (await self._attribution()).driver_clusters()
+        for rollout_id in active:
+            after = await self._advance(rollout_id, failing)
+            if after is not None and after.target_driver in failing:
+                log.warning(
+                    "rollout_halted_by_attribution",
+                    rollout=rollout_id,
+                    driver=after.target_driver,
+                    phase=after.phase,
+                )
         await self.publish_assignments()
 
     async def command(self, rollout_id: str, name: str, who: str) -> Rollout:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import GpuwardError
+from fleet.topology import Topology
 from node.config import load_config
 
 BASE = """node_id = "gpu-1"
@@ -27,6 +28,12 @@ def test_minimal_config_and_defaults(tmp_path: Path) -> None:
     assert config.server_url == "https://updates.example:8470"  # type: ignore[attr-defined]
     assert config.trusted_root == tmp_path / "root.json"  # type: ignore[attr-defined]
     assert config.director is None and config.firewall is None  # type: ignore[attr-defined]
+    assert config.topology is None  # type: ignore[attr-defined]
+
+
+def test_topology_labels_are_read(tmp_path: Path) -> None:
+    config = _load(tmp_path, BASE + '[topology]\nrack = "r12"\nnvlink_domain = "nvl72-3"\n')
+    assert config.topology == Topology(rack="r12", nvlink_domain="nvl72-3")  # type: ignore[attr-defined]
 
 
 def test_firewall_table_always_allows_the_server_and_mirrors(tmp_path: Path) -> None:
@@ -51,6 +58,10 @@ def test_firewall_table_always_allows_the_server_and_mirrors(tmp_path: Path) -> 
             r"\[applier\] maintenance window 'Sun 2-6': write it as",
         ),
         ("[attestation]\ndriver_pcr = 7\n", "driver_pcr: PCR 7 is measured by"),
+        ('[topology]\nrack = "r 12"\n', r"agent config \[topology\]: 'rack' has an invalid value"),
+        ('[topology]\nrack = "r12"\nshelf = "2"\n', r"\[topology\]: unknown field\(s\) shelf"),
+        ("[topology]\nrow = 3\n", r"\[topology\]: 'row' must be a string"),
+        (f'[topology]\npdu = "{"p" * 65}"\n', "longer than 64"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path: Path, extra: str, message: str) -> None:

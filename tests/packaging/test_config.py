@@ -13,12 +13,13 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from fleet.errors import GpuwardError
+from fleet.topology import Topology
 from node.config import AgentConfig, load_config
 from node.firewall.policy import FirewallPolicy
 from server.config_file import OPTIONS, read_file
@@ -50,6 +51,10 @@ def test_example_settings_are_valid_and_match_the_defaults(tmp_path: Path) -> No
     assert policy.mode == "host"
     assert policy.state_file == FirewallPolicy.state_file
     assert policy.check_interval_s == FirewallPolicy.check_interval_s
+    # The [topology] table's example names every label the agent reads.
+    topology = tomllib.loads(uncommented.read_text())["topology"]
+    assert set(topology) == {f.name for f in fields(Topology)}
+    assert config.topology == Topology(**topology)
 
 
 def test_server_example_sets_every_option_to_its_default(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from fleet.rollout import (
     RolloutError,
     assignments,
     command,
+    halt,
     new_rollout,
     parse_waves,
     plan_waves,
@@ -164,6 +165,18 @@ def test_operator_commands(phase: Phase, name: str, result: Phase | None) -> Non
             command(r, name, "alice")
     else:
         assert command(r, name, "alice").rollout.phase is result
+
+
+def test_halt_stops_a_running_rollout_with_its_reason_and_nothing_else() -> None:
+    r = step(_rollout(3, Policy(parse_waves("1,100%"))), {}, 0).rollout
+    halted = halt(r, "attributed to driver 580.82.07: 5 of the 5 nodes")
+    assert halted.rollout.phase is Phase.HALTED
+    assert halted.rollout.reason == "attributed to driver 580.82.07: 5 of the 5 nodes"
+    assert halted.events == ("halted: attributed to driver 580.82.07: 5 of the 5 nodes",)
+    assert [n.details["reason"] for n in halted.notices] == [halted.rollout.reason]
+    assert assignments(halted.rollout) == assignments(r)  # nothing new assigned
+    paused = command(r, "pause", "alice").rollout
+    assert halt(paused, "anything").rollout == paused  # only a running rollout halts
 
 
 def test_paused_rollouts_do_not_move_and_rollback_restores_previous() -> None:
