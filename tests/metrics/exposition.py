@@ -37,11 +37,20 @@ class Exposition:
         }
 
 
-def promtool() -> str:
-    found = shutil.which("promtool")
+def installed(name: str) -> str:
+    """The path of a Prometheus tool; a missing one fails the test (never a skip):
+    CI installs them with ``make setup``."""
+    found = shutil.which(name)
     if found is None:
-        pytest.skip("promtool is missing: install Debian's prometheus (make setup does)")
+        pytest.fail(
+            f"{name} is missing: install Debian's prometheus and prometheus-alertmanager "
+            "(make setup does)"
+        )
     return found
+
+
+def promtool() -> str:
+    return installed("promtool")
 
 
 def check_metrics(text: str) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import queue
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -37,6 +36,7 @@ from fleet.rollout import Policy, parse_waves, plan_waves
 from gpuward.node import run_once
 from server.http import Services
 from tests.conftest import Site, make_site
+from tests.metrics.exposition import installed
 from tests.metrics.test_rules import RULES
 
 T = TypeVar("T")
@@ -129,16 +129,6 @@ class Receiver:
                     return dict(alert)
 
 
-def binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(
-            f"{name} is missing: install Debian's prometheus and "
-            "prometheus-alertmanager (make setup does)"
-        )
-    return found
-
-
 class Daemon:
     """A Prometheus or Alertmanager process of this test's own, stopped afterwards."""
 
@@ -191,7 +181,7 @@ def shifted_site(
 def alerting(tmp_path: Path, shifted_site: Site) -> Iterator[tuple[Daemon, Receiver]]:
     """Alertmanager posting to a receiver, and Prometheus scraping the server every
     second with a viewer token and evaluating the shortened rules every second."""
-    prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager")
+    prometheus, alertmanager = installed("prometheus"), installed("prometheus-alertmanager")
     folder = tmp_path / "monitoring"
     folder.mkdir()
     with Receiver() as receiver:
