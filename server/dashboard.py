@@ -40,6 +40,7 @@ import structlog
 from aiohttp import web
 
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
+from fleet.human_time import when
 from fleet.report import GpuReport, HealthReport
 from fleet.rollout import COMMANDS, Progress, Rollout, RolloutError
 from fleet.text import unicode_text
@@ -62,7 +63,6 @@ from server.operators import (
     form_token_matches,
     open_session,
     session_operator,
-    when,
 )
 from server.periodic import Computed
 from server.renewal import status_json, statuses

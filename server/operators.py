@@ -19,9 +19,9 @@ import hashlib
 import hmac
 import re
 import secrets
-from datetime import UTC, datetime
 
 from fleet.errors import GpuwardError
+from fleet.human_time import when
 from server.store import OperatorToken, Store
 
 ROLES = ("viewer", "operator", "admin")
@@ -61,12 +61,6 @@ def parse_expiry(text: str) -> int | None:
             "(or 'never', which a token should rarely be)"
         )
     return int(match.group(1)) * _UNIT_S[match.group(2)]
-
-
-def when(ts: int | None) -> str:
-    if ts is None:
-        return "never"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 async def issue_token(

@@ -14,8 +14,9 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
+from fleet.human_time import when
 from gpuward.cli.operator_client import add_server_flags, call
-from gpuward.cli.output import add_json_flag, emit, table, when
+from gpuward.cli.output import add_json_flag, emit, table
 
 HISTORY = 10
 

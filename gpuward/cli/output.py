@@ -1,7 +1,7 @@
 """Printing command results: a readable form by default, JSON with ``--json``.
 
 Times are seconds since the epoch on the wire and in ``--json`` (what scripts
-compute with); people read them as UTC dates (``when``).
+compute with); people read them as UTC dates (``fleet.human_time.when``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 
@@ -31,10 +30,3 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
     ]
     return "\n".join(lines)
-
-
-def when(epoch: float | None) -> str:
-    """``epoch`` as people read it, in UTC: "2026-12-07 04:22:14 UTC"; None: "never"."""
-    if epoch is None:
-        return "never"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fleet.human_time import when
 from fleet.rollout import DEFAULT_PROGRESS_DEADLINE_S
 from gpuward.cli.operator_client import add_server_flags, call
-from gpuward.cli.output import add_json_flag, emit, table, when
+from gpuward.cli.output import add_json_flag, emit, table
 
 COMMANDS = ("pause", "resume", "abort", "rollback")
 

@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from gpuward.cli.output import add_json_flag, emit, table, when
+from fleet.human_time import when
+from gpuward.cli.output import add_json_flag, emit, table
 
 if TYPE_CHECKING:
     from server.store import OperatorToken, Store
