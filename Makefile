@@ -16,12 +16,13 @@ STAMP := $(VENV)/.installed
 # chromium: the dashboard test; nginx-light: static mirrors; systemd-container:
 # systemd-nspawn, booting the packages' Debian 12 in tests/packaging; prometheus
 # (promtool) and prometheus-alertmanager: the alerting rules and tests/metrics,
-# which run both binaries themselves on free loopback ports.
+# which run both binaries themselves on free loopback ports. slurmctld, slurmd,
+# slurm-client and munge: tests/remediation runs a real Slurm cluster on loopback.
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
 	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config \
 	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck \
 	chromium nginx-light kmod poppler-utils systemd-container \
-	prometheus prometheus-alertmanager
+	prometheus prometheus-alertmanager slurmctld slurmd slurm-client munge
 
 .PHONY: setup deb-packages test lint typecheck unit coverage demo packages clean
 
