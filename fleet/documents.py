@@ -27,6 +27,14 @@ from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
 from fleet.gpu_rules import Finding
 from fleet.inventory import Gpu, NodeInventory
 from fleet.nodeauth import KeyEnrollmentRequest
+from fleet.remediation import (
+    NodeRemediation,
+    RemediationAudit,
+    RemediationAuditLog,
+    RemediationBoard,
+    RemediationOverview,
+    Symptom,
+)
 from fleet.report import GpuHealth, GpuReport, HealthReport, KernelHoldReport, NodeHealth
 from fleet.rollout import NodeState, Policy, Rollout
 from fleet.topology import Topology
@@ -34,6 +42,12 @@ from fleet.webhook import WebhookEvent
 from fleet.wire import Wire
 
 WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
+    RemediationOverview,
+    RemediationBoard,
+    NodeRemediation,
+    Symptom,
+    RemediationAuditLog,
+    RemediationAudit,
     HealthReport,
     GpuHealth,
     KernelHoldReport,

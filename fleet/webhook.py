@@ -29,11 +29,18 @@ ROLLOUT_DEADLINE_MISSED = "rollout.deadline_missed"  # a node failed by its prog
 NODE_MISSING = "node.missing"
 NODE_ATTESTATION_FAILING = "node.attestation_failing"
 METADATA_EXPIRING = "metadata.expiring"
+NODE_REMEDIATION = "node.remediation"  # a remediation decision or outcome (its audit entry)
 # Conditions (told when they begin and, with this suffix, when they end).
 CONDITIONS = (NODE_MISSING, NODE_ATTESTATION_FAILING, METADATA_EXPIRING)
 RESOLVED = ".resolved"
 EVENT_TYPES = frozenset(
-    {ROLLOUT_HALTED, ROLLOUT_DEADLINE_MISSED, *CONDITIONS, *(c + RESOLVED for c in CONDITIONS)}
+    {
+        ROLLOUT_HALTED,
+        ROLLOUT_DEADLINE_MISSED,
+        NODE_REMEDIATION,
+        *CONDITIONS,
+        *(c + RESOLVED for c in CONDITIONS),
+    }
 )
 EVENT_ID = re.compile(r"evt_[0-9a-f]{32}")
 MAX_DETAILS = 32

@@ -37,6 +37,7 @@ from server.http import (
     signed_request,
 )
 from server.openapi import document
+from server.remediation import api as remediation_api
 from server.report_attestation import MAX_ATTESTED_BODY_BYTES
 
 log = structlog.get_logger(__name__)
@@ -139,6 +140,7 @@ ROUTES: tuple[Route, ...] = (
     *stragglers.ROUTES,
     *checkpoint.ROUTES,
     *attribution.ROUTES,
+    *remediation_api.ROUTES,
     *dashboard.ROUTES,
     *metrics_api.ROUTES,
 )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.driverlog import DEFAULT_DRIVER_PCR
+from fleet.remediation import RemediationPolicy
 from server.attestation.enrollment import DEFAULT_EK_TYPE
 from server.store import Retention
 
@@ -29,6 +31,26 @@ class WebhookEndpoint:
     @property
     def key(self) -> str:
         return self.name or self.url
+
+
+@dataclass(frozen=True)
+class RemediationConfig:
+    """``[remediation]`` of server.toml: who carries out actions, and each pool's
+    policy (``fleet.remediation``). A pool without a policy is left alone."""
+
+    # "slurm": drains and resumes with scontrol; "none": decisions are audited and
+    # notified, and nothing is drained (a dry run, or a fleet without a scheduler).
+    scheduler: str = "none"
+    # The scontrol command, run as the server's user: that user must be allowed to
+    # drain nodes (Slurm's SlurmUser, or a sudo rule naming this exact command).
+    scontrol: tuple[str, ...] = ("/usr/bin/scontrol",)
+    slurm_conf: Path | None = None  # SLURM_CONF for scontrol; None: Slurm's default
+    # The operator's programs for "reset" and "reboot", run after the node is
+    # drained with the node id, the action and the reason as arguments.
+    hooks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    timeout_s: float = 30.0  # for one scontrol or hook run
+    tick_s: float = 10.0  # at most the report interval: act within one interval
+    pools: Mapping[str, RemediationPolicy] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,8 @@ class ServerConfig:
     # HOST:PORT serving GET /metrics alone, without a token (None: only on the
     # server's port, to a viewer token).
     metrics_listen: str | None = None
+    # Remediation (server.remediation); None: findings are only shown.
+    remediation: RemediationConfig | None = None
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -30,6 +30,7 @@ from fleet.webhook import type_problem
 from keys.durable_files import read_toml
 from server.attestation.enrollment import EK_TYPES, ek_type_problem
 from server.config import ServerConfig, WebhookEndpoint, parse_listen
+from server.remediation.settings import read_remediation
 
 DEFAULT_PATH = Path("/etc/gpuward/server.toml")
 MAX_WORKERS = 64
@@ -47,6 +48,7 @@ class OptionKind(enum.Enum):
     POOL_PATHS = enum.auto()  # POOL=FILE, repeatable; a table POOL = "FILE" in the file
     ADDRESSES = enum.auto()  # IP addresses: a repeatable flag; a list in the file
     WEBHOOKS = enum.auto()  # [[webhook]] tables, in the file only
+    REMEDIATION = enum.auto()  # the [remediation] table, in the file only
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,14 @@ OPTIONS = (
         file_only=True,
     ),
     Option(
+        "remediation",
+        "remediation",
+        OptionKind.REMEDIATION,
+        "acting on findings: [remediation] with scheduler (slurm or none), scontrol, "
+        "slurm_conf, hooks, tick, timeout, and a [remediation.pools.NAME] policy per pool",
+        file_only=True,
+    ),
+    Option(
         "metrics_listen",
         "metrics_listen",
         OptionKind.TEXT,
@@ -341,7 +351,14 @@ def load(flags: Mapping[str, object], config_file: Path | None = None) -> Server
         if problem is not None:
             raise GpuwardError(problem)
         values[option.field] = _finish(option, setting)
-    return ServerConfig(**values)
+    config = ServerConfig(**values)
+    if config.remediation is not None and config.remediation.tick_s > config.report_interval_s:
+        raise GpuwardError(
+            f"[remediation] tick ({config.remediation.tick_s:g} s) must not exceed "
+            f"report_interval ({config.report_interval_s} s): a finding is acted on "
+            "within one report interval"
+        )
+    return config
 
 
 def read_file(path: Path) -> dict[str, Setting]:
@@ -401,6 +418,8 @@ def _from_file(option: Option, r: Reader, raw: object, base: Path) -> object:
                     "give each a name of its own"
                 )
             return endpoints
+        case OptionKind.REMEDIATION:
+            return read_remediation(raw, f"{r.where}: [{name}]", base)
     raise AssertionError(option.kind)
 
 

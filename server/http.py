@@ -23,6 +23,7 @@ from server.metrics import ServerMetrics
 from server.nodeauth import KeyEnrollmentVerifier, NodeAuthError, RequestVerifier
 from server.operators import TokenRefused, allows, check_token
 from server.periodic import Periodic
+from server.remediation.engine import RemediationEngine
 from server.renewal import Renewer
 from server.report_attestation import ReportAttestation
 from server.reportlog import ReportTally
@@ -89,6 +90,8 @@ class Services:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     # Where GET /metrics is served without a token (``metrics_listen``), once bound.
     metrics_port: int | None = None
+    # Set when server.toml has [remediation]; only the duties process ticks it.
+    remediation: RemediationEngine | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -63,6 +63,7 @@ from server.nodeauth import (
     UnattestedTokenVerifier,
 )
 from server.operators import issue_token
+from server.remediation.engine import RemediationEngine
 from server.renewal import Renewer, log_problems
 from server.report_attestation import BootPolicies, ReportAttestation
 from server.resigner import OnlineSigner
@@ -224,6 +225,15 @@ async def serve(
         reports=reports,
         renewer=Renewer(_signer(config), store, config, clock) if duties else None,
         webhooks=WebhookService(store, config, clock) if duties and config.webhooks else None,
+        remediation=None
+        if config.remediation is None
+        else RemediationEngine(
+            store,
+            config.remediation,
+            clock,
+            config.report_interval_s * config.missing_after,
+            notify=bool(config.webhooks),
+        ),
     )
     app = create_app(svc)
     if worker is not None:
@@ -235,6 +245,7 @@ async def serve(
     sweeping: asyncio.Task[None] | None = None
     resigning: asyncio.Task[None] | None = None
     notifying: asyncio.Task[None] | None = None
+    remediating: asyncio.Task[None] | None = None
     await runner.setup()
     try:
         listener = await _listen(config, runner, tls, reuse_port=worker is not None)
@@ -245,6 +256,9 @@ async def serve(
             ticker = asyncio.create_task(svc.engine.run(stop, config.rollout_tick_s))
         if duties:
             sweeping = asyncio.create_task(retention.run(store, clock, stop))
+        remediation = svc.remediation
+        if duties and remediation is not None and remediation.tick_s > 0:
+            remediating = asyncio.create_task(remediation.run(stop))
         if svc.webhooks is not None and config.webhook_poll_s > 0:
             notifying = asyncio.create_task(svc.webhooks.run(stop))
         log.info(
@@ -266,6 +280,8 @@ async def serve(
             await sweeping
         if notifying is not None:
             await notifying
+        if remediating is not None:
+            await remediating
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -599,6 +615,14 @@ class BackgroundServer:
 
     def tick_rollouts(self) -> None:
         self.call(lambda svc: svc.engine.tick())
+
+    def tick_remediation(self) -> None:
+        def tick(svc: Services) -> Awaitable[None]:
+            if svc.remediation is None:
+                raise GpuwardError("the server has no [remediation] configured")
+            return svc.remediation.tick()
+
+        self.call(tick)
 
     def __enter__(self) -> BackgroundServer:
         return self.start()

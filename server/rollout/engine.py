@@ -19,7 +19,6 @@ health gates would otherwise roll on wave after wave.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -41,6 +40,7 @@ from fleet.rollout import (
 )
 from keys.director_repo import DirectorRepository
 from keys.image_repo import ImageRepository
+from server.every import every
 from server.rollout.director_sync import sync_director
 from server.store import Store
 
@@ -152,11 +152,5 @@ class RolloutEngine:
         return after
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
-        """Tick every ``interval_s`` until ``stop``; a failing tick is logged, not fatal."""
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception as exc:  # the loop must outlive a database hiccup
-                log.error("rollout_tick_failed", error=f"{type(exc).__name__}: {exc}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+        """Tick every ``interval_s`` until ``stop``."""
+        await every(interval_s, stop, self.tick, "rollout_tick_failed")

@@ -18,6 +18,7 @@ import structlog
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError
 from fleet.nodeauth import MAX_SKEW_S
+from fleet.remediation import Decision, RemediationAudit, RemediationBoard
 from fleet.report import HealthReport
 from fleet.rollout import Observation, Phase, Rollout, Transition
 from fleet.stragglers import NodeWindow
@@ -549,6 +550,29 @@ class Store(Protocol):
 
     async def failing_attestations(self) -> list[FailingAttestation]:
         """Enrolled nodes whose latest report was attested and did not pass."""
+        ...
+
+    # Remediation (server.remediation).
+
+    async def change_remediation(
+        self,
+        pool: str,
+        change: Callable[[RemediationBoard], Decision],
+        now: int,
+        *,
+        notify: bool,
+    ) -> RemediationBoard:
+        """Apply ``change`` to the pool's board (an empty one if it has none) under
+        its row lock, storing the board and its audit entries (and, with ``notify``,
+        a webhook event for each) in one transaction."""
+        ...
+
+    async def remediation_boards(self) -> list[RemediationBoard]:
+        """Every pool's board, by pool."""
+        ...
+
+    async def remediation_audit(self, node_id: str | None, limit: int) -> list[RemediationAudit]:
+        """The newest ``limit`` audit entries (of ``node_id`` alone, if given), oldest first."""
         ...
 
     # Metrics (server.metrics): aggregates, cheap at any fleet size.

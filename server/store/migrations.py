@@ -348,4 +348,22 @@ MIGRATIONS = (
     CREATE INDEX enrollments_attestation ON enrollments (attestation, node_id);
     CREATE INDEX nodes_driver ON nodes (driver_version, node_id);
     """,
+    # Remediation (server.remediation): each pool's board (fleet.remediation's
+    # RemediationBoard, one JSON document changed under its row lock, like a
+    # rollout), and the audit log of every decision and outcome, never trimmed.
+    """
+    CREATE TABLE remediation_boards (
+        pool TEXT PRIMARY KEY,
+        doc TEXT NOT NULL,
+        updated_at {integer} NOT NULL
+    );
+    CREATE TABLE remediation_audit (
+        id {row_id},
+        at {integer} NOT NULL,
+        pool TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX remediation_audit_node ON remediation_audit (node_id, id);
+    """,
 )

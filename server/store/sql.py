@@ -27,10 +27,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.gpu import GpuSample
+from fleet.remediation import Decision, RemediationAudit, RemediationBoard
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Phase, Progress, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
-from fleet.webhook import WebhookEvent, new_event_id
+from fleet.webhook import NODE_REMEDIATION, Notice, WebhookEvent, new_event_id
 from server.attestation.challenges import PendingChallenge
 from server.attestation.enrollment import EnrolledTpm
 from server.store import (
@@ -1104,6 +1105,67 @@ class SqlStore:
             if moved:
                 await _add_webhook_events(tx, [event])
         return bool(moved)
+
+    async def change_remediation(
+        self,
+        pool: str,
+        change: Callable[[RemediationBoard], Decision],
+        now: int,
+        *,
+        notify: bool,
+    ) -> RemediationBoard:
+        async with self.db.transaction(write=True) as tx:
+            await tx.execute(
+                "INSERT INTO remediation_boards (pool, doc, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (pool) DO NOTHING",
+                pool,
+                json.dumps(RemediationBoard(pool).to_dict()),
+                now,
+            )
+            # The lock clause is one of the backend's two constants, never input.
+            rows = await tx.fetch(
+                f"SELECT doc FROM remediation_boards WHERE pool = ?{self.db.lock_wait}",  # noqa: S608
+                pool,
+            )
+            before = RemediationBoard.from_dict(json.loads(rows[0][0]))
+            decision = change(before)
+            if decision.board != before:
+                await tx.execute(
+                    "UPDATE remediation_boards SET doc = ?, updated_at = ? WHERE pool = ?",
+                    json.dumps(decision.board.to_dict()),
+                    now,
+                    pool,
+                )
+            await tx.execute_many(
+                "INSERT INTO remediation_audit (at, pool, node_id, doc) VALUES (?, ?, ?, ?)",
+                [(a.at, a.pool, a.node_id, json.dumps(a.to_dict())) for a in decision.audit],
+            )
+            if notify:
+                notices = [
+                    Notice(NODE_REMEDIATION, f"node/{a.node_id}", a.to_dict())
+                    for a in decision.audit
+                ]
+                await _add_webhook_events(
+                    tx, [WebhookEvent.of(n, new_event_id(), now) for n in notices]
+                )
+        return decision.board
+
+    async def remediation_boards(self) -> list[RemediationBoard]:
+        rows = await self.db.query("SELECT doc FROM remediation_boards ORDER BY pool")
+        return [RemediationBoard.from_dict(json.loads(row[0])) for row in rows]
+
+    async def remediation_audit(self, node_id: str | None, limit: int) -> list[RemediationAudit]:
+        if node_id is None:
+            rows = await self.db.query(
+                "SELECT doc FROM remediation_audit ORDER BY id DESC LIMIT ?", limit
+            )
+        else:
+            rows = await self.db.query(
+                "SELECT doc FROM remediation_audit WHERE node_id = ? ORDER BY id DESC LIMIT ?",
+                node_id,
+                limit,
+            )
+        return [RemediationAudit.from_dict(json.loads(row[0])) for row in reversed(rows)]
 
     async def silent_nodes(self, before: int) -> list[SilentNode]:
         rows = await self.db.query(

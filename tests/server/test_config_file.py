@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import GpuwardError
-from server.config import ServerConfig, WebhookEndpoint
+from fleet.remediation import Action, RemediationPolicy
+from server.config import RemediationConfig, ServerConfig, WebhookEndpoint
 from server.config_file import OPTIONS, load
 
 TOKEN = "t" * 20
@@ -21,6 +22,28 @@ HOOK = (
     '[[webhook]]\nurl = "https://hooks.example/gpuward"\nsecret_file = "hook-secret"\n'
     'events = ["rollout.*", "node.missing"]\nname = "pager"\ntimeout = 5\nmax_attempts = 3\n'
 )
+
+REMEDIATION = """[remediation]
+scheduler = "slurm"
+scontrol = ["/usr/bin/sudo", "-n", "/usr/bin/scontrol"]
+slurm_conf = "slurm.conf"
+tick = 30
+timeout = 20
+[remediation.hooks]
+reboot = ["/usr/local/sbin/reboot-node", "--now"]
+[remediation.pools.prod]
+on_failed = "drain"
+on_degraded = "notify"
+on_missing = "none"
+budget = 2
+failure_domain = "row"
+hold_down = 1200
+approval = true
+[remediation.pools.prod.xid]
+79 = "reboot"
+[remediation.pools.lab]
+failure_domain = "none"
+"""
 
 
 @pytest.fixture
@@ -52,7 +75,7 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             'trusted_proxies = ["127.0.0.1", "::1"]\nek_type = "EK-ECC256"\n'
             "report_retention_count = 2000\nreport_retention_days = 7\n"
             'metrics_listen = "[::1]:9464"\n'
-            '[pool_boot_policy]\ncanary = "canary.json"\n' + HOOK,
+            '[pool_boot_policy]\ncanary = "canary.json"\n' + HOOK + REMEDIATION,
         ),
     )
     assert config == ServerConfig(
@@ -93,12 +116,34 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             ),
         ),
         metrics_listen="[::1]:9464",
+        remediation=RemediationConfig(
+            scheduler="slurm",
+            scontrol=("/usr/bin/sudo", "-n", "/usr/bin/scontrol"),
+            slurm_conf=folder / "slurm.conf",
+            hooks={"reboot": ("/usr/local/sbin/reboot-node", "--now")},
+            timeout_s=20.0,
+            tick_s=30.0,
+            pools={
+                "prod": RemediationPolicy(
+                    on_failed=Action.DRAIN,
+                    on_degraded=Action.NOTIFY,
+                    on_missing=Action.NONE,
+                    xid_actions={79: Action.REBOOT},
+                    budget=2,
+                    failure_domain="row",
+                    hold_down_s=1200,
+                    approval=True,
+                ),
+                "lab": RemediationPolicy(failure_domain=None),
+            },
+        ),
     )
     assert config.metrics_address == ("::1", 9464)
     # This test sets every option: a new one must be added here.
     keys = {line.split(" =")[0] for line in (folder / "server.toml").read_text().splitlines()}
-    hook_keys = {line.split(" =")[0] for line in HOOK.splitlines()}
-    keys = keys - {"[pool_boot_policy]", "canary"} - hook_keys | {"pool_boot_policy", "webhook"}
+    tables = {line.split(" =")[0] for line in (HOOK + REMEDIATION).splitlines()}
+    keys = keys - {"[pool_boot_policy]", "canary"} - tables
+    keys |= {"pool_boot_policy", "webhook", "remediation"}
     assert keys == {o.name for o in OPTIONS}
 
 
