@@ -9,6 +9,7 @@ That is not the same as zero and never counts as a problem by itself.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +40,29 @@ _KNOWN_CLOCK_EVENT_MASK = sum(bit for bit, _ in CLOCK_EVENT_BITS)
 # idling are normal operation.
 HARDWARE_CLOCK_EVENTS = frozenset({"hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"})
 THERMAL_CLOCK_EVENTS = frozenset({"sw_thermal_slowdown", "hw_thermal_slowdown"})
+
+# nvmlDeviceGpuRecoveryAction_t (nvml.h): the driver's own verdict on what a GPU
+# needs after a fault, read as the field value NVML_FI_DEV_GET_GPU_RECOVERY_ACTION.
+# nvidia-ml-py has 0 to 4 since 12.570 and 5 to 7 in 13.x; the values are nvml.h's,
+# kept here so the rules need no NVML. The names are what reports and rules use.
+RECOVERY_ACTIONS: dict[int, str] = {
+    0: "none",
+    1: "gpu_reset",
+    2: "node_reboot",
+    3: "drain_p2p",
+    4: "drain_and_reset",
+    5: "recover_imex_domain",
+    6: "bus_reset",
+    7: "system_reboot",
+}
+NO_RECOVERY_ACTION = RECOVERY_ACTIONS[0]
+# Any name a newer agent may send, so an older server still reads its reports.
+_RECOVERY_ACTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def recovery_action_name(value: int) -> str:
+    # A newer driver may report an action this table predates: keep it visible.
+    return RECOVERY_ACTIONS.get(value, f"unknown_{value}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +166,9 @@ class GpuSample(Wire):
     gpu_util_pct: int | None = None
     mem_util_pct: int | None = None
     processes: tuple[GpuProcess, ...] | None = None
+    # The driver's recovery action (``RECOVERY_ACTIONS``); None where the driver
+    # predates it or the GPU does not offer it.
+    recovery_action: str | None = None
     errors: tuple[str, ...] = ()
 
     WIRE = Document(
@@ -172,6 +199,12 @@ class GpuSample(Wire):
         _count("gpu_util_pct"),
         _count("mem_util_pct"),
         optional("processes", ListOf(Ref(GpuProcess), MAX_PROCESSES)),
+        optional(
+            "recovery_action",
+            Text(max_len=64, pattern=_RECOVERY_ACTION_NAME),
+            "what the driver asks for to recover the GPU: none, gpu_reset, node_reboot, "
+            "drain_p2p, drain_and_reset, ...; absent where the driver does not offer it",
+        ),
         Field("errors", ListOf(Text(max_len=_MAX_TEXT), MAX_ERRORS), default=()),
         where="sample",
     )

@@ -27,7 +27,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.gpu import HARDWARE_CLOCK_EVENTS, THERMAL_CLOCK_EVENTS, GpuSample, XidEvent
+from fleet.gpu import (
+    HARDWARE_CLOCK_EVENTS,
+    NO_RECOVERY_ACTION,
+    THERMAL_CLOCK_EVENTS,
+    GpuSample,
+    XidEvent,
+)
 from fleet.wire import Document, Field, Text, Wire
 from fleet.xid_catalog import CRITICAL, SEVERITIES, WARNING, XidClass, default_xid_catalog
 
@@ -59,6 +65,86 @@ class Finding(Wire):
         Field("severity", Text(choices=SEVERITIES)),
         Field("message", Text(max_len=512)),
         where="finding",
+    )
+
+
+@dataclass(frozen=True)
+class RecoveryAdvice:
+    """What a recovery action the driver asks for means for the node, and what to do."""
+
+    status: str  # DEGRADED or FAILED
+    asks: str  # what the driver asks for, in words
+    todo: str  # what the operator does; "{gpu}" is the GPU's index
+
+
+# The driver's recovery actions (``fleet.gpu.RECOVERY_ACTIONS``) other than
+# none, after NVIDIA's "Error Recovery and Response Flags" (GPU memory error
+# management guide). A GPU that needs a reset or a reboot is out of service, so
+# the node fails; draining peer-to-peer traffic comes first, after which the
+# driver names the next step, so the node is only degraded until then.
+RECOVERY_ADVICE: dict[str, RecoveryAdvice] = {
+    "gpu_reset": RecoveryAdvice(
+        FAILED,
+        "a GPU reset",
+        "stop the GPU's processes, then reset it (`nvidia-smi -r -i {gpu}`)",
+    ),
+    "drain_and_reset": RecoveryAdvice(
+        FAILED,
+        "a drain and a GPU reset: it runs at reduced capacity",
+        "schedule no new work on it, let running jobs reach a checkpoint, then reset it "
+        "(`nvidia-smi -r -i {gpu}`)",
+    ),
+    "node_reboot": RecoveryAdvice(
+        FAILED,
+        "a node reboot: the fault may have left the operating system inconsistent",
+        "drain the node and reboot it; a GPU reset is not enough",
+    ),
+    "bus_reset": RecoveryAdvice(
+        FAILED,
+        "a reset of the GPU's PCIe bus",
+        "drain the node, then reset the GPU's PCIe bus or reboot the node",
+    ),
+    "system_reboot": RecoveryAdvice(
+        FAILED, "a system reboot", "drain the node and reboot it; a GPU reset is not enough"
+    ),
+    "recover_imex_domain": RecoveryAdvice(
+        FAILED,
+        "the recovery of its IMEX (multi-node NVLink) domain",
+        "drain the jobs that span the domain and recover it as NVIDIA's IMEX guide describes",
+    ),
+    "drain_p2p": RecoveryAdvice(
+        DEGRADED,
+        "peer-to-peer traffic to be drained",
+        "stop the processes that use peer-to-peer or NVLink traffic with it and turn UVM "
+        "persistence off; the driver then names the next step",
+    ),
+}
+# A recovery action this table predates (a newer driver): like an unknown XID,
+# a warning to look up.
+UNKNOWN_RECOVERY_RULE = "recovery_unknown"
+
+
+def recovery_rule(action: str) -> str:
+    """The finding's rule for a recovery action the driver asks for."""
+    return f"recovery_{action}" if action in RECOVERY_ADVICE else UNKNOWN_RECOVERY_RULE
+
+
+def _recovery_finding(sample: GpuSample) -> Finding | None:
+    action = sample.recovery_action
+    if action is None or action == NO_RECOVERY_ACTION:
+        return None
+    advice = RECOVERY_ADVICE.get(action)
+    if advice is None:
+        return Finding(
+            UNKNOWN_RECOVERY_RULE,
+            WARNING,
+            f"the driver asks for recovery action {action!r}, which gpuward does not know: "
+            "look it up under nvmlDeviceGpuRecoveryAction_t in NVIDIA's NVML documentation",
+        )
+    return Finding(
+        recovery_rule(action),
+        CRITICAL if advice.status == FAILED else WARNING,
+        f"the driver asks for {advice.asks}: {advice.todo.format(gpu=sample.index)}",
     )
 
 
@@ -193,6 +279,9 @@ def degradations(sample: GpuSample, previous: GpuSample | None = None) -> tuple[
                 "memory pages wait for retirement: reset the GPU or reboot",
             )
         )
+    recovery = _recovery_finding(sample)
+    if recovery is not None:
+        findings.append(recovery)
 
     if previous is not None:
         corrected = _rose(sample.ecc_corrected_volatile, previous.ecc_corrected_volatile)
@@ -231,10 +320,13 @@ def classify_xid(xid: int) -> XidClass:
     )
 
 
-# What each finding means for the node. Broken memory or a GPU NVML cannot read
-# fails it; anything that only slows it (throttling, low clocks, a narrow link,
-# pending repairs, rising error rates) degrades it.
+# What each finding means for the node. Broken memory, a GPU NVML cannot read or
+# one the driver wants reset or rebooted fails it; anything that only slows it
+# (throttling, low clocks, a narrow link, pending repairs, rising error rates)
+# degrades it.
 STATUS_OF_RULE: dict[str, str] = {
+    **{recovery_rule(action): advice.status for action, advice in RECOVERY_ADVICE.items()},
+    UNKNOWN_RECOVERY_RULE: DEGRADED,
     "nvml_query_failed": FAILED,
     "ecc_uncorrected": FAILED,
     "remap_failure": FAILED,

@@ -2,9 +2,10 @@
 
 This is the only module that talks to ``libnvidia-ml.so.1``. Two rules shape it:
 
-* A query the GPU or the loaded driver does not support (``NotSupported``, or a
-  symbol an older driver lacks: ``FunctionNotFound``) means "unknown" (``None``),
-  never a crash and never a problem. Any other failure of a per-GPU query is
+* A query the GPU or the loaded driver does not support (``NotSupported``, a
+  symbol an older driver lacks: ``FunctionNotFound``, or a field value the
+  driver answers with its own error) means "unknown" (``None``), never a crash
+  and never a problem. Any other failure of a per-GPU query is
   recorded on that GPU, so the health gate sees it.
 * Nothing here raises NVML errors at the caller: when NVML cannot be used at all
   (no kernel module, no library, user-space and kernel versions differ) the probe
@@ -42,6 +43,7 @@ from fleet.gpu import (
     XidEvent,
     architecture_name,
     cuda_version_text,
+    recovery_action_name,
 )
 from fleet.gpu_rules import classify_xid, degradations, gate_problems
 from fleet.report import GpuHealth
@@ -78,6 +80,13 @@ _HINTS = {
     ),
 }
 _DEFAULT_HINT = "check `nvidia-smi` and the kernel log"
+
+# NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (nvml.h): nvidia-ml-py before 12.570, which
+# pyproject.toml still allows, lacks the name.
+FI_DEV_GET_GPU_RECOVERY_ACTION = 230
+
+# nvmlValueType_t (nvml.h): the member of a field value's union that holds an integer.
+_INTEGER_MEMBERS = {1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
 
 class NvmlUnavailable(GpuwardError):
@@ -141,6 +150,24 @@ def _text(value: str | bytes) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+def _field_value(q: _Queries, field_id: int) -> int | None:
+    """An integer field value of the GPU; None where the driver does not offer it.
+
+    The call succeeds as a whole and reports each field's own result: a driver
+    that predates the field, or a GPU without it, answers there, so that
+    error means "unknown", never a failure of the GPU.
+    """
+    values = q.get(pynvml.nvmlDeviceGetFieldValues, args=([field_id],))
+    if values is None:
+        return None
+    (field,) = values
+    member = _INTEGER_MEMBERS.get(field.valueType)
+    if field.nvmlReturn != pynvml.NVML_SUCCESS or member is None:
+        return None
+    value: int = getattr(field.value, member)
+    return value
+
+
 def read_sample(index: int, handle: Any) -> GpuSample:
     q = _Queries(handle)
     clock_mask = q.get(
@@ -162,6 +189,7 @@ def read_sample(index: int, handle: Any) -> GpuSample:
         pynvml.nvmlDeviceGetComputeRunningProcesses_v3,
         pynvml.nvmlDeviceGetComputeRunningProcesses_v2,
     )
+    recovery_action = _field_value(q, FI_DEV_GET_GPU_RECOVERY_ACTION)
 
     def ecc(kind: int, counter: int) -> int | None:
         return q.get(pynvml.nvmlDeviceGetTotalEccErrors, args=(kind, counter))
@@ -215,6 +243,7 @@ def read_sample(index: int, handle: Any) -> GpuSample:
         processes=None
         if processes is None
         else tuple(GpuProcess(p.pid, p.usedGpuMemory) for p in processes),
+        recovery_action=None if recovery_action is None else recovery_action_name(recovery_action),
         errors=tuple(q.errors),
     )
 

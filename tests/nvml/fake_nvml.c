@@ -16,13 +16,15 @@
  *   gpu.N.KEY=VALUE                 per GPU; gpu.*.KEY applies to every GPU
  *   fail.FUNCTION=CODE              every call of FUNCTION returns CODE
  *   gpu.N.fail.FUNCTION=CODE        ... for GPU N only (gpu.*.fail.* for all)
+ *   gpu.N.fail.field.ID=CODE        field ID's own result in nvmlDeviceGetFieldValues
  *   xids=GPU:XID,GPU:XID            queued for nvmlEventSetWait_v2, in order
  *   trace=PATH                      append the name of every call to PATH
  *
  * CODE is a number or a name without its NVML_ERROR_ prefix (NOT_SUPPORTED,
  * GPU_IS_LOST, ...). Per-GPU keys and their defaults are in the functions below.
  * Built with -DFAKE_NVML_OLD_DRIVER it lacks the symbols newer drivers added,
- * so the binding raises NVMLError_FunctionNotFound for them.
+ * so the binding raises NVMLError_FunctionNotFound for them, and the field
+ * values newer drivers added, so those fields report their own error.
  */
 
 #include <pthread.h>
@@ -653,6 +655,63 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(struct fake_gpu *dev, unsig
     }
     if (n > 0) memcpy(infos, found, n * sizeof found[0]);
     *count = n;
+    return NVML_SUCCESS;
+}
+
+/* ---- field values ---- */
+
+#define NVML_VALUE_TYPE_UNSIGNED_INT 1
+#define NVML_FI_DEV_GET_GPU_RECOVERY_ACTION 230
+
+struct nvml_field_value {
+    unsigned int fieldId;
+    unsigned int scopeId;
+    long long timestamp;
+    long long latencyUsec;
+    unsigned int valueType;
+    nvmlReturn_t nvmlReturn;
+    union {
+        double dVal;
+        unsigned int uiVal;
+        unsigned long ulVal;
+        unsigned long long ullVal;
+        long long sllVal;
+        int siVal;
+        unsigned short usVal;
+    } value;
+};
+
+/* One field's own result: the real call succeeds as a whole and reports each
+ * field's error in its entry, which is how a driver answers an id it predates. */
+static nvmlReturn_t field_value(const struct fake_gpu *dev, struct nvml_field_value *field) {
+    char key[32];
+    nvmlReturn_t rc;
+    snprintf(key, sizeof key, "field.%u", field->fieldId);
+    rc = injected(key, dev->index);
+    if (rc != NVML_SUCCESS) return rc;
+    switch (field->fieldId) {
+#ifndef FAKE_NVML_OLD_DRIVER
+    case NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: /* nvmlDeviceGpuRecoveryAction_t */
+        field->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        field->value.uiVal = (unsigned int)gpu_number(dev->index, "recovery_action", 0);
+        return NVML_SUCCESS;
+#endif
+    default:
+        return NVML_ERROR_INVALID_ARGUMENT;
+    }
+}
+
+nvmlReturn_t nvmlDeviceGetFieldValues(struct fake_gpu *dev, int count,
+                                      struct nvml_field_value *values) {
+    struct timespec now;
+    DEVICE_CALL(dev);
+    if (values == NULL || count <= 0) return NVML_ERROR_INVALID_ARGUMENT;
+    clock_gettime(CLOCK_REALTIME, &now);
+    for (int i = 0; i < count; i++) {
+        values[i].timestamp = (long long)now.tv_sec * 1000000LL + now.tv_nsec / 1000;
+        values[i].latencyUsec = 0;
+        values[i].nvmlReturn = field_value(dev, &values[i]);
+    }
     return NVML_SUCCESS;
 }
 

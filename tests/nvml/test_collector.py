@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from fleet.gpu import RECOVERY_ACTIONS
+from fleet.gpu_rules import recovery_rule
 from tests.nvml.conftest import H100Host, NvmlRun
 
 Inventory = Callable[..., dict[str, Any]]
@@ -67,6 +69,7 @@ def test_a_healthy_gpu_reports_every_measurement(inventory: Inventory, h100: H10
     gpu = doc["gpus"][0]
     assert [k for k, v in gpu["inventory"].items() if v is None] == []
     assert [k for k, v in gpu["sample"].items() if v is None] == []
+    assert gpu["sample"]["recovery_action"] == "none"
     assert gpu["findings"] == []
 
 
@@ -147,6 +150,51 @@ def test_findings_are_reported_with_the_sample(inventory: Inventory, h100: H100H
     ]
 
 
+def test_the_drivers_recovery_action_is_read(inventory: Inventory, h100: H100Host) -> None:
+    """Each nvmlDeviceGpuRecoveryAction_t value, one GPU each, through the field value."""
+    values = [*RECOVERY_ACTIONS, 42]  # 42: an action a newer driver may add
+    config = h100(gpus=len(values), **{f"gpu.{i}.recovery_action": v for i, v in enumerate(values)})
+    gpus = inventory(config)["gpus"]
+    assert [g["sample"]["recovery_action"] for g in gpus] == [
+        *RECOVERY_ACTIONS.values(),
+        "unknown_42",
+    ]
+    assert [[f["rule"] for f in g["findings"]] for g in gpus] == [
+        [],
+        *([recovery_rule(name)] for name in list(RECOVERY_ACTIONS.values())[1:]),
+        ["recovery_unknown"],
+    ]
+    assert all(g["sample"]["errors"] == [] for g in gpus)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # The GPU does not offer it, or the driver answers the field with another error.
+        {"gpu.0.fail.field.230": "NOT_SUPPORTED"},
+        {"gpu.0.fail.field.230": "UNKNOWN"},
+        # No field values at all on this GPU.
+        {"gpu.0.fail.nvmlDeviceGetFieldValues": "NOT_SUPPORTED"},
+    ],
+    ids=["field-not-supported", "field-error", "call-not-supported"],
+)
+def test_a_recovery_action_not_offered_is_unknown(
+    inventory: Inventory, h100: H100Host, config: dict[str, object]
+) -> None:
+    gpu = inventory(h100(gpus=1, **{"gpu.0.recovery_action": 1, **config}))["gpus"][0]
+    assert gpu["sample"]["recovery_action"] is None
+    assert gpu["sample"]["errors"] == []
+    assert gpu["findings"] == []
+
+
+def test_a_failing_field_value_call_is_recorded(inventory: Inventory, h100: H100Host) -> None:
+    """Only a field's own error is "not offered": the call failing as a whole is a failure."""
+    config = h100(gpus=1, **{"gpu.0.fail.nvmlDeviceGetFieldValues": "GPU_IS_LOST"})
+    sample = inventory(config)["gpus"][0]["sample"]
+    assert sample["recovery_action"] is None
+    assert sample["errors"] == ["nvmlDeviceGetFieldValues: GPU is lost"]
+
+
 SAMPLE_FUNCTIONS = [
     "nvmlDeviceGetTemperatureV",
     "nvmlDeviceGetTemperature",
@@ -166,6 +214,7 @@ SAMPLE_FUNCTIONS = [
     "nvmlDeviceGetPcieReplayCounter",
     "nvmlDeviceGetUtilizationRates",
     "nvmlDeviceGetComputeRunningProcesses_v3",
+    "nvmlDeviceGetFieldValues",
     "nvmlDeviceGetSerial",
     "nvmlDeviceGetPciInfo_v3",
     "nvmlDeviceGetArchitecture",
@@ -190,10 +239,14 @@ def test_unsupported_queries_are_unknown(inventory: Inventory, h100: H100Host) -
 
 
 def test_old_driver_falls_back_to_older_symbols(inventory: Inventory, h100: H100Host) -> None:
-    config = h100(gpus=1, **{"gpu.0.temperature": 71, "gpu.0.clock_events": 0x8})
+    config = h100(
+        gpus=1,
+        **{"gpu.0.temperature": 71, "gpu.0.clock_events": 0x8, "gpu.0.recovery_action": 2},
+    )
     sample = inventory(config, driver="old")["gpus"][0]["sample"]
     assert sample["temperature_c"] == 71
     assert sample["clock_events"]["reasons"] == ["hw_slowdown"]
+    assert sample["recovery_action"] is None  # the old driver predates the field
     assert sample["errors"] == []
 
 

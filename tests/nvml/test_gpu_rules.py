@@ -6,13 +6,27 @@ import pytest
 
 from fleet.gpu import (
     CLOCK_EVENT_BITS,
+    NO_RECOVERY_ACTION,
+    RECOVERY_ACTIONS,
     ClockEvents,
     GpuSample,
     RemappedRows,
     architecture_name,
     cuda_version_text,
+    recovery_action_name,
 )
-from fleet.gpu_rules import Finding, classify_xid, degradations, gate_problems
+from fleet.gpu_rules import (
+    DEGRADED,
+    FAILED,
+    HEALTHY,
+    RECOVERY_ADVICE,
+    STATUS_OF_RULE,
+    Finding,
+    classify_xid,
+    degradations,
+    gate_problems,
+    node_verdict,
+)
 from fleet.xid_catalog import CRITICAL, WARNING
 
 UUID = "GPU-00000000-1111-2222-3333-444455556666"
@@ -191,6 +205,44 @@ def test_rising_corrected_ecc_says_how_much() -> None:
         sample(ecc_corrected_volatile=12), previous=sample(ecc_corrected_volatile=5)
     )
     assert finding.message == "7 more corrected ECC error(s) since the last sample"
+
+
+@pytest.mark.parametrize(
+    ("action", "rule", "severity", "status", "todo"),
+    [
+        ("none", None, None, HEALTHY, None),
+        ("gpu_reset", "recovery_gpu_reset", CRITICAL, FAILED, "`nvidia-smi -r -i 3`"),
+        ("drain_and_reset", "recovery_drain_and_reset", CRITICAL, FAILED, "`nvidia-smi -r -i 3`"),
+        ("node_reboot", "recovery_node_reboot", CRITICAL, FAILED, "reboot it"),
+        ("bus_reset", "recovery_bus_reset", CRITICAL, FAILED, "PCIe bus"),
+        ("system_reboot", "recovery_system_reboot", CRITICAL, FAILED, "reboot it"),
+        ("recover_imex_domain", "recovery_recover_imex_domain", CRITICAL, FAILED, "IMEX"),
+        ("drain_p2p", "recovery_drain_p2p", WARNING, DEGRADED, "UVM persistence off"),
+        # A newer driver's action: a warning to look up, as an unknown XID is.
+        ("unknown_42", "recovery_unknown", WARNING, DEGRADED, "NVML documentation"),
+    ],
+)
+def test_the_drivers_recovery_action_decides(
+    action: str, rule: str | None, severity: str | None, status: str, todo: str | None
+) -> None:
+    findings = degradations(sample(index=3, recovery_action=action))
+    assert rules(findings) == ([] if rule is None else [(rule, severity)])
+    assert node_verdict((3, f) for f in findings).status == status
+    if todo is not None:
+        (finding,) = findings
+        assert todo in finding.message
+
+
+def test_every_recovery_action_has_advice_and_a_status() -> None:
+    named = set(RECOVERY_ACTIONS.values()) - {NO_RECOVERY_ACTION}
+    assert set(RECOVERY_ADVICE) == named
+    assert all(f"recovery_{action}" in STATUS_OF_RULE for action in named)
+    assert recovery_action_name(9) == "unknown_9"
+
+
+def test_a_recovery_action_not_offered_is_no_finding() -> None:
+    """A driver that predates the field says nothing about the GPU."""
+    assert degradations(sample(recovery_action=None)) == ()
 
 
 @pytest.mark.parametrize(

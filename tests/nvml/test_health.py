@@ -80,6 +80,9 @@ def test_xids_decide_the_status(numbers: tuple[int, ...], status: str) -> None:
         ({"pcie_gen": 3}, DEGRADED),
         ({"sm_clock_mhz": 1100}, DEGRADED),  # well below maximum under load
         ({"errors": ("nvmlDeviceGetRemappedRows: GPU is lost",)}, FAILED),
+        ({"recovery_action": "none"}, HEALTHY),
+        ({"recovery_action": "gpu_reset"}, FAILED),  # the driver's own verdict
+        ({"recovery_action": "drain_p2p"}, DEGRADED),
     ],
 )
 def test_findings_decide_the_status(fields: dict[str, object], status: str) -> None:
@@ -194,6 +197,24 @@ def test_report_health_round_trips() -> None:
     assert HealthReport.from_dict(without).to_dict() == without  # older agents' reports
 
 
+def test_report_recovery_action_round_trips_and_older_samples_lack_it() -> None:
+    doc = json.loads(json.dumps(report(None)))
+    sample = doc["health"]["gpus"][0]["sample"]
+
+    def read() -> str | None:
+        health = HealthReport.from_dict(doc).health
+        assert health is not None
+        return health.gpus[0].sample.recovery_action
+
+    sample["recovery_action"] = "drain_and_reset"
+    assert read() == "drain_and_reset"
+    assert HealthReport.from_dict(doc).to_dict() == doc
+    sample["recovery_action"] = "unknown_42"  # a newer driver's action is still read
+    assert read() == "unknown_42"
+    del sample["recovery_action"]  # agents from before the field
+    assert read() is None
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -206,6 +227,14 @@ def test_report_health_round_trips() -> None:
         (
             lambda h: h["gpus"][0]["sample"].update(errors=["x" * 600]),
             "errors.* is longer than 512",
+        ),
+        (
+            lambda h: h["gpus"][0]["sample"].update(recovery_action="reset; reboot"),
+            "'recovery_action' has an invalid value",
+        ),
+        (
+            lambda h: h["gpus"][0]["sample"].update(recovery_action="a" * 65),
+            "'recovery_action' is longer than 64",
         ),
     ],
 )
