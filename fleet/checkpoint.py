@@ -98,6 +98,16 @@ def exposure(histories: Iterable[Sequence[tuple[float, HealthReport]]]) -> Expos
     return Exposure(count, gpu_hours, nodes)
 
 
+def combined(parts: Iterable[Exposure]) -> Exposure:
+    """The exposure of disjoint sets of nodes (pools) taken together."""
+    found = list(parts)
+    return Exposure(
+        sum(e.interruptions for e in found),
+        math.fsum(e.gpu_hours for e in found),
+        sum(e.nodes for e in found),
+    )
+
+
 def young_interval(checkpoint_cost_s: float, mtbf_s: float) -> float:
     """Young's first-order optimum: sqrt(2 C M)."""
     return math.sqrt(2 * checkpoint_cost_s * mtbf_s)

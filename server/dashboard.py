@@ -23,6 +23,10 @@ node id), so a page costs the same at 100,000 nodes as at ten. The counts above
 it and the newest rollouts read the whole fleet, so they are counted at most
 every ``SUMMARY_TTL_S`` seconds per process (and again at once after an action
 here). Pages refresh themselves every ``REFRESH_S`` seconds by a meta refresh.
+The checkpoint page does not: it shows each pool's observed interruptions and,
+for the job its GET form names, the job's MTBF and checkpoint interval, from
+``server.checkpoint.fleet_checkpoint_advice`` (what the API answers), which
+reads every node's retained reports.
 Every value shown is HTML-escaped, and a strict Content Security Policy forbids
 scripts outright.
 """
@@ -40,10 +44,11 @@ import structlog
 from aiohttp import web
 
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
-from fleet.human_time import when
+from fleet.human_time import duration, when
 from fleet.report import GpuReport, HealthReport
 from fleet.rollout import COMMANDS, Progress, Rollout, RolloutError
 from fleet.text import unicode_text
+from server.checkpoint import BadJob, PoolAdvice, fleet_checkpoint_advice, job
 from server.fleetview import (
     NODE_STATES,
     FleetSummary,
@@ -91,6 +96,9 @@ RECENT_ROLLOUTS = 10
 SUMMARY_TTL_S = 10
 # A rollout page lists at most this many nodes per wave, those still open first.
 WAVE_LIST = 500
+# The checkpoint page's job until the viewer enters one: a large training job
+# whose checkpoint takes five minutes.
+DEFAULT_JOB = {"gpus": "1024", "checkpoint_cost": "300"}
 _MAX_FORM_BYTES = 4096
 _HEADERS = {
     "Content-Security-Policy": (
@@ -150,6 +158,7 @@ def _page(
     status: int = 200,
 ) -> web.Response:
     nav = '<a href="/">Fleet</a>' + (
+        '<a href="/checkpoints" id="nav-checkpoints">Checkpoint advice</a>'
         f"<span>{_e(who.name)} ({_e(who.role)})</span>"
         '<form method="post" action="/logout"><button>Sign out</button></form>'
         if who
@@ -571,6 +580,80 @@ async def _stragglers(s: Services) -> str:
     )
 
 
+def _job_form(query: dict[str, str]) -> str:
+    """The checkpoint page's form, holding what the viewer entered (escaped, even
+    when refused, so they can correct it)."""
+    return (
+        '<form class="filters" method="get" action="/checkpoints" id="job">'
+        f'<label>GPUs in the job <input name="gpus" value="{_e(query["gpus"])}" '
+        'inputmode="numeric" size="10" required></label>'
+        '<label>Seconds one checkpoint takes <input name="checkpoint_cost" '
+        f'value="{_e(query["checkpoint_cost"])}" inputmode="decimal" size="10" required>'
+        "</label><button>Advise</button></form>"
+    )
+
+
+def _advice_row(found: PoolAdvice) -> list[str]:
+    advice = found.advice
+    pool = (
+        "whole fleet"
+        if advice.pool is None
+        else f'<a href="{NodeListing(pool=advice.pool).link()}">{_e(advice.pool)}</a>'
+    )
+    per = advice.gpu_hours_per_interruption
+    return [
+        pool,
+        _e(found.nodes),
+        _e(advice.interruptions),
+        _e(f"{advice.gpu_hours:,.1f}"),
+        _e(None if per is None else f"{per:,.1f}"),
+        _e(None if advice.job_mtbf_s is None else duration(advice.job_mtbf_s)),
+        _e(None if advice.daly_interval_s is None else duration(advice.daly_interval_s)),
+        _e(None if advice.young_interval_s is None else duration(advice.young_interval_s)),
+        _e(advice.note),
+    ]
+
+
+async def checkpoint_page(request: web.Request) -> web.Response:
+    """Each pool's observed interruptions and, for the job the viewer enters, its
+    MTBF and checkpoint interval: what ``GET /v1/fleet/checkpoint-advice`` answers."""
+    who = await _signed_in(request)
+    s = services(request)
+    query = {name: request.query.get(name, default) for name, default in DEFAULT_JOB.items()}
+    form = _job_form(query)
+    try:
+        gpus, cost = job(query)
+    except BadJob as exc:
+        return _page(
+            "Checkpoint advice",
+            f'<section>{form}<p class="failed" id="bad-job">Cannot advise: {_e(exc)}.</p>'
+            "</section>",
+            who,
+            status=400,
+        )
+    whole, pools = await fleet_checkpoint_advice(s, gpus, cost)
+    rows = _table(
+        ("Pool", "Nodes reporting", "Interruptions", "GPU-hours", "GPU-hours per interruption",
+         "Job MTBF", "Checkpoint every (Daly)", "Young", "Note"),
+        [_advice_row(whole), *(_advice_row(p) for p in pools)],
+        "checkpoint-advice",
+    )  # fmt: skip
+    return _page(
+        "Checkpoint advice",
+        f"<section>{form}<p>A job of {gpus} GPUs whose checkpoint takes {_e(duration(cost))}. "
+        "An interruption is a node-fault XID (fallen off the bus, double-bit ECC, NVLink, "
+        "GSP ...) or a node turning failed, in the reports the server retains (its last "
+        f"{s.config.report_retention_count} per node, at most "
+        f"{s.config.report_retention_days} days old); GPU-hours are each node's GPUs times "
+        "the span of those reports. The job stops when any of its GPUs fails: its MTBF is "
+        "the GPU-hours per interruption over its GPUs. The same figures: "
+        "<code>gpuward fleet checkpoint-advice</code>.</p>"
+        f"{rows}</section>",
+        who,
+        await _renewal_banner(s),
+    )
+
+
 def _attestation(status: NodeStatus) -> str:
     """How the node enrolled and, for an attested node, its last report's verdict."""
     enrolled, verdict = status.node.attestation, status.report_attestation
@@ -840,6 +923,14 @@ async def rollout_action(request: web.Request) -> web.StreamResponse:
 ROUTES = (
     Route("GET", "/", overview, "Dashboard: fleet overview", "viewer", in_openapi=False),
     Route("GET", "/nodes/{node_id}", node_page, "Dashboard: a node", "viewer", in_openapi=False),
+    Route(
+        "GET",
+        "/checkpoints",
+        checkpoint_page,
+        "Dashboard: checkpoint advice per pool",
+        "viewer",
+        in_openapi=False,
+    ),
     Route(
         "GET",
         "/rollouts/{rollout_id}",

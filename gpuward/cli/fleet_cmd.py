@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import urllib.parse
 
+from fleet.attribution import Attribution
 from fleet.checkpoint import CheckpointAdvice, advise
 from fleet.errors import GpuwardError
+from fleet.human_time import duration
 from gpuward.cli.operator_client import add_server_flags, call
 from gpuward.cli.output import add_json_flag, emit, table
 
@@ -39,6 +41,14 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_server_flags(advice)
     add_json_flag(advice)
     advice.set_defaults(func=_checkpoint_advice)
+    attribution = sub.add_parser(
+        "attribution",
+        help="what the degraded nodes have in common (a rack, row, PDU, NVLink domain or "
+        "driver version), with the evidence, and the single cards",
+    )
+    add_server_flags(attribution)
+    add_json_flag(attribution)
+    attribution.set_defaults(func=_attribution)
 
 
 def _stragglers(args: argparse.Namespace) -> None:
@@ -102,15 +112,27 @@ def _advice_text(advice: CheckpointAdvice) -> str:
         return f"{seen}\n{advice.note}"
     return (
         f"{seen}\n"
-        f"job of {advice.gpus} GPUs: MTBF {_duration(mtbf)}\n"
-        f"checkpoint every {_duration(daly)} (Daly); Young: {_duration(young)}\n"
+        f"job of {advice.gpus} GPUs: MTBF {duration(mtbf)}\n"
+        f"checkpoint every {duration(daly)} (Daly); Young: {duration(young)}\n"
         f"{advice.note}"
     )
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.1f} min ({seconds:.0f} s)"
-    return f"{seconds / 3600:.2f} h ({seconds:.0f} s)"
+def _attribution(args: argparse.Namespace) -> None:
+    found = Attribution.from_dict(call(args, "GET", "/v1/fleet/attribution"))
+    lines = [
+        f"{found.degraded} of {found.nodes} node(s) heard from recently are degraded: "
+        f"{len(found.clusters)} cluster(s), {len(found.cards)} suspect card(s), "
+        f"{found.unexplained} unexplained"
+    ]
+    if found.clusters:
+        clusters = [
+            (c.cause, c.label, c.nodes, c.degraded, f"{c.share:.0%}", f"{c.p_value:.1e}", c.likely)
+            for c in found.clusters
+        ]
+        headers = ("CAUSE", "LABEL", "NODES", "DEGRADED", "SHARE", "P-VALUE", "LIKELY CAUSE")
+        lines += ["", table(headers, clusters)]
+    if found.cards:
+        cards = [(c.node_id, c.gpu, "; ".join(c.reasons) or None) for c in found.cards]
+        lines += ["", table(("NODE", "GPU", "REASONS"), cards)]
+    emit(args, found.to_dict(), "\n".join(lines))

@@ -111,6 +111,16 @@ def test_pages_render_with_data_in_headless_chromium(
     assert 'id="count-differs"><b>1</b>' in dom
     assert '<span class="differs">(assigned drivers/R580/nvidia-580.82.07.bundle)</span>' in dom
     assert '<meta http-equiv="refresh" content="30">' in dom
+    assert 'href="/checkpoints" id="nav-checkpoints"' in dom
+
+    checkpoints = signed_in_page(fleet, cookie, "/checkpoints", tmp_path)
+    advice = chromium(tmp_path, "--dump-dom", checkpoints)
+    table = advice[advice.index('<table id="checkpoint-advice">') :].split("</table>", 1)[0]
+    # Nodes with reports: gpu-new has sent none.
+    assert "<td>whole fleet</td><td>6</td><td>0</td>" in table
+    assert '<td><a href="/?pool=default">default</a></td><td>0</td><td>0</td>' in table
+    assert '<td><a href="/?pool=prod">prod</a></td><td>6</td><td>0</td>' in table
+    assert 'name="gpus" value="1024"' in advice and "refresh" not in advice
 
     node = chromium(tmp_path, "--dump-dom", signed_in_page(fleet, cookie, "/nodes/gpu-1", tmp_path))
     assert "Node gpu-1" in node and 'id="history"' in node

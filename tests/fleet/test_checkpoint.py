@@ -11,6 +11,7 @@ from fleet.checkpoint import (
     CheckpointAdvice,
     Interruption,
     advise,
+    combined,
     daly_interval,
     exposure,
     interruptions,
@@ -70,6 +71,17 @@ def test_only_unplanned_node_faults_are_interruptions() -> None:
 def test_exposure_counts_gpu_hours_between_first_and_last_report() -> None:
     seen = exposure([[(0.0, report("a")), (7200.0, report("a"))], [(0.0, report("b"))], []])
     assert (seen.interruptions, seen.gpu_hours, seen.nodes) == (0, 2 * GPUS_PER_NODE, 2)
+
+
+def test_pools_combined_are_the_fleet_counted_at_once() -> None:
+    pools = [
+        [[(0.0, report("a")), (3600.0, report("a", status="failed"))]],
+        [[(0.0, report("b")), (7200.0, report("b", xids=((79, 0), (48, 3))))], []],
+    ]
+    whole = exposure([history for pool in pools for history in pool])
+    assert combined(exposure(pool) for pool in pools) == whole
+    assert (whole.interruptions, whole.gpu_hours, whole.nodes) == (3, 3 * GPUS_PER_NODE, 2)
+    assert combined([]) == exposure([])
 
 
 def test_llama3_shaped_history_gives_the_closed_form_mtbf_and_intervals() -> None:

@@ -62,6 +62,8 @@ def test_bad_queries_are_refused(fleet: Fleet) -> None:
         ("gpus=0&checkpoint_cost=60", 400),
         ("gpus=8&checkpoint_cost=nan", 400),
         ("gpus=8", 400),
+        ("gpus=%C2%B2&checkpoint_cost=60", 400),  # "²": a digit to str.isdigit, not to int()
+        (f"gpus={'9' * 5000}&checkpoint_cost=60", 400),  # more digits than int() reads
         ("pool=nowhere&gpus=8&checkpoint_cost=60", 404),
     ]:
         assert advice(fleet, viewer, query)[0] == status, query
