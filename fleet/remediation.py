@@ -138,6 +138,15 @@ class RemediationPolicy:
         if self.hold_down_s < 0:
             raise ValueError("hold_down must not be negative")
 
+    @property
+    def actions(self) -> frozenset[Action]:
+        """Every action the pool can take: those the policy names, and service for a
+        policy that drains (rule 8)."""
+        named = {self.on_failed, self.on_degraded, self.on_missing, *self.xid_actions.values()}
+        if any(a.drains for a in named):
+            named.add(Action.SERVICE)
+        return frozenset(named - {Action.NONE})
+
     def action_for(self, symptom: Symptom) -> Action:
         if symptom.xid is not None and symptom.xid in self.xid_actions:
             return self.xid_actions[symptom.xid]
@@ -179,13 +188,15 @@ class NodeRemediation(Wire):
 @dataclass(frozen=True)
 class RemediationBoard(Wire):
     """A pool's remediation state: the nodes under remediation, those held back by
-    the budget or a failure domain (with why, so it is audited once), and when
+    the budget or a failure domain (with why, so it is audited once), those whose
+    action is notify (with what was notified, so it is audited once), and when
     nodes were last resumed (for the flapping rule)."""
 
     pool: str
     nodes: tuple[NodeRemediation, ...] = ()
     held: Mapping[str, str] = field(default_factory=dict)
     resumed: Mapping[str, int] = field(default_factory=dict)
+    notified: Mapping[str, str] = field(default_factory=dict)
 
     def node(self, node_id: str) -> NodeRemediation | None:
         return next((n for n in self.nodes if n.node_id == node_id), None)
@@ -199,6 +210,13 @@ class RemediationBoard(Wire):
         Field("nodes", ListOf(Ref(NodeRemediation), MAX_TRACKED)),
         Field("held", MapOf(Text(max_len=128, pattern=NODE_ID), Text(max_len=512), MAX_TRACKED)),
         Field("resumed", MapOf(Text(max_len=128, pattern=NODE_ID), Integer(), MAX_TRACKED)),
+        # Absent from a board written before notified nodes were kept apart from held ones.
+        Field(
+            "notified",
+            MapOf(Text(max_len=128, pattern=NODE_ID), Text(max_len=MAX_DETAIL), MAX_TRACKED),
+            default={},
+            description="nodes whose action is notify, with the symptom notified",
+        ),
         where="remediation board",
     )
 
@@ -306,7 +324,11 @@ def decide(
     """The pool's next board and what to audit, by the rules above."""
     audit: list[RemediationAudit] = []
     tracked = {n.node_id: n for n in board.nodes}
-    held = dict(board.held)
+    # A node no longer in the pool (removed, or moved to another) is neither held
+    # back nor notified any more.
+    present = {n.node_id for n in nodes}
+    held = {node: why for node, why in board.held.items() if node in present}
+    notified = {node: what for node, what in board.notified.items() if node in present}
     resumed = {node: at for node, at in board.resumed.items() if at > now - policy.hold_down_s}
 
     def log(node: NodeRemediation, event: AuditEvent, detail: str = "") -> None:
@@ -324,21 +346,25 @@ def decide(
             continue
         if seen.symptom is None:
             held.pop(seen.node_id, None)
+            notified.pop(seen.node_id, None)
             continue
         action = policy.action_for(seen.symptom)
         if action.drains and seen.node_id in resumed:
             action = Action.SERVICE  # rule 8
+        if not action.drains:
+            held.pop(seen.node_id, None)  # it no longer waits for a place
         if action is Action.NONE:
             continue
         if action is Action.NOTIFY:
-            if held.get(seen.node_id) != seen.symptom.summary:
-                held[seen.node_id] = seen.symptom.summary
+            if notified.get(seen.node_id) != seen.symptom.summary:
+                notified[seen.node_id] = seen.symptom.summary
                 audit.append(
                     RemediationAudit(
                         now, board.pool, seen.node_id, AuditEvent.NOTIFIED, action, seen.symptom
                     )
                 )
             continue
+        notified.pop(seen.node_id, None)
         candidates.append((seen, seen.symptom, action))
 
     candidates.sort(key=lambda c: (-c[2].strength, c[0].node_id))
@@ -367,7 +393,9 @@ def decide(
         event = AuditEvent.AWAITING_APPROVAL if policy.approval else AuditEvent.DECIDED
         log(record, event, detail)
 
-    after = RemediationBoard(board.pool, tuple(tracked[k] for k in sorted(tracked)), held, resumed)
+    after = RemediationBoard(
+        board.pool, tuple(tracked[k] for k in sorted(tracked)), held, resumed, notified
+    )
     return Decision(after, tuple(audit))
 
 

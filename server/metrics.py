@@ -5,14 +5,17 @@ they report; reports refused, by reason; how long verifying a report and its
 attestation takes) is counted as it happens, in this process's registry. What
 the fleet looks like (nodes by state and attestation, rollouts by phase and wave
 progress, the re-signers' health, when each role's metadata expires, the
-store's connections) is read from the store at scrape time, aggregated in SQL:
-every replica answers alike, and a scrape costs a few small queries whatever the
-fleet's size. prometheus_client's collectors are synchronous and the store is
+store's connections, remediation) is read from the store at scrape time,
+aggregated in SQL or read from the remediation boards, which hold only the nodes
+under remediation: every replica answers alike, and a scrape costs a few small
+queries whatever the fleet's size. prometheus_client's collectors are synchronous and the store is
 not, so a scrape reads a ``FleetSnapshot`` first and ``FleetCollector`` renders it.
 
 Every name starts ``gpuward_`` and ends in its unit (``_seconds``, ``_total``).
-The counters are this process's: with ``workers`` > 1 a scrape reaches one
-worker (through the shared port, any; through ``metrics_listen``, worker 0).
+The request-path counters are this process's: with ``workers`` > 1 a scrape
+reaches one worker (through the shared port, any; through ``metrics_listen``,
+worker 0). The remediation events' counter is the store's (kept with the audit
+log), so it survives restarts and every replica gives the same.
 """
 
 from __future__ import annotations
@@ -22,17 +25,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
+from fleet.remediation import Action, AuditEvent, RemediationBoard, RemediationPolicy, Stage
 from fleet.report import UPDATE_OUTCOMES
 from fleet.rollout import ACTIVE_PHASES, Phase, Progress
 from fleet.version import VERSION
 from server.config import ServerConfig
 from server.fleetview import NODE_STATES
 from server.renewal import FAILED, RenewalStatus, statuses
-from server.store import NodeCount, PoolUse, RolloutStanding, Store
+from server.store import NodeCount, PoolUse, RemediationCount, RolloutStanding, Store
 
 # The text format Prometheus 2 reads (Debian 12 ships 2.42).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -126,6 +130,9 @@ class FleetSnapshot:
     rollouts: tuple[RolloutStanding, ...]
     renewals: tuple[RenewalStatus, ...]
     pool: PoolUse
+    remediation_policies: Mapping[str, RemediationPolicy]  # by pool, as configured
+    remediation_boards: tuple[RemediationBoard, ...]
+    remediation_counts: tuple[RemediationCount, ...]
 
 
 async def read_snapshot(store: Store, config: ServerConfig, now: float) -> FleetSnapshot:
@@ -140,11 +147,14 @@ async def read_snapshot(store: Store, config: ServerConfig, now: float) -> Fleet
         rollouts=tuple(await store.rollout_standings()),
         renewals=tuple(await statuses(store)),
         pool=store.pool_use(),
+        remediation_policies={} if config.remediation is None else config.remediation.pools,
+        remediation_boards=tuple(await store.remediation_boards()),
+        remediation_counts=tuple(await store.remediation_counts()),
     )
 
 
 class FleetCollector(Collector):
-    """The fleet-wide gauges of one snapshot."""
+    """The fleet-wide series of one snapshot: gauges, and the store's counter."""
 
     def __init__(self, snapshot: FleetSnapshot) -> None:
         self.snapshot = snapshot
@@ -158,6 +168,7 @@ class FleetCollector(Collector):
         yield from self._metadata()
         yield from self._resigners()
         yield from self._pool()
+        yield from self._remediation()
 
     def _nodes(self) -> Iterator[Metric]:
         nodes = GaugeMetricFamily(
@@ -286,9 +297,82 @@ class FleetCollector(Collector):
             value=pool.limit,
         )
 
+    def _remediation(self) -> Iterator[Metric]:
+        s = self.snapshot
+        per = ["pool"]
+        nodes = GaugeMetricFamily(
+            "gpuward_remediation_nodes",
+            "Nodes under remediation by pool, stage (awaiting-approval, acting, drained, "
+            "service, resuming) and action (drain, reset, reboot, service).",
+            labels=[*per, "stage", "action"],
+        )
+        oldest = GaugeMetricFamily(
+            "gpuward_remediation_oldest_decision_timestamp_seconds",
+            "When the action of a pool's longest-standing node in a stage was decided: "
+            "for awaiting-approval, since when the oldest waits for an operator.",
+            labels=[*per, "stage"],
+        )
+        held = GaugeMetricFamily(
+            "gpuward_remediation_held_nodes",
+            "Nodes that need an action, held back by their pool's budget or by one node "
+            "per failure domain.",
+            labels=per,
+        )
+        failing = GaugeMetricFamily(
+            "gpuward_remediation_step_failures",
+            "Nodes whose last scheduler step (a drain, a hook, a resume) failed; it is "
+            "retried every tick.",
+            labels=per,
+        )
+        events = CounterMetricFamily(
+            "gpuward_remediation_events_total",
+            "Remediation audit entries by pool, event (decided, done, failed, held, "
+            "resumed, ...) and action, counted in the store: every replica gives the same.",
+            labels=[*per, "event", "action"],
+        )
+        boards = {b.pool: b for b in s.remediation_boards}
+        counts: dict[str, dict[tuple[str, str], int]] = {}
+        for count in s.remediation_counts:
+            counts.setdefault(count.pool, {})[(count.event, count.action)] = count.entries
+        # A configured pool's series exist from the start, zero or not, so that a
+        # graph starts at 0 and increase() sees the first event.
+        for pool in sorted({*s.remediation_policies, *boards, *counts}):
+            policy = s.remediation_policies.get(pool)
+            board = boards.get(pool, RemediationBoard(pool))
+            actions = frozenset() if policy is None else policy.actions
+            drains = sorted(
+                {a.value for a in actions if a.drains} | {n.action.value for n in board.nodes}
+            )
+            for stage in Stage:
+                here = [n for n in board.nodes if n.stage is stage]
+                for action in drains:
+                    nodes.add_metric(
+                        [pool, stage.value, action], sum(n.action == action for n in here)
+                    )
+                if here:
+                    oldest.add_metric([pool, stage.value], min(n.since for n in here))
+            held.add_metric([pool], len(board.held))
+            failing.add_metric([pool], sum(n.attempts > 0 for n in board.nodes))
+            seen = counts.get(pool, {})
+            for event, action in sorted(_audit_kinds(actions) | set(seen)):
+                events.add_metric([pool, event, action], seen.get((event, action), 0))
+        yield from (nodes, oldest, held, failing, events)
+
+
+def _audit_kinds(actions: frozenset[Action]) -> set[tuple[str, str]]:
+    """Every (event, action) a pool's audit log can hold when it takes ``actions``:
+    a notify is only ever notified (rule 2); an action that drains, any other event."""
+    kinds: set[tuple[str, str]] = set()
+    if Action.NOTIFY in actions:
+        kinds.add((AuditEvent.NOTIFIED.value, Action.NOTIFY.value))
+    for action in actions:
+        if action.drains:
+            kinds |= {(e.value, action.value) for e in AuditEvent if e is not AuditEvent.NOTIFIED}
+    return kinds
+
 
 def exposition(metrics: ServerMetrics, snapshot: FleetSnapshot) -> bytes:
-    """The scrape's body: this process's counters, then the snapshot's gauges."""
+    """The scrape's body: this process's counters, then the snapshot's series."""
     fleet = CollectorRegistry(auto_describe=False)
     fleet.register(FleetCollector(snapshot))
     return generate_latest(metrics.registry) + generate_latest(fleet)

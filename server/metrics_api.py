@@ -38,7 +38,7 @@ ROUTES = (
         get_metrics,
         "Prometheus metrics: nodes by state and attestation, rollouts and their waves, "
         "reports accepted and refused, verification latency, metadata expiry, re-signers, "
-        "the store's connections",
+        "the store's connections, remediation by pool and stage",
         "viewer",
         responses={
             200: (_EXPOSITION, None),

@@ -119,8 +119,7 @@ def _policy(table: object, where: str, hooks: dict[str, tuple[str, ...]]) -> Rem
         hold_down_s=r.integer("hold_down", maximum=30 * 86_400, default=defaults.hold_down_s),
         approval=r.boolean("approval", default=defaults.approval),
     )
-    named = {policy.on_failed, policy.on_degraded, policy.on_missing, *xid_actions.values()}
-    unhooked = sorted(a.value for a in named & HOOKED if a.value not in hooks)
+    unhooked = sorted(a.value for a in policy.actions & HOOKED if a.value not in hooks)
     if unhooked:
         raise GpuwardError(
             f"{where} uses {', '.join(unhooked)}, which needs the operator's program: set "

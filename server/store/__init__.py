@@ -306,6 +306,17 @@ class RolloutStanding:
 
 
 @dataclass(frozen=True)
+class RemediationCount:
+    """How many audit entries a pool has of an event (``fleet.remediation.AuditEvent``)
+    and action, ever: it only grows, in whichever replica is asked."""
+
+    pool: str
+    event: str
+    action: str
+    entries: int
+
+
+@dataclass(frozen=True)
 class PoolUse:
     """The store's connections: open, busy, and the most the pool opens."""
 
@@ -588,6 +599,10 @@ class Store(Protocol):
 
     async def rollout_standings(self) -> list[RolloutStanding]:
         """Each active rollout's standing (running, paused or halted)."""
+        ...
+
+    async def remediation_counts(self) -> list[RemediationCount]:
+        """The remediation audit log's entries by pool, event and action."""
         ...
 
     def pool_use(self) -> PoolUse: ...

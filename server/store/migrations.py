@@ -366,4 +366,19 @@ MIGRATIONS = (
     );
     CREATE INDEX remediation_audit_node ON remediation_audit (node_id, id);
     """,
+    # How many audit entries each pool has of each event and action, kept with the
+    # audit log in its transactions: the metrics' counter of remediation events
+    # (server.metrics) reads a few rows per pool, not a log that is never trimmed.
+    """
+    CREATE TABLE remediation_counts (
+        pool TEXT NOT NULL,
+        event TEXT NOT NULL,
+        action TEXT NOT NULL,
+        entries {integer} NOT NULL,
+        PRIMARY KEY (pool, event, action)
+    );
+    INSERT INTO remediation_counts (pool, event, action, entries)
+        SELECT pool, {json_text(doc, event)}, {json_text(doc, action)}, COUNT(*)
+        FROM remediation_audit GROUP BY 1, 2, 3;
+    """,
 )

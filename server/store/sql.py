@@ -50,6 +50,7 @@ from server.store import (
     NodeStatus,
     OperatorToken,
     PoolUse,
+    RemediationCount,
     RemovedNode,
     ReportRecord,
     Retention,
@@ -1140,6 +1141,10 @@ class SqlStore:
                 "INSERT INTO remediation_audit (at, pool, node_id, doc) VALUES (?, ?, ?, ?)",
                 [(a.at, a.pool, a.node_id, json.dumps(a.to_dict())) for a in decision.audit],
             )
+            counts = Counter((a.pool, a.event.value, a.action.value) for a in decision.audit)
+            await tx.execute_many(
+                _COUNT_AUDIT, [(*key, entries) for key, entries in sorted(counts.items())]
+            )
             if notify:
                 notices = [
                     Notice(NODE_REMEDIATION, f"node/{a.node_id}", a.to_dict())
@@ -1218,6 +1223,13 @@ class SqlStore:
             for rollout_id, pool, phase, wave, last_event_at in heads
         ]  # fmt: skip
 
+    async def remediation_counts(self) -> list[RemediationCount]:
+        rows = await self.db.query(
+            "SELECT pool, event, action, entries FROM remediation_counts "
+            "ORDER BY pool, event, action"
+        )
+        return [RemediationCount(p, e, a, int(n)) for p, e, a, n in rows]
+
     def pool_use(self) -> PoolUse:
         return self.db.pool_use()
 
@@ -1249,6 +1261,11 @@ _NODE_COUNTS = """
     LEFT JOIN reports r ON r.id = n.last_report
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
+_COUNT_AUDIT = (
+    "INSERT INTO remediation_counts (pool, event, action, entries) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (pool, event, action) DO UPDATE "
+    "SET entries = remediation_counts.entries + excluded.entries"
+)
 # The newest event of a rollout is the last of its index (rollout_id, id).
 _ROLLOUT_HEADS = """
     SELECT r.id, r.pool, r.phase, CAST({json_text(r.doc, wave)} AS INTEGER),
