@@ -179,13 +179,15 @@ class NodeRemediation(Wire):
 @dataclass(frozen=True)
 class RemediationBoard(Wire):
     """A pool's remediation state: the nodes under remediation, those held back by
-    the budget or a failure domain (with why, so it is audited once), and when
-    nodes were last resumed (for the flapping rule)."""
+    the budget or a failure domain (with why, so it is audited once), when nodes
+    were last resumed (for the flapping rule), and the symptom each node was
+    last notified of (so a notification is sent once, not every tick)."""
 
     pool: str
     nodes: tuple[NodeRemediation, ...] = ()
     held: Mapping[str, str] = field(default_factory=dict)
     resumed: Mapping[str, int] = field(default_factory=dict)
+    notified: Mapping[str, str] = field(default_factory=dict)  # node -> symptom told
 
     def node(self, node_id: str) -> NodeRemediation | None:
         return next((n for n in self.nodes if n.node_id == node_id), None)
@@ -199,6 +201,10 @@ class RemediationBoard(Wire):
         Field("nodes", ListOf(Ref(NodeRemediation), MAX_TRACKED)),
         Field("held", MapOf(Text(max_len=128, pattern=NODE_ID), Text(max_len=512), MAX_TRACKED)),
         Field("resumed", MapOf(Text(max_len=128, pattern=NODE_ID), Integer(), MAX_TRACKED)),
+        Field(
+            "notified",
+            MapOf(Text(max_len=128, pattern=NODE_ID), Text(max_len=MAX_DETAIL), MAX_TRACKED),
+        ),
         where="remediation board",
     )
 
@@ -280,13 +286,14 @@ def symptom_of(
             event, known = xids[0], classify_xid(xids[0].xid)
             gpu = "GPU ?" if event.gpu_index is None else f"GPU {event.gpu_index}"
             summary = f"{gpu}: XID {event.xid} ({known.description}); NVIDIA: {known.action}"
-            return Symptom(SymptomKind.XID, summary, event.xid)
+            return Symptom(SymptomKind.XID, summary[:MAX_DETAIL], event.xid)
         if health.status in (FAILED, DEGRADED):
             kind = SymptomKind.FAILED if health.status == FAILED else SymptomKind.DEGRADED
-            return Symptom(kind, "; ".join(health.reasons[:3]) or health.status)
+            return Symptom(kind, "; ".join(health.reasons[:3])[:MAX_DETAIL] or health.status)
     if report.gpus and not report.healthy:
         problems = [p for g in report.gpus for p in g.problems]
-        return Symptom(SymptomKind.FAILED, "; ".join(problems[:3]) or "a GPU is unhealthy")
+        summary = "; ".join(problems[:3])[:MAX_DETAIL]
+        return Symptom(SymptomKind.FAILED, summary or "a GPU is unhealthy")
     return None
 
 
@@ -307,6 +314,7 @@ def decide(
     audit: list[RemediationAudit] = []
     tracked = {n.node_id: n for n in board.nodes}
     held = dict(board.held)
+    notified = dict(board.notified)
     resumed = {node: at for node, at in board.resumed.items() if at > now - policy.hold_down_s}
 
     def log(node: NodeRemediation, event: AuditEvent, detail: str = "") -> None:
@@ -324,6 +332,7 @@ def decide(
             continue
         if seen.symptom is None:
             held.pop(seen.node_id, None)
+            notified.pop(seen.node_id, None)
             continue
         action = policy.action_for(seen.symptom)
         if action.drains and seen.node_id in resumed:
@@ -331,8 +340,9 @@ def decide(
         if action is Action.NONE:
             continue
         if action is Action.NOTIFY:
-            if held.get(seen.node_id) != seen.symptom.summary:
-                held[seen.node_id] = seen.symptom.summary
+            told = notified.get(seen.node_id)
+            if told != seen.symptom.summary and (told is not None or len(notified) < MAX_TRACKED):
+                notified[seen.node_id] = seen.symptom.summary
                 audit.append(
                     RemediationAudit(
                         now, board.pool, seen.node_id, AuditEvent.NOTIFIED, action, seen.symptom
@@ -345,8 +355,11 @@ def decide(
     for seen, symptom, action in candidates:
         why = _held_back(policy, list(tracked.values()), seen)
         if why is not None:
-            if held.get(seen.node_id) != why:
-                held[seen.node_id] = why
+            first = seen.node_id not in held
+            if first and len(held) >= MAX_TRACKED:
+                continue  # a pool-wide outage: held all the same, the board stays bounded
+            held[seen.node_id] = why  # the latest reason shows; the first is audited
+            if first:
                 audit.append(
                     RemediationAudit(
                         now, board.pool, seen.node_id, AuditEvent.HELD, action, symptom, why
@@ -367,7 +380,8 @@ def decide(
         event = AuditEvent.AWAITING_APPROVAL if policy.approval else AuditEvent.DECIDED
         log(record, event, detail)
 
-    after = RemediationBoard(board.pool, tuple(tracked[k] for k in sorted(tracked)), held, resumed)
+    nodes_after = tuple(tracked[k] for k in sorted(tracked))
+    after = RemediationBoard(board.pool, nodes_after, held, resumed, notified)
     return Decision(after, tuple(audit))
 
 
@@ -429,6 +443,7 @@ def settle(board: RemediationBoard, node_id: str, outcome: str, ok: bool, now: i
     node = board.node(node_id)
     if node is None or node.stage not in (Stage.ACTING, Stage.RESUMING):
         return Decision(board, ())  # released or settled meanwhile
+    outcome = outcome[:MAX_DETAIL]
     resumed = dict(board.resumed)
     after: NodeRemediation | None
     if not ok:
