@@ -9,8 +9,9 @@ rule lives here, so it can be read in one place and tested without a scheduler:
 
 1. A node's symptom is the worst of its latest report: a non-application XID
    (``fleet.xid_catalog``; an application's own fault is the job's, not the
-   node's), a failed or degraded status, or its silence (heartbeat loss: no
-   report for ``missing_after`` intervals). A node never heard from has none.
+   node's), a failed or degraded status, its silence (heartbeat loss: no report
+   for ``missing_after`` intervals), or the fleet's straggler ranking naming it.
+   A node never heard from has none.
 2. The pool's policy maps the symptom to an action: none, notify, drain, reset
    (drain, then the operator's reset hook), reboot (drain, then the reboot
    hook), or service (drain until an operator releases the node).
@@ -98,6 +99,7 @@ class SymptomKind(enum.StrEnum):
     XID = "xid"
     FAILED = "failed"
     DEGRADED = "degraded"
+    STRAGGLER = "straggler"  # slower than its peers (fleet.stragglers), though healthy itself
     MISSING = "missing"
 
 
@@ -124,6 +126,7 @@ class RemediationPolicy:
     on_failed: Action = Action.DRAIN
     on_degraded: Action = Action.NONE
     on_missing: Action = Action.DRAIN
+    on_straggler: Action = Action.NONE
     xid_actions: Mapping[int, Action] = field(default_factory=dict)  # overrides per XID
     budget: int = 1
     failure_domain: str | None = "rack"  # one of fleet.topology.DOMAINS, or None
@@ -145,6 +148,8 @@ class RemediationPolicy:
             return self.on_missing
         if symptom.kind is SymptomKind.DEGRADED:
             return self.on_degraded
+        if symptom.kind is SymptomKind.STRAGGLER:
+            return self.on_straggler
         return self.on_failed
 
 
@@ -271,9 +276,13 @@ class Decision:
 
 
 def symptom_of(
-    report: HealthReport | None, last_seen: int | None, missing_before: int
+    report: HealthReport | None,
+    last_seen: int | None,
+    missing_before: int,
+    straggling: str | None = None,
 ) -> Symptom | None:
-    """Rule 1: the worst symptom a node shows, None if healthy or never heard from."""
+    """Rule 1: the worst symptom a node shows, None if healthy or never heard from;
+    ``straggling``: why the fleet's straggler ranking names the node, if it does."""
     if report is None or last_seen is None:
         return None
     if last_seen < missing_before:
@@ -294,6 +303,8 @@ def symptom_of(
         problems = [p for g in report.gpus for p in g.problems]
         summary = "; ".join(problems[:3])[:MAX_DETAIL]
         return Symptom(SymptomKind.FAILED, summary or "a GPU is unhealthy")
+    if straggling is not None:
+        return Symptom(SymptomKind.STRAGGLER, straggling[:MAX_DETAIL])
     return None
 
 

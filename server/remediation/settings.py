@@ -28,6 +28,7 @@ _POLICY_KEYS = frozenset(
         "on_failed",
         "on_degraded",
         "on_missing",
+        "on_straggler",
         "xid",
         "budget",
         "failure_domain",
@@ -113,13 +114,20 @@ def _policy(table: object, where: str, hooks: dict[str, tuple[str, ...]]) -> Rem
         on_failed=_action(r, table, "on_failed", defaults.on_failed),
         on_degraded=_action(r, table, "on_degraded", defaults.on_degraded),
         on_missing=_action(r, table, "on_missing", defaults.on_missing),
+        on_straggler=_action(r, table, "on_straggler", defaults.on_straggler),
         xid_actions=xid_actions,
         budget=r.integer("budget", minimum=1, maximum=MAX_TRACKED, default=defaults.budget),
         failure_domain=None if domain == "none" else domain,
         hold_down_s=r.integer("hold_down", maximum=30 * 86_400, default=defaults.hold_down_s),
         approval=r.boolean("approval", default=defaults.approval),
     )
-    named = {policy.on_failed, policy.on_degraded, policy.on_missing, *xid_actions.values()}
+    named = {
+        policy.on_failed,
+        policy.on_degraded,
+        policy.on_missing,
+        policy.on_straggler,
+        *xid_actions.values(),
+    }
     unhooked = sorted(a.value for a in named & HOOKED if a.value not in hooks)
     if unhooked:
         raise GpuwardError(

@@ -80,6 +80,9 @@ def test_symptoms_worst_first_and_application_xids_are_the_jobs() -> None:
     assert missing is not None and missing.kind is SymptomKind.MISSING
     assert symptom_of(None, None, 0) is None  # never heard from: nothing to judge
     assert symptom_of(report(), 100, 0) is None
+    slow = symptom_of(report(), 100, 0, "GPU 5: sm_clock_ratio 0.63")
+    assert slow == Symptom(SymptomKind.STRAGGLER, "GPU 5: sm_clock_ratio 0.63")
+    assert symptom_of(report([79]), 100, 0, "slow").kind is SymptomKind.XID  # type: ignore[union-attr]
 
 
 def test_the_policy_maps_symptoms_and_xid_overrides() -> None:
@@ -88,6 +91,7 @@ def test_the_policy_maps_symptoms_and_xid_overrides() -> None:
     assert policy.action_for(Symptom(SymptomKind.XID, "x", 48)) is Action.DRAIN
     assert policy.action_for(Symptom(SymptomKind.DEGRADED, "x")) is Action.NOTIFY
     assert policy.action_for(Symptom(SymptomKind.MISSING, "x")) is Action.DRAIN
+    assert policy.action_for(Symptom(SymptomKind.STRAGGLER, "x")) is Action.NONE
     with pytest.raises(ValueError, match="budget"):
         RemediationPolicy(budget=0)
     with pytest.raises(ValueError, match="failure_domain"):
