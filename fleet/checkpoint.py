@@ -10,7 +10,7 @@ pure steps:
   An interruption is an unplanned failure a node reported: each GPU named by
   an XID of a node-fault class (``fleet.gpu_rules.xid_status`` says failed:
   fallen off the bus, double-bit ECC, NVLink, GSP ...; an application's own
-  XID 13/31/43 is not) counts once per report, and a report whose health
+  XID 13/31/43 is not) counts once per burst, and a report whose health
   status turns failed without such an XID (uncorrected ECC, a GPU NVML lost)
   counts once for the node. A rolled-back update is planned maintenance
   working as designed (its report's failures are the driver's, and the rollout
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from fleet.gpu_rules import FAILED, xid_status
 from fleet.report import HealthReport
 from fleet.wire import Document, Field, Integer, Number, Text, Wire, optional
+from fleet.xid_catalog import BURST_WINDOW_S
 
 SECONDS_PER_HOUR = 3600.0
 ROLLED_BACK = "rolled-back"  # fleet.report.UPDATE_OUTCOMES
@@ -49,8 +50,14 @@ class Interruption:
 
 
 def interruptions(history: Sequence[tuple[float, HealthReport]]) -> tuple[Interruption, ...]:
-    """The interruptions in one node's reports ``(received_at, report)``, oldest first."""
+    """The interruptions in one node's reports ``(received_at, report)``, oldest first.
+
+    A fault makes the driver raise XIDs in bursts (each channel or engine it
+    touches, often several codes, across report boundaries), so node-fault XIDs
+    of one GPU each within ``BURST_WINDOW_S`` of the last are one interruption,
+    as ``fleet.xid_catalog.group_bursts`` groups repeats of one code."""
     found: list[Interruption] = []
+    last_fault: dict[int | None, float] = {}  # GPU -> its latest node-fault XID
     was_failed = False
     for at, report in history:
         health = report.health
@@ -58,13 +65,19 @@ def interruptions(history: Sequence[tuple[float, HealthReport]]) -> tuple[Interr
             was_failed = False
             continue
         failed = health.status == FAILED
+        faults = sorted((x for x in health.xids if _node_fault(x.xid)), key=lambda x: x.at)
+        started: set[int | None] = set()
+        for event in faults:
+            previous = last_fault.get(event.gpu_index)
+            if previous is None or event.at - previous > BURST_WINDOW_S:
+                started.add(event.gpu_index)
+            last_fault[event.gpu_index] = event.at
         if report.update != ROLLED_BACK:
-            gpus = {x.gpu_index for x in health.xids if _node_fault(x.xid)}
             found.extend(
                 Interruption(report.node_id, at, g)
-                for g in sorted(gpus, key=lambda g: -1 if g is None else g)
+                for g in sorted(started, key=lambda g: -1 if g is None else g)
             )
-            if failed and not was_failed and not gpus:
+            if failed and not was_failed and not faults:
                 found.append(Interruption(report.node_id, at, None))
         was_failed = failed
     return tuple(found)

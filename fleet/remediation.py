@@ -9,8 +9,9 @@ rule lives here, so it can be read in one place and tested without a scheduler:
 
 1. A node's symptom is the worst of its latest report: a non-application XID
    (``fleet.xid_catalog``; an application's own fault is the job's, not the
-   node's), a failed or degraded status, or its silence (heartbeat loss: no
-   report for ``missing_after`` intervals). A node never heard from has none.
+   node's), a failed or degraded status, its silence (heartbeat loss: no report
+   for ``missing_after`` intervals), or the fleet's straggler ranking naming it.
+   A node never heard from has none.
 2. The pool's policy maps the symptom to an action: none, notify, drain, reset
    (drain, then the operator's reset hook), reboot (drain, then the reboot
    hook), or service (drain until an operator releases the node).
@@ -98,6 +99,7 @@ class SymptomKind(enum.StrEnum):
     XID = "xid"
     FAILED = "failed"
     DEGRADED = "degraded"
+    STRAGGLER = "straggler"  # slower than its peers (fleet.stragglers), though healthy itself
     MISSING = "missing"
 
 
@@ -124,6 +126,7 @@ class RemediationPolicy:
     on_failed: Action = Action.DRAIN
     on_degraded: Action = Action.NONE
     on_missing: Action = Action.DRAIN
+    on_straggler: Action = Action.NONE
     xid_actions: Mapping[int, Action] = field(default_factory=dict)  # overrides per XID
     budget: int = 1
     failure_domain: str | None = "rack"  # one of fleet.topology.DOMAINS, or None
@@ -142,7 +145,13 @@ class RemediationPolicy:
     def actions(self) -> frozenset[Action]:
         """Every action the pool can take: those the policy names, and service for a
         policy that drains (rule 8)."""
-        named = {self.on_failed, self.on_degraded, self.on_missing, *self.xid_actions.values()}
+        named = {
+            self.on_failed,
+            self.on_degraded,
+            self.on_missing,
+            self.on_straggler,
+            *self.xid_actions.values(),
+        }
         if any(a.drains for a in named):
             named.add(Action.SERVICE)
         return frozenset(named - {Action.NONE})
@@ -154,6 +163,8 @@ class RemediationPolicy:
             return self.on_missing
         if symptom.kind is SymptomKind.DEGRADED:
             return self.on_degraded
+        if symptom.kind is SymptomKind.STRAGGLER:
+            return self.on_straggler
         return self.on_failed
 
 
@@ -283,9 +294,13 @@ class Decision:
 
 
 def symptom_of(
-    report: HealthReport | None, last_seen: int | None, missing_before: int
+    report: HealthReport | None,
+    last_seen: int | None,
+    missing_before: int,
+    straggling: str | None = None,
 ) -> Symptom | None:
-    """Rule 1: the worst symptom a node shows, None if healthy or never heard from."""
+    """Rule 1: the worst symptom a node shows, None if healthy or never heard from;
+    ``straggling``: why the fleet's straggler ranking names the node, if it does."""
     if report is None or last_seen is None:
         return None
     if last_seen < missing_before:
@@ -298,13 +313,16 @@ def symptom_of(
             event, known = xids[0], classify_xid(xids[0].xid)
             gpu = "GPU ?" if event.gpu_index is None else f"GPU {event.gpu_index}"
             summary = f"{gpu}: XID {event.xid} ({known.description}); NVIDIA: {known.action}"
-            return Symptom(SymptomKind.XID, summary, event.xid)
+            return Symptom(SymptomKind.XID, summary[:MAX_DETAIL], event.xid)
         if health.status in (FAILED, DEGRADED):
             kind = SymptomKind.FAILED if health.status == FAILED else SymptomKind.DEGRADED
-            return Symptom(kind, "; ".join(health.reasons[:3]) or health.status)
+            return Symptom(kind, "; ".join(health.reasons[:3])[:MAX_DETAIL] or health.status)
     if report.gpus and not report.healthy:
         problems = [p for g in report.gpus for p in g.problems]
-        return Symptom(SymptomKind.FAILED, "; ".join(problems[:3]) or "a GPU is unhealthy")
+        summary = "; ".join(problems[:3])[:MAX_DETAIL]
+        return Symptom(SymptomKind.FAILED, summary or "a GPU is unhealthy")
+    if straggling is not None:
+        return Symptom(SymptomKind.STRAGGLER, straggling[:MAX_DETAIL])
     return None
 
 
@@ -356,7 +374,8 @@ def decide(
         if action is Action.NONE:
             continue
         if action is Action.NOTIFY:
-            if notified.get(seen.node_id) != seen.symptom.summary:
+            told = notified.get(seen.node_id)
+            if told != seen.symptom.summary and (told is not None or len(notified) < MAX_TRACKED):
                 notified[seen.node_id] = seen.symptom.summary
                 audit.append(
                     RemediationAudit(
@@ -371,8 +390,11 @@ def decide(
     for seen, symptom, action in candidates:
         why = _held_back(policy, list(tracked.values()), seen)
         if why is not None:
-            if held.get(seen.node_id) != why:
-                held[seen.node_id] = why
+            first = seen.node_id not in held
+            if first and len(held) >= MAX_TRACKED:
+                continue  # a pool-wide outage: held all the same, the board stays bounded
+            held[seen.node_id] = why  # the latest reason shows; the first is audited
+            if first:
                 audit.append(
                     RemediationAudit(
                         now, board.pool, seen.node_id, AuditEvent.HELD, action, symptom, why
@@ -457,6 +479,7 @@ def settle(board: RemediationBoard, node_id: str, outcome: str, ok: bool, now: i
     node = board.node(node_id)
     if node is None or node.stage not in (Stage.ACTING, Stage.RESUMING):
         return Decision(board, ())  # released or settled meanwhile
+    outcome = outcome[:MAX_DETAIL]
     resumed = dict(board.resumed)
     after: NodeRemediation | None
     if not ok:

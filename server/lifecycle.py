@@ -69,6 +69,7 @@ from server.report_attestation import BootPolicies, ReportAttestation
 from server.resigner import OnlineSigner
 from server.rollout.engine import RolloutEngine
 from server.store import Store, open_store
+from server.stragglers import straggler_reasons
 from server.tpm_enrollment import EVIDENCE_TYPE as TPM_EVIDENCE
 from server.tpm_enrollment import TpmEnrollment
 from server.webhooks import WebhookService
@@ -225,16 +226,16 @@ async def serve(
         reports=reports,
         renewer=Renewer(_signer(config), store, config, clock) if duties else None,
         webhooks=WebhookService(store, config, clock) if duties and config.webhooks else None,
-        remediation=None
-        if config.remediation is None
-        else RemediationEngine(
+    )
+    if config.remediation is not None:
+        svc.remediation = RemediationEngine(
             store,
             config.remediation,
             clock,
             config.report_interval_s * config.missing_after,
             notify=bool(config.webhooks),
-        ),
-    )
+            stragglers=functools.partial(straggler_reasons, svc),
+        )
     app = create_app(svc)
     if worker is not None:
         app.on_response_prepare.append(_worker_header(worker))

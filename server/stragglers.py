@@ -38,6 +38,12 @@ async def fleet_stragglers(s: Services) -> dict[str, Any]:
     return {**computed.value, "computed_at": computed.at}
 
 
+async def straggler_reasons(s: Services) -> dict[str, str]:
+    """Why each ranked straggler is one, by node (for remediation): its worst GPUs."""
+    ranked = (await fleet_stragglers(s))["nodes"]
+    return {n["node_id"]: "; ".join(g["message"] for g in n["stragglers"][:2]) for n in ranked}
+
+
 async def _stragglers_json(store: Store, now: float, missing_after_s: int) -> dict[str, Any]:
     started = time.monotonic()
     windows = await store.gpu_windows(int(now) - missing_after_s)

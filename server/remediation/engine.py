@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
 
 from fleet.errors import GpuwardError
 from fleet.remediation import (
+    Action,
     Decision,
     NodeObservation,
     NodeRemediation,
@@ -68,12 +69,14 @@ class RemediationEngine:
         clock: Callable[[], float],
         missing_after_s: int,
         notify: bool = False,
+        stragglers: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
     ) -> None:
         self._store = store
         self._config = config
         self._clock = clock
         self._missing_after_s = missing_after_s
         self._notify = notify
+        self._stragglers = stragglers
         self._executor = executor_for(config)
 
     @property
@@ -83,7 +86,9 @@ class RemediationEngine:
     def _now(self) -> int:
         return int(self._clock())
 
-    def _observe(self, statuses: list[NodeStatus], now: int) -> dict[str, list[NodeObservation]]:
+    def _observe(
+        self, statuses: list[NodeStatus], stragglers: Mapping[str, str], now: int
+    ) -> dict[str, list[NodeObservation]]:
         missing_before = now - self._missing_after_s
         seen: dict[str, list[NodeObservation]] = {pool: [] for pool in self._config.pools}
         for status in statuses:
@@ -95,7 +100,12 @@ class RemediationEngine:
             seen[status.node.pool].append(
                 NodeObservation(
                     status.node.node_id,
-                    symptom_of(report, status.last_seen, missing_before),
+                    symptom_of(
+                        report,
+                        status.last_seen,
+                        missing_before,
+                        stragglers.get(status.node.node_id),
+                    ),
                     status.last_seen,
                     None if policy.failure_domain is None else labels.get(policy.failure_domain),
                 )
@@ -107,7 +117,12 @@ class RemediationEngine:
         if not self._config.pools:
             return
         now = self._now()
-        observed = await asyncio.to_thread(self._observe, await self._store.fleet(), now)
+        stragglers: Mapping[str, str] = {}
+        wanted = any(p.on_straggler is not Action.NONE for p in self._config.pools.values())
+        if wanted and self._stragglers is not None:
+            stragglers = await self._stragglers()
+        statuses = await self._store.fleet()
+        observed = await asyncio.to_thread(self._observe, statuses, stragglers, now)
         for pool, policy in self._config.pools.items():
             rules = functools.partial(decide, policy=policy, nodes=observed[pool], now=now)
             board = await self._store.change_remediation(pool, rules, now, notify=self._notify)

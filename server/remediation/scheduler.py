@@ -78,7 +78,16 @@ class SlurmScheduler:
         return await run_command((*self._scontrol, *args), self._env, self._timeout_s)
 
     async def drain(self, node_id: str, reason: str) -> str:
-        await self._scontrol_run("update", f"NodeName={node_id}", "State=DRAIN", f"Reason={reason}")
+        try:
+            await self._scontrol_run(
+                "update", f"NodeName={node_id}", "State=DRAIN", f"Reason={reason}"
+            )
+        except SchedulerError as exc:
+            raise SchedulerError(
+                f"{exc} (the server's user must be allowed to drain Slurm nodes: run it as "
+                "SlurmUser, or set [remediation] scontrol to a sudo rule for scontrol; and the "
+                f"node must be named {node_id} in slurm.conf)"
+            ) from None
         return f"drained in Slurm: {reason}"
 
     async def resume(self, node_id: str) -> str:

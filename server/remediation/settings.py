@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import GpuwardError, InvalidDocument
-from fleet.remediation import Action, RemediationPolicy
+from fleet.remediation import MAX_TRACKED, Action, RemediationPolicy
 from fleet.rollout import POOL
 from fleet.schema import Reader
 from fleet.topology import DOMAINS
@@ -28,6 +28,7 @@ _POLICY_KEYS = frozenset(
         "on_failed",
         "on_degraded",
         "on_missing",
+        "on_straggler",
         "xid",
         "budget",
         "failure_domain",
@@ -113,8 +114,9 @@ def _policy(table: object, where: str, hooks: dict[str, tuple[str, ...]]) -> Rem
         on_failed=_action(r, table, "on_failed", defaults.on_failed),
         on_degraded=_action(r, table, "on_degraded", defaults.on_degraded),
         on_missing=_action(r, table, "on_missing", defaults.on_missing),
+        on_straggler=_action(r, table, "on_straggler", defaults.on_straggler),
         xid_actions=xid_actions,
-        budget=r.integer("budget", minimum=1, maximum=1_000_000, default=defaults.budget),
+        budget=r.integer("budget", minimum=1, maximum=MAX_TRACKED, default=defaults.budget),
         failure_domain=None if domain == "none" else domain,
         hold_down_s=r.integer("hold_down", maximum=30 * 86_400, default=defaults.hold_down_s),
         approval=r.boolean("approval", default=defaults.approval),

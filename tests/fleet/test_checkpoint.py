@@ -68,6 +68,21 @@ def test_only_unplanned_node_faults_are_interruptions() -> None:
     )
 
 
+def test_a_burst_of_xids_across_reports_is_one_interruption() -> None:
+    history = [
+        (0.0, report("n", status="failed", xids=((79, 1),), at=0.0)),
+        # The same fault's tail, other codes included, in the next report.
+        (30.0, report("n", status="failed", xids=((79, 1), (45, 1)), at=30.0)),
+        (80.0, report("n", status="failed", xids=((48, 1),), at=80.0)),  # chained: 50 s on
+        (200.0, report("n", status="failed", xids=((79, 1), (79, 2)), at=200.0)),  # a new one
+    ]
+    assert interruptions(history) == (
+        Interruption("n", 0.0, 1),
+        Interruption("n", 200.0, 1),
+        Interruption("n", 200.0, 2),
+    )
+
+
 def test_exposure_counts_gpu_hours_between_first_and_last_report() -> None:
     seen = exposure([[(0.0, report("a")), (7200.0, report("a"))], [(0.0, report("b"))], []])
     assert (seen.interruptions, seen.gpu_hours, seen.nodes) == (0, 2 * GPUS_PER_NODE, 2)

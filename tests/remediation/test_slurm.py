@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 
 from fleet.remediation import Action, RemediationPolicy
-from tests.remediation.conftest import HOLD_DOWN_S, REPORT_INTERVAL_S, Remediated, remediated_site
+from fleet.stragglers import WINDOW
+from tests.remediation.conftest import (
+    HOLD_DOWN_S,
+    RACKS,
+    REPORT_INTERVAL_S,
+    Remediated,
+    remediated_site,
+)
 from tests.remediation.slurm_cluster import SlurmCluster
+from tests.server.test_stragglers import health as straggler_health
 from tests.simnode import operator_post
 
 BUDGET_OF_ONE = RemediationPolicy(budget=1, failure_domain=None, hold_down_s=HOLD_DOWN_S)
@@ -175,3 +183,23 @@ def test_heartbeat_loss_drains_and_the_return_resumes(prod: Remediated) -> None:
         prod.tick()
     assert prod.slurm.state("gpu-a02").state == "idle"
     assert [e["symptom"]["kind"] for e in prod.audit("gpu-a02")] == ["missing"] * 4
+
+
+def test_a_straggler_the_fleet_ranking_names_is_drained_when_the_policy_says_so(
+    _template_repo: Path, tmp_path: Path, slurm: SlurmCluster
+) -> None:
+    policy = RemediationPolicy(on_straggler=Action.DRAIN, failure_domain=None)
+    for prod in remediated_site(_template_repo, tmp_path, slurm, policy):
+        for _ in range(WINDOW):
+            for i, node_id in enumerate(RACKS):
+                slow = {5: 1250} if node_id == "gpu-b02" else {}
+                prod.report(node_id, straggler_health(i, 8, slow))
+            prod.clock.advance(REPORT_INTERVAL_S)
+        prod.tick()
+        states = prod.slurm.states()
+        assert states.pop("gpu-b02") == "drained"
+        assert set(states.values()) == {"idle"}
+        reason = prod.slurm.state("gpu-b02").reason
+        assert reason.startswith("gpuward drain: gpu-b02 GPU 5: sm_clock_ratio 0.6313")
+        (decided, _done) = prod.audit("gpu-b02")
+        assert decided["symptom"]["kind"] == "straggler"
