@@ -26,7 +26,9 @@ here). Pages refresh themselves every ``REFRESH_S`` seconds by a meta refresh.
 The checkpoint page does not: it shows each pool's observed interruptions and,
 for the job its GET form names, the job's MTBF and checkpoint interval, from
 ``server.checkpoint.fleet_checkpoint_advice`` (what the API answers), which
-reads every node's retained reports.
+reads every node's retained reports. The remediation page shows each pool's
+remediation board and the newest audit entries (``server.remediation``); it has
+no buttons: approving and releasing stay with ``gpuward fleet remediation``.
 Every value shown is HTML-escaped, and a strict Content Security Policy forbids
 scripts outright.
 """
@@ -45,6 +47,7 @@ from aiohttp import web
 
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
 from fleet.human_time import duration, when
+from fleet.remediation import NodeRemediation, RemediationAudit, RemediationBoard
 from fleet.report import GpuReport, HealthReport
 from fleet.rollout import COMMANDS, Progress, Rollout, RolloutError
 from fleet.text import unicode_text
@@ -96,6 +99,8 @@ RECENT_ROLLOUTS = 10
 SUMMARY_TTL_S = 10
 # A rollout page lists at most this many nodes per wave, those still open first.
 WAVE_LIST = 500
+# The remediation page's audit log: the newest entries, enough for the last incidents.
+REMEDIATION_AUDIT = 100
 # The checkpoint page's job until the viewer enters one: a large training job
 # whose checkpoint takes five minutes.
 DEFAULT_JOB = {"gpus": "1024", "checkpoint_cost": "300"}
@@ -131,6 +136,7 @@ text-decoration:none}
 .bar{display:flex;height:10px;width:240px;background:#e3e5ea;border-radius:3px;overflow:hidden}
 .bar span{display:block}.bar .done{background:#34a853}.bar .failed{background:#ea4335}
 .bar .assigned{background:#fbbc04}
+.awaiting-approval,.acting,.resuming{color:#8a5a00}.drained,.service{color:#b3261e}
 .banner{background:#fce8e6;border-left:4px solid #b3261e}
 form.filters{display:flex;gap:8px;flex-wrap:wrap;align-items:center;margin:0 0 8px}
 .actions{display:flex;gap:8px}.actions form{margin:0}
@@ -140,6 +146,10 @@ nav.pages{display:flex;gap:16px;margin:8px 0 0}
 
 def _e(value: object) -> str:
     return html.escape("-" if value is None else str(value), quote=True)
+
+
+def _node_link(node_id: str) -> str:
+    return f'<a href="/nodes/{_e(node_id)}">{_e(node_id)}</a>'
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], table_id: str) -> str:
@@ -159,6 +169,7 @@ def _page(
 ) -> web.Response:
     nav = '<a href="/">Fleet</a>' + (
         '<a href="/checkpoints" id="nav-checkpoints">Checkpoint advice</a>'
+        '<a href="/remediation" id="nav-remediation">Remediation</a>'
         f"<span>{_e(who.name)} ({_e(who.role)})</span>"
         '<form method="post" action="/logout"><button>Sign out</button></form>'
         if who
@@ -485,7 +496,7 @@ async def _node_list(s: Services, listing: NodeListing, missing: int) -> str:
         ("Node", "Pool", "State", "Driver", "Bundle", "Last update", "Attestation", "Last seen"),
         (
             [
-                f'<a href="/nodes/{_e(n.node_id)}">{_e(n.node_id)}</a>',
+                _node_link(n.node_id),
                 _e(n.pool),
                 f'<span class="{_e(n.state)}">{_e(n.state)}</span>',
                 _e(n.driver),
@@ -564,7 +575,7 @@ async def _stragglers(s: Services) -> str:
         (
             [
                 _e(n["rank"]),
-                f'<a href="/nodes/{_e(n["node_id"])}">{_e(n["node_id"])}</a>',
+                _node_link(n["node_id"]),
                 _e(n["score"]),
                 "<br>".join(_e(g["message"]) for g in n["stragglers"]),
             ]
@@ -651,6 +662,91 @@ async def checkpoint_page(request: web.Request) -> web.Response:
         f"{rows}</section>",
         who,
         await _renewal_banner(s),
+    )
+
+
+def _remediating_row(pool: str, node: NodeRemediation) -> list[str]:
+    return [
+        _e(pool),
+        _node_link(node.node_id),
+        f'<span class="{_e(node.stage.value)}">{_e(node.stage.value)}</span>',
+        _e(node.action.value),
+        _e(node.symptom.summary),
+        _e(when(node.since)),
+        _e(None if node.healthy_since is None else when(node.healthy_since)),
+        _e(node.attempts),
+        _e(node.last_error or None),
+    ]
+
+
+def _audit_row(entry: RemediationAudit) -> list[str]:
+    return [
+        _e(when(entry.at)),
+        _e(entry.pool),
+        _node_link(entry.node_id),
+        f'<span class="{_e(entry.event.value)}">{_e(entry.event.value)}</span>',
+        _e(entry.action.value),
+        _e(entry.symptom.summary),
+        _e(entry.detail or None),
+        _e(entry.by),
+    ]
+
+
+def _remediation_body(boards: Sequence[RemediationBoard], audit: Sequence[RemediationAudit]) -> str:
+    remediating = _table(
+        ("Pool", "Node", "Stage", "Action", "Symptom", "Since", "Healthy since", "Failed tries",
+         "Last error"),
+        (_remediating_row(b.pool, n) for b in boards for n in b.nodes),
+        "remediating",
+    )  # fmt: skip
+    held = _table(
+        ("Pool", "Node", "Why"),
+        ([_e(b.pool), _node_link(node), _e(why)] for b in boards for node, why in b.held.items()),
+        "held",
+    )
+    log = _table(
+        ("At", "Pool", "Node", "Event", "Action", "Symptom", "Detail", "By"),
+        (_audit_row(e) for e in reversed(audit)),
+        "audit",
+    )
+    pools = ", ".join(
+        f'<a href="{NodeListing(pool=b.pool).link()}">{_e(b.pool)}</a>: {len(b.nodes)} under '
+        f"remediation, {len(b.held)} held back or notified"
+        for b in boards
+    )
+    return (
+        f'<section id="boards"><h2>Under remediation</h2><p>{pools or "No pool remediated yet."}'
+        f"</p>{remediating}</section>"
+        '<section id="held-back"><h2>Held back or notified</h2><p>Nodes the pool\'s budget or '
+        "failure domain holds back (with why), and those whose action is notify (with what "
+        f"they show).</p>{held}</section>"
+        f'<section id="audit-log"><h2>Audit log</h2><p>The newest {REMEDIATION_AUDIT} '
+        "entries, newest first; all of them: <code>gpuward fleet remediation audit</code>.</p>"
+        f"{log}</section>"
+    )
+
+
+async def remediation_page(request: web.Request) -> web.Response:
+    """Each pool's board and the newest audit entries: what ``GET /v1/remediation``
+    and ``GET /v1/remediation/audit`` answer. Approving and releasing are the
+    operator's, from ``gpuward fleet remediation``."""
+    who = await _signed_in(request)
+    s = services(request)
+    if s.remediation is None:
+        body = (
+            '<section><p id="not-configured">Remediation is not configured on this server: '
+            "nodes' findings are shown, never acted on. To drain nodes by their findings, add a "
+            "<code>[remediation]</code> table to its server.toml.</p></section>"
+        )
+        return _page("Remediation", body, who, await _renewal_banner(s))
+    boards = await s.remediation.boards()
+    audit = await s.store.remediation_audit(None, REMEDIATION_AUDIT)
+    return _page(
+        "Remediation",
+        _remediation_body(boards, audit),
+        who,
+        await _renewal_banner(s),
+        refresh=True,
     )
 
 
@@ -825,7 +921,7 @@ def _wave_lists(rollout: Rollout) -> str:
             ("Node", "Progress", "Assigned", "Detail"),
             (
                 [
-                    f'<a href="/nodes/{_e(n.node_id)}">{_e(n.node_id)}</a>',
+                    _node_link(n.node_id),
                     f'<span class="{_e(n.progress.value)}">{_e(n.progress.value)}</span>',
                     _e(when(n.assigned_at) if n.assigned_at is not None else None),
                     _e(n.detail or None),
@@ -928,6 +1024,14 @@ ROUTES = (
         "/checkpoints",
         checkpoint_page,
         "Dashboard: checkpoint advice per pool",
+        "viewer",
+        in_openapi=False,
+    ),
+    Route(
+        "GET",
+        "/remediation",
+        remediation_page,
+        "Dashboard: remediation boards and audit log",
         "viewer",
         in_openapi=False,
     ),

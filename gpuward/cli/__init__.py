@@ -36,6 +36,7 @@ from gpuward.cli import (
     rollout_cmd,
     server_cmd,
 )
+from gpuward.cli.output import terminal_text
 
 GROUPS = (
     keys_cmd,
@@ -134,6 +135,8 @@ def _fail(args: argparse.Namespace, exc: BaseException, message: str, code: int)
         trace = "".join(traceback.format_exception(exc)).rstrip("\n")
         print(logs.stderr_text(trace, logs.ERR), file=sys.stderr)
     first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    # A server's message may quote what a node sent (gpuward.cli.output).
+    first_line = terminal_text(first_line)
     # Under systemd the line is filed at err, where journalctl -p err looks.
     print(logs.stderr_text(f"gpuward: error: {first_line}", logs.ERR), file=sys.stderr)
     return code

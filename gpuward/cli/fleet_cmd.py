@@ -9,6 +9,7 @@ from fleet.attribution import Attribution
 from fleet.checkpoint import CheckpointAdvice, advise
 from fleet.errors import GpuwardError
 from fleet.human_time import duration
+from gpuward.cli import remediation_cmd
 from gpuward.cli.operator_client import add_server_flags, call
 from gpuward.cli.output import add_json_flag, emit, table
 
@@ -49,6 +50,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_server_flags(attribution)
     add_json_flag(attribution)
     attribution.set_defaults(func=_attribution)
+    remediation_cmd.register(sub)
 
 
 def _stragglers(args: argparse.Namespace) -> None:

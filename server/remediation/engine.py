@@ -188,14 +188,18 @@ class RemediationEngine:
         if refused:
             raise NotUnderRemediation(str(refused[0]))
         await self._carry_out(after)
-        return after
+        # The board as the step left it (drained, resumed, or its error), not as
+        # the command alone did: that is what the operator asked about.
+        return next(b for b in await self._store.remediation_boards() if b.pool == pool)
 
     async def approve(self, command: OperatorCommand) -> RemediationBoard:
-        """Approve the action waiting for the node, and carry it out now."""
+        """Approve the action waiting for the node, and carry it out now; the pool's
+        board after it."""
         return await self._command(command, approve)
 
     async def release(self, command: OperatorCommand) -> RemediationBoard:
-        """End the node's remediation: drop a waiting action, or resume it now."""
+        """End the node's remediation: drop a waiting action, or resume it now; the
+        pool's board after it."""
         return await self._command(command, release)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import urllib3
 
+from fleet.remediation import RemediationPolicy
+from server.config import RemediationConfig
 from tests.conftest import Fleet, Site, make_site
 from tests.simnode import FakeClock, SimNode, dashboard_sign_in, operator_post, report_doc
 
@@ -20,15 +22,20 @@ CHROMIUM = shutil.which("chromium")
 
 @pytest.fixture
 def populated(_template_repo: Path, tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
-    """A fleet with healthy, unhealthy and silent nodes and a halted rollout."""
+    """A fleet with healthy, unhealthy and silent nodes, a halted rollout, and the
+    unhealthy node under remediation (scheduler "none": audited, not drained)."""
     clock = FakeClock()
-    for site in make_site(_template_repo, tmp_path, str(tmp_path / "s.db"), clock):
+    remediation = RemediationConfig(tick_s=0, pools={"prod": RemediationPolicy()})
+    for site in make_site(
+        _template_repo, tmp_path, str(tmp_path / "s.db"), clock, remediation=remediation
+    ):
         fleet = Fleet(site, clock)
         old, new = site.publish("580.65.06"), site.publish("580.82.07")
         nodes = [fleet.node(f"gpu-{i}", pool="prod") for i in range(6)]
         for node in nodes:
             node.report(bundle=old.target_path, driver="580.65.06")
         nodes[1].report(healthy=False, driver="580.65.06")
+        site.server.tick_remediation()
         token = fleet.token("operator")
         started = operator_post(
             site.url,
@@ -143,6 +150,19 @@ def test_pages_render_with_data_in_headless_chromium(
     assert f'<a href="/nodes/{canary}">{canary}</a></td><td><span class="failed">' in wave
     assert 'id="wave-1-nodes"' in rollout  # the waves not started are listed too
     assert 'id="actions"' not in rollout  # a viewer
+
+    remediation = chromium(
+        tmp_path, "--dump-dom", signed_in_page(fleet, cookie, "/remediation", tmp_path)
+    )
+    assert 'href="/remediation" id="nav-remediation"' in dom
+    board = remediation[remediation.index('<table id="remediating">') :].split("</table>", 1)[0]
+    assert (
+        '<td>prod</td><td><a href="/nodes/gpu-1">gpu-1</a></td><td><span class="drained">'
+        "drained</span></td><td>drain</td><td>XID 79</td>"
+    ) in board
+    audit = remediation[remediation.index('<table id="audit">') :].split("</table>", 1)[0]
+    assert audit.index('<span class="done">done') < audit.index('<span class="decided">decided')
+    assert "no scheduler configured: not drained (gpuward drain: XID 79)" in audit
 
 
 def test_sign_in_rules(populated: tuple[Fleet, str]) -> None:
