@@ -160,7 +160,9 @@ def test_approval_through_the_cli_and_a_viewer_is_told_what_token_it_needs(
         as_json = json.loads(run(prod, tmp_path, "operator", "release", "gpu-a02", "--json"))
         resumed = {"gpu-a02": int(prod.clock())}  # for the flapping rule
         assert as_json == {
-            "boards": [{"pool": "prod", "nodes": [], "held": {}, "resumed": resumed}]
+            "boards": [
+                {"pool": "prod", "nodes": [], "held": {}, "resumed": resumed, "notified": {}}
+            ]
         }
         assert prod.slurm.state("gpu-a02").state == "idle"
 
