@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 
 from fleet.errors import InvalidDocument
 from fleet.schema import Reader
@@ -93,10 +94,14 @@ class Bulletin:
     updated: date
     advisories: tuple[Advisory, ...]
 
-    @property
+    @cached_property
     def branches(self) -> frozenset[str]:
         """Every branch the bulletin lists for any of its CVEs: the branches NVIDIA evaluated."""
         return frozenset(b for a in self.advisories for b, _ in a.fixed)
+
+    @cached_property
+    def newest_branch(self) -> int:
+        return max(parse_branch(b) for b in self.branches)
 
     def judge(self, advisory: Advisory, driver: DriverVersion) -> OpenAdvisory | None:
         """``advisory`` open on ``driver``, or None (the module's docstring says how)."""
@@ -106,9 +111,7 @@ class Bulletin:
             if driver >= fixed:
                 return None
             status = AFFECTED
-        elif branch in self.branches or parse_branch(branch) > max(
-            parse_branch(b) for b in self.branches
-        ):
+        elif branch in self.branches or parse_branch(branch) > self.newest_branch:
             return None
         else:
             status = BRANCH_NOT_LISTED

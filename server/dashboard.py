@@ -45,7 +45,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlparse
 import structlog
 from aiohttp import web
 
-from fleet.advisories import AdvisoryExposure, FleetAdvisories
+from fleet.advisories import SEVERITIES, AdvisoryExposure, FleetAdvisories
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
 from fleet.human_time import duration, when
 from fleet.report import GpuReport, HealthReport
@@ -598,11 +598,7 @@ def _fleet_advisories(fleet: FleetAdvisories | None) -> str:
             "no advisory feed: exposure is unknown. Publish a newer catalog with "
             "<code>gpuward repo add-catalog</code>.</p></section>"
         )
-    worst = ", ".join(
-        f"{getattr(fleet, s)} {s}"
-        for s in ("critical", "high", "medium", "low")
-        if getattr(fleet, s)
-    )
+    worst = ", ".join(f"{getattr(fleet, s)} {s}" for s in SEVERITIES if getattr(fleet, s))
     head = (
         f'<p id="advisory-counts">{fleet.exposed} of {fleet.nodes} node(s) reporting a driver '
         f"run one with open advisories{f' (worst open: {worst})' if worst else ''}; judged "

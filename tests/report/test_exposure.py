@@ -203,3 +203,25 @@ def test_a_tampered_feed_is_refused_by_the_server_and_by_the_agent(
     assert outcome.update == "refused", outcome
     assert why in outcome.reason
     assert not (agent.state_dir / "catalog.json").exists()  # no last good catalog from it
+
+
+def test_feed_text_is_escaped_wherever_it_is_shown(site: Site, tmp_path: Path) -> None:
+    """The feed is signed, and still only text: markup in it is shown, never run."""
+    markup = "<script>alert(1)</script><img src=x onerror=alert(1)>"
+    doc = copy.deepcopy(SHIPPED)
+    doc["catalog_version"] = 3
+    doc["advisories"]["bulletins"][0]["title"] = markup
+    doc["advisories"]["bulletins"][0]["cves"][0]["summary"] = markup
+    _publish(site, tmp_path, doc)
+    node = SimNode(site.url, "n")
+    assert node.enroll().status == 201
+    assert node.report(driver="535.216.03").status == 202
+    http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=False))
+    cookie = {"Cookie": dashboard_sign_in(site.url, site.server.issue_token("viewer"))}
+    page = http.request("GET", f"{site.url}/nodes/n", headers=cookie).data.decode()
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x" in page
+    out = tmp_path / "n.html"
+    fetched = gpuward("report", "node", "n", "-o", str(out), *_viewer(site, tmp_path))
+    assert fetched.returncode == 0, fetched.stderr
+    assert "<script>" not in out.read_text()
