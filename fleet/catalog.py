@@ -10,6 +10,12 @@ touching any existing one, so an agent offered a bad catalog keeps its old one.
 
 Fields that rest on a secondary source are listed in each entry's
 ``secondary``; nothing here is guessed.
+
+The catalog also carries the security advisory feed (``fleet.advisories``):
+NVIDIA's driver bulletins ride in the same signed target, so a mirror inside an
+air gap has them too. The section is optional: a catalog from before it reads
+as one without a feed (``advisories`` is None), never as a fleet with no open
+advisory.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from datetime import date
 from functools import cache
 from importlib import resources
 
+from fleet.advisories import AdvisoryExposure, AdvisoryFeed, load_advisory_feed
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.manifest import MODULE_FLAVOURS
 from fleet.schema import Reader
@@ -146,6 +153,13 @@ class Catalog:
     open_default_from: str
     fabric_manager_rule: str
     architectures: tuple[Architecture, ...]
+    advisories: AdvisoryFeed | None  # None: a catalog from before the feed
+
+    def exposure(self, driver: str | None) -> AdvisoryExposure | None:
+        """The advisories open on ``driver``; None when the driver or the feed is unknown."""
+        if driver is None or self.advisories is None:
+            return None
+        return self.advisories.exposure(DriverVersion.parse(driver), self.catalog_version)
 
     def branch(self, name: str) -> Branch | None:
         return next((b for b in self.branches if b.name == name), None)
@@ -235,6 +249,7 @@ def _read_catalog(doc: object, where: str) -> Catalog:
                 "kernel_modules",
                 "fabric_manager",
                 "architectures",
+                "advisories",
             }
         ),
     )
@@ -288,6 +303,9 @@ def _read_catalog(doc: object, where: str) -> Catalog:
         open_default_from=km.text("open_default_from_branch", pattern=_BRANCH),
         fabric_manager_rule=r.text("fabric_manager", choices=FABRIC_MANAGER_RULES),
         architectures=architectures,
+        advisories=None
+        if r.optional_raw("advisories") is None
+        else load_advisory_feed(r.raw("advisories"), f"{where}.advisories", names),
     )
 
 

@@ -1,11 +1,12 @@
 """Compliance reports: what an auditor is shown about each node and the fleet.
 
-An auditor asks which node runs what, attested how, and whether that is
-supported. This module turns what the server knows (enrollment, reports with
-their attestation verdicts, the catalog) into one document, without I/O, so
-the JSON, HTML and PDF forms all say the same thing. The document's shape is
-``fleet/data/compliance-report.schema.json``; a field the server cannot know
-yet is ``null`` (shown as "unknown"), never guessed.
+An auditor asks which node runs what, attested how, whether that is
+supported, and which published security advisories are open on it. This
+module turns what the server knows (enrollment, reports with their
+attestation verdicts, the catalog and its advisory feed) into one document,
+without I/O, so the JSON, HTML and PDF forms all say the same thing. The
+document's shape is ``fleet/data/compliance-report.schema.json``; a field the
+server cannot know yet is ``null`` (shown as "unknown"), never guessed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Any
 
+from fleet.advisories import SEVERITIES
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.catalog import Catalog
 from fleet.errors import GpuwardError
@@ -30,6 +32,8 @@ ENDING_SOON = timedelta(days=180)
 MAX_UPDATES_SHOWN = 50
 ATTESTATION_RESULTS = ("passed", "failed", "no-attested-report", "unattested")
 SUPPORT_STATES = ("supported", "ending-soon", "ended", "unknown")
+# A node's exposure: unknown when it reported no driver or the catalog has no feed.
+ADVISORY_STATES = ("exposed", "none-open", "unknown")
 
 
 def schema_text() -> str:
@@ -159,6 +163,53 @@ def _kernel(report: HealthReport | None) -> dict[str, Any]:
     }
 
 
+def _advisories(catalog: Catalog, version: str | None) -> dict[str, Any]:
+    """The advisories open on the node's driver, worst first, each with its bulletin."""
+    exposure = catalog.exposure(version)
+    if exposure is None:
+        return {"status": "unknown", "worst": None, "fixed_by": None, "open": []}
+    return {
+        "status": "exposed" if exposure.open else "none-open",
+        "worst": exposure.worst,
+        "fixed_by": exposure.fixed_by,
+        "open": [
+            {
+                "cve": a.cve,
+                "severity": a.severity,
+                "score": a.score,
+                "status": a.status,
+                "fixed": a.fixed,
+                "bulletin": a.bulletin,
+            }
+            for a in exposure.open
+        ],
+    }
+
+
+def _fleet_advisories(
+    catalog: Catalog, drivers: Mapping[str, int], shown: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    states = Counter(n["advisories"]["status"] for n in shown)
+    worst = Counter(n["advisories"]["worst"] for n in shown if n["advisories"]["worst"])
+    feed = catalog.advisories
+    cves = () if feed is None else feed.fleet(drivers, catalog.catalog_version).cves
+    return {
+        "bulletins": None if feed is None else len(feed.bulletins),
+        **{s: states.get(s, 0) for s in ADVISORY_STATES},
+        "worst": {s: worst.get(s, 0) for s in SEVERITIES},
+        "cves": [
+            {
+                "cve": c.cve,
+                "severity": c.severity,
+                "score": c.score,
+                "bulletin": c.bulletin,
+                "nodes": c.nodes,
+            }
+            for c in cves
+        ],
+    }
+
+
 def node_document(facts: NodeFacts, catalog: Catalog, today: date) -> dict[str, Any]:
     latest = facts.history[0].report if facts.history else None
     version = None if latest is None else latest.driver_version
@@ -183,6 +234,7 @@ def node_document(facts: NodeFacts, catalog: Catalog, today: date) -> dict[str, 
         "secure_boot": _secure_boot(facts),
         "measured_boot_policy": _boot_policy(facts, attestation),
         "driver": {"version": version, **_support(catalog, version, today)},
+        "advisories": _advisories(catalog, version),
         "kernel": _kernel(latest),
         "firewall": _firewall(latest),
         "updates": {
@@ -228,6 +280,7 @@ def report_document(
             "attestation": {r: attestation.get(r, 0) for r in ATTESTATION_RESULTS},
             "end_of_life_exposure": {s: support.get(s, 0) for s in SUPPORT_STATES},
             "rollbacks": sum(n["updates"]["rollbacks"] for n in shown),
+            "advisories": _fleet_advisories(catalog, drivers, shown),
         },
         "nodes": shown,
     }
@@ -243,8 +296,17 @@ class Chart:
 
 def charts(document: Mapping[str, Any]) -> list[Chart]:
     summary = document["summary"]
+    advisories = summary["advisories"]
     return [
         Chart("Driver versions", tuple(summary["driver_versions"].items())),
         Chart("Attestation results", tuple(summary["attestation"].items())),
         Chart("End-of-life exposure", tuple(summary["end_of_life_exposure"].items())),
+        Chart(
+            "Worst open security advisory",
+            (
+                *advisories["worst"].items(),
+                ("none open", advisories["none-open"]),
+                ("unknown", advisories["unknown"]),
+            ),
+        ),
     ]

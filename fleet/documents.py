@@ -8,6 +8,7 @@ listed here, so a new document cannot be left out of either.
 
 from __future__ import annotations
 
+from fleet.advisories import AdvisoryExposure, CveExposure, FleetAdvisories, OpenAdvisory
 from fleet.attestation import (
     AttestationEvidence,
     AttestedReport,
@@ -83,4 +84,8 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     Attribution,
     Cluster,
     SuspectCard,
+    AdvisoryExposure,
+    OpenAdvisory,
+    FleetAdvisories,
+    CveExposure,
 )

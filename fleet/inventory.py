@@ -13,7 +13,18 @@ from dataclasses import dataclass
 
 from fleet.errors import InvalidDocument
 from fleet.manifest import KERNEL_RELEASE
-from fleet.wire import Boolean, Convert, Document, Field, ListOf, Ref, Text, Wire, optional
+from fleet.wire import (
+    Boolean,
+    Convert,
+    Document,
+    Field,
+    ListOf,
+    Nullable,
+    Ref,
+    Text,
+    Wire,
+    optional,
+)
 
 SCHEMA_VERSION = 1
 MAX_NODES = 100_000
@@ -77,6 +88,7 @@ class NodeInventory(Wire):
     nvswitch: bool
     required_cuda: str | None  # the CUDA version the node's workloads need, e.g. "12.8"
     fabric_manager: str | None  # the installed Fabric Manager version, if any
+    driver_version: str | None = None  # the driver it runs, where the plan knows it
 
     WIRE = Document(
         Field("node_id", Text(max_len=128, pattern=NODE_ID)),
@@ -86,6 +98,14 @@ class NodeInventory(Wire):
         Field("nvswitch", Boolean()),
         optional("required_cuda", Text(max_len=8, pattern=_CUDA)),
         optional("fabric_manager", Text(max_len=16, pattern=_VERSION)),
+        Field(
+            "driver_version",
+            Nullable(Text(max_len=16, pattern=_VERSION)),
+            default=None,
+            omit_default=True,
+            description="the driver the node runs, for planning around the security "
+            "advisories open on it; the server's fleet view gives the latest report's",
+        ),
         where="inventory",
         version=SCHEMA_VERSION,
         version_refusal="unsupported inventory schema; upgrade gpuward",
@@ -103,7 +123,8 @@ class FleetInventories:
 
 def fleet_inventories(doc: object, where: str = "fleet") -> FleetInventories:
     """A fleet file (a JSON list of node inventories), or the server's fleet view
-    (``GET /v1/fleet``: each node's latest report carries its agent's inventory)."""
+    (``GET /v1/fleet``: each node's latest report carries its agent's inventory, and
+    the driver it names is the node's ``driver_version``)."""
     if not (isinstance(doc, dict) and isinstance(doc.get("nodes"), list)):
         return FleetInventories(fleet_from_list(doc, where))
     shown: list[object] = doc["nodes"]
@@ -116,8 +137,10 @@ def fleet_inventories(doc: object, where: str = "fleet") -> FleetInventories:
         inventory = report.get("inventory") if isinstance(report, dict) else None
         if inventory is None:
             without.append(str(node.get("node_id")) if isinstance(node, dict) else f"[{i}]")
-        else:
-            listed.append((f"{where}: nodes[{i}].report.inventory", inventory))
+            continue
+        if isinstance(inventory, dict) and isinstance(report, dict):
+            inventory = {**inventory, "driver_version": report.get("driver_version")}
+        listed.append((f"{where}: nodes[{i}].report.inventory", inventory))
     return FleetInventories(_distinct(listed), tuple(without))
 
 

@@ -6,6 +6,12 @@ newest one the node accepts. It also says how far each node's CUDA can go, and
 which nodes hold GPUs whose support ends with an older branch: those nodes are
 stranded on that branch, and its end of life is their deadline to replace the
 hardware. Pure functions of their inputs, "today" included.
+
+For a node whose running driver is known and has security advisories open on
+it (``fleet.advisories``), the plan proposes the smallest published bundle of
+the node's own branch that the node accepts and that leaves nothing open; when
+its branch has none (a bulletin lists no fix there, or no such bundle is
+published or fits), the nearest other branch's smallest such bundle.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from fleet.advisories import AdvisoryExposure
 from fleet.catalog import Catalog
 from fleet.compat import CompatVerdict, ResolvedGpu, UnknownGpu, check, resolve
 from fleet.inventory import NodeInventory
 from fleet.manifest import BundleManifest
-from fleet.versions import CudaVersion, parse_branch
+from fleet.versions import CudaVersion, DriverVersion, parse_branch
 
 
 @dataclass(frozen=True)
@@ -62,12 +69,52 @@ class Stranded:
 
 
 @dataclass(frozen=True)
+class AdvisoryFix:
+    """What closes the advisories open on a node's driver, among the published bundles."""
+
+    branch: str  # the node's
+    open: int
+    worst: str
+    needed: str | None  # the smallest release of the branch closing them all; None: none listed
+    bundle: str | None  # the smallest published one of the branch from ``needed`` the node takes
+    nearest: BundleManifest | None  # otherwise: the nearest other branch's, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "branch": self.branch,
+            "open": self.open,
+            "worst": self.worst,
+            "needed": self.needed,
+            "bundle": self.bundle,
+            "nearest_branch": None if self.nearest is None else self.nearest.branch,
+            "nearest": None if self.nearest is None else self.nearest.driver_version,
+        }
+
+    def text(self) -> str:
+        head = f"{self.open} open ({self.worst})"
+        if self.bundle is not None:
+            return f"{head}: {self.bundle}"
+        if self.needed is None:
+            why = f"no fix listed in {self.branch}"
+        else:
+            why = f"needs {self.needed}, no published {self.branch} bundle from it fits"
+        nearest = (
+            "no other branch fits"
+            if self.nearest is None
+            else f"nearest {self.nearest.branch} {self.nearest.driver_version}"
+        )
+        return f"{head}: {why}; {nearest}"
+
+
+@dataclass(frozen=True)
 class NodePlan:
     node_id: str
     gpus: tuple[str, ...]  # "H100 (Hopper)", or the label of a GPU the catalog does not know
     fits: tuple[BranchFit, ...]  # one per planned branch, in plan order
     max_cuda: CudaVersion | None  # the newest CUDA any published bundle lets it run
     stranded: Stranded | None
+    advisories: AdvisoryExposure | None = None  # None: running driver or feed unknown
+    advisory_fix: AdvisoryFix | None = None  # None: nothing open (or nothing known)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,7 +123,15 @@ class NodePlan:
             "branches": [f.to_dict() for f in self.fits],
             "max_cuda": None if self.max_cuda is None else str(self.max_cuda),
             "stranded": None if self.stranded is None else self.stranded.to_dict(),
+            "advisories": None if self.advisories is None else self.advisories.to_dict(),
+            "advisory_fix": None if self.advisory_fix is None else self.advisory_fix.to_dict(),
         }
+
+    def advisory_text(self) -> str | None:
+        """The plan's answer to the node's open advisories, in a few words."""
+        if self.advisories is None:
+            return None
+        return "none open" if self.advisory_fix is None else self.advisory_fix.text()
 
 
 @dataclass(frozen=True)
@@ -139,6 +194,7 @@ def _plan_node(
             continue
         resolved.append(r)
         labels.append(f"{r.label} ({r.architecture.name})")
+    exposure = catalog.exposure(node.driver_version)
     return NodePlan(
         node_id=node.node_id,
         gpus=tuple(labels),
@@ -147,6 +203,41 @@ def _plan_node(
         if len(resolved) == len(node.gpus)
         else None,
         stranded=_stranded(resolved, catalog, today),
+        advisories=exposure,
+        advisory_fix=None
+        if exposure is None or not exposure.open
+        else _advisory_fix(exposure, verdicts, catalog),
+    )
+
+
+def _advisory_fix(
+    exposure: AdvisoryExposure,
+    verdicts: Sequence[tuple[BundleManifest, CompatVerdict]],
+    catalog: Catalog,
+) -> AdvisoryFix:
+    """The smallest accepted bundle of the node's branch with nothing open, else the
+    nearest other branch's (by branch number; the newer on a tie)."""
+    branch = DriverVersion.parse(exposure.driver_version).branch
+    feed = catalog.advisories
+    assert feed is not None  # an exposure comes from a feed
+    clean = [b for b, v in verdicts if v.allowed and not feed.open_for(b.version)]
+    mine = [b for b in clean if b.branch == branch]
+    others = [b for b in clean if b.branch != branch]
+    nearest = None
+    if not mine and others:
+        number = parse_branch(branch)
+        closest = min(
+            {b.branch for b in others},
+            key=lambda name: (abs(parse_branch(name) - number), -parse_branch(name)),
+        )
+        nearest = min((b for b in others if b.branch == closest), key=lambda b: b.version)
+    return AdvisoryFix(
+        branch=branch,
+        open=len(exposure.open),
+        worst=exposure.open[0].severity,
+        needed=exposure.fixed_by,
+        bundle=min(mine, key=lambda b: b.version).driver_version if mine else None,
+        nearest=nearest,
     )
 
 

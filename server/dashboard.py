@@ -29,8 +29,10 @@ for the job its GET form names, the job's MTBF and checkpoint interval, from
 reads every node's retained reports. The remediation page shows each pool's
 remediation board and the newest audit entries (``server.remediation``); it has
 no buttons: approving and releasing stay with ``gpuward fleet remediation``.
-Every value shown is HTML-escaped, and a strict Content Security Policy forbids
-scripts outright.
+The overview, the node list and each node's page show the security advisories
+open on each node's driver (``server.advisories``), each linked to its NVIDIA
+bulletin. Every value shown is HTML-escaped, and a strict Content Security
+Policy forbids scripts outright.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ from urllib.parse import parse_qsl, quote, urlencode, urlparse
 import structlog
 from aiohttp import web
 
+from fleet.advisories import SEVERITIES, AdvisoryExposure, FleetAdvisories
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
 from fleet.human_time import duration, when
 from fleet.remediation import NodeRemediation, RemediationAudit, RemediationBoard
 from fleet.report import GpuReport, HealthReport
 from fleet.rollout import COMMANDS, Progress, Rollout, RolloutError
 from fleet.text import unicode_text
+from server.advisories import ExposureMemo, served_catalog
 from server.checkpoint import BadJob, PoolAdvice, fleet_checkpoint_advice, job
 from server.fleetview import (
     NODE_STATES,
@@ -480,7 +484,17 @@ def _listed_attestation(node: ListedNode) -> str:
     return f"{node.attestation}: {verdict}"
 
 
-async def _node_list(s: Services, listing: NodeListing, missing: int) -> str:
+def _open_count(exposure: AdvisoryExposure | None) -> str:
+    """A node's open advisories in a few words, the worst marked."""
+    if exposure is None:
+        return _e(None)
+    if not exposure.open:
+        return "none open"
+    kind = "unhealthy" if exposure.worst in ("critical", "high") else "new"
+    return f'<span class="{kind}">{len(exposure.open)} open ({_e(exposure.worst)})</span>'
+
+
+async def _node_list(s: Services, listing: NodeListing, missing: int, memo: ExposureMemo) -> str:
     """One page of the node list, and links to the pages either side."""
     query = listing.store_query(missing)
     more = listing.per_page + 1
@@ -493,13 +507,24 @@ async def _node_list(s: Services, listing: NodeListing, missing: int) -> str:
         earlier, later = bool(listing.after), len(found) > listing.per_page
         shown = found[: listing.per_page]
     nodes = _table(
-        ("Node", "Pool", "State", "Driver", "Bundle", "Last update", "Attestation", "Last seen"),
+        (
+            "Node",
+            "Pool",
+            "State",
+            "Driver",
+            "Advisories",
+            "Bundle",
+            "Last update",
+            "Attestation",
+            "Last seen",
+        ),
         (
             [
                 _node_link(n.node_id),
                 _e(n.pool),
                 f'<span class="{_e(n.state)}">{_e(n.state)}</span>',
                 _e(n.driver),
+                _open_count(memo.of(n.driver)),
                 _bundle(n),
                 _e(n.update),
                 _e(_listed_attestation(n)),
@@ -554,6 +579,7 @@ async def overview(request: web.Request) -> web.Response:
         _rollout_rows(summary.rollouts),
         "rollouts",
     )
+    memo = ExposureMemo(served_catalog(s.config.repo))
     body = (
         f'<section class="cards">{cards}</section>'
         f'<p id="counted">Counts and rollouts as of {_e(when(int(counted.at)))} (counted at '
@@ -561,11 +587,54 @@ async def overview(request: web.Request) -> web.Response:
         f"<section><h2>Rollouts</h2><p>The {RECENT_ROLLOUTS} newest; every one: "
         f"<code>gpuward rollout status</code>.</p>{rollouts}</section>"
         f"<section><h2>Driver versions</h2>{drivers}</section>"
+        f"{_fleet_advisories(memo.fleet(summary.drivers))}"
         f'<section id="node-list"><h2>Nodes</h2>{_filters(listing, summary)}'
-        f"{await _node_list(s, listing, missing_before(s.clock(), s.config))}</section>"
+        f"{await _node_list(s, listing, missing_before(s.clock(), s.config), memo)}</section>"
         f"{await _stragglers(s)}"
     )
     return _page(f"Fleet: {summary.nodes} nodes", body, who, await _renewal_banner(s), refresh=True)
+
+
+def _bulletin_link(url: str, text: str) -> str:
+    # The feed's addresses are https:// only (fleet.advisories); escaped all the same.
+    return f'<a href="{_e(url)}" rel="noreferrer">{_e(text)}</a>'
+
+
+def _fleet_advisories(fleet: FleetAdvisories | None) -> str:
+    """Nodes by the worst advisory open on them, and each CVE open somewhere with the
+    drivers it is open on (each a link to the nodes running it)."""
+    if fleet is None:
+        return (
+            '<section id="advisories"><h2>Security advisories</h2><p>The catalog carries '
+            "no advisory feed: exposure is unknown. Publish a newer catalog with "
+            "<code>gpuward repo add-catalog</code>.</p></section>"
+        )
+    worst = ", ".join(f"{getattr(fleet, s)} {s}" for s in SEVERITIES if getattr(fleet, s))
+    head = (
+        f'<p id="advisory-counts">{fleet.exposed} of {fleet.nodes} node(s) reporting a driver '
+        f"run one with open advisories{f' (worst open: {worst})' if worst else ''}; judged "
+        f"against {fleet.bulletins} NVIDIA bulletin(s) in catalog version "
+        f"{fleet.catalog_version}.</p>"
+    )
+    table = _table(
+        ("CVE", "Severity", "Score", "Nodes", "Affected", "Branch not listed", "Drivers"),
+        (
+            [
+                _bulletin_link(c.bulletin, c.cve),
+                _e(c.severity),
+                _e(f"{c.score:.1f}"),
+                _e(c.nodes),
+                _e(c.affected),
+                _e(c.branch_not_listed),
+                " ".join(
+                    f'<a href="{NodeListing(driver=d).link()}">{_e(d)}</a>' for d in c.drivers
+                ),
+            ]
+            for c in fleet.cves
+        ),
+        "advisory-cves",
+    )
+    return f'<section id="advisories"><h2>Security advisories</h2>{head}{table}</section>'
 
 
 async def _stragglers(s: Services) -> str:
@@ -857,14 +926,64 @@ async def node_page(request: web.Request) -> web.Response:
         ),
         "history",
     )
+    exposure = ExposureMemo(served_catalog(s.config.repo)).of(
+        None if status.report is None else status.report.driver_version
+    )
     return _page(
         f"Node {node_id}",
         f"<section>{facts}{differs}</section>{_gpus(status.report)}"
-        f"{_boot(status.report_attestation)}"
+        f"{_node_advisories(exposure, status.report)}{_boot(status.report_attestation)}"
         f"<section><h2>Health history</h2>{history}</section>",
         who,
         await _renewal_banner(s),
         refresh=True,
+    )
+
+
+def _node_advisories(exposure: AdvisoryExposure | None, report: HealthReport | None) -> str:
+    """The advisories open on the node's driver, each with its bulletin, and what closes
+    them all."""
+    if exposure is None:
+        why = (
+            "No driver reported yet."
+            if report is None or report.driver_version is None
+            else "The catalog carries no advisory feed: exposure is unknown."
+        )
+        return f'<section id="advisories"><h2>Security advisories</h2><p>{why}</p></section>'
+    driver = _e(exposure.driver_version)
+    if not exposure.open:
+        verdict = f"None open on driver {driver} (catalog version {exposure.catalog_version})."
+    elif exposure.fixed_by is not None:
+        verdict = (
+            f"{len(exposure.open)} open on driver {driver}; {_e(exposure.fixed_by)} is the "
+            "smallest release of its branch that closes them all "
+            "(<code>gpuward compat plan</code> names the bundle this node can take)."
+        )
+    else:
+        verdict = (
+            f"{len(exposure.open)} open on driver {driver}; a bulletin lists no fix in its "
+            "branch: move to a branch the bulletins list (<code>gpuward compat plan</code>)."
+        )
+    table = _table(
+        ("CVE", "Severity", "Score", "Status", "Fixed in branch", "Bulletin", "Summary"),
+        (
+            [
+                _e(a.cve),
+                f'<span class="{"unhealthy" if a.severity in ("critical", "high") else "new"}">'
+                f"{_e(a.severity)}</span>",
+                _e(f"{a.score:.1f}"),
+                _e(a.status),
+                _e(a.fixed),
+                _bulletin_link(a.bulletin, a.bulletin_title),
+                _e(a.summary),
+            ]
+            for a in exposure.open
+        ),
+        "advisory-table",
+    )
+    return (
+        f'<section id="advisories"><h2>Security advisories</h2><p id="advisory-verdict">'
+        f"{verdict}</p>{table if exposure.open else ''}</section>"
     )
 
 

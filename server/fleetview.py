@@ -8,6 +8,9 @@ nodes through this module, so they always agree.
 A node whose latest report names a bundle the served image repository no longer
 lists runs a withdrawn bundle (``gpuward repo remove``): it is flagged, since
 its agent will not move off it until a newer bundle is published or assigned.
+
+Each node shows the security advisories open on the driver its latest report
+names, and the fleet's summary counts them (``server.advisories``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from fleet.attestation_verdict import AttestationVerdict
 from keys.image_repo import ImageRepository
+from server.advisories import ExposureMemo, served_catalog
 from server.config import ServerConfig
 from server.store import FleetCount, NodeStatus, ReportRecord, RolloutProgress
 
@@ -61,13 +65,21 @@ def _listed_bundles(repo: Path, _inode: int, _mtime_ns: int) -> frozenset[str]:
 
 
 def node_json(
-    status: NodeStatus, now: float, config: ServerConfig, served: frozenset[str] | None = None
+    status: NodeStatus,
+    now: float,
+    config: ServerConfig,
+    served: frozenset[str] | None = None,
+    memo: ExposureMemo | None = None,
 ) -> dict[str, Any]:
-    """``served``: ``served_bundles(config.repo)``, when the caller has it already."""
+    """``served``: ``served_bundles(config.repo)``, and ``memo``: an exposure memo
+    on ``served_catalog(config.repo)``, when the caller has them already."""
     node = status.node
     running = None if status.report is None else status.report.bundle
     if served is None:
         served = served_bundles(config.repo)
+    if memo is None:
+        memo = ExposureMemo(served_catalog(config.repo))
+    exposure = memo.of(None if status.report is None else status.report.driver_version)
     return {
         "node_id": node.node_id,
         "pool": node.pool,
@@ -80,6 +92,7 @@ def node_json(
         "report": None if status.report is None else status.report.to_dict(),
         "report_attestation": _verdict(status.report_attestation),
         "withdrawn": running is not None and running not in served,
+        "advisories": None if exposure is None else exposure.to_dict(),
     }
 
 
@@ -90,9 +103,11 @@ def _verdict(verdict: AttestationVerdict | None) -> dict[str, Any] | None:
 
 def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dict[str, Any]:
     served = served_bundles(config.repo)
-    shown = [node_json(n, now, config, served) for n in nodes]
+    memo = ExposureMemo(served_catalog(config.repo))
+    shown = [node_json(n, now, config, served, memo) for n in nodes]
     states = Counter(n["state"] for n in shown)
     drivers = Counter((n["report"] or {}).get("driver_version") or "none" for n in shown)
+    advisories = memo.fleet(drivers)
     return {
         "nodes": shown,
         "summary": {
@@ -102,6 +117,7 @@ def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dic
             "unattested": sum(1 for n in shown if not n["attested"]),
             "withdrawn": sum(1 for n in shown if n["withdrawn"]),
             "missing_after_s": config.report_interval_s * config.missing_after,
+            "advisories": None if advisories is None else advisories.to_dict(),
         },
     }
 

@@ -93,6 +93,11 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "the node runs a bundle the image repository no longer lists",
             },
+            "advisories": {
+                "oneOf": [{"$ref": "#/components/schemas/AdvisoryExposure"}, {"type": "null"}],
+                "description": "the security advisories open on the driver of the latest "
+                "report; null when no driver was reported or the catalog has no feed",
+            },
             "history": {"type": "array", "items": {"type": "object"}},
         },
     },
@@ -100,7 +105,19 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
-            "summary": {"type": "object"},
+            "summary": {
+                "type": "object",
+                "properties": {
+                    "advisories": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/FleetAdvisories"},
+                            {"type": "null"},
+                        ],
+                        "description": "the nodes by the worst advisory open on them, and "
+                        "each CVE open somewhere; null when the catalog has no feed",
+                    }
+                },
+            },
         },
     },
     "Stragglers": {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -29,22 +29,23 @@ Getter = Callable[[Mapping[str, Any]], object]
 PAGE_WIDTH_MM = 277  # landscape A4 less the PDF's 10 mm margins
 # The fleet table: (heading, value, width in the PDF in mm; at most PAGE_WIDTH_MM in all).
 NODE_COLUMNS: tuple[tuple[str, Getter, float], ...] = (
-    ("Node", lambda n: n["node_id"], 26),
+    ("Node", lambda n: n["node_id"], 24),
     ("Pool", lambda n: n["pool"], 14),
     ("State", lambda n: n["state"], 14),
     ("Attestation", lambda n: n["attestation"]["result"], 18),
-    ("Last attested", lambda n: n["attestation"]["last_attested_at"], 22),
+    ("Last attested", lambda n: n["attestation"]["last_attested_at"], 18),
     ("Secure Boot", lambda n: n["secure_boot"], 13),
     ("Boot policy", lambda n: n["measured_boot_policy"]["result"], 16),
     ("Driver", lambda n: n["driver"]["version"], 17),
     ("Branch", lambda n: n["driver"]["branch"], 11),
     ("Support", lambda n: n["driver"]["status"], 16),
     ("End of life", lambda n: n["driver"]["end_of_life"], 14),
+    ("Advisories", lambda n: advisories_cell(n["advisories"]), 16),
     ("Kernel", lambda n: n["kernel"]["release"], 16),
     ("Kernel hold", lambda n: n["kernel"]["hold"], 12),
-    ("Firewall ruleset", lambda n: _short(n["firewall"]["ruleset_sha256"]), 20),
+    ("Firewall ruleset", lambda n: _short(n["firewall"]["ruleset_sha256"]), 16),
     ("Telemetry off", lambda n: n["firewall"]["telemetry_off"], 13),
-    ("EK certificate", lambda n: _short(n["identity"]["ek_certificate"]["sha256"]), 20),
+    ("EK certificate", lambda n: _short(n["identity"]["ek_certificate"]["sha256"]), 16),
     ("Roll-backs", lambda n: n["updates"]["rollbacks"], 12),
 )
 # A node's own page: everything in the table, in full, and what does not fit there.
@@ -67,7 +68,51 @@ NODE_FACTS: tuple[tuple[str, Getter], ...] = (
     ("Firewall mode", lambda n: n["firewall"]["mode"]),
     ("Firewall ruleset SHA-256", lambda n: n["firewall"]["ruleset_sha256"]),
     ("Firewall in sync", lambda n: n["firewall"]["in_sync"]),
+    ("Advisories closed by", lambda n: _fixed_by(n["advisories"])),
 )
+# A node's open advisories and the fleet's CVEs, as tables.
+ADVISORY_HEADINGS = ("CVE", "Severity", "Score", "Status", "Fixed in branch", "Bulletin")
+CVE_HEADINGS = ("CVE", "Severity", "Score", "Nodes", "Bulletin")
+
+
+def advisories_cell(advisories: Mapping[str, Any]) -> str | None:
+    """A node's exposure in a few words; None (shown "unknown") when it is not known."""
+    if advisories["status"] == "unknown":
+        return None
+    found = advisories["open"]
+    return f"{len(found)} open, worst {advisories['worst']}" if found else "none open"
+
+
+def _fixed_by(advisories: Mapping[str, Any]) -> str | None:
+    if advisories["status"] != "exposed":
+        return "nothing open" if advisories["status"] == "none-open" else None
+    return advisories["fixed_by"] or "no fix listed in the driver's branch"
+
+
+def _advisory_rows(advisories: Mapping[str, Any]) -> list[list[str]]:
+    return [
+        [a["cve"], a["severity"], f"{a['score']:.1f}", a["status"], cell(a["fixed"]),
+         a["bulletin"]]
+        for a in advisories["open"]
+    ]  # fmt: skip
+
+
+def _cve_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    return [
+        [c["cve"], c["severity"], f"{c['score']:.1f}", str(c["nodes"]), c["bulletin"]]
+        for c in summary["advisories"]["cves"]
+    ]
+
+
+def _advisories_line(summary: Mapping[str, Any]) -> str:
+    advisories = summary["advisories"]
+    if advisories["bulletins"] is None:
+        return "The catalog carries no security advisory feed: exposure is unknown."
+    return (
+        f"Security advisories: {advisories['bulletins']} NVIDIA bulletin(s) in the catalog; "
+        f"{advisories['exposed']} node(s) exposed, {advisories['none-open']} with none open, "
+        f"{advisories['unknown']} unknown (no driver reported)."
+    )
 
 
 def _short(digest: str | None) -> str | None:
@@ -144,6 +189,7 @@ def _html(document: Mapping[str, Any]) -> str:
     )
     details = "".join(_html_node(n) for n in nodes)
     summary = document["summary"]
+    cves = _html_table(CVE_HEADINGS, _cve_rows(summary))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(_title(document))}</title><style>"
@@ -157,8 +203,17 @@ def _html(document: Mapping[str, Any]) -> str:
         f"<h2>Summary</h2><p>{summary['nodes']} node(s), {summary['rollbacks']} rollback(s) "
         "in the update history.</p>"
         + "".join(_svg(chart) for chart in charts(document))
+        + f"<h2>Security advisories</h2><p>{escape(_advisories_line(summary))}</p>{cves}"
         + f"<h2>Nodes</h2><table><tr>{head}</tr>{rows}</table>{details}</body></html>\n"
     )
+
+
+def _html_table(headings: Sequence[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headings)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _html_node(node: Mapping[str, Any]) -> str:
@@ -172,10 +227,16 @@ def _html_node(node: Mapping[str, Any]) -> str:
         f"<tr><th>{escape(name)}</th><td>{escape(cell(get(node)))}</td></tr>"
         for name, get in NODE_FACTS
     )
-    return f"<h3>Node {escape(node['node_id'])}</h3><table>{facts}</table><p></p>" + (
-        f"<table><tr><th>When</th><th>Update</th><th>Driver</th><th>Reason</th></tr>{items}</table>"
-        if items
-        else "<p>No updates recorded.</p>"
+    advisories = _html_table(ADVISORY_HEADINGS, _advisory_rows(node["advisories"]))
+    return (
+        f"<h3>Node {escape(node['node_id'])}</h3><table>{facts}</table><p></p>"
+        + (
+            f"<table><tr><th>When</th><th>Update</th><th>Driver</th><th>Reason</th></tr>"
+            f"{items}</table>"
+            if items
+            else "<p>No updates recorded.</p>"
+        )
+        + (f"<p>Open security advisories:</p>{advisories}" if advisories else "")
     )
 
 
@@ -222,18 +283,26 @@ def _pdf(document: Mapping[str, Any]) -> bytes:
         return result
 
     nodes = document["nodes"]
+    summary = document["summary"]
+    drawn = [chart_drawing(chart) for chart in charts(document)]
+    # Two charts a row: four side by side are wider than the page.
     story: list[Any] = [
         Paragraph(escape(_title(document)), styles["Title"]),
         Paragraph(escape(_subtitle(document)), styles["BodyText"]),
         Spacer(1, 4 * mm),
-        Table([[chart_drawing(chart) for chart in charts(document)]]),
+        Table([drawn[i : i + 2] for i in range(0, len(drawn), 2)]),
         Spacer(1, 4 * mm),
         table(
             [[name for name, _, _ in NODE_COLUMNS]]
             + [[cell(get(n)) for _, get, _ in NODE_COLUMNS] for n in nodes],
             [width * mm for _, _, width in NODE_COLUMNS],
         ),
+        Spacer(1, 4 * mm),
+        Paragraph(escape(_advisories_line(summary)), styles["BodyText"]),
     ]
+    cves = _cve_rows(summary)
+    if cves:
+        story.append(table([list(CVE_HEADINGS), *cves], [w * mm for w in (32, 20, 14, 14, 120)]))
     for node in nodes:
         story += [PageBreak(), Paragraph(f"Node {escape(node['node_id'])}", styles["Heading2"])]
         facts = [[name, cell(get(node))] for name, get in NODE_FACTS]
@@ -254,6 +323,15 @@ def _pdf(document: Mapping[str, Any]) -> bytes:
             if history
             else Paragraph("No updates recorded.", styles["BodyText"])
         )
+        advisories = _advisory_rows(node["advisories"])
+        if advisories:
+            story += [
+                Spacer(1, 3 * mm),
+                table(
+                    [list(ADVISORY_HEADINGS), *advisories],
+                    [w * mm for w in (32, 20, 14, 30, 26, 120)],
+                ),
+            ]
     out = io.BytesIO()
     SimpleDocTemplate(
         out,

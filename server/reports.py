@@ -15,9 +15,8 @@ import json
 
 from aiohttp import web
 
-from fleet.catalog import TARGET_PATH, Catalog, default_catalog, load_catalog
 from fleet.compliance import EkCertificate, NodeFacts, SeenReport, report_document
-from keys.image_repo import ImageRepository
+from server.advisories import served_catalog
 from server.attestation.enrollment import EnrolledTpm
 from server.fleetview import node_state
 from server.http import ApiError, Route, Services, operator, services
@@ -28,17 +27,6 @@ HEADER_SIGNATURE = "Gpuward-Report-Signature"
 HEADER_KEY_ID = "Gpuward-Report-Key-Id"
 # Reports per node read from the store; the document shows the updates among them.
 HISTORY_READ = 500
-
-
-def _catalog(svc: Services) -> Catalog:
-    """The catalog this server publishes to its agents, else the one gpuward ships."""
-    repo = ImageRepository(svc.config.repo)
-    info = repo.targets().signed.targets.get(TARGET_PATH)
-    if info is None:
-        return default_catalog()
-    folder, name = TARGET_PATH.rsplit("/", 1)
-    path = repo.targets_dir / folder / f"{info.hashes['sha256']}.{name}"
-    return load_catalog(path.read_bytes(), where=str(path))
 
 
 async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
@@ -76,7 +64,7 @@ async def _respond(request: web.Request, scope: str, statuses: list[NodeStatus])
     now = s.clock()
     facts = [await _facts(s, status, now) for status in statuses]
     # Rendering a large fleet's PDF takes a while: off the loop that serves nodes.
-    catalog = await asyncio.to_thread(_catalog, s)
+    catalog = await asyncio.to_thread(served_catalog, s.config.repo)
     document = report_document(scope, facts, catalog, int(now), signer.key_id)
     body = await asyncio.to_thread(render, document, fmt)
     return web.Response(

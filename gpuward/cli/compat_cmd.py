@@ -48,8 +48,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description=(
             "For every node of a fleet (a file, or the server's enrolled nodes) and every "
             "branch with published bundles: the newest bundle the node accepts, or why none; "
-            "the newest CUDA the node can run; and, for GPUs whose support ends with an older "
-            "branch, that branch and its end of life as the deadline."
+            "the newest CUDA the node can run; for GPUs whose support ends with an older "
+            "branch, that branch and its end of life as the deadline; and, for a node whose "
+            "running driver has security advisories open (the catalog's feed of NVIDIA's "
+            "bulletins), the smallest published bundle of its branch it can take that closes "
+            "them all, or else the nearest branch's. The server's fleet view gives each "
+            "node's running driver; a fleet file may give it as driver_version."
         ),
     )
     fleet = plan.add_mutually_exclusive_group(required=True)
@@ -209,9 +213,10 @@ def _plan(args: argparse.Namespace) -> None:
                 *cells,
                 node.max_cuda,
                 None if node.stranded is None else node.stranded.text(),
+                node.advisory_text(),
             ]
         )
-    text = table(("NODE", "GPUS", *result.branches, "MAX CUDA", "STRANDED ON"), rows)
+    text = table(("NODE", "GPUS", *result.branches, "MAX CUDA", "STRANDED ON", "ADVISORIES"), rows)
     unplanned = fleet.without_inventory
     if unplanned:
         named = ", ".join(unplanned[:10]) + (", ..." if len(unplanned) > 10 else "")

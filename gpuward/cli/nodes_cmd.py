@@ -60,6 +60,36 @@ def _driver(node: dict[str, Any]) -> str | None:
     return f"{driver or '-'} (withdrawn)" if node["withdrawn"] else driver
 
 
+def _open(node: dict[str, Any]) -> str | None:
+    """The security advisories open on the node's driver, in a few words."""
+    advisories = node.get("advisories")
+    if advisories is None:
+        return None
+    found = advisories["open"]
+    return f"{len(found)} open ({found[0]['severity']})" if found else "none open"
+
+
+def _advisory_lines(node: dict[str, Any]) -> list[str]:
+    advisories = node.get("advisories")
+    if advisories is None:
+        return ["security advisories: unknown (no driver reported, or no feed in the catalog)"]
+    found, driver = advisories["open"], advisories["driver_version"]
+    if not found:
+        return [f"security advisories: none open on {driver}"]
+    closes = (
+        f"{advisories['fixed_by']} closes them all"
+        if advisories["fixed_by"]
+        else "no fix listed in its branch ('gpuward compat plan' names the nearest)"
+    )
+    rows = [
+        (a["cve"], a["severity"], a["score"], a["status"], a["fixed"], a["bulletin"]) for a in found
+    ]
+    return [
+        f"security advisories: {len(found)} open on {driver}; {closes}",
+        table(("CVE", "SEVERITY", "SCORE", "STATUS", "FIXED IN BRANCH", "BULLETIN"), rows),
+    ]
+
+
 def _gpus_ok(report: dict[str, Any]) -> str:
     gpus = report["gpus"]
     return f"{sum(1 for g in gpus if g['healthy'])}/{len(gpus)}"
@@ -76,6 +106,7 @@ def _list(args: argparse.Namespace) -> None:
             n["state"],
             n["attestation"],
             _driver(n),
+            _open(n),
             when(n["last_seen"]),
         )
         for n in nodes
@@ -83,7 +114,7 @@ def _list(args: argparse.Namespace) -> None:
     emit(
         args,
         nodes,
-        table(("NODE", "POOL", "STATE", "ATTESTATION", "DRIVER", "LAST SEEN"), rows)
+        table(("NODE", "POOL", "STATE", "ATTESTATION", "DRIVER", "ADVISORIES", "LAST SEEN"), rows)
         if rows
         else "no enrolled nodes",
     )
@@ -100,6 +131,7 @@ def _show(args: argparse.Namespace) -> None:
     ]
     if report:
         lines.append(f"last update: {report['update']} ({report['reason'] or '-'})")
+    lines.extend(_advisory_lines(node))
     rows = [
         (
             when(h["received_at"]),

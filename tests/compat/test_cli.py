@@ -113,7 +113,7 @@ def test_plan_table_and_json(tmp_path: Path) -> None:
         tmp_path / "fleet.json",
         [
             node_doc("H100", node_id="h100-1"),
-            node_doc("Tesla V100-SXM2-32GB", node_id="v100-1"),
+            {**node_doc("Tesla V100-SXM2-32GB", node_id="v100-1"), "driver_version": "580.82.07"},
         ],
     )
     bundles = [
@@ -124,12 +124,18 @@ def test_plan_table_and_json(tmp_path: Path) -> None:
     table = gpuward(*args, *TODAY)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["NODE", "GPUS", "R580", "R590", "MAX", "CUDA", "STRANDED", "ON"]
+    assert lines[0].split() == [
+        "NODE", "GPUS", "R580", "R590", "MAX", "CUDA", "STRANDED", "ON", "ADVISORIES",
+    ]  # fmt: skip
     v100 = next(line for line in lines if line.startswith("v100-1"))
     assert "arch-dropped" in v100 and "12.9 U1" in v100 and "R580 until 2028-06" in v100
+    # Its running driver predates fixes up to 580.159.03; neither bundle closes them.
+    assert "needs 580.159.03, no published R580 bundle from it fits" in v100
     doc = json.loads(gpuward(*args, *TODAY, "--json").stdout)
     assert [n["node_id"] for n in doc["nodes"]] == ["h100-1", "v100-1"]
     assert doc["nodes"][0]["max_cuda"] == "13.1 U1"
+    assert doc["nodes"][0]["advisories"] is None  # no running driver given
+    assert doc["nodes"][1]["advisory_fix"]["needed"] == "580.159.03"
 
 
 def test_plan_errors_are_one_line(tmp_path: Path) -> None:

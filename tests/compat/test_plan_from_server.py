@@ -32,9 +32,17 @@ def test_plan_from_the_servers_fleet_view(site: Site, tmp_path: Path) -> None:
     [fit] = node["branches"]
     assert (fit["branch"], fit["driver_version"]) == ("R580", published.manifest.driver_version)
     assert doc["without_inventory"] == ["silent"]
+    # The driver its latest report names has advisories open; the only published
+    # bundle is that same driver, so nothing closes them yet.
+    assert node["advisories"]["driver_version"] == "580.95.05"
+    assert node["advisory_fix"] == {
+        "branch": "R580", "open": 13, "worst": "high", "needed": "580.159.03", "bundle": None,
+        "nearest_branch": None, "nearest": None,
+    }  # fmt: skip
 
     human = gpuward(*plan, "--from-server", site.url)
     assert human.returncode == 0, human.stderr
+    assert "13 open (high): needs 580.159.03, no published R580 bundle" in human.stdout
     assert "not planned, no inventory reported yet: 1 node(s) (silent)" in human.stdout
 
     # The same view saved to a file plans the same.

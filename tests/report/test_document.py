@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
 from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
 
 import jsonschema
 
-from fleet.catalog import default_catalog
+from fleet.catalog import default_catalog, load_catalog
 from fleet.compliance import NodeFacts, SeenReport, report_document, schema_text
 from fleet.report import HealthReport
 from server.report_render import render
@@ -25,7 +29,9 @@ def test_an_empty_fleet_renders_in_every_format() -> None:
     _validate(doc)
     assert doc["summary"]["nodes"] == 0
     assert render(doc, "pdf").startswith(b"%PDF-")
-    assert render(doc, "html").count(b"<svg") == 3
+    assert render(doc, "html").count(b"<svg") == 4
+    assert doc["summary"]["advisories"]["bulletins"] == 6
+    assert doc["summary"]["advisories"]["cves"] == []
 
 
 def _node(driver: str) -> NodeFacts:
@@ -58,3 +64,49 @@ def test_renderers_escape_what_nodes_send() -> None:
     assert b"<script>" not in html
     assert b"&lt;script&gt;" in html
     assert render(doc, "pdf").startswith(b"%PDF-")
+
+
+def test_advisories_open_on_each_node_and_in_the_fleet(tmp_path: Path) -> None:
+    nodes = [
+        dataclasses.replace(_node(driver), node_id=f"n{i}")
+        for i, driver in enumerate(("535.216.03", "535.309.01", "550.163.01"))
+    ]
+    doc = report_document("fleet", nodes, default_catalog(), 1_800_000_000, KEY_ID)
+    _validate(doc)
+    old, fixed, unlisted = (n["advisories"] for n in doc["nodes"])
+    assert old["status"] == "exposed" and old["worst"] == "high"
+    assert old["fixed_by"] == "535.309.01"
+    first = old["open"][0]
+    assert first == {
+        "cve": "CVE-2026-24187", "severity": "high", "score": 8.8, "status": "affected",
+        "fixed": "535.309.01", "bulletin": "https://nvidia.custhelp.com/app/answers/detail/a_id/5821",
+    }  # fmt: skip
+    assert fixed == {"status": "none-open", "worst": None, "fixed_by": None, "open": []}
+    assert unlisted["fixed_by"] is None
+    assert {a["status"] for a in unlisted["open"]} == {"branch-not-listed"}
+    summary = doc["summary"]["advisories"]
+    assert (summary["exposed"], summary["none-open"], summary["unknown"]) == (2, 1, 0)
+    assert summary["worst"] == {"critical": 0, "high": 2, "medium": 0, "low": 0}
+    assert summary["cves"][0] == {
+        "cve": "CVE-2026-24187", "severity": "high", "score": 8.8, "nodes": 2,
+        "bulletin": "https://nvidia.custhelp.com/app/answers/detail/a_id/5821",
+    }  # fmt: skip
+
+    html = render(doc, "html").decode()
+    assert "CVE-2026-24187" in html and "a_id/5821" in html
+    assert "24 open, worst high" in html
+    pdf = tmp_path / "r.pdf"
+    pdf.write_bytes(render(doc, "pdf"))
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True)
+    assert "CVE-2026-24187" in text.stdout and "535.309.01" in text.stdout
+
+
+def test_a_catalog_without_a_feed_leaves_exposure_unknown() -> None:
+    raw = json.loads(resources.files("fleet").joinpath("data/catalog.json").read_bytes())
+    del raw["advisories"]
+    catalog = load_catalog(json.dumps(raw).encode())
+    doc = report_document("node", [_node("535.216.03")], catalog, 1_800_000_000, KEY_ID)
+    _validate(doc)
+    assert doc["nodes"][0]["advisories"]["status"] == "unknown"
+    assert doc["summary"]["advisories"]["bulletins"] is None
+    assert b"no security advisory feed" in render(doc, "html")

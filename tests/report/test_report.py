@@ -188,18 +188,38 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     assert doc["summary"]["driver_versions"] == {
         "470.256.02": 1, "580.65.06": 2, "595.10.01": 1, "none": 1,
     }  # fmt: skip
+    # Security advisories: the bulletins name 580.65.06 and 595.10.01; R470 is older
+    # than every branch they list; a node that never reported is unknown.
+    by_cve = {a["cve"]: a for a in good["advisories"]["open"]}
+    assert by_cve["CVE-2025-23280"] == {
+        "cve": "CVE-2025-23280", "severity": "high", "score": 7.0, "status": "affected",
+        "fixed": "580.95.05", "bulletin": "https://nvidia.custhelp.com/app/answers/detail/a_id/5703",
+    }  # fmt: skip
+    assert good["advisories"]["fixed_by"] == "580.159.03"
+    assert {a["status"] for a in eol["advisories"]["open"]} == {"branch-not-listed"}
+    assert eol["advisories"]["fixed_by"] is None
+    assert by_id["ending-soon"]["advisories"]["fixed_by"] == "595.71.05"
+    assert by_id["never-reported"]["advisories"]["status"] == "unknown"
+    advisories = doc["summary"]["advisories"]
+    assert (advisories["exposed"], advisories["none-open"], advisories["unknown"]) == (4, 0, 1)
+    [r580] = [c for c in advisories["cves"] if c["cve"] == "CVE-2025-23280"]
+    assert r580["nodes"] == 3  # both R580 nodes, and R470 (branch not listed)
     _assert_verifies_until_a_byte_changes(fleet, report)
 
     html = _fetch(fleet, tmp_path, "html", "fleet")
     text = html.read_text()
-    assert text.count("<svg") == 3
+    assert text.count("<svg") == 4
     assert all(node in text for node in nodes)
+    assert "CVE-2025-23280" in text and "a_id/5703" in text
     assert "src=" not in text and "href=" not in text  # self-contained
     _assert_verifies_until_a_byte_changes(fleet, html)
 
     pdf = _fetch(fleet, tmp_path, "pdf", "fleet")
     pages = _render(pdf, tmp_path / "pages")
-    assert len(pages) == 1 + len(nodes)  # the summary, then a page per node
+    assert len(pages) >= 1 + len(nodes)  # the summary, then each node's own pages
+    shown = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True)
+    assert all(f"Node {node}" in shown.stdout for node in nodes)
+    assert "CVE-2025-23280" in shown.stdout and "a_id/5703" in shown.stdout
     _assert_verifies_until_a_byte_changes(fleet, pdf)
 
 
