@@ -116,8 +116,10 @@ def _key(fleet: Fleet) -> Path:
     return Path(line.removeprefix("public key: ").split(" ")[0])
 
 
-def _assert_verifies_until_a_byte_changes(fleet: Fleet, report: Path) -> None:
-    key = str(_key(fleet))
+def assert_verifies_until_a_byte_changes(public_key: Path, report: Path) -> None:
+    """``gpuward report verify`` and OpenSSL, as the README tells auditors, accept the
+    report under ``public_key``, and refuse it once one byte changes."""
+    key = str(public_key)
     ok = gpuward("report", "verify", str(report), "--key", key)
     assert ok.returncode == 0, ok.stderr
     # An auditor without gpuward: OpenSSL checks the same detached signature.
@@ -188,19 +190,19 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     assert doc["summary"]["driver_versions"] == {
         "470.256.02": 1, "580.65.06": 2, "595.10.01": 1, "none": 1,
     }  # fmt: skip
-    _assert_verifies_until_a_byte_changes(fleet, report)
+    assert_verifies_until_a_byte_changes(_key(fleet), report)
 
     html = _fetch(fleet, tmp_path, "html", "fleet")
     text = html.read_text()
     assert text.count("<svg") == 3
     assert all(node in text for node in nodes)
     assert "src=" not in text and "href=" not in text  # self-contained
-    _assert_verifies_until_a_byte_changes(fleet, html)
+    assert_verifies_until_a_byte_changes(_key(fleet), html)
 
     pdf = _fetch(fleet, tmp_path, "pdf", "fleet")
     pages = _render(pdf, tmp_path / "pages")
     assert len(pages) == 1 + len(nodes)  # the summary, then a page per node
-    _assert_verifies_until_a_byte_changes(fleet, pdf)
+    assert_verifies_until_a_byte_changes(_key(fleet), pdf)
 
 
 def _render(pdf: Path, folder: Path) -> list[Path]:
@@ -220,7 +222,7 @@ def test_node_report_and_refusals(fleet: Fleet, tmp_path: Path) -> None:
     _mixed_fleet(fleet)
     for fmt in ("json", "pdf"):
         report = _fetch(fleet, tmp_path, fmt, "node", "tpm-rolled-back")
-        _assert_verifies_until_a_byte_changes(fleet, report)
+        assert_verifies_until_a_byte_changes(_key(fleet), report)
     doc = json.loads(_fetch(fleet, tmp_path, "json", "node", "legacy-eol").read_text())
     jsonschema.Draft202012Validator(json.loads(schema_text())).validate(doc)
     assert doc["scope"] == "node"
