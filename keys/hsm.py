@@ -132,8 +132,8 @@ def token_errors(token: str, doing: str) -> Iterator[None]:
         ) from None
     except (pkcs11.exceptions.PinIncorrect, pkcs11.exceptions.PinLenRange):
         raise GpuwardError(
-            f"wrong PIN for PKCS#11 token {token} ({doing}); check {PIN_FILE_ENV} or "
-            f"{PIN_ENV}, or the PIN you typed"
+            f"wrong PIN for PKCS#11 token {token} ({doing}); check the PIN you gave "
+            f"({PIN_FILE_ENV}, {PIN_ENV}, the prompt, or the server's report_key_pin_file)"
         ) from None
     except pkcs11.exceptions.PinLocked:
         raise GpuwardError(

@@ -376,11 +376,13 @@ def _report_signer(config: ServerConfig) -> ReportSigner:
             "report_key_uri needs report_key_pin_file: the file holding the token's user PIN"
         )
     select_module(config.report_key_module)
-    return load_from_token(
+    signer = load_from_token(
         config.report_key_uri,
         functools.cache(lambda: read_pin_file(pin_file)),
         public_path(default_path(config.repo)),
     )
+    log.info("report_key_in_token", uri=config.report_key_uri, key_id=signer.key_id)
+    return signer
 
 
 def _signer(config: ServerConfig) -> OnlineSigner:

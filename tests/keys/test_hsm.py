@@ -264,6 +264,15 @@ def test_a_wrong_pin_is_named_and_changes_nothing(
     assert served.repo.root_metadata().signed.version == 2
 
 
+def test_online_keys_stay_out_of_tokens(served: Site, softhsm: SoftHsm) -> None:
+    """The server signs snapshot and timestamp unattended: it holds no token or PIN."""
+    repo = str(served.repo.root)
+    for role in ("snapshot", "timestamp"):
+        done = gpuward("keys", "rotate", role, "--repo", repo, "--pkcs11-token", softhsm.label)
+        assert_one_line_error(done, f"{role} keys sign unattended on the server")
+    assert served.repo.root_metadata().signed.version == 1
+
+
 def test_a_key_gone_from_the_token_is_named(served: Site, softhsm: SoftHsm, tmp_path: Path) -> None:
     add_token_root_key(served, softhsm.label)
     softhsm.destroy("root-2")

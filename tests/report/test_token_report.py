@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def test_reports_signed_inside_the_token(
         assert served_public.read_bytes() == public.read_bytes()
 
 
-def test_a_wrong_pin_stops_the_server_and_the_command(
+def test_a_wrong_pin_or_a_half_config_stops_the_server(
     softhsm: SoftHsm, _template_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = tmp_path / "repo"
@@ -91,6 +92,10 @@ def test_a_wrong_pin_stops_the_server_and_the_command(
     )
     with pytest.raises(GpuwardError, match=f"wrong PIN for PKCS#11 token {softhsm.label}"):
         BackgroundServer(config).start()
+    with pytest.raises(GpuwardError, match="needs report_key_pin_file"):
+        BackgroundServer(replace(config, report_key_pin_file=None)).start()
+    with pytest.raises(GpuwardError, match="not both"):
+        BackgroundServer(replace(config, report_key=repo / "keys" / "report.key")).start()
     monkeypatch.setenv("GPUWARD_HSM_PIN_FILE", str(wrong))
     shown = gpuward("server", "report-key", "--repo", str(repo), "--pkcs11-token", softhsm.label)
     assert_one_line_error(shown, "wrong PIN")
