@@ -18,8 +18,9 @@ STAMP := $(VENV)/.installed
 # (promtool) and prometheus-alertmanager: the alerting rules and tests/metrics,
 # which run both binaries themselves on free loopback ports. slurmctld, slurmd,
 # slurm-client and munge: tests/remediation runs a real Slurm cluster on loopback.
+# softhsm2: the PKCS#11 token offline and report keys go in (tests/softhsm.py).
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
-	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config \
+	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config softhsm2 \
 	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck \
 	chromium nginx-light kmod poppler-utils systemd-container \
 	prometheus prometheus-alertmanager slurmctld slurmd slurm-client munge

@@ -259,8 +259,10 @@ def report_document(
     catalog: Catalog,
     generated_at: int,
     key_id: str,
+    algorithm: str,
 ) -> dict[str, Any]:
-    """The whole report: ``scope`` is "fleet" or "node" (one node in ``nodes``)."""
+    """The whole report: ``scope`` is "fleet" or "node" (one node in ``nodes``);
+    ``algorithm`` and ``key_id`` name the report key (``keys.report_key``)."""
     if scope not in ("fleet", "node"):
         raise GpuwardError(f"unknown report scope {scope!r}")
     today = datetime.fromtimestamp(generated_at, UTC).date()
@@ -272,7 +274,7 @@ def report_document(
         "format": FORMAT,
         "scope": scope,
         "generated_at": _iso(generated_at),
-        "signed_by": {"algorithm": "ed25519", "key_id": key_id},
+        "signed_by": {"algorithm": algorithm, "key_id": key_id},
         "catalog_version": catalog.catalog_version,
         "summary": {
             "nodes": len(shown),

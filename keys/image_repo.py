@@ -99,9 +99,11 @@ class ImageRepository(TufRepository):
         repo.targets_dir.mkdir(parents=True, exist_ok=True)
         return repo
 
-    def new_keys(self, role: str, count: int, passphrase: str) -> list[LocalKey]:
+    def new_keys(
+        self, role: str, count: int, passphrase: PassphraseSource, token: str | None = None
+    ) -> list[LocalKey]:
         if role != "root" or not self._root_holders:
-            return super().new_keys(role, count, passphrase)
+            return super().new_keys(role, count, passphrase, token)
         return [
             self.keyring.generate_held(f"root-{h.name}", h.folder, h.passphrase)
             for h in self._root_holders
@@ -134,7 +136,7 @@ class ImageRepository(TufRepository):
         if branch in self.branch_roles():
             raise GpuwardError(f"branch {branch} is already delegated")
         spec = spec or RoleSpec()
-        keys = self.new_keys(branch, spec.count, passphrase())
+        keys = self.new_keys(branch, spec.count, passphrase)
         delegations = targets_md.signed.delegations or Delegations(keys={}, roles={})
         assert delegations.roles is not None  # path-based delegations, never succinct
         for key in keys:
@@ -155,10 +157,17 @@ class ImageRepository(TufRepository):
         )
         self.publish_snapshot({"targets": targets_md.signed.version, branch: 1})
 
-    def rotate(self, role: str, passphrase: PassphraseSource) -> list[LocalKey]:
+    def rotate(
+        self,
+        role: str,
+        passphrase: PassphraseSource,
+        *,
+        only: Sequence[str] = (),
+        token: str | None = None,
+    ) -> list[LocalKey]:
         """Rotate a top-level role, or a branch role through the targets delegation."""
         if role in TOP_LEVEL_ROLES:
-            return super().rotate(role, passphrase)
+            return super().rotate(role, passphrase, only=only, token=token)
         if role not in self.branch_roles():
             raise GpuwardError(
                 f"no role {role!r}: rotate root, targets, snapshot, timestamp or a branch"
@@ -167,13 +176,14 @@ class ImageRepository(TufRepository):
         delegations = targets_md.signed.delegations
         assert delegations is not None and delegations.roles is not None
         delegated = delegations.roles[role]
-        old = list(delegated.keyids)
-        new = self.new_keys(role, len(old), passphrase())
+        # The targets key delegates: it may replace branch keys it does not hold.
+        old = self._replaced(role, delegated.keyids, only) if only else list(delegated.keyids)
+        new = self.new_keys(role, len(old), passphrase, token)
         for keyid in old:
             delegations.keys.pop(keyid, None)
         for key in new:
             delegations.keys[key.keyid] = key.public_key
-        delegated.keyids = [k.keyid for k in new]
+        delegated.keyids = [k for k in delegated.keyids if k not in old] + [k.keyid for k in new]
         branch_md = self.targets(role)
         self.bump(targets_md, "targets")
         self.sign_and_write(targets_md, passphrase)

@@ -2,8 +2,10 @@
 
 Each key has a public description ``<name>.pub.json`` (the key and the signer
 URI that reaches its private half) and, for file keys, a private key file next
-to it. Which role a key signs for is not stored here: the root metadata (and,
-for branch roles, the targets delegations) is the one authority on that.
+to it; keys in a PKCS#11 token (``keys.hsm``) have only the description, whose
+``hsm:`` URI names the token and the key. Which role a key signs for is not
+stored here: the root metadata (and, for branch roles, the targets
+delegations) is the one authority on that.
 Offline keys are sealed (``keys.sealed``); online keys, which the server uses
 unattended, are plain PKCS#8 files readable only by their owner. Retired keys
 move to ``retired/`` so a rotation never destroys key material silently.
@@ -21,7 +23,7 @@ from urllib import parse
 from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
 
 from fleet.errors import GpuwardError
-from keys import sealed
+from keys import hsm, sealed
 from keys.durable_files import atomic_write
 
 PassphraseSource = Callable[[], str]
@@ -49,17 +51,35 @@ class Keyring:
         # halves and descriptions are in the custodian's folder, not here, but
         # this process may sign with them until it ends (the first root).
         self._held: dict[str, LocalKey] = {}
+        # One PIN source per token: each token's PIN is asked (or read) once.
+        self._pins: dict[str, hsm.PinSource] = {}
+
+    def pin(self, token: str) -> hsm.PinSource:
+        """The PIN of ``token`` (``keys.hsm.pin_from_env_or_prompt``), asked for once."""
+        if token not in self._pins:
+            self._pins[token] = hsm.pin_source(token)
+        return self._pins[token]
 
     def generate(self, name: str, *, passphrase: str | None) -> LocalKey:
         """A new ed25519 key; sealed with ``passphrase`` unless it is None (online key)."""
         return self._store(name, CryptoSigner.generate_ed25519(), passphrase)
 
-    def _store(self, name: str, signer: CryptoSigner, passphrase: str | None) -> LocalKey:
+    def generate_in_token(self, name: str, token: str) -> LocalKey:
+        """A new key made inside PKCS#11 ``token`` (labelled ``name`` there); only
+        its description is written here."""
+        self._check_new(name)
+        uri, public_key = hsm.create_key(token, name, self.pin(token))
+        return self.add_external(name, public_key, uri)
+
+    def _check_new(self, name: str) -> None:
         if not _NAME.fullmatch(name):
             raise GpuwardError(f"invalid key name {name!r}")
         if (self.dir / f"{name}.pub.json").exists():
             raise GpuwardError(f"key {name} already exists in {self.dir}")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _store(self, name: str, signer: CryptoSigner, passphrase: str | None) -> LocalKey:
+        self._check_new(name)
         private = signer.private_bytes
         if passphrase is not None:
             atomic_write(self.dir / f"{name}.key", sealed.seal(private, passphrase), 0o600)
@@ -128,6 +148,11 @@ class Keyring:
         if key.keyid in self._opened:
             return self._opened[key.keyid]
         uri = parse.urlparse(key.uri)
+        if uri.scheme == hsm.SCHEME:
+            token, _ = hsm.token_of(key.uri)
+            signer = hsm.open_signer(key.name, key.uri, key.public_key, self.pin(token))
+            self._opened[key.keyid] = signer
+            return signer
         absolute = key.uri
         if uri.scheme in (CryptoSigner.SCHEME, sealed.SealedFileSigner.SCHEME):
             absolute = f"{uri.scheme}:{self.dir.resolve() / uri.path}"

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from fleet.errors import GpuwardError
+from keys import hsm
 from keys.durable_files import atomic_write
 from keys.keyring import Keyring, LocalKey, PassphraseSource
 
@@ -111,14 +114,15 @@ class TufRepository:
         if (self.metadata_dir / "root.json").exists():
             raise GpuwardError(f"{self.metadata_dir} already holds a repository")
         root = Root(expires=self.expires("root"), consistent_snapshot=True)
-        for role in TOP_LEVEL_ROLES:
-            spec = specs.get(role, RoleSpec())
-            for key in self.new_keys(role, spec.count, passphrase):
-                root.add_key(key.public_key, role)
-            root.roles[role].threshold = spec.threshold
 
         def secret() -> str:
             return passphrase
+
+        for role in TOP_LEVEL_ROLES:
+            spec = specs.get(role, RoleSpec())
+            for key in self.new_keys(role, spec.count, secret):
+                root.add_key(key.public_key, role)
+            root.roles[role].threshold = spec.threshold
 
         root_spec = root.roles["root"]
         self.sign_and_write(
@@ -132,8 +136,20 @@ class TufRepository:
         self.sign_and_write(Metadata(Snapshot(expires=self.expires("snapshot"))), passphrase)
         self.sign_and_write(Metadata(Timestamp(expires=self.expires("timestamp"))), passphrase)
 
-    def new_keys(self, role: str, count: int, passphrase: str) -> list[LocalKey]:
+    def new_keys(
+        self, role: str, count: int, passphrase: PassphraseSource, token: str | None = None
+    ) -> list[LocalKey]:
+        """``count`` new keys for ``role`` named ``ROLE-N``: sealed files (plain ones
+        for online roles), or made inside PKCS#11 ``token``."""
+        online = role in self.online_roles
+        if token is not None and online:
+            raise GpuwardError(
+                f"{role} keys sign unattended on the server; only offline roles' keys "
+                "(root, targets, branches) go in a token"
+            )
         taken = {p.name.split(".")[0] for p in self.keyring.dir.rglob("*.pub.json")}
+        if token is not None:  # a token several repositories share keeps names unique too
+            taken |= hsm.key_labels(token, self.keyring.pin(token))
         keys: list[LocalKey] = []
         n = 1
         while len(keys) < count:
@@ -141,8 +157,12 @@ class TufRepository:
             n += 1
             if name in taken:
                 continue
-            online = role in self.online_roles
-            keys.append(self.keyring.generate(name, passphrase=None if online else passphrase))
+            if token is not None:
+                keys.append(self.keyring.generate_in_token(name, token))
+            else:
+                keys.append(
+                    self.keyring.generate(name, passphrase=None if online else passphrase())
+                )
         return keys
 
     # -- reading ----------------------------------------------------------
@@ -249,49 +269,31 @@ class TufRepository:
 
     # -- rotation ---------------------------------------------------------
 
-    def rotate(self, role: str, passphrase: PassphraseSource) -> list[LocalKey]:
-        """Replace the keys of a top-level ``role`` this repository holds with new ones,
-        same threshold. Keys held elsewhere stay: an air-gapped site's timestamp and
-        snapshot keys (``keys.site``) survive a rotation of the upstream's own.
-
-        A new root is signed by a threshold of the old root keys and of the new
-        ones, so clients holding any earlier root can follow the chain.
+    def rotate(
+        self,
+        role: str,
+        passphrase: PassphraseSource,
+        *,
+        only: Sequence[str] = (),
+        token: str | None = None,
+    ) -> list[LocalKey]:
+        """Replace the keys of a top-level ``role`` this repository holds (or, with
+        ``only``, those of them so named) with new ones, same threshold; in PKCS#11
+        ``token`` if one is given. Keys held elsewhere stay: an air-gapped site's
+        timestamp and snapshot keys (``keys.site``) survive a rotation of the
+        upstream's own.
         """
         if role not in TOP_LEVEL_ROLES:
             raise GpuwardError(f"{role} is not a top-level role")
         root_md = self.root_metadata()
-        held = self.keyring.keys()
-        old_keyids, threshold = (
-            [k for k in root_md.signed.roles[role].keyids if k in held],
-            root_md.signed.roles[role].threshold,
-        )
-        if not old_keyids:
-            raise GpuwardError(
-                f"this repository holds no {role} key; rotate it where its keys are held"
-            )
-        old_root_signers = self.keyring.signers(
-            "root",
-            root_md.signed.roles["root"].keyids,
-            root_md.signed.roles["root"].threshold,
-            passphrase,
-        )
-        new = self.new_keys(role, len(old_keyids), passphrase())
+        old_keyids = self._replaced(role, list(root_md.signed.roles[role].keyids), only)
+        old_root_signers = self._root_signers(root_md, passphrase)
+        new = self.new_keys(role, len(old_keyids), passphrase, token)
         for keyid in old_keyids:
             root_md.signed.revoke_key(keyid, role)
         for key in new:
             root_md.signed.add_key(key.public_key, role)
-        root_md.signed.roles[role].threshold = threshold
-        self.bump(root_md, "root")
-        root_md.signatures.clear()
-        new_root_signers = (
-            self.keyring.signers("root", [k.keyid for k in new], threshold, passphrase)
-            if role == "root"
-            else []
-        )
-        for signer in [*old_root_signers, *new_root_signers]:
-            if signer.public_key.keyid not in root_md.signatures:
-                root_md.sign(signer, append=True)
-        self.write(root_md, "root")
+        self._sign_next_root(root_md, old_root_signers, passphrase)
         self.keyring.retire(old_keyids)
         if role == "targets":
             targets_md = self.targets()
@@ -301,3 +303,63 @@ class TufRepository:
         elif role in self.online_roles:
             self.publish_snapshot({})
         return new
+
+    def _replaced(self, role: str, keyids: list[str], only: Sequence[str]) -> list[str]:
+        """The keyids of ``role`` a rotation replaces: those held here, or of them
+        the ones named in ``only``."""
+        held = self.keyring.keys()
+        mine = [k for k in keyids if k in held]
+        if not mine:
+            raise GpuwardError(
+                f"this repository holds no {role} key; rotate it where its keys are held"
+            )
+        if not only:
+            return mine
+        names = {held[k].name: k for k in mine}
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise GpuwardError(
+                f"{', '.join(unknown)}: not a {role} key held here (its keys here: "
+                f"{', '.join(sorted(names))})"
+            )
+        return [names[name] for name in only]
+
+    def add_key(
+        self, role: str, passphrase: PassphraseSource, token: str, threshold: int | None = None
+    ) -> LocalKey:
+        """One more key for offline top-level ``role``, made inside PKCS#11 ``token``,
+        in a new root; ``threshold`` sets the role's threshold at the same time."""
+        if role not in ("root", "targets"):
+            raise GpuwardError(f"keys are added to root or targets, not {role!r}")
+        root_md = self.root_metadata()
+        spec = root_md.signed.roles[role]
+        if threshold is not None and not 1 <= threshold <= len(spec.keyids) + 1:
+            raise GpuwardError(
+                f"{role} will have {len(spec.keyids) + 1} keys: its threshold must be 1 to "
+                f"{len(spec.keyids) + 1}, not {threshold}"
+            )
+        old_root_signers = self._root_signers(root_md, passphrase)
+        [key] = self.new_keys(role, 1, passphrase, token)
+        root_md.signed.add_key(key.public_key, role)
+        if threshold is not None:
+            spec.threshold = threshold
+        self._sign_next_root(root_md, old_root_signers, passphrase)
+        return key
+
+    def _root_signers(self, root_md: Metadata[Root], passphrase: PassphraseSource) -> list[Signer]:
+        """A threshold of the current root's keys: they must sign the next root."""
+        spec = root_md.signed.roles["root"]
+        return self.keyring.signers("root", spec.keyids, spec.threshold, passphrase)
+
+    def _sign_next_root(
+        self, root_md: Metadata[Root], old_signers: list[Signer], passphrase: PassphraseSource
+    ) -> None:
+        """Write ``root_md`` (changed) as the next root version, signed by a threshold
+        of the previous root's keys and of its own, so clients holding any earlier
+        root can follow the chain."""
+        self.bump(root_md, "root")
+        root_md.signatures.clear()
+        for signer in [*old_signers, *self._root_signers(root_md, passphrase)]:
+            if signer.public_key.keyid not in root_md.signatures:
+                root_md.sign(signer, append=True)
+        self.write(root_md, "root")

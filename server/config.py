@@ -111,6 +111,11 @@ class ServerConfig:
     # The Ed25519 key that signs compliance reports; None: <repo>/keys/report.key,
     # made at first start.
     report_key: Path | None = None
+    # Or the report key in a PKCS#11 token (keys.report_key): its signer URI, the
+    # token's module (None: PYKCS11LIB) and the file holding the token's user PIN.
+    report_key_uri: str | None = None
+    report_key_module: Path | None = None
+    report_key_pin_file: Path | None = None
     # run_server: processes serving the port (SO_REUSEPORT), each a replica;
     # more than one needs PostgreSQL.
     workers: int = 1

@@ -28,6 +28,7 @@ from fleet.rollout import POOL
 from fleet.schema import Reader
 from fleet.webhook import type_problem
 from keys.durable_files import read_toml
+from keys.hsm import token_of
 from server.attestation.enrollment import EK_TYPES, ek_type_problem
 from server.config import ServerConfig, WebhookEndpoint, parse_listen
 from server.remediation.settings import read_remediation
@@ -80,6 +81,15 @@ def _addresses_problem(value: object) -> str | None:
             ipaddress.ip_address(item)
         except ValueError:
             return f"{item!r} is not an IP address (give each proxy's address, not a name)"
+    return None
+
+
+def _token_uri_problem(value: object) -> str | None:
+    assert isinstance(value, str)
+    try:
+        token_of(value)
+    except GpuwardError as exc:
+        return str(exc)
     return None
 
 
@@ -254,6 +264,29 @@ OPTIONS = (
         "report_key",
         OptionKind.PATH,
         "Ed25519 key signing compliance reports (default REPO/keys/report.key, made if missing)",
+        "FILE",
+    ),
+    Option(
+        "report_key_uri",
+        "report_key_uri",
+        OptionKind.TEXT,
+        "the report key in a PKCS#11 token instead (ECDSA P-256): its signer URI, as "
+        "'gpuward server report-key --pkcs11-token' prints it",
+        "hsm:ID?label=TOKEN",
+        check=_token_uri_problem,
+    ),
+    Option(
+        "report_key_module",
+        "report_key_module",
+        OptionKind.PATH,
+        "the PKCS#11 module of report_key_uri's token (default: PYKCS11LIB)",
+        "FILE",
+    ),
+    Option(
+        "report_key_pin_file",
+        "report_key_pin_file",
+        OptionKind.PATH,
+        "the file holding the user PIN of report_key_uri's token (a systemd credential)",
         "FILE",
     ),
     Option(

@@ -42,9 +42,16 @@ from aiohttp import web
 from fleet.attestation import PcrSelection
 from fleet.errors import GpuwardError
 from keys.director_repo import DirectorRepository
+from keys.hsm import read_pin_file, select_module
 from keys.image_repo import ImageRepository
 from keys.keyring import Keyring
-from keys.report_key import default_path, load_or_create
+from keys.report_key import (
+    ReportSigner,
+    default_path,
+    load_from_token,
+    load_or_create,
+    public_path,
+)
 from server import metrics_api, retention
 from server.app import create_app
 from server.attestation.challenges import Challenges
@@ -191,6 +198,7 @@ async def serve(
     the port, of which only worker 0 runs the background duties."""
     _check_repo(config)
     tls = tls_context(config)
+    report_signer = _report_signer(config)  # a token's wrong PIN stops the start here
     store = await open_store(config.db, config.retention)
     try:
         attestation = _tpm(config, store, clock)
@@ -221,7 +229,7 @@ async def serve(
                 config.report_interval_s * config.missing_after,
             ),
         ),
-        report_signer=load_or_create(config.report_key or default_path(config.repo)),
+        report_signer=report_signer,
         tpm=tpm,
         reports=reports,
         renewer=Renewer(_signer(config), store, config, clock) if duties else None,
@@ -354,6 +362,27 @@ def _worker_header(
         response.headers[WORKER_HEADER] = str(worker)
 
     return name_worker
+
+
+def _report_signer(config: ServerConfig) -> ReportSigner:
+    """The report key: in a PKCS#11 token if the config names one, else a file."""
+    if config.report_key_uri is None:
+        return load_or_create(config.report_key or default_path(config.repo))
+    if config.report_key is not None:
+        raise GpuwardError("give report_key (a file) or report_key_uri (a token), not both")
+    pin_file = config.report_key_pin_file
+    if pin_file is None:
+        raise GpuwardError(
+            "report_key_uri needs report_key_pin_file: the file holding the token's user PIN"
+        )
+    select_module(config.report_key_module)
+    signer = load_from_token(
+        config.report_key_uri,
+        functools.cache(lambda: read_pin_file(pin_file)),
+        public_path(default_path(config.repo)),
+    )
+    log.info("report_key_in_token", uri=config.report_key_uri, key_id=signer.key_id)
+    return signer
 
 
 def _signer(config: ServerConfig) -> OnlineSigner:

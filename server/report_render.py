@@ -146,10 +146,14 @@ def _title(document: Mapping[str, Any]) -> str:
     return "gpuward compliance report: fleet"
 
 
+_ALGORITHM_NAMES = {"ed25519": "Ed25519", "ecdsa-p256-sha256": "ECDSA P-256"}
+
+
 def _subtitle(document: Mapping[str, Any]) -> str:
     return (
         f"Generated {document['generated_at']} from catalog version "
-        f"{document['catalog_version']}; signed with Ed25519 key "
+        f"{document['catalog_version']}; signed with "
+        f"{_ALGORITHM_NAMES[document['signed_by']['algorithm']]} key "
         f"{document['signed_by']['key_id']} (signature in FILE.sig)."
     )
 

@@ -3,8 +3,9 @@
 The server renders and signs, so an auditor's copy carries the signature of the
 key that holds the fleet's records, whoever fetched it (a viewer token is
 enough). The body is the report file; the ``Gpuward-Report-Signature`` header
-carries the base64 Ed25519 signature over exactly those bytes, which the CLI
-stores as ``FILE.sig``.
+carries the base64 signature (``keys.report_key``: Ed25519, or ECDSA P-256 from
+a key in a PKCS#11 token) over exactly those bytes, which the CLI stores as
+``FILE.sig``.
 """
 
 from __future__ import annotations
@@ -65,14 +66,16 @@ async def _respond(request: web.Request, scope: str, statuses: list[NodeStatus])
     facts = [await _facts(s, status, now) for status in statuses]
     # Rendering a large fleet's PDF takes a while: off the loop that serves nodes.
     catalog = await asyncio.to_thread(served_catalog, s.config.repo)
-    document = report_document(scope, facts, catalog, int(now), signer.key_id)
+    document = report_document(scope, facts, catalog, int(now), signer.key_id, signer.algorithm)
     body = await asyncio.to_thread(render, document, fmt)
+    # A key in a PKCS#11 token signs in milliseconds, not microseconds: off the loop too.
+    signature = await asyncio.to_thread(signer.sign, body)
     return web.Response(
         body=body,
         content_type=CONTENT_TYPES[fmt].split(";")[0],
         charset="utf-8" if fmt == "html" else None,
         headers={
-            HEADER_SIGNATURE: base64.b64encode(signer.sign(body)).decode(),
+            HEADER_SIGNATURE: base64.b64encode(signature).decode(),
             HEADER_KEY_ID: signer.key_id,
             "Cache-Control": "no-store",
         },
@@ -94,7 +97,7 @@ async def node_report(request: web.Request) -> web.Response:
 
 
 _RESPONSES = {
-    200: (f"the report file; {HEADER_SIGNATURE}: base64 Ed25519 signature over it", None),
+    200: (f"the report file; {HEADER_SIGNATURE}: base64 signature over it", None),
     400: ("unknown format", "Error"),
     401: ("no or unknown operator token", "Error"),
     403: ("the token's role does not allow this", "Error"),

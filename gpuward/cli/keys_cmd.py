@@ -71,7 +71,33 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     sign.add_argument("staged", type=Path, help="file written by 'gpuward repo stage'")
     sign.add_argument("--keys", type=Path, required=True, help="directory holding your key(s)")
+    _add_module_flag(sign)
     sign.set_defaults(func=_sign)
+
+    add = sub.add_parser(
+        "add",
+        help="make a key inside a PKCS#11 token (an HSM) and add it to root or targets",
+        description=(
+            "Make an ECDSA P-256 key inside the PKCS#11 token (it never leaves it), record "
+            "its public key and signer URI (hsm:ID?label=TOKEN) in keys/, and sign a new root "
+            "that adds it to ROLE, with a threshold of the current root keys and of the new "
+            "root's. The token's user PIN comes from the file GPUWARD_HSM_PIN_FILE names, "
+            "from GPUWARD_HSM_PIN, or a prompt; its module from --pkcs11-module or PYKCS11LIB. "
+            "Signing with a token key later (repo add, keys sign, keys rotate) needs the same."
+        ),
+    )
+    add.add_argument("role", choices=("root", "targets"))
+    add.add_argument("--repo", type=Path, required=True, help="repository directory")
+    add.add_argument("--pkcs11-token", required=True, metavar="LABEL", help="the token's label")
+    _add_module_flag(add)
+    add.add_argument(
+        "--threshold",
+        type=int,
+        metavar="N",
+        help="the role's threshold in the new root (default: unchanged)",
+    )
+    add_json_flag(add)
+    add.set_defaults(func=_add)
 
     rotate = sub.add_parser(
         "rotate",
@@ -85,8 +111,39 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     rotate.add_argument("role", help="root, targets, snapshot, timestamp, or a branch such as R580")
     rotate.add_argument("--repo", type=Path, required=True, help="repository directory")
+    rotate.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="replace only this key of the role (as keys/NAME.pub.json names it); repeatable",
+    )
+    rotate.add_argument(
+        "--pkcs11-token",
+        metavar="LABEL",
+        help="make the new keys inside this PKCS#11 token (an HSM) instead of sealed files",
+    )
+    _add_module_flag(rotate)
     add_json_flag(rotate)
     rotate.set_defaults(func=_rotate)
+
+
+def _add_module_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pkcs11-module",
+        type=Path,
+        metavar="FILE",
+        help="the token's PKCS#11 module (default: PYKCS11LIB; SoftHSM2: "
+        "/usr/lib/softhsm/libsofthsm2.so)",
+    )
+
+
+def _select_module(args: argparse.Namespace, needed: bool) -> None:
+    """Make ``--pkcs11-module`` the module token keys are reached through."""
+    from keys.hsm import select_module
+
+    if needed or args.pkcs11_module is not None:
+        select_module(args.pkcs11_module)
 
 
 def _init(args: argparse.Namespace) -> None:
@@ -188,13 +245,54 @@ def _rotate(args: argparse.Namespace) -> None:
 
     repo = ImageRepository(args.repo)
     repo.root_metadata()  # fail on a missing repository before asking for a passphrase
-    new = repo.rotate(args.role, passphrase_source("the offline keys"))
+    _select_module(args, args.pkcs11_token is not None)
+    new = repo.rotate(
+        args.role,
+        passphrase_source("the offline keys"),
+        only=args.key,
+        token=args.pkcs11_token,
+    )
     root = repo.root_metadata()
+    where = "" if args.pkcs11_token is None else f" in PKCS#11 token {args.pkcs11_token}"
     emit(
         args,
-        {"role": args.role, "keys": [k.name for k in new], "root_version": root.signed.version},
-        f"rotated {args.role}: new keys {', '.join(k.name for k in new)}; "
+        {
+            "role": args.role,
+            "keys": [k.name for k in new],
+            "uris": [k.uri for k in new],
+            "root_version": root.signed.version,
+        },
+        f"rotated {args.role}: new keys {', '.join(k.name for k in new)}{where}; "
         f"root is now version {root.signed.version} (agents follow it on their next refresh)",
+    )
+
+
+def _add(args: argparse.Namespace) -> None:
+    from keys.image_repo import ImageRepository
+    from keys.sealed import passphrase_source
+
+    repo = ImageRepository(args.repo)
+    repo.root_metadata()  # fail on a missing repository before asking for a PIN
+    _select_module(args, True)
+    key = repo.add_key(
+        args.role, passphrase_source("the offline keys"), args.pkcs11_token, args.threshold
+    )
+    root = repo.root_metadata().signed
+    spec = root.roles[args.role]
+    emit(
+        args,
+        {
+            "role": args.role,
+            "key": key.name,
+            "keyid": key.keyid,
+            "uri": key.uri,
+            "threshold": spec.threshold,
+            "keys": len(spec.keyids),
+            "root_version": root.version,
+        },
+        f"added {key.name} ({key.uri}, in PKCS#11 token {args.pkcs11_token}) to {args.role}: "
+        f"{spec.threshold} of {len(spec.keyids)} keys must sign; root is now version "
+        f"{root.version}",
     )
 
 
@@ -203,6 +301,7 @@ def _sign(args: argparse.Namespace) -> None:
     from keys.keyring import Keyring
     from keys.sealed import passphrase_source
 
+    _select_module(args, False)
     staged = Staged.read(args.staged)
     names = sign(staged, Keyring(args.keys), passphrase_source("your offline key"))
     write_staged(staged, args.staged)

@@ -37,10 +37,27 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.set_defaults(func=_run)
 
     report_key = sub.add_parser(
-        "report-key", help="show (making it if needed) the public key auditors verify reports with"
+        "report-key",
+        help="show (making it if needed) the public key auditors verify reports with",
+        description=(
+            "With --pkcs11-token, the report key lives in that PKCS#11 token (an HSM): it is "
+            "made there (ECDSA P-256, labelled gpuward-report) unless the token holds it "
+            "already, its public half is written to REPO/keys/report.pub, and the signer URI "
+            "to give the server as report_key_uri is printed. The token's user PIN comes from "
+            "the file GPUWARD_HSM_PIN_FILE names, from GPUWARD_HSM_PIN, or a prompt."
+        ),
     )
     report_key.add_argument("--repo", type=Path, required=True, help="repository directory")
     report_key.add_argument("--report-key", type=Path, metavar="FILE", help="as for run")
+    report_key.add_argument(
+        "--pkcs11-token", metavar="LABEL", help="keep the report key in this PKCS#11 token"
+    )
+    report_key.add_argument(
+        "--pkcs11-module",
+        type=Path,
+        metavar="FILE",
+        help="the token's PKCS#11 module (default: PYKCS11LIB)",
+    )
     report_key.set_defaults(func=_report_key)
 
     token = sub.add_parser("token", help="operator bearer tokens")
@@ -102,13 +119,34 @@ def _run(args: argparse.Namespace) -> None:
 
 def _report_key(args: argparse.Namespace) -> None:
     from fleet.errors import GpuwardError
-    from keys.report_key import default_path, load_or_create, public_path
+    from keys.hsm import pin_source, select_module
+    from keys.report_key import (
+        create_in_token,
+        default_path,
+        load_from_token,
+        load_or_create,
+        public_path,
+    )
 
     if args.report_key is None and not (args.repo / "metadata" / "root.json").is_file():
         raise GpuwardError(f"{args.repo} is not a repository; give the server's --repo")
     path = args.report_key or default_path(args.repo)
-    signer = load_or_create(path)
-    print(f"report key {signer.key_id}\npublic key: {public_path(path)} (give it to auditors)")
+    if args.pkcs11_token is None:
+        signer = load_or_create(path)
+        print(f"report key {signer.key_id}\npublic key: {public_path(path)} (give it to auditors)")
+        return
+    if args.report_key is not None:
+        raise GpuwardError("give --report-key (a file) or --pkcs11-token, not both")
+    select_module(args.pkcs11_module)
+    pin = pin_source(args.pkcs11_token)
+    uri = create_in_token(args.pkcs11_token, pin)
+    signer = load_from_token(uri, pin, public_path(path))
+    print(
+        f"report key {signer.key_id} (ECDSA P-256, in PKCS#11 token {args.pkcs11_token})\n"
+        f"public key: {public_path(path)} (give it to auditors)\n"
+        f'server.toml: report_key_uri = "{uri}" (with report_key_pin_file, and report_key_module '
+        "unless PYKCS11LIB is set)"
+    )
 
 
 def _with_store(db: str, act: Callable[[Store, int], Awaitable[T]]) -> T:

@@ -25,7 +25,7 @@ def _validate(doc: object) -> None:
 
 
 def test_an_empty_fleet_renders_in_every_format() -> None:
-    doc = report_document("fleet", [], default_catalog(), 1_800_000_000, KEY_ID)
+    doc = report_document("fleet", [], default_catalog(), 1_800_000_000, KEY_ID, "ed25519")
     _validate(doc)
     assert doc["summary"]["nodes"] == 0
     assert render(doc, "pdf").startswith(b"%PDF-")
@@ -44,7 +44,9 @@ def test_support_status_follows_the_catalog_month_by_month() -> None:
     # R580 is supported through June 2028: ending soon from January, ended in July.
     def status(day: str) -> str:
         at = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp())
-        doc = report_document("node", [_node("580.65.06")], default_catalog(), at, KEY_ID)
+        doc = report_document(
+            "node", [_node("580.65.06")], default_catalog(), at, KEY_ID, "ed25519"
+        )
         _validate(doc)
         return str(doc["nodes"][0]["driver"]["status"])
 
@@ -59,7 +61,7 @@ def test_renderers_escape_what_nodes_send() -> None:
     )
     node = NodeFacts("n1", "default", "healthy", "unattested", False, 0, 0, None,
                      (SeenReport(0, report, None),))  # fmt: skip
-    doc = report_document("node", [node], default_catalog(), 1_800_000_000, KEY_ID)
+    doc = report_document("node", [node], default_catalog(), 1_800_000_000, KEY_ID, "ed25519")
     html = render(doc, "html")
     assert b"<script>" not in html
     assert b"&lt;script&gt;" in html

@@ -116,8 +116,10 @@ def _key(fleet: Fleet) -> Path:
     return Path(line.removeprefix("public key: ").split(" ")[0])
 
 
-def _assert_verifies_until_a_byte_changes(fleet: Fleet, report: Path) -> None:
-    key = str(_key(fleet))
+def assert_verifies_until_a_byte_changes(public_key: Path, report: Path) -> None:
+    """``gpuward report verify`` and OpenSSL, as the README tells auditors, accept the
+    report under ``public_key``, and refuse it once one byte changes."""
+    key = str(public_key)
     ok = gpuward("report", "verify", str(report), "--key", key)
     assert ok.returncode == 0, ok.stderr
     # An auditor without gpuward: OpenSSL checks the same detached signature.
@@ -204,7 +206,7 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     assert (advisories["exposed"], advisories["none-open"], advisories["unknown"]) == (4, 0, 1)
     [r580] = [c for c in advisories["cves"] if c["cve"] == "CVE-2025-23280"]
     assert r580["nodes"] == 3  # both R580 nodes, and R470 (branch not listed)
-    _assert_verifies_until_a_byte_changes(fleet, report)
+    assert_verifies_until_a_byte_changes(_key(fleet), report)
 
     html = _fetch(fleet, tmp_path, "html", "fleet")
     text = html.read_text()
@@ -212,7 +214,7 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     assert all(node in text for node in nodes)
     assert "CVE-2025-23280" in text and "a_id/5703" in text
     assert "src=" not in text and "href=" not in text  # self-contained
-    _assert_verifies_until_a_byte_changes(fleet, html)
+    assert_verifies_until_a_byte_changes(_key(fleet), html)
 
     pdf = _fetch(fleet, tmp_path, "pdf", "fleet")
     pages = _render(pdf, tmp_path / "pages")
@@ -220,7 +222,7 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     shown = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True)
     assert all(f"Node {node}" in shown.stdout for node in nodes)
     assert "CVE-2025-23280" in shown.stdout and "a_id/5703" in shown.stdout
-    _assert_verifies_until_a_byte_changes(fleet, pdf)
+    assert_verifies_until_a_byte_changes(_key(fleet), pdf)
 
 
 def _render(pdf: Path, folder: Path) -> list[Path]:
@@ -240,7 +242,7 @@ def test_node_report_and_refusals(fleet: Fleet, tmp_path: Path) -> None:
     _mixed_fleet(fleet)
     for fmt in ("json", "pdf"):
         report = _fetch(fleet, tmp_path, fmt, "node", "tpm-rolled-back")
-        _assert_verifies_until_a_byte_changes(fleet, report)
+        assert_verifies_until_a_byte_changes(_key(fleet), report)
     doc = json.loads(_fetch(fleet, tmp_path, "json", "node", "legacy-eol").read_text())
     jsonschema.Draft202012Validator(json.loads(schema_text())).validate(doc)
     assert doc["scope"] == "node"

@@ -72,6 +72,8 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             "header_timeout = 2.5\nmax_connections_per_address = 9\n"
             'boot_policy = "boot.json"\nrollout_tick = 5\ndriver_pcr = 16\n'
             'report_key = "keys/report.key"\nworkers = 2\n'
+            'report_key_uri = "hsm:2?label=gpuward"\nreport_key_pin_file = "hsm.pin"\n'
+            'report_key_module = "/usr/lib/softhsm/libsofthsm2.so"\n'
             'trusted_proxies = ["127.0.0.1", "::1"]\nek_type = "EK-ECC256"\n'
             "report_retention_count = 2000\nreport_retention_days = 7\n"
             'metrics_listen = "[::1]:9464"\n'
@@ -100,6 +102,9 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
         rollout_tick_s=5.0,
         driver_pcr=16,
         report_key=folder / "keys/report.key",
+        report_key_uri="hsm:2?label=gpuward",
+        report_key_module=Path("/usr/lib/softhsm/libsofthsm2.so"),
+        report_key_pin_file=folder / "hsm.pin",
         workers=2,
         trusted_proxies=("127.0.0.1", "::1"),
         ek_type="EK-ECC256",
@@ -145,6 +150,12 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
     keys = keys - {"[pool_boot_policy]", "canary"} - tables
     keys |= {"pool_boot_policy", "webhook", "remediation"}
     assert keys == {o.name for o in OPTIONS}
+
+
+@pytest.mark.parametrize("uri", ["report.key", "hsm:?label=gpuward", "hsm:2", "awskms:key"])
+def test_a_report_key_uri_names_a_token_key(folder: Path, uri: str) -> None:
+    with pytest.raises(GpuwardError, match="not a token key's URI"):
+        load({}, write(folder, f'repo = "r"\ndb = "d"\nreport_key_uri = "{uri}"\n'))
 
 
 def test_defaults_are_the_server_configs(folder: Path) -> None:
