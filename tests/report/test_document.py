@@ -73,7 +73,7 @@ def test_advisories_open_on_each_node_and_in_the_fleet(tmp_path: Path) -> None:
         dataclasses.replace(_node(driver), node_id=f"n{i}")
         for i, driver in enumerate(("535.216.03", "535.309.01", "550.163.01"))
     ]
-    doc = report_document("fleet", nodes, default_catalog(), 1_800_000_000, KEY_ID)
+    doc = report_document("fleet", nodes, default_catalog(), 1_800_000_000, KEY_ID, "ed25519")
     _validate(doc)
     old, fixed, unlisted = (n["advisories"] for n in doc["nodes"])
     assert old["status"] == "exposed" and old["worst"] == "high"
@@ -107,7 +107,7 @@ def test_a_catalog_without_a_feed_leaves_exposure_unknown() -> None:
     raw = json.loads(resources.files("fleet").joinpath("data/catalog.json").read_bytes())
     del raw["advisories"]
     catalog = load_catalog(json.dumps(raw).encode())
-    doc = report_document("node", [_node("535.216.03")], catalog, 1_800_000_000, KEY_ID)
+    doc = report_document("node", [_node("535.216.03")], catalog, 1_800_000_000, KEY_ID, "ed25519")
     _validate(doc)
     assert doc["nodes"][0]["advisories"]["status"] == "unknown"
     assert doc["summary"]["advisories"]["bulletins"] is None
