@@ -56,7 +56,6 @@ from fleet.wire import (
 MAX_PARAMETERS = 32  # per map: nvidia.ko has about forty parameters in all
 MAX_VALUE = 128
 MAX_DRIFT = 128  # per report: 4 GPU modes on 8 GPUs plus every parameter fits
-U32_MAX = 2**32 - 1
 
 # A value modprobe passes through untouched: no whitespace, quote, ';', '$',
 # backquote, '=' or newline, so it can neither end the options line nor start
@@ -277,7 +276,6 @@ def modprobe_options(settings: DriverSettings, slot: str) -> bytes:
     ).encode()
 
 
-MAX_PARAMS_BYTES = 64 * 1024
 _PARAMS_LINE = re.compile(r'([A-Za-z][A-Za-z0-9_]{0,63}): (?:"([^"\n]{0,4096})"|(\d{1,20}))')
 
 
@@ -338,6 +336,11 @@ class Drift(Wire):
         when = ", pending a reset or reboot" if self.pending else ""
         why = f" ({self.detail})" if self.detail else ""
         return f"{where} is {now}, declared {self.declared!r}{when}{why}"
+
+    @property
+    def reason(self) -> str:
+        """As a health reason, or a health gate's."""
+        return f"driver setting {self.message}"
 
     WIRE = Document(
         Field("setting", Text(max_len=70)),

@@ -8,6 +8,9 @@ nodes through this module, so they always agree.
 A node whose latest report names a bundle the served image repository no longer
 lists runs a withdrawn bundle (``gpuward repo remove``): it is flagged, since
 its agent will not move off it until a newer bundle is published or assigned.
+
+A node whose latest report says it runs otherwise than its bundle's signed
+driver settings declare (``fleet.driver_settings``) lists each difference.
 """
 
 from __future__ import annotations
@@ -80,7 +83,14 @@ def node_json(
         "report": None if status.report is None else status.report.to_dict(),
         "report_attestation": _verdict(status.report_attestation),
         "withdrawn": running is not None and running not in served,
+        "settings_drift": _drift(status),
     }
+
+
+def _drift(status: NodeStatus) -> list[str]:
+    """Each way the node runs otherwise than its bundle's declared driver settings."""
+    settings = None if status.report is None else status.report.settings
+    return [] if settings is None else [d.message for d in settings.drift]
 
 
 def _verdict(verdict: AttestationVerdict | None) -> dict[str, Any] | None:
@@ -101,6 +111,7 @@ def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dic
             "drivers": dict(sorted(drivers.items())),
             "unattested": sum(1 for n in shown if not n["attested"]),
             "withdrawn": sum(1 for n in shown if n["withdrawn"]),
+            "settings_drift": sum(1 for n in shown if n["settings_drift"]),
             "missing_after_s": config.report_interval_s * config.missing_after,
         },
     }

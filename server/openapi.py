@@ -93,6 +93,12 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "the node runs a bundle the image repository no longer lists",
             },
+            "settings_drift": {
+                "type": "array",
+                "items": _STR,
+                "description": "each way the node runs otherwise than its bundle's signed "
+                "driver settings (module parameters, GPU modes) declare",
+            },
             "history": {"type": "array", "items": {"type": "object"}},
         },
     },
