@@ -35,6 +35,7 @@ from fleet.gpu import GpuSample
 from fleet.report import HealthReport
 from node.channel import Candidate, ChannelUnavailable, UpdateRefused
 from node.config import AgentConfig
+from node.driver_settings import settings_report
 from node.firewall.enforcer import Enforcer
 from node.firewall.nft import Nft
 from node.firewall.state import UnitResult
@@ -275,7 +276,13 @@ class Cycle:
     ) -> HealthReport:
         active = self.slots.active()
         content = self.slots.content(active)
-        health = assess(seen, xids_since=self._reported_until, previous=self._last_samples)
+        settings = settings_report(self.config)
+        health = assess(
+            seen,
+            xids_since=self._reported_until,
+            previous=self._last_samples,
+            drift=() if settings is None else settings.drift,
+        )
         self._reported_until = max((x.at for x in seen.xids), default=self._reported_until)
         self._last_samples = {s.uuid: s for s in seen.samples if s.uuid}
         return HealthReport(
@@ -292,4 +299,5 @@ class Cycle:
             health=health,
             inventory=reported_inventory(self.config, seen),
             topology=self.config.topology,
+            settings=settings,
         )

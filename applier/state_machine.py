@@ -2,8 +2,9 @@
 
 The unprivileged agent only leaves verified bundles in the spool. This oneshot,
 started by systemd with no network, re-verifies the request offline, unpacks it
-into the inactive slot, waits for the GPUs to drain, flips the ``active`` link,
-runs the health gate (``applier.health_gate``), and commits or rolls back. On a
+into the inactive slot, waits for the GPUs to drain, flips the ``active`` link
+with the slot's declared driver settings (``applier.settings``), runs the health
+gate (``applier.health_gate``), and commits or rolls back. On a
 node that attests, the committed bundle is then measured into the TPM
 (``applier.measure``), and so is the active one at every start after a reboot.
 Every transition is journaled before the next step acts, so a start after any
@@ -28,6 +29,7 @@ from applier.health_gate import GateProbe, NvmlGate
 from applier.installers import activate, installer_for, rollback
 from applier.kernel_hold import hold_after_commit
 from applier.measure import measure
+from applier.settings import enforce_gpu_modes, settings_problems, write_module_parameters
 from applier.spool_intake import (
     MetadataUnusable,
     Verified,
@@ -61,6 +63,7 @@ class ApplyResult:
     reason: str
     active_slot: str | None
     measured: str | None = None  # the driver measurement's failure, if any
+    unenforced: tuple[str, ...] = ()  # declared GPU modes that could not be set
 
 
 def make_gate(config: AgentConfig) -> GateProbe:
@@ -81,6 +84,7 @@ class Applier:
         self.path = config.journal_file
         self.log = log.bind(node=config.node_id)
         self._measure_error: str | None = None
+        self._unenforced: tuple[str, ...] = ()
 
     def _own_folders(self) -> None:
         """The slots and the journal are root's alone: the agent can read which
@@ -111,6 +115,8 @@ class Applier:
                         if journal.state == "failed":
                             return self._result(journal, "refused")
         if journal.state in TERMINAL:
+            # What a driver reload forgot (a reboot, say) is set again at every start.
+            self._unenforced = enforce_gpu_modes(self.config, self.slots.active(), all_modes=False)
             return self._result(journal, "nothing")
         self.log.info("applier_resuming", state=journal.state, slot=journal.slot)
         if journal.state in ("staged", "draining"):
@@ -118,6 +124,7 @@ class Applier:
             if journal.state == "staged":
                 return self._result(journal, "deferred")
         if journal.state == "switching":
+            write_module_parameters(self.config, journal.slot, "settings:written")
             activate(self.config, journal.slot)
             journal = self._save(journal.to("verifying", boots=1))
         elif journal.state == "verifying":
@@ -125,7 +132,9 @@ class Applier:
         if journal.state == "verifying":
             journal = self._verify(journal)
         if journal.state == "rolling-back":
+            write_module_parameters(self.config, journal.previous, "settings:restored")
             rollback(self.config, journal.slot, journal.previous)
+            self._unenforced += enforce_gpu_modes(self.config, journal.previous, all_modes=True)
             journal = self._save(journal.to("rolled-back"))
             self._measure()  # the restored bundle, if a reboot came mid-update
             self.log.error("update_rolled_back", slot=journal.previous, reason=journal.reason)
@@ -270,11 +279,17 @@ class Applier:
                 f"{self.slots.root / 'active'} at {journal.previous} and reset the journal"
             )
         expected = content.manifest.driver_version
+        # Set at every start in "verifying": a reboot mid-update resets some modes. What
+        # could not be set shows in the gate's read-back below.
+        self._unenforced = enforce_gpu_modes(self.config, journal.slot, all_modes=True)
+        crash_point("settings:applied")
         crash_point("gate:before")
         after = self.gate.look(xid_window_s=self.settings.xid_window_s)
         crash_point("gate:looked")
         before = None if journal.baseline is None else Snapshot.from_baseline(journal.baseline)
         reasons = list(switch_problems(before, after, expected))
+        if not after.error:  # a driver that is not even there says everything already
+            reasons += settings_problems(self.config, content.manifest.settings)
         if not reasons and self.settings.smoke_test:
             reasons = self._smoke_test()
         crash_point("gate:smoke-tested")
@@ -348,7 +363,12 @@ class Applier:
 
     def _result(self, journal: Journal, outcome: str) -> ApplyResult:
         return ApplyResult(
-            journal.state, outcome, journal.reason, self.slots.active(), self._measure_error
+            journal.state,
+            outcome,
+            journal.reason,
+            self.slots.active(),
+            self._measure_error,
+            self._unenforced,
         )
 
 

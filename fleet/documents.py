@@ -23,6 +23,7 @@ from fleet.attestation import (
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
 from fleet.attribution import Attribution, Cluster, SuspectCard
 from fleet.checkpoint import CheckpointAdvice
+from fleet.driver_settings import Drift, DriverSettings, SettingsReport
 from fleet.firewall import FirewallReport
 from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
 from fleet.gpu_rules import Finding
@@ -53,6 +54,9 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     GpuHealth,
     KernelHoldReport,
     NodeHealth,
+    SettingsReport,
+    DriverSettings,
+    Drift,
     GpuReport,
     GpuSample,
     ClockEvents,

@@ -9,19 +9,27 @@ Besides the payload it states what the compatibility gate (``fleet.compat``)
 needs: the kernel-module flavour, the GPU architectures, the kernels it carries
 precompiled modules for (or that it builds them with DKMS), the CUDA version the
 driver provides and the Fabric Manager it ships for NVSwitch systems.
+
+A manifest may also declare the driver's settings (``fleet.driver_settings``:
+module parameters and GPU modes), signed with it. Such a manifest is schema 3,
+so a gpuward that predates settings refuses it as a newer schema instead of
+installing the driver without them; one without settings stays schema 2.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from fleet.driver_settings import DriverSettings
 from fleet.errors import InvalidDocument
 from fleet.schema import Reader
 from fleet.versions import CudaVersion, DriverVersion
 
 SCHEMA_VERSION = 2
+SETTINGS_SCHEMA_VERSION = 3  # a manifest that declares driver settings
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_DIR = "payload"
 MAX_PAYLOAD_FILES = 10_000
@@ -53,6 +61,7 @@ _FIELDS = frozenset(
         "dkms",
         "cuda_version",
         "fabric_manager",
+        "settings",
     }
 )
 
@@ -81,6 +90,7 @@ class BundleManifest:
     dkms: bool  # the payload builds its modules on the node instead
     cuda_version: str  # the newest CUDA the driver runs, e.g. "13.0" or "13.0 U2"
     fabric_manager: str | None  # Fabric Manager version in the payload, if any
+    settings: DriverSettings | None = None  # what the applier enforces with this driver
 
     def __post_init__(self) -> None:
         version = DriverVersion.parse(self.driver_version)
@@ -112,6 +122,10 @@ class BundleManifest:
                 f"manifest: fabric_manager {self.fabric_manager} must equal the driver "
                 f"version {self.driver_version}"
             )
+        if self.settings is not None:
+            problems = self.settings.problems_for(version.parts[0])
+            if problems:
+                raise InvalidDocument(f"manifest: settings: {'; '.join(problems)}")
 
     @property
     def version(self) -> DriverVersion:
@@ -122,8 +136,9 @@ class BundleManifest:
         return CudaVersion.parse(self.cuda_version)
 
     def to_dict(self) -> dict[str, Any]:
+        settings = {} if self.settings is None else {"settings": self.settings.to_dict()}
         return {
-            "schema": SCHEMA_VERSION,
+            "schema": SCHEMA_VERSION if self.settings is None else SETTINGS_SCHEMA_VERSION,
             "driver_version": self.driver_version,
             "branch": self.branch,
             "payload_kind": self.payload_kind,
@@ -134,6 +149,7 @@ class BundleManifest:
             "dkms": self.dkms,
             "cuda_version": self.cuda_version,
             "fabric_manager": self.fabric_manager,
+            **settings,
         }
 
     @classmethod
@@ -145,8 +161,15 @@ class BundleManifest:
                 f"{where}: manifest schema {schema} lacks the compatibility fields; "
                 "rebuild the bundle with this gpuward"
             )
-        if schema != SCHEMA_VERSION:
+        if schema not in (SCHEMA_VERSION, SETTINGS_SCHEMA_VERSION):
             raise InvalidDocument(f"{where}: unsupported schema {schema}; upgrade gpuward")
+        settings = None
+        if schema == SETTINGS_SCHEMA_VERSION:
+            settings = DriverSettings.from_dict(r.raw("settings"), f"{where}.settings")
+        elif "settings" in cast(Mapping[str, Any], doc):  # the Reader checked it is one
+            raise InvalidDocument(
+                f"{where}: settings need manifest schema {SETTINGS_SCHEMA_VERSION}"
+            )
         files = []
         for i, item in enumerate(r.items("files", max_items=MAX_PAYLOAD_FILES)):
             fr = Reader(
@@ -170,6 +193,7 @@ class BundleManifest:
             dkms=r.boolean("dkms"),
             cuda_version=r.text("cuda_version", pattern=_CUDA_TEXT, max_len=8),
             fabric_manager=r.nullable_text("fabric_manager", pattern=_VERSION_TEXT, max_len=16),
+            settings=settings,
         )
 
 

@@ -17,6 +17,10 @@ Optional and omitted when absent, as ``health`` is.
 
 And its topology labels (``fleet.topology``: rack, row, PDU, NVLink domain),
 when its config gives any, for ``fleet.attribution``; omitted when absent too.
+
+And, when the active bundle declares driver settings (``fleet.driver_settings``),
+those settings with every way the node differs from them; omitted when it
+declares none.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Self
 
+from fleet.driver_settings import SettingsReport
 from fleet.errors import InvalidDocument
 from fleet.firewall import FirewallReport
 from fleet.gpu import GpuSample, XidEvent
@@ -155,6 +160,7 @@ class HealthReport(Wire):
     health: NodeHealth | None = None  # None from an agent that does not read NVML
     inventory: NodeInventory | None = None  # None from an agent that does not send it
     topology: Topology | None = None  # None: the node's config gives no labels
+    settings: SettingsReport | None = None  # None: the active bundle declares no settings
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -196,6 +202,13 @@ class HealthReport(Wire):
             default=None,
             omit_default=True,
             description="where the node sits (rack, row, PDU, NVLink domain), from its config",
+        ),
+        Field(
+            "settings",
+            Nullable(Ref(SettingsReport)),
+            default=None,
+            omit_default=True,
+            description="the active bundle's declared driver settings, and the node's drift",
         ),
         where="report",
         version=SCHEMA_VERSION,

@@ -28,16 +28,19 @@ from pathlib import Path
 
 from fleet.catalog import Catalog, default_catalog
 from fleet.compat import bundle_problems, supported_architectures
+from fleet.driver_settings import DriverSettings
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.manifest import (
     MANIFEST_NAME,
     MAX_PAYLOAD_FILES,
     PAYLOAD_DIR,
     SCHEMA_VERSION,
+    SETTINGS_SCHEMA_VERSION,
     BundleManifest,
     PayloadFile,
 )
 from fleet.versions import DriverVersion
+from keys.durable_files import read_bounded
 from keys.progress import SILENT, ByteProgress, TrackedReader
 from keys.tar_extract import UnsafeMember, extract_files
 
@@ -87,6 +90,7 @@ def build_bundle(
     architectures: Sequence[str] | None = None,
     cuda_version: str | None = None,
     fabric_manager: str | None = None,
+    settings: DriverSettings | None = None,
     catalog: Catalog | None = None,
     progress: ByteProgress = SILENT,
 ) -> BundleManifest:
@@ -95,6 +99,7 @@ def build_bundle(
     ``kernels`` (precompiled modules) or ``dkms`` must be given. Where left out,
     the architectures are all those the catalog says this driver and module
     flavour drive, and the CUDA version is the newest the driver runs.
+    ``settings``: the driver settings nodes enforce with it (``fleet.driver_settings``).
     ``progress`` follows the three passes over the payload's bytes: hashing it,
     writing the bundle, and reading the bundle back as a node will.
     """
@@ -108,9 +113,10 @@ def build_bundle(
             raise GpuwardError(f"the catalog knows no CUDA release for driver {driver}; give one")
         cuda_version = str(runs)
     files = _payload_files(payload)
+    declared = {} if settings is None else {"settings": settings.to_dict()}
     manifest = BundleManifest.from_dict(
         {
-            "schema": SCHEMA_VERSION,
+            "schema": SCHEMA_VERSION if settings is None else SETTINGS_SCHEMA_VERSION,
             "driver_version": driver_version,
             "branch": branch,
             "payload_kind": payload_kind,
@@ -121,6 +127,7 @@ def build_bundle(
             "dkms": dkms,
             "cuda_version": cuda_version,
             "fabric_manager": fabric_manager,
+            **declared,
         }
     )
     problems = bundle_problems(manifest, catalog)
@@ -166,6 +173,19 @@ def _add(tar: tarfile.TarFile, name: str, data: io.BytesIO | TrackedReader, size
     info.mtime = 0
     info.uname = info.gname = "root"
     tar.addfile(info, data)
+
+
+MAX_SETTINGS_FILE = 64 * 1024
+
+
+def read_settings(path: Path) -> DriverSettings:
+    """The operator's driver settings file (JSON), strictly read before anything is signed."""
+    data = read_bounded(path, MAX_SETTINGS_FILE, "driver settings file")
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise GpuwardError(f"driver settings file {path}: not JSON ({exc})") from None
+    return DriverSettings.from_dict(doc, str(path))
 
 
 def read_manifest(bundle: Path) -> BundleManifest:

@@ -163,6 +163,11 @@ class AgentConfig:
         return self.applier_dir / "measurement.key"
 
     @property
+    def driver_params_file(self) -> Path:
+        """What the loaded nvidia.ko's parameters are (``fleet.driver_settings``)."""
+        return self.root_dir / "proc/driver/nvidia/params"
+
+    @property
     def key_file(self) -> Path:
         return self.state_dir / "node.key"
 

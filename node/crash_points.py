@@ -29,10 +29,12 @@ COMMIT_PATH = (
     "drain:hook-done",
     "journal:switching:before",
     "journal:switching:after",
+    "settings:written",  # the new slot's module parameters, before its driver loads
     "slots:switch-before-fsync",
     "slots:switch-after-fsync",
     "journal:verifying:before",
     "journal:verifying:after",
+    "settings:applied",  # the GPU modes, before the gate reads them back
     "gate:before",
     "gate:looked",
     "gate:smoke-tested",
@@ -47,6 +49,7 @@ COMMIT_PATH = (
 ROLLBACK_PATH = (
     "journal:rolling-back:before",
     "journal:rolling-back:after",
+    "settings:restored",  # the previous slot's module parameters
     "journal:rolled-back:before",
     "journal:rolled-back:after",
 )

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from fleet.driver_settings import Drift
 from fleet.gpu import GpuSample, XidEvent
 from fleet.gpu_rules import (
+    DEGRADED,
     FAILED,
     GpuState,
     Snapshot,
@@ -68,13 +70,17 @@ def assess(
     *,
     xids_since: float | None = None,
     previous: Mapping[str, GpuSample] | None = None,
+    drift: tuple[Drift, ...] = (),
 ) -> NodeHealth:
     """The node's status with reasons, each GPU's sample and findings, and the XIDs
-    received after ``xids_since``; ``previous`` (by GPU UUID) turns counters into trends."""
+    received after ``xids_since``; ``previous`` (by GPU UUID) turns counters into trends.
+    A driver setting that drifted from the active bundle's declaration (``drift``)
+    degrades the node: it runs, but not as the operator released it."""
     xids = tuple(x for x in result.xids if xids_since is None or x.at > xids_since)
+    drifted = [d.reason for d in drift]
     if result.error is not None:
         # Nothing could be read: what a node looks like whose kernel moved under its driver.
-        return NodeHealth(FAILED, _bounded([result.error]), (), xids[:MAX_XIDS])
+        return NodeHealth(FAILED, _bounded([result.error, *drifted]), (), xids[:MAX_XIDS])
     before = previous or {}
     gpus = tuple(
         GpuReport(
@@ -92,4 +98,7 @@ def assess(
     if not result.gpus:
         unread.append("no GPU visible")
     status = FAILED if unread else verdict.status
-    return NodeHealth(status, _bounded(unread + list(verdict.reasons)), gpus, xids[:MAX_XIDS])
+    if drifted and status != FAILED:
+        status = DEGRADED
+    reasons = unread + list(verdict.reasons) + drifted
+    return NodeHealth(status, _bounded(reasons), gpus, xids[:MAX_XIDS])

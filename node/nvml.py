@@ -13,7 +13,9 @@ This is the only module that talks to ``libnvidia-ml.so.1``. Two rules shape it:
 
 Three readers share those rules: the health probe behind the update gate
 (``NvmlProbe``), the collector of inventory and health samples (``collect``),
-and the XID listener (``XidListener``), a thread waiting on NVML events.
+and the XID listener (``XidListener``), a thread waiting on NVML events. The
+GPU modes a bundle declares (``fleet.driver_settings``) are read by
+``read_gpu_modes`` and set, by the root applier only, with ``set_gpu_modes``.
 
 ``python -m gpuward.cli.nvml_cmd`` prints what these readers see, for operators.
 """
@@ -32,6 +34,7 @@ from typing import Any, TypeVar
 import pynvml
 import structlog
 
+from fleet.driver_settings import COMPUTE_MODES, GPU_SETTINGS, GpuModes
 from fleet.errors import GpuwardError
 from fleet.gpu import (
     ClockEvents,
@@ -514,6 +517,104 @@ class XidListener:
                 self.total += 1
             if self._on_xid is not None:
                 self._on_xid(event)
+
+
+_COMPUTE_MODE_NAMES = {number: name for name, number in COMPUTE_MODES.items()}
+_ENABLED = pynvml.NVML_FEATURE_ENABLED
+
+
+def _mode(
+    q: _Queries, errors: dict[str, str], setting: str, function: Callable[..., T]
+) -> T | None:
+    """A mode query's result; why it failed goes in ``errors`` under ``setting``."""
+    before = len(q.errors)
+    value = q.get(function)
+    if len(q.errors) > before:
+        errors[setting] = q.errors[-1]
+    return value
+
+
+def _read_modes(index: int, handle: Any) -> GpuModes:
+    q, errors = _Queries(handle), dict[str, str]()
+    persistence = _mode(q, errors, "persistence_mode", pynvml.nvmlDeviceGetPersistenceMode)
+    ecc = _mode(q, errors, "ecc", pynvml.nvmlDeviceGetEccMode)
+    mig = _mode(q, errors, "mig", pynvml.nvmlDeviceGetMigMode)
+    compute = _mode(q, errors, "compute_mode", pynvml.nvmlDeviceGetComputeMode)
+    return GpuModes(
+        index=index,
+        uuid=q.get(pynvml.nvmlDeviceGetUUID),
+        persistence_mode=None if persistence is None else persistence == _ENABLED,
+        ecc=None if ecc is None else ecc[0] == _ENABLED,
+        ecc_pending=None if ecc is None else ecc[1] == _ENABLED,
+        mig=None if mig is None else mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE,
+        mig_pending=None if mig is None else mig[1] == pynvml.NVML_DEVICE_MIG_ENABLE,
+        compute_mode=None if compute is None else _COMPUTE_MODE_NAMES.get(compute, str(compute)),
+        errors=errors,
+    )
+
+
+def read_gpu_modes() -> tuple[GpuModes, ...]:
+    """Every GPU's persistence, ECC, MIG and compute mode. Raises ``NvmlUnavailable``."""
+    try:
+        with nvml_session():
+            found = []
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle, error = _open(index)
+                found.append(
+                    GpuModes(index, None, errors=dict.fromkeys(GPU_SETTINGS, error))
+                    if error is not None
+                    else _read_modes(index, handle)
+                )
+            return tuple(found)
+    except pynvml.NVMLError as error:
+        raise NvmlUnavailable(explain(error, "reading the GPU modes")) from error
+
+
+def _set_mode(handle: Any, now: GpuModes, setting: str, value: bool | str) -> str | None:
+    """Set one declared mode where the GPU differs; what is still to come, if anything."""
+    enable = _ENABLED if value is True else pynvml.NVML_FEATURE_DISABLED
+    if setting == "persistence_mode" and now.persistence_mode != value:
+        pynvml.nvmlDeviceSetPersistenceMode(handle, enable)
+    elif setting == "compute_mode" and now.compute_mode != value:
+        pynvml.nvmlDeviceSetComputeMode(handle, COMPUTE_MODES[str(value)])
+    elif setting == "ecc" and value not in (now.ecc, now.ecc_pending):
+        pynvml.nvmlDeviceSetEccMode(handle, enable)  # NVML applies it at the next reboot
+        return "ECC mode takes effect at the next reboot"
+    elif setting == "mig" and now.mig != value and now.mig_pending != value:
+        mig = pynvml.NVML_DEVICE_MIG_ENABLE if value else pynvml.NVML_DEVICE_MIG_DISABLE
+        activation = pynvml.nvmlDeviceSetMigMode(handle, mig)
+        if activation != pynvml.NVML_SUCCESS:
+            why = pynvml.nvmlErrorString(activation)
+            return f"MIG mode takes effect at the next GPU reset ({why})"
+    return None
+
+
+def set_gpu_modes(modes: tuple[tuple[str, bool | str], ...]) -> tuple[str, ...]:
+    """Set ``modes`` (``DriverSettings.gpu_modes``) on every GPU where they differ.
+
+    Returns what failed, one line per GPU and setting, for the applier to report;
+    a change NVML defers to a reset is logged, not a failure. Raises ``NvmlUnavailable``.
+    """
+    failed = []
+    try:
+        with nvml_session():
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle, error = _open(index)
+                if error is not None:
+                    failed.append(f"GPU {index}: {error}")
+                    continue
+                now = _read_modes(index, handle)
+                for setting, value in modes:
+                    try:
+                        deferred = _set_mode(handle, now, setting, value)
+                    except pynvml.NVMLError as failure:
+                        failed.append(f"GPU {index}: {explain(failure, f'setting {setting}')}")
+                        continue
+                    if deferred is not None:
+                        log.info("gpu_mode_deferred", gpu=index, setting=setting, reason=deferred)
+    except pynvml.NVMLError as error:
+        raise NvmlUnavailable(explain(error, "setting the GPU modes")) from error
+    return tuple(failed)
 
 
 def probe_to_dict(result: ProbeResult) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Simulated GPUs for hosts without any (the demo, CI, a developer laptop).
 
 The simulated driver is whatever bundle the ``active`` slot holds, as if the
-switch had loaded its kernel module; drivers listed as unhealthy in the config
-make every GPU report an XID, so rollback can be shown without hardware.
+switch had loaded its kernel module, and it runs with the settings that bundle
+declares (``fleet.driver_settings``), as if the switch had applied them; drivers
+listed as unhealthy in the config make every GPU report an XID, so rollback can
+be shown without hardware.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from fleet.driver_settings import DriverSettings, EffectiveSettings, GpuModes, parameter
 from fleet.gpu import XidEvent
 from fleet.gpu_rules import GpuState, Snapshot
 from fleet.report import GpuHealth
@@ -36,7 +39,7 @@ class SimulatedProbe:
             GpuHealth(
                 index=i,
                 name=self._gpus.name,
-                uuid=f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{self._node_id}.{i}')}",
+                uuid=simulated_uuid(self._node_id, i),
                 driver_version=driver,
                 healthy=not problems,
                 problems=problems,
@@ -44,6 +47,32 @@ class SimulatedProbe:
             for i in range(self._gpus.count)
         )
         return ProbeResult(driver_version=driver, gpus=gpus)
+
+
+def simulated_uuid(node_id: str, index: int) -> str:
+    return f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{node_id}.{index}')}"
+
+
+def simulated_settings(
+    node_id: str, gpus: SimulatedGpus, declared: DriverSettings
+) -> EffectiveSettings:
+    """What simulated GPUs run with: exactly what the active bundle declares."""
+    return EffectiveSettings(
+        params={parameter(name).shown_as: value for name, value in declared.parameters},
+        gpus=tuple(
+            GpuModes(
+                index=i,
+                uuid=simulated_uuid(node_id, i),
+                persistence_mode=declared.persistence_mode,
+                ecc=declared.ecc,
+                ecc_pending=declared.ecc,
+                mig=declared.mig,
+                mig_pending=declared.mig,
+                compute_mode=declared.compute_mode,
+            )
+            for i in range(gpus.count)
+        ),
+    )
 
 
 class SimulatedGate:

@@ -932,7 +932,8 @@ async def node_page(request: web.Request) -> web.Response:
     return _page(
         f"Node {node_id}",
         f"<section>{facts}{differs}</section>{_gpus(status.report)}"
-        f"{_node_advisories(exposure, status.report)}{_boot(status.report_attestation)}"
+        f"{_node_advisories(exposure, status.report)}{_settings(status.report)}"
+        f"{_boot(status.report_attestation)}"
         f"<section><h2>Health history</h2>{history}</section>",
         who,
         await _renewal_banner(s),
@@ -984,6 +985,40 @@ def _node_advisories(exposure: AdvisoryExposure | None, report: HealthReport | N
     return (
         f'<section id="advisories"><h2>Security advisories</h2><p id="advisory-verdict">'
         f"{verdict}</p>{table if exposure.open else ''}</section>"
+    )
+
+
+def _settings(report: HealthReport | None) -> str:
+    """The driver settings the running bundle declares, and where the node differs."""
+    settings = None if report is None else report.settings
+    if settings is None:
+        return ""
+    declared = settings.declared
+    shown = [f"{name}={value}" for name, value in declared.parameters]
+    shown += [f"{name}: {value}" for name, value in declared.gpu_modes]
+    drift = _table(
+        ("Setting", "GPU", "Declared", "Effective", "Pending a reset", "Detail"),
+        (
+            [
+                _e(d.setting),
+                _e(d.gpu),
+                _e(d.declared),
+                '<span class="unhealthy">' + _e(d.effective or "unknown") + "</span>",
+                "yes" if d.pending else "no",
+                _e(d.detail),
+            ]
+            for d in settings.drift
+        ),
+        "settings-drift",
+    )
+    verdict = (
+        f"<p>It runs otherwise, {len(settings.drift)} time(s):</p>{drift}"
+        if settings.drift
+        else '<p id="settings-as-declared">It runs as declared.</p>'
+    )
+    return (
+        f'<section id="settings"><h2>Driver settings (signed with the bundle)</h2>'
+        f"<p>Declared: {_e(', '.join(shown) or 'nothing')}.</p>{verdict}</section>"
     )
 
 

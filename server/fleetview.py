@@ -11,6 +11,9 @@ its agent will not move off it until a newer bundle is published or assigned.
 
 Each node shows the security advisories open on the driver its latest report
 names, and the fleet's summary counts them (``server.advisories``).
+
+A node whose latest report says it runs otherwise than its bundle's signed
+driver settings declare (``fleet.driver_settings``) lists each difference.
 """
 
 from __future__ import annotations
@@ -93,7 +96,14 @@ def node_json(
         "report_attestation": _verdict(status.report_attestation),
         "withdrawn": running is not None and running not in served,
         "advisories": None if exposure is None else exposure.to_dict(),
+        "settings_drift": _drift(status),
     }
+
+
+def _drift(status: NodeStatus) -> list[str]:
+    """Each way the node runs otherwise than its bundle's declared driver settings."""
+    settings = None if status.report is None else status.report.settings
+    return [] if settings is None else [d.message for d in settings.drift]
 
 
 def _verdict(verdict: AttestationVerdict | None) -> dict[str, Any] | None:
@@ -116,6 +126,7 @@ def fleet_json(nodes: list[NodeStatus], now: float, config: ServerConfig) -> dic
             "drivers": dict(sorted(drivers.items())),
             "unattested": sum(1 for n in shown if not n["attested"]),
             "withdrawn": sum(1 for n in shown if n["withdrawn"]),
+            "settings_drift": sum(1 for n in shown if n["settings_drift"]),
             "missing_after_s": config.report_interval_s * config.missing_after,
             "advisories": None if advisories is None else advisories.to_dict(),
         },

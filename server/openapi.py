@@ -98,6 +98,12 @@ _HANDLER_SCHEMAS: dict[str, Any] = {
                 "description": "the security advisories open on the driver of the latest "
                 "report; null when no driver was reported or the catalog has no feed",
             },
+            "settings_drift": {
+                "type": "array",
+                "items": _STR,
+                "description": "each way the node runs otherwise than its bundle's signed "
+                "driver settings (module parameters, GPU modes) declare",
+            },
             "history": {"type": "array", "items": {"type": "object"}},
         },
     },

@@ -100,10 +100,12 @@ def _apply(args: argparse.Namespace) -> int:
             "reason": result.reason,
             "active_slot": result.active_slot,
             "measured": result.measured,
+            "unenforced": list(result.unenforced),
         },
         f"{config.node_id}: {result.outcome} (journal {result.state}"
         f"{': ' + result.reason if result.reason else ''}); slot {result.active_slot or '-'}"
-        + (f"\ndriver NOT measured: {result.measured}" if result.measured else ""),
+        + (f"\ndriver NOT measured: {result.measured}" if result.measured else "")
+        + "".join(f"\ndriver setting NOT set: {failed}" for failed in result.unenforced),
     )
     return 3 if result.outcome in ("refused", "rolled-back") else 0
 
@@ -129,6 +131,7 @@ def _health(args: argparse.Namespace) -> int:
     from fleet.gpu_rules import FAILED
     from gpuward.cli.output import table
     from node.config import load_config
+    from node.driver_settings import settings_report
     from node.gpu_health import assess, gate
     from node.slots import Slots
 
@@ -137,7 +140,8 @@ def _health(args: argparse.Namespace) -> int:
     slots = Slots(config.slots_dir)
     content = slots.content(slots.active())
     expected = content.manifest.driver_version if content else None
-    health = assess(seen)
+    settings = settings_report(config)
+    health = assess(seen, drift=() if settings is None else settings.drift)
     if expected:
         # What the applier's health gate would decide, from the assessment already made.
         reasons = gate(seen, expected)
@@ -163,6 +167,7 @@ def _health(args: argparse.Namespace) -> int:
             "error": seen.error,
             "gpus": [g.to_dict() for g in seen.gpus],
             "health": health.to_dict(),
+            "settings": None if settings is None else settings.to_dict(),
         },
         f"driver {seen.driver_version or '-'} (expected {expected or '-'}): {status}"
         + "".join(f"\n  {r}" for r in why)

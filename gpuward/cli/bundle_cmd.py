@@ -56,6 +56,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="VERSION",
         help="Fabric Manager version in the payload; must equal the driver version",
     )
+    build.add_argument(
+        "--settings",
+        type=Path,
+        metavar="FILE",
+        help="a JSON file of the driver settings nodes enforce with this driver: "
+        '{"module_parameters": {"NVreg_CoherentGPUMemoryMode": "driver"}, '
+        '"persistence_mode": true, "ecc": true, "mig": false, "compute_mode": "default"}; '
+        "signed with the bundle",
+    )
     build.add_argument("-o", "--output", type=Path, required=True, help="bundle file to write")
     add_json_flag(build)
     add_progress_flag(build)
@@ -65,7 +74,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _build(args: argparse.Namespace) -> None:
     from fleet.branches import require_branch
     from fleet.errors import GpuwardError
-    from keys.bundle import build_bundle, sha256_file
+    from keys.bundle import build_bundle, read_settings, sha256_file
 
     require_branch(args.branch)
     if not args.kernel and not args.dkms:
@@ -86,6 +95,7 @@ def _build(args: argparse.Namespace) -> None:
             architectures=args.arch,
             cuda_version=args.cuda,
             fabric_manager=args.fabric_manager,
+            settings=None if args.settings is None else read_settings(args.settings),
             progress=progress,
         )
     digest = sha256_file(args.output)

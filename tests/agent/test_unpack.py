@@ -214,8 +214,8 @@ HOSTILE: dict[str, tuple[BundleManifest, Write, str]] = {
     ),
     "manifest of a newer schema": (
         _manifest(),
-        _inner_manifest(json.dumps({**_manifest().to_dict(), "schema": 3}).encode()),
-        "unsupported schema 3",
+        _inner_manifest(json.dumps({**_manifest().to_dict(), "schema": 4}).encode()),
+        "unsupported schema 4",
     ),
     "lib, then lib/x": (
         *_nested("lib", "lib/x"),

@@ -12,6 +12,7 @@ from pathlib import Path
 from agent.channel import ImageChannel
 from applier.measure import read_log
 from applier.state_machine import apply_once
+from fleet.driver_settings import DriverSettings
 from fleet.driverlog import DRIVER, DriverEvent
 from fleet.manifest import PAYLOAD_DIR
 from keys.bundle import sha256_file
@@ -91,22 +92,29 @@ class Node:
             assert sha256_file(self.slots.path(slot) / PAYLOAD_DIR / file.name) == file.sha256
 
 
-def node_with(site: Site, folder: Path, extra: str = "", tables: str = "") -> tuple[Node, str]:
+def node_with(
+    site: Site,
+    folder: Path,
+    extra: str = "",
+    tables: str = "",
+    settings: tuple[DriverSettings | None, DriverSettings | None] = (None, None),
+) -> tuple[Node, str]:
     """A node running ``OLD`` (installed through the applier) with ``NEW`` published.
 
     ``extra`` (TOML under ``[simulated]``) takes effect after ``OLD`` is installed;
-    ``tables`` (more TOML tables, e.g. ``[attestation]``) from the start.
+    ``tables`` (more TOML tables, e.g. ``[attestation]``) from the start; ``settings``
+    are the driver settings ``OLD`` and ``NEW`` declare.
     """
     folder.mkdir(parents=True)
     simulated = f'{tables}[simulated]\ncount = 2\nname = "{GPU_NAME}"\n'
     toml = site.agent_toml(folder, extra=simulated, mode="applier")
-    site.publish(OLD)
+    site.publish(OLD, settings=settings[0])
     installing = Node(toml, load_config(toml))
     old = installing.spool_newest()
     assert apply_once(installing.config).outcome == "committed"
     assert installing.slots.active() == "a"
     site.agent_toml(folder, extra=simulated + extra, mode="applier")
-    site.publish(NEW)
+    site.publish(NEW, settings=settings[1])
     return Node(toml, load_config(toml)), old
 
 

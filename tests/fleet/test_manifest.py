@@ -35,7 +35,9 @@ def test_round_trip() -> None:
     ("change", "message"),
     [
         (lambda d: d.update(extra=1), "unknown field"),
-        (lambda d: d.update(schema=3), "unsupported schema"),
+        (lambda d: d.update(schema=4), "unsupported schema"),
+        (lambda d: d.update(schema=3), "missing field .settings."),
+        (lambda d: d.update(settings={}), "settings need manifest schema 3"),
         (lambda d: d.update(schema=1), "rebuild the bundle"),
         (lambda d: d.update(module_flavour="closed"), "must be one of"),
         (lambda d: d.update(architectures=[]), "each architecture once"),

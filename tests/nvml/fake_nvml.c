@@ -19,6 +19,11 @@
  *   gpu.N.fail.field.ID=CODE        field ID's own result in nvmlDeviceGetFieldValues
  *   xids=GPU:XID,GPU:XID            queued for nvmlEventSetWait_v2, in order
  *   trace=PATH                      append the name of every call to PATH
+ *   state=PATH                      where the nvmlDeviceSet* calls keep what they set
+ *
+ * The setters (persistence, ECC, MIG and compute mode) append gpu.N.KEY=VALUE lines
+ * to the state file, read after the config at every first nvmlInit, so a mode one
+ * process sets is what the next one reads: the driver's state outlives a process.
  *
  * CODE is a number or a name without its NVML_ERROR_ prefix (NOT_SUPPORTED,
  * GPU_IS_LOST, ...). Per-GPU keys and their defaults are in the functions below.
@@ -41,6 +46,7 @@ typedef int nvmlReturn_t;
 #define NVML_ERROR_NOT_SUPPORTED 3
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_TIMEOUT 10
+#define NVML_ERROR_RESET_REQUIRED 16
 #define NVML_ERROR_UNKNOWN 999
 
 #define EVENT_XID_CRITICAL_ERROR 0x8ULL
@@ -160,22 +166,9 @@ static int parse_xids(const char *spec) {
     return 0;
 }
 
-static nvmlReturn_t load_config(void) {
-    const char *path = getenv("FAKE_NVML_CONFIG");
+/* Appends the key=value lines of F to the entries, and closes it; later lines win. */
+static nvmlReturn_t read_entries(FILE *f) {
     char line[768];
-    FILE *f;
-    const char *value;
-
-    n_entries = 0;
-    if (path == NULL) {
-        fprintf(stderr, "fake libnvidia-ml: FAKE_NVML_CONFIG is not set\n");
-        return NVML_ERROR_UNKNOWN;
-    }
-    f = fopen(path, "r");
-    if (f == NULL) {
-        fprintf(stderr, "fake libnvidia-ml: cannot read %s\n", path);
-        return NVML_ERROR_UNKNOWN;
-    }
     while (fgets(line, sizeof line, f) != NULL) {
         char *text = trim(line);
         char *eq = strchr(text, '=');
@@ -191,6 +184,32 @@ static nvmlReturn_t load_config(void) {
         n_entries++;
     }
     fclose(f);
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t load_config(void) {
+    const char *path = getenv("FAKE_NVML_CONFIG");
+    FILE *f;
+    const char *value;
+    nvmlReturn_t rc;
+
+    n_entries = 0;
+    if (path == NULL) {
+        fprintf(stderr, "fake libnvidia-ml: FAKE_NVML_CONFIG is not set\n");
+        return NVML_ERROR_UNKNOWN;
+    }
+    f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "fake libnvidia-ml: cannot read %s\n", path);
+        return NVML_ERROR_UNKNOWN;
+    }
+    rc = read_entries(f);
+    if (rc != NVML_SUCCESS) return rc;
+    value = get("state");
+    if (value != NULL && (f = fopen(value, "r")) != NULL) {
+        rc = read_entries(f);
+        if (rc != NVML_SUCCESS) return rc;
+    }
 
     value = get("gpu_count");
     gpu_count = value == NULL ? 1 : atoi(value);
@@ -441,6 +460,91 @@ nvmlReturn_t nvmlDeviceGetMigMode(struct fake_gpu *dev, unsigned int *current, u
     *current = (unsigned int)gpu_number(dev->index, "mig.current", 0);
     *pending = (unsigned int)gpu_number(dev->index, "mig.pending", *current);
     return NVML_SUCCESS;
+}
+
+/* ---- settings: what nvidia-smi -pm, -e, -mig and -c change ---- */
+
+/* Records gpu.N.KEY=VALUE for this process and, through the state file, the next. */
+static nvmlReturn_t set_gpu_value(const struct fake_gpu *dev, const char *key,
+                                  unsigned long long value) {
+    const char *path = get("state");
+    FILE *f;
+    pthread_mutex_lock(&lock);
+    if (n_entries == MAX_ENTRIES) {
+        pthread_mutex_unlock(&lock);
+        return NVML_ERROR_UNKNOWN;
+    }
+    snprintf(entries[n_entries].key, sizeof entries[n_entries].key, "gpu.%d.%s", dev->index, key);
+    snprintf(entries[n_entries].value, sizeof entries[n_entries].value, "%llu", value);
+    if (path != NULL && (f = fopen(path, "a")) != NULL) {
+        fprintf(f, "%s=%s\n", entries[n_entries].key, entries[n_entries].value);
+        fclose(f);
+    }
+    n_entries++;
+    pthread_mutex_unlock(&lock);
+    return NVML_SUCCESS;
+}
+
+/* nvmlEnableState_t: 0 disabled, 1 enabled. */
+nvmlReturn_t nvmlDeviceGetPersistenceMode(struct fake_gpu *dev, unsigned int *mode) {
+    DEVICE_CALL(dev);
+    if (mode == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *mode = (unsigned int)gpu_number(dev->index, "persistence_mode", 0);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceSetPersistenceMode(struct fake_gpu *dev, unsigned int mode) {
+    DEVICE_CALL(dev);
+    if (mode > 1) return NVML_ERROR_INVALID_ARGUMENT;
+    return set_gpu_value(dev, "persistence_mode", mode);
+}
+
+/* ECC mode changes only at the next reboot: setting it sets the pending mode. */
+nvmlReturn_t nvmlDeviceGetEccMode(struct fake_gpu *dev, unsigned int *current,
+                                  unsigned int *pending) {
+    DEVICE_CALL(dev);
+    if (current == NULL || pending == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *current = (unsigned int)gpu_number(dev->index, "ecc.current", 1);
+    *pending = (unsigned int)gpu_number(dev->index, "ecc.pending", *current);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceSetEccMode(struct fake_gpu *dev, unsigned int mode) {
+    DEVICE_CALL(dev);
+    if (mode > 1) return NVML_ERROR_INVALID_ARGUMENT;
+    return set_gpu_value(dev, "ecc.pending", mode);
+}
+
+/* MIG mode takes effect at once on an idle GPU; with gpu.N.mig.needs_reset=1 it
+ * stays pending, and the activation status says a reset is required. */
+nvmlReturn_t nvmlDeviceSetMigMode(struct fake_gpu *dev, unsigned int mode,
+                                  nvmlReturn_t *activation) {
+    nvmlReturn_t rc;
+    DEVICE_CALL(dev);
+    if (mode > 1 || activation == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    rc = set_gpu_value(dev, "mig.pending", mode);
+    if (rc != NVML_SUCCESS) return rc;
+    if (gpu_number(dev->index, "mig.needs_reset", 0)) {
+        *activation = NVML_ERROR_RESET_REQUIRED;
+        return NVML_SUCCESS;
+    }
+    *activation = NVML_SUCCESS;
+    return set_gpu_value(dev, "mig.current", mode);
+}
+
+/* nvmlComputeMode_t: 0 default, 1 exclusive thread (removed), 2 prohibited,
+ * 3 exclusive process. */
+nvmlReturn_t nvmlDeviceGetComputeMode(struct fake_gpu *dev, unsigned int *mode) {
+    DEVICE_CALL(dev);
+    if (mode == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *mode = (unsigned int)gpu_number(dev->index, "compute_mode", 0);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceSetComputeMode(struct fake_gpu *dev, unsigned int mode) {
+    DEVICE_CALL(dev);
+    if (mode > 3 || mode == 1) return NVML_ERROR_INVALID_ARGUMENT;
+    return set_gpu_value(dev, "compute_mode", mode);
 }
 
 /* ---- health ---- */
