@@ -24,6 +24,7 @@ from fleet.attribution import Attribution, Cluster, SuspectCard
 from fleet.checkpoint import CheckpointAdvice
 from fleet.firewall import FirewallReport
 from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
+from fleet.gpu_attestation import GpuAttestationVerdict, GpuCheck, GpuMeasurementVerdict
 from fleet.gpu_rules import Finding
 from fleet.inventory import Gpu, NodeInventory
 from fleet.nodeauth import KeyEnrollmentRequest
@@ -72,6 +73,9 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     PcrSelection,
     AttestationVerdict,
     AttestedDriver,
+    GpuAttestationVerdict,
+    GpuCheck,
+    GpuMeasurementVerdict,
     NodeInventory,
     Gpu,
     Rollout,
