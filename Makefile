@@ -19,11 +19,13 @@ STAMP := $(VENV)/.installed
 # which run both binaries themselves on free loopback ports. slurmctld, slurmd,
 # slurm-client and munge: tests/remediation runs a real Slurm cluster on loopback.
 # faketime: tests/gpu_attest runs NVIDIA's verifier at the date of NVIDIA's sample evidence.
+# libssl-dev: the fake libnvidia-ml.so.1 (tests/nvml) signs GPU attestation reports.
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
 	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config \
 	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck \
 	chromium nginx-light kmod poppler-utils systemd-container \
-	prometheus prometheus-alertmanager slurmctld slurmd slurm-client munge faketime
+	prometheus prometheus-alertmanager slurmctld slurmd slurm-client munge faketime \
+	libssl-dev
 
 # NVIDIA's own GPU verifier, the peer tests/gpu_attest compares verdicts with (its wheel
 # also ships the sample evidence), in a venv of its own: its pinned dependencies

@@ -24,7 +24,12 @@ from fleet.attribution import Attribution, Cluster, SuspectCard
 from fleet.checkpoint import CheckpointAdvice
 from fleet.firewall import FirewallReport
 from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
-from fleet.gpu_attestation import GpuAttestationVerdict, GpuCheck, GpuMeasurementVerdict
+from fleet.gpu_attestation import (
+    GpuAttestationVerdict,
+    GpuCheck,
+    GpuEvidence,
+    GpuMeasurementVerdict,
+)
 from fleet.gpu_rules import Finding
 from fleet.inventory import Gpu, NodeInventory
 from fleet.nodeauth import KeyEnrollmentRequest
@@ -76,6 +81,7 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     GpuAttestationVerdict,
     GpuCheck,
     GpuMeasurementVerdict,
+    GpuEvidence,
     NodeInventory,
     Gpu,
     Rollout,

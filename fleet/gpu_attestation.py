@@ -1,10 +1,12 @@
-"""The verdict on one GPU's attestation evidence, as it crosses the wire.
+"""GPU attestation evidence and the verdict on it, as they cross the wire.
 
 Hopper and later GPUs sign an SPDM measurement report; the server (and
 ``gpuward gpu-attest verify``) checks it offline against NVIDIA's device root
 and NVIDIA's Reference Integrity Manifests (``server.gpu_attestation``). The
-verdict is declared here, once, because it leaves the server: in the API, in
-``--json`` output, and beside the node's report in the fleet store.
+evidence (``GpuEvidence``) rides in the node's health report, answering the
+report's TPM challenge, so the quote that binds the report binds it too; the
+verdict leaves the server in the API, in ``--json`` output, and beside the
+node's report in the fleet store.
 
 A verdict is ``pass`` only when every check passed. A check that could not be
 made (no RIM for the firmware, no nonce to judge freshness, revocation not
@@ -19,7 +21,8 @@ import enum
 import re
 from dataclasses import dataclass
 
-from fleet.wire import Choice, Document, Field, Integer, ListOf, Ref, Text, Wire, optional
+from fleet.inventory import MAX_GPUS
+from fleet.wire import Bytes, Choice, Document, Field, Integer, ListOf, Ref, Text, Wire, optional
 
 
 class GpuOutcome(enum.StrEnum):
@@ -64,6 +67,29 @@ MAX_MEASUREMENT_BYTES = 64
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _VERSION = re.compile(r"[0-9A-Za-z.]{1,32}")
 MAX_DETAIL = 2048
+# NVML's buffers: NVML_CC_GPU_ATTESTATION_REPORT_SIZE, NVML_GPU_ATTESTATION_CERT_CHAIN_SIZE.
+MAX_REPORT_BYTES = 0x2000
+MAX_CERT_CHAIN_BYTES = 0x1400
+_UUID = re.compile(r"GPU-[0-9A-Za-z-]{1,64}")
+
+
+@dataclass(frozen=True)
+class GpuEvidence(Wire):
+    """One GPU's attestation evidence, as NVML returns it: its SPDM report answering
+    the report challenge's nonce, and its certificate chain."""
+
+    index: int
+    uuid: str
+    report: bytes  # the SPDM GET_MEASUREMENTS request and signed response
+    cert_chain: bytes  # PEM, leaf first
+
+    WIRE = Document(
+        Field("index", Integer(maximum=MAX_GPUS)),
+        Field("uuid", Text(max_len=72, pattern=_UUID)),
+        Field("report", Bytes(MAX_REPORT_BYTES, description="SPDM GET_MEASUREMENTS exchange")),
+        Field("cert_chain", Bytes(MAX_CERT_CHAIN_BYTES, description="PEM, leaf first")),
+        where="GPU evidence",
+    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +137,7 @@ class GpuAttestationVerdict(Wire):
     nonce: str | None  # the report's nonce, hex
     checks: tuple[GpuCheck, ...]
     measurements: tuple[GpuMeasurementVerdict, ...]
+    uuid: str | None = None  # the GPU's, as its node reported it; None: files on their own
 
     WIRE = Document(
         Field("verdict", Choice(GpuOutcome)),
@@ -120,6 +147,7 @@ class GpuAttestationVerdict(Wire):
         optional("nonce", Text(max_len=64, pattern=_HEX)),
         Field("checks", ListOf(Ref(GpuCheck), len(CHECKS))),
         Field("measurements", ListOf(Ref(GpuMeasurementVerdict), MAX_INDEX + 1)),
+        optional("uuid", Text(max_len=72, pattern=_UUID), "the GPU's, as its node reported it"),
         where="GPU attestation verdict",
     )
 

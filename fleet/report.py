@@ -17,6 +17,10 @@ Optional and omitted when absent, as ``health`` is.
 
 And its topology labels (``fleet.topology``: rack, row, PDU, NVLink domain),
 when its config gives any, for ``fleet.attribution``; omitted when absent too.
+
+An attested report carries each GPU's attestation evidence (``gpu_evidence``,
+``fleet.gpu_attestation``), its SPDM report answering the same challenge the TPM
+quotes; omitted when empty, so the quote over the report covers the evidence.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Self
 from fleet.errors import InvalidDocument
 from fleet.firewall import FirewallReport
 from fleet.gpu import GpuSample, XidEvent
+from fleet.gpu_attestation import GpuEvidence
 from fleet.gpu_rules import FAILED, STATUSES, Finding
 from fleet.inventory import MAX_GPUS, NODE_ID, NodeInventory
 from fleet.schema import canonical_json
@@ -155,6 +160,9 @@ class HealthReport(Wire):
     health: NodeHealth | None = None  # None from an agent that does not read NVML
     inventory: NodeInventory | None = None  # None from an agent that does not send it
     topology: Topology | None = None  # None: the node's config gives no labels
+    # Each GPU's attestation evidence, answering the report's TPM challenge; empty
+    # from GPUs without confidential computing, and in reports that are not attested.
+    gpu_evidence: tuple[GpuEvidence, ...] = ()
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -196,6 +204,13 @@ class HealthReport(Wire):
             default=None,
             omit_default=True,
             description="where the node sits (rack, row, PDU, NVLink domain), from its config",
+        ),
+        Field(
+            "gpu_evidence",
+            ListOf(Ref(GpuEvidence), MAX_GPUS),
+            default=(),
+            omit_default=True,
+            description="each GPU's SPDM report answering the report's TPM challenge",
         ),
         where="report",
         version=SCHEMA_VERSION,

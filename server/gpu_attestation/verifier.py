@@ -24,11 +24,14 @@ always too, which can only refuse more, never pass more.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
+import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -51,12 +54,15 @@ from fleet.gpu_attestation import (
     VBIOS_RIM,
     GpuAttestationVerdict,
     GpuCheck,
+    GpuEvidence,
     GpuMeasurementVerdict,
     GpuOutcome,
     MeasurementOutcome,
 )
 from server.gpu_attestation import certs, rim, spdm
 from server.gpu_attestation.errors import EvidenceRefused, GpuEvidenceError
+
+log = structlog.get_logger(__name__)
 
 # tcg-dice-TcbInfo (and the older id NVIDIA's verifier also accepts).
 TCB_INFO_OIDS = frozenset({"2.23.133.5.4.1", "2.23.133.5.4.1.1"})
@@ -103,6 +109,68 @@ class _Checks:
         if outcomes == {GpuOutcome.PASS} and set(self.checks) == set(CHECKS):
             return GpuOutcome.PASS
         return GpuOutcome.UNKNOWN
+
+
+MAX_RIMS = 4096
+
+
+class GpuEvidenceVerifier:
+    """The server's: judges the GPU evidence in attested reports against the RIMs of
+    a folder (read at start), the roots it trusts, and its revocation setting."""
+
+    def __init__(self, rims: Sequence[rim.RimFile], trust: GpuTrust, *, waive_revocation: bool):
+        self._rims = RimSources(pool=tuple(rims))
+        self._trust = trust
+        self._waive = waive_revocation
+
+    @classmethod
+    def load(
+        cls,
+        rims: Path | None,
+        device_root: Path | None,
+        rim_root: Path | None,
+        *,
+        waive_revocation: bool,
+    ) -> GpuEvidenceVerifier:
+        """GpuEvidenceError (a GpuwardError) naming the file that cannot be used."""
+        nvidia = GpuTrust.nvidia()
+        trust = GpuTrust(
+            nvidia.device_root if device_root is None else _root(device_root),
+            nvidia.rim_root if rim_root is None else _root(rim_root),
+        )
+        files: list[rim.RimFile] = []
+        if rims is not None:
+            if not rims.is_dir():
+                raise GpuEvidenceError(f"gpu_rims {rims} is not a folder of RIMs (*.swidtag)")
+            paths = sorted(p for p in rims.glob("*.swidtag") if p.is_file())
+            if len(paths) > MAX_RIMS:
+                raise GpuEvidenceError(f"{rims} holds more than {MAX_RIMS} RIMs")
+            files = [rim.RimFile(p.name, _bounded(p, rim.MAX_RIM_BYTES)) for p in paths]
+        log.info("gpu_attestation_ready", rims=len(files), waive_revocation=waive_revocation)
+        return cls(files, trust, waive_revocation=waive_revocation)
+
+    def verify(self, evidence: GpuEvidence, nonce: bytes, at: datetime) -> GpuAttestationVerdict:
+        """The verdict on one GPU's evidence from a report quoted over ``nonce``."""
+        verdict = verify_evidence(
+            evidence.report, evidence.cert_chain, self._rims, nonce=nonce, at=at,
+            trust=self._trust, waive_revocation=self._waive,
+        )  # fmt: skip
+        return dataclasses.replace(verdict, uuid=evidence.uuid)
+
+
+def _bounded(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise GpuEvidenceError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise GpuEvidenceError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def _root(path: Path) -> x509.Certificate:
+    return certs.load_root(_bounded(path, certs.MAX_PEM_BYTES), str(path))
 
 
 def verify_evidence(

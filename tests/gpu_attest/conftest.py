@@ -8,17 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.gpu_attest.evidence import (
-    SAMPLE_DRIVER,
-    SAMPLE_DRIVER_RIM,
-    SAMPLE_VBIOS,
-    SAMPLE_VBIOS_RIM,
     Evidence,
     LabPki,
     Sample,
     make_pki,
-    make_rim,
-    measurements,
     resign,
+    resigned_rims,
     write_evidence,
 )
 from tests.gpu_attest.nvidia import nvidia_package
@@ -40,20 +35,7 @@ def pki(sample: Sample) -> LabPki:
 @pytest.fixture(scope="session")
 def lab_rims(sample: Sample, pki: LabPki) -> tuple[bytes, bytes]:
     """The sample's RIMs, for the report's versions and values, re-signed."""
-    values = measurements(sample.report_bytes())
-    driver = make_rim(
-        (sample.folder / SAMPLE_DRIVER_RIM).read_bytes(),
-        version=SAMPLE_DRIVER,
-        values=values,
-        pki=pki,
-    )
-    vbios = make_rim(
-        (sample.folder / SAMPLE_VBIOS_RIM).read_bytes(),
-        version=SAMPLE_VBIOS,
-        values=values,
-        pki=pki,
-    )
-    return driver, vbios
+    return resigned_rims(sample, pki)
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -314,3 +315,81 @@ def write_evidence(
 def nonce_for(label: str) -> bytes:
     """A 32-byte nonce of the test's own, different per label."""
     return hashlib.sha256(label.encode()).digest()
+
+
+@dataclass(frozen=True)
+class LabTrust:
+    """What a server needs to judge the lab's GPU evidence: RIMs and both roots."""
+
+    rims: Path
+    device_root: Path
+    rim_root: Path
+
+    def settings(self) -> dict[str, Any]:
+        """``ServerConfig`` settings judging GPUs by these, revocation waived."""
+        return {
+            "gpu_rims": self.rims,
+            "gpu_device_root": self.device_root,
+            "gpu_rim_root": self.rim_root,
+            "gpu_revocation": "waived",
+        }
+
+
+def resigned_rims(sample: Sample, pki: LabPki) -> tuple[bytes, bytes]:
+    """The sample's driver and VBIOS RIMs for the sample report's firmware and
+    values, signed under the lab RIM root."""
+    values = measurements(sample.report_bytes())
+    return (
+        make_rim(
+            (sample.folder / SAMPLE_DRIVER_RIM).read_bytes(),
+            version=SAMPLE_DRIVER,
+            values=values,
+            pki=pki,
+        ),
+        make_rim(
+            (sample.folder / SAMPLE_VBIOS_RIM).read_bytes(),
+            version=SAMPLE_VBIOS,
+            values=values,
+            pki=pki,
+        ),
+    )
+
+
+def write_lab_trust(folder: Path, sample: Sample, pki: LabPki) -> LabTrust:
+    """The re-signed RIMs in ``folder/rims``, and the lab roots."""
+    rims = folder / "rims"
+    rims.mkdir(parents=True)
+    driver, vbios = resigned_rims(sample, pki)
+    (rims / "driver.swidtag").write_bytes(driver)
+    (rims / "vbios.swidtag").write_bytes(vbios)
+    (folder / "device-root.pem").write_bytes(pki.device_root.pem())
+    (folder / "rim-root.pem").write_bytes(pki.rim_root.pem())
+    return LabTrust(rims, folder / "device-root.pem", folder / "rim-root.pem")
+
+
+def fake_gpus(
+    folder: Path, sample: Sample, pki: LabPki, gpus: Sequence[Authority]
+) -> dict[str, object]:
+    """Fake NVML config (``gpu.N.cc.*``) for GPUs that attest with the sample's
+    measurements, each signing with its own key and serving its own chain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = folder / "report.bin"
+    template.write_bytes(sample.report_bytes())
+    config: dict[str, object] = {}
+    for index, gpu in enumerate(gpus):
+        key = folder / f"gpu{index}.key"
+        key.write_bytes(
+            gpu.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        chain = folder / f"gpu{index}-chain.pem"
+        chain.write_bytes(pki.device_chain_pem(gpu))
+        config |= {
+            f"gpu.{index}.cc.report": template,
+            f"gpu.{index}.cc.key": key,
+            f"gpu.{index}.cc.cert_chain": chain,
+        }
+    return config

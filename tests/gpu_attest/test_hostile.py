@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +20,12 @@ from server.gpu_attestation import spdm
 from server.gpu_attestation.certs import verify_chain
 from server.gpu_attestation.errors import EvidenceRefused, GpuEvidenceError
 from server.gpu_attestation.rim import RimFile, verify_rim
-from server.gpu_attestation.verifier import GpuTrust, RimSources, verify_evidence
+from server.gpu_attestation.verifier import (
+    GpuEvidenceVerifier,
+    GpuTrust,
+    RimSources,
+    verify_evidence,
+)
 from tests.gpu_attest.evidence import (
     RECORD_START,
     REQUEST_LENGTH,
@@ -253,3 +259,15 @@ def test_a_payload_moved_outside_the_signature_is_never_read(
 def test_a_lab_rim_is_refused_under_nvidias_rim_root(lab_rims: tuple[bytes, bytes]) -> None:
     with pytest.raises(EvidenceRefused, match="not at the pinned root"):
         verify_rim(RimFile("lab.swidtag", lab_rims[1]), GpuTrust.nvidia().rim_root, NOW)
+
+
+def test_a_server_refuses_roots_and_rim_folders_it_cannot_use(tmp_path: Path) -> None:
+    garbage = tmp_path / "root.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(GpuEvidenceError, match=r"root\.pem is not a PEM certificate chain"):
+        GpuEvidenceVerifier.load(None, garbage, None, waive_revocation=False)
+    with pytest.raises(GpuEvidenceError, match="is not a folder of RIMs"):
+        GpuEvidenceVerifier.load(tmp_path / "none", None, None, waive_revocation=False)
+    (tmp_path / "big.swidtag").write_bytes(b" " * (1024 * 1024 + 1))
+    with pytest.raises(GpuEvidenceError, match=r"big\.swidtag is larger than"):
+        GpuEvidenceVerifier.load(tmp_path, None, None, waive_revocation=False)
