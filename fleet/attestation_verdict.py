@@ -9,7 +9,8 @@ was read, rather than surfacing as a ``KeyError`` in a page or a report.
 
 Verdicts written before the boot policy, Secure Boot and the measured driver
 were judged lack ``policy``, ``secure_boot`` and ``driver``: they read as not
-judged, not measured.
+judged, not measured. Those written before GPU attestation lack ``gpus``: no GPU
+evidence judged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 from fleet.driverlog import DRIVER, MAX_EVENTS, MAX_PCR, DriverEvent
 from fleet.errors import InvalidDocument
+from fleet.gpu_attestation import GpuAttestationVerdict
+from fleet.inventory import MAX_GPUS
 from fleet.wire import (
     Boolean,
     Document,
@@ -95,6 +98,8 @@ class AttestationVerdict(Wire):
     reasons: tuple[str, ...]  # why it did not pass
     secure_boot: bool | None = None  # as the verified log measured it; None: not measured
     driver: AttestedDriver | None = None  # the bundle the driver PCR proves active
+    # each GPU's verdict, in the order of the report's GPU evidence; empty: none sent
+    gpus: tuple[GpuAttestationVerdict, ...] = ()
 
     WIRE = Document(
         Field("passed", Boolean(), description="quote and log verified, and the policy passed"),
@@ -107,6 +112,13 @@ class AttestationVerdict(Wire):
             "driver",
             Ref(AttestedDriver),
             "the bundle the driver PCR proves active; null: none measured since boot",
+        ),
+        Field(
+            "gpus",
+            ListOf(Ref(GpuAttestationVerdict), MAX_GPUS),
+            default=(),
+            omit_default=True,
+            description="each GPU's verdict on the evidence the report carried",
         ),
         where="attestation verdict",
     )

@@ -26,6 +26,12 @@ from fleet.checkpoint import CheckpointAdvice
 from fleet.driver_settings import Drift, DriverSettings, SettingsReport
 from fleet.firewall import FirewallReport
 from fleet.gpu import ClockEvents, GpuProcess, GpuSample, RemappedRows, XidEvent
+from fleet.gpu_attestation import (
+    GpuAttestationVerdict,
+    GpuCheck,
+    GpuEvidence,
+    GpuMeasurementVerdict,
+)
 from fleet.gpu_rules import Finding
 from fleet.inventory import Gpu, NodeInventory
 from fleet.nodeauth import KeyEnrollmentRequest
@@ -77,6 +83,10 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     PcrSelection,
     AttestationVerdict,
     AttestedDriver,
+    GpuAttestationVerdict,
+    GpuCheck,
+    GpuMeasurementVerdict,
+    GpuEvidence,
     NodeInventory,
     Gpu,
     Rollout,

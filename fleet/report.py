@@ -21,6 +21,10 @@ when its config gives any, for ``fleet.attribution``; omitted when absent too.
 And, when the active bundle declares driver settings (``fleet.driver_settings``),
 those settings with every way the node differs from them; omitted when it
 declares none.
+
+An attested report carries each GPU's attestation evidence (``gpu_evidence``,
+``fleet.gpu_attestation``), its SPDM report answering the same challenge the TPM
+quotes; omitted when empty, so the quote over the report covers the evidence.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from fleet.driver_settings import SettingsReport
 from fleet.errors import InvalidDocument
 from fleet.firewall import FirewallReport
 from fleet.gpu import GpuSample, XidEvent
+from fleet.gpu_attestation import GpuEvidence
 from fleet.gpu_rules import FAILED, STATUSES, Finding
 from fleet.inventory import MAX_GPUS, NODE_ID, NodeInventory
 from fleet.schema import canonical_json
@@ -161,6 +166,9 @@ class HealthReport(Wire):
     inventory: NodeInventory | None = None  # None from an agent that does not send it
     topology: Topology | None = None  # None: the node's config gives no labels
     settings: SettingsReport | None = None  # None: the active bundle declares no settings
+    # Each GPU's attestation evidence, answering the report's TPM challenge; empty
+    # from GPUs without confidential computing, and in reports that are not attested.
+    gpu_evidence: tuple[GpuEvidence, ...] = ()
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -209,6 +217,13 @@ class HealthReport(Wire):
             default=None,
             omit_default=True,
             description="the active bundle's declared driver settings, and the node's drift",
+        ),
+        Field(
+            "gpu_evidence",
+            ListOf(Ref(GpuEvidence), MAX_GPUS),
+            default=(),
+            omit_default=True,
+            description="each GPU's SPDM report answering the report's TPM challenge",
         ),
         where="report",
         version=SCHEMA_VERSION,

@@ -11,9 +11,10 @@ This is the only module that talks to ``libnvidia-ml.so.1``. Two rules shape it:
   (no kernel module, no library, user-space and kernel versions differ) the probe
   returns ``ProbeResult(error=...)`` with a message saying what to do.
 
-Three readers share those rules: the health probe behind the update gate
+Four readers share those rules: the health probe behind the update gate
 (``NvmlProbe``), the collector of inventory and health samples (``collect``),
-and the XID listener (``XidListener``), a thread waiting on NVML events. The
+the XID listener (``XidListener``), a thread waiting on NVML events, and the
+collector of each GPU's attestation evidence (``attestation_evidence``). The
 GPU modes a bundle declares (``fleet.driver_settings``) are read by
 ``read_gpu_modes`` and set, by the root applier only, with ``set_gpu_modes``.
 
@@ -48,6 +49,7 @@ from fleet.gpu import (
     cuda_version_text,
     recovery_action_name,
 )
+from fleet.gpu_attestation import GpuEvidence
 from fleet.gpu_rules import classify_xid, degradations, gate_problems
 from fleet.report import GpuHealth
 from node.gpu_health import ProbeResult
@@ -310,6 +312,47 @@ def collect() -> HostGpus:
         samples=tuple(samples),
         errors=tuple(system.errors),
     )
+
+
+def attestation_evidence(nonce: bytes) -> tuple[tuple[GpuEvidence, ...], tuple[str, ...]]:
+    """Each GPU's SPDM attestation report answering ``nonce``, with its certificate
+    chain, and what failed on the way. A GPU that does not attest (not in
+    confidential-computing mode, or a driver without the calls) gives none and
+    no error. Raises ``NvmlUnavailable``."""
+    found, errors = [], []
+    try:
+        with nvml_session():
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle, error = _open(index)
+                if error is not None:
+                    errors.append(error)
+                    continue
+                q = _Queries(handle)
+                report = q.get(pynvml.nvmlDeviceGetConfComputeGpuAttestationReport, args=(nonce,))
+                certificate = q.get(pynvml.nvmlDeviceGetConfComputeGpuCertificate)
+                uuid = q.get(pynvml.nvmlDeviceGetUUID)
+                errors += [f"GPU {index}: {e}" for e in q.errors]
+                if report is None or certificate is None or uuid is None:
+                    continue
+                found.append(
+                    GpuEvidence(
+                        index=index,
+                        uuid=uuid,
+                        report=_sized(report.attestationReport, report.attestationReportSize),
+                        cert_chain=_sized(
+                            certificate.attestationCertChain, certificate.attestationCertChainSize
+                        ),
+                    )
+                )
+    except pynvml.NVMLError as error:
+        raise NvmlUnavailable(explain(error, "reading GPU attestation evidence")) from error
+    return tuple(found), tuple(errors)
+
+
+def _sized(buffer: Any, size: int) -> bytes:
+    """The first ``size`` bytes of a ctypes array, never past its end (the size is the
+    driver's word)."""
+    return bytes(buffer[: min(size, len(buffer))])
 
 
 def _gpu_health(index: int, driver_version: str) -> tuple[GpuHealth, GpuSample | None]:

@@ -100,6 +100,15 @@ class ServerConfig:
     # and per pool, (pool, file) pairs that take precedence.
     boot_policy: Path | None = None
     pool_boot_policies: tuple[tuple[str, Path], ...] = ()
+    # GPU attestation (server.gpu_attestation): the RIMs the GPU evidence in attested
+    # reports is judged by (a folder of NVIDIA's *.swidtag files; None: none, so every
+    # GPU is "unknown"), the roots its chains must lead to (None: NVIDIA's, as shipped),
+    # and certificate revocation: "unchecked" leaves every GPU "unknown", since no OCSP
+    # responses reach an offline server; "waived" accepts that, and says so in each verdict.
+    gpu_rims: Path | None = None
+    gpu_device_root: Path | None = None
+    gpu_rim_root: Path | None = None
+    gpu_revocation: str = "unchecked"
     # Challenges: how long one lives, and how many of one purpose may be pending
     # (enrollment's; a node's report challenge is one per node, not counted).
     challenge_ttl_s: float = 120.0

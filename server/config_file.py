@@ -34,6 +34,7 @@ from server.config import ServerConfig, WebhookEndpoint, parse_listen
 from server.remediation.settings import read_remediation
 
 DEFAULT_PATH = Path("/etc/gpuward/server.toml")
+GPU_REVOCATION = ("unchecked", "waived")
 MAX_WORKERS = 64
 _WIDE = 2**63 - 1  # the reader's type check only: bounds are checked for flags and file alike
 
@@ -241,6 +242,39 @@ OPTIONS = (
         OptionKind.POOL_PATHS,
         "the measured-boot policy of one pool; repeatable",
         "POOL=FILE",
+    ),
+    Option(
+        "gpu_rims",
+        "gpu_rims",
+        OptionKind.PATH,
+        "folder of NVIDIA's RIMs (*.swidtag) judging the GPU evidence in attested reports; "
+        "without one every attesting GPU is unknown",
+        "DIR",
+    ),
+    Option(
+        "gpu_device_root",
+        "gpu_device_root",
+        OptionKind.PATH,
+        "root certificate (PEM) GPU device chains must lead to (default: NVIDIA's)",
+        "FILE",
+    ),
+    Option(
+        "gpu_rim_root",
+        "gpu_rim_root",
+        OptionKind.PATH,
+        "root certificate (PEM) RIM signatures must lead to (default: NVIDIA's)",
+        "FILE",
+    ),
+    Option(
+        "gpu_revocation",
+        "gpu_revocation",
+        OptionKind.TEXT,
+        "GPU certificate revocation: unchecked (every GPU stays unknown, as no OCSP "
+        "answer reaches an offline server) or waived (accepted, and said in each verdict)",
+        "MODE",
+        check=lambda value: (
+            None if value in GPU_REVOCATION else f"must be {' or '.join(GPU_REVOCATION)}"
+        ),
     ),
     Option(
         "rollout_tick",

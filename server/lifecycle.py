@@ -59,6 +59,7 @@ from server.attestation.enrollment import EkTrust
 from server.attribution import fleet_attribution
 from server.config import ServerConfig
 from server.connections import ConnectionGuard, ConnectionLimits
+from server.gpu_attestation.verifier import GpuEvidenceVerifier
 from server.http import Services
 from server.limits import RateLimiter
 from server.nodeauth import (
@@ -130,6 +131,13 @@ def _tpm(
             policies,
             config.driver_pcr,
             next_ttl_s=config.next_challenge_ttl_s,
+            gpus=GpuEvidenceVerifier.load(
+                config.gpu_rims,
+                config.gpu_device_root,
+                config.gpu_rim_root,
+                waive_revocation=config.gpu_revocation == "waived",
+            ),
+            clock=clock,
         ),
     )
 

@@ -21,6 +21,14 @@ event, numbered, of the quoted boot), and that key must be the one pinned for
 the node by its first attested report; otherwise the report is kept but not
 attested, with the reason.
 
+Each GPU's attestation evidence in the report (``fleet.gpu_attestation``) is
+judged offline (``server.gpu_attestation``) against the challenge the quote
+answered: the quote binds the evidence (it is in the report digest), the GPU's
+signature binds the challenge, so evidence replayed from an earlier report, or
+put in after quoting, cannot pass. A GPU that does not pass (a mismatched
+measurement, a missing RIM, a driver other than the one the report names)
+keeps the report unattested, with the reason.
+
 The event log is large; the node sends it only when the digest the challenge
 answer names (the log the server last verified for it) differs from its own,
 and otherwise only the digest. Challenges and verified logs live in the store,
@@ -33,9 +41,11 @@ digest costs neither reading the log from the store nor replaying it.
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -44,11 +54,14 @@ from fleet.attestation import AttestedReport, PcrSelection, ReportChallenge
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
 from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, active_bundle
 from fleet.errors import GpuwardError, InvalidDocument
+from fleet.gpu_attestation import GpuAttestationVerdict, GpuOutcome
+from fleet.report import HealthReport
 from keys.ed25519 import VerifiedCache
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EnrolledTpm
 from server.attestation.policy import BootPolicy, secure_boot
 from server.attestation.verifier import REPORT, QuoteVerifier, ReplayedLog
+from server.gpu_attestation.verifier import GpuEvidenceVerifier, GpuTrust
 from server.store import EnrolledNode, Store
 
 log = structlog.get_logger(__name__)
@@ -60,6 +73,23 @@ MAX_ATTESTED_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_POLICY = "default"
 # Distinct replayed logs kept per process: one per firmware and boot chain.
 MAX_REPLAYED_LOGS = 1024
+
+
+def _gpu_problems(
+    report: HealthReport, verdicts: Iterable[GpuAttestationVerdict]
+) -> tuple[str, ...]:
+    """Why the GPUs' evidence does not attest the report: one reason per GPU."""
+    problems = []
+    for evidence, verdict in zip(report.gpu_evidence, verdicts, strict=True):
+        gpu = f"GPU {evidence.index} ({evidence.uuid})"
+        if verdict.verdict is not GpuOutcome.PASS:
+            problems.append(f"{gpu} attestation {verdict.verdict}: {'; '.join(verdict.reasons())}")
+        elif report.driver_version is not None and verdict.driver_version != report.driver_version:
+            problems.append(
+                f"{gpu} states driver {verdict.driver_version} in its signed report, but the "
+                f"report names {report.driver_version}"
+            )
+    return tuple(problems)
 
 
 def load_policy(path: Path) -> BootPolicy:
@@ -111,7 +141,11 @@ class ReportAttestation:
         driver_pcr: int = DEFAULT_DRIVER_PCR,
         *,
         next_ttl_s: float,  # ``ServerConfig.next_challenge_ttl_s``
+        gpus: GpuEvidenceVerifier | None = None,  # None: no RIMs, NVIDIA's roots
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._gpus = gpus or GpuEvidenceVerifier((), GpuTrust.nvidia(), waive_revocation=False)
+        self._clock = clock
         self._challenges = challenges
         self._next_ttl_s = next_ttl_s
         self._driver_pcr = driver_pcr
@@ -191,6 +225,8 @@ class ReportAttestation:
                 f"the report names bundle {claimed or 'none'}, but the TPM shows "
                 f"{driver.target_path} ({driver.sha256[:12]}) active",
             )
+        gpus = self._judge_gpus(attested)
+        gpu_problems = _gpu_problems(attested.report, gpus)
         reasons: tuple[str, ...] = ()
         if verdict.log is None:
             reasons = ("no event log: the boot is unexplained; the node must send its log",)
@@ -202,16 +238,28 @@ class ReportAttestation:
                 reasons = verdict.policy.reasons
         if reasons:
             log.warning("boot_not_attested", node=node.node_id, reasons=list(reasons))
+        if gpu_problems:
+            log.warning("gpus_not_attested", node=node.node_id, reasons=list(gpu_problems))
         return AttestationVerdict(
-            passed=verdict.passed and not driver_problems,
+            passed=verdict.passed and not driver_problems and not gpu_problems,
             reset_count=verdict.quote.reset_count,
             event_log_sha256=None if verdict.log is None else verdict.log.sha256,
             policy=None if chosen is None or verdict.log is None else chosen[0],
-            reasons=reasons + driver_problems,
+            reasons=reasons + driver_problems + gpu_problems,
             secure_boot=None
             if verdict.log is None
             else secure_boot(verdict.log.log, verdict.log.verified),
             driver=None if driver is None else AttestedDriver.of(driver),
+            gpus=gpus,
+        )
+
+    def _judge_gpus(self, attested: AttestedReport) -> tuple[GpuAttestationVerdict, ...]:
+        """Each GPU's verdict; its nonce must be the challenge the quote answered
+        (``verify_report`` redeemed it)."""
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        return tuple(
+            self._gpus.verify(evidence, attested.evidence.nonce, now)
+            for evidence in attested.report.gpu_evidence
         )
 
     def _replayed_log(self, sha256: str | None) -> ReplayedLog | None:

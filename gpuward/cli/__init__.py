@@ -27,6 +27,7 @@ from gpuward.cli import (
     eventlog_cmd,
     firewall_cmd,
     fleet_cmd,
+    gpu_attest_cmd,
     keys_cmd,
     mirror_cmd,
     nodes_cmd,
@@ -53,6 +54,7 @@ GROUPS = (
     firewall_cmd,
     compat_cmd,
     eventlog_cmd,
+    gpu_attest_cmd,
     policy_cmd,
     demo_cmd,
 )

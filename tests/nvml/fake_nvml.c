@@ -20,6 +20,7 @@
  *   xids=GPU:XID,GPU:XID            queued for nvmlEventSetWait_v2, in order
  *   trace=PATH                      append the name of every call to PATH
  *   state=PATH                      where the nvmlDeviceSet* calls keep what they set
+ *   gpu.N.cc.*                      attestation evidence: see "confidential computing"
  *
  * The setters (persistence, ECC, MIG and compute mode) append gpu.N.KEY=VALUE lines
  * to the state file, read after the config at every first nvmlInit, so a mode one
@@ -893,3 +894,124 @@ nvmlReturn_t nvmlEventSetFree(struct fake_event_set *set) {
     pthread_mutex_unlock(&lock);
     return NVML_SUCCESS;
 }
+
+/* ---- confidential computing: attestation evidence ---- */
+
+#ifndef FAKE_NVML_OLD_DRIVER
+/*
+ * Per GPU, from files (a GPU without them answers NOT_SUPPORTED, as one not in
+ * confidential-computing mode does):
+ *
+ *   gpu.N.cc.report=PATH      an SPDM GET_MEASUREMENTS request and response, binary
+ *   gpu.N.cc.key=PATH         the GPU's attestation key (PEM): the report is served with
+ *                             the caller's nonce, signed again (ECDSA P-384, SHA-384),
+ *                             as a GPU answers; without it the file is served as it
+ *                             is, whatever the nonce (a GPU replaying old evidence)
+ *   gpu.N.cc.cert_chain=PATH  its certificate chain (PEM, leaf first)
+ */
+#include <openssl/bn.h>
+#include <openssl/ecdsa.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#define CC_NONCE_SIZE 0x20
+#define CC_REPORT_SIZE 0x2000
+#define CC_CEC_REPORT_SIZE 0x1000
+#define CERT_CHAIN_SIZE 0x1000
+#define ATTESTATION_CERT_CHAIN_SIZE 0x1400
+#define SPDM_NONCE_OFFSET 4 /* version, code, param1, param2 */
+#define SPDM_SIGNATURE_SIZE 96
+#define P384_SCALAR_SIZE 48
+
+/* nvmlConfComputeGpuAttestationReport_t, as nvidia-ml-py lays it out. */
+struct nvml_cc_report {
+    unsigned int isCecAttestationReportPresent;
+    unsigned int attestationReportSize;
+    unsigned int cecAttestationReportSize;
+    unsigned char nonce[CC_NONCE_SIZE];
+    unsigned char attestationReport[CC_REPORT_SIZE];
+    unsigned char cecAttestationReport[CC_CEC_REPORT_SIZE];
+};
+
+/* nvmlConfComputeGpuCertificate_t */
+struct nvml_cc_certificate {
+    unsigned int certChainSize;
+    unsigned int attestationCertChainSize;
+    unsigned char certChain[CERT_CHAIN_SIZE];
+    unsigned char attestationCertChain[ATTESTATION_CERT_CHAIN_SIZE];
+};
+
+/* The file at gpu.N.KEY into buf; -1 when not configured, -2 unreadable or too large. */
+static long read_gpu_file(int gpu, const char *key, unsigned char *buf, size_t size) {
+    const char *path = gpu_get(gpu, key);
+    FILE *f;
+    size_t n;
+    if (path == NULL) return -1;
+    if ((f = fopen(path, "rb")) == NULL) return -2;
+    n = fread(buf, 1, size, f);
+    if (fgetc(f) != EOF) n = size + 1;
+    fclose(f);
+    return n > size ? -2 : (long)n;
+}
+
+/* Replaces the last 96 bytes of report with r || s over the bytes before them. */
+static int sign_report(const char *key_path, unsigned char *report, size_t size) {
+    FILE *f = fopen(key_path, "r");
+    EVP_PKEY *key = f == NULL ? NULL : PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned char der[256];
+    size_t der_size = sizeof der;
+    const unsigned char *p = der;
+    ECDSA_SIG *sig = NULL;
+    int ok = 0;
+    if (f != NULL) fclose(f);
+    if (key != NULL && ctx != NULL && size > SPDM_SIGNATURE_SIZE &&
+        EVP_DigestSignInit(ctx, NULL, EVP_sha384(), NULL, key) == 1 &&
+        EVP_DigestSign(ctx, der, &der_size, report, size - SPDM_SIGNATURE_SIZE) == 1 &&
+        (sig = d2i_ECDSA_SIG(NULL, &p, (long)der_size)) != NULL) {
+        const BIGNUM *r, *s;
+        unsigned char *out = report + size - SPDM_SIGNATURE_SIZE;
+        ECDSA_SIG_get0(sig, &r, &s);
+        ok = BN_bn2binpad(r, out, P384_SCALAR_SIZE) == P384_SCALAR_SIZE &&
+             BN_bn2binpad(s, out + P384_SCALAR_SIZE, P384_SCALAR_SIZE) == P384_SCALAR_SIZE;
+    }
+    ECDSA_SIG_free(sig);
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(key);
+    return ok ? 0 : -1;
+}
+
+nvmlReturn_t nvmlDeviceGetConfComputeGpuAttestationReport(struct fake_gpu *dev,
+                                                           struct nvml_cc_report *out) {
+    long size;
+    const char *key;
+    DEVICE_CALL(dev);
+    if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    size = read_gpu_file(dev->index, "cc.report", out->attestationReport, CC_REPORT_SIZE);
+    if (size == -1) return NVML_ERROR_NOT_SUPPORTED;
+    if (size < SPDM_NONCE_OFFSET + CC_NONCE_SIZE + SPDM_SIGNATURE_SIZE) return NVML_ERROR_UNKNOWN;
+    key = gpu_get(dev->index, "cc.key");
+    if (key != NULL) {
+        memcpy(out->attestationReport + SPDM_NONCE_OFFSET, out->nonce, CC_NONCE_SIZE);
+        if (sign_report(key, out->attestationReport, (size_t)size) != 0) return NVML_ERROR_UNKNOWN;
+    }
+    out->attestationReportSize = (unsigned int)size;
+    out->isCecAttestationReportPresent = 0;
+    out->cecAttestationReportSize = 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetConfComputeGpuCertificate(struct fake_gpu *dev,
+                                                     struct nvml_cc_certificate *out) {
+    long size;
+    DEVICE_CALL(dev);
+    if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    memset(out, 0, sizeof *out);
+    size = read_gpu_file(dev->index, "cc.cert_chain", out->attestationCertChain,
+                         ATTESTATION_CERT_CHAIN_SIZE);
+    if (size == -1) return NVML_ERROR_NOT_SUPPORTED;
+    if (size < 0) return NVML_ERROR_UNKNOWN;
+    out->attestationCertChainSize = (unsigned int)size;
+    return NVML_SUCCESS;
+}
+#endif

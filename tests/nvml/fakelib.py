@@ -34,6 +34,7 @@ def build_fake_nvml(out_dir: Path, *, old_driver: bool = False) -> Path:
             str(out_dir / "libnvidia-ml.so.1"),
             str(HERE / "fake_nvml.c"),
             "-pthread",
+            "-lcrypto",  # OpenSSL: the fake GPU signs its attestation reports
         ],
         check=True,
     )

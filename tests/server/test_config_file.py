@@ -77,6 +77,8 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             'trusted_proxies = ["127.0.0.1", "::1"]\nek_type = "EK-ECC256"\n'
             "report_retention_count = 2000\nreport_retention_days = 7\n"
             'metrics_listen = "[::1]:9464"\n'
+            'gpu_rims = "rims"\ngpu_device_root = "/etc/gpuward/device-root.pem"\n'
+            'gpu_rim_root = "rim-root.pem"\ngpu_revocation = "waived"\n'
             '[pool_boot_policy]\ncanary = "canary.json"\n' + HOOK + REMEDIATION,
         ),
     )
@@ -121,6 +123,10 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             ),
         ),
         metrics_listen="[::1]:9464",
+        gpu_rims=folder / "rims",
+        gpu_device_root=Path("/etc/gpuward/device-root.pem"),
+        gpu_rim_root=folder / "rim-root.pem",
+        gpu_revocation="waived",
         remediation=RemediationConfig(
             scheduler="slurm",
             scontrol=("/usr/bin/sudo", "-n", "/usr/bin/scontrol"),
@@ -215,12 +221,16 @@ def test_flags_given_override_the_file_whole(folder: Path) -> None:
             ("report_retention_count must be between 1 and",),
         ),
         ('repo = "r"\ndb = "d"\nmetrics_listen = "9464"\n', ("write HOST:PORT",)),
+        (
+            'repo = "r"\ndb = "d"\ngpu_revocation = "ignored"\n',
+            ("gpu_revocation ignored: must be unchecked or waived",),
+        ),
     ],
     ids=[
         "unknown-key", "string-for-integer", "bool-for-integer", "string-for-list",
         "list-of-numbers", "string-for-table", "bad-pool", "string-for-number", "bounds",
         "driver-pcr", "required", "missing-token-file", "not-toml", "ek-type",
-        "retention-bounds", "metrics-listen",
+        "retention-bounds", "metrics-listen", "gpu-revocation",
     ],
 )  # fmt: skip
 def test_bad_files_are_refused_naming_the_key(
