@@ -5,7 +5,8 @@ can judge a GPU's report, certificate chain and RIMs on an air-gapped machine,
 and see per check and per measurement index what the server would decide.
 Nothing here touches the network: RIMs come from a directory, the roots are
 NVIDIA's as shipped with gpuward (or files named for a lab's own), and
-revocation is either waived by name or left unknown.
+revocation is judged from OCSP responses fetched beforehand (``--ocsp DIR``),
+waived by name, or left unknown.
 """
 
 from __future__ import annotations
@@ -67,9 +68,14 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="judge certificates at this UTC time (YYYY-MM-DDTHH:MM:SS) instead of now",
     )  # fmt: skip
     verify.add_argument(
+        "--ocsp", type=Path, metavar="DIR",
+        help="directory of OCSP responses (*.der) for the device and RIM certificates, "
+        "fetched beforehand: revocation is checked against them",
+    )  # fmt: skip
+    verify.add_argument(
         "--no-revocation-check", action="store_true",
-        help="accept the evidence without OCSP revocation status (none is available "
-        "offline); shown in the verdict",
+        help="accept certificates without an OCSP response (a revoked or stale one still "
+        "fails); shown in the verdict",
     )  # fmt: skip
     verify.add_argument(
         "--device-root", type=Path, help="device root certificate, PEM (NVIDIA's if not given)"
@@ -99,8 +105,18 @@ def _read(path: Path) -> bytes:
     return data
 
 
+def _files(folder: Path, pattern: str, what: str) -> list[Path]:
+    if not folder.is_dir():
+        raise GpuwardError(f"{folder}: not a directory of {what}")
+    paths = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if len(paths) > MAX_RIMS:
+        raise GpuwardError(f"{folder}: more than {MAX_RIMS} {what}; keep the relevant ones")
+    return paths
+
+
 def _verify(args: argparse.Namespace) -> int:
     from server.gpu_attestation.certs import load_root
+    from server.gpu_attestation.ocsp import OcspAnswer, load_responses
     from server.gpu_attestation.rim import RimFile
     from server.gpu_attestation.spdm import read_report
     from server.gpu_attestation.verifier import GpuTrust, RimSources, verify_evidence
@@ -119,16 +135,16 @@ def _verify(args: argparse.Namespace) -> int:
         trust = GpuTrust(trust.device_root, load_root(_read(args.rim_root), str(args.rim_root)))
     pool: tuple[RimFile, ...] = ()
     if args.rims is not None:
-        if not args.rims.is_dir():
-            raise GpuwardError(f"{args.rims}: not a directory of RIMs")
-        paths = sorted(p for p in args.rims.glob("*.swidtag") if p.is_file())
-        if len(paths) > MAX_RIMS:
-            raise GpuwardError(f"{args.rims}: more than {MAX_RIMS} RIMs; keep the relevant ones")
-        pool = tuple(RimFile(p.name, _read(p)) for p in paths)
+        pool = tuple(RimFile(p.name, _read(p)) for p in _files(args.rims, "*.swidtag", "RIMs"))
+    responses: tuple[OcspAnswer, ...] = ()
+    if args.ocsp is not None:
+        files = _files(args.ocsp, "*.der", "OCSP responses")
+        responses = load_responses([(p.name, _read(p)) for p in files])
     rims = RimSources(
         pool=pool,
         driver=RimFile(args.driver_rim.name, _read(args.driver_rim)) if args.driver_rim else None,
         vbios=RimFile(args.vbios_rim.name, _read(args.vbios_rim)) if args.vbios_rim else None,
+        responses=responses,
     )
     verdict = verify_evidence(
         read_report(_read(args.report)),

@@ -78,6 +78,7 @@ class Rim:
     version: str  # colloquialVersion, lower case as NVIDIA compares it
     signer: str
     values: dict[int, ReferenceValue]  # active indexes only
+    chain: tuple[x509.Certificate, ...]  # its signing chain, signer first (for revocation)
 
 
 def _parse(data: bytes, what: str) -> etree._Element:
@@ -133,7 +134,8 @@ def verify_rim(rim: RimFile, root_cert: x509.Certificate, at: datetime) -> Rim:
     signed = result.signed_xml
     if not isinstance(signed, etree._Element) or signed.tag != root.tag:
         raise EvidenceRefused(f"{what}: the signature does not cover the SWID tag itself")
-    return Rim(rim.name, _version(signed, what), describe(leaf), _reference_values(signed, what))
+    values = _reference_values(signed, what)
+    return Rim(rim.name, _version(signed, what), describe(leaf), values, tuple(chain))
 
 
 def _key_info_certificates(root: etree._Element, what: str) -> list[x509.Certificate]:

@@ -10,8 +10,9 @@ in the ``nv-local-gpu-verifier`` wheel), each recorded in the verdict:
 4. the leaf's key signed the report (ECDSA P-384 over SHA-384);
 5. the report answers the caller's nonce;
 6. the driver RIM and the VBIOS RIM for the report's versions verify (``rim``);
-7. certificate revocation: no OCSP responses are available offline yet, so it is
-   either waived by the caller, explicitly and visibly, or left ``unknown``;
+7. certificate revocation of every certificate below the roots, from the OCSP
+   responses published with the RIMs (``ocsp``); a certificate without one is
+   ``unknown`` unless the caller waived revocation, explicitly and visibly;
 8. every active reference value of both RIMs matches the measurement at its index.
 
 Where a check cannot be made, the ones that depend on it are ``unknown``; the
@@ -59,7 +60,7 @@ from fleet.gpu_attestation import (
     GpuOutcome,
     MeasurementOutcome,
 )
-from server.gpu_attestation import certs, rim, spdm
+from server.gpu_attestation import certs, ocsp, rim, spdm
 from server.gpu_attestation.errors import EvidenceRefused, GpuEvidenceError
 
 log = structlog.get_logger(__name__)
@@ -68,7 +69,6 @@ log = structlog.get_logger(__name__)
 TCB_INFO_OIDS = frozenset({"2.23.133.5.4.1", "2.23.133.5.4.1.1"})
 # Hopper's TcbInfo ends with its FWID: an OCTET STRING of 48 bytes.
 _FWID_TAIL = bytes([0x04, spdm.FWID_LENGTH])
-WAIVED = "not checked, waived by the caller: no OCSP responses are available offline"
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class RimSources:
     pool: tuple[rim.RimFile, ...] = ()
     driver: rim.RimFile | None = None
     vbios: rim.RimFile | None = None
+    responses: tuple[ocsp.OcspAnswer, ...] = ()  # OCSP, for the device and RIM chains
 
 
 @dataclass
@@ -196,21 +197,20 @@ def verify_evidence(
         f"SPDM 1.1 measurements: {len(report.measurements)} blocks, driver {versions[0]}, "
         f"VBIOS {versions[1]}",
     )  # fmt: skip
-    leaf = _device_chain(verdict, chain_pem, trust, at)
+    device = _device_chain(verdict, chain_pem, trust, at)
+    leaf = None if device is None else device.certs[0]
     _fwid(verdict, report, leaf)
     _signature(verdict, report, leaf)
     _nonce(verdict, report, nonce)
     driver = _rim(verdict, DRIVER_RIM, "driver", versions[0], rims.driver, rims.pool, trust, at)
     vbios = _rim(verdict, VBIOS_RIM, "VBIOS", versions[1], rims.vbios, rims.pool, trust, at)
-    if waive_revocation:
-        verdict.record(REVOCATION, GpuOutcome.PASS, WAIVED)
-    else:
-        verdict.record(
-            REVOCATION,
-            GpuOutcome.UNKNOWN,
-            "not checked: no OCSP responses are available offline (waive it explicitly, "
-            "gpuward gpu-attest verify --no-revocation-check, to accept the evidence without)",
-        )
+    chains = [] if device is None else [device]
+    chains += [
+        ocsp.CertChain(f"RIM {found.name}", found.chain, trust.rim_root)
+        for found in (driver, vbios)
+        if found is not None
+    ]
+    verdict.record(REVOCATION, *ocsp.judge(chains, rims.responses, at, waive=waive_revocation))
     measurements = _measurements(verdict, report, driver, vbios)
     return _finish(verdict, at, report, versions, measurements)
 
@@ -235,7 +235,7 @@ def _finish(
 
 def _device_chain(
     verdict: _Checks, chain_pem: bytes, trust: GpuTrust, at: datetime
-) -> x509.Certificate | None:
+) -> ocsp.CertChain | None:
     try:
         chain = certs.load_pem_chain(chain_pem, "the certificate chain")
         leaf = certs.verify_chain(chain, trust.device_root, at, "the device certificate chain")
@@ -249,7 +249,7 @@ def _device_chain(
         f"{certs.describe(leaf)} chains to {certs.describe(trust.device_root)} "
         f"at {at:%Y-%m-%d %H:%M:%S} UTC",
     )
-    return leaf
+    return ocsp.CertChain("the device certificate chain", tuple(chain), trust.device_root)
 
 
 def _fwid(verdict: _Checks, report: spdm.SpdmReport, leaf: x509.Certificate | None) -> None:

@@ -17,10 +17,11 @@ NVIDIA's: five device certificates with the root, four RIM certificates.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lxml import etree
 from signxml.signer import XMLSigner
 
@@ -162,6 +164,12 @@ class LabPki:
         return self.device_cas[0].issue(
             "Test GH100 FMC LF (other GPU)", ca=False, extensions=self._fwid
         )
+
+    def links(self) -> list[tuple[Authority, Authority]]:
+        """(certificate, its issuer) for every certificate below the two roots: the
+        ones a revocation check asks OCSP about."""
+        device = (self.gpu, *self.device_cas)
+        return list(itertools.pairwise(device)) + list(itertools.pairwise(self.rim_chain))
 
     @property
     def _fwid(self) -> tuple[x509.ExtensionType, ...]:
@@ -393,3 +401,51 @@ def fake_gpus(
             f"gpu.{index}.cc.cert_chain": chain,
         }
     return config
+
+
+def ocsp_response(
+    subject: Authority,
+    issuer: Authority,
+    *,
+    at: datetime,
+    status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD,
+    valid_for: timedelta = timedelta(days=7),
+    signer: Authority | None = None,
+) -> bytes:
+    """A DER OCSP response about ``subject`` under ``issuer``, current from ``at`` for
+    ``valid_for``, signed by ``signer`` (default: the issuer itself), which it carries."""
+    responder = signer or issuer
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=subject.cert,
+            issuer=issuer.cert,
+            algorithm=hashes.SHA384(),
+            cert_status=status,
+            this_update=at,
+            next_update=at + valid_for,
+            revocation_time=at if status is ocsp.OCSPCertStatus.REVOKED else None,
+            revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, responder.cert)
+    )
+    if signer is not None:
+        builder = builder.certificates([signer.cert])
+    return builder.sign(responder.key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
+
+
+def ocsp_responder(issuer: Authority) -> Authority:
+    """A responder ``issuer`` delegates OCSP signing to."""
+    return issuer.issue(
+        f"{issuer.cert.subject.rfc4514_string()} OCSP responder",
+        ca=False,
+        extensions=(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]),),
+    )
+
+
+def good_responses(pki: LabPki, at: datetime) -> dict[str, bytes]:
+    """A current, good OCSP response for every certificate below both roots, by file name."""
+    return {
+        f"ocsp-{n}.der": ocsp_response(subject, issuer, at=at)
+        for n, (subject, issuer) in enumerate(pki.links())
+    }

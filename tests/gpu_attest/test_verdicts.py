@@ -29,9 +29,10 @@ from fleet.gpu_attestation import (
     MeasurementOutcome,
 )
 from server.gpu_attestation.certs import load_root
+from server.gpu_attestation.ocsp import WAIVED
 from server.gpu_attestation.rim import RimFile
 from server.gpu_attestation.spdm import read_report
-from server.gpu_attestation.verifier import WAIVED, GpuTrust, RimSources, verify_evidence
+from server.gpu_attestation.verifier import GpuTrust, RimSources, verify_evidence
 from tests.gpu_attest.conftest import MakeCase
 from tests.gpu_attest.evidence import (
     SAMPLE_VBIOS_RIM,
