@@ -21,6 +21,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from fleet.errors import GpuwardError
 from fleet.inventory import MAX_GPUS
 from fleet.wire import Bytes, Choice, Document, Field, Integer, ListOf, Ref, Text, Wire, optional
 
@@ -71,6 +72,23 @@ MAX_DETAIL = 2048
 MAX_REPORT_BYTES = 0x2000
 MAX_CERT_CHAIN_BYTES = 0x1400
 _UUID = re.compile(r"GPU-[0-9A-Za-z-]{1,64}")
+# Where the image repository publishes the RIMs and OCSP responses the server judges
+# with (``gpuward repo add-rims``), as TUF targets of the targets role.
+GPU_RIM_TARGETS = "gpu-rims/"
+RIM_SUFFIX = ".swidtag"
+OCSP_SUFFIX = ".der"
+MAX_GPU_RIM_FILE_BYTES = 1024 * 1024
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def gpu_rim_target(name: str) -> str:
+    """The target path a RIM or OCSP response file named ``name`` is published at."""
+    if not _FILE_NAME.fullmatch(name) or not name.endswith((RIM_SUFFIX, OCSP_SUFFIX)):
+        raise GpuwardError(
+            f"{name!r}: publish RIMs as NAME{RIM_SUFFIX} and OCSP responses as NAME{OCSP_SUFFIX} "
+            "(letters, digits, '.', '_', '-')"
+        )
+    return GPU_RIM_TARGETS + name
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ top-level targets role to a role of its own (``R580``), so a team can publish
 one branch with its own key and no power over the others. Besides bundles
 (``drivers/<branch>/...``) it publishes the compatibility
 catalog at ``catalog/catalog.json``, so agents get catalog corrections through
-the same signed channel, never from an unsigned download.
+the same signed channel, never from an unsigned download, and the files the
+server judges GPU attestation with (NVIDIA's RIMs and the OCSP responses for
+their and the GPUs' certificates) under ``gpu-rims/``, so a mirror carries them
+into an air gap and the server believes only what the targets key signed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, T
 
 from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
+from fleet.gpu_attestation import GPU_RIM_TARGETS, gpu_rim_target
 from fleet.manifest import BundleManifest, target_path
 from keys.bundle import bundle_to_publish, sha256_file
 from keys.durable_files import atomic_write, fsync_dir, read_bounded
@@ -48,6 +52,14 @@ class PublishedBundle:
     manifest: BundleManifest
     sha256: str
     length: int
+
+
+@dataclass(frozen=True)
+class PublishedGpuFile:
+    target_path: str
+    sha256: str
+    length: int
+    changed: bool  # False: already published with these bytes
 
 
 DEFAULT_SPECS = {"root": RoleSpec(2, 3)}
@@ -270,14 +282,44 @@ class ImageRepository(TufRepository):
                     f"version {current.get('catalog_version')}: raise catalog_version"
                 )
         # Store the bytes that were validated and hashed, not the file again.
-        atomic_write(self._target_file(TARGET_PATH, info.hashes["sha256"]), data)
+        atomic_write(self.target_file(TARGET_PATH, info.hashes["sha256"]), data)
         targets_md.signed.targets[TARGET_PATH] = info
         self.bump(targets_md, "targets")
         self.sign_and_write(targets_md, passphrase)
         self.publish_snapshot({"targets": targets_md.signed.version})
         return published
 
-    def _target_file(self, path: str, sha256: str) -> Path:
+    def gpu_rim_targets(self) -> dict[str, TargetFile]:
+        """The published RIMs and OCSP responses, by target path (unverified: the
+        server checks them, ``server.gpu_rims``)."""
+        listed = self.targets().signed.targets
+        return {p: info for p, info in sorted(listed.items()) if p.startswith(GPU_RIM_TARGETS)}
+
+    def add_gpu_rims(
+        self, files: Sequence[tuple[str, bytes]], passphrase: PassphraseSource
+    ) -> list[PublishedGpuFile]:
+        """Publish RIMs (``*.swidtag``) and OCSP responses (``*.der``) in the targets
+        role, each under its file name; a name published before is replaced (OCSP
+        responses are refreshed under the same name). The caller has checked that
+        each parses (``gpuward repo add-rims``); the server verifies them anyway."""
+        targets_md = self.targets()
+        published = []
+        for name, data in files:
+            path = gpu_rim_target(name)  # GpuwardError naming a bad file name
+            info = TargetFile.from_data(path, data, ["sha256"])
+            existing = targets_md.signed.targets.get(path)
+            changed = existing is None or existing.hashes != info.hashes
+            if changed:
+                atomic_write(self.target_file(path, info.hashes["sha256"]), data)
+                targets_md.signed.targets[path] = info
+            published.append(PublishedGpuFile(path, info.hashes["sha256"], info.length, changed))
+        if any(p.changed for p in published):
+            self.bump(targets_md, "targets")
+            self.sign_and_write(targets_md, passphrase)
+            self.publish_snapshot({"targets": targets_md.signed.version})
+        return published
+
+    def target_file(self, path: str, sha256: str) -> Path:
         """Where target ``path`` is served from: consistent snapshots prefix the digest."""
         folder, name = path.rsplit("/", 1)
         return self.targets_dir / folder / f"{sha256}.{name}"
@@ -285,7 +327,7 @@ class ImageRepository(TufRepository):
     def store_target(
         self, source: Path, path: str, sha256: str, progress: ByteProgress = SILENT
     ) -> None:
-        dest = self._target_file(path, sha256)
+        dest = self.target_file(path, sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")
         copy_tracked(source, tmp, progress)

@@ -101,10 +101,12 @@ class ServerConfig:
     boot_policy: Path | None = None
     pool_boot_policies: tuple[tuple[str, Path], ...] = ()
     # GPU attestation (server.gpu_attestation): the RIMs the GPU evidence in attested
-    # reports is judged by (a folder of NVIDIA's *.swidtag files; None: none, so every
-    # GPU is "unknown"), the roots its chains must lead to (None: NVIDIA's, as shipped),
-    # and certificate revocation: "unchecked" leaves every GPU "unknown", since no OCSP
-    # responses reach an offline server; "waived" accepts that, and says so in each verdict.
+    # reports is judged by are those published in the image repository ('gpuward repo
+    # add-rims', server.gpu_rims) and, besides, a folder of NVIDIA's *.swidtag files
+    # (None: the published ones alone); the roots its chains must lead to (None:
+    # NVIDIA's, as shipped); and revocation, checked against the published OCSP
+    # responses: "unchecked" leaves a GPU "unknown" when a certificate has no response;
+    # "waived" accepts that, and says so in each verdict (revoked or stale still fails).
     gpu_rims: Path | None = None
     gpu_device_root: Path | None = None
     gpu_rim_root: Path | None = None

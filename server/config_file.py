@@ -247,8 +247,8 @@ OPTIONS = (
         "gpu_rims",
         "gpu_rims",
         OptionKind.PATH,
-        "folder of NVIDIA's RIMs (*.swidtag) judging the GPU evidence in attested reports; "
-        "without one every attesting GPU is unknown",
+        "folder of NVIDIA's RIMs (*.swidtag) judging the GPU evidence in attested reports, "
+        "besides those published with 'gpuward repo add-rims'",
         "DIR",
     ),
     Option(
@@ -269,8 +269,9 @@ OPTIONS = (
         "gpu_revocation",
         "gpu_revocation",
         OptionKind.TEXT,
-        "GPU certificate revocation: unchecked (every GPU stays unknown, as no OCSP "
-        "answer reaches an offline server) or waived (accepted, and said in each verdict)",
+        "GPU certificate revocation, checked against the OCSP responses published with "
+        "'gpuward repo add-rims': unchecked (a certificate without one leaves its GPU "
+        "unknown) or waived (accepted, and said in each verdict; revoked or stale still fails)",
         "MODE",
         check=lambda value: (
             None if value in GPU_REVOCATION else f"must be {' or '.join(GPU_REVOCATION)}"

@@ -136,6 +136,7 @@ def _tpm(
                 config.gpu_device_root,
                 config.gpu_rim_root,
                 waive_revocation=config.gpu_revocation == "waived",
+                repo=config.repo,
             ),
             clock=clock,
         ),

@@ -45,6 +45,25 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_json_flag(add_catalog)
     add_catalog.set_defaults(func=_add_catalog)
 
+    add_rims = sub.add_parser(
+        "add-rims",
+        help="publish GPU RIMs (and OCSP responses) the server judges GPU attestation with",
+        description=(
+            "Publish every *.swidtag in RIMS (NVIDIA's Reference Integrity Manifests) and, "
+            "with --ocsp, every *.der there (OCSP responses for the GPUs' device certificates "
+            "and the RIM signers', fetched where the network is) as targets under gpu-rims/, "
+            "signed by the targets key. The server judges GPU evidence with them and checks "
+            "revocation against the responses; mirrors carry them into an air gap. A file "
+            "published before under the same name is replaced: re-run with fresh OCSP "
+            "responses before the published ones reach their nextUpdate."
+        ),
+    )
+    add_rims.add_argument("rims", type=Path, help="folder of RIMs (*.swidtag)")
+    add_rims.add_argument("--ocsp", type=Path, metavar="DIR", help="folder of OCSP responses")
+    add_rims.add_argument("--repo", type=Path, required=True, help="repository directory")
+    add_json_flag(add_rims)
+    add_rims.set_defaults(func=_add_rims)
+
     listing = sub.add_parser("list", help="list published bundles")
     listing.add_argument("--repo", type=Path, required=True)
     add_json_flag(listing)
@@ -153,6 +172,46 @@ def _add_catalog(args: argparse.Namespace) -> None:
             "length": published.length,
         },
         f"published {published.target_path} (catalog version {published.catalog_version})",
+    )
+
+
+def _add_rims(args: argparse.Namespace) -> None:
+    from fleet.errors import GpuwardError
+    from fleet.gpu_attestation import MAX_GPU_RIM_FILE_BYTES, OCSP_SUFFIX, RIM_SUFFIX
+    from keys.durable_files import read_bounded
+    from keys.image_repo import ImageRepository
+    from keys.sealed import passphrase_source
+    from server.gpu_attestation.ocsp import load_response
+    from server.gpu_attestation.rim import RimFile, version_of
+
+    repo = ImageRepository(args.repo)
+    repo.targets()  # fail on a missing repository before asking for a passphrase
+    files: list[tuple[str, bytes]] = []
+    for folder, suffix in ((args.rims, RIM_SUFFIX), (args.ocsp, OCSP_SUFFIX)):
+        if folder is None:
+            continue
+        if not folder.is_dir():
+            raise GpuwardError(f"{folder}: not a folder of *{suffix} files")
+        for path in sorted(p for p in folder.glob(f"*{suffix}") if p.is_file()):
+            data = read_bounded(path, MAX_GPU_RIM_FILE_BYTES, "RIM or OCSP response")
+            # A file the server could not use is refused here, before anything is signed.
+            if suffix == RIM_SUFFIX:
+                version_of(RimFile(str(path), data))
+            else:
+                load_response(str(path), data)
+            files.append((path.name, data))
+    if not any(name.endswith(RIM_SUFFIX) for name, _ in files):
+        raise GpuwardError(f"{args.rims} holds no *{RIM_SUFFIX} file: name NVIDIA's RIM folder")
+    published = repo.add_gpu_rims(files, passphrase_source("the offline keys"))
+    changed = [p for p in published if p.changed]
+    emit(
+        args,
+        [
+            {"target": p.target_path, "sha256": p.sha256, "length": p.length, "changed": p.changed}
+            for p in published
+        ],
+        f"published {len(changed)} new or replaced of {len(published)} files under gpu-rims/"
+        + "".join(f"\n  {p.target_path}" for p in changed),
     )
 
 

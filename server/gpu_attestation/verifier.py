@@ -26,8 +26,9 @@ always too, which can only refuse more, never pass more.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +63,7 @@ from fleet.gpu_attestation import (
 )
 from server.gpu_attestation import certs, ocsp, rim, spdm
 from server.gpu_attestation.errors import EvidenceRefused, GpuEvidenceError
+from server.gpu_rims import PublishedGpuRims, published_gpu_rims
 
 log = structlog.get_logger(__name__)
 
@@ -116,13 +118,31 @@ MAX_RIMS = 4096
 
 
 class GpuEvidenceVerifier:
-    """The server's: judges the GPU evidence in attested reports against the RIMs of
-    a folder (read at start), the roots it trusts, and its revocation setting."""
+    """The server's: judges the GPU evidence in attested reports against the RIMs and
+    OCSP responses published in its image repository (``server.gpu_rims``, read again
+    at each publication) and those of a folder (read at start), the roots it trusts,
+    and its revocation setting."""
 
-    def __init__(self, rims: Sequence[rim.RimFile], trust: GpuTrust, *, waive_revocation: bool):
-        self._rims = RimSources(pool=tuple(rims))
+    def __init__(
+        self,
+        rims: Sequence[rim.RimFile],
+        trust: GpuTrust,
+        *,
+        waive_revocation: bool,
+        published: Callable[[], PublishedGpuRims] | None = None,
+    ):
+        self._rims = tuple(rims)
         self._trust = trust
         self._waive = waive_revocation
+        self._published = published
+
+    def _sources(self) -> RimSources:
+        """Published RIMs first, then configured ones not among them: the same bytes
+        in both are one RIM, not two claiming a version."""
+        found = PublishedGpuRims() if self._published is None else self._published()
+        published = {r.data for r in found.rims}
+        pool = found.rims + tuple(r for r in self._rims if r.data not in published)
+        return RimSources(pool=pool, responses=found.responses)
 
     @classmethod
     def load(
@@ -132,8 +152,10 @@ class GpuEvidenceVerifier:
         rim_root: Path | None,
         *,
         waive_revocation: bool,
+        repo: Path | None = None,
     ) -> GpuEvidenceVerifier:
-        """GpuEvidenceError (a GpuwardError) naming the file that cannot be used."""
+        """GpuEvidenceError (a GpuwardError) naming the file that cannot be used.
+        ``repo``: the image repository whose published RIMs are used too."""
         nvidia = GpuTrust.nvidia()
         trust = GpuTrust(
             nvidia.device_root if device_root is None else _root(device_root),
@@ -147,13 +169,19 @@ class GpuEvidenceVerifier:
             if len(paths) > MAX_RIMS:
                 raise GpuEvidenceError(f"{rims} holds more than {MAX_RIMS} RIMs")
             files = [rim.RimFile(p.name, _bounded(p, rim.MAX_RIM_BYTES)) for p in paths]
-        log.info("gpu_attestation_ready", rims=len(files), waive_revocation=waive_revocation)
-        return cls(files, trust, waive_revocation=waive_revocation)
+        log.info(
+            "gpu_attestation_ready",
+            configured_rims=len(files),
+            published_from=None if repo is None else str(repo),
+            waive_revocation=waive_revocation,
+        )
+        published = None if repo is None else functools.partial(published_gpu_rims, repo)
+        return cls(files, trust, waive_revocation=waive_revocation, published=published)
 
     def verify(self, evidence: GpuEvidence, nonce: bytes, at: datetime) -> GpuAttestationVerdict:
         """The verdict on one GPU's evidence from a report quoted over ``nonce``."""
         verdict = verify_evidence(
-            evidence.report, evidence.cert_chain, self._rims, nonce=nonce, at=at,
+            evidence.report, evidence.cert_chain, self._sources(), nonce=nonce, at=at,
             trust=self._trust, waive_revocation=self._waive,
         )  # fmt: skip
         return dataclasses.replace(verdict, uuid=evidence.uuid)
