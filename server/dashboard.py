@@ -49,6 +49,7 @@ from aiohttp import web
 
 from fleet.advisories import SEVERITIES, AdvisoryExposure, FleetAdvisories
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
+from fleet.gpu_attestation import GpuOutcome
 from fleet.human_time import duration, when
 from fleet.remediation import NodeRemediation, RemediationAudit, RemediationBoard
 from fleet.report import GpuReport, HealthReport
@@ -934,6 +935,7 @@ async def node_page(request: web.Request) -> web.Response:
         f"<section>{facts}{differs}</section>{_gpus(status.report)}"
         f"{_node_advisories(exposure, status.report)}{_settings(status.report)}"
         f"{_boot(status.report_attestation)}"
+        f"{_gpu_attestation(status.report_attestation, status.report)}"
         f"<section><h2>Health history</h2>{history}</section>",
         who,
         await _renewal_banner(s),
@@ -1033,6 +1035,42 @@ def _boot(verdict: AttestationVerdict | None) -> str:
         f'<section id="boot"><h2>Measured boot</h2><p>Policy: {_e(judged)}. '
         f"Last attested report: {result}.</p>{f'<ul>{reasons}</ul>' if reasons else ''}"
         f"{_attested_driver(verdict.driver)}</section>"
+    )
+
+
+def _gpu_attestation(verdict: AttestationVerdict | None, report: HealthReport | None) -> str:
+    """Each GPU's attestation verdict on the node's last attested report. Details
+    quote the evidence (certificate subjects come from the node): escaped."""
+    if verdict is None or not verdict.gpus:
+        return ""
+    sent = [] if report is None else list(report.gpu_evidence)
+    kind = {GpuOutcome.PASS: "", GpuOutcome.FAIL: "unhealthy", GpuOutcome.UNKNOWN: "differs"}
+    rows = []
+    for position, gpu in enumerate(verdict.gpus):
+        index = sent[position].index if position < len(sent) else None
+        outcome = _e(gpu.verdict.value)
+        rows.append(
+            [
+                _e(index),
+                _e(gpu.uuid),
+                f'<span class="{kind[gpu.verdict]}">{outcome}</span>' if kind[gpu.verdict]
+                else outcome,
+                _e(gpu.driver_version),
+                _e(gpu.vbios_version),
+                _e(", ".join(map(str, gpu.mismatched()))),
+                "<br>".join(_e(r) for r in gpu.reasons()),
+            ]
+        )  # fmt: skip
+    table = _table(
+        ("GPU", "UUID", "Verdict", "Driver", "VBIOS", "Failing indexes", "Why not pass"),
+        rows,
+        "gpu-attestation-table",
+    )
+    return (
+        '<section id="gpu-attestation"><h2>GPU attestation (last attested report)</h2>'
+        f"{table}<p>Checked offline: SPDM report, device certificates, RIMs and OCSP; "
+        "each verdict in full: <code>GET /v1/nodes/{id}</code>, "
+        "<code>report_attestation.gpus</code>.</p></section>"
     )
 
 

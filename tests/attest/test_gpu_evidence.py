@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from agent.identity import enroll, load_key
 from fleet.attestation import AttestedReport
@@ -42,11 +43,12 @@ from tests.gpu_attest.evidence import (
     fake_gpus,
     make_pki,
     resign,
+    root,
     write_lab_trust,
 )
 from tests.gpu_attest.nvidia import nvidia_package
 from tests.nvml.fakelib import build_fake_nvml, h100_host, write_config
-from tests.simnode import SimNode
+from tests.simnode import SimNode, dashboard_sign_in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,3 +248,59 @@ def test_a_gpu_serving_nvidias_sample_as_it_is_is_not_attested(
     assert checks["nonce"]["outcome"] == "fail"
     # The genuine chain leads to NVIDIA's root, not the root this server trusts.
     assert checks["certificate_chain"]["outcome"] == "fail"
+
+
+def test_the_node_page_and_api_show_each_gpus_verdict(
+    site: Site, tpm: Tpm, tmp_path: Path, lab: Lab
+) -> None:
+    """GPU 0 answers with measurement 9 changed; GPU 1 with a chain to a root named
+    to inject markup into the page: both shown failing, the name escaped."""
+    _path, config = tpm_agent(site, tpm, tmp_path / "node", backend="simulated")
+    node = SimNode(site.url, config.node_id, key=load_key(config))
+    hostile = root("<script>alert(1)</script>")
+    stranger = hostile.issue("GPU leaf", ca=False)
+    assert config.attestation is not None
+    with Attestor(config.attestation, config.state_dir) as attestor:
+        challenge, _ = ask_challenge(node)
+        good = evidence(lab, 0, challenge.nonce)
+        flipped = dataclasses.replace(
+            good,
+            report=resign(
+                lab.sample.report_bytes(), lab.gpus[0].key, nonce=challenge.nonce, flip=9
+            ),
+        )
+        forged = GpuEvidence(
+            1,
+            "GPU-00000001-1111-2222-3333-444455556666",
+            resign(lab.sample.report_bytes(), stranger.key, nonce=challenge.nonce),
+            stranger.pem() + hostile.pem(),
+        )
+        attested = attestor.attest_report(report_with(flipped, forged), challenge)
+        accepted = node.send("POST", "/v1/reports", json.dumps(attested.to_dict()).encode())
+    assert accepted.status == 202, accepted.data
+
+    token = site.server.issue_token("viewer")
+    api = urllib3.request(
+        "GET", f"{site.url}/v1/nodes/{config.node_id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert api.status == 200, api.data
+    gpus = json.loads(api.data)["report_attestation"]["gpus"]
+    assert [(g["uuid"], g["verdict"]) for g in gpus] == [
+        (flipped.uuid, "fail"),
+        (forged.uuid, "fail"),
+    ]
+    assert [m["index"] for m in gpus[0]["measurements"] if m["outcome"] == "mismatch"] == [9]
+
+    cookie = dashboard_sign_in(site.url, token)
+    page = urllib3.request(
+        "GET", f"{site.url}/nodes/{config.node_id}", headers={"Cookie": cookie}
+    ).data.decode()
+    table = page[page.index('<table id="gpu-attestation-table">') :].split("</table>", 1)[0]
+    assert (
+        f'<td>0</td><td>{flipped.uuid}</td><td><span class="unhealthy">fail</span></td>'
+        f"<td>550.90.07</td><td>96.00.9f.00.01</td><td>9</td>"
+    ) in table
+    assert "measurements: measurements at index 9 match no RIM value" in table
+    assert "<script>alert" not in page
+    # (RFC 4514 escapes the angle brackets with a backslash; HTML escaping does the rest.)
+    assert r"ends at CN=\&lt;script\&gt;alert(1)\&lt;/script\&gt;, not at the pinned" in table
