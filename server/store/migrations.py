@@ -44,6 +44,9 @@ class Dialect:
     # element of the JSON array ``key`` of the object in ``column``; alias it, and
     # its ``value`` column is the element (``json_text`` reads its members).
     json_rows: str
+    # ``{json_without(column, key)}``: the JSON object in ``column`` without its
+    # member ``key``, as SQL text.
+    json_without: str
 
     def render(self, migration: str) -> str:
         """A migration, or a query (``server.store.sql``), as this database reads it."""
@@ -67,7 +70,7 @@ class Dialect:
         return tuple(self.render(migration) for migration in MIGRATIONS)
 
 
-_FUNCTIONS = frozenset({"json_text", "json_rows"})
+_FUNCTIONS = frozenset({"json_text", "json_rows", "json_without"})
 _WORDS = frozenset(field.name for field in fields(Dialect)) - _FUNCTIONS
 
 SQLITE = Dialect(
@@ -80,6 +83,7 @@ SQLITE = Dialect(
     random_hex12="lower(hex(randomblob(6)))",
     json_text="json_extract({column}, '$.{key}')",
     json_rows="json_each({column}, '$.{key}')",
+    json_without="json_remove({column}, '$.{key}')",
 )
 
 POSTGRES = Dialect(
@@ -93,6 +97,7 @@ POSTGRES = Dialect(
     random_hex12="substr(md5(random()::text || token_hash), 1, 12)",
     json_text="({column}::jsonb ->> '{key}')",
     json_rows="jsonb_array_elements({column}::jsonb -> '{key}')",
+    json_without="({column}::jsonb - '{key}')::text",
 )
 
 MIGRATIONS = (

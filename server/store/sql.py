@@ -422,6 +422,8 @@ class SqlStore:
             stored = [ids.pop((r.report.node_id, r.nonce), None) for r in batch]
             kept = [r for r, report_id in zip(batch, stored, strict=True) if report_id is not None]
             await _add_samples(tx, kept)
+            nodes = sorted({r.report.node_id for r in kept})
+            latest_before = await _latest_reports(tx, nodes)
             counts = await tx.fetch_many(
                 _UPSERT_NODE,
                 [
@@ -439,6 +441,9 @@ class SqlStore:
                     if report_id is not None
                 ],
             )
+            inserted_ids = {report_id for report_id in stored if report_id is not None}
+            superseded = (latest_before | inserted_ids) - await _latest_reports(tx, nodes)
+            await _drop_gpu_evidence(tx, self.db.dialect, sorted(superseded))
             if self.retention is not None and kept:
                 # A node's last count in the batch is its count after the batch.
                 after: dict[str, int] = {node_id: kept_now for node_id, kept_now in counts}
@@ -1237,6 +1242,35 @@ class SqlStore:
 @functools.cache
 def _in(dialect: Dialect, sql: str) -> str:
     return dialect.render(sql)
+
+
+async def _latest_reports(tx: Tx, nodes: Sequence[str]) -> set[int]:
+    """The ids of the latest reports of ``nodes``."""
+    if not nodes:
+        return set()
+    rows = await tx.fetch(
+        f"SELECT last_report FROM nodes WHERE node_id IN ({', '.join('?' * len(nodes))})",  # noqa: S608
+        *nodes,
+    )
+    return {int(report_id) for (report_id,) in rows}
+
+
+# GPU evidence (each GPU's SPDM report and certificate chain, about 12 KB a GPU)
+# is kept in each node's latest report only, where it can be judged again (with
+# RIMs or OCSP responses published since); a report that is no longer its node's
+# latest keeps the verdict reached on it (``attestation``: per GPU, its checks,
+# versions, nonce and every measurement), not the evidence.
+_DROP_GPU_EVIDENCE = (
+    "UPDATE reports SET body = {json_without(body, gpu_evidence)} WHERE id = ? AND body LIKE ?"
+)
+_HAS_GPU_EVIDENCE = '%"gpu_evidence"%'
+
+
+async def _drop_gpu_evidence(tx: Tx, dialect: Dialect, report_ids: Sequence[int]) -> None:
+    if report_ids:
+        await tx.execute_many(
+            _in(dialect, _DROP_GPU_EVIDENCE), [(i, _HAS_GPU_EVIDENCE) for i in report_ids]
+        )
 
 
 # The states of ``server.fleetview.node_state``, decided alike (a report is a

@@ -11,6 +11,7 @@ import pytest
 
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import InvalidDocument
+from fleet.gpu_attestation import GpuAttestationVerdict, GpuEvidence, GpuOutcome
 from fleet.report import GpuHealth, HealthReport
 from fleet.rollout import Phase, Policy, Progress, Transition, command, new_rollout, parse_waves
 from server.store import Conflict, EnrolledNode, OperatorToken, Store, open_store
@@ -263,5 +264,43 @@ def test_the_verdict_kept_with_a_report_reads_back_and_a_corrupt_one_is_named(
             await store.fleet()
         with pytest.raises(InvalidDocument, match="n1's report received at 10: 'passed'"):
             await store.history("n1", 5)
+
+    run(db_url, body)
+
+
+def test_gpu_evidence_is_kept_in_each_nodes_latest_report_only(db_url: str) -> None:
+    """About 12 KB a GPU: the latest report keeps it, to be judged again; older ones
+    keep the verdict reached on it."""
+    evidence = GpuEvidence(0, "GPU-0", b"\x11" * 4096, b"-----BEGIN CERTIFICATE-----" * 100)
+    gpu_verdict = GpuAttestationVerdict(GpuOutcome.UNKNOWN, 5, "550.90.07", None, None, (), ())
+    verdict = AttestationVerdict(False, 1, None, None, ("GPU 0 unknown",), gpus=(gpu_verdict,))
+
+    def sent(node_id: str, bundle: str) -> HealthReport:
+        return replace(report(node_id, bundle), gpu_evidence=(evidence,))
+
+    async def body(store: Store) -> None:
+        for node_id in ("n1", "n2"):
+            await store.enroll(node(node_id))
+        assert await store.add_report(sent("n1", "drivers/1.bundle"), 10, "::1", "a" * 32, verdict)
+        assert await store.add_report(sent("n2", "drivers/1.bundle"), 10, "::1", "b" * 32)
+        assert await store.add_report(sent("n1", "drivers/2.bundle"), 20, "::1", "c" * 32, verdict)
+        # Received late, already older than the latest: it keeps none either.
+        assert await store.add_report(sent("n1", "drivers/0.bundle"), 5, "::1", "d" * 32)
+
+        latest = await store.node("n1")
+        assert latest is not None and latest.report is not None
+        assert latest.report.gpu_evidence == (evidence,)
+        history = await store.history("n1", 10)
+        assert [(h.received_at, len(h.report.gpu_evidence)) for h in history] == [
+            (5, 0),
+            (20, 1),
+            (10, 0),
+        ]
+        older = next(h for h in history if h.received_at == 10)
+        assert older.report.bundle == "drivers/1.bundle"  # the rest of it as it was
+        assert older.attestation == verdict  # and the verdict on its GPUs
+        other = await store.node("n2")  # another node's latest is its own
+        assert other is not None and other.report is not None
+        assert other.report.gpu_evidence == (evidence,)
 
     run(db_url, body)
