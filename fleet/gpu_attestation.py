@@ -9,8 +9,9 @@ verdict leaves the server in the API, in ``--json`` output, and beside the
 node's report in the fleet store.
 
 A verdict is ``pass`` only when every check passed. A check that could not be
-made (no RIM for the firmware, no nonce to judge freshness, revocation not
-checked and not waived) makes it ``unknown``, never ``pass``; any failed check
+made (no RIM for the firmware, no nonce to judge freshness, a certificate
+without an OCSP response and revocation not waived) makes it ``unknown``, never
+``pass``; any failed check (a revoked certificate or a stale response included)
 makes it ``fail``. Measurements are numbered as RIMs and NVIDIA's verifier
 number them: from 0, one less than the SPDM measurement block's index.
 """
