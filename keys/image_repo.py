@@ -27,6 +27,7 @@ from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, T
 from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest, target_path
+from keys import provenance
 from keys.bundle import bundle_to_publish, sha256_file
 from keys.durable_files import atomic_write, fsync_dir, read_bounded
 from keys.keyring import Keyring, LocalKey, PassphraseSource
@@ -218,9 +219,16 @@ class ImageRepository(TufRepository):
                 f"{path} is already published with other content; published bundles "
                 "never change: build it under a new file name"
             )
+        attestation = _provenance_target(bundle, path, info.hashes["sha256"])
         progress.begin(f"storing {bundle.name}", length)
         self.store_target(bundle, path, info.hashes["sha256"], progress)
         branch_md.signed.targets[path] = info
+        if attestation is not None:
+            data, attestation_info = attestation
+            atomic_write(
+                self._target_file(attestation_info.path, attestation_info.hashes["sha256"]), data
+            )
+            branch_md.signed.targets[attestation_info.path] = attestation_info
         self.bump(branch_md, manifest.branch)
         self.sign_and_write(branch_md, passphrase, role=manifest.branch)
         self.publish_snapshot({manifest.branch: branch_md.signed.version})
@@ -293,6 +301,23 @@ class ImageRepository(TufRepository):
             os.fsync(f.fileno())
         tmp.replace(dest)
         fsync_dir(dest.parent)
+
+
+def _provenance_target(bundle: Path, path: str, sha256: str) -> tuple[bytes, TargetFile] | None:
+    """The provenance ``bundle build`` wrote beside ``bundle`` (if any) and its target,
+    published beside the bundle's; refused if it names another bundle. Its signature
+    is the agents' to check against the build key they pin."""
+    attestation = provenance.attestation_path(bundle)
+    if not attestation.exists():
+        return None
+    data = read_bounded(attestation, provenance.MAX_ATTESTATION, "bundle provenance")
+    subjects = provenance.subject_digests(data)
+    if sha256 not in subjects:
+        raise GpuwardError(
+            f"{attestation} is the provenance of another bundle ({', '.join(subjects)[:80]}), "
+            f"not of {bundle.name}: rebuild with 'gpuward bundle build --build-keys', or remove it"
+        )
+    return data, TargetFile.from_data(path + provenance.SUFFIX, data, ["sha256"])
 
 
 def _check_holders(root: Path, holders: Sequence[RootHolder], count: int) -> None:

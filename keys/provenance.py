@@ -326,36 +326,52 @@ def load_build_key(path: Path) -> SSlibKey:
         ) from None
 
 
-def verify_provenance(envelope: bytes, bundle_sha256: str, build_key: SSlibKey) -> dict[str, Any]:
-    """The Statement in ``envelope`` once it is signed by ``build_key`` and names
-    ``bundle_sha256`` as its subject; else ``ProvenanceRefused`` saying why."""
+def _envelope(data: bytes) -> Envelope:
     try:
-        doc = json.loads(envelope)
-        parsed = Envelope.from_dict(doc)
+        parsed = Envelope.from_dict(json.loads(data))
     except (ValueError, KeyError, TypeError) as exc:
         raise ProvenanceRefused(f"provenance is not a DSSE envelope ({exc})") from None
     if parsed.payload_type != ENVELOPE_PAYLOAD_TYPE:
         raise ProvenanceRefused(f"provenance payload type is {parsed.payload_type!r}")
+    return parsed
+
+
+def _statement(envelope: Envelope) -> tuple[dict[str, Any], list[str]]:
+    """The SLSA provenance Statement an envelope carries, and its subjects' digests."""
+    try:
+        stmt = json.loads(envelope.payload)
+        subjects = [str(s["digest"]["sha256"]) for s in stmt["subject"]]
+        kind = (stmt["_type"], stmt["predicateType"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProvenanceRefused(f"provenance is not an in-toto Statement ({exc})") from None
+    if kind != (STATEMENT_TYPE, SLSA_PROVENANCE):
+        raise ProvenanceRefused(f"provenance is a {kind[0]} of {kind[1]}, not SLSA provenance")
+    return dict(stmt), subjects
+
+
+def subject_digests(data: bytes) -> list[str]:
+    """The digests an attestation names as its subjects, its signature unchecked:
+    publishing catches a provenance put beside the wrong bundle; agents verify."""
+    return _statement(_envelope(data))[1]
+
+
+def verify_provenance(envelope: bytes, bundle_sha256: str, build_key: SSlibKey) -> dict[str, Any]:
+    """The Statement in ``envelope`` once it is signed by ``build_key`` and names
+    ``bundle_sha256`` as its subject; else ``ProvenanceRefused`` saying why."""
+    parsed = _envelope(envelope)
     try:
         parsed.verify([build_key], 1)
     except VerificationError:
         raise ProvenanceRefused(
             f"provenance is not signed by the build key {build_key.keyid[:16]}"
         ) from None
-    try:
-        stmt = json.loads(parsed.payload)
-        subjects = [s["digest"]["sha256"] for s in stmt["subject"]]
-        kind = (stmt["_type"], stmt["predicateType"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProvenanceRefused(f"provenance is not an in-toto Statement ({exc})") from None
-    if kind != (STATEMENT_TYPE, SLSA_PROVENANCE):
-        raise ProvenanceRefused(f"provenance is a {kind[0]} of {kind[1]}, not SLSA provenance")
+    stmt, subjects = _statement(parsed)
     if bundle_sha256 not in subjects:
         raise ProvenanceRefused(
             f"provenance is for another bundle (subject {', '.join(subjects)[:80]}, "
             f"not {bundle_sha256})"
         )
-    return dict(stmt)
+    return stmt
 
 
 def is_sha256(text: str) -> bool:
