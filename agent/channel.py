@@ -3,8 +3,8 @@
 ``node.channel`` holds what the applier shares (one verified TUF repository,
 the errors, the manifest a target carries); this module adds what only the
 network-facing agent does: fetch through ``agent.fetcher``'s failover, signing
-requests as the node where the server wants them signed, and list the bundles
-of a branch.
+requests as the node where the server wants them signed, list the bundles
+of a branch, and check a bundle's provenance where the node's policy requires it.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ class PublishedBundle:
     manifest: BundleManifest
     sha256: str
     length: int
+    provenance: str | None = None  # its provenance's target path, where add_bundle published one
 
 
 DEFAULT_SPECS = {"root": RoleSpec(2, 3)}
@@ -122,6 +123,8 @@ class ImageRepository(TufRepository):
         out = []
         for role in self.branch_roles():
             for path, info in sorted(self.targets(role).signed.targets.items()):
+                if path.endswith(provenance.SUFFIX):
+                    continue  # a bundle's provenance, published beside it
                 custom: Any = info.custom
                 manifest = BundleManifest.from_dict(custom.get("manifest"), where=path)
                 out.append(PublishedBundle(path, manifest, info.hashes["sha256"], info.length))
@@ -232,7 +235,13 @@ class ImageRepository(TufRepository):
         self.bump(branch_md, manifest.branch)
         self.sign_and_write(branch_md, passphrase, role=manifest.branch)
         self.publish_snapshot({manifest.branch: branch_md.signed.version})
-        return PublishedBundle(path, manifest, info.hashes["sha256"], info.length)
+        return PublishedBundle(
+            path,
+            manifest,
+            info.hashes["sha256"],
+            info.length,
+            None if attestation is None else attestation[1].path,
+        )
 
     def remove_bundle(self, path: str, passphrase: PassphraseSource) -> PublishedBundle:
         """Withdraw bundle ``path``: its branch role, re-signed, no longer lists it, so
@@ -248,6 +257,7 @@ class ImageRepository(TufRepository):
         branch = published.manifest.branch
         branch_md = self.targets(branch)
         del branch_md.signed.targets[path]
+        branch_md.signed.targets.pop(path + provenance.SUFFIX, None)
         self.bump(branch_md, branch)
         self.sign_and_write(branch_md, passphrase, role=branch)
         self.publish_snapshot({branch: branch_md.signed.version})

@@ -35,6 +35,7 @@ from securesystemslib.signer import Signer, SSlibKey
 
 from fleet.errors import GpuwardError
 from fleet.manifest import BundleManifest
+from keys import sealed
 from keys.bundle import sha256_file
 from keys.durable_files import atomic_write, read_bounded
 from keys.keyring import Keyring, PassphraseSource
@@ -292,8 +293,12 @@ def build_signer(keys_dir: Path, passphrase: PassphraseSource) -> Signer:
     """The build key of keys folder ``keys_dir``, made (sealed) on first use."""
     keyring = Keyring(keys_dir)
     named = [k for k in keyring.keys().values() if k.name == BUILD_KEY_NAME]
-    key = named[0] if named else keyring.generate(BUILD_KEY_NAME, passphrase=passphrase())
-    return keyring.signer(key, passphrase)
+    if named:
+        return keyring.signer(named[0], passphrase)
+    problem = sealed.passphrase_problem(passphrase())
+    if problem is not None:
+        raise GpuwardError(f"the passphrase to seal the new build key is too weak: {problem}")
+    return keyring.signer(keyring.generate(BUILD_KEY_NAME, passphrase=passphrase()), passphrase)
 
 
 def attest(

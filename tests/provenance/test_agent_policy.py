@@ -75,11 +75,16 @@ def test_an_attested_bundle_is_staged(
     signer, build_key = build_signer_and_key
     published = site.repo.add_bundle(_attested(site, NEW, signer), lambda: PASSPHRASE)
     targets = site.repo.targets("R580").signed.targets
-    assert f"{published.target_path}.provenance.json" in targets
+    assert published.provenance == f"{published.target_path}.provenance.json"
+    assert published.provenance in targets
+    assert [p.target_path for p in site.repo.published()] == [published.target_path]
 
     update, reason = _cycle(site, build_key)
     assert update == "staged", reason
     assert published.target_path in reason
+
+    site.repo.remove_bundle(published.target_path, lambda: PASSPHRASE)
+    assert published.provenance not in site.repo.targets("R580").signed.targets
 
 
 def test_provenance_signed_by_another_key_is_refused(
@@ -143,3 +148,9 @@ def test_requiring_provenance_without_a_build_key_is_a_config_error(tmp_path: Pa
     }
     with pytest.raises(GpuwardError, match="require_provenance needs build_key"):
         AgentConfig.from_dict(doc, tmp_path)
+
+
+def test_a_new_build_key_is_not_sealed_with_a_weak_passphrase(tmp_path: Path) -> None:
+    with pytest.raises(GpuwardError, match="too weak"):
+        build_signer(tmp_path / "keys", lambda: "build")
+    assert not (tmp_path / "keys" / "build.pub.json").exists()
