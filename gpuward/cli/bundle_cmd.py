@@ -118,6 +118,11 @@ def _build(args: argparse.Namespace) -> None:
             "say how the bundle provides kernel modules: --kernel RELEASE (repeat for each "
             "kernel with precompiled modules) or --dkms"
         )
+    if args.build_keys is None and (args.apt_lists or args.published or args.archive_keyring):
+        raise GpuwardError(
+            "--apt-lists, --archive-keyring and --published describe the provenance: give "
+            "--build-keys DIR too, the keys folder of the build key that signs it"
+        )
     # Provenance inputs are read (signatures checked, key opened) before the build,
     # so a build that cannot be attested fails before writing anything.
     attest = None if args.build_keys is None else _attester(args)

@@ -152,3 +152,11 @@ def test_an_index_whose_inrelease_signature_fails_vouches_for_nothing(
     assert "signature does not verify" in done.stderr
     assert not (tmp_path / "b.bundle.provenance.json").exists()
     assert not (tmp_path / "b.bundle").exists()
+
+
+def test_provenance_inputs_without_a_build_key_are_refused(tmp_path: Path, lists: Path) -> None:
+    payload = deb_payload(NEW_535, tmp_path / "payload")
+    done = _build(payload, tmp_path / "b.bundle", "--apt-lists", str(lists))
+    assert done.returncode != 0
+    assert "give --build-keys DIR too" in done.stderr
+    assert not (tmp_path / "b.bundle").exists()
