@@ -3,18 +3,20 @@
 ``node.channel`` holds what the applier shares (one verified TUF repository,
 the errors, the manifest a target carries); this module adds what only the
 network-facing agent does: fetch through ``agent.fetcher``'s failover, signing
-requests as the node where the server wants them signed, and list the bundles
-of a branch.
+requests as the node where the server wants them signed, list the bundles
+of a branch, and check a bundle's provenance where the node's policy requires it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import structlog
 
 from agent.fetcher import HttpFetcher, MirrorFetcher, SignedFetcher
 from agent.tls import ServerTrust
+from keys import provenance
 from node.channel import USER_AGENT, Candidate, TufChannel, UpdateRefused, manifest_of
 from node.config import AgentConfig
 
@@ -60,6 +62,8 @@ class ImageChannel(TufChannel):
         self.targetinfo(prefix)
         found = []
         for path in sorted(self.listed(prefix)):
+            if path.endswith(provenance.SUFFIX):
+                continue  # a bundle's provenance, read by check_provenance
             info = self.targetinfo(path)
             if info is None:
                 continue
@@ -74,3 +78,25 @@ class ImageChannel(TufChannel):
     def candidate(self, path: str) -> Candidate | None:
         info = self.targetinfo(path)
         return None if info is None else Candidate(path, info, manifest_of(info))
+
+    def check_provenance(self, candidate: Candidate, build_key: Path) -> None:
+        """Refuse ``candidate`` unless the provenance published beside it is signed by
+        the build key described at ``build_key`` and names the bundle's digest."""
+        path = candidate.target_path + provenance.SUFFIX
+        info = self.targetinfo(path)
+        if info is None:
+            raise UpdateRefused(
+                f"{candidate.target_path} has no provenance and this node's policy requires "
+                "it (require_provenance): build it with 'gpuward bundle build --build-keys' "
+                "and publish it with the provenance beside it ('gpuward repo add')"
+            )
+        try:
+            statement = provenance.verify_provenance(
+                self.fetch(info).read_bytes(),
+                candidate.sha256,
+                provenance.load_build_key(build_key),
+            )
+        except provenance.ProvenanceRefused as exc:
+            raise UpdateRefused(f"{candidate.target_path}: {exc}") from None
+        deps = statement["predicate"]["buildDefinition"].get("resolvedDependencies", [])
+        log.info("provenance_verified", target=candidate.target_path, dependencies=len(deps))

@@ -181,6 +181,9 @@ class Cycle:
                 return state, Outcome(
                     "refused", f"{candidate.target_path} is incompatible: {reasons}"
                 )
+            if self.config.require_provenance:
+                assert self.config.build_key is not None  # the config demands one
+                channel.check_provenance(candidate, self.config.build_key)
             bundle = channel.fetch(candidate.info)
             self.log.info("bundle_verified", target=candidate.target_path, sha256=candidate.sha256)
             write_spool(self.config.spool_dir, candidate.info, bundle)

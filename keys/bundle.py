@@ -3,7 +3,9 @@
 A bundle is an uncompressed tar: ``manifest.json`` first, then the payload files
 under ``payload/``. Driver packages are already compressed, and an uncompressed
 tar cannot hide a decompression bomb. Builds are reproducible (fixed owners,
-modes and times, sorted names) so the same inputs give the same digest.
+modes and times, sorted names) so the same inputs give the same digest, wherever
+and whenever they are built: every time is 0, so ``SOURCE_DATE_EPOCH`` has nothing
+to set, and ``keys.provenance`` lets anyone rebuild and compare.
 
 The manifest is checked against the compatibility catalog before anything is
 written: a bundle that claims an architecture its branch dropped, or

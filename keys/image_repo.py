@@ -31,6 +31,7 @@ from fleet.catalog import MAX_CATALOG_BYTES, TARGET_PATH, load_catalog
 from fleet.errors import GpuwardError
 from fleet.gpu_attestation import GPU_RIM_TARGETS, gpu_rim_target
 from fleet.manifest import BundleManifest, target_path
+from keys import provenance
 from keys.bundle import bundle_to_publish, sha256_file
 from keys.durable_files import atomic_write, fsync_dir, read_bounded
 from keys.keyring import Keyring, LocalKey, PassphraseSource
@@ -52,6 +53,7 @@ class PublishedBundle:
     manifest: BundleManifest
     sha256: str
     length: int
+    provenance: str | None = None  # its provenance's target path, where add_bundle published one
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class ImageRepository(TufRepository):
         out = []
         for role in self.branch_roles():
             for path, info in sorted(self.targets(role).signed.targets.items()):
+                if path.endswith(provenance.SUFFIX):
+                    continue  # a bundle's provenance, published beside it
                 custom: Any = info.custom
                 manifest = BundleManifest.from_dict(custom.get("manifest"), where=path)
                 out.append(PublishedBundle(path, manifest, info.hashes["sha256"], info.length))
@@ -230,13 +234,26 @@ class ImageRepository(TufRepository):
                 f"{path} is already published with other content; published bundles "
                 "never change: build it under a new file name"
             )
+        attestation = _provenance_target(bundle, path, info.hashes["sha256"])
         progress.begin(f"storing {bundle.name}", length)
         self.store_target(bundle, path, info.hashes["sha256"], progress)
         branch_md.signed.targets[path] = info
+        if attestation is not None:
+            data, attestation_info = attestation
+            atomic_write(
+                self._target_file(attestation_info.path, attestation_info.hashes["sha256"]), data
+            )
+            branch_md.signed.targets[attestation_info.path] = attestation_info
         self.bump(branch_md, manifest.branch)
         self.sign_and_write(branch_md, passphrase, role=manifest.branch)
         self.publish_snapshot({manifest.branch: branch_md.signed.version})
-        return PublishedBundle(path, manifest, info.hashes["sha256"], info.length)
+        return PublishedBundle(
+            path,
+            manifest,
+            info.hashes["sha256"],
+            info.length,
+            None if attestation is None else attestation[1].path,
+        )
 
     def remove_bundle(self, path: str, passphrase: PassphraseSource) -> PublishedBundle:
         """Withdraw bundle ``path``: its branch role, re-signed, no longer lists it, so
@@ -252,6 +269,7 @@ class ImageRepository(TufRepository):
         branch = published.manifest.branch
         branch_md = self.targets(branch)
         del branch_md.signed.targets[path]
+        branch_md.signed.targets.pop(path + provenance.SUFFIX, None)
         self.bump(branch_md, branch)
         self.sign_and_write(branch_md, passphrase, role=branch)
         self.publish_snapshot({branch: branch_md.signed.version})
@@ -335,6 +353,23 @@ class ImageRepository(TufRepository):
             os.fsync(f.fileno())
         tmp.replace(dest)
         fsync_dir(dest.parent)
+
+
+def _provenance_target(bundle: Path, path: str, sha256: str) -> tuple[bytes, TargetFile] | None:
+    """The provenance ``bundle build`` wrote beside ``bundle`` (if any) and its target,
+    published beside the bundle's; refused if it names another bundle. Its signature
+    is the agents' to check against the build key they pin."""
+    attestation = provenance.attestation_path(bundle)
+    if not attestation.exists():
+        return None
+    data = read_bounded(attestation, provenance.MAX_ATTESTATION, "bundle provenance")
+    subjects = provenance.subject_digests(data)
+    if sha256 not in subjects:
+        raise GpuwardError(
+            f"{attestation} is the provenance of another bundle ({', '.join(subjects)[:80]}), "
+            f"not of {bundle.name}: rebuild with 'gpuward bundle build --build-keys', or remove it"
+        )
+    return data, TargetFile.from_data(path + provenance.SUFFIX, data, ["sha256"])
 
 
 def _check_holders(root: Path, holders: Sequence[RootHolder], count: int) -> None:

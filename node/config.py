@@ -92,6 +92,11 @@ class AgentConfig:
     # What the compatibility gate needs to know that the node cannot see itself.
     required_cuda: str | None = None  # the CUDA version the node's workloads need
     nvswitch: bool = False
+    # The provenance policy: install only bundles whose in-toto provenance, published
+    # beside them, is signed by the build key pinned here (the build keys folder's
+    # build.pub.json) and names the bundle's digest (keys.provenance).
+    require_provenance: bool = False
+    build_key: Path | None = None
     kernel: str | None = None  # only to simulate another kernel; default: the running one
     firewall: FirewallPolicy | None = None  # the outbound allowlist, when enabled
     pool: str = "default"  # the rollout pool the node enrolls into
@@ -227,6 +232,8 @@ class AgentConfig:
                     "fetch_timeout_s",
                     "required_cuda",
                     "nvswitch",
+                    "require_provenance",
+                    "build_key",
                     "kernel",
                     "firewall",
                     "pool",
@@ -250,6 +257,13 @@ class AgentConfig:
                 firewall = firewall.with_endpoint(Endpoint.from_url(url))
         token_file = r.optional_text("enrollment_token_file")
         server_ca = r.optional_text("server_ca")
+        require_provenance = r.boolean("require_provenance", default=False)
+        build_key = r.optional_text("build_key")
+        if require_provenance and build_key is None:
+            raise GpuwardError(
+                "agent config: require_provenance needs build_key, the path of the build key's "
+                "public description (build.pub.json from the operator's build keys folder)"
+            )
         return cls(
             node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
             server_url=server_url,
@@ -265,6 +279,8 @@ class AgentConfig:
             fetch_timeout_s=r.integer("fetch_timeout_s", minimum=1, maximum=600, default=30),
             required_cuda=r.optional_text("required_cuda", max_len=12, pattern=_CUDA),
             nvswitch=r.boolean("nvswitch", default=False),
+            require_provenance=require_provenance,
+            build_key=None if build_key is None else base / build_key,
             kernel=r.optional_text("kernel", max_len=128),
             firewall=firewall,
             pool=r.text("pool", pattern=POOL, default="default"),

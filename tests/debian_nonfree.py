@@ -86,6 +86,22 @@ def fetch_debs(packages: Sequence[tuple[str, str]], dest: Path | None = None) ->
         return found
 
 
+def apt_lists() -> Path:
+    """The lists folder of the apt that ``fetch_debs`` downloads with."""
+    return CACHE_ROOT / "apt" / "lists"
+
+
+def index_sha256(name: str, version: str) -> str:
+    """The SHA-256 Debian's signed Packages index states for ``name=version``, as apt reads it."""
+    shown = subprocess.run(
+        ["apt-cache", *_apt_options(CACHE_ROOT / "apt"), "show", f"{name}={version}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return next(line.split()[1] for line in shown.splitlines() if line.startswith("SHA256:"))
+
+
 def _cached(directory: Path, name: str, version: str) -> Path | None:
     # apt-get download escapes the epoch colon and keeps '~' and '+' as they are.
     quoted = version.replace(":", "%3a")

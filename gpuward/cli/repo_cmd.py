@@ -132,8 +132,14 @@ def _add(args: argparse.Namespace) -> None:
         published = repo.add_bundle(args.bundle, passphrase_source("the offline keys"), progress)
     emit(
         args,
-        {"target": published.target_path, "sha256": published.sha256, "length": published.length},
-        f"published {published.target_path} (driver {published.manifest.driver_version})",
+        {
+            "target": published.target_path,
+            "sha256": published.sha256,
+            "length": published.length,
+            "provenance": published.provenance,
+        },
+        f"published {published.target_path} (driver {published.manifest.driver_version})"
+        + ("" if published.provenance is None else f" and its provenance {published.provenance}"),
     )
 
 
