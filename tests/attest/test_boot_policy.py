@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,8 +122,10 @@ def test_a_broken_policy_file_stops_the_server_with_a_clear_error(
 ) -> None:
     broken = tmp_path / "policy.json"
     broken.write_text('{"schema": 1, "bank": "sha256"}')
+    repo = tmp_path / "repo"  # a copy: the server may write its keys in it, never the template
+    shutil.copytree(_template_repo, repo)
     config = ServerConfig(
-        repo=_template_repo,
+        repo=repo,
         db=str(tmp_path / "server.db"),
         port=0,
         ek_ca=(LOCAL_CA,),
