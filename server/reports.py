@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -21,13 +22,14 @@ from server.advisories import served_catalog
 from server.attestation.enrollment import EnrolledTpm
 from server.fleetview import node_state
 from server.http import ApiError, Route, Services, operator, services
-from server.report_render import CONTENT_TYPES, render
+from server.report_render import CONTENT_TYPES, file_name, render
 from server.store import NodeStatus
 
 HEADER_SIGNATURE = "Gpuward-Report-Signature"
 HEADER_KEY_ID = "Gpuward-Report-Key-Id"
 # Reports per node read from the store; the document shows the updates among them.
 HISTORY_READ = 500
+MAX_FILE_NAME = 200
 
 
 async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
@@ -54,27 +56,50 @@ async def _facts(svc: Services, status: NodeStatus, now: float) -> NodeFacts:
 def _format(request: web.Request) -> str:
     fmt = request.query.get("format", "json")
     if fmt not in CONTENT_TYPES:
-        raise ApiError(400, "format must be json, html or pdf")
+        raise ApiError(400, "format must be json, html, pdf or csv (the evidence file)")
     return fmt
+
+
+def _file(request: web.Request) -> str | None:
+    """The name the reader saves the report under, which the HTML and PDF print beside
+    its signature file's; a plain file name, so it cannot smuggle markup or a path."""
+    name = request.query.get("file")
+    if name is not None and not (
+        0 < len(name) <= MAX_FILE_NAME
+        and name not in (".", "..")
+        and all(c.isascii() and (c.isalnum() or c in "-_.") for c in name)
+    ):
+        raise ApiError(
+            400,
+            f"file must be a plain file name of letters, digits, '-', '_' and '.', "
+            f"at most {MAX_FILE_NAME} characters",
+        )
+    return name
 
 
 async def _respond(request: web.Request, scope: str, statuses: list[NodeStatus]) -> web.Response:
     s = services(request)
     signer = s.report_signer
     fmt = _format(request)
+    name = _file(request)
     now = s.clock()
     facts = [await _facts(s, status, now) for status in statuses]
     # Rendering a large fleet's PDF takes a while: off the loop that serves nodes.
     catalog = await asyncio.to_thread(served_catalog, s.config.repo)
-    document = report_document(scope, facts, catalog, int(now), signer.key_id, signer.algorithm)
-    body = await asyncio.to_thread(render, document, fmt)
+    document = report_document(
+        scope, facts, catalog, int(now), signer.key_id, signer.algorithm,
+        s.config.report_interval_s,
+    )  # fmt: skip
+    name = name or file_name(document, fmt)
+    body = await asyncio.to_thread(render, document, fmt, name)
     # A key in a PKCS#11 token signs in milliseconds, not microseconds: off the loop too.
     signature = await asyncio.to_thread(signer.sign, body)
     return web.Response(
         body=body,
         content_type=CONTENT_TYPES[fmt].split(";")[0],
-        charset="utf-8" if fmt == "html" else None,
+        charset="utf-8" if fmt in ("html", "csv") else None,
         headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
             HEADER_SIGNATURE: base64.b64encode(signature).decode(),
             HEADER_KEY_ID: signer.key_id,
             "Cache-Control": "no-store",
@@ -102,14 +127,17 @@ _RESPONSES = {
     401: ("no or unknown operator token", "Error"),
     403: ("the token's role does not allow this", "Error"),
 }
-_QUERY = {"format": {"type": "string", "enum": sorted(CONTENT_TYPES)}}
+_QUERY: dict[str, dict[str, Any]] = {
+    "format": {"type": "string", "enum": sorted(CONTENT_TYPES)},
+    "file": {"type": "string", "maxLength": MAX_FILE_NAME, "pattern": "^[A-Za-z0-9._-]+$"},
+}
 
 ROUTES = (
     Route(
         "GET",
         "/v1/reports/fleet",
         fleet_report,
-        "A signed compliance report of the whole fleet (JSON, HTML or PDF)",
+        "A signed compliance report of the whole fleet (JSON, HTML, PDF, or the CSV evidence)",
         "viewer",
         responses=_RESPONSES,
         query=_QUERY,
@@ -118,7 +146,7 @@ ROUTES = (
         "GET",
         "/v1/reports/nodes/{node_id}",
         node_report,
-        "A signed compliance report of one node (JSON, HTML or PDF)",
+        "A signed compliance report of one node (JSON, HTML, PDF, or the CSV evidence)",
         "viewer",
         responses={**_RESPONSES, 404: ("no such node", "Error")},
         query=_QUERY,
