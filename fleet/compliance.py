@@ -132,6 +132,17 @@ class EkCertificate:
 
 
 @dataclass(frozen=True)
+class RolloutRecord:
+    """A rollout that included a node, named beside the changes it made there."""
+
+    rollout_id: str
+    target_driver: str | None
+    created_at: int
+    started_by: str | None  # the operator's token name, as the rollout's events record it
+    approved_by: tuple[str, ...]  # operators who resumed it after a pause or a halt
+
+
+@dataclass(frozen=True)
 class NodeFacts:
     node_id: str
     pool: str
@@ -142,6 +153,31 @@ class NodeFacts:
     last_seen: int | None
     ek_certificate: EkCertificate | None  # None: no TPM vouched for the node
     history: tuple[SeenReport, ...]  # newest first
+    rollouts: tuple[RolloutRecord, ...] = ()  # those that included the node, any order
+
+
+def _rollout_of(facts: NodeFacts, seen: SeenReport) -> RolloutRecord | None:
+    """The rollout behind a change: the newest one started before it that moved the node
+    to the driver it reports; a failure or rollback is the newest one started before it."""
+    before = [r for r in facts.rollouts if r.created_at <= seen.received_at]
+    moved = [r for r in before if r.target_driver == seen.report.driver_version]
+    if seen.report.update != "committed" and not moved:
+        moved = before
+    return max(moved, key=lambda r: r.created_at, default=None)
+
+
+def _change(facts: NodeFacts, seen: SeenReport) -> dict[str, Any]:
+    rollout = _rollout_of(facts, seen)
+    return {
+        "at": _iso(seen.received_at),
+        "update": seen.report.update,
+        "driver_version": seen.report.driver_version,
+        "bundle": seen.report.bundle,
+        "reason": seen.report.reason,
+        "rollout": None if rollout is None else rollout.rollout_id,
+        "started_by": None if rollout is None else rollout.started_by,
+        "approved_by": [] if rollout is None else list(rollout.approved_by),
+    }
 
 
 def _iso(ts: int | None) -> str | None:
@@ -283,14 +319,23 @@ def _fleet_advisories(
 
 
 def node_document(
-    facts: NodeFacts, catalog: Catalog, now: int, policy: ControlPolicy, report_interval_s: int
+    facts: NodeFacts,
+    catalog: Catalog,
+    now: int,
+    policy: ControlPolicy,
+    report_interval_s: int,
+    exposures: dict[str | None, dict[str, Any]],
 ) -> dict[str, Any]:
+    """One node's part; ``exposures`` keeps each driver version's advisories, which a
+    fleet shares among thousands of nodes, so each is matched against the feed once."""
     today = datetime.fromtimestamp(now, UTC).date()
     latest = facts.history[0].report if facts.history else None
     version = None if latest is None else latest.driver_version
     attestation = _attestation(facts)
     updates = [seen for seen in facts.history if seen.report.update != "up-to-date"]
     ek = facts.ek_certificate
+    if version not in exposures:
+        exposures[version] = _advisories(catalog, version)
     node: dict[str, Any] = {
         "node_id": facts.node_id,
         "pool": facts.pool,
@@ -309,21 +354,12 @@ def node_document(
         "secure_boot": _secure_boot(facts),
         "measured_boot_policy": _boot_policy(facts, attestation),
         "driver": {"version": version, **_support(catalog, version, today)},
-        "advisories": _advisories(catalog, version),
+        "advisories": exposures[version],
         "kernel": _kernel(latest),
         "firewall": _firewall(latest),
         "updates": {
             "rollbacks": sum(1 for seen in updates if seen.report.update == "rolled-back"),
-            "history": [
-                {
-                    "at": _iso(seen.received_at),
-                    "update": seen.report.update,
-                    "driver_version": seen.report.driver_version,
-                    "bundle": seen.report.bundle,
-                    "reason": seen.report.reason,
-                }
-                for seen in updates[:MAX_UPDATES_SHOWN]
-            ],
+            "history": [_change(facts, seen) for seen in updates[:MAX_UPDATES_SHOWN]],
         },
     }
     limits = _Limits(now, report_interval_s * policy.max_attestation_intervals)
@@ -432,10 +468,11 @@ def _history_complete(node: Mapping[str, Any], _: _Limits) -> Judgement:
     ]
     if unexplained:
         return "fail", f"{len(unexplained)} failed or rolled-back update(s) without a reason"
+    by_rollout = sum(1 for h in history if h["rollout"] is not None)
     return (
         "pass",
-        f"{len(history)} change(s) recorded, {node['updates']['rollbacks']} rollback(s), "
-        "each with its reason",
+        f"{len(history)} change(s) recorded ({by_rollout} by a named rollout), "
+        f"{node['updates']['rollbacks']} rollback(s), each with its reason",
     )
 
 
@@ -466,7 +503,10 @@ def report_document(
     if scope not in ("fleet", "node"):
         raise GpuwardError(f"unknown report scope {scope!r}")
     policy = load_policy()
-    shown = [node_document(n, catalog, generated_at, policy, report_interval_s) for n in nodes]
+    exposures: dict[str | None, dict[str, Any]] = {}
+    shown = [
+        node_document(n, catalog, generated_at, policy, report_interval_s, exposures) for n in nodes
+    ]
     seen = [s.received_at for n in nodes for s in n.history]
     results = {c.id: Counter[str]() for c in policy.controls}
     exceptions = []

@@ -85,6 +85,9 @@ NODE_LINE: tuple[tuple[str, Getter], ...] = (
         for result in ("pass", "fail", "unknown")
     ),
 )
+HISTORY_HEADINGS = (
+    "When", "Update", "Driver", "Bundle", "Reason", "Rollout", "Started by", "Resumed by",
+)  # fmt: skip
 ADVISORY_HEADINGS = ("CVE", "Severity", "Score", "Status", "Fixed in branch", "Bulletin")
 CVE_HEADINGS = ("CVE", "Severity", "Score", "Nodes", "Bulletin")
 
@@ -286,14 +289,11 @@ def _node_blocks(node: Mapping[str, Any], titles: Mapping[str, str]) -> list[Blo
         Heading("Update history", 3),
     ]
     history = tuple(
-        (cell(h["at"]), h["update"], cell(h["driver_version"]), cell(h["bundle"]), h["reason"])
+        (cell(h["at"]), h["update"], cell(h["driver_version"]), cell(h["bundle"]), h["reason"],
+         cell(h["rollout"]), cell(h["started_by"]), ", ".join(h["approved_by"]) or "none")
         for h in node["updates"]["history"]
-    )
-    out.append(
-        Grid(("When", "Update", "Driver", "Bundle", "Reason"), history)
-        if history
-        else Prose("No updates recorded.")
-    )
+    )  # fmt: skip
+    out.append(Grid(HISTORY_HEADINGS, history) if history else Prose("No updates recorded."))
     advisories = tuple(
         (a["cve"], a["severity"], f"{a['score']:.1f}", a["status"], cell(a["fixed"]),
          a["bulletin"])

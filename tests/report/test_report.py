@@ -30,7 +30,7 @@ from server.report_render import Grid, blocks
 from server.store import EnrolledNode
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Fleet
-from tests.simnode import report_doc
+from tests.simnode import operator_post, report_doc
 
 EK_SHA256 = "ab" * 32
 RULESET = "cd" * 32
@@ -348,3 +348,33 @@ def test_unknown_format_is_a_usage_error(fmt: str, tmp_path: Path) -> None:
     done = gpuward("report", "fleet", "--format", fmt, "-o", str(tmp_path / "r"))
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
+
+
+def test_history_names_the_rollout_and_the_operators_behind_each_change(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    old, new = fleet.site.publish("580.65.06"), fleet.site.publish("580.82.07")
+    node = fleet.node("gpu-a", pool="prod")
+    assert node.report(driver="580.65.06", bundle=old.target_path).status == 202
+    fleet.clock.advance(60)
+    alice = fleet.site.server.issue_token("operator", "alice")
+    bob = fleet.site.server.issue_token("operator", "bob")
+    policy = {"waves": "100%", "max_unavailable": 1, "soak_s": 300}
+    body = {"id": "r-audit", "pool": "prod", "target": new.target_path, "policy": policy}
+    assert operator_post(fleet.url, "/v1/rollouts", alice, body).status == 201
+    for command in ("pause", "resume"):
+        done = operator_post(fleet.url, f"/v1/rollouts/r-audit/{command}", bob)
+        assert done.status == 200, done.data
+    fleet.clock.advance(60)
+    assert node.report(driver="580.82.07", bundle=new.target_path).status == 202
+
+    report = _fetch(fleet, tmp_path, "json", "node", "gpu-a")
+    doc = json.loads(report.read_text())
+    moved, first = doc["nodes"][0]["updates"]["history"]
+    assert (moved["rollout"], moved["started_by"], moved["approved_by"]) == (
+        "r-audit", "alice (operator)", ["bob (operator)"],
+    )  # fmt: skip
+    assert (first["rollout"], first["started_by"]) == (None, None)  # before any rollout
+    pdf = _fetch(fleet, tmp_path, "pdf", "node", "gpu-a")
+    shown = assert_reads_as_an_auditor(pdf, doc, tmp_path / "pages")
+    assert "r-audit" in shown and "alice" in shown and "bob" in shown
