@@ -19,6 +19,8 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def unicode_text(value: str) -> str:
     """``value`` with each lone surrogate replaced by U+FFFD, one for one."""
+    if value.isascii():  # most text: no surrogate, and no regex pass over it
+        return value
     return _LONE_SURROGATE.sub(REPLACEMENT, value)
 
 

@@ -1,17 +1,25 @@
-"""Compliance reports as files: canonical JSON, one self-contained HTML page, PDF.
+"""Compliance reports as files: canonical JSON, one self-contained HTML page, PDF,
+and the CSV evidence file that carries every node's controls.
 
 Each form is rendered from the same document (``fleet.compliance``) and is
 signed as the exact bytes produced here, so the rendering must not depend on
-anything but the document: the HTML has no external resources (charts are
-inline SVG), and the PDF is written in ReportLab's invariant mode (no clock,
-no random document id).
+anything but the document and the file name the report is saved under: the
+HTML has no external resources (charts are inline SVG), and the PDF is written
+in ReportLab's invariant mode (no random document id) with the document's own
+time as its creation date. HTML and PDF are drawn from one list of blocks
+(``blocks``), so they carry the same content; a new part of the document is one
+more block. A fleet's PDF stays readable at 100,000 nodes: it shows the summary
+and the exceptions, and leaves each node's detail to the evidence file.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from html import escape
 from typing import Any
 
@@ -23,56 +31,69 @@ CONTENT_TYPES = {
     "json": "application/json",
     "html": "text/html; charset=utf-8",
     "pdf": "application/pdf",
+    "csv": "text/csv; charset=utf-8",
 }
 BAR_COLOURS = ("#2f6f9f", "#d08a2c", "#5b9a4c", "#b04848", "#7a5ea8", "#888888")
 Getter = Callable[[Mapping[str, Any]], object]
-PAGE_WIDTH_MM = 277  # landscape A4 less the PDF's 10 mm margins
-# The fleet table: (heading, value, width in the PDF in mm; at most PAGE_WIDTH_MM in all).
-NODE_COLUMNS: tuple[tuple[str, Getter, float], ...] = (
-    ("Node", lambda n: n["node_id"], 24),
-    ("Pool", lambda n: n["pool"], 14),
-    ("State", lambda n: n["state"], 14),
-    ("Attestation", lambda n: n["attestation"]["result"], 18),
-    ("Last attested", lambda n: n["attestation"]["last_attested_at"], 18),
-    ("Secure Boot", lambda n: n["secure_boot"], 13),
-    ("Boot policy", lambda n: n["measured_boot_policy"]["result"], 16),
-    ("Driver", lambda n: n["driver"]["version"], 17),
-    ("Branch", lambda n: n["driver"]["branch"], 11),
-    ("Support", lambda n: n["driver"]["status"], 16),
-    ("End of life", lambda n: n["driver"]["end_of_life"], 14),
-    ("Advisories", lambda n: advisories_cell(n["advisories"]), 16),
-    ("Kernel", lambda n: n["kernel"]["release"], 16),
-    ("Kernel hold", lambda n: n["kernel"]["hold"], 12),
-    ("Firewall ruleset", lambda n: _short(n["firewall"]["ruleset_sha256"]), 16),
-    ("Telemetry off", lambda n: n["firewall"]["telemetry_off"], 13),
-    ("EK certificate", lambda n: _short(n["identity"]["ek_certificate"]["sha256"]), 16),
-    ("Roll-backs", lambda n: n["updates"]["rollbacks"], 12),
-)
-# A node's own page: everything in the table, in full, and what does not fit there.
+# Rows a fleet's PDF and HTML show of each long table; the evidence file has them all,
+# so a 100,000-node fleet's PDF stays within a few dozen pages.
+EXCEPTIONS_SHOWN = 600
+NODES_SHOWN = 300
+# A node in full: its facts in the node report, its columns in the evidence file.
 NODE_FACTS: tuple[tuple[str, Getter], ...] = (
-    *(
-        (name, get)
-        for name, get, _ in NODE_COLUMNS
-        if name not in ("Firewall ruleset", "EK certificate")
-    ),
+    ("Node", lambda n: n["node_id"]),
+    ("Pool", lambda n: n["pool"]),
+    ("State", lambda n: n["state"]),
     ("Enrollment", lambda n: n["identity"]["enrollment"]),
     ("Enrolled at", lambda n: n["enrolled_at"]),
     ("Last seen", lambda n: n["last_seen"]),
-    ("EK certificate SHA-256", lambda n: n["identity"]["ek_certificate"]["sha256"]),
-    ("EK certificate subject", lambda n: n["identity"]["ek_certificate"]["subject"]),
-    ("EK certificate serial", lambda n: n["identity"]["ek_certificate"]["serial"]),
+    ("Attestation", lambda n: n["attestation"]["result"]),
+    ("Last attested", lambda n: n["attestation"]["last_attested_at"]),
+    ("Attestation reasons", lambda n: "; ".join(n["attestation"]["reasons"]) or "none"),
+    ("Secure Boot", lambda n: n["secure_boot"]),
+    ("Boot policy", lambda n: n["measured_boot_policy"]["result"]),
     ("Boot policy applied", lambda n: n["measured_boot_policy"]["policy"]),
+    ("Driver", lambda n: n["driver"]["version"]),
+    ("Branch", lambda n: n["driver"]["branch"]),
+    ("Support", lambda n: n["driver"]["status"]),
+    ("End of life", lambda n: n["driver"]["end_of_life"]),
+    ("Advisories", lambda n: advisories_cell(n["advisories"])),
+    ("Advisories closed by", lambda n: _fixed_by(n["advisories"])),
+    ("Kernel", lambda n: n["kernel"]["release"]),
+    ("Kernel hold", lambda n: n["kernel"]["hold"]),
     ("Kernel packages held", lambda n: ", ".join(n["kernel"]["held_packages"]) or None),
     ("Kernel hold error", lambda n: n["kernel"]["hold_error"]),
-    ("Attestation reasons", lambda n: "; ".join(n["attestation"]["reasons"]) or "none"),
     ("Firewall mode", lambda n: n["firewall"]["mode"]),
     ("Firewall ruleset SHA-256", lambda n: n["firewall"]["ruleset_sha256"]),
     ("Firewall in sync", lambda n: n["firewall"]["in_sync"]),
-    ("Advisories closed by", lambda n: _fixed_by(n["advisories"])),
+    ("Telemetry off", lambda n: n["firewall"]["telemetry_off"]),
+    ("EK certificate SHA-256", lambda n: n["identity"]["ek_certificate"]["sha256"]),
+    ("EK certificate subject", lambda n: n["identity"]["ek_certificate"]["subject"]),
+    ("EK certificate serial", lambda n: n["identity"]["ek_certificate"]["serial"]),
+    ("Rollbacks", lambda n: n["updates"]["rollbacks"]),
 )
-# A node's open advisories and the fleet's CVEs, as tables.
+# The fleet's node list: one line a node, its verdicts counted.
+NODE_LINE: tuple[tuple[str, Getter], ...] = (
+    ("Node", lambda n: n["node_id"]),
+    ("Pool", lambda n: n["pool"]),
+    ("State", lambda n: n["state"]),
+    ("Driver", lambda n: n["driver"]["version"]),
+    ("Attestation", lambda n: n["attestation"]["result"]),
+    ("Advisories", lambda n: advisories_cell(n["advisories"])),
+    *(
+        (result.capitalize(), lambda n, r=result: _count(n, r))
+        for result in ("pass", "fail", "unknown")
+    ),
+)
+HISTORY_HEADINGS = (
+    "When", "Update", "Driver", "Bundle", "Reason", "Rollout", "Started by", "Resumed by",
+)  # fmt: skip
 ADVISORY_HEADINGS = ("CVE", "Severity", "Score", "Status", "Fixed in branch", "Bulletin")
 CVE_HEADINGS = ("CVE", "Severity", "Score", "Nodes", "Bulletin")
+
+
+def _count(node: Mapping[str, Any], result: str) -> int:
+    return sum(1 for c in node["controls"] if c["result"] == result)
 
 
 def advisories_cell(advisories: Mapping[str, Any]) -> str | None:
@@ -89,19 +110,88 @@ def _fixed_by(advisories: Mapping[str, Any]) -> str | None:
     return advisories["fixed_by"] or "no fix listed in the driver's branch"
 
 
-def _advisory_rows(advisories: Mapping[str, Any]) -> list[list[str]]:
-    return [
-        [a["cve"], a["severity"], f"{a['score']:.1f}", a["status"], cell(a["fixed"]),
-         a["bulletin"]]
-        for a in advisories["open"]
-    ]  # fmt: skip
+def cell(value: object) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
-def _cve_rows(summary: Mapping[str, Any]) -> list[list[str]]:
-    return [
-        [c["cve"], c["severity"], f"{c['score']:.1f}", str(c["nodes"]), c["bulletin"]]
-        for c in summary["advisories"]["cves"]
-    ]
+def file_name(document: Mapping[str, Any], fmt: str) -> str:
+    """The name a report is saved under unless its reader asks for another."""
+    scope = document["scope"]
+    if scope == "node" and document["nodes"]:
+        scope = f"node-{document['nodes'][0]['node_id']}"
+    stamp = document["generated_at"].replace("-", "").replace(":", "")
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c in "-.") else "_"
+        for c in f"gpuward-report-{scope}-{stamp}.{fmt}"
+    )
+
+
+# -- what both HTML and PDF show ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int  # 1: the title; 2: a part; 3: within a part
+
+
+@dataclass(frozen=True)
+class Prose:
+    text: str
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A table; ``vertical`` puts the headings in the first column (a node's facts)."""
+
+    headings: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    vertical: bool = False
+
+
+@dataclass(frozen=True)
+class Charts:
+    charts: tuple[Chart, ...]
+
+
+Block = Heading | Prose | Grid | Charts
+_ALGORITHM_NAMES = {"ed25519": "Ed25519", "ecdsa-p256-sha256": "ECDSA P-256"}
+
+
+def title(document: Mapping[str, Any]) -> str:
+    if document["scope"] == "node" and document["nodes"]:
+        return f"gpuward compliance report: node {document['nodes'][0]['node_id']}"
+    return "gpuward compliance report: fleet"
+
+
+def _signed(document: Mapping[str, Any], name: str) -> str:
+    return (
+        f"Generated {document['generated_at']} from catalog version "
+        f"{document['catalog_version']}; signed with "
+        f"{_ALGORITHM_NAMES[document['signed_by']['algorithm']]} key "
+        f"{document['signed_by']['key_id']}: the signature of {name} is in {name}.sig."
+    )
+
+
+def _scope(document: Mapping[str, Any]) -> str:
+    period = document["period"]
+    nodes = document["summary"]["nodes"]
+    what = "the whole fleet" if document["scope"] == "fleet" else "one node"
+    return (
+        f"Scope: {what}, {nodes} node(s) enrolled when the report was made. Period: the "
+        f"evidence covers {period['from']} to {period['to']}. Policy: "
+        f"{len(document['policy']['controls'])} controls mapped to "
+        f"{document['policy']['framework']} (below). A control a node cannot show evidence "
+        "for is unknown, never passed."
+    )
+
+
+def _titles(document: Mapping[str, Any]) -> dict[str, str]:
+    return {c["id"]: c["title"] for c in document["policy"]["controls"]}
 
 
 def _advisories_line(summary: Mapping[str, Any]) -> str:
@@ -115,50 +205,181 @@ def _advisories_line(summary: Mapping[str, Any]) -> str:
     )
 
 
-def _short(digest: str | None) -> str | None:
-    return None if digest is None else digest[:16]
+def _capped(rows: Sequence[tuple[str, ...]], shown: int, what: str) -> list[Block]:
+    blocks: list[Block] = []
+    if len(rows) > shown:
+        blocks.append(
+            Prose(f"The first {shown} of {len(rows)} {what}; the evidence file (CSV) has all.")
+        )
+    return blocks
 
 
-def cell(value: object) -> str:
-    if value is None:
-        return "unknown"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
+def blocks(document: Mapping[str, Any], name: str) -> list[Block]:
+    """The report as HTML and PDF show it, in order."""
+    summary = document["summary"]
+    titles = _titles(document)
+    controls = summary["controls"]
+    out: list[Block] = [
+        Heading(title(document), 1),
+        Prose(_signed(document, name)),
+        Prose(_scope(document)),
+        Heading("Summary", 2),
+        Prose(
+            f"{summary['nodes']} node(s); {len(document['exceptions'])} exception(s) (a node "
+            f"failing a control); {summary['rollbacks']} rollback(s) in the update history."
+        ),
+        Grid(
+            ("Control", "NIST SP 800-53", "Pass", "Fail", "Unknown"),
+            tuple(
+                (
+                    titles[c["id"]],
+                    ", ".join(k["id"] for k in c["clauses"]),
+                    *(str(controls[c["id"]][r]) for r in ("pass", "fail", "unknown")),
+                )
+                for c in document["policy"]["controls"]
+            ),
+        ),
+        Charts(tuple(charts(document))),
+        Heading("Exceptions", 2),
+    ]
+    exceptions = tuple(
+        (e["node_id"], titles[e["control"]], e["evidence"]) for e in document["exceptions"]
+    )
+    if exceptions:
+        out += _capped(exceptions, EXCEPTIONS_SHOWN, "exceptions")
+        out.append(Grid(("Node", "Control", "Evidence"), exceptions[:EXCEPTIONS_SHOWN]))
+    else:
+        out.append(Prose("No node fails a control."))
+    out += [Heading("Security advisories", 2), Prose(_advisories_line(summary))]
+    cves = tuple(
+        (c["cve"], c["severity"], f"{c['score']:.1f}", str(c["nodes"]), c["bulletin"])
+        for c in summary["advisories"]["cves"]
+    )
+    if cves:
+        out.append(Grid(CVE_HEADINGS, cves))
+    if document["scope"] == "fleet":
+        lines = tuple(tuple(cell(get(n)) for _, get in NODE_LINE) for n in document["nodes"])
+        out += [
+            Heading("Nodes", 2),
+            Prose("Each node's controls, with their evidence: the evidence file (CSV)."),
+            *_capped(lines, NODES_SHOWN, "nodes"),
+        ]
+        if lines:
+            out.append(Grid(tuple(h for h, _ in NODE_LINE), lines[:NODES_SHOWN]))
+    else:
+        for node in document["nodes"]:
+            out += _node_blocks(node, titles)
+    out += _policy_blocks(document["policy"])
+    return out
 
 
-def render(document: Mapping[str, Any], fmt: str) -> bytes:
+def _node_blocks(node: Mapping[str, Any], titles: Mapping[str, str]) -> list[Block]:
+    out: list[Block] = [
+        Heading(f"Node {node['node_id']}", 2),
+        Grid(
+            ("Fact", "Value"),
+            tuple((name, cell(get(node))) for name, get in NODE_FACTS),
+            vertical=True,
+        ),
+        Heading("Controls", 3),
+        Grid(
+            ("Control", "Result", "Evidence"),
+            tuple((titles[c["control"]], c["result"], c["evidence"]) for c in node["controls"]),
+        ),
+        Heading("Update history", 3),
+    ]
+    history = tuple(
+        (cell(h["at"]), h["update"], cell(h["driver_version"]), cell(h["bundle"]), h["reason"],
+         cell(h["rollout"]), cell(h["started_by"]), ", ".join(h["approved_by"]) or "none")
+        for h in node["updates"]["history"]
+    )  # fmt: skip
+    out.append(Grid(HISTORY_HEADINGS, history) if history else Prose("No updates recorded."))
+    advisories = tuple(
+        (a["cve"], a["severity"], f"{a['score']:.1f}", a["status"], cell(a["fixed"]),
+         a["bulletin"])
+        for a in node["advisories"]["open"]
+    )  # fmt: skip
+    if advisories:
+        out += [Heading("Open security advisories", 3), Grid(ADVISORY_HEADINGS, advisories)]
+    return out
+
+
+def _policy_blocks(policy: Mapping[str, Any]) -> list[Block]:
+    return [
+        Heading("Policy", 2),
+        Prose(
+            f"Each control and the {policy['framework']} clauses it maps to "
+            f"({policy['source']}); the mapping ships as fleet/data/controls.json."
+        ),
+        Grid(
+            ("Control", "Checks", "Evidence used", "Clauses", "Why these clauses"),
+            tuple(
+                (
+                    c["title"],
+                    c["checks"],
+                    c["evidence"],
+                    "; ".join(f"{k['id']} {k['title']}" for k in c["clauses"]),
+                    c["why"],
+                )
+                for c in policy["controls"]
+            ),
+        ),
+        Grid(
+            ("Clause", "Title", "Source"),
+            tuple(
+                sorted(
+                    {
+                        (k["id"], k["title"], k["source"])
+                        for c in policy["controls"]
+                        for k in c["clauses"]
+                    }
+                )
+            ),
+        ),
+    ]
+
+
+def render(document: Mapping[str, Any], fmt: str, name: str | None = None) -> bytes:
+    """``document`` as a file of format ``fmt``, to be saved as ``name`` (by default
+    ``file_name``): the HTML and PDF name their signature file after it."""
     # The report reader makes what nodes send Unicode text; whatever else reached
     # the store (an older row, a verdict) must not stop the report either.
     document = unicode_texts(document)
+    name = name or file_name(document, fmt)
     if fmt == "json":
         return json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
     if fmt == "html":
-        return _html(document).encode()
+        return _html(document, name).encode()
     if fmt == "pdf":
-        return _pdf(document)
-    raise GpuwardError(f"unknown report format {fmt!r}: choose json, html or pdf")
+        return _pdf(document, name)
+    if fmt == "csv":
+        return _csv(document)
+    raise GpuwardError(f"unknown report format {fmt!r}: choose json, html, pdf or csv")
 
 
-def _title(document: Mapping[str, Any]) -> str:
-    if document["scope"] == "node" and document["nodes"]:
-        return f"gpuward compliance report: node {document['nodes'][0]['node_id']}"
-    return "gpuward compliance report: fleet"
+# -- CSV ------------------------------------------------------------------------
 
 
-_ALGORITHM_NAMES = {"ed25519": "Ed25519", "ecdsa-p256-sha256": "ECDSA P-256"}
-
-
-def _subtitle(document: Mapping[str, Any]) -> str:
-    return (
-        f"Generated {document['generated_at']} from catalog version "
-        f"{document['catalog_version']}; signed with "
-        f"{_ALGORITHM_NAMES[document['signed_by']['algorithm']]} key "
-        f"{document['signed_by']['key_id']} (signature in FILE.sig)."
+def _csv(document: Mapping[str, Any]) -> bytes:
+    """The evidence file: one row a node, every fact, and each control's result and evidence."""
+    out = io.StringIO()
+    # Every field quoted: a node-sent "\r" left bare would end the row early.
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    ids = [c["id"] for c in document["policy"]["controls"]]
+    writer.writerow(
+        [name for name, _ in NODE_FACTS]
+        + [f"{i} {part}" for i in ids for part in ("result", "evidence")]
     )
+    for node in document["nodes"]:
+        judged = {c["control"]: c for c in node["controls"]}
+        writer.writerow(
+            [cell(get(node)) for _, get in NODE_FACTS]
+            + [judged[i][part] for i in ids for part in ("result", "evidence")]
+        )
+    return out.getvalue().encode()
 
 
-# -- HTML ---------------------------------------------------------------------
+# -- HTML -----------------------------------------------------------------------
 
 
 def _svg(chart: Chart) -> str:
@@ -184,168 +405,226 @@ def _svg(chart: Chart) -> str:
     return "".join(parts)
 
 
-def _html(document: Mapping[str, Any]) -> str:
-    nodes = document["nodes"]
-    head = "".join(f"<th>{escape(name)}</th>" for name, _, _ in NODE_COLUMNS)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{escape(cell(get(n)))}</td>" for _, get, _ in NODE_COLUMNS) + "</tr>"
-        for n in nodes
+def _html_block(block: Block) -> str:
+    if isinstance(block, Heading):
+        return f"<h{block.level}>{escape(block.text)}</h{block.level}>"
+    if isinstance(block, Prose):
+        return f"<p>{escape(block.text)}</p>"
+    if isinstance(block, Charts):
+        return "".join(_svg(chart) for chart in block.charts)
+    if block.vertical:
+        body = "".join(
+            f"<tr><th>{escape(row[0])}</th>"
+            + "".join(f"<td>{escape(c)}</td>" for c in row[1:])
+            + "</tr>"
+            for row in block.rows
+        )
+        return f"<table>{body}</table>"
+    head = "".join(f"<th>{escape(h)}</th>" for h in block.headings)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in block.rows
     )
-    details = "".join(_html_node(n) for n in nodes)
-    summary = document["summary"]
-    cves = _html_table(CVE_HEADINGS, _cve_rows(summary))
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(_title(document))}</title><style>"
-        # A long word (a node's 1,024-character reason, a 128-character node
-        # id) wraps instead of widening the page.
-        "body{font-family:sans-serif;margin:2em;overflow-wrap:anywhere}"
-        "table{border-collapse:collapse}"
-        "td,th{border:1px solid #bbb;padding:2px 6px;font-size:13px;text-align:left}"
-        "svg{margin:0 2em 1em 0;font:13px sans-serif}</style></head><body>"
-        f"<h1>{escape(_title(document))}</h1><p>{escape(_subtitle(document))}</p>"
-        f"<h2>Summary</h2><p>{summary['nodes']} node(s), {summary['rollbacks']} rollback(s) "
-        "in the update history.</p>"
-        + "".join(_svg(chart) for chart in charts(document))
-        + f"<h2>Security advisories</h2><p>{escape(_advisories_line(summary))}</p>{cves}"
-        + f"<h2>Nodes</h2><table><tr>{head}</tr>{rows}</table>{details}</body></html>\n"
-    )
-
-
-def _html_table(headings: Sequence[str], rows: list[list[str]]) -> str:
-    if not rows:
-        return ""
-    head = "".join(f"<th>{escape(h)}</th>" for h in headings)
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _html_node(node: Mapping[str, Any]) -> str:
-    history = node["updates"]["history"]
-    items = "".join(
-        f"<tr><td>{escape(cell(h['at']))}</td><td>{escape(h['update'])}</td>"
-        f"<td>{escape(cell(h['driver_version']))}</td><td>{escape(h['reason'])}</td></tr>"
-        for h in history
-    )
-    facts = "".join(
-        f"<tr><th>{escape(name)}</th><td>{escape(cell(get(node)))}</td></tr>"
-        for name, get in NODE_FACTS
-    )
-    advisories = _html_table(ADVISORY_HEADINGS, _advisory_rows(node["advisories"]))
+def _html(document: Mapping[str, Any], name: str) -> str:
     return (
-        f"<h3>Node {escape(node['node_id'])}</h3><table>{facts}</table><p></p>"
-        + (
-            f"<table><tr><th>When</th><th>Update</th><th>Driver</th><th>Reason</th></tr>"
-            f"{items}</table>"
-            if items
-            else "<p>No updates recorded.</p>"
-        )
-        + (f"<p>Open security advisories:</p>{advisories}" if advisories else "")
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title(document))}</title><style>"
+        # A long word (a node's 1,024-character reason, a 128-character node
+        # id) wraps instead of widening the page.
+        "body{font-family:sans-serif;margin:2em;overflow-wrap:anywhere}"
+        "table{border-collapse:collapse;margin:0.5em 0}"
+        "td,th{border:1px solid #bbb;padding:2px 6px;font-size:13px;text-align:left;"
+        "vertical-align:top}"
+        "svg{margin:0 2em 1em 0;font:13px sans-serif}</style></head><body>"
+        + "".join(_html_block(b) for b in blocks(document, name))
+        + "</body></html>\n"
     )
 
 
-# -- PDF ----------------------------------------------------------------------
+# -- PDF ------------------------------------------------------------------------
+
+_FONT, _BOLD = "Vera", "VeraBd"  # Bitstream Vera, shipped with ReportLab: embedded
+_CELL_FONT_SIZE = 7
+_CELL_PADDING = 8.0  # points, left and right padding of a cell together
 
 
-def _pdf(document: Mapping[str, Any]) -> bytes:
+def _fonts() -> None:
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    if _FONT not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(TTFont(_FONT, "Vera.ttf"))
+        pdfmetrics.registerFont(TTFont(_BOLD, "VeraBd.ttf"))
+
+
+def column_widths(
+    rows: Sequence[Sequence[str]], total: float, font_size: float = _CELL_FONT_SIZE
+) -> list[float]:
+    """Widths, in points, in which no cell's word is split: each column is at least as
+    wide as its longest word (a word wider than half the page, which no layout keeps
+    whole, is split), and the rest of ``total`` goes where the text is longest."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    def width(text: str, bold: bool) -> float:
+        return stringWidth(text, _BOLD if bold else _FONT, font_size) + _CELL_PADDING + 1
+
+    columns = range(len(rows[0]))
+    least = [
+        min(
+            total / 2,
+            max(width(w, i == 0) for i, r in enumerate(rows) for w in r[c].split() or [""]),
+        )
+        for c in columns
+    ]
+    if sum(least) >= total:
+        return [w * total / sum(least) for w in least]
+    wanted = [
+        max(0.0, max(width(r[c], i == 0) for i, r in enumerate(rows)) - least[c]) for c in columns
+    ]
+    spare = total - sum(least)
+    share = 1.0 if sum(wanted) <= spare else spare / sum(wanted)
+    return [least[c] + wanted[c] * share for c in columns]
+
+
+def _pdf(document: Mapping[str, Any], name: str) -> bytes:
     from reportlab.graphics.charts.barcharts import HorizontalBarChart
     from reportlab.graphics.shapes import Drawing, String
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4, landscape
     from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import mm
-    from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table
+    from reportlab.pdfgen.canvas import Canvas
+    from reportlab.platypus import Flowable, Paragraph, SimpleDocTemplate, Spacer, Table
 
+    _fonts()
     styles = getSampleStyleSheet()
-    small = styles["BodyText"].clone("small", fontSize=7, leading=8)
+    for style in styles.byName.values():
+        style.fontName = _BOLD if style.name.startswith(("Heading", "Title")) else _FONT
+    small = styles["BodyText"].clone("small", fontSize=_CELL_FONT_SIZE, leading=8.5)
+    small_bold = small.clone("small_bold", fontName=_BOLD)
+    page_width, page_height = landscape(A4)
+    margin = 10 * mm
+    usable = page_width - 2 * margin
+    generated = datetime.strptime(document["generated_at"], "%Y-%m-%dT%H:%M:%SZ")
+    created = generated.strftime("D:%Y%m%d%H%M%S+00'00'")
+    header = f"{title(document)} - generated {document['generated_at']}"
+
+    class Numbered(Canvas):
+        """Draws the header and "Page N of M" once the page count is known."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._pages: list[dict[str, Any]] = []
+            # The document's own time, not ReportLab's invariant 2000-01-01.
+            self.setDateFormatter(lambda *_: created)
+
+        def showPage(self) -> None:
+            self._pages.append(dict(self.__dict__))
+            # ReportLab's own way to begin a page without drawing it (untyped in its stubs).
+            self._startPage()  # type: ignore[attr-defined]
+
+        def save(self) -> None:
+            for number, state in enumerate(self._pages, 1):
+                self.__dict__.update(state)
+                self.setFont(_FONT, 7)
+                self.setFillColor(colors.HexColor("#555555"))
+                self.drawString(margin, page_height - 7 * mm, header)
+                self.drawRightString(page_width - margin, page_height - 7 * mm, name)
+                self.drawString(margin, 5 * mm, f"signature: {name}.sig")
+                self.drawRightString(
+                    page_width - margin, 5 * mm, f"Page {number} of {len(self._pages)}"
+                )
+                super().showPage()
+            super().save()
 
     def chart_drawing(chart: Chart) -> Drawing:
         drawing = Drawing(250, 30 + 18 * max(1, len(chart.bars)))
+        # The renderer would otherwise start in Helvetica; its stubs do not name this.
+        drawing.initialFontName = _FONT  # type: ignore[attr-defined]
         bars = HorizontalBarChart()
         bars.x, bars.y = 90, 10
         bars.width, bars.height = 140, 18 * max(1, len(chart.bars))
         bars.data = [[value for _, value in chart.bars] or [0]]
         bars.categoryAxis.categoryNames = [label for label, _ in chart.bars] or ["none"]
-        bars.categoryAxis.labels.fontSize = 7
+        for axis in (bars.categoryAxis, bars.valueAxis):
+            axis.labels.fontSize = 7
+            axis.labels.fontName = _FONT
         bars.valueAxis.valueMin = 0
-        bars.valueAxis.labels.fontSize = 7
         bars.bars[0].fillColor = colors.HexColor(BAR_COLOURS[0])
         drawing.add(bars)
-        drawing.add(String(0, drawing.height - 10, chart.title, fontSize=9))
+        drawing.add(String(0, drawing.height - 10, chart.title, fontSize=9, fontName=_BOLD))
         return drawing
 
-    def table(rows: list[list[str]], widths: list[float] | None = None) -> Table:
-        cells = [[Paragraph(escape(c), small) for c in row] for row in rows]
-        result = Table(cells, colWidths=widths, repeatRows=1)
-        result.setStyle(
+    def grid(block: Grid) -> Table:
+        rows = [] if block.vertical else [list(block.headings)]
+        rows += [list(r) for r in block.rows]
+        widths = column_widths(
+            rows if not block.vertical else [list(block.headings), *rows], usable
+        )
+        cells = [
             [
-                ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
-                ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8e8e8")),
-                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                Paragraph(
+                    escape(c),
+                    small_bold
+                    if (i == 0 and not block.vertical) or (block.vertical and j == 0)
+                    else small,
+                )
+                for j, c in enumerate(row)
             ]
-        )
-        return result
+            for i, row in enumerate(rows)
+        ]
+        table = Table(cells, colWidths=widths, repeatRows=0 if block.vertical else 1, hAlign="LEFT")
+        style: list[Any] = [
+            ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("FONT", (0, 0), (-1, -1), _FONT),  # a cell starts in it: not Helvetica
+            ("LEFTPADDING", (0, 0), (-1, -1), _CELL_PADDING / 2),
+            ("RIGHTPADDING", (0, 0), (-1, -1), _CELL_PADDING / 2),
+        ]
+        shaded = (0, 0), (0, -1) if block.vertical else (-1, 0)
+        style.append(("BACKGROUND", *shaded, colors.HexColor("#e8e8e8")))
+        table.setStyle(style)
+        return table
 
-    nodes = document["nodes"]
-    summary = document["summary"]
-    drawn = [chart_drawing(chart) for chart in charts(document)]
-    # Two charts a row: four side by side are wider than the page.
-    story: list[Any] = [
-        Paragraph(escape(_title(document)), styles["Title"]),
-        Paragraph(escape(_subtitle(document)), styles["BodyText"]),
-        Spacer(1, 4 * mm),
-        Table([drawn[i : i + 2] for i in range(0, len(drawn), 2)]),
-        Spacer(1, 4 * mm),
-        table(
-            [[name for name, _, _ in NODE_COLUMNS]]
-            + [[cell(get(n)) for _, get, _ in NODE_COLUMNS] for n in nodes],
-            [width * mm for _, _, width in NODE_COLUMNS],
-        ),
-        Spacer(1, 4 * mm),
-        Paragraph(escape(_advisories_line(summary)), styles["BodyText"]),
-    ]
-    cves = _cve_rows(summary)
-    if cves:
-        story.append(table([list(CVE_HEADINGS), *cves], [w * mm for w in (32, 20, 14, 14, 120)]))
-    for node in nodes:
-        story += [PageBreak(), Paragraph(f"Node {escape(node['node_id'])}", styles["Heading2"])]
-        facts = [[name, cell(get(node))] for name, get in NODE_FACTS]
-        story.append(table([["Fact", "Value"], *facts], [60 * mm, (PAGE_WIDTH_MM - 60) * mm]))
-        history = node["updates"]["history"]
-        story.append(Spacer(1, 3 * mm))
-        story.append(
-            table(
-                [["When", "Update", "Driver", "Reason"]]
-                + [
-                    [cell(h["at"]), h["update"], cell(h["driver_version"]), h["reason"]]
-                    for h in history
-                ],
-                # Fixed widths: sized to its content, one long word would make
-                # the table wider than the page, which ReportLab cannot lay out.
-                [w * mm for w in (32, 22, 22, PAGE_WIDTH_MM - 76)],
-            )
-            if history
-            else Paragraph("No updates recorded.", styles["BodyText"])
-        )
-        advisories = _advisory_rows(node["advisories"])
-        if advisories:
-            story += [
-                Spacer(1, 3 * mm),
-                table(
-                    [list(ADVISORY_HEADINGS), *advisories],
-                    [w * mm for w in (32, 20, 14, 30, 26, 120)],
-                ),
+    def flowables(block: Block) -> list[Flowable]:
+        if isinstance(block, Heading):
+            return [
+                Paragraph(
+                    escape(block.text), styles[("Title", "Heading2", "Heading3")[block.level - 1]]
+                )
             ]
+        if isinstance(block, Prose):
+            return [Paragraph(escape(block.text), styles["BodyText"])]
+        if isinstance(block, Charts):
+            drawn = [chart_drawing(chart) for chart in block.charts]
+            # Two charts a row: four side by side are wider than the page.
+            pairs = Table([drawn[i : i + 2] for i in range(0, len(drawn), 2)])
+            pairs.setStyle([("FONT", (0, 0), (-1, -1), _FONT)])
+            return [pairs]
+        return [grid(block), Spacer(1, 3 * mm)]
+
+    story = [f for block in blocks(document, name) for f in flowables(block)]
+    summary = document["summary"]
     out = io.BytesIO()
     SimpleDocTemplate(
         out,
-        pagesize=landscape(A4),
-        title=_title(document),
+        pagesize=(page_width, page_height),
+        title=title(document),
         author="gpuward",
+        subject=(
+            f"Compliance of {summary['nodes']} node(s) with {len(document['policy']['controls'])} "
+            f"controls ({document['policy']['framework']}), {document['period']['from']} to "
+            f"{document['period']['to']}"
+        ),
+        creator="gpuward server",
+        producer="gpuward (ReportLab)",
         invariant=1,
-        leftMargin=10 * mm,
-        rightMargin=10 * mm,
-        topMargin=10 * mm,
-        bottomMargin=10 * mm,
-    ).build(story)
+        initialFontName=_FONT,  # not ReportLab's Helvetica, which it does not embed
+        leftMargin=margin,
+        rightMargin=margin,
+        topMargin=margin + 2 * mm,
+        bottomMargin=margin,
+    ).build(story, canvasmaker=Numbered)
     return out.getvalue()

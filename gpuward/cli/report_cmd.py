@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gpuward.cli.operator_client import add_server_flags
 
-FORMATS = ("json", "html", "pdf")
+FORMATS = ("json", "html", "pdf", "csv")  # csv: the evidence file, every node in full
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +21,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         parser.add_argument(
             "--format",
             choices=FORMATS,
-            help="report format (default: the output file's suffix, .json, .html or .pdf)",
+            help="report format (default: the output file's suffix, .json, .html, .pdf or .csv)",
         )
         parser.add_argument(
             "-o", "--output", type=Path, required=True, help="report file; FILE.sig beside it"
@@ -51,7 +51,8 @@ def _fetch(args: argparse.Namespace) -> None:
         if args.command == "fleet"
         else f"/v1/reports/nodes/{quote(args.node_id, safe='')}"
     )
-    path += f"?format={args.format or _format_of(args.output)}"
+    # The server prints the file's name in the report, so it names the right .sig file.
+    path += f"?format={args.format or _format_of(args.output)}&file={quote(args.output.name)}"
     response = send(args, "GET", path)
     if response.status != 200:
         answer("GET", path, response)  # raises with the server's error message

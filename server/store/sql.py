@@ -604,6 +604,29 @@ class SqlStore:
             for at, body, attestation in rows
         ]
 
+    async def histories(self, limit: int) -> dict[str, list[ReportRecord]]:
+        # One read for the fleet's report: a query per node is a round trip per node,
+        # minutes at 100,000 nodes.
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT node_id, received_at, body, attestation FROM (SELECT node_id, "
+                "received_at, body, attestation, id, ROW_NUMBER() OVER (PARTITION BY node_id "
+                "ORDER BY id DESC) AS nth FROM reports) r WHERE nth <= ? ORDER BY node_id, id DESC",
+                limit,
+            )
+        found: dict[str, list[ReportRecord]] = {}
+        for node_id, at, body, attestation in rows:
+            found.setdefault(node_id, []).append(
+                ReportRecord(
+                    at,
+                    HealthReport.from_dict(json.loads(body)),
+                    _verdict(
+                        attestation, f"the verdict on node {node_id}'s report received at {at}"
+                    ),
+                )
+            )
+        return found
+
     async def pools(self) -> dict[str, int]:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(

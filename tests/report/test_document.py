@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import subprocess
 from datetime import UTC, datetime
@@ -112,3 +114,19 @@ def test_a_catalog_without_a_feed_leaves_exposure_unknown() -> None:
     assert doc["nodes"][0]["advisories"]["status"] == "unknown"
     assert doc["summary"]["advisories"]["bulletins"] is None
     assert b"no security advisory feed" in render(doc, "html")
+
+
+def test_the_evidence_file_keeps_each_node_on_its_own_row() -> None:
+    # A bare carriage return is a line break to a CSV reader: unquoted, a node's
+    # text would end its row early and shift every column after it.
+    hostile = 'a\rb\nc "d", =e'
+    report = HealthReport.from_dict(
+        {**report_doc("n1", update="rolled-back"), "reason": hostile, "bundle": hostile}
+    )
+    node = NodeFacts("n1", hostile, "healthy", "unattested", False, 0, 0, None,
+                     (SeenReport(0, report, None),))  # fmt: skip
+    doc = report_document("fleet", [node, _node("580.65.06")], default_catalog(), 1_800_000_000,
+                          KEY_ID, "ed25519")  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(render(doc, "csv").decode(), newline="")))
+    assert [(r["Node"], r["Pool"]) for r in rows] == [("n1", hostile), ("n1", "default")]
+    assert all(None not in r and None not in r.values() for r in rows)

@@ -9,6 +9,7 @@ a passed and a failed measured boot, a rollback, an end-of-life branch.
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 from pathlib import Path
@@ -25,10 +26,11 @@ from fleet.report import HealthReport, KernelHoldReport
 from keys.report_key import key_id, load_public
 from server.attestation.enrollment import EnrolledTpm
 from server.http import Services
+from server.report_render import Grid, blocks
 from server.store import EnrolledNode
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Fleet
-from tests.simnode import report_doc
+from tests.simnode import operator_post, report_doc
 
 EK_SHA256 = "ab" * 32
 RULESET = "cd" * 32
@@ -217,12 +219,77 @@ def test_fleet_report_in_every_format(fleet: Fleet, tmp_path: Path) -> None:
     assert_verifies_until_a_byte_changes(_key(fleet), html)
 
     pdf = _fetch(fleet, tmp_path, "pdf", "fleet")
-    pages = _render(pdf, tmp_path / "pages")
-    assert len(pages) >= 1 + len(nodes)  # the summary, then each node's own pages
-    shown = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True)
-    assert all(f"Node {node}" in shown.stdout for node in nodes)
-    assert "CVE-2025-23280" in shown.stdout and "a_id/5703" in shown.stdout
+    shown = assert_reads_as_an_auditor(pdf, doc, tmp_path / "pages")
+    assert all(node in shown for node in nodes)  # the node list
+    assert "CVE-2025-23280" in shown and "a_id/5703" in shown
+    # Exceptions: the failed measured boot, the ended branch, each with its evidence.
+    assert "tpm-rolled-back" in shown and "Secure Boot is not on" in shown
+    assert "branch R470, end of life 2024-07" in shown
     assert_verifies_until_a_byte_changes(_key(fleet), pdf)
+
+    evidence = _fetch(fleet, tmp_path, "csv", "fleet")
+    with evidence.open(newline="") as f:
+        rows = {row["Node"]: row for row in csv.DictReader(f)}
+    assert sorted(rows) == sorted(nodes)
+    assert rows["tpm-good"]["attested-boot result"] == "pass"
+    assert rows["tpm-rolled-back"]["secure-boot result"] == "fail"
+    assert rows["legacy-eol"]["driver-supported result"] == "fail"
+    assert rows["legacy-eol"]["attested-boot result"] == "unknown"  # no TPM: not attested
+    counted = {c: {r: 0 for r in ("pass", "fail", "unknown")} for c in doc["summary"]["controls"]}
+    for row in rows.values():
+        for control in counted:
+            counted[control][row[f"{control} result"]] += 1
+    assert counted == doc["summary"]["controls"]
+    assert_verifies_until_a_byte_changes(_key(fleet), evidence)
+
+
+def _table_words(document: dict[str, Any], name: str) -> set[str]:
+    """Every word in the tables of the report as its PDF lays it out."""
+    return {
+        word
+        for block in blocks(document, name)
+        if isinstance(block, Grid)
+        # A vertical table (a node's facts) has its headings in its first column.
+        for row in (block.rows if block.vertical else (block.headings, *block.rows))
+        for text in row
+        for word in text.split()
+    }
+
+
+def assert_reads_as_an_auditor(pdf: Path, document: dict[str, Any], folder: Path) -> str:
+    """The PDF renders (pdftoppm), and its text (pdftotext) reads whole: no word of a
+    table split across lines, "Page N of M" and the header on every page, the summary
+    and the exceptions, the signature's own file name; its metadata tells the truth
+    and its fonts travel with it. Returns the text."""
+    pages = _render(pdf, folder)
+    text = subprocess.run(
+        ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    tokens = set(text.split())
+    split = _table_words(document, pdf.name) - tokens
+    assert not split, (sorted(split), text)
+    by_page = text.split("\f")[: len(pages)]
+    for number, page in enumerate(by_page, 1):
+        assert f"Page {number} of {len(pages)}" in page
+        assert f"generated {document['generated_at']}" in page
+        assert f"signature: {pdf.name}.sig" in page
+    assert "Summary" in tokens and "Exceptions" in tokens
+    assert f"in {pdf.name}.sig." in " ".join(text.split())
+    assert "FILE.sig" not in text
+    info = dict(
+        line.split(":", 1)
+        for line in subprocess.run(
+            ["pdfinfo", "-isodates", str(pdf)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    )
+    assert info["CreationDate"].strip() == document["generated_at"]
+    assert info["Title"].strip().startswith("gpuward compliance report")
+    assert info["Subject"].strip().startswith(f"Compliance of {len(document['nodes'])} node(s)")
+    assert info["Producer"].strip().startswith("gpuward")
+    fonts = subprocess.run(["pdffonts", str(pdf)], capture_output=True, text=True, check=True)
+    listed = fonts.stdout.splitlines()[2:]
+    assert listed and all(line.split()[-5] == "yes" for line in listed)  # the "emb" column
+    return text
 
 
 def _render(pdf: Path, folder: Path) -> list[Path]:
@@ -240,8 +307,11 @@ def _render(pdf: Path, folder: Path) -> list[Path]:
 
 def test_node_report_and_refusals(fleet: Fleet, tmp_path: Path) -> None:
     _mixed_fleet(fleet)
-    for fmt in ("json", "pdf"):
-        report = _fetch(fleet, tmp_path, fmt, "node", "tpm-rolled-back")
+    node = _fetch(fleet, tmp_path, "json", "node", "tpm-rolled-back")
+    pdf = _fetch(fleet, tmp_path, "pdf", "node", "tpm-rolled-back")
+    shown = assert_reads_as_an_auditor(pdf, json.loads(node.read_text()), tmp_path / "pages")
+    assert "Update history" in shown and "rolled-back" in shown
+    for report in (node, pdf):
         assert_verifies_until_a_byte_changes(_key(fleet), report)
     doc = json.loads(_fetch(fleet, tmp_path, "json", "node", "legacy-eol").read_text())
     jsonschema.Draft202012Validator(json.loads(schema_text())).validate(doc)
@@ -278,3 +348,33 @@ def test_unknown_format_is_a_usage_error(fmt: str, tmp_path: Path) -> None:
     done = gpuward("report", "fleet", "--format", fmt, "-o", str(tmp_path / "r"))
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
+
+
+def test_history_names_the_rollout_and_the_operators_behind_each_change(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    old, new = fleet.site.publish("580.65.06"), fleet.site.publish("580.82.07")
+    node = fleet.node("gpu-a", pool="prod")
+    assert node.report(driver="580.65.06", bundle=old.target_path).status == 202
+    fleet.clock.advance(60)
+    alice = fleet.site.server.issue_token("operator", "alice")
+    bob = fleet.site.server.issue_token("operator", "bob")
+    policy = {"waves": "100%", "max_unavailable": 1, "soak_s": 300}
+    body = {"id": "r-audit", "pool": "prod", "target": new.target_path, "policy": policy}
+    assert operator_post(fleet.url, "/v1/rollouts", alice, body).status == 201
+    for command in ("pause", "resume"):
+        done = operator_post(fleet.url, f"/v1/rollouts/r-audit/{command}", bob)
+        assert done.status == 200, done.data
+    fleet.clock.advance(60)
+    assert node.report(driver="580.82.07", bundle=new.target_path).status == 202
+
+    report = _fetch(fleet, tmp_path, "json", "node", "gpu-a")
+    doc = json.loads(report.read_text())
+    moved, first = doc["nodes"][0]["updates"]["history"]
+    assert (moved["rollout"], moved["started_by"], moved["approved_by"]) == (
+        "r-audit", "alice (operator)", ["bob (operator)"],
+    )  # fmt: skip
+    assert (first["rollout"], first["started_by"]) == (None, None)  # before any rollout
+    pdf = _fetch(fleet, tmp_path, "pdf", "node", "gpu-a")
+    shown = assert_reads_as_an_auditor(pdf, doc, tmp_path / "pages")
+    assert "r-audit" in shown and "alice" in shown and "bob" in shown
