@@ -20,17 +20,19 @@ import functools
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from fleet import merkle
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.gpu import GpuSample
 from fleet.remediation import Decision, RemediationAudit, RemediationBoard
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Phase, Progress, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
+from fleet.tlog import LogEntry
 from fleet.webhook import NODE_REMEDIATION, Notice, WebhookEvent, new_event_id
 from server.attestation.challenges import PendingChallenge
 from server.attestation.enrollment import EnrolledTpm
@@ -1155,6 +1157,57 @@ class SqlStore:
                 )
         return decision.board
 
+    # The transparency log (server.tlog).
+
+    async def append_log(self, entries: Sequence[LogEntry]) -> int:
+        async with self.db.transaction(write=True) as tx:
+            return await self._append_log(tx, entries)
+
+    async def _append_log(self, tx: Tx, entries: Sequence[LogEntry]) -> int:
+        """Append in ``tx``, under the head row's lock: the log's next index is taken
+        by one transaction at a time, whichever replica runs it."""
+        # The lock clause is one of the backend's two constants, never input.
+        rows = await tx.fetch(f"SELECT size FROM tlog_head WHERE id = 1{self.db.lock_wait}")  # noqa: S608
+        size = int(rows[0][0])
+        if not entries:
+            return size
+        known = await _subtrees(tx, merkle.frontier(size))
+        datas = [entry.data for entry in entries]
+        made = merkle.extend(size, known.__getitem__, [merkle.leaf_hash(d) for d in datas])
+        await tx.execute_many(
+            "INSERT INTO tlog_entries (idx, at, kind, leaf_hash, doc) VALUES (?, ?, ?, ?, ?)",
+            [
+                (size + i, e.at, e.kind.value, merkle.leaf_hash(d), d.decode())
+                for i, (e, d) in enumerate(zip(entries, datas, strict=True))
+            ],
+        )
+        await tx.execute_many(
+            "INSERT INTO tlog_subtrees (level, idx, hash) VALUES (?, ?, ?)",
+            [(level, idx, h) for (level, idx), h in made],
+        )
+        await tx.execute("UPDATE tlog_head SET size = ? WHERE id = 1", size + len(entries))
+        return size
+
+    async def log_size(self) -> int:
+        rows = await self.db.query("SELECT size FROM tlog_head WHERE id = 1")
+        return int(rows[0][0])
+
+    async def log_subtrees(self, subtrees: Iterable[merkle.Subtree]) -> dict[merkle.Subtree, bytes]:
+        async with self.db.transaction(write=False) as tx:
+            return await _subtrees(tx, subtrees)
+
+    async def log_entries(self, start: int, end: int) -> list[str]:
+        rows = await self.db.query(
+            "SELECT doc FROM tlog_entries WHERE idx >= ? AND idx < ? ORDER BY idx", start, end
+        )
+        return [str(row[0]) for row in rows]
+
+    async def log_index(self, leaf_hash: bytes) -> int | None:
+        rows = await self.db.query(
+            "SELECT MIN(idx) FROM tlog_entries WHERE leaf_hash = ?", leaf_hash
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
+
     async def remediation_boards(self) -> list[RemediationBoard]:
         rows = await self.db.query("SELECT doc FROM remediation_boards ORDER BY pool")
         return [RemediationBoard.from_dict(json.loads(row[0])) for row in rows]
@@ -1232,6 +1285,16 @@ class SqlStore:
 
     def pool_use(self) -> PoolUse:
         return self.db.pool_use()
+
+
+async def _subtrees(tx: Tx, subtrees: Iterable[merkle.Subtree]) -> dict[merkle.Subtree, bytes]:
+    wanted = sorted(subtrees)
+    if not wanted:
+        return {}
+    rows = await tx.fetch_many(
+        "SELECT level, idx, hash FROM tlog_subtrees WHERE level = ? AND idx = ?", wanted
+    )
+    return {(int(level), int(idx)): bytes(h) for level, idx, h in rows}
 
 
 @functools.cache
