@@ -260,9 +260,12 @@ def report_document(
     generated_at: int,
     key_id: str,
     algorithm: str,
+    log_checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """The whole report: ``scope`` is "fleet" or "node" (one node in ``nodes``);
-    ``algorithm`` and ``key_id`` name the report key (``keys.report_key``)."""
+    ``algorithm`` and ``key_id`` name the report key (``keys.report_key``);
+    ``log_checkpoint``: the transparency log's signed checkpoint it was made under
+    (``server.tlog``), so an auditor can tell which decisions it could see."""
     if scope not in ("fleet", "node"):
         raise GpuwardError(f"unknown report scope {scope!r}")
     today = datetime.fromtimestamp(generated_at, UTC).date()
@@ -285,6 +288,7 @@ def report_document(
             "advisories": _fleet_advisories(catalog, drivers, shown),
         },
         "nodes": shown,
+        **({} if log_checkpoint is None else {"log_checkpoint": log_checkpoint}),
     }
 
 

@@ -17,11 +17,15 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from fleet.errors import InvalidDocument
 from fleet.merkle import HASH_BYTES, leaf_hash
+from fleet.remediation import RemediationAudit
+from fleet.rollout import Rollout
 from fleet.schema import canonical_json
 from fleet.wire import Bytes, Choice, Document, Field, Integer, ListOf, MapOf, Text, Wire
 
@@ -32,6 +36,8 @@ MAX_NOTE = 16 * 1024
 MAX_SIGNATURES = 16
 MAX_EXPORT_ENTRIES = 10_000_000
 MAX_ENTRY_BYTES = 16 * 1024
+MAX_SUBJECT = 512  # a target path's bound (fleet.rollout)
+MAX_DETAIL = 1024
 SIGNATURE_PREFIX = "\u2014 "  # an em dash and a space
 
 
@@ -58,11 +64,11 @@ class LogEntry(Wire):
     WIRE = Document(
         Field("kind", Choice(EntryKind)),
         Field("at", Integer(), description="epoch seconds"),
-        Field("subject", Text(max_len=256)),
+        Field("subject", Text(max_len=MAX_SUBJECT)),
         Field("sha256", Text(max_len=64), default="", omit_default=True),
         Field(
             "detail",
-            MapOf(Text(max_len=64), Text(max_len=1024), max_items=16),
+            MapOf(Text(max_len=64), Text(max_len=MAX_DETAIL), max_items=16),
             default=None,
             omit_default=True,
         ),
@@ -81,6 +87,53 @@ class LogEntry(Wire):
     @property
     def leaf_hash(self) -> bytes:
         return leaf_hash(self.data)
+
+    @property
+    def once_key(self) -> str:
+        """What the entry says, without when: the same bundle or metadata file seen
+        again on a later pass is the same decision, logged once."""
+        return f"{self.kind.value}|{self.subject}|{self.sha256}"
+
+
+def details(**values: str) -> dict[str, str]:
+    """An entry's details, each cut to what the entry admits (a rollout's reason is
+    free text): the log keeps what was decided, the store keeps the whole story."""
+    return {key: value[:MAX_DETAIL] for key, value in values.items()}
+
+
+def _digest(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def rollout_entry(rollout: Rollout, at: int, event: str) -> LogEntry:
+    """A rollout's start or step: the event, and the digest of the rollout after it."""
+    return LogEntry(
+        EntryKind.ROLLOUT,
+        at,
+        rollout.id,
+        _digest(rollout.to_dict()),
+        details(event=event, pool=rollout.pool, target=rollout.target, phase=rollout.phase.value),
+    )
+
+
+def assignment_entry(rollout: Rollout, node_id: str, target: str | None, at: int) -> LogEntry:
+    """The director's assignment of ``target`` to a node (None: the assignment ends)."""
+    return LogEntry(
+        EntryKind.ASSIGNMENT,
+        at,
+        node_id,
+        detail=details(target=target or "", rollout=rollout.id, pool=rollout.pool),
+    )
+
+
+def remediation_entry(audit: RemediationAudit) -> LogEntry:
+    return LogEntry(
+        EntryKind.REMEDIATION,
+        audit.at,
+        audit.node_id,
+        _digest(audit.to_dict()),
+        details(pool=audit.pool, event=audit.event.value, action=audit.action.value, by=audit.by),
+    )
 
 
 @dataclass(frozen=True)

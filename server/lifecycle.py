@@ -244,7 +244,7 @@ async def serve(
         tlog=tlog,
         tpm=tpm,
         reports=reports,
-        renewer=Renewer(_signer(config), store, config, clock) if duties else None,
+        renewer=Renewer(_signer(config), store, config, clock, tlog) if duties else None,
         webhooks=WebhookService(store, config, clock) if duties and config.webhooks else None,
     )
     if config.remediation is not None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 
 from aiohttp import web
 
 from fleet.compliance import EkCertificate, NodeFacts, SeenReport, report_document
+from fleet.tlog import EntryKind, LogEntry, details
 from server.advisories import served_catalog
 from server.attestation.enrollment import EnrolledTpm
 from server.fleetview import node_state
@@ -66,10 +68,19 @@ async def _respond(request: web.Request, scope: str, statuses: list[NodeStatus])
     facts = [await _facts(s, status, now) for status in statuses]
     # Rendering a large fleet's PDF takes a while: off the loop that serves nodes.
     catalog = await asyncio.to_thread(served_catalog, s.config.repo)
-    document = report_document(scope, facts, catalog, int(now), signer.key_id, signer.algorithm)
+    log_size, checkpoint = await s.tlog.checkpoint()
+    document = report_document(
+        scope, facts, catalog, int(now), signer.key_id, signer.algorithm, checkpoint
+    )
     body = await asyncio.to_thread(render, document, fmt)
     # A key in a PKCS#11 token signs in milliseconds, not microseconds: off the loop too.
     signature = await asyncio.to_thread(signer.sign, body)
+    subject = scope if scope == "fleet" else statuses[0].node.node_id
+    report = details(format=fmt, key_id=signer.key_id, under=str(log_size))
+    entry = LogEntry(
+        EntryKind.COMPLIANCE_REPORT, int(now), subject, hashlib.sha256(body).hexdigest(), report
+    )
+    await s.tlog.append([entry])
     return web.Response(
         body=body,
         content_type=CONTENT_TYPES[fmt].split(";")[0],

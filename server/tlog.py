@@ -13,6 +13,8 @@ signed tree head for the same size (Ed25519 is deterministic).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +22,8 @@ import structlog
 
 from fleet import merkle
 from fleet.errors import GpuwardError
-from fleet.tlog import ConsistencyProof, InclusionProof, LogEntry, LogExport
+from fleet.tlog import ConsistencyProof, EntryKind, InclusionProof, LogEntry, LogExport, details
+from keys.image_repo import ImageRepository
 from keys.tlog_key import NoteSigner
 from server.store import Store
 
@@ -36,17 +39,21 @@ class TransparencyLog:
     store: Store
     signer: NoteSigner
 
-    async def append(self, entries: Sequence[LogEntry]) -> int:
-        first = await self.store.append_log(entries)
-        for offset, entry in enumerate(entries):
+    async def append(
+        self, entries: Sequence[LogEntry], *, once: bool = False
+    ) -> list[tuple[int, LogEntry]]:
+        """Append (``once``: what the log lacks of ``entries``, by ``LogEntry.once_key``);
+        what was appended, at which index."""
+        appended = await self.store.append_log(entries, once=once)
+        for index, entry in appended:
             log.info(
                 "tlog_appended",
-                index=first + offset,
+                index=index,
                 kind=entry.kind.value,
                 subject=entry.subject,
                 sha256=entry.sha256,
             )
-        return first
+        return appended
 
     async def _hashes(self, ranges: Sequence[merkle.Range]) -> list[bytes]:
         return merkle.proof(ranges, await self.store.log_subtrees(merkle.proof_subtrees(ranges)))
@@ -80,6 +87,59 @@ class TransparencyLog:
             old, new, tuple(await self._hashes(merkle.consistency_ranges(old, new)))
         )
 
+    async def record_repository(self, image: ImageRepository, now: int) -> None:
+        """Log what the image repository serves that the log lacks: each bundle and
+        each role's metadata version (after the operator publishes, or the server
+        re-signs). The log's trouble is logged, never raised: it must not stop
+        the re-signing that calls it."""
+        try:
+            seen = await asyncio.to_thread(repository_entries, image, now)
+            await self.append(seen, once=True)
+        except Exception as exc:
+            log.error(
+                "tlog_repository_not_recorded",
+                error=f"{type(exc).__name__}: {exc}",
+                action="fix the repository or the store; the next pass records what it missed",
+            )
+
     async def export(self) -> LogExport:
         size, note = await self.checkpoint()
         return LogExport(note, tuple(await self.store.log_entries(0, size)))
+
+
+def repository_entries(image: ImageRepository, now: int) -> list[LogEntry]:
+    """An entry for each bundle the image repository publishes (its target path
+    and SHA-256) and for each role's metadata file as served now (its digest)."""
+    entries = [
+        LogEntry(
+            EntryKind.BUNDLE,
+            now,
+            bundle.target_path,
+            bundle.sha256,
+            details(length=str(bundle.length), driver=bundle.manifest.driver_version),
+        )
+        for bundle in image.published()
+    ]
+    timestamp = image.timestamp().signed
+    snapshot = image.snapshot().signed
+    files = {
+        "root": f"{image.root_metadata().signed.version}.root.json",
+        "timestamp": "timestamp.json",
+        "snapshot": f"{timestamp.snapshot_meta.version}.snapshot.json",
+    }
+    for name, meta in snapshot.meta.items():
+        role = name.removesuffix(".json")
+        files[role] = f"{meta.version}.{role}.json"
+    for role, filename in sorted(files.items()):
+        data = (image.metadata_dir / filename).read_bytes()
+        version = filename.partition(".")[0] if role != "timestamp" else str(timestamp.version)
+        entries.append(
+            LogEntry(
+                EntryKind.METADATA,
+                now,
+                f"image/{role}",
+                hashlib.sha256(data).hexdigest(),
+                details(version=version),
+            )
+        )
+    return entries

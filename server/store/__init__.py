@@ -582,9 +582,14 @@ class Store(Protocol):
 
     # The transparency log (server.tlog): append-only, never trimmed.
 
-    async def append_log(self, entries: Sequence[LogEntry]) -> int:
-        """Append ``entries`` in one transaction; the index of the first (the log's
-        size before, which is also the index the next append starts from)."""
+    async def append_log(
+        self, entries: Sequence[LogEntry], *, once: bool = False
+    ) -> list[tuple[int, LogEntry]]:
+        """Append ``entries`` in one transaction; each appended, with its index. ``once``:
+        leave out those whose ``LogEntry.once_key`` the log has already (what the
+        server sees on every pass, such as the bundles it serves). Rollouts, their
+        assignments and remediation are logged by the store itself, in the
+        transaction of the change."""
         ...
 
     async def log_size(self) -> int: ...

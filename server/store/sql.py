@@ -32,7 +32,7 @@ from fleet.remediation import Decision, RemediationAudit, RemediationBoard
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Phase, Progress, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
-from fleet.tlog import LogEntry
+from fleet.tlog import LogEntry, assignment_entry, remediation_entry, rollout_entry
 from fleet.webhook import NODE_REMEDIATION, Notice, WebhookEvent, new_event_id
 from server.attestation.challenges import PendingChallenge
 from server.attestation.enrollment import EnrolledTpm
@@ -720,6 +720,7 @@ class SqlStore:
                 rollout.created_at,
             )
             await _add_events(tx, rollout.id, rollout.created_at, (event,))
+            await self._append_log(tx, [rollout_entry(rollout, rollout.created_at, event)])
 
     async def rollouts(self) -> list[Rollout]:
         async with self.db.transaction(write=False) as tx:
@@ -773,9 +774,11 @@ class SqlStore:
                 rollout_id,
             )
             old, new = assignments(before), assignments(after)
+            logged = [rollout_entry(after, now, event) for event in transition.events]
             for node_id, target in new.items():
                 if node_id in old and old[node_id] == target:
                     continue
+                logged.append(assignment_entry(after, node_id, target, now))
                 if target is None:
                     await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
                 else:
@@ -790,6 +793,7 @@ class SqlStore:
                         now,
                     )
             await _add_events(tx, rollout_id, now, transition.events)
+            await self._append_log(tx, logged)
             await _add_webhook_events(
                 tx, [WebhookEvent.of(n, new_event_id(), now) for n in transition.notices]
             )
@@ -1143,6 +1147,7 @@ class SqlStore:
                 "INSERT INTO remediation_audit (at, pool, node_id, doc) VALUES (?, ?, ?, ?)",
                 [(a.at, a.pool, a.node_id, json.dumps(a.to_dict())) for a in decision.audit],
             )
+            await self._append_log(tx, [remediation_entry(a) for a in decision.audit])
             counts = Counter((a.pool, a.event.value, a.action.value) for a in decision.audit)
             await tx.execute_many(
                 _COUNT_AUDIT, [(*key, entries) for key, entries in sorted(counts.items())]
@@ -1159,26 +1164,43 @@ class SqlStore:
 
     # The transparency log (server.tlog).
 
-    async def append_log(self, entries: Sequence[LogEntry]) -> int:
+    async def append_log(
+        self, entries: Sequence[LogEntry], *, once: bool = False
+    ) -> list[tuple[int, LogEntry]]:
         async with self.db.transaction(write=True) as tx:
-            return await self._append_log(tx, entries)
+            return await self._append_log(tx, entries, once=once)
 
-    async def _append_log(self, tx: Tx, entries: Sequence[LogEntry]) -> int:
+    async def _append_log(
+        self, tx: Tx, entries: Sequence[LogEntry], *, once: bool = False
+    ) -> list[tuple[int, LogEntry]]:
         """Append in ``tx``, under the head row's lock: the log's next index is taken
-        by one transaction at a time, whichever replica runs it."""
+        by one transaction at a time, whichever replica runs it. ``once``: leave out
+        the entries whose ``once_key`` the log has."""
         # The lock clause is one of the backend's two constants, never input.
         rows = await tx.fetch(f"SELECT size FROM tlog_head WHERE id = 1{self.db.lock_wait}")  # noqa: S608
         size = int(rows[0][0])
+        keys: list[str | None] = [e.once_key if once else None for e in entries]
+        if once:
+            logged = await tx.fetch_many(
+                "SELECT once_key FROM tlog_entries WHERE once_key = ?", [(k,) for k in keys]
+            )
+            seen = {str(row[0]) for row in logged}
+            fresh = {}
+            for entry, key in zip(entries, keys, strict=True):
+                if key not in seen and key not in fresh:
+                    fresh[key] = entry
+            entries, keys = list(fresh.values()), list(fresh)
         if not entries:
-            return size
+            return []
         known = await _subtrees(tx, merkle.frontier(size))
         datas = [entry.data for entry in entries]
         made = merkle.extend(size, known.__getitem__, [merkle.leaf_hash(d) for d in datas])
         await tx.execute_many(
-            "INSERT INTO tlog_entries (idx, at, kind, leaf_hash, doc) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO tlog_entries (idx, at, kind, leaf_hash, doc, once_key) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (size + i, e.at, e.kind.value, merkle.leaf_hash(d), d.decode())
-                for i, (e, d) in enumerate(zip(entries, datas, strict=True))
+                (size + i, e.at, e.kind.value, merkle.leaf_hash(d), d.decode(), key)
+                for i, (e, d, key) in enumerate(zip(entries, datas, keys, strict=True))
             ],
         )
         await tx.execute_many(
@@ -1186,7 +1208,7 @@ class SqlStore:
             [(level, idx, h) for (level, idx), h in made],
         )
         await tx.execute("UPDATE tlog_head SET size = ? WHERE id = 1", size + len(entries))
-        return size
+        return list(enumerate(entries, start=size))
 
     async def log_size(self) -> int:
         rows = await self.db.query("SELECT size FROM tlog_head WHERE id = 1")

@@ -6,6 +6,7 @@ verify``, against the export's own checkpoint and against one saved before."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from fleet import merkle
+from fleet.schema import canonical_json
 from fleet.tlog import EntryKind, LogEntry
 from keys import tlog_key
 from server.store import Store, open_store
 from server.tlog import TransparencyLog
+from tests.store.test_remediation_store import held
 from tests.store.test_store import run
 
 
@@ -161,3 +164,17 @@ def test_an_entry_changed_in_the_database_is_detected(
 
 def _blob(db_url: str, data: bytes) -> str:
     return f"X'{data.hex()}'" if db_url.startswith("sqlite") else f"'\\x{data.hex()}'::bytea"
+
+
+def test_remediation_actions_are_logged_with_their_audit_entries(db_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.change_remediation("prod", held("n1", 7), 7, notify=False)
+        (audit,) = await store.remediation_audit(None, 10)
+        (doc,) = await store.log_entries(0, 10)
+        logged = LogEntry.from_dict(json.loads(doc))
+        assert (logged.kind, logged.subject, logged.at) == (EntryKind.REMEDIATION, "n1", 7)
+        event, action = audit.event.value, audit.action.value
+        assert logged.detail == {"pool": "prod", "event": event, "action": action, "by": "gpuward"}
+        assert logged.sha256 == hashlib.sha256(canonical_json(audit.to_dict())).hexdigest()
+
+    run(db_url, body)
