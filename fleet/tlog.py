@@ -48,6 +48,9 @@ class EntryKind(enum.StrEnum):
     ROLLOUT = "rollout"  # a rollout's start, or a step of it
     REMEDIATION = "remediation"  # a remediation audit entry
     COMPLIANCE_REPORT = "compliance-report"  # a compliance report issued
+    # A node showed a checkpoint, signed with the log's key, that this log does not
+    # extend: someone showed it another tree (a split view).
+    SPLIT_VIEW = "split-view"
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,14 @@ class LogEntry(Wire):
     def once_key(self) -> str:
         """What the entry says, without when: the same bundle or metadata file seen
         again on a later pass is the same decision, logged once."""
+        if self.kind is EntryKind.BUNDLE:
+            return bundle_key(self.subject, self.sha256)
         return f"{self.kind.value}|{self.subject}|{self.sha256}"
+
+
+def bundle_key(target_path: str, sha256: str) -> str:
+    """The ``once_key`` of a bundle's entry: how a node asks for its proof."""
+    return f"{EntryKind.BUNDLE.value}|{target_path}|{sha256}"
 
 
 def details(**values: str) -> dict[str, str]:
@@ -224,6 +234,7 @@ class InclusionProof(Wire):
     leaf_hash: bytes
     hashes: tuple[bytes, ...]
     checkpoint: str  # the signed note of the tree the proof is under
+    entry: str = ""  # the entry's canonical JSON, when asked for by what it says
 
     WIRE = Document(
         Field("index", Integer()),
@@ -231,6 +242,13 @@ class InclusionProof(Wire):
         Field("leaf_hash", _HASH),
         Field("hashes", _HASHES, description="RFC 9162 inclusion path, bottom up"),
         Field("checkpoint", _NOTE, description="C2SP signed note"),
+        Field(
+            "entry",
+            Text(max_len=MAX_ENTRY_BYTES),
+            default="",
+            omit_default=True,
+            description="the entry's canonical JSON, when looked up by bundle",
+        ),
     )
 
 

@@ -102,6 +102,37 @@ class TransparencyLog:
                 action="fix the repository or the store; the next pass records what it missed",
             )
 
+    async def check_node_checkpoint(self, node_id: str, note: str, now: int) -> bool:
+        """Whether the checkpoint a node reports is one of this log's trees. One
+        signed with the log's key that this log does not extend is proof that
+        someone holding the key showed the node another tree: it is flagged (a
+        warning, and a split-view entry in the log itself, once per checkpoint)."""
+        try:
+            checkpoint = self.signer.verifier.verify(note)
+        except GpuwardError as exc:
+            log.warning("tlog_node_checkpoint_unverified", node=node_id, reason=str(exc))
+            return False
+        size = await self.store.log_size()
+        if checkpoint.size <= size and await self.root(checkpoint.size) == checkpoint.root:
+            return True
+        log.error(
+            "tlog_split_view",
+            node=node_id,
+            size=checkpoint.size,
+            log_size=size,
+            action="the node was shown a tree this log does not extend, signed with the "
+            "log's key: treat the online keys as compromised, rotate them, and audit the node",
+        )
+        entry = LogEntry(
+            EntryKind.SPLIT_VIEW,
+            now,
+            node_id,
+            hashlib.sha256(note.encode()).hexdigest(),
+            details(size=str(checkpoint.size), root=checkpoint.root.hex()),
+        )
+        await self.append([entry], once=True)
+        return False
+
     async def export(self) -> LogExport:
         size, note = await self.checkpoint()
         return LogExport(note, tuple(await self.store.log_entries(0, size)))

@@ -10,10 +10,12 @@ carry and ``gpuward log verify`` checks offline.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
+from fleet.tlog import bundle_key
 from server.http import (
     SIGNED_RESPONSES,
     ApiError,
@@ -72,7 +74,16 @@ async def get_inclusion(request: web.Request) -> web.Response:
     tlog = await _tlog(request)
     size = request.query.get("size")
     wanted = request.query.get("leaf_hash")
-    if wanted is not None:
+    bundle = request.query.get("bundle")
+    if bundle is not None:
+        sha256 = request.query.get("sha256", "")
+        found = await tlog.store.log_once(bundle_key(bundle, sha256))
+        if found is None:
+            raise ApiError(
+                404, f"the log has no bundle {bundle[:512]!r} with SHA-256 {sha256[:64]}"
+            )
+        index = found
+    elif wanted is not None:
         try:
             found = await tlog.store.log_index(bytes.fromhex(wanted))
         except ValueError:
@@ -84,9 +95,13 @@ async def get_inclusion(request: web.Request) -> web.Response:
         index = _number(request.query, "index")
     sized = None if size is None else _number(request.query, "size")
     try:
-        return web.json_response((await tlog.inclusion(index, sized)).to_dict())
+        proof = await tlog.inclusion(index, sized)
     except LogRangeError as exc:
         raise ApiError(404, str(exc)) from None
+    if bundle is not None:
+        (entry,) = await tlog.store.log_entries(index, index + 1)
+        proof = replace(proof, entry=entry)
+    return web.json_response(proof.to_dict())
 
 
 async def get_consistency(request: web.Request) -> web.Response:
@@ -111,6 +126,8 @@ _SIZE: dict[str, Any] = {
 _INDEX_QUERY: dict[str, dict[str, Any]] = {
     "index": {"type": "integer", "minimum": 0},
     "leaf_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "bundle": {"type": "string", "maxLength": 512, "description": "a bundle's target path"},
+    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "with bundle"},
     "size": _SIZE,
 }
 _OLD_NEW: dict[str, dict[str, Any]] = {
@@ -149,7 +166,8 @@ def _routes(
             "GET",
             f"{prefix}/proof/inclusion",
             get_inclusion,
-            "An entry's RFC 9162 inclusion proof, by index or leaf hash, under a signed checkpoint",
+            "An entry's RFC 9162 inclusion proof, by index, leaf hash, or bundle (path and "
+            "SHA-256, with the entry), under a signed checkpoint",
             auth,
             responses={
                 200: ("the proof", "InclusionProof"),

@@ -602,6 +602,10 @@ class Store(Protocol):
         """The canonical JSON of entries [start, end), in order."""
         ...
 
+    async def log_once(self, once_key: str) -> int | None:
+        """The entry appended ``once`` under that key (``LogEntry.once_key``), if any."""
+        ...
+
     async def log_index(self, leaf_hash: bytes) -> int | None:
         """The first entry with that leaf hash, if any."""
         ...

@@ -1224,6 +1224,10 @@ class SqlStore:
         )
         return [str(row[0]) for row in rows]
 
+    async def log_once(self, once_key: str) -> int | None:
+        rows = await self.db.query("SELECT idx FROM tlog_entries WHERE once_key = ?", once_key)
+        return int(rows[0][0]) if rows else None
+
     async def log_index(self, leaf_hash: bytes) -> int | None:
         rows = await self.db.query(
             "SELECT MIN(idx) FROM tlog_entries WHERE leaf_hash = ?", leaf_hash
