@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -176,5 +177,18 @@ def test_remediation_actions_are_logged_with_their_audit_entries(db_url: str) ->
         event, action = audit.event.value, audit.action.value
         assert logged.detail == {"pool": "prod", "event": event, "action": action, "by": "gpuward"}
         assert logged.sha256 == hashlib.sha256(canonical_json(audit.to_dict())).hexdigest()
+
+    run(db_url, body)
+
+
+def test_what_is_seen_on_every_pass_is_logged_once(db_url: str) -> None:
+    async def body(store: Store) -> None:
+        seen = [entry(1), entry(2), entry(1)]
+        assert [i for i, _ in await store.append_log(seen, once=True)] == [0, 1]
+        again = [replace(entry(2), at=5_000), entry(3)]
+        appended = await store.append_log(again, once=True)
+        assert [(i, e.subject) for i, e in appended] == [(2, "nvidia-535/3.tar")]
+        assert await store.log_once(entry(2).once_key) == 1
+        assert await store.log_size() == 3
 
     run(db_url, body)
