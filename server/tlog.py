@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -34,10 +35,18 @@ class LogRangeError(GpuwardError):
     """An entry or tree size the log does not have (yet)."""
 
 
+# Checkpoints nodes reported that this log extends, by digest: most reports carry
+# one of a few recent checkpoints, checked once per process instead of per report.
+KNOWN_CHECKPOINTS = 4096
+
+
 @dataclass(frozen=True)
 class TransparencyLog:
     store: Store
     signer: NoteSigner
+    _extended: OrderedDict[bytes, None] = field(
+        default_factory=OrderedDict, compare=False, repr=False
+    )
 
     async def append(
         self, entries: Sequence[LogEntry], *, once: bool = False
@@ -107,6 +116,10 @@ class TransparencyLog:
         signed with the log's key that this log does not extend is proof that
         someone holding the key showed the node another tree: it is flagged (a
         warning, and a split-view entry in the log itself, once per checkpoint)."""
+        digest = hashlib.sha256(note.encode()).digest()
+        if digest in self._extended:
+            self._extended.move_to_end(digest)
+            return True
         try:
             checkpoint = self.signer.verifier.verify(note)
         except GpuwardError as exc:
@@ -114,6 +127,9 @@ class TransparencyLog:
             return False
         size = await self.store.log_size()
         if checkpoint.size <= size and await self.root(checkpoint.size) == checkpoint.root:
+            self._extended[digest] = None
+            if len(self._extended) > KNOWN_CHECKPOINTS:
+                self._extended.popitem(last=False)
             return True
         log.error(
             "tlog_split_view",
@@ -127,7 +143,7 @@ class TransparencyLog:
             EntryKind.SPLIT_VIEW,
             now,
             node_id,
-            hashlib.sha256(note.encode()).hexdigest(),
+            digest.hex(),
             details(size=str(checkpoint.size), root=checkpoint.root.hex()),
         )
         await self.append([entry], once=True)

@@ -192,3 +192,27 @@ def test_what_is_seen_on_every_pass_is_logged_once(db_url: str) -> None:
         assert await store.log_size() == 3
 
     run(db_url, body)
+
+
+def test_a_node_checkpoint_the_log_does_not_extend_is_flagged_once(
+    db_url: str, signer: tlog_key.NoteSigner, tmp_path: Path
+) -> None:
+    async def body(store: Store) -> None:
+        tlog = TransparencyLog(store, signer)
+        await tlog.append([entry(i) for i in range(5)])
+        _, ours = await tlog.checkpoint(3)
+        forked = signer.checkpoint(3, merkle.leaf_hash(b"another tree"))
+        ahead = signer.checkpoint(9, await tlog.root(5))
+        other = tlog_key.load_or_create(tmp_path / "other.key")
+        for _ in range(2):  # the second time from what the first learnt
+            assert await tlog.check_node_checkpoint("n1", ours, 10)
+            assert not await tlog.check_node_checkpoint("n1", forked, 10)
+        assert not await tlog.check_node_checkpoint("n2", ahead, 11)
+        assert not await tlog.check_node_checkpoint("n3", other.checkpoint(1, bytes(32)), 12)
+        flagged = [LogEntry.from_dict(json.loads(d)) for d in await store.log_entries(5, 10)]
+        assert [(e.kind, e.subject) for e in flagged] == [
+            (EntryKind.SPLIT_VIEW, "n1"),
+            (EntryKind.SPLIT_VIEW, "n2"),
+        ]
+
+    run(db_url, body)
