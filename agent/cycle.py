@@ -26,6 +26,7 @@ from agent.compat_gate import gate as compat_gate
 from agent.cycle_state import AgentState, load_state, save_state
 from agent.director import DirectorChannel, agree
 from agent.identity import NotEnrolled
+from agent.logproof import SplitView, reported_checkpoint, require_logged
 from agent.reporter import post_report
 from agent.textfile import ERROR, CycleEnd, write_textfile
 from fleet.attestation import AttestationError
@@ -148,7 +149,7 @@ class Cycle:
             state, outcome = self._applier_news(state) or (state, outcome)
         save_state(self.config.state_file, state)
         firewall = self.firewall.cycle() if self.firewall else None
-        report = self._report(outcome, self.probe.probe(), firewall)
+        report = self._report(outcome, self.probe.probe(), firewall, reported_checkpoint(state))
         sent = True
         try:
             post_report(self.config, report)
@@ -184,6 +185,8 @@ class Cycle:
             if self.config.require_provenance:
                 assert self.config.build_key is not None  # the config demands one
                 channel.check_provenance(candidate, self.config.build_key)
+            if self.config.log_key is not None:
+                state = require_logged(self.config, candidate, state)
             bundle = channel.fetch(candidate.info)
             self.log.info("bundle_verified", target=candidate.target_path, sha256=candidate.sha256)
             write_spool(self.config.spool_dir, candidate.info, bundle)
@@ -192,6 +195,8 @@ class Cycle:
             return replace(state, handoff=handoff), Outcome(
                 "staged", f"{candidate.target_path} is verified and spooled for the applier"
             )
+        except SplitView as exc:
+            return exc.state, Outcome("refused", str(exc))
         except UpdateRefused as exc:
             self.log.error("update_refused", reason=str(exc), active_slot=self.slots.active())
             return state, Outcome("refused", str(exc))
@@ -275,7 +280,11 @@ class Cycle:
         return newest, ""
 
     def _report(
-        self, outcome: Outcome, seen: ProbeResult, firewall: FirewallReport | None
+        self,
+        outcome: Outcome,
+        seen: ProbeResult,
+        firewall: FirewallReport | None,
+        log_checkpoint: str | None,
     ) -> HealthReport:
         active = self.slots.active()
         content = self.slots.content(active)
@@ -303,4 +312,5 @@ class Cycle:
             inventory=reported_inventory(self.config, seen),
             topology=self.config.topology,
             settings=settings,
+            log_checkpoint=log_checkpoint,
         )

@@ -3,8 +3,9 @@
 The slots say what is installed and the applier's journal what is in flight;
 this file says which bundle the agent handed over, which of the applier's
 outcomes it already reported, the director's release counter of the last
-commit, and which bundles failed or were refused on this node, so the agent
-never hands over again a bundle that already broke its GPUs. Written
+commit, which bundles failed or were refused on this node, so the agent
+never hands over again a bundle that already broke its GPUs, and the
+transparency log checkpoint it last accepted (``agent.logproof``). Written
 atomically on every change.
 """
 
@@ -36,6 +37,11 @@ class AgentState:
     rejected: frozenset[str] = field(default_factory=frozenset)  # bundle sha256s
     release_counter: int = 0  # the director's counter of the last bundle committed
     handoff: Handoff = Handoff("")
+    # The transparency log's checkpoint (signed note) this node last accepted: every
+    # later one must extend it. And one it was shown that does not (a split view),
+    # kept to be reported: an operator removes it once the compromise is dealt with.
+    log_checkpoint: str = ""
+    log_conflict: str = ""
 
     def with_rejected(self, sha256: str) -> AgentState:
         return replace(self, rejected=self.rejected | {sha256})
@@ -46,6 +52,8 @@ class AgentState:
             "rejected": sorted(self.rejected),
             "release_counter": self.release_counter,
             "handoff": asdict(self.handoff),
+            "log_checkpoint": self.log_checkpoint,
+            "log_conflict": self.log_conflict,
         }
 
 
@@ -74,6 +82,8 @@ def load_state(path: Path) -> AgentState:
         rejected=frozenset(doc.get("rejected", [])),
         release_counter=int(doc.get("release_counter", 0)),
         handoff=Handoff(**doc.get("handoff", {"sha256": ""})),
+        log_checkpoint=str(doc.get("log_checkpoint", "")),
+        log_conflict=str(doc.get("log_conflict", "")),
     )
 
 

@@ -496,10 +496,13 @@ def report_document(
     key_id: str,
     algorithm: str,
     report_interval_s: int = 300,
+    log_checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """The whole report: ``scope`` is "fleet" or "node" (one node in ``nodes``);
     ``algorithm`` and ``key_id`` name the report key (``keys.report_key``);
-    ``report_interval_s`` is how often nodes report (the freshness control counts in it)."""
+    ``report_interval_s`` is how often nodes report (the freshness control counts in it);
+    ``log_checkpoint``: the transparency log's signed checkpoint it was made under
+    (``server.tlog``), so an auditor can tell which decisions it could see."""
     if scope not in ("fleet", "node"):
         raise GpuwardError(f"unknown report scope {scope!r}")
     policy = load_policy()
@@ -544,6 +547,7 @@ def report_document(
         },
         "exceptions": exceptions,
         "nodes": shown,
+        **({} if log_checkpoint is None else {"log_checkpoint": log_checkpoint}),
     }
 
 

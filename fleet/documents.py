@@ -45,6 +45,7 @@ from fleet.remediation import (
 )
 from fleet.report import GpuHealth, GpuReport, HealthReport, KernelHoldReport, NodeHealth
 from fleet.rollout import NodeState, Policy, Rollout
+from fleet.tlog import ConsistencyProof, InclusionProof, LogEntry, LogExport
 from fleet.topology import Topology
 from fleet.webhook import WebhookEvent
 from fleet.wire import Wire
@@ -102,4 +103,8 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     OpenAdvisory,
     FleetAdvisories,
     CveExposure,
+    LogEntry,
+    InclusionProof,
+    ConsistencyProof,
+    LogExport,
 )

@@ -169,6 +169,9 @@ class HealthReport(Wire):
     # Each GPU's attestation evidence, answering the report's TPM challenge; empty
     # from GPUs without confidential computing, and in reports that are not attested.
     gpu_evidence: tuple[GpuEvidence, ...] = ()
+    # The transparency log's signed checkpoint the node last saw (server.tlog): the
+    # one it accepted, or one it refused as inconsistent with it. None: no log pinned.
+    log_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_OUTCOMES:
@@ -224,6 +227,13 @@ class HealthReport(Wire):
             default=(),
             omit_default=True,
             description="each GPU's SPDM report answering the report's TPM challenge",
+        ),
+        Field(
+            "log_checkpoint",
+            Nullable(Text(max_len=16 * 1024)),
+            default=None,
+            omit_default=True,
+            description="the transparency log checkpoint (C2SP signed note) the node last saw",
         ),
         where="report",
         version=SCHEMA_VERSION,

@@ -241,7 +241,7 @@ class ImageRepository(TufRepository):
         if attestation is not None:
             data, attestation_info = attestation
             atomic_write(
-                self._target_file(attestation_info.path, attestation_info.hashes["sha256"]), data
+                self.target_file(attestation_info.path, attestation_info.hashes["sha256"]), data
             )
             branch_md.signed.targets[attestation_info.path] = attestation_info
         self.bump(branch_md, manifest.branch)

@@ -94,7 +94,7 @@ def load_or_create(path: Path) -> ReportSigner:
                 f"was lost (remove {public_path(path).name} to make a new one, and give "
                 "auditors the new one)"
             )
-        _create(path)
+        create_private_key(path)
     data = read_bounded(path, MAX_KEY_BYTES, "report key")
     try:
         private = serialization.load_pem_private_key(data, password=None)
@@ -140,7 +140,9 @@ def load_from_token(uri: str, pin: hsm.PinSource, public_file: Path) -> ReportSi
     return ReportSigner(public, sign)
 
 
-def _create(path: Path) -> None:
+def create_private_key(path: Path) -> None:
+    """An Ed25519 private key (PEM, unencrypted, owner-only) made at ``path``, unless
+    another replica made one there first: then its key stays."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,

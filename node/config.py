@@ -112,6 +112,10 @@ class AgentConfig:
     # The [topology] table: where the node sits (rack, row, pdu, nvlink_domain),
     # sent with every report so the server can tell a rack's fault from a driver's.
     topology: Topology | None = None
+    # The transparency log's verifier key (the server's keys/tlog.vkey, pinned):
+    # every bundle must then be proved in the log under a checkpoint consistent
+    # with the last one this node accepted (agent.logproof). None: not required.
+    log_key: Path | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -242,6 +246,7 @@ class AgentConfig:
                     "applier",
                     "metrics",
                     "topology",
+                    "log_key",
                 }
             ),
         )
@@ -264,6 +269,7 @@ class AgentConfig:
                 "agent config: require_provenance needs build_key, the path of the build key's "
                 "public description (build.pub.json from the operator's build keys folder)"
             )
+        log_key = r.optional_text("log_key")
         return cls(
             node_id=r.text("node_id", pattern=NODE_ID, max_len=128),
             server_url=server_url,
@@ -295,6 +301,7 @@ class AgentConfig:
                 if "topology" in doc
                 else None
             ),
+            log_key=None if log_key is None else base / log_key,
         )
 
 

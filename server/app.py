@@ -25,6 +25,7 @@ from server import (
     operator_api,
     reports,
     stragglers,
+    tlog_api,
 )
 from server.http import (
     SERVICES,
@@ -139,6 +140,7 @@ ROUTES: tuple[Route, ...] = (
     *reports.ROUTES,
     *stragglers.ROUTES,
     *checkpoint.ROUTES,
+    *tlog_api.ROUTES,
     *attribution.ROUTES,
     *remediation_api.ROUTES,
     *dashboard.ROUTES,

@@ -29,6 +29,7 @@ from server.report_attestation import ReportAttestation
 from server.reportlog import ReportTally
 from server.rollout.engine import RolloutEngine
 from server.store import EnrolledNode, OperatorToken, Store
+from server.tlog import TransparencyLog
 from server.tpm_enrollment import TpmEnrollment
 from server.webhooks import WebhookService
 
@@ -75,6 +76,7 @@ class Services:
     engine: RolloutEngine
     preauth_limiter: RateLimiter  # per source address, before authentication
     report_signer: ReportSigner  # signs compliance reports (``server.reports``)
+    tlog: TransparencyLog  # the fleet's transparency log (``server.tlog``)
     # Both set when the server enrolls TPMs (--ek-ca), sharing one challenge store.
     tpm: TpmEnrollment | None = None
     reports: ReportAttestation | None = None

@@ -41,6 +41,7 @@ from aiohttp import web
 
 from fleet.attestation import PcrSelection
 from fleet.errors import GpuwardError
+from keys import tlog_key
 from keys.director_repo import DirectorRepository
 from keys.hsm import read_pin_file, select_module
 from keys.image_repo import ImageRepository
@@ -78,6 +79,7 @@ from server.resigner import OnlineSigner
 from server.rollout.engine import RolloutEngine
 from server.store import Store, open_store
 from server.stragglers import straggler_reasons
+from server.tlog import TransparencyLog
 from server.tpm_enrollment import EVIDENCE_TYPE as TPM_EVIDENCE
 from server.tpm_enrollment import TpmEnrollment
 from server.webhooks import WebhookService
@@ -209,6 +211,7 @@ async def serve(
     tls = tls_context(config)
     report_signer = _report_signer(config)  # a token's wrong PIN stops the start here
     store = await open_store(config.db, config.retention)
+    tlog = TransparencyLog(store, tlog_key.load_or_create(tlog_key.default_path(config.repo)))
     try:
         attestation = _tpm(config, store, clock)
     except BaseException:
@@ -239,9 +242,10 @@ async def serve(
             ),
         ),
         report_signer=report_signer,
+        tlog=tlog,
         tpm=tpm,
         reports=reports,
-        renewer=Renewer(_signer(config), store, config, clock) if duties else None,
+        renewer=Renewer(_signer(config), store, config, clock, tlog) if duties else None,
         webhooks=WebhookService(store, config, clock) if duties and config.webhooks else None,
     )
     if config.remediation is not None:

@@ -43,6 +43,7 @@ from pathlib import Path
 from tuf.api.exceptions import UnsignedMetadataError
 
 from fleet.errors import GpuwardError
+from fleet.tlog import LogExport
 from keys.durable_files import atomic_write, atomic_writer
 from keys.image_repo import ImageRepository
 from keys.progress import SILENT, ByteProgress, TrackedReader, copy_tracked
@@ -58,6 +59,7 @@ from keys.tar_extract import UnsafeMember, extract_files
 from keys.tuf_repo import TufRepository
 
 MANIFEST = "MANIFEST.json"
+LOG_FOLDER = "v1/log"  # the transparency log, as ``log_files`` writes it
 TIMESTAMP = "timestamp.json"
 FORMAT = "gpuward-mirror/1"
 # Large enough for years of driver bundles; a bigger archive is not a mirror.
@@ -107,19 +109,40 @@ def _served_files(repo: Path, director: Path | None) -> list[tuple[Path, str]]:
     return files
 
 
+def log_files(log: LogExport, vkey: str, folder: Path) -> list[tuple[Path, str]]:
+    """The transparency log as a mirror carries it, written into ``folder``: the
+    export ``gpuward log verify`` checks, its checkpoint alone (what a witness or
+    node compares), and the log's verifier key. The key travels for convenience
+    only: whoever verifies pins it from the server, not from the mirror."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {
+        "export.json": json.dumps(log.to_dict()).encode(),
+        "checkpoint": log.checkpoint.encode(),
+        "tlog.vkey": (vkey + "\n").encode(),
+    }
+    for name, data in written.items():
+        atomic_write(folder / name, data)
+    return [(folder / name, f"{LOG_FOLDER}/{name}") for name in written]
+
+
 def export(
-    repo: Path, out: Path, director: Path | None = None, progress: ByteProgress = SILENT
+    repo: Path,
+    out: Path,
+    director: Path | None = None,
+    progress: ByteProgress = SILENT,
+    extra: Sequence[tuple[Path, str]] = (),
 ) -> MirrorManifest:
     """Copy the served parts of the image repository (and director) into ``out``:
     a new directory, or a new ``.tar`` file. ``progress`` follows the bytes copied
-    (each file's digest is taken right after, from the page cache)."""
+    (each file's digest is taken right after, from the page cache). ``extra``:
+    more files to carry, (source, path in the mirror), such as ``log_files``."""
     if is_archive(out):
         if out.exists():
             raise GpuwardError(f"{out} exists; export into a new file")
-        return _export_archive(_served_files(repo, director), out, progress)
+        return _export_archive([*_served_files(repo, director), *extra], out, progress)
     if out.exists() and any(out.iterdir()):
         raise GpuwardError(f"{out} is not empty; export into a new directory")
-    served = _served_files(repo, director)
+    served = [*_served_files(repo, director), *extra]
     progress.begin(f"exporting to {out}", _bytes(served))
     files: dict[str, str] = {}
     for source, name in served:

@@ -241,6 +241,8 @@ async def _take_report(request: web.Request) -> web.Response:
         healthy=report.healthy,
         attested=None if verdict is None else verdict.passed,
     )
+    if report.log_checkpoint is not None:
+        await s.tlog.check_node_checkpoint(node.node_id, report.log_checkpoint, int(s.clock()))
     s.tally.count(s.clock(), report.healthy, None if verdict is None else verdict.passed)
     s.metrics.reports_accepted.labels(report.update).inc()
     answer: dict[str, object] = {"accepted": True}

@@ -34,6 +34,7 @@ from fleet.schema import Reader
 from server.config import ServerConfig
 from server.resigner import Expiry, OnlineSigner, Pass, Problem, reason
 from server.store import Store
+from server.tlog import TransparencyLog
 
 log = structlog.get_logger(__name__)
 
@@ -177,8 +178,10 @@ class Renewer:
         store: Store,
         config: ServerConfig,
         clock: Callable[[], float],
+        tlog: TransparencyLog,
     ) -> None:
         self._signer = signer
+        self._tlog = tlog
         self._store = store
         self._config = config
         self._clock = clock
@@ -190,6 +193,8 @@ class Renewer:
     async def run_pass(self) -> RenewalStatus:
         """One pass (in a thread: it reads and signs files), logged and kept."""
         done = await asyncio.to_thread(self._signer.run_once)
+        # What the pass signed, and whatever the operator published since the last.
+        await self._tlog.record_repository(self._signer.image, int(self._clock()))
         before = self.status
         failures = (before.failures if before else 0) + 1 if done.problems else 0
         delay = next_delay(failures, self._config)

@@ -177,6 +177,21 @@ def _signed(document: Mapping[str, Any], name: str) -> str:
     )
 
 
+def _checkpoint(document: Mapping[str, Any]) -> list[Block]:
+    """The transparency log checkpoint the report was made under, if the server keeps a log:
+    its origin, size and root hash (the signed note itself is in the JSON)."""
+    note = document.get("log_checkpoint")
+    if note is None:
+        return []
+    origin, size, root = [*note.split("\n"), "", "", ""][:3]
+    return [
+        Prose(
+            f"Made under transparency log checkpoint {origin}, tree size {size}, root hash "
+            f"{root} (gpuward log verify --against checks it against the log)."
+        )
+    ]
+
+
 def _scope(document: Mapping[str, Any]) -> str:
     period = document["period"]
     nodes = document["summary"]["nodes"]
@@ -222,6 +237,7 @@ def blocks(document: Mapping[str, Any], name: str) -> list[Block]:
     out: list[Block] = [
         Heading(title(document), 1),
         Prose(_signed(document, name)),
+        *_checkpoint(document),
         Prose(_scope(document)),
         Heading("Summary", 2),
         Prose(

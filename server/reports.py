@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import re
 from typing import Any
@@ -25,6 +26,7 @@ from fleet.compliance import (
     SeenReport,
     report_document,
 )
+from fleet.tlog import EntryKind, LogEntry, details
 from server.advisories import served_catalog
 from server.attestation.enrollment import EnrolledTpm
 from server.config import ServerConfig
@@ -132,14 +134,21 @@ async def _respond(request: web.Request, scope: str, found: list[NodeFacts]) -> 
     now = s.clock()
     # Rendering a large fleet's PDF takes a while: off the loop that serves nodes.
     catalog = await asyncio.to_thread(served_catalog, s.config.repo)
+    log_size, checkpoint = await s.tlog.checkpoint()
     document = report_document(
         scope, found, catalog, int(now), signer.key_id, signer.algorithm,
-        s.config.report_interval_s,
+        s.config.report_interval_s, checkpoint,
     )  # fmt: skip
     name = name or file_name(document, fmt)
     body = await asyncio.to_thread(render, document, fmt, name)
     # A key in a PKCS#11 token signs in milliseconds, not microseconds: off the loop too.
     signature = await asyncio.to_thread(signer.sign, body)
+    subject = scope if scope == "fleet" else found[0].node_id
+    report = details(format=fmt, key_id=signer.key_id, under=str(log_size))
+    entry = LogEntry(
+        EntryKind.COMPLIANCE_REPORT, int(now), subject, hashlib.sha256(body).hexdigest(), report
+    )
+    await s.tlog.append([entry])
     return web.Response(
         body=body,
         content_type=CONTENT_TYPES[fmt].split(";")[0],

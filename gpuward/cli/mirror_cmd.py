@@ -12,6 +12,7 @@ from gpuward.cli.output import add_json_flag, emit
 from gpuward.cli.progress import add_progress_flag, progress_for
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without loading TUF
+    from fleet.tlog import LogExport
     from keys.ceremony import Staged
     from keys.image_repo import ImageRepository
     from keys.site import SiteKeys
@@ -32,6 +33,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=Path,
         required=True,
         help="new, empty directory, or a new FILE.tar for removable media",
+    )
+    export.add_argument(
+        "--db",
+        help="the server's fleet store (its db URL): carry the transparency log too, "
+        "signed with the server's checkpoint key (REPO/keys/tlog.key)",
     )
     add_json_flag(export)
     add_progress_flag(export)
@@ -89,10 +95,28 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _export(args: argparse.Namespace) -> None:
-    from server.mirror import export
+    import asyncio
 
-    with progress_for(args, "mirror_progress") as progress:
-        manifest = export(args.repo, args.to, args.director, progress)
+    from keys import tlog_key
+    from server.mirror import export, log_files
+    from server.store import open_store
+    from server.tlog import TransparencyLog
+
+    async def read_log(signer: tlog_key.NoteSigner) -> LogExport:
+        store = await open_store(args.db)
+        try:
+            return await TransparencyLog(store, signer).export()
+        finally:
+            await store.close()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        extra = []
+        if args.db is not None:
+            signer = tlog_key.load_or_create(tlog_key.default_path(args.repo))
+            log = asyncio.run(read_log(signer))
+            extra = log_files(log, signer.verifier.vkey(), Path(scratch))
+        with progress_for(args, "mirror_progress") as progress:
+            manifest = export(args.repo, args.to, args.director, progress, extra)
     emit(
         args,
         {"mirror": str(args.to), "files": len(manifest.files)},

@@ -8,7 +8,7 @@ over a small transaction interface, and the same migrations
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,11 +17,13 @@ import structlog
 
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError
+from fleet.merkle import Subtree
 from fleet.nodeauth import MAX_SKEW_S
 from fleet.remediation import Decision, RemediationAudit, RemediationBoard
 from fleet.report import HealthReport
 from fleet.rollout import Observation, Phase, Rollout, Transition
 from fleet.stragglers import NodeWindow
+from fleet.tlog import LogEntry
 from fleet.webhook import WebhookEvent
 from server.attestation.challenges import PendingChallenge
 
@@ -581,6 +583,36 @@ class Store(Protocol):
         """Apply ``change`` to the pool's board (an empty one if it has none) under
         its row lock, storing the board and its audit entries (and, with ``notify``,
         a webhook event for each) in one transaction."""
+        ...
+
+    # The transparency log (server.tlog): append-only, never trimmed.
+
+    async def append_log(
+        self, entries: Sequence[LogEntry], *, once: bool = False
+    ) -> list[tuple[int, LogEntry]]:
+        """Append ``entries`` in one transaction; each appended, with its index. ``once``:
+        leave out those whose ``LogEntry.once_key`` the log has already (what the
+        server sees on every pass, such as the bundles it serves). Rollouts, their
+        assignments and remediation are logged by the store itself, in the
+        transaction of the change."""
+        ...
+
+    async def log_size(self) -> int: ...
+
+    async def log_subtrees(self, subtrees: Iterable[Subtree]) -> dict[Subtree, bytes]:
+        """The hashes of those perfect subtrees (``fleet.merkle``) the log has."""
+        ...
+
+    async def log_entries(self, start: int, end: int) -> list[str]:
+        """The canonical JSON of entries [start, end), in order."""
+        ...
+
+    async def log_once(self, once_key: str) -> int | None:
+        """The entry appended ``once`` under that key (``LogEntry.once_key``), if any."""
+        ...
+
+    async def log_index(self, leaf_hash: bytes) -> int | None:
+        """The first entry with that leaf hash, if any."""
         ...
 
     async def remediation_boards(self) -> list[RemediationBoard]:

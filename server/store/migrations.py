@@ -386,4 +386,31 @@ MIGRATIONS = (
         SELECT pool, {json_text(doc, event)}, {json_text(doc, action)}, COUNT(*)
         FROM remediation_audit GROUP BY 1, 2, 3;
     """,
+    # The transparency log (server.tlog): each entry's exact bytes and leaf hash
+    # (and, for what is logged once however often it is seen, its once_key),
+    # the hash of every perfect subtree (written once, as it completes, so a proof
+    # reads a few dozen rows), and the tree's size in one row that appends lock.
+    """
+    CREATE TABLE tlog_entries (
+        idx {integer} PRIMARY KEY,
+        at {integer} NOT NULL,
+        kind TEXT NOT NULL,
+        leaf_hash {blob} NOT NULL,
+        doc TEXT NOT NULL,
+        once_key TEXT
+    );
+    CREATE INDEX tlog_entries_leaf ON tlog_entries (leaf_hash);
+    CREATE UNIQUE INDEX tlog_entries_once ON tlog_entries (once_key);
+    CREATE TABLE tlog_subtrees (
+        level {integer} NOT NULL,
+        idx {integer} NOT NULL,
+        hash {blob} NOT NULL,
+        PRIMARY KEY (level, idx)
+    );
+    CREATE TABLE tlog_head (
+        id {integer} PRIMARY KEY,
+        size {integer} NOT NULL
+    );
+    INSERT INTO tlog_head (id, size) VALUES (1, 0);
+    """,
 )

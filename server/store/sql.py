@@ -20,17 +20,19 @@ import functools
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from fleet import merkle
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.gpu import GpuSample
 from fleet.remediation import Decision, RemediationAudit, RemediationBoard
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Phase, Progress, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
+from fleet.tlog import LogEntry, assignment_entry, remediation_entry, rollout_entry
 from fleet.webhook import NODE_REMEDIATION, Notice, WebhookEvent, new_event_id
 from server.attestation.challenges import PendingChallenge
 from server.attestation.enrollment import EnrolledTpm
@@ -746,6 +748,7 @@ class SqlStore:
                 rollout.created_at,
             )
             await _add_events(tx, rollout.id, rollout.created_at, (event,))
+            await self._append_log(tx, [rollout_entry(rollout, rollout.created_at, event)])
 
     async def rollouts(self) -> list[Rollout]:
         async with self.db.transaction(write=False) as tx:
@@ -799,9 +802,11 @@ class SqlStore:
                 rollout_id,
             )
             old, new = assignments(before), assignments(after)
+            logged = [rollout_entry(after, now, event) for event in transition.events]
             for node_id, target in new.items():
                 if node_id in old and old[node_id] == target:
                     continue
+                logged.append(assignment_entry(after, node_id, target, now))
                 if target is None:
                     await tx.execute("DELETE FROM assignments WHERE node_id = ?", node_id)
                 else:
@@ -816,6 +821,7 @@ class SqlStore:
                         now,
                     )
             await _add_events(tx, rollout_id, now, transition.events)
+            await self._append_log(tx, logged)
             await _add_webhook_events(
                 tx, [WebhookEvent.of(n, new_event_id(), now) for n in transition.notices]
             )
@@ -1169,6 +1175,7 @@ class SqlStore:
                 "INSERT INTO remediation_audit (at, pool, node_id, doc) VALUES (?, ?, ?, ?)",
                 [(a.at, a.pool, a.node_id, json.dumps(a.to_dict())) for a in decision.audit],
             )
+            await self._append_log(tx, [remediation_entry(a) for a in decision.audit])
             counts = Counter((a.pool, a.event.value, a.action.value) for a in decision.audit)
             await tx.execute_many(
                 _COUNT_AUDIT, [(*key, entries) for key, entries in sorted(counts.items())]
@@ -1182,6 +1189,78 @@ class SqlStore:
                     tx, [WebhookEvent.of(n, new_event_id(), now) for n in notices]
                 )
         return decision.board
+
+    # The transparency log (server.tlog).
+
+    async def append_log(
+        self, entries: Sequence[LogEntry], *, once: bool = False
+    ) -> list[tuple[int, LogEntry]]:
+        async with self.db.transaction(write=True) as tx:
+            return await self._append_log(tx, entries, once=once)
+
+    async def _append_log(
+        self, tx: Tx, entries: Sequence[LogEntry], *, once: bool = False
+    ) -> list[tuple[int, LogEntry]]:
+        """Append in ``tx``, under the head row's lock: the log's next index is taken
+        by one transaction at a time, whichever replica runs it. ``once``: leave out
+        the entries whose ``once_key`` the log has."""
+        # The lock clause is one of the backend's two constants, never input.
+        rows = await tx.fetch(f"SELECT size FROM tlog_head WHERE id = 1{self.db.lock_wait}")  # noqa: S608
+        size = int(rows[0][0])
+        keys: list[str | None] = [e.once_key if once else None for e in entries]
+        if once:
+            logged = await tx.fetch_many(
+                "SELECT once_key FROM tlog_entries WHERE once_key = ?", [(k,) for k in keys]
+            )
+            seen = {str(row[0]) for row in logged}
+            fresh = {}
+            for entry, key in zip(entries, keys, strict=True):
+                if key not in seen and key not in fresh:
+                    fresh[key] = entry
+            entries, keys = list(fresh.values()), list(fresh)
+        if not entries:
+            return []
+        known = await _subtrees(tx, merkle.frontier(size))
+        datas = [entry.data for entry in entries]
+        made = merkle.extend(size, known.__getitem__, [merkle.leaf_hash(d) for d in datas])
+        await tx.execute_many(
+            "INSERT INTO tlog_entries (idx, at, kind, leaf_hash, doc, once_key) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (size + i, e.at, e.kind.value, merkle.leaf_hash(d), d.decode(), key)
+                for i, (e, d, key) in enumerate(zip(entries, datas, keys, strict=True))
+            ],
+        )
+        await tx.execute_many(
+            "INSERT INTO tlog_subtrees (level, idx, hash) VALUES (?, ?, ?)",
+            [(level, idx, h) for (level, idx), h in made],
+        )
+        await tx.execute("UPDATE tlog_head SET size = ? WHERE id = 1", size + len(entries))
+        return list(enumerate(entries, start=size))
+
+    async def log_size(self) -> int:
+        rows = await self.db.query("SELECT size FROM tlog_head WHERE id = 1")
+        return int(rows[0][0])
+
+    async def log_subtrees(self, subtrees: Iterable[merkle.Subtree]) -> dict[merkle.Subtree, bytes]:
+        async with self.db.transaction(write=False) as tx:
+            return await _subtrees(tx, subtrees)
+
+    async def log_entries(self, start: int, end: int) -> list[str]:
+        rows = await self.db.query(
+            "SELECT doc FROM tlog_entries WHERE idx >= ? AND idx < ? ORDER BY idx", start, end
+        )
+        return [str(row[0]) for row in rows]
+
+    async def log_once(self, once_key: str) -> int | None:
+        rows = await self.db.query("SELECT idx FROM tlog_entries WHERE once_key = ?", once_key)
+        return int(rows[0][0]) if rows else None
+
+    async def log_index(self, leaf_hash: bytes) -> int | None:
+        rows = await self.db.query(
+            "SELECT MIN(idx) FROM tlog_entries WHERE leaf_hash = ?", leaf_hash
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
 
     async def remediation_boards(self) -> list[RemediationBoard]:
         rows = await self.db.query("SELECT doc FROM remediation_boards ORDER BY pool")
@@ -1260,6 +1339,16 @@ class SqlStore:
 
     def pool_use(self) -> PoolUse:
         return self.db.pool_use()
+
+
+async def _subtrees(tx: Tx, subtrees: Iterable[merkle.Subtree]) -> dict[merkle.Subtree, bytes]:
+    wanted = sorted(subtrees)
+    if not wanted:
+        return {}
+    rows = await tx.fetch_many(
+        "SELECT level, idx, hash FROM tlog_subtrees WHERE level = ? AND idx = ?", wanted
+    )
+    return {(int(level), int(idx)): bytes(h) for level, idx, h in rows}
 
 
 @functools.cache

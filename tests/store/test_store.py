@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -241,6 +242,18 @@ def test_rollout_lifecycle_writes_assignments_and_events(db_url: str) -> None:
         assert [r.id for r in await store.rollouts()] == ["r1"]
         assert await store.rollout("r1") == back
         assert await store.change_rollout("nope", rollback, 1, wait=True) is None
+        # Each start, step and assignment is in the transparency log, written with it.
+        logged = [json.loads(doc) for doc in await store.log_entries(0, 10)]
+        assert [
+            (e["kind"], e["subject"], e["detail"].get("event", e["detail"].get("target")))
+            for e in logged
+        ] == [
+            ("rollout", "r1", "started"),
+            ("rollout", "r1", "assigned"),
+            ("assignment", canary, "new"),
+            ("rollout", "r1", "rollback by test"),
+            ("assignment", canary, previous or ""),
+        ]
 
     run(db_url, body)
 
