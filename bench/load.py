@@ -545,7 +545,13 @@ def _ek_ca(folder: Path) -> Path:
 
 
 def _start_server(
-    tree: Path, repo: Path, db: str, ek_ca: Path, log: Path, workers: int, profile: Path | None
+    tree: Path,
+    repo: Path,
+    db: str,
+    ek_ca: Path,
+    log: Path,
+    workers: int,
+    profile: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``gpuward server run`` from the source ``tree`` (this one, or a baseline)."""
     token = ek_ca.with_name("tpm-enrollment-token")
