@@ -1,8 +1,9 @@
 """Download-and-verify throughput of a bundle through the agent's TUF path.
 
 A bundle (1 GiB by default) is published in a fresh repository, served by the
-real server on loopback, and fetched by the agent's own ``ImageChannel``
-(ngclient-verified metadata; the bundle hashed once while it streams to disk,
+real server (``gpuward server run``, in its own process as in production) on
+loopback, and fetched by the agent's own ``ImageChannel`` (ngclient-verified
+metadata; the bundle hashed once while it streams to disk,
 length-capped, renamed into place once verified). The reference is
 ``openssl dgst -sha256`` of the same file, timed in the same run: one core's
 SHA-256, the physical limit of a verified download. ``sha256sum`` (a slower
@@ -15,8 +16,10 @@ figure to compare (target: at least 0.8 of OpenSSL).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +28,20 @@ from agent.channel import ImageChannel
 from keys.bundle import build_bundle
 from keys.image_repo import ImageRepository
 from node.config import AgentConfig
-from server.config import ServerConfig
-from server.lifecycle import BackgroundServer
+
+
+def _listening(server: subprocess.Popen[bytes], log: Path) -> int:
+    """The port ``gpuward server run --port 0`` listens on, from its log."""
+    started = time.monotonic()
+    while time.monotonic() - started < 60:
+        for line in log.read_text().splitlines():
+            if '"server_listening"' in line:
+                return int(json.loads(line)["port"])
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    server.kill()
+    raise SystemExit("server did not start within 60 s")
 
 
 def main() -> None:
@@ -57,12 +72,22 @@ def main() -> None:
             subprocess.run([*command, str(bundle)], check=True, capture_output=True)
             return time.perf_counter() - start
 
-        with BackgroundServer(ServerConfig(repo.root, str(base / "server.db"), port=0)) as server:
+        log = base / "server.log"
+        # A server process of its own, as in production (on another machine): in this
+        # process its thread would take the GIL from the download being measured.
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gpuward", "--log-format", "json", "server", "run",
+             "--repo", str(repo.root), "--db", f"sqlite://{base / 'server.db'}",
+             "--host", "127.0.0.1", "--port", "0"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{_listening(server, log)}"
 
             def agent_fetch(run: int) -> float:
                 config = AgentConfig(
                     node_id="bench",
-                    server_url=server.url,
+                    server_url=url,
                     trusted_root=repo.metadata_dir / "1.root.json",
                     branch="R580",
                     root_dir=base / f"host-{run}",
@@ -81,6 +106,9 @@ def main() -> None:
                 openssl.append(timed("openssl", "dgst", "-sha256"))
                 sha256sum.append(timed("sha256sum"))
                 fetched.append(agent_fetch(run))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
         best = min(openssl)
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
