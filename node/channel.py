@@ -10,15 +10,19 @@ attack, or a broken mirror) or ``ChannelUnavailable`` (nothing arrived).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, TargetFile, Targets
-from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+from tuf.api.metadata import Metadata, Root, TargetFile, Targets
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig, Urllib3Fetcher
 
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.manifest import BundleManifest
@@ -81,6 +85,20 @@ def _classified(action: str) -> Iterator[None]:
 USER_AGENT = f"gpuward-agent/{VERSION}"
 
 
+def _digest(algorithm: str) -> Any:
+    """A fresh digest for a TUF hash name (TUF spells BLAKE2b-256 its own way)."""
+    try:
+        return (
+            hashlib.blake2b(digest_size=32)
+            if algorithm == "blake2b-256"
+            else hashlib.new(algorithm)
+        )
+    except (ValueError, TypeError) as exc:
+        raise tuf_errors.LengthOrHashMismatchError(
+            f"unsupported hash algorithm {algorithm!r}"
+        ) from exc
+
+
 class TufChannel:
     """One TUF repository through ngclient, trusted from a root installed with the agent."""
 
@@ -107,6 +125,11 @@ class TufChannel:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._metadata_dir = metadata_dir
+        self._download_dir = download_dir
+        self._targets_url = targets_url.rstrip("/") + "/"
+        # Kept so that ``fetch`` can stream a bundle itself (see ``_download``);
+        # the same fetcher serves ngclient's metadata requests.
+        self._fetcher = fetcher or Urllib3Fetcher(app_user_agent=USER_AGENT)
         try:
             self._updater = Updater(
                 metadata_dir=str(metadata_dir),
@@ -115,7 +138,7 @@ class TufChannel:
                 target_base_url=targets_url,
                 config=UpdaterConfig(app_user_agent=USER_AGENT),
                 bootstrap=bootstrap,
-                fetcher=fetcher,
+                fetcher=self._fetcher,
             )
         except (tuf_errors.RepositoryError, ValueError) as exc:
             raise GpuwardError(f"trusted root {trusted_root} is not valid: {exc}") from None
@@ -167,7 +190,60 @@ class TufChannel:
         """The verified target file, downloaded unless a verified copy is cached."""
         with _classified(f"downloading {info.path}"):
             cached = self._updater.find_cached_target(info)
-            return Path(cached or self._updater.download_target(info))
+            return Path(cached) if cached else self._download(info)
+
+    def _download(self, info: TargetFile) -> Path:
+        """``info``'s target, hashed while it streams to disk, renamed into place once verified.
+
+        ngclient's ``download_target`` spools the body to a temporary file, reads it
+        back to hash it and reads it a third time to copy it out: three passes over
+        a bundle of a GiB or more. The checks are ngclient's own (length cap while
+        streaming, exact length, every listed hash) and raise its errors; a file at
+        the target path is therefore always a verified one.
+        """
+        if self._download_dir is None:
+            raise ValueError(f"the {self.name} channel only verifies metadata; it cannot fetch")
+        destination = self._download_dir / quote(info.path, "")
+        digests = {algorithm: _digest(algorithm) for algorithm in info.hashes}
+        received = 0
+        fd, partial = tempfile.mkstemp(dir=self._download_dir, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self._fetcher.fetch(self._target_url(info)):
+                    received += len(chunk)
+                    if received > info.length:
+                        raise tuf_errors.DownloadLengthMismatchError(
+                            f"{info.path}: more than the {info.length} bytes signed"
+                        )
+                    for digest in digests.values():
+                        digest.update(chunk)
+                    out.write(chunk)
+            if received != info.length:
+                raise tuf_errors.LengthOrHashMismatchError(
+                    f"{info.path}: {received} bytes, not the {info.length} signed"
+                )
+            for algorithm, digest in digests.items():
+                if digest.hexdigest() != info.hashes[algorithm]:
+                    raise tuf_errors.LengthOrHashMismatchError(
+                        f"{info.path}: {algorithm} {digest.hexdigest()} is not the one signed"
+                    )
+            Path(partial).replace(destination)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+        log.debug("target_downloaded", target=info.path, bytes=received)
+        return destination
+
+    def _target_url(self, info: TargetFile) -> str:
+        """Where ngclient's ``download_target`` would GET ``info``: with consistent
+        snapshots, the file name carries its first hash. The root read is the one
+        ngclient verified and persisted."""
+        root = Metadata[Root].from_bytes((self._metadata_dir / "root.json").read_bytes())
+        path = info.path
+        if root.signed.consistent_snapshot:
+            folder, sep, name = path.rpartition("/")
+            path = f"{folder}{sep}{next(iter(info.hashes.values()))}.{name}"
+        return self._targets_url + path
 
 
 def manifest_of(info: TargetFile) -> BundleManifest:

@@ -29,23 +29,41 @@ MIGRATIONS = SQLITE.migrations()
 
 
 class _SqliteTx:
-    def __init__(self, db: SqliteDatabase) -> None:
+    """One transaction's statements. ``begin`` runs with the first of them, in the same
+    trip to the database thread: each trip costs a thread handoff, and a report's
+    transactions are short. Nothing else uses the connection meanwhile (the caller
+    holds the database's lock), so the transaction is what it would be had it begun
+    on entry."""
+
+    def __init__(self, db: SqliteDatabase, begin: str) -> None:
         self._db = db
+        self._begin: str | None = begin
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        begin, self._begin = self._begin, None
+        if begin is None:
+            return await self._db.call(fn, *args)
+
+        def begun() -> T:
+            self._db.conn.execute(begin)
+            return fn(*args)
+
+        return await self._db.call(begun)
 
     async def execute(self, sql: str, *args: object) -> None:
-        await self._db.call(self._db.conn.execute, sql, args)
+        await self._call(self._db.conn.execute, sql, args)
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
-        return await self._db.call(_fetch, self._db.conn, sql, args)
+        return await self._call(_fetch, self._db.conn, sql, args)
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        await self._db.call(self._db.conn.executemany, sql, rows)
+        await self._call(self._db.conn.executemany, sql, rows)
 
     async def fetch_many(self, sql: str, rows: Sequence[Sequence[object]]) -> list[Row]:
         def run() -> list[Row]:
             return [row for args in rows for row in _fetch(self._db.conn, sql, args)]
 
-        return await self._db.call(run)
+        return await self._call(run)
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> list[Row]:
@@ -89,13 +107,19 @@ class SqliteDatabase:
     @asynccontextmanager
     async def transaction(self, *, write: bool) -> AsyncIterator[_SqliteTx]:
         async with self._lock:
-            await self.call(self.conn.execute, "BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield _SqliteTx(self)
+                yield _SqliteTx(self, "BEGIN IMMEDIATE" if write else "BEGIN")
             except BaseException:
-                await self.call(self.conn.execute, "ROLLBACK")
+                # Decided on the database thread, after whatever is still running there
+                # (a cancelled first statement may yet begin the transaction); not
+                # begun when no statement ran, or when BEGIN itself failed.
+                await self.call(self._end, "ROLLBACK")
                 raise
-            await self.call(self.conn.execute, "COMMIT")
+            await self.call(self._end, "COMMIT")
+
+    def _end(self, how: str) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute(how)
 
     async def query(self, sql: str, *args: object) -> list[Row]:
         async with self._lock:  # not inside another coroutine's transaction

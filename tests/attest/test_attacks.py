@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import json
 from asyncio import run
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,9 +37,12 @@ from server.attestation.enrollment import (
     EnrollmentError,
     TpmEnrollmentVerifier,
 )
-from server.attestation.verifier import QuoteError, QuoteVerifier
+from server.attestation.verifier import REPORT, QuoteError, QuoteVerifier
+from server.report_attestation import ReportAttestation
+from server.store import EnrolledNode, Store
 from tests.attest.conftest import LOG_DIR, Clock, Tpm, enroll, extend_log, self_signed_ca
 from tests.attest.test_end_to_end import make_report
+from tests.store.test_store import run as run_store
 
 LOG = LOG_DIR / "rhel95-secureboot.bin"
 
@@ -378,3 +382,37 @@ def test_evidence_round_trips_through_json(attest: Callable[[], AttestedReport])
     attested = attest()
     evidence = AttestationEvidence.from_dict(attested.evidence.to_dict())
     assert evidence == attested.evidence
+
+
+def test_a_node_enrolled_again_with_another_ak_is_checked_against_the_new_one(
+    agent: Attestor,
+    node: EnrolledTpm,
+    start_tpm: Callable[..., Tpm],
+    enrollment: TpmEnrollmentVerifier,
+    challenges: Challenges,
+    tmp_path: Path,
+) -> None:
+    """The server keeps each AK record parsed, with its key, between reports; a node
+    whose record changes (enrolled again, with another TPM) must not be checked
+    against the key kept from its old one."""
+    other_tpm = start_tpm("b")
+    extend_log(other_tpm, LOG)
+    with Attestor(other_tpm.config(event_log=LOG), tmp_path / "other") as other:
+        moved = enroll(other, enrollment)
+
+    def stored(record: EnrolledTpm) -> EnrolledNode:
+        return EnrolledNode(
+            "n1", b"k" * 32, "default", True, "tpm2", 1_000, json.dumps(record.to_dict())
+        )
+
+    async def verify(store: Store) -> None:
+        reports = ReportAttestation(
+            challenges, PcrSelection.parse("sha256:0-9"), store, next_ttl_s=challenges.ttl_s
+        )
+        honest = agent.attest_report(make_report(), await challenges.issue("n1", REPORT))
+        assert (await reports.verify(stored(node), honest)).reset_count is not None
+        stale = agent.attest_report(make_report(), await challenges.issue("n1", REPORT))
+        with pytest.raises(QuoteError, match="signature does not verify"):
+            await reports.verify(stored(moved), stale)
+
+    run_store(f"sqlite://{tmp_path / 'server.db'}", verify)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from securesystemslib.signer import CryptoSigner
 from structlog.testing import capture_logs
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
@@ -169,6 +170,27 @@ def test_endless_bundle_is_cut_off(site: Site) -> None:
         f.write(b"\0" * 1_000_000)
 
     _refused(site, "LengthOrHashMismatchError", "DownloadLengthMismatchError")
+
+
+@pytest.mark.parametrize("served", ["tampered", "truncated"])
+def test_a_bundle_other_than_the_signed_one_is_refused_and_never_kept(
+    site: Site, served: str
+) -> None:
+    """The agent hashes a bundle while it streams to disk: a body of the signed length
+    with one byte changed, or one cut short, is refused and leaves nothing behind in
+    the download folder, neither at the target's name nor as a partial file."""
+    _installed(site)
+    target = site.served_target(site.publish("580.82.07"))
+    body = bytearray(target.read_bytes())
+    if served == "tampered":
+        body[len(body) // 2] ^= 0xFF
+    else:
+        del body[-1000:]
+    target.write_bytes(body)
+
+    _refused(site, "LengthOrHashMismatchError")
+    kept = [p.name for p in site.agent().download_dir.iterdir() if "580.65.06" not in p.name]
+    assert kept == []
 
 
 # -- freeze --------------------------------------------------------------------------
