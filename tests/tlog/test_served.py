@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from typing import Any
 
 import urllib3
@@ -83,3 +84,16 @@ def test_a_compliance_report_cites_its_checkpoint_and_is_logged(site: Site) -> N
     assert (logged.kind.value, logged.subject) == ("compliance-report", "fleet")
     assert logged.sha256 == hashlib.sha256(response.data).hexdigest()
     assert tlog_key.verify_export(export, verifier).tree.root(cited.size) == cited.root
+    # The HTML and PDF cite it too, in words an auditor reads.
+    for fmt in ("html", "pdf"):
+        shown = operator_get(site.url, f"/v1/reports/fleet?format={fmt}", token)
+        assert shown.status == 200, shown.data
+        text = shown.data.decode() if fmt == "html" else _pdf_text(shown.data)
+        words = " ".join(text.split())
+        assert "Made under transparency log checkpoint" in words
+        assert f"tree size {cited.size + 1 + (fmt == 'pdf')}, root hash" in words
+
+
+def _pdf_text(pdf: bytes) -> str:
+    done = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True, check=True)
+    return done.stdout.decode()
