@@ -99,6 +99,13 @@ class Services:
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 
 
+# The answers every route behind an operator token may give, for its OpenAPI entry.
+OPERATOR_REFUSALS: Mapping[int, tuple[str, str | None]] = {
+    401: ("no or unknown operator token", "Error"),
+    403: ("the token's role does not allow this", "Error"),
+}
+
+
 @dataclass(frozen=True)
 class Route:
     method: str

@@ -17,7 +17,7 @@ from fleet.errors import InvalidDocument
 from fleet.rollout import ROLLOUT_ID, Policy, Rollout, RolloutError
 from fleet.schema import Reader
 from server.fleetview import fleet_json, history_json, node_json
-from server.http import ApiError, Route, operator, read_json, services
+from server.http import OPERATOR_REFUSALS, ApiError, Route, operator, read_json, services
 from server.renewal import status_json, statuses
 from server.rollout.engine import NotFound
 from server.store import Conflict
@@ -164,10 +164,7 @@ async def get_server_status(request: web.Request) -> web.Response:
     return web.json_response(status_json(await statuses(s.store), s.clock(), s.config))
 
 
-_OPERATOR = {
-    401: ("no or unknown operator token", "Error"),
-    403: ("the token's role does not allow this", "Error"),
-}
+_OPERATOR = OPERATOR_REFUSALS
 
 ROUTES = (
     Route(

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from fleet.tlog import bundle_key
 from server.http import (
+    OPERATOR_REFUSALS,
     SIGNED_RESPONSES,
     ApiError,
     Route,
@@ -138,10 +139,7 @@ _ENTRIES_QUERY: dict[str, dict[str, Any]] = {
     "start": {"type": "integer", "minimum": 0},
     "end": {"type": "integer"},
 }
-_OPERATOR = {
-    401: ("no or unknown operator token", "Error"),
-    403: ("the token's role does not allow this", "Error"),
-}
+_OPERATOR = OPERATOR_REFUSALS
 
 
 def _routes(

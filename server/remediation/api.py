@@ -7,7 +7,7 @@ from aiohttp import web
 
 from fleet.inventory import NODE_ID
 from fleet.remediation import MAX_AUDIT_READ, RemediationAuditLog, RemediationOverview
-from server.http import ApiError, Route, operator, services
+from server.http import OPERATOR_REFUSALS, ApiError, Route, operator, services
 from server.remediation.engine import NotUnderRemediation, OperatorCommand, RemediationEngine
 
 DEFAULT_AUDIT_READ = 200
@@ -58,8 +58,7 @@ async def post_command(request: web.Request) -> web.Response:
 
 
 _OPERATOR = {
-    401: ("no or unknown operator token", "Error"),
-    403: ("the token's role does not allow this", "Error"),
+    **OPERATOR_REFUSALS,
     404: ("remediation is not configured", "Error"),
 }
 
