@@ -13,7 +13,8 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,11 @@ def _digest(algorithm: str) -> Any:
         raise tuf_errors.LengthOrHashMismatchError(
             f"unsupported hash algorithm {algorithm!r}"
         ) from exc
+
+
+def _update(digests: Iterable[Any], chunk: bytes) -> None:
+    for digest in digests:
+        digest.update(chunk)
 
 
 class TufChannel:
@@ -207,17 +213,23 @@ class TufChannel:
         digests = {algorithm: _digest(algorithm) for algorithm in info.hashes}
         received = 0
         fd, partial = tempfile.mkstemp(dir=self._download_dir, prefix=".partial-")
+        hashed: Future[None] | None = None
         try:
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(fd, "wb") as out, ThreadPoolExecutor(1) as hasher:
                 for chunk in self._fetcher.fetch(self._target_url(info)):
                     received += len(chunk)
                     if received > info.length:
                         raise tuf_errors.DownloadLengthMismatchError(
                             f"{info.path}: more than the {info.length} bytes signed"
                         )
-                    for digest in digests.values():
-                        digest.update(chunk)
+                    # hashlib lets go of the GIL: a chunk is hashed on the other core
+                    # while this thread writes it and receives the next.
+                    if hashed is not None:
+                        hashed.result()
+                    hashed = hasher.submit(_update, digests.values(), chunk)
                     out.write(chunk)
+                if hashed is not None:
+                    hashed.result()
             if received != info.length:
                 raise tuf_errors.LengthOrHashMismatchError(
                     f"{info.path}: {received} bytes, not the {info.length} signed"
