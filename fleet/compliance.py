@@ -114,6 +114,37 @@ def load_policy() -> ControlPolicy:
 
 
 @dataclass(frozen=True)
+class PreviousReport:
+    """The last kept report of the same subject, which a new one's trend is measured
+    against: its id, its time and its document's summary (as kept)."""
+
+    report_id: str
+    generated_at: int
+    summary: Mapping[str, Any]
+
+
+def trend(summary: Mapping[str, Any], previous: PreviousReport | None) -> dict[str, Any]:
+    """How ``summary`` moved since ``previous``: nodes, and each control's counts. A
+    control the previous report did not judge (the policy grew) has no change (null)."""
+    if previous is None:
+        return {"previous": None, "nodes": None, "controls": {}}
+    before = previous.summary.get("controls", {})
+    changes: dict[str, dict[str, int] | None] = {}
+    for control, counts in summary["controls"].items():
+        old = before.get(control)
+        valid = isinstance(old, Mapping) and all(
+            isinstance(old.get(r), int) for r in CONTROL_RESULTS
+        )
+        changes[control] = {r: counts[r] - old[r] for r in CONTROL_RESULTS} if valid else None
+    nodes = previous.summary.get("nodes")
+    return {
+        "previous": {"report_id": previous.report_id, "generated_at": _iso(previous.generated_at)},
+        "nodes": summary["nodes"] - nodes if isinstance(nodes, int) else None,
+        "controls": changes,
+    }
+
+
+@dataclass(frozen=True)
 class SeenReport:
     """A stored report, with its attestation verdict if it was attested."""
 
@@ -497,12 +528,14 @@ def report_document(
     algorithm: str,
     report_interval_s: int = 300,
     log_checkpoint: str | None = None,
+    previous: PreviousReport | None = None,
 ) -> dict[str, Any]:
     """The whole report: ``scope`` is "fleet" or "node" (one node in ``nodes``);
     ``algorithm`` and ``key_id`` name the report key (``keys.report_key``);
     ``report_interval_s`` is how often nodes report (the freshness control counts in it);
     ``log_checkpoint``: the transparency log's signed checkpoint it was made under
-    (``server.tlog``), so an auditor can tell which decisions it could see."""
+    (``server.tlog``), so an auditor can tell which decisions it could see;
+    ``previous``: the last kept report of the same subject, for the trend."""
     if scope not in ("fleet", "node"):
         raise GpuwardError(f"unknown report scope {scope!r}")
     policy = load_policy()
@@ -524,6 +557,18 @@ def report_document(
     drivers = Counter(n["driver"]["version"] or "none" for n in shown)
     attestation = Counter(n["attestation"]["result"] for n in shown)
     support = Counter(n["driver"]["status"] for n in shown)
+    summary = {
+        "nodes": len(shown),
+        "controls": {
+            control: {r: counts.get(r, 0) for r in CONTROL_RESULTS}
+            for control, counts in results.items()
+        },
+        "driver_versions": dict(sorted(drivers.items())),
+        "attestation": {r: attestation.get(r, 0) for r in ATTESTATION_RESULTS},
+        "end_of_life_exposure": {s: support.get(s, 0) for s in SUPPORT_STATES},
+        "rollbacks": sum(n["updates"]["rollbacks"] for n in shown),
+        "advisories": _fleet_advisories(catalog, drivers, shown),
+    }
     return {
         "format": FORMAT,
         "scope": scope,
@@ -533,18 +578,8 @@ def report_document(
         # What the evidence covers: from the oldest report read to the report's time.
         "period": {"from": _iso(min(seen, default=generated_at)), "to": _iso(generated_at)},
         "policy": policy.to_dict(),
-        "summary": {
-            "nodes": len(shown),
-            "controls": {
-                control: {r: counts.get(r, 0) for r in CONTROL_RESULTS}
-                for control, counts in results.items()
-            },
-            "driver_versions": dict(sorted(drivers.items())),
-            "attestation": {r: attestation.get(r, 0) for r in ATTESTATION_RESULTS},
-            "end_of_life_exposure": {s: support.get(s, 0) for s in SUPPORT_STATES},
-            "rollbacks": sum(n["updates"]["rollbacks"] for n in shown),
-            "advisories": _fleet_advisories(catalog, drivers, shown),
-        },
+        "summary": summary,
+        "trend": trend(summary, previous),
         "exceptions": exceptions,
         "nodes": shown,
         **({} if log_checkpoint is None else {"log_checkpoint": log_checkpoint}),

@@ -205,6 +205,27 @@ def _scope(document: Mapping[str, Any]) -> str:
     )
 
 
+def _trend_line(trend: Mapping[str, Any]) -> str:
+    previous = trend["previous"]
+    if previous is None:
+        return "Trend: no earlier report of this scope was kept, so there is nothing to compare."
+    nodes = trend["nodes"]
+    moved = "unknown" if nodes is None else f"{nodes:+d}"
+    return (
+        f"Trend: against report {previous['report_id']} of {previous['generated_at']}, the "
+        f"last one kept; nodes {moved}. Each control's change is in the last column."
+    )
+
+
+def _change(trend: Mapping[str, Any], control: str) -> str:
+    if trend["previous"] is None:
+        return "no previous report"
+    change = trend["controls"].get(control)
+    if change is None:
+        return "not judged before"
+    return ", ".join(f"{r} {change[r]:+d}" for r in ("pass", "fail", "unknown"))
+
+
 def _titles(document: Mapping[str, Any]) -> dict[str, str]:
     return {c["id"]: c["title"] for c in document["policy"]["controls"]}
 
@@ -220,13 +241,10 @@ def _advisories_line(summary: Mapping[str, Any]) -> str:
     )
 
 
-def _capped(rows: Sequence[tuple[str, ...]], shown: int, what: str) -> list[Block]:
-    blocks: list[Block] = []
-    if len(rows) > shown:
-        blocks.append(
-            Prose(f"The first {shown} of {len(rows)} {what}; the evidence file (CSV) has all.")
-        )
-    return blocks
+def _capped(rows: int, shown: int, what: str) -> list[Block]:
+    if rows <= shown:
+        return []
+    return [Prose(f"The first {shown} of {rows} {what}; the evidence file (CSV) has all.")]
 
 
 def blocks(document: Mapping[str, Any], name: str) -> list[Block]:
@@ -244,13 +262,15 @@ def blocks(document: Mapping[str, Any], name: str) -> list[Block]:
             f"{summary['nodes']} node(s); {len(document['exceptions'])} exception(s) (a node "
             f"failing a control); {summary['rollbacks']} rollback(s) in the update history."
         ),
+        Prose(_trend_line(document["trend"])),
         Grid(
-            ("Control", "NIST SP 800-53", "Pass", "Fail", "Unknown"),
+            ("Control", "NIST SP 800-53", "Pass", "Fail", "Unknown", "Since previous"),
             tuple(
                 (
                     titles[c["id"]],
                     ", ".join(k["id"] for k in c["clauses"]),
                     *(str(controls[c["id"]][r]) for r in ("pass", "fail", "unknown")),
+                    _change(document["trend"], c["id"]),
                 )
                 for c in document["policy"]["controls"]
             ),
@@ -259,11 +279,12 @@ def blocks(document: Mapping[str, Any], name: str) -> list[Block]:
         Heading("Exceptions", 2),
     ]
     exceptions = tuple(
-        (e["node_id"], titles[e["control"]], e["evidence"]) for e in document["exceptions"]
+        (e["node_id"], titles[e["control"]], e["evidence"])
+        for e in document["exceptions"][:EXCEPTIONS_SHOWN]
     )
     if exceptions:
-        out += _capped(exceptions, EXCEPTIONS_SHOWN, "exceptions")
-        out.append(Grid(("Node", "Control", "Evidence"), exceptions[:EXCEPTIONS_SHOWN]))
+        out += _capped(len(document["exceptions"]), EXCEPTIONS_SHOWN, "exceptions")
+        out.append(Grid(("Node", "Control", "Evidence"), exceptions))
     else:
         out.append(Prose("No node fails a control."))
     out += [Heading("Security advisories", 2), Prose(_advisories_line(summary))]
@@ -274,14 +295,15 @@ def blocks(document: Mapping[str, Any], name: str) -> list[Block]:
     if cves:
         out.append(Grid(CVE_HEADINGS, cves))
     if document["scope"] == "fleet":
-        lines = tuple(tuple(cell(get(n)) for _, get in NODE_LINE) for n in document["nodes"])
+        nodes = document["nodes"]
+        lines = tuple(tuple(cell(get(n)) for _, get in NODE_LINE) for n in nodes[:NODES_SHOWN])
         out += [
             Heading("Nodes", 2),
             Prose("Each node's controls, with their evidence: the evidence file (CSV)."),
-            *_capped(lines, NODES_SHOWN, "nodes"),
+            *_capped(len(nodes), NODES_SHOWN, "nodes"),
         ]
         if lines:
-            out.append(Grid(tuple(h for h, _ in NODE_LINE), lines[:NODES_SHOWN]))
+            out.append(Grid(tuple(h for h, _ in NODE_LINE), lines))
     else:
         for node in document["nodes"]:
             out += _node_blocks(node, titles)
@@ -358,19 +380,41 @@ def _policy_blocks(policy: Mapping[str, Any]) -> list[Block]:
 def render(document: Mapping[str, Any], fmt: str, name: str | None = None) -> bytes:
     """``document`` as a file of format ``fmt``, to be saved as ``name`` (by default
     ``file_name``): the HTML and PDF name their signature file after it."""
-    # The report reader makes what nodes send Unicode text; whatever else reached
-    # the store (an older row, a verdict) must not stop the report either.
-    document = unicode_texts(document)
-    name = name or file_name(document, fmt)
-    if fmt == "json":
-        return json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
-    if fmt == "html":
-        return _html(document, name).encode()
-    if fmt == "pdf":
-        return _pdf(document, name)
-    if fmt == "csv":
-        return _csv(document)
-    raise GpuwardError(f"unknown report format {fmt!r}: choose json, html, pdf or csv")
+    if fmt not in CONTENT_TYPES:
+        raise GpuwardError(f"unknown report format {fmt!r}: choose json, html, pdf or csv")
+    return render_all(document, {fmt: name or file_name(document, fmt)})[fmt]
+
+
+def render_all(document: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, bytes]:
+    """Each format ``names`` lists, from one pass over ``document``: the file a report
+    run keeps, by format, each saved as its name."""
+    unknown = set(names) - set(CONTENT_TYPES)
+    if unknown:
+        raise GpuwardError(
+            f"unknown report format {sorted(unknown)}: choose json, html, pdf or csv"
+        )
+    # The report reader makes what nodes send Unicode text; whatever else reached the
+    # store (an older row, a verdict) must not stop the report either. The JSON form,
+    # encoded as UTF-8 by the C encoder, is the check: only when it fails is the
+    # document walked string by string (at 100,000 nodes the walk takes seconds).
+    text = json.dumps(document, sort_keys=True, ensure_ascii=False)
+    try:
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        document = unicode_texts(document)
+        encoded = json.dumps(document, sort_keys=True, ensure_ascii=False).encode()
+    del text
+    made: dict[str, bytes] = {}
+    for fmt, name in names.items():
+        if fmt == "json":
+            made[fmt] = encoded + b"\n"
+        elif fmt == "html":
+            made[fmt] = _html(document, name).encode()
+        elif fmt == "pdf":
+            made[fmt] = _pdf(document, name)
+        else:
+            made[fmt] = _csv(document)
+    return made
 
 
 # -- CSV ------------------------------------------------------------------------

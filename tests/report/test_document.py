@@ -15,7 +15,13 @@ import jsonschema
 import pytest
 
 from fleet.catalog import default_catalog, load_catalog
-from fleet.compliance import NodeFacts, SeenReport, report_document, schema_text
+from fleet.compliance import (
+    NodeFacts,
+    PreviousReport,
+    SeenReport,
+    report_document,
+    schema_text,
+)
 from fleet.report import HealthReport
 from server.report_render import render
 from tests.simnode import report_doc
@@ -147,3 +153,27 @@ def test_the_evidence_file_keeps_a_nodes_formulas_as_text(formula: str) -> None:
     (row,) = csv.DictReader(io.StringIO(render(doc, "csv").decode(), newline=""))
     assert row["Pool"] == "'" + formula
     assert not any(value.startswith(("=", "+", "-", "@")) for value in row.values())
+
+
+def test_the_trend_counts_each_control_against_the_previous_kept_report() -> None:
+    catalog = default_catalog()
+    before = report_document("fleet", [_node("470.256.02")], catalog, 1_800_000_000, KEY_ID,
+                             "ed25519")  # fmt: skip
+    assert before["trend"] == {"previous": None, "nodes": None, "controls": {}}
+    # The previous summary as kept, with a control the policy did not have then.
+    summary = json.loads(json.dumps(before["summary"]))
+    del summary["controls"]["kernel-held"]
+    previous = PreviousReport("r-1", 1_800_000_000, summary)
+    after = report_document("fleet", [_node("580.65.06"), _node("580.65.06")], catalog,
+                            1_800_086_400, KEY_ID, "ed25519", previous=previous)  # fmt: skip
+    _validate(after)
+    trend = after["trend"]
+    assert trend["previous"] == {"report_id": "r-1", "generated_at": "2027-01-15T08:00:00Z"}
+    assert trend["nodes"] == 1
+    # The ended R470 driver failed; two nodes on R580 pass.
+    assert trend["controls"]["driver-supported"] == {"pass": 2, "fail": -1, "unknown": 0}
+    assert trend["controls"]["kernel-held"] is None
+    html = render(after, "html").decode()
+    assert "against report r-1 of 2027-01-15T08:00:00Z" in html
+    assert "pass +2, fail -1, unknown +0" in html
+    assert "not judged before" in html
