@@ -112,6 +112,36 @@ class ReportRecord:
 
 
 @dataclass(frozen=True)
+class KeptFile:
+    """One signed file of a kept compliance report."""
+
+    fmt: str  # "json", "html", "pdf" or "csv"
+    name: str  # the file name it was signed under
+    sha256: str  # hex, of the file's bytes
+    size: int
+    signature: bytes  # the report key's signature over the file's bytes
+
+
+@dataclass(frozen=True)
+class KeptReport:
+    """A compliance report made on a schedule or on request, kept with its files."""
+
+    report_id: str
+    scope: str  # "fleet" or "node"
+    subject: str  # "fleet", or the node id
+    generated_at: int
+    made_by: str  # the operator token's name, or "schedule"
+    key_id: str
+    summary: str  # the document's summary as JSON text: the next report's trend reads it
+    files: tuple[KeptFile, ...]
+
+
+# A kept file is stored in pieces of at most this many bytes, each compressed apart:
+# a download reads one piece at a time, never the whole file.
+KEPT_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class OperatorToken:
     token_hash: str  # sha256 hex of the token; the token itself is never stored
     name: str
@@ -399,7 +429,51 @@ class Store(Protocol):
         never reported are absent)."""
         ...
 
+    async def compliance_evidence(
+        self, limit: int, node_id: str | None = None
+    ) -> dict[str, list[ReportRecord]]:
+        """Per node (or only ``node_id``), newest first, the reports a compliance report
+        reads besides the node's latest (which ``fleet()``/``node()`` already carry):
+        its newest ``limit`` updates (reports whose update is not "up-to-date") and its
+        newest attested report; the latest report itself is never included. One query
+        however large the fleet; routine reports are not read.
+
+        Newest is by arrival order (as ``history`` reads), and a report that is both
+        an update and the attested one is there once; nodes with none are absent."""
+        ...
+
     async def pools(self) -> dict[str, int]: ...
+
+    # Kept compliance reports (server.reports): every replica serves every one.
+
+    async def keep_report(self, report: KeptReport, bodies: Mapping[str, bytes]) -> None:
+        """Keep a report and its files (``bodies`` by format, one per ``report.files``);
+        Conflict if the id is taken. Files are stored zlib-compressed in chunks (at
+        most 8 MiB of file a chunk), compressed off the event loop (asyncio.to_thread),
+        in one transaction. ValueError, keeping nothing, if the bodies are not one per
+        file or a file's size or sha256 is not its body's."""
+        ...
+
+    async def kept_reports(self, scope: str | None = None, limit: int = 100) -> list[KeptReport]:
+        """Newest first (generated_at, then id)."""
+        ...
+
+    async def kept_report(self, report_id: str) -> KeptReport | None: ...
+
+    async def kept_chunk(self, report_id: str, fmt: str, seq: int) -> bytes | None:
+        """The ``seq``th piece (from 0) of a kept file, decompressed; None past the end
+        or if there is no such file."""
+        ...
+
+    async def forget_reports(self, scope: str, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` reports of ``scope`` with their files;
+        the ids deleted, newest first."""
+        ...
+
+    async def claim_report_slot(self, slot: str, now: int) -> bool:
+        """True for the first caller only of a slot such as "daily:2026-12-07": so one
+        replica of several makes each scheduled report."""
+        ...
 
     async def add_token(self, token: OperatorToken) -> None: ...
 

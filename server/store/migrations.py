@@ -413,4 +413,54 @@ MIGRATIONS = (
     );
     INSERT INTO tlog_head (id, size) VALUES (1, 0);
     """,
+    # Compliance reports (server.reports) read, besides each node's latest report,
+    # only its updates and its newest attested report: each report's update outcome
+    # is a column, a partial index finds a node's updates without its routine
+    # reports, and each node names its newest attested report (by id, the order
+    # history reads in; it may name one trimmed since, as trimming goes oldest first).
+    # Reports made on a schedule or on request are kept, each file signed and
+    # stored compressed in chunks; a slot is claimed by the one replica that makes
+    # a scheduled report.
+    """
+    ALTER TABLE reports ADD COLUMN update_outcome TEXT;
+    UPDATE reports SET update_outcome = {json_text(body, update)};
+    CREATE INDEX reports_updates ON reports (node_id, id) WHERE update_outcome <> 'up-to-date';
+    ALTER TABLE nodes ADD COLUMN last_attested_report {integer};
+    UPDATE nodes SET last_attested_report = (
+        SELECT MAX(r.id) FROM reports r WHERE r.node_id = nodes.node_id
+            AND r.attestation IS NOT NULL
+    );
+    CREATE TABLE compliance_reports (
+        report_id TEXT PRIMARY KEY,
+        scope TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        generated_at {integer} NOT NULL,
+        made_by TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX compliance_reports_generated ON compliance_reports (generated_at, report_id);
+    CREATE INDEX compliance_reports_scope ON compliance_reports (scope, generated_at, report_id);
+    CREATE TABLE compliance_report_files (
+        report_id TEXT NOT NULL,
+        fmt TEXT NOT NULL,
+        idx {integer} NOT NULL,
+        name TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size {integer} NOT NULL,
+        signature {blob} NOT NULL,
+        PRIMARY KEY (report_id, fmt)
+    );
+    CREATE TABLE compliance_report_chunks (
+        report_id TEXT NOT NULL,
+        fmt TEXT NOT NULL,
+        seq {integer} NOT NULL,
+        data {blob} NOT NULL,
+        PRIMARY KEY (report_id, fmt, seq)
+    );
+    CREATE TABLE report_slots (
+        slot TEXT PRIMARY KEY,
+        claimed_at {integer} NOT NULL
+    );
+    """,
 )

@@ -19,8 +19,9 @@ import asyncio
 import functools
 import hashlib
 import json
+import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -38,6 +39,7 @@ from server.attestation.challenges import PendingChallenge
 from server.attestation.enrollment import EnrolledTpm
 from server.store import (
     FAILING,
+    KEPT_CHUNK,
     NO_DRIVER,
     PENDING,
     REPLAY_WINDOW_S,
@@ -46,6 +48,8 @@ from server.store import (
     EnrolledNode,
     FailingAttestation,
     FleetCount,
+    KeptFile,
+    KeptReport,
     ListedNode,
     NodeCount,
     NodeQuery,
@@ -158,6 +162,26 @@ def _verdict(stored: str | None, where: str) -> AttestationVerdict | None:
     return None if stored is None else AttestationVerdict.from_json(stored, where)
 
 
+def _record(node_id: str, at: int, body: str, attestation: str | None) -> ReportRecord:
+    return ReportRecord(
+        at,
+        HealthReport.from_dict(json.loads(body)),
+        _verdict(attestation, f"the verdict on node {node_id}'s report received at {at}"),
+    )
+
+
+def _by_node(rows: list[Row]) -> dict[str, list[ReportRecord]]:
+    """Rows of (node id, report id, received_at, body, attestation) as each node's
+    records, in order; a report in several rows is read once."""
+    found: dict[str, list[ReportRecord]] = {}
+    seen: set[int] = set()
+    for node_id, report_id, at, body, attestation in rows:
+        if report_id not in seen:
+            seen.add(report_id)
+            found.setdefault(node_id, []).append(_record(node_id, at, body, attestation))
+    return found
+
+
 def _status(row: Row) -> NodeStatus:
     last_seen, body, target, attestation = row[8:12]
     report = None if body is None else HealthReport.from_dict(json.loads(body))
@@ -236,13 +260,18 @@ class _Report:
 
 
 # A node's latest report and what it says: a report older than the one kept (from
-# another replica, late) is stored and counted, but does not replace it.
+# another replica, late) is stored and counted, but does not replace it. Its newest
+# attested report is the attested one stored last, late or not: history's order, and
+# retention's (which trims by id), so it goes only after every older attested one.
 _UPSERT_NODE = """
     INSERT INTO nodes (node_id, last_report, last_seen, bundle, driver_version,
-        update_outcome, healthy, report_attested, reports_kept)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)
+        update_outcome, healthy, report_attested, last_attested_report, reports_kept)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
     ON CONFLICT (node_id) DO UPDATE SET
         reports_kept = nodes.reports_kept + 1,
+        last_attested_report = CASE
+            WHEN excluded.last_attested_report > COALESCE(nodes.last_attested_report, 0)
+            THEN excluded.last_attested_report ELSE nodes.last_attested_report END,
         report_attested = CASE WHEN nodes.last_seen <= excluded.last_seen
             THEN excluded.report_attested ELSE nodes.report_attested END,
         last_report = CASE WHEN nodes.last_seen <= excluded.last_seen
@@ -403,9 +432,9 @@ class SqlStore:
         async with self.db.transaction(write=True) as tx:
             enrolled = await self._enrolled_keys(tx, batch)
             inserted = await tx.fetch_many(
-                "INSERT INTO reports (node_id, received_at, remote, body, nonce, attestation) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, nonce) DO NOTHING "
-                "RETURNING id, node_id, nonce",
+                "INSERT INTO reports (node_id, received_at, remote, body, nonce, attestation, "
+                "update_outcome) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (node_id, nonce) DO NOTHING RETURNING id, node_id, nonce",
                 [
                     (
                         r.report.node_id,
@@ -414,6 +443,7 @@ class SqlStore:
                         r.report.canonical_json.decode("ascii"),
                         r.nonce,
                         None if r.attestation is None else r.attestation.to_json(),
+                        r.report.update,
                     )
                     for r in batch
                     if r.public_key is None or enrolled.get(r.report.node_id) == r.public_key
@@ -438,6 +468,7 @@ class SqlStore:
                         r.report.update,
                         r.report.healthy,
                         None if r.attestation is None else r.attestation.passed,
+                        None if r.attestation is None else report_id,
                     )
                     for r, report_id in zip(batch, stored, strict=True)
                     if report_id is not None
@@ -597,37 +628,26 @@ class SqlStore:
                 node_id,
                 limit,
             )
-        return [
-            ReportRecord(
-                at,
-                HealthReport.from_dict(json.loads(body)),
-                _verdict(attestation, f"the verdict on node {node_id}'s report received at {at}"),
-            )
-            for at, body, attestation in rows
-        ]
+        return [_record(node_id, at, body, attestation) for at, body, attestation in rows]
 
     async def histories(self, limit: int) -> dict[str, list[ReportRecord]]:
         # One read for the fleet's report: a query per node is a round trip per node,
         # minutes at 100,000 nodes.
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(
-                "SELECT node_id, received_at, body, attestation FROM (SELECT node_id, "
+                "SELECT node_id, id, received_at, body, attestation FROM (SELECT node_id, "
                 "received_at, body, attestation, id, ROW_NUMBER() OVER (PARTITION BY node_id "
                 "ORDER BY id DESC) AS nth FROM reports) r WHERE nth <= ? ORDER BY node_id, id DESC",
                 limit,
             )
-        found: dict[str, list[ReportRecord]] = {}
-        for node_id, at, body, attestation in rows:
-            found.setdefault(node_id, []).append(
-                ReportRecord(
-                    at,
-                    HealthReport.from_dict(json.loads(body)),
-                    _verdict(
-                        attestation, f"the verdict on node {node_id}'s report received at {at}"
-                    ),
-                )
-            )
-        return found
+        return _by_node(rows)
+
+    async def compliance_evidence(
+        self, limit: int, node_id: str | None = None
+    ) -> dict[str, list[ReportRecord]]:
+        one = () if node_id is None else (node_id,)
+        rows = await self.db.query(_evidence(node_id is not None), *one, limit, *one)
+        return _by_node(rows)
 
     async def pools(self) -> dict[str, int]:
         async with self.db.transaction(write=False) as tx:
@@ -635,6 +655,115 @@ class SqlStore:
                 "SELECT pool, COUNT(*) FROM enrollments GROUP BY pool ORDER BY pool"
             )
         return {pool: int(count) for pool, count in rows}
+
+    # Kept compliance reports.
+
+    async def keep_report(self, report: KeptReport, bodies: Mapping[str, bytes]) -> None:
+        # Compressing a large fleet's PDF takes a while: off the loop that serves nodes.
+        chunks = await asyncio.to_thread(_kept_chunks, report, bodies)
+        async with self.db.transaction(write=True) as tx:
+            taken = await tx.fetch(
+                "INSERT INTO compliance_reports (report_id, scope, subject, generated_at, "
+                "made_by, key_id, summary) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+                report.report_id,
+                report.scope,
+                report.subject,
+                report.generated_at,
+                report.made_by,
+                report.key_id,
+                report.summary,
+            )
+            if not taken:
+                raise Conflict(
+                    f"a compliance report {report.report_id} is kept already; choose another id"
+                )
+            await tx.execute_many(
+                "INSERT INTO compliance_report_files (report_id, fmt, idx, name, sha256, size, "
+                "signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (report.report_id, f.fmt, i, f.name, f.sha256, f.size, f.signature)
+                    for i, f in enumerate(report.files)
+                ],
+            )
+            await tx.execute_many(
+                "INSERT INTO compliance_report_chunks (report_id, fmt, seq, data) "
+                "VALUES (?, ?, ?, ?)",
+                chunks,
+            )
+
+    async def kept_reports(self, scope: str | None = None, limit: int = 100) -> list[KeptReport]:
+        if scope is None:
+            return await self._select_kept("", limit)
+        return await self._select_kept("WHERE scope = ?", scope, limit)
+
+    async def kept_report(self, report_id: str) -> KeptReport | None:
+        found = await self._select_kept("WHERE report_id = ?", report_id, 1)
+        return found[0] if found else None
+
+    async def _select_kept(self, where: str, *args: object) -> list[KeptReport]:
+        """The reports ``where`` selects, newest first, at most the last argument."""
+        # ``where`` is one of this module's constants with ``?`` for every value.
+        rows = await self.db.query(
+            "SELECT r.report_id, r.scope, r.subject, r.generated_at, r.made_by, r.key_id, "  # noqa: S608
+            "r.summary, f.fmt, f.name, f.sha256, f.size, f.signature FROM ("
+            "SELECT report_id, scope, subject, generated_at, made_by, key_id, summary "
+            f"FROM compliance_reports {where} ORDER BY generated_at DESC, report_id DESC LIMIT ?"
+            ") r LEFT JOIN compliance_report_files f ON f.report_id = r.report_id "
+            "ORDER BY r.generated_at DESC, r.report_id DESC, f.idx",
+            *args,
+        )
+        heads: dict[str, tuple[Any, ...]] = {}
+        files: dict[str, list[KeptFile]] = {}
+        for *head, fmt, name, sha256, size, signature in rows:
+            heads.setdefault(head[0], tuple(head))
+            if fmt is not None:  # a report kept without files joins none
+                kept = KeptFile(fmt, name, sha256, int(size), bytes(signature))
+                files.setdefault(head[0], []).append(kept)
+        return [
+            KeptReport(report_id, scope, subject, int(at), made_by, key_id, summary,
+                       tuple(files.get(report_id, ())))
+            for report_id, scope, subject, at, made_by, key_id, summary in heads.values()
+        ]  # fmt: skip
+
+    async def kept_chunk(self, report_id: str, fmt: str, seq: int) -> bytes | None:
+        rows = await self.db.query(
+            "SELECT data FROM compliance_report_chunks WHERE report_id = ? AND fmt = ? AND seq = ?",
+            report_id,
+            fmt,
+            seq,
+        )
+        return await asyncio.to_thread(zlib.decompress, rows[0][0]) if rows else None
+
+    async def forget_reports(self, scope: str, keep: int) -> list[str]:
+        if keep < 0:
+            raise ValueError(f"cannot keep {keep} reports")
+        async with self.db.transaction(write=True) as tx:
+            gone = await tx.fetch(
+                "DELETE FROM compliance_reports WHERE scope = ? AND report_id NOT IN ("
+                "SELECT report_id FROM compliance_reports WHERE scope = ? "
+                "ORDER BY generated_at DESC, report_id DESC LIMIT ?) "
+                "RETURNING report_id, generated_at",
+                scope,
+                scope,
+                keep,
+            )
+            ids = [(report_id,) for report_id, _ in gone]
+            await tx.execute_many("DELETE FROM compliance_report_files WHERE report_id = ?", ids)
+            await tx.execute_many("DELETE FROM compliance_report_chunks WHERE report_id = ?", ids)
+        newest_first = sorted(gone, key=lambda row: (row[1], row[0]), reverse=True)
+        return [report_id for report_id, _ in newest_first]
+
+    async def claim_report_slot(self, slot: str, now: int) -> bool:
+        async with self.db.transaction(write=True) as tx:
+            # The key is the guard: of replicas claiming at once, one inserts the row.
+            claimed = await tx.fetch(
+                "INSERT INTO report_slots (slot, claimed_at) VALUES (?, ?) "
+                "ON CONFLICT (slot) DO NOTHING RETURNING slot",
+                slot,
+                now,
+            )
+        return bool(claimed)
 
     # Operator tokens.
 
@@ -1354,6 +1483,54 @@ async def _subtrees(tx: Tx, subtrees: Iterable[merkle.Subtree]) -> dict[merkle.S
 @functools.cache
 def _in(dialect: Dialect, sql: str) -> str:
     return dialect.render(sql)
+
+
+@functools.cache
+def _evidence(one_node: bool) -> str:
+    """What a compliance report reads besides each node's latest report (of one node,
+    given its id twice, or of all), given how many updates: the newest updates, found
+    through the partial index reports_updates (its condition word for word, so that
+    both databases use it), and the attested report each node's row names, by its
+    key. No plan reaches a routine report but by that key. A report that is both
+    comes twice (once a report: ``_by_node``)."""
+    updates_of, attested_of = (" AND u.node_id = ?", " AND n.node_id = ?") if one_node else ("", "")
+    return (
+        "SELECT node_id, id, received_at, body, attestation FROM (SELECT u.node_id, u.id, "  # noqa: S608
+        "u.received_at, u.body, u.attestation, ROW_NUMBER() OVER "
+        "(PARTITION BY u.node_id ORDER BY u.id DESC) AS nth FROM reports u "
+        "JOIN nodes n ON n.node_id = u.node_id "
+        f"WHERE u.update_outcome <> 'up-to-date' AND u.id <> n.last_report{updates_of}) "
+        "updates WHERE nth <= ? "
+        "UNION ALL SELECT r.node_id, r.id, r.received_at, r.body, r.attestation "
+        "FROM nodes n JOIN reports r ON r.id = n.last_attested_report "
+        f"WHERE n.last_attested_report <> n.last_report{attested_of} "
+        "ORDER BY node_id, id DESC"
+    )
+
+
+def _kept_chunks(report: KeptReport, bodies: Mapping[str, bytes]) -> list[Row]:
+    """The rows of ``report``'s files' chunks, each at most ``KEPT_CHUNK`` bytes of its
+    file, compressed; an empty file has one, empty, so that every kept file has a
+    first chunk. Refuses files that are not the bodies: a kept report's sizes and
+    digests are what its readers check downloads against."""
+    formats = [f.fmt for f in report.files]
+    if len(set(formats)) != len(formats) or set(bodies) != set(formats):
+        raise ValueError(
+            f"report {report.report_id}: one body per file, of formats {sorted(formats)}, "
+            f"not {sorted(bodies)}"
+        )
+    rows: list[Row] = []
+    for kept in report.files:
+        body = memoryview(bodies[kept.fmt])
+        if len(body) != kept.size or hashlib.sha256(body).hexdigest() != kept.sha256:
+            raise ValueError(
+                f"report {report.report_id}: its {kept.fmt} file's size or sha256 is not its body's"
+            )
+        rows += [
+            (report.report_id, kept.fmt, seq, zlib.compress(body[start : start + KEPT_CHUNK]))
+            for seq, start in enumerate(range(0, max(len(body), 1), KEPT_CHUNK))
+        ]
+    return rows
 
 
 async def _latest_reports(tx: Tx, nodes: Sequence[str]) -> set[int]:
