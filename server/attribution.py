@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from fleet.attribution import Attribution, NodeCondition, attribute
-from server.http import Route, operator, services
+from server.http import OPERATOR_REFUSALS, Route, operator, services
 from server.store import Store
 
 log = structlog.get_logger(__name__)
@@ -63,8 +63,7 @@ ROUTES = (
         "viewer",
         responses={
             200: ("the clusters, strongest evidence first, and the suspect cards", "Attribution"),
-            401: ("no or unknown operator token", "Error"),
-            403: ("the token's role does not allow this", "Error"),
+            **OPERATOR_REFUSALS,
         },
     ),
 )

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from fleet.checkpoint import MAX_JOB_GPUS, CheckpointAdvice, advise, combined, exposure
 from fleet.report import HealthReport
-from server.http import ApiError, Route, Services, operator, services
+from server.http import OPERATOR_REFUSALS, ApiError, Route, Services, operator, services
 
 log = structlog.get_logger(__name__)
 
@@ -125,8 +125,7 @@ ROUTES = (
             200: ("the advice", "CheckpointAdvice"),
             400: ("bad gpus or checkpoint_cost", "Error"),
             404: ("no node in the pool", "Error"),
-            401: ("no or unknown operator token", "Error"),
-            403: ("the token's role does not allow this", "Error"),
+            **OPERATOR_REFUSALS,
         },
         query={
             "pool": {"type": "string", "description": "the pool; left out: the whole fleet"},

@@ -17,14 +17,30 @@ log = structlog.get_logger(__name__)
 
 
 async def every(
-    interval_s: float, stop: asyncio.Event, work: Callable[[], Awaitable[None]], failed: str
+    interval_s: float | Callable[[], float],
+    stop: asyncio.Event,
+    work: Callable[[], Awaitable[object]],
+    failed: str,
+    *,
+    wait_first: bool = False,
 ) -> None:
     """Run ``work`` now and every ``interval_s`` until ``stop``; a failure is logged
-    as the event ``failed``."""
+    as the event ``failed``.
+
+    The metadata re-signer needs the two options: its wait depends on how its last
+    pass went (a callable ``interval_s``, asked before each wait), and the server
+    runs its first pass itself before announcing readiness (``wait_first``)."""
+    pause = interval_s if callable(interval_s) else lambda: interval_s
+    if wait_first:
+        await _wait(stop, pause())
     while not stop.is_set():
         try:
             await work()
         except Exception as exc:
             log.error(failed, error=f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+        await _wait(stop, pause())
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.http import Route, operator, services
+from server.http import OPERATOR_REFUSALS, Route, operator, services
 from server.metrics import CONTENT_TYPE, exposition, read_snapshot
 
 
@@ -42,8 +42,7 @@ ROUTES = (
         "viewer",
         responses={
             200: (_EXPOSITION, None),
-            401: ("no or unknown operator token", "Error"),
-            403: ("the token's role does not allow this", "Error"),
+            **OPERATOR_REFUSALS,
         },
     ),
 )

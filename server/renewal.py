@@ -17,7 +17,6 @@ minutes have passed beyond its next try.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import math
@@ -32,6 +31,7 @@ import structlog
 from fleet.errors import InvalidDocument
 from fleet.schema import Reader
 from server.config import ServerConfig
+from server.every import every
 from server.resigner import Expiry, OnlineSigner, Pass, Problem, reason
 from server.store import Store
 from server.tlog import TransparencyLog
@@ -227,12 +227,12 @@ class Renewer:
     async def run(self, stop: asyncio.Event) -> None:
         """Passes until ``stop``, each after the wait the last one chose; then the
         record goes, since this re-signer no longer renews anything."""
-        while not stop.is_set():
-            delay = next_delay(self.status.failures if self.status else 0, self._config)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if not stop.is_set():
-                await self.run_pass()
+
+        def delay() -> float:
+            return next_delay(self.status.failures if self.status else 0, self._config)
+
+        # The server ran the first pass before announcing readiness: wait first.
+        await every(delay, stop, self.run_pass, "renewal_pass_failed", wait_first=True)
         try:
             await self._store.forget_renewal(signer_id(self._host, self._repo))
         except Exception as exc:  # shown as overdue later: the record says when it stopped

@@ -10,11 +10,12 @@ sweep, run by the one process that runs the background duties.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 
+from server.every import every
 from server.store import Store
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,4 @@ async def sweep(store: Store, clock: Callable[[], float]) -> None:
 
 async def run(store: Store, clock: Callable[[], float], stop: asyncio.Event) -> None:
     """Sweep now, then every ``SWEEP_INTERVAL_S`` until ``stop``."""
-    while not stop.is_set():
-        await sweep(store, clock)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
+    await every(SWEEP_INTERVAL_S, stop, partial(sweep, store, clock), "retention_sweep_failed")

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from fleet.stragglers import WINDOW, RankedNode, detect
-from server.http import Route, Services, operator, services
+from server.http import OPERATOR_REFUSALS, Route, Services, operator, services
 from server.store import Store
 
 log = structlog.get_logger(__name__)
@@ -96,8 +96,7 @@ ROUTES = (
         "viewer",
         responses={
             200: ("the ranked stragglers", "Stragglers"),
-            401: ("no or unknown operator token", "Error"),
-            403: ("the token's role does not allow this", "Error"),
+            **OPERATOR_REFUSALS,
         },
     ),
 )

@@ -22,7 +22,6 @@ injected clock, so tests move retries and deadlines without sleeping.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import time
@@ -44,6 +43,7 @@ from fleet.webhook import (
 )
 from fleet.webhook_signature import sign
 from server.config import DAY_S, ServerConfig
+from server.every import every
 from server.renewal import statuses
 from server.store import DELIVERED, FAILED, PENDING, Store, WebhookDelivery
 
@@ -232,18 +232,17 @@ class WebhookService:
     async def run(self, stop: asyncio.Event) -> None:
         """Watch and deliver until ``stop``; a failing round is logged, not fatal."""
         next_watch = 0.0
-        while not stop.is_set():
-            try:
-                if time.monotonic() >= next_watch:
-                    next_watch = time.monotonic() + self._config.webhook_watch_s
-                    await self.watch()
-                    cutoff = int(self._clock()) - EVENT_RETENTION_S
-                    await self._store.forget_webhook_events(cutoff)
-                await self.deliver_due()
-            except Exception as exc:  # the loop must outlive a database hiccup
-                log.error("webhook_round_failed", error=f"{type(exc).__name__}: {exc}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._config.webhook_poll_s)
+
+        async def round_() -> None:
+            nonlocal next_watch
+            if time.monotonic() >= next_watch:
+                next_watch = time.monotonic() + self._config.webhook_watch_s
+                await self.watch()
+                cutoff = int(self._clock()) - EVENT_RETENTION_S
+                await self._store.forget_webhook_events(cutoff)
+            await self.deliver_due()
+
+        await every(self._config.webhook_poll_s, stop, round_, "webhook_round_failed")
 
     async def close(self) -> None:
         """Close the HTTP client (the server does, when it stops)."""

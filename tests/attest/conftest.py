@@ -36,6 +36,7 @@ from server.attestation.challenges import Challenges, MemoryChallengeStore
 from server.attestation.enrollment import EkTrust, EnrolledTpm, TpmEnrollmentVerifier
 from server.attestation.verifier import QuoteVerifier
 from tests.conftest import Site, make_site
+from tests.netutil import free_port
 
 LOCAL_CA = Path("/var/lib/swtpm-localca")
 LOG_DIR = Path(__file__).resolve().parents[3] / "shared/testdata/eventlogs"
@@ -77,9 +78,7 @@ class Tpm:
 def _free_ports() -> int:
     """A port P with P+1 also free (swtpm's server and control sockets)."""
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         if port >= 65535:
             continue
         with socket.socket() as s2:
@@ -87,7 +86,7 @@ def _free_ports() -> int:
                 s2.bind(("127.0.0.1", port + 1))
             except OSError:
                 continue
-        return int(port)
+        return port
     raise RuntimeError("no two adjacent free ports")
 
 

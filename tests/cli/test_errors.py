@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PASSPHRASE, Site
+from tests.netutil import free_port
 
 
 def gpuward(*args: str, passphrase: str | None = PASSPHRASE) -> subprocess.CompletedProcess[str]:
@@ -96,14 +96,9 @@ def test_unknown_branch_in_agent_config(tmp_path: Path) -> None:
     assert_one_line_error(result, "unknown driver branch 'R999'")
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_unreachable_server(site: Site, tmp_path: Path) -> None:
-    config = site.agent_toml(tmp_path, server_url=f"http://127.0.0.1:{_closed_port()}")
+    closed = free_port()  # nothing listens there
+    config = site.agent_toml(tmp_path, server_url=f"http://127.0.0.1:{closed}")
     result = gpuward("agent", "run", "--once", "--config", str(config))
     assert_one_line_error(result, "unreachable", "server_url")
 

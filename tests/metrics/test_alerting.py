@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import queue
 import re
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import urllib3
@@ -38,8 +37,8 @@ from server.http import Services
 from tests.conftest import Site, make_site
 from tests.metrics.exposition import installed
 from tests.metrics.test_rules import RULES
+from tests.netutil import free_port, wait_for
 
-T = TypeVar("T")
 DEADLINE_S = 45.0
 STALLED_FOR_S = 2 * 3600  # beyond the rule's hour without progress
 WAVES = "1,100%"
@@ -60,22 +59,6 @@ def short_rules(shipped: str) -> str:
     nothing else changed (the expressions' thresholds stay)."""
     text = re.sub(r"(?m)^(\s+for: )\S+$", r"\g<1>1s", shipped)
     return re.sub(r"\[\d+[smhd]\]", "[10s]", text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def until(what: str, check: Callable[[], T | None]) -> T:
-    """``check()`` once it is not None; polls until the deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while (found := check()) is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {DEADLINE_S:.0f} s waiting for {what}")
-        time.sleep(0.2)
-    return found
 
 
 def get_json(url: str) -> Any:
@@ -138,7 +121,7 @@ class Daemon:
         self._log_path = log
         self._log = log.open("wb")
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
-        until(f"{self.name} to be ready ({log})", self._ready)
+        wait_for(f"{self.name} to be ready ({log})", self._ready, DEADLINE_S)
 
     def _ready(self) -> bool | None:
         if self.process.poll() is not None:
@@ -273,8 +256,10 @@ def test_a_rollout_stalled_by_a_silent_node_alerts_through_alertmanager(
     for agent in agents:  # the rest of the fleet keeps reporting (wave 1 waits)
         assert run_once(agent).outcome.update == "up-to-date"
 
-    alert = until(
-        "GpuwardRolloutStuck to fire in Prometheus", lambda: firing(prom, "GpuwardRolloutStuck")
+    alert = wait_for(
+        "GpuwardRolloutStuck to fire in Prometheus",
+        lambda: firing(prom, "GpuwardRolloutStuck"),
+        DEADLINE_S,
     )
     assert alert["labels"]["rollout"] == rollout_id and alert["labels"]["pool"] == "default"
     assert float(alert["value"]) >= STALLED_FOR_S

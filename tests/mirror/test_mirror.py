@@ -28,6 +28,7 @@ from server.lifecycle import BackgroundServer
 from server.mirror import MANIFEST, MirrorManifest, Verifier, check_manifest
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Site
+from tests.netutil import free_port
 from tests.simnode import ENROLLMENT_TOKEN
 
 
@@ -246,17 +247,11 @@ def test_the_first_import_needs_the_agents_root(site: Site, tmp_path: Path) -> N
     assert not gapped.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """nginx serving ``tmp_path/www`` on a loopback port, stopped afterwards."""
     www = tmp_path / "www"
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "nginx.conf"
     conf.write_text(
         # Workers as root: pytest's temporary directories are private to root.

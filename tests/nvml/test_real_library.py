@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import urllib3
 
 from tests.conftest import Site
+from tests.netutil import wait_for
 
 GPUWARD = (sys.executable, "-m", "gpuward")
 
@@ -61,16 +60,6 @@ def test_health_says_failed_driver_not_loaded(
     assert doc["health"] == {"status": "failed", "reasons": [reason], "gpus": [], "xids": []}
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_running_agent_reports_failed_and_keeps_running(
     site: Site, tmp_path: Path, real_nvml_lib: Path
 ) -> None:
@@ -95,7 +84,7 @@ def test_running_agent_reports_failed_and_keeps_running(
     )
     try:
         # Two reports: the agent survived the first cycle and went on to the next.
-        history = wait_for(lambda: len(reports()) >= 2 and reports(), "two reports")
+        history = wait_for("two reports", lambda: len(reports()) >= 2 and reports(), 60)
         assert agent.poll() is None
     finally:
         agent.send_signal(signal.SIGTERM)

@@ -18,9 +18,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.netutil import wait_for
 
 _numbers = itertools.count(os.getpid())
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -91,15 +93,6 @@ class Container:
             self.nspawn.wait(timeout=90)
         except subprocess.TimeoutExpired:
             self.power_cut()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 300.0) -> None:
-    """Poll ``check`` until it holds; the deadline only bounds a test that went wrong."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
 
 
 def _leader(nspawn: subprocess.Popen[bytes]) -> int | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import socket
 from pathlib import Path
 from typing import Any
 
-from tests.packaging.booted import Container, booted, wait_for
+from tests.netutil import free_port, wait_for
+from tests.packaging.booted import Container, booted
 from tests.packaging.conftest import Chroot
 
 NODE = "gpu-node-0042"
@@ -25,12 +25,6 @@ WORKSTATION = {"GPUWARD_KEY_PASSPHRASE": PASSPHRASE}
 HOLDERS = {name: (f"/media/{name}", f"{name}-{PASSPHRASE}") for name in ("alice", "bob", "carol")}
 USB = "/media/usb"  # the removable media between workstation and server
 REPO = "/srv/gpuward/repo"  # the workstation's repository
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def payload(c: Container, version: str) -> None:

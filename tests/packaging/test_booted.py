@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.booted import wait_for
+from tests.netutil import wait_for
 from tests.packaging.conftest import APT_DIR, KEYRING, SOURCES, Built, Chroot, unpacked
 from tests.packaging.installed import Host, publish
 
@@ -209,6 +209,6 @@ def test_purge_leaves_nothing_behind(host: Host) -> None:
     wait_for(
         "systemd to unload every gpuward unit",
         lambda: c.run("systemctl", "list-units", "--all", "--no-legend", "gpuward*").stdout == "",
-        timeout=30,
+        timeout_s=30,
     )
     assert c.run("systemctl", "--failed", "--no-legend").stdout.strip() == ""

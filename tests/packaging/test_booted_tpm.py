@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.attest.conftest import LOCAL_CA, LOG_DIR, replay_log
-from tests.packaging.booted import wait_for
+from tests.netutil import wait_for
 from tests.packaging.conftest import Built, unpacked
 from tests.packaging.installed import Host
 
@@ -50,7 +50,7 @@ def swtpm(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for("the swtpm's socket", lambda: (sockets / "tpm.ctrl").exists(), timeout=10)
+        wait_for("the swtpm's socket", lambda: (sockets / "tpm.ctrl").exists(), timeout_s=10)
         replay_log(f"path={sockets / 'tpm'}", EVENT_LOG)
         yield sockets
     finally:

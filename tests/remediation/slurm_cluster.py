@@ -12,22 +12,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.packaging.booted import wait_for
+from tests.netutil import free_port, wait_for
 
 SCONTROL = "/usr/bin/scontrol"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -85,7 +78,7 @@ def _config(base: Path, nodes: Sequence[str], socket_path: Path) -> str:
     lines = [
         "ClusterName=gpuwardtest",
         "SlurmctldHost=localhost(127.0.0.1)",
-        f"SlurmctldPort={_free_port()}",
+        f"SlurmctldPort={free_port()}",
         "AuthType=auth/munge",
         "CredType=cred/munge",
         f"AuthInfo=socket={socket_path}",
@@ -107,7 +100,7 @@ def _config(base: Path, nodes: Sequence[str], socket_path: Path) -> str:
     for node in nodes:
         lines.append(
             f"NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 "
-            f"Port={_free_port()} CPUs=1 State=UNKNOWN"
+            f"Port={free_port()} CPUs=1 State=UNKNOWN"
         )
     lines.append(f"PartitionName=gpu Nodes={','.join(nodes)} Default=YES State=UP")
     return "\n".join(lines) + "\n"

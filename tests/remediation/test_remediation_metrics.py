@@ -131,22 +131,29 @@ def test_a_node_awaiting_approval_shows_since_when(
         }
 
 
-def test_a_drain_the_controller_refuses_counts_as_a_failing_step(
+def test_a_server_user_slurm_refuses_fails_each_step_visibly(
     _template_repo: Path, tmp_path: Path, slurm: SlurmCluster
 ) -> None:
     # scontrol run as a user Slurm does not let drain nodes, as by a server whose
-    # user was never allowed to: slurmctld answers "Invalid user id".
+    # user was never allowed to: slurmctld answers "Invalid user id". The server
+    # drains nothing by other means, and shows the failure in the audit, on the
+    # board and to Prometheus.
     unprivileged = ("/usr/sbin/runuser", "-u", "nobody", "--", SCONTROL)
     for prod in remediated_site(
         _template_repo, tmp_path, slurm, BUDGET_OF_ONE, scontrol=unprivileged
     ):
         prod.healthy()
         prod.xid("gpu-b02", 79)
-        prod.tick()
-        prod.tick()  # retried, and refused again
+        for _ in range(3):
+            prod.tick()  # retried, and refused each time
         assert prod.slurm.state("gpu-b02").state == "idle"
-        error = str(on_board(prod, "gpu-b02")["last_error"])
-        assert error.startswith("runuser exited 1: slurm_update error: Invalid user id"), error
+        decided, failed = prod.audit("gpu-b02")
+        assert (decided["event"], failed["event"]) == ("decided", "failed")
+        assert failed["detail"].startswith("runuser exited 1: slurm_update error: Invalid user id")
+        assert "must be allowed to drain Slurm nodes" in failed["detail"]
+        node = on_board(prod, "gpu-b02")
+        assert (node["stage"], node["attempts"]) == ("acting", 3)
+        assert node["last_error"] == failed["detail"]
         shown = scrape(prod)
         assert shown.value("gpuward_remediation_step_failures", pool="prod") == 1
         assert (
