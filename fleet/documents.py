@@ -34,6 +34,7 @@ from fleet.gpu_attestation import (
 )
 from fleet.gpu_rules import Finding
 from fleet.inventory import Gpu, NodeInventory
+from fleet.kept_reports import KeptFileInfo, KeptReportInfo, KeptReportList
 from fleet.nodeauth import KeyEnrollmentRequest
 from fleet.remediation import (
     NodeRemediation,
@@ -107,4 +108,7 @@ WIRE_DOCUMENTS: tuple[type[Wire], ...] = (
     InclusionProof,
     ConsistencyProof,
     LogExport,
+    KeptReportList,
+    KeptReportInfo,
+    KeptFileInfo,
 )

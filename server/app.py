@@ -148,9 +148,15 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# Each route's own timeout, by handler, where it has one (``Route.timeout_s``).
+_TIMEOUTS: web.AppKey[dict[Handler, float]] = web.AppKey("timeouts", dict)
+
+
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    timeout = request.app[SERVICES].config.request_timeout_s
+    timeout = request.app[_TIMEOUTS].get(
+        request.match_info.route.handler, request.app[SERVICES].config.request_timeout_s
+    )
     try:
         async with asyncio.timeout(timeout):
             return await handler(request)
@@ -174,6 +180,7 @@ def create_app(svc: Services, routes: tuple[Route, ...] = ROUTES) -> web.Applica
     # Each route reads at most its own limit (read_body); attested reports need most.
     app = web.Application(client_max_size=MAX_ATTESTED_BODY_BYTES, middlewares=[_guard])
     app[SERVICES] = svc
+    app[_TIMEOUTS] = {r.handler: r.timeout_s for r in routes if r.timeout_s is not None}
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
     return app

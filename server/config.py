@@ -12,6 +12,8 @@ from server.attestation.enrollment import DEFAULT_EK_TYPE
 from server.store import Retention
 
 DAY_S = 86_400
+# Scheduled compliance reports: their period in seconds (0: none, only on request).
+REPORT_SCHEDULES = {"off": 0, "daily": DAY_S, "weekly": 7 * DAY_S}
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,10 @@ class ServerConfig:
     metrics_listen: str | None = None
     # Remediation (server.remediation); None: findings are only shown.
     remediation: RemediationConfig | None = None
+    # Compliance reports (server.report_runs): a fleet report made and kept each UTC
+    # day or ISO week ("off": only on request); kept reports per scope (fleet, node).
+    report_schedule: str = "off"
+    reports_kept: int = 60
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -30,7 +30,7 @@ from fleet.webhook import type_problem
 from keys.durable_files import read_toml
 from keys.hsm import token_of
 from server.attestation.enrollment import EK_TYPES, ek_type_problem
-from server.config import ServerConfig, WebhookEndpoint, parse_listen
+from server.config import REPORT_SCHEDULES, ServerConfig, WebhookEndpoint, parse_listen
 from server.remediation.settings import read_remediation
 
 DEFAULT_PATH = Path("/etc/gpuward/server.toml")
@@ -101,6 +101,10 @@ def _listen_problem(value: object) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def _schedule_problem(value: object) -> str | None:
+    return None if value in REPORT_SCHEDULES else f"must be one of {', '.join(REPORT_SCHEDULES)}"
 
 
 OPTIONS = (
@@ -375,6 +379,23 @@ OPTIONS = (
         "acting on findings: [remediation] with scheduler (slurm or none), scontrol, "
         "slurm_conf, hooks, tick, timeout, and a [remediation.pools.NAME] policy per pool",
         file_only=True,
+    ),
+    Option(
+        "report_schedule",
+        "report_schedule",
+        OptionKind.TEXT,
+        "make and keep a signed fleet compliance report each UTC day (daily) or ISO week "
+        "(weekly), or only on request (off)",
+        "off|daily|weekly",
+        check=_schedule_problem,
+    ),
+    Option(
+        "reports_kept",
+        "reports_kept",
+        OptionKind.INT,
+        "compliance reports kept of each scope (fleet, node); the oldest beyond are forgotten",
+        "N",
+        bounds=(1, 10_000),
     ),
     Option(
         "metrics_listen",

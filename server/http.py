@@ -118,6 +118,8 @@ class Route:
     responses: Mapping[int, tuple[str, str | None]] = field(default_factory=dict)
     query: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # name -> schema
     in_openapi: bool = True
+    # Longer than the server's request timeout, for the few routes that need it.
+    timeout_s: float | None = None
 
 
 def services(request: web.Request) -> Services:

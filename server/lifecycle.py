@@ -53,7 +53,7 @@ from keys.report_key import (
     load_or_create,
     public_path,
 )
-from server import metrics_api, retention
+from server import metrics_api, report_runs, retention
 from server.app import create_app
 from server.attestation.challenges import Challenges
 from server.attestation.enrollment import EkTrust
@@ -268,6 +268,7 @@ async def serve(
     resigning: asyncio.Task[None] | None = None
     notifying: asyncio.Task[None] | None = None
     remediating: asyncio.Task[None] | None = None
+    reporting: asyncio.Task[None] | None = None
     await runner.setup()
     try:
         listener = await _listen(config, runner, tls, reuse_port=worker is not None)
@@ -281,6 +282,8 @@ async def serve(
         remediation = svc.remediation
         if duties and remediation is not None and remediation.tick_s > 0:
             remediating = asyncio.create_task(remediation.run(stop))
+        if duties and config.report_schedule != "off":
+            reporting = asyncio.create_task(report_runs.run_schedule(svc, stop))
         if svc.webhooks is not None and config.webhook_poll_s > 0:
             notifying = asyncio.create_task(svc.webhooks.run(stop))
         log.info(
@@ -304,6 +307,8 @@ async def serve(
             await notifying
         if remediating is not None:
             await remediating
+        if reporting is not None:
+            await reporting
     finally:
         if ticker is not None:
             ticker.cancel()

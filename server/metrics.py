@@ -29,17 +29,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
+from fleet.kept_reports import SCHEDULED_BY
 from fleet.remediation import Action, AuditEvent, RemediationBoard, RemediationPolicy, Stage
 from fleet.report import UPDATE_OUTCOMES
 from fleet.rollout import ACTIVE_PHASES, Phase, Progress
 from fleet.version import VERSION
-from server.config import ServerConfig
+from server.config import REPORT_SCHEDULES, ServerConfig
 from server.fleetview import NODE_STATES
 from server.renewal import FAILED, RenewalStatus, statuses
 from server.store import NodeCount, PoolUse, RemediationCount, RolloutStanding, Store
 
 # The text format Prometheus 2 reads (Debian 12 ships 2.42).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# Kept fleet reports a scrape reads to find the newest scheduled one.
+SCHEDULED_SEARCHED = 50
 # Why a report was refused, as ``gpuward_reports_refused_total`` names it.
 REFUSALS = (
     "unauthenticated",  # unsigned, stale or badly signed
@@ -133,6 +136,8 @@ class FleetSnapshot:
     remediation_policies: Mapping[str, RemediationPolicy]  # by pool, as configured
     remediation_boards: tuple[RemediationBoard, ...]
     remediation_counts: tuple[RemediationCount, ...]
+    report_schedule_s: int  # the configured period of scheduled reports; 0: none
+    last_scheduled_report: int | None  # when the newest scheduled report was made
 
 
 async def read_snapshot(store: Store, config: ServerConfig, now: float) -> FleetSnapshot:
@@ -150,7 +155,14 @@ async def read_snapshot(store: Store, config: ServerConfig, now: float) -> Fleet
         remediation_policies={} if config.remediation is None else config.remediation.pools,
         remediation_boards=tuple(await store.remediation_boards()),
         remediation_counts=tuple(await store.remediation_counts()),
+        report_schedule_s=REPORT_SCHEDULES[config.report_schedule],
+        last_scheduled_report=await _last_scheduled(store),
     )
+
+
+async def _last_scheduled(store: Store) -> int | None:
+    kept = await store.kept_reports("fleet", SCHEDULED_SEARCHED)
+    return next((k.generated_at for k in kept if k.made_by == SCHEDULED_BY), None)
 
 
 class FleetCollector(Collector):
@@ -169,6 +181,22 @@ class FleetCollector(Collector):
         yield from self._resigners()
         yield from self._pool()
         yield from self._remediation()
+        yield from self._reports()
+
+    def _reports(self) -> Iterator[Metric]:
+        s = self.snapshot
+        yield GaugeMetricFamily(
+            "gpuward_compliance_report_schedule_seconds",
+            "How often the server makes and keeps a fleet compliance report (0: only on request).",
+            value=s.report_schedule_s,
+        )
+        if s.report_schedule_s:
+            # 0 until the first one is kept, so that a schedule never kept alerts too.
+            yield GaugeMetricFamily(
+                "gpuward_compliance_report_last_scheduled_timestamp_seconds",
+                "When the newest scheduled fleet compliance report was made.",
+                value=s.last_scheduled_report or 0,
+            )
 
     def _nodes(self) -> Iterator[Metric]:
         nodes = GaugeMetricFamily(

@@ -1,105 +1,43 @@
-"""``GET /v1/reports/...``: compliance reports, rendered and signed by the server.
+"""``/v1/reports/...``: compliance reports, rendered and signed by the server.
 
 The server renders and signs, so an auditor's copy carries the signature of the
 key that holds the fleet's records, whoever fetched it (a viewer token is
 enough). The body is the report file; the ``Gpuward-Report-Signature`` header
 carries the base64 signature (``keys.report_key``: Ed25519, or ECDSA P-256 from
 a key in a PKCS#11 token) over exactly those bytes, which the CLI stores as
-``FILE.sig``.
+``FILE.sig``. ``GET`` makes one file now; ``POST`` (operator) makes and keeps
+every format (``server.report_runs``), listed under ``/v1/reports/kept`` and
+fetched from there file by file with its signature.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import hashlib
-import json
-import re
 from typing import Any
 
 from aiohttp import web
 
-from fleet.compliance import (
-    EkCertificate,
-    NodeFacts,
-    RolloutRecord,
-    SeenReport,
-    report_document,
+from fleet.compliance import NodeFacts
+from fleet.kept_reports import (
+    MAX_LISTED,
+    REPORT_ID,
+    REPORT_SCOPES,
+    KeptFileInfo,
+    KeptReportInfo,
+    KeptReportList,
 )
-from fleet.tlog import EntryKind, LogEntry, details
-from server.advisories import served_catalog
-from server.attestation.enrollment import EnrolledTpm
-from server.config import ServerConfig
-from server.fleetview import node_state
-from server.http import ApiError, Route, operator, services
-from server.report_render import CONTENT_TYPES, file_name, render
-from server.store import NodeStatus, ReportRecord, Store
+from server.http import OPERATOR_REFUSALS, ApiError, Route, operator, services
+from server.report_facts import fleet_facts, node_facts
+from server.report_render import CONTENT_TYPES
+from server.report_runs import issue, make_report
+from server.store import KeptReport
 
 HEADER_SIGNATURE = "Gpuward-Report-Signature"
 HEADER_KEY_ID = "Gpuward-Report-Key-Id"
-# Reports per node read from the store; the document shows the updates among them.
-HISTORY_READ = 500
 MAX_FILE_NAME = 200
-
-
-# The rollout engine's events name operators so (server.rollout.engine, fleet.rollout.command);
-# a token's name holds no colon.
-_STARTED = re.compile(r"started by ([^:]+): ")
-_RESUMED = re.compile(r"resume by (.+)")
-
-
-async def rollouts_by_node(store: Store) -> dict[str, tuple[RolloutRecord, ...]]:
-    """Each node's rollouts, with the operators their events name."""
-    found: dict[str, list[RolloutRecord]] = {}
-    for rollout in await store.rollouts():
-        events = [e.event for e in await store.rollout_events(rollout.id)]
-        started = next((m.group(1) for e in events if (m := _STARTED.match(e))), None)
-        resumed = tuple(m.group(1) for e in events if (m := _RESUMED.fullmatch(e)))
-        record = RolloutRecord(
-            rollout.id, rollout.target_driver, rollout.created_at, started, resumed
-        )
-        for node in rollout.nodes:
-            found.setdefault(node.node_id, []).append(record)
-    return {node_id: tuple(records) for node_id, records in found.items()}
-
-
-def facts(
-    status: NodeStatus,
-    records: list[ReportRecord],
-    now: float,
-    config: ServerConfig,
-    rollouts: tuple[RolloutRecord, ...] = (),
-) -> NodeFacts:
-    """What the report says of one node: its enrollment and its reports, newest first."""
-    node = status.node
-    tpm = None if node.tpm is None else EnrolledTpm.from_dict(json.loads(node.tpm))
-    return NodeFacts(
-        node_id=node.node_id,
-        pool=node.pool,
-        state=node_state(status, now, config),
-        enrollment=node.attestation,
-        attested=node.attested,
-        enrolled_at=node.enrolled_at,
-        last_seen=status.last_seen,
-        ek_certificate=None
-        if tpm is None
-        else EkCertificate(
-            tpm.ek_certificate_sha256, tpm.ek_certificate_subject, tpm.ek_certificate_serial
-        ),
-        history=tuple(SeenReport(r.received_at, r.report, r.attestation) for r in records),
-        rollouts=rollouts,
-    )
-
-
-async def fleet_facts(store: Store, now: float, config: ServerConfig) -> list[NodeFacts]:
-    """Every enrolled node's facts, read in two queries whatever the fleet's size."""
-    statuses = await store.fleet()
-    histories = await store.histories(HISTORY_READ)
-    rollouts = await rollouts_by_node(store)
-    return [
-        facts(s, histories.get(s.node.node_id, []), now, config, rollouts.get(s.node.node_id, ()))
-        for s in statuses
-    ]
+# Judging and rendering 100,000 nodes takes a minute or two here, beyond the
+# request timeout other routes have; a reverse proxy in front must allow as long.
+REPORT_TIMEOUT_S = 900.0
 
 
 def _format(request: web.Request) -> str:
@@ -126,88 +64,167 @@ def _file(request: web.Request) -> str | None:
     return name
 
 
-async def _respond(request: web.Request, scope: str, found: list[NodeFacts]) -> web.Response:
+async def _found(request: web.Request) -> tuple[str, list[NodeFacts]]:
+    """The report's scope and the facts it covers: the fleet, or the node in the path."""
     s = services(request)
-    signer = s.report_signer
-    fmt = _format(request)
-    name = _file(request)
-    now = s.clock()
-    # Rendering a large fleet's PDF takes a while: off the loop that serves nodes.
-    catalog = await asyncio.to_thread(served_catalog, s.config.repo)
-    log_size, checkpoint = await s.tlog.checkpoint()
-    document = report_document(
-        scope, found, catalog, int(now), signer.key_id, signer.algorithm,
-        s.config.report_interval_s, checkpoint,
-    )  # fmt: skip
-    name = name or file_name(document, fmt)
-    body = await asyncio.to_thread(render, document, fmt, name)
-    # A key in a PKCS#11 token signs in milliseconds, not microseconds: off the loop too.
-    signature = await asyncio.to_thread(signer.sign, body)
-    subject = scope if scope == "fleet" else found[0].node_id
-    report = details(format=fmt, key_id=signer.key_id, under=str(log_size))
-    entry = LogEntry(
-        EntryKind.COMPLIANCE_REPORT, int(now), subject, hashlib.sha256(body).hexdigest(), report
+    if "node_id" not in request.match_info:
+        return "fleet", await fleet_facts(s.store, s.clock(), s.config)
+    node_id = request.match_info["node_id"]
+    found = await node_facts(s.store, node_id, s.clock(), s.config)
+    if found is None:
+        raise ApiError(404, f"no enrolled node {node_id!r}")
+    return "node", [found]
+
+
+def _file_headers(name: str, signature: bytes, key_id: str) -> dict[str, str]:
+    return {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        HEADER_SIGNATURE: base64.b64encode(signature).decode(),
+        HEADER_KEY_ID: key_id,
+        "Cache-Control": "no-store",
+    }
+
+
+async def get_report(request: web.Request) -> web.Response:
+    token = await operator(request, "viewer")
+    fmt, name = _format(request), _file(request)
+    scope, found = await _found(request)
+    svc = services(request)
+    made = await make_report(
+        svc, scope, found, made_by=token.name, formats=(fmt,), names={fmt: name} if name else None
     )
-    await s.tlog.append([entry])
+    await issue(svc, made, keep=False)
+    record = made.record
+    [file] = record.files
     return web.Response(
-        body=body,
+        body=made.bodies[fmt],
         content_type=CONTENT_TYPES[fmt].split(";")[0],
         charset="utf-8" if fmt in ("html", "csv") else None,
-        headers={
-            "Content-Disposition": f'attachment; filename="{name}"',
-            HEADER_SIGNATURE: base64.b64encode(signature).decode(),
-            HEADER_KEY_ID: signer.key_id,
-            "Cache-Control": "no-store",
-        },
+        headers=_file_headers(file.name, file.signature, record.key_id),
     )
 
 
-async def fleet_report(request: web.Request) -> web.Response:
+def info(record: KeptReport) -> KeptReportInfo:
+    files = tuple(KeptFileInfo(f.fmt, f.name, f.sha256, f.size) for f in record.files)
+    return KeptReportInfo(
+        record.report_id, record.scope, record.subject, record.generated_at,
+        record.made_by, record.key_id, files,
+    )  # fmt: skip
+
+
+async def keep_report(request: web.Request) -> web.Response:
+    token = await operator(request, "operator")
+    scope, found = await _found(request)
+    svc = services(request)
+    made = await make_report(svc, scope, found, made_by=token.name)
+    await issue(svc, made, keep=True)
+    return web.json_response(info(made.record).to_dict(), status=201)
+
+
+async def list_kept(request: web.Request) -> web.Response:
     await operator(request, "viewer")
-    s = services(request)
-    return await _respond(request, "fleet", await fleet_facts(s.store, s.clock(), s.config))
+    scope = request.query.get("scope")
+    if scope is not None and scope not in REPORT_SCOPES:
+        raise ApiError(400, f"scope must be one of {', '.join(REPORT_SCOPES)}")
+    limit = request.query.get("limit", "100")
+    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit[:6]) <= MAX_LISTED):
+        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LISTED}")
+    kept = await services(request).store.kept_reports(scope, int(limit))
+    return web.json_response(KeptReportList(tuple(info(k) for k in kept)).to_dict())
 
 
-async def node_report(request: web.Request) -> web.Response:
+async def get_kept(request: web.Request) -> web.StreamResponse:
     await operator(request, "viewer")
-    node_id = request.match_info["node_id"]
-    s = services(request)
-    status = await s.store.node(node_id)
-    if status is None:
-        raise ApiError(404, f"no enrolled node {node_id!r}")
-    records = await s.store.history(node_id, HISTORY_READ)
-    rollouts = (await rollouts_by_node(s.store)).get(node_id, ())
-    return await _respond(request, "node", [facts(status, records, s.clock(), s.config, rollouts)])
+    report_id, fmt = request.match_info["report_id"], request.match_info["format"]
+    store = services(request).store
+    record = await store.kept_report(report_id) if REPORT_ID.fullmatch(report_id) else None
+    file = None if record is None else next((f for f in record.files if f.fmt == fmt), None)
+    if record is None or file is None:
+        raise ApiError(404, f"no kept report {report_id[:80]!r} with a {fmt[:8]!r} file")
+    response = web.StreamResponse(headers=_file_headers(file.name, file.signature, record.key_id))
+    response.content_type = CONTENT_TYPES[fmt].split(";")[0]
+    if fmt in ("html", "csv"):
+        response.charset = "utf-8"
+    response.content_length = file.size
+    await response.prepare(request)
+    seq = 0
+    while (piece := await store.kept_chunk(report_id, fmt, seq)) is not None:
+        await response.write(piece)
+        seq += 1
+    await response.write_eof()
+    return response
 
 
-_RESPONSES = {
-    200: (f"the report file; {HEADER_SIGNATURE}: base64 signature over it", None),
-    400: ("unknown format", "Error"),
-    401: ("no or unknown operator token", "Error"),
-    403: ("the token's role does not allow this", "Error"),
-}
+_FILE = (f"the report file; {HEADER_SIGNATURE}: base64 signature over it", None)
 _QUERY: dict[str, dict[str, Any]] = {
     "format": {"type": "string", "enum": sorted(CONTENT_TYPES)},
     "file": {"type": "string", "maxLength": MAX_FILE_NAME, "pattern": "^[A-Za-z0-9._-]+$"},
 }
+_NO_NODE = {404: ("no such node", "Error")}
+_KEPT = {201: ("the kept report: its files and who made it", "KeptReportInfo")}
 
 ROUTES = (
     Route(
         "GET",
         "/v1/reports/fleet",
-        fleet_report,
+        get_report,
         "A signed compliance report of the whole fleet (JSON, HTML, PDF, or the CSV evidence)",
         "viewer",
-        responses=_RESPONSES,
+        responses={200: _FILE, 400: ("unknown format", "Error"), **OPERATOR_REFUSALS},
         query=_QUERY,
+        timeout_s=REPORT_TIMEOUT_S,
     ),
     Route(
         "GET",
         "/v1/reports/nodes/{node_id}",
-        node_report,
+        get_report,
         "A signed compliance report of one node (JSON, HTML, PDF, or the CSV evidence)",
         "viewer",
-        responses={**_RESPONSES, 404: ("no such node", "Error")},
+        responses={200: _FILE, 400: ("unknown format", "Error"), **OPERATOR_REFUSALS, **_NO_NODE},
         query=_QUERY,
+        timeout_s=REPORT_TIMEOUT_S,
+    ),
+    Route(
+        "POST",
+        "/v1/reports/fleet",
+        keep_report,
+        "Make and keep a signed fleet report in every format, with its trend",
+        "operator",
+        responses={**_KEPT, **OPERATOR_REFUSALS},
+        timeout_s=REPORT_TIMEOUT_S,
+    ),
+    Route(
+        "POST",
+        "/v1/reports/nodes/{node_id}",
+        keep_report,
+        "Make and keep a signed report of one node in every format, with its trend",
+        "operator",
+        responses={**_KEPT, **OPERATOR_REFUSALS, **_NO_NODE},
+        timeout_s=REPORT_TIMEOUT_S,
+    ),
+    Route(
+        "GET",
+        "/v1/reports/kept",
+        list_kept,
+        "Kept compliance reports, newest first",
+        "viewer",
+        responses={
+            200: ("the kept reports", "KeptReportList"),
+            400: ("bad scope or limit", "Error"),
+            **OPERATOR_REFUSALS,
+        },
+        query={
+            "scope": {"type": "string", "enum": list(REPORT_SCOPES)},
+            "limit": {"type": "string", "pattern": "^[0-9]{1,4}$"},
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/reports/kept/{report_id}/{format}",
+        get_kept,
+        "A file of a kept report, with its signature",
+        "viewer",
+        responses={200: _FILE, **OPERATOR_REFUSALS, 404: ("no such report or file", "Error")},
+        timeout_s=REPORT_TIMEOUT_S,
     ),
 )

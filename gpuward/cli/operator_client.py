@@ -44,9 +44,11 @@ def add_credential_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+def call(
+    args: argparse.Namespace, method: str, path: str, body: Any = None, timeout: float = 30.0
+) -> Any:
     """The JSON answer of an operator API call; an error answer raises."""
-    return answer(method, path, send(args, method, path, body))
+    return answer(method, path, send(args, method, path, body, timeout))
 
 
 def answer(method: str, path: str, response: urllib3.BaseHTTPResponse) -> Any:
@@ -61,9 +63,10 @@ def answer(method: str, path: str, response: urllib3.BaseHTTPResponse) -> Any:
 
 
 def send(
-    args: argparse.Namespace, method: str, path: str, body: Any = None
+    args: argparse.Namespace, method: str, path: str, body: Any = None, timeout: float = 30.0
 ) -> urllib3.BaseHTTPResponse:
-    """One operator API request with the token, answered whatever its status."""
+    """One operator API request with the token, answered whatever its status;
+    ``timeout``: for connecting, and for each wait for the answer's next bytes."""
     token = (
         args.token_file.read_text().strip()
         if args.token_file is not None
@@ -80,7 +83,7 @@ def send(
     trust = ServerTrust(args.ca_file, "--ca-file")
     try:
         return trust.pool().request(
-            method, url, body=data, headers=headers, timeout=30.0, retries=False
+            method, url, body=data, headers=headers, timeout=timeout, retries=False
         )
     except urllib3.exceptions.SSLError as exc:
         raise GpuwardError(f"{method} {url}: {trust.refused(exc)}") from None

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gpuward.cli.operator_client import add_server_flags
+from gpuward.cli.output import add_json_flag
 
 FORMATS = ("json", "html", "pdf", "csv")  # csv: the evidence file, every node in full
 
@@ -29,6 +30,32 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         add_server_flags(parser)
         parser.set_defaults(func=_fetch)
 
+    keep = sub.add_parser(
+        "keep", help="make and keep a report in every format on the server (operator role)"
+    )
+    keep.add_argument("scope", choices=("fleet", "node"))
+    keep.add_argument("node_id", nargs="?", help="the node, for a node report")
+    add_server_flags(keep)
+    keep.set_defaults(func=_keep)
+
+    kept = sub.add_parser("kept", help="list the reports the server keeps, newest first")
+    kept.add_argument("--scope", choices=("fleet", "node"))
+    kept.add_argument("--limit", type=int, default=20)
+    add_json_flag(kept)
+    add_server_flags(kept)
+    kept.set_defaults(func=_kept)
+
+    fetch = sub.add_parser("fetch", help="download a kept report's files, each with FILE.sig")
+    fetch.add_argument("report_id")
+    fetch.add_argument(
+        "--format", action="append", choices=FORMATS, help="a format to fetch (default: all)"
+    )
+    fetch.add_argument(
+        "-o", "--output-dir", type=Path, default=Path(), help="folder to write them in"
+    )
+    add_server_flags(fetch)
+    fetch.set_defaults(func=_fetch_kept)
+
     verify = sub.add_parser("verify", help="check a report against the server's report key")
     verify.add_argument("file", type=Path)
     verify.add_argument("--key", type=Path, required=True, help="the server's report.pub")
@@ -36,24 +63,42 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     verify.set_defaults(func=_verify)
 
 
+# Judging and rendering a large fleet takes minutes; the server answers once done.
+REPORT_TIMEOUT_S = 900.0
+
+
+def _path(scope: str, node_id: str | None) -> str:
+    from urllib.parse import quote
+
+    from fleet.errors import GpuwardError
+
+    if scope == "fleet":
+        return "/v1/reports/fleet"
+    if not node_id:
+        raise GpuwardError("a node report needs the node's id: gpuward report keep node NODE_ID")
+    return f"/v1/reports/nodes/{quote(node_id, safe='')}"
+
+
 def _fetch(args: argparse.Namespace) -> None:
+    from urllib.parse import quote
+
+    path = _path(args.command, getattr(args, "node_id", None))
+    # The server prints the file's name in the report, so it names the right .sig file.
+    path += f"?format={args.format or _format_of(args.output)}&file={quote(args.output.name)}"
+    _download(args, path, args.output)
+
+
+def _download(args: argparse.Namespace, path: str, output: Path) -> None:
+    """The report file at ``path`` written to ``output``, and its signature beside it."""
     import base64
     import binascii
-    from urllib.parse import quote
 
     from fleet.errors import GpuwardError
     from gpuward.cli.operator_client import answer, send
     from keys.durable_files import atomic_write
     from keys.report_key import SIGNATURE_SUFFIX
 
-    path = (
-        "/v1/reports/fleet"
-        if args.command == "fleet"
-        else f"/v1/reports/nodes/{quote(args.node_id, safe='')}"
-    )
-    # The server prints the file's name in the report, so it names the right .sig file.
-    path += f"?format={args.format or _format_of(args.output)}&file={quote(args.output.name)}"
-    response = send(args, "GET", path)
+    response = send(args, "GET", path, timeout=REPORT_TIMEOUT_S)
     if response.status != 200:
         answer("GET", path, response)  # raises with the server's error message
         raise GpuwardError(f"GET {path}: HTTP {response.status}")
@@ -61,12 +106,68 @@ def _fetch(args: argparse.Namespace) -> None:
         signature = base64.b64decode(response.headers["Gpuward-Report-Signature"], validate=True)
     except (KeyError, binascii.Error):
         raise GpuwardError(f"GET {path}: the server sent no report signature") from None
-    atomic_write(args.output, response.data)
-    atomic_write(args.output.with_name(args.output.name + SIGNATURE_SUFFIX), signature)
+    atomic_write(output, response.data)
+    atomic_write(output.with_name(output.name + SIGNATURE_SUFFIX), signature)
     print(
-        f"wrote {args.output} and {args.output.name}{SIGNATURE_SUFFIX} "
+        f"wrote {output} and {output.name}{SIGNATURE_SUFFIX} "
         f"(key {response.headers.get('Gpuward-Report-Key-Id', '?')})"
     )
+
+
+def _keep(args: argparse.Namespace) -> None:
+    from fleet.kept_reports import KeptReportInfo
+    from gpuward.cli.operator_client import call
+
+    path = _path(args.scope, args.node_id)
+    kept = KeptReportInfo.from_dict(call(args, "POST", path, timeout=REPORT_TIMEOUT_S))
+    print(f"kept {kept.report_id}: " + ", ".join(f.name for f in kept.files))
+
+
+def _kept(args: argparse.Namespace) -> None:
+    from fleet.human_time import when
+    from fleet.kept_reports import KeptReportList
+    from gpuward.cli.operator_client import call
+    from gpuward.cli.output import emit, table
+
+    path = f"/v1/reports/kept?limit={args.limit}" + (f"&scope={args.scope}" if args.scope else "")
+    listed = KeptReportList.from_dict(call(args, "GET", path))
+    rows = [
+        (r.report_id, when(r.generated_at), r.subject, r.made_by,
+         ",".join(f.format for f in r.files))
+        for r in listed.reports
+    ]  # fmt: skip
+    emit(args, listed.to_dict(), table(("REPORT", "MADE", "SUBJECT", "BY", "FILES"), rows))
+
+
+def _fetch_kept(args: argparse.Namespace) -> None:
+    from urllib.parse import quote
+
+    from fleet.errors import GpuwardError
+    from fleet.kept_reports import REPORT_ID
+
+    if not REPORT_ID.fullmatch(args.report_id):
+        raise GpuwardError(
+            f"{args.report_id!r} is not a report id; 'gpuward report kept' lists them"
+        )
+    for fmt in args.format or FORMATS:
+        # The name the report was signed under, which its HTML and PDF print.
+        name = _kept_name(args, args.report_id, fmt)
+        _download(args, f"/v1/reports/kept/{quote(args.report_id)}/{fmt}", args.output_dir / name)
+
+
+def _kept_name(args: argparse.Namespace, report_id: str, fmt: str) -> str:
+    from fleet.errors import GpuwardError
+    from fleet.kept_reports import KeptReportList
+    from gpuward.cli.operator_client import call
+
+    for report in KeptReportList.from_dict(
+        call(args, "GET", "/v1/reports/kept?limit=1000")
+    ).reports:
+        if report.report_id == report_id:
+            for file in report.files:
+                if file.format == fmt:
+                    return file.name
+    raise GpuwardError(f"the server keeps no {fmt} file of report {report_id}")
 
 
 def _format_of(output: Path) -> str:

@@ -424,11 +424,6 @@ class Store(Protocol):
 
     async def history(self, node_id: str, limit: int) -> list[ReportRecord]: ...
 
-    async def histories(self, limit: int) -> dict[str, list[ReportRecord]]:
-        """Each node's newest ``limit`` reports, newest first, by node id (nodes that
-        never reported are absent)."""
-        ...
-
     async def compliance_evidence(
         self, limit: int, node_id: str | None = None
     ) -> dict[str, list[ReportRecord]]:

@@ -630,18 +630,6 @@ class SqlStore:
             )
         return [_record(node_id, at, body, attestation) for at, body, attestation in rows]
 
-    async def histories(self, limit: int) -> dict[str, list[ReportRecord]]:
-        # One read for the fleet's report: a query per node is a round trip per node,
-        # minutes at 100,000 nodes.
-        async with self.db.transaction(write=False) as tx:
-            rows = await tx.fetch(
-                "SELECT node_id, id, received_at, body, attestation FROM (SELECT node_id, "
-                "received_at, body, attestation, id, ROW_NUMBER() OVER (PARTITION BY node_id "
-                "ORDER BY id DESC) AS nth FROM reports) r WHERE nth <= ? ORDER BY node_id, id DESC",
-                limit,
-            )
-        return _by_node(rows)
-
     async def compliance_evidence(
         self, limit: int, node_id: str | None = None
     ) -> dict[str, list[ReportRecord]]:

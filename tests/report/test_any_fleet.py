@@ -23,8 +23,8 @@ from fleet.catalog import default_catalog
 from fleet.compliance import CONTROL_RESULTS, report_document, schema_text
 from fleet.report import HealthReport, KernelHoldReport
 from server.config import ServerConfig
+from server.report_facts import fleet_facts
 from server.report_render import CONTENT_TYPES, render
-from server.reports import fleet_facts
 from server.store import EnrolledNode, open_store
 from tests.simnode import report_doc
 

@@ -76,6 +76,7 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
             'report_key_module = "/usr/lib/softhsm/libsofthsm2.so"\n'
             'trusted_proxies = ["127.0.0.1", "::1"]\nek_type = "EK-ECC256"\n'
             "report_retention_count = 2000\nreport_retention_days = 7\n"
+            'report_schedule = "daily"\nreports_kept = 14\n'
             'metrics_listen = "[::1]:9464"\n'
             'gpu_rims = "rims"\ngpu_device_root = "/etc/gpuward/device-root.pem"\n'
             'gpu_rim_root = "rim-root.pem"\ngpu_revocation = "waived"\n'
@@ -112,6 +113,8 @@ def test_every_option_from_the_file_relative_to_its_folder(folder: Path) -> None
         ek_type="EK-ECC256",
         report_retention_count=2000,
         report_retention_days=7,
+        report_schedule="daily",
+        reports_kept=14,
         webhooks=(
             WebhookEndpoint(
                 "https://hooks.example/gpuward",
@@ -225,12 +228,18 @@ def test_flags_given_override_the_file_whole(folder: Path) -> None:
             'repo = "r"\ndb = "d"\ngpu_revocation = "ignored"\n',
             ("gpu_revocation ignored: must be unchecked or waived",),
         ),
+        (
+            'repo = "r"\ndb = "d"\nreport_schedule = "hourly"\n',
+            ("report_schedule hourly: must be one of off, daily, weekly",),
+        ),
+        ('repo = "r"\ndb = "d"\nreports_kept = 0\n', ("reports_kept must be between 1 and",)),
     ],
     ids=[
         "unknown-key", "string-for-integer", "bool-for-integer", "string-for-list",
         "list-of-numbers", "string-for-table", "bad-pool", "string-for-number", "bounds",
         "driver-pcr", "required", "missing-token-file", "not-toml", "ek-type",
-        "retention-bounds", "metrics-listen", "gpu-revocation",
+        "retention-bounds", "metrics-listen", "gpu-revocation", "report-schedule",
+        "reports-kept",
     ],
 )  # fmt: skip
 def test_bad_files_are_refused_naming_the_key(
