@@ -458,6 +458,7 @@ class Document(Kind):
 
     def __set_name__(self, owner: type[Any], attribute: str) -> None:
         self.cls = owner
+        self._plan = None  # compiled for its owner
 
     def _owner(self) -> type[Any]:
         if self.cls is None:
