@@ -424,7 +424,7 @@ class _Plan:
     fields: tuple[tuple[str, Callable[[object, str, str | None], Any], Any, bool], ...]
 
 
-_VERSION = Integer()
+_SCHEMA_NUMBER = Integer()  # how a versioned document's "schema" is read
 
 
 class Document(Kind):
@@ -496,7 +496,7 @@ class Document(Kind):
         if self.version is not None:
             if "schema" not in value:
                 raise InvalidDocument(f"{where}: missing field 'schema'")
-            if _VERSION.read(value["schema"], where, "schema") != self.version:
+            if _SCHEMA_NUMBER.read(value["schema"], where, "schema") != self.version:
                 raise InvalidDocument(f"{where}: {self.version_refusal}")
         values: dict[str, Any] = {}
         for name, read, default, kept in plan.fields:
