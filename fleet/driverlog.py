@@ -77,6 +77,13 @@ DRIVER = "driver"  # a bundle became (or, after a boot, still is) the active dri
 SIGNED_PREFIX = b"gpuward driver measurement v2\n"
 # Checks an Ed25519 signature: (raw public key, message, signature) -> valid.
 Verify = Callable[[bytes, bytes, bytes], bool]
+# What a log entry and its event may hold: every report carries its node's log.
+_ENTRY_FIELDS = frozenset({"schema", "bank", "digest", "event", "signature", "measured_at"})
+_BANKS = frozenset({BANK})
+_EVENT_FIELDS = frozenset({"kind", "pcr", "seq", "reset_count"})
+_KEY_EVENT_FIELDS = _EVENT_FIELDS | {"public_key"}
+_DRIVER_EVENT_FIELDS = _EVENT_FIELDS | {"target_path", "sha256", "driver_version"}
+_DRIVER_KIND = frozenset({DRIVER})
 
 
 @dataclass(frozen=True)
@@ -146,11 +153,7 @@ class DriverEvent:
 
     @classmethod
     def from_dict(cls, doc: object, where: str) -> DriverEvent:
-        r = Reader(
-            doc,
-            where,
-            allowed=frozenset({"schema", "bank", "digest", "event", "signature", "measured_at"}),
-        )
+        r = Reader(doc, where, allowed=_ENTRY_FIELDS)
         schema = r.integer("schema")
         if schema < SCHEMA_VERSION:
             raise DriverLogError(
@@ -159,21 +162,16 @@ class DriverEvent:
             )
         if schema != SCHEMA_VERSION:
             raise InvalidDocument(f"{where}: unsupported schema version; upgrade gpuward")
-        r.text("bank", choices=frozenset({BANK}))
+        r.text("bank", choices=_BANKS)
         raw = r.raw("event")
         kind = raw.get("kind") if isinstance(raw, dict) else None
-        common = frozenset({"kind", "pcr", "seq", "reset_count"})
         if kind == KEY:
-            e = Reader(raw, f"{where}.event", allowed=common | {"public_key"})
+            e = Reader(raw, f"{where}.event", allowed=_KEY_EVENT_FIELDS)
             public_key = e.text("public_key", pattern=_KEY_HEX, max_len=64)
             bundle = ("", "", "")
         else:
-            e = Reader(
-                raw,
-                f"{where}.event",
-                allowed=common | {"target_path", "sha256", "driver_version"},
-            )
-            e.text("kind", choices=frozenset({DRIVER}))
+            e = Reader(raw, f"{where}.event", allowed=_DRIVER_EVENT_FIELDS)
+            e.text("kind", choices=_DRIVER_KIND)
             public_key = ""
             bundle = (
                 e.text("target_path", max_len=512),

@@ -250,5 +250,15 @@ class HealthReport(Wire):
         """
         report = super().from_dict(doc, where)
         as_read = report.to_dict()
-        as_text = unicode_texts(as_read)
-        return report if as_text == as_read else super().from_dict(as_text, where)
+        encoded = canonical_json(as_read)
+        # Canonical JSON is ASCII: it writes every surrogate (lone, or half of a pair
+        # for a character beyond U+FFFF) as an escape \ud800 to \udfff. Without one,
+        # no string of the report, key or value, holds a lone surrogate, and none
+        # needs looking at; with one, each is looked at.
+        if b"\\ud" in encoded:
+            as_text = unicode_texts(as_read)
+            if as_text != as_read:
+                return super().from_dict(as_text, where)
+        # What the report's digest binds, from the same to_dict(): encoded once.
+        object.__setattr__(report, "canonical_json", encoded)
+        return report

@@ -30,10 +30,11 @@ class Reader:
     """Reads fields of one JSON object, checking each as it goes."""
 
     def __init__(self, doc: object, where: str, *, allowed: frozenset[str]) -> None:
-        if not isinstance(doc, Mapping):
+        # JSON objects are dicts: the exact type test spares most the ABC's check.
+        if type(doc) is not dict and not isinstance(doc, Mapping):
             raise InvalidDocument(f"{where}: expected a JSON object")
-        unknown = sorted(set(doc) - allowed)
-        if unknown:
+        if not allowed.issuperset(doc):
+            unknown = sorted(set(doc) - allowed)
             raise InvalidDocument(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
         self._doc: Mapping[str, Any] = doc
         self._where = where

@@ -27,6 +27,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Self
@@ -101,9 +102,12 @@ class Choice(Kind):
 
     members: type[enum.StrEnum]
 
+    @functools.cached_property
+    def _text(self) -> Text:
+        return Text(choices=frozenset(member.value for member in self.members))
+
     def read(self, value: object, where: str, key: str | None) -> enum.StrEnum:
-        choices = frozenset(member.value for member in self.members)
-        return self.members(Text(choices=choices).read(value, where, key))
+        return self.members(self._text.read(value, where, key))
 
     def write(self, value: Any) -> Any:
         return str(value.value)
@@ -183,8 +187,12 @@ class Bytes(Kind):
     def max_len(self) -> int:
         return 4 * ((self.max_bytes + 2) // 3)
 
+    @functools.cached_property
+    def _text(self) -> Text:
+        return Text(max_len=self.max_len)
+
     def read(self, value: object, where: str, key: str | None) -> bytes:
-        text = Text(max_len=self.max_len).read(value, where, key)
+        text = self._text.read(value, where, key)
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
@@ -248,9 +256,10 @@ class ListOf(Kind):
             raise InvalidDocument(f"{_name(where, key)} has more than {self.max_items} items")
         if len(value) < self.min_items:
             raise InvalidDocument(f"{_name(where, key)} needs at least {self.min_items} item(s)")
-        return tuple(
-            self.item.read(item, where, f"{key or ''}[{i}]") for i, item in enumerate(value)
-        )
+        if not value:  # most lists of a report (a GPU's problems, its findings) are empty
+            return ()
+        read, prefix = self.item.read, key or ""
+        return tuple([read(item, where, f"{prefix}[{i}]") for i, item in enumerate(value)])
 
     def write(self, value: Any) -> Any:
         return [self.item.write(item) for item in value]
@@ -279,8 +288,9 @@ class MapOf(Kind):
                 f"{_name(where, key)} must have {self.min_items} to {self.max_items} entries"
             )
         inner = where if key is None else f"{where}.{key}"
+        names, values = self.keys.read, self.values.read
         return {
-            self.keys.read(name, inner, "key"): self.values.read(item, inner, str(name))
+            names(name, inner, "key"): values(item, inner, str(name))
             for name, item in value.items()
         }
 
@@ -405,6 +415,18 @@ def optional(name: str, kind: Kind, description: str = "") -> Field:
     return Field(name, Nullable(kind), default=None, description=description)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A document's reader, compiled: the dataclass, and per field its name, its
+    kind's read, its default (``_MISSING`` when required) and whether it is kept."""
+
+    owner: type[Any]
+    fields: tuple[tuple[str, Callable[[object, str, str | None], Any], Any, bool], ...]
+
+
+_SCHEMA_NUMBER = Integer()  # how a versioned document's "schema" is read
+
+
 class Document(Kind):
     """A JSON object with declared fields, read into the dataclass that holds it.
 
@@ -429,12 +451,14 @@ class Document(Kind):
         self._where = where
         self._description = description
         self.cls: type[Any] | None = None
+        self._plan: _Plan | None = None
         self.keys = frozenset(f.name for f in fields) | (
             frozenset() if version is None else frozenset({"schema"})
         )
 
     def __set_name__(self, owner: type[Any], attribute: str) -> None:
         self.cls = owner
+        self._plan = None  # compiled for its owner
 
     def _owner(self) -> type[Any]:
         if self.cls is None:
@@ -450,30 +474,42 @@ class Document(Kind):
     def where(self) -> str:
         return self._where or self.name
 
+    def _compile(self) -> _Plan:
+        """What ``read`` needs, worked out once from the declaration: a report's
+        eight GPU entries, and every report after it, are read by the same plan."""
+        plan = _Plan(
+            self._owner(),
+            tuple((f.name, f.kind.read, f.default, not f.derived) for f in self.fields),
+        )
+        self._plan = plan
+        return plan
+
     def read(self, value: object, where: str, key: str | None) -> Any:
+        plan = self._plan or self._compile()
         where = where if key is None else f"{where}.{key}"
-        if not isinstance(value, Mapping):
+        # JSON objects are dicts: the exact type test spares most the ABC's check.
+        if type(value) is not dict and not isinstance(value, Mapping):
             raise InvalidDocument(f"{where}: expected a JSON object")
-        unknown = sorted(set(value) - self.keys)
-        if unknown:
+        if not self.keys.issuperset(value):
+            unknown = sorted(set(value) - self.keys)
             raise InvalidDocument(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
         if self.version is not None:
             if "schema" not in value:
                 raise InvalidDocument(f"{where}: missing field 'schema'")
-            if Integer().read(value["schema"], where, "schema") != self.version:
+            if _SCHEMA_NUMBER.read(value["schema"], where, "schema") != self.version:
                 raise InvalidDocument(f"{where}: {self.version_refusal}")
         values: dict[str, Any] = {}
-        for field in self.fields:
-            if field.name in value:
-                read = field.kind.read(value[field.name], where, field.name)
-            elif field.required:
-                raise InvalidDocument(f"{where}: missing field {field.name!r}")
+        for name, read, default, kept in plan.fields:
+            if name in value:
+                item = read(value[name], where, name)
+            elif default is _MISSING:
+                raise InvalidDocument(f"{where}: missing field {name!r}")
             else:
-                read = field.default
-            if not field.derived:
-                values[field.name] = read
+                item = default
+            if kept:
+                values[name] = item
         try:
-            return self._owner()(**values)
+            return plan.owner(**values)
         except InvalidDocument as exc:
             # The dataclass names itself as a top-level document; say where it is.
             raise InvalidDocument(f"{where}: {str(exc).removeprefix(self.where + ': ')}") from None
@@ -528,8 +564,9 @@ class Wire:
     def from_dict(cls, doc: object, where: str | None = None) -> Self:
         """The document in ``doc``, strictly read: it comes from outside."""
         wire = cls.WIRE
-        default = wire.where if isinstance(wire, Document) else cls.__name__
-        value = wire.read(doc, where or default, None)
+        if not where:
+            where = wire.where if isinstance(wire, Document) else cls.__name__
+        value = wire.read(doc, where, None)
         assert isinstance(value, cls)
         return value
 

@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 
 from fleet.attestation_verdict import AttestationVerdict
 from fleet.report import HealthReport
-from fleet.text import unicode_text
+from fleet.schema import canonical_json
+from fleet.text import unicode_text, unicode_texts
 from server.http import Services
 from server.report_render import inert
 from server.store import EnrolledNode
@@ -203,6 +204,19 @@ def test_a_lone_surrogate_is_read_as_a_replacement_character() -> None:
     # Valid text, surrogate pairs spelled in JSON included, is read as sent.
     sent = json.loads('{"reason": "\\ud83d\\ude00 ok \\u202e"}')["reason"]
     assert HealthReport.from_dict({**report_doc("n1"), "reason": sent}).reason == "😀 ok \u202e"
+
+
+@given(texts=TEXTS)
+@settings(max_examples=200, deadline=None, database=None)
+def test_no_lone_surrogate_survives_the_reader(texts: Texts) -> None:
+    """The reader looks for surrogates in the report's canonical JSON, not string by
+    string: whatever a node sends in any of its text fields, what is read holds no
+    lone surrogate, and the encoding its digest binds is that of what was read."""
+    report = HealthReport.from_dict(texts.report("n1"))
+    assert report.reason == unicode_text(texts.reason[:1024])
+    doc = report.to_dict()
+    assert unicode_texts(doc) == doc
+    assert report.canonical_json == canonical_json(doc)
 
 
 def test_reports_stored_before_the_fix_still_render(fleet: Fleet) -> None:
