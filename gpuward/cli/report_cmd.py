@@ -40,7 +40,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     kept = sub.add_parser("kept", help="list the reports the server keeps, newest first")
     kept.add_argument("--scope", choices=("fleet", "node"))
-    kept.add_argument("--limit", type=int, default=20)
+    kept.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     add_json_flag(kept)
     add_server_flags(kept)
     kept.set_defaults(func=_kept)
@@ -51,7 +51,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--format", action="append", choices=FORMATS, help="a format to fetch (default: all)"
     )
     fetch.add_argument(
-        "-o", "--output-dir", type=Path, default=Path(), help="folder to write them in"
+        "-o",
+        "--output-dir",
+        type=Path,
+        default=Path(),
+        help="folder to write them in (default: this one)",
     )
     add_server_flags(fetch)
     fetch.set_defaults(func=_fetch_kept)
