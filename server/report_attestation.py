@@ -53,7 +53,14 @@ import structlog
 
 from fleet.attestation import AttestedReport, PcrSelection, ReportChallenge
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
-from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, active_bundle
+from fleet.driverlog import (
+    BANK,
+    DEFAULT_DRIVER_PCR,
+    ActiveDriver,
+    VerifiedLog,
+    Verify,
+    verified_log,
+)
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.gpu_attestation import GpuAttestationVerdict, GpuOutcome
 from fleet.report import HealthReport
@@ -78,6 +85,10 @@ MAX_REPLAYED_LOGS = 1024
 # nodes reporting in turn must fit, or an LRU would miss on every report. About
 # 3.3 KB each with the RSA key built (measured), so some 330 MB for 100,000 nodes.
 MAX_ENROLLED_TPMS = 131_072
+# Verified driver logs kept per process, one per node: the same fleet must fit.
+# About 1.6 KB each with a key event and a driver event (measured), so some 210 MB
+# when full; a log of 256 events keeps no more, as only what it proves is kept.
+MAX_DRIVER_LOGS = 131_072
 
 
 def _gpu_problems(
@@ -134,6 +145,55 @@ class BootPolicies:
         return None if self.default is None else (DEFAULT_POLICY, self.default)
 
 
+class DriverLogs:
+    """Each node's last verified driver log, so that a report sending the same bytes
+    again (every report does, until the node reboots or switches driver) does not
+    parse it and check its signatures again.
+
+    An entry serves only the node it was verified for, while that node keeps its
+    request key, AK record and pinned applier key (a re-enrolled node starts
+    afresh), and only for the exact bytes (by SHA-256) and boot (the quote's reset
+    count) it was verified with: what the log proves depends on nothing else. Whether
+    it explains the quote does, so its replay is compared with every report's quote.
+    Least recently used nodes are forgotten first, beyond ``capacity``.
+    """
+
+    def __init__(self, pcr: int, verify: Verify, capacity: int = MAX_DRIVER_LOGS) -> None:
+        self._pcr = pcr
+        self._verify = verify
+        self._capacity = capacity
+        self._logs: OrderedDict[str, tuple[tuple[bytes, bytes, bytes | None], VerifiedLog]] = (
+            OrderedDict()
+        )
+
+    def active(
+        self,
+        node: EnrolledNode,
+        enrollment: bytes,  # SHA-256 of the node's AK record
+        data: bytes | None,
+        quoted: bytes,
+        reset_count: int,
+    ) -> ActiveDriver:
+        """What ``data`` proves against the quoted driver PCR; raises
+        ``DriverLogError`` when it does not replay to ``quoted``."""
+        holder = (node.public_key, enrollment, node.driver_key)
+        known = self._logs.get(node.node_id)
+        if (
+            known is not None
+            and known[0] == holder
+            and known[1].reset_count == reset_count
+            and known[1].sha256 == hashlib.sha256(data or b"").digest()
+        ):
+            self._logs.move_to_end(node.node_id)
+            return known[1].proves(self._pcr, quoted)
+        checked = verified_log(data, self._pcr, quoted, reset_count, self._verify)
+        self._logs[node.node_id] = (holder, checked)
+        self._logs.move_to_end(node.node_id)
+        while len(self._logs) > self._capacity:
+            self._logs.popitem(last=False)
+        return checked.active
+
+
 class ReportAttestation:
     """Issues report challenges and verifies attested reports."""
 
@@ -162,7 +222,7 @@ class ReportAttestation:
         self._policies = policies or BootPolicies()
         self._replayed: OrderedDict[str, ReplayedLog] = OrderedDict()  # by sha256, LRU
         self._tpms: OrderedDict[bytes, EnrolledTpm] = OrderedDict()  # by record sha256, LRU
-        self._driver_signatures = VerifiedCache()
+        self._driver_logs = DriverLogs(driver_pcr, VerifiedCache().verify)
 
     async def challenge(self, node_id: str) -> ReportChallenge:
         """A challenge for the node's report, replacing any it holds."""
@@ -188,7 +248,8 @@ class ReportAttestation:
         """
         if node.tpm is None:
             raise GpuwardError(f"node {node.node_id} has no enrolled TPM")
-        tpm = self._enrolled_tpm(node.tpm)
+        enrollment = hashlib.sha256(node.tpm.encode()).digest()
+        tpm = self._enrolled_tpm(enrollment, node.tpm)
         sent = attested.evidence.event_log
         known: bytes | ReplayedLog | None = self._replayed_log(attested.evidence.event_log_sha256)
         if known is None and sent is None:
@@ -199,12 +260,12 @@ class ReportAttestation:
             tpm, attested, known_log=known, policy=None if chosen is None else chosen[1]
         )
         evidence = attested.evidence
-        active = active_bundle(
+        active = self._driver_logs.active(
+            node,
+            enrollment,
             evidence.driver_log,
-            self._driver_pcr,
             evidence.pcrs[BANK][self._driver_pcr],
             verdict.quote.reset_count,
-            self._driver_signatures.verify,
         )
         driver, driver_problems = active.driver, active.problems
         if active.public_key is not None:
@@ -268,11 +329,10 @@ class ReportAttestation:
             for evidence in attested.report.gpu_evidence
         )
 
-    def _enrolled_tpm(self, record: str) -> EnrolledTpm:
-        """The node's AK record, parsed once and kept with its key object (built on
-        first use) for as long as the stored record is the same text: a record
-        changed in any way (a re-enrollment) is parsed afresh."""
-        digest = hashlib.sha256(record.encode()).digest()
+    def _enrolled_tpm(self, digest: bytes, record: str) -> EnrolledTpm:
+        """The node's AK record (``digest``: its SHA-256), parsed once and kept with
+        its key object (built on first use) for as long as the stored record is the
+        same text: a record changed in any way (a re-enrollment) is parsed afresh."""
         found = self._tpms.get(digest)
         if found is not None:
             self._tpms.move_to_end(digest)
