@@ -145,6 +145,14 @@ class BootPolicies:
         return None if self.default is None else (DEFAULT_POLICY, self.default)
 
 
+@dataclass(frozen=True)
+class VerifiedReport:
+    verdict: AttestationVerdict
+    # The node's next report challenge, issued as this report's was taken: it
+    # lives ``next_ttl_s``, from one report to the next; answered with the report.
+    next: ReportChallenge
+
+
 class DriverLogs:
     """Each node's last verified driver log, so that a report sending the same bytes
     again (every report does, until the node reboots or switches driver) does not
@@ -231,17 +239,9 @@ class ReportAttestation:
             await self._store.event_log_sha256(node_id),
         )
 
-    async def next_challenge(self, node_id: str, verdict: AttestationVerdict) -> ReportChallenge:
-        """The challenge for the node's next report, answered with the report just
-        verified: it lives ``next_ttl_s``, from one report to the next. The log named
-        is the one this report was verified with, which the store now holds."""
-        return ReportChallenge(
-            await self._challenges.issue_replacing(node_id, REPORT, ttl_s=self._next_ttl_s),
-            verdict.event_log_sha256,
-        )
-
-    async def verify(self, node: EnrolledNode, attested: AttestedReport) -> AttestationVerdict:
-        """Check ``attested`` against the node's stored AK record.
+    async def verify(self, node: EnrolledNode, attested: AttestedReport) -> VerifiedReport:
+        """Check ``attested`` against the node's stored AK record; with the verdict,
+        the challenge for the node's next report.
 
         Raises ``AttestationError`` or ``EventLogError`` when the evidence fails,
         ``DriverLogError`` when the driver log does not replay to the quote.
@@ -257,7 +257,11 @@ class ReportAttestation:
             known = None if kept is None else kept[1]
         chosen = self._policies.for_pool(node.pool)
         verdict = await self._verifier.verify_report(
-            tpm, attested, known_log=known, policy=None if chosen is None else chosen[1]
+            tpm,
+            attested,
+            known_log=known,
+            policy=None if chosen is None else chosen[1],
+            next_ttl_s=self._next_ttl_s,
         )
         evidence = attested.evidence
         active = self._driver_logs.active(
@@ -307,7 +311,7 @@ class ReportAttestation:
             log.warning("boot_not_attested", node=node.node_id, reasons=list(reasons))
         if gpu_problems:
             log.warning("gpus_not_attested", node=node.node_id, reasons=list(gpu_problems))
-        return AttestationVerdict(
+        judged = AttestationVerdict(
             passed=verdict.passed and not driver_problems and not gpu_problems,
             reset_count=verdict.quote.reset_count,
             event_log_sha256=None if verdict.log is None else verdict.log.sha256,
@@ -319,6 +323,10 @@ class ReportAttestation:
             driver=None if driver is None else AttestedDriver.of(driver),
             gpus=gpus,
         )
+        following = verdict.quote.next_challenge
+        assert following is not None  # asked for with ``next_ttl_s``
+        # The log named is the one this report was verified with, which the store holds.
+        return VerifiedReport(judged, ReportChallenge(following, judged.event_log_sha256))
 
     def _judge_gpus(self, attested: AttestedReport) -> tuple[GpuAttestationVerdict, ...]:
         """Each GPU's verdict; its nonce must be the challenge the quote answered
