@@ -3,23 +3,27 @@
 A TPM-enrolled node asks ``GET /v1/challenge`` (signed) for a single-use report
 challenge, quotes with qualifying data SHA-256(challenge || report digest) and
 posts the report with the evidence to ``POST /v1/reports``. The answer to an
-accepted report carries the challenge for the node's next one, so in the
-steady state a report is one request; a node holds one pending report
-challenge, and asking for another replaces it. Evidence that fails
-(an old challenge, a report changed after quoting, a signature not by the
-node's AK) refuses the report; evidence that verifies is stored with the
-report as its verdict (``fleet.attestation_verdict``): whether the boot its
-event log records passes the measured-boot policy of the node's pool, and every
-reason it does not.
+accepted report carries the challenge for the node's next one, so in the steady
+state a report is one request; a node holds one pending report challenge, and
+asking for another replaces it. The next is put in place of the one a report
+answered as that one is taken, in one trip to the store; a report then refused
+leaves the node a challenge nobody knows, which its next request for one
+replaces. Evidence that fails (an old challenge, a report changed after
+quoting, a signature not by the node's AK) refuses the report; evidence that
+verifies is stored with the report as its verdict
+(``fleet.attestation_verdict``): whether the boot its event log records passes
+the measured-boot policy of the node's pool, and every reason it does not.
 
 The driver PCR (15 by default) is explained by the applier's measurement log,
-sent whole with every report: it must replay to the quoted value or the
-report is refused, and its last event names the driver bundle that is active,
-which the verdict records and checks against the bundle the report claims.
-Every event must also be the applier's (signed with the key of the boot's key
-event, numbered, of the quoted boot), and that key must be the one pinned for
-the node by its first attested report; otherwise the report is kept but not
-attested, with the reason.
+sent whole with every report: it must replay to the quoted value or the report
+is refused (each node's last verified log is kept, so the same bytes again are
+not parsed and their signatures not checked again; the replay is compared with
+every quote), and its last event names the driver bundle that is active, which
+the verdict records and checks against the bundle the report claims. Every
+event must also be the applier's (signed with the key of the boot's key event,
+numbered, of the quoted boot), and that key must be the one pinned for the node
+by its first attested report; otherwise the report is kept but not attested,
+with the reason.
 
 Each GPU's attestation evidence in the report (``fleet.gpu_attestation``) is
 judged offline (``server.gpu_attestation``) against the challenge the quote
