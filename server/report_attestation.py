@@ -163,10 +163,11 @@ class DriverLogs:
     parse it and check its signatures again.
 
     An entry serves only the node it was verified for, while that node keeps its
-    request key, AK record and pinned applier key (a re-enrolled node starts
-    afresh), and only for the exact bytes (by SHA-256) and boot (the quote's reset
-    count) it was verified with: what the log proves depends on nothing else. Whether
-    it explains the quote does, so its replay is compared with every report's quote.
+    request key, AK record and pinned applier key (a re-enrolled node, or one whose
+    key was pinned by another log, starts afresh), and only for the exact bytes (by
+    SHA-256) and boot (the quote's reset count) it was verified with: what the log
+    proves depends on nothing else. Whether it explains the quote does, so its
+    replay is compared with every report's quote.
     Least recently used nodes are forgotten first, beyond ``capacity``.
     """
 
@@ -199,7 +200,10 @@ class DriverLogs:
             self._logs.move_to_end(node.node_id)
             return known[1].proves(self._pcr, quoted)
         checked = verified_log(data, self._pcr, quoted, reset_count, self._verify)
-        self._logs[node.node_id] = (holder, checked)
+        # A node's first attested report pins the key its log names: the entry then
+        # serves the node as pinned by this very log, and no other key.
+        pinned = node.driver_key or checked.active.public_key
+        self._logs[node.node_id] = ((node.public_key, enrollment, pinned), checked)
         self._logs.move_to_end(node.node_id)
         while len(self._logs) > self._capacity:
             self._logs.popitem(last=False)

@@ -222,3 +222,20 @@ def test_the_least_recently_reporting_node_is_forgotten_beyond_capacity() -> Non
     assert counted.checks == checks
     logs.active(_node("b", key), AK_RECORD, data, quoted, RESET)
     assert counted.checks > checks
+
+
+def test_the_key_a_first_report_pins_keeps_its_entry_and_no_other_does() -> None:
+    """Nothing is pinned when a node's first log is checked; that log's key is
+    pinned then, and the entry serves the node so pinned, not pinned otherwise."""
+    key = Ed25519PrivateKey.generate()
+    events = _log(key)
+    data, quoted = encode(events), replay(events, PCR)
+    counted = CountedVerify()
+    logs = DriverLogs(PCR, counted)
+    logs.active(_node("n1"), AK_RECORD, data, quoted, RESET)
+    checks = counted.checks
+
+    logs.active(_node("n1", key), AK_RECORD, data, quoted, RESET)
+    assert counted.checks == checks
+    logs.active(_node("n1", Ed25519PrivateKey.generate()), AK_RECORD, data, quoted, RESET)
+    assert counted.checks == 2 * checks
