@@ -241,7 +241,7 @@ class ActiveDriver:
 
 
 @dataclass(frozen=True)
-class VerifiedLog:
+class VerifiedDriverLog:
     """A driver log checked for one boot: all that reusing the check needs.
 
     What it proves depends only on the exact bytes (``sha256``), the driver PCR and
@@ -271,9 +271,9 @@ def _require_replay(replayed: bytes, events: int, pcr: int, quoted: bytes) -> No
         )
 
 
-def verified_log(
+def verified_driver_log(
     data: bytes | None, pcr: int, quoted: bytes, reset_count: int, verify: Verify
-) -> VerifiedLog:
+) -> VerifiedDriverLog:
     """``data`` checked against the quoted driver PCR, event by event.
 
     Raises ``DriverLogError`` when the log does not replay to the quoted value
@@ -289,7 +289,7 @@ def verified_log(
         raise DriverLogError(f"driver log: it measures PCRs other than the driver PCR {pcr}")
     replayed = replay(ours, pcr)
     _require_replay(replayed, len(ours), pcr, quoted)  # before any signature: cheap
-    return VerifiedLog(
+    return VerifiedDriverLog(
         hashlib.sha256(data or b"").digest(),
         reset_count,
         replayed,

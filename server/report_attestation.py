@@ -61,9 +61,9 @@ from fleet.driverlog import (
     BANK,
     DEFAULT_DRIVER_PCR,
     ActiveDriver,
-    VerifiedLog,
+    VerifiedDriverLog,
     Verify,
-    verified_log,
+    verified_driver_log,
 )
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.gpu_attestation import GpuAttestationVerdict, GpuOutcome
@@ -175,9 +175,9 @@ class DriverLogs:
         self._pcr = pcr
         self._verify = verify
         self._capacity = capacity
-        self._logs: OrderedDict[str, tuple[tuple[bytes, bytes, bytes | None], VerifiedLog]] = (
-            OrderedDict()
-        )
+        self._logs: OrderedDict[
+            str, tuple[tuple[bytes, bytes, bytes | None], VerifiedDriverLog]
+        ] = OrderedDict()
 
     def active(
         self,
@@ -199,7 +199,7 @@ class DriverLogs:
         ):
             self._logs.move_to_end(node.node_id)
             return known[1].proves(self._pcr, quoted)
-        checked = verified_log(data, self._pcr, quoted, reset_count, self._verify)
+        checked = verified_driver_log(data, self._pcr, quoted, reset_count, self._verify)
         # A node's first attested report pins the key its log names: the entry then
         # serves the node as pinned by this very log, and no other key.
         pinned = node.driver_key or checked.active.public_key

@@ -21,7 +21,7 @@ from fleet.driverlog import (
     DriverLogError,
     encode,
     replay,
-    verified_log,
+    verified_driver_log,
 )
 from keys.ed25519 import verify
 from server.report_attestation import DriverLogs
@@ -64,7 +64,7 @@ def _node(node_id: str, key: Ed25519PrivateKey | None = None) -> EnrolledNode:
 
 
 def _fresh(data: bytes, quoted: bytes) -> ActiveDriver:
-    return verified_log(data, PCR, quoted, RESET, verify).active
+    return verified_driver_log(data, PCR, quoted, RESET, verify).active
 
 
 def test_the_same_log_again_is_not_checked_again_but_still_replayed_against_the_quote() -> None:
@@ -202,7 +202,7 @@ def test_a_log_of_another_boot_is_checked_again() -> None:
 
     later = logs.active(node, AK_RECORD, data, quoted, RESET + 1)
 
-    assert later == verified_log(data, PCR, quoted, RESET + 1, verify).active
+    assert later == verified_driver_log(data, PCR, quoted, RESET + 1, verify).active
     (problem,) = later.problems
     assert "measured in another boot" in problem
 
