@@ -240,10 +240,41 @@ class ActiveDriver:
     problems: tuple[str, ...]  # why the log does not prove the applier measured it all
 
 
-def active_bundle(
+@dataclass(frozen=True)
+class VerifiedDriverLog:
+    """A driver log checked for one boot: all that reusing the check needs.
+
+    What it proves depends only on the exact bytes (``sha256``), the driver PCR and
+    the quote's ``reset_count``; whether it explains a quote depends on the quoted
+    value too, so ``proves`` compares ``replayed`` with each quote afresh.
+    """
+
+    sha256: bytes  # of the log's exact bytes
+    reset_count: int  # the quote's, which every event must carry
+    replayed: bytes  # the driver PCR's value after the log's events
+    events: int
+    active: ActiveDriver
+
+    def proves(self, pcr: int, quoted: bytes) -> ActiveDriver:
+        """The active bundle, if this log replays to ``quoted``; raises
+        ``DriverLogError`` when it does not."""
+        _require_replay(self.replayed, self.events, pcr, quoted)
+        return self.active
+
+
+def _require_replay(replayed: bytes, events: int, pcr: int, quoted: bytes) -> None:
+    if replayed != quoted:
+        raise DriverLogError(
+            f"the driver log ({events} events) does not replay to the quoted "
+            f"{BANK} PCR {pcr}: an event was removed, added or edited, or the PCR was "
+            "extended outside the log"
+        )
+
+
+def verified_driver_log(
     data: bytes | None, pcr: int, quoted: bytes, reset_count: int, verify: Verify
-) -> ActiveDriver:
-    """The bundle the quoted driver PCR proves active, checked event by event.
+) -> VerifiedDriverLog:
+    """``data`` checked against the quoted driver PCR, event by event.
 
     Raises ``DriverLogError`` when the log does not replay to the quoted value
     (an event was removed, added or edited). A log that replays but holds an
@@ -256,15 +287,22 @@ def active_bundle(
     ours = tuple(e for e in events if e.pcr == pcr)
     if len(ours) != len(events):
         raise DriverLogError(f"driver log: it measures PCRs other than the driver PCR {pcr}")
-    if replay(ours, pcr) != quoted:
-        raise DriverLogError(
-            f"the driver log ({len(ours)} events) does not replay to the quoted "
-            f"{BANK} PCR {pcr}: an event was removed, added or edited, or the PCR was "
-            "extended outside the log"
-        )
-    if not ours:
+    replayed = replay(ours, pcr)
+    _require_replay(replayed, len(ours), pcr, quoted)  # before any signature: cheap
+    return VerifiedDriverLog(
+        hashlib.sha256(data or b"").digest(),
+        reset_count,
+        replayed,
+        len(ours),
+        _active(ours, reset_count, verify),
+    )
+
+
+def _active(events: tuple[DriverEvent, ...], reset_count: int, verify: Verify) -> ActiveDriver:
+    """What the events of a log that replays prove, checked one by one."""
+    if not events:
         return ActiveDriver(None, None, ())
-    if ours[0].kind != KEY:
+    if events[0].kind != KEY:
         return ActiveDriver(
             None,
             None,
@@ -273,9 +311,9 @@ def active_bundle(
                 "proven to be the applier's",
             ),
         )
-    key = bytes.fromhex(ours[0].public_key)
+    key = bytes.fromhex(events[0].public_key)
     driver = None
-    for index, event in enumerate(ours):
+    for index, event in enumerate(events):
         problem = _problem(event, index, key, reset_count, verify)
         if problem is not None:
             return ActiveDriver(

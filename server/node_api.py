@@ -16,7 +16,6 @@ import structlog
 from aiohttp import web
 
 from fleet import attestation as tpm
-from fleet.attestation_verdict import AttestationVerdict
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.nodeauth import ENROLLMENT_TOKEN_HEADER, KeyEnrollmentRequest, RequestSignature
 from fleet.report import HealthReport
@@ -39,7 +38,7 @@ from server.http import (
 from server.limits import retry_after
 from server.metrics import refusal
 from server.nodeauth import NodeAuthError, verify_signature
-from server.report_attestation import MAX_ATTESTED_BODY_BYTES
+from server.report_attestation import MAX_ATTESTED_BODY_BYTES, VerifiedReport
 from server.store import EkInUse, EnrolledNode, ek_bound_message
 
 log = structlog.get_logger(__name__)
@@ -213,7 +212,8 @@ async def _take_report(request: web.Request) -> web.Response:
     if report.node_id != node.node_id:
         log.warning("report_for_another_node", node=node.node_id, claimed=report.node_id)
         raise ApiError(403, f"node {node.node_id} may only report for itself", reason="wrong_node")
-    verdict = await _verify(s, node, attested)
+    verified = await _verify(s, node, attested)
+    verdict = None if verified is None else verified.verdict
     s.metrics.report_verification.observe(time.perf_counter() - arrived)
     stored = await s.store.add_report(
         report,
@@ -246,15 +246,15 @@ async def _take_report(request: web.Request) -> web.Response:
     s.tally.count(s.clock(), report.healthy, None if verdict is None else verdict.passed)
     s.metrics.reports_accepted.labels(report.update).inc()
     answer: dict[str, object] = {"accepted": True}
-    if verdict is not None and s.reports is not None:
+    if verified is not None:
         # The node's next report needs no GET /v1/challenge first.
-        answer["next"] = (await s.reports.next_challenge(node.node_id, verdict)).to_dict()
+        answer["next"] = verified.next.to_dict()
     return web.json_response(answer, status=202)
 
 
 async def _verify(
     s: Services, node: EnrolledNode, attested: tpm.AttestedReport | None
-) -> AttestationVerdict | None:
+) -> VerifiedReport | None:
     """The verdict on a report's evidence; a TPM-enrolled node must attest every report,
     so that its request key alone (stolen from disk) cannot speak for it."""
     if s.reports is None or node.tpm is None:

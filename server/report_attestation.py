@@ -3,23 +3,27 @@
 A TPM-enrolled node asks ``GET /v1/challenge`` (signed) for a single-use report
 challenge, quotes with qualifying data SHA-256(challenge || report digest) and
 posts the report with the evidence to ``POST /v1/reports``. The answer to an
-accepted report carries the challenge for the node's next one, so in the
-steady state a report is one request; a node holds one pending report
-challenge, and asking for another replaces it. Evidence that fails
-(an old challenge, a report changed after quoting, a signature not by the
-node's AK) refuses the report; evidence that verifies is stored with the
-report as its verdict (``fleet.attestation_verdict``): whether the boot its
-event log records passes the measured-boot policy of the node's pool, and every
-reason it does not.
+accepted report carries the challenge for the node's next one, so in the steady
+state a report is one request; a node holds one pending report challenge, and
+asking for another replaces it. The next is put in place of the one a report
+answered as that one is taken, in one trip to the store; a report then refused
+leaves the node a challenge nobody knows, which its next request for one
+replaces. Evidence that fails (an old challenge, a report changed after
+quoting, a signature not by the node's AK) refuses the report; evidence that
+verifies is stored with the report as its verdict
+(``fleet.attestation_verdict``): whether the boot its event log records passes
+the measured-boot policy of the node's pool, and every reason it does not.
 
 The driver PCR (15 by default) is explained by the applier's measurement log,
-sent whole with every report: it must replay to the quoted value or the
-report is refused, and its last event names the driver bundle that is active,
-which the verdict records and checks against the bundle the report claims.
-Every event must also be the applier's (signed with the key of the boot's key
-event, numbered, of the quoted boot), and that key must be the one pinned for
-the node by its first attested report; otherwise the report is kept but not
-attested, with the reason.
+sent whole with every report: it must replay to the quoted value or the report
+is refused (each node's last verified log is kept, so the same bytes again are
+not parsed and their signatures not checked again; the replay is compared with
+every quote), and its last event names the driver bundle that is active, which
+the verdict records and checks against the bundle the report claims. Every
+event must also be the applier's (signed with the key of the boot's key event,
+numbered, of the quoted boot), and that key must be the one pinned for the node
+by its first attested report; otherwise the report is kept but not attested,
+with the reason.
 
 Each GPU's attestation evidence in the report (``fleet.gpu_attestation``) is
 judged offline (``server.gpu_attestation``) against the challenge the quote
@@ -53,7 +57,14 @@ import structlog
 
 from fleet.attestation import AttestedReport, PcrSelection, ReportChallenge
 from fleet.attestation_verdict import AttestationVerdict, AttestedDriver
-from fleet.driverlog import BANK, DEFAULT_DRIVER_PCR, active_bundle
+from fleet.driverlog import (
+    BANK,
+    DEFAULT_DRIVER_PCR,
+    ActiveDriver,
+    VerifiedDriverLog,
+    Verify,
+    verified_driver_log,
+)
 from fleet.errors import GpuwardError, InvalidDocument
 from fleet.gpu_attestation import GpuAttestationVerdict, GpuOutcome
 from fleet.report import HealthReport
@@ -78,6 +89,10 @@ MAX_REPLAYED_LOGS = 1024
 # nodes reporting in turn must fit, or an LRU would miss on every report. About
 # 3.3 KB each with the RSA key built (measured), so some 330 MB for 100,000 nodes.
 MAX_ENROLLED_TPMS = 131_072
+# Verified driver logs kept per process, one per node: the same fleet must fit.
+# About 1.6 KB each with a key event and a driver event (measured), so some 210 MB
+# when full; a log of 256 events keeps no more, as only what it proves is kept.
+MAX_DRIVER_LOGS = 131_072
 
 
 def _gpu_problems(
@@ -134,6 +149,67 @@ class BootPolicies:
         return None if self.default is None else (DEFAULT_POLICY, self.default)
 
 
+@dataclass(frozen=True)
+class VerifiedReport:
+    verdict: AttestationVerdict
+    # The node's next report challenge, issued as this report's was taken: it
+    # lives ``next_ttl_s``, from one report to the next; answered with the report.
+    next: ReportChallenge
+
+
+class DriverLogs:
+    """Each node's last verified driver log, so that a report sending the same bytes
+    again (every report does, until the node reboots or switches driver) does not
+    parse it and check its signatures again.
+
+    An entry serves only the node it was verified for, while that node keeps its
+    request key, AK record and pinned applier key (a re-enrolled node, or one whose
+    key was pinned by another log, starts afresh), and only for the exact bytes (by
+    SHA-256) and boot (the quote's reset count) it was verified with: what the log
+    proves depends on nothing else. Whether it explains the quote does, so its
+    replay is compared with every report's quote.
+    Least recently used nodes are forgotten first, beyond ``capacity``.
+    """
+
+    def __init__(self, pcr: int, verify: Verify, capacity: int = MAX_DRIVER_LOGS) -> None:
+        self._pcr = pcr
+        self._verify = verify
+        self._capacity = capacity
+        self._logs: OrderedDict[
+            str, tuple[tuple[bytes, bytes, bytes | None], VerifiedDriverLog]
+        ] = OrderedDict()
+
+    def active(
+        self,
+        node: EnrolledNode,
+        enrollment: bytes,  # SHA-256 of the node's AK record
+        data: bytes | None,
+        quoted: bytes,
+        reset_count: int,
+    ) -> ActiveDriver:
+        """What ``data`` proves against the quoted driver PCR; raises
+        ``DriverLogError`` when it does not replay to ``quoted``."""
+        holder = (node.public_key, enrollment, node.driver_key)
+        known = self._logs.get(node.node_id)
+        if (
+            known is not None
+            and known[0] == holder
+            and known[1].reset_count == reset_count
+            and known[1].sha256 == hashlib.sha256(data or b"").digest()
+        ):
+            self._logs.move_to_end(node.node_id)
+            return known[1].proves(self._pcr, quoted)
+        checked = verified_driver_log(data, self._pcr, quoted, reset_count, self._verify)
+        # A node's first attested report pins the key its log names: the entry then
+        # serves the node as pinned by this very log, and no other key.
+        pinned = node.driver_key or checked.active.public_key
+        self._logs[node.node_id] = ((node.public_key, enrollment, pinned), checked)
+        self._logs.move_to_end(node.node_id)
+        while len(self._logs) > self._capacity:
+            self._logs.popitem(last=False)
+        return checked.active
+
+
 class ReportAttestation:
     """Issues report challenges and verifies attested reports."""
 
@@ -162,7 +238,7 @@ class ReportAttestation:
         self._policies = policies or BootPolicies()
         self._replayed: OrderedDict[str, ReplayedLog] = OrderedDict()  # by sha256, LRU
         self._tpms: OrderedDict[bytes, EnrolledTpm] = OrderedDict()  # by record sha256, LRU
-        self._driver_signatures = VerifiedCache()
+        self._driver_logs = DriverLogs(driver_pcr, VerifiedCache().verify)
 
     async def challenge(self, node_id: str) -> ReportChallenge:
         """A challenge for the node's report, replacing any it holds."""
@@ -171,24 +247,17 @@ class ReportAttestation:
             await self._store.event_log_sha256(node_id),
         )
 
-    async def next_challenge(self, node_id: str, verdict: AttestationVerdict) -> ReportChallenge:
-        """The challenge for the node's next report, answered with the report just
-        verified: it lives ``next_ttl_s``, from one report to the next. The log named
-        is the one this report was verified with, which the store now holds."""
-        return ReportChallenge(
-            await self._challenges.issue_replacing(node_id, REPORT, ttl_s=self._next_ttl_s),
-            verdict.event_log_sha256,
-        )
-
-    async def verify(self, node: EnrolledNode, attested: AttestedReport) -> AttestationVerdict:
-        """Check ``attested`` against the node's stored AK record.
+    async def verify(self, node: EnrolledNode, attested: AttestedReport) -> VerifiedReport:
+        """Check ``attested`` against the node's stored AK record; with the verdict,
+        the challenge for the node's next report.
 
         Raises ``AttestationError`` or ``EventLogError`` when the evidence fails,
         ``DriverLogError`` when the driver log does not replay to the quote.
         """
         if node.tpm is None:
             raise GpuwardError(f"node {node.node_id} has no enrolled TPM")
-        tpm = self._enrolled_tpm(node.tpm)
+        enrollment = hashlib.sha256(node.tpm.encode()).digest()
+        tpm = self._enrolled_tpm(enrollment, node.tpm)
         sent = attested.evidence.event_log
         known: bytes | ReplayedLog | None = self._replayed_log(attested.evidence.event_log_sha256)
         if known is None and sent is None:
@@ -196,15 +265,19 @@ class ReportAttestation:
             known = None if kept is None else kept[1]
         chosen = self._policies.for_pool(node.pool)
         verdict = await self._verifier.verify_report(
-            tpm, attested, known_log=known, policy=None if chosen is None else chosen[1]
+            tpm,
+            attested,
+            known_log=known,
+            policy=None if chosen is None else chosen[1],
+            next_ttl_s=self._next_ttl_s,
         )
         evidence = attested.evidence
-        active = active_bundle(
+        active = self._driver_logs.active(
+            node,
+            enrollment,
             evidence.driver_log,
-            self._driver_pcr,
             evidence.pcrs[BANK][self._driver_pcr],
             verdict.quote.reset_count,
-            self._driver_signatures.verify,
         )
         driver, driver_problems = active.driver, active.problems
         if active.public_key is not None:
@@ -246,7 +319,7 @@ class ReportAttestation:
             log.warning("boot_not_attested", node=node.node_id, reasons=list(reasons))
         if gpu_problems:
             log.warning("gpus_not_attested", node=node.node_id, reasons=list(gpu_problems))
-        return AttestationVerdict(
+        judged = AttestationVerdict(
             passed=verdict.passed and not driver_problems and not gpu_problems,
             reset_count=verdict.quote.reset_count,
             event_log_sha256=None if verdict.log is None else verdict.log.sha256,
@@ -258,6 +331,10 @@ class ReportAttestation:
             driver=None if driver is None else AttestedDriver.of(driver),
             gpus=gpus,
         )
+        following = verdict.quote.next_challenge
+        assert following is not None  # asked for with ``next_ttl_s``
+        # The log named is the one this report was verified with, which the store holds.
+        return VerifiedReport(judged, ReportChallenge(following, judged.event_log_sha256))
 
     def _judge_gpus(self, attested: AttestedReport) -> tuple[GpuAttestationVerdict, ...]:
         """Each GPU's verdict; its nonce must be the challenge the quote answered
@@ -268,11 +345,10 @@ class ReportAttestation:
             for evidence in attested.report.gpu_evidence
         )
 
-    def _enrolled_tpm(self, record: str) -> EnrolledTpm:
-        """The node's AK record, parsed once and kept with its key object (built on
-        first use) for as long as the stored record is the same text: a record
-        changed in any way (a re-enrollment) is parsed afresh."""
-        digest = hashlib.sha256(record.encode()).digest()
+    def _enrolled_tpm(self, digest: bytes, record: str) -> EnrolledTpm:
+        """The node's AK record (``digest``: its SHA-256), parsed once and kept with
+        its key object (built on first use) for as long as the stored record is the
+        same text: a record changed in any way (a re-enrollment) is parsed afresh."""
         found = self._tpms.get(digest)
         if found is not None:
             self._tpms.move_to_end(digest)

@@ -15,7 +15,9 @@ challenges of enrolled nodes. Those are not counted but held one per node
 (``issue_replacing``): asking again replaces the node's pending one, so what is
 pending is bounded by the enrolled nodes, each of which holds its next
 challenge from one report to the next. A node's sole challenge is taken only
-by that node: presented by another, it stays for its own.
+by that node: presented by another, it stays for its own. Taking it may put the
+node's next one in its place in the same step (``redeem_replacing``): a report
+costs one trip to the store for both, and the nonce taken is still gone at once.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class PendingChallenge:
     expires_at: float
 
 
+# A sole challenge's successor, kept as it is taken: (nonce, challenge).
+Successor = tuple[bytes, PendingChallenge]
+
+
 class ChallengeStore(Protocol):
     async def add_challenge(
         self, nonce: bytes, pending: PendingChallenge, now: float, limit: int
@@ -64,10 +70,11 @@ class ChallengeStore(Protocol):
         ...
 
     async def take_sole_challenge(
-        self, subject: str, purpose: str, nonce: bytes
+        self, subject: str, purpose: str, nonce: bytes, successor: Successor | None = None
     ) -> PendingChallenge | None:
         """Remove and return ``subject``'s sole challenge of ``purpose`` if its nonce
-        is ``nonce``, atomically; None (and it stays) otherwise."""
+        is ``nonce``, and keep ``successor`` (nonce, challenge) in its place,
+        atomically; None (it stays, and no successor is kept) otherwise."""
         ...
 
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
@@ -103,13 +110,16 @@ class MemoryChallengeStore:
             self._sole[(pending.subject, pending.purpose)] = (nonce, pending)
 
     async def take_sole_challenge(
-        self, subject: str, purpose: str, nonce: bytes
+        self, subject: str, purpose: str, nonce: bytes, successor: Successor | None = None
     ) -> PendingChallenge | None:
         with self._lock:
             found = self._sole.get((subject, purpose))
             if found is None or found[0] != nonce:
                 return None
-            del self._sole[(subject, purpose)]
+            if successor is None:
+                del self._sole[(subject, purpose)]
+            else:
+                self._sole[(subject, purpose)] = successor
             return found[1]
 
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:
@@ -159,12 +169,13 @@ class Challenges:
         """``subject``'s one pending challenge of ``purpose``, replacing any issued
         before: for callers already authenticated, so not counted against a cap.
         ``ttl_s``: its lifetime, when not the default."""
-        nonce = os.urandom(NONCE_BYTES)
+        nonce, pending = self._sole(subject, purpose, ttl_s)
+        await self._store.replace_challenge(nonce, pending)
+        return Challenge(nonce, int(pending.expires_at))
+
+    def _sole(self, subject: str, purpose: str, ttl_s: float | None) -> Successor:
         expires_at = self._clock() + (self._ttl_s if ttl_s is None else ttl_s)
-        await self._store.replace_challenge(
-            nonce, PendingChallenge(subject, purpose, b"", expires_at)
-        )
-        return Challenge(nonce, int(expires_at))
+        return os.urandom(NONCE_BYTES), PendingChallenge(subject, purpose, b"", expires_at)
 
     async def redeem(self, nonce: bytes, subject: str, purpose: str) -> bytes:
         """The payload of a live challenge issued to ``subject`` for ``purpose``.
@@ -173,7 +184,24 @@ class Challenges:
         accepted at most once, even under a race between replicas. (A subject's
         sole challenge is found only when ``subject`` presents it.)
         """
-        pending = await self._store.take_sole_challenge(subject, purpose, nonce)
+        return (await self._take(nonce, subject, purpose, None)).payload
+
+    async def redeem_replacing(
+        self, nonce: bytes, subject: str, purpose: str, *, ttl_s: float
+    ) -> Challenge:
+        """``redeem``, and ``subject``'s next challenge of ``purpose`` (as
+        ``issue_replacing`` with ``ttl_s``), put in place of the one taken in the
+        same step. Kept whenever the one taken was ``subject``'s for ``purpose``,
+        expired or not: a node refused asks for a fresh one, which replaces it."""
+        successor = self._sole(subject, purpose, ttl_s)
+        await self._take(nonce, subject, purpose, successor)
+        return Challenge(successor[0], int(successor[1].expires_at))
+
+    async def _take(
+        self, nonce: bytes, subject: str, purpose: str, successor: Successor | None
+    ) -> PendingChallenge:
+        pending = await self._store.take_sole_challenge(subject, purpose, nonce, successor)
+        replaced = pending is not None  # by the successor, if any
         if pending is None:
             pending = await self._store.take_challenge(nonce)
         if pending is None:
@@ -185,6 +213,8 @@ class Challenges:
                 f"the challenge was issued to {pending.subject} for {pending.purpose}, "
                 f"not to {subject} for {purpose}; ask for a new one"
             )
+        if successor is not None and not replaced:  # one issued by ``issue``
+            await self._store.replace_challenge(*successor)
         if self._clock() >= pending.expires_at:
             raise ChallengeError("the challenge expired; ask for a new one")
-        return pending.payload
+        return pending

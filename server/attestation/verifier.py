@@ -26,6 +26,7 @@ from fleet.attestation import (
     AttestationError,
     AttestationEvidence,
     AttestedReport,
+    Challenge,
     PcrSelection,
     SessionKeyCertification,
     quote_qualifying_data,
@@ -60,6 +61,9 @@ class VerifiedQuote:
     restart_count: int
     clock_ms: int
     firmware_version: int
+    # The node's next challenge, put in place of the one this quote answered when
+    # the caller asked for one (``next_ttl_s``): one trip to the store for both.
+    next_challenge: Challenge | None = None
 
 
 @dataclass(frozen=True)
@@ -146,9 +150,20 @@ class QuoteVerifier:
         evidence: AttestationEvidence,
         bound_digest: bytes,
         purpose: str = REPORT,
+        next_ttl_s: float | None = None,
     ) -> VerifiedQuote:
-        """Signature, nonce, qualifying data, PCR selection and PCR digest."""
-        await self._challenges.redeem(evidence.nonce, node.node_id, purpose)
+        """Signature, nonce, qualifying data, PCR selection and PCR digest.
+
+        ``next_ttl_s``: issue the node's next challenge of ``purpose``, living that
+        long, as its challenge is taken (``Challenges.redeem_replacing``).
+        """
+        following = None
+        if next_ttl_s is None:
+            await self._challenges.redeem(evidence.nonce, node.node_id, purpose)
+        else:
+            following = await self._challenges.redeem_replacing(
+                evidence.nonce, node.node_id, purpose, ttl_s=next_ttl_s
+            )
         quote = parse_quote(evidence.quote)
         expected = quote_qualifying_data(evidence.nonce, bound_digest)
         if not hmac.compare_digest(quote.extra_data, expected):
@@ -190,6 +205,7 @@ class QuoteVerifier:
             quote.restart_count,
             quote.clock,
             quote.firmware_version,
+            following,
         )
 
     def check_event_log(
@@ -229,6 +245,7 @@ class QuoteVerifier:
         attested: AttestedReport,
         known_log: bytes | ReplayedLog | None = None,
         policy: BootPolicy | None = None,
+        next_ttl_s: float | None = None,
     ) -> ReportVerdict:
         """The full check of a posted report: quote, log, policy.
 
@@ -237,8 +254,11 @@ class QuoteVerifier:
         it is that log. With no log at all, the verdict has no log and does
         not pass: the report is bound and fresh, but the boot is unexplained.
         ``policy`` judges the verified log (none: the log is checked, not judged).
+        ``next_ttl_s``: as ``check_quote``'s.
         """
-        quote = await self.check_quote(node, attested.evidence, report_digest(attested.report))
+        quote = await self.check_quote(
+            node, attested.evidence, report_digest(attested.report), next_ttl_s=next_ttl_s
+        )
         evidence = attested.evidence
         kept = isinstance(known_log, ReplayedLog) and known_log.sha256 == evidence.event_log_sha256
         log = known_log if evidence.event_log is None or kept else evidence.event_log

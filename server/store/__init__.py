@@ -25,7 +25,7 @@ from fleet.rollout import Observation, Phase, Rollout, Transition
 from fleet.stragglers import NodeWindow
 from fleet.tlog import LogEntry
 from fleet.webhook import WebhookEvent
-from server.attestation.challenges import PendingChallenge
+from server.attestation.challenges import PendingChallenge, Successor
 
 log = structlog.get_logger(__name__)
 
@@ -540,10 +540,11 @@ class Store(Protocol):
         ...
 
     async def take_sole_challenge(
-        self, subject: str, purpose: str, nonce: bytes
+        self, subject: str, purpose: str, nonce: bytes, successor: Successor | None = None
     ) -> PendingChallenge | None:
         """Delete and return the subject's sole challenge of ``purpose`` if its nonce is
-        ``nonce``, in one statement; None otherwise."""
+        ``nonce``, in one statement, and keep ``successor`` in its place in the same
+        transaction; None (and no successor kept) otherwise."""
         ...
 
     async def take_challenge(self, nonce: bytes) -> PendingChallenge | None:

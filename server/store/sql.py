@@ -35,7 +35,7 @@ from fleet.rollout import ACTIVE_PHASES, Observation, Phase, Progress, Rollout, 
 from fleet.stragglers import WINDOW, NodeWindow
 from fleet.tlog import LogEntry, assignment_entry, remediation_entry, rollout_entry
 from fleet.webhook import NODE_REMEDIATION, Notice, WebhookEvent, new_event_id
-from server.attestation.challenges import PendingChallenge
+from server.attestation.challenges import PendingChallenge, Successor
 from server.attestation.enrollment import EnrolledTpm
 from server.store import (
     FAILING,
@@ -247,6 +247,18 @@ class _NewChallenge:
 class _SoleChallenge:
     nonce: bytes
     pending: PendingChallenge
+
+
+# A node's sole challenge of a purpose, in place of the one before.
+_REPLACE_SOLE = (
+    "INSERT INTO sole_challenges (subject, purpose, nonce, payload, expires_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject, purpose) DO UPDATE SET "
+    "nonce = excluded.nonce, payload = excluded.payload, expires_at = excluded.expires_at"
+)
+
+
+def _sole_row(nonce: bytes, pending: PendingChallenge) -> tuple[object, ...]:
+    return (pending.subject, pending.purpose, nonce, pending.payload, pending.expires_at)
 
 
 @dataclass(frozen=True)
@@ -1013,40 +1025,41 @@ class SqlStore:
     async def _replace_challenges(self, batch: list[_SoleChallenge]) -> list[None]:
         async with self.db.transaction(write=True) as tx:
             # In order: of one subject's challenges in a batch, the last stays.
-            await tx.execute_many(
-                "INSERT INTO sole_challenges (subject, purpose, nonce, payload, expires_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject, purpose) DO UPDATE SET "
-                "nonce = excluded.nonce, payload = excluded.payload, "
-                "expires_at = excluded.expires_at",
-                [
-                    (c.pending.subject, c.pending.purpose, c.nonce, c.pending.payload,
-                     c.pending.expires_at)
-                    for c in batch
-                ],
-            )  # fmt: skip
+            await tx.execute_many(_REPLACE_SOLE, [_sole_row(c.nonce, c.pending) for c in batch])
         return [None] * len(batch)
 
     async def take_sole_challenge(
-        self, subject: str, purpose: str, nonce: bytes
+        self, subject: str, purpose: str, nonce: bytes, successor: Successor | None = None
     ) -> PendingChallenge | None:
-        return await self._sole_taken.submit((subject, purpose, nonce))
+        return await self._sole_taken.submit(((subject, purpose, nonce), successor))
 
     async def _take_sole_challenges(
-        self, wanted: list[tuple[str, str, bytes]]
+        self, wanted: list[tuple[tuple[str, str, bytes], Successor | None]]
     ) -> list[PendingChallenge | None]:
         async with self.db.transaction(write=True) as tx:
+            # A row taken here is deleted before its successor is written, in one
+            # transaction: a replica taking the same nonce at once, waiting on the
+            # row, finds it gone (a successor holds another nonce).
             rows = await tx.fetch_many(
                 "DELETE FROM sole_challenges WHERE subject = ? AND purpose = ? AND nonce = ? "
                 "RETURNING subject, purpose, nonce, payload, expires_at",
-                wanted,
+                [key for key, _ in wanted],
             )
-        taken = {
-            (subject, purpose, bytes(nonce)): PendingChallenge(
-                subject, purpose, bytes(payload), float(expires_at)
-            )
-            for subject, purpose, nonce, payload, expires_at in rows
-        }
-        return [taken.pop(key, None) for key in wanted]
+            taken = {
+                (subject, purpose, bytes(nonce)): PendingChallenge(
+                    subject, purpose, bytes(payload), float(expires_at)
+                )
+                for subject, purpose, nonce, payload, expires_at in rows
+            }
+            found = [taken.pop(key, None) for key, _ in wanted]
+            successors = [
+                _sole_row(*successor)
+                for (_, successor), pending in zip(wanted, found, strict=True)
+                if pending is not None and successor is not None
+            ]
+            if successors:
+                await tx.execute_many(_REPLACE_SOLE, successors)
+        return found
 
     async def keep_event_log(self, node_id: str, log: bytes) -> None:
         # Keyed by the digest computed here, never one a caller names: the text is

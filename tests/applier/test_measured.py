@@ -281,7 +281,7 @@ def _verify(
         verifier = ReportAttestation(
             challenges, PcrSelection.parse("sha256:0-9"), store, next_ttl_s=challenges.ttl_s
         )
-        return await verifier.verify(stored, evidence)
+        return (await verifier.verify(stored, evidence)).verdict
 
     return run(str(node.config.state_dir.parent / "server.db"), verify)
 

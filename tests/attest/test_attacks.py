@@ -410,7 +410,7 @@ def test_a_node_enrolled_again_with_another_ak_is_checked_against_the_new_one(
             challenges, PcrSelection.parse("sha256:0-9"), store, next_ttl_s=challenges.ttl_s
         )
         honest = agent.attest_report(make_report(), await challenges.issue("n1", REPORT))
-        assert (await reports.verify(stored(node), honest)).reset_count is not None
+        assert (await reports.verify(stored(node), honest)).verdict.reset_count is not None
         stale = agent.attest_report(make_report(), await challenges.issue("n1", REPORT))
         with pytest.raises(QuoteError, match="signature does not verify"):
             await reports.verify(stored(moved), stale)

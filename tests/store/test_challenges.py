@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from fleet.attestation import Challenge
 from server.attestation.challenges import (
     ChallengeError,
     Challenges,
@@ -332,5 +333,54 @@ def test_removing_a_node_drops_its_challenge(db_url: str) -> None:
         assert await store.remove_node("n1")
         with pytest.raises(ChallengeError, match="unknown"):
             await challenges.redeem(issued.nonce, "n1", "report")
+
+    run(db_url, body)
+
+
+def test_a_report_challenge_taken_leaves_the_next_in_its_place(
+    on_store: Callable[[Body], None],
+) -> None:
+    """One step takes the node's challenge and issues its next: the one taken is
+    gone at once, and the next is as single-use, and as much the node's own."""
+
+    async def body(store: ChallengeStore) -> None:
+        challenges = Challenges(store, ttl_s=TTL_S)
+        issued = await challenges.issue_replacing("n1", "report")
+        following = await challenges.redeem_replacing(
+            issued.nonce, "n1", "report", ttl_s=10 * TTL_S
+        )
+        assert following.nonce != issued.nonce
+        assert following.expires_at - issued.expires_at >= 9 * TTL_S
+        for replayed in (issued.nonce, issued.nonce):
+            with pytest.raises(ChallengeError, match="unknown or already used"):
+                await challenges.redeem_replacing(replayed, "n1", "report", ttl_s=TTL_S)
+        # The failed tries issued nothing: the next one stays, for n1 only.
+        with pytest.raises(ChallengeError, match="unknown"):
+            await challenges.redeem_replacing(following.nonce, "n2", "report", ttl_s=TTL_S)
+        await challenges.redeem(following.nonce, "n1", "report")
+        with pytest.raises(ChallengeError, match="already used"):
+            await challenges.redeem(following.nonce, "n1", "report")
+
+    on_store(body)
+
+
+def test_one_challenge_taken_at_once_with_successors_is_taken_once(db_url: str) -> None:
+    """Two replicas take one node's challenge at once, each issuing a next one:
+    one succeeds, and only its next one is kept."""
+
+    async def body(first: Store) -> None:
+        second = await open_store(db_url)
+        try:
+            issued = await Challenges(first, ttl_s=TTL_S).issue_replacing("n1", "report")
+            takers = [Challenges(s, ttl_s=TTL_S) for s in (first, second) for _ in range(4)]
+            results = await asyncio.gather(
+                *(c.redeem_replacing(issued.nonce, "n1", "report", ttl_s=TTL_S) for c in takers),
+                return_exceptions=True,
+            )
+            (following,) = [r for r in results if isinstance(r, Challenge)]
+            assert all(isinstance(r, ChallengeError) for r in results if r is not following)
+            await Challenges(second, ttl_s=TTL_S).redeem(following.nonce, "n1", "report")
+        finally:
+            await second.close()
 
     run(db_url, body)
