@@ -49,7 +49,13 @@ or not: server CPU at most 0.3 ms per steady-state report, SQLite at least
 none lost. ``--profile`` runs the SQLite server under cProfile and prints where
 its time went (README: Performance, issue 24).
 
-Last measured (2026-11-25 01:07-01:13 UTC, the 2-core dev VM with nothing else
+Last measured (2026-12-07 11:28 UTC, the 2-core dev VM idle; the defaults, 5,000
+agents, 3 rounds): SQLite, one process, 1,778-1,969 steady-state reports/s at
+0.49-0.54 ms of server CPU each; PostgreSQL, --workers 2, 2,230-2,482/s at
+0.59-0.65 ms; round 1 474/s and 850/s; none lost (README: Performance, issue 24,
+for what changed and where the rest goes).
+
+Earlier (2026-11-25 01:07-01:13 UTC, the 2-core dev VM with nothing else
 running; one invocation: SQLite, then PostgreSQL with --workers 2, 1, 2; 10,000
 agents, 64 connections, 3 rounds; steady state = rounds 2 and 3): attested
 reports/s, and CPU per report of server / PostgreSQL backends.
