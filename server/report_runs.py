@@ -114,12 +114,14 @@ async def make_report(
     return MadeReport(record, bodies, log_size)
 
 
-async def issue(svc: Services, made: MadeReport, *, keep: bool) -> None:
+async def issue(svc: Services, made: MadeReport, *, keep: bool, slot: str | None = None) -> bool:
     """Log each of ``made``'s files (kept first, when ``keep``, so an entry naming a
-    kept report names one that exists), and forget kept reports beyond the limit."""
+    kept report names one that exists), and forget kept reports beyond the limit.
+    With ``slot``, the report is kept and issued only if no other was kept for that
+    slot (``Store.keep_report``); whether it was issued."""
     record = made.record
-    if keep:
-        await svc.store.keep_report(record, made.bodies)
+    if keep and not await svc.store.keep_report(record, made.bodies, slot):
+        return False
     entries = [
         LogEntry(
             EntryKind.COMPLIANCE_REPORT,
@@ -138,6 +140,7 @@ async def issue(svc: Services, made: MadeReport, *, keep: bool) -> None:
             subject=record.subject, made_by=record.made_by,
             formats=[f.fmt for f in record.files], forgotten=len(forgotten),
         )  # fmt: skip
+    return True
 
 
 def _digest_and_sign(svc: Services, body: bytes) -> tuple[str, bytes]:
@@ -167,9 +170,9 @@ def schedule_slot(schedule: str, now: float) -> str | None:
 async def scheduled_report(svc: Services) -> KeptReport | None:
     """The fleet report of this day or week, unless one was kept already.
 
-    The slot is claimed once the report is made, just before it is kept: replicas
-    making it at once keep one, and a server stopped half-way makes it at its next
-    start."""
+    The slot is claimed as the report is kept, in one transaction: replicas making it
+    at once keep one, and a server stopped or failing half-way makes it again at its
+    next check."""
     now = svc.clock()
     schedule = svc.config.report_schedule
     slot = schedule_slot(schedule, now)
@@ -180,10 +183,7 @@ async def scheduled_report(svc: Services) -> KeptReport | None:
             return None
     found = await fleet_facts(svc.store, now, svc.config)
     made = await make_report(svc, "fleet", found, made_by=SCHEDULED_BY)
-    if not await svc.store.claim_report_slot(slot, int(now)):
-        return None
-    await issue(svc, made, keep=True)
-    return made.record
+    return made.record if await issue(svc, made, keep=True, slot=slot) else None
 
 
 async def run_schedule(svc: Services, stop: asyncio.Event) -> None:

@@ -441,12 +441,18 @@ class Store(Protocol):
 
     # Kept compliance reports (server.reports): every replica serves every one.
 
-    async def keep_report(self, report: KeptReport, bodies: Mapping[str, bytes]) -> None:
+    async def keep_report(
+        self, report: KeptReport, bodies: Mapping[str, bytes], slot: str | None = None
+    ) -> bool:
         """Keep a report and its files (``bodies`` by format, one per ``report.files``);
         Conflict if the id is taken. Files are stored zlib-compressed in chunks (at
         most 8 MiB of file a chunk), compressed off the event loop (asyncio.to_thread),
         in one transaction. ValueError, keeping nothing, if the bodies are not one per
-        file or a file's size or sha256 is not its body's."""
+        file or a file's size or sha256 is not its body's.
+
+        ``slot`` (such as "daily:2026-12-07") is claimed in the same transaction: False,
+        keeping nothing, if a report was kept for it already. So of replicas making a
+        scheduled report at once, one keeps it, and a keep that fails frees the slot."""
         ...
 
     async def kept_reports(self, scope: str | None = None, limit: int = 100) -> list[KeptReport]:
@@ -463,11 +469,6 @@ class Store(Protocol):
     async def forget_reports(self, scope: str, keep: int) -> list[str]:
         """Delete all but the newest ``keep`` reports of ``scope`` with their files;
         the ids deleted, newest first."""
-        ...
-
-    async def claim_report_slot(self, slot: str, now: int) -> bool:
-        """True for the first caller only of a slot such as "daily:2026-12-07": so one
-        replica of several makes each scheduled report."""
         ...
 
     async def add_token(self, token: OperatorToken) -> None: ...

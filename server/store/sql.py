@@ -550,7 +550,8 @@ class SqlStore:
     async def fleet(self) -> list[NodeStatus]:
         async with self.db.transaction(write=False) as tx:
             rows = await tx.fetch(f"SELECT {_NODE_COLUMNS} {_NODE_JOINS} ORDER BY e.node_id")
-        return [_status(row) for row in rows]
+        # Parsing 100,000 reports takes seconds: off the loop that answers nodes.
+        return await asyncio.to_thread(lambda: [_status(row) for row in rows])
 
     async def node_page(
         self, query: NodeQuery, limit: int, *, after: str | None = None, before: str | None = None
@@ -647,7 +648,7 @@ class SqlStore:
     ) -> dict[str, list[ReportRecord]]:
         one = () if node_id is None else (node_id,)
         rows = await self.db.query(_evidence(node_id is not None), *one, limit, *one)
-        return _by_node(rows)
+        return await asyncio.to_thread(_by_node, rows)
 
     async def pools(self) -> dict[str, int]:
         async with self.db.transaction(write=False) as tx:
@@ -658,10 +659,23 @@ class SqlStore:
 
     # Kept compliance reports.
 
-    async def keep_report(self, report: KeptReport, bodies: Mapping[str, bytes]) -> None:
+    async def keep_report(
+        self, report: KeptReport, bodies: Mapping[str, bytes], slot: str | None = None
+    ) -> bool:
         # Compressing a large fleet's PDF takes a while: off the loop that serves nodes.
         chunks = await asyncio.to_thread(_kept_chunks, report, bodies)
         async with self.db.transaction(write=True) as tx:
+            if slot is not None:
+                # The key is the guard: of replicas keeping at once, one inserts the row;
+                # should the keep fail below, the row goes with the transaction.
+                claimed = await tx.fetch(
+                    "INSERT INTO report_slots (slot, claimed_at) VALUES (?, ?) "
+                    "ON CONFLICT (slot) DO NOTHING RETURNING slot",
+                    slot,
+                    report.generated_at,
+                )
+                if not claimed:
+                    return False
             taken = await tx.fetch(
                 "INSERT INTO compliance_reports (report_id, scope, subject, generated_at, "
                 "made_by, key_id, summary) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -691,6 +705,7 @@ class SqlStore:
                 "VALUES (?, ?, ?, ?)",
                 chunks,
             )
+        return True
 
     async def kept_reports(self, scope: str | None = None, limit: int = 100) -> list[KeptReport]:
         if scope is None:
@@ -753,17 +768,6 @@ class SqlStore:
             await tx.execute_many("DELETE FROM compliance_report_chunks WHERE report_id = ?", ids)
         newest_first = sorted(gone, key=lambda row: (row[1], row[0]), reverse=True)
         return [report_id for report_id, _ in newest_first]
-
-    async def claim_report_slot(self, slot: str, now: int) -> bool:
-        async with self.db.transaction(write=True) as tx:
-            # The key is the guard: of replicas claiming at once, one inserts the row.
-            claimed = await tx.fetch(
-                "INSERT INTO report_slots (slot, claimed_at) VALUES (?, ?) "
-                "ON CONFLICT (slot) DO NOTHING RETURNING slot",
-                slot,
-                now,
-            )
-        return bool(claimed)
 
     # Operator tokens.
 

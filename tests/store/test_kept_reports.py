@@ -1,7 +1,7 @@
 """Kept compliance reports (``Store.keep_report`` and the rest), on SQLite and
 PostgreSQL: files come back byte for byte, piece by piece, whatever their size;
-ids are taken once; the newest are listed and kept; and of replicas claiming a
-scheduled report's slot, one gets it."""
+ids are taken once; the newest are listed and kept; and of replicas keeping a
+scheduled report for one slot, one keeps it."""
 
 from __future__ import annotations
 
@@ -137,21 +137,32 @@ def test_the_newest_are_listed_and_kept_per_scope(db_url: str) -> None:
     run(db_url, body)
 
 
-def test_one_replica_claims_each_slot(db_url: str) -> None:
+def test_one_replica_keeps_each_slot_and_a_failed_keep_frees_it(db_url: str) -> None:
     async def main() -> None:
         # Two stores on one database, as two replicas are.
         replicas = [await open_store(db_url), await open_store(db_url)]
         try:
             first, second = replicas
-            assert await first.claim_report_slot("daily:2026-12-07", 100)
-            assert not await first.claim_report_slot("daily:2026-12-07", 101)
-            assert not await second.claim_report_slot("daily:2026-12-07", 102)
-            for day in range(8, 18):
+            slot = "daily:2026-12-07"
+            assert await first.keep_report(*_kept("a", 100, {"json": b"a"}), slot)
+            assert not await first.keep_report(*_kept("b", 101, {"json": b"b"}), slot)
+            assert not await second.keep_report(*_kept("c", 102, {"json": b"c"}), slot)
+            assert [r.report_id for r in await second.kept_reports()] == ["a"]
+            # A keep that fails (the id is taken) leaves its slot to the next try.
+            with pytest.raises(Conflict):
+                await second.keep_report(*_kept("a", 103, {"json": b"d"}), "daily:2026-12-08")
+            assert await second.keep_report(*_kept("d", 104, {"json": b"d"}), "daily:2026-12-08")
+            for day in range(9, 19):
                 slot = f"daily:2026-12-{day:02}"
-                claims = await asyncio.gather(
-                    *(r.claim_report_slot(slot, 200) for r in replicas for _ in range(3))
+                kept = await asyncio.gather(
+                    *(
+                        r.keep_report(*_kept(f"{day}-{i}-{n}", 200, {"json": b"x"}), slot)
+                        for i, r in enumerate(replicas)
+                        for n in range(3)
+                    )
                 )
-                assert claims.count(True) == 1, (slot, claims)
+                assert kept.count(True) == 1, (slot, kept)
+            assert len(await first.kept_reports(limit=1000)) == 2 + 10
         finally:
             for replica in replicas:
                 await replica.close()
