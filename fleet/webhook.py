@@ -30,6 +30,8 @@ NODE_MISSING = "node.missing"
 NODE_ATTESTATION_FAILING = "node.attestation_failing"
 METADATA_EXPIRING = "metadata.expiring"
 NODE_REMEDIATION = "node.remediation"  # a remediation decision or outcome (its audit entry)
+# A node showed a checkpoint signed with the log's key that this log does not extend.
+LOG_SPLIT_VIEW = "log.split_view"
 # Conditions (told when they begin and, with this suffix, when they end).
 CONDITIONS = (NODE_MISSING, NODE_ATTESTATION_FAILING, METADATA_EXPIRING)
 RESOLVED = ".resolved"
@@ -38,6 +40,7 @@ EVENT_TYPES = frozenset(
         ROLLOUT_HALTED,
         ROLLOUT_DEADLINE_MISSED,
         NODE_REMEDIATION,
+        LOG_SPLIT_VIEW,
         *CONDITIONS,
         *(c + RESOLVED for c in CONDITIONS),
     }

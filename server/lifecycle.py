@@ -211,7 +211,11 @@ async def serve(
     tls = tls_context(config)
     report_signer = _report_signer(config)  # a token's wrong PIN stops the start here
     store = await open_store(config.db, config.retention)
-    tlog = TransparencyLog(store, tlog_key.load_or_create(tlog_key.default_path(config.repo)))
+    tlog = TransparencyLog(
+        store,
+        tlog_key.load_or_create(tlog_key.default_path(config.repo)),
+        notify=bool(config.webhooks),
+    )
     try:
         attestation = _tpm(config, store, clock)
     except BaseException:

@@ -44,6 +44,7 @@ KNOWN_CHECKPOINTS = 4096
 class TransparencyLog:
     store: Store
     signer: NoteSigner
+    notify: bool = False  # a split view is a webhook event too (webhooks are configured)
     _extended: OrderedDict[bytes, None] = field(
         default_factory=OrderedDict, compare=False, repr=False
     )
@@ -53,7 +54,7 @@ class TransparencyLog:
     ) -> list[tuple[int, LogEntry]]:
         """Append (``once``: what the log lacks of ``entries``, by ``LogEntry.once_key``);
         what was appended, at which index."""
-        appended = await self.store.append_log(entries, once=once)
+        appended = await self.store.append_log(entries, once=once, notify=self.notify)
         for index, entry in appended:
             log.info(
                 "tlog_appended",

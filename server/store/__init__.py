@@ -659,13 +659,14 @@ class Store(Protocol):
     # The transparency log (server.tlog): append-only, never trimmed.
 
     async def append_log(
-        self, entries: Sequence[LogEntry], *, once: bool = False
+        self, entries: Sequence[LogEntry], *, once: bool = False, notify: bool = False
     ) -> list[tuple[int, LogEntry]]:
         """Append ``entries`` in one transaction; each appended, with its index. ``once``:
         leave out those whose ``LogEntry.once_key`` the log has already (what the
-        server sees on every pass, such as the bundles it serves). Rollouts, their
-        assignments and remediation are logged by the store itself, in the
-        transaction of the change."""
+        server sees on every pass, such as the bundles it serves). ``notify``: a split
+        view appended is a ``log.split_view`` webhook event too, in that transaction.
+        Rollouts, their assignments and remediation are logged by the store itself,
+        in the transaction of the change."""
         ...
 
     async def log_size(self) -> int: ...

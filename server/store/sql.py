@@ -33,8 +33,8 @@ from fleet.remediation import Decision, RemediationAudit, RemediationBoard
 from fleet.report import HealthReport
 from fleet.rollout import ACTIVE_PHASES, Observation, Phase, Progress, Rollout, assignments
 from fleet.stragglers import WINDOW, NodeWindow
-from fleet.tlog import LogEntry, assignment_entry, remediation_entry, rollout_entry
-from fleet.webhook import NODE_REMEDIATION, Notice, WebhookEvent, new_event_id
+from fleet.tlog import EntryKind, LogEntry, assignment_entry, remediation_entry, rollout_entry
+from fleet.webhook import LOG_SPLIT_VIEW, NODE_REMEDIATION, Notice, WebhookEvent, new_event_id
 from server.attestation.challenges import PendingChallenge, Successor
 from server.attestation.enrollment import EnrolledTpm
 from server.store import (
@@ -1327,10 +1327,13 @@ class SqlStore:
     # The transparency log (server.tlog).
 
     async def append_log(
-        self, entries: Sequence[LogEntry], *, once: bool = False
+        self, entries: Sequence[LogEntry], *, once: bool = False, notify: bool = False
     ) -> list[tuple[int, LogEntry]]:
         async with self.db.transaction(write=True) as tx:
-            return await self._append_log(tx, entries, once=once)
+            appended = await self._append_log(tx, entries, once=once)
+            if notify:
+                await _add_webhook_events(tx, _split_view_events(appended))
+        return appended
 
     async def _append_log(
         self, tx: Tx, entries: Sequence[LogEntry], *, once: bool = False
@@ -1758,6 +1761,17 @@ async def _add_samples(tx: Tx, reports: list[_Report]) -> None:
         "(SELECT id FROM gpu_samples WHERE node_id = ? ORDER BY id DESC LIMIT ?)",
         [(node_id, node_id, WINDOW) for node_id in dict.fromkeys(row[0] for row in rows)],
     )
+
+
+def _split_view_events(appended: Sequence[tuple[int, LogEntry]]) -> list[WebhookEvent]:
+    """The webhook events of the split views among log entries just appended."""
+    events = []
+    for index, entry in appended:
+        if entry.kind is EntryKind.SPLIT_VIEW:
+            facts = {"log_index": index, "checkpoint_sha256": entry.sha256, **(entry.detail or {})}
+            notice = Notice(LOG_SPLIT_VIEW, f"node/{entry.subject}", facts)
+            events.append(WebhookEvent.of(notice, new_event_id(), entry.at))
+    return events
 
 
 async def _add_webhook_events(tx: Tx, events: Sequence[WebhookEvent]) -> None:

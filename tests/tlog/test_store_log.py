@@ -18,6 +18,7 @@ import pytest
 from fleet import merkle
 from fleet.schema import canonical_json
 from fleet.tlog import EntryKind, LogEntry
+from fleet.webhook import WebhookEvent
 from keys import tlog_key
 from server.store import Store, open_store
 from server.tlog import TransparencyLog
@@ -214,5 +215,34 @@ def test_a_node_checkpoint_the_log_does_not_extend_is_flagged_once(
             (EntryKind.SPLIT_VIEW, "n1"),
             (EntryKind.SPLIT_VIEW, "n2"),
         ]
+
+    run(db_url, body)
+
+
+@pytest.mark.parametrize("notify", [True, False])
+def test_a_split_view_is_one_webhook_event_when_webhooks_are_set(
+    db_url: str, signer: tlog_key.NoteSigner, notify: bool
+) -> None:
+    async def body(store: Store) -> None:
+        tlog = TransparencyLog(store, signer, notify=notify)
+        await tlog.append([entry(0), entry(1)])
+        # What a holder of the stolen checkpoint key showed node-1: another tree.
+        forged = signer.checkpoint(5, bytes(range(32)))
+        for at in (2_000, 2_060):  # the node reports it twice: flagged once
+            assert not await tlog.check_node_checkpoint("node-1", forged, at)
+        assert await tlog.check_node_checkpoint("node-2", (await tlog.checkpoint())[1], 2_070)
+        routed = await store.route_webhook_events(lambda _type: ["hooks"], 2_100, 100)
+        deliveries = await store.claim_webhook_deliveries(["hooks"], 2_100, 2_200, 100)
+        if not notify:
+            assert (routed, deliveries) == (0, [])
+            return
+        assert routed == 1
+        [delivery] = deliveries
+        event = WebhookEvent.from_dict(json.loads(delivery.body))
+        assert (event.type, event.subject, event.time) == ("log.split_view", "node/node-1", 2_000)
+        assert event.details["size"] == "5"
+        assert event.details["root"] == bytes(range(32)).hex()
+        assert event.details["log_index"] == 2
+        assert event.details["checkpoint_sha256"] == hashlib.sha256(forged.encode()).hexdigest()
 
     run(db_url, body)
