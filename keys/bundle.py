@@ -42,7 +42,7 @@ from fleet.manifest import (
     PayloadFile,
 )
 from fleet.versions import DriverVersion
-from keys.durable_files import read_bounded
+from keys.durable_files import read_document
 from keys.progress import SILENT, ByteProgress, TrackedReader
 from keys.tar_extract import UnsafeMember, extract_files
 
@@ -182,12 +182,7 @@ MAX_SETTINGS_FILE = 64 * 1024
 
 def read_settings(path: Path) -> DriverSettings:
     """The operator's driver settings file (JSON), strictly read before anything is signed."""
-    data = read_bounded(path, MAX_SETTINGS_FILE, "driver settings file")
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise GpuwardError(f"driver settings file {path}: not JSON ({exc})") from None
-    return DriverSettings.from_dict(doc, str(path))
+    return read_document(path, DriverSettings, MAX_SETTINGS_FILE, "driver settings file")
 
 
 def read_manifest(bundle: Path) -> BundleManifest:

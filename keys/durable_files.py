@@ -13,14 +13,20 @@ allowed to touch files: ``fleet`` is pure logic, and ``keys`` was its first user
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from fleet.errors import GpuwardError
+
+if TYPE_CHECKING:
+    from fleet.wire import Wire
+
+W = TypeVar("W", bound="Wire")
 
 # A configuration file larger than this is not one.
 MAX_TOML_BYTES = 1024 * 1024
@@ -75,6 +81,17 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
     if len(data) > limit:
         raise GpuwardError(f"{path}: {what} larger than {limit} bytes")
     return data
+
+
+def read_document(path: Path, cls: type[W], limit: int, what: str) -> W:
+    """The wire document ``cls`` in the JSON file ``path`` (at most ``limit`` bytes),
+    strictly read; an error names the file."""
+    data = read_bounded(path, limit, what)
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise GpuwardError(f"{what} {path}: not JSON ({exc})") from None
+    return cls.from_dict(doc, str(path))
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:

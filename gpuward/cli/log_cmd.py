@@ -10,7 +10,6 @@ entry's inclusion proof (``GET /v1/log/proof/inclusion``) on its own.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,44 +58,28 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     inclusion.set_defaults(func=_inclusion)
 
 
-def _read(path: Path, limit: int) -> bytes:
-    from fleet.errors import GpuwardError
+def _read(path: Path, what: str) -> bytes:
+    from keys.durable_files import read_bounded
 
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise GpuwardError(f"{path}: larger than {limit} bytes")
-    return data
-
-
-def _json(path: Path, limit: int) -> object:
-    from fleet.errors import GpuwardError
-
-    try:
-        return json.loads(_read(path, limit))
-    except ValueError as exc:
-        raise GpuwardError(f"{path}: not JSON ({exc})") from None
+    return read_bounded(path, MAX_SMALL_FILE, what)
 
 
 def _verifier(path: Path) -> NoteVerifier:
     from keys.tlog_key import NoteVerifier
 
-    return NoteVerifier.parse(_read(path, MAX_SMALL_FILE).decode(errors="replace"))
+    return NoteVerifier.parse(_read(path, "log key").decode(errors="replace"))
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from fleet.errors import GpuwardError, InvalidDocument
     from fleet.tlog import LogExport
+    from keys.durable_files import read_document
     from keys.tlog_key import check_consistent, verify_export
 
     verifier = _verifier(args.key)
-    try:
-        export = LogExport.from_dict(_json(args.export, MAX_EXPORT_BYTES))
-    except InvalidDocument as exc:
-        raise GpuwardError(f"{args.export}: {exc}") from None
+    export = read_document(args.export, LogExport, MAX_EXPORT_BYTES, "log export")
     verified = verify_export(export, verifier)
     for older in args.against:
-        checkpoint = verifier.verify(_read(older, MAX_SMALL_FILE).decode(errors="replace"))
+        checkpoint = verifier.verify(_read(older, "checkpoint").decode(errors="replace"))
         check_consistent(verified, checkpoint)
     size = verified.checkpoint.size
     emit(
@@ -113,17 +96,15 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _inclusion(args: argparse.Namespace) -> None:
-    from fleet.errors import GpuwardError, InvalidDocument
+    from fleet.errors import GpuwardError
     from fleet.merkle import ProofError, leaf_hash, verify_inclusion
     from fleet.tlog import InclusionProof
+    from keys.durable_files import read_document
 
     verifier = _verifier(args.key)
-    try:
-        proof = InclusionProof.from_dict(_json(args.proof, MAX_SMALL_FILE))
-    except InvalidDocument as exc:
-        raise GpuwardError(f"{args.proof}: {exc}") from None
+    proof = read_document(args.proof, InclusionProof, MAX_SMALL_FILE, "inclusion proof")
     checkpoint = verifier.verify(proof.checkpoint)
-    leaf = leaf_hash(_read(args.entry, MAX_SMALL_FILE))
+    leaf = leaf_hash(_read(args.entry, "log entry"))
     if checkpoint.size != proof.size or leaf != proof.leaf_hash:
         raise GpuwardError("the proof is for another entry or tree than it says")
     try:

@@ -15,6 +15,7 @@ from fleet.advisories import AFFECTED, BRANCH_NOT_LISTED, AdvisoryFeed
 from fleet.catalog import default_catalog, load_catalog
 from fleet.errors import InvalidDocument
 from fleet.versions import DriverVersion
+from tests.compat.test_catalog import _DELETE, _set
 
 RAW = resources.files("fleet").joinpath("data/catalog.json").read_bytes()
 GOOD: dict[str, Any] = json.loads(RAW)
@@ -168,20 +169,10 @@ def test_a_catalog_without_the_feed_still_reads() -> None:
 
 
 def _change(path: str, value: Any) -> Any:
-    def change(doc: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        target: Any = doc["advisories"]
-        for part in parents:
-            target = target[int(part)] if part.isdigit() else target[part]
-        if value is _DELETE:
-            del target[int(last) if last.isdigit() else last]
-        else:
-            target[int(last) if last.isdigit() else last] = value
-
-    return change
+    """A change to the catalog's advisory feed, at ``path`` below it."""
+    return _set(f"advisories.{path}", value)
 
 
-_DELETE = object()
 _B0 = r"catalog\.advisories\.bulletins\[0\]"
 _C0 = rf"{_B0}\.cves\[0\]"
 

@@ -22,6 +22,7 @@ from fleet.webhook import WebhookEvent
 from keys import tlog_key
 from server.store import Store, open_store
 from server.tlog import TransparencyLog
+from tests.cli.test_errors import assert_one_line_error
 from tests.store.test_remediation_store import held
 from tests.store.test_store import run
 
@@ -246,3 +247,27 @@ def test_a_split_view_is_one_webhook_event_when_webhooks_are_set(
         assert event.details["checkpoint_sha256"] == hashlib.sha256(forged.encode()).hexdigest()
 
     run(db_url, body)
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        (None, ("inclusion proof", "not found")),
+        (b"{not json", ("proof.json: not JSON",)),
+        (b" " * (64 * 1024 + 1), ("proof.json: inclusion proof larger than 65536 bytes",)),
+        (b'{"index": "one"}', ("proof.json: ",)),
+    ],
+    ids=["missing", "not-json", "oversized", "not-a-proof"],
+)
+def test_a_hostile_proof_file_is_one_clear_error(
+    signer: tlog_key.NoteSigner, tmp_path: Path, content: bytes | None, needles: tuple[str, ...]
+) -> None:
+    vkey = tmp_path / "keys" / "tlog.vkey"
+    assert vkey.exists()  # written beside the signer's key
+    (tmp_path / "entry.json").write_bytes(entry(0).data)
+    proof = tmp_path / "proof.json"
+    if content is not None:
+        proof.write_bytes(content)
+    refused = gpuward("log", "inclusion", str(tmp_path / "entry.json"), str(proof),
+                      "--key", str(vkey))  # fmt: skip
+    assert_one_line_error(refused, *needles)
