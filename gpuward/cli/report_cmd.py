@@ -153,25 +153,30 @@ def _fetch_kept(args: argparse.Namespace) -> None:
         raise GpuwardError(
             f"{args.report_id!r} is not a report id; 'gpuward report kept' lists them"
         )
+    names = _kept_names(args, args.report_id)
     for fmt in args.format or FORMATS:
-        # The name the report was signed under, which its HTML and PDF print.
-        name = _kept_name(args, args.report_id, fmt)
-        _download(args, f"/v1/reports/kept/{quote(args.report_id)}/{fmt}", args.output_dir / name)
+        if fmt not in names:
+            raise GpuwardError(f"the server keeps no {fmt} file of report {args.report_id}")
+        path = f"/v1/reports/kept/{quote(args.report_id)}/{fmt}"
+        _download(args, path, args.output_dir / names[fmt])
 
 
-def _kept_name(args: argparse.Namespace, report_id: str, fmt: str) -> str:
+def _kept_names(args: argparse.Namespace, report_id: str) -> dict[str, str]:
+    """The names a kept report's files were signed under (their HTML and PDF print
+    them), by format; each a plain file name, whatever the server says."""
     from fleet.errors import GpuwardError
     from fleet.kept_reports import KeptReportList
     from gpuward.cli.operator_client import call
 
-    for report in KeptReportList.from_dict(
-        call(args, "GET", "/v1/reports/kept?limit=1000")
-    ).reports:
+    listed = KeptReportList.from_dict(call(args, "GET", "/v1/reports/kept?limit=1000"))
+    for report in listed.reports:
         if report.report_id == report_id:
-            for file in report.files:
-                if file.format == fmt:
-                    return file.name
-    raise GpuwardError(f"the server keeps no {fmt} file of report {report_id}")
+            names = {file.format: file.name for file in report.files}
+            for name in names.values():
+                if Path(name).name != name or name.startswith("."):
+                    raise GpuwardError(f"the server names a report file {name!r}: not a file name")
+            return names
+    raise GpuwardError(f"the server keeps no report {report_id}; 'gpuward report kept' lists them")
 
 
 def _format_of(output: Path) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from server.http import Services
 from server.report_runs import scheduled_report
-from server.store import KeptReport
+from server.store import KeptFile, KeptReport
 from tests.cli.test_errors import assert_one_line_error, gpuward
 from tests.conftest import Fleet, make_site
 from tests.netutil import wait_for
@@ -206,3 +206,25 @@ def _listed(url: str, token: str) -> list[dict[str, Any]]:
     assert response.status == 200, response.data
     reports: list[dict[str, Any]] = json.loads(response.data)["reports"]
     return reports
+
+
+def test_fetch_writes_only_plain_file_names_whatever_the_server_says(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    body = b"%PDF-1.4 not really"
+    hostile = KeptReport(
+        "fleet-20270115T080000Z-0badc0de", "fleet", "fleet", 1_800_000_000, "someone", "ab" * 32,
+        "{}", (KeptFile("pdf", "../../escaped.pdf", hashlib.sha256(body).hexdigest(), len(body),
+                        b"sig"),),
+    )  # fmt: skip
+
+    async def plant(svc: Services) -> None:
+        assert await svc.store.keep_report(hostile, {"pdf": body})
+
+    fleet.site.server.call(plant)
+    out = tmp_path / "out" / "deep"
+    out.mkdir(parents=True)
+    refused = gpuward("report", "fetch", hostile.report_id, "-o", str(out),
+                      *_flags(fleet, tmp_path, "viewer"))  # fmt: skip
+    assert_one_line_error(refused, "not a file name")
+    assert not (tmp_path / "escaped.pdf").exists() and list(out.iterdir()) == []
